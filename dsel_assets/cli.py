@@ -1,0 +1,267 @@
+"""``dsel``: run the default pipeline, ingest files, inspect state, list methods, open the UI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from resources.home import DselHome
+
+
+#: Console logging at INFO for CLI runs (Dagster's DEBUG event stream stays in the event log).
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain aligned text table."""
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(out)
+
+
+def _home(args: argparse.Namespace) -> DselHome:
+    if args.home:
+        os.environ["DSEL_HOME"] = str(Path(args.home).resolve())
+    home = DselHome.from_env().ensure()
+    home.use_as_dagster_home()
+    return home
+
+
+def _definitions(home: DselHome, args: argparse.Namespace):
+    from dsel_assets.definitions import build_definitions
+
+    return build_definitions(home, model=getattr(args, "model", None), device=getattr(args, "device", None))
+
+
+def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
+    import duckdb
+
+    from dsel_assets import tables
+
+    with duckdb.connect(str(home.duckdb)) as conn:
+        manifest, created = tables.register_batch(conn, path, home.raw, **labels)
+    return manifest.batch, created
+
+
+def _run_batches(home, defs, batches: list[str], job_name: str, run_config: dict | None = None) -> None:
+    from dagster import DagsterInstance
+
+    from dsel_assets.pool import pool_batches
+
+    instance = DagsterInstance.get()
+    new = [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
+    if new:
+        instance.add_dynamic_partitions(pool_batches.name, new)
+    job = defs.resolve_job_def(job_name)
+    for batch in batches:
+        print(f"[dsel] {job_name} for batch {batch} ...", flush=True)
+        job.execute_in_process(instance=instance, partition_key=batch, run_config={**QUIET, **(run_config or {})})
+
+
+def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
+    import duckdb
+
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        rows = []
+        for batch in batches:
+            accepted = conn.execute("SELECT count(*) FROM examples WHERE batch = ?", [batch]).fetchone()[0]
+            reasons = conn.execute(
+                "SELECT reason, count(*) FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY 2 DESC", [batch]
+            ).fetchall()
+            quarantined = sum(n for _, n in reasons)
+            rows.append((batch, accepted + quarantined, accepted, quarantined,
+                         ", ".join(f"{r}={n}" for r, n in reasons) or "-"))
+    print(format_table(["batch", "read", "accepted", "quarantined", "reasons"], rows))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Generate the synthetic default, ingest it, embed, select, report."""
+    import duckdb
+
+    from dsel_assets import tables
+    from dsel_assets.core.data.synthetic import generate
+    from dsel_assets.core.select import methods
+
+    started = time.perf_counter()
+    home = _home(args)
+    data_dir = home.confine(f"data/synthetic-seed{args.seed}")
+    paths = generate(seed=args.seed, per_capability=args.per_capability).write(data_dir)
+    splits = {"queries": "query", "eval": "eval", "pool": "pool"}
+    batches = {
+        name: _register(home, path, source=f"synthetic_{name}", task="auto", split=splits[name])[0]
+        for name, path in paths.items()
+    }
+    defs = _definitions(home, args)
+    _run_batches(home, defs, [batches["queries"], batches["eval"]], "batch_job")
+    budgets = {"config": {"budgets": args.budgets}}
+    run_config = {"ops": {f"selection_{name}": budgets for name in methods()}}
+    _run_batches(home, defs, [batches["pool"]], "default_job", run_config)
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        report = tables.frame(conn, "SELECT * FROM selection_report ORDER BY method, size")
+    print()
+    print(format_table(report.columns, report.rows()))
+    print(f"\n[dsel] default job done in {time.perf_counter() - started:.0f}s; state in {home.root}")
+    print("[dsel] browse it: dsel ui   (Dagster UI with every materialization and its metadata)")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from dsel_assets.core.data.catalog import expand_paths, labels_for
+
+    home = _home(args)
+    files = expand_paths([Path(p) for p in args.paths])
+    if not files:
+        print("[dsel] no data files found", file=sys.stderr)
+        return 2
+    batches = []
+    for path in files:
+        labels = labels_for(path, args.source, args.task, args.split)
+        batch, created = _register(
+            home, path, source=labels.source, task=labels.task, split=labels.split,
+            fmt=args.format, layout=args.layout, mapping=args.mapping,
+        )
+        if not created and not args.force:
+            print(f"[dsel] {path} is already batch {batch} (same sha256); --force re-validates it")
+            continue
+        batches.append(batch)
+    if batches:
+        defs = _definitions(home, args)
+        from dagster import AssetKey, DagsterInstance
+
+        from dsel_assets.pool import pool_batches
+
+        instance = DagsterInstance.get()
+        instance.add_dynamic_partitions(
+            pool_batches.name, [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
+        )
+        job = defs.resolve_job_def("batch_job")
+        keys = [AssetKey("pool_batch"), AssetKey("pool")]
+        if args.embed:
+            keys.append(AssetKey("sentence_embeddings"))
+        for batch in batches:
+            print(f"[dsel] ingesting batch {batch} ...", flush=True)
+            job.execute_in_process(instance=instance, partition_key=batch, asset_selection=keys, run_config=QUIET)
+        _print_ingest_summary(home, batches)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import duckdb
+    from dagster import DagsterInstance
+
+    from dsel_assets import tables
+
+    home = _home(args)
+    with duckdb.connect(str(home.duckdb)) as conn:
+        tables.ensure_schema(conn)
+        comp = conn.execute(
+            "SELECT split, source, task, count(*) FROM examples GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        reasons = conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC").fetchall()
+        version, batches = tables.pool_version(conn)
+    print(f"state home: {home.root}\npool version: {version} ({len(batches)} pool batches)\n")
+    print(format_table(["split", "source", "task", "examples"], comp) if comp else "no examples yet")
+    print()
+    print(format_table(["quarantine reason", "rows"], reasons) if reasons else "quarantine: empty")
+    defs = _definitions(home, args)
+    instance = DagsterInstance.get()
+    rows = []
+    for key in sorted(defs.resolve_asset_graph().get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        event = instance.get_latest_materialization_event(key)
+        if event is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.timestamp))
+            partition = event.asset_materialization.partition or "-"
+            rows.append((key.to_user_string(), partition, when, event.run_id[:8]))
+    print()
+    print(format_table(["asset", "partition", "last materialized", "run"], rows) if rows else "no materializations yet")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from dsel_assets.core.select import methods
+
+    rows = [
+        (spec.name, spec.family, ", ".join(spec.needs) or "-",
+         " ".join(f"{n}={d}" for n, _, d, _ in spec.parameters()), spec.description)
+        for spec in methods().values()
+    ]
+    if args.json:
+        print(json.dumps([dict(zip(["name", "family", "needs", "params", "description"], r, strict=True))
+                          for r in rows], indent=2))
+    else:
+        print(format_table(["method", "family", "needs", "parameters", "description"], rows))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    home = _home(args)
+    print(f"[dsel] DAGSTER_HOME={home.dagster}")
+    dagster_bin = Path(sys.executable).with_name("dagster")
+    os.execv(str(dagster_bin), [str(dagster_bin), "dev", "-m", "dsel_assets.definitions", *args.extra])
+    return 0  # not reached
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsel", description=__doc__)
+    p.add_argument("--home", help="state directory (default: $DSEL_HOME or ./.dsel)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the default job on the embedded synthetic pool")
+    run.add_argument("--model", default=None, help="smollm2 (default) | tiny | local path | hub id")
+    run.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    run.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    run.add_argument("--per-capability", type=int, default=100, help="pool examples per capability")
+    run.add_argument("--budgets", nargs="+", default=["5%", "10%"], help="budgets: 5%% 0.1 500 ...")
+    run.set_defaults(func=cmd_run)
+
+    ingest = sub.add_parser("ingest", help="ingest files or folders as new pool batches")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--source", help="source name (default: known file name, else file stem)")
+    ingest.add_argument("--task", help="task label; 'auto' reads each record's 'task' field")
+    ingest.add_argument("--split", choices=["pool", "query", "eval"], help="default: pool (eval for known eval files)")
+    ingest.add_argument("--format", choices=["json", "jsonl", "parquet"], help="default: detected")
+    ingest.add_argument("--layout", help="record layout (default: detected): messages, conversations, "
+                        "dialogsum, qa, alpaca, alpaca_response, mapped")
+    ingest.add_argument("--mapping", help="field mapping for other layouts: prompt=COL,response=COL[,input=COL]")
+    ingest.add_argument("--embed", action="store_true", help="also compute sentence embeddings of each batch")
+    ingest.add_argument("--force", action="store_true", help="re-validate files already ingested")
+    ingest.add_argument("--model", default=None, help="tokenizer for the token limit (default smollm2)")
+    ingest.set_defaults(func=cmd_ingest)
+
+    status = sub.add_parser("status", help="pool size, quarantine reasons, last materializations")
+    status.set_defaults(func=cmd_status)
+
+    meth = sub.add_parser("methods", help="the selection-method registry")
+    meth.add_argument("--json", action="store_true")
+    meth.set_defaults(func=cmd_methods)
+
+    ui = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on the state home")
+    ui.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to dagster dev")
+    ui.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"dsel: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Canonical records, readers for every supported layout, validation and the synthetic pool."""

@@ -1,0 +1,59 @@
+"""The canonical example record and its stable content id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Iterable
+from enum import Enum
+
+ROLES = ("system", "user", "assistant")
+
+
+class Reason(str, Enum):
+    """Why a row went to quarantine. The value is what the quarantine table stores."""
+
+    UNREADABLE_FILE = "unreadable_file"  # the file is not what its extension / declared format says
+    INVALID_UTF8 = "invalid_utf8"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_LAYOUT = "unknown_layout"
+    MISSING_FIELD = "missing_field"
+    EMPTY_FIELD = "empty_field"
+    NON_STRING_FIELD = "non_string_field"
+    EMPTY_CONVERSATION = "empty_conversation"
+    MALFORMED_TURN = "malformed_turn"
+    UNKNOWN_ROLE = "unknown_role"
+    MISPLACED_SYSTEM = "misplaced_system"
+    ROLES_NOT_ALTERNATING = "roles_not_alternating"
+    NOT_ENDING_ON_ASSISTANT = "not_ending_on_assistant"
+    CONTROL_CHARACTERS = "control_characters"
+    OVER_TOKEN_LIMIT = "over_token_limit"
+    DUPLICATE = "duplicate"
+
+
+class RecordError(ValueError):
+    """A record that cannot become a canonical example; carries the quarantine reason."""
+
+    def __init__(self, reason: Reason, detail: str = ""):
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
+def normalise_text(text: str) -> str:
+    """NFC-normalise and strip surrounding whitespace (the form ids are computed on)."""
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def example_id(messages: Iterable[dict]) -> str:
+    """Stable id: sha256 of the normalised (role, content) sequence, 20 hex chars."""
+    canonical = [[m["role"], normalise_text(m["content"])] for m in messages]
+    payload = json.dumps(canonical, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
+
+
+def example_text(messages: Iterable[dict]) -> str:
+    """Plain text of a conversation (instruction, input and response), for sentence encoders."""
+    return "\n".join(m["content"] for m in messages if m["role"] != "system")

@@ -1,0 +1,1 @@
+"""Model loading, chat templates and embeddings (torch/transformers imported where used)."""

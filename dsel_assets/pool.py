@@ -1,0 +1,116 @@
+"""Pool assets: each ingested file is a batch (dynamic partition) validated into the
+``examples`` and ``quarantine`` tables; ``pool`` is the union with its version."""
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from dsel_assets import tables
+from dsel_assets.core.data.validate import validate_file
+from dsel_assets.core.models.templates import token_counter
+from dsel_assets.metadata import markdown_table
+from resources.models import SelectionModel
+from resources.tracking import DatasetRef, MlflowTracker
+
+POOL = "pool"
+pool_batches = dg.DynamicPartitionsDefinition(name="pool_batches")
+
+
+@dg.asset(
+    partitions_def=pool_batches,
+    group_name=POOL,
+    code_version="pool_batch-1",
+    kinds={"duckdb"},
+    description="One ingested file, validated: canonical rows to `examples`, bad rows with "
+    "their reason to `quarantine`. accepted + quarantined = read, always.",
+)
+def pool_batch(
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    selection_model: SelectionModel,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    batch = context.partition_key
+    with duckdb.get_connection() as conn:
+        manifest = tables.get_batch(conn, batch)
+        known = tables.ids_before(conn, batch)
+    context.log.info(f"validating {manifest.stored_path} ({manifest.size_bytes} bytes) as batch {batch}")
+    result = validate_file(
+        manifest.stored_path,
+        fmt=manifest.fmt,
+        layout=manifest.layout,
+        mapping=manifest.mapping,
+        count_tokens=token_counter(selection_model.tokenizer()),
+        max_tokens=selection_model.max_tokens,
+        known_ids=known,
+    )
+    accepted = tables.accepted_frame(manifest, result.accepted)
+    quarantined = tables.quarantine_frame(manifest, result.quarantined)
+    with duckdb.get_connection() as conn:
+        tables.replace_batch(conn, manifest, accepted, quarantined)
+    reasons = result.reasons()
+    params = {
+        "batch": batch, "source": manifest.source, "task": manifest.task, "split": manifest.split,
+        "layout": result.layout, "max_tokens": selection_model.max_tokens, **selection_model.identity(),
+    }
+    inputs = [DatasetRef(f"raw/{manifest.source}", manifest.stored_path, manifest.sha256)]
+    with tracker.run(context, params=params, inputs=inputs) as run:
+        run.log_metrics({"read": result.read, "accepted": len(result.accepted),
+                         "quarantined": len(result.quarantined)})
+        run.log_metrics({f"quarantine.{k}": v for k, v in reasons.items()})
+    task_counts = accepted.group_by("task").len().sort("task").rows() if accepted.height else []
+    return dg.MaterializeResult(
+        metadata={
+            "read": result.read,
+            "accepted": len(result.accepted),
+            "quarantined": len(result.quarantined),
+            "layout": str(result.layout),
+            "file": dg.MetadataValue.path(manifest.original_path),
+            "sha256": manifest.sha256,
+            "quarantine_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], list(reasons.items()))),
+            "tasks": dg.MetadataValue.md(markdown_table(["task", "rows"], task_counts)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{manifest.sha256[:16]}-{selection_model.max_tokens}"),
+    )
+
+
+@dg.asset(
+    deps=[pool_batch],
+    group_name=POOL,
+    code_version="pool-1",
+    kinds={"duckdb"},
+    description="The validated pool over every materialized batch, with its version "
+    "(hash of the batches' manifests).",
+)
+def pool(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: MlflowTracker) -> dg.MaterializeResult:
+    with duckdb.get_connection() as conn:
+        tables.ensure_schema(conn)
+        version, batches = tables.pool_version(conn)
+        by_task = tables.frame(
+            conn, "SELECT split, source, task, count(*) AS n FROM examples GROUP BY ALL ORDER BY ALL"
+        )
+        reasons = tables.frame(conn, "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC")
+        n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
+        conn.execute(
+            "INSERT INTO pool_versions VALUES (?, ?, ?, now())", [version, batches, n_pool]
+        )
+    inputs = [DatasetRef(f"pool_batch/{b}", str(duckdb.database), b) for b in batches]
+    with tracker.run(context, params={"pool_version": version, "batches": ",".join(batches)}, inputs=inputs) as run:
+        run.log_metrics({"pool_examples": n_pool, "quarantined": int(reasons["n"].sum()) if reasons.height else 0})
+    return dg.MaterializeResult(
+        metadata={
+            "pool_version": version,
+            "pool_examples": n_pool,
+            "batches": len(batches),
+            "composition": dg.MetadataValue.md(markdown_table(by_task.columns, by_task.rows())),
+            "quarantine_reasons": dg.MetadataValue.md(markdown_table(reasons.columns, reasons.rows())),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+def pool_frame(conn, columns: str = "pool_id, task") -> pl.DataFrame:
+    """The current pool (split = 'pool'), ordered by id for a stable row order."""
+    return tables.frame(conn, f"SELECT {columns} FROM examples WHERE split = 'pool' ORDER BY pool_id")

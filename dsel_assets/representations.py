@@ -1,0 +1,78 @@
+"""Per-example representations, partitioned by pool batch and stored in Lance."""
+
+import time
+
+import dagster as dg
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+
+from dsel_assets import tables
+from dsel_assets.core.data.schema import example_text
+from dsel_assets.pool import pool_batch, pool_batches
+from resources.lance_store import LanceStore
+from resources.models import SentenceEmbedder
+from resources.tracking import DatasetRef, MlflowTracker
+
+REPRESENTATIONS = "representations"
+SENTENCE_EMBEDDINGS = "sentence_embeddings"
+
+
+def vector_table(pool_ids: list[str], batch: str, vectors, model: str) -> pa.Table:
+    """Lance rows: ``pool_id``, ``batch``, a fixed-size float16 ``vector``, the ``model``."""
+    dim = vectors.shape[1]
+    flat = pa.array(vectors.astype("float16").reshape(-1), type=pa.float16())
+    return pa.table(
+        {
+            "pool_id": pa.array(pool_ids, pa.string()),
+            "batch": pa.array([batch] * len(pool_ids), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "model": pa.array([model] * len(pool_ids), pa.string()),
+        }
+    )
+
+
+@dg.asset(
+    name=SENTENCE_EMBEDDINGS,
+    partitions_def=pool_batches,
+    deps=[pool_batch],
+    group_name=REPRESENTATIONS,
+    code_version="sentence_embeddings-1",
+    kinds={"lance"},
+    description="all-MiniLM-L6-v2 embedding (masked mean, L2-normalised) of each example's "
+    "instruction + input + response (METHODS.md R2), float16 in Lance.",
+)
+def sentence_embeddings(
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    lance: LanceStore,
+    embedder: SentenceEmbedder,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    batch = context.partition_key
+    with duckdb.get_connection() as conn:
+        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE batch = ? ORDER BY pool_id", [batch])
+    texts = [example_text(m) for m in rows["messages"].to_list()]
+    started = time.perf_counter()
+    vectors = embedder.encode(texts)
+    rate = len(texts) / max(time.perf_counter() - started, 1e-9)
+    context.log.info(f"embedded {len(texts)} examples of batch {batch} at {rate:.1f} examples/s")
+    version = lance.replace_partition(
+        SENTENCE_EMBEDDINGS, vector_table(rows["pool_id"].to_list(), batch, vectors, embedder.model_id),
+        partition=batch,
+    )
+    params = {"batch": batch, "model": embedder.model_id, "dim": vectors.shape[1] if len(texts) else 0}
+    inputs = [DatasetRef(f"pool_batch/{batch}", str(duckdb.database), batch)]
+    with tracker.run(context, params=params, inputs=inputs) as run:
+        run.log_datasets([DatasetRef(SENTENCE_EMBEDDINGS, lance.uri(SENTENCE_EMBEDDINGS), str(version), "output")])
+        run.log_metrics({"rows": len(texts), "examples_per_s": rate, "lance_version": version})
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(texts),
+            "lance_uri": lance.uri(SENTENCE_EMBEDDINGS),
+            "lance_version": version,
+            "model": embedder.model_id,
+            "examples_per_s": round(rate, 1),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"lance-v{version}"),
+    )

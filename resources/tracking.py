@@ -1,0 +1,140 @@
+"""MLflow tracking: exactly one MLflow run per asset materialization.
+
+Built on ``MlflowClient`` with explicit run ids rather than MLflow's global active run:
+``dagster-mlflow`` reuses the active run, so two materializations in one process land in
+one MLflow run (measured, DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """An input or output recorded in MLflow by reference: no data is loaded or copied."""
+
+    name: str  # e.g. "sentence_embeddings" or "pool_batch/synthetic-1a2b"
+    uri: str  # where it lives (Lance dataset directory, DuckDB file, raw file)
+    digest: str  # its version: Lance version, content hash, ...
+    context: str = "input"
+
+
+class TrackedRun:
+    """Handle on one MLflow run, open for the duration of a materialization."""
+
+    def __init__(self, client: Any, run_id: str, experiment_id: str, tracking_uri: str):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.tracking_uri = tracking_uri
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def log_datasets(self, refs: list[DatasetRef]) -> None:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for ref in refs:
+            uri = ref.uri if "://" in ref.uri else Path(ref.uri).resolve().as_uri()
+            with warnings.catch_warnings():  # MLflow registers two equivalent local sources
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(uri)
+            dataset = MetaDataset(source, name=ref.name, digest=ref.digest[:36])
+            tags = [InputTag("mlflow.data.context", ref.context)]
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_artifact(self, path: str) -> None:
+        self.client.log_artifact(self.run_id, path)
+
+    def metadata(self) -> dict[str, Any]:
+        """What goes into the Dagster materialization metadata."""
+        return {
+            "mlflow_run_id": self.run_id,
+            "mlflow_experiment_id": self.experiment_id,
+            "mlflow_tracking_uri": self.tracking_uri,
+        }
+
+
+class MlflowTracker(dg.ConfigurableResource):
+    """Creates one tagged MLflow run per materialization (see :meth:`run`)."""
+
+    tracking_uri: str = Field(description="MLflow tracking URI, e.g. sqlite:////abs/mlflow.db")
+    experiment: str = Field(default="dsel", description="MLflow experiment name")
+    artifact_location: str | None = Field(default=None, description="Artifact root for a new experiment")
+
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def experiment_id(self) -> str:
+        """The experiment's id, creating it once (call before parallel workers start)."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        except MlflowException:  # created meanwhile by another process
+            return client.get_experiment_by_name(self.experiment).experiment_id
+
+    @contextmanager
+    def run(
+        self,
+        context: dg.AssetExecutionContext,
+        params: Mapping[str, Any] | None = None,
+        inputs: list[DatasetRef] | None = None,
+    ) -> Iterator[TrackedRun]:
+        """One MLflow run tagged with the Dagster run id, asset key, partition key and code
+        version; params and input datasets logged up front; FAILED if the body raises."""
+        client = self._client()
+        experiment_id = self.experiment_id()
+        asset_key = context.asset_key
+        partition = context.partition_key if context.has_partition_key else ""
+        code_version = context.assets_def.code_versions_by_key.get(asset_key) or ""
+        tags = {
+            "dagster.run_id": context.run_id,
+            "dagster.asset_key": asset_key.to_user_string(),
+            "dagster.partition_key": partition,
+            "dagster.code_version": code_version,
+            "mlflow.runName": f"{asset_key.to_user_string()}[{partition}]" if partition else asset_key.to_user_string(),
+        }
+        created = client.create_run(experiment_id, tags=tags)
+        tracked = TrackedRun(client, created.info.run_id, experiment_id, self.tracking_uri)
+        try:
+            if params:
+                tracked.log_params(params)
+            if inputs:
+                tracked.log_datasets(inputs)
+            yield tracked
+        except BaseException:
+            client.set_terminated(tracked.run_id, status="FAILED")
+            raise
+        client.set_terminated(tracked.run_id, status="FINISHED")
