@@ -12,13 +12,13 @@ from pathlib import Path
 
 from resources.home import DselHome
 
-
 #: Console logging at INFO for CLI runs (Dagster's DEBUG event stream stays in the event log).
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain aligned text table."""
+
     def cell(value: object) -> str:
         if value is None:
             return "-"
@@ -82,8 +82,9 @@ def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
                 "SELECT reason, count(*) FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY 2 DESC", [batch]
             ).fetchall()
             quarantined = sum(n for _, n in reasons)
-            rows.append((batch, accepted + quarantined, accepted, quarantined,
-                         ", ".join(f"{r}={n}" for r, n in reasons) or "-"))
+            rows.append(
+                (batch, accepted + quarantined, accepted, quarantined, ", ".join(f"{r}={n}" for r, n in reasons) or "-")
+            )
     print(format_table(["batch", "read", "accepted", "quarantined", "reasons"], rows))
 
 
@@ -130,8 +131,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for path in files:
         labels = labels_for(path, args.source, args.task, args.split)
         batch, created = _register(
-            home, path, source=labels.source, task=labels.task, split=labels.split,
-            fmt=args.format, layout=args.layout, mapping=args.mapping,
+            home,
+            path,
+            source=labels.source,
+            task=labels.task,
+            split=labels.split,
+            fmt=args.format,
+            layout=args.layout,
+            mapping=args.mapping,
         )
         if not created and not args.force:
             print(f"[dsel] {path} is already batch {batch} (same sha256); --force re-validates it")
@@ -167,9 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     home = _home(args)
     with duckdb.connect(str(home.duckdb)) as conn:
         tables.ensure_schema(conn)
-        comp = conn.execute(
-            "SELECT split, source, task, count(*) FROM examples GROUP BY ALL ORDER BY ALL"
-        ).fetchall()
+        comp = conn.execute("SELECT split, source, task, count(*) FROM examples GROUP BY ALL ORDER BY ALL").fetchall()
         reasons = conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC").fetchall()
         version, batches = tables.pool_version(conn)
     print(f"state home: {home.root}\npool version: {version} ({len(batches)} pool batches)\n")
@@ -194,13 +199,22 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from dsel_assets.core.select import methods
 
     rows = [
-        (spec.name, spec.family, ", ".join(spec.needs) or "-",
-         " ".join(f"{n}={d}" for n, _, d, _ in spec.parameters()), spec.description)
+        (
+            spec.name,
+            spec.family,
+            ", ".join(spec.needs) or "-",
+            " ".join(f"{n}={d}" for n, _, d, _ in spec.parameters()),
+            spec.description,
+        )
         for spec in methods().values()
     ]
     if args.json:
-        print(json.dumps([dict(zip(["name", "family", "needs", "params", "description"], r, strict=True))
-                          for r in rows], indent=2))
+        print(
+            json.dumps(
+                [dict(zip(["name", "family", "needs", "params", "description"], r, strict=True)) for r in rows],
+                indent=2,
+            )
+        )
     else:
         print(format_table(["method", "family", "needs", "parameters", "description"], rows))
     return 0
@@ -233,8 +247,11 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--task", help="task label; 'auto' reads each record's 'task' field")
     ingest.add_argument("--split", choices=["pool", "query", "eval"], help="default: pool (eval for known eval files)")
     ingest.add_argument("--format", choices=["json", "jsonl", "parquet"], help="default: detected")
-    ingest.add_argument("--layout", help="record layout (default: detected): messages, conversations, "
-                        "dialogsum, qa, alpaca, alpaca_response, mapped")
+    ingest.add_argument(
+        "--layout",
+        help="record layout (default: detected): messages, conversations, "
+        "dialogsum, qa, alpaca, alpaca_response, mapped",
+    )
     ingest.add_argument("--mapping", help="field mapping for other layouts: prompt=COL,response=COL[,input=COL]")
     ingest.add_argument("--embed", action="store_true", help="also compute sentence embeddings of each batch")
     ingest.add_argument("--force", action="store_true", help="re-validate files already ingested")

@@ -11,7 +11,9 @@ from jobs import jobs
 from resources import DselHome, build_resources
 
 
-def build_definitions(home: DselHome | None = None, model: str | None = None, device: str | None = None) -> dg.Definitions:
+def build_definitions(
+    home: DselHome | None = None, model: str | None = None, device: str | None = None
+) -> dg.Definitions:
     """Definitions for a state home; model and device default to ``DSEL_MODEL`` / ``DSEL_DEVICE``."""
     home = home or DselHome.from_env()
     return dg.Definitions(

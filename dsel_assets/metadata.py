@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], limit: int = 50) -> str:
     """A markdown table of at most ``limit`` rows (the UI renders it)."""
+
     def cell(value: object) -> str:
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         return text.replace("|", "\\|").replace("\n", " ")

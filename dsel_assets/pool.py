@@ -50,13 +50,17 @@ def pool_batch(
         tables.replace_batch(conn, manifest, accepted, quarantined)
     reasons = result.reasons()
     params = {
-        "batch": batch, "source": manifest.source, "task": manifest.task, "split": manifest.split,
-        "layout": result.layout, "max_tokens": selection_model.max_tokens, **selection_model.identity(),
+        "batch": batch,
+        "source": manifest.source,
+        "task": manifest.task,
+        "split": manifest.split,
+        "layout": result.layout,
+        "max_tokens": selection_model.max_tokens,
+        **selection_model.identity(),
     }
     inputs = [DatasetRef(f"raw/{manifest.source}", manifest.stored_path, manifest.sha256)]
     with tracker.run(context, params=params, inputs=inputs) as run:
-        run.log_metrics({"read": result.read, "accepted": len(result.accepted),
-                         "quarantined": len(result.quarantined)})
+        run.log_metrics({"read": result.read, "accepted": len(result.accepted), "quarantined": len(result.quarantined)})
         run.log_metrics({f"quarantine.{k}": v for k, v in reasons.items()})
     task_counts = accepted.group_by("task").len().sort("task").rows() if accepted.height else []
     return dg.MaterializeResult(
@@ -80,8 +84,7 @@ def pool_batch(
     group_name=POOL,
     code_version="pool-1",
     kinds={"duckdb"},
-    description="The validated pool over every materialized batch, with its version "
-    "(hash of the batches' manifests).",
+    description="The validated pool over every materialized batch, with its version (hash of the batches' manifests).",
 )
 def pool(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: MlflowTracker) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
@@ -92,9 +95,7 @@ def pool(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: Mlf
         )
         reasons = tables.frame(conn, "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC")
         n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
-        conn.execute(
-            "INSERT INTO pool_versions VALUES (?, ?, ?, now())", [version, batches, n_pool]
-        )
+        conn.execute("INSERT INTO pool_versions VALUES (?, ?, ?, now())", [version, batches, n_pool])
     inputs = [DatasetRef(f"pool_batch/{b}", str(duckdb.database), b) for b in batches]
     with tracker.run(context, params={"pool_version": version, "batches": ",".join(batches)}, inputs=inputs) as run:
         run.log_metrics({"pool_examples": n_pool, "quarantined": int(reasons["n"].sum()) if reasons.height else 0})

@@ -33,9 +33,12 @@ def selection_report_frame(conn, lance: LanceStore) -> pl.DataFrame:
     query_vectors = None
     if has_vectors and queries.height:
         query_vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, queries["pool_id"].to_list())
-    has_noise_labels = conn.execute(
-        "SELECT count(*) FROM examples WHERE split = 'pool' AND json_exists(meta, '$.noise')"
-    ).fetchone()[0] > 0
+    has_noise_labels = (
+        conn.execute("SELECT count(*) FROM examples WHERE split = 'pool' AND json_exists(meta, '$.noise')").fetchone()[
+            0
+        ]
+        > 0
+    )
     rows = []
     for (method, budget), group in selected.group_by(["method", "budget"], maintain_order=True):
         vectors = load_vectors(lance, SENTENCE_EMBEDDINGS, group["pool_id"].to_list())[0] if has_vectors else None
@@ -47,14 +50,24 @@ def selection_report_frame(conn, lance: LanceStore) -> pl.DataFrame:
         )
         rows.append(
             {
-                "method": method, "budget": budget, "size": stats["size"],
-                "task_entropy": stats["task_entropy"], "noise_fraction": stats.get("noise_fraction"),
+                "method": method,
+                "budget": budget,
+                "size": stats["size"],
+                "task_entropy": stats["task_entropy"],
+                "noise_fraction": stats.get("noise_fraction"),
                 "query_similarity": stats.get("query_similarity"),
                 "task_counts": json.dumps(stats["task_counts"]),
             }
         )
-    schema = {"method": pl.String, "budget": pl.String, "size": pl.Int64, "task_entropy": pl.Float64,
-              "noise_fraction": pl.Float64, "query_similarity": pl.Float64, "task_counts": pl.String}
+    schema = {
+        "method": pl.String,
+        "budget": pl.String,
+        "size": pl.Int64,
+        "task_entropy": pl.Float64,
+        "noise_fraction": pl.Float64,
+        "query_similarity": pl.Float64,
+        "task_counts": pl.String,
+    }
     return pl.DataFrame(rows, schema=schema).sort(["method", "size"])
 
 
@@ -82,14 +95,24 @@ def selection_report(
     path = home.paths.reports / "selection_report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown + "\n", encoding="utf-8")
-    with tracker.run(context, params={"pool_version": version},
-                     inputs=[DatasetRef("selections", str(duckdb.database), version)]) as run:
+    with tracker.run(
+        context, params={"pool_version": version}, inputs=[DatasetRef("selections", str(duckdb.database), version)]
+    ) as run:
         for row in report.iter_rows(named=True):
             prefix = f"{row['method']}.{row['budget']}"
-            run.log_metrics({f"{prefix}.{k}": row[k] for k in ("task_entropy", "noise_fraction", "query_similarity")
-                             if row[k] is not None and not np.isnan(row[k])})
+            run.log_metrics(
+                {
+                    f"{prefix}.{k}": row[k]
+                    for k in ("task_entropy", "noise_fraction", "query_similarity")
+                    if row[k] is not None and not np.isnan(row[k])
+                }
+            )
         run.log_artifact(str(path))
     return dg.MaterializeResult(
-        metadata={"report": dg.MetadataValue.md(markdown), "path": dg.MetadataValue.path(str(path)),
-                  "rows": report.height, **run.metadata()},
+        metadata={
+            "report": dg.MetadataValue.md(markdown),
+            "path": dg.MetadataValue.path(str(path)),
+            "rows": report.height,
+            **run.metadata(),
+        },
     )

@@ -57,7 +57,8 @@ def sentence_embeddings(
     rate = len(texts) / max(time.perf_counter() - started, 1e-9)
     context.log.info(f"embedded {len(texts)} examples of batch {batch} at {rate:.1f} examples/s")
     version = lance.replace_partition(
-        SENTENCE_EMBEDDINGS, vector_table(rows["pool_id"].to_list(), batch, vectors, embedder.model_id),
+        SENTENCE_EMBEDDINGS,
+        vector_table(rows["pool_id"].to_list(), batch, vectors, embedder.model_id),
         partition=batch,
     )
     params = {"batch": batch, "model": embedder.model_id, "dim": vectors.shape[1] if len(texts) else 0}

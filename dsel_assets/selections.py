@@ -7,10 +7,10 @@ import time
 from datetime import datetime, timezone
 
 import dagster as dg
-from pydantic import Field
 import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from dsel_assets import tables
 from dsel_assets.core.select import Budget, build_config, methods
@@ -32,9 +32,7 @@ class SelectionConfig(dg.Config):
     budgets: list[str] = Field(
         default=DEFAULT_BUDGETS, description="Budgets: counts (500), fractions (0.05) or percentages (5%)"
     )
-    params: dict[str, str] = Field(
-        default={}, description="Method parameters by name (validated against the registry)"
-    )
+    params: dict[str, str] = Field(default={}, description="Method parameters by name (validated against the registry)")
 
 
 def load_vectors(lance: LanceStore, name: str, pool_ids: list[str]) -> tuple[np.ndarray, int]:
@@ -49,8 +47,9 @@ def load_vectors(lance: LanceStore, name: str, pool_ids: list[str]) -> tuple[np.
     row_of = {pid: i for i, pid in enumerate(table.column("pool_id").to_pylist())}
     missing = [pid for pid in pool_ids if pid not in row_of]
     if missing:
-        raise RuntimeError(f"{name}: {len(missing)} pool ids have no row (e.g. {missing[0]}); "
-                           f"materialize {name} for every pool batch")
+        raise RuntimeError(
+            f"{name}: {len(missing)} pool ids have no row (e.g. {missing[0]}); materialize {name} for every pool batch"
+        )
     return matrix[[row_of[pid] for pid in pool_ids]].astype(np.float32), version
 
 
@@ -83,9 +82,7 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         with duckdb.get_connection() as conn:
             tables.ensure_schema(conn)
             version, _ = tables.pool_version(conn)
-            frame = tables.frame(
-                conn, "SELECT pool_id, task FROM examples WHERE split = 'pool' ORDER BY pool_id"
-            )
+            frame = tables.frame(conn, "SELECT pool_id, task FROM examples WHERE split = 'pool' ORDER BY pool_id")
         pool_ids = frame["pool_id"].to_list()
         if not pool_ids:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
@@ -93,8 +90,12 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         for need in spec.needs:
             representations[need], lance_version = load_vectors(lance, need, pool_ids)
             inputs.append(DatasetRef(need, lance.uri(need), str(lance_version)))
-        params = {"method": spec.name, "budgets": ",".join(b.label for b in budgets),
-                  "pool_version": version, **vars(method_config)}
+        params = {
+            "method": spec.name,
+            "budgets": ",".join(b.label for b in budgets),
+            "pool_version": version,
+            **vars(method_config),
+        }
         summary = []
         with tracker.run(context, params=params, inputs=inputs) as run:
             for budget in budgets:
@@ -104,20 +105,31 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
                 seconds = time.perf_counter() - started
                 rows = pl.DataFrame(
                     {
-                        "method": spec.name, "budget": budget.label, "k": k,
-                        "rank": list(range(len(selection.ids))), "pool_id": selection.ids,
+                        "method": spec.name,
+                        "budget": budget.label,
+                        "k": k,
+                        "rank": list(range(len(selection.ids))),
+                        "pool_id": selection.ids,
                         "score": selection.scores if selection.scores is not None else [None] * len(selection.ids),
-                        "pool_version": version, "config": json.dumps(vars(method_config)),
-                        "mlflow_run_id": run.run_id, "created_at": datetime.now(timezone.utc),
+                        "pool_version": version,
+                        "config": json.dumps(vars(method_config)),
+                        "mlflow_run_id": run.run_id,
+                        "created_at": datetime.now(timezone.utc),
                     },
                     schema_overrides={"score": pl.Float64, "k": pl.Int32, "rank": pl.Int32},
                 )
                 with duckdb.get_connection() as conn:
                     tables.write_selection(conn, spec.name, budget.label, rows)
-                run.log_metrics({f"{budget.label}.k": k, f"{budget.label}.selected": len(selection.ids),
-                                 f"{budget.label}.seconds": seconds})
-                context.log.info(f"{spec.name} @ {budget.label}: {len(selection.ids)} of {len(pool_ids)} "
-                                 f"in {seconds:.2f}s")
+                run.log_metrics(
+                    {
+                        f"{budget.label}.k": k,
+                        f"{budget.label}.selected": len(selection.ids),
+                        f"{budget.label}.seconds": seconds,
+                    }
+                )
+                context.log.info(
+                    f"{spec.name} @ {budget.label}: {len(selection.ids)} of {len(pool_ids)} in {seconds:.2f}s"
+                )
                 summary.append((budget.label, k, len(selection.ids), json.dumps(selection.diagnostics)))
         return dg.MaterializeResult(
             metadata={

@@ -112,8 +112,16 @@ def register_batch(
     if not stored.exists():
         shutil.copyfile(path, stored)
     manifest = BatchManifest(
-        batch=batch_key(source, sha), source=source, task=task, split=split, fmt=fmt, layout=layout,
-        mapping=mapping, original_path=str(path.resolve()), stored_path=str(stored), sha256=sha,
+        batch=batch_key(source, sha),
+        source=source,
+        task=task,
+        split=split,
+        fmt=fmt,
+        layout=layout,
+        mapping=mapping,
+        original_path=str(path.resolve()),
+        stored_path=str(stored),
+        sha256=sha,
         size_bytes=stored.stat().st_size,
     )
     values = asdict(manifest)
@@ -163,17 +171,29 @@ def replace_batch(
 
 def accepted_frame(manifest: BatchManifest, rows: list[dict]) -> pl.DataFrame:
     schema = {
-        "pool_id": pl.String, "batch": pl.String, "split": pl.String, "source": pl.String,
-        "task": pl.String, "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
-        "n_turns": pl.Int32, "n_tokens": pl.Int32, "file_path": pl.String, "file_sha256": pl.String,
-        "position": pl.Int64, "raw": pl.String, "meta": pl.String,
+        "pool_id": pl.String,
+        "batch": pl.String,
+        "split": pl.String,
+        "source": pl.String,
+        "task": pl.String,
+        "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
+        "n_turns": pl.Int32,
+        "n_tokens": pl.Int32,
+        "file_path": pl.String,
+        "file_sha256": pl.String,
+        "position": pl.Int64,
+        "raw": pl.String,
+        "meta": pl.String,
     }
     records = [
         {
             **{k: row[k] for k in ("pool_id", "messages", "n_turns", "n_tokens", "position", "raw", "meta")},
-            "batch": manifest.batch, "split": manifest.split, "source": manifest.source,
+            "batch": manifest.batch,
+            "split": manifest.split,
+            "source": manifest.source,
             "task": manifest.task if manifest.task != "auto" else (row["record_task"] or "general"),
-            "file_path": manifest.stored_path, "file_sha256": manifest.sha256,
+            "file_path": manifest.stored_path,
+            "file_sha256": manifest.sha256,
         }
         for row in rows
     ]
@@ -182,8 +202,13 @@ def accepted_frame(manifest: BatchManifest, rows: list[dict]) -> pl.DataFrame:
 
 def quarantine_frame(manifest: BatchManifest, rows: list[dict]) -> pl.DataFrame:
     schema = {
-        "batch": pl.String, "file_path": pl.String, "file_sha256": pl.String, "position": pl.Int64,
-        "reason": pl.String, "detail": pl.String, "raw": pl.String,
+        "batch": pl.String,
+        "file_path": pl.String,
+        "file_sha256": pl.String,
+        "position": pl.Int64,
+        "reason": pl.String,
+        "detail": pl.String,
+        "raw": pl.String,
     }
     records = [
         {**row, "batch": manifest.batch, "file_path": manifest.stored_path, "file_sha256": manifest.sha256}

@@ -10,8 +10,14 @@ from .models import SelectionModel, SentenceEmbedder
 from .tracking import DatasetRef, MlflowTracker
 
 __all__ = [
-    "DatasetRef", "DselHome", "LanceStore", "MlflowTracker", "SelectionModel", "SentenceEmbedder",
-    "StateHome", "build_resources",
+    "DatasetRef",
+    "DselHome",
+    "LanceStore",
+    "MlflowTracker",
+    "SelectionModel",
+    "SentenceEmbedder",
+    "StateHome",
+    "build_resources",
 ]
 
 

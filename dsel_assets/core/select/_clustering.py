@@ -1,5 +1,10 @@
-"""Seeded k-means shared by the k-means family (faiss: fast at pool scale, deterministic
-for a fixed seed on CPU)."""
+"""Seeded k-means shared by the k-means family.
+
+scikit-learn's k-means++ initialisation rather than faiss: faiss seeds centroids uniformly
+at random, which on skewed pools (one huge cluster, a few small ones) leaves small clusters
+without a centroid - exactly the clusters these methods exist to keep. ``iterations`` caps
+Lloyd steps so cost stays O(iterations * N * k * d).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,9 @@ import numpy as np
 
 def kmeans(vectors: np.ndarray, n_clusters: int, seed: int, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """(centroids [C, d], assignment [N]) of float32 k-means with ``n_clusters`` <= N."""
-    import faiss
+    from sklearn.cluster import KMeans
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n_clusters = max(1, min(n_clusters, len(x)))
-    km = faiss.Kmeans(x.shape[1], n_clusters, niter=iterations, seed=seed, verbose=False)
-    km.cp.min_points_per_centroid = 1
-    km.cp.max_points_per_centroid = max(256, len(x))  # no subsampling: all points count
-    km.train(x)
-    _, assignment = km.index.search(x, 1)
-    return km.centroids, assignment[:, 0]
+    km = KMeans(n_clusters, init="k-means++", n_init=1, max_iter=iterations, random_state=seed).fit(x)
+    return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)

@@ -31,7 +31,9 @@ def mean_query_similarity(selected: np.ndarray, queries: np.ndarray, block: int 
 
 
 def summarize(
-    tasks: list[str], noise: list[str | None] | None = None, selected_vectors: np.ndarray | None = None,
+    tasks: list[str],
+    noise: list[str | None] | None = None,
+    selected_vectors: np.ndarray | None = None,
     query_vectors: np.ndarray | None = None,
 ) -> dict[str, float | int | dict]:
     """Size, per-task counts and their entropy, known-bad fraction, query similarity."""

@@ -1,0 +1,152 @@
+"""The Dagster layer: pool assets materialized with an ephemeral instance, the whole
+default job on the tiny model, and the definitions loading."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dsel_assets import tables
+from dsel_assets.definitions import build_definitions
+from dsel_assets.pool import pool, pool_batch, pool_batches
+
+from .helpers import write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def register(home, path, **labels):
+    with duckdb.connect(str(home.duckdb)) as conn:
+        manifest, _ = tables.register_batch(conn, path, home.raw, **labels)
+    return manifest
+
+
+def test_pool_assets_materialize_with_quarantine(home, local_resources, tmp_path):
+    good = [json.dumps({"question": f"What is {i}+{i}?", "answer": f"{2 * i}"}) for i in range(6)]
+    path = write_jsonl(
+        tmp_path / "qa.jsonl", [*good[:3], "{broken", json.dumps({"question": "no answer"}), *good[3:], good[0]]
+    )
+    manifest = register(home, path, source="toy", task="math")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
+    result = dg.materialize(
+        [pool_batch, pool], partition_key=manifest.batch, resources=local_resources, instance=instance
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("pool_batch")[0].metadata
+    assert (meta["read"].value, meta["accepted"].value, meta["quarantined"].value) == (9, 6, 3)
+    assert "malformed_json" in meta["quarantine_reasons"].value
+    with duckdb.connect(str(home.duckdb)) as conn:
+        assert conn.execute("SELECT count(*), min(task), min(split) FROM examples").fetchone() == (6, "math", "pool")
+        reasons = dict(conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall())
+        assert reasons == {"malformed_json": 1, "missing_field": 1, "duplicate": 1}
+        assert conn.execute("SELECT count(*) FROM pool_versions").fetchone()[0] == 1
+    # data version = file hash + validation config; MLflow run recorded with tags
+    event = instance.get_latest_materialization_event(dg.AssetKey("pool_batch"))
+    assert event.asset_materialization.tags["dagster/data_version"].startswith(manifest.sha256[:16])
+    run = MlflowClient(local_resources["tracker"].tracking_uri).get_run(meta["mlflow_run_id"].value)
+    assert run.data.tags["dagster.partition_key"] == manifest.batch
+    assert run.data.metrics["accepted"] == 6 and run.data.metrics["quarantine.duplicate"] == 1
+
+    # re-materializing the same batch replaces its rows, never duplicates them
+    dg.materialize([pool_batch], partition_key=manifest.batch, resources=local_resources, instance=instance)
+    with duckdb.connect(str(home.duckdb)) as conn:
+        assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 6
+        assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 3
+
+
+def test_second_batch_duplicates_of_the_first_are_quarantined(home, local_resources, tmp_path):
+    rows = [json.dumps({"question": f"Q{i}?", "answer": "A"}) for i in range(4)]
+    first = register(home, write_jsonl(tmp_path / "one.jsonl", rows[:3]), source="one", task="t")
+    second = register(home, write_jsonl(tmp_path / "two.jsonl", rows[1:]), source="two", task="t")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(pool_batches.name, [first.batch, second.batch])
+    for batch in (first.batch, second.batch):
+        dg.materialize([pool_batch], partition_key=batch, resources=local_resources, instance=instance)
+    with duckdb.connect(str(home.duckdb)) as conn:
+        assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 4
+        assert conn.execute("SELECT batch, reason FROM quarantine").fetchall() == [(second.batch, "duplicate")] * 2
+
+
+def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
+    from dsel_assets.cli import main
+
+    assert main(["run", "--model", "tiny", "--per-capability", "25", "--budgets", "10%", "20"]) == 0
+    out = capsys.readouterr().out
+    for method in ("random", "kmeans_centroids", "kmeans_random"):
+        assert method in out
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
+        assert 140 <= n_pool <= 150  # 6 capabilities x 25, minus exact-duplicate noise
+        assert dict(conn.execute("SELECT split, count(*) FROM examples GROUP BY split").fetchall())["query"] == 48
+        sizes = dict(
+            conn.execute(
+                "SELECT method || '@' || budget, count(DISTINCT pool_id) FROM selections GROUP BY ALL"
+            ).fetchall()
+        )
+        assert sizes == {
+            f"{m}@{b}": k
+            for m in ("random", "kmeans_centroids", "kmeans_random")
+            for b, k in (("10pct", n_pool // 10), ("20", 20))
+        }
+        report = conn.execute("SELECT method, budget, size, noise_fraction FROM selection_report").fetchall()
+        assert len(report) == 6 and all(0 <= r[3] <= 1 for r in report)
+    assert (home.reports / "selection_report.md").exists()
+    # every asset materialization has its own MLflow run, and state persists in the home
+    instance = dg.DagsterInstance.from_config(str(home.dagster))
+    keys = [
+        "pool_batch",
+        "pool",
+        "sentence_embeddings",
+        "selection_random",
+        "selection_kmeans_centroids",
+        "selection_kmeans_random",
+        "selection_report",
+    ]
+    materializations = {k: instance.fetch_materializations(dg.AssetKey(k), limit=100).records for k in keys}
+    assert all(materializations.values())
+    run_ids = [
+        r.asset_materialization.metadata["mlflow_run_id"].value
+        for records in materializations.values()
+        for r in records
+    ]
+    assert len(run_ids) == len(set(run_ids)) == 3 * 3 + 4  # 3 batches x 3 per-batch/pool assets + 4 selection/report
+    client = MlflowClient(f"sqlite:///{home.mlflow_db}")
+    assert len(client.search_runs([client.get_experiment_by_name("dsel").experiment_id], max_results=100)) == 13
+
+
+def test_definitions_load_and_every_job_resolves(home):
+    defs = build_definitions(home, model="tiny")
+    for job in ("default_job", "batch_job"):
+        assert defs.resolve_job_def(job) is not None
+    groups = {n.group_name for n in defs.resolve_asset_graph().asset_nodes}
+    assert groups == {"pool", "representations", "selections", "reports"}
+
+
+def test_dagster_definitions_validate(home):
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "All code locations passed validation" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("bad_budget", ["0", "abc"])
+def test_bad_budget_fails_the_selection_with_a_named_error(home, bad_budget):
+    defs = build_definitions(home, model="tiny")
+    job = defs.resolve_job_def("default_job")
+    with pytest.raises(Exception, match="budget"):
+        job.execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(),
+            asset_selection=[dg.AssetKey("selection_random")],
+            run_config={"ops": {"selection_random": {"config": {"budgets": [bad_budget]}}}},
+        )

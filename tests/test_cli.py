@@ -1,0 +1,65 @@
+"""The ``dsel`` command: ingest, status, methods, and clear errors."""
+
+import json
+
+import duckdb
+
+from dsel_assets.cli import main
+
+from .helpers import write_jsonl
+
+
+def test_ingest_status_and_idempotence(home, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DSEL_MODEL", "tiny")
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    write_jsonl(
+        folder / "chat.jsonl",
+        [
+            json.dumps({"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}),
+            json.dumps({"messages": [{"role": "user", "content": "Only a question"}]}),
+        ],
+    )
+    (folder / "alpaca.json").write_text(
+        json.dumps(
+            [
+                {"instruction": "Name a fruit.", "input": "", "output": "Apple."},
+                {"instruction": "Name a fruit.", "input": "", "output": "Apple."},
+            ]
+        )
+    )
+    assert main(["ingest", str(folder), "--task", "general", "--source", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert "not_ending_on_assistant=1" in out and "duplicate=1" in out
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 2
+        assert conn.execute("SELECT DISTINCT source FROM examples").fetchall() == [("mine",)]
+
+    assert main(["ingest", str(folder / "chat.jsonl")]) == 0
+    assert "already batch" in capsys.readouterr().out
+
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "mine" in out and "not_ending_on_assistant" in out and "pool_batch" in out
+
+
+def test_methods_lists_the_registry(capsys):
+    assert main(["methods", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert {"random", "kmeans_centroids", "kmeans_random"} <= set(listed)
+    assert listed["kmeans_random"]["needs"] == "sentence_embeddings"
+    assert main(["methods"]) == 0
+    assert "diversity" in capsys.readouterr().out
+
+
+def test_missing_path_is_a_clear_error(home, capsys):
+    assert main(["ingest", "/no/such/file.jsonl"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_mapping_is_a_clear_error(home, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DSEL_MODEL", "tiny")
+    path = write_jsonl(tmp_path / "x.jsonl", [json.dumps({"a": "b"})])
+    assert main(["ingest", str(path), "--mapping", "prompt=a"]) == 2
+    assert "mapping" in capsys.readouterr().err

@@ -1,0 +1,58 @@
+"""Model loading: the real SmolLM2-135M from its GGUF, the tiny test Llama, MiniLM."""
+
+import numpy as np
+import pytest
+import torch
+
+from dsel_assets.core.models.embeddings import encode, load_encoder
+from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, model_hash, pick_device, resolve
+from resources.models import SelectionModel
+
+
+def response_loss(model, tokenizer, question, answer):
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(prompt + answer, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    labels = ids.clone()
+    labels[:, :n_prompt] = -100
+    with torch.no_grad():
+        return model(input_ids=ids, labels=labels).loss.item()
+
+
+def test_real_smollm2_loads_offline_and_prefers_the_right_answer():
+    spec = resolve("smollm2")
+    model, tokenizer = load_causal_lm(spec, device="cpu"), load_tokenizer(spec)
+    assert sum(p.numel() for p in model.parameters()) > 100e6
+    right = response_loss(model, tokenizer, "What is the capital of France?", "The capital of France is Paris.")
+    wrong = response_loss(model, tokenizer, "What is the capital of France?", "The capital of France is Tokyo.")
+    assert right < wrong and right < 3.0
+
+
+def test_tiny_model_shares_the_tokenizer_and_is_seeded():
+    spec = resolve("tiny")
+    a, b = load_causal_lm(spec, device="cpu"), load_causal_lm(spec, device="cpu")
+    assert a.config.vocab_size == len(load_tokenizer(spec)) and a.config.num_hidden_layers == 2
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_model_resource_identity_and_device():
+    resource = SelectionModel(model="tiny", device="auto")
+    ident = resource.identity()
+    assert ident["model"] == "tiny" and len(ident["model_hash"]) == 16
+    assert ident["model_hash"] != model_hash(resolve("smollm2"))
+    assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_unknown_model_path_is_a_clear_error():
+    with pytest.raises(OSError):
+        load_tokenizer(resolve("/no/such/model/dir"))
+
+
+def test_minilm_embeddings_are_unit_norm_and_semantic():
+    encoder = load_encoder()
+    v = encode(encoder, ["How do I bake bread?", "Bread baking instructions", "The stock market fell today."])
+    assert v.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2

@@ -1,0 +1,114 @@
+"""Selectors, tested over the whole registry (parameters built from it, not a hand list)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dsel_assets.core.select import Budget, Selection, build_config, get, methods
+from dsel_assets.core.select.diagnostics import normalised_entropy, summarize
+
+METHODS = sorted(methods())
+
+
+def inputs(spec, n=240, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(6, d)) * 4
+    x = (centers[rng.integers(0, 6, n)] + rng.normal(size=(n, d))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    reps = {"sentence_embeddings": x}
+    return [f"id{i:04d}" for i in range(n)], {need: reps[need] for need in spec.needs}
+
+
+def run(name, k, seed=0, n=240, **params):
+    spec = get(name)
+    ids, reps = inputs(spec, n=n)
+    return spec.select(ids, k, build_config(name, {"seed": seed, **params}), **reps)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_exact_budget_unique_ids_from_the_pool(name):
+    ids, _ = inputs(get(name))
+    for k in (0, 1, 12, 24, 240):
+        sel = run(name, k)
+        assert isinstance(sel, Selection) and sel.method == name
+        assert len(sel.ids) == k and len(set(sel.ids)) == k
+        assert set(sel.ids) <= set(ids)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_same_seed_same_ids(name):
+    assert run(name, 24, seed=5).ids == run(name, 24, seed=5).ids
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_duplicate_ids_and_misaligned_representations_are_refused(name):
+    spec = get(name)
+    ids, reps = inputs(spec)
+    with pytest.raises(ValueError, match="unique"):
+        spec.select(ids[:-1] + [ids[0]], 5, build_config(name), **reps)
+    if reps:
+        with pytest.raises(ValueError, match="rows"):
+            spec.select(ids[:-1], 5, build_config(name), **reps)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_config_validation_names_the_field(name):
+    with pytest.raises(ValueError, match=rf"{name}: unknown parameter\(s\) \['no_such'\]; allowed"):
+        build_config(name, {"no_such": "1"})
+    with pytest.raises(ValueError, match=rf"{name}\.seed: expected int"):
+        build_config(name, {"seed": "abc"})
+    config = build_config(name, {"seed": "7"})
+    assert config.seed == 7
+    assert build_config(name, dataclasses.asdict(config)) == config  # round trip
+
+
+def test_unknown_method_lists_the_available_ones():
+    with pytest.raises(KeyError, match="random"):
+        get("no_such_method")
+
+
+def test_random_budgets_are_nested_prefixes():
+    small, large = run("random", 12), run("random", 48)
+    assert large.ids[:12] == small.ids
+
+
+def test_kmeans_random_balances_and_redistributes():
+    # 3 clusters of very different size: 5, 20, 200 points; quota 10 each for k = 30
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c, 0.01, size=(n, 2)) for c, n in ((0, 5), (5, 20), (10, 200))]).astype(np.float32)
+    ids = [f"p{i}" for i in range(len(x))]
+    sel = get("kmeans_random").select(ids, 30, build_config("kmeans_random", {"n_clusters": 3}), sentence_embeddings=x)
+    group = np.array([0] * 5 + [1] * 20 + [2] * 200)
+    counts = np.bincount(group[[ids.index(i) for i in sel.ids]], minlength=3)
+    assert counts.tolist() == [5, 12, 13]  # small cluster exhausted, its quota shared
+    with pytest.raises(ValueError, match="n_clusters"):
+        build_config("kmeans_random", {"n_clusters": 0})
+
+
+def test_kmeans_centroids_takes_one_point_per_well_separated_cluster():
+    rng = np.random.default_rng(1)
+    centers = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], dtype=np.float32)
+    x = np.concatenate([rng.normal(c, 0.1, size=(30, 2)) for c in centers]).astype(np.float32)
+    ids = [f"p{i}" for i in range(len(x))]
+    sel = get("kmeans_centroids").select(ids, 4, build_config("kmeans_centroids"), sentence_embeddings=x)
+    assert sorted(ids.index(i) // 30 for i in sel.ids) == [0, 1, 2, 3]
+
+
+def test_budget_parsing():
+    assert Budget.parse("5%").count(600) == 30
+    assert Budget.parse(0.05).count(601) == 30  # floor(p * N)
+    assert Budget.parse("0.1").label == "10pct"
+    assert Budget.parse("500").count(100) == 100 and Budget.parse(500).label == "500"
+    for bad in ("abc", "0", "-5", "150%", "2.5"):
+        with pytest.raises(ValueError, match="budget"):
+            Budget.parse(bad)
+
+
+def test_diagnostics():
+    assert normalised_entropy(["a", "b", "a", "b"]) == pytest.approx(1.0)
+    assert normalised_entropy(["a", "a"]) == 0.0
+    q = np.eye(3, dtype=np.float32)[:1]
+    stats = summarize(["a", "b"], noise=[None, "wrong_answer"], selected_vectors=np.eye(3)[:2], query_vectors=q)
+    assert stats["noise_fraction"] == 0.5 and stats["query_similarity"] == 0.5
+    assert stats["task_counts"] == {"a": 1, "b": 1}
