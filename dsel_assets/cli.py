@@ -43,7 +43,9 @@ def _home(args: argparse.Namespace) -> DselHome:
 def _definitions(home: DselHome, args: argparse.Namespace):
     from dsel_assets.definitions import build_definitions
 
-    return build_definitions(home, model=getattr(args, "model", None), device=getattr(args, "device", None))
+    return build_definitions(
+        home, model=getattr(args, "model", None), device=getattr(args, "device", None), progress=sys.stderr.isatty()
+    )
 
 
 def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
@@ -127,9 +129,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not files:
         print("[dsel] no data files found", file=sys.stderr)
         return 2
+    # Query and eval sets first: a pool row equal to one of theirs is then the row that is
+    # quarantined as a duplicate, which keeps evaluation data out of the pool.
+    labelled = sorted(
+        ((path, labels_for(path, args.source, args.task, args.split)) for path in files),
+        key=lambda item: item[1].split == "pool",
+    )
     batches = []
-    for path in files:
-        labels = labels_for(path, args.source, args.task, args.split)
+    for path, labels in labelled:
         batch, created = _register(
             home,
             path,

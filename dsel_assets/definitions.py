@@ -12,7 +12,7 @@ from resources import DselHome, build_resources
 
 
 def build_definitions(
-    home: DselHome | None = None, model: str | None = None, device: str | None = None
+    home: DselHome | None = None, model: str | None = None, device: str | None = None, progress: bool = False
 ) -> dg.Definitions:
     """Definitions for a state home; model and device default to ``DSEL_MODEL`` / ``DSEL_DEVICE``."""
     home = home or DselHome.from_env()
@@ -23,6 +23,7 @@ def build_definitions(
             home,
             model=model or os.environ.get("DSEL_MODEL", "smollm2"),
             device=device or os.environ.get("DSEL_DEVICE", "auto"),
+            progress=progress,
         ),
     )
 

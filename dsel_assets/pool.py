@@ -96,7 +96,11 @@ def pool(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: Mlf
         reasons = tables.frame(conn, "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC")
         n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
         conn.execute("INSERT INTO pool_versions VALUES (?, ?, ?, now())", [version, batches, n_pool])
-    inputs = [DatasetRef(f"pool_batch/{b}", str(duckdb.database), b) for b in batches]
+    with duckdb.get_connection() as conn:
+        inputs = [
+            DatasetRef(f"pool_batch/{b}", tables.get_batch(conn, b).stored_path, tables.get_batch(conn, b).sha256)
+            for b in batches
+        ]
     with tracker.run(context, params={"pool_version": version, "batches": ",".join(batches)}, inputs=inputs) as run:
         run.log_metrics({"pool_examples": n_pool, "quarantined": int(reasons["n"].sum()) if reasons.height else 0})
     return dg.MaterializeResult(

@@ -50,10 +50,11 @@ def sentence_embeddings(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     with duckdb.get_connection() as conn:
+        manifest = tables.get_batch(conn, batch)
         rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE batch = ? ORDER BY pool_id", [batch])
     texts = [example_text(m) for m in rows["messages"].to_list()]
     started = time.perf_counter()
-    vectors = embedder.encode(texts)
+    vectors = embedder.encode(texts, progress=embedder.progress)
     rate = len(texts) / max(time.perf_counter() - started, 1e-9)
     context.log.info(f"embedded {len(texts)} examples of batch {batch} at {rate:.1f} examples/s")
     version = lance.replace_partition(
@@ -62,7 +63,7 @@ def sentence_embeddings(
         partition=batch,
     )
     params = {"batch": batch, "model": embedder.model_id, "dim": vectors.shape[1] if len(texts) else 0}
-    inputs = [DatasetRef(f"pool_batch/{batch}", str(duckdb.database), batch)]
+    inputs = [DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
     with tracker.run(context, params=params, inputs=inputs) as run:
         run.log_datasets([DatasetRef(SENTENCE_EMBEDDINGS, lance.uri(SENTENCE_EMBEDDINGS), str(version), "output")])
         run.log_metrics({"rows": len(texts), "examples_per_s": rate, "lance_version": version})

@@ -141,14 +141,15 @@ def get_batch(conn: duckdb.DuckDBPyConnection, batch: str) -> BatchManifest:
     return BatchManifest(**dict(zip(names, row, strict=True)))
 
 
-def ids_before(conn: duckdb.DuckDBPyConnection, batch: str) -> set[str]:
-    """Ids of batches registered before ``batch``: the duplicates a new batch must not repeat."""
+def ids_before(conn: duckdb.DuckDBPyConnection, batch: str) -> dict[str, str]:
+    """Ids stored by batches registered before ``batch`` -> "batch (split)": the rows a new
+    batch must not repeat. Ids stay unique across the whole store, whatever the split."""
     rows = conn.execute(
-        """SELECT e.pool_id FROM examples e JOIN batches b USING (batch)
+        """SELECT e.pool_id, b.batch, b.split FROM examples e JOIN batches b USING (batch)
            WHERE b.registered_at < (SELECT registered_at FROM batches WHERE batch = ?)""",
         [batch],
     ).fetchall()
-    return {r[0] for r in rows}
+    return {pool_id: f"batch {name} ({split})" for pool_id, name, split in rows}
 
 
 def replace_batch(

@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 
-def build_resources(home: DselHome, model: str = "smollm2", device: str = "auto") -> dict:
+def build_resources(home: DselHome, model: str = "smollm2", device: str = "auto", progress: bool = False) -> dict:
     """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite)."""
     home.ensure()
     return {
@@ -30,5 +30,5 @@ def build_resources(home: DselHome, model: str = "smollm2", device: str = "auto"
         "lance": LanceStore(root=str(home.lance)),
         "tracker": MlflowTracker(tracking_uri=home.mlflow_uri, artifact_location=home.mlflow_artifacts.as_uri()),
         "selection_model": SelectionModel(model=model, device=device),
-        "embedder": SentenceEmbedder(device=device),
+        "embedder": SentenceEmbedder(device=device, progress=progress),
     }

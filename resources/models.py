@@ -42,6 +42,7 @@ class SentenceEmbedder(dg.ConfigurableResource):
     path: str | None = Field(default=None, description="Sentence-transformers model folder; default MiniLM")
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
     batch_size: int = Field(default=64, description="Texts per forward pass")
+    progress: bool = Field(default=False, description="Show a progress bar (the CLI turns it on)")
 
     @property
     def model_id(self) -> str:

@@ -60,9 +60,9 @@ def test_pool_assets_materialize_with_quarantine(home, local_resources, tmp_path
         assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 3
 
 
-def test_second_batch_duplicates_of_the_first_are_quarantined(home, local_resources, tmp_path):
+def test_pool_rows_repeating_an_earlier_eval_batch_are_quarantined(home, local_resources, tmp_path):
     rows = [json.dumps({"question": f"Q{i}?", "answer": "A"}) for i in range(4)]
-    first = register(home, write_jsonl(tmp_path / "one.jsonl", rows[:3]), source="one", task="t")
+    first = register(home, write_jsonl(tmp_path / "one.jsonl", rows[:3]), source="one", task="t", split="eval")
     second = register(home, write_jsonl(tmp_path / "two.jsonl", rows[1:]), source="two", task="t")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(pool_batches.name, [first.batch, second.batch])
@@ -70,7 +70,13 @@ def test_second_batch_duplicates_of_the_first_are_quarantined(home, local_resour
         dg.materialize([pool_batch], partition_key=batch, resources=local_resources, instance=instance)
     with duckdb.connect(str(home.duckdb)) as conn:
         assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 4
-        assert conn.execute("SELECT batch, reason FROM quarantine").fetchall() == [(second.batch, "duplicate")] * 2
+        quarantined = conn.execute("SELECT batch, reason, detail FROM quarantine").fetchall()
+        assert [(b, r) for b, r, _ in quarantined] == [(second.batch, "duplicate")] * 2
+        assert all(f"batch {first.batch} (eval)" in detail for _, _, detail in quarantined)
+        assert conn.execute("SELECT split, count(*) FROM examples GROUP BY split ORDER BY split").fetchall() == [
+            ("eval", 3),
+            ("pool", 1),
+        ]
 
 
 def test_default_job_end_to_end_on_the_tiny_model(home, capsys):

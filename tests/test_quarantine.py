@@ -89,9 +89,10 @@ def test_exact_duplicates_within_a_file_and_against_the_pool(tmp_path):
     result = validate_file(path)
     assert [r["reason"] for r in result.quarantined] == [Reason.DUPLICATE.value]
     assert "position 1" in result.quarantined[0]["detail"]
-    known = {result.accepted[2]["pool_id"]}  # alpaca(3) already in the pool from another batch
+    known = {result.accepted[2]["pool_id"]: "batch evals (eval)"}  # alpaca(3) stored by an earlier batch
     again = validate_file(path, known_ids=known)
     assert sorted(r["reason"] for r in again.quarantined) == [Reason.DUPLICATE.value] * 2
+    assert any("batch evals (eval)" in r["detail"] for r in again.quarantined)
     assert len(again.accepted) == 2
 
 

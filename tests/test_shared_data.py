@@ -41,12 +41,12 @@ EXPECTED_LAYOUT = {
 def ingested(shared_data, tokenizer):
     """Validate the files in catalog order, each against the ids of the files before it."""
     files = expand_paths([shared_data])
-    known: set[str] = set()
+    known: dict[str, str] = {}
     results = {}
     count = token_counter(tokenizer)
     for path in files:
         result = validate_file(path, count_tokens=count, max_tokens=4096, known_ids=known)
-        known |= {row["pool_id"] for row in result.accepted}
+        known |= {row["pool_id"]: path.name for row in result.accepted}
         results[path.name] = (labels_for(path, None, None, None), result)
     return results
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,13 +59,15 @@ def validate_items(
     mapping: FieldMapping | None = None,
     count_tokens: TokenCounter | None = None,
     max_tokens: int | None = None,
-    known_ids: set[str] | frozenset[str] = frozenset(),
+    known_ids: Mapping[str, str] | None = None,
     token_batch: int = 256,
 ) -> ValidationResult:
     """Turn raw items into canonical rows; every failure becomes a quarantine row.
 
-    ``known_ids`` are ids already in the pool (other batches): a record equal to one of them
-    is a duplicate. ``layout`` is detected from the first decodable record when not given.
+    ``known_ids`` maps ids already stored (earlier batches) to where they are: a record
+    equal to one of them is a duplicate, which also keeps eval and query rows out of the pool
+    when those sets are ingested first (decontamination). ``layout`` is detected from the
+    first decodable record when not given.
     """
     items = list(items)
     if layout is None and mapping is not None:
@@ -101,8 +103,8 @@ def validate_items(
         pool_id = example_id(messages)
         if max_tokens is not None and n_tokens is not None and n_tokens > max_tokens:
             error = RecordError(Reason.OVER_TOKEN_LIMIT, f"{n_tokens} tokens > {max_tokens}")
-        elif pool_id in known_ids:
-            error = RecordError(Reason.DUPLICATE, f"{pool_id} is already in the pool")
+        elif known_ids and pool_id in known_ids:
+            error = RecordError(Reason.DUPLICATE, f"{pool_id} is already stored in {known_ids[pool_id]}")
         elif pool_id in seen:
             error = RecordError(Reason.DUPLICATE, f"{pool_id} repeats position {seen[pool_id]}")
         else:
@@ -137,7 +139,7 @@ def validate_file(
     mapping: FieldMapping | str | None = None,
     count_tokens: TokenCounter | None = None,
     max_tokens: int | None = None,
-    known_ids: set[str] | frozenset[str] = frozenset(),
+    known_ids: Mapping[str, str] | None = None,
 ) -> ValidationResult:
     """Read and validate one file (see :func:`validate_items`)."""
     return validate_items(
