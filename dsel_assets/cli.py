@@ -76,10 +76,12 @@ def _run_batches(home, defs, batches: list[str], job_name: str, run_config: dict
 def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
     import duckdb
 
+    from dsel_assets import tables
+
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         rows = []
         for batch in batches:
-            accepted = conn.execute("SELECT count(*) FROM examples WHERE batch = ?", [batch]).fetchone()[0]
+            accepted = tables.scalar(conn, "SELECT count(*) FROM examples WHERE batch = ?", [batch])
             reasons = conn.execute(
                 "SELECT reason, count(*) FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY 2 DESC", [batch]
             ).fetchall()
@@ -272,14 +274,20 @@ def parser() -> argparse.ArgumentParser:
     meth.add_argument("--json", action="store_true")
     meth.set_defaults(func=cmd_methods)
 
-    ui = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on the state home")
-    ui.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to dagster dev")
+    ui = sub.add_parser(
+        "ui",
+        help="open the Dagster UI (dagster dev) on the state home; other arguments (e.g. -p 3000) go to dagster dev",
+    )
     ui.set_defaults(func=cmd_ui)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args, extra = cli.parse_known_args(argv)
+    if extra and args.command != "ui":
+        cli.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as exc:

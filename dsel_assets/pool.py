@@ -94,7 +94,7 @@ def pool(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: Mlf
             conn, "SELECT split, source, task, count(*) AS n FROM examples GROUP BY ALL ORDER BY ALL"
         )
         reasons = tables.frame(conn, "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC")
-        n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
+        n_pool = tables.scalar(conn, "SELECT count(*) FROM examples WHERE split = 'pool'")
         conn.execute("INSERT INTO pool_versions VALUES (?, ?, ?, now())", [version, batches, n_pool])
     with duckdb.get_connection() as conn:
         inputs = [

@@ -33,11 +33,8 @@ def selection_report_frame(conn, lance: LanceStore) -> pl.DataFrame:
     query_vectors = None
     if has_vectors and queries.height:
         query_vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, queries["pool_id"].to_list())
-    has_noise_labels = (
-        conn.execute("SELECT count(*) FROM examples WHERE split = 'pool' AND json_exists(meta, '$.noise')").fetchone()[
-            0
-        ]
-        > 0
+    has_noise_labels = tables.scalar(
+        conn, "SELECT count(*) > 0 FROM examples WHERE split = 'pool' AND json_exists(meta, '$.noise')"
     )
     rows = []
     for (method, budget), group in selected.group_by(["method", "budget"], maintain_order=True):

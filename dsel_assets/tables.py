@@ -50,6 +50,18 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(SCHEMA)
 
 
+def one(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:
+    """The first row, with the result fully consumed (DuckDB refuses further work on a
+    connection holding an unfinished result, e.g. after ``fetchone``)."""
+    rows = conn.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
+def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """The single value of a one-row, one-column query."""
+    return one(conn, sql, params)[0]
+
+
 @dataclass(frozen=True)
 class BatchManifest:
     """What a pool batch is: one ingested file and how to read it."""
@@ -82,7 +94,7 @@ def batch_key(source: str, sha256: str) -> str:
 
 def find_batch_by_sha(conn: duckdb.DuckDBPyConnection, sha256: str, split: str) -> str | None:
     ensure_schema(conn)
-    row = conn.execute("SELECT batch FROM batches WHERE sha256 = ? AND split = ?", [sha256, split]).fetchone()
+    row = one(conn, "SELECT batch FROM batches WHERE sha256 = ? AND split = ?", [sha256, split])
     return row[0] if row else None
 
 
@@ -135,7 +147,7 @@ def register_batch(
 def get_batch(conn: duckdb.DuckDBPyConnection, batch: str) -> BatchManifest:
     ensure_schema(conn)
     names = list(BatchManifest.__dataclass_fields__)
-    row = conn.execute(f"SELECT {', '.join(names)} FROM batches WHERE batch = ?", [batch]).fetchone()
+    row = one(conn, f"SELECT {', '.join(names)} FROM batches WHERE batch = ?", [batch])
     if row is None:
         raise KeyError(f"batch: {batch!r} is not registered; run `dsel ingest PATH` first")
     return BatchManifest(**dict(zip(names, row, strict=True)))
