@@ -1,0 +1,53 @@
+"""The influence matrix S = sum_c w_c F_pool,c F_query,c^T (METHODS.md R1.4) built by
+streaming pool feature batches, and LESS task aggregation (R1.5)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+def checkpoint_weights(mean_lrs: Mapping[int, float]) -> dict[int, float]:
+    """Each checkpoint's mean learning rate, renormalised to sum to 1."""
+    total = float(sum(mean_lrs.values()))
+    if not mean_lrs or total <= 0 or not np.isfinite(total):
+        raise ValueError(f"checkpoint weights: learning rates must be positive, got {dict(mean_lrs)}")
+    return {c: float(lr) / total for c, lr in mean_lrs.items()}
+
+
+def influence_matrix(
+    pool_ids: Sequence[str],
+    query_features: Mapping[int, np.ndarray],
+    pool_batches: Iterable[tuple[int, Sequence[str], np.ndarray]],
+    weights: Mapping[int, float],
+) -> np.ndarray:
+    """S [N, M] (float32) from ``(checkpoint, ids, features)`` pool batches; only one batch
+    of pool features is in memory at a time. Every pool id must be seen once per checkpoint."""
+    row_of = {pid: i for i, pid in enumerate(pool_ids)}
+    n_queries = {q.shape[0] for q in query_features.values()}
+    if len(n_queries) != 1:
+        raise ValueError(f"query features: checkpoints disagree on the number of queries {n_queries}")
+    scores = np.zeros((len(pool_ids), n_queries.pop()), dtype=np.float32)
+    seen = {c: 0 for c in weights}
+    for checkpoint, ids, features in pool_batches:
+        if checkpoint not in weights:
+            continue
+        rows = np.fromiter((row_of[i] for i in ids), dtype=np.int64, count=len(ids))
+        block = np.asarray(features, dtype=np.float32) @ np.asarray(query_features[checkpoint], dtype=np.float32).T
+        scores[rows] += weights[checkpoint] * block
+        seen[checkpoint] += len(ids)
+    incomplete = {c: n for c, n in seen.items() if n != len(pool_ids)}
+    if incomplete:
+        raise ValueError(f"pool features: rows per checkpoint {incomplete}, expected {len(pool_ids)} each")
+    return scores
+
+
+def less_task_scores(scores: np.ndarray, subtasks: Sequence[str]) -> np.ndarray:
+    """LESS aggregation for one task: mean over the query columns of each subtask, then the
+    max over subtasks. ``subtasks`` labels the columns of ``scores`` (one label = plain mean)."""
+    labels = np.asarray(subtasks)
+    if len(labels) != scores.shape[1] or len(labels) == 0:
+        raise ValueError(f"subtasks: {len(labels)} labels for {scores.shape[1]} query columns")
+    means = [scores[:, labels == s].mean(axis=1) for s in dict.fromkeys(labels.tolist())]
+    return np.max(np.stack(means, axis=1), axis=1)

@@ -1,0 +1,109 @@
+"""LESS gradient features (METHODS.md R1.2-R1.3): per-example LoRA gradients, Adam
+preconditioning for pool examples (plain gradients for queries), seeded block projection,
+L2 normalisation. Produced in chunks so callers can persist and resume chunk by chunk."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .gradients import PerExampleGradients, adam_features
+from .projection import BlockProjector
+from .sft import collate, encode_conversation, length_batches
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    dim: int = field(default=8192, metadata={"help": "projected dimension d"})
+    projection: str = field(default="rademacher", metadata={"help": "rademacher | gaussian"})
+    projection_seed: int = field(default=0, metadata={"help": "seed of the projection matrix"})
+    max_length: int = field(default=512, metadata={"help": "tokens per example (right-truncated)"})
+    batch_size: int = field(default=8, metadata={"help": "examples per backward pass"})
+    max_batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per backward pass"})
+    chunk: int = field(default=64, metadata={"help": "examples per projection call and per write"})
+    textbook_adam: bool = field(default=False, metadata={"help": "sqrt(v)+eps instead of sqrt(v+eps)"})
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "max_length", "batch_size", "max_batch_tokens", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FeatureChunk:
+    ids: list[str]
+    features: np.ndarray  # [n, dim] float16, unit rows
+    losses: np.ndarray  # [n] response loss of each example
+    seconds: float
+
+
+def gradient_features(
+    model,
+    tokenizer,
+    items: list[tuple[str, list[dict]]],
+    config: FeatureConfig,
+    optimizer_state: dict[str, dict] | None = None,
+    excluded: list[tuple[str, str]] | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> Iterator[FeatureChunk]:
+    """Yield features of ``items`` (id, messages) chunk by chunk, longest first.
+
+    With ``optimizer_state`` (``{"exp_avg": {name: t}, "exp_avg_sq": {...}}``) the Adam
+    direction is used (pool examples); without it the plain gradient (queries). Examples
+    left without response tokens by truncation are appended to ``excluded`` with a reason."""
+    import torch
+
+    model.eval()  # dropout off: the gradient of the model as it is
+    device = next(model.parameters()).device
+    encoded, ids = [], []
+    for item_id, messages in items:
+        enc = encode_conversation(tokenizer, messages, config.max_length)
+        if enc is None:
+            if excluded is not None:
+                excluded.append((item_id, f"no response tokens within max_length={config.max_length}"))
+            continue
+        encoded.append(enc)
+        ids.append(item_id)
+    order = np.argsort([-len(e.input_ids) for e in encoded], kind="stable")
+    with PerExampleGradients(model) as hooks:
+        projector = BlockProjector(hooks.dim, config.dim, config.projection_seed, config.projection, device=str(device))
+        moments = None
+        if optimizer_state is not None:
+            missing = [n for n in hooks.names if n not in optimizer_state["exp_avg"]]
+            if missing:
+                raise KeyError(f"optimizer state: no Adam moments for {missing[0]} (checkpoint of another model?)")
+            moments = [
+                torch.cat([optimizer_state[key][n].reshape(-1) for n in hooks.names]).to(device)
+                for key in ("exp_avg", "exp_avg_sq")
+            ]
+        done = 0
+        for start in range(0, len(order), config.chunk):
+            started = time.perf_counter()
+            chunk = order[start : start + config.chunk]
+            lengths = [len(encoded[i].input_ids) for i in chunk]
+            rows, losses, chunk_ids = [], [], []
+            for group in length_batches(lengths, config.batch_size, config.max_batch_tokens):
+                members = [chunk[i] for i in group]
+                grads, loss = hooks.compute(collate([encoded[i] for i in members], tokenizer.pad_token_id))
+                if moments is not None:
+                    grads = adam_features(grads, *moments, textbook=config.textbook_adam)
+                rows.append(grads)
+                losses.append(loss.float().cpu())
+                chunk_ids += [ids[i] for i in members]
+            projected = projector.project(torch.cat(rows))
+            projected = projected / projected.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            done += len(chunk)
+            if on_chunk is not None:
+                on_chunk(done, len(order))
+            yield FeatureChunk(
+                chunk_ids,
+                projected.cpu().numpy().astype(np.float16),
+                torch.cat(losses).numpy(),
+                time.perf_counter() - started,
+            )

@@ -1,0 +1,155 @@
+"""LESS warmup (METHODS.md R1.1): LoRA-train on a seeded random fraction of the pool and
+save, per epoch, the adapter, the AdamW state keyed by parameter name and the epoch's mean
+learning rate. Everything is written as safetensors / JSON (no pickle)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .lora import LoraSettings, add_lora, lora_parameters
+from .sft import Encoded, collate, length_batches, per_example_loss
+
+ADAPTER_DIR = "adapter"
+OPTIMIZER_FILE = "optimizer.safetensors"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    fraction: float = field(default=0.05, metadata={"help": "share of the pool to train on"})
+    epochs: int = field(default=2, metadata={"help": "epochs; one checkpoint per epoch"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (linear decay)"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "share of steps with linear warm-up"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step"})
+    max_length: int = field(default=512, metadata={"help": "tokens per example (right-truncated)"})
+    seed: int = field(default=0, metadata={"help": "sampling, shuffling and LoRA init seed"})
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction: must be in (0, 1], got {self.fraction}")
+        for name in ("epochs", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "lora": self.lora.to_dict()}
+
+
+def warmup_sample(pool_ids: list[str], fraction: float, seed: int) -> list[str]:
+    """One seeded permutation over the whole (sorted) pool; its first ceil(p * N) ids."""
+    ordered = sorted(pool_ids)
+    k = max(1, math.ceil(fraction * len(ordered)))
+    order = np.random.default_rng(seed).permutation(len(ordered))[:k]
+    return [ordered[i] for i in sorted(order)]
+
+
+@dataclass
+class Checkpoint:
+    epoch: int
+    path: Path
+    lr_mean: float
+
+
+def _save_checkpoint(model, optimizer, path: Path, lr_mean: float, epoch: int) -> Checkpoint:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path / ADAPTER_DIR)
+    state = {}
+    for name, param in lora_parameters(model):
+        entry = optimizer.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            state[f"{key}/{name}"] = entry[key].detach().float().cpu().contiguous()
+    save_file(state, str(path / OPTIMIZER_FILE), metadata={"lr_mean": repr(lr_mean), "epoch": str(epoch)})
+    return Checkpoint(epoch, path, lr_mean)
+
+
+def train_warmup(
+    model,
+    encoded: list[Encoded],
+    config: WarmupConfig,
+    out_dir: Path,
+    pad_id: int,
+    manifest_extra: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Checkpoint]:
+    """Train LoRA on ``encoded`` (already the warmup sample) and save one checkpoint per
+    epoch under ``out_dir/epoch-<e>/``, plus ``out_dir/manifest.json`` with the curve."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    if not encoded:
+        raise ValueError("warmup: no trainable examples (all truncated away or empty pool)")
+    torch.manual_seed(config.seed)
+    model = add_lora(model, config.lora, seed=config.seed)
+    model.train()
+    params = [p for _, p in lora_parameters(model)]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    rng = np.random.default_rng(config.seed)
+    batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    total = batches_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
+    curve: list[dict] = []
+    checkpoints = []
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        order = rng.permutation(len(encoded))
+        lrs = []
+        # similar lengths together, batches in random order
+        groups = length_batches([len(encoded[i].input_ids) for i in order], config.batch_size)
+        for group_index in rng.permutation(len(groups)):
+            batch = collate([encoded[order[i]] for i in groups[group_index]], pad_id)
+            lrs.append(scheduler.get_last_lr()[0])
+            loss = per_example_loss(model, batch).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            curve.append({"step": len(curve) + 1, "epoch": epoch, "loss": loss.item(), "lr": lrs[-1]})
+        elapsed = time.perf_counter() - started
+        eta = elapsed / epoch * (config.epochs - epoch)
+        log(
+            f"warmup epoch {epoch}/{config.epochs}: loss {np.mean([c['loss'] for c in curve[-len(lrs) :]]):.4f}, "
+            f"{len(curve) / elapsed:.2f} steps/s, eta {eta:.0f}s"
+        )
+        checkpoints.append(_save_checkpoint(model, optimizer, out_dir / f"epoch-{epoch}", float(np.mean(lrs)), epoch))
+    manifest = {
+        "config": config.to_dict(),
+        "checkpoints": [{"epoch": c.epoch, "path": str(c.path), "lr_mean": c.lr_mean} for c in checkpoints],
+        "curve": curve,
+        "examples": len(encoded),
+        **(manifest_extra or {}),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return checkpoints
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"warmup: no manifest at {path}; materialize warmup_checkpoint first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_checkpoint(base_model, path: Path):
+    """(model with the checkpoint's trainable adapter, {"exp_avg": {name: t}, "exp_avg_sq": {...}})."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    model = PeftModel.from_pretrained(base_model, str(path / ADAPTER_DIR), is_trainable=True)
+    state: dict[str, dict] = {"exp_avg": {}, "exp_avg_sq": {}}
+    for key, tensor in load_file(str(path / OPTIMIZER_FILE)).items():
+        kind, name = key.split("/", 1)
+        state[kind][name] = tensor
+    return model, state
