@@ -44,7 +44,11 @@ def _definitions(home: DselHome, args: argparse.Namespace):
     from dsel_assets.definitions import build_definitions
 
     return build_definitions(
-        home, model=getattr(args, "model", None), device=getattr(args, "device", None), progress=sys.stderr.isatty()
+        home,
+        model=getattr(args, "model", None),
+        device=getattr(args, "device", None),
+        progress=sys.stderr.isatty(),
+        grad_dim=getattr(args, "grad_dim", None),
     )
 
 
@@ -113,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _run_batches(home, defs, [batches["queries"], batches["eval"]], "batch_job")
     budgets = {"config": {"budgets": args.budgets}}
     run_config = {"ops": {f"selection_{name}": budgets for name in methods()}}
+    run_config["ops"]["warmup_checkpoint"] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
+    run_config["ops"]["selection_less"] = {"config": {"budgets": args.budgets, "params": {"task": args.target}}}
     _run_batches(home, defs, [batches["pool"]], "default_job", run_config)
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         report = tables.frame(conn, "SELECT * FROM selection_report ORDER BY method, size")
@@ -171,6 +177,39 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"[dsel] ingesting batch {batch} ...", flush=True)
             job.execute_in_process(instance=instance, partition_key=batch, asset_selection=keys, run_config=QUIET)
         _print_ingest_summary(home, batches)
+    return 0
+
+
+def cmd_grads(args: argparse.Namespace) -> int:
+    """The pool_grad_features asset for the chosen batches, from the command line."""
+    import duckdb
+    from dagster import AssetKey, DagsterInstance
+
+    from dsel_assets import tables
+
+    home = _home(args)
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        pool_batches = [
+            r[0] for r in conn.execute("SELECT batch FROM batches WHERE split = 'pool' ORDER BY batch").fetchall()
+        ]
+    batches = args.batch or pool_batches
+    unknown = sorted(set(batches) - set(pool_batches))
+    if unknown:
+        raise ValueError(f"batch: {unknown} are not pool batches; known: {pool_batches}")
+    defs = _definitions(home, args)
+    job = defs.resolve_job_def("batch_job")
+    config = {"ops": {"pool_grad_features": {"config": {"checkpoints": args.checkpoint or []}}}, **QUIET}
+    for batch in batches:
+        print(f"[dsel] gradient features for batch {batch} ...", flush=True)
+        job.execute_in_process(
+            instance=DagsterInstance.get(),
+            partition_key=batch,
+            run_config=config,
+            asset_selection=[AssetKey("pool_grad_features")],
+        )
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        latest = tables.one(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")
+    print(f"[dsel] done; features from warmup {latest[0] if latest else '-'}")
     return 0
 
 
@@ -248,6 +287,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     run.add_argument("--per-capability", type=int, default=100, help="pool examples per capability")
     run.add_argument("--budgets", nargs="+", default=["5%", "10%"], help="budgets: 5%% 0.1 500 ...")
+    run.add_argument("--grad-dim", type=int, default=1024, help="gradient feature dimension d (default 1024 here)")
+    run.add_argument("--warmup-epochs", type=int, default=2, help="warmup epochs (one checkpoint each)")
+    run.add_argument("--target", default="arithmetic", help="target task of the targeted methods (LESS)")
     run.set_defaults(func=cmd_run)
 
     ingest = sub.add_parser("ingest", help="ingest files or folders as new pool batches")
@@ -266,6 +308,16 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--force", action="store_true", help="re-validate files already ingested")
     ingest.add_argument("--model", default=None, help="tokenizer for the token limit (default smollm2)")
     ingest.set_defaults(func=cmd_ingest)
+
+    grads = sub.add_parser("grads", help="compute pool gradient features (resumes where a previous run stopped)")
+    grads.add_argument("--batch", action="append", help="pool batch (repeatable; default: every pool batch)")
+    grads.add_argument("--checkpoint", type=int, action="append", help="warmup epoch (repeatable; default: all)")
+    grads.add_argument(
+        "--grad-dim", type=int, default=None, help="feature dimension d (default $DSEL_GRAD_DIM or 8192)"
+    )
+    grads.add_argument("--model", default=None, help="smollm2 (default) | tiny | local path | hub id")
+    grads.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    grads.set_defaults(func=cmd_grads)
 
     status = sub.add_parser("status", help="pool size, quarantine reasons, last materializations")
     status.set_defaults(func=cmd_status)

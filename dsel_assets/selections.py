@@ -25,7 +25,10 @@ SELECTIONS = "selections"
 DEFAULT_BUDGETS = ["5%", "10%"]
 
 #: Representation name (registry ``needs``) -> the asset that materializes it.
-REPRESENTATION_ASSETS = {SENTENCE_EMBEDDINGS: dg.AssetKey(SENTENCE_EMBEDDINGS)}
+REPRESENTATION_ASSETS = {
+    SENTENCE_EMBEDDINGS: dg.AssetKey(SENTENCE_EMBEDDINGS),
+    "less_scores": dg.AssetKey("influence"),
+}
 
 
 class SelectionConfig(dg.Config):
@@ -51,6 +54,33 @@ def load_vectors(lance: LanceStore, name: str, pool_ids: list[str]) -> tuple[np.
             f"{name}: {len(missing)} pool ids have no row (e.g. {missing[0]}); materialize {name} for every pool batch"
         )
     return matrix[[row_of[pid] for pid in pool_ids]].astype(np.float32), version
+
+
+def load_less_scores(duckdb: DuckDBResource, pool_ids: list[str]) -> tuple[dict[str, np.ndarray], str]:
+    """task -> LESS score per pool id (NaN where the example has no gradient feature)."""
+    with duckdb.get_connection() as conn:
+        if not tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'less_scores'"):
+            raise RuntimeError("less_scores: none yet; materialize influence first")
+        rows = tables.frame(conn, "SELECT pool_id, task, score FROM less_scores")
+        warmup = tables.one(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")
+    row_of = {pid: i for i, pid in enumerate(pool_ids)}
+    scores: dict[str, np.ndarray] = {}
+    for (task,), group in rows.group_by(["task"], maintain_order=True):
+        column = np.full(len(pool_ids), np.nan)
+        for pid, score in zip(group["pool_id"], group["score"], strict=True):
+            if pid in row_of:
+                column[row_of[pid]] = score
+        scores[task] = column
+    return scores, warmup[0] if warmup else ""
+
+
+def load_representation(need: str, lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str]):
+    """(representation aligned to ``pool_ids``, its DatasetRef for lineage)."""
+    if need == "less_scores":
+        scores, warmup = load_less_scores(duckdb, pool_ids)
+        return scores, DatasetRef("less_scores", str(duckdb.database), warmup)
+    vectors, version = load_vectors(lance, need, pool_ids)
+    return vectors, DatasetRef(need, lance.uri(need), str(version))
 
 
 def selection_asset_name(method: str) -> str:
@@ -88,8 +118,8 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
         representations, inputs = {}, [DatasetRef("pool", str(duckdb.database), version)]
         for need in spec.needs:
-            representations[need], lance_version = load_vectors(lance, need, pool_ids)
-            inputs.append(DatasetRef(need, lance.uri(need), str(lance_version)))
+            representations[need], ref = load_representation(need, lance, duckdb, pool_ids)
+            inputs.append(ref)
         params = {
             "method": spec.name,
             "budgets": ",".join(b.label for b in budgets),

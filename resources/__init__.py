@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster_duckdb import DuckDBResource
 
+from .gradient_settings import GradientSettings
 from .home import DselHome, StateHome
 from .lance_store import LanceStore
 from .models import SelectionModel, SentenceEmbedder
@@ -21,7 +22,9 @@ __all__ = [
 ]
 
 
-def build_resources(home: DselHome, model: str = "smollm2", device: str = "auto", progress: bool = False) -> dict:
+def build_resources(
+    home: DselHome, model: str = "smollm2", device: str = "auto", progress: bool = False, grad_dim: int = 8192
+) -> dict:
     """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite)."""
     home.ensure()
     return {
@@ -31,4 +34,5 @@ def build_resources(home: DselHome, model: str = "smollm2", device: str = "auto"
         "tracker": MlflowTracker(tracking_uri=home.mlflow_uri, artifact_location=home.mlflow_artifacts.as_uri()),
         "selection_model": SelectionModel(model=model, device=device),
         "embedder": SentenceEmbedder(device=device, progress=progress),
+        "grad_settings": GradientSettings(dim=grad_dim, progress=progress),
     }

@@ -19,6 +19,21 @@ def _checked(kind: str, value: str) -> str:
     return value
 
 
+def _literal(value: str | int) -> str:
+    """A filter literal: integers as they are, strings only when they are plain names."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"filter value: {value!r} must be an int or a plain string")
+    return str(value) if isinstance(value, int) else f"'{_checked('value', value)}'"
+
+
+def where(equal: dict[str, str | int] | None = None, not_in: tuple[str, list[str]] | None = None) -> str | None:
+    """``col = v AND ...`` (and ``col NOT IN (...)``) from checked names and literals."""
+    terms = [f"{_checked('column', k)} = {_literal(v)}" for k, v in (equal or {}).items()]
+    if not_in is not None and not_in[1]:
+        terms.append(f"{_checked('column', not_in[0])} NOT IN ({', '.join(_literal(v) for v in not_in[1])})")
+    return " AND ".join(terms) or None
+
+
 class LanceStore(dg.ConfigurableResource):
     """Dataset URI per asset; atomic per-partition replacement; versions for lineage."""
 
@@ -73,6 +88,38 @@ class LanceStore(dg.ConfigurableResource):
         )
         return self._open(name).version
 
+    def upsert(self, name: str, table: pa.Table, on: list[str]) -> int:
+        """Insert rows, replacing those with the same key columns; one commit, idempotent."""
+        import lance
+
+        ds = self._open(name)
+        if ds is None:
+            return lance.write_dataset(table, self.uri(name), mode="create").version
+        ds.merge_insert(on).when_matched_update_all().when_not_matched_insert_all().execute(table)
+        return self._open(name).version
+
+    def overwrite(self, name: str, table: pa.Table) -> int:
+        """Replace the whole dataset in one commit (older versions stay readable)."""
+        import lance
+
+        return lance.write_dataset(table, self.uri(name), mode="overwrite").version
+
+    def delete(self, name: str, equal: dict[str, str | int], not_in: tuple[str, list[str]] | None = None) -> int | None:
+        """Delete rows matching ``equal`` (and whose ``not_in`` column is outside the list)."""
+        ds = self._open(name)
+        if ds is None:
+            return None
+        ds.delete(where(equal, not_in))
+        return self._open(name).version
+
+    def iter_batches(
+        self, name: str, columns: list[str], equal: dict[str, str | int] | None = None, batch_size: int = 4096
+    ):
+        """Stream record batches (bounded memory) of the rows matching ``equal``."""
+        ds = self._open(name)
+        if ds is not None:
+            yield from ds.to_batches(columns=columns, filter=where(equal), batch_size=batch_size)
+
     def read(
         self,
         name: str,
@@ -81,15 +128,17 @@ class LanceStore(dg.ConfigurableResource):
         partitions: list[str] | None = None,
         partition_column: str = "batch",
         version: int | None = None,
+        equal: dict[str, str | int] | None = None,
     ) -> pa.Table:
-        """Rows of ``name`` (optionally only some partitions, at a pinned version)."""
+        """Rows of ``name`` (optionally only some partitions or rows equal to ``equal``, at a
+        pinned version)."""
         import lance
 
         ds = lance.dataset(self.uri(name), version=version)
-        flt = None
+        flt = where(equal)
         if partitions is not None:
             if not partitions:
                 return ds.schema.empty_table().select(columns) if columns else ds.schema.empty_table()
             quoted = ", ".join(f"'{_checked('partition', p)}'" for p in partitions)
-            flt = f"{_checked('column', partition_column)} IN ({quoted})"
+            flt = " AND ".join(filter(None, [flt, f"{_checked('column', partition_column)} IN ({quoted})"]))
         return ds.to_table(columns=columns, filter=flt)

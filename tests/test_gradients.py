@@ -202,3 +202,10 @@ def test_streaming_influence_equals_the_in_memory_product():
     s = np.array([[0.1, 0.3, 0.9], [0.5, 0.5, 0.0]])
     np.testing.assert_allclose(less_task_scores(s, ["a", "a", "b"]), [0.9, 0.5])
     np.testing.assert_allclose(less_task_scores(s, ["a", "a", "a"]), s.mean(axis=1))
+
+
+def test_bf16_projection_matches_float32_in_cosine():
+    x = torch.randn(8, 4 * UNIT, generator=torch.Generator().manual_seed(2))
+    a = BlockProjector(x.shape[1], 256, seed=1).project(x)
+    b = BlockProjector(x.shape[1], 256, seed=1, dtype="bfloat16").project(x)
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999

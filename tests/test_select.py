@@ -7,8 +7,25 @@ import pytest
 
 from dsel_assets.core.select import Budget, Selection, build_config, get, methods
 from dsel_assets.core.select.diagnostics import normalised_entropy, summarize
+from dsel_assets.core.select.mig import Labels
+from dsel_assets.core.select.targeted import Influence
 
 METHODS = sorted(methods())
+
+
+#: Parameters a method cannot run without (a target task for targeted methods).
+REQUIRED = {"task": "t0"}
+
+
+def fields(name):
+    return {f.name for f in dataclasses.fields(get(name).config_cls)}
+
+
+def params_for(name, seed=0, **params):
+    base = {k: v for k, v in REQUIRED.items() if k in fields(name)}
+    if "seed" in fields(name):
+        base["seed"] = seed
+    return {**base, **params}
 
 
 def inputs(spec, n=240, d=8, seed=0):
@@ -16,14 +33,27 @@ def inputs(spec, n=240, d=8, seed=0):
     centers = rng.normal(size=(6, d)) * 4
     x = (centers[rng.integers(0, 6, n)] + rng.normal(size=(n, d))).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    reps = {"sentence_embeddings": x}
+    less = {f"t{t}": np.where(rng.random(n) < 0.05, np.nan, rng.uniform(-1, 1, n)) for t in range(3)}
+    scores = rng.uniform(-1, 1, (n, 9)).astype(np.float32)
+    scores[rng.random(n) < 0.05] = np.nan  # examples without a gradient feature
+    influence = Influence(scores, tuple(f"t{j // 3}" for j in range(9)))
+    labels = Labels(
+        [sorted(set(rng.integers(0, 12, rng.integers(1, 4)).tolist())) for _ in range(n)], rng.normal(size=(12, 16))
+    )
+    reps = {
+        "sentence_embeddings": x,
+        "less_scores": less,
+        "influence": influence,
+        "quality": rng.uniform(0, 5, n),
+        "labels": labels,
+    }
     return [f"id{i:04d}" for i in range(n)], {need: reps[need] for need in spec.needs}
 
 
 def run(name, k, seed=0, n=240, **params):
     spec = get(name)
     ids, reps = inputs(spec, n=n)
-    return spec.select(ids, k, build_config(name, {"seed": seed, **params}), **reps)
+    return spec.select(ids, k, build_config(name, params_for(name, seed, **params)), **reps)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -32,7 +62,9 @@ def test_exact_budget_unique_ids_from_the_pool(name):
     for k in (0, 1, 12, 24, 240):
         sel = run(name, k)
         assert isinstance(sel, Selection) and sel.method == name
-        assert len(sel.ids) == k and len(set(sel.ids)) == k
+        # exactly min(k, eligible), less any under-fill the method reports (DEITA, G2IS)
+        expected = min(k, sel.diagnostics["eligible"]) - sel.diagnostics.get("under_fill", 0)
+        assert len(sel.ids) == expected and len(set(sel.ids)) == expected
         assert set(sel.ids) <= set(ids)
 
 
@@ -46,20 +78,33 @@ def test_duplicate_ids_and_misaligned_representations_are_refused(name):
     spec = get(name)
     ids, reps = inputs(spec)
     with pytest.raises(ValueError, match="unique"):
-        spec.select(ids[:-1] + [ids[0]], 5, build_config(name), **reps)
+        spec.select(ids[:-1] + [ids[0]], 5, build_config(name, params_for(name)), **reps)
     if reps:
         with pytest.raises(ValueError, match="rows"):
-            spec.select(ids[:-1], 5, build_config(name), **reps)
+            spec.select(ids[:-1], 5, build_config(name, params_for(name)), **reps)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_empty_and_tiny_pools(name):
+    spec = get(name)
+    _, reps = inputs(spec, n=3)
+    with pytest.raises(ValueError, match="empty"):
+        spec.select([], 5, build_config(name, params_for(name)), **{k: v for k, v in reps.items()})
+    for n in (1, 3):
+        ids, reps = inputs(spec, n=n)
+        sel = spec.select(ids, 5, build_config(name, params_for(name)), **reps)
+        assert len(sel.ids) <= n and len(set(sel.ids)) == len(sel.ids)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_config_validation_names_the_field(name):
     with pytest.raises(ValueError, match=rf"{name}: unknown parameter\(s\) \['no_such'\]; allowed"):
         build_config(name, {"no_such": "1"})
-    with pytest.raises(ValueError, match=rf"{name}\.seed: expected int"):
-        build_config(name, {"seed": "abc"})
-    config = build_config(name, {"seed": "7"})
-    assert config.seed == 7
+    if "seed" in fields(name):
+        with pytest.raises(ValueError, match=rf"{name}\.seed: expected int"):
+            build_config(name, {"seed": "abc"})
+    config = build_config(name, params_for(name, seed=7))
+    assert getattr(config, "seed", 7) == 7
     assert build_config(name, dataclasses.asdict(config)) == config  # round trip
 
 
@@ -112,3 +157,16 @@ def test_diagnostics():
     stats = summarize(["a", "b"], noise=[None, "wrong_answer"], selected_vectors=np.eye(3)[:2], query_vectors=q)
     assert stats["noise_fraction"] == 0.5 and stats["query_similarity"] == 0.5
     assert stats["task_counts"] == {"a": 1, "b": 1}
+
+
+def test_less_ranks_by_the_task_score_and_skips_missing_features():
+    ids = ["a", "b", "c", "d", "e"]
+    scores = {"math": np.array([0.1, np.nan, 0.9, 0.5, 0.5]), "code": np.zeros(5)}
+    sel = get("less").select(ids, 4, build_config("less", {"task": "math"}), less_scores=scores)
+    assert sel.ids == ["c", "d", "e", "a"] and sel.scores == [0.9, 0.5, 0.5, 0.1]  # ties by lower id
+    assert sel.diagnostics["eligible"] == 4
+    assert get("less").select(ids, 5, build_config("less", {"task": "math"}), less_scores=scores).ids == sel.ids
+    with pytest.raises(ValueError, match=r"less.task: required; one of \['code', 'math'\]"):
+        get("less").select(ids, 2, build_config("less"), less_scores=scores)
+    with pytest.raises(ValueError, match="not one of"):
+        get("less").select(ids, 2, build_config("less", {"task": "bio"}), less_scores=scores)

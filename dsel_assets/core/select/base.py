@@ -78,6 +78,8 @@ class Selection:
 def check_inputs(ids: np.ndarray | list[str], **arrays: np.ndarray | None) -> np.ndarray:
     """Ids as an array of unique strings; every representation array has one row per id."""
     ids = np.asarray(ids, dtype=object)
+    if len(ids) == 0:
+        raise ValueError("ids: the pool is empty; nothing to select from")
     if len(set(ids.tolist())) != len(ids):
         raise ValueError("ids: pool ids must be unique")
     for name, array in arrays.items():

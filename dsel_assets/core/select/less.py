@@ -1,0 +1,43 @@
+"""LESS top-k (princeton-nlp/LESS): rank the pool by the task's aggregated gradient score
+(METHODS.md R1.4-1.5: checkpoint-weighted cosine, mean within subtask, max over subtasks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .base import Selection, check_inputs
+from .registry import register
+
+
+@dataclass(frozen=True)
+class LessConfig:
+    task: str = field(default="", metadata={"help": "target task (a task label of the query set)"})
+
+
+@register(
+    "less",
+    family="targeted",
+    config=LessConfig,
+    needs=("less_scores",),
+    description="Top-k pool examples by LESS influence score for one target task.",
+    reference="LESS, Xia et al. 2024 (princeton-nlp/LESS), arXiv 2402.04333",
+)
+def select(ids, k: int, config: LessConfig, *, less_scores: dict[str, np.ndarray]) -> Selection:
+    """``less_scores`` maps task -> score per id (NaN where an example has no feature, e.g.
+    truncated away: not eligible). Ties break by lower id, so the ordering is total."""
+    if not config.task:
+        raise ValueError(f"less.task: required; one of {sorted(less_scores)}")
+    if config.task not in less_scores:
+        raise ValueError(f"less.task: {config.task!r} is not one of {sorted(less_scores)}")
+    scores = np.asarray(less_scores[config.task], dtype=np.float64)
+    ids = check_inputs(ids, less_scores=scores)
+    eligible = np.flatnonzero(np.isfinite(scores))
+    order = eligible[np.lexsort((ids[eligible].astype(str), -scores[eligible]))][:k]
+    return Selection(
+        "less",
+        [str(i) for i in ids[order]],
+        scores[order].tolist(),
+        diagnostics={"eligible": int(len(eligible)), "task": config.task},
+    )

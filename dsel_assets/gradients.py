@@ -1,0 +1,496 @@
+"""Gradient representations (METHODS.md R1): warmup checkpoints, pool and query gradient
+features in Lance, the influence matrix and LESS task scores."""
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from dsel_assets import tables
+from dsel_assets.core.influence import checkpoint_weights, influence_matrix, less_task_scores
+from dsel_assets.core.models.features import FeatureConfig, gradient_features
+from dsel_assets.core.models.lora import LoraSettings
+from dsel_assets.core.models.sft import encode_conversation
+from dsel_assets.core.models.warmup import WarmupConfig, load_checkpoint, read_manifest, train_warmup, warmup_sample
+from dsel_assets.metadata import markdown_table
+from dsel_assets.pool import pool, pool_batch, pool_batches
+from dsel_assets.representations import REPRESENTATIONS, vector_table
+from resources.gradient_settings import GradientSettings
+from resources.home import StateHome
+from resources.lance_store import LanceStore
+from resources.models import SelectionModel
+from resources.tracking import DatasetRef, MlflowTracker
+
+MODELS = "models"
+WARMUPS_SQL = """CREATE TABLE IF NOT EXISTS warmups (
+    warmup VARCHAR PRIMARY KEY, path VARCHAR, pool_version VARCHAR, model VARCHAR, model_hash VARCHAR,
+    config VARCHAR, created_at TIMESTAMP)"""
+INFLUENCE = "influence"
+
+
+class WarmupRunConfig(dg.Config):
+    fraction: float = Field(default=0.05, description="Share of the pool to warm up on (seeded)")
+    epochs: int = Field(default=2, description="Epochs; one checkpoint each")
+    lr: float = Field(default=2e-4, description="Peak learning rate (linear schedule)")
+    warmup_ratio: float = Field(default=0.03, description="Share of steps with linear LR warm-up")
+    batch_size: int = Field(default=8, description="Examples per step")
+    max_length: int = Field(default=512, description="Tokens per example")
+    seed: int = Field(default=0, description="Sample, shuffle and LoRA-init seed")
+    lora_r: int = Field(default=8, description="LoRA rank")
+    lora_alpha: int = Field(default=32, description="LoRA alpha")
+    lora_dropout: float = Field(default=0.1, description="LoRA dropout")
+    lora_targets: list[str] = Field(default=["q_proj", "k_proj", "v_proj", "o_proj"], description="LoRA modules")
+
+    def to_core(self) -> WarmupConfig:
+        lora = LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets))
+        return WarmupConfig(
+            self.fraction, self.epochs, self.lr, self.warmup_ratio, self.batch_size, self.max_length, self.seed, lora
+        )
+
+
+class GradFeaturesConfig(dg.Config):
+    checkpoints: list[int] = Field(default=[], description="Warmup epochs to use; empty = all")
+
+
+def latest_warmup(conn) -> tuple[str, Path, dict]:
+    """(key, directory, manifest) of the most recent warmup."""
+    conn.execute(WARMUPS_SQL)
+    row = tables.one(conn, "SELECT warmup, path FROM warmups ORDER BY created_at DESC LIMIT 1")
+    if row is None:
+        raise RuntimeError("warmup: none yet; materialize warmup_checkpoint first")
+    return row[0], Path(row[1]), read_manifest(Path(row[1]))
+
+
+@dg.asset(
+    deps=[pool],
+    group_name=MODELS,
+    code_version="warmup_checkpoint-1",
+    kinds={"pytorch"},
+    description="LESS warmup: LoRA on a seeded random fraction of the pool; per epoch the adapter, "
+    "the AdamW state by parameter name and the epoch's mean learning rate (METHODS.md R1.1).",
+)
+def warmup_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: WarmupRunConfig,
+    duckdb: DuckDBResource,
+    selection_model: SelectionModel,
+    tracker: MlflowTracker,
+    home: StateHome,
+) -> dg.MaterializeResult:
+    core = config.to_core()
+    identity = selection_model.identity()
+    with duckdb.get_connection() as conn:
+        version, _ = tables.pool_version(conn)
+        pool_rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+    if pool_rows.height == 0:
+        raise RuntimeError("pool: no examples; ingest data first")
+    chosen = set(warmup_sample(pool_rows["pool_id"].to_list(), core.fraction, core.seed))
+    model, tokenizer = selection_model.load()
+    encoded = [
+        enc
+        for pid, messages in zip(pool_rows["pool_id"], pool_rows["messages"].to_list(), strict=True)
+        if pid in chosen and (enc := encode_conversation(tokenizer, messages, core.max_length)) is not None
+    ]
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    key_source = json.dumps([core.to_dict(), version, identity, code_version], sort_keys=True)
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
+    out_dir = home.paths.models / "warmup" / key
+    extra = {
+        "base_model": identity,
+        "pool_version": version,
+        "code_version": code_version,
+        "warmup": key,
+        "sample": sorted(chosen),
+    }
+    with tracker.run(
+        context,
+        params={**core.to_dict(), **identity, "pool_version": version, "warmup": key},
+        inputs=[DatasetRef("pool", str(duckdb.database), version)],
+    ) as run:
+        checkpoints = train_warmup(model, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+        manifest = read_manifest(out_dir)
+        for point in manifest["curve"]:
+            run.log_metrics({"loss": point["loss"], "lr": point["lr"]}, step=point["step"])
+        run.log_artifact(str(out_dir / "manifest.json"))
+    with duckdb.get_connection() as conn:
+        conn.execute(WARMUPS_SQL)
+        conn.execute("DELETE FROM warmups WHERE warmup = ?", [key])
+        conn.execute(
+            "INSERT INTO warmups VALUES (?, ?, ?, ?, ?, ?, now())",
+            [key, str(out_dir), version, identity["model"], identity["model_hash"], json.dumps(core.to_dict())],
+        )
+    rows = [(c.epoch, f"{c.lr_mean:.3g}", str(c.path)) for c in checkpoints]
+    return dg.MaterializeResult(
+        metadata={
+            "warmup": key,
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "examples": len(encoded),
+            "final_loss": manifest["curve"][-1]["loss"],
+            "checkpoints": dg.MetadataValue.md(markdown_table(["epoch", "mean lr", "path"], rows)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(key),
+    )
+
+
+def _progress(
+    log: Callable[[str], None],
+    label: str,
+    started: float,
+    then: Callable[[int, int], None] | None = None,
+    bar=None,
+) -> Callable[[int, int], None]:
+    """A chunk callback logging examples/s and ETA (and moving a tqdm bar), then ``then``."""
+
+    def report(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        log(f"{label}: {done}/{total} examples, {rate:.2f} examples/s, eta {(total - done) / rate:.0f}s")
+        if bar is not None:
+            bar.update(done - bar.n)
+        if then is not None:
+            then(done, total)
+
+    return report
+
+
+def feature_rows(chunk, batch: str, checkpoint: int, warmup: str) -> pa.Table:
+    table = vector_table(chunk.ids, batch, chunk.features, "")
+    return (
+        table.drop(["model"])
+        .append_column("checkpoint", pa.array([checkpoint] * len(chunk.ids), pa.int32()))
+        .append_column("warmup", pa.array([warmup] * len(chunk.ids), pa.string()))
+        .append_column("loss", pa.array(chunk.losses, pa.float32()))
+    )
+
+
+def write_pool_features(
+    lance: LanceStore,
+    dataset: str,
+    batch: str,
+    items: list[tuple[str, list[dict]]],
+    warmup: str,
+    checkpoints: list[tuple[int, Path]],
+    base_model,
+    tokenizer,
+    config: FeatureConfig,
+    log: Callable[[str], None] = print,
+    on_chunk: Callable[[int, int], None] | None = None,
+    progress_bar: bool = False,
+) -> dict:
+    """Adam gradient features of ``items`` for every checkpoint, written chunk by chunk
+    (upsert keyed by pool_id + checkpoint). Rows already stored for this warmup are skipped,
+    so a re-run after a crash continues where the last written chunk ended."""
+    stats = {"computed": 0, "reused": 0, "excluded": []}
+    ids = [i for i, _ in items]
+    for epoch, path in checkpoints:
+        equal = {"batch": batch, "checkpoint": epoch, "warmup": warmup}
+        done = {r for b in lance.iter_batches(dataset, ["pool_id"], equal) for r in b.column("pool_id").to_pylist()}
+        todo = [item for item in items if item[0] not in done]
+        stats["reused"] += len(items) - len(todo)
+        if not todo:
+            continue
+        model, state = load_checkpoint(copy.deepcopy(base_model), path)
+        label = f"batch {batch} checkpoint {epoch}"
+        bar = tqdm(total=len(todo), desc=label, unit="ex") if progress_bar else None
+        report = _progress(log, label, time.perf_counter(), then=on_chunk, bar=bar)
+        excluded: list[tuple[str, str]] = []
+        for chunk in gradient_features(
+            model,
+            tokenizer,
+            todo,
+            config,
+            state,
+            excluded,
+            on_chunk=report,
+        ):
+            lance.upsert(dataset, feature_rows(chunk, batch, epoch, warmup), on=["pool_id", "checkpoint"])
+            stats["computed"] += len(chunk.ids)
+        stats["excluded"] += [(i, epoch, reason) for i, reason in excluded]
+        if bar is not None:
+            bar.close()
+        del model
+    # rows of this batch from another warmup or for ids no longer in the batch are stale
+    lance.delete(dataset, {"batch": batch}, not_in=("warmup", [warmup]))
+    lance.delete(dataset, {"batch": batch}, not_in=("pool_id", ids))
+    return stats
+
+
+def _items(conn, sql: str, params: list) -> list[tuple[str, list[dict]]]:
+    rows = tables.frame(conn, sql, params)
+    return list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
+
+
+def _checkpoints(manifest: dict, wanted: list[int]) -> list[tuple[int, Path]]:
+    available = {c["epoch"]: Path(c["path"]) for c in manifest["checkpoints"]}
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise ValueError(f"checkpoints: {unknown} not in the warmup's epochs {sorted(available)}")
+    return [(e, available[e]) for e in sorted(wanted or available)]
+
+
+@dg.asset(
+    partitions_def=pool_batches,
+    deps=[pool_batch, warmup_checkpoint],
+    group_name=REPRESENTATIONS,
+    code_version="pool_grad_features-1",
+    kinds={"lance", "pytorch"},
+    description="Adam-preconditioned per-example LoRA gradients of the batch's pool examples, "
+    "block-projected to d and L2-normalised, per warmup checkpoint (METHODS.md R1.2-1.3).",
+)
+def pool_grad_features(
+    context: dg.AssetExecutionContext,
+    config: GradFeaturesConfig,
+    duckdb: DuckDBResource,
+    lance: LanceStore,
+    selection_model: SelectionModel,
+    grad_settings: GradientSettings,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    batch = context.partition_key
+    dataset = f"pool_grad_features_{grad_settings.suffix()}"
+    with duckdb.get_connection() as conn:
+        manifest = tables.get_batch(conn, batch)
+        if manifest.split != "pool":
+            return dg.MaterializeResult(
+                metadata={
+                    "split": manifest.split,
+                    "rows_per_checkpoint": 0,
+                    "skipped": "query/eval batches get no Adam pool features",
+                }
+            )
+        warmup, _, warmup_manifest = latest_warmup(conn)
+        items = _items(
+            conn, "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id", [batch]
+        )
+    checkpoints = _checkpoints(warmup_manifest, config.checkpoints)
+    params = {
+        "batch": batch,
+        "warmup": warmup,
+        "checkpoints": ",".join(str(e) for e, _ in checkpoints),
+        **grad_settings.feature_config().to_dict(),
+        **selection_model.identity(),
+    }
+    inputs = [
+        DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256),
+        DatasetRef("warmup_checkpoint", str(checkpoints[0][1].parent) if checkpoints else "", warmup),
+    ]
+    with tracker.run(context, params=params, inputs=inputs) as run:
+        started = time.perf_counter()
+        stats = {"computed": 0, "reused": 0, "excluded": []}
+        if items:
+            model, tokenizer = selection_model.load()
+            stats = write_pool_features(
+                lance,
+                dataset,
+                batch,
+                items,
+                warmup,
+                checkpoints,
+                model,
+                tokenizer,
+                grad_settings.feature_config(),
+                context.log.info,
+                progress_bar=grad_settings.progress,
+            )
+        seconds = time.perf_counter() - started
+        version = lance.version(dataset)
+        run.log_metrics(
+            {
+                "computed": stats["computed"],
+                "reused": stats["reused"],
+                "excluded": len(stats["excluded"]),
+                "seconds": seconds,
+            }
+        )
+        if version is not None:
+            run.log_datasets([DatasetRef(dataset, lance.uri(dataset), str(version), "output")])
+    excluded = [(i, e, r) for i, e, r in stats["excluded"]]
+    return dg.MaterializeResult(
+        metadata={
+            "rows_per_checkpoint": len(items),
+            "checkpoints": len(checkpoints),
+            "computed": stats["computed"],
+            "reused_after_resume": stats["reused"],
+            "excluded": len(excluded),
+            "excluded_rows": dg.MetadataValue.md(markdown_table(["pool_id", "checkpoint", "reason"], excluded)),
+            "examples_per_s": round(stats["computed"] / max(seconds, 1e-9), 2),
+            "lance_uri": lance.uri(dataset),
+            "lance_version": version or 0,
+            "split": manifest.split,
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{warmup}-lance-v{version}"),
+    )
+
+
+@dg.asset(
+    deps=[pool, warmup_checkpoint],
+    group_name=REPRESENTATIONS,
+    code_version="query_grad_features-1",
+    kinds={"lance", "pytorch"},
+    description="Plain per-example LoRA gradients ('SGD' features) of every query example, "
+    "same projection as the pool, per warmup checkpoint and target task.",
+)
+def query_grad_features(
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    lance: LanceStore,
+    selection_model: SelectionModel,
+    grad_settings: GradientSettings,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    dataset = f"query_grad_features_{grad_settings.suffix()}"
+    with duckdb.get_connection() as conn:
+        warmup, _, warmup_manifest = latest_warmup(conn)
+        rows = tables.frame(
+            conn, "SELECT pool_id, task, messages FROM examples WHERE split = 'query' ORDER BY task, pool_id"
+        )
+    if rows.height == 0:
+        raise RuntimeError("queries: no query examples; ingest a query set (dsel ingest FILE --split query)")
+    task_of = dict(zip(rows["pool_id"], rows["task"], strict=True))
+    items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
+    config = grad_settings.feature_config()
+    base, tokenizer = selection_model.load()
+    tables_out, excluded = [], []
+    with tracker.run(context, params={"warmup": warmup, **config.to_dict(), **selection_model.identity()}) as run:
+        for epoch, path in _checkpoints(warmup_manifest, []):
+            model, _ = load_checkpoint(copy.deepcopy(base), path)
+            for chunk in gradient_features(model, tokenizer, items, config, None, excluded):
+                table = feature_rows(chunk, "queries", epoch, warmup)
+                tables_out.append(table.append_column("task", pa.array([task_of[i] for i in chunk.ids])))
+        version = lance.overwrite(dataset, pa.concat_tables(tables_out))
+        run.log_metrics({"queries": len(items), "excluded": len(excluded)})
+        run.log_datasets([DatasetRef(dataset, lance.uri(dataset), str(version), "output")])
+    counts = rows.group_by("task").len().sort("task").rows()
+    return dg.MaterializeResult(
+        metadata={
+            "queries": len(items),
+            "excluded": len(excluded),
+            "lance_version": version,
+            "tasks": dg.MetadataValue.md(markdown_table(["task", "queries"], counts)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{warmup}-lance-v{version}"),
+    )
+
+
+@dg.asset(
+    deps=[pool_grad_features, query_grad_features],
+    group_name=REPRESENTATIONS,
+    code_version="influence-1",
+    kinds={"lance", "duckdb"},
+    description="S = sum_c w_c F_pool F_query^T (w = checkpoint mean LR, normalised), streamed from "
+    "Lance batch by batch; plus LESS task scores (mean within subtask, max over subtasks).",
+)
+def influence(
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    lance: LanceStore,
+    grad_settings: GradientSettings,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    pool_dataset = f"pool_grad_features_{grad_settings.suffix()}"
+    query_dataset = f"query_grad_features_{grad_settings.suffix()}"
+    with duckdb.get_connection() as conn:
+        warmup, _, warmup_manifest = latest_warmup(conn)
+        version, _ = tables.pool_version(conn)
+        pool_ids = tables.frame(conn, "SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        meta = tables.frame(
+            conn,
+            "SELECT pool_id, json_extract_string(meta, '$.subtask') AS subtask FROM examples WHERE split = 'query'",
+        )
+    weights = checkpoint_weights({c["epoch"]: c["lr_mean"] for c in warmup_manifest["checkpoints"]})
+    queries = lance.read(query_dataset, ["pool_id", "task", "checkpoint", "vector"], equal={"warmup": warmup})
+    columns = (
+        pl.from_arrow(queries.select(["pool_id", "task", "checkpoint"]))
+        .filter(pl.col("checkpoint") == min(weights))
+        .drop("checkpoint")
+        .sort(["task", "pool_id"])
+    )
+    column_of = {q: i for i, q in enumerate(columns["pool_id"])}
+    query_features = {}
+    for epoch in weights:
+        part = queries.filter(pc.equal(queries.column("checkpoint"), epoch))
+        order = np.argsort([column_of[q] for q in part.column("pool_id").to_pylist()])
+        vectors = part.column("vector").combine_chunks()
+        query_features[epoch] = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(part), -1)[order]
+    # drop pool examples that have no feature (excluded by truncation) before streaming
+    stored = {
+        r
+        for b in lance.iter_batches(pool_dataset, ["pool_id"], {"warmup": warmup, "checkpoint": min(weights)})
+        for r in b.column("pool_id").to_pylist()
+    }
+    ids = [p for p in pool_ids["pool_id"].to_list() if p in stored]
+    in_pool = set(ids)
+
+    def stream():
+        """Pool feature batches of the current pool only (rows of dropped batches are skipped)."""
+        for epoch in weights:
+            for b in lance.iter_batches(pool_dataset, ["pool_id", "vector"], {"warmup": warmup, "checkpoint": epoch}):
+                batch_ids = b.column("pool_id").to_pylist()
+                keep = [i for i, p in enumerate(batch_ids) if p in in_pool]
+                vectors = b.column("vector").flatten().to_numpy(zero_copy_only=False).reshape(b.num_rows, -1)
+                yield epoch, [batch_ids[i] for i in keep], vectors[keep]
+
+    scores = influence_matrix(ids, query_features, stream(), weights)
+    subtask_of = dict(zip(meta["pool_id"], meta["subtask"], strict=True))
+    less_rows = []
+    for task, group in columns.with_row_index("col").group_by("task", maintain_order=True):
+        cols = group["col"].to_numpy()
+        subtasks = [subtask_of.get(q) or task[0] for q in group["pool_id"]]
+        task_scores = less_task_scores(scores[:, cols], subtasks)
+        less_rows.append(pl.DataFrame({"pool_id": ids, "task": task[0], "score": task_scores.astype(np.float64)}))
+    less = pl.concat(less_rows)
+    column_table = columns.with_row_index("col").with_columns(
+        pl.col("pool_id").map_elements(lambda q: subtask_of.get(q) or "", return_dtype=pl.String).alias("subtask")
+    )
+    matrix = pa.table(
+        {
+            "pool_id": pa.array(ids, pa.string()),
+            "scores": pa.FixedSizeListArray.from_arrays(pa.array(scores.reshape(-1), pa.float32()), scores.shape[1]),
+        }
+    )
+    lance_version = lance.overwrite(f"{INFLUENCE}_{grad_settings.suffix()}", matrix)
+    with duckdb.get_connection() as conn:
+        conn.register("new_influence_columns", column_table.to_arrow())
+        conn.register("new_less_scores", less.to_arrow())
+        conn.execute("CREATE OR REPLACE TABLE influence_columns AS SELECT * FROM new_influence_columns")
+        conn.execute("CREATE OR REPLACE TABLE less_scores AS SELECT * FROM new_less_scores")
+    inputs = [
+        DatasetRef(pool_dataset, lance.uri(pool_dataset), str(lance.version(pool_dataset))),
+        DatasetRef(query_dataset, lance.uri(query_dataset), str(lance.version(query_dataset))),
+    ]
+    with tracker.run(
+        context, params={"warmup": warmup, "pool_version": version, "weights": json.dumps(weights)}, inputs=inputs
+    ) as run:
+        run.log_metrics(
+            {
+                "pool_rows": len(ids),
+                "query_columns": scores.shape[1],
+                "min": float(scores.min()),
+                "max": float(scores.max()),
+            }
+        )
+    top = less.sort("score", descending=True).group_by("task", maintain_order=True).head(3).rows()
+    return dg.MaterializeResult(
+        metadata={
+            "shape": f"{len(ids)} x {scores.shape[1]}",
+            "checkpoint_weights": dg.MetadataValue.json(weights),
+            "score_range": f"[{scores.min():.4f}, {scores.max():.4f}]",
+            "lance_version": lance_version,
+            "top_less_scores": dg.MetadataValue.md(markdown_table(["pool_id", "task", "score"], top)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{warmup}-{version}-lance-v{lance_version}"),
+    )

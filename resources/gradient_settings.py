@@ -1,0 +1,40 @@
+"""Settings shared by pool and query gradient features: they must project identically."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from dsel_assets.core.models.features import FeatureConfig
+
+
+class GradientSettings(dg.ConfigurableResource):
+    """One resource for both feature assets, so pool and queries share d, seed and kind."""
+
+    dim: int = Field(default=8192, description="Projected dimension d")
+    projection: str = Field(default="rademacher", description="rademacher | gaussian")
+    projection_seed: int = Field(default=0, description="Seed of the projection matrix")
+    max_length: int = Field(default=512, description="Tokens per example (right-truncated)")
+    batch_size: int = Field(default=8, description="Examples per backward pass")
+    max_batch_tokens: int = Field(default=4096, description="Padded tokens per backward pass")
+    chunk: int = Field(default=128, description="Examples per projection call and per Lance write")
+    textbook_adam: bool = Field(default=False, description="sqrt(v)+eps instead of LESS's sqrt(v+eps)")
+    compute_dtype: str = Field(default="model", description="model | bfloat16 (autocast forward/backward)")
+    progress: bool = Field(default=False, description="Show a progress bar (the CLI turns it on)")
+
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig(
+            dim=self.dim,
+            projection=self.projection,
+            projection_seed=self.projection_seed,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            chunk=self.chunk,
+            textbook_adam=self.textbook_adam,
+            compute_dtype=self.compute_dtype,
+        )
+
+    def suffix(self) -> str:
+        """Part of the Lance dataset names: features of different shapes never mix."""
+        return f"d{self.dim}_{self.projection}{self.projection_seed}"

@@ -1,0 +1,140 @@
+"""Gradient assets on the tiny model: warmup -> pool and query features -> influence, and
+resume after an interruption."""
+
+import duckdb
+import numpy as np
+import pytest
+
+from dsel_assets.core.models.features import FeatureConfig
+from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
+from dsel_assets.core.models.sft import encode_conversation
+from dsel_assets.core.models.warmup import WarmupConfig, train_warmup
+from dsel_assets.gradients import write_pool_features
+from resources.lance_store import LanceStore
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def warmed(tmp_path_factory):
+    from dsel_assets.core.data.schema import example_id
+    from dsel_assets.core.data.synthetic import generate
+
+    tokenizer = load_tokenizer(resolve("tiny"))
+    items = [(example_id(r["messages"]), r["messages"]) for r in generate(seed=2, per_capability=4).pool]
+    encoded = [encode_conversation(tokenizer, m, 128) for _, m in items[:8]]
+    out = tmp_path_factory.mktemp("warmup")
+    checkpoints = train_warmup(
+        tiny_llama(tokenizer),
+        encoded,
+        WarmupConfig(epochs=2, batch_size=4, lr=1e-3),
+        out,
+        tokenizer.pad_token_id,
+        log=lambda _: None,
+    )
+    return tokenizer, items, [(c.epoch, c.path) for c in checkpoints]
+
+
+def features(store, name):
+    table = store.read(name, ["pool_id", "checkpoint", "vector"]).to_pylist()
+    return {(r["pool_id"], r["checkpoint"]): np.asarray(r["vector"], dtype=np.float32) for r in table}
+
+
+def test_interrupted_run_resumes_to_identical_features(warmed, tmp_path):
+    tokenizer, items, checkpoints = warmed
+    config = FeatureConfig(dim=64, chunk=5, batch_size=3, max_length=128)
+    base = tiny_llama(tokenizer)
+    fresh = LanceStore(root=str(tmp_path / "fresh"))
+    write_pool_features(fresh, "f", "b1", items, "w1", checkpoints, base, tokenizer, config, log=lambda _: None)
+
+    resumed = LanceStore(root=str(tmp_path / "resumed"))
+    calls = {"n": 0}
+
+    def crash_after_two_chunks(done, total):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        write_pool_features(
+            resumed,
+            "f",
+            "b1",
+            items,
+            "w1",
+            checkpoints,
+            base,
+            tokenizer,
+            config,
+            log=lambda _: None,
+            on_chunk=crash_after_two_chunks,
+        )
+    assert resumed.read("f").num_rows == 5  # the first chunk was written; the second was lost
+    stats = write_pool_features(
+        resumed, "f", "b1", items, "w1", checkpoints, base, tokenizer, config, log=lambda _: None
+    )
+    assert stats["reused"] == 5 and stats["computed"] == 2 * len(items) - 5
+    a, b = features(fresh, "f"), features(resumed, "f")
+    assert a.keys() == b.keys() and len(a) == 2 * len(items)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=2e-3)
+        assert abs(np.linalg.norm(a[key]) - 1) < 2e-3
+    # a third run has nothing to do; a new warmup replaces the batch's stale rows
+    assert (
+        write_pool_features(resumed, "f", "b1", items, "w1", checkpoints, base, tokenizer, config, log=lambda _: None)[
+            "computed"
+        ]
+        == 0
+    )
+    write_pool_features(
+        resumed, "f", "b1", items[:3], "w2", checkpoints[:1], base, tokenizer, config, log=lambda _: None
+    )
+    assert resumed.read("f").num_rows == 3
+
+
+def test_gradient_chain_in_the_default_job(home, capsys):
+    from dsel_assets.cli import main
+
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "tiny",
+                "--per-capability",
+                "10",
+                "--budgets",
+                "10%",
+                "--grad-dim",
+                "64",
+                "--warmup-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
+        n_query = conn.execute("SELECT count(*) FROM examples WHERE split = 'query'").fetchone()[0]
+        columns = conn.execute("SELECT task, count(*) FROM influence_columns GROUP BY task").fetchall()
+        less = conn.execute("SELECT task, count(*), min(score), max(score) FROM less_scores GROUP BY task").fetchall()
+        warmup = conn.execute("SELECT warmup, path FROM warmups").fetchall()
+    assert len(warmup) == 1 and sum(n for _, n in columns) == n_query
+    assert len(less) == 6 and all(n == n_pool and -1 <= lo <= hi <= 1 for _, n, lo, hi in less)
+    store = LanceStore(root=str(home.lance))
+    pool_feats = store.read("pool_grad_features_d64_rademacher0")
+    assert pool_feats.num_rows == 2 * n_pool  # two checkpoints
+    vectors = np.asarray(pool_feats.column("vector").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=2e-3)
+    matrix = store.read("influence_d64_rademacher0")
+    scores = np.asarray(matrix.column("scores").to_pylist())
+    assert scores.shape == (n_pool, n_query) and np.abs(scores).max() <= 1 + 1e-5
+    # the manifest links the warmup to its base model, pool version and config
+    import json
+    from pathlib import Path
+
+    manifest = json.loads((Path(warmup[0][1]) / "manifest.json").read_text())
+    assert manifest["base_model"]["model"] == "tiny" and len(manifest["checkpoints"]) == 2
+    assert manifest["pool_version"] and manifest["code_version"] == "warmup_checkpoint-1"
