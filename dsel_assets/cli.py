@@ -96,13 +96,28 @@ def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
     print(format_table(["batch", "read", "accepted", "quarantined", "reasons"], rows))
 
 
+def selection_run_config(budgets: list[str], target: str) -> dict:
+    """Run config of every selection asset: the budgets, and the target of targeted methods."""
+    import dataclasses
+
+    from dsel_assets.core.select import methods
+    from dsel_assets.selections import available
+
+    config = {}
+    for name, spec in methods().items():
+        if available(spec):
+            fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+            params = {"task": target} if "task" in fields else {}
+            config[f"selection_{name}"] = {"config": {"budgets": budgets, "params": params}}
+    return config
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Generate the synthetic default, ingest it, embed, select, report."""
     import duckdb
 
     from dsel_assets import tables
     from dsel_assets.core.data.synthetic import generate
-    from dsel_assets.core.select import methods
 
     started = time.perf_counter()
     home = _home(args)
@@ -115,10 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     defs = _definitions(home, args)
     _run_batches(home, defs, [batches["queries"], batches["eval"]], "batch_job")
-    budgets = {"config": {"budgets": args.budgets}}
-    run_config = {"ops": {f"selection_{name}": budgets for name in methods()}}
+    run_config = {"ops": selection_run_config(args.budgets, args.target)}
     run_config["ops"]["warmup_checkpoint"] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
-    run_config["ops"]["selection_less"] = {"config": {"budgets": args.budgets, "params": {"task": args.target}}}
     _run_batches(home, defs, [batches["pool"]], "default_job", run_config)
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         report = tables.frame(conn, "SELECT * FROM selection_report ORDER BY method, size")

@@ -15,9 +15,12 @@ from pydantic import Field
 from dsel_assets import tables
 from dsel_assets.core.select import Budget, build_config, methods
 from dsel_assets.core.select.registry import MethodSpec
+from dsel_assets.core.select.targeted import Influence
+from dsel_assets.gradients import INFLUENCE
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
+from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -27,7 +30,8 @@ DEFAULT_BUDGETS = ["5%", "10%"]
 #: Representation name (registry ``needs``) -> the asset that materializes it.
 REPRESENTATION_ASSETS = {
     SENTENCE_EMBEDDINGS: dg.AssetKey(SENTENCE_EMBEDDINGS),
-    "less_scores": dg.AssetKey("influence"),
+    "less_scores": dg.AssetKey(INFLUENCE),
+    "influence": dg.AssetKey(INFLUENCE),
 }
 
 
@@ -74,8 +78,34 @@ def load_less_scores(duckdb: DuckDBResource, pool_ids: list[str]) -> tuple[dict[
     return scores, warmup[0] if warmup else ""
 
 
-def load_representation(need: str, lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str]):
+def load_influence(
+    lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str], grad_settings: GradientSettings
+) -> tuple[Influence, DatasetRef]:
+    """The pool x query influence matrix aligned to ``pool_ids`` (NaN rows: no feature)."""
+    name = f"{INFLUENCE}_{grad_settings.suffix()}"
+    version = lance.version(name)
+    if version is None:
+        raise RuntimeError(f"{name}: no influence matrix yet; materialize influence first")
+    table = lance.read(name, ["pool_id", "scores"], version=version)
+    with duckdb.get_connection() as conn:
+        columns = tables.frame(conn, "SELECT col, task, subtask FROM influence_columns ORDER BY col")
+    flat = table.column("scores").combine_chunks()
+    matrix = flat.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
+    scores = np.full((len(pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
+    row_of = {pid: i for i, pid in enumerate(pool_ids)}
+    for source_row, pid in enumerate(table.column("pool_id").to_pylist()):
+        if pid in row_of:
+            scores[row_of[pid]] = matrix[source_row]
+    influence = Influence(scores, tuple(columns["task"].to_list()), tuple(columns["subtask"].to_list()))
+    return influence, DatasetRef(name, lance.uri(name), str(version))
+
+
+def load_representation(
+    need: str, lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str], grad_settings: GradientSettings
+):
     """(representation aligned to ``pool_ids``, its DatasetRef for lineage)."""
+    if need == "influence":
+        return load_influence(lance, duckdb, pool_ids, grad_settings)
     if need == "less_scores":
         scores, warmup = load_less_scores(duckdb, pool_ids)
         return scores, DatasetRef("less_scores", str(duckdb.database), warmup)
@@ -106,6 +136,7 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         duckdb: DuckDBResource,
         lance: LanceStore,
         tracker: MlflowTracker,
+        grad_settings: GradientSettings,
     ) -> dg.MaterializeResult:
         method_config = build_config(spec.name, config.params)
         budgets = [Budget.parse(b) for b in config.budgets]
@@ -118,7 +149,7 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
         representations, inputs = {}, [DatasetRef("pool", str(duckdb.database), version)]
         for need in spec.needs:
-            representations[need], ref = load_representation(need, lance, duckdb, pool_ids)
+            representations[need], ref = load_representation(need, lance, duckdb, pool_ids, grad_settings)
             inputs.append(ref)
         params = {
             "method": spec.name,
@@ -180,4 +211,10 @@ def hash_config(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-selection_assets = [build_selection_asset(spec) for spec in methods().values()]
+def available(spec: MethodSpec) -> bool:
+    """A method gets an asset once every representation it needs has one (the others are
+    registered, tested on synthetic inputs, and wired as their representations land)."""
+    return set(spec.needs) <= set(REPRESENTATION_ASSETS)
+
+
+selection_assets = [build_selection_asset(spec) for spec in methods().values() if available(spec)]
