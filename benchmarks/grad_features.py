@@ -197,8 +197,8 @@ def main() -> None:
         f"max length {MAX_LENGTH}, d={args.dim}, device {next(iter(results.values()))['device']}\n"
     )
     print(
-        "| implementation | forward-backward / projection dtype | examples/s | speed-up vs reference | cosine to reference (min / mean) "
-        "| peak RSS (MB) |"
+        "| implementation | forward-backward / projection dtype | examples/s | speed-up vs reference "
+        "| cosine to reference (min / mean) | peak RSS (MB) |"
     )
     print("|---|---|---|---|---|---|")
     for name, info in results.items():

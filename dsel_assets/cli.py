@@ -226,6 +226,75 @@ def cmd_grads(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_params(pairs: list[str] | None) -> dict[str, str]:
+    params = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"param: expected key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        params[key.strip()] = value.strip()
+    return params
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """Materialize what a method needs (only what is missing) and its selection."""
+    import dataclasses
+
+    import duckdb
+    from dagster import AssetKey, AssetSelection, DagsterInstance
+
+    from dsel_assets import tables
+    from dsel_assets.core.select import build_config, get
+    from dsel_assets.pool import pool_batches
+    from dsel_assets.selections import available, selection_asset_name
+
+    spec = get(args.method)
+    params = _parse_params(args.param)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    if args.target is not None:
+        if "task" not in fields:
+            raise ValueError(f"target: {args.method} is not a targeted method (no 'task' parameter)")
+        params["task"] = args.target
+    build_config(args.method, params)  # validate before any work
+    if not available(spec):
+        raise ValueError(f"method: {args.method} needs {list(spec.needs)}; not all of them have an asset yet")
+    home = _home(args)
+    defs = _definitions(home, args)
+    graph = defs.resolve_asset_graph()
+    target = AssetKey(selection_asset_name(args.method))
+    upstream = AssetSelection.assets(target).upstream().resolve(graph)
+    partitioned = {k for k in upstream if graph.get(k).partitions_def is not None}
+    instance = DagsterInstance.get()
+    known = set(instance.get_dynamic_partitions(pool_batches.name))
+    for key in sorted(partitioned, key=lambda k: k.to_user_string()):
+        missing = sorted(known - instance.get_materialized_partitions(key))
+        for batch in missing:
+            print(f"[dsel] {key.to_user_string()} for batch {batch} ...", flush=True)
+            defs.resolve_job_def("batch_job").execute_in_process(
+                instance=instance, partition_key=batch, asset_selection=[key], run_config=QUIET
+            )
+    unpartitioned = [
+        k
+        for k in upstream - partitioned
+        if k == target or k.to_user_string() == "pool" or instance.get_latest_materialization_event(k) is None
+    ]
+    run_config = {**QUIET, "ops": {target.to_user_string(): {"config": {"budgets": args.budget, "params": params}}}}
+    print(f"[dsel] materializing {', '.join(k.to_user_string() for k in unpartitioned)} ...", flush=True)
+    defs.resolve_job_def("default_job").execute_in_process(
+        instance=instance, asset_selection=unpartitioned, run_config=run_config
+    )
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        summary = tables.frame(
+            conn,
+            """SELECT s.budget, count(*) AS selected, string_agg(DISTINCT e.task, ', ') AS tasks,
+                      min(s.score) AS min_score, max(s.score) AS max_score
+               FROM selections s JOIN examples e USING (pool_id) WHERE s.method = ? GROUP BY s.budget ORDER BY 2""",
+            [args.method],
+        )
+    print(format_table(summary.columns, summary.rows()))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import duckdb
     from dagster import DagsterInstance
@@ -331,6 +400,16 @@ def parser() -> argparse.ArgumentParser:
     grads.add_argument("--model", default=None, help="smollm2 (default) | tiny | local path | hub id")
     grads.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
     grads.set_defaults(func=cmd_grads)
+
+    select = sub.add_parser("select", help="materialize a method's inputs (only what is missing) and its selection")
+    select.add_argument("--method", required=True, help="a method name (see dsel methods)")
+    select.add_argument("--budget", action="append", required=True, help="budget: 5%%, 0.05 or 500 (repeatable)")
+    select.add_argument("--target", help="target task of a targeted method")
+    select.add_argument("--param", action="append", help="method parameter key=value (repeatable)")
+    select.add_argument("--model", default=None, help="smollm2 (default) | tiny | local path | hub id")
+    select.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    select.add_argument("--grad-dim", type=int, default=None, help="gradient feature dimension d")
+    select.set_defaults(func=cmd_select)
 
     status = sub.add_parser("status", help="pool size, quarantine reasons, last materializations")
     status.set_defaults(func=cmd_status)

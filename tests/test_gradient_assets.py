@@ -138,3 +138,59 @@ def test_gradient_chain_in_the_default_job(home, capsys):
     manifest = json.loads((Path(warmup[0][1]) / "manifest.json").read_text())
     assert manifest["base_model"]["model"] == "tiny" and len(manifest["checkpoints"]) == 2
     assert manifest["pool_version"] and manifest["code_version"] == "warmup_checkpoint-1"
+
+
+def test_dsel_select_materializes_only_what_is_missing(home, capsys):
+    from dsel_assets.cli import main
+
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "tiny",
+                "--per-capability",
+                "6",
+                "--budgets",
+                "5",
+                "--grad-dim",
+                "64",
+                "--warmup-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(["select", "--method", "bids", "--budget", "8", "--budget", "4", "--model", "tiny", "--grad-dim", "64"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "selection_bids" in out and "warmup_checkpoint" not in out  # representations reused
+    assert (
+        main(
+            [
+                "select",
+                "--method",
+                "round_robin",
+                "--budget",
+                "6",
+                "--target",
+                "arithmetic",
+                "--model",
+                "tiny",
+                "--grad-dim",
+                "64",
+            ]
+        )
+        == 0
+    )
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        sizes = dict(conn.execute("SELECT method || '@' || budget, count(*) FROM selections GROUP BY ALL").fetchall())
+    assert sizes["bids@8"] == 8 and sizes["bids@4"] == 4 and sizes["round_robin@6"] == 6
+    assert main(["select", "--method", "mig", "--budget", "5"]) == 2  # representations not there yet
+    assert "needs" in capsys.readouterr().err
+    assert main(["select", "--method", "bids", "--budget", "5", "--target", "x"]) == 2  # not targeted by task
+    assert main(["select", "--method", "round_robin", "--budget", "5", "--param", "nope=1"]) == 2
+    assert "allowed" in capsys.readouterr().err

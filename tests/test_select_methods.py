@@ -176,3 +176,151 @@ def test_novelselect_spreads_out_and_novelsum_prefers_diverse_sets():
     diverse = clusters[[0, 30, 60, 1, 31, 61]]
     narrow = clusters[:6]
     assert novelsum(diverse, NovelSelectConfig(neighbors=3)) > novelsum(narrow, NovelSelectConfig(neighbors=3))
+
+
+def test_cluster_ucb_full_budget_equals_less_top_k_and_counts_rewards():
+    rng = np.random.default_rng(10)
+    grads = rng.normal(size=(300, 6)).astype(np.float32)
+    less = {"t": rng.uniform(-1, 1, 300)}
+    full = get("cluster_ucb").select(
+        ids(300),
+        15,
+        build_config("cluster_ucb", {"task": "t", "budget_frac": "1", "n_clusters": "10"}),
+        pool_gradients=grads,
+        less_scores=less,
+    )
+    top = get("less").select(ids(300), 15, build_config("less", {"task": "t"}), less_scores=less)
+    assert full.ids == top.ids and full.diagnostics["rewards_computed"] == 300
+    part = get("cluster_ucb").select(
+        ids(300),
+        15,
+        build_config("cluster_ucb", {"task": "t", "n_clusters": "10"}),
+        pool_gradients=grads,
+        less_scores=less,
+    )
+    assert part.diagnostics["rewards_computed"] == 60  # int(300 * budget_frac 0.2)
+    assert set(part.ids) <= set(top.ids) | set(part.ids) and len(part.ids) == 15
+
+
+def test_cluster_ucb_never_draws_from_an_exhausted_arm():
+    from dsel_assets.core.select.cluster_ucb import ClusterUcbConfig, cluster_ucb_draws
+
+    # arm 0: two great examples, arm 1: many poor ones. After arm 0 is exhausted it must get -inf
+    # (the reference's 0 would still beat arm 1's negative UCB and draw past the end).
+    assignment = np.array([0, 0] + [1] * 40)
+    rewards = np.array([0.9, 0.8] + [-0.5] * 40)
+    config = ClusterUcbConfig(budget_frac=0.9, cold_start=0.01, beta=0.0)
+    drawn, pulls = cluster_ucb_draws(assignment, lambda i: rewards[i], config)
+    assert pulls.count(0) == 1  # its second example; then exhausted (-inf), never drawn again
+    assert len(drawn) == int(42 * 0.9) and pulls[1:] == [1] * (len(pulls) - 1)
+
+
+def test_g2is_budgets_sum_exactly_and_sets_satisfy_both_constraints():
+    from dsel_assets.core.select.g2is import G2isConfig, component_budgets, g2is_order
+
+    assert component_budgets(np.array([0.5, 0.3, 0.2]), 7).tolist() == [4, 2, 1]
+    assert component_budgets(np.array([0.34, 0.33, 0.33]), 10).sum() == 10
+    rng = np.random.default_rng(11)
+    direction = rng.normal(size=16)
+    pool = rng.normal(size=(400, 16)) + 0.5 * direction
+    queries = direction + 0.1 * rng.normal(size=(12, 16))
+    config = G2isConfig(val_k=0.5, delta=0.8)
+    order, diag = g2is_order(pool, queries, 20, config)
+    assert len(order) == len(set(order)) <= 20
+    assert sum(b for b, _ in diag["budgets_filled"]) == 20
+    start = 0
+    for _, filled in diag["budgets_filled"]:
+        members = order[start : start + filled]
+        start += filled
+        for i, a in enumerate(members):
+            for b in members[:i]:
+                assert pool[a] @ pool[b] >= 0  # (i) non-negative agreement within a component
+
+
+def test_small2large_quotas_and_lowest_learning_percentage_first():
+    from dsel_assets.core.select.small2large import cluster_quotas
+
+    assert cluster_quotas(np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]
+    assert cluster_quotas(np.array([97, 2, 1]), 10).sum() == 10
+    assert cluster_quotas(np.array([97, 2, 1]), 10).min() >= 1  # one per non-empty cluster
+    rng = np.random.default_rng(12)
+    x = np.concatenate([rng.normal(c, 0.05, size=(50, 2)) for c in (0, 5)]).astype(np.float32)
+    lp = rng.uniform(0, 1, 100)
+    sel = get("small2large").select(
+        ids(100), 10, build_config("small2large", {"n_clusters": "2"}), learning_percentage=lp, sentence_embeddings=x
+    )
+    rows = [int(i[1:]) for i in sel.ids]
+    for half in (range(50), range(50, 100)):
+        chosen = [r for r in rows if r in half]
+        assert len(chosen) == 5 and max(lp[chosen]) <= np.sort(lp[list(half)])[4]
+    twin = get("small2large_random").select(
+        ids(100),
+        10,
+        build_config("small2large_random", {"n_clusters": "2"}),
+        learning_percentage=lp,
+        sentence_embeddings=x,
+    )
+    assert sum(int(i[1:]) < 50 for i in twin.ids) == 5 and twin.ids != sel.ids
+
+
+def test_ifd_rankers_exclude_and_order_as_specified():
+    values = np.array([0.8, 1.0, 1.2, 0.3, np.nan])
+    cherry = get("cherry_ifd").select(ids(5), 5, build_config("cherry_ifd"), ifd=values)
+    assert cherry.ids == ["p001", "p000", "p003"]  # IFD > 1 excluded, IFD = 1 kept, NaN undefined
+    sf = get("superfiltering").select(ids(5), 5, build_config("superfiltering"), superfiltering_ifd=values)
+    assert sf.ids == ["p000", "p003"]  # strictly < 1
+    margins = {"min_margin": np.array([0.5, 0.1, 0.9]), "mean_entropy": np.array([1.0, 3.0, 2.0])}
+    assert get("uncertainty").select(ids(3), 2, build_config("uncertainty"), uncertainty=margins).ids == [
+        "p001",
+        "p000",
+    ]
+    by_entropy = build_config("uncertainty", {"score": "mean_entropy"})
+    assert get("uncertainty").select(ids(3), 2, by_entropy, uncertainty=margins).ids == ["p001", "p002"]
+    gs = np.arange(100) / 100
+    assert (
+        get("nuggets")
+        .select(ids(100), 100, build_config("nuggets", {"threshold": "0.9"}), golden_score=gs)
+        .diagnostics["eligible"]
+        == 9
+    )
+
+
+def test_superfiltering_d_diversifies_the_ifd_shortlist():
+    rng = np.random.default_rng(13)
+    x = np.concatenate([rng.normal(c, 0.01, size=(20, 3)) for c in np.eye(3) * 4]).astype(np.float32)
+    ifd = np.concatenate([np.full(20, 0.9), np.full(20, 0.8), np.full(20, 0.1)])
+    sel = get("superfiltering_d").select(
+        ids(60), 2, build_config("superfiltering_d", {"top_m": "40"}), superfiltering_ifd=ifd, sentence_embeddings=x
+    )
+    assert sorted(int(i[1:]) // 20 for i in sel.ids) == [0, 1]  # one per cluster of the shortlist
+
+
+def test_diversify_conquer_softmax_rounds_and_budget():
+    from dsel_assets.core.select.diversify_conquer import softmax
+
+    np.testing.assert_allclose(softmax(np.array([0.0, np.log(3)])), [0.25, 0.75])
+    from .test_select import SyntheticTrainer
+
+    rng = np.random.default_rng(14)
+    x = np.concatenate([rng.normal(c, 0.1, size=(60, 2)) for c in ([1, 0], [-1, 0], [0, 1])]).astype(np.float32)
+    trainer = SyntheticTrainer(x)
+    sel = get("diversify_conquer").select(
+        ids(180), 30, build_config("diversify_conquer", {"n_clusters": "3"}), sentence_embeddings=x, trainer=trainer
+    )
+    assert len(sel.ids) == len(set(sel.ids)) == 30
+    rounds = sel.diagnostics["per_round_cluster_counts"]
+    assert [sum(r) for r in rounds] == [10, 10, 10]  # k / R per round, not a per-cluster count
+    assert max(rounds[0]) - min(rounds[0]) <= 1  # round 0: equal quota
+    assert [c[:2] for c in trainer.calls] == [("score", 0), ("score", 1)]  # trained between rounds
+    hard = np.argmax([np.mean(1 - x[a * 60 : (a + 1) * 60, 0]) for a in range(3)])  # cluster far from the direction
+    assert sum(int(i[1:]) // 60 == hard for i in sel.ids) > 10  # the hard cluster got more than its third
+
+
+def test_diverse_evol_trains_then_adds_k_center_picks_in_the_new_space():
+    from .test_select import SyntheticTrainer
+
+    x = np.random.default_rng(15).normal(size=(100, 4)).astype(np.float32)
+    trainer = SyntheticTrainer(x)
+    sel = get("diverse_evol").select(ids(100), 12, build_config("diverse_evol"), sentence_embeddings=x, trainer=trainer)
+    assert len(sel.ids) == len(set(sel.ids)) == 12
+    assert trainer.calls == [("embed", 0, 4), ("embed", 1, 8)]

@@ -98,7 +98,8 @@ def train_warmup(
     rng = np.random.default_rng(config.seed)
     batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
     total = batches_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
+    # floor, not ceil: on a handful of steps a ceil'd warm-up would spend them all at lr 0
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     curve: list[dict] = []
     checkpoints = []
     started = time.perf_counter()

@@ -86,3 +86,20 @@ def check_inputs(ids: np.ndarray | list[str], **arrays: np.ndarray | None) -> np
         if array is not None and len(array) != len(ids):
             raise ValueError(f"{name}: {len(array)} rows for {len(ids)} ids")
     return ids
+
+
+def rank_by_score(
+    method: str, ids: np.ndarray, scores: np.ndarray, k: int, descending: bool = True, **diagnostics
+) -> Selection:
+    """Top ``k`` ids by score (NaN = not eligible), ties broken by lower id: the ordering of
+    every score-ranking method (LESS, IFD, golden score, uncertainty, ...)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    eligible = np.flatnonzero(np.isfinite(scores))
+    key = -scores[eligible] if descending else scores[eligible]
+    order = eligible[np.lexsort((ids[eligible].astype(str), key))][:k]
+    return Selection(
+        method,
+        [str(i) for i in ids[order]],
+        scores[order].tolist(),
+        diagnostics={"eligible": len(eligible), **diagnostics},
+    )

@@ -39,7 +39,7 @@ class FacilityLocationConfig:
 )
 def select(ids, k: int, config: FacilityLocationConfig, *, sentence_embeddings: np.ndarray) -> Selection:
     ids = check_inputs(ids, sentence_embeddings=sentence_embeddings)
-    if len(ids) == 0 or k == 0:
+    if k == 0:
         return Selection("facility_location", [], [], diagnostics={"eligible": len(ids)})
     covers, kind = build_kernel(
         sentence_embeddings, config.kernel, config.gamma, config.n_neighbors, config.memory_cap_mb

@@ -18,22 +18,26 @@ class KCenterConfig:
     first: int = field(default=-1, metadata={"help": "row index of the first pick; -1 = seeded random"})
 
 
-def kcenter_order(x: np.ndarray, k: int, first: int) -> tuple[list[int], list[float]]:
-    """Indices in pick order and each pick's squared distance to the set before it."""
+def kcenter_extend(x: np.ndarray, selected: list[int], extra: int) -> tuple[list[int], list[float]]:
+    """``extra`` greedy picks after ``selected``: indices in pick order and each pick's
+    squared distance to the set before it (ties: lowest index)."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.einsum("ij,ij->i", x, x)
     min_dist = np.full(len(x), np.inf, dtype=np.float32)
-    order, gains = [], []
-    pick, gain = first, float("inf")
-    for _ in range(min(k, len(x))):
-        order.append(pick)
-        gains.append(gain)
-        dist = np.maximum(norms + norms[pick] - 2.0 * (x @ x[pick]), 0.0)  # clamp rounding below 0
-        np.minimum(min_dist, dist, out=min_dist)
-        min_dist[order] = -1.0  # never re-picked
-        pick = int(np.argmax(min_dist))  # ties: lowest index
-        gain = float(min_dist[pick])
-    return order, gains
+
+    def cover(s: int) -> None:
+        np.minimum(min_dist, np.maximum(norms + norms[s] - 2.0 * (x @ x[s]), 0.0), out=min_dist)  # clamp at 0
+        min_dist[s] = -1.0  # never re-picked
+
+    for s in selected:
+        cover(s)
+    picks, gains = [], []
+    for _ in range(min(extra, len(x) - len(selected))):
+        pick = int(np.argmax(min_dist))
+        picks.append(pick)
+        gains.append(float(min_dist[pick]))
+        cover(pick)
+    return picks, gains
 
 
 @register(
@@ -46,10 +50,13 @@ def kcenter_order(x: np.ndarray, k: int, first: int) -> tuple[list[int], list[fl
 )
 def select(ids, k: int, config: KCenterConfig, *, sentence_embeddings: np.ndarray) -> Selection:
     ids = check_inputs(ids, sentence_embeddings=sentence_embeddings)
-    if len(ids) == 0 or k == 0:
+    if k == 0:
         return Selection("kcenter_greedy", [], [], diagnostics={"eligible": len(ids)})
     if config.first >= len(ids):
         raise ValueError(f"kcenter_greedy.first: {config.first} is outside the pool of {len(ids)}")
     first = config.first if config.first >= 0 else int(np.random.default_rng(config.seed).integers(len(ids)))
-    order, gains = kcenter_order(sentence_embeddings, k, first)
-    return Selection("kcenter_greedy", [str(i) for i in ids[order]], gains, diagnostics={"eligible": len(ids)})
+    picks, gains = kcenter_extend(sentence_embeddings, [first], k - 1)
+    order = [first, *picks]
+    return Selection(
+        "kcenter_greedy", [str(i) for i in ids[order]], [float("inf"), *gains], diagnostics={"eligible": len(ids)}
+    )

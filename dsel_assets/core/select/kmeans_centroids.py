@@ -34,7 +34,7 @@ def select(ids, k: int, config: KMeansCentroidsConfig, *, sentence_embeddings: n
     """Deduplicated: a point nearest two centroids is taken once and the second centroid
     takes its next-nearest unused point, so exactly ``min(k, N)`` ids come back."""
     ids = check_inputs(ids, sentence_embeddings=sentence_embeddings)
-    if k == 0 or len(ids) == 0:
+    if k == 0:
         return Selection("kmeans_centroids", [], [], diagnostics={"eligible": len(ids)})
     centroids, assignment = kmeans(sentence_embeddings, k, config.seed, config.iterations)
     sizes = np.bincount(assignment, minlength=len(centroids))

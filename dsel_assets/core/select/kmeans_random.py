@@ -38,8 +38,6 @@ def select(ids, k: int, config: KMeansRandomConfig, *, sentence_embeddings: np.n
     an exhausted cluster drops out. Any prefix therefore has equal per-cluster counts up to
     one, with the quota of small clusters going to the others - and budgets nest."""
     ids = check_inputs(ids, sentence_embeddings=sentence_embeddings)
-    if len(ids) == 0:
-        return Selection("kmeans_random", [], diagnostics={"eligible": 0})
     _, assignment = kmeans(sentence_embeddings, config.n_clusters, config.seed, config.iterations)
     rng = np.random.default_rng(config.seed)
     clusters = [rng.permutation(np.flatnonzero(assignment == c)) for c in rng.permutation(assignment.max() + 1)]

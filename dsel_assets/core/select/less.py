@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import Selection, check_inputs
+from .base import Selection, check_inputs, rank_by_score
 from .registry import register
 
 
@@ -33,11 +33,4 @@ def select(ids, k: int, config: LessConfig, *, less_scores: dict[str, np.ndarray
         raise ValueError(f"less.task: {config.task!r} is not one of {sorted(less_scores)}")
     scores = np.asarray(less_scores[config.task], dtype=np.float64)
     ids = check_inputs(ids, less_scores=scores)
-    eligible = np.flatnonzero(np.isfinite(scores))
-    order = eligible[np.lexsort((ids[eligible].astype(str), -scores[eligible]))][:k]
-    return Selection(
-        "less",
-        [str(i) for i in ids[order]],
-        scores[order].tolist(),
-        diagnostics={"eligible": int(len(eligible)), "task": config.task},
-    )
+    return rank_by_score("less", ids, scores, k, task=config.task)

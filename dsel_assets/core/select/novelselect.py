@@ -102,7 +102,7 @@ def novelsum(x: np.ndarray, config: NovelSelectConfig = NovelSelectConfig()) -> 
 def select(ids, k: int, config: NovelSelectConfig, *, sentence_embeddings: np.ndarray) -> Selection:
     """O(N k log k) time and O(N k) memory: for pools where k is a few thousand at most."""
     ids = check_inputs(ids, sentence_embeddings=sentence_embeddings)
-    if len(ids) == 0 or k == 0:
+    if k == 0:
         return Selection("novelselect", [], [], diagnostics={"eligible": len(ids)})
     first = int(np.random.default_rng(config.seed).integers(len(ids)))
     order, gains = novelselect_order(sentence_embeddings, k, first, config)
