@@ -261,14 +261,14 @@ def pool_grad_features(
     dataset = f"pool_grad_features_{grad_settings.suffix()}"
     with duckdb.get_connection() as conn:
         manifest = tables.get_batch(conn, batch)
-        if manifest.split != "pool":
-            return dg.MaterializeResult(
-                metadata={
-                    "split": manifest.split,
-                    "rows_per_checkpoint": 0,
-                    "skipped": "query/eval batches get no Adam pool features",
-                }
-            )
+    if manifest.split != "pool":
+        skipped = "query/eval batches get no Adam pool features"
+        with tracker.run(context, params={"batch": batch, "split": manifest.split, "skipped": skipped}) as run:
+            pass
+        return dg.MaterializeResult(
+            metadata={"split": manifest.split, "rows_per_checkpoint": 0, "skipped": skipped, **run.metadata()}
+        )
+    with duckdb.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup(conn)
         items = _items(
             conn, "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id", [batch]

@@ -12,8 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dsel_assets import tables
+from dsel_assets.core.select import methods
 from dsel_assets.definitions import build_definitions
 from dsel_assets.pool import pool, pool_batch, pool_batches
+from dsel_assets.selections import available
 
 from .helpers import write_jsonl
 
@@ -84,7 +86,9 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
 
     assert main(["run", "--model", "tiny", "--per-capability", "25", "--budgets", "10%", "20"]) == 0
     out = capsys.readouterr().out
-    for method in ("random", "kmeans_centroids", "kmeans_random"):
+    with_assets = [name for name, spec in methods().items() if available(spec)]
+    assert {"random", "kmeans_centroids", "kmeans_random", "less", "bids", "facility_location"} <= set(with_assets)
+    for method in with_assets:
         assert method in out
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
@@ -95,35 +99,29 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
                 "SELECT method || '@' || budget, count(DISTINCT pool_id) FROM selections GROUP BY ALL"
             ).fetchall()
         )
-        assert sizes == {
-            f"{m}@{b}": k
-            for m in ("random", "kmeans_centroids", "kmeans_random")
-            for b, k in (("10pct", n_pool // 10), ("20", 20))
-        }
+        assert sizes == {f"{m}@{b}": k for m in with_assets for b, k in (("10pct", n_pool // 10), ("20", 20))}
         report = conn.execute("SELECT method, budget, size, noise_fraction FROM selection_report").fetchall()
-        assert len(report) == 6 and all(0 <= r[3] <= 1 for r in report)
+        assert len(report) == 2 * len(with_assets) and all(0 <= r[3] <= 1 for r in report)
+        less_tasks = {
+            t
+            for (t,) in conn.execute(
+                "SELECT task FROM examples WHERE pool_id IN (SELECT pool_id FROM selections WHERE method = 'less')"
+            ).fetchall()
+        }
+        assert less_tasks  # targeted at arithmetic by default; the tiny model decides what it finds
     assert (home.reports / "selection_report.md").exists()
     # every asset materialization has its own MLflow run, and state persists in the home
     instance = dg.DagsterInstance.from_config(str(home.dagster))
-    keys = [
-        "pool_batch",
-        "pool",
-        "sentence_embeddings",
-        "selection_random",
-        "selection_kmeans_centroids",
-        "selection_kmeans_random",
-        "selection_report",
+    graph = build_definitions(home, model="tiny").resolve_asset_graph()
+    records = [
+        r for key in graph.get_all_asset_keys() for r in instance.fetch_materializations(key, limit=1000).records
     ]
-    materializations = {k: instance.fetch_materializations(dg.AssetKey(k), limit=100).records for k in keys}
-    assert all(materializations.values())
-    run_ids = [
-        r.asset_materialization.metadata["mlflow_run_id"].value
-        for records in materializations.values()
-        for r in records
-    ]
-    assert len(run_ids) == len(set(run_ids)) == 3 * 3 + 4  # 3 batches x 3 per-batch/pool assets + 4 selection/report
+    assert {r.asset_key.to_user_string() for r in records} >= {"pool_batch", "warmup_checkpoint", "influence"}
+    run_ids = [r.asset_materialization.metadata["mlflow_run_id"].value for r in records]
+    assert len(run_ids) == len(set(run_ids))
     client = MlflowClient(f"sqlite:///{home.mlflow_db}")
-    assert len(client.search_runs([client.get_experiment_by_name("dsel").experiment_id], max_results=100)) == 13
+    runs = client.search_runs([client.get_experiment_by_name("dsel").experiment_id], max_results=1000)
+    assert {run.info.run_id for run in runs} == set(run_ids)
 
 
 def test_definitions_load_and_every_job_resolves(home):
@@ -131,7 +129,7 @@ def test_definitions_load_and_every_job_resolves(home):
     for job in ("default_job", "batch_job"):
         assert defs.resolve_job_def(job) is not None
     groups = {n.group_name for n in defs.resolve_asset_graph().asset_nodes}
-    assert groups == {"pool", "representations", "selections", "reports"}
+    assert groups == {"pool", "models", "representations", "selections", "reports"}
 
 
 def test_dagster_definitions_validate(home):
