@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from dsel_assets import gradients, pool, reports, representations, selections
+from dsel_assets import gradients, labels, pool, reports, representations, scores, selections
 from jobs import jobs
 from resources import DselHome, build_resources
 
@@ -22,7 +22,7 @@ def build_definitions(
     ``DSEL_MODEL`` / ``DSEL_DEVICE`` / ``DSEL_GRAD_DIM`` (smollm2, auto, 8192)."""
     home = home or DselHome.from_env()
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([pool, representations, gradients, selections, reports]),
+        assets=dg.load_assets_from_modules([pool, representations, gradients, scores, labels, selections, reports]),
         jobs=jobs,
         resources=build_resources(
             home,

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from dsel_assets import tables
 from dsel_assets.core.select import Budget, build_config, methods
+from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.registry import MethodSpec
 from dsel_assets.core.select.targeted import Influence
 from dsel_assets.gradients import INFLUENCE
@@ -32,7 +33,22 @@ REPRESENTATION_ASSETS = {
     SENTENCE_EMBEDDINGS: dg.AssetKey(SENTENCE_EMBEDDINGS),
     "less_scores": dg.AssetKey(INFLUENCE),
     "influence": dg.AssetKey(INFLUENCE),
+    "pool_gradients": dg.AssetKey("pool_grad_features"),
+    "query_gradients": dg.AssetKey("query_grad_features"),
+    "ifd": dg.AssetKey("loss_scores"),
+    "uncertainty": dg.AssetKey("loss_scores"),
+    "superfiltering_ifd": dg.AssetKey("proxy_loss_scores"),
+    "quality": dg.AssetKey("quality"),
+    "labels": dg.AssetKey("labels"),
 }
+
+#: Scalar representations: (DuckDB table, column). IFDs are undefined (NaN) where a reason is recorded.
+SCALARS = {
+    "ifd": ("loss_scores", "CASE WHEN reason = '' THEN ifd_loss_ratio END"),
+    "superfiltering_ifd": ("proxy_loss_scores", "ifd_ppl_ratio"),
+    "quality": ("quality", "quality"),
+}
+UNCERTAINTY_COLUMNS = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
 
 
 class SelectionConfig(dg.Config):
@@ -100,12 +116,83 @@ def load_influence(
     return influence, DatasetRef(name, lance.uri(name), str(version))
 
 
+def _aligned(rows: pl.DataFrame, pool_ids: list[str], column: str) -> np.ndarray:
+    values = dict(zip(rows["pool_id"].to_list(), rows[column].to_list(), strict=True))
+    return np.array([np.nan if values.get(p) is None else values[p] for p in pool_ids], dtype=np.float64)
+
+
+def load_scalars(duckdb: DuckDBResource, table: str, expressions: dict[str, str], pool_ids: list[str]):
+    """Columns of a score table aligned to ``pool_ids`` (NaN where missing or undefined)."""
+    with duckdb.get_connection() as conn:
+        if not tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]):
+            raise RuntimeError(f"{table}: not materialized yet")
+        select = ", ".join(f"{expr} AS {name}" for name, expr in expressions.items())
+        rows = tables.frame(conn, f"SELECT pool_id, {select} FROM {table}")
+    return {name: _aligned(rows, pool_ids, name) for name in expressions}
+
+
+def load_gradients(
+    lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str], grad_settings: GradientSettings, kind: str
+):
+    """Gradient features of the latest warmup's last checkpoint: pool rows aligned to
+    ``pool_ids`` (NaN rows where an example has none), or (query matrix, query tasks)."""
+    from dsel_assets.gradients import latest_warmup
+
+    with duckdb.get_connection() as conn:
+        warmup, _, manifest = latest_warmup(conn)
+    last = max(c["epoch"] for c in manifest["checkpoints"])
+    name = f"{kind}_grad_features_{grad_settings.suffix()}"
+    columns = ["pool_id", "vector"] + (["task"] if kind == "query" else [])
+    table = lance.read(name, columns, equal={"warmup": warmup, "checkpoint": last})
+    matrix = (
+        table.column("vector")
+        .combine_chunks()
+        .flatten()
+        .to_numpy(zero_copy_only=False)
+        .reshape(table.num_rows, -1)
+        .astype(np.float32)
+    )
+    ref = DatasetRef(name, lance.uri(name), str(lance.version(name)))
+    if kind == "query":
+        return (matrix, table.column("task").to_pylist()), ref
+    row_of = {p: i for i, p in enumerate(table.column("pool_id").to_pylist())}
+    aligned = np.full((len(pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
+    for i, p in enumerate(pool_ids):
+        if p in row_of:
+            aligned[i] = matrix[row_of[p]]
+    return aligned, ref
+
+
+def load_labels(duckdb: DuckDBResource, pool_ids: list[str]) -> tuple[Labels, DatasetRef]:
+    with duckdb.get_connection() as conn:
+        pairs = tables.frame(conn, "SELECT pool_id, label FROM labels")
+        vocab = tables.frame(conn, "SELECT label, embedding FROM label_vocab ORDER BY label")
+    members: dict[str, list[int]] = {}
+    for pid, label in zip(pairs["pool_id"], pairs["label"], strict=True):
+        members.setdefault(pid, []).append(int(label))
+    embeddings = np.asarray(vocab["embedding"].to_list(), dtype=np.float64)
+    labels = Labels([members.get(p, []) for p in pool_ids], embeddings)
+    return labels, DatasetRef("labels", str(duckdb.database), str(len(embeddings)))
+
+
 def load_representation(
     need: str, lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str], grad_settings: GradientSettings
 ):
     """(representation aligned to ``pool_ids``, its DatasetRef for lineage)."""
     if need == "influence":
         return load_influence(lance, duckdb, pool_ids, grad_settings)
+    if need in ("pool_gradients", "query_gradients"):
+        return load_gradients(lance, duckdb, pool_ids, grad_settings, need.split("_")[0])
+    if need == "labels":
+        return load_labels(duckdb, pool_ids)
+    if need in SCALARS:
+        table, expression = SCALARS[need]
+        return load_scalars(duckdb, table, {need: expression}, pool_ids)[need], DatasetRef(
+            need, str(duckdb.database), table
+        )
+    if need == "uncertainty":
+        values = load_scalars(duckdb, "loss_scores", {c: c for c in UNCERTAINTY_COLUMNS}, pool_ids)
+        return values, DatasetRef("uncertainty", str(duckdb.database), "loss_scores")
     if need == "less_scores":
         scores, warmup = load_less_scores(duckdb, pool_ids)
         return scores, DatasetRef("less_scores", str(duckdb.database), warmup)
@@ -169,15 +256,17 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
                         "method": spec.name,
                         "budget": budget.label,
                         "k": k,
+                        "eligible": int(selection.diagnostics.get("eligible", len(pool_ids))),
                         "rank": list(range(len(selection.ids))),
                         "pool_id": selection.ids,
                         "score": selection.scores if selection.scores is not None else [None] * len(selection.ids),
                         "pool_version": version,
                         "config": json.dumps(vars(method_config)),
+                        "diagnostics": json.dumps(selection.diagnostics, default=str),
                         "mlflow_run_id": run.run_id,
                         "created_at": datetime.now(timezone.utc),
                     },
-                    schema_overrides={"score": pl.Float64, "k": pl.Int32, "rank": pl.Int32},
+                    schema_overrides={"score": pl.Float64, "k": pl.Int32, "eligible": pl.Int32, "rank": pl.Int32},
                 )
                 with duckdb.get_connection() as conn:
                     tables.write_selection(conn, spec.name, budget.label, rows)

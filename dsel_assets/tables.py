@@ -37,8 +37,8 @@ CREATE TABLE IF NOT EXISTS pool_versions (
     pool_version VARCHAR, batches VARCHAR[], n_examples BIGINT, created_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS selections (
-    method VARCHAR, budget VARCHAR, k INTEGER, rank INTEGER, pool_id VARCHAR, score DOUBLE,
-    pool_version VARCHAR, config VARCHAR, mlflow_run_id VARCHAR, created_at TIMESTAMP
+    method VARCHAR, budget VARCHAR, k INTEGER, eligible INTEGER, rank INTEGER, pool_id VARCHAR, score DOUBLE,
+    pool_version VARCHAR, config VARCHAR, diagnostics VARCHAR, mlflow_run_id VARCHAR, created_at TIMESTAMP
 );
 """
 

@@ -8,6 +8,7 @@ from dsel_assets.gradients import MODELS, pool_grad_features
 from dsel_assets.pool import POOL, pool_batches
 from dsel_assets.reports import REPORTS
 from dsel_assets.representations import REPRESENTATIONS, sentence_embeddings
+from dsel_assets.scores import loss_scores, proxy_loss_scores
 from dsel_assets.selections import SELECTIONS
 
 #: Everything for one batch and the curation over the grown pool: ingestion -> warmup ->
@@ -24,7 +25,8 @@ default_job = dg.define_asset_job(
 #: update the pool version (new arrivals, query and eval sets).
 batch_job = dg.define_asset_job(
     "batch_job",
-    selection=dg.AssetSelection.groups(POOL) | dg.AssetSelection.assets(sentence_embeddings, pool_grad_features),
+    selection=dg.AssetSelection.groups(POOL)
+    | dg.AssetSelection.assets(sentence_embeddings, pool_grad_features, loss_scores, proxy_loss_scores),
     partitions_def=pool_batches,
     description="Validate one batch, compute its per-example representations, update the pool.",
 )

@@ -23,7 +23,12 @@ __all__ = [
 
 
 def build_resources(
-    home: DselHome, model: str = "smollm2", device: str = "auto", progress: bool = False, grad_dim: int = 8192
+    home: DselHome,
+    model: str = "smollm2",
+    device: str = "auto",
+    progress: bool = False,
+    grad_dim: int = 8192,
+    proxy_model: str | None = None,
 ) -> dict:
     """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite)."""
     home.ensure()
@@ -33,6 +38,7 @@ def build_resources(
         "lance": LanceStore(root=str(home.lance)),
         "tracker": MlflowTracker(tracking_uri=home.mlflow_uri, artifact_location=home.mlflow_artifacts.as_uri()),
         "selection_model": SelectionModel(model=model, device=device),
+        "proxy_model": SelectionModel(model=proxy_model or model, device=device),
         "embedder": SentenceEmbedder(device=device, progress=progress),
         "grad_settings": GradientSettings(dim=grad_dim, progress=progress),
     }

@@ -94,12 +94,18 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
         n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
         assert 140 <= n_pool <= 150  # 6 capabilities x 25, minus exact-duplicate noise
         assert dict(conn.execute("SELECT split, count(*) FROM examples GROUP BY split").fetchall())["query"] == 48
-        sizes = dict(
-            conn.execute(
-                "SELECT method || '@' || budget, count(DISTINCT pool_id) FROM selections GROUP BY ALL"
+        sizes = {
+            key: (n, k, eligible, diag)
+            for key, n, k, eligible, diag in conn.execute(
+                "SELECT method || '@' || budget, count(DISTINCT pool_id), any_value(k), any_value(eligible), "
+                "any_value(diagnostics) FROM selections GROUP BY ALL"
             ).fetchall()
-        )
-        assert sizes == {f"{m}@{b}": k for m in with_assets for b, k in (("10pct", n_pool // 10), ("20", 20))}
+        }
+        assert set(sizes) == {f"{m}@{b}" for m in with_assets for b in ("10pct", "20")}
+        for key, (n, k, eligible, diag) in sizes.items():
+            assert k == (n_pool // 10 if key.endswith("10pct") else 20)
+            # exactly min(k, eligible), less a reported under-fill (G2IS, DEITA)
+            assert n == min(k, eligible) - json.loads(diag).get("under_fill", 0), key
         report = conn.execute("SELECT method, budget, size, noise_fraction FROM selection_report").fetchall()
         assert len(report) == 2 * len(with_assets) and all(0 <= r[3] <= 1 for r in report)
         less_tasks = {

@@ -189,7 +189,12 @@ def test_dsel_select_materializes_only_what_is_missing(home, capsys):
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         sizes = dict(conn.execute("SELECT method || '@' || budget, count(*) FROM selections GROUP BY ALL").fetchall())
     assert sizes["bids@8"] == 8 and sizes["bids@4"] == 4 and sizes["round_robin@6"] == 6
-    assert main(["select", "--method", "mig", "--budget", "5"]) == 2  # representations not there yet
+    assert main(["select", "--method", "mig", "--budget", "5", "--model", "tiny", "--grad-dim", "64"]) == 0
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM selections WHERE method = 'mig'").fetchone()[0] == 5
+        assert conn.execute("SELECT count(DISTINCT how) FROM label_vocab").fetchone()[0] == 1
+    capsys.readouterr()
+    assert main(["select", "--method", "nuggets", "--budget", "5"]) == 2  # its representation has no asset yet
     assert "needs" in capsys.readouterr().err
     assert main(["select", "--method", "bids", "--budget", "5", "--target", "x"]) == 2  # not targeted by task
     assert main(["select", "--method", "round_robin", "--budget", "5", "--param", "nope=1"]) == 2

@@ -1,0 +1,97 @@
+"""Labels for MIG (METHODS.md R6): provided tags where the data has them (a `tags` list in
+a record), otherwise derived as k-means clusters of the sentence embeddings. The label
+vocabulary stores how each label was made and its embedding."""
+
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from dsel_assets import tables
+from dsel_assets.core.select._clustering import kmeans
+from dsel_assets.metadata import markdown_table
+from dsel_assets.representations import REPRESENTATIONS, SENTENCE_EMBEDDINGS, sentence_embeddings
+from resources.lance_store import LanceStore
+from resources.models import SentenceEmbedder
+from resources.tracking import MlflowTracker
+
+
+class LabelConfig(dg.Config):
+    n_clusters: int = Field(default=50, description="Derived labels: k-means clusters (capped at N / 5)")
+    seed: int = Field(default=0, description="k-means seed")
+
+
+@dg.asset(
+    deps=["pool", sentence_embeddings],
+    group_name=REPRESENTATIONS,
+    code_version="labels-1",
+    kinds={"duckdb"},
+    description="Per-example label sets and label embeddings for MIG: provided `tags`, else embedding clusters.",
+)
+def labels(
+    context: dg.AssetExecutionContext,
+    config: LabelConfig,
+    duckdb: DuckDBResource,
+    lance: LanceStore,
+    embedder: SentenceEmbedder,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    from dsel_assets.selections import load_vectors
+
+    with duckdb.get_connection() as conn:
+        rows = tables.frame(
+            conn,
+            "SELECT pool_id, json_extract(meta, '$.tags') AS tags FROM examples WHERE split = 'pool' ORDER BY pool_id",
+        )
+        version, _ = tables.pool_version(conn)
+    tag_lists = [json.loads(t) if t else None for t in rows["tags"].to_list()]
+    provided = [t if isinstance(t, list) and t and all(isinstance(x, str) for x in t) else None for t in tag_lists]
+    if all(p is not None for p in provided):
+        names = sorted({tag for tags in provided for tag in tags})
+        index = {n: i for i, n in enumerate(names)}
+        members = [[index[t] for t in tags] for tags in provided]
+        label_vectors = embedder.encode(names)
+        how = "provided tags (MiniLM embeddings of the tag text)"
+    else:
+        vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, rows["pool_id"].to_list())
+        n_clusters = max(1, min(config.n_clusters, len(vectors) // 5))
+        centroids, assignment = kmeans(vectors, n_clusters, config.seed)
+        names = [f"cluster-{c}" for c in range(len(centroids))]
+        members = [[int(a)] for a in assignment]
+        label_vectors = centroids
+        how = f"derived: k-means ({len(centroids)} clusters) of sentence embeddings"
+    pairs = pl.DataFrame(
+        {
+            "pool_id": [p for p, m in zip(rows["pool_id"], members, strict=True) for _ in m],
+            "label": [label for m in members for label in m],
+        },
+        schema={"pool_id": pl.String, "label": pl.Int64},
+    )
+    vocab = pl.DataFrame(
+        {
+            "label": list(range(len(names))),
+            "name": names,
+            "embedding": [np.asarray(v, dtype=np.float64).tolist() for v in label_vectors],
+            "how": [how] * len(names),
+        }
+    )
+    with duckdb.get_connection() as conn:
+        conn.register("new_labels", pairs.to_arrow())
+        conn.register("new_vocab", vocab.to_arrow())
+        conn.execute("CREATE OR REPLACE TABLE labels AS SELECT * FROM new_labels")
+        conn.execute("CREATE OR REPLACE TABLE label_vocab AS SELECT * FROM new_vocab")
+    with tracker.run(context, params={"how": how, "pool_version": version}) as run:
+        run.log_metrics({"labels": len(names), "pairs": pairs.height})
+    sizes = pairs.group_by("label").len().sort("len", descending=True).head(10).rows()
+    return dg.MaterializeResult(
+        metadata={
+            "how": how,
+            "labels": len(names),
+            "largest": dg.MetadataValue.md(markdown_table(["label", "rows"], sizes)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{version}-{len(names)}"),
+    )

@@ -1,0 +1,205 @@
+"""Model-based scalar representations per pool batch (METHODS.md R3, R4, R7): losses, both
+IFDs and uncertainty from a model, and per-example quality. Stored in DuckDB with the model
+id and hash, chat template and code version of every row; undefined scores carry a reason."""
+
+import hashlib
+import json
+import math
+import time
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from dsel_assets import tables
+from dsel_assets.core.models.scoring import ExampleScores, score_examples
+from dsel_assets.metadata import markdown_table
+from dsel_assets.pool import pool_batch, pool_batches
+from dsel_assets.representations import REPRESENTATIONS
+from resources.models import SelectionModel
+from resources.tracking import DatasetRef, MlflowTracker
+
+SCORE_COLUMNS = list(ExampleScores.__dataclass_fields__)
+SCORES_SQL = """CREATE TABLE IF NOT EXISTS {table} (
+    pool_id VARCHAR, batch VARCHAR, model VARCHAR, model_hash VARCHAR, template VARCHAR, code_version VARCHAR,
+    loss_conditioned DOUBLE, loss_unconditioned DOUBLE, ppl_conditioned DOUBLE, ifd_loss_ratio DOUBLE,
+    ifd_ppl_ratio DOUBLE, mean_entropy DOUBLE, least_confidence DOUBLE, mean_margin DOUBLE, min_margin DOUBLE,
+    response_tokens INTEGER, reason VARCHAR)"""
+CHUNK = 128
+
+
+def template_hash(tokenizer) -> str:
+    return hashlib.sha256((getattr(tokenizer, "chat_template", None) or "role: content").encode()).hexdigest()[:12]
+
+
+def build_score_asset(name: str, model_resource: str, description: str) -> dg.AssetsDefinition:
+    """A per-batch loss-score asset scored with ``model_resource`` into DuckDB table ``name``."""
+
+    @dg.asset(
+        name=name,
+        partitions_def=pool_batches,
+        deps=[pool_batch],
+        group_name=REPRESENTATIONS,
+        code_version=f"{name}-1",
+        kinds={"duckdb", "pytorch"},
+        description=description,
+        required_resource_keys={model_resource, "duckdb", "tracker"},
+    )
+    def _scores(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        model_res: SelectionModel = getattr(context.resources, model_resource)
+        duckdb: DuckDBResource = context.resources.duckdb
+        tracker: MlflowTracker = context.resources.tracker
+        batch = context.partition_key
+        identity = model_res.identity()
+        code_version = context.assets_def.code_versions_by_key[context.asset_key]
+        with duckdb.get_connection() as conn:
+            conn.execute(SCORES_SQL.format(table=name))
+            manifest = tables.get_batch(conn, batch)
+            rows = tables.frame(
+                conn,
+                "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id",
+                [batch],
+            )
+            done = {
+                r[0]
+                for r in conn.execute(
+                    f"SELECT pool_id FROM {name} WHERE batch = ? AND model_hash = ? AND code_version = ?",
+                    [batch, identity["model_hash"], code_version],
+                ).fetchall()
+            }
+        items = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
+        started, written = time.perf_counter(), 0
+        params = {"batch": batch, **identity, "code_version": code_version}
+        with tracker.run(
+            context, params=params, inputs=[DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
+        ) as run:
+            if items:
+                model, tokenizer = model_res.load()
+                template = template_hash(tokenizer)
+                for start in range(0, len(items), CHUNK):
+                    chunk = items[start : start + CHUNK]
+                    scored = [
+                        {
+                            "pool_id": i,
+                            "batch": batch,
+                            **identity,
+                            "template": template,
+                            "code_version": code_version,
+                            **{c: getattr(s, c) for c in SCORE_COLUMNS},
+                        }
+                        for i, s in score_examples(model, tokenizer, chunk)
+                    ]
+                    frame = pl.DataFrame(scored).with_columns(
+                        [pl.col(c).cast(pl.Float64) for c in SCORE_COLUMNS if c not in ("response_tokens", "reason")]
+                    )
+                    with duckdb.get_connection() as conn:  # one transaction per chunk: a crash loses one chunk
+                        conn.register("scored_chunk", frame.to_arrow())
+                        conn.execute("BEGIN TRANSACTION")
+                        conn.execute(
+                            f"DELETE FROM {name} WHERE batch = ? AND pool_id IN (SELECT pool_id FROM scored_chunk)",
+                            [batch],
+                        )
+                        conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM scored_chunk")
+                        conn.execute("COMMIT")
+                    written += len(chunk)
+                    rate = written / (time.perf_counter() - started)
+                    context.log.info(
+                        f"{name} batch {batch}: {written}/{len(items)} at {rate:.1f} examples/s, "
+                        f"eta {(len(items) - written) / rate:.0f}s"
+                    )
+            with duckdb.get_connection() as conn:
+                # rows of ids no longer in the batch, or of another model / code version, are stale
+                conn.execute(
+                    f"DELETE FROM {name} WHERE batch = ? AND (model_hash <> ? OR code_version <> ? OR pool_id NOT IN "
+                    "(SELECT pool_id FROM examples WHERE batch = ?))",
+                    [batch, identity["model_hash"], code_version, batch],
+                )
+                summary = tables.frame(
+                    conn,
+                    f"SELECT count(*) AS n, count(*) FILTER (reason <> '') AS undefined, avg(ifd_loss_ratio) "
+                    f"AS mean_ifd, avg(ifd_ppl_ratio) AS mean_ifd_ppl FROM {name} WHERE batch = ?",
+                    [batch],
+                )
+                reasons = conn.execute(
+                    f"SELECT reason, count(*) FROM {name} WHERE batch = ? AND reason <> '' GROUP BY reason", [batch]
+                ).fetchall()
+            stats = summary.row(0, named=True)
+            run.log_metrics(
+                {
+                    k: v
+                    for k, v in {
+                        "rows": stats["n"],
+                        "undefined": stats["undefined"],
+                        "computed": written,
+                        "mean_ifd": stats["mean_ifd"],
+                    }.items()
+                    if v is not None and not (isinstance(v, float) and math.isnan(v))
+                }
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "rows": stats["n"],
+                "computed": written,
+                "reused_after_resume": len(done),
+                "undefined": stats["undefined"],
+                **identity,
+                "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], reasons)),
+                **run.metadata(),
+            },
+            data_version=dg.DataVersion(
+                hashlib.sha256(json.dumps([batch, identity, code_version]).encode()).hexdigest()[:16]
+            ),
+        )
+
+    return _scores
+
+
+loss_scores = build_score_asset(
+    "loss_scores",
+    "selection_model",
+    "Per example with the selection model: L(A|Q), L(A) over the same response tokens, perplexity, IFD as "
+    "loss ratio (Cherry), IFD as perplexity ratio, and uncertainty (entropy, least confidence, margins).",
+)
+proxy_loss_scores = build_score_asset(
+    "proxy_loss_scores",
+    "proxy_model",
+    "The same scores from the smaller proxy model (Superfiltering's IFD = ppl(A|Q) / ppl(A)).",
+)
+
+
+@dg.asset(
+    deps=["pool", loss_scores],
+    group_name=REPRESENTATIONS,
+    code_version="quality-1",
+    kinds={"duckdb"},
+    description="Per-example quality in [0, 1] (METHODS.md R7): the data's own `score` column where a "
+    "source has one, else the selection model's per-token likelihood of the reference, exp(-L(A|Q)).",
+)
+def quality(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: MlflowTracker) -> dg.MaterializeResult:
+    """Which source each value came from is stored beside it (``how``)."""
+    with duckdb.get_connection() as conn:
+        conn.execute(SCORES_SQL.format(table="loss_scores"))
+        conn.execute(
+            """CREATE OR REPLACE TABLE quality AS
+               SELECT e.pool_id,
+                      CASE WHEN try_cast(json_extract_string(e.meta, '$.score') AS DOUBLE) IS NOT NULL
+                           THEN least(greatest(try_cast(json_extract_string(e.meta, '$.score') AS DOUBLE), 0), 1)
+                           ELSE exp(-s.loss_conditioned) END AS quality,
+                      CASE WHEN try_cast(json_extract_string(e.meta, '$.score') AS DOUBLE) IS NOT NULL
+                           THEN 'column_score' ELSE 'model_likelihood' END AS how
+               FROM examples e LEFT JOIN loss_scores s USING (pool_id)
+               WHERE e.split = 'pool'"""
+        )
+        summary = conn.execute(
+            "SELECT how, count(*), count(quality), avg(quality) FROM quality GROUP BY how"
+        ).fetchall()
+        version, _ = tables.pool_version(conn)
+    with tracker.run(context, params={"pool_version": version}) as run:
+        run.log_metrics({f"rows.{how}": n for how, n, _, _ in summary})
+    return dg.MaterializeResult(
+        metadata={
+            "sources": dg.MetadataValue.md(markdown_table(["how", "rows", "defined", "mean"], summary)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(version),
+    )
