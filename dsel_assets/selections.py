@@ -21,8 +21,10 @@ from dsel_assets.gradients import INFLUENCE
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
+from dsel_assets.round_trainer import LoraRoundTrainer
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
+from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
 
 SELECTIONS = "selections"
@@ -40,6 +42,7 @@ REPRESENTATION_ASSETS = {
     "superfiltering_ifd": dg.AssetKey("proxy_loss_scores"),
     "quality": dg.AssetKey("quality"),
     "labels": dg.AssetKey("labels"),
+    "trainer": dg.AssetKey("pool"),  # trains the selection model itself between rounds
 }
 
 #: Scalar representations: (DuckDB table, column). IFDs are undefined (NaN) where a reason is recorded.
@@ -175,10 +178,27 @@ def load_labels(duckdb: DuckDBResource, pool_ids: list[str]) -> tuple[Labels, Da
     return labels, DatasetRef("labels", str(duckdb.database), str(len(embeddings)))
 
 
+def load_trainer(duckdb: DuckDBResource, pool_ids: list[str], selection_model: SelectionModel, log):
+    with duckdb.get_connection() as conn:
+        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+    by_id = dict(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
+    model, tokenizer = selection_model.load()
+    trainer = LoraRoundTrainer(model, tokenizer, [by_id[p] for p in pool_ids], log=log)
+    return trainer, DatasetRef("selection_model", selection_model.model, selection_model.identity()["model_hash"])
+
+
 def load_representation(
-    need: str, lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str], grad_settings: GradientSettings
+    need: str,
+    lance: LanceStore,
+    duckdb: DuckDBResource,
+    pool_ids: list[str],
+    grad_settings: GradientSettings,
+    selection_model: SelectionModel | None = None,
+    log=print,
 ):
     """(representation aligned to ``pool_ids``, its DatasetRef for lineage)."""
+    if need == "trainer":
+        return load_trainer(duckdb, pool_ids, selection_model, log)
     if need == "influence":
         return load_influence(lance, duckdb, pool_ids, grad_settings)
     if need in ("pool_gradients", "query_gradients"):
@@ -224,6 +244,7 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         lance: LanceStore,
         tracker: MlflowTracker,
         grad_settings: GradientSettings,
+        selection_model: SelectionModel,
     ) -> dg.MaterializeResult:
         method_config = build_config(spec.name, config.params)
         budgets = [Budget.parse(b) for b in config.budgets]
@@ -236,7 +257,9 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
         representations, inputs = {}, [DatasetRef("pool", str(duckdb.database), version)]
         for need in spec.needs:
-            representations[need], ref = load_representation(need, lance, duckdb, pool_ids, grad_settings)
+            representations[need], ref = load_representation(
+                need, lance, duckdb, pool_ids, grad_settings, selection_model, context.log.info
+            )
             inputs.append(ref)
         params = {
             "method": spec.name,
@@ -251,6 +274,17 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
                 started = time.perf_counter()
                 selection = spec.select(pool_ids, k, method_config, **representations)
                 seconds = time.perf_counter() - started
+                trainer = representations.get("trainer")
+                if trainer is not None:  # each training round of an iterative method: a nested MLflow run
+                    for entry in trainer.history:
+                        run.child(
+                            f"{spec.name}@{budget.label} round {entry['round']}",
+                            {"budget": budget.label},
+                            {k_: v for k_, v in entry.items() if isinstance(v, (int, float))},
+                        )
+                        context.log.info(f"{spec.name} @ {budget.label}: round {entry['round']} {entry}")
+                    selection.diagnostics["rounds_recorded"] = len(trainer.history)
+                    trainer.history.clear()
                 rows = pl.DataFrame(
                     {
                         "method": spec.name,

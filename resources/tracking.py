@@ -71,6 +71,16 @@ class TrackedRun:
     def log_artifact(self, path: str) -> None:
         self.client.log_artifact(self.run_id, path)
 
+    def child(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> str:
+        """A finished nested run (e.g. one round of an iterative selector); returns its id."""
+        tags = {"mlflow.parentRunId": self.run_id, "mlflow.runName": name}
+        created = self.client.create_run(self.experiment_id, tags=tags)
+        child = TrackedRun(self.client, created.info.run_id, self.experiment_id, self.tracking_uri)
+        child.log_params(params)
+        child.log_metrics(metrics)
+        self.client.set_terminated(child.run_id, status="FINISHED")
+        return child.run_id
+
     def metadata(self) -> dict[str, Any]:
         """What goes into the Dagster materialization metadata."""
         return {

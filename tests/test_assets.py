@@ -127,7 +127,12 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
     assert len(run_ids) == len(set(run_ids))
     client = MlflowClient(f"sqlite:///{home.mlflow_db}")
     runs = client.search_runs([client.get_experiment_by_name("dsel").experiment_id], max_results=1000)
-    assert {run.info.run_id for run in runs} == set(run_ids)
+    top_level = {run.info.run_id for run in runs if "mlflow.parentRunId" not in run.data.tags}
+    assert top_level == set(run_ids)
+    # each training round of an iterative method is a nested run under its selection's run
+    rounds = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert {run.data.tags["mlflow.runName"].split("@")[0] for run in rounds} == {"diversify_conquer", "diverse_evol"}
+    assert all(run.data.tags["mlflow.parentRunId"] in top_level for run in rounds)
 
 
 def test_definitions_load_and_every_job_resolves(home):

@@ -76,3 +76,24 @@ def test_batching_does_not_change_scores(tiny):
     for key in one:
         assert one[key].ifd_loss_ratio == pytest.approx(many[key].ifd_loss_ratio, rel=1e-4)
         assert one[key].min_margin == pytest.approx(many[key].min_margin, abs=1e-5)
+
+
+def test_model_embedding_poolings(tiny):
+    from dsel_assets.core.models.model_embeddings import model_embeddings, pool_hidden
+
+    hidden = torch.arange(12, dtype=torch.float32).reshape(1, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    torch.testing.assert_close(pool_hidden(hidden, mask, "mean"), hidden[:, :3].mean(1))
+    weighted = (hidden[0, 0] * 1 + hidden[0, 1] * 2 + hidden[0, 2] * 3) / 6
+    torch.testing.assert_close(pool_hidden(hidden, mask, "position_weighted")[0], weighted)
+    torch.testing.assert_close(pool_hidden(hidden, mask, "last_token")[0], hidden[0, 2])
+    model, tokenizer = tiny
+    convs = [
+        [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Answer."}] for i in range(5)
+    ]
+    a = model_embeddings(model, tokenizer, convs, "mean", batch_size=2)
+    b = model_embeddings(model, tokenizer, convs, "mean", batch_size=5)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # batching and padding do not change an embedding
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        pool_hidden(hidden, mask, "max")

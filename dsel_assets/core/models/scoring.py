@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sft import IGNORE, Encoded, _render, collate, length_batches
+from .sft import IGNORE, Encoded, collate, length_batches
+from .templates import render_chat
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def turn_inputs(tokenizer, messages: list[dict], max_length: int) -> list[TurnIn
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        context = tokenizer(_render(tokenizer, messages[:i], generation_prompt=True), add_special_tokens=False)
+        context = tokenizer(render_chat(tokenizer, messages[:i], generation_prompt=True), add_special_tokens=False)
         answer = tokenizer(message["content"], add_special_tokens=False)["input_ids"]
         keep = min(len(answer), max_length - len(context["input_ids"]), max_length - 1)
         if keep <= 0:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .templates import render_chat
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
@@ -28,13 +30,6 @@ class Encoded:
         return sum(label != IGNORE for label in self.labels)
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], generation_prompt: bool = False) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-    return text + ("assistant: " if generation_prompt else "")
-
-
 def _n_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -43,14 +38,14 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
     """Ids of the templated conversation, labels on every assistant turn's tokens (its
     content and end-of-turn marker, not the role header). Right-truncated to ``max_length``;
     ``None`` when truncation leaves no response token (the caller records why)."""
-    full = _render(tokenizer, messages)
+    full = render_chat(tokenizer, messages)
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]
     labels = [IGNORE] * len(ids)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = _n_tokens(tokenizer, _render(tokenizer, messages[:i], generation_prompt=True))
-        end = _n_tokens(tokenizer, _render(tokenizer, messages[: i + 1]))
+        start = _n_tokens(tokenizer, render_chat(tokenizer, messages[:i], generation_prompt=True))
+        end = _n_tokens(tokenizer, render_chat(tokenizer, messages[: i + 1]))
         labels[start:end] = ids[start:end]
     encoded = Encoded(ids[:max_length], labels[:max_length])
     return encoded if encoded.n_response else None

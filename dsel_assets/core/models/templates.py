@@ -8,11 +8,15 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
-    """The conversation as the model sees it: its chat template, else ``role: content`` lines."""
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool = False
+) -> str:
+    """The conversation as the model sees it: its chat template, else ``role: content`` lines;
+    ``generation_prompt`` appends the assistant header (the point where a reply starts)."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    return text + ("assistant: " if generation_prompt else "")
 
 
 def token_counter(tokenizer: PreTrainedTokenizerBase):

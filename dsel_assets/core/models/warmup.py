@@ -74,34 +74,33 @@ def _save_checkpoint(model, optimizer, path: Path, lr_mean: float, epoch: int) -
     return Checkpoint(epoch, path, lr_mean)
 
 
-def train_warmup(
+def train_lora(
     model,
     encoded: list[Encoded],
     config: WarmupConfig,
-    out_dir: Path,
     pad_id: int,
-    manifest_extra: dict | None = None,
     log: Callable[[str], None] = print,
-) -> list[Checkpoint]:
-    """Train LoRA on ``encoded`` (already the warmup sample) and save one checkpoint per
-    epoch under ``out_dir/epoch-<e>/``, plus ``out_dir/manifest.json`` with the curve."""
+    on_epoch: Callable[[int, object, object, float], None] | None = None,
+    label: str = "train",
+):
+    """LoRA SFT on ``encoded``: AdamW, linear schedule with warm-up, length-bucketed batches in
+    seeded random order, loss on response tokens. ``on_epoch(epoch, model, optimizer,
+    mean_lr)`` runs after each epoch. Returns (peft model, loss curve)."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     if not encoded:
-        raise ValueError("warmup: no trainable examples (all truncated away or empty pool)")
+        raise ValueError(f"{label}: no trainable examples (all truncated away or empty selection)")
     torch.manual_seed(config.seed)
     model = add_lora(model, config.lora, seed=config.seed)
     model.train()
     params = [p for _, p in lora_parameters(model)]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     rng = np.random.default_rng(config.seed)
-    batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    total = batches_per_epoch * config.epochs
+    total = math.ceil(len(encoded) / config.batch_size) * config.epochs
     # floor, not ceil: on a handful of steps a ceil'd warm-up would spend them all at lr 0
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     curve: list[dict] = []
-    checkpoints = []
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         order = rng.permutation(len(encoded))
@@ -121,10 +120,32 @@ def train_warmup(
         elapsed = time.perf_counter() - started
         eta = elapsed / epoch * (config.epochs - epoch)
         log(
-            f"warmup epoch {epoch}/{config.epochs}: loss {np.mean([c['loss'] for c in curve[-len(lrs) :]]):.4f}, "
+            f"{label} epoch {epoch}/{config.epochs}: loss {np.mean([c['loss'] for c in curve[-len(lrs) :]]):.4f}, "
             f"{len(curve) / elapsed:.2f} steps/s, eta {eta:.0f}s"
         )
-        checkpoints.append(_save_checkpoint(model, optimizer, out_dir / f"epoch-{epoch}", float(np.mean(lrs)), epoch))
+        if on_epoch is not None:
+            on_epoch(epoch, model, optimizer, float(np.mean(lrs)))
+    model.eval()
+    return model, curve
+
+
+def train_warmup(
+    model,
+    encoded: list[Encoded],
+    config: WarmupConfig,
+    out_dir: Path,
+    pad_id: int,
+    manifest_extra: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Checkpoint]:
+    """Train LoRA on ``encoded`` (already the warmup sample) and save one checkpoint per
+    epoch under ``out_dir/epoch-<e>/``, plus ``out_dir/manifest.json`` with the curve."""
+    checkpoints: list[Checkpoint] = []
+
+    def save(epoch: int, peft_model, optimizer, lr_mean: float) -> None:
+        checkpoints.append(_save_checkpoint(peft_model, optimizer, out_dir / f"epoch-{epoch}", lr_mean, epoch))
+
+    _, curve = train_lora(model, encoded, config, pad_id, log, on_epoch=save, label="warmup")
     manifest = {
         "config": config.to_dict(),
         "checkpoints": [{"epoch": c.epoch, "path": str(c.path), "lr_mean": c.lr_mean} for c in checkpoints],

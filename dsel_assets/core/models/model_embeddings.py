@@ -1,0 +1,62 @@
+"""Model embeddings (METHODS.md R2) from the last hidden layer of a causal LM."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from .sft import IGNORE, Encoded, collate, length_batches
+from .templates import render_chat
+
+Pooling = Literal["mean", "position_weighted", "last_token"]
+
+
+def pool_hidden(hidden, mask, pooling: Pooling):
+    """[B, T, H] -> [B, H]: masked mean (Cherry, DiverseEvol), position-weighted mean with
+    weights 1..T over the real tokens (RDS+), or the last real token (D&C, DEITA)."""
+    import torch
+
+    mask = mask.to(hidden.dtype)
+    if pooling == "mean":
+        weights = mask
+    elif pooling == "position_weighted":
+        weights = torch.cumsum(mask, dim=1) * mask
+    elif pooling == "last_token":
+        last = (torch.arange(mask.shape[1], device=mask.device)[None] * mask).argmax(dim=1)
+        weights = torch.zeros_like(mask).scatter_(1, last[:, None], 1.0)
+    else:
+        raise ValueError(f"pooling: {pooling!r} is not one of ['mean', 'position_weighted', 'last_token']")
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    return torch.einsum("bt,bth->bh", weights, hidden)
+
+
+def model_embeddings(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    pooling: Pooling = "mean",
+    max_length: int = 512,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """L2-normalised float32 embeddings, one row per conversation (in input order)."""
+    import torch
+
+    from .sft import _backbone_and_head
+
+    body, head = _backbone_and_head(model)
+    device = head.weight.device
+    encoded = []
+    for messages in conversations:
+        ids = tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"][:max_length]
+        encoded.append(Encoded(ids, [IGNORE] * len(ids)))  # embeddings need no labels
+    out = np.zeros((len(encoded), body.config.hidden_size), dtype=np.float32)
+    with torch.no_grad():
+        for group in length_batches([len(e.input_ids) for e in encoded], batch_size):
+            batch = collate([encoded[i] for i in group], tokenizer.pad_token_id)
+            hidden = body(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).last_hidden_state
+            pooled = pool_hidden(hidden.float(), batch["attention_mask"].to(device), pooling)
+            out[group] = torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
+    return out
