@@ -96,8 +96,8 @@ def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
     print(format_table(["batch", "read", "accepted", "quarantined", "reasons"], rows))
 
 
-def selection_run_config(budgets: list[str], target: str) -> dict:
-    """Run config of every selection asset: the budgets, and the target of targeted methods."""
+def selection_run_config(budgets: list[str], target: str, in_job: set[str]) -> dict:
+    """Run config of the job's selection assets: the budgets, and the target of targeted methods."""
     import dataclasses
 
     from dsel_assets.core.select import methods
@@ -105,7 +105,7 @@ def selection_run_config(budgets: list[str], target: str) -> dict:
 
     config = {}
     for name, spec in methods().items():
-        if available(spec):
+        if available(spec) and f"selection_{name}" in in_job:
             fields = {f.name for f in dataclasses.fields(spec.config_cls)}
             params = {"task": target} if "task" in fields else {}
             config[f"selection_{name}"] = {"config": {"budgets": budgets, "params": params}}
@@ -130,7 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     defs = _definitions(home, args)
     _run_batches(home, defs, [batches["queries"], batches["eval"]], "batch_job")
-    run_config = {"ops": selection_run_config(args.budgets, args.target)}
+    job_nodes = {node.name for node in defs.resolve_job_def("default_job").graph.nodes}
+    run_config = {"ops": selection_run_config(args.budgets, args.target, job_nodes)}
     run_config["ops"]["warmup_checkpoint"] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
     _run_batches(home, defs, [batches["pool"]], "default_job", run_config)
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
@@ -280,7 +281,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     ]
     run_config = {**QUIET, "ops": {target.to_user_string(): {"config": {"budgets": args.budget, "params": params}}}}
     print(f"[dsel] materializing {', '.join(k.to_user_string() for k in unpartitioned)} ...", flush=True)
-    defs.resolve_job_def("default_job").execute_in_process(
+    defs.resolve_job_def("curation_job").execute_in_process(
         instance=instance, asset_selection=unpartitioned, run_config=run_config
     )
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:

@@ -8,14 +8,20 @@ import math
 import time
 
 import dagster as dg
+import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from dsel_assets import tables
+from dsel_assets.core.models.learning_percentage import compute_learning_percentages
+from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.scoring import ExampleScores, score_examples
+from dsel_assets.core.models.warmup import WarmupConfig
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS
+from resources.lance_store import LanceStore
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -202,4 +208,183 @@ def quality(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: 
             **run.metadata(),
         },
         data_version=dg.DataVersion(version),
+    )
+
+
+class LearningPercentageConfig(dg.Config):
+    epochs: int = Field(default=3, description="Epochs of small-model training on the whole pool")
+    lr: float = Field(default=2e-4, description="Peak learning rate")
+    batch_size: int = Field(default=8, description="Examples per step")
+    max_length: int = Field(default=512, description="Tokens per example")
+    seed: int = Field(default=0, description="Shuffle and LoRA-init seed")
+    lora_r: int = Field(default=8, description="LoRA rank of the small model's adapters")
+
+
+@dg.asset(
+    deps=["pool"],
+    group_name=REPRESENTATIONS,
+    code_version="learning_percentage-1",
+    kinds={"duckdb", "pytorch"},
+    tags={"dsel/cost": "high"},
+    description="Small2Large learning percentage: the proxy (small) model LoRA-trained on the whole pool, "
+    "perplexity of every example before training and after each epoch; LP(i) = (P_(i-1) - P_i) / (P_0 - P_n).",
+)
+def learning_percentage(
+    context: dg.AssetExecutionContext,
+    config: LearningPercentageConfig,
+    duckdb: DuckDBResource,
+    proxy_model: SelectionModel,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    core = WarmupConfig(
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        seed=config.seed,
+        lora=LoraSettings(r=config.lora_r, alpha=4 * config.lora_r, dropout=0.0),
+    )
+    with duckdb.get_connection() as conn:
+        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        version, _ = tables.pool_version(conn)
+    identity = proxy_model.identity()
+    with tracker.run(context, params={**core.to_dict(), **identity, "pool_version": version}) as run:
+        model, tokenizer = proxy_model.load()
+        p, lp, reasons = compute_learning_percentages(
+            model, tokenizer, rows["messages"].to_list(), core, context.log.info
+        )
+        for epoch in range(p.shape[1]):
+            run.log_metrics({"median_ppl": float(np.nanmedian(p[:, epoch]))}, step=epoch)
+    table = pl.DataFrame(
+        {
+            "pool_id": rows["pool_id"],
+            "lp1": lp[:, 0],
+            "lp": lp.tolist(),
+            "perplexity": p.tolist(),
+            "reason": reasons,
+            "model": identity["model"],
+            "model_hash": identity["model_hash"],
+            "code_version": context.assets_def.code_versions_by_key[context.asset_key],
+        }
+    )
+    with duckdb.get_connection() as conn:
+        conn.register("new_lp", table.to_arrow())
+        conn.execute("CREATE OR REPLACE TABLE learning_percentage AS SELECT * FROM new_lp")
+    undefined = sum(bool(r) for r in reasons)
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(reasons),
+            "undefined": undefined,
+            "epochs": config.epochs,
+            **identity,
+            "median_perplexity_by_epoch": dg.MetadataValue.json(
+                [round(float(np.nanmedian(p[:, e])), 3) for e in range(p.shape[1])]
+            ),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{version}-{identity['model_hash']}-{config.epochs}"),
+    )
+
+
+class GoldenScoreConfig(dg.Config):
+    anchors: str = Field(
+        default="kmeans",
+        description="kmeans (pool points nearest k-means centroids) or "
+        "source:NAME (the examples of an ingested source, e.g. source:nuggets_anchors)",
+    )
+    n_anchors: int = Field(default=100, description="k-means anchors (capped at pool size / 5)")
+    batch_size: int = Field(default=16, description="Anchors per batched forward")
+    max_length: int = Field(default=2048, description="Demonstration + anchor tokens")
+    seed: int = Field(default=0, description="k-means seed")
+
+
+@dg.asset(
+    deps=["pool", "sentence_embeddings"],
+    group_name=REPRESENTATIONS,
+    code_version="golden_score-1",
+    kinds={"duckdb", "pytorch"},
+    tags={"dsel/cost": "high"},
+    description="Nuggets golden score: share of anchor tasks whose answer log-prob rises with the example as a "
+    "one-shot demonstration (KV cache of the demonstration reused across batched anchors).",
+)
+def golden_score(
+    context: dg.AssetExecutionContext,
+    config: GoldenScoreConfig,
+    duckdb: DuckDBResource,
+    lance: LanceStore,
+    selection_model: SelectionModel,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    from dsel_assets.core.models.nuggets import golden_scores, one_shot_cached, prepare_anchors, zero_shot
+    from dsel_assets.core.select import build_config, get
+    from dsel_assets.selections import load_vectors
+
+    with duckdb.get_connection() as conn:
+        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        version, _ = tables.pool_version(conn)
+        if config.anchors.startswith("source:"):
+            anchor_rows = tables.frame(
+                conn,
+                "SELECT messages FROM examples WHERE source = ? ORDER BY pool_id",
+                [config.anchors.split(":", 1)[1]],
+            )
+            if anchor_rows.height == 0:
+                raise ValueError(f"anchors: no examples from {config.anchors!r}; ingest that source first")
+            anchor_messages = anchor_rows["messages"].to_list()
+    if config.anchors == "kmeans":
+        ids = rows["pool_id"].to_list()
+        vectors, _ = load_vectors(lance, "sentence_embeddings", ids)
+        n = max(1, min(config.n_anchors, len(ids) // 5))
+        chosen = (
+            get("kmeans_centroids")
+            .select(ids, n, build_config("kmeans_centroids", {"seed": config.seed}), sentence_embeddings=vectors)
+            .ids
+        )
+        by_id = dict(zip(ids, rows["messages"].to_list(), strict=True))
+        anchor_messages = [by_id[i] for i in chosen]
+    elif not config.anchors.startswith("source:"):
+        raise ValueError(f"anchors: {config.anchors!r} is not 'kmeans' or 'source:NAME'")
+    model, tokenizer = selection_model.load()
+    anchors = prepare_anchors(tokenizer, anchor_messages, config.max_length)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done % 25 == 0 or done == total:
+            rate = done / (time.perf_counter() - started)
+            context.log.info(f"golden score: {done}/{total} candidates, {rate:.2f}/s, eta {(total - done) / rate:.0f}s")
+
+    with tracker.run(
+        context,
+        params={
+            "anchors": config.anchors,
+            "n_anchors": len(anchors),
+            **selection_model.identity(),
+            "pool_version": version,
+        },
+    ) as run:
+        lp1, reasons = one_shot_cached(
+            model, tokenizer, rows["messages"].to_list(), anchors, config.batch_size, config.max_length, progress
+        )
+        scores = golden_scores(lp1, zero_shot(model, anchors))
+        run.log_metrics({"mean_gs": float(np.nanmean(scores)), "undefined": sum(bool(r) for r in reasons)})
+    table = pl.DataFrame(
+        {
+            "pool_id": rows["pool_id"],
+            "golden_score": scores,
+            "reason": reasons,
+            "anchors": len(anchors),
+            **selection_model.identity(),
+        }
+    )
+    with duckdb.get_connection() as conn:
+        conn.register("new_gs", table.to_arrow())
+        conn.execute("CREATE OR REPLACE TABLE golden_score AS SELECT * FROM new_gs")
+    return dg.MaterializeResult(
+        metadata={
+            "anchors": len(anchors),
+            "mean_golden_score": float(np.nanmean(scores)),
+            "undefined": sum(bool(r) for r in reasons),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{version}-{config.anchors}-{len(anchors)}"),
     )

@@ -42,6 +42,8 @@ REPRESENTATION_ASSETS = {
     "superfiltering_ifd": dg.AssetKey("proxy_loss_scores"),
     "quality": dg.AssetKey("quality"),
     "labels": dg.AssetKey("labels"),
+    "learning_percentage": dg.AssetKey("learning_percentage"),
+    "golden_score": dg.AssetKey("golden_score"),
     "trainer": dg.AssetKey("pool"),  # trains the selection model itself between rounds
 }
 
@@ -50,6 +52,8 @@ SCALARS = {
     "ifd": ("loss_scores", "CASE WHEN reason = '' THEN ifd_loss_ratio END"),
     "superfiltering_ifd": ("proxy_loss_scores", "ifd_ppl_ratio"),
     "quality": ("quality", "quality"),
+    "learning_percentage": ("learning_percentage", "CASE WHEN reason = '' THEN lp1 END"),
+    "golden_score": ("golden_score", "golden_score"),
 }
 UNCERTAINTY_COLUMNS = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
 

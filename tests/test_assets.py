@@ -86,7 +86,8 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
 
     assert main(["run", "--model", "tiny", "--per-capability", "25", "--budgets", "10%", "20"]) == 0
     out = capsys.readouterr().out
-    with_assets = [name for name, spec in methods().items() if available(spec)]
+    job_nodes = {node.name for node in build_definitions(home, model="tiny").resolve_job_def("default_job").graph.nodes}
+    with_assets = [name for name, spec in methods().items() if available(spec) and f"selection_{name}" in job_nodes]
     assert {"random", "kmeans_centroids", "kmeans_random", "less", "bids", "facility_location"} <= set(with_assets)
     for method in with_assets:
         assert method in out
@@ -137,7 +138,7 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
 
 def test_definitions_load_and_every_job_resolves(home):
     defs = build_definitions(home, model="tiny")
-    for job in ("default_job", "batch_job"):
+    for job in ("default_job", "batch_job", "curation_job"):
         assert defs.resolve_job_def(job) is not None
     groups = {n.group_name for n in defs.resolve_asset_graph().asset_nodes}
     assert groups == {"pool", "models", "representations", "selections", "reports"}

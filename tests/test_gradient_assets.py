@@ -194,7 +194,13 @@ def test_dsel_select_materializes_only_what_is_missing(home, capsys):
         assert conn.execute("SELECT count(*) FROM selections WHERE method = 'mig'").fetchone()[0] == 5
         assert conn.execute("SELECT count(DISTINCT how) FROM label_vocab").fetchone()[0] == 1
     capsys.readouterr()
-    assert main(["select", "--method", "nuggets", "--budget", "5"]) == 2  # its representation has no asset yet
+    assert main(["select", "--method", "nuggets", "--budget", "5", "--model", "tiny", "--grad-dim", "64"]) == 0
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        gs = [g for (g,) in conn.execute("SELECT golden_score FROM golden_score").fetchall()]
+        anchors = conn.execute("SELECT any_value(anchors) FROM golden_score").fetchone()[0]
+    assert all(abs(g * anchors - round(g * anchors)) < 1e-9 for g in gs)  # GS is a multiple of 1/|A|
+    capsys.readouterr()
+    assert main(["select", "--method", "data_whisperer", "--budget", "5"]) == 2  # no asset for its score yet
     assert "needs" in capsys.readouterr().err
     assert main(["select", "--method", "bids", "--budget", "5", "--target", "x"]) == 2  # not targeted by task
     assert main(["select", "--method", "round_robin", "--budget", "5", "--param", "nope=1"]) == 2

@@ -97,3 +97,47 @@ def test_model_embedding_poolings(tiny):
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="pooling"):
         pool_hidden(hidden, mask, "max")
+
+
+def test_learning_percentage_definition_and_training(tiny):
+    from dsel_assets.core.data.synthetic import generate
+    from dsel_assets.core.models.learning_percentage import compute_learning_percentages, learning_percentage
+    from dsel_assets.core.models.warmup import WarmupConfig
+
+    lp, reasons = learning_percentage(np.array([[4.0, 3.0, 2.5, 1.0], [2.0, 1.0, 3.0, 2.0]]))
+    np.testing.assert_allclose(lp[0], [1 / 3, 0.5 / 3, 1.5 / 3])
+    assert np.isnan(lp[1]).all() and "P_0 == P_n" in reasons[1] and reasons[0] == ""
+    _, tokenizer = tiny
+    convs = [r["messages"] for r in generate(seed=4, per_capability=2).pool]
+    p, lp, reasons = compute_learning_percentages(
+        tiny_llama(tokenizer), tokenizer, convs, WarmupConfig(epochs=2, lr=3e-3, batch_size=4, max_length=128)
+    )
+    assert p.shape == (len(convs), 3) and lp.shape == (len(convs), 2)
+    assert np.median(p[:, -1]) < np.median(p[:, 0])  # training on the pool lowers its perplexity
+    defined = np.isfinite(lp).all(axis=1)
+    np.testing.assert_allclose(lp[defined].sum(axis=1), 1.0, atol=1e-9)  # LP(1) + ... + LP(n) = 1
+
+
+def test_nuggets_cached_batched_equals_the_naive_loop(tiny):
+    from dsel_assets.core.data.synthetic import generate
+    from dsel_assets.core.models.nuggets import (
+        golden_scores,
+        one_shot_cached,
+        one_shot_naive,
+        prepare_anchors,
+        zero_shot,
+    )
+
+    model, tokenizer = tiny
+    data = generate(seed=5, per_capability=2)
+    anchors = prepare_anchors(tokenizer, [r["messages"] for r in data.evals[:7]], 512)
+    candidates = [r["messages"] for r in data.pool[:4]]
+    cached, reasons = one_shot_cached(model, tokenizer, candidates, anchors, batch_size=3)
+    naive = one_shot_naive(model, tokenizer, candidates, anchors)
+    np.testing.assert_allclose(cached, naive, atol=1e-4, rtol=1e-5)
+    lp0 = zero_shot(model, anchors)
+    gs = golden_scores(cached, lp0)
+    np.testing.assert_array_equal(gs, golden_scores(naive, lp0))
+    assert all(r == "" for r in reasons) and np.all((gs * 7) == np.round(gs * 7))  # multiples of 1/|A|
+    too_long, why = one_shot_cached(model, tokenizer, candidates[:1], anchors, max_length=20)
+    assert np.isnan(too_long).all() and "max_length=20" in why[0]
