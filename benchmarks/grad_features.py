@@ -11,8 +11,9 @@ and the same seeded block projection to d dimensions.
 - ours: dsel_assets.core.models.features.gradient_features with default settings: length
   bucketed batches, per-example gradients from one backward pass (hooks), response-only
   vocabulary projection, one projection call per 128-example chunk (bf16 matmul where the
-  CPU/GPU supports it). ``ours-bf16`` also runs the forward/backward under bf16 autocast
-  (opt-in on CPU: about 2x faster, cosine ~0.999).
+  CPU/GPU supports it), and on bf16-capable hardware float32 matmuls with bf16 products and
+  fp32 accumulation (``compute_dtype=auto``). ``ours-fp32`` is the same with strict fp32
+  everywhere; ``ours-bf16`` (opt-in part) runs the forward/backward under bf16 autocast.
 
 Each side runs in its own process (so peak RSS is its own). Prints a markdown table.
 Usage: python benchmarks/grad_features.py [--n 256] [--dim 8192] [--device auto]
@@ -125,7 +126,7 @@ def run_ours(model, tokenizer, state, items, dim, compute_dtype):
 def part(args) -> None:
     import torch
 
-    from dsel_assets.core.models.features import projection_dtype
+    from dsel_assets.core.models.features import compute_precision, projection_dtype
     from dsel_assets.core.models.loading import pick_device
 
     torch.manual_seed(0)
@@ -137,11 +138,10 @@ def part(args) -> None:
         ids, feats = run_reference(model, tokenizer, state, items, args.dim)
         dtype = "float32"
     else:
-        compute = "bfloat16" if args.part == "ours-bf16" else "model"
+        compute = {"ours": "auto", "ours-fp32": "model", "ours-bf16": "bfloat16"}[args.part]
         ids, feats = run_ours(model, tokenizer, state, items, args.dim, compute)
-        dtype = (
-            f"{'bf16 autocast' if compute == 'bfloat16' else 'fp32'} / {projection_dtype('auto', torch.device(device))}"
-        )
+        with compute_precision(compute, torch.device(device)) as resolved:
+            dtype = f"{resolved} / {projection_dtype('auto', torch.device(device))}"
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--dim", type=int, default=8192)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--parts", nargs="+", default=["reference", "ours", "ours-bf16"])
+    parser.add_argument("--parts", nargs="+", default=["reference", "ours", "ours-fp32"])
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -462,11 +462,9 @@ def influence(
         }
     )
     lance_version = lance.overwrite(f"{INFLUENCE}_{grad_settings.suffix()}", matrix)
-    with duckdb.get_connection() as conn:
-        conn.register("new_influence_columns", column_table.to_arrow())
-        conn.register("new_less_scores", less.to_arrow())
-        conn.execute("CREATE OR REPLACE TABLE influence_columns AS SELECT * FROM new_influence_columns")
-        conn.execute("CREATE OR REPLACE TABLE less_scores AS SELECT * FROM new_less_scores")
+    with duckdb.get_connection() as conn, tables.transaction(conn):
+        tables.replace_table(conn, "influence_columns", column_table)
+        tables.replace_table(conn, "less_scores", less)
     inputs = [
         DatasetRef(pool_dataset, lance.uri(pool_dataset), str(lance.version(pool_dataset))),
         DatasetRef(query_dataset, lance.uri(query_dataset), str(lance.version(query_dataset))),

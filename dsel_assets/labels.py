@@ -78,11 +78,9 @@ def labels(
             "how": [how] * len(names),
         }
     )
-    with duckdb.get_connection() as conn:
-        conn.register("new_labels", pairs.to_arrow())
-        conn.register("new_vocab", vocab.to_arrow())
-        conn.execute("CREATE OR REPLACE TABLE labels AS SELECT * FROM new_labels")
-        conn.execute("CREATE OR REPLACE TABLE label_vocab AS SELECT * FROM new_vocab")
+    with duckdb.get_connection() as conn, tables.transaction(conn):
+        tables.replace_table(conn, "labels", pairs)
+        tables.replace_table(conn, "label_vocab", vocab)
     with tracker.run(context, params={"how": how, "pool_version": version}) as run:
         run.log_metrics({"labels": len(names), "pairs": pairs.height})
     sizes = pairs.group_by("label").len().sort("len", descending=True).head(10).rows()

@@ -87,7 +87,7 @@ def selection_report(
         tables.ensure_schema(conn)
         report = selection_report_frame(conn, lance)
         version, _ = tables.pool_version(conn)
-        conn.execute("CREATE OR REPLACE TABLE selection_report AS SELECT * FROM report")
+        tables.replace_table(conn, "selection_report", report)
     markdown = markdown_table(report.columns, report.rows(), limit=500)
     path = home.paths.reports / "selection_report.md"
     path.parent.mkdir(parents=True, exist_ok=True)

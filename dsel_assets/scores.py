@@ -98,15 +98,14 @@ def build_score_asset(name: str, model_resource: str, description: str) -> dg.As
                     frame = pl.DataFrame(scored).with_columns(
                         [pl.col(c).cast(pl.Float64) for c in SCORE_COLUMNS if c not in ("response_tokens", "reason")]
                     )
-                    with duckdb.get_connection() as conn:  # one transaction per chunk: a crash loses one chunk
+                    # one transaction per chunk: a crash loses at most one chunk
+                    with duckdb.get_connection() as conn, tables.transaction(conn):
                         conn.register("scored_chunk", frame.to_arrow())
-                        conn.execute("BEGIN TRANSACTION")
                         conn.execute(
                             f"DELETE FROM {name} WHERE batch = ? AND pool_id IN (SELECT pool_id FROM scored_chunk)",
                             [batch],
                         )
                         conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM scored_chunk")
-                        conn.execute("COMMIT")
                     written += len(chunk)
                     rate = written / (time.perf_counter() - started)
                     context.log.info(
@@ -268,8 +267,7 @@ def learning_percentage(
         }
     )
     with duckdb.get_connection() as conn:
-        conn.register("new_lp", table.to_arrow())
-        conn.execute("CREATE OR REPLACE TABLE learning_percentage AS SELECT * FROM new_lp")
+        tables.replace_table(conn, "learning_percentage", table)
     undefined = sum(bool(r) for r in reasons)
     return dg.MaterializeResult(
         metadata={
@@ -377,8 +375,7 @@ def golden_score(
         }
     )
     with duckdb.get_connection() as conn:
-        conn.register("new_gs", table.to_arrow())
-        conn.execute("CREATE OR REPLACE TABLE golden_score AS SELECT * FROM new_gs")
+        tables.replace_table(conn, "golden_score", table)
     return dg.MaterializeResult(
         metadata={
             "anchors": len(anchors),

@@ -11,6 +11,8 @@ import hashlib
 import json
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +46,7 @@ CREATE TABLE IF NOT EXISTS selections (
 
 SPLITS = ("pool", "query", "eval")
 _KEY_CHARS = re.compile(r"[^a-z0-9_-]+")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
@@ -164,22 +167,40 @@ def ids_before(conn: duckdb.DuckDBPyConnection, batch: str) -> dict[str, str]:
     return {pool_id: f"batch {name} ({split})" for pool_id, name, split in rows}
 
 
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT, or ROLLBACK when the body raises: readers never see half a write."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def replace_table(conn: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    """Make table ``name`` (one of ours, a plain identifier) exactly ``frame``, in one statement."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"table: {name!r} is not a plain identifier")
+    conn.register("_dsel_new_rows", frame.to_arrow())
+    try:
+        conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _dsel_new_rows")
+    finally:
+        conn.unregister("_dsel_new_rows")
+
+
 def replace_batch(
     conn: duckdb.DuckDBPyConnection, manifest: BatchManifest, accepted: pl.DataFrame, quarantined: pl.DataFrame
 ) -> None:
     """Atomically make the batch's examples and quarantine rows exactly these frames."""
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM examples WHERE batch = ?", [manifest.batch])
         conn.execute("DELETE FROM quarantine WHERE batch = ?", [manifest.batch])
         if accepted.height:
             conn.execute("INSERT INTO examples BY NAME SELECT * FROM accepted")
         if quarantined.height:
             conn.execute("INSERT INTO quarantine BY NAME SELECT * FROM quarantined")
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def accepted_frame(manifest: BatchManifest, rows: list[dict]) -> pl.DataFrame:
@@ -248,11 +269,6 @@ def frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
 
 def write_selection(conn: duckdb.DuckDBPyConnection, method: str, budget: str, rows: pl.DataFrame) -> None:
     """Replace one (method, budget) selection atomically."""
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute("DELETE FROM selections WHERE method = ? AND budget = ?", [method, budget])
         conn.execute("INSERT INTO selections BY NAME SELECT * FROM rows")
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise

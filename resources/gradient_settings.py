@@ -19,7 +19,9 @@ class GradientSettings(dg.ConfigurableResource):
     max_batch_tokens: int = Field(default=4096, description="Padded tokens per backward pass")
     chunk: int = Field(default=128, description="Examples per projection call and per Lance write")
     textbook_adam: bool = Field(default=False, description="sqrt(v)+eps instead of LESS's sqrt(v+eps)")
-    compute_dtype: str = Field(default="model", description="model | bfloat16 (autocast forward/backward)")
+    compute_dtype: str = Field(
+        default="auto", description="auto | model (strict fp32) | bf16_matmul | bfloat16 (autocast forward/backward)"
+    )
     progress: bool = Field(default=False, description="Show a progress bar (the CLI turns it on)")
 
     def feature_config(self) -> FeatureConfig:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -13,6 +14,30 @@ import numpy as np
 from .gradients import PerExampleGradients, adam_features
 from .projection import BlockProjector
 from .sft import collate, encode_conversation, length_batches
+
+COMPUTE_DTYPES = ("auto", "model", "bf16_matmul", "bfloat16")
+
+
+@contextmanager
+def compute_precision(mode: str, device):
+    """``bf16_matmul``: float32 tensors whose matmuls use bf16 products with fp32 accumulation
+    (``torch.set_float32_matmul_precision("medium")``) - 1.5x on AVX512-BF16 CPUs with
+    per-example gradients at cosine > 0.9999 to strict fp32 (benchmarks/grad_features.py);
+    ``bfloat16``: autocast (2x, cosine ~0.999); ``model``: strict. ``auto`` picks bf16_matmul
+    where the hardware has bf16 (oneDNN or CUDA), else strict."""
+    import torch
+
+    if mode == "auto":
+        fast = getattr(device, "type", str(device)).startswith("cuda") or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        mode = "bf16_matmul" if fast else "model"
+    previous = torch.get_float32_matmul_precision()
+    try:
+        if mode == "bf16_matmul":
+            torch.set_float32_matmul_precision("medium")
+        with torch.autocast(device.type, torch.bfloat16, enabled=mode == "bfloat16"):
+            yield mode
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 @dataclass(frozen=True)
@@ -22,7 +47,11 @@ class FeatureConfig:
     projection_seed: int = field(default=0, metadata={"help": "seed of the projection matrix"})
     projection_dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 (matmul dtype)"})
     compute_dtype: str = field(
-        default="model", metadata={"help": "model (the model's own dtype) | bfloat16 (autocast forward/backward)"}
+        default="auto",
+        metadata={
+            "help": "auto | model (strict) | bf16_matmul (fp32 tensors, bf16 matmul products) | "
+            "bfloat16 (autocast forward/backward)"
+        },
     )
     max_length: int = field(default=512, metadata={"help": "tokens per example (right-truncated)"})
     batch_size: int = field(default=8, metadata={"help": "examples per backward pass"})
@@ -31,8 +60,8 @@ class FeatureConfig:
     textbook_adam: bool = field(default=False, metadata={"help": "sqrt(v)+eps instead of sqrt(v+eps)"})
 
     def __post_init__(self) -> None:
-        if self.compute_dtype not in ("model", "bfloat16"):
-            raise ValueError(f"compute_dtype: {self.compute_dtype!r} is not one of ['model', 'bfloat16']")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype: {self.compute_dtype!r} is not one of {list(COMPUTE_DTYPES)}")
         for name in ("dim", "max_length", "batch_size", "max_batch_tokens", "chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -117,7 +146,7 @@ def gradient_features(
             for group in length_batches(lengths, config.batch_size, config.max_batch_tokens):
                 members = [chunk[i] for i in group]
                 batch = collate([encoded[i] for i in members], tokenizer.pad_token_id)
-                with torch.autocast(device.type, torch.bfloat16, enabled=config.compute_dtype == "bfloat16"):
+                with compute_precision(config.compute_dtype, device):
                     grads, loss = hooks.compute(batch)
                 if moments is not None:
                     grads = adam_features(grads, *moments, textbook=config.textbook_adam)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import kmeans
+from ._clustering import kmeans, round_robin
 from .base import Selection, check_inputs
 from .registry import register
 
@@ -42,15 +42,7 @@ def select(ids, k: int, config: KMeansRandomConfig, *, sentence_embeddings: np.n
     rng = np.random.default_rng(config.seed)
     clusters = [rng.permutation(np.flatnonzero(assignment == c)) for c in rng.permutation(assignment.max() + 1)]
     clusters = [members for members in clusters if len(members)]
-    order: list[int] = []
-    depth = 0
-    while len(order) < k:
-        row = [members[depth] for members in clusters if depth < len(members)]
-        if not row:
-            break
-        order.extend(row)
-        depth += 1
-    order = order[:k]
+    order = round_robin(clusters, k)
     counts = np.bincount(assignment[order], minlength=assignment.max() + 1) if order else np.zeros(0)
     return Selection(
         "kmeans_random",

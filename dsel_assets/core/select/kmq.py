@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import kmeans
+from ._clustering import kmeans, round_robin
 from .base import Selection, check_inputs
 from .registry import register
 
@@ -49,12 +49,7 @@ def select(ids, k: int, config: KmqConfig, *, sentence_embeddings: np.ndarray, q
         for c in rng.permutation(assignment.max() + 1)
         if len(members := np.flatnonzero(assignment == c))
     ]
-    order: list[int] = []
-    depth = 0
-    while len(order) < min(k, len(valid)):
-        order += [int(members[depth]) for members in clusters if depth < len(members)]
-        depth += 1
-    order = order[:k]
+    order = round_robin(clusters, k)
     return Selection(
         "kmq",
         [str(i) for i in ids[order]],
