@@ -385,3 +385,71 @@ def golden_score(
         },
         data_version=dg.DataVersion(f"{version}-{config.anchors}-{len(anchors)}"),
     )
+
+
+class WhispererConfig(dg.Config):
+    task: str = Field(default="", description="Target task of the queries ('' = every query)")
+    n_demos: int = Field(default=5, description="Pool demonstrations per prompt")
+    n_queries: int = Field(default=3, description="Target queries per prompt")
+    layer: int = Field(default=-1, description="Attention layer (-1 = the middle one)")
+    max_new_tokens: int = Field(default=32, description="Greedy answer length cap")
+    seed: int = Field(default=0, description="Demonstration partition and query sampling seed")
+
+
+@dg.asset(
+    deps=["pool"],
+    group_name=REPRESENTATIONS,
+    code_version="whisperer_score-1",
+    kinds={"duckdb", "pytorch"},
+    tags={"dsel/cost": "high"},
+    description="Data Whisperer: few-shot prompts of pool demonstrations + target queries; each answer's "
+    "score is credited to the demonstrations by the attention the query pays them (eager attention).",
+)
+def whisperer_score(
+    context: dg.AssetExecutionContext,
+    config: WhispererConfig,
+    duckdb: DuckDBResource,
+    selection_model: SelectionModel,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    from dsel_assets.core.models.data_whisperer import whisperer_scores
+
+    with duckdb.get_connection() as conn:
+        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        queries = tables.frame(
+            conn,
+            "SELECT messages FROM examples WHERE split = 'query' AND (? = '' OR task = ?) ORDER BY pool_id",
+            [config.task, config.task],
+        )
+        version, _ = tables.pool_version(conn)
+    model, tokenizer = selection_model.load()
+    model.set_attn_implementation("eager")  # attention weights are read
+    layer = None if config.layer < 0 else config.layer
+    with tracker.run(
+        context, params={**config.model_dump(), **selection_model.identity(), "pool_version": version}
+    ) as run:
+        scores = whisperer_scores(
+            model,
+            tokenizer,
+            rows["messages"].to_list(),
+            queries["messages"].to_list(),
+            config.n_demos,
+            config.n_queries,
+            layer,
+            config.max_new_tokens,
+            config.seed,
+            on_round=lambda d, t: d % 20 == 0 and context.log.info(f"whisperer: round {d}/{t}"),
+        )
+        run.log_metrics({"mean_score": float(np.nanmean(scores)), "queries": queries.height})
+    table = pl.DataFrame({"pool_id": rows["pool_id"], "whisperer_score": scores, **selection_model.identity()})
+    with duckdb.get_connection() as conn:
+        tables.replace_table(conn, "whisperer_score", table)
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(scores),
+            "queries": queries.height,
+            "mean_score": float(np.nanmean(scores)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{version}-{config.task}-{config.seed}"),
+    )

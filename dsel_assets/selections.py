@@ -44,6 +44,7 @@ REPRESENTATION_ASSETS = {
     "labels": dg.AssetKey("labels"),
     "learning_percentage": dg.AssetKey("learning_percentage"),
     "golden_score": dg.AssetKey("golden_score"),
+    "whisperer_score": dg.AssetKey("whisperer_score"),
     "trainer": dg.AssetKey("pool"),  # trains the selection model itself between rounds
 }
 
@@ -54,6 +55,7 @@ SCALARS = {
     "quality": ("quality", "quality"),
     "learning_percentage": ("learning_percentage", "CASE WHEN reason = '' THEN lp1 END"),
     "golden_score": ("golden_score", "golden_score"),
+    "whisperer_score": ("whisperer_score", "whisperer_score"),
 }
 UNCERTAINTY_COLUMNS = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
 

@@ -200,8 +200,8 @@ def test_dsel_select_materializes_only_what_is_missing(home, capsys):
         anchors = conn.execute("SELECT any_value(anchors) FROM golden_score").fetchone()[0]
     assert all(abs(g * anchors - round(g * anchors)) < 1e-9 for g in gs)  # GS is a multiple of 1/|A|
     capsys.readouterr()
-    assert main(["select", "--method", "data_whisperer", "--budget", "5"]) == 2  # no asset for its score yet
-    assert "needs" in capsys.readouterr().err
+    assert main(["select", "--method", "no_such_method", "--budget", "5"]) == 2
+    assert "is not one of" in capsys.readouterr().err
     assert main(["select", "--method", "bids", "--budget", "5", "--target", "x"]) == 2  # not targeted by task
     assert main(["select", "--method", "round_robin", "--budget", "5", "--param", "nope=1"]) == 2
     assert "allowed" in capsys.readouterr().err

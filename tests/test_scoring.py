@@ -1,5 +1,6 @@
 """Loss scores, both IFDs and uncertainty on the tiny model; the numbers of METHODS.md 4."""
 
+import copy
 import math
 
 import numpy as np
@@ -141,3 +142,25 @@ def test_nuggets_cached_batched_equals_the_naive_loop(tiny):
     assert all(r == "" for r in reasons) and np.all((gs * 7) == np.round(gs * 7))  # multiples of 1/|A|
     too_long, why = one_shot_cached(model, tokenizer, candidates[:1], anchors, max_length=20)
     assert np.isnan(too_long).all() and "max_length=20" in why[0]
+
+
+def test_data_whisperer_weights_metric_and_scores(tiny):
+    from dsel_assets.core.data.synthetic import generate
+    from dsel_assets.core.models.data_whisperer import answer_metric, demo_weights, whisperer_scores
+
+    np.testing.assert_allclose(
+        demo_weights(np.array([0.02, 0.01, 0.01, 0.04, 0.02]), np.ones(5), 1), [0.2, 0.1, 0.1, 0.4, 0.2]
+    )
+    np.testing.assert_allclose(demo_weights(np.array([4.0, 1.0]), np.array([4, 1]), 2), [0.5, 0.5])
+    assert answer_metric("So the answer is 42.", "42") == 1.0 and answer_metric("43", "42") == 0.0
+    assert 0 < answer_metric("the cat sat on a mat today", "the cat sat on the mat and slept well") < 1
+    model, tokenizer = tiny
+    model = copy.deepcopy(model)
+    model.set_attn_implementation("eager")
+    data = generate(seed=6, per_capability=2)
+    pool = [r["messages"] for r in data.pool[:11]]
+    queries = [r["messages"] for r in data.queries[:4]]
+    scores = whisperer_scores(model, tokenizer, pool, queries, n_demos=5, n_queries=2, max_new_tokens=4)
+    assert scores.shape == (11,) and np.isfinite(scores).all()  # every example served as a demonstration
+    again = whisperer_scores(model, tokenizer, pool, queries, n_demos=5, n_queries=2, max_new_tokens=4)
+    np.testing.assert_array_equal(scores, again)

@@ -1,0 +1,129 @@
+"""Data Whisperer (METHODS.md R5, gszfwsb/Data-Whisperer): score pool examples by how much
+they help the model answer target queries in context, crediting each demonstration by the
+attention the query section pays to it.
+
+Each round takes ``n_d`` pool demonstrations (a seeded partition of the pool, so every
+example is a demonstration at least once) and ``n_q`` target queries. The demonstrations
+form a shared prefix (run once; its KV cache is reused); each query is appended in turn,
+answered greedily, and the answer scored against the reference (exact match for short
+references, ROUGE-L F otherwise). Demonstration ``j``'s weight is the attention from the
+query tokens to its tokens at one middle layer, summed over heads, divided by
+``|D_j| * |queries|`` and normalised over the demonstrations. Each demonstration
+accumulates ``sum_q metric_q * w_j`` and a count (float32-safe: float64 here); its score is
+sum / count. Deviation: the reference puts all queries in one prompt and parses a joint
+answer; one continuation per query over the shared prefix gives the same attention
+quantity without parsing a multi-answer generation.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from .templates import render_chat
+
+
+def demo_weights(attention_mass: np.ndarray, demo_lengths: np.ndarray, n_queries: int) -> np.ndarray:
+    """Per demonstration: attention mass / (|D_j| * |queries|), normalised to sum to 1."""
+    raw = np.asarray(attention_mass, dtype=np.float64) / (np.asarray(demo_lengths) * max(n_queries, 1))
+    total = raw.sum()
+    return raw / total if total > 0 else np.full(len(raw), 1.0 / len(raw))
+
+
+def _normalise(text: str) -> list[str]:
+    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+
+
+def answer_metric(prediction: str, reference: str, short_words: int = 5) -> float:
+    """Short references (<= ``short_words`` words): exact match after lower-casing and
+    dropping punctuation, of the whole prediction or of its last words (a reply that ends
+    on the answer, e.g. "... the answer is 42."); longer references: ROUGE-L F."""
+    ref, pred = _normalise(reference), _normalise(prediction)
+    if len(ref) <= short_words:
+        return float(bool(ref) and (pred == ref or pred[-len(ref) :] == ref))
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return float(scorer.score(reference, prediction)["rougeL"].fmeasure)
+
+
+def _spans(tokenizer, demos: list[list[dict]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of the demonstration prefix and each demonstration's [start, end) span."""
+    spans, start = [], 0
+    for j in range(len(demos)):
+        text = render_chat(tokenizer, [m for d in demos[: j + 1] for m in d])
+        end = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        spans.append((start, end))
+        start = end
+    prefix = tokenizer(render_chat(tokenizer, [m for d in demos for m in d]), add_special_tokens=False)["input_ids"]
+    return prefix, spans
+
+
+def whisperer_scores(
+    model,
+    tokenizer,
+    pool: list[list[dict]],
+    queries: list[list[dict]],
+    n_demos: int = 5,
+    n_queries: int = 3,
+    layer: int | None = None,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    on_round: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Score per pool example (NaN only if it never served, which cannot happen here).
+
+    ``model`` must run eager attention (attention weights are read at ``layer``, default the
+    middle one)."""
+    import torch
+
+    if not queries:
+        raise ValueError("queries: Data Whisperer needs a target query set (split 'query')")
+    rng = np.random.default_rng(seed)
+    device = next(model.parameters()).device
+    layer = model.config.num_hidden_layers // 2 if layer is None else layer
+    order = rng.permutation(len(pool))
+    rounds = [order[i : i + n_demos] for i in range(0, len(order), n_demos)]
+    if len(rounds[-1]) < n_demos and len(pool) >= n_demos:  # fill the last prompt; all still served once
+        extra = rng.choice(np.setdiff1d(order, rounds[-1]), n_demos - len(rounds[-1]), replace=False)
+        rounds[-1] = np.concatenate([rounds[-1], extra])
+    totals = np.zeros(len(pool), dtype=np.float64)
+    counts = np.zeros(len(pool), dtype=np.float64)
+    with torch.no_grad():
+        for r, members in enumerate(rounds):
+            demos = [pool[i] for i in members]
+            prefix, spans = _spans(tokenizer, demos)
+            cache = model(torch.tensor([prefix], device=device), use_cache=True).past_key_values
+            mass = np.zeros(len(members))
+            metrics = []
+            for qi in rng.choice(len(queries), min(n_queries, len(queries)), replace=False):
+                query = queries[qi]
+                context = [m for d in demos for m in d] + query[:-1]
+                text = render_chat(tokenizer, context, generation_prompt=True)
+                suffix = tokenizer(text, add_special_tokens=False)["input_ids"][len(prefix) :]
+                out = model(
+                    torch.tensor([suffix], device=device),
+                    past_key_values=copy.deepcopy(cache),
+                    use_cache=True,
+                    output_attentions=True,
+                )
+                attn = out.attentions[layer][0].float().sum(0)  # heads summed: [suffix, prefix + suffix]
+                mass += np.array([float(attn[:, s:e].sum()) for s, e in spans])
+                generated, past, token = [], out.past_key_values, out.logits[0, -1].argmax()
+                for _ in range(max_new_tokens):
+                    if int(token) in (tokenizer.eos_token_id, tokenizer.pad_token_id):
+                        break
+                    generated.append(int(token))
+                    step = model(token.view(1, 1), past_key_values=past, use_cache=True)
+                    past, token = step.past_key_values, step.logits[0, -1].argmax()
+                prediction = tokenizer.decode(generated, skip_special_tokens=True)
+                metrics.append(answer_metric(prediction, query[-1]["content"]))
+            weights = demo_weights(mass, np.array([e - s for s, e in spans]), len(metrics))
+            totals[members] += sum(metrics) * weights
+            counts[members] += 1
+            if on_round is not None:
+                on_round(r + 1, len(rounds))
+    return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
