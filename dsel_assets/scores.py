@@ -32,6 +32,7 @@ SCORES_SQL = """CREATE TABLE IF NOT EXISTS {table} (
     ifd_ppl_ratio DOUBLE, mean_entropy DOUBLE, least_confidence DOUBLE, mean_margin DOUBLE, min_margin DOUBLE,
     response_tokens INTEGER, reason VARCHAR)"""
 CHUNK = 128
+SCORING_VERSION = "1"  # of score_examples: rows of the same version and model are interchangeable
 
 
 def template_hash(tokenizer) -> str:
@@ -46,7 +47,7 @@ def build_score_asset(name: str, model_resource: str, description: str) -> dg.As
         partitions_def=pool_batches,
         deps=[pool_batch],
         group_name=REPRESENTATIONS,
-        code_version=f"{name}-1",
+        code_version=f"{name}-{SCORING_VERSION}",
         kinds={"duckdb", "pytorch"},
         description=description,
         required_resource_keys={model_resource, "duckdb", "tracker"},
@@ -65,6 +66,25 @@ def build_score_asset(name: str, model_resource: str, description: str) -> dg.As
                 conn,
                 "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id",
                 [batch],
+            )
+            # the other score table may hold rows of the very same model and scoring code (the
+            # proxy defaults to the selection model): copy them instead of computing again
+            sibling = "proxy_loss_scores" if name == "loss_scores" else "loss_scores"
+            conn.execute(SCORES_SQL.format(table=sibling))
+            conn.execute(
+                f"""INSERT INTO {name} SELECT * REPLACE (? AS code_version) FROM {sibling}
+                    WHERE batch = ? AND model_hash = ? AND code_version = ?
+                      AND pool_id NOT IN (SELECT pool_id FROM {name} WHERE batch = ? AND model_hash = ?
+                                          AND code_version = ?)""",
+                [
+                    code_version,
+                    batch,
+                    identity["model_hash"],
+                    f"{sibling}-{SCORING_VERSION}",
+                    batch,
+                    identity["model_hash"],
+                    code_version,
+                ],
             )
             done = {
                 r[0]

@@ -242,6 +242,8 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         kinds={"duckdb"},
         description=f"{spec.description} ({spec.reference})",
         metadata={"method": spec.name, "family": spec.family, "needs": ", ".join(spec.needs) or "-"},
+        # iterative methods train the model between rounds: out of the default job (see jobs/)
+        tags={"dsel/cost": "high"} if spec.family == "iterative" else None,
     )
     def _selection(
         context: dg.AssetExecutionContext,

@@ -200,6 +200,33 @@ def test_dsel_select_materializes_only_what_is_missing(home, capsys):
         anchors = conn.execute("SELECT any_value(anchors) FROM golden_score").fetchone()[0]
     assert all(abs(g * anchors - round(g * anchors)) < 1e-9 for g in gs)  # GS is a multiple of 1/|A|
     capsys.readouterr()
+    # an iterative method: LoRA training between rounds, each round a nested MLflow run
+    assert (
+        main(
+            [
+                "select",
+                "--method",
+                "diversify_conquer",
+                "--budget",
+                "9",
+                "--model",
+                "tiny",
+                "--grad-dim",
+                "64",
+                "--param",
+                "n_clusters=3",
+            ]
+        )
+        == 0
+    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home.mlflow_db}")
+    runs = client.search_runs([client.get_experiment_by_name("dsel").experiment_id], max_results=1000)
+    rounds = [r for r in runs if r.data.tags.get("mlflow.runName", "").startswith("diversify_conquer@9 round")]
+    parents = {r.info.run_id for r in runs if r.data.tags.get("dagster.asset_key") == "selection_diversify_conquer"}
+    assert len(rounds) == 2 and all(r.data.tags["mlflow.parentRunId"] in parents for r in rounds)
+    capsys.readouterr()
     assert main(["select", "--method", "no_such_method", "--budget", "5"]) == 2
     assert "is not one of" in capsys.readouterr().err
     assert main(["select", "--method", "bids", "--budget", "5", "--target", "x"]) == 2  # not targeted by task
