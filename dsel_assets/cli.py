@@ -62,7 +62,10 @@ def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
     return manifest.batch, created
 
 
-def _run_batches(home, defs, batches: list[str], job_name: str, run_config: dict | None = None) -> None:
+def _run_batches(
+    home, defs, batches: list[str], job_name: str, run_config: dict | None = None, asset_selection: list | None = None
+) -> None:
+    """Register ``batches`` as dynamic partitions (once) and run ``job_name`` for each."""
     from dagster import DagsterInstance
 
     from dsel_assets.pool import pool_batches
@@ -74,7 +77,12 @@ def _run_batches(home, defs, batches: list[str], job_name: str, run_config: dict
     job = defs.resolve_job_def(job_name)
     for batch in batches:
         print(f"[dsel] {job_name} for batch {batch} ...", flush=True)
-        job.execute_in_process(instance=instance, partition_key=batch, run_config={**QUIET, **(run_config or {})})
+        job.execute_in_process(
+            instance=instance,
+            partition_key=batch,
+            run_config={**QUIET, **(run_config or {})},
+            asset_selection=asset_selection,
+        )
 
 
 def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
@@ -174,22 +182,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             continue
         batches.append(batch)
     if batches:
-        defs = _definitions(home, args)
-        from dagster import AssetKey, DagsterInstance
+        from dagster import AssetKey
 
-        from dsel_assets.pool import pool_batches
-
-        instance = DagsterInstance.get()
-        instance.add_dynamic_partitions(
-            pool_batches.name, [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
-        )
-        job = defs.resolve_job_def("batch_job")
         keys = [AssetKey("pool_batch"), AssetKey("pool")]
         if args.embed:
             keys.append(AssetKey("sentence_embeddings"))
-        for batch in batches:
-            print(f"[dsel] ingesting batch {batch} ...", flush=True)
-            job.execute_in_process(instance=instance, partition_key=batch, asset_selection=keys, run_config=QUIET)
+        _run_batches(home, _definitions(home, args), batches, "batch_job", asset_selection=keys)
         _print_ingest_summary(home, batches)
     return 0
 
@@ -197,7 +195,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_grads(args: argparse.Namespace) -> int:
     """The pool_grad_features asset for the chosen batches, from the command line."""
     import duckdb
-    from dagster import AssetKey, DagsterInstance
+    from dagster import AssetKey
 
     from dsel_assets import tables
 
@@ -210,17 +208,8 @@ def cmd_grads(args: argparse.Namespace) -> int:
     unknown = sorted(set(batches) - set(pool_batches))
     if unknown:
         raise ValueError(f"batch: {unknown} are not pool batches; known: {pool_batches}")
-    defs = _definitions(home, args)
-    job = defs.resolve_job_def("batch_job")
-    config = {"ops": {"pool_grad_features": {"config": {"checkpoints": args.checkpoint or []}}}, **QUIET}
-    for batch in batches:
-        print(f"[dsel] gradient features for batch {batch} ...", flush=True)
-        job.execute_in_process(
-            instance=DagsterInstance.get(),
-            partition_key=batch,
-            run_config=config,
-            asset_selection=[AssetKey("pool_grad_features")],
-        )
+    config = {"ops": {"pool_grad_features": {"config": {"checkpoints": args.checkpoint or []}}}}
+    _run_batches(home, _definitions(home, args), batches, "batch_job", config, [AssetKey("pool_grad_features")])
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         latest = tables.one(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")
     print(f"[dsel] done; features from warmup {latest[0] if latest else '-'}")

@@ -25,7 +25,7 @@ from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.models.warmup import WarmupConfig, load_checkpoint, read_manifest, train_warmup, warmup_sample
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool, pool_batch, pool_batches
-from dsel_assets.representations import REPRESENTATIONS, vector_table
+from dsel_assets.representations import REPRESENTATIONS, vector_matrix, vector_table
 from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
 from resources.lance_store import LanceStore
@@ -423,8 +423,7 @@ def influence(
     for epoch in weights:
         part = queries.filter(pc.equal(queries.column("checkpoint"), epoch))
         order = np.argsort([column_of[q] for q in part.column("pool_id").to_pylist()])
-        vectors = part.column("vector").combine_chunks()
-        query_features[epoch] = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(part), -1)[order]
+        query_features[epoch] = vector_matrix(part.column("vector"))[order]
     # drop pool examples that have no feature (excluded by truncation) before streaming
     stored = {
         r
@@ -440,7 +439,7 @@ def influence(
             for b in lance.iter_batches(pool_dataset, ["pool_id", "vector"], {"warmup": warmup, "checkpoint": epoch}):
                 batch_ids = b.column("pool_id").to_pylist()
                 keep = [i for i, p in enumerate(batch_ids) if p in in_pool]
-                vectors = b.column("vector").flatten().to_numpy(zero_copy_only=False).reshape(b.num_rows, -1)
+                vectors = vector_matrix(b.column("vector"))
                 yield epoch, [batch_ids[i] for i in keep], vectors[keep]
 
     scores = influence_matrix(ids, query_features, stream(), weights)

@@ -3,6 +3,7 @@
 import time
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
@@ -29,6 +30,12 @@ def vector_table(pool_ids: list[str], batch: str, vectors, model: str) -> pa.Tab
             "model": pa.array([model] * len(pool_ids), pa.string()),
         }
     )
+
+
+def vector_matrix(column) -> np.ndarray:
+    """A fixed-size-list column (Lance / Arrow, any chunking) as a [rows, dim] numpy matrix."""
+    flat = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    return flat.flatten().to_numpy(zero_copy_only=False).reshape(len(flat), flat.type.list_size)
 
 
 @dg.asset(

@@ -20,7 +20,7 @@ from dsel_assets.core.select.targeted import Influence
 from dsel_assets.gradients import INFLUENCE
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
-from dsel_assets.representations import SENTENCE_EMBEDDINGS
+from dsel_assets.representations import SENTENCE_EMBEDDINGS, vector_matrix
 from dsel_assets.round_trainer import LoraRoundTrainer
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
@@ -73,9 +73,7 @@ def load_vectors(lance: LanceStore, name: str, pool_ids: list[str]) -> tuple[np.
     if version is None:
         raise RuntimeError(f"{name}: no Lance dataset yet; materialize {name} first")
     table = lance.read(name, ["pool_id", "vector"], version=version)
-    vectors = table.column("vector").combine_chunks()
-    dim = vectors.type.list_size
-    matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    matrix = vector_matrix(table.column("vector"))
     row_of = {pid: i for i, pid in enumerate(table.column("pool_id").to_pylist())}
     missing = [pid for pid in pool_ids if pid not in row_of]
     if missing:
@@ -114,8 +112,7 @@ def load_influence(
     table = lance.read(name, ["pool_id", "scores"], version=version)
     with duckdb.get_connection() as conn:
         columns = tables.frame(conn, "SELECT col, task, subtask FROM influence_columns ORDER BY col")
-    flat = table.column("scores").combine_chunks()
-    matrix = flat.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
+    matrix = vector_matrix(table.column("scores"))
     scores = np.full((len(pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
     row_of = {pid: i for i, pid in enumerate(pool_ids)}
     for source_row, pid in enumerate(table.column("pool_id").to_pylist()):
@@ -153,14 +150,7 @@ def load_gradients(
     name = f"{kind}_grad_features_{grad_settings.suffix()}"
     columns = ["pool_id", "vector"] + (["task"] if kind == "query" else [])
     table = lance.read(name, columns, equal={"warmup": warmup, "checkpoint": last})
-    matrix = (
-        table.column("vector")
-        .combine_chunks()
-        .flatten()
-        .to_numpy(zero_copy_only=False)
-        .reshape(table.num_rows, -1)
-        .astype(np.float32)
-    )
+    matrix = vector_matrix(table.column("vector")).astype(np.float32)
     ref = DatasetRef(name, lance.uri(name), str(lance.version(name)))
     if kind == "query":
         return (matrix, table.column("task").to_pylist()), ref
