@@ -1,6 +1,10 @@
-"""The results table: cheap diagnostics (METHODS.md section 3) of every stored selection."""
+"""Reports: the selection diagnostics table (METHODS.md section 3) and the comparison of
+methods by what the models trained on their selections can do (eval scores per task,
+balance across tasks, plots)."""
 
+import base64
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -9,6 +13,7 @@ from dagster_duckdb import DuckDBResource
 
 from dsel_assets import tables
 from dsel_assets.core.select.diagnostics import summarize
+from dsel_assets.evaluation import EVAL_SQL, eval_assets
 from dsel_assets.metadata import markdown_table
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
 from dsel_assets.selections import load_vectors, selection_assets
@@ -110,6 +115,143 @@ def selection_report(
             "report": dg.MetadataValue.md(markdown),
             "path": dg.MetadataValue.path(str(path)),
             "rows": report.height,
+            **run.metadata(),
+        },
+    )
+
+
+COMPARISON_COLUMNS = ["method", "budget", "train_size", "task", "metric", "n", "score", "loss"]
+DIAGNOSTIC_COLUMNS = ["task_entropy", "noise_fraction", "query_similarity"]
+
+
+def comparison_frames(conn) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(method x budget x task eval rows + the selection's cheap diagnostics, and per model
+    the balance across tasks: min / mean / max score and the worst task)."""
+    conn.execute(EVAL_SQL)
+    scores = tables.frame(conn, f"SELECT {', '.join(COMPARISON_COLUMNS)} FROM eval_scores")
+    if tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'selection_report'"):
+        diagnostics = tables.frame(
+            conn, f"SELECT method, budget, {', '.join(DIAGNOSTIC_COLUMNS)} FROM selection_report"
+        )
+        scores = scores.join(diagnostics, on=["method", "budget"], how="left")
+    else:
+        scores = scores.with_columns([pl.lit(None, pl.Float64).alias(c) for c in DIAGNOSTIC_COLUMNS])
+    scores = scores.sort(["train_size", "method", "task"])
+    scored = scores.filter(pl.col("score").is_not_null())
+    balance = (
+        scored.sort("score")
+        .group_by(["method", "budget", "train_size"], maintain_order=False)
+        .agg(
+            pl.col("score").min().alias("min"),
+            pl.col("score").mean().alias("mean"),
+            pl.col("score").max().alias("max"),
+            pl.col("task").first().alias("worst_task"),
+            pl.col("loss").mean().alias("mean_loss"),
+        )
+        .sort(["train_size", "method"])
+    )
+    return scores, balance
+
+
+def _plot_budget_curves(balance: pl.DataFrame, path: Path) -> None:
+    """Mean eval score against training-set size, one line per method; baselines as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (method,), group in balance.group_by(["method"], maintain_order=True):
+        group = group.sort("train_size")
+        style = "o--" if group.height == 1 else "o-"
+        ax.plot(group["train_size"].to_list(), group["mean"].to_list(), style, label=method)
+    ax.set_xlabel("training examples (selection size)")
+    ax.set_ylabel("mean score over eval tasks")
+    ax.set_title("Eval score vs budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_task_bars(scores: pl.DataFrame, path: Path) -> None:
+    """Per-task score bars, one bar per model (method @ budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    scored = scores.filter(pl.col("score").is_not_null())
+    tasks = sorted(set(scored["task"].to_list()))
+    models = scored.select("method", "budget", "train_size").unique().sort(["train_size", "method"]).rows()
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(tasks) + 0.3 * len(models)), 4.5))
+    width = 0.8 / max(len(models), 1)
+    for i, (method, budget, _) in enumerate(models):
+        rows = scored.filter((pl.col("method") == method) & (pl.col("budget") == budget))
+        value = dict(zip(rows["task"].to_list(), rows["score"].to_list(), strict=True))
+        ax.bar(np.arange(len(tasks)) + i * width, [value.get(t, 0.0) for t in tasks], width, label=f"{method}@{budget}")
+    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=20, ha="right")
+    ax.set_ylabel("score (exact match / ROUGE-L)")
+    ax.set_title("Per-task eval score")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _embedded(path: Path) -> str:
+    """Markdown image with the PNG inline (the Dagster UI renders data URIs)."""
+    return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+@dg.asset(
+    deps=[*[a.key for a in eval_assets], selection_report],
+    group_name=REPORTS,
+    code_version="comparison_report-1",
+    kinds={"duckdb"},
+    description="Method x budget x task eval table (+ baselines and the selections' cheap diagnostics), "
+    "balance across tasks, and plots (score vs budget, per-task bars). Written to reports/.",
+)
+def comparison_report(
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    tracker: MlflowTracker,
+    home: StateHome,
+) -> dg.MaterializeResult:
+    with duckdb.get_connection() as conn:
+        tables.ensure_schema(conn)
+        scores, balance = comparison_frames(conn)
+        tables.replace_table(conn, "comparison_report", scores)
+        tables.replace_table(conn, "comparison_balance", balance)
+    if scores.height == 0:
+        raise RuntimeError("comparison_report: no eval scores yet; materialize eval_base / eval_<method> first")
+    out = home.paths.reports
+    out.mkdir(parents=True, exist_ok=True)
+    curves, bars = out / "comparison_budget_curves.png", out / "comparison_task_bars.png"
+    _plot_budget_curves(balance, curves)
+    _plot_task_bars(scores, bars)
+    table_md = markdown_table(scores.columns, scores.rows(), limit=500)
+    balance_md = markdown_table(balance.columns, balance.rows(), limit=200)
+    markdown = f"## Eval scores\n\n{table_md}\n\n## Balance across tasks\n\n{balance_md}\n"
+    path = out / "comparison_report.md"
+    path.write_text(markdown + f"\n![curves]({curves.name})\n\n![tasks]({bars.name})\n", encoding="utf-8")
+    with tracker.run(context, params={"models": balance.height, "rows": scores.height}) as run:
+        for row in balance.iter_rows(named=True):
+            if row["mean"] is not None:
+                run.log_metrics({f"{row['method']}.{row['budget']}.mean_score": row["mean"]})
+        for artifact in (path, curves, bars):
+            run.log_artifact(str(artifact))
+    context.log.info("comparison report:\n" + balance_md)
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(table_md),
+            "balance": dg.MetadataValue.md(balance_md),
+            "budget_curves": dg.MetadataValue.md(_embedded(curves)),
+            "task_bars": dg.MetadataValue.md(_embedded(bars)),
+            "path": dg.MetadataValue.path(str(path)),
+            "models": balance.height,
             **run.metadata(),
         },
     )

@@ -269,6 +269,15 @@ def frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
 
 def write_selection(conn: duckdb.DuckDBPyConnection, method: str, budget: str, rows: pl.DataFrame) -> None:
     """Replace one (method, budget) selection atomically."""
+    replace_rows(conn, "selections", {"method": method, "budget": budget}, rows)
+
+
+def replace_rows(conn: duckdb.DuckDBPyConnection, table: str, match: dict[str, object], rows: pl.DataFrame) -> None:
+    """Atomically replace the rows of ``table`` whose columns equal ``match`` by ``rows``."""
+    for name in (table, *match):
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"table: {name!r} is not a plain identifier")
+    where = " AND ".join(f"{column} = ?" for column in match)
     with transaction(conn):
-        conn.execute("DELETE FROM selections WHERE method = ? AND budget = ?", [method, budget])
-        conn.execute("INSERT INTO selections BY NAME SELECT * FROM rows")
+        conn.execute(f"DELETE FROM {table} WHERE {where}", list(match.values()))
+        conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM rows")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dsel_assets.evaluation import EVALUATION
 from dsel_assets.gradients import MODELS, pool_grad_features
 from dsel_assets.pool import POOL, pool_batch, pool_batches
 from dsel_assets.reports import REPORTS
@@ -20,7 +21,7 @@ from dsel_assets.selections import SELECTIONS
 EXPENSIVE = dg.AssetSelection.tag("dsel/cost", "high").downstream() - dg.AssetSelection.groups(REPORTS)
 default_job = dg.define_asset_job(
     "default_job",
-    selection=dg.AssetSelection.groups(POOL, MODELS, REPRESENTATIONS, SELECTIONS, REPORTS) - EXPENSIVE,
+    selection=dg.AssetSelection.groups(POOL, MODELS, REPRESENTATIONS, SELECTIONS, EVALUATION, REPORTS) - EXPENSIVE,
     partitions_def=pool_batches,
     description="Ingest a batch, compute its representations, re-select over the pool, report.",
 )

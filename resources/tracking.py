@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,13 +71,23 @@ class TrackedRun:
     def log_artifact(self, path: str) -> None:
         self.client.log_artifact(self.run_id, path)
 
-    def child(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> str:
-        """A finished nested run (e.g. one round of an iterative selector); returns its id."""
+    def child(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        curve: Sequence[Mapping[str, float]] = (),
+    ) -> str:
+        """A finished nested run (one round of an iterative selector, one fine-tuned model):
+        params, final metrics and a per-step ``curve`` (``{"step": s, name: value, ...}``);
+        returns its id."""
         tags = {"mlflow.parentRunId": self.run_id, "mlflow.runName": name}
         created = self.client.create_run(self.experiment_id, tags=tags)
         child = TrackedRun(self.client, created.info.run_id, self.experiment_id, self.tracking_uri)
         child.log_params(params)
         child.log_metrics(metrics)
+        for point in curve:
+            child.log_metrics({k: v for k, v in point.items() if k != "step"}, step=int(point["step"]))
         self.client.set_terminated(child.run_id, status="FINISHED")
         return child.run_id
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -19,6 +20,17 @@ from .sft import Encoded, collate, length_batches, per_example_loss
 ADAPTER_DIR = "adapter"
 OPTIMIZER_FILE = "optimizer.safetensors"
 MANIFEST = "manifest.json"
+
+
+class TrainSettings(Protocol):
+    """What :func:`train_lora` reads from a config (warmup, fine-tuning, round training)."""
+
+    epochs: int
+    lr: float
+    warmup_ratio: float
+    batch_size: int
+    seed: int
+    lora: LoraSettings
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,7 @@ def _save_checkpoint(model, optimizer, path: Path, lr_mean: float, epoch: int) -
 def train_lora(
     model,
     encoded: list[Encoded],
-    config: WarmupConfig,
+    config: TrainSettings,
     pad_id: int,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[int, object, object, float], None] | None = None,
@@ -101,6 +113,9 @@ def train_lora(
     # floor, not ceil: on a handful of steps a ceil'd warm-up would spend them all at lr 0
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     curve: list[dict] = []
+    # bf16 autocast on CUDA (fp32 master weights and optimizer state); exact fp32 on CPU
+    device = params[0].device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         order = rng.permutation(len(encoded))
@@ -110,7 +125,8 @@ def train_lora(
         for group_index in rng.permutation(len(groups)):
             batch = collate([encoded[order[i]] for i in groups[group_index]], pad_id)
             lrs.append(scheduler.get_last_lr()[0])
-            loss = per_example_loss(model, batch).mean()
+            with autocast:
+                loss = per_example_loss(model, batch).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()

@@ -1,0 +1,248 @@
+"""Evaluation of a (fine-tuned) model on held-out eval sets, per capability.
+
+Every example gets its mean response-token loss on the reference. Where the answer is
+checkable a greedy generation is graded: exact match of the final answer (the synthetic
+capabilities' ``The answer is X``; GSM8K's number after ``####``), ROUGE-L (``rouge-score``,
+stemmed F-measure) for summaries. Per task the primary score is the mean of that metric;
+balance across tasks is its min / mean / max and the worst task."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .data.synthetic import extract_answer
+from .models.sft import collate, encode_conversation, length_batches, per_example_loss
+from .models.templates import render_chat
+
+EXACT_MATCH = "exact_match"
+GSM8K_MATCH = "gsm8k_exact_match"
+ROUGE_L = "rouge_l"
+SUMMARY_TASKS = frozenset({"summarization", "summary", "dialogsum"})
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_per_task: int = field(default=50, metadata={"help": "eval examples per task (seeded sample; 0 = all)"})
+    max_new_tokens: int = field(default=128, metadata={"help": "greedy generation cap"})
+    max_length: int = field(default=512, metadata={"help": "tokens of prompt + reference for the loss"})
+    batch_size: int = field(default=16, metadata={"help": "examples per forward / generate call"})
+    generate: bool = field(default=True, metadata={"help": "generate and grade checkable answers"})
+    seed: int = field(default=0, metadata={"help": "eval sample seed"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "max_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_per_task < 0:
+            raise ValueError(f"max_per_task: must be >= 0, got {self.max_per_task}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    pool_id: str
+    task: str
+    messages: list[dict]
+    meta: dict
+
+
+@dataclass
+class EvalRow:
+    pool_id: str
+    task: str
+    metric: str | None
+    score: float | None
+    loss: float | None
+    prediction: str | None
+    reason: str = ""
+
+
+def gsm8k_number(text: str) -> str | None:
+    """GSM8K's final answer: the number after the last ``####``, else the last number in the
+    text; commas and a trailing ``.0`` removed so ``1,000`` and ``1000.0`` match ``1000``."""
+    tail = text.rsplit("####", 1)[1] if "####" in text else text
+    numbers = _NUMBER.findall(tail)
+    if not numbers:
+        return None
+    value = numbers[0] if "####" in text else numbers[-1]
+    value = value.replace(",", "")
+    return value[:-2] if value.endswith(".0") else value
+
+
+def metric_of(example: EvalExample) -> tuple[str | None, str | None]:
+    """(metric, reference answer) of an eval example; (None, None) when only the loss applies."""
+    reference = example.messages[-1]["content"] if example.messages[-1]["role"] == "assistant" else ""
+    if example.meta.get("answer") is not None:  # synthetic capability: checkable final answer
+        return EXACT_MATCH, str(example.meta["answer"])
+    if "####" in reference:
+        return GSM8K_MATCH, gsm8k_number(reference)
+    if example.task in SUMMARY_TASKS:
+        return ROUGE_L, reference
+    return None, None
+
+
+def exact_match(metric: str, prediction: str, answer: str) -> bool:
+    if metric == GSM8K_MATCH:
+        return gsm8k_number(prediction) == answer
+    got = extract_answer(prediction)
+    return got is not None and " ".join(got.split()) == " ".join(answer.split())
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F-measure per pair (rouge-score, Porter stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
+
+
+def eval_sample(examples: Sequence[EvalExample], max_per_task: int, seed: int) -> list[EvalExample]:
+    """Up to ``max_per_task`` examples per task: a seeded permutation of the id-sorted task
+    rows, so every model of a comparison sees the same examples."""
+    by_task: dict[str, list[EvalExample]] = {}
+    for example in sorted(examples, key=lambda e: e.pool_id):
+        by_task.setdefault(example.task, []).append(example)
+    chosen = []
+    for task in sorted(by_task):
+        rows = by_task[task]
+        if max_per_task and len(rows) > max_per_task:
+            order = np.random.default_rng(seed).permutation(len(rows))[:max_per_task]
+            rows = [rows[i] for i in sorted(order)]
+        chosen.extend(rows)
+    return chosen
+
+
+def greedy_generate(
+    model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """Greedy replies to the conversations' prompts (the turns before the last reply), in
+    length-bucketed left-padded batches; bf16 autocast on CUDA."""
+    import torch
+
+    prompts = [render_chat(tokenizer, _prompt_turns(m), generation_prompt=True) for m in conversations]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    device = next(model.parameters()).device
+    replies: list[str] = [""] * len(ids)
+    stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} if t is not None]
+    for group in length_batches([len(i) for i in ids], batch_size):
+        width = max(len(ids[i]) for i in group)
+        batch = torch.full((len(group), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, index in enumerate(group):
+            batch[row, width - len(ids[index]) :] = torch.tensor(ids[index])
+            mask[row, width - len(ids[index]) :] = 1
+        with (
+            torch.no_grad(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        ):
+            out = model.generate(
+                input_ids=batch.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        for row, index in enumerate(group):
+            replies[index] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+    return replies
+
+
+def _prompt_turns(messages: list[dict]) -> list[dict]:
+    return messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+
+
+def response_losses(
+    model, tokenizer, conversations: Sequence[list[dict]], max_length: int, batch_size: int
+) -> list[float | None]:
+    """Mean response-token loss on each reference conversation; None when truncation to
+    ``max_length`` leaves no response token."""
+    import torch
+
+    encoded = [encode_conversation(tokenizer, m, max_length) for m in conversations]
+    kept = [i for i, e in enumerate(encoded) if e is not None]
+    losses: list[float | None] = [None] * len(encoded)
+    device = next(model.parameters()).device
+    for group in length_batches([len(encoded[i].input_ids) for i in kept], batch_size):
+        batch = collate([encoded[kept[i]] for i in group], tokenizer.pad_token_id)
+        with (
+            torch.no_grad(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        ):
+            values = per_example_loss(model, batch).tolist()
+        for i, value in zip(group, values, strict=True):
+            losses[kept[i]] = value
+    return losses
+
+
+def evaluate(
+    model,
+    tokenizer,
+    examples: Sequence[EvalExample],
+    config: EvalConfig,
+    log: Callable[[str], None] = print,
+) -> list[EvalRow]:
+    """One row per example: its loss, and its metric and score where the answer is checkable."""
+    losses = response_losses(model, tokenizer, [e.messages for e in examples], config.max_length, config.batch_size)
+    metrics = [metric_of(e) for e in examples]
+    gradable = [i for i, (metric, answer) in enumerate(metrics) if metric and answer is not None]
+    predictions: dict[int, str] = {}
+    if config.generate and gradable:
+        log(f"eval: generating {len(gradable)} answers (max {config.max_new_tokens} new tokens)")
+        replies = greedy_generate(
+            model, tokenizer, [examples[i].messages for i in gradable], config.max_new_tokens, config.batch_size
+        )
+        predictions = dict(zip(gradable, replies, strict=True))
+    rouge_rows = [i for i in predictions if metrics[i][0] == ROUGE_L]
+    rouge_scores = rouge_l([predictions[i] for i in rouge_rows], [metrics[i][1] for i in rouge_rows])
+    rouge = dict(zip(rouge_rows, rouge_scores, strict=True))
+    rows = []
+    for i, example in enumerate(examples):
+        metric, answer = metrics[i]
+        score, reason = None, ""
+        if i in rouge:
+            score = rouge[i]
+        elif i in predictions:
+            score = float(exact_match(metric, predictions[i], answer))
+        elif metric and answer is None:
+            reason = "reference has no extractable answer"
+        if losses[i] is None:
+            reason = reason or "truncation left no response token"
+        rows.append(EvalRow(example.pool_id, example.task, metric, score, losses[i], predictions.get(i), reason))
+    return rows
+
+
+def summarize(rows: Sequence[EvalRow]) -> list[dict]:
+    """Per task: n, metric, mean score (None where no metric applies), mean loss."""
+    out = []
+    for task in sorted({r.task for r in rows}):
+        group = [r for r in rows if r.task == task]
+        scored = [r.score for r in group if r.score is not None]
+        losses = [r.loss for r in group if r.loss is not None]
+        metrics = sorted({r.metric for r in group if r.metric})
+        out.append(
+            {
+                "task": task,
+                "n": len(group),
+                "metric": "/".join(metrics) or "loss",
+                "score": float(np.mean(scored)) if scored else None,
+                "loss": float(np.mean(losses)) if losses else None,
+            }
+        )
+    return out
+
+
+def balance(per_task: Sequence[dict]) -> dict:
+    """min / mean / max of the per-task scores and the worst task (tasks with a score only)."""
+    scored = [(t["score"], t["task"]) for t in per_task if t["score"] is not None]
+    if not scored:
+        return {"min": None, "mean": None, "max": None, "worst": None}
+    values = [s for s, _ in scored]
+    return {"min": min(values), "mean": float(np.mean(values)), "max": max(values), "worst": min(scored)[1]}

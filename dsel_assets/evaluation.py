@@ -1,0 +1,221 @@
+"""Eval scores: every fine-tuned model (and the untouched base model) on the held-out eval
+sets, per task: response-token loss, exact match or ROUGE-L, balance across tasks. Results are
+keyed by (model, eval sample, eval config, code version): a rerun with unchanged inputs reuses them."""
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from dsel_assets import tables
+from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_sample, evaluate, summarize
+from dsel_assets.core.models.finetune import load_finetuned
+from dsel_assets.finetune import FINETUNED_SQL, finetuned_assets
+from dsel_assets.metadata import markdown_table
+from dsel_assets.pool import pool
+from resources.models import SelectionModel
+from resources.tracking import DatasetRef, MlflowTracker
+
+EVALUATION = "evaluation"
+BASE = "base"
+EVAL_SQL = """
+CREATE TABLE IF NOT EXISTS eval_scores (
+    eval_key VARCHAR, model_key VARCHAR, method VARCHAR, budget VARCHAR, train_size INTEGER, task VARCHAR,
+    metric VARCHAR, n INTEGER, score DOUBLE, loss DOUBLE, eval_version VARCHAR, mlflow_run_id VARCHAR,
+    created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS eval_examples (
+    eval_key VARCHAR, model_key VARCHAR, method VARCHAR, budget VARCHAR, pool_id VARCHAR, task VARCHAR,
+    metric VARCHAR, score DOUBLE, loss DOUBLE, prediction VARCHAR, reason VARCHAR);
+"""
+
+
+class EvalRunConfig(dg.Config):
+    """The same for every model of a comparison."""
+
+    tasks: list[str] = Field(default=[], description="Eval tasks to score; empty = every task with an eval set")
+    max_per_task: int = Field(default=50, description="Eval examples per task (seeded sample; 0 = all)")
+    max_new_tokens: int = Field(default=128, description="Greedy generation cap")
+    max_length: int = Field(default=512, description="Tokens of prompt + reference for the loss")
+    batch_size: int = Field(default=16, description="Examples per forward / generate call")
+    generate: bool = Field(default=True, description="Generate and grade checkable answers")
+    seed: int = Field(default=0, description="Eval sample seed")
+
+    def to_core(self) -> EvalConfig:
+        return EvalConfig(
+            self.max_per_task, self.max_new_tokens, self.max_length, self.batch_size, self.generate, self.seed
+        )
+
+
+def load_eval_set(conn, tasks: list[str], config: EvalConfig) -> tuple[list[EvalExample], str]:
+    """The eval sample (same for every model) and its version. Eval rows are disjoint from the
+    query sets and the pool by construction (ids are content hashes, unique across splits);
+    this is re-checked here so a leak can never be scored."""
+    rows = tables.frame(conn, "SELECT pool_id, task, messages, meta FROM examples WHERE split = 'eval'")
+    if tasks:
+        unknown = sorted(set(tasks) - set(rows["task"].to_list()))
+        if unknown:
+            raise ValueError(f"tasks: no eval set for {unknown}; eval tasks: {sorted(set(rows['task']))}")
+        rows = rows.filter(pl.col("task").is_in(tasks))
+    if rows.height == 0:
+        raise RuntimeError("eval: no eval examples; ingest an eval set (dsel ingest FILE --split eval)")
+    leaked = tables.scalar(
+        conn,
+        "SELECT count(*) FROM examples WHERE split != 'eval' AND pool_id IN (SELECT unnest(?))",
+        [rows["pool_id"].to_list()],
+    )
+    if leaked:
+        raise RuntimeError(f"eval: {leaked} eval examples also appear in the pool or query sets")
+    examples = [
+        EvalExample(pid, task, messages, json.loads(meta) if meta else {})
+        for pid, task, messages, meta in rows.iter_rows()
+    ]
+    sample = eval_sample(examples, config.max_per_task, config.seed)
+    version = hashlib.sha256(json.dumps([[e.pool_id for e in sample], config.to_dict()]).encode()).hexdigest()[:16]
+    return sample, version
+
+
+def evaluate_models(
+    context: dg.AssetExecutionContext,
+    method: str,
+    config: EvalRunConfig,
+    duckdb: DuckDBResource,
+    target_model: SelectionModel,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    """Score every current model of ``method`` (``base``: the untouched target model)."""
+    core = config.to_core()
+    identity = target_model.identity()
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    with duckdb.get_connection() as conn:
+        tables.ensure_schema(conn)
+        conn.execute(FINETUNED_SQL)
+        conn.execute(EVAL_SQL)
+        sample, eval_version = load_eval_set(conn, list(config.tasks), core)
+        if method == BASE:
+            models = [(f"base-{identity['model_hash']}", "0", None, 0)]
+        else:
+            found = tables.frame(
+                conn,
+                "SELECT model_key, budget, path, examples FROM finetuned_models WHERE method = ? ORDER BY examples",
+                [method],
+            )
+            if found.height == 0:
+                raise RuntimeError(f"finetuned_{method}: no models yet; materialize it first")
+            models = list(found.iter_rows())
+        done = set(tables.frame(conn, "SELECT DISTINCT eval_key FROM eval_scores")["eval_key"].to_list())
+    base, tokenizer = None, None
+    summary = []
+    params = {"method": method, **core.to_dict(), **identity, "eval_version": eval_version, "eval_n": len(sample)}
+    inputs = [DatasetRef("eval_set", str(duckdb.database), eval_version)]
+    with tracker.run(context, params=params, inputs=inputs) as run:
+        for model_key, budget, path, train_size in models:
+            eval_key = hashlib.sha256(f"{model_key}/{eval_version}/{code_version}".encode()).hexdigest()[:16]
+            if eval_key in done:
+                context.log.info(f"{method} @ {budget}: eval {eval_key} already stored; reused")
+                with duckdb.get_connection() as conn:
+                    per_task = tables.frame(
+                        conn, "SELECT task, n, metric, score, loss FROM eval_scores WHERE eval_key = ?", [eval_key]
+                    ).to_dicts()
+            else:
+                if base is None:
+                    base, tokenizer = target_model.load()
+                started = time.perf_counter()
+                model = base if path is None else load_finetuned(base, Path(path))
+                rows = evaluate(model, tokenizer, sample, core, context.log.info)
+                if path is not None:
+                    base = model.unload()
+                seconds = time.perf_counter() - started
+                context.log.info(f"{method} @ {budget}: {len(rows)} eval examples in {seconds:.0f}s")
+                per_task = summarize(rows)
+                child = run.child(
+                    f"eval {method}@{budget}",
+                    {"model_key": model_key, "eval_key": eval_key, "budget": budget},
+                    {
+                        **{f"{t['task']}.{k}": t[k] for t in per_task for k in ("score", "loss") if t[k] is not None},
+                        **{f"balance.{k}": v for k, v in balance(per_task).items() if isinstance(v, float)},
+                        "seconds": seconds,
+                    },
+                )
+                _store(duckdb, method, budget, model_key, eval_key, eval_version, train_size, rows, per_task, child)
+            stats = balance(per_task)
+            summary.append((budget, model_key, stats["mean"], stats["min"], stats["worst"]))
+    return dg.MaterializeResult(
+        metadata={
+            "eval_version": eval_version,
+            "eval_examples": len(sample),
+            "models": dg.MetadataValue.md(
+                markdown_table(["budget", "model_key", "mean score", "min score", "worst task"], summary)
+            ),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(hashlib.sha256(json.dumps(summary, default=str).encode()).hexdigest()[:12]),
+    )
+
+
+def _store(duckdb, method, budget, model_key, eval_key, eval_version, train_size, rows, per_task, run_id) -> None:
+    """Replace the (method, budget) rows of eval_scores and eval_examples in one transaction."""
+    now = datetime.now(timezone.utc)
+    scores = pl.DataFrame(
+        [
+            {
+                "eval_key": eval_key,
+                "model_key": model_key,
+                "method": method,
+                "budget": budget,
+                "train_size": train_size,
+                **t,
+                "eval_version": eval_version,
+                "mlflow_run_id": run_id,
+                "created_at": now,
+            }
+            for t in per_task
+        ],
+        schema_overrides={"n": pl.Int32, "train_size": pl.Int32, "score": pl.Float64, "loss": pl.Float64},
+    )
+    examples = pl.DataFrame(
+        [{"eval_key": eval_key, "model_key": model_key, "method": method, "budget": budget, **asdict(r)} for r in rows],
+        schema_overrides={"score": pl.Float64, "loss": pl.Float64, "prediction": pl.String, "metric": pl.String},
+    )
+    with duckdb.get_connection() as conn:
+        tables.replace_rows(conn, "eval_scores", {"method": method, "budget": budget}, scores)
+        tables.replace_rows(conn, "eval_examples", {"method": method, "budget": budget}, examples)
+
+
+def eval_asset_name(method: str) -> str:
+    return f"eval_{method}"
+
+
+def build_eval_asset(method: str, upstream: dg.AssetsDefinition | None) -> dg.AssetsDefinition:
+    what = "the untouched target model (zero-shot baseline)" if method == BASE else f"every model of {upstream.key}"
+
+    @dg.asset(
+        name=eval_asset_name(method),
+        deps=[upstream.key] if upstream is not None else [pool],
+        group_name=EVALUATION,
+        code_version="eval-1",
+        kinds={"pytorch", "duckdb"},
+        metadata={"method": method},
+        description=f"Eval scores of {what} per eval task: loss, exact match / ROUGE-L, balance.",
+    )
+    def _eval(
+        context: dg.AssetExecutionContext,
+        config: EvalRunConfig,
+        duckdb: DuckDBResource,
+        target_model: SelectionModel,
+        tracker: MlflowTracker,
+    ) -> dg.MaterializeResult:
+        return evaluate_models(context, method, config, duckdb, target_model, tracker)
+
+    return _eval
+
+
+eval_assets = [build_eval_asset(BASE, None)] + [
+    build_eval_asset(a.key.path[-1].removeprefix("finetuned_"), a) for a in finetuned_assets
+]

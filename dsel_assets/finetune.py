@@ -1,0 +1,226 @@
+"""Fine-tuned models: one asset per selection method (LoRA SFT on each stored budget of its
+selection) and the full-pool baseline. Models are keyed by (config, selection version, base
+model hash, code version): a rerun with unchanged inputs reuses the stored adapter."""
+
+import json
+import time
+from datetime import datetime, timezone
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from dsel_assets import tables
+from dsel_assets.core.models.finetune import FinetuneConfig, finetune, model_key, read_finetuned, selection_version
+from dsel_assets.core.models.lora import LoraSettings
+from dsel_assets.core.models.sft import encode_conversation
+from dsel_assets.core.select import methods
+from dsel_assets.gradients import MODELS
+from dsel_assets.metadata import markdown_table
+from dsel_assets.pool import pool
+from dsel_assets.selections import available, selection_asset_name
+from resources.home import StateHome
+from resources.models import SelectionModel
+from resources.tracking import DatasetRef, MlflowTracker
+
+FULL_POOL = "full_pool"
+FULL_BUDGET = "100pct"
+#: Methods whose models the default job trains (the rest: curation_job, the UI, ``dsel finetune``).
+DEFAULT_FINETUNED = ("random", "kmeans_centroids", "less")
+FINETUNED_SQL = """CREATE TABLE IF NOT EXISTS finetuned_models (
+    model_key VARCHAR, method VARCHAR, budget VARCHAR, selection_version VARCHAR, pool_version VARCHAR,
+    path VARCHAR, base_model VARCHAR, base_model_hash VARCHAR, config VARCHAR, examples INTEGER,
+    final_loss DOUBLE, mlflow_run_id VARCHAR, created_at TIMESTAMP)"""
+
+
+class FinetuneRunConfig(dg.Config):
+    """The same for every selection of a comparison (set it once per run)."""
+
+    budgets: list[str] = Field(default=[], description="Stored budgets to train on; empty = every stored budget")
+    epochs: int = Field(default=3, description="Passes over the selection")
+    lr: float = Field(default=2e-4, description="Peak learning rate (linear schedule)")
+    warmup_ratio: float = Field(default=0.03, description="Share of steps with linear LR warm-up")
+    batch_size: int = Field(default=8, description="Examples per step")
+    max_length: int = Field(default=512, description="Tokens per example (right-truncated)")
+    seed: int = Field(default=0, description="Shuffle, dropout and LoRA-init seed")
+    lora_r: int = Field(default=8, description="LoRA rank")
+    lora_alpha: int = Field(default=16, description="LoRA alpha")
+    lora_dropout: float = Field(default=0.05, description="LoRA dropout")
+    lora_targets: list[str] = Field(default=["q_proj", "k_proj", "v_proj", "o_proj"], description="LoRA modules")
+
+    def to_core(self) -> FinetuneConfig:
+        lora = LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets))
+        return FinetuneConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            warmup_ratio=self.warmup_ratio,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            seed=self.seed,
+            lora=lora,
+        )
+
+
+def finetuned_asset_name(method: str) -> str:
+    return f"finetuned_{method}"
+
+
+def _training_sets(conn, method: str, budgets: list[str]) -> dict[str, tuple[list[str], str]]:
+    """budget -> (selected pool ids in rank order, pool version) for one method."""
+    if method == FULL_POOL:
+        version, _ = tables.pool_version(conn)
+        ids = tables.frame(conn, "SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        return {FULL_BUDGET: (ids["pool_id"].to_list(), version)}
+    rows = tables.frame(
+        conn, "SELECT budget, pool_id, pool_version FROM selections WHERE method = ? ORDER BY budget, rank", [method]
+    )
+    if rows.height == 0:
+        raise RuntimeError(f"{selection_asset_name(method)}: no stored selection; materialize it first")
+    stored = rows["budget"].unique(maintain_order=True).to_list()
+    unknown = sorted(set(budgets) - set(stored))
+    if unknown:
+        raise ValueError(f"budgets: {unknown} not stored for {method}; stored: {stored}")
+    out = {}
+    for (budget,), group in rows.group_by(["budget"], maintain_order=True):
+        if not budgets or budget in budgets:
+            out[budget] = (group["pool_id"].to_list(), group["pool_version"][0])
+    return out
+
+
+def train_models(
+    context: dg.AssetExecutionContext,
+    method: str,
+    config: FinetuneRunConfig,
+    duckdb: DuckDBResource,
+    target_model: SelectionModel,
+    tracker: MlflowTracker,
+    home: StateHome,
+) -> dg.MaterializeResult:
+    """Fine-tune one LoRA adapter per training set of ``method`` (reusing stored ones)."""
+    core = config.to_core()
+    identity = target_model.identity()
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    with duckdb.get_connection() as conn:
+        tables.ensure_schema(conn)
+        conn.execute(FINETUNED_SQL)
+        sets = _training_sets(conn, method, list(config.budgets))
+        wanted = sorted({pid for ids, _ in sets.values() for pid in ids})
+        messages = tables.frame(
+            conn, "SELECT pool_id, messages FROM examples WHERE pool_id IN (SELECT unnest(?))", [wanted]
+        )
+    by_id = dict(zip(messages["pool_id"].to_list(), messages["messages"].to_list(), strict=True))
+    base, tokenizer = None, None
+    summary, records = [], []
+    params = {"method": method, **core.to_dict(), **identity}
+    inputs = [DatasetRef(f"selection/{method}@{b}", str(duckdb.database), pv) for b, (_, pv) in sets.items()]
+    with tracker.run(context, params=params, inputs=inputs) as run:
+        for budget, (ids, pool_version) in sets.items():
+            sel_version = selection_version(method, budget, ids, pool_version)
+            key = model_key(core, sel_version, identity["model_hash"], code_version)
+            out_dir = home.paths.models / "finetuned" / key
+            manifest = read_finetuned(out_dir)
+            reused = manifest is not None
+            started = time.perf_counter()
+            if not reused:
+                if base is None:
+                    base, tokenizer = target_model.load()
+                encoded = [e for p in ids if (e := encode_conversation(tokenizer, by_id[p], core.max_length))]
+                context.log.info(f"{method} @ {budget}: fine-tuning on {len(encoded)} of {len(ids)} examples")
+                extra = {
+                    "method": method,
+                    "budget": budget,
+                    "selection_version": sel_version,
+                    "pool_version": pool_version,
+                    "selected": len(ids),
+                    "base_model": identity,
+                    "code_version": code_version,
+                    "model_key": key,
+                    "dagster_run_id": context.run_id,
+                }
+                manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+            seconds = time.perf_counter() - started
+            final_loss = manifest["curve"][-1]["loss"]
+            child = run.child(
+                f"{method}@{budget}",
+                {"budget": budget, "selection_version": sel_version, "model_key": key, "reused": reused},
+                {"final_loss": final_loss, "examples": manifest["examples"], "seconds": seconds},
+                curve=[]
+                if reused
+                else [{"step": p["step"], "loss": p["loss"], "lr": p["lr"]} for p in manifest["curve"]],
+            )
+            if not reused:
+                run.log_artifact(str(out_dir / "manifest.json"))
+            records.append(
+                {
+                    "model_key": key,
+                    "method": method,
+                    "budget": budget,
+                    "selection_version": sel_version,
+                    "pool_version": pool_version,
+                    "path": str(out_dir),
+                    "base_model": identity["model"],
+                    "base_model_hash": identity["model_hash"],
+                    "config": json.dumps(core.to_dict()),
+                    "examples": manifest["examples"],
+                    "final_loss": final_loss,
+                    "mlflow_run_id": child,
+                    "created_at": datetime.now(timezone.utc),
+                }
+            )
+            summary.append(
+                (budget, key, sel_version, manifest["examples"], f"{final_loss:.4f}", "yes" if reused else "no")
+            )
+    with duckdb.get_connection() as conn:
+        frame = pl.DataFrame(records, schema_overrides={"examples": pl.Int32})
+        tables.replace_rows(conn, "finetuned_models", {"method": method}, frame)
+    return dg.MaterializeResult(
+        metadata={
+            "models": dg.MetadataValue.md(
+                markdown_table(
+                    ["budget", "model_key", "selection_version", "examples", "final loss", "reused"], summary
+                )
+            ),
+            "base_model": identity["model"],
+            "config": dg.MetadataValue.json(core.to_dict()),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion("-".join(r["model_key"] for r in records)),
+    )
+
+
+def build_finetuned_asset(method: str, deps: list, tags: dict[str, str] | None) -> dg.AssetsDefinition:
+    source = "the whole pool (baseline)" if method == FULL_POOL else f"each budget of selection_{method}"
+
+    @dg.asset(
+        name=finetuned_asset_name(method),
+        deps=deps,
+        group_name=MODELS,
+        code_version="finetuned-1",
+        kinds={"pytorch"},
+        tags=tags,
+        metadata={"method": method},
+        description=f"LoRA SFT of the target model on {source}; adapter + manifest under models/finetuned/.",
+    )
+    def _finetuned(
+        context: dg.AssetExecutionContext,
+        config: FinetuneRunConfig,
+        duckdb: DuckDBResource,
+        target_model: SelectionModel,
+        tracker: MlflowTracker,
+        home: StateHome,
+    ) -> dg.MaterializeResult:
+        return train_models(context, method, config, duckdb, target_model, tracker, home)
+
+    return _finetuned
+
+
+def _tags(method: str) -> dict[str, str] | None:
+    return None if method in DEFAULT_FINETUNED else {"dsel/cost": "high"}
+
+
+finetuned_assets = [
+    build_finetuned_asset(name, [dg.AssetKey(selection_asset_name(name))], _tags(name))
+    for name, spec in methods().items()
+    if available(spec)
+] + [build_finetuned_asset(FULL_POOL, [pool], {"dsel/cost": "high"})]
