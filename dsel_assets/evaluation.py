@@ -17,6 +17,7 @@ from pydantic import Field
 from dsel_assets import tables
 from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_sample, evaluate, summarize
 from dsel_assets.core.models.finetune import load_finetuned
+from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.finetune import FINETUNED_SQL, finetuned_assets
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
@@ -201,6 +202,8 @@ def build_eval_asset(method: str, upstream: dg.AssetsDefinition | None) -> dg.As
         group_name=EVALUATION,
         code_version="eval-1",
         kinds={"pytorch", "duckdb"},
+        pool=GPU_POOL,
+        op_tags=GPU_OP_TAGS,
         metadata={"method": method},
         description=f"Eval scores of {what} per eval task: loss, exact match / ROUGE-L, balance.",
     )

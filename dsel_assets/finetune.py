@@ -16,6 +16,7 @@ from dsel_assets.core.models.finetune import FinetuneConfig, finetune, model_key
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.select import methods
+from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
@@ -198,6 +199,8 @@ def build_finetuned_asset(method: str, deps: list, tags: dict[str, str] | None) 
         group_name=MODELS,
         code_version="finetuned-1",
         kinds={"pytorch"},
+        pool=GPU_POOL,
+        op_tags=GPU_OP_TAGS,
         tags=tags,
         metadata={"method": method},
         description=f"LoRA SFT of the target model on {source}; adapter + manifest under models/finetuned/.",

@@ -77,8 +77,10 @@ class DselHome:
         """Point ``DAGSTER_HOME`` at ``dagster/`` so runs and events persist across sessions."""
         self.ensure()
         config = self.dagster / "dagster.yaml"
-        if not config.exists():
-            config.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+        if not config.exists():  # one model-running step at a time: the "gpu" pool (dsel_assets/deployment.py)
+            config.write_text(
+                "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n", encoding="utf-8"
+            )
         os.environ["DAGSTER_HOME"] = str(self.dagster)
 
 
