@@ -91,6 +91,7 @@ def main() -> int:
     p.add_argument("--eval-size", type=int, default=200, help="eval examples per target (anchors: at most 92)")
     p.add_argument("--budget", default="5%")
     p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--less-target", default="math", help="the target task LESS ranks for")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--device", default="auto")
     p.add_argument("--grad-dim", type=int, default=8192)
@@ -140,6 +141,8 @@ def main() -> int:
 
     budgets = {"budgets": [args.budget]}
     ops = {f"selection_{m}": {"config": budgets} for m in args.methods}
+    if "less" in args.methods:  # LESS ranks for one target; round-robin and BIDS serve all three
+        ops["selection_less"] = {"config": {**budgets, "params": {"task": args.less_target}}}
     ops["warmup_checkpoint"] = {"config": {"max_length": args.max_length}}
     finetune = {"epochs": args.epochs, "max_length": args.max_length}
     evaluate = {"max_per_task": 0, "max_new_tokens": args.max_new_tokens, "max_length": args.max_length}
@@ -153,7 +156,7 @@ def main() -> int:
     defs.resolve_job_def("curation_job").execute_in_process(instance=instance, asset_selection=reports)
     print(
         f"\nsettings: pool {sum(counts.values())}, query {args.query_size}/target, eval {args.eval_size}/target, "
-        f"budget {args.budget}, model {args.model}, d={args.grad_dim}, max length {args.max_length}, "
+        f"budget {args.budget}, LESS target {args.less_target}, model {args.model}, d={args.grad_dim}, max length {args.max_length}, "
         f"fine-tune epochs {args.epochs}, max new tokens {args.max_new_tokens}\n"
     )
     print_comparison(home)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dsel_assets.core.select import build_config, get
+from dsel_assets.core.select import _facility, build_config, get
 from dsel_assets.core.select._facility import FacilityLocation, dense_kernel, greedy, knn_kernel
 from dsel_assets.core.select.bids import normalise_columns
 from dsel_assets.core.select.mig import Labels, phi_prime
@@ -99,6 +99,41 @@ def test_facility_location_lazy_equals_naive(kernel):
     assert lazy[0] == naive[0]
     np.testing.assert_allclose(lazy[1], naive[1], rtol=1e-6)
     assert all(a >= b - 1e-9 for a, b in zip(lazy[1], lazy[1][1:], strict=False))  # gains only shrink
+
+
+@pytest.mark.parametrize("kernel", ["cosine", "rbf", "dot"])
+def test_dense_kernel_tiles_equal_the_plain_formula_and_are_symmetric(kernel, monkeypatch):
+    monkeypatch.setattr(_facility, "TILE_ROWS", 16)  # 50 points: 4 tile rows, the last one short
+    x = np.random.default_rng(8).normal(size=(50, 8)).astype(np.float32)
+    tiled = dense_kernel(x, kernel, 0.2)
+    if kernel == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        plain = np.maximum(xn @ xn.T, 0)
+    elif kernel == "dot":
+        plain = x @ x.T
+    else:
+        plain = np.exp(-0.2 * ((x[:, None] - x[None]) ** 2).sum(-1))
+    assert tiled.dtype == np.float32 and np.array_equal(tiled, tiled.T)
+    np.testing.assert_allclose(tiled, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_lazy_batches_keep_naive_ties_and_candidate_subsets():
+    x = np.random.default_rng(9).normal(size=(200, 6)).astype(np.float32)
+    covers = dense_kernel(x, "cosine", 1.0)
+    covers[150:] = covers[:50]  # exact twins (bitwise): tied gains, the lower index must win
+    covers[:, 150:] = covers[:, :50]
+    bonus = np.random.default_rng(10).uniform(0, 1, 200)
+    pool = np.arange(1, 200, 2)
+    for candidates, modular in [(None, None), (pool, bonus)]:
+        lazy, naive = (
+            greedy(FacilityLocation(covers, weight=0.5, modular=modular), 60, opt, candidates=candidates)
+            for opt in ("lazy", "naive")
+        )
+        assert lazy[0] == naive[0] and len(set(lazy[0])) == 60
+        np.testing.assert_allclose(lazy[1], naive[1], rtol=1e-9)
+    picks = greedy(FacilityLocation(covers), 60)[0]
+    assert any(i < 50 for i in picks)
+    assert all(i - 150 in picks[: picks.index(i)] for i in picks if i >= 150)  # a twin never beats its original
 
 
 def test_facility_location_matches_apricot_on_small_data():
