@@ -156,7 +156,8 @@ def main() -> int:
     defs.resolve_job_def("curation_job").execute_in_process(instance=instance, asset_selection=reports)
     print(
         f"\nsettings: pool {sum(counts.values())}, query {args.query_size}/target, eval {args.eval_size}/target, "
-        f"budget {args.budget}, LESS target {args.less_target}, model {args.model}, d={args.grad_dim}, max length {args.max_length}, "
+        f"budget {args.budget}, LESS target {args.less_target}, model {args.model}, d={args.grad_dim}, "
+        f"max length {args.max_length}, "
         f"fine-tune epochs {args.epochs}, max new tokens {args.max_new_tokens}\n"
     )
     print_comparison(home)
