@@ -97,6 +97,8 @@ def selection_report(
     path = home.paths.reports / "selection_report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown + "\n", encoding="utf-8")
+    task_mix = home.paths.reports / "selection_task_mix.png"
+    _plot_task_mix(report, task_mix)
     with tracker.run(
         context, params={"pool_version": version}, inputs=[DatasetRef("selections", str(duckdb.database), version)]
     ) as run:
@@ -110,14 +112,42 @@ def selection_report(
                 }
             )
         run.log_artifact(str(path))
+        run.log_artifact(str(task_mix))
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(markdown),
+            "task_mix": dg.MetadataValue.md(_embedded(task_mix)),
             "path": dg.MetadataValue.path(str(path)),
             "rows": report.height,
             **run.metadata(),
         },
     )
+
+
+def _plot_task_mix(report: pl.DataFrame, path: Path) -> None:
+    """Stacked bars: the task shares of every selection (method @ budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = [json.loads(c) for c in report["task_counts"].to_list()]
+    tasks = sorted({t for c in counts for t in c})
+    labels = [f"{m}@{b}" for m, b in zip(report["method"], report["budget"], strict=True)]
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(labels) + 1)))
+    left = np.zeros(len(labels))
+    for task in tasks:
+        share = np.array([c.get(task, 0) / max(sum(c.values()), 1) for c in counts])
+        ax.barh(labels, share, left=left, label=task)
+        left += share
+    ax.set_xlabel("share of the selection")
+    ax.set_title("Task mix per selection")
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 COMPARISON_COLUMNS = ["method", "budget", "train_size", "task", "metric", "n", "score", "loss"]
@@ -193,6 +223,7 @@ def _plot_task_bars(scores: pl.DataFrame, path: Path) -> None:
         value = dict(zip(rows["task"].to_list(), rows["score"].to_list(), strict=True))
         ax.bar(np.arange(len(tasks)) + i * width, [value.get(t, 0.0) for t in tasks], width, label=f"{method}@{budget}")
     ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=20, ha="right")
+    ax.set_ylim(0, max(0.05, 1.15 * max(scored["score"].to_list(), default=0.0)))
     ax.set_ylabel("score (exact match / ROUGE-L)")
     ax.set_title("Per-task eval score")
     ax.legend(fontsize=7, ncol=2)

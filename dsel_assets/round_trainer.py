@@ -1,26 +1,29 @@
 """The trainer iterative selectors call between rounds (Diversify & Conquer, DiverseEvol):
-LoRA SFT of the selection model on the current selection with the warmup trainer, then the
-trained model's loss on each selected example, or its embedding of the whole pool."""
+LoRA SFT of the selection model on the current selection with the fine-tuning settings and
+trainer every selection's model uses, then the trained model's loss on each selected example,
+or its embedding of the whole pool."""
 
 import copy
 import time
 
 import numpy as np
 
+from dsel_assets.core.models.finetune import FinetuneConfig
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.model_embeddings import model_embeddings
 from dsel_assets.core.models.sft import collate, encode_conversation, per_example_loss
-from dsel_assets.core.models.warmup import WarmupConfig, train_lora
+from dsel_assets.core.models.warmup import train_lora
 
 
 class LoraRoundTrainer:
     """Implements ``core.select.iterative.RoundTrainer``; ``history`` records every round."""
 
     def __init__(
-        self, base_model, tokenizer, conversations: list[list[dict]], config: WarmupConfig | None = None, log=print
+        self, base_model, tokenizer, conversations: list[list[dict]], config: FinetuneConfig | None = None, log=print
     ):
         self.base, self.tokenizer, self.conversations = base_model, tokenizer, conversations
-        self.config = config or WarmupConfig(
+        # one short epoch per round; no dropout, so a round's scores depend only on its data
+        self.config = config or FinetuneConfig(
             epochs=1, lr=2e-4, batch_size=8, max_length=256, lora=LoraSettings(r=8, alpha=32, dropout=0.0)
         )
         self.log = log
