@@ -98,6 +98,7 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=512, help="tokens per example (warmup, fine-tune, eval)")
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
     p.add_argument("--max-new-tokens", type=int, default=160, help="generation cap (GSM8K needs ~150)")
+    p.add_argument("--eval-per-task", type=int, default=0, help="score a seeded sample of each eval set (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--home", help="state home (default: a fresh temporary directory)")
     args = p.parse_args()
@@ -145,7 +146,11 @@ def main() -> int:
         ops["selection_less"] = {"config": {**budgets, "params": {"task": args.less_target}}}
     ops["warmup_checkpoint"] = {"config": {"max_length": args.max_length}}
     finetune = {"epochs": args.epochs, "max_length": args.max_length}
-    evaluate = {"max_per_task": 0, "max_new_tokens": args.max_new_tokens, "max_length": args.max_length}
+    evaluate = {
+        "max_per_task": args.eval_per_task,
+        "max_new_tokens": args.max_new_tokens,
+        "max_length": args.max_length,
+    }
     for name in [*args.methods]:
         ops[f"finetuned_{name}"] = {"config": finetune}
         ops[f"eval_{name}"] = {"config": evaluate}
@@ -158,7 +163,8 @@ def main() -> int:
         f"\nsettings: pool {sum(counts.values())}, query {args.query_size}/target, eval {args.eval_size}/target, "
         f"budget {args.budget}, LESS target {args.less_target}, model {args.model}, d={args.grad_dim}, "
         f"max length {args.max_length}, "
-        f"fine-tune epochs {args.epochs}, max new tokens {args.max_new_tokens}\n"
+        f"fine-tune epochs {args.epochs}, max new tokens {args.max_new_tokens}, "
+        f"scored per eval set {args.eval_per_task or 'all'}\n"
     )
     print_comparison(home)
     print(f"\nwall time: {time.perf_counter() - started:.0f}s; state home: {home.root}")

@@ -120,6 +120,40 @@ def selection_run_config(budgets: list[str], target: str, in_job: set[str]) -> d
     return config
 
 
+def comparison_run_config(in_job: set[str], epochs: int, eval_per_task: int) -> dict:
+    """Short fine-tuning and evaluation settings for the job's model and eval assets (the
+    default run; longer settings are the same config with other values)."""
+    finetune = {"epochs": epochs, "max_length": 256, "lr": 1e-3, "batch_size": 8}
+    evaluate = {"max_per_task": eval_per_task, "max_new_tokens": 40, "max_length": 256}
+    config = {name: {"config": finetune} for name in in_job if name.startswith("finetuned_")}
+    return config | {name: {"config": evaluate} for name in in_job if name.startswith("eval_")}
+
+
+def print_comparison(home: DselHome) -> int:
+    """Print the comparison report (eval scores per method, budget and task; balance)."""
+    import duckdb
+
+    from dsel_assets import tables
+
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        exists = tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'comparison_balance'")
+        if not exists:
+            print("[dsel] no comparison report yet: run `dsel run` or materialize comparison_report", file=sys.stderr)
+            return 1
+        scores = tables.frame(conn, "SELECT * EXCLUDE (n) FROM comparison_report ORDER BY train_size, method, task")
+        balance = tables.frame(conn, "SELECT * FROM comparison_balance ORDER BY train_size, method")
+    print("eval scores (score: exact match or ROUGE-L; loss: mean response-token loss)")
+    print(format_table(scores.columns, scores.rows()))
+    print("\nbalance across tasks")
+    print(format_table(balance.columns, balance.rows()))
+    print(f"\nplots: {home.reports}/comparison_*.png")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return print_comparison(_home(args))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Generate the synthetic default, ingest it, embed, select, report."""
     import duckdb
@@ -141,11 +175,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     job_nodes = {node.name for node in defs.resolve_job_def("default_job").graph.nodes}
     run_config = {"ops": selection_run_config(args.budgets, args.target, job_nodes)}
     run_config["ops"]["warmup_checkpoint"] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
+    run_config["ops"] |= comparison_run_config(job_nodes, args.finetune_epochs, args.eval_per_task)
     _run_batches(home, defs, [batches["pool"]], "default_job", run_config)
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         report = tables.frame(conn, "SELECT * FROM selection_report ORDER BY method, size")
     print()
     print(format_table(report.columns, report.rows()))
+    print()
+    print_comparison(home)
     print(f"\n[dsel] default job done in {time.perf_counter() - started:.0f}s; state in {home.root}")
     print("[dsel] browse it: dsel ui   (Dagster UI with every materialization and its metadata)")
     return 0
@@ -231,11 +268,11 @@ def cmd_select(args: argparse.Namespace) -> int:
     import dataclasses
 
     import duckdb
-    from dagster import AssetKey, AssetSelection, DagsterInstance
+    from dagster import AssetKey, DagsterInstance
 
     from dsel_assets import tables
     from dsel_assets.core.select import build_config, get
-    from dsel_assets.pool import pool_batches
+    from dsel_assets.runs import materialize_closure
     from dsel_assets.selections import available, selection_asset_name
 
     spec = get(args.method)
@@ -250,29 +287,9 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise ValueError(f"method: {args.method} needs {list(spec.needs)}; not all of them have an asset yet")
     home = _home(args)
     defs = _definitions(home, args)
-    graph = defs.resolve_asset_graph()
     target = AssetKey(selection_asset_name(args.method))
-    upstream = AssetSelection.assets(target).upstream().resolve(graph)
-    partitioned = {k for k in upstream if graph.get(k).partitions_def is not None}
-    instance = DagsterInstance.get()
-    known = set(instance.get_dynamic_partitions(pool_batches.name))
-    for key in sorted(partitioned, key=lambda k: k.to_user_string()):
-        missing = sorted(known - instance.get_materialized_partitions(key))
-        for batch in missing:
-            print(f"[dsel] {key.to_user_string()} for batch {batch} ...", flush=True)
-            defs.resolve_job_def("batch_job").execute_in_process(
-                instance=instance, partition_key=batch, asset_selection=[key], run_config=QUIET
-            )
-    unpartitioned = [
-        k
-        for k in upstream - partitioned
-        if k == target or k.to_user_string() == "pool" or instance.get_latest_materialization_event(k) is None
-    ]
-    run_config = {**QUIET, "ops": {target.to_user_string(): {"config": {"budgets": args.budget, "params": params}}}}
-    print(f"[dsel] materializing {', '.join(k.to_user_string() for k in unpartitioned)} ...", flush=True)
-    defs.resolve_job_def("curation_job").execute_in_process(
-        instance=instance, asset_selection=unpartitioned, run_config=run_config
-    )
+    run_config = {"ops": {target.to_user_string(): {"config": {"budgets": args.budget, "params": params}}}}
+    materialize_closure(defs, DagsterInstance.get(), [target], run_config)
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         summary = tables.frame(
             conn,
@@ -282,6 +299,51 @@ def cmd_select(args: argparse.Namespace) -> int:
             [args.method],
         )
     print(format_table(summary.columns, summary.rows()))
+    return 0
+
+
+#: ``dsel score KIND``: the asset that materializes each representation.
+SCORE_KINDS = {
+    "sentence_embeddings": "sentence_embeddings",
+    "model_embeddings": "model_embeddings",
+    "loss": "loss_scores",  # L(A|Q), L(A), perplexity, both IFDs and the uncertainty scores
+    "uncertainty": "loss_scores",  # teacher-forced on the reference responses
+    "uncertainty_greedy": "greedy_scores",  # on the model's own greedy generations
+    "proxy_loss": "proxy_loss_scores",
+    "quality": "quality",
+    "labels": "labels",
+    "learning_percentage": "learning_percentage",
+    "golden": "golden_score",
+    "whisperer": "whisperer_score",
+}
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Materialize one representation for the current pool (per-batch ones for every pool
+    batch, resuming where a run stopped), and whatever it needs that is still missing."""
+    from dagster import AssetKey, DagsterInstance
+
+    from dsel_assets.runs import materialize_closure
+
+    asset = SCORE_KINDS[args.kind]
+    params = {}
+    for key, value in _parse_params(args.param).items():
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    if args.pooling:
+        os.environ["DSEL_POOLING"] = args.pooling
+    home = _home(args)
+    instance = DagsterInstance.get()
+    run_config = {"ops": {asset: {"config": params}}} if params else None
+    materialize_closure(_definitions(home, args), instance, [AssetKey(asset)], run_config)
+    event = instance.get_latest_materialization_event(AssetKey(asset))
+    metadata = event.asset_materialization.metadata if event else {}
+    shown = [
+        (k, v.value) for k, v in metadata.items() if isinstance(v.value, (int, float, str)) and "\n" not in str(v.value)
+    ]
+    print(format_table(["field", "value"], shown))
     return 0
 
 
@@ -312,6 +374,28 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows.append((key.to_user_string(), partition, when, event.run_id[:8]))
     print()
     print(format_table(["asset", "partition", "last materialized", "run"], rows) if rows else "no materializations yet")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """The chain behind an asset's latest materialization (or a run), from Dagster and MLflow."""
+    from dagster import DagsterInstance
+
+    from dsel_assets.lineage import format_lineage, lineage
+
+    home = _home(args)
+    graph = _definitions(home, args).resolve_asset_graph()
+    report = lineage(DagsterInstance.get(), graph, str(home.duckdb), args.target)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_lineage(report))
+    return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    """An example's raw record, its scores and its rank in a selection."""
+    from dsel_assets.lineage import format_why, why
+
+    report = why(str(_home(args).duckdb), args.pool_id, args.selection)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_why(report))
     return 0
 
 
@@ -362,7 +446,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--grad-dim", type=int, default=1024, help="gradient feature dimension d (default 1024 here)")
     run.add_argument("--warmup-epochs", type=int, default=2, help="warmup epochs (one checkpoint each)")
     run.add_argument("--target", default="arithmetic", help="target task of the targeted methods (LESS)")
+    run.add_argument("--finetune-epochs", type=int, default=2, help="epochs of each selection's fine-tune")
+    run.add_argument("--eval-per-task", type=int, default=8, help="eval examples per task (0 = all)")
     run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="print the comparison report (eval scores per method, budget, task)")
+    report.set_defaults(func=cmd_report)
 
     ingest = sub.add_parser("ingest", help="ingest files or folders as new pool batches")
     ingest.add_argument("paths", nargs="+")
@@ -401,8 +490,27 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--grad-dim", type=int, default=None, help="gradient feature dimension d")
     select.set_defaults(func=cmd_select)
 
+    score = sub.add_parser("score", help="compute one representation for the current pool (resumable)")
+    score.add_argument("kind", choices=sorted(SCORE_KINDS), help="the representation")
+    score.add_argument("--param", action="append", help="asset config key=value, e.g. epochs=1 (repeatable)")
+    score.add_argument("--pooling", choices=["mean", "position_weighted", "last_token"], help="model embeddings")
+    score.add_argument("--model", default=None, help="smollm2 (default) | tiny | local path | hub id")
+    score.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    score.set_defaults(func=cmd_score)
+
     status = sub.add_parser("status", help="pool size, quarantine reasons, last materializations")
     status.set_defaults(func=cmd_status)
+
+    lin = sub.add_parser("lineage", help="the chain behind an asset or run: event log, MLflow runs, raw files")
+    lin.add_argument("target", help="an asset key (e.g. selection_random) or a Dagster run id (or unique prefix)")
+    lin.add_argument("--json", action="store_true")
+    lin.set_defaults(func=cmd_lineage)
+
+    why_ = sub.add_parser("why", help="an example's raw record, its scores and its rank in a selection")
+    why_.add_argument("pool_id")
+    why_.add_argument("--selection", required=True, help="method or selection asset name (random, selection_less)")
+    why_.add_argument("--json", action="store_true")
+    why_.set_defaults(func=cmd_why)
 
     meth = sub.add_parser("methods", help="the selection-method registry")
     meth.add_argument("--json", action="store_true")

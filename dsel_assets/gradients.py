@@ -23,6 +23,7 @@ from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.models.warmup import WarmupConfig, load_checkpoint, read_manifest, train_warmup, warmup_sample
+from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS, vector_matrix, vector_table
@@ -77,6 +78,8 @@ def latest_warmup(conn) -> tuple[str, Path, dict]:
     group_name=MODELS,
     code_version="warmup_checkpoint-1",
     kinds={"pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     description="LESS warmup: LoRA on a seeded random fraction of the pool; per epoch the adapter, "
     "the AdamW state by parameter name and the epoch's mean learning rate (METHODS.md R1.1).",
 )
@@ -245,6 +248,8 @@ def _checkpoints(manifest: dict, wanted: list[int]) -> list[tuple[int, Path]]:
     group_name=REPRESENTATIONS,
     code_version="pool_grad_features-1",
     kinds={"lance", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     description="Adam-preconditioned per-example LoRA gradients of the batch's pool examples, "
     "block-projected to d and L2-normalised, per warmup checkpoint (METHODS.md R1.2-1.3).",
 )
@@ -339,6 +344,8 @@ def pool_grad_features(
     group_name=REPRESENTATIONS,
     code_version="query_grad_features-1",
     kinds={"lance", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     description="Plain per-example LoRA gradients ('SGD' features) of every query example, "
     "same projection as the pool, per warmup checkpoint and target task.",
 )

@@ -9,13 +9,16 @@ from dagster_duckdb import DuckDBResource
 
 from dsel_assets import tables
 from dsel_assets.core.data.schema import example_text
+from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.pool import pool_batch, pool_batches
 from resources.lance_store import LanceStore
-from resources.models import SentenceEmbedder
+from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
 from resources.tracking import DatasetRef, MlflowTracker
 
 REPRESENTATIONS = "representations"
 SENTENCE_EMBEDDINGS = "sentence_embeddings"
+MODEL_EMBEDDINGS = "model_embeddings"
+EMBEDDING_CHUNK = 64  # examples per Lance commit: an interrupted batch loses at most one chunk
 
 
 def vector_table(pool_ids: list[str], batch: str, vectors, model: str) -> pa.Table:
@@ -44,7 +47,9 @@ def vector_matrix(column) -> np.ndarray:
     deps=[pool_batch],
     group_name=REPRESENTATIONS,
     code_version="sentence_embeddings-1",
-    kinds={"lance"},
+    kinds={"lance", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     description="all-MiniLM-L6-v2 embedding (masked mean, L2-normalised) of each example's "
     "instruction + input + response (METHODS.md R2), float16 in Lance.",
 )
@@ -64,11 +69,14 @@ def sentence_embeddings(
     vectors = embedder.encode(texts, progress=embedder.progress)
     rate = len(texts) / max(time.perf_counter() - started, 1e-9)
     context.log.info(f"embedded {len(texts)} examples of batch {batch} at {rate:.1f} examples/s")
-    version = lance.replace_partition(
-        SENTENCE_EMBEDDINGS,
-        vector_table(rows["pool_id"].to_list(), batch, vectors, embedder.model_id),
-        partition=batch,
-    )
+    if texts:
+        version = lance.replace_partition(
+            SENTENCE_EMBEDDINGS,
+            vector_table(rows["pool_id"].to_list(), batch, vectors, embedder.model_id),
+            partition=batch,
+        )
+    else:  # every row quarantined: nothing to embed, and no rows of an earlier validation may remain
+        version = lance.delete(SENTENCE_EMBEDDINGS, {"batch": batch}) or 0
     params = {"batch": batch, "model": embedder.model_id, "dim": vectors.shape[1] if len(texts) else 0}
     inputs = [DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
     with tracker.run(context, params=params, inputs=inputs) as run:
@@ -84,4 +92,80 @@ def sentence_embeddings(
             **run.metadata(),
         },
         data_version=dg.DataVersion(f"lance-v{version}"),
+    )
+
+
+@dg.asset(
+    name=MODEL_EMBEDDINGS,
+    partitions_def=pool_batches,
+    deps=[pool_batch],
+    group_name=REPRESENTATIONS,
+    code_version="model_embeddings-1",
+    kinds={"lance", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    tags={"dsel/cost": "high"},
+    description="Selection-model embedding of each templated conversation from the last hidden layer, pooled "
+    "mean / position_weighted (RDS+) / last_token (METHODS.md R2); Lance dataset "
+    "model_embeddings_<pooling>_<model hash>, so pooling and weights are part of its identity.",
+)
+def model_embeddings(
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    lance: LanceStore,
+    selection_model: SelectionModel,
+    model_embedding_settings: ModelEmbeddingSettings,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    """Resumable: chunks already stored for this batch (same dataset = same model and pooling)
+    are kept; rows of ids that left the batch are deleted."""
+    from dsel_assets.core.models.model_embeddings import model_embeddings as embed
+
+    batch, settings = context.partition_key, model_embedding_settings
+    identity = selection_model.identity()
+    name = settings.dataset(identity["model_hash"])
+    with duckdb.get_connection() as conn:
+        manifest = tables.get_batch(conn, batch)
+        rows = tables.frame(
+            conn, "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id", [batch]
+        )
+    ids = rows["pool_id"].to_list()
+    stored = set()
+    if lance.exists(name):
+        stored = set(lance.read(name, ["pool_id"], equal={"batch": batch}).column("pool_id").to_pylist())
+    todo = [(i, m) for i, m in zip(ids, rows["messages"].to_list(), strict=True) if i not in stored]
+    params = {"batch": batch, **identity, "pooling": settings.pooling, "max_length": settings.max_length}
+    inputs = [DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
+    started = time.perf_counter()
+    with tracker.run(context, params=params, inputs=inputs) as run:
+        if todo:
+            model, tokenizer = selection_model.load()
+            for start in range(0, len(todo), EMBEDDING_CHUNK):
+                chunk = todo[start : start + EMBEDDING_CHUNK]
+                vectors = embed(
+                    model, tokenizer, [m for _, m in chunk], settings.pooling, settings.max_length, settings.batch_size
+                )
+                lance.upsert(name, vector_table([i for i, _ in chunk], batch, vectors, identity["model"]), ["pool_id"])
+                done = start + len(chunk)
+                context.log.info(
+                    f"{name} batch {batch}: {done}/{len(todo)} at {done / (time.perf_counter() - started):.1f}/s"
+                )
+        version = lance.delete(name, {"batch": batch}, not_in=("pool_id", ids)) if lance.exists(name) else 0
+        rate = len(todo) / max(time.perf_counter() - started, 1e-9)
+        run.log_datasets([DatasetRef(name, lance.uri(name), str(version), "output")])
+        run.log_metrics({"rows": len(ids), "computed": len(todo), "examples_per_s": rate})
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(ids),
+            "computed": len(todo),
+            "reused_after_resume": len(ids) - len(todo),
+            "lance_dataset": name,
+            "lance_uri": lance.uri(name),
+            "lance_version": version,
+            "pooling": settings.pooling,
+            **identity,
+            "examples_per_s": round(rate, 1),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{name}-v{version}"),
     )

@@ -18,6 +18,7 @@ from dsel_assets.core.models.learning_percentage import compute_learning_percent
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.scoring import ExampleScores, score_examples
 from dsel_assets.core.models.warmup import WarmupConfig
+from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS
@@ -32,15 +33,24 @@ SCORES_SQL = """CREATE TABLE IF NOT EXISTS {table} (
     ifd_ppl_ratio DOUBLE, mean_entropy DOUBLE, least_confidence DOUBLE, mean_margin DOUBLE, min_margin DOUBLE,
     response_tokens INTEGER, reason VARCHAR)"""
 CHUNK = 128
+GOLDEN_SQL = """CREATE TABLE IF NOT EXISTS golden_score (
+    pool_id VARCHAR, golden_score DOUBLE, reason VARCHAR, anchors INTEGER, anchor_set VARCHAR, model VARCHAR,
+    model_hash VARCHAR, template VARCHAR, code_version VARCHAR)"""
 SCORING_VERSION = "1"  # of score_examples: rows of the same version and model are interchangeable
+#: Score tables of the same scoring (reference responses): rows of one model are copied between them.
+SIBLINGS = {"loss_scores": "proxy_loss_scores", "proxy_loss_scores": "loss_scores"}
+GREEDY_MAX_NEW_TOKENS = 128  # length cap of the greedy generations that greedy_scores is scored on
 
 
 def template_hash(tokenizer) -> str:
     return hashlib.sha256((getattr(tokenizer, "chat_template", None) or "role: content").encode()).hexdigest()[:12]
 
 
-def build_score_asset(name: str, model_resource: str, description: str) -> dg.AssetsDefinition:
-    """A per-batch loss-score asset scored with ``model_resource`` into DuckDB table ``name``."""
+def build_score_asset(
+    name: str, model_resource: str, description: str, response: str = "reference", tags: dict | None = None
+) -> dg.AssetsDefinition:
+    """A per-batch loss-score asset scored with ``model_resource`` into DuckDB table ``name``,
+    teacher-forced on the reference responses or (``response="greedy"``) on greedy generations."""
 
     @dg.asset(
         name=name,
@@ -49,6 +59,9 @@ def build_score_asset(name: str, model_resource: str, description: str) -> dg.As
         group_name=REPRESENTATIONS,
         code_version=f"{name}-{SCORING_VERSION}",
         kinds={"duckdb", "pytorch"},
+        pool=GPU_POOL,
+        op_tags=GPU_OP_TAGS,
+        tags=tags,
         description=description,
         required_resource_keys={model_resource, "duckdb", "tracker"},
     )
@@ -67,25 +80,26 @@ def build_score_asset(name: str, model_resource: str, description: str) -> dg.As
                 "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id",
                 [batch],
             )
-            # the other score table may hold rows of the very same model and scoring code (the
-            # proxy defaults to the selection model): copy them instead of computing again
-            sibling = "proxy_loss_scores" if name == "loss_scores" else "loss_scores"
-            conn.execute(SCORES_SQL.format(table=sibling))
-            conn.execute(
-                f"""INSERT INTO {name} SELECT * REPLACE (? AS code_version) FROM {sibling}
-                    WHERE batch = ? AND model_hash = ? AND code_version = ?
-                      AND pool_id NOT IN (SELECT pool_id FROM {name} WHERE batch = ? AND model_hash = ?
-                                          AND code_version = ?)""",
-                [
-                    code_version,
-                    batch,
-                    identity["model_hash"],
-                    f"{sibling}-{SCORING_VERSION}",
-                    batch,
-                    identity["model_hash"],
-                    code_version,
-                ],
-            )
+            if name in SIBLINGS:
+                # the other score table may hold rows of the very same model and scoring code (the
+                # proxy defaults to the selection model): copy them instead of computing again
+                sibling = SIBLINGS[name]
+                conn.execute(SCORES_SQL.format(table=sibling))
+                conn.execute(
+                    f"""INSERT INTO {name} SELECT * REPLACE (? AS code_version) FROM {sibling}
+                        WHERE batch = ? AND model_hash = ? AND code_version = ?
+                          AND pool_id NOT IN (SELECT pool_id FROM {name} WHERE batch = ? AND model_hash = ?
+                                              AND code_version = ?)""",
+                    [
+                        code_version,
+                        batch,
+                        identity["model_hash"],
+                        f"{sibling}-{SCORING_VERSION}",
+                        batch,
+                        identity["model_hash"],
+                        code_version,
+                    ],
+                )
             done = {
                 r[0]
                 for r in conn.execute(
@@ -113,7 +127,9 @@ def build_score_asset(name: str, model_resource: str, description: str) -> dg.As
                             "code_version": code_version,
                             **{c: getattr(s, c) for c in SCORE_COLUMNS},
                         }
-                        for i, s in score_examples(model, tokenizer, chunk)
+                        for i, s in score_examples(
+                            model, tokenizer, chunk, response=response, max_new_tokens=GREEDY_MAX_NEW_TOKENS
+                        )
                     ]
                     frame = pl.DataFrame(scored).with_columns(
                         [pl.col(c).cast(pl.Float64) for c in SCORE_COLUMNS if c not in ("response_tokens", "reason")]
@@ -190,6 +206,14 @@ proxy_loss_scores = build_score_asset(
     "proxy_model",
     "The same scores from the smaller proxy model (Superfiltering's IFD = ppl(A|Q) / ppl(A)).",
 )
+greedy_scores = build_score_asset(
+    "greedy_scores",
+    "selection_model",
+    "Uncertainty (entropy, least confidence, margins; METHODS.md R4) teacher-forced on the selection model's own "
+    f"greedy generation (<= {GREEDY_MAX_NEW_TOKENS} tokens per assistant turn) instead of the reference response.",
+    response="greedy",
+    tags={"dsel/cost": "high"},
+)
 
 
 @dg.asset(
@@ -244,6 +268,8 @@ class LearningPercentageConfig(dg.Config):
     group_name=REPRESENTATIONS,
     code_version="learning_percentage-1",
     kinds={"duckdb", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     tags={"dsel/cost": "high"},
     description="Small2Large learning percentage: the proxy (small) model LoRA-trained on the whole pool, "
     "perplexity of every example before training and after each epoch; LP(i) = (P_(i-1) - P_i) / (P_0 - P_n).",
@@ -255,6 +281,9 @@ def learning_percentage(
     proxy_model: SelectionModel,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
+    """Pool-level, not per batch: LP comes from one training run over the whole pool, so every
+    example's value changes when the pool does. Idempotent: rows of the same pool version,
+    model, config and code (their ``fingerprint``) are kept instead of training again."""
     core = WarmupConfig(
         epochs=config.epochs,
         lr=config.lr,
@@ -267,6 +296,34 @@ def learning_percentage(
         rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
         version, _ = tables.pool_version(conn)
     identity = proxy_model.identity()
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    fingerprint = hashlib.sha256(
+        json.dumps([version, identity, config.model_dump(), code_version], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    with duckdb.get_connection() as conn:
+        exists = tables.scalar(
+            conn,
+            "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'learning_percentage' "
+            "AND column_name = 'fingerprint'",
+        )
+        stored = None
+        if exists:
+            stored = tables.frame(conn, "SELECT reason FROM learning_percentage WHERE fingerprint = ?", [fingerprint])
+    if stored is not None and stored.height == rows.height:
+        context.log.info(f"learning percentage: reusing the rows of fingerprint {fingerprint}")
+        undefined = int((stored["reason"] != "").sum())
+        with tracker.run(context, params={"fingerprint": fingerprint, "reused": True, **identity}) as run:
+            run.log_metrics({"rows": stored.height, "undefined": undefined})
+        return dg.MaterializeResult(
+            metadata={
+                "rows": stored.height,
+                "undefined": undefined,
+                "reused": True,
+                "fingerprint": fingerprint,
+                **run.metadata(),
+            },
+            data_version=dg.DataVersion(f"{version}-{identity['model_hash']}-{config.epochs}"),
+        )
     with tracker.run(context, params={**core.to_dict(), **identity, "pool_version": version}) as run:
         model, tokenizer = proxy_model.load()
         p, lp, reasons = compute_learning_percentages(
@@ -283,7 +340,9 @@ def learning_percentage(
             "reason": reasons,
             "model": identity["model"],
             "model_hash": identity["model_hash"],
-            "code_version": context.assets_def.code_versions_by_key[context.asset_key],
+            "template": template_hash(tokenizer),
+            "code_version": code_version,
+            "fingerprint": fingerprint,
         }
     )
     with duckdb.get_connection() as conn:
@@ -294,6 +353,8 @@ def learning_percentage(
             "rows": len(reasons),
             "undefined": undefined,
             "epochs": config.epochs,
+            "reused": False,
+            "fingerprint": fingerprint,
             **identity,
             "median_perplexity_by_epoch": dg.MetadataValue.json(
                 [round(float(np.nanmedian(p[:, e])), 3) for e in range(p.shape[1])]
@@ -312,6 +373,7 @@ class GoldenScoreConfig(dg.Config):
     )
     n_anchors: int = Field(default=100, description="k-means anchors (capped at pool size / 5)")
     batch_size: int = Field(default=16, description="Anchors per batched forward")
+    max_tokens: int = Field(default=1024, description="Padded anchor tokens per batched forward")
     max_length: int = Field(default=2048, description="Demonstration + anchor tokens")
     seed: int = Field(default=0, description="k-means seed")
 
@@ -319,8 +381,10 @@ class GoldenScoreConfig(dg.Config):
 @dg.asset(
     deps=["pool", "sentence_embeddings"],
     group_name=REPRESENTATIONS,
-    code_version="golden_score-1",
+    code_version="golden_score-2",
     kinds={"duckdb", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     tags={"dsel/cost": "high"},
     description="Nuggets golden score: share of anchor tasks whose answer log-prob rises with the example as a "
     "one-shot demonstration (KV cache of the demonstration reused across batched anchors).",
@@ -364,46 +428,92 @@ def golden_score(
         raise ValueError(f"anchors: {config.anchors!r} is not 'kmeans' or 'source:NAME'")
     model, tokenizer = selection_model.load()
     anchors = prepare_anchors(tokenizer, anchor_messages, config.max_length)
+    identity = selection_model.identity()
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    # the anchor set (and model, code) is the identity of a score: rows of the same one are reused
+    anchor_set = hashlib.sha256(json.dumps([a.zero_shot_ids for a in anchors]).encode()).hexdigest()[:16]
+    key = [anchor_set, identity["model_hash"], code_version]
+    with duckdb.get_connection() as conn:
+        columns = (
+            "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'golden_score' AND column_name = 'anchor_set'"
+        )
+        if not tables.scalar(conn, columns):  # a table from before scores carried their anchor set: not reusable
+            conn.execute("DROP TABLE IF EXISTS golden_score")
+        conn.execute(GOLDEN_SQL)
+        done = {
+            r[0]
+            for r in conn.execute(
+                "SELECT pool_id FROM golden_score WHERE anchor_set = ? AND model_hash = ? AND code_version = ?", key
+            ).fetchall()
+        }
+    todo = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
     started = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        if done % 25 == 0 or done == total:
-            rate = done / (time.perf_counter() - started)
-            context.log.info(f"golden score: {done}/{total} candidates, {rate:.2f}/s, eta {(total - done) / rate:.0f}s")
+    template = template_hash(tokenizer)
 
     with tracker.run(
         context,
-        params={
-            "anchors": config.anchors,
-            "n_anchors": len(anchors),
-            **selection_model.identity(),
-            "pool_version": version,
-        },
+        params={"anchors": config.anchors, "n_anchors": len(anchors), "anchor_set": anchor_set, **identity},
     ) as run:
-        lp1, reasons = one_shot_cached(
-            model, tokenizer, rows["messages"].to_list(), anchors, config.batch_size, config.max_length, progress
-        )
-        scores = golden_scores(lp1, zero_shot(model, anchors))
-        run.log_metrics({"mean_gs": float(np.nanmean(scores)), "undefined": sum(bool(r) for r in reasons)})
-    table = pl.DataFrame(
-        {
-            "pool_id": rows["pool_id"],
-            "golden_score": scores,
-            "reason": reasons,
-            "anchors": len(anchors),
-            **selection_model.identity(),
-        }
-    )
-    with duckdb.get_connection() as conn:
-        tables.replace_table(conn, "golden_score", table)
+        lp0 = zero_shot(model, anchors, config.batch_size)
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            lp1, reasons = one_shot_cached(
+                model,
+                tokenizer,
+                [m for _, m in chunk],
+                anchors,
+                config.batch_size,
+                config.max_length,
+                config.max_tokens,
+            )
+            frame = pl.DataFrame(
+                {
+                    "pool_id": [i for i, _ in chunk],
+                    "golden_score": golden_scores(lp1, lp0),
+                    "reason": reasons,
+                    "anchors": len(anchors),
+                    "anchor_set": anchor_set,
+                    **identity,
+                    "template": template,
+                    "code_version": code_version,
+                },
+                schema_overrides={"golden_score": pl.Float64, "anchors": pl.Int32},
+            )
+            with duckdb.get_connection() as conn, tables.transaction(conn):  # a crash loses at most one chunk
+                conn.register("golden_chunk", frame.to_arrow())
+                conn.execute("DELETE FROM golden_score WHERE pool_id IN (SELECT pool_id FROM golden_chunk)")
+                conn.execute("INSERT INTO golden_score BY NAME SELECT * FROM golden_chunk")
+            written = start + len(chunk)
+            rate = written / (time.perf_counter() - started)
+            context.log.info(
+                f"golden score: {written}/{len(todo)} candidates, {rate:.2f}/s, eta {(len(todo) - written) / rate:.0f}s"
+            )
+        with duckdb.get_connection() as conn:
+            # rows of another anchor set, model or code version, or of ids no longer in the pool, are stale
+            conn.execute(
+                "DELETE FROM golden_score WHERE anchor_set <> ? OR model_hash <> ? OR code_version <> ? "
+                "OR pool_id NOT IN (SELECT pool_id FROM examples WHERE split = 'pool')",
+                key,
+            )
+            n, undefined, mean = conn.execute(
+                "SELECT count(*), count(*) FILTER (reason <> ''), avg(golden_score) FILTER (reason = '') "
+                "FROM golden_score"
+            ).fetchone()
+        mean = math.nan if mean is None else mean  # no defined score at all
+        run.log_metrics({"rows": n, "computed": len(todo), "undefined": undefined, "mean_gs": mean})
     return dg.MaterializeResult(
         metadata={
+            "rows": n,
+            "computed": len(todo),
+            "reused_after_resume": len(done),
             "anchors": len(anchors),
-            "mean_golden_score": float(np.nanmean(scores)),
-            "undefined": sum(bool(r) for r in reasons),
+            "anchor_set": anchor_set,
+            "mean_golden_score": mean,
+            "undefined": undefined,
+            **identity,
             **run.metadata(),
         },
-        data_version=dg.DataVersion(f"{version}-{config.anchors}-{len(anchors)}"),
+        data_version=dg.DataVersion(f"{version}-{anchor_set}-{identity['model_hash']}"),
     )
 
 
@@ -421,6 +531,8 @@ class WhispererConfig(dg.Config):
     group_name=REPRESENTATIONS,
     code_version="whisperer_score-1",
     kinds={"duckdb", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     tags={"dsel/cost": "high"},
     description="Data Whisperer: few-shot prompts of pool demonstrations + target queries; each answer's "
     "score is credited to the demonstrations by the attention the query pays them (eager attention).",
@@ -432,6 +544,8 @@ def whisperer_score(
     selection_model: SelectionModel,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
+    """Pool-level, not per batch: prompts mix demonstrations drawn from the whole pool, and each
+    example's score is a mean over the rounds it served in."""
     from dsel_assets.core.models.data_whisperer import whisperer_scores
 
     with duckdb.get_connection() as conn:
@@ -461,7 +575,16 @@ def whisperer_score(
             on_round=lambda d, t: d % 20 == 0 and context.log.info(f"whisperer: round {d}/{t}"),
         )
         run.log_metrics({"mean_score": float(np.nanmean(scores)), "queries": queries.height})
-    table = pl.DataFrame({"pool_id": rows["pool_id"], "whisperer_score": scores, **selection_model.identity()})
+    table = pl.DataFrame(
+        {
+            "pool_id": rows["pool_id"],
+            "whisperer_score": scores,
+            "reason": ["" if np.isfinite(x) else "never credited as a demonstration" for x in scores],
+            **selection_model.identity(),
+            "template": template_hash(tokenizer),
+            "code_version": context.assets_def.code_versions_by_key[context.asset_key],
+        }
+    )
     with duckdb.get_connection() as conn:
         tables.replace_table(conn, "whisperer_score", table)
     return dg.MaterializeResult(

@@ -17,14 +17,15 @@ from dsel_assets.core.select import Budget, build_config, methods
 from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.registry import MethodSpec
 from dsel_assets.core.select.targeted import Influence
+from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import INFLUENCE
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
-from dsel_assets.representations import SENTENCE_EMBEDDINGS, vector_matrix
+from dsel_assets.representations import MODEL_EMBEDDINGS, SENTENCE_EMBEDDINGS, vector_matrix
 from dsel_assets.round_trainer import LoraRoundTrainer
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
-from resources.models import SelectionModel
+from resources.models import ModelEmbeddingSettings, SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
 
 SELECTIONS = "selections"
@@ -33,6 +34,7 @@ DEFAULT_BUDGETS = ["5%", "10%"]
 #: Representation name (registry ``needs``) -> the asset that materializes it.
 REPRESENTATION_ASSETS = {
     SENTENCE_EMBEDDINGS: dg.AssetKey(SENTENCE_EMBEDDINGS),
+    MODEL_EMBEDDINGS: dg.AssetKey(MODEL_EMBEDDINGS),
     "less_scores": dg.AssetKey(INFLUENCE),
     "influence": dg.AssetKey(INFLUENCE),
     "pool_gradients": dg.AssetKey("pool_grad_features"),
@@ -191,8 +193,13 @@ def load_representation(
     grad_settings: GradientSettings,
     selection_model: SelectionModel | None = None,
     log=print,
+    embedding_settings: ModelEmbeddingSettings | None = None,
 ):
     """(representation aligned to ``pool_ids``, its DatasetRef for lineage)."""
+    if need == MODEL_EMBEDDINGS:  # the dataset of the configured pooling and the selection model's weights
+        name = (embedding_settings or ModelEmbeddingSettings()).dataset(selection_model.identity()["model_hash"])
+        vectors, version = load_vectors(lance, name, pool_ids)
+        return vectors, DatasetRef(name, lance.uri(name), str(version))
     if need == "trainer":
         return load_trainer(duckdb, pool_ids, selection_model, log)
     if need == "influence":
@@ -234,6 +241,8 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         metadata={"method": spec.name, "family": spec.family, "needs": ", ".join(spec.needs) or "-"},
         # iterative methods train the model between rounds: out of the default job (see jobs/)
         tags={"dsel/cost": "high"} if spec.family == "iterative" else None,
+        pool=GPU_POOL if "trainer" in spec.needs else None,  # trains the model between rounds
+        op_tags=GPU_OP_TAGS if "trainer" in spec.needs else None,
     )
     def _selection(
         context: dg.AssetExecutionContext,
@@ -243,6 +252,7 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         tracker: MlflowTracker,
         grad_settings: GradientSettings,
         selection_model: SelectionModel,
+        model_embedding_settings: ModelEmbeddingSettings,
     ) -> dg.MaterializeResult:
         method_config = build_config(spec.name, config.params)
         budgets = [Budget.parse(b) for b in config.budgets]
@@ -256,7 +266,14 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         representations, inputs = {}, [DatasetRef("pool", str(duckdb.database), version)]
         for need in spec.needs:
             representations[need], ref = load_representation(
-                need, lance, duckdb, pool_ids, grad_settings, selection_model, context.log.info
+                need,
+                lance,
+                duckdb,
+                pool_ids,
+                grad_settings,
+                selection_model,
+                context.log.info,
+                model_embedding_settings,
             )
             inputs.append(ref)
         params = {

@@ -8,8 +8,8 @@ from dsel_assets.evaluation import EVALUATION
 from dsel_assets.gradients import MODELS, pool_grad_features
 from dsel_assets.pool import POOL, pool_batch, pool_batches
 from dsel_assets.reports import REPORTS
-from dsel_assets.representations import REPRESENTATIONS, sentence_embeddings
-from dsel_assets.scores import loss_scores, proxy_loss_scores
+from dsel_assets.representations import REPRESENTATIONS, model_embeddings, sentence_embeddings
+from dsel_assets.scores import greedy_scores, loss_scores, proxy_loss_scores
 from dsel_assets.selections import SELECTIONS
 
 #: Everything for one batch and the curation over the grown pool: ingestion -> warmup ->
@@ -31,7 +31,9 @@ default_job = dg.define_asset_job(
 batch_job = dg.define_asset_job(
     "batch_job",
     selection=dg.AssetSelection.groups(POOL)
-    | dg.AssetSelection.assets(sentence_embeddings, pool_grad_features, loss_scores, proxy_loss_scores),
+    | dg.AssetSelection.assets(
+        sentence_embeddings, model_embeddings, pool_grad_features, loss_scores, proxy_loss_scores, greedy_scores
+    ),
     partitions_def=pool_batches,
     description="Validate one batch, compute its per-example representations, update the pool.",
 )
@@ -41,7 +43,15 @@ batch_job = dg.define_asset_job(
 curation_job = dg.define_asset_job(
     "curation_job",
     selection=dg.AssetSelection.all()
-    - dg.AssetSelection.assets(pool_batch, sentence_embeddings, pool_grad_features, loss_scores, proxy_loss_scores),
+    - dg.AssetSelection.assets(
+        pool_batch,
+        sentence_embeddings,
+        model_embeddings,
+        pool_grad_features,
+        loss_scores,
+        proxy_loss_scores,
+        greedy_scores,
+    ),
     description="Pool-wide assets: warmup, pool-level representations, every selection, the report.",
 )
 

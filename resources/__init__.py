@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 from dagster_duckdb import DuckDBResource
 
 from .gradient_settings import GradientSettings
 from .home import DselHome, StateHome
+from .inbox import InboxSettings
 from .lance_store import LanceStore
-from .models import SelectionModel, SentenceEmbedder
+from .models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
 from .tracking import DatasetRef, MlflowTracker
 
 __all__ = [
     "DatasetRef",
     "DselHome",
+    "InboxSettings",
     "LanceStore",
     "MlflowTracker",
+    "ModelEmbeddingSettings",
     "SelectionModel",
     "SentenceEmbedder",
     "StateHome",
@@ -29,16 +34,26 @@ def build_resources(
     progress: bool = False,
     grad_dim: int = 8192,
     proxy_model: str | None = None,
+    target_model: str | None = None,
 ) -> dict:
-    """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite)."""
+    """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite).
+    On a cluster ``DSEL_LANCE_URI`` (e.g. ``s3://bucket/dsel/lance``), ``DSEL_MLFLOW_URI`` (an
+    MLflow server) and ``DSEL_MLFLOW_ARTIFACTS`` move Lance and MLflow off the home (deploy/)."""
     home.ensure()
     return {
         "home": StateHome(root=str(home.root)),
         "duckdb": DuckDBResource(database=str(home.duckdb)),
-        "lance": LanceStore(root=str(home.lance)),
-        "tracker": MlflowTracker(tracking_uri=home.mlflow_uri, artifact_location=home.mlflow_artifacts.as_uri()),
+        "lance": LanceStore(root=os.environ.get("DSEL_LANCE_URI") or str(home.lance)),
+        "tracker": MlflowTracker(
+            tracking_uri=os.environ.get("DSEL_MLFLOW_URI") or home.mlflow_uri,
+            artifact_location=os.environ.get("DSEL_MLFLOW_ARTIFACTS") or home.mlflow_artifacts.as_uri(),
+        ),
         "selection_model": SelectionModel(model=model, device=device),
         "proxy_model": SelectionModel(model=proxy_model or model, device=device),
+        # the model fine-tuned on each selection and evaluated (the selection model unless set)
+        "target_model": SelectionModel(model=target_model or model, device=device),
         "embedder": SentenceEmbedder(device=device, progress=progress),
+        "model_embedding_settings": ModelEmbeddingSettings(pooling=os.environ.get("DSEL_POOLING", "mean")),
         "grad_settings": GradientSettings(dim=grad_dim, progress=progress),
+        "inbox_settings": InboxSettings.from_env(home),
     }

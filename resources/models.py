@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from dsel_assets.core.models import embeddings, loading
+from dsel_assets.core.models.model_embeddings import POOLINGS
 
 
 class SelectionModel(dg.ConfigurableResource):
@@ -34,6 +35,21 @@ class SelectionModel(dg.ConfigurableResource):
     def identity(self) -> dict[str, Any]:
         """Model id and weights hash, for lineage."""
         return {"model": self.model, "model_hash": loading.model_hash(self.spec)}
+
+
+class ModelEmbeddingSettings(dg.ConfigurableResource):
+    """How model embeddings (METHODS.md R2) are pooled; one resource for the asset that writes
+    them and the selections that read them, so both name the same Lance dataset."""
+
+    pooling: str = Field(default="mean", description="mean | position_weighted (RDS+) | last_token")
+    max_length: int = Field(default=512, description="Tokens per example (right-truncated)")
+    batch_size: int = Field(default=8, description="Examples per forward pass")
+
+    def dataset(self, model_hash: str) -> str:
+        """Lance dataset name: pooling and model weights are its identity, so they never mix."""
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling: {self.pooling!r} is not one of {list(POOLINGS)}")
+        return f"model_embeddings_{self.pooling}_{model_hash}"
 
 
 class SentenceEmbedder(dg.ConfigurableResource):

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from dsel_assets import tables
 from dsel_assets.core.select import methods
 from dsel_assets.definitions import build_definitions
+from dsel_assets.finetune import DEFAULT_FINETUNED
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.selections import available
 
@@ -123,6 +124,15 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
         }
         assert less_tasks  # targeted at arithmetic by default; the tiny model decides what it finds
     assert (home.reports / "selection_report.md").exists()
+    # the loop is closed: base model and the default methods' models evaluated, report printed
+    assert "balance across tasks" in out
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        evaluated = conn.execute("SELECT DISTINCT method || '@' || budget FROM eval_scores").fetchall()
+        assert {e for (e,) in evaluated} == {"base@0"} | {
+            f"{m}@{b}" for m in DEFAULT_FINETUNED for b in ("10pct", "20")
+        }
+        assert conn.execute("SELECT count(DISTINCT task) FROM comparison_report").fetchone()[0] == 6
+    assert (home.reports / "comparison_budget_curves.png").exists()
     # every asset materialization has its own MLflow run, and state persists in the home
     instance = dg.DagsterInstance.from_config(str(home.dagster))
     graph = build_definitions(home, model="tiny").resolve_asset_graph()
@@ -134,7 +144,11 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
     assert len(run_ids) == len(set(run_ids))
     client = MlflowClient(f"sqlite:///{home.mlflow_db}")
     runs = client.search_runs([client.get_experiment_by_name("dsel").experiment_id], max_results=1000)
-    assert {run.info.run_id for run in runs} == set(run_ids)
+    # nested runs (one per fine-tuned model / evaluated model) hang under their asset's run
+    top = {run.info.run_id for run in runs if "mlflow.parentRunId" not in run.data.tags}
+    assert top == set(run_ids)
+    nested = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert {run.data.tags["mlflow.parentRunId"] for run in nested} <= top and len(nested) >= 13
 
 
 def test_definitions_load_and_every_job_resolves(home):
@@ -142,7 +156,7 @@ def test_definitions_load_and_every_job_resolves(home):
     for job in ("default_job", "batch_job", "curation_job"):
         assert defs.resolve_job_def(job) is not None
     groups = {n.group_name for n in defs.resolve_asset_graph().asset_nodes}
-    assert groups == {"pool", "models", "representations", "selections", "reports"}
+    assert groups == {"pool", "models", "representations", "selections", "evaluation", "reports"}
 
 
 def test_dagster_definitions_validate(home):

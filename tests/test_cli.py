@@ -3,6 +3,7 @@
 import json
 
 import duckdb
+import pytest
 
 from dsel_assets.cli import main
 
@@ -63,3 +64,20 @@ def test_bad_mapping_is_a_clear_error(home, tmp_path, capsys, monkeypatch):
     path = write_jsonl(tmp_path / "x.jsonl", [json.dumps({"a": "b"})])
     assert main(["ingest", str(path), "--mapping", "prompt=a"]) == 2
     assert "mapping" in capsys.readouterr().err
+
+
+def test_score_computes_one_representation_for_the_pool(home, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DSEL_MODEL", "tiny")
+    monkeypatch.delenv("DSEL_POOLING", raising=False)
+    rows = [json.dumps({"instruction": f"Add {i} and {i}.", "input": "", "output": f"{2 * i}"}) for i in range(6)]
+    (tmp_path / "alpaca.json").write_text("[" + ",".join(rows) + "]")
+    assert main(["ingest", str(tmp_path / "alpaca.json"), "--task", "math"]) == 0
+    capsys.readouterr()
+    assert main(["score", "model_embeddings", "--model", "tiny", "--pooling", "position_weighted"]) == 0
+    out = capsys.readouterr().out
+    assert "model_embeddings_position_weighted_" in out and "materializing model_embeddings" in out
+    assert main(["score", "loss", "--model", "tiny"]) == 0
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT model) FROM loss_scores").fetchone() == (6, 1)
+    with pytest.raises(SystemExit):
+        main(["score", "no_such_kind"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
-from dsel_assets.core.models.scoring import ifd_scores, score_examples, turn_inputs
+from dsel_assets.core.models.scoring import greedy_answers, ifd_scores, score_examples, turn_inputs
 from dsel_assets.core.models.sft import collate, per_example_loss
 
 
@@ -77,6 +77,21 @@ def test_batching_does_not_change_scores(tiny):
     for key in one:
         assert one[key].ifd_loss_ratio == pytest.approx(many[key].ifd_loss_ratio, rel=1e-4)
         assert one[key].min_margin == pytest.approx(many[key].min_margin, abs=1e-5)
+
+
+def test_uncertainty_on_the_greedy_generation(tiny):
+    model, tokenizer = tiny
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue is a colour."}]
+    ((reply,),) = greedy_answers(model, tokenizer, [messages], max_new_tokens=6)
+    assert 0 < len(reply) <= 6 and tokenizer.eos_token_id not in reply
+    ((_, greedy),) = list(score_examples(model, tokenizer, [("x", messages)], response="greedy", max_new_tokens=6))
+    assert greedy.response_tokens == len(reply) and greedy.reason == ""
+    # every scored token is the model's top-1 choice: its loss is -log p(top1), summed = least confidence
+    assert greedy.loss_conditioned * greedy.response_tokens == pytest.approx(greedy.least_confidence, rel=1e-4)
+    ((_, reference),) = list(score_examples(model, tokenizer, [("x", messages)]))
+    assert reference.loss_conditioned * reference.response_tokens > reference.least_confidence
+    with pytest.raises(ValueError, match="response"):
+        list(score_examples(model, tokenizer, [("x", messages)], response="sampled"))
 
 
 def test_model_embedding_poolings(tiny):

@@ -8,7 +8,10 @@ balance across tasks is its min / mean / max and the worst task."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -95,11 +98,29 @@ def exact_match(metric: str, prediction: str, answer: str) -> bool:
     return got is not None and " ".join(got.split()) == " ".join(answer.split())
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """ROUGE-L F-measure per pair (rouge-score, Porter stemming)."""
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer():
+    """One stemmed ROUGE-L scorer, with two side effects of absl (rouge-score's logger) undone:
+    building the scorer logs, and absl calls ``logging.basicConfig()`` when the root logger has
+    no handler (a root handler bound to whatever ``sys.stderr`` is then: duplicate console
+    lines) - a temporary null handler prevents it; and absl's handler keeps the ``sys.stderr``
+    of import time and closes it when ``logging.config.dictConfig`` (MLflow calls it) shuts
+    handlers down - unless it is the process's own stderr, which it now is."""
+    from absl import logging as absl_logging
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+    guard = logging.NullHandler()
+    logging.root.addHandler(guard)
+    try:
+        return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    finally:
+        logging.root.removeHandler(guard)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F-measure per pair (rouge-score, Porter stemming)."""
+    scorer = _rouge_scorer()
     return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
 
 

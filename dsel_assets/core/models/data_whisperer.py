@@ -44,10 +44,9 @@ def answer_metric(prediction: str, reference: str, short_words: int = 5) -> floa
     ref, pred = _normalise(reference), _normalise(prediction)
     if len(ref) <= short_words:
         return float(bool(ref) and (pred == ref or pred[-len(ref) :] == ref))
-    from rouge_score import rouge_scorer
+    from ..evaluation import rouge_l
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return float(scorer.score(reference, prediction)["rougeL"].fmeasure)
+    return rouge_l([prediction], [reference])[0]
 
 
 def _spans(tokenizer, demos: list[list[dict]]) -> tuple[list[int], list[tuple[int, int]]]:

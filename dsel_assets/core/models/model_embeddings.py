@@ -10,6 +10,7 @@ from .sft import IGNORE, Encoded, collate, length_batches
 from .templates import render_chat
 
 Pooling = Literal["mean", "position_weighted", "last_token"]
+POOLINGS: tuple[str, ...] = ("mean", "position_weighted", "last_token")
 
 
 def pool_hidden(hidden, mask, pooling: Pooling):
@@ -26,7 +27,7 @@ def pool_hidden(hidden, mask, pooling: Pooling):
         last = (torch.arange(mask.shape[1], device=mask.device)[None] * mask).argmax(dim=1)
         weights = torch.zeros_like(mask).scatter_(1, last[:, None], 1.0)
     else:
-        raise ValueError(f"pooling: {pooling!r} is not one of ['mean', 'position_weighted', 'last_token']")
+        raise ValueError(f"pooling: {pooling!r} is not one of {list(POOLINGS)}")
     weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
     return torch.einsum("bt,bth->bh", weights, hidden)
 

@@ -6,6 +6,10 @@ the first token is predicted in both). Both are cut to the same response prefix 
 context makes the conditioned input exceed ``max_length``. Multi-turn conversations: turn
 losses are combined as a token-weighted mean (each response token counts once), then the
 ratios are taken. Undefined scores come back as NaN with a reason, never as 0.
+
+R4 allows the model's own greedy generation instead of the reference: ``response="greedy"``
+generates each assistant turn from its reference context and scores those token ids (not a
+re-tokenization of their text), so every scored token is the model's top-1 choice.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -26,22 +31,73 @@ class TurnInputs:
     unconditioned: Encoded  # BOS + the same answer tokens
 
 
-def turn_inputs(tokenizer, messages: list[dict], max_length: int) -> list[TurnInputs]:
-    """One pair per assistant turn; turns left with no answer token by truncation are dropped."""
+def _contexts(tokenizer, messages: list[dict]) -> list[list[int]]:
+    """Ids of the templated context before each assistant turn (up to its role header)."""
+    return [
+        tokenizer(render_chat(tokenizer, messages[:i], generation_prompt=True), add_special_tokens=False)["input_ids"]
+        for i, message in enumerate(messages)
+        if message["role"] == "assistant"
+    ]
+
+
+def turn_inputs(
+    tokenizer, messages: list[dict], max_length: int, answers: list[list[int]] | None = None
+) -> list[TurnInputs]:
+    """One pair per assistant turn; turns left with no answer token by truncation are dropped.
+    ``answers`` replaces the reference turns' token ids (a greedy generation per turn)."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     pairs = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        context = tokenizer(render_chat(tokenizer, messages[:i], generation_prompt=True), add_special_tokens=False)
-        answer = tokenizer(message["content"], add_special_tokens=False)["input_ids"]
-        keep = min(len(answer), max_length - len(context["input_ids"]), max_length - 1)
+    turns = [m for m in messages if m["role"] == "assistant"]
+    if answers is None:
+        answers = [tokenizer(m["content"], add_special_tokens=False)["input_ids"] for m in turns]
+    for context, answer in zip(_contexts(tokenizer, messages), answers, strict=True):
+        keep = min(len(answer), max_length - len(context), max_length - 1)
         if keep <= 0:
             continue
-        ids = context["input_ids"] + answer[:keep]
-        labels = [IGNORE] * len(context["input_ids"]) + answer[:keep]
+        ids = context + answer[:keep]
+        labels = [IGNORE] * len(context) + answer[:keep]
         pairs.append(TurnInputs(Encoded(ids, labels), Encoded([bos, *answer[:keep]], [IGNORE, *answer[:keep]])))
     return pairs
+
+
+def greedy_answers(
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 8
+) -> list[list[list[int]]]:
+    """Per conversation, per assistant turn: the model's greedy reply to the reference context
+    before that turn, as token ids up to (not including) the end-of-sequence token."""
+    import torch
+
+    from .sft import length_batches
+
+    device = next(model.parameters()).device
+    contexts = [c for messages in conversations for c in _contexts(tokenizer, messages)]
+    replies: list[list[int]] = [[] for _ in contexts]
+    eos = tokenizer.eos_token_id
+    for group in length_batches([len(c) for c in contexts], batch_size):
+        width = max(len(contexts[i]) for i in group)
+        ids = torch.full((len(group), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, i in enumerate(group):  # left-padded: every reply starts right after its context
+            ids[row, width - len(contexts[i]) :] = torch.tensor(contexts[i])
+            mask[row, width - len(contexts[i]) :] = 1
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        for row, i in enumerate(group):
+            reply = out[row, width:].tolist()
+            replies[i] = reply[: reply.index(eos)] if eos in reply else reply
+    answers, start = [], 0
+    for messages in conversations:
+        n = sum(m["role"] == "assistant" for m in messages)
+        answers.append(replies[start : start + n])
+        start += n
+    return answers
 
 
 def token_statistics(model, batch) -> dict[str, np.ndarray]:
@@ -109,12 +165,24 @@ def ifd_scores(loss_conditioned: float, loss_unconditioned: float) -> tuple[floa
 
 
 def score_examples(
-    model, tokenizer, items: list[tuple[str, list[dict]]], max_length: int = 512, batch_size: int = 8
+    model,
+    tokenizer,
+    items: list[tuple[str, list[dict]]],
+    max_length: int = 512,
+    batch_size: int = 8,
+    response: Literal["reference", "greedy"] = "reference",
+    max_new_tokens: int = 128,
 ) -> Iterator[tuple[str, ExampleScores]]:
-    """Scores per example id; examples with no scorable response token get a reason."""
+    """Scores per example id, teacher-forced on the reference responses or on the model's greedy
+    generation; examples with no scorable response token get a reason."""
+    if response not in ("reference", "greedy"):
+        raise ValueError(f"response: {response!r} is not one of ['reference', 'greedy']")
+    answers: list[list[list[int]] | None] = [None] * len(items)
+    if response == "greedy":
+        answers = greedy_answers(model, tokenizer, [m for _, m in items], max_new_tokens, batch_size)
     turns: list[tuple[int, TurnInputs]] = []
     for index, (_, messages) in enumerate(items):
-        turns += [(index, pair) for pair in turn_inputs(tokenizer, messages, max_length)]
+        turns += [(index, pair) for pair in turn_inputs(tokenizer, messages, max_length, answers[index])]
     sums = {key: np.zeros(len(items)) for key in ("cond", "uncond", "count", "entropy", "log_top1", "margin")}
     min_margin = np.full(len(items), np.inf)
     for kind in ("conditioned", "unconditioned"):
@@ -148,7 +216,7 @@ def score_examples(
                     nan,
                     nan,
                     0,
-                    reason=f"no response tokens within max_length={max_length}",
+                    reason=f"no {response} response tokens within max_length={max_length}",
                 ),
             )
             continue

@@ -1,0 +1,140 @@
+"""Model-based representation assets materialized through Dagster on the tiny model."""
+
+import json
+
+import dagster as dg
+import duckdb
+import numpy as np
+
+from dsel_assets import tables
+from dsel_assets.pool import pool, pool_batch, pool_batches
+from dsel_assets.representations import model_embeddings
+from dsel_assets.scores import (
+    GREEDY_MAX_NEW_TOKENS,
+    golden_score,
+    greedy_scores,
+    learning_percentage,
+    whisperer_score,
+)
+from dsel_assets.selections import load_representation
+from resources.gradient_settings import GradientSettings
+from resources.models import ModelEmbeddingSettings
+
+from .helpers import write_jsonl
+
+
+def ingest(home, tmp_path, resources, n: int = 9) -> tuple[str, dg.DagsterInstance]:
+    rows = [json.dumps({"question": f"What is {i} times {i + 1}?", "answer": f"{i * (i + 1)}"}) for i in range(n)]
+    with duckdb.connect(str(home.duckdb)) as conn:
+        manifest, _ = tables.register_batch(
+            conn, write_jsonl(tmp_path / "qa.jsonl", rows), home.raw, source="qa", task="math"
+        )
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
+    assert dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=resources, instance=instance)
+    return manifest.batch, instance
+
+
+def test_model_embeddings_asset_names_its_pooling_and_model_and_resumes(home, local_resources, tmp_path):
+    resources = {**local_resources, "model_embedding_settings": ModelEmbeddingSettings(pooling="last_token")}
+    batch, instance = ingest(home, tmp_path, resources)
+    result = dg.materialize([model_embeddings], partition_key=batch, resources=resources, instance=instance)
+    meta = result.asset_materializations_for_node("model_embeddings")[0].metadata
+    name = meta["lance_dataset"].value
+    assert name == f"model_embeddings_last_token_{meta['model_hash'].value}" and meta["pooling"].value == "last_token"
+    assert (meta["rows"].value, meta["computed"].value) == (9, 9)
+    lance = resources["lance"]
+    table = lance.read(name)
+    vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+    assert vectors.shape == (9, 64) and set(table.column("model").to_pylist()) == {"tiny"}
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=2e-3)
+
+    # an interrupted batch: only the missing rows are computed again, to the same vectors
+    lost = table.column("pool_id").to_pylist()[:4]
+    lance.delete(name, {"batch": batch}, not_in=("pool_id", table.column("pool_id").to_pylist()[4:]))
+    again = dg.materialize([model_embeddings], partition_key=batch, resources=resources, instance=instance)
+    meta = again.asset_materializations_for_node("model_embeddings")[0].metadata
+    assert (meta["computed"].value, meta["reused_after_resume"].value) == (4, 5)
+    with duckdb.connect(str(home.duckdb)) as conn:
+        pool_ids = [r[0] for r in conn.execute("SELECT pool_id FROM examples ORDER BY pool_id").fetchall()]
+    loaded, ref = load_representation(
+        "model_embeddings",
+        lance,
+        resources["duckdb"],
+        pool_ids,
+        GradientSettings(),
+        resources["selection_model"],
+        embedding_settings=resources["model_embedding_settings"],
+    )
+    assert ref.name == name and loaded.shape == (9, 64)
+    by_id = dict(zip(table.column("pool_id").to_pylist(), vectors, strict=True))
+    for pid in lost:
+        np.testing.assert_allclose(loaded[pool_ids.index(pid)], by_id[pid], atol=2e-3)
+
+
+def test_greedy_uncertainty_asset_scores_the_models_own_answers(home, local_resources, tmp_path):
+    batch, instance = ingest(home, tmp_path, local_resources, n=5)
+    result = dg.materialize([greedy_scores], partition_key=batch, resources=local_resources, instance=instance)
+    assert result.asset_materializations_for_node("greedy_scores")[0].metadata["rows"].value == 5
+    with duckdb.connect(str(home.duckdb)) as conn:
+        rows = conn.execute(
+            "SELECT model, template, code_version, response_tokens, least_confidence, "
+            "loss_conditioned * response_tokens, reason FROM greedy_scores"
+        ).fetchall()
+    assert {r[:3] for r in rows} == {("tiny", rows[0][1], "greedy_scores-1")}
+    for *_, tokens, least_confidence, loss_sum, reason in rows:  # greedy tokens are each the top-1 choice
+        assert (reason == "" and 0 < tokens <= GREEDY_MAX_NEW_TOKENS) or (tokens == 0 and "greedy" in reason)
+        assert reason or abs(least_confidence - loss_sum) <= 1e-3 * abs(loss_sum)
+
+
+def test_golden_score_resumes_and_keeps_its_anchor_set(home, local_resources, tmp_path):
+    batch, instance = ingest(home, tmp_path, local_resources, n=6)
+    config = {"ops": {"golden_score": {"config": {"anchors": "source:qa", "batch_size": 4}}}}
+
+    def run():
+        result = dg.materialize([golden_score], resources=local_resources, instance=instance, run_config=config)
+        return result.asset_materializations_for_node("golden_score")[0].metadata
+
+    first = run()
+    assert (first["rows"].value, first["computed"].value, first["anchors"].value) == (6, 6, 6)
+    query = "SELECT pool_id, golden_score, reason, model, template, code_version FROM golden_score ORDER BY pool_id"
+    with duckdb.connect(str(home.duckdb)) as conn:
+        before = conn.execute(query).fetchall()
+        conn.execute("DELETE FROM golden_score WHERE pool_id IN (SELECT pool_id FROM golden_score LIMIT 2)")
+    assert all(abs(g * 6 - round(g * 6)) < 1e-9 and r == "" and m == "tiny" and t for _, g, r, m, t, _ in before)
+    again = run()  # an interrupted run: only the missing candidates are scored again
+    assert (again["computed"].value, again["reused_after_resume"].value) == (2, 4)
+    with duckdb.connect(str(home.duckdb)) as conn:
+        assert conn.execute(query).fetchall() == before
+
+
+def test_learning_percentage_is_reused_and_whisperer_rows_carry_their_provenance(home, local_resources, tmp_path):
+    batch, instance = ingest(home, tmp_path, local_resources, n=6)
+    queries = [json.dumps({"question": f"What is {i} plus 1?", "answer": f"{i + 1}"}) for i in range(3)]
+    with duckdb.connect(str(home.duckdb)) as conn:
+        manifest, _ = tables.register_batch(
+            conn, write_jsonl(tmp_path / "q.jsonl", queries), home.raw, source="q", task="math", split="query"
+        )
+    instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
+    dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=local_resources, instance=instance)
+    config = {
+        "ops": {
+            "learning_percentage": {"config": {"epochs": 1, "batch_size": 3, "max_length": 64}},
+            "whisperer_score": {"config": {"n_demos": 2, "n_queries": 1, "max_new_tokens": 2}},
+        }
+    }
+
+    def run(assets):
+        ops = {a.key.to_user_string(): config["ops"][a.key.to_user_string()] for a in assets}
+        return dg.materialize(assets, resources=local_resources, instance=instance, run_config={"ops": ops})
+
+    first = run([learning_percentage, whisperer_score]).asset_materializations_for_node("learning_percentage")
+    again = run([learning_percentage]).asset_materializations_for_node("learning_percentage")
+    assert first[0].metadata["reused"].value is False and again[0].metadata["reused"].value is True
+    with duckdb.connect(str(home.duckdb)) as conn:
+        lp = conn.execute("SELECT count(*), count(DISTINCT template), any_value(code_version) FROM learning_percentage")
+        assert lp.fetchone() == (6, 1, "learning_percentage-1")
+        whisperer = conn.execute(
+            "SELECT count(*), count(*) FILTER (reason = ''), any_value(model), any_value(template) FROM whisperer_score"
+        ).fetchone()
+    assert whisperer[:3] == (6, 6, "tiny") and whisperer[3]
