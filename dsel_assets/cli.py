@@ -124,7 +124,7 @@ def comparison_run_config(in_job: set[str], epochs: int, eval_per_task: int) -> 
     """Short fine-tuning and evaluation settings for the job's model and eval assets (the
     default run; longer settings are the same config with other values)."""
     finetune = {"epochs": epochs, "max_length": 256, "lr": 1e-3, "batch_size": 8}
-    evaluate = {"max_per_task": eval_per_task, "max_new_tokens": 40, "max_length": 256}
+    evaluate = {"max_per_task": eval_per_task, "max_new_tokens": 32, "max_length": 256}
     config = {name: {"config": finetune} for name in in_job if name.startswith("finetuned_")}
     return config | {name: {"config": evaluate} for name in in_job if name.startswith("eval_")}
 
@@ -447,7 +447,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup-epochs", type=int, default=2, help="warmup epochs (one checkpoint each)")
     run.add_argument("--target", default="arithmetic", help="target task of the targeted methods (LESS)")
     run.add_argument("--finetune-epochs", type=int, default=2, help="epochs of each selection's fine-tune")
-    run.add_argument("--eval-per-task", type=int, default=8, help="eval examples per task (0 = all)")
+    run.add_argument("--eval-per-task", type=int, default=6, help="eval examples per task (0 = all)")
     run.set_defaults(func=cmd_run)
 
     report = sub.add_parser("report", help="print the comparison report (eval scores per method, budget, task)")

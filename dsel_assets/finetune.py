@@ -28,7 +28,7 @@ from resources.tracking import DatasetRef, MlflowTracker
 FULL_POOL = "full_pool"
 FULL_BUDGET = "100pct"
 #: Methods whose models the default job trains (the rest: curation_job, the UI, ``dsel finetune``).
-DEFAULT_FINETUNED = ("random", "kmeans_centroids", "less")
+DEFAULT_FINETUNED = ("random", "less")
 FINETUNED_SQL = """CREATE TABLE IF NOT EXISTS finetuned_models (
     model_key VARCHAR, method VARCHAR, budget VARCHAR, selection_version VARCHAR, pool_version VARCHAR,
     path VARCHAR, base_model VARCHAR, base_model_hash VARCHAR, config VARCHAR, examples INTEGER,
