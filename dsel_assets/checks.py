@@ -12,9 +12,7 @@ The ``*_problems`` functions are pure (frames and arrays in, problem lines out) 
 tested on deliberately corrupted data without a run.
 """
 
-import hashlib
 import json
-import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 
@@ -24,6 +22,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from dsel_assets import tables
+from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.evaluation import BASE, eval_assets
 from dsel_assets.finetune import FULL_POOL
 from dsel_assets.gradients import latest_warmup, pool_grad_features
@@ -255,17 +254,6 @@ def build_score_check(asset: dg.AssetsDefinition, columns: list[str]) -> dg.Asse
     return _check
 
 
-def content_hashes(messages: list[dict]) -> tuple[str, str]:
-    """(whole conversation, prompt only) hashes of NFC-normalised, stripped text: equal prompts
-    with different answers still count as the same question."""
-
-    def digest(turns: list[dict]) -> str:
-        text = json.dumps([[t["role"], unicodedata.normalize("NFC", t["content"]).strip()] for t in turns])
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    return digest(messages), digest([t for t in messages if t["role"] != "assistant"])
-
-
 def content_overlap(conn, left_ids: list[str], right_ids: list[str]) -> list[tuple[str, str, str]]:
     """(left id, right id, "conversation" | "prompt") for every pair sharing content."""
 
@@ -324,7 +312,9 @@ def build_eval_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
                 others["training pool"] = ids("SELECT pool_id FROM examples WHERE split = 'pool'")
             elif method != BASE:
                 others["training selection"] = ids("SELECT DISTINCT pool_id FROM selections WHERE method = ?", [method])
-            return disjointness_result(conn, ids("SELECT pool_id FROM examples WHERE split = 'eval'"), others)
+            # the examples the models were scored on (eval_<method> drops overlapping ones before scoring)
+            scored = ids("SELECT DISTINCT pool_id FROM eval_examples WHERE method = ?", [method])
+            return disjointness_result(conn, scored, others)
 
     return _check
 

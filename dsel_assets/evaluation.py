@@ -15,6 +15,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets import tables
+from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_sample, evaluate, summarize
 from dsel_assets.core.models.finetune import load_finetuned
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
@@ -54,10 +55,11 @@ class EvalRunConfig(dg.Config):
         )
 
 
-def load_eval_set(conn, tasks: list[str], config: EvalConfig) -> tuple[list[EvalExample], str]:
-    """The eval sample (same for every model) and its version. Eval rows are disjoint from the
-    query sets and the pool by construction (ids are content hashes, unique across splits);
-    this is re-checked here so a leak can never be scored."""
+def load_eval_set(conn, tasks: list[str], config: EvalConfig) -> tuple[list[EvalExample], str, int]:
+    """The eval sample (same for every model), its version, and how many eval rows were left
+    out because their prompt also appears in the pool or a query set (same question, another
+    answer: e.g. a dialogue summarised twice). Whole conversations cannot repeat across
+    splits (ids are content hashes, unique in the store); this is re-checked."""
     rows = tables.frame(conn, "SELECT pool_id, task, messages, meta FROM examples WHERE split = 'eval'")
     if tasks:
         unknown = sorted(set(tasks) - set(rows["task"].to_list()))
@@ -73,13 +75,16 @@ def load_eval_set(conn, tasks: list[str], config: EvalConfig) -> tuple[list[Eval
     )
     if leaked:
         raise RuntimeError(f"eval: {leaked} eval examples also appear in the pool or query sets")
+    seen = tables.frame(conn, "SELECT messages FROM examples WHERE split != 'eval'")["messages"].to_list()
+    seen_prompts = {content_hashes(m)[1] for m in seen}
     examples = [
         EvalExample(pid, task, messages, json.loads(meta) if meta else {})
         for pid, task, messages, meta in rows.iter_rows()
+        if content_hashes(messages)[1] not in seen_prompts
     ]
     sample = eval_sample(examples, config.max_per_task, config.seed)
     version = hashlib.sha256(json.dumps([[e.pool_id for e in sample], config.to_dict()]).encode()).hexdigest()[:16]
-    return sample, version
+    return sample, version, rows.height - len(examples)
 
 
 def evaluate_models(
@@ -98,7 +103,7 @@ def evaluate_models(
         tables.ensure_schema(conn)
         conn.execute(FINETUNED_SQL)
         conn.execute(EVAL_SQL)
-        sample, eval_version = load_eval_set(conn, list(config.tasks), core)
+        sample, eval_version, contaminated = load_eval_set(conn, list(config.tasks), core)
         if method == BASE:
             models = [(f"base-{identity['model_hash']}", "0", None, 0)]
         else:
@@ -151,6 +156,7 @@ def evaluate_models(
         metadata={
             "eval_version": eval_version,
             "eval_examples": len(sample),
+            "eval_rows_sharing_a_prompt_with_pool_or_query": contaminated,
             "models": dg.MetadataValue.md(
                 markdown_table(["budget", "model_key", "mean score", "min score", "worst task"], summary)
             ),

@@ -20,6 +20,7 @@ from dsel_assets.checks import (
 )
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.definitions import build_definitions
+from dsel_assets.evaluation import EVAL_SQL
 from dsel_assets.pool import pool_batches
 
 from .helpers import write_jsonl
@@ -115,6 +116,11 @@ def test_eval_disjointness_by_content(home, tmp_path):
         conn.execute(
             "INSERT INTO selections (method, budget, rank, pool_id) VALUES ('random', '1', 0, ?)", [ids["pool"][0]]
         )
+        # what the eval assets scored: every eval row, as if none had been left out before scoring
+        conn.execute(EVAL_SQL)
+        for method in ("base", "random"):
+            for pid in ids["eval"]:
+                conn.execute("INSERT INTO eval_examples (method, pool_id) VALUES (?, ?)", [method, pid])
     # the blocking check of the evaluation assets, on the same store
     checks = {c.node_def.name: c for c in build_checks() if "eval_set_is_disjoint" in c.node_def.name}
     resources = {"duckdb": DuckDBResource(database=str(home.duckdb))}

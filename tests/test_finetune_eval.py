@@ -268,3 +268,27 @@ def test_comparison_report_renders_two_methods_and_two_budgets(home, local_resou
     assert "| less | 10pct | 20 | arithmetic | exact_match | 4 | 0.75 |" in meta["report"].value
     assert meta["models"].value == 4
     assert selection_report.key in comparison_report.dependency_keys
+
+
+def test_eval_rows_sharing_a_prompt_with_pool_or_query_are_left_out():
+    from dsel_assets.evaluation import load_eval_set
+
+    def chat(prompt, answer):
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+    rows = [
+        ("p1", "pool", chat("Summarize: A meets B.", "They meet.")),
+        ("q1", "query", chat("Summarize: C calls D.", "A call.")),
+        ("e1", "eval", chat("Summarize: A meets B.", "A and B meet.")),  # same dialogue as p1
+        ("e2", "eval", chat(" Summarize: C calls D. ", "C phones D.")),  # same as q1 after stripping
+        ("e3", "eval", chat("Summarize: E leaves.", "E goes.")),
+    ]
+    frame = pl.DataFrame(
+        [{"pool_id": i, "split": s, "task": "summarization", "messages": m, "meta": "{}"} for i, s, m in rows]
+    )
+    with duckdb.connect() as conn:
+        tables.ensure_schema(conn)
+        conn.register("new_rows", frame.to_arrow())
+        conn.execute("INSERT INTO examples BY NAME SELECT * FROM new_rows")
+        sample, version, left_out = load_eval_set(conn, [], EvalConfig())
+    assert [e.pool_id for e in sample] == ["e3"] and left_out == 2 and version

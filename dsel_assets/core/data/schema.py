@@ -57,3 +57,14 @@ def example_id(messages: Iterable[dict]) -> str:
 def example_text(messages: Iterable[dict]) -> str:
     """Plain text of a conversation (instruction, input and response), for sentence encoders."""
     return "\n".join(m["content"] for m in messages if m["role"] != "system")
+
+
+def content_hashes(messages: list[dict]) -> tuple[str, str]:
+    """(whole conversation, prompt only) hashes of NFC-normalised, stripped text: equal prompts
+    with different answers still count as the same question."""
+
+    def digest(turns: list[dict]) -> str:
+        text = json.dumps([[t["role"], unicodedata.normalize("NFC", t["content"]).strip()] for t in turns])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    return digest(messages), digest([t for t in messages if t["role"] != "assistant"])
