@@ -444,7 +444,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--per-capability", type=int, default=100, help="pool examples per capability")
     run.add_argument("--budgets", nargs="+", default=["5%", "10%"], help="budgets: 5%% 0.1 500 ...")
     run.add_argument("--grad-dim", type=int, default=1024, help="gradient feature dimension d (default 1024 here)")
-    run.add_argument("--warmup-epochs", type=int, default=2, help="warmup epochs (one checkpoint each)")
+    run.add_argument("--warmup-epochs", type=int, default=1, help="warmup epochs (one checkpoint each; 1 here)")
     run.add_argument("--target", default="arithmetic", help="target task of the targeted methods (LESS)")
     run.add_argument("--finetune-epochs", type=int, default=2, help="epochs of each selection's fine-tune")
     run.add_argument("--eval-per-task", type=int, default=6, help="eval examples per task (0 = all)")
