@@ -124,7 +124,7 @@ def comparison_run_config(in_job: set[str], epochs: int, eval_per_task: int) -> 
     """Short fine-tuning and evaluation settings for the job's model and eval assets (the
     default run; longer settings are the same config with other values)."""
     finetune = {"epochs": epochs, "max_length": 256, "lr": 1e-3, "batch_size": 8}
-    evaluate = {"max_per_task": eval_per_task, "max_new_tokens": 32, "max_length": 256}
+    evaluate = {"max_per_task": eval_per_task, "max_new_tokens": 32, "max_length": 256, "batch_size": 48}
     config = {name: {"config": finetune} for name in in_job if name.startswith("finetuned_")}
     return config | {name: {"config": evaluate} for name in in_job if name.startswith("eval_")}
 
