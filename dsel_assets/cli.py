@@ -12,9 +12,6 @@ from pathlib import Path
 
 from resources.home import DselHome
 
-#: Console logging at INFO for CLI runs (Dagster's DEBUG event stream stays in the event log).
-QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain aligned text table."""
@@ -60,29 +57,6 @@ def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
     with duckdb.connect(str(home.duckdb)) as conn:
         manifest, created = tables.register_batch(conn, path, home.raw, **labels)
     return manifest.batch, created
-
-
-def _run_batches(
-    home, defs, batches: list[str], job_name: str, run_config: dict | None = None, asset_selection: list | None = None
-) -> None:
-    """Register ``batches`` as dynamic partitions (once) and run ``job_name`` for each."""
-    from dagster import DagsterInstance
-
-    from dsel_assets.pool import pool_batches
-
-    instance = DagsterInstance.get()
-    new = [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
-    if new:
-        instance.add_dynamic_partitions(pool_batches.name, new)
-    job = defs.resolve_job_def(job_name)
-    for batch in batches:
-        print(f"[dsel] {job_name} for batch {batch} ...", flush=True)
-        job.execute_in_process(
-            instance=instance,
-            partition_key=batch,
-            run_config={**QUIET, **(run_config or {})},
-            asset_selection=asset_selection,
-        )
 
 
 def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
@@ -160,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from dsel_assets import tables
     from dsel_assets.core.data.synthetic import generate
+    from dsel_assets.runs import run_batches
 
     started = time.perf_counter()
     home = _home(args)
@@ -171,12 +146,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name, path in paths.items()
     }
     defs = _definitions(home, args)
-    _run_batches(home, defs, [batches["queries"], batches["eval"]], "batch_job")
+    run_batches(defs, [batches["queries"], batches["eval"]], "batch_job")
     job_nodes = {node.name for node in defs.resolve_job_def("default_job").graph.nodes}
     run_config = {"ops": selection_run_config(args.budgets, args.target, job_nodes)}
     run_config["ops"]["warmup_checkpoint"] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
     run_config["ops"] |= comparison_run_config(job_nodes, args.finetune_epochs, args.eval_per_task)
-    _run_batches(home, defs, [batches["pool"]], "default_job", run_config)
+    run_batches(defs, [batches["pool"]], "default_job", run_config)
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         report = tables.frame(conn, "SELECT * FROM selection_report ORDER BY method, size")
     print()
@@ -221,10 +196,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if batches:
         from dagster import AssetKey
 
+        from dsel_assets.runs import run_batches
+
         keys = [AssetKey("pool_batch"), AssetKey("pool")]
         if args.embed:
             keys.append(AssetKey("sentence_embeddings"))
-        _run_batches(home, _definitions(home, args), batches, "batch_job", asset_selection=keys)
+        run_batches(_definitions(home, args), batches, "batch_job", asset_selection=keys)
         _print_ingest_summary(home, batches)
     return 0
 
@@ -235,6 +212,7 @@ def cmd_grads(args: argparse.Namespace) -> int:
     from dagster import AssetKey
 
     from dsel_assets import tables
+    from dsel_assets.runs import run_batches
 
     home = _home(args)
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
@@ -246,7 +224,7 @@ def cmd_grads(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"batch: {unknown} are not pool batches; known: {pool_batches}")
     config = {"ops": {"pool_grad_features": {"config": {"checkpoints": args.checkpoint or []}}}}
-    _run_batches(home, _definitions(home, args), batches, "batch_job", config, [AssetKey("pool_grad_features")])
+    run_batches(_definitions(home, args), batches, "batch_job", config, [AssetKey("pool_grad_features")])
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         latest = tables.one(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")
     print(f"[dsel] done; features from warmup {latest[0] if latest else '-'}")

@@ -124,12 +124,25 @@ def selection_report(
     )
 
 
-def _plot_task_mix(report: pl.DataFrame, path: Path) -> None:
-    """Stacked bars: the task shares of every selection (method @ budget)."""
+def _pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (assets run headless)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_task_mix(report: pl.DataFrame, path: Path) -> None:
+    """Stacked bars: the task shares of every selection (method @ budget)."""
+    plt = _pyplot()
 
     counts = [json.loads(c) for c in report["task_counts"].to_list()]
     tasks = sorted({t for c in counts for t in c})
@@ -145,9 +158,7 @@ def _plot_task_mix(report: pl.DataFrame, path: Path) -> None:
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 COMPARISON_COLUMNS = ["method", "budget", "train_size", "task", "metric", "n", "score", "loss"]
@@ -185,10 +196,7 @@ def comparison_frames(conn) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def _plot_budget_curves(balance: pl.DataFrame, path: Path) -> None:
     """Mean eval score against training-set size, one line per method; baselines as points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (method,), group in balance.group_by(["method"], maintain_order=True):
@@ -200,18 +208,12 @@ def _plot_budget_curves(balance: pl.DataFrame, path: Path) -> None:
     ax.set_title("Eval score vs budget")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _plot_task_bars(scores: pl.DataFrame, path: Path) -> None:
     """Per-task score bars, one bar per model (method @ budget)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    plt = _pyplot()
 
     scored = scores.filter(pl.col("score").is_not_null())
     tasks = sorted(set(scored["task"].to_list()))
@@ -227,9 +229,7 @@ def _plot_task_bars(scores: pl.DataFrame, path: Path) -> None:
     ax.set_ylabel("score (exact match / ROUGE-L)")
     ax.set_title("Per-task eval score")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _embedded(path: Path) -> str:

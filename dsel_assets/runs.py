@@ -71,3 +71,26 @@ def _execute(defs, instance, job_name: str, keys: list[dg.AssetKey], ops: dict, 
     defs.resolve_job_def(job_name).execute_in_process(
         instance=instance, partition_key=batch, asset_selection=keys, run_config=config
     )
+
+
+def run_batches(
+    defs: dg.Definitions,
+    batches: list[str],
+    job_name: str,
+    run_config: dict | None = None,
+    asset_selection: list[dg.AssetKey] | None = None,
+) -> None:
+    """Register ``batches`` as dynamic partitions (once) and run ``job_name`` for each."""
+    instance = dg.DagsterInstance.get()
+    new = [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
+    if new:
+        instance.add_dynamic_partitions(pool_batches.name, new)
+    job = defs.resolve_job_def(job_name)
+    for batch in batches:
+        print(f"[dsel] {job_name} for batch {batch} ...", flush=True)
+        job.execute_in_process(
+            instance=instance,
+            partition_key=batch,
+            run_config={**QUIET, **(run_config or {})},
+            asset_selection=asset_selection,
+        )

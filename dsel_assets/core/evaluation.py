@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .data.synthetic import extract_answer
+from .models.generation import greedy_generate
 from .models.sft import collate, encode_conversation, length_batches, per_example_loss
 from .models.templates import render_chat
 
@@ -140,40 +141,14 @@ def eval_sample(examples: Sequence[EvalExample], max_per_task: int, seed: int) -
     return chosen
 
 
-def greedy_generate(
+def greedy_replies(
     model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int, batch_size: int
 ) -> list[str]:
-    """Greedy replies to the conversations' prompts (the turns before the last reply), in
-    length-bucketed left-padded batches; bf16 autocast on CUDA."""
-    import torch
-
+    """Greedy replies to the conversations' prompts (the turns before the last reply)."""
     prompts = [render_chat(tokenizer, _prompt_turns(m), generation_prompt=True) for m in conversations]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    device = next(model.parameters()).device
-    replies: list[str] = [""] * len(ids)
-    stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} if t is not None]
-    for group in length_batches([len(i) for i in ids], batch_size):
-        width = max(len(ids[i]) for i in group)
-        batch = torch.full((len(group), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for row, index in enumerate(group):
-            batch[row, width - len(ids[index]) :] = torch.tensor(ids[index])
-            mask[row, width - len(ids[index]) :] = 1
-        with (
-            torch.no_grad(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
-        ):
-            out = model.generate(
-                input_ids=batch.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stop,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        for row, index in enumerate(group):
-            replies[index] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
-    return replies
+    replies = greedy_generate(model, tokenizer, ids, max_new_tokens, batch_size)
+    return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
 
 
 def _prompt_turns(messages: list[dict]) -> list[dict]:
@@ -217,7 +192,7 @@ def evaluate(
     predictions: dict[int, str] = {}
     if config.generate and gradable:
         log(f"eval: generating {len(gradable)} answers (max {config.max_new_tokens} new tokens)")
-        replies = greedy_generate(
+        replies = greedy_replies(
             model, tokenizer, [examples[i].messages for i in gradable], config.max_new_tokens, config.batch_size
         )
         predictions = dict(zip(gradable, replies, strict=True))

@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from .generation import greedy_generate
 from .sft import IGNORE, Encoded, collate, length_batches
 from .templates import render_chat
 
@@ -65,33 +66,8 @@ def greedy_answers(
 ) -> list[list[list[int]]]:
     """Per conversation, per assistant turn: the model's greedy reply to the reference context
     before that turn, as token ids up to (not including) the end-of-sequence token."""
-    import torch
-
-    from .sft import length_batches
-
-    device = next(model.parameters()).device
     contexts = [c for messages in conversations for c in _contexts(tokenizer, messages)]
-    replies: list[list[int]] = [[] for _ in contexts]
-    eos = tokenizer.eos_token_id
-    for group in length_batches([len(c) for c in contexts], batch_size):
-        width = max(len(contexts[i]) for i in group)
-        ids = torch.full((len(group), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, i in enumerate(group):  # left-padded: every reply starts right after its context
-            ids[row, width - len(contexts[i]) :] = torch.tensor(contexts[i])
-            mask[row, width - len(contexts[i]) :] = 1
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=eos,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        for row, i in enumerate(group):
-            reply = out[row, width:].tolist()
-            replies[i] = reply[: reply.index(eos)] if eos in reply else reply
+    replies = greedy_generate(model, tokenizer, contexts, max_new_tokens, batch_size)
     answers, start = [], 0
     for messages in conversations:
         n = sum(m["role"] == "assistant" for m in messages)
