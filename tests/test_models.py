@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from dsel_assets.core.models.embeddings import encode, load_encoder
-from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, model_hash, pick_device, resolve
+from dsel_assets.core.models.loading import (
+    _dequantized,
+    load_causal_lm,
+    load_tokenizer,
+    model_hash,
+    pick_device,
+    resolve,
+)
 from resources.models import SelectionModel
 
 
@@ -28,6 +35,17 @@ def test_real_smollm2_loads_offline_and_prefers_the_right_answer():
     right = response_loss(model, tokenizer, "What is the capital of France?", "The capital of France is Paris.")
     wrong = response_loss(model, tokenizer, "What is the capital of France?", "The capital of France is Tokyo.")
     assert right < wrong and right < 3.0
+
+
+def test_gguf_is_dequantized_once_and_each_load_is_an_independent_copy():
+    spec = resolve("smollm2")
+    first = load_causal_lm(spec, device="cpu")
+    with torch.no_grad():
+        first.model.embed_tokens.weight.zero_()  # what training a loaded copy could do
+    second = load_causal_lm(spec, device="cpu")
+    assert second.model.embed_tokens.weight.abs().sum() > 0
+    assert second.lm_head.weight is second.model.embed_tokens.weight  # tied weights stay tied
+    assert _dequantized.cache_info().currsize == 1
 
 
 def test_tiny_model_shares_the_tokenizer_and_is_seeded():

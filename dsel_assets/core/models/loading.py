@@ -3,6 +3,7 @@ model, or a tiny random Llama for tests. Offline by default; never ``trust_remot
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.util
@@ -122,14 +123,29 @@ def tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedM
         return LlamaForCausalLM(config)
 
 
+@functools.lru_cache(maxsize=1)
+def _dequantized(spec: ModelSpec) -> PreTrainedModel:
+    """A GGUF model dequantized once per process (about 11 s for SmolLM2 on 2 CPU cores, paid
+    by every asset that loads it otherwise). Callers get deep copies, so LoRA injection or
+    training never touches this one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32, gguf_file=spec.gguf_file).eval()
+
+
 def load_causal_lm(spec: ModelSpec, device: str = "auto", dtype: str = "auto") -> PreTrainedModel:
-    """The causal LM on ``device`` (``auto``: CUDA when present) in eval mode."""
+    """A fresh copy of the causal LM on ``device`` (``auto``: CUDA when present) in eval mode.
+    GGUF weights are dequantized once per process and copied (0.1 s instead of 11 s for
+    SmolLM2); other checkpoints load from disk each time, so a large model is never held twice."""
     from transformers import AutoModelForCausalLM
 
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
     if spec.tiny:
         model = tiny_llama(load_tokenizer(spec))
+    elif spec.gguf_file:
+        model = copy.deepcopy(_dequantized(spec))
     else:
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype, **spec.tokenizer_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype)
     return model.to(device=device, dtype=torch_dtype).eval()
