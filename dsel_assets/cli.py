@@ -293,7 +293,10 @@ SCORE_KINDS = {
     "learning_percentage": "learning_percentage",
     "golden": "golden_score",
     "whisperer": "whisperer_score",
+    "pre_experienced_ifd": "cherry_pre_experienced_scores",  # Cherry's IFD after its pre-experience step
 }
+#: Assets whose options live on an upstream asset: ``--param`` configures that one.
+CONFIGURED_BY = {"cherry_pre_experienced_scores": "cherry_pre_experienced_model"}
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -314,7 +317,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         os.environ["DSEL_POOLING"] = args.pooling
     home = _home(args)
     instance = DagsterInstance.get()
-    run_config = {"ops": {asset: {"config": params}}} if params else None
+    run_config = {"ops": {CONFIGURED_BY.get(asset, asset): {"config": params}}} if params else None
     materialize_closure(_definitions(home, args), instance, [AssetKey(asset)], run_config)
     event = instance.get_latest_materialization_event(AssetKey(asset))
     metadata = event.asset_materialization.metadata if event else {}

@@ -12,6 +12,7 @@ from dsel_assets import (
     gradients,
     labels,
     pool,
+    pre_experience,
     reports,
     representations,
     scores,
@@ -40,7 +41,18 @@ def build_definitions(
     sensors, schedules = build_automation()
     return dg.Definitions(
         assets=dg.load_assets_from_modules(
-            [pool, representations, gradients, scores, labels, selections, finetune, evaluation, reports]
+            [
+                pool,
+                representations,
+                gradients,
+                scores,
+                pre_experience,
+                labels,
+                selections,
+                finetune,
+                evaluation,
+                reports,
+            ]
         ),
         asset_checks=build_checks(),
         jobs=jobs,

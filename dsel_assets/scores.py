@@ -46,6 +46,18 @@ def template_hash(tokenizer) -> str:
     return hashlib.sha256((getattr(tokenizer, "chat_template", None) or "role: content").encode()).hexdigest()[:12]
 
 
+def score_frame(model, tokenizer, chunk: list[tuple[str, list[dict]]], fixed: dict, response: str = "reference"):
+    """The scores of ``chunk`` ((pool id, messages) pairs) as table rows, each with the
+    ``fixed`` lineage columns (batch, model identity, template, code version, ...)."""
+    scored = [
+        {"pool_id": i, **fixed, **{c: getattr(s, c) for c in SCORE_COLUMNS}}
+        for i, s in score_examples(model, tokenizer, chunk, response=response, max_new_tokens=GREEDY_MAX_NEW_TOKENS)
+    ]
+    return pl.DataFrame(scored).with_columns(
+        [pl.col(c).cast(pl.Float64) for c in SCORE_COLUMNS if c not in ("response_tokens", "reason")]
+    )
+
+
 def build_score_asset(
     name: str, model_resource: str, description: str, response: str = "reference", tags: dict | None = None
 ) -> dg.AssetsDefinition:
@@ -118,22 +130,8 @@ def build_score_asset(
                 template = template_hash(tokenizer)
                 for start in range(0, len(items), CHUNK):
                     chunk = items[start : start + CHUNK]
-                    scored = [
-                        {
-                            "pool_id": i,
-                            "batch": batch,
-                            **identity,
-                            "template": template,
-                            "code_version": code_version,
-                            **{c: getattr(s, c) for c in SCORE_COLUMNS},
-                        }
-                        for i, s in score_examples(
-                            model, tokenizer, chunk, response=response, max_new_tokens=GREEDY_MAX_NEW_TOKENS
-                        )
-                    ]
-                    frame = pl.DataFrame(scored).with_columns(
-                        [pl.col(c).cast(pl.Float64) for c in SCORE_COLUMNS if c not in ("response_tokens", "reason")]
-                    )
+                    fixed = {"batch": batch, **identity, "template": template, "code_version": code_version}
+                    frame = score_frame(model, tokenizer, chunk, fixed, response)
                     # one transaction per chunk: a crash loses at most one chunk
                     with duckdb.get_connection() as conn, tables.transaction(conn):
                         conn.register("scored_chunk", frame.to_arrow())

@@ -40,6 +40,7 @@ REPRESENTATION_ASSETS = {
     "pool_gradients": dg.AssetKey("pool_grad_features"),
     "query_gradients": dg.AssetKey("query_grad_features"),
     "ifd": dg.AssetKey("loss_scores"),
+    "pre_experienced_ifd": dg.AssetKey("cherry_pre_experienced_scores"),
     "uncertainty": dg.AssetKey("loss_scores"),
     "superfiltering_ifd": dg.AssetKey("proxy_loss_scores"),
     "quality": dg.AssetKey("quality"),
@@ -53,6 +54,7 @@ REPRESENTATION_ASSETS = {
 #: Scalar representations: (DuckDB table, column). IFDs are undefined (NaN) where a reason is recorded.
 SCALARS = {
     "ifd": ("loss_scores", "CASE WHEN reason = '' THEN ifd_loss_ratio END"),
+    "pre_experienced_ifd": ("cherry_pre_experienced_scores", "CASE WHEN reason = '' THEN ifd_loss_ratio END"),
     "superfiltering_ifd": ("proxy_loss_scores", "ifd_ppl_ratio"),
     "quality": ("quality", "quality"),
     "learning_percentage": ("learning_percentage", "CASE WHEN reason = '' THEN lp1 END"),

@@ -138,3 +138,48 @@ def test_learning_percentage_is_reused_and_whisperer_rows_carry_their_provenance
             "SELECT count(*), count(*) FILTER (reason = ''), any_value(model), any_value(template) FROM whisperer_score"
         ).fetchone()
     assert whisperer[:3] == (6, 6, "tiny") and whisperer[3]
+
+
+def test_cherry_pre_experience_trains_on_the_sample_and_scores_the_pool_with_it(home, local_resources, tmp_path):
+    from dsel_assets.pre_experience import cherry_pre_experienced_model, cherry_pre_experienced_scores
+    from dsel_assets.scores import loss_scores
+
+    batch, instance = ingest(home, tmp_path, local_resources, n=12)
+    dg.materialize([model_embeddings, loss_scores], partition_key=batch, resources=local_resources, instance=instance)
+    config = {"n_clusters": 2, "per_cluster": 3, "batch_size": 4, "max_length": 64}
+
+    def run():
+        result = dg.materialize(
+            [cherry_pre_experienced_model, cherry_pre_experienced_scores],
+            resources=local_resources,
+            instance=instance,
+            run_config={"ops": {"cherry_pre_experienced_model": {"config": config}}},
+        )
+        return {
+            node: result.asset_materializations_for_node(node)[0].metadata
+            for node in ("cherry_pre_experienced_model", "cherry_pre_experienced_scores")
+        }
+
+    first = run()
+    model, scores = first["cherry_pre_experienced_model"], first["cherry_pre_experienced_scores"]
+    assert model["reused"].value is False and 2 <= model["sample"].value <= 6 and model["clusters"].value == 2
+    assert (home.models / "pre_experience" / model["adapter"].value / "adapter").is_dir()
+    assert (scores["rows"].value, scores["computed"].value) == (12, 12)
+    with duckdb.connect(str(home.duckdb)) as conn:
+        sample = conn.execute("SELECT count(*), count(DISTINCT cluster) FROM pre_experience_sample").fetchone()
+        # the adapter moved the scores: IFD under the pre-experienced model differs from the base model's
+        moved = conn.execute(
+            """SELECT max(abs(p.loss_conditioned - s.loss_conditioned)), count(*), any_value(p.adapter)
+               FROM cherry_pre_experienced_scores p JOIN loss_scores s USING (pool_id)"""
+        ).fetchone()
+    assert sample == (model["sample"].value, 2)
+    assert moved[0] > 1e-4 and moved[1] == 12 and moved[2] == model["adapter"].value
+    again = run()  # nothing changed: the adapter and every score are reused
+    assert again["cherry_pre_experienced_model"]["reused"].value is True
+    assert again["cherry_pre_experienced_scores"]["computed"].value == 0
+    with duckdb.connect(str(home.duckdb)) as conn:
+        pool_ids = [r[0] for r in conn.execute("SELECT pool_id FROM examples ORDER BY pool_id").fetchall()]
+    ifd, _ = load_representation(
+        "pre_experienced_ifd", local_resources["lance"], local_resources["duckdb"], pool_ids, GradientSettings()
+    )
+    assert ifd.shape == (12,) and np.isfinite(ifd).sum() >= 10

@@ -179,3 +179,27 @@ def test_data_whisperer_weights_metric_and_scores(tiny):
     assert scores.shape == (11,) and np.isfinite(scores).all()  # every example served as a demonstration
     again = whisperer_scores(model, tokenizer, pool, queries, n_demos=5, n_queries=2, max_new_tokens=4)
     np.testing.assert_array_equal(scores, again)
+
+
+def test_pre_experience_sample_takes_the_middle_perplexity_band_of_each_cluster():
+    from dsel_assets.core.models.pre_experience import pre_experience_sample
+
+    rng = np.random.default_rng(0)
+    # two far-apart clusters of 20; perplexity 1..20 within each; one row without a perplexity
+    embeddings = np.concatenate([rng.normal(0, 0.01, (20, 4)), rng.normal(10, 0.01, (20, 4))]).astype(np.float32)
+    perplexity = np.concatenate([np.arange(1.0, 21.0), np.arange(1.0, 21.0)[::-1]])
+    perplexity[0] = np.nan
+    rows, cluster = pre_experience_sample(embeddings, perplexity, n_clusters=2, per_cluster=4)
+    assert cluster[0] == -1 and len(set(cluster[1:20])) == 1 and set(cluster[1:20]).isdisjoint(cluster[20:])
+    # cluster one: perplexity 2..20, band [6.5, 15.5] = 7..15 (9 rows); evenly spaced 4 of them: 7, 10, 12, 15
+    # cluster two: 1..20, band [5.75, 15.25] = 6..15 (10 rows): 6, 9, 12, 15
+    assert sorted(perplexity[rows[rows < 20]].tolist()) == [7.0, 10.0, 12.0, 15.0]
+    assert sorted(perplexity[rows[rows >= 20]].tolist()) == [6.0, 9.0, 12.0, 15.0]
+    everything, _ = pre_experience_sample(embeddings, perplexity, n_clusters=2, per_cluster=10)
+    assert len(everything) == 19  # a band smaller than per_cluster is taken whole
+    # a two-member cluster has no member inside its interpolated band: it gives one anyway
+    pair = np.array([[0.0, 0.0], [0.0, 0.01], [9.0, 9.0], [9.0, 9.01], [9.0, 9.02]], dtype=np.float32)
+    rows, cluster = pre_experience_sample(pair, np.array([3.0, 5.0, 1.0, 2.0, 3.0]), n_clusters=2, per_cluster=10)
+    assert len(set(cluster[rows].tolist())) == 2 and len(rows) == 2
+    with pytest.raises(ValueError, match="per_cluster"):
+        pre_experience_sample(embeddings, perplexity, per_cluster=0)

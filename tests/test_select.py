@@ -70,6 +70,7 @@ def inputs(spec, n=240, d=8, seed=0):
         "labels": labels,
         "ifd": with_gaps(rng.uniform(0.3, 1.3, n)),
         "superfiltering_ifd": with_gaps(rng.uniform(0.3, 1.3, n)),
+        "pre_experienced_ifd": with_gaps(rng.uniform(0.3, 1.3, n)),
         "golden_score": with_gaps(rng.integers(0, 101, n) / 100),
         "whisperer_score": with_gaps(rng.uniform(0, 1, n)),
         "uncertainty": {name: with_gaps(rng.uniform(0, 1, n)) for name in UNCERTAINTY},

@@ -35,6 +35,21 @@ def cherry_ifd(ids, k: int, config: IfdConfig, *, ifd: np.ndarray) -> Selection:
     return rank_by_score("cherry_ifd", ids, scores, k)
 
 
+@register(
+    "cherry_ifd_pre_experienced",
+    family="quality",
+    config=IfdConfig,
+    needs=("pre_experienced_ifd",),
+    description="Cherry with its pre-experience step: rank by IFD (loss ratio) under the model briefly fine-tuned "
+    "on a k-means / perplexity-band sample of the pool, highest first, among IFD <= 1.",
+    reference="Cherry LLM, Li et al. 2024 (tianyi-lab/Cherry_LLM), arXiv 2308.12032, section 2.2",
+)
+def cherry_ifd_pre_experienced(ids, k: int, config: IfdConfig, *, pre_experienced_ifd: np.ndarray) -> Selection:
+    ids = check_inputs(ids, pre_experienced_ifd=pre_experienced_ifd)
+    values = np.asarray(pre_experienced_ifd, dtype=np.float64)
+    return rank_by_score("cherry_ifd_pre_experienced", ids, np.where(values <= config.max_ifd, values, np.nan), k)
+
+
 @dataclass(frozen=True)
 class SuperfilteringConfig:
     pass

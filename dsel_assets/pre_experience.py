@@ -1,0 +1,245 @@
+"""Cherry LLM's pre-experience (METHODS.md section 4, Cherry): a model briefly fine-tuned on a
+small diverse sample of the pool, and the IFD of every pool example under that model.
+
+Pool-wide, not per batch: the sample comes from k-means over the whole pool, so a new batch
+changes the model and with it every score. Both assets are keyed by content (sample, config,
+base model, code) and reuse what is stored: an unchanged pool trains nothing and scores nothing.
+"""
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from dsel_assets import tables
+from dsel_assets.core.models.finetune import FinetuneConfig, finetune, load_finetuned, read_finetuned
+from dsel_assets.core.models.lora import LoraSettings
+from dsel_assets.core.models.pre_experience import pre_experience_sample
+from dsel_assets.core.models.sft import encode_conversation
+from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
+from dsel_assets.gradients import MODELS
+from dsel_assets.metadata import markdown_table
+from dsel_assets.representations import REPRESENTATIONS, model_embeddings
+from dsel_assets.scores import CHUNK, SCORES_SQL, loss_scores, score_frame, template_hash
+from resources.home import StateHome
+from resources.lance_store import LanceStore
+from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.tracking import DatasetRef, MlflowTracker
+
+PRE_EXPERIENCED_MODEL = "cherry_pre_experienced_model"
+PRE_EXPERIENCED_SCORES = "cherry_pre_experienced_scores"
+
+
+class PreExperienceConfig(dg.Config):
+    n_clusters: int = Field(default=100, description="k-means clusters on the model embeddings (capped at pool size)")
+    per_cluster: int = Field(default=10, description="Examples taken from each cluster's 25th-75th perplexity band")
+    epochs: int = Field(default=1, description="Passes over the sample ('brief' fine-tuning)")
+    lr: float = Field(default=2e-4, description="Peak learning rate")
+    batch_size: int = Field(default=8, description="Examples per step")
+    max_length: int = Field(default=512, description="Tokens per example")
+    lora_r: int = Field(default=8, description="LoRA rank")
+    seed: int = Field(default=0, description="k-means, shuffle and LoRA-init seed")
+
+    def finetune_config(self) -> FinetuneConfig:
+        return FinetuneConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            seed=self.seed,
+            lora=LoraSettings(r=self.lora_r, alpha=2 * self.lora_r, dropout=0.05),
+        )
+
+
+@dg.asset(
+    name=PRE_EXPERIENCED_MODEL,
+    deps=["pool", model_embeddings, loss_scores],
+    group_name=MODELS,
+    code_version="cherry_pre_experienced_model-1",
+    kinds={"pytorch", "duckdb"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    tags={"dsel/cost": "high"},
+    description="Cherry pre-experience: k-means on model embeddings, per cluster up to 10 examples evenly spaced "
+    "over the 25th-75th perplexity band, a brief LoRA fine-tune on them; adapter under models/pre_experience/.",
+)
+def cherry_pre_experienced_model(
+    context: dg.AssetExecutionContext,
+    config: PreExperienceConfig,
+    duckdb: DuckDBResource,
+    lance: LanceStore,
+    selection_model: SelectionModel,
+    model_embedding_settings: ModelEmbeddingSettings,
+    tracker: MlflowTracker,
+    home: StateHome,
+) -> dg.MaterializeResult:
+    """Perplexity is ``ppl_conditioned`` of ``loss_scores`` (the same model, before training);
+    examples without one (a recorded reason) are left out of the sample."""
+    from dsel_assets.selections import load_scalars, load_vectors
+
+    identity = selection_model.identity()
+    with duckdb.get_connection() as conn:
+        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        version, _ = tables.pool_version(conn)
+    ids = rows["pool_id"].to_list()
+    if not ids:
+        raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
+    embeddings_name = model_embedding_settings.dataset(identity["model_hash"])
+    vectors, embeddings_version = load_vectors(lance, embeddings_name, ids)
+    perplexity = load_scalars(duckdb, "loss_scores", {"ppl": "CASE WHEN reason = '' THEN ppl_conditioned END"}, ids)[
+        "ppl"
+    ]
+    sample, cluster = pre_experience_sample(vectors, perplexity, config.n_clusters, config.per_cluster, config.seed)
+    if len(sample) == 0:
+        raise RuntimeError("loss_scores: no pool example has a defined perplexity; nothing to pre-experience on")
+    sample_ids = [ids[i] for i in sample]
+    core = config.finetune_config()
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    key = hashlib.sha256(
+        json.dumps([sample_ids, core.to_dict(), identity["model_hash"], code_version], sort_keys=True).encode()
+    ).hexdigest()[:12]
+    out_dir = home.paths.models / "pre_experience" / key
+    manifest = read_finetuned(out_dir)
+    reused = manifest is not None
+    inputs = [
+        DatasetRef("pool", str(duckdb.database), version),
+        DatasetRef(embeddings_name, lance.uri(embeddings_name), str(embeddings_version)),
+    ]
+    with tracker.run(context, params={**core.to_dict(), **identity, "adapter": key}, inputs=inputs) as run:
+        if not reused:
+            base, tokenizer = selection_model.load()
+            by_id = dict(zip(ids, rows["messages"].to_list(), strict=True))
+            encoded = [e for p in sample_ids if (e := encode_conversation(tokenizer, by_id[p], core.max_length))]
+            clusters = int(cluster.max()) + 1
+            context.log.info(f"pre-experience: fine-tuning on {len(encoded)} examples from {clusters} clusters")
+            extra = {"sample": sample_ids, "pool_version": version, "base_model": identity, "adapter": key}
+            manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+            run.log_artifact(str(out_dir / "manifest.json"))
+        final_loss = manifest["curve"][-1]["loss"]
+        run.log_metrics({"sample": len(sample_ids), "clusters": int(cluster.max()) + 1, "final_loss": final_loss})
+    table = pl.DataFrame(
+        {
+            "pool_id": sample_ids,
+            "cluster": cluster[sample].tolist(),
+            "perplexity": perplexity[sample].tolist(),
+            "adapter": key,
+            "path": str(out_dir),
+            "pool_version": version,
+        }
+    )
+    with duckdb.get_connection() as conn:
+        tables.replace_table(conn, "pre_experience_sample", table)
+    return dg.MaterializeResult(
+        metadata={
+            "adapter": key,
+            "path": str(out_dir),
+            "sample": len(sample_ids),
+            "clusters": int(cluster.max()) + 1,
+            "final_loss": final_loss,
+            "reused": reused,
+            **identity,
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(key),
+    )
+
+
+@dg.asset(
+    name=PRE_EXPERIENCED_SCORES,
+    deps=[PRE_EXPERIENCED_MODEL],
+    group_name=REPRESENTATIONS,
+    code_version="cherry_pre_experienced_scores-1",
+    kinds={"duckdb", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    tags={"dsel/cost": "high"},
+    description="L(A|Q), L(A), IFD (loss ratio) and the other loss scores of every pool example under the "
+    "pre-experienced model: Cherry's IFD as its paper computes it.",
+)
+def cherry_pre_experienced_scores(
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    selection_model: SelectionModel,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    """Resumable by chunk; rows of another adapter or code version, or of ids that left the
+    pool, are deleted."""
+    identity = selection_model.identity()
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    with duckdb.get_connection() as conn:
+        found = tables.one(conn, "SELECT adapter, path FROM pre_experience_sample LIMIT 1")
+        if found is None:
+            raise RuntimeError(f"{PRE_EXPERIENCED_MODEL}: no adapter yet; materialize it first")
+        adapter, path = found
+        conn.execute(SCORES_SQL.format(table=PRE_EXPERIENCED_SCORES))
+        conn.execute(f"ALTER TABLE {PRE_EXPERIENCED_SCORES} ADD COLUMN IF NOT EXISTS adapter VARCHAR")
+        rows = tables.frame(conn, "SELECT pool_id, batch, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        done = {
+            r[0]
+            for r in conn.execute(
+                f"SELECT pool_id FROM {PRE_EXPERIENCED_SCORES} WHERE adapter = ? AND code_version = ?",
+                [adapter, code_version],
+            ).fetchall()
+        }
+    batch_of = dict(zip(rows["pool_id"].to_list(), rows["batch"].to_list(), strict=True))
+    todo = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
+    started = time.perf_counter()
+    with tracker.run(context, params={**identity, "adapter": adapter, "code_version": code_version}) as run:
+        if todo:
+            base, tokenizer = selection_model.load()
+            model = load_finetuned(base, Path(path))
+            fixed = {**identity, "template": template_hash(tokenizer), "code_version": code_version, "adapter": adapter}
+            for start in range(0, len(todo), CHUNK):
+                chunk = todo[start : start + CHUNK]
+                frame = score_frame(model, tokenizer, chunk, {"batch": "", **fixed})
+                frame = frame.with_columns(pl.col("pool_id").replace_strict(batch_of).alias("batch"))
+                with duckdb.get_connection() as conn, tables.transaction(conn):  # a crash loses one chunk at most
+                    conn.register("scored_chunk", frame.to_arrow())
+                    conn.execute(
+                        f"DELETE FROM {PRE_EXPERIENCED_SCORES} WHERE pool_id IN (SELECT pool_id FROM scored_chunk)"
+                    )
+                    conn.execute(f"INSERT INTO {PRE_EXPERIENCED_SCORES} BY NAME SELECT * FROM scored_chunk")
+                written = start + len(chunk)
+                rate = written / (time.perf_counter() - started)
+                context.log.info(
+                    f"pre-experienced IFD: {written}/{len(todo)} at {rate:.1f} examples/s, "
+                    f"eta {(len(todo) - written) / rate:.0f}s"
+                )
+        with duckdb.get_connection() as conn:
+            conn.execute(
+                f"DELETE FROM {PRE_EXPERIENCED_SCORES} WHERE adapter <> ? OR code_version <> ? "
+                "OR pool_id NOT IN (SELECT pool_id FROM examples WHERE split = 'pool')",
+                [adapter, code_version],
+            )
+            n, undefined, mean_ifd = conn.execute(
+                f"SELECT count(*), count(*) FILTER (reason <> ''), avg(ifd_loss_ratio) FILTER (reason = '') "
+                f"FROM {PRE_EXPERIENCED_SCORES}"
+            ).fetchone()
+            reasons = conn.execute(
+                f"SELECT reason, count(*) FROM {PRE_EXPERIENCED_SCORES} WHERE reason <> '' GROUP BY reason"
+            ).fetchall()
+        mean_ifd = math.nan if mean_ifd is None else mean_ifd
+        run.log_metrics({"rows": n, "computed": len(todo), "undefined": undefined, "mean_ifd": mean_ifd})
+    return dg.MaterializeResult(
+        metadata={
+            "rows": n,
+            "computed": len(todo),
+            "reused_after_resume": len(done),
+            "undefined": undefined,
+            "mean_ifd": mean_ifd,
+            "adapter": adapter,
+            "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], reasons)),
+            **identity,
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{adapter}-{code_version}-{n}"),
+    )
+
+
+pre_experience_assets = [cherry_pre_experienced_model, cherry_pre_experienced_scores]
