@@ -101,7 +101,7 @@ def main() -> None:
         loss_seconds_per_example = seconds / len(sample_items)
         record(
             "loss_scores",
-            "L(A|Q), L(A), ppl, both IFDs, uncertainty (teacher-forced)",
+            "L(A\\|Q), L(A), ppl, both IFDs, uncertainty (teacher-forced)",
             len(sample_items),
             seconds,
             "proxy_loss_scores: the same cost with the default proxy (SmolLM2); quality reads it (SQL only)",

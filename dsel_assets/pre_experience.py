@@ -27,6 +27,7 @@ from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
 from dsel_assets.representations import REPRESENTATIONS, model_embeddings
 from dsel_assets.scores import CHUNK, SCORES_SQL, loss_scores, score_frame, template_hash
+from dsel_assets.selections import load_scalars, load_vectors
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -81,8 +82,6 @@ def cherry_pre_experienced_model(
 ) -> dg.MaterializeResult:
     """Perplexity is ``ppl_conditioned`` of ``loss_scores`` (the same model, before training);
     examples without one (a recorded reason) are left out of the sample."""
-    from dsel_assets.selections import load_scalars, load_vectors
-
     identity = selection_model.identity()
     with duckdb.get_connection() as conn:
         rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
@@ -240,6 +239,3 @@ def cherry_pre_experienced_scores(
         },
         data_version=dg.DataVersion(f"{adapter}-{code_version}-{n}"),
     )
-
-
-pre_experience_assets = [cherry_pre_experienced_model, cherry_pre_experienced_scores]
