@@ -98,6 +98,7 @@ def cherry_pre_experienced_model(
     if len(sample) == 0:
         raise RuntimeError("loss_scores: no pool example has a defined perplexity; nothing to pre-experience on")
     sample_ids = [ids[i] for i in sample]
+    clusters = int(cluster.max()) + 1
     core = config.finetune_config()
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
     key = hashlib.sha256(
@@ -115,13 +116,12 @@ def cherry_pre_experienced_model(
             base, tokenizer = selection_model.load()
             by_id = dict(zip(ids, rows["messages"].to_list(), strict=True))
             encoded = [e for p in sample_ids if (e := encode_conversation(tokenizer, by_id[p], core.max_length))]
-            clusters = int(cluster.max()) + 1
             context.log.info(f"pre-experience: fine-tuning on {len(encoded)} examples from {clusters} clusters")
             extra = {"sample": sample_ids, "pool_version": version, "base_model": identity, "adapter": key}
             manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
             run.log_artifact(str(out_dir / "manifest.json"))
         final_loss = manifest["curve"][-1]["loss"]
-        run.log_metrics({"sample": len(sample_ids), "clusters": int(cluster.max()) + 1, "final_loss": final_loss})
+        run.log_metrics({"sample": len(sample_ids), "clusters": clusters, "final_loss": final_loss})
     table = pl.DataFrame(
         {
             "pool_id": sample_ids,
@@ -139,7 +139,7 @@ def cherry_pre_experienced_model(
             "adapter": key,
             "path": str(out_dir),
             "sample": len(sample_ids),
-            "clusters": int(cluster.max()) + 1,
+            "clusters": clusters,
             "final_loss": final_loss,
             "reused": reused,
             **identity,
@@ -196,14 +196,10 @@ def cherry_pre_experienced_scores(
             fixed = {**identity, "template": template_hash(tokenizer), "code_version": code_version, "adapter": adapter}
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start : start + CHUNK]
-                frame = score_frame(model, tokenizer, chunk, {"batch": "", **fixed})
+                frame = score_frame(model, tokenizer, chunk, fixed)
                 frame = frame.with_columns(pl.col("pool_id").replace_strict(batch_of).alias("batch"))
-                with duckdb.get_connection() as conn, tables.transaction(conn):  # a crash loses one chunk at most
-                    conn.register("scored_chunk", frame.to_arrow())
-                    conn.execute(
-                        f"DELETE FROM {PRE_EXPERIENCED_SCORES} WHERE pool_id IN (SELECT pool_id FROM scored_chunk)"
-                    )
-                    conn.execute(f"INSERT INTO {PRE_EXPERIENCED_SCORES} BY NAME SELECT * FROM scored_chunk")
+                with duckdb.get_connection() as conn:  # a crash loses at most one chunk
+                    tables.upsert_by_id(conn, PRE_EXPERIENCED_SCORES, frame)
                 written = start + len(chunk)
                 rate = written / (time.perf_counter() - started)
                 context.log.info(

@@ -132,14 +132,8 @@ def build_score_asset(
                     chunk = items[start : start + CHUNK]
                     fixed = {"batch": batch, **identity, "template": template, "code_version": code_version}
                     frame = score_frame(model, tokenizer, chunk, fixed, response)
-                    # one transaction per chunk: a crash loses at most one chunk
-                    with duckdb.get_connection() as conn, tables.transaction(conn):
-                        conn.register("scored_chunk", frame.to_arrow())
-                        conn.execute(
-                            f"DELETE FROM {name} WHERE batch = ? AND pool_id IN (SELECT pool_id FROM scored_chunk)",
-                            [batch],
-                        )
-                        conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM scored_chunk")
+                    with duckdb.get_connection() as conn:  # a crash loses at most one chunk
+                        tables.upsert_by_id(conn, name, frame, {"batch": batch})
                     written += len(chunk)
                     rate = written / (time.perf_counter() - started)
                     context.log.info(
@@ -477,10 +471,8 @@ def golden_score(
                 },
                 schema_overrides={"golden_score": pl.Float64, "anchors": pl.Int32},
             )
-            with duckdb.get_connection() as conn, tables.transaction(conn):  # a crash loses at most one chunk
-                conn.register("golden_chunk", frame.to_arrow())
-                conn.execute("DELETE FROM golden_score WHERE pool_id IN (SELECT pool_id FROM golden_chunk)")
-                conn.execute("INSERT INTO golden_score BY NAME SELECT * FROM golden_chunk")
+            with duckdb.get_connection() as conn:  # a crash loses at most one chunk
+                tables.upsert_by_id(conn, "golden_score", frame)
             written = start + len(chunk)
             rate = written / (time.perf_counter() - started)
             context.log.info(

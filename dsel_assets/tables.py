@@ -190,6 +190,26 @@ def replace_table(conn: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFram
         conn.unregister("_dsel_new_rows")
 
 
+def upsert_by_id(conn: duckdb.DuckDBPyConnection, table: str, rows: pl.DataFrame, match: dict | None = None) -> None:
+    """In one transaction, replace the rows of ``table`` with ``rows``'s pool ids (and the
+    ``match`` column values) by ``rows``: a chunk written by a resumable asset lands whole or
+    not at all."""
+    match = match or {}
+    for name in (table, *match):
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"table: {name!r} is not a plain identifier")
+    where = "".join(f" AND {column} = ?" for column in match)
+    conn.register("_dsel_chunk", rows.to_arrow())
+    try:
+        with transaction(conn):
+            conn.execute(
+                f"DELETE FROM {table} WHERE pool_id IN (SELECT pool_id FROM _dsel_chunk){where}", list(match.values())
+            )
+            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _dsel_chunk")
+    finally:
+        conn.unregister("_dsel_chunk")
+
+
 def replace_batch(
     conn: duckdb.DuckDBPyConnection, manifest: BatchManifest, accepted: pl.DataFrame, quarantined: pl.DataFrame
 ) -> None:

@@ -30,9 +30,12 @@ class IfdConfig:
 )
 def cherry_ifd(ids, k: int, config: IfdConfig, *, ifd: np.ndarray) -> Selection:
     """IFD > 1 means the instruction does not help: excluded; IFD = 1 is kept."""
-    ids = check_inputs(ids, ifd=ifd)
-    scores = np.where(np.asarray(ifd, dtype=np.float64) <= config.max_ifd, ifd, np.nan)
-    return rank_by_score("cherry_ifd", ids, scores, k)
+    return _rank_ifd("cherry_ifd", check_inputs(ids, ifd=ifd), ifd, k, config)
+
+
+def _rank_ifd(method: str, ids, ifd: np.ndarray, k: int, config: IfdConfig) -> Selection:
+    values = np.asarray(ifd, dtype=np.float64)
+    return rank_by_score(method, ids, np.where(values <= config.max_ifd, values, np.nan), k)
 
 
 @register(
@@ -46,8 +49,7 @@ def cherry_ifd(ids, k: int, config: IfdConfig, *, ifd: np.ndarray) -> Selection:
 )
 def cherry_ifd_pre_experienced(ids, k: int, config: IfdConfig, *, pre_experienced_ifd: np.ndarray) -> Selection:
     ids = check_inputs(ids, pre_experienced_ifd=pre_experienced_ifd)
-    values = np.asarray(pre_experienced_ifd, dtype=np.float64)
-    return rank_by_score("cherry_ifd_pre_experienced", ids, np.where(values <= config.max_ifd, values, np.nan), k)
+    return _rank_ifd("cherry_ifd_pre_experienced", ids, pre_experienced_ifd, k, config)
 
 
 @dataclass(frozen=True)
