@@ -56,7 +56,8 @@ def selection_problems(rows: pl.DataFrame, pool_ids: Mapping[str, set[str]]) -> 
     problems = []
     for (budget,), group in rows.group_by(["budget"], maintain_order=True):
         k, eligible = int(group["k"][0]), int(group["eligible"][0])
-        under_fill = int(json.loads(group["diagnostics"][0] or "{}").get("under_fill", 0))
+        diagnostics = json.loads(group["diagnostics"][0] or "{}")
+        under_fill = int(diagnostics.get("under_fill", 0))
         expected = min(k, eligible) - under_fill
         if group.height != expected:
             problems.append(
@@ -76,6 +77,12 @@ def selection_problems(rows: pl.DataFrame, pool_ids: Mapping[str, set[str]]) -> 
             foreign = [p for p in part["pool_id"].to_list() if p not in known]
             if foreign:
                 problems.append(f"{budget}: {len(foreign)} ids not in pool version {version} (e.g. {foreign[0]})")
+            for need, covered in diagnostics.get("coverage", {}).items():
+                if covered < len(known):
+                    problems.append(
+                        f"{budget}: {need} covers {covered} of the {len(known)} rows of pool version {version}; "
+                        "compute it for every pool batch"
+                    )
     return problems
 
 
@@ -149,7 +156,7 @@ def build_selection_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinitio
         name="selection_is_valid",
         blocking=True,
         description="Exactly min(k, eligible) ids (less a reported under-fill), unique, ranked 0..n-1, "
-        "every id in the pool version the selection claims.",
+        "every id in the pool version the selection claims, per-batch representations covering that whole pool.",
     )
     def _check(duckdb: DuckDBResource) -> dg.AssetCheckResult:
         with duckdb.get_connection() as conn:

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from resources.home import DselHome
@@ -37,8 +37,14 @@ def _home(args: argparse.Namespace) -> DselHome:
     return home
 
 
-def _definitions(home: DselHome, args: argparse.Namespace):
-    from dsel_assets.definitions import build_definitions
+def _definitions(
+    home: DselHome, args: argparse.Namespace, pin: bool | Collection[str] = True, first_use: dict | None = None
+):
+    """The code location for this command. Representation settings come from the state home
+    (a conflicting ``--model`` / ``--grad-dim`` / ``--pooling`` is an error unless
+    ``--change-settings``); ``pin`` names the settings the command computes with, stored on
+    first use (read-only commands pin nothing)."""
+    from dsel_assets.code_location import build_definitions
 
     return build_definitions(
         home,
@@ -46,35 +52,52 @@ def _definitions(home: DselHome, args: argparse.Namespace):
         device=getattr(args, "device", None),
         progress=sys.stderr.isatty(),
         grad_dim=getattr(args, "grad_dim", None),
+        pooling=getattr(args, "pooling", None),
+        first_use=first_use,
+        change_settings=getattr(args, "change_settings", False),
+        strict=True,
+        pin=pin,
     )
 
 
-def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
-    import duckdb
+def _changed_settings(home: DselHome, args: argparse.Namespace) -> list[str]:
+    """Settings this command switches (``--change-settings``), checked before any work."""
+    from resources.settings import resolve_settings
 
+    requested = {name: getattr(args, name, None) for name in ("model", "grad_dim", "pooling")}
+    _, changed = resolve_settings(home, requested, change=getattr(args, "change_settings", False), pin=False)
+    if changed:
+        print(f"[dsel] changing {', '.join(changed)}: recomputing what depends on it for the whole pool")
+    return changed
+
+
+def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
     from dsel_assets import tables
 
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with tables.connect(home.duckdb, log=_stderr) as conn:
         manifest, created = tables.register_batch(conn, path, home.raw, **labels)
-    return manifest.batch, created
+        validated = tables.is_validated(conn, manifest.batch)
+    return manifest.batch, created or not validated
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
-    import duckdb
-
     from dsel_assets import tables
 
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         rows = []
         for batch in batches:
             accepted = tables.scalar(conn, "SELECT count(*) FROM examples WHERE batch = ?", [batch])
             reasons = conn.execute(
                 "SELECT reason, count(*) FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY 2 DESC", [batch]
             ).fetchall()
+            error = tables.scalar(conn, "SELECT error FROM batches WHERE batch = ?", [batch])
             quarantined = sum(n for _, n in reasons)
-            rows.append(
-                (batch, accepted + quarantined, accepted, quarantined, ", ".join(f"{r}={n}" for r, n in reasons) or "-")
-            )
+            detail = ", ".join(f"{r}={n}" for r, n in reasons) or "-"
+            rows.append((batch, accepted + quarantined, accepted, quarantined, f"FAILED: {error}" if error else detail))
     print(format_table(["batch", "read", "accepted", "quarantined", "reasons"], rows))
 
 
@@ -105,11 +128,9 @@ def comparison_run_config(in_job: set[str], epochs: int, eval_per_task: int) -> 
 
 def print_comparison(home: DselHome) -> int:
     """Print the comparison report (eval scores per method, budget and task; balance)."""
-    import duckdb
-
     from dsel_assets import tables
 
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         exists = tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'comparison_balance'")
         if not exists:
             print("[dsel] no comparison report yet: run `dsel run` or materialize comparison_report", file=sys.stderr)
@@ -128,10 +149,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return print_comparison(_home(args))
 
 
+#: ``dsel run``'s gradient dimension on a new state home (short default run; others pin 8192).
+SHORT_GRAD_DIM = 1024
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Generate the synthetic default, ingest it, embed, select, report."""
-    import duckdb
-
     from dsel_assets import tables
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.runs import run_batches
@@ -145,14 +168,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         name: _register(home, path, source=f"synthetic_{name}", task="auto", split=splits[name])[0]
         for name, path in paths.items()
     }
-    defs = _definitions(home, args)
-    run_batches(defs, [batches["queries"], batches["eval"]], "batch_job")
+    defs = _definitions(home, args, first_use={"grad_dim": SHORT_GRAD_DIM})
+    if run_batches(defs, [batches["queries"], batches["eval"]], "batch_job"):
+        return 1
     job_nodes = {node.name for node in defs.resolve_job_def("default_job").graph.nodes}
     run_config = {"ops": selection_run_config(args.budgets, args.target, job_nodes)}
     run_config["ops"]["warmup_checkpoint"] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
     run_config["ops"] |= comparison_run_config(job_nodes, args.finetune_epochs, args.eval_per_task)
-    run_batches(defs, [batches["pool"]], "default_job", run_config)
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+    if run_batches(defs, [batches["pool"]], "default_job", run_config):
+        return 1
+    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         report = tables.frame(conn, "SELECT * FROM selection_report ORDER BY method, size")
     print()
     print(format_table(report.columns, report.rows()))
@@ -163,14 +188,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_reading_options(args: argparse.Namespace) -> None:
+    """``--layout`` and ``--mapping``, checked before any file is stored or registered."""
+    from dsel_assets.core.data.readers import LAYOUTS, FieldMapping
+
+    if args.layout is not None and args.layout not in LAYOUTS:
+        raise ValueError(f"layout: {args.layout!r} is not one of {', '.join(LAYOUTS)}")
+    FieldMapping.parse(args.mapping)
+    if args.layout == "mapped" and args.mapping is None:
+        raise ValueError("mapping: --layout mapped needs --mapping prompt=COL,response=COL[,input=COL]")
+    if args.mapping is not None and args.layout not in (None, "mapped"):
+        raise ValueError(f"mapping: --mapping reads the 'mapped' layout, not {args.layout!r}")
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from dsel_assets.core.data.catalog import expand_paths, labels_for
 
-    home = _home(args)
+    _check_reading_options(args)
     files = expand_paths([Path(p) for p in args.paths])
     if not files:
         print("[dsel] no data files found", file=sys.stderr)
         return 2
+    home = _home(args)
+    defs = _definitions(home, args, pin={"model"})  # the model is checked before anything is stored
     # Query and eval sets first: a pool row equal to one of theirs is then the row that is
     # quarantined as a duplicate, which keeps evaluation data out of the pool.
     labelled = sorted(
@@ -179,7 +219,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     batches = []
     for path, labels in labelled:
-        batch, created = _register(
+        batch, pending = _register(
             home,
             path,
             source=labels.source,
@@ -188,11 +228,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             fmt=args.format,
             layout=args.layout,
             mapping=args.mapping,
+            update=args.force,
         )
-        if not created and not args.force:
+        if not pending and not args.force:
             print(f"[dsel] {path} is already batch {batch} (same sha256); --force re-validates it")
             continue
         batches.append(batch)
+    failed = 0
     if batches:
         from dagster import AssetKey
 
@@ -201,21 +243,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         keys = [AssetKey("pool_batch"), AssetKey("pool")]
         if args.embed:
             keys.append(AssetKey("sentence_embeddings"))
-        run_batches(_definitions(home, args), batches, "batch_job", asset_selection=keys)
+        failed = len(run_batches(defs, batches, "batch_job", asset_selection=keys))
         _print_ingest_summary(home, batches)
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_grads(args: argparse.Namespace) -> int:
     """The pool_grad_features asset for the chosen batches, from the command line."""
-    import duckdb
     from dagster import AssetKey
 
     from dsel_assets import tables
     from dsel_assets.runs import run_batches
 
     home = _home(args)
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         pool_batches = [
             r[0] for r in conn.execute("SELECT batch FROM batches WHERE split = 'pool' ORDER BY batch").fetchall()
         ]
@@ -224,8 +265,10 @@ def cmd_grads(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"batch: {unknown} are not pool batches; known: {pool_batches}")
     config = {"ops": {"pool_grad_features": {"config": {"checkpoints": args.checkpoint or []}}}}
-    run_batches(_definitions(home, args), batches, "batch_job", config, [AssetKey("pool_grad_features")])
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+    defs = _definitions(home, args, pin={"model", "grad_dim"})
+    if run_batches(defs, batches, "batch_job", config, [AssetKey("pool_grad_features")]):
+        return 1
+    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         latest = tables.one(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")
     print(f"[dsel] done; features from warmup {latest[0] if latest else '-'}")
     return 0
@@ -245,7 +288,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     """Materialize what a method needs (only what is missing) and its selection."""
     import dataclasses
 
-    import duckdb
     from dagster import AssetKey, DagsterInstance
 
     from dsel_assets import tables
@@ -264,11 +306,12 @@ def cmd_select(args: argparse.Namespace) -> int:
     if not available(spec):
         raise ValueError(f"method: {args.method} needs {list(spec.needs)}; not all of them have an asset yet")
     home = _home(args)
+    changed = _changed_settings(home, args)
     defs = _definitions(home, args)
     target = AssetKey(selection_asset_name(args.method))
     run_config = {"ops": {target.to_user_string(): {"config": {"budgets": args.budget, "params": params}}}}
-    materialize_closure(defs, DagsterInstance.get(), [target], run_config)
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+    materialize_closure(defs, DagsterInstance.get(), [target], run_config, only_missing=not changed)
+    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         summary = tables.frame(
             conn,
             """SELECT s.budget, count(*) AS selected, string_agg(DISTINCT e.task, ', ') AS tasks,
@@ -313,12 +356,12 @@ def cmd_score(args: argparse.Namespace) -> int:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
-    if args.pooling:
-        os.environ["DSEL_POOLING"] = args.pooling
     home = _home(args)
+    changed = _changed_settings(home, args)
+    defs = _definitions(home, args, pin={"model", "pooling"} if args.kind == "model_embeddings" else {"model"})
     instance = DagsterInstance.get()
     run_config = {"ops": {CONFIGURED_BY.get(asset, asset): {"config": params}}} if params else None
-    materialize_closure(_definitions(home, args), instance, [AssetKey(asset)], run_config)
+    materialize_closure(defs, instance, [AssetKey(asset)], run_config, only_missing=not changed)
     event = instance.get_latest_materialization_event(AssetKey(asset))
     metadata = event.asset_materialization.metadata if event else {}
     shown = [
@@ -329,22 +372,31 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import duckdb
     from dagster import DagsterInstance
 
     from dsel_assets import tables
 
     home = _home(args)
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with tables.connect(home.duckdb, log=_stderr) as conn:
         tables.ensure_schema(conn)
         comp = conn.execute("SELECT split, source, task, count(*) FROM examples GROUP BY ALL ORDER BY ALL").fetchall()
         reasons = conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC").fetchall()
         version, batches = tables.pool_version(conn)
+        failed = conn.execute(
+            """SELECT b.batch, b.split, (SELECT count(*) FROM quarantine q WHERE q.batch = b.batch),
+                      coalesce(b.error, CASE WHEN b.validated_at IS NULL THEN 'not validated yet'
+                                            ELSE 'every record quarantined' END)
+               FROM batches b WHERE NOT EXISTS (SELECT 1 FROM examples e WHERE e.batch = b.batch)
+               ORDER BY b.registered_at"""
+        ).fetchall()
     print(f"state home: {home.root}\npool version: {version} ({len(batches)} pool batches)\n")
     print(format_table(["split", "source", "task", "examples"], comp) if comp else "no examples yet")
     print()
     print(format_table(["quarantine reason", "rows"], reasons) if reasons else "quarantine: empty")
-    defs = _definitions(home, args)
+    if failed:
+        print()
+        print(format_table(["batch with no accepted rows", "split", "read", "failure"], failed))
+    defs = _definitions(home, args, pin=False)
     instance = DagsterInstance.get()
     rows = []
     for key in sorted(defs.resolve_asset_graph().get_all_asset_keys(), key=lambda k: k.to_user_string()):
@@ -365,7 +417,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from dsel_assets.lineage import format_lineage, lineage
 
     home = _home(args)
-    graph = _definitions(home, args).resolve_asset_graph()
+    graph = _definitions(home, args, pin=False).resolve_asset_graph()
     report = lineage(DagsterInstance.get(), graph, str(home.duckdb), args.target)
     print(json.dumps(report, indent=2, default=str) if args.json else format_lineage(report))
     return 0
@@ -413,22 +465,31 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+MODEL_HELP = (
+    "smollm2 | tiny | local folder or .gguf (hub ids need DSEL_ALLOW_HUB=1); default: the state home's, else smollm2"
+)
+CHANGE_HELP = "switch the state home's model / gradient dim / pooling and recompute what depends on it"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsel", description=__doc__)
     p.add_argument("--home", help="state directory (default: $DSEL_HOME or ./.dsel)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the default job on the embedded synthetic pool")
-    run.add_argument("--model", default=None, help="smollm2 (default) | tiny | local path | hub id")
+    run.add_argument("--model", default=None, help=MODEL_HELP)
     run.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
     run.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     run.add_argument("--per-capability", type=int, default=100, help="pool examples per capability")
     run.add_argument("--budgets", nargs="+", default=["5%", "10%"], help="budgets: 5%% 0.1 500 ...")
-    run.add_argument("--grad-dim", type=int, default=1024, help="gradient feature dimension d (default 1024 here)")
+    run.add_argument(
+        "--grad-dim", type=int, default=None, help="gradient feature dimension d (default: the home's, else 1024 here)"
+    )
     run.add_argument("--warmup-epochs", type=int, default=1, help="warmup epochs (one checkpoint each; 1 here)")
     run.add_argument("--target", default="arithmetic", help="target task of the targeted methods (LESS)")
     run.add_argument("--finetune-epochs", type=int, default=2, help="epochs of each selection's fine-tune")
     run.add_argument("--eval-per-task", type=int, default=6, help="eval examples per task (0 = all)")
+    run.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     run.set_defaults(func=cmd_run)
 
     report = sub.add_parser("report", help="print the comparison report (eval scores per method, budget, task)")
@@ -448,7 +509,8 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--mapping", help="field mapping for other layouts: prompt=COL,response=COL[,input=COL]")
     ingest.add_argument("--embed", action="store_true", help="also compute sentence embeddings of each batch")
     ingest.add_argument("--force", action="store_true", help="re-validate files already ingested")
-    ingest.add_argument("--model", default=None, help="tokenizer for the token limit (default smollm2)")
+    ingest.add_argument("--model", default=None, help="tokenizer for the token limit; " + MODEL_HELP)
+    ingest.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     ingest.set_defaults(func=cmd_ingest)
 
     grads = sub.add_parser("grads", help="compute pool gradient features (resumes where a previous run stopped)")
@@ -457,8 +519,9 @@ def parser() -> argparse.ArgumentParser:
     grads.add_argument(
         "--grad-dim", type=int, default=None, help="feature dimension d (default $DSEL_GRAD_DIM or 8192)"
     )
-    grads.add_argument("--model", default=None, help="smollm2 (default) | tiny | local path | hub id")
+    grads.add_argument("--model", default=None, help=MODEL_HELP)
     grads.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    grads.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     grads.set_defaults(func=cmd_grads)
 
     select = sub.add_parser("select", help="materialize a method's inputs (only what is missing) and its selection")
@@ -466,17 +529,19 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--budget", action="append", required=True, help="budget: 5%%, 0.05 or 500 (repeatable)")
     select.add_argument("--target", help="target task of a targeted method")
     select.add_argument("--param", action="append", help="method parameter key=value (repeatable)")
-    select.add_argument("--model", default=None, help="smollm2 (default) | tiny | local path | hub id")
+    select.add_argument("--model", default=None, help=MODEL_HELP)
     select.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
     select.add_argument("--grad-dim", type=int, default=None, help="gradient feature dimension d")
+    select.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     select.set_defaults(func=cmd_select)
 
     score = sub.add_parser("score", help="compute one representation for the current pool (resumable)")
     score.add_argument("kind", choices=sorted(SCORE_KINDS), help="the representation")
     score.add_argument("--param", action="append", help="asset config key=value, e.g. epochs=1 (repeatable)")
     score.add_argument("--pooling", choices=["mean", "position_weighted", "last_token"], help="model embeddings")
-    score.add_argument("--model", default=None, help="smollm2 (default) | tiny | local path | hub id")
+    score.add_argument("--model", default=None, help=MODEL_HELP)
     score.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    score.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     score.set_defaults(func=cmd_score)
 
     status = sub.add_parser("status", help="pool size, quarantine reasons, last materializations")
@@ -513,9 +578,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.extra = extra
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError) as exc:  # the user's input: name the field
         print(f"dsel: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dsel: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the state database, a failed run, the OS: one line and what to do
+        if os.environ.get("DSEL_DEBUG") == "1":
+            raise
+        print(f"dsel: error: {_describe(exc)} (DSEL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _describe(exc: Exception) -> str:
+    """One line for an error that is not the user's input."""
+    import duckdb
+
+    if isinstance(exc, duckdb.Error):
+        return f"the state database refused the operation ({type(exc).__name__}: {exc}); check `dsel status`"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({exc.filename or 'file system'}); check the path, permissions and free space"
+    from dsel_assets.runs import RunFailed
+    from dsel_assets.tables import StateDatabaseError
+
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return first_line if isinstance(exc, (RunFailed, StateDatabaseError)) else f"{type(exc).__name__}: {first_line}"
 
 
 if __name__ == "__main__":

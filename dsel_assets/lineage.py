@@ -12,6 +12,7 @@ version, the raw files (path and sha256 from DuckDB ``batches``) and their quara
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import dagster as dg
 import duckdb
 
 from dsel_assets import tables
+from resources.tracking import restore_credentials
 
 #: Materialization metadata worth showing in a lineage line, in this order.
 KEY_METADATA = (
@@ -151,6 +153,7 @@ def mlflow_runs(nodes: list[Node]) -> dict[str, dict]:
             if "mlflow_run_id" not in meta or "mlflow_tracking_uri" not in meta:
                 continue
             run_id, uri = meta["mlflow_run_id"].value, meta["mlflow_tracking_uri"].value
+            uri = restore_credentials(uri, [os.environ.get("DSEL_MLFLOW_URI")])
             client = clients.setdefault(uri, MlflowClient(tracking_uri=uri))
             try:
                 run = client.get_run(run_id)

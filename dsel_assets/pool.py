@@ -35,19 +35,24 @@ def pool_batch(
         manifest = tables.get_batch(conn, batch)
         known = tables.ids_before(conn, batch)
     context.log.info(f"validating {manifest.stored_path} ({manifest.size_bytes} bytes) as batch {batch}")
-    result = validate_file(
-        manifest.stored_path,
-        fmt=manifest.fmt,
-        layout=manifest.layout,
-        mapping=manifest.mapping,
-        count_tokens=token_counter(selection_model.tokenizer()),
-        max_tokens=selection_model.max_tokens,
-        known_ids=known,
-    )
-    accepted = tables.accepted_frame(manifest, result.accepted)
-    quarantined = tables.quarantine_frame(manifest, result.quarantined)
-    with duckdb.get_connection() as conn:
-        tables.replace_batch(conn, manifest, accepted, quarantined)
+    try:
+        result = validate_file(
+            manifest.stored_path,
+            fmt=manifest.fmt,
+            layout=manifest.layout,
+            mapping=manifest.mapping,
+            count_tokens=token_counter(selection_model.tokenizer()),
+            max_tokens=selection_model.max_tokens,
+            known_ids=known,
+        )
+        accepted = tables.accepted_frame(manifest, result.accepted)
+        quarantined = tables.quarantine_frame(manifest, result.quarantined)
+        with duckdb.get_connection() as conn:
+            tables.replace_batch(conn, manifest, accepted, quarantined)
+    except Exception as exc:  # recorded for `dsel status`; the batch stays unvalidated, so a rerun retries it
+        with duckdb.get_connection() as conn:
+            tables.mark_batch_failed(conn, batch, f"{type(exc).__name__}: {exc}")
+        raise
     reasons = result.reasons()
     params = {
         "batch": batch,

@@ -62,6 +62,18 @@ SCALARS = {
     "whisperer_score": ("whisperer_score", "whisperer_score"),
 }
 UNCERTAINTY_COLUMNS = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
+#: Representations computed per batch whose missing rows load as NaN: a selection over them
+#: records how many pool rows they cover, and its check fails when that is not the whole pool.
+COVERAGE_CHECKED = ("influence", "less_scores", "pool_gradients")
+
+
+def covered_rows(value) -> int:
+    """Pool rows for which a loaded representation has any finite value."""
+    if isinstance(value, Influence):
+        value = value.scores
+    if isinstance(value, dict):
+        value = np.column_stack(list(value.values())) if value else np.empty((0, 0))
+    return int(np.isfinite(value).any(axis=1).sum()) if value.size else 0
 
 
 class SelectionConfig(dg.Config):
@@ -278,6 +290,10 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
                 model_embedding_settings,
             )
             inputs.append(ref)
+        coverage = {need: covered_rows(representations[need]) for need in spec.needs if need in COVERAGE_CHECKED}
+        for need, covered in coverage.items():
+            if covered < len(pool_ids):
+                context.log.warning(f"{need} covers {covered} of {len(pool_ids)} pool rows")
         params = {
             "method": spec.name,
             "budgets": ",".join(b.label for b in budgets),
@@ -291,6 +307,8 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
                 started = time.perf_counter()
                 selection = spec.select(pool_ids, k, method_config, **representations)
                 seconds = time.perf_counter() - started
+                if coverage:
+                    selection.diagnostics["coverage"] = coverage
                 trainer = representations.get("trainer")
                 if trainer is not None:  # each training round of an iterative method: a nested MLflow run
                     for entry in trainer.history:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-import shutil
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,6 +44,8 @@ CREATE TABLE IF NOT EXISTS selections (
     method VARCHAR, budget VARCHAR, k INTEGER, eligible INTEGER, rank INTEGER, pool_id VARCHAR, score DOUBLE,
     pool_version VARCHAR, config VARCHAR, diagnostics VARCHAR, mlflow_run_id VARCHAR, created_at TIMESTAMP
 );
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS validated_at TIMESTAMP;
+ALTER TABLE batches ADD COLUMN IF NOT EXISTS error VARCHAR;
 """
 
 SPLITS = ("pool", "query", "eval")
@@ -49,8 +53,57 @@ _KEY_CHARS = re.compile(r"[^a-z0-9_-]+")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
+class StateDatabaseError(RuntimeError):
+    """The state database cannot be opened (busy past the wait, or not a DuckDB file)."""
+
+
+def connect(
+    path: str | Path, read_only: bool = False, wait_s: float | None = None, log=None
+) -> duckdb.DuckDBPyConnection:
+    """Open the state database, waiting (bounded: ``wait_s``, default ``DSEL_DB_WAIT_S`` or
+    120 s) while another process holds its write lock, with one message saying so; errors
+    become :class:`StateDatabaseError` with what to do."""
+    wait_s = float(os.environ.get("DSEL_DB_WAIT_S", "120")) if wait_s is None else wait_s
+    deadline, told = time.monotonic() + wait_s, False
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise StateDatabaseError(
+                    f"the state database {path} cannot be opened ({exc}); if it is damaged, move it aside "
+                    "and re-ingest the raw files (kept under raw/)"
+                ) from exc
+            if time.monotonic() >= deadline:
+                raise StateDatabaseError(
+                    f"the state database {path} is still in use by another process after {wait_s:.0f}s "
+                    f"({exc}); wait for it to finish or raise DSEL_DB_WAIT_S"
+                ) from exc
+            if not told and log is not None:
+                log(f"[dsel] the state database is in use by another process; waiting up to {wait_s:.0f}s")
+                told = True
+            time.sleep(0.25)
+        except duckdb.Error as exc:
+            raise StateDatabaseError(
+                f"the state database {path} cannot be opened ({type(exc).__name__}: {exc}); if it is damaged, "
+                "move it aside and re-ingest the raw files (kept under raw/)"
+            ) from exc
+
+
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables, and migrate a store from before batch states: a batch with rows
+    was validated when it was registered."""
+    migrating = one(
+        conn,
+        """SELECT count(*) FROM duckdb_tables() t WHERE t.table_name = 'batches' AND NOT EXISTS
+           (SELECT 1 FROM duckdb_columns() c WHERE c.table_name = 'batches' AND c.column_name = 'validated_at')""",
+    )[0]
     conn.execute(SCHEMA)
+    if migrating:
+        conn.execute(
+            """UPDATE batches SET validated_at = registered_at WHERE batch IN
+               (SELECT batch FROM examples UNION SELECT batch FROM quarantine)"""
+        )
 
 
 def one(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:
@@ -90,9 +143,73 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def batch_key(source: str, sha256: str) -> str:
-    """Partition key of a file: its source name (sanitised) and content hash prefix."""
-    return f"{_KEY_CHARS.sub('_', source.lower()).strip('_')[:40] or 'batch'}-{sha256[:12]}"
+def batch_key(source: str, sha256: str, split: str = "pool") -> str:
+    """Partition key of a file: its source name (sanitised), split and content hash prefix.
+    Always a valid Lance / Dagster name: starts with a letter or digit, then ``[a-z0-9_-]``."""
+    name = _KEY_CHARS.sub("_", source.lower()).strip("_-")[:40].strip("_-") or "batch"
+    return f"{name}-{split}-{sha256[:12]}"
+
+
+def store_raw_file(path: Path, raw_dir: Path) -> tuple[Path, str, int]:
+    """Copy ``path`` into the content-addressed raw store atomically: stream it to a temporary
+    file while hashing, fsync, then rename to ``raw/<sha256>/<name>``. Returns the stored path,
+    the sha256 of the bytes actually stored and their size. A file already stored under that
+    hash is trusted only when it re-hashes to it (a partial copy left by a killed process is
+    replaced)."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    _remove_orphan_copies(raw_dir)
+    with tempfile.NamedTemporaryFile(dir=raw_dir, prefix=f".incoming-{os.getpid()}-", delete=False) as tmp:
+        try:
+            with path.open("rb") as src:
+                for block in iter(lambda: src.read(1 << 22), b""):
+                    digest.update(block)
+                    tmp.write(block)
+                    size += len(block)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            Path(tmp.name).unlink(missing_ok=True)
+            raise
+    sha = digest.hexdigest()
+    stored = raw_dir / sha / path.name
+    if stored.is_file() and not stored.is_symlink() and file_sha256(stored) == sha:
+        Path(tmp.name).unlink()
+    else:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp.name, stored)
+        _fsync_dir(stored.parent)
+    return stored, sha, size
+
+
+def _remove_orphan_copies(raw_dir: Path) -> None:
+    """Delete temporary copies left by processes that died mid-copy (their pid is gone)."""
+    for leftover in raw_dir.glob(".incoming-*"):
+        pid = leftover.name.split("-")[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def find_batch_by_sha(conn: duckdb.DuckDBPyConnection, sha256: str, split: str) -> str | None:
@@ -112,32 +229,35 @@ def register_batch(
     fmt: str | None = None,
     layout: str | None = None,
     mapping: str | None = None,
+    update: bool = False,
 ) -> tuple[BatchManifest, bool]:
-    """Copy ``path`` into the content-addressed raw store and record its manifest.
-    Returns (manifest, created); the same file (same sha256, same split) is registered once."""
+    """Store ``path`` in the content-addressed raw store and record its manifest.
+    Returns (manifest, created); the same file (same sha256, same split) is registered once.
+    With ``update`` an existing batch takes the given source, task and reading options (a
+    re-ingest with ``--force`` after fixing ``--layout`` or ``--mapping``)."""
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {SPLITS}")
     ensure_schema(conn)
-    sha = file_sha256(path)
+    stored, sha, size = store_raw_file(path, raw_dir)
+    options = {"source": source, "task": task, "fmt": fmt, "layout": layout, "mapping": mapping}
     existing = find_batch_by_sha(conn, sha, split)
     if existing is not None:
-        return get_batch(conn, existing), False
-    stored = raw_dir / sha / path.name
-    stored.parent.mkdir(parents=True, exist_ok=True)
-    if not stored.exists():
-        shutil.copyfile(path, stored)
+        manifest = get_batch(conn, existing)
+        changes = {**options, "stored_path": str(stored)} if update else {"stored_path": str(stored)}
+        changes = {k: v for k, v in changes.items() if getattr(manifest, k) != v}
+        if changes:
+            assignments = ", ".join(f"{column} = ?" for column in changes)
+            conn.execute(f"UPDATE batches SET {assignments} WHERE batch = ?", [*changes.values(), existing])
+            manifest = replace(manifest, **changes)
+        return manifest, False
     manifest = BatchManifest(
-        batch=batch_key(source, sha),
-        source=source,
-        task=task,
+        batch=batch_key(source, sha, split),
         split=split,
-        fmt=fmt,
-        layout=layout,
-        mapping=mapping,
         original_path=str(path.resolve()),
         stored_path=str(stored),
         sha256=sha,
-        size_bytes=stored.stat().st_size,
+        size_bytes=size,
+        **options,
     )
     values = asdict(manifest)
     conn.execute(
@@ -221,6 +341,21 @@ def replace_batch(
             conn.execute("INSERT INTO examples BY NAME SELECT * FROM accepted")
         if quarantined.height:
             conn.execute("INSERT INTO quarantine BY NAME SELECT * FROM quarantined")
+        conn.execute(
+            "UPDATE batches SET validated_at = ?, error = NULL WHERE batch = ?",
+            [datetime.now(timezone.utc), manifest.batch],
+        )
+
+
+def mark_batch_failed(conn: duckdb.DuckDBPyConnection, batch: str, error: str) -> None:
+    """Record why a batch's validation failed (``dsel status`` lists it; a rerun retries it)."""
+    conn.execute("UPDATE batches SET error = ? WHERE batch = ?", [error[:2000], batch])
+
+
+def is_validated(conn: duckdb.DuckDBPyConnection, batch: str) -> bool:
+    """Whether the batch's validation finished (its rows are in ``examples`` / ``quarantine``)."""
+    row = one(conn, "SELECT validated_at IS NOT NULL FROM batches WHERE batch = ?", [batch])
+    return bool(row and row[0])
 
 
 def accepted_frame(manifest: BatchManifest, rows: list[dict]) -> pl.DataFrame:

@@ -33,6 +33,7 @@ def build_resources(
     device: str = "auto",
     progress: bool = False,
     grad_dim: int = 8192,
+    pooling: str | None = None,
     proxy_model: str | None = None,
     target_model: str | None = None,
 ) -> dict:
@@ -53,7 +54,7 @@ def build_resources(
         # the model fine-tuned on each selection and evaluated (the selection model unless set)
         "target_model": SelectionModel(model=target_model or model, device=device),
         "embedder": SentenceEmbedder(device=device, progress=progress),
-        "model_embedding_settings": ModelEmbeddingSettings(pooling=os.environ.get("DSEL_POOLING", "mean")),
+        "model_embedding_settings": ModelEmbeddingSettings(pooling=pooling or os.environ.get("DSEL_POOLING", "mean")),
         "grad_settings": GradientSettings(dim=grad_dim, progress=progress),
         "inbox_settings": InboxSettings.from_env(home),
     }

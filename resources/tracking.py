@@ -7,16 +7,48 @@ one MLflow run (measured, DESIGN.md section 3).
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dagster as dg
+from filelock import FileLock
 from pydantic import Field
+
+#: Query parameters whose values are secrets (tokens, keys, passwords) in a tracking URI.
+_SECRET_PARAMS = ("token", "key", "secret", "password", "passwd", "credential", "signature", "auth")
+_initialised: set[str] = set()
+_initialising = threading.Lock()
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without credentials (``user:password@`` and secret query values), for metadata
+    and logs."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = [
+        (k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/:")))
+
+
+def restore_credentials(recorded: str, configured: Iterable[str | None]) -> str:
+    """The configured URI whose redacted form is ``recorded`` (so lineage can reconnect with
+    the credentials of this deployment), else ``recorded`` as it is."""
+    return next((uri for uri in configured if uri and redact_uri(uri) == recorded), recorded)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 @dataclass(frozen=True)
@@ -96,7 +128,7 @@ class TrackedRun:
         return {
             "mlflow_run_id": self.run_id,
             "mlflow_experiment_id": self.experiment_id,
-            "mlflow_tracking_uri": self.tracking_uri,
+            "mlflow_tracking_uri": redact_uri(self.tracking_uri),
         }
 
 
@@ -108,9 +140,20 @@ class MlflowTracker(dg.ConfigurableResource):
     artifact_location: str | None = Field(default=None, description="Artifact root for a new experiment")
 
     def _client(self):
+        """A client whose store exists: the first use in a process creates (or migrates) a
+        SQLite store under a file lock, so two processes on a fresh home do not race on its
+        schema ("duplicate column name")."""
         from mlflow.tracking import MlflowClient
 
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        database = _sqlite_path(self.tracking_uri)
+        with _initialising:
+            if database is not None and self.tracking_uri not in _initialised:
+                database.parent.mkdir(parents=True, exist_ok=True)
+                with FileLock(f"{database}.lock", timeout=300):
+                    client.search_experiments(max_results=1)
+                _initialised.add(self.tracking_uri)
+        return client
 
     def experiment_id(self) -> str:
         """The experiment's id, creating it once (call before parallel workers start)."""

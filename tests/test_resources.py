@@ -98,7 +98,7 @@ def test_batch_registration_is_content_addressed(tmp_path):
         first, created = tables.register_batch(conn, src, tmp_path / "raw", source="My Source!", task="math")
         again, created_again = tables.register_batch(conn, src, tmp_path / "raw", source="other", task="math")
         assert created and not created_again and again == first
-        assert first.batch == f"my_source-{first.sha256[:12]}"
+        assert first.batch == f"my_source-pool-{first.sha256[:12]}"
         assert first.stored_path.startswith(str(tmp_path / "raw" / first.sha256))
         with pytest.raises(ValueError, match="split"):
             tables.register_batch(conn, src, tmp_path / "raw", source="s", task="t", split="train")

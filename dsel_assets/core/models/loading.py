@@ -7,6 +7,7 @@ import copy
 import functools
 import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,15 +44,27 @@ def smollm2_dir() -> Path:
     return Path(spec.origin).parent
 
 
+#: Set to 1 to let a model name that is neither an alias nor a local path reach the hub.
+ALLOW_HUB_ENV = "DSEL_ALLOW_HUB"
+
+
 def resolve(name: str) -> ModelSpec:
     """``smollm2`` (default), ``tiny`` (random Llama with the SmolLM2 tokenizer), a local
-    directory, or a hub id (needs internet unless cached)."""
+    directory or ``.gguf`` file, or - only with ``DSEL_ALLOW_HUB=1`` - a hub id: a mistyped
+    alias or path must not turn silently into a download attempt."""
     if name in (SMOLLM2, TINY):
         return ModelSpec(name, str(smollm2_dir()), SMOLLM2_GGUF, tiny=name == TINY)
     path = Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return ModelSpec(name, str(path.parent), path.name)
-    return ModelSpec(name, str(path) if path.exists() else name)
+    if path.is_dir():
+        return ModelSpec(name, str(path))
+    if os.environ.get(ALLOW_HUB_ENV) != "1":
+        raise ValueError(
+            f"model: {name!r} is neither an alias ({SMOLLM2}, {TINY}) nor a local model folder or .gguf file; "
+            f"set {ALLOW_HUB_ENV}=1 to load it as a Hugging Face hub id"
+        )
+    return ModelSpec(name, name)
 
 
 @functools.lru_cache(maxsize=4)

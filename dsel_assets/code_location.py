@@ -1,0 +1,94 @@
+"""How the Dagster code location is assembled for a state home (``definitions.defs`` is the one
+the UI and daemon load; the CLI and tests build their own without importing that module)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+
+import dagster as dg
+
+from dsel_assets import (
+    evaluation,
+    finetune,
+    gradients,
+    labels,
+    pool,
+    pre_experience,
+    reports,
+    representations,
+    scores,
+    selections,
+)
+from dsel_assets.checks import build_checks
+from dsel_assets.deployment import executor_from_env
+from dsel_assets.sensors import build_automation
+from jobs import jobs
+from resources import DselHome, build_resources
+from resources.settings import resolve_settings
+
+
+def build_definitions(
+    home: DselHome | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    grad_dim: int | None = None,
+    resources: dict | None = None,
+    *,
+    pooling: str | None = None,
+    first_use: dict | None = None,
+    change_settings: bool = False,
+    strict: bool = False,
+    pin: bool | Collection[str] = True,
+) -> dg.Definitions:
+    """Definitions for a state home. The settings that define representations (model,
+    gradient dimension, pooling) come from the home's ``settings.json`` once pinned (see
+    :mod:`resources.settings`); ``model`` / ``grad_dim`` / ``pooling`` or ``DSEL_MODEL`` /
+    ``DSEL_GRAD_DIM`` / ``DSEL_POOLING`` choose them on first use or with ``change_settings``
+    (``strict``: a conflicting request raises instead of being ignored with a warning). The
+    device defaults to ``DSEL_DEVICE`` (auto), the fine-tuned and evaluated model to
+    ``DSEL_TARGET_MODEL`` (default: the selection model); ``resources`` replaces resources by
+    key (another deployment, an instrumented embedder in a test)."""
+    home = home or DselHome.from_env()
+    settings, _ = resolve_settings(
+        home,
+        {"model": model, "grad_dim": grad_dim, "pooling": pooling},
+        first_use=first_use,
+        change=change_settings,
+        strict=strict,
+        pin=pin,
+    )
+    sensors, schedules = build_automation()
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(
+            [
+                pool,
+                representations,
+                gradients,
+                scores,
+                pre_experience,
+                labels,
+                selections,
+                finetune,
+                evaluation,
+                reports,
+            ]
+        ),
+        asset_checks=build_checks(),
+        jobs=jobs,
+        sensors=sensors,
+        schedules=schedules,
+        executor=executor_from_env(),
+        resources=build_resources(
+            home,
+            model=settings.model,
+            device=device or os.environ.get("DSEL_DEVICE", "auto"),
+            progress=progress,
+            grad_dim=settings.grad_dim,
+            pooling=settings.pooling,
+            target_model=os.environ.get("DSEL_TARGET_MODEL"),
+        )
+        | (resources or {}),
+    )
+
