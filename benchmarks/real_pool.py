@@ -114,8 +114,8 @@ def main() -> int:
 
     from dsel_assets import tables
     from dsel_assets.cli import print_comparison
-    from dsel_assets.core.data.catalog import labels_for
     from dsel_assets.code_location import build_definitions
+    from dsel_assets.core.data.catalog import labels_for
     from dsel_assets.pool import pool_batches
     from dsel_assets.runs import materialize_closure
     from resources.home import DselHome

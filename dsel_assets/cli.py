@@ -45,7 +45,11 @@ def _definitions(
     ``--change-settings``); ``pin`` names the settings the command computes with, stored on
     first use (read-only commands pin nothing)."""
     from dsel_assets.code_location import build_definitions
+    from dsel_assets.core.models.loading import resolve
 
+    requested_model = getattr(args, "model", None) or os.environ.get("DSEL_MODEL")
+    if requested_model:
+        resolve(requested_model)  # a mistyped name fails here, before anything is stored or pinned
     return build_definitions(
         home,
         model=getattr(args, "model", None),

@@ -145,15 +145,17 @@ class MlflowTracker(dg.ConfigurableResource):
         schema ("duplicate column name")."""
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=self.tracking_uri)
         database = _sqlite_path(self.tracking_uri)
         with _initialising:
-            if database is not None and self.tracking_uri not in _initialised:
-                database.parent.mkdir(parents=True, exist_ok=True)
-                with FileLock(f"{database}.lock", timeout=300):
-                    client.search_experiments(max_results=1)
-                _initialised.add(self.tracking_uri)
-        return client
+            if database is None or self.tracking_uri in _initialised:
+                return MlflowClient(tracking_uri=self.tracking_uri)
+            database.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{database}.lock", timeout=300):  # the client builds its store on creation
+                client = MlflowClient(tracking_uri=self.tracking_uri)
+                client.search_experiments(max_results=1)
+                client.search_registered_models(max_results=1)
+            _initialised.add(self.tracking_uri)
+            return client
 
     def experiment_id(self) -> str:
         """The experiment's id, creating it once (call before parallel workers start)."""

@@ -18,8 +18,8 @@ from dsel_assets.checks import (
     selection_problems,
     vector_problems,
 )
-from dsel_assets.core.data.validate import validate_file
 from dsel_assets.code_location import build_definitions
+from dsel_assets.core.data.validate import validate_file
 from dsel_assets.evaluation import EVAL_SQL
 from dsel_assets.pool import pool_batches
 
