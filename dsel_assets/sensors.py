@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -128,44 +129,65 @@ def recuration_request(
 def _inbox_tick(
     context: dg.SensorEvaluationContext, settings: InboxSettings, duckdb: DuckDBResource, home: StateHome
 ) -> dg.SensorResult:
+    """One inbox tick: register each ready file as a batch and request its run. An error with one
+    file (any exception) stays that file's: logged, retried on later ticks and set aside to
+    ``inbox/rejected/`` after ``settings.max_attempts``; the other files go on."""
     root = Path(settings.path)
     root.mkdir(parents=True, exist_ok=True)
-    seen = json.loads(context.cursor) if context.cursor else {}
-    ready, state, notes = inbox.scan(root, seen, time.time(), settings.grace_seconds)
+    seen = inbox.load_state(context.cursor)
+    ready, state, notes = inbox.scan(
+        root, seen, time.time(), settings.grace_seconds, settings.max_file_bytes, settings.max_attempts
+    )
     for note in notes:
-        context.log.info(note)
+        (context.log.warning if isinstance(note, inbox.Alert) else context.log.info)(note)
     known = set(context.instance.get_dynamic_partitions(pool_batches.name))
     new_batches, requests = [], []
     assets = batch_assets(context.instance, context.repository_def.asset_graph) if ready else []
-    for item in ready:
-        labels = labels_for(item.path, None, None, None if item.split == "pool" else item.split)
-        try:
-            with duckdb.get_connection() as conn:
-                manifest, created = tables.register_batch(
-                    conn, item.path, home.paths.raw, source=labels.source, task=labels.task, split=labels.split
+    waiting = {item.name: item for item in ready}
+
+    def fail(item: inbox.Ready, exc: Exception) -> None:
+        context.log.warning(inbox.failed(root, item.name, item.path, item.entry, exc, state, settings.max_attempts))
+
+    try:
+        with duckdb.get_connection() if ready else contextlib.nullcontext() as conn:
+            for item in ready:
+                del waiting[item.name]
+                try:
+                    if not inbox.unchanged(item):  # replaced since scanned (by a link?): judged afresh next tick
+                        context.log.warning(f"{item.name}: changed since it was scanned; looking again next tick")
+                        continue
+                    labels = labels_for(item.path, None, None, None if item.split == "pool" else item.split)
+                    manifest, created = tables.register_batch(
+                        conn, item.path, home.paths.raw, source=labels.source, task=labels.task, split=labels.split
+                    )
+                except Exception as exc:  # this file's fault only: counted, the others go on
+                    fail(item, exc)
+                    continue
+                try:
+                    moved = f"moved to {inbox.archive(root, item, manifest.sha256)}"
+                except Exception as exc:  # registered all the same: the batch runs, the move is retried
+                    fail(item, exc)
+                    moved = "left in the inbox"
+                if item.problem:
+                    context.log.warning(f"{item.name}: ingested unfinished after the grace period ({item.problem})")
+                if not created and manifest.batch in known:
+                    context.log.info(f"{item.name}: same sha256 as batch {manifest.batch}; not ingested again")
+                    continue
+                context.log.info(f"{item.name} -> batch {manifest.batch} ({labels.split}); {moved}")
+                if manifest.batch not in known:
+                    new_batches.append(manifest.batch)
+                    known.add(manifest.batch)
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"inbox-{manifest.batch}",
+                        partition_key=manifest.batch,
+                        asset_selection=assets,
+                        tags={"dsel/trigger": "inbox", "dsel/file": item.name, "dsel/sha256": manifest.sha256},
+                    )
                 )
-            archived = inbox.archive(root, item, manifest.sha256)
-        except (OSError, duckdb_lib.Error) as exc:  # locked database, file moved meanwhile: next tick
-            context.log.warning(f"{item.name}: not registered ({exc}); retrying next tick")
-            state[item.name] = seen[item.name]
-            continue
-        if item.problem:
-            context.log.warning(f"{item.name}: ingested unfinished after the grace period ({item.problem})")
-        if not created and manifest.batch in known:
-            context.log.info(f"{item.name}: same sha256 as batch {manifest.batch}; not ingested again")
-            continue
-        context.log.info(f"{item.name} -> batch {manifest.batch} ({labels.split}); moved to {archived}")
-        if manifest.batch not in known:
-            new_batches.append(manifest.batch)
-            known.add(manifest.batch)
-        requests.append(
-            dg.RunRequest(
-                run_key=f"inbox-{manifest.batch}",
-                partition_key=manifest.batch,
-                asset_selection=assets,
-                tags={"dsel/trigger": "inbox", "dsel/file": item.name, "dsel/sha256": manifest.sha256},
-            )
-        )
+    except (OSError, duckdb_lib.Error) as exc:  # database locked by a run: not the files' fault, none counted
+        context.log.warning(f"database not available ({exc}); {len(waiting)} ready file(s) wait for the next tick")
+        state.update({name: list(item.entry) for name, item in waiting.items()})
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[pool_batches.build_add_request(new_batches)] if new_batches else [],

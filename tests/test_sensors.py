@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from dsel_assets import inbox
-from dsel_assets.definitions import build_definitions
+from dsel_assets.code_location import build_definitions
 from dsel_assets.pool import pool_batches
 from resources import InboxSettings, SentenceEmbedder, build_resources
 
