@@ -9,6 +9,7 @@ from dsel_assets import tables
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.core.models.templates import token_counter
 from dsel_assets.metadata import markdown_table
+from resources.ingest import IngestLimits
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -29,6 +30,7 @@ def pool_batch(
     duckdb: DuckDBResource,
     selection_model: SelectionModel,
     tracker: MlflowTracker,
+    ingest_limits: IngestLimits,
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     with duckdb.get_connection() as conn:
@@ -44,6 +46,8 @@ def pool_batch(
             count_tokens=token_counter(selection_model.tokenizer()),
             max_tokens=selection_model.max_tokens,
             known_ids=known,
+            max_record_bytes=ingest_limits.max_record_bytes,
+            max_file_bytes=ingest_limits.max_file_bytes,
         )
         accepted = tables.accepted_frame(manifest, result.accepted)
         quarantined = tables.quarantine_frame(manifest, result.quarantined)
@@ -61,6 +65,7 @@ def pool_batch(
         "split": manifest.split,
         "layout": result.layout,
         "max_tokens": selection_model.max_tokens,
+        "max_record_bytes": ingest_limits.max_record_bytes,
         **selection_model.identity(),
     }
     inputs = [DatasetRef(f"raw/{manifest.source}", manifest.stored_path, manifest.sha256)]

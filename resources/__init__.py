@@ -9,6 +9,7 @@ from dagster_duckdb import DuckDBResource
 from .gradient_settings import GradientSettings
 from .home import DselHome, StateHome
 from .inbox import InboxSettings
+from .ingest import IngestLimits
 from .lance_store import LanceStore
 from .models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
 from .tracking import DatasetRef, MlflowTracker
@@ -17,6 +18,7 @@ __all__ = [
     "DatasetRef",
     "DselHome",
     "InboxSettings",
+    "IngestLimits",
     "LanceStore",
     "MlflowTracker",
     "ModelEmbeddingSettings",
@@ -57,4 +59,5 @@ def build_resources(
         "model_embedding_settings": ModelEmbeddingSettings(pooling=pooling or os.environ.get("DSEL_POOLING", "mean")),
         "grad_settings": GradientSettings(dim=grad_dim, progress=progress),
         "inbox_settings": InboxSettings.from_env(home),
+        "ingest_limits": IngestLimits.from_env(),
     }

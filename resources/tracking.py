@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import dagster as dg
 from filelock import FileLock
@@ -31,14 +31,14 @@ def redact_uri(uri: str) -> str:
     """``uri`` without credentials (``user:password@`` and secret query values), for metadata
     and logs."""
     parts = urlsplit(uri)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = [
-        (k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/:")))
+    redacted = uri
+    if "@" in parts.netloc:
+        redacted = redacted.replace(parts.netloc, "***@" + parts.netloc.rsplit("@", 1)[1], 1)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(s in k.lower() for k, _ in pairs for s in _SECRET_PARAMS):
+        query = [(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in pairs]
+        redacted = redacted.replace(parts.query, urlencode(query, safe="*/:"), 1)
+    return redacted
 
 
 def restore_credentials(recorded: str, configured: Iterable[str | None]) -> str:

@@ -2,24 +2,54 @@
 
 Two steps, kept apart so that nothing is lost on bad input:
 
-1. :func:`read_items` turns a file into :class:`RawItem` s - one per record, each with its
+1. :func:`read_items` streams a file into :class:`RawItem` s - one per record, each with its
    position, its verbatim text and either the decoded value or the reason it could not be
-   decoded (bad UTF-8, broken JSON line, unreadable file).
+   decoded (bad UTF-8, broken JSON, too deep, too large a number or record, lone surrogate,
+   unreadable or too large a file). A bad record never takes its neighbours with it.
 2. :func:`to_messages` turns one decoded record of a known layout into a list of
    ``{"role", "content"}`` turns, or raises :class:`RecordError` with a quarantine reason.
 """
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
+from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import ijson
 
 from .schema import ROLES, Reason, RecordError
 
 FORMATS = ("json", "jsonl", "parquet")
+
+#: Default caps, checked before anything is decoded or tokenized (a 50 MB line once took 95 s
+#: and 9 GB to reject). A record over the first or a file over the second is quarantined.
+MAX_RECORD_BYTES = 1_000_000
+MAX_FILE_BYTES = 2 * 1024**3
+#: Containers nested deeper than this are quarantined: recursive code downstream would crash.
+MAX_DEPTH = 100
+#: How much of an oversized record, an unreadable file or a broken stream's rest the raw text keeps.
+RAW_PREFIX_BYTES = 64 * 1024
+#: Bytes read at a time; also how far back a broken JSON stream's raw text may start. Reads
+#: within one long JSON record grow up to MAX_READ_CHUNK: ijson rescans an unfinished string at
+#: every read, so fixed reads would make a long string quadratic.
+READ_CHUNK = 4096
+MAX_READ_CHUNK = 16 * 1024**2
+BOM = codecs.BOM_UTF8
+
+# The pure-Python ijson backend: the C one (yajl2_c) silently turns a lone high-surrogate escape
+# into "?" and fails on the low-surrogate escapes that _EscapeUndecodableBytes writes.
+_IJSON = ijson.get_backend("python")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, decoded with "surrogateescape"
+_BYTE_AFTER_BACKSLASHES = re.compile(r"(?<!\\)(\\*)([\udc80-\udcff])")
 
 #: Supported record layouts, in detection order.
 LAYOUTS = (
@@ -83,7 +113,7 @@ class RawItem:
 
 
 def detect_format(path: Path, head: bytes) -> str:
-    """Format from the extension, else from the first bytes."""
+    """Format from the extension, else from the first bytes (a byte-order mark is skipped)."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
@@ -93,80 +123,376 @@ def detect_format(path: Path, head: bytes) -> str:
         return "parquet"
     if head.startswith(b"PAR1"):
         return "parquet"
-    return "json" if head.lstrip()[:1] == b"[" else "jsonl"
+    return "json" if head.removeprefix(BOM).lstrip()[:1] == b"[" else "jsonl"
 
 
-def read_items(path: str | Path, fmt: str | None = None) -> Iterator[RawItem]:
-    """Yield every record of ``path``. A file that cannot be read as ``fmt`` yields one item
-    carrying the whole file text and the reason, so the quarantine keeps it."""
+def read_items(
+    path: str | Path,
+    fmt: str | None = None,
+    *,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> Iterator[RawItem]:
+    """Yield every record of ``path``, streaming: one bad record yields one item with its reason
+    and the records around it still come through.
+
+    A file over ``max_file_bytes`` yields one ``file_too_large`` item and a record over
+    ``max_record_bytes`` one ``record_too_large`` item, neither decoded. Their raw text, and that
+    of a file that cannot be read at all, is cut to its first :data:`RAW_PREFIX_BYTES` with a
+    note of the bytes left out: nothing is lost, as the raw store keeps the whole file."""
     path = Path(path)
-    data = path.read_bytes()
-    fmt = fmt or detect_format(path, data[:64])
-    if fmt not in FORMATS:
-        raise ValueError(f"format: {fmt!r} is not one of {FORMATS}")
-    if fmt == "parquet":
-        yield from _read_parquet(data)
-    elif fmt == "jsonl":
-        yield from _read_jsonl(data)
-    else:
-        yield from _read_json(data)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        fmt = fmt or detect_format(path, f.read(64))
+        if fmt not in FORMATS:
+            raise ValueError(f"format: {fmt!r} is not one of {FORMATS}")
+        f.seek(0)
+        if size > max_file_bytes:
+            yield _whole_file(f, size, 0, Reason.FILE_TOO_LARGE, f"{size} bytes > max_file_bytes {max_file_bytes}")
+        elif fmt == "parquet":
+            yield from _read_parquet(f, size, max_record_bytes)
+        else:
+            if f.read(len(BOM)) != BOM:
+                f.seek(0)
+            if _reads_as_lines(f, fmt, max_record_bytes):
+                yield from _read_jsonl(f, max_record_bytes)
+            else:
+                yield from _read_json(f, max_record_bytes)
+
+
+def _reads_as_lines(f: BinaryIO, fmt: str, max_record_bytes: int) -> bool:
+    """Whether a JSON(-lines) file is JSON lines, whatever its name says, judged on its first
+    lines: a ``.json`` file whose first line is a whole JSON value with more lines after it is
+    JSON lines; a ``.jsonl`` file that starts with ``[`` and whose first line is not a whole value
+    is a (pretty-printed) JSON array. Leaves the file position where it was."""
+    start = f.tell()
+    lines = (line for line in iter(lambda: f.readline(max_record_bytes + 1), b"") if line.strip())
+    first, second = next(lines, b""), next(lines, b"")
+    f.seek(start)
+    if fmt == "jsonl":
+        return not (first.lstrip()[:1] == b"[" and _whole_value(first) is False)
+    return bool(second) and _whole_value(first) is not False and _whole_value(second) is not False
+
+
+def _whole_value(line: bytes) -> bool | None:
+    """True: ``line`` is one JSON value; False: a fragment of one; None: cannot tell (not UTF-8,
+    too deep, too long a number)."""
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    except (ValueError, RecursionError):
+        return None
+    return True
 
 
 def _lossless_text(data: bytes) -> str:
     return data.decode("utf-8", errors="backslashreplace")
 
 
-def _read_jsonl(data: bytes) -> Iterator[RawItem]:
-    for lineno, line in enumerate(data.split(b"\n"), start=1):
-        line = line.rstrip(b"\r")
+def _prefix_text(data: bytes, size: int) -> str:
+    """Lossless text of the first :data:`RAW_PREFIX_BYTES` of ``data``, a record or file of
+    ``size`` bytes, with a note of how many bytes were left out."""
+    kept = data[:RAW_PREFIX_BYTES]
+    text = _lossless_text(kept)
+    if size > len(kept):
+        text += f"\n[... {size - len(kept)} more bytes not kept here; the raw store keeps the whole file]"
+    return text
+
+
+def _whole_file(f: BinaryIO, size: int, position: int, reason: Reason, detail: str) -> RawItem:
+    """One item for the file as a whole (its raw text a prefix of the file)."""
+    f.seek(0)
+    return RawItem(position, _prefix_text(f.read(RAW_PREFIX_BYTES), size), error=RecordError(reason, detail))
+
+
+def _storable_text(text: str) -> str:
+    """``text`` made encodable as UTF-8 for the quarantine table: bytes that were not UTF-8
+    (surrogate escapes) are shown as ``\\xNN``, other lone surrogates as ``\\uNNNN``."""
+    if not _SURROGATE.search(text):
+        return text
+    try:
+        return _lossless_text(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _value_problem(value: Any, undecodable_bytes: bool = False) -> RecordError | None:
+    """Why a decoded record cannot be used as it is: nested deeper than :data:`MAX_DEPTH`
+    (recursive code downstream would crash on it) or a string or key that is not valid Unicode,
+    i.e. holds a lone surrogate (tokenizers and UTF-8 writers fail on it). ``undecodable_bytes``:
+    the record comes from a stream where non-UTF-8 bytes were turned into surrogate escapes."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                if undecodable_bytes and _ESCAPED_BYTE.search(node):
+                    return RecordError(Reason.INVALID_UTF8, "a string holds bytes that are not UTF-8")
+                return RecordError(Reason.INVALID_UNICODE, f"lone surrogate in {_storable_text(node)[:80]!r}")
+        elif isinstance(node, (dict, list)):
+            if depth == MAX_DEPTH:
+                return RecordError(Reason.TOO_DEEP, f"nested deeper than {MAX_DEPTH} levels")
+            if isinstance(node, dict):
+                stack.extend((key, depth) for key in node)
+                node = node.values()
+            stack.extend((child, depth + 1) for child in node)
+    return None
+
+
+def _decoded(position: int, raw: str, value: Any, undecodable_bytes: bool = False) -> RawItem:
+    """An item for a decoded record, or for why it cannot be used (see :func:`_value_problem`).
+    The record's text ``raw`` tells when there is nothing to look for: no surrogate, no ``\\u``
+    escape and fewer brackets than :data:`MAX_DEPTH`."""
+    if "\\u" in raw or _SURROGATE.search(raw) or raw.count("[") + raw.count("{") > MAX_DEPTH:
+        error = _value_problem(value, undecodable_bytes)
+        if error is not None:
+            return RawItem(position, _storable_text(raw), error=error)
+    return RawItem(position, raw, value=value)
+
+
+def _too_large(position: int, data: bytes, size: int, max_record_bytes: int) -> RawItem:
+    detail = f"{size} bytes > max_record_bytes {max_record_bytes}"
+    return RawItem(position, _prefix_text(data, size), error=RecordError(Reason.RECORD_TOO_LARGE, detail))
+
+
+def _number_too_large(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is Python's refusal to convert an integer literal of too many digits."""
+    return isinstance(exc, ValueError) and "integer string conversion" in str(exc)
+
+
+def _read_jsonl(f: BinaryIO, max_record_bytes: int) -> Iterator[RawItem]:
+    for lineno, line, size in _lines(f, max_record_bytes):
         if not line.strip():
             continue  # blank lines are separators, not records
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            err = RecordError(Reason.INVALID_UTF8, str(exc))
-            yield RawItem(lineno, _lossless_text(line), error=err)
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield RawItem(lineno, text, error=RecordError(Reason.MALFORMED_JSON, str(exc)))
-            continue
-        yield RawItem(lineno, text, value=value)
+        if size > max_record_bytes:
+            yield _too_large(lineno, line, size, max_record_bytes)
+        else:
+            yield _decode_line(lineno, line)
 
 
-def _read_json(data: bytes) -> Iterator[RawItem]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        yield RawItem(0, _lossless_text(data), error=RecordError(Reason.INVALID_UTF8, str(exc)))
-        return
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":  # a JSON-lines file named .json
-            yield from _read_jsonl(data)
+def _lines(f: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes, int]]:
+    """(1-based number, bytes without the line end, size in bytes) of each line. A line over
+    ``max_bytes`` comes cut after ``max_bytes + 1`` bytes; its rest is skipped as read, never held."""
+    for lineno in itertools.count(1):
+        line = f.readline(max_bytes + 1)
+        if not line:
             return
+        if line.endswith(b"\n") or len(line) <= max_bytes:
+            line = line.removesuffix(b"\n").rstrip(b"\r")
+            yield lineno, line, len(line)
+            continue
+        size = len(line)
+        while rest := f.readline(max_bytes + 1):
+            size += len(rest.removesuffix(b"\n"))
+            if rest.endswith(b"\n"):
+                break
+        yield lineno, line, size
+
+
+def _decode_line(lineno: int, line: bytes) -> RawItem:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RawItem(lineno, _lossless_text(line), error=RecordError(Reason.INVALID_UTF8, str(exc)))
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        error = RecordError(Reason.TOO_DEEP, "nested too deep to parse")
+    except ValueError as exc:  # JSONDecodeError, or an integer literal of too many digits
+        error = RecordError(Reason.NUMBER_TOO_LARGE if _number_too_large(exc) else Reason.MALFORMED_JSON, str(exc))
+    else:
+        return _decoded(lineno, text, value)
+    return RawItem(lineno, text, error=error)
+
+
+class _EscapeUndecodableBytes:
+    """Turns a byte stream into valid UTF-8 for the JSON parser: each byte that is not UTF-8
+    becomes the JSON escape of its surrogate-escape code point (``\\xff`` -> ``\\udcff``), so the
+    parser reads on and only the record holding it is quarantined (``invalid_utf8``). A byte
+    right after an unescaped backslash becomes ``?``, an invalid escape: malformed JSON either way."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self._held = ""  # trailing backslashes, judged with the next chunk
+        self.escaped = 0
+
+    def __call__(self, chunk: bytes, final: bool = False) -> bytes:
+        text = self._held + self._decoder.decode(chunk, final)
+        ready = text if final else text.rstrip("\\")
+        self._held = text[len(ready) :]
+        if not ready.isascii() and _ESCAPED_BYTE.search(ready):
+            ready, n = _BYTE_AFTER_BACKSLASHES.subn(self._escape, ready)
+            self.escaped += n
+        return ready.encode("utf-8")
+
+    @staticmethod
+    def _escape(match: re.Match) -> str:
+        backslashes, byte = match[1], match[2]
+        return backslashes + ("?" if len(backslashes) % 2 else f"\\u{ord(byte):04x}")
+
+
+class _ValueBuilder:
+    """One top-level JSON value rebuilt from ijson events, with the text that
+    ``json.dumps(value, ensure_ascii=False)`` gives for it. Once the text passes ``max_bytes``
+    it keeps neither the value nor more text, and only goes on measuring the size."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.parts: list[str] = []
+        self.size = 0
+        self.value: Any = None
+        self._open: list[list] = []  # [container, key] of each container being filled
+        self._depth = 0
+        self._comma = False
+
+    def add(self, event: str, value: Any) -> bool:
+        """Take one event; True once the value is complete."""
+        if event in ("end_map", "end_array"):
+            self._write("}" if event == "end_map" else "]")
+            self._comma, self._depth = True, self._depth - 1
+            if self._open:
+                self._put(self._open.pop()[0])
+            return self._depth == 0
+        separator = ", " if self._comma else ""
+        if event == "map_key":
+            self._write(f"{separator}{encode_basestring(value)}: ")
+            self._comma = False
+            if self._open:
+                self._open[-1][1] = value
+            return False
+        if event in ("start_map", "start_array"):
+            self._write(separator + ("{" if event == "start_map" else "["))
+            self._comma, self._depth = False, self._depth + 1
+            if self.size <= self.max_bytes:
+                self._open.append([{} if event == "start_map" else [], None])
+            return False
+        if isinstance(value, Decimal):  # ijson's non-integers, as float like json.loads
+            value = float(value)
+        self._write(separator + (encode_basestring(value) if isinstance(value, str) else json.dumps(value)))
+        self._comma = True
+        self._put(value)
+        return self._depth == 0
+
+    def item(self, position: int, undecodable_bytes: bool) -> RawItem:
+        text = "".join(self.parts)
+        if self.size > self.max_bytes:
+            prefix = _storable_text(text[:RAW_PREFIX_BYTES]).encode("utf-8")
+            return _too_large(position, prefix, self.size, self.max_bytes)
+        return _decoded(position, text, self.value, undecodable_bytes)
+
+    def _write(self, piece: str) -> None:
+        if self.size <= self.max_bytes:
+            self.parts.append(piece)
+        self.size += len(piece) if piece.isascii() else len(piece.encode("utf-8", "surrogatepass"))
+        if self.size > self.max_bytes:  # too large: stop holding it
+            self._open.clear()
+            self.value = None
+
+    def _put(self, value: Any) -> None:
+        if self.size > self.max_bytes:
+            return
+        if not self._open:
+            self.value = value
+        elif isinstance(container := self._open[-1][0], dict):
+            container[self._open[-1][1]] = value
+        else:
+            container.append(value)
+
+
+@dataclass
+class _Unparsed:
+    """The bytes from where the last complete record was seen on: what a broken stream leaves
+    unread. Holds at most :data:`RAW_PREFIX_BYTES` and counts the rest."""
+
+    start: int
+    kept: bytearray = field(default_factory=bytearray)
+    size: int = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.kept += chunk[: RAW_PREFIX_BYTES - len(self.kept)]
+        self.size += len(chunk)
+
+    def restart(self, start: int, chunk: bytes) -> None:
+        self.start, self.kept, self.size = start, bytearray(), 0
+        self.add(chunk)
+
+
+def _read_json(f: BinaryIO, max_record_bytes: int) -> Iterator[RawItem]:
+    """A JSON document, streamed with ijson: each element of a top-level array (or the one
+    top-level value) is an item. Where the stream breaks (cut file, bad token, number too large)
+    the unread rest becomes one item: ``unreadable_file`` when no record was read, else the
+    reason found or ``malformed_json``. Its raw text starts at the start of the read (of
+    :data:`READ_CHUNK` bytes, more within a long record) in which the last good record ended, so
+    it may repeat that record's end; records after the break are in it, not read."""
+    events = ijson.sendable_list()
+    parser = _IJSON.basic_parse_coro(events, use_float=False)
+    escape = _EscapeUndecodableBytes()
+    unparsed = _Unparsed(start=f.tell())
+    in_array: bool | None = None
+    builder: _ValueBuilder | None = None
+    index, read_size = 0, READ_CHUNK
+    while True:
+        offset, chunk = f.tell(), f.read(read_size)
+        unparsed.add(chunk)
+        read_size = min(2 * read_size, MAX_READ_CHUNK)
+        broken: Exception | None = None
+        try:
+            if data := escape(chunk, final=not chunk):
+                parser.send(data)  # never empty: that would end the parser without its end-of-input checks
+            if not chunk:
+                parser.close()
+        except (ijson.JSONError, ValueError) as exc:  # also json's JSONDecodeError for bad strings
+            broken = exc
+        for event, value in events:
+            if in_array is None:
+                in_array = event == "start_array"
+                if in_array:
+                    continue
+            if in_array and builder is None and event == "end_array":
+                continue  # the end of the top-level array itself
+            builder = builder or _ValueBuilder(max_record_bytes)
+            if builder.add(event, value):
+                yield builder.item(index, escape.escaped > 0)
+                builder, index, read_size = None, index + 1, READ_CHUNK
+                unparsed.restart(offset, chunk)
+        del events[:]
+        if broken is not None:
+            yield _broken_stream_item(index, unparsed, broken)
+            return
+        if not chunk:
+            return
+
+
+def _broken_stream_item(position: int, unparsed: _Unparsed, exc: Exception) -> RawItem:
+    if _number_too_large(exc.__context__):
+        reason = Reason.NUMBER_TOO_LARGE
+    else:
+        reason = Reason.MALFORMED_JSON if position else Reason.UNREADABLE_FILE
+    detail = f"JSON breaks at record {position} ({exc}); raw is the file from byte {unparsed.start} on"
+    if reason is Reason.UNREADABLE_FILE:
         detail = f"not a JSON document: {exc}"
-        yield RawItem(0, text, error=RecordError(Reason.UNREADABLE_FILE, detail))
-        return
-    records = doc if isinstance(doc, list) else [doc]
-    for index, value in enumerate(records):
-        yield RawItem(index, json.dumps(value, ensure_ascii=False), value=value)
+    return RawItem(position, _prefix_text(bytes(unparsed.kept), unparsed.size), error=RecordError(reason, detail))
 
 
-def _read_parquet(data: bytes) -> Iterator[RawItem]:
+def _read_parquet(f: BinaryIO, size: int, max_record_bytes: int) -> Iterator[RawItem]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    index = 0
     try:
-        table = pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowInvalid, OSError) as exc:
-        detail = f"not a Parquet file: {exc}"
-        yield RawItem(0, _lossless_text(data), error=RecordError(Reason.UNREADABLE_FILE, detail))
-        return
-    for index, value in enumerate(table.to_pylist()):
-        yield RawItem(index, json.dumps(value, ensure_ascii=False, default=str), value=value)
+        for batch in pq.ParquetFile(f).iter_batches():
+            for value in batch.to_pylist():
+                raw = json.dumps(value, ensure_ascii=False, default=str)
+                raw_size = len(raw.encode("utf-8"))
+                if raw_size > max_record_bytes:
+                    yield _too_large(index, raw.encode("utf-8"), raw_size, max_record_bytes)
+                else:
+                    yield _decoded(index, raw, value)
+                index += 1
+    except (pa.ArrowException, OSError) as exc:
+        detail = f"not a Parquet file: {exc}" if index == 0 else f"Parquet read fails after row {index}: {exc}"
+        yield _whole_file(f, size, index, Reason.UNREADABLE_FILE, detail)
 
 
 def detect_layout(record: Any) -> str | None:

@@ -15,8 +15,14 @@ class Reason(str, Enum):
     """Why a row went to quarantine. The value is what the quarantine table stores."""
 
     UNREADABLE_FILE = "unreadable_file"  # the file is not what its extension / declared format says
+    FILE_TOO_LARGE = "file_too_large"  # over max_file_bytes: not read
+    RECORD_TOO_LARGE = "record_too_large"  # over max_record_bytes: not decoded
     INVALID_UTF8 = "invalid_utf8"
     MALFORMED_JSON = "malformed_json"
+    TOO_DEEP = "too_deep"  # containers nested deeper than readers.MAX_DEPTH
+    NUMBER_TOO_LARGE = "number_too_large"  # an integer literal over Python's int digit limit (4300)
+    INVALID_UNICODE = "invalid_unicode"  # a string or key with a lone surrogate ("\ud800")
+    INVALID_RECORD = "invalid_record"  # any other error on this record; the exception is in the detail
     NOT_AN_OBJECT = "not_an_object"
     UNKNOWN_LAYOUT = "unknown_layout"
     MISSING_FIELD = "missing_field"

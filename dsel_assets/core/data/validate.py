@@ -13,7 +13,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .readers import FieldMapping, RawItem, consumed_fields, detect_layout, read_items, to_messages
+from .readers import (
+    LAYOUTS,
+    MAX_FILE_BYTES,
+    MAX_RECORD_BYTES,
+    FieldMapping,
+    RawItem,
+    consumed_fields,
+    detect_layout,
+    read_items,
+    to_messages,
+)
 from .schema import Reason, RecordError, example_id
 
 #: Counts tokens of many conversations at once (the selection model's tokenizer + template).
@@ -67,11 +77,16 @@ def validate_items(
     ``known_ids`` maps ids already stored (earlier batches) to where they are: a record
     equal to one of them is a duplicate, which also keeps eval and query rows out of the pool
     when those sets are ingested first (decontamination). ``layout`` is detected from the
-    first decodable record when not given.
+    first decodable record when not given. An error no check foresaw costs only its record
+    (``invalid_record``, the exception in the detail); a ``MemoryError`` still stops the file.
     """
     items = list(items)
     if layout is None and mapping is not None:
         layout = "mapped"
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout: {layout!r} is not one of {LAYOUTS}")
+    if layout == "mapped" and mapping is None:
+        raise ValueError("layout 'mapped' needs a field mapping (prompt=..., response=...)")
     if layout is None:
         layout = next((lay for it in items if it.error is None and (lay := detect_layout(it.value))), None)
     result = ValidationResult(layout=layout)
@@ -87,6 +102,10 @@ def validate_items(
                     raise RecordError(Reason.CONTROL_CHARACTERS, "content holds control characters")
             except RecordError as exc:
                 error = exc
+            except MemoryError:
+                raise
+            except Exception as exc:  # a case no check foresaw: it costs this record, not the file
+                error = RecordError(Reason.INVALID_RECORD, f"{type(exc).__name__}: {exc}")
         if error is not None:
             result.quarantined.append(_quarantine(item, error))
         else:
@@ -140,10 +159,13 @@ def validate_file(
     count_tokens: TokenCounter | None = None,
     max_tokens: int | None = None,
     known_ids: Mapping[str, str] | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> ValidationResult:
-    """Read and validate one file (see :func:`validate_items`)."""
+    """Read and validate one file (see :func:`validate_items`); the caps are those of
+    :func:`~dsel_assets.core.data.readers.read_items`."""
     return validate_items(
-        read_items(path, fmt),
+        read_items(path, fmt, max_record_bytes=max_record_bytes, max_file_bytes=max_file_bytes),
         layout=layout,
         mapping=FieldMapping.parse(mapping),
         count_tokens=count_tokens,
