@@ -4,10 +4,13 @@ pool batch and pool-wide assets once."""
 
 from __future__ import annotations
 
+import sys
+import uuid
 from collections.abc import Callable, Iterable
 
 import dagster as dg
 
+from dsel_assets.liveness import process_tags, wait_for_slots, watch_slots
 from dsel_assets.pool import pool_batches
 
 #: Console logging at INFO for CLI runs (Dagster's DEBUG event stream stays in the event log).
@@ -68,9 +71,11 @@ def _execute(defs, instance, job_name: str, keys: list[dg.AssetKey], ops: dict, 
     config = {**QUIET, "ops": {name: value for name, value in ops.items() if name in names}}
     where = f" for batch {batch}" if batch else ""
     log(f"[dsel] materializing {', '.join(sorted(names))}{where} ...")
-    defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, partition_key=batch, asset_selection=keys, run_config=config
+    result = execute(
+        defs.resolve_job_def(job_name), instance, log, partition_key=batch, asset_selection=keys, run_config=config
     )
+    if not result.success:
+        raise RunFailed(failure_summary(result))
 
 
 def run_batches(
@@ -79,18 +84,93 @@ def run_batches(
     job_name: str,
     run_config: dict | None = None,
     asset_selection: list[dg.AssetKey] | None = None,
-) -> None:
-    """Register ``batches`` as dynamic partitions (once) and run ``job_name`` for each."""
+) -> list[str]:
+    """Register ``batches`` as dynamic partitions (once) and run ``job_name`` for each;
+    returns the batches whose run failed (each reported on stderr in one line)."""
     instance = dg.DagsterInstance.get()
     new = [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
     if new:
         instance.add_dynamic_partitions(pool_batches.name, new)
     job = defs.resolve_job_def(job_name)
+    failed = []
     for batch in batches:
         print(f"[dsel] {job_name} for batch {batch} ...", flush=True)
-        job.execute_in_process(
-            instance=instance,
+        result = execute(
+            job,
+            instance,
+            _stdout,
             partition_key=batch,
             run_config={**QUIET, **(run_config or {})},
             asset_selection=asset_selection,
         )
+        if not result.success:  # one bad batch does not stop the others
+            print(f"[dsel] batch {batch}: {failure_summary(result)}", file=sys.stderr, flush=True)
+            failed.append(batch)
+    return failed
+
+
+def execute(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    log: Callable[[str], None],
+    partition_key: str | None = None,
+    asset_selection: list[dg.AssetKey] | None = None,
+    run_config: dict | None = None,
+) -> dg.ExecuteInProcessResult:
+    """``job.execute_in_process`` (errors in the result, not raised) tagged with this process, so a
+    run it leaves behind when killed can be reaped (dsel_assets/liveness.py). First waits, saying
+    for whom and interruptibly, until each concurrency pool of the selected steps has a free slot;
+    a Ctrl-C while a step waits inside Dagster, or during a step, raises KeyboardInterrupt."""
+    if asset_selection is None:
+        pools = set(job.graph.pools)
+    else:
+        graph = job.asset_layer.asset_graph
+        pools = {pool for key in asset_selection for pool in graph.get(key).pools or ()}
+    wait_for_slots(instance, pools, log)
+    run_id = str(uuid.uuid4())
+    with watch_slots(instance, run_id, pools, log):
+        result = job.execute_in_process(
+            instance=instance,
+            run_id=run_id,
+            partition_key=partition_key,
+            asset_selection=asset_selection,
+            run_config=run_config,
+            tags=process_tags(),
+            raise_on_error=False,
+        )
+    if _interrupted(result):
+        raise KeyboardInterrupt
+    return result
+
+
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether the run ended on Ctrl-C or SIGTERM (with ``raise_on_error=False`` Dagster records
+    that as a run failure and returns)."""
+    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE]
+    error = failures[0].job_failure_data.error if failures else None
+    return error is not None and error.cls_name in {"KeyboardInterrupt", "DagsterExecutionInterruptedError"}
+
+
+def _stdout(line: str) -> None:
+    print(line, flush=True)
+
+
+class RunFailed(RuntimeError):
+    """A Dagster run failed; the message names the step and its error (no traceback)."""
+
+
+def failure_summary(result: dg.ExecuteInProcessResult) -> str:
+    """``run <id>: step <key> failed: <error>`` for each failed step of an in-process run."""
+    failures = [
+        f"step {event.step_key} failed: {_root_message(event.step_failure_data.error)}"
+        for event in result.all_events
+        if event.is_step_failure
+    ]
+    return f"run {result.run_id[:8]}: " + ("; ".join(failures) or "failed (see `dagster` logs)")
+
+
+def _root_message(error) -> str:
+    """The innermost cause of a serialized Dagster error, in one line."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name or "error"

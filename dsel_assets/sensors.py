@@ -28,6 +28,7 @@ from dagster_duckdb import DuckDBResource
 from dsel_assets import inbox, tables
 from dsel_assets.core.data.catalog import labels_for
 from dsel_assets.gradients import MODELS
+from dsel_assets.liveness import reap_dead_runs
 from dsel_assets.pool import POOL, pool_batches
 from dsel_assets.reports import REPORTS
 from dsel_assets.representations import REPRESENTATIONS
@@ -224,6 +225,7 @@ def build_automation(
         description="After batch runs finish, re-runs the stale selections over the grown pool.",
     )
     def recuration_sensor(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+        reap_dead_runs(context.instance, context.log.warning)  # a killed batch run would block re-curation for ever
         pending = context.instance.get_run_records(
             RunsFilter(job_name=batch_job.name, statuses=IN_PROGRESS_RUN_STATUSES), limit=1
         )
