@@ -76,6 +76,7 @@ def inputs(spec, n=240, d=8, seed=0):
         "uncertainty": {name: with_gaps(rng.uniform(0, 1, n)) for name in UNCERTAINTY},
         "learning_percentage": with_gaps(rng.uniform(0, 1, n)),
         "pool_gradients": rng.normal(size=(n, 12)).astype(np.float32),
+        "less_scorer": lambda chosen, task: less[task][[int(i[2:]) for i in chosen]],  # on demand (ClusterUCB)
         "query_gradients": (rng.normal(size=(9, 12)).astype(np.float32), [f"t{j // 3}" for j in range(9)]),
         "trainer": SyntheticTrainer(x),
     }

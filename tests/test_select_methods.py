@@ -49,11 +49,34 @@ def test_bids_normalisation_top_k_and_affine_invariance():
     base = get("bids").select(ids(200), 30, build_config("bids"), influence=Influence(a, tasks))
     shifted = a * np.array([3.0, 0.5, 1, 10, 2, 1]) + np.array([5.0, -2, 0, 1, 7, -3])
     assert get("bids").select(ids(200), 30, build_config("bids"), influence=Influence(shifted, tasks)).ids == base.ids
-    counts = {t: 0 for t in "abc"}
-    for i in base.ids:  # balance: each task's best rows are served in turn
-        row = int(i[1:])
-        counts[tasks[int(np.argmax(normalise_columns(a)[row]))]] += 1
-    assert max(counts.values()) - min(counts.values()) <= 12
+    assert base.ids == [f"p{i:03d}" for i in naive_bids(a, tasks, 30)]
+
+
+def naive_bids(a, tasks, k):
+    """BIDS straight from the spec, O(k N T): z-score each column, task score = max of its
+    columns, then repeatedly serve the task whose selected rows score lowest on average."""
+    z = (a - a.mean(axis=0)) / a.std(axis=0)
+    names = list(dict.fromkeys(tasks))
+    s = np.stack([z[:, [j for j, t in enumerate(tasks) if t == name]].max(axis=1) for name in names], axis=1)
+    order = []
+    while len(order) < k:
+        u = [np.mean([s[i, t] for i in order]) if order else 0.0 for t in range(len(names))]
+        t = int(np.argmin(u))
+        best = max((i for i in range(len(a)) if i not in order), key=lambda i: (s[i, t], -i))
+        order.append(best)
+    return order
+
+
+def test_bids_serves_the_worst_off_task_by_hand():
+    # both columns hold the same values {3, 2, 1, 0, -1, -5} (mean 0), so z-scoring scales them
+    # alike and the walk can be done on the raw values. Task a = column 0, task b = column 1.
+    a = np.array([[3, -5], [2, -1], [-5, 1], [-1, 0], [0, 2], [1, 3]], dtype=np.float64)
+    # u = (0, 0) tie -> a takes row 0 (3); u = (3, -5) -> b takes row 5 (3); u = (2, -1) -> b
+    # takes row 4 (2); u = (4/3, 0) -> b takes row 2 (1); u = (-1/4, 1/4) -> a takes row 1 (2).
+    # Top-k by the best task score would take row 1 third: [0, 5, 1, 4, 2].
+    sel = get("bids").select(ids(6), 5, build_config("bids"), influence=Influence(a, ("a", "b")))
+    assert sel.ids == ["p000", "p005", "p004", "p002", "p001"]
+    assert naive_bids(a, ("a", "b"), 5) == [0, 5, 4, 2, 1]
 
 
 def test_round_robin_with_one_query_is_top_k_and_cycles_queries():
@@ -79,16 +102,22 @@ def test_doubly_greedy_uses_the_best_query():
     assert sel.ids == ["p000", "p002", "p001"]
 
 
-def test_uot_mass_favours_pool_points_near_queries():
-    rng = np.random.default_rng(2)
-    s = rng.uniform(-0.2, 0.2, (40, 3)).astype(np.float32)
-    s[7] = 0.95
-    s[11, 0] = 0.9
-    sel = get("uot").select(ids(40), 5, build_config("uot"), influence=Influence(s, ("t",) * 3))
-    assert sel.ids[0] == "p007" and "p011" in sel.ids[:3]
-    assert len(sel.ids) == 5 and all(m >= 0 for m in sel.scores)
+def test_uot_mass_is_the_closed_form_of_a_free_pool_marginal():
+    """With a hard query marginal and a free pool marginal, the entropic problem decouples per
+    query: query i sends its mass a_i to pool j in proportion to b_j exp(-C_ij / reg). So the
+    mass of pool j is sum_i a_i softmax_j(-C_ij / reg) - a closed form, no Sinkhorn needed."""
+    s = np.array([[0.9, 0.1], [0.5, 0.8], [0.1, 0.6], [-0.4, 0.2]], dtype=np.float32)  # 4 pool x 2 queries
+    config = build_config("uot", {"reg": "0.1", "reg_target": "1e-5"})
+    sel = get("uot").select(ids(4), 4, config, influence=Influence(s, ("t", "t")))
+    logits = -(1 - s.T.astype(np.float64)) / 2 / 0.1  # [queries, pool]
+    expected = (0.5 * np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).sum(axis=0)
+    # by hand: query 0 has C / reg = [0.5, 2.5, 4.5, 7.0] -> softmax [0.866, 0.117, 0.016, 0.001];
+    # query 1 has [4.5, 1.0, 2.0, 4.0] -> [0.021, 0.691, 0.254, 0.034]; each carries mass 1/2
+    np.testing.assert_allclose(expected, [0.4433, 0.4039, 0.1350, 0.0178], atol=1e-4)
+    assert sel.ids == ["p000", "p001", "p002", "p003"]
+    np.testing.assert_allclose(sel.scores, expected, rtol=1e-3)
     with pytest.raises(ValueError, match=r"uot.task: 'x' is not one of \['t'\]"):
-        get("uot").select(ids(40), 5, build_config("uot", {"task": "x"}), influence=Influence(s, ("t",) * 3))
+        get("uot").select(ids(4), 4, build_config("uot", {"task": "x"}), influence=Influence(s, ("t", "t")))
 
 
 @pytest.mark.parametrize("kernel", ["cosine", "rbf", "dot"])
@@ -148,7 +177,7 @@ def test_facility_location_matches_apricot_on_small_data():
 
 def test_facility_location_falls_back_to_sparse_knn_beyond_the_memory_cap():
     x = np.random.default_rng(5).normal(size=(400, 8)).astype(np.float32)
-    config = build_config("facility_location", {"memory_cap_mb": "0.1", "n_neighbors": "20"})
+    config = build_config("facility_location", {"memory_cap_mb": "0.5", "n_neighbors": "20"})
     sel = get("facility_location").select(ids(400), 20, config, sentence_embeddings=x)
     assert sel.diagnostics["kernel"].startswith("knn") and len(set(sel.ids)) == 20
     covers = knn_kernel(x, 20)
@@ -203,73 +232,60 @@ def test_kmq_prefers_high_quality_within_clusters():
     assert np.mean(q[rows]) > 15  # exp(quality) weighting picks the best
 
 
-def test_novelselect_spreads_out_and_novelsum_prefers_diverse_sets():
-    rng = np.random.default_rng(9)
-    clusters = np.concatenate([rng.normal(c, 0.05, size=(30, 3)) for c in np.eye(3) * 5]).astype(np.float32)
-    sel = get("novelselect").select(ids(90), 3, build_config("novelselect"), sentence_embeddings=clusters)
-    assert sorted(int(i[1:]) // 30 for i in sel.ids) == [0, 1, 2]
-    diverse = clusters[[0, 30, 60, 1, 31, 61]]
-    narrow = clusters[:6]
-    assert novelsum(diverse, NovelSelectConfig(neighbors=3)) > novelsum(narrow, NovelSelectConfig(neighbors=3))
+def test_novelselect_and_novelsum_by_hand():
+    from dsel_assets.core.select.novelselect import novelselect_order
 
-
-def test_cluster_ucb_full_budget_equals_less_top_k_and_counts_rewards():
-    rng = np.random.default_rng(10)
-    grads = rng.normal(size=(300, 6)).astype(np.float32)
-    less = {"t": rng.uniform(-1, 1, 300)}
-    full = get("cluster_ucb").select(
-        ids(300),
-        15,
-        build_config("cluster_ucb", {"task": "t", "budget_frac": "1", "n_clusters": "10"}),
-        pool_gradients=grads,
-        less_scores=less,
-    )
-    top = get("less").select(ids(300), 15, build_config("less", {"task": "t"}), less_scores=less)
-    assert full.ids == top.ids and full.diagnostics["rewards_computed"] == 300
-    part = get("cluster_ucb").select(
-        ids(300),
-        15,
-        build_config("cluster_ucb", {"task": "t", "n_clusters": "10"}),
-        pool_gradients=grads,
-        less_scores=less,
-    )
-    assert part.diagnostics["rewards_computed"] == 60  # int(300 * budget_frac 0.2)
-    assert set(part.ids) <= set(top.ids) | set(part.ids) and len(part.ids) == 15
-
-
-def test_cluster_ucb_never_draws_from_an_exhausted_arm():
-    from dsel_assets.core.select.cluster_ucb import ClusterUcbConfig, cluster_ucb_draws
-
-    # arm 0: two great examples, arm 1: many poor ones. After arm 0 is exhausted it must get -inf
-    # (the reference's 0 would still beat arm 1's negative UCB and draw past the end).
-    assignment = np.array([0, 0] + [1] * 40)
-    rewards = np.array([0.9, 0.8] + [-0.5] * 40)
-    config = ClusterUcbConfig(budget_frac=0.9, cold_start=0.01, beta=0.0)
-    drawn, pulls = cluster_ucb_draws(assignment, lambda i: rewards[i], config)
-    assert pulls.count(0) == 1  # its second example; then exhausted (-inf), never drawn again
-    assert len(drawn) == int(42 * 0.9) and pulls[1:] == [1] * (len(pulls) - 1)
+    # A=(1,0) B=(0,1) C=(-1,0) D=(0,-1) E=(2,0). K=1, beta=0.5: sigma = 1 / (nearest distance):
+    # A and E are 1 apart -> sigma 1; B, C, D are sqrt(2) from their nearest -> 1/sqrt(2) = 0.7071.
+    x = np.array([[1, 0], [0, 1], [-1, 0], [0, -1], [2, 0]], dtype=np.float32)
+    order, gains = novelselect_order(x, 5, 0, NovelSelectConfig(neighbors=1))
+    # from A: d = (1 - cos)(sigma_x + sigma_A): B 1.7071, C 2 x 1.7071 = 3.4142, D 1.7071, E 0 -> C.
+    # {A, C}: B sorted [1.4142, 1.7071] weighted 1, 1/2, averaged -> 1.1339 (D ties, B is lower);
+    # E [0, 3.4142] -> 0.8536. {A, C, B}: D [1.4142, 1.7071, 2.8284] -> 1.0702; E -> 0.6639.
+    # Last E: [0, 1.7071, 1.7071, 3.4142] with weights 1, 1/2, 1/3, 1/4 -> 0.5690.
+    assert order == [0, 2, 1, 3, 4]
+    np.testing.assert_allclose(gains[1:], [3.41421, 1.13388, 1.07019, 0.56904], atol=1e-4)
+    # NovelSum of the square A..D (densities within the set: all 1/sqrt(2)): each point has two
+    # neighbours at (1 - 0)(sqrt 2) and one opposite at 2 sqrt 2 -> (1.4142 + 0.7071 + 0.9428) / 3
+    assert novelsum(x[:4], NovelSelectConfig(neighbors=1)) == pytest.approx(1.02138, abs=1e-4)
 
 
 def test_g2is_budgets_sum_exactly_and_sets_satisfy_both_constraints():
     from dsel_assets.core.select.g2is import G2isConfig, component_budgets, g2is_order
 
+    # largest remainder by hand: 7 x [0.5, 0.3, 0.2] = [3.5, 2.1, 1.4] -> floors [3, 2, 1], the
+    # one left over goes to the largest remainder (0.5): [4, 2, 1]
     assert component_budgets(np.array([0.5, 0.3, 0.2]), 7).tolist() == [4, 2, 1]
-    assert component_budgets(np.array([0.34, 0.33, 0.33]), 10).sum() == 10
+    # 10 x [0.34, 0.33, 0.33] = [3.4, 3.3, 3.3] -> [3, 3, 3] + 1 to the first: [4, 3, 3]
+    assert component_budgets(np.array([0.34, 0.33, 0.33]), 10).tolist() == [4, 3, 3]
     rng = np.random.default_rng(11)
     direction = rng.normal(size=16)
-    pool = rng.normal(size=(400, 16)) + 0.5 * direction
+    pool = rng.normal(size=(400, 16))  # zero-mean: many pairs disagree, so both constraints bind
     queries = direction + 0.1 * rng.normal(size=(12, 16))
     config = G2isConfig(val_k=0.5, delta=0.8)
     order, diag = g2is_order(pool, queries, 20, config)
+    # the components, independently: PCA of the centred queries, as many as reach half the variance
+    _, sv, vt = np.linalg.svd(queries - queries.mean(axis=0), full_matrices=False)
+    share = sv**2 / (sv**2).sum()
+    n_comp = int(np.argmax(np.cumsum(share) >= 0.5)) + 1
+    assert diag["components"] == n_comp
+    assert [b for b, _ in diag["budgets_filled"]] == component_budgets(share[:n_comp], 20).tolist()
     assert len(order) == len(set(order)) <= 20
-    assert sum(b for b, _ in diag["budgets_filled"]) == 20
-    start = 0
-    for _, filled in diag["budgets_filled"]:
+    start, checked = 0, 0
+    for component, (_, filled) in zip(vt[:n_comp], diag["budgets_filled"], strict=True):
         members = order[start : start + filled]
         start += filled
+        total = np.zeros(16)
         for i, a in enumerate(members):
             for b in members[:i]:
-                assert pool[a] @ pool[b] >= 0  # (i) non-negative agreement within a component
+                assert pool[a] @ pool[b] >= 0  # (i) non-negative agreement with every earlier member
+            if i:  # (ii) alignment with the component (|cos| ignores its sign) keeps >= delta of its value
+                before = abs(total @ component) / np.linalg.norm(total)
+                after = abs((total + pool[a]) @ component) / np.linalg.norm(total + pool[a])
+                assert after >= 0.8 * before - 1e-12
+                checked += 1
+            total = total + pool[a]
+    assert checked >= 10  # the constraints were exercised, not vacuous
 
 
 def test_small2large_quotas_and_lowest_learning_percentage_first():
@@ -345,17 +361,78 @@ def test_diversify_conquer_softmax_rounds_and_budget():
     assert len(sel.ids) == len(set(sel.ids)) == 30
     rounds = sel.diagnostics["per_round_cluster_counts"]
     assert [sum(r) for r in rounds] == [10, 10, 10]  # k / R per round, not a per-cluster count
-    assert max(rounds[0]) - min(rounds[0]) <= 1  # round 0: equal quota
     assert [c[:2] for c in trainer.calls] == [("score", 0), ("score", 1)]  # trained between rounds
     hard = np.argmax([np.mean(1 - x[a * 60 : (a + 1) * 60, 0]) for a in range(3)])  # cluster far from the direction
     assert sum(int(i[1:]) // 60 == hard for i in sel.ids) > 10  # the hard cluster got more than its third
 
 
-def test_diverse_evol_trains_then_adds_k_center_picks_in_the_new_space():
+def test_diversify_conquer_round_zero_takes_equal_quotas_for_every_seed():
+    """Ten well-separated blobs of sizes 3..80 (so k-means finds exactly the blobs); round 0 of
+    k = 309 in 3 rounds is 103 picks. By hand: a share of 10.3 exhausts the blobs of 3, 5 and
+    8 (16 picks); 87 over the other seven is 12.4, which exhausts the blob of 12; the last 75
+    over six blobs is 12.5: three get 12, three get 13. Counted from the selected ids."""
     from .test_select import SyntheticTrainer
 
+    sizes = [3, 5, 8, 12, 20, 30, 40, 50, 60, 80]
+    rng = np.random.default_rng(16)
+    centers = rng.normal(size=(10, 8)) * 100
+    x = np.concatenate([rng.normal(c, 0.1, size=(n, 8)) for c, n in zip(centers, sizes, strict=True)])
+    blob = np.repeat(np.arange(10), sizes)
+    for seed in range(30):
+        config = build_config("diversify_conquer", {"n_clusters": "10", "seed": str(seed)})
+        sel = get("diversify_conquer").select(
+            ids(len(x)), 309, config, sentence_embeddings=x.astype(np.float32), trainer=SyntheticTrainer(x)
+        )
+        counts = np.bincount(blob[[int(i[1:]) for i in sel.ids[:103]]], minlength=10)
+        assert counts[:4].tolist() == [3, 5, 8, 12] and sorted(counts[4:].tolist()) == [12, 12, 12, 13, 13, 13]
+
+
+def test_diversify_conquer_weights_by_hand():
+    from dsel_assets.core.select.diversify_conquer import round_weights
+
+    # METHODS.md section 4: cluster means [0, ln 3] -> softmax [0.25, 0.75]
+    scores, cluster_of = np.array([0.0, np.log(3), np.log(3)]), np.array([0, 1, 1])
+    np.testing.assert_allclose(round_weights(scores, cluster_of, np.array([0.5, 0.5]), False), [0.25, 0.75])
+    # the product form: [0.25, 0.75] x previous [0.75, 0.25] = [0.1875, 0.1875] -> [0.5, 0.5]
+    np.testing.assert_allclose(round_weights(scores, cluster_of, np.array([0.75, 0.25]), True), [0.5, 0.5])
+    # a cluster with no selected example is scored with the mean of all selected scores (here
+    # (1 + 0) / 2), not the minimum: softmax([1, 0, 0.5]) = [0.5065, 0.1863, 0.3072]
+    weights = round_weights(np.array([1.0, 0.0]), np.array([0, 1]), np.full(3, 1 / 3), True)
+    np.testing.assert_allclose(weights, [0.5065, 0.1863, 0.3072], atol=1e-4)
+
+
+class WarpingTrainer:
+    """Each round "trains" and re-embeds the pool with a different seeded linear map, so the
+    k-center picks of a round depend on which space they are computed in."""
+
+    def __init__(self, x):
+        self.x = x
+        self.spaces = []
+
+    def train_and_embed(self, selected, round_index):
+        space = self.x @ np.random.default_rng(100 + round_index).normal(size=(4, 4)) * [1, 5, 0.2, 1]
+        self.spaces.append((list(selected), space))
+        return space
+
+
+def brute_force_kcenter(space, selected, extra):
+    """Each pick: the point whose distance to its nearest selected point is largest."""
+    chosen = list(selected)
+    for _ in range(extra):
+        gaps = {
+            c: min(np.linalg.norm(space[c] - space[s]) for s in chosen) for c in range(len(space)) if c not in chosen
+        }
+        chosen.append(max(gaps, key=lambda c: (gaps[c], -c)))
+    return chosen[len(selected) :]
+
+
+def test_diverse_evol_trains_then_adds_k_center_picks_in_the_new_space():
     x = np.random.default_rng(15).normal(size=(100, 4)).astype(np.float32)
-    trainer = SyntheticTrainer(x)
+    trainer = WarpingTrainer(x)
     sel = get("diverse_evol").select(ids(100), 12, build_config("diverse_evol"), sentence_embeddings=x, trainer=trainer)
-    assert len(sel.ids) == len(set(sel.ids)) == 12
-    assert trainer.calls == [("embed", 0, 4), ("embed", 1, 8)]
+    rows = [int(i[1:]) for i in sel.ids]
+    assert len(set(rows)) == 12 and len(trainer.spaces) == 2  # 12 = 4 random + 4 + 4 after two trainings
+    assert [selected for selected, _ in trainer.spaces] == [rows[:4], rows[:8]]  # trained on the set so far
+    for (selected, space), added in zip(trainer.spaces, (rows[4:8], rows[8:12]), strict=True):
+        assert added == brute_force_kcenter(space, selected, 4)
+    assert rows[4:8] != brute_force_kcenter(x, rows[:4], 4)  # the untrained space would pick others

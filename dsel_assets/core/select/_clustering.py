@@ -1,4 +1,4 @@
-"""Seeded k-means shared by the k-means family.
+"""Seeded k-means (Euclidean and cosine) shared by the cluster-based selectors.
 
 scikit-learn's k-means++ initialisation rather than faiss: faiss seeds centroids uniformly
 at random, which on skewed pools (one huge cluster, a few small ones) leaves small clusters
@@ -19,6 +19,38 @@ def kmeans(vectors: np.ndarray, n_clusters: int, seed: int, iterations: int = 20
     n_clusters = max(1, min(n_clusters, len(x)))
     km = KMeans(n_clusters, init="k-means++", n_init=1, max_iter=iterations, random_state=seed).fit(x)
     return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
+
+
+def spherical_kmeans(
+    vectors: np.ndarray, n_clusters: int, seed: int, iterations: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """(unit centroids [C, d], assignment [N]) of k-means under cosine similarity.
+
+    Rows are L2-normalised; each point joins the centroid of highest cosine (ties: lower
+    index) and a centroid is the normalised sum of its members, so only directions matter.
+    Euclidean k-means on unit rows is not the same: its centroids are shorter than 1 by
+    different amounts, which shifts the boundaries. Seeding is k-means++ on the unit rows
+    (squared Euclidean distance there is 2 - 2 cos); a cluster left empty keeps its centroid.
+    The returned assignment is always the argmax against the returned centroids."""
+    from scipy.sparse import csr_matrix
+    from sklearn.cluster import kmeans_plusplus
+
+    x = np.asarray(vectors, dtype=np.float32)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+    n_clusters = max(1, min(n_clusters, len(x)))
+    centroids, _ = kmeans_plusplus(x, n_clusters, random_state=seed)
+    assignment = np.argmax(x @ centroids.T, axis=1)
+    rows = np.arange(len(x))
+    for _ in range(iterations):
+        members = csr_matrix((np.ones(len(x), dtype=np.float32), (assignment, rows)), shape=(n_clusters, len(x)))
+        sums = np.asarray(members @ x)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = np.where(norms > 1e-12, sums / norms.clip(min=1e-12), centroids)
+        updated = np.argmax(x @ centroids.T, axis=1)
+        if np.array_equal(updated, assignment):
+            break
+        assignment = updated
+    return centroids.astype(np.float32), assignment.astype(np.int64)
 
 
 def round_robin(groups: list[np.ndarray], k: int) -> list[int]:

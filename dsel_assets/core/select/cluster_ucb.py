@@ -1,25 +1,37 @@
-"""ClusterUCB (ZigeW/ClusterUCB): compute expensive rewards (LESS scores) for only a
-fraction of the pool, choosing which clusters to sample with a UCB bandit."""
+"""ClusterUCB (ZigeW/ClusterUCB): LESS needs a gradient for every pool example; ClusterUCB
+computes the expensive reward (an example's LESS score) for only a fraction of the pool.
+Pool gradient features are clustered by cosine; each cluster is a bandit arm, and draws go
+to the arm whose rewards so far have the highest mean + beta * std. The selection is the
+top k by reward among the drawn examples."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import kmeans
+from ._clustering import spherical_kmeans
 from .base import Selection, check_inputs
 from .registry import register
+
+#: ``(pool ids, task) -> LESS score of each id for that task`` (NaN: the example has no
+#: gradient feature). Called only for the examples the bandit draws: that is the cost saved.
+Scorer = Callable[[Sequence[str], str], np.ndarray]
 
 
 @dataclass(frozen=True)
 class ClusterUcbConfig:
     task: str = field(default="", metadata={"help": "target task of the LESS reward"})
-    budget_frac: float = field(default=0.2, metadata={"help": "share of the pool whose reward is computed"})
-    cold_start: float = field(default=0.05, metadata={"help": "share of each cluster drawn before the bandit"})
+    budget_frac: float = field(
+        default=0.2, metadata={"help": "draws after the cold start: int(N * (this - cold_start))"}
+    )
+    cold_start: float = field(default=0.05, metadata={"help": "each cluster first draws max(int(size * this), 1)"})
     beta: float = field(default=1.0, metadata={"help": "UCB = mean + beta * std (population std)"})
-    n_clusters: int = field(default=100, metadata={"help": "k-means clusters (cosine) on gradient features"})
+    n_clusters: int = field(default=100, metadata={"help": "k-means clusters (cosine, 20 iterations)"})
+    draw_batch: int = field(
+        default=1, metadata={"help": "examples per bandit draw (> 1 lets the scorer batch its gradients)"}
+    )
     seed: int = field(default=0, metadata={"help": "k-means and draw seed"})
 
     def __post_init__(self) -> None:
@@ -27,38 +39,59 @@ class ClusterUcbConfig:
             raise ValueError(
                 f"cluster_ucb: need 0 <= cold_start <= budget_frac <= 1, got {self.cold_start}, {self.budget_frac}"
             )
+        if self.n_clusters < 1 or self.draw_batch < 1:
+            raise ValueError(
+                f"cluster_ucb: n_clusters and draw_batch must be >= 1, got {self.n_clusters}, {self.draw_batch}"
+            )
+
+
+@dataclass
+class Draws:
+    """What the bandit drew: reward per drawn row (NaN = no feature), and the arm of each pull."""
+
+    rewards: dict[int, float]
+    cold_start: int
+    pulls: list[int]
 
 
 def cluster_ucb_draws(
-    assignment: np.ndarray, reward: Callable[[int], float], config: ClusterUcbConfig
-) -> tuple[dict[int, float], list[int]]:
-    """Rewards of the drawn examples, and the arm of every bandit draw (for diagnostics)."""
+    assignment: np.ndarray, reward: Callable[[np.ndarray], np.ndarray], config: ClusterUcbConfig
+) -> Draws:
+    """Cold start: each cluster draws ``max(int(|c| * cold_start), 1)`` members (one reward
+    call for all of them). Then ``int(N * (budget_frac - cold_start))`` more draws, each from
+    the arm with the highest ``mean + beta * std`` of its rewards; an arm with no finite reward
+    yet goes first, an exhausted arm gets -inf (the reference gave it 0, which could outrank
+    arms whose UCB is negative). Draws stop early only when every arm is exhausted. The
+    count follows the reference, so budget_frac = 1 draws the whole pool (= LESS top-k) when
+    cold_start = 0; with a cold start, rounding down per cluster can leave a few undrawn."""
     rng = np.random.default_rng(config.seed)
-    arms = [rng.permutation(np.flatnonzero(assignment == c)) for c in range(assignment.max() + 1)]
+    arms = [rng.permutation(np.flatnonzero(assignment == c)) for c in range(int(assignment.max()) + 1)]
     arms = [a for a in arms if len(a)]
     drawn = [0] * len(arms)
-    rewards: dict[int, float] = {}
     per_arm: list[list[float]] = [[] for _ in arms]
+    rewards: dict[int, float] = {}
 
-    def draw(arm: int) -> None:
-        index = int(arms[arm][drawn[arm]])
-        drawn[arm] += 1
-        value = float(reward(index))
-        rewards[index] = value
-        per_arm[arm].append(value)
+    def draw(takes: list[tuple[int, int]]) -> None:
+        """Score the next ``n`` members of each ``(arm, n)`` in one reward call."""
+        pairs = [(a, int(arms[a][drawn[a] + j])) for a, n in takes for j in range(n)]
+        values = np.asarray(reward(np.array([row for _, row in pairs], dtype=np.int64)), dtype=np.float64)
+        if values.shape != (len(pairs),):
+            raise ValueError(f"cluster_ucb: the scorer returned {values.shape} rewards for {len(pairs)} examples")
+        for (arm, row), value in zip(pairs, values, strict=True):
+            rewards[row] = float(value)
+            drawn[arm] += 1
+            if np.isfinite(value):
+                per_arm[arm].append(float(value))
 
-    for arm, members in enumerate(arms):  # cold start
-        for _ in range(min(max(int(len(members) * config.cold_start), 1), len(members))):
-            draw(arm)
-    # The bandit tops the draws up to int(N * budget_frac) in all. The reference draws
-    # int(N * (budget_frac - csp)) more, whose rounding can leave budget_frac = 1 short of the
-    # whole pool; counting the total keeps "budget_frac = 1 equals LESS top-k" exact.
-    pulls = []
-    for _ in range(max(0, int(len(assignment) * config.budget_frac) - len(rewards))):
+    draw([(a, min(max(int(len(members) * config.cold_start), 1), len(members))) for a, members in enumerate(arms)])
+    cold = len(rewards)
+    target = int(len(assignment) * (config.budget_frac - config.cold_start) + 1e-9)  # 100 * (0.03 - 0.01) = 1.999..
+    pulls: list[int] = []
+    while len(pulls) < target:
         ucb = np.array(
             [
                 -np.inf
-                if drawn[a] == len(arms[a])  # exhausted: never again (the reference used 0)
+                if drawn[a] == len(arms[a])
                 else np.inf
                 if not per_arm[a]
                 else np.mean(per_arm[a]) + config.beta * np.std(per_arm[a])
@@ -67,47 +100,57 @@ def cluster_ucb_draws(
         )
         if np.all(ucb == -np.inf):
             break
-        arm = int(np.argmax(ucb))
-        draw(arm)
-        pulls.append(arm)
-    return rewards, pulls
+        arm = int(np.argmax(ucb))  # ties: lowest arm
+        take = min(config.draw_batch, target - len(pulls), len(arms[arm]) - drawn[arm])
+        draw([(arm, take)])
+        pulls += [arm] * take
+    return Draws(rewards, cold, pulls)
 
 
 @register(
     "cluster_ucb",
     family="targeted",
     config=ClusterUcbConfig,
-    needs=("pool_gradients", "less_scores"),
-    description="Bandit over gradient clusters: LESS rewards for ~budget_frac of the pool, then top-k.",
-    reference="ClusterUCB, Wang et al. 2025 (ZigeW/ClusterUCB)",
+    needs=("pool_gradients", "less_scorer"),
+    description="Bandit over cosine clusters of gradient features: LESS scores for ~budget_frac of the pool, top-k.",
+    reference="ClusterUCB, Wang et al. 2025 (ZigeW/ClusterUCB), arXiv 2506.10288",
 )
-def select(
-    ids, k: int, config: ClusterUcbConfig, *, pool_gradients: np.ndarray, less_scores: dict[str, np.ndarray]
-) -> Selection:
-    """The reward of a draw is the example's LESS score for ``task``; here it is read from
-    precomputed scores, and ``rewards_computed`` says how many a lazy run would compute."""
-    if config.task not in less_scores:
-        raise ValueError(f"cluster_ucb.task: {config.task!r} is not one of {sorted(less_scores)}")
-    scores = np.asarray(less_scores[config.task], dtype=np.float64)
-    ids = check_inputs(ids, pool_gradients=pool_gradients, less_scores=scores)
-    valid = np.flatnonzero(np.isfinite(scores))
-    x = np.asarray(pool_gradients, dtype=np.float32)[valid]
-    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)  # cosine k-means
-    _, assignment = kmeans(x, config.n_clusters, config.seed, 20)
-    rewards, pulls = cluster_ucb_draws(assignment, lambda i: scores[valid[i]], config)
-    scored = np.array(sorted(rewards), dtype=np.int64)
-    values = np.array([rewards[i] for i in scored])
-    order = scored[np.lexsort((ids[valid[scored]].astype(str), -values))][:k]
-    picked = valid[order]
+def select(ids, k: int, config: ClusterUcbConfig, *, pool_gradients: np.ndarray, less_scorer: Scorer) -> Selection:
+    """``less_scorer`` computes LESS scores on demand, for the drawn ids only. Rows without a
+    gradient feature cannot be clustered and are never drawn; drawn examples whose score is
+    undefined (NaN) are not eligible. Diagnostics report how much of the pool was scored."""
+    if not config.task:
+        raise ValueError("cluster_ucb.task: required (a task of the query set)")
+    ids = check_inputs(ids, pool_gradients=pool_gradients)
+    x = np.asarray(pool_gradients, dtype=np.float32)
+    valid = np.flatnonzero(np.isfinite(x).all(axis=1) & (np.abs(x).sum(axis=1) > 0))
+    if len(valid) == 0 or k == 0:
+        return Selection(
+            "cluster_ucb", [], [], diagnostics={"eligible": 0, "rewards_computed": 0, "scored_fraction": 0.0}
+        )
+    _, assignment = spherical_kmeans(x[valid], config.n_clusters, config.seed, 20)
+
+    def reward(rows: np.ndarray) -> np.ndarray:
+        return less_scorer([str(i) for i in ids[valid[rows]]], config.task)
+
+    draws = cluster_ucb_draws(assignment, reward, config)
+    scored = np.array(sorted(draws.rewards), dtype=np.int64)
+    values = np.array([draws.rewards[int(i)] for i in scored], dtype=np.float64)
+    finite = np.isfinite(values)
+    scored, values = scored[finite], values[finite]
+    order = np.lexsort((ids[valid[scored]].astype(str), -values))[:k]
     return Selection(
         "cluster_ucb",
-        [str(i) for i in ids[picked]],
-        scores[picked].tolist(),
+        [str(i) for i in ids[valid[scored[order]]]],
+        values[order].tolist(),
         diagnostics={
-            "eligible": int(min(len(rewards), len(valid))),
-            "rewards_computed": len(rewards),
-            "pool": len(valid),
-            "bandit_draws": len(pulls),
+            "eligible": len(scored),
+            "rewards_computed": len(draws.rewards),
+            "scored_fraction": len(draws.rewards) / len(ids),
+            "cold_start_draws": draws.cold_start,
+            "bandit_draws": len(draws.pulls),
+            "clusters": len(np.unique(assignment)),
+            "no_feature": len(ids) - len(valid) + int((~finite).sum()),
             "task": config.task,
         },
     )

@@ -46,6 +46,40 @@ def allocate(weights: np.ndarray, capacity: np.ndarray, n: int, rng: np.random.G
     return counts
 
 
+def equal_quotas(capacity: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Round 0: ``n`` split evenly over the clusters. Every cluster gets the same count, a
+    cluster too small for it gives the rest to the others, and the remainder goes one each to
+    seeded-random clusters: counts differ by at most one among clusters not exhausted."""
+    counts = np.zeros(len(capacity), dtype=int)
+    n = min(n, int(capacity.sum()))
+    tie_order = rng.permutation(len(capacity))
+    while n > 0:
+        open_ = np.flatnonzero(counts < capacity)
+        share, extra = divmod(n, len(open_))
+        if share == 0:
+            counts[[c for c in tie_order if counts[c] < capacity[c]][:extra]] += 1
+            break
+        add = np.minimum(share, capacity[open_] - counts[open_])
+        counts[open_] += add
+        n -= int(add.sum())
+    return counts
+
+
+def round_weights(
+    scores: np.ndarray, cluster_of: np.ndarray, previous: np.ndarray, multiply_previous: bool
+) -> np.ndarray:
+    """Next round's cluster weights: softmax of each cluster's mean score, optionally times the
+    previous weights. A cluster with no selected example has no evidence either way, so it is
+    scored with the mean over every selected example (the best guess for an unseen cluster)
+    rather than the minimum: the minimum would read "no data" as "easiest", and with the
+    product form such a cluster would stay starved in every later round."""
+    sums = np.bincount(cluster_of, weights=scores, minlength=len(previous))
+    counts = np.bincount(cluster_of, minlength=len(previous))
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), scores.mean())
+    weights = softmax(means) * previous if multiply_previous else softmax(means)
+    return weights / weights.sum()
+
+
 @register(
     "diversify_conquer",
     family="iterative",
@@ -70,7 +104,7 @@ def select(
     history = []
     for round_index, size in enumerate(round_sizes(k, config.rounds)):
         capacity = np.array([len(r) for r in remaining])
-        counts = allocate(weights, capacity, size, rng)
+        counts = equal_quotas(capacity, size, rng) if round_index == 0 else allocate(weights, capacity, size, rng)
         for c, count in enumerate(counts):
             order += [int(i) for i in remaining[c][:count]]
             remaining[c] = remaining[c][count:]
@@ -78,13 +112,7 @@ def select(
         if round_index == config.rounds - 1 or not order:
             continue
         scores = np.asarray(trainer.train_and_score(list(order), round_index), dtype=np.float64)
-        cluster_of = assignment[order]
-        means = np.array(
-            [scores[cluster_of == c].mean() if (cluster_of == c).any() else -np.inf for c in range(n_clusters)]
-        )
-        fresh = softmax(np.where(np.isfinite(means), means, means[np.isfinite(means)].min()))
-        weights = fresh * weights if config.multiply_previous else fresh
-        weights = weights / weights.sum()
+        weights = round_weights(scores, assignment[order], weights, config.multiply_previous)
     return Selection(
         "diversify_conquer",
         [str(i) for i in ids[order]],
