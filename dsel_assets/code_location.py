@@ -19,6 +19,7 @@ from dsel_assets import (
     representations,
     scores,
     selections,
+    similarity,
 )
 from dsel_assets.checks import build_checks
 from dsel_assets.deployment import executor_from_env
@@ -37,15 +38,17 @@ def build_definitions(
     resources: dict | None = None,
     *,
     pooling: str | None = None,
+    proxy_model: str | None = None,
     first_use: dict | None = None,
     change_settings: bool = False,
     strict: bool = False,
     pin: bool | Collection[str] = True,
 ) -> dg.Definitions:
     """Definitions for a state home. The settings that define representations (model,
-    gradient dimension, pooling) come from the home's ``settings.json`` once pinned (see
-    :mod:`resources.settings`); ``model`` / ``grad_dim`` / ``pooling`` or ``DSEL_MODEL`` /
-    ``DSEL_GRAD_DIM`` / ``DSEL_POOLING`` choose them on first use or with ``change_settings``
+    gradient dimension, pooling, proxy model) come from the home's ``settings.json`` once pinned
+    (see :mod:`resources.settings`); ``model`` / ``grad_dim`` / ``pooling`` / ``proxy_model`` or
+    ``DSEL_MODEL`` / ``DSEL_GRAD_DIM`` / ``DSEL_POOLING`` / ``DSEL_PROXY_MODEL`` (default: the
+    selection model) choose them on first use or with ``change_settings``
     (``strict``: a conflicting request raises instead of being ignored with a warning). The
     device defaults to ``DSEL_DEVICE`` (auto), the fine-tuned and evaluated model to
     ``DSEL_TARGET_MODEL`` (default: the selection model); ``resources`` replaces resources by
@@ -53,7 +56,7 @@ def build_definitions(
     home = home or DselHome.from_env()
     settings, _ = resolve_settings(
         home,
-        {"model": model, "grad_dim": grad_dim, "pooling": pooling},
+        {"model": model, "grad_dim": grad_dim, "pooling": pooling, "proxy_model": proxy_model},
         first_use=first_use,
         change=change_settings,
         strict=strict,
@@ -69,6 +72,7 @@ def build_definitions(
                 scores,
                 pre_experience,
                 labels,
+                similarity,
                 selections,
                 finetune,
                 evaluation,
@@ -87,6 +91,7 @@ def build_definitions(
             progress=progress,
             grad_dim=settings.grad_dim,
             pooling=settings.pooling,
+            proxy_model=settings.proxy_model or None,
             target_model=os.environ.get("DSEL_TARGET_MODEL"),
         )
         | (resources or {}),

@@ -27,6 +27,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS, vector_matrix, vector_table
+from dsel_assets.similarity import matrix_table
 from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
 from resources.lance_store import LanceStore
@@ -461,13 +462,7 @@ def influence(
     column_table = columns.with_row_index("col").with_columns(
         pl.col("pool_id").map_elements(lambda q: subtask_of.get(q) or "", return_dtype=pl.String).alias("subtask")
     )
-    matrix = pa.table(
-        {
-            "pool_id": pa.array(ids, pa.string()),
-            "scores": pa.FixedSizeListArray.from_arrays(pa.array(scores.reshape(-1), pa.float32()), scores.shape[1]),
-        }
-    )
-    lance_version = lance.overwrite(f"{INFLUENCE}_{grad_settings.suffix()}", matrix)
+    lance_version = lance.overwrite(f"{INFLUENCE}_{grad_settings.suffix()}", matrix_table(ids, scores))
     with duckdb.get_connection() as conn, tables.transaction(conn):
         tables.replace_table(conn, "influence_columns", column_table)
         tables.replace_table(conn, "less_scores", less)

@@ -14,15 +14,27 @@ from pydantic import Field
 
 from dsel_assets import tables
 from dsel_assets.core.select import Budget, build_config, methods
+from dsel_assets.core.select.diagnostics import set_measures
 from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.registry import MethodSpec
-from dsel_assets.core.select.targeted import Influence
+from dsel_assets.core.select.targeted import LESS, Influence, representation_needs
+from dsel_assets.core.select.targeted import representations as method_representations
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import INFLUENCE
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.representations import MODEL_EMBEDDINGS, SENTENCE_EMBEDDINGS, vector_matrix
 from dsel_assets.round_trainer import LoraRoundTrainer
+from dsel_assets.scores import score_table
+from dsel_assets.similarity import (
+    EMBED_SIMILARITY,
+    RDS_SIMILARITY,
+    columns_table,
+    load_vectors,
+    query_rows,
+    rds_dataset,
+    rds_queries_dataset,
+)
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -36,6 +48,7 @@ REPRESENTATION_ASSETS = {
     SENTENCE_EMBEDDINGS: dg.AssetKey(SENTENCE_EMBEDDINGS),
     MODEL_EMBEDDINGS: dg.AssetKey(MODEL_EMBEDDINGS),
     "less_scores": dg.AssetKey(INFLUENCE),
+    "less_scorer": dg.AssetKey("query_grad_features"),  # LESS scores on demand (gradient_scorer)
     "influence": dg.AssetKey(INFLUENCE),
     "pool_gradients": dg.AssetKey("pool_grad_features"),
     "query_gradients": dg.AssetKey("query_grad_features"),
@@ -49,7 +62,17 @@ REPRESENTATION_ASSETS = {
     "golden_score": dg.AssetKey("golden_score"),
     "whisperer_score": dg.AssetKey("whisperer_score"),
     "trainer": dg.AssetKey("pool"),  # trains the selection model itself between rounds
+    # the targeted study's other representations (core.select.targeted.representation_needs)
+    RDS_SIMILARITY: dg.AssetKey(RDS_SIMILARITY),
+    "rds_task_scores": dg.AssetKey(RDS_SIMILARITY),
+    "rds_queries": dg.AssetKey(RDS_SIMILARITY),
+    EMBED_SIMILARITY: dg.AssetKey(EMBED_SIMILARITY),
+    "embed_task_scores": dg.AssetKey(EMBED_SIMILARITY),
+    "embed_queries": dg.AssetKey(EMBED_SIMILARITY),  # rows of sentence_embeddings that embed_similarity checked
 }
+#: Needs read as a pool x query matrix (an Influence), or as its LESS task scores (R1.5).
+SIMILARITIES = ("influence", RDS_SIMILARITY, EMBED_SIMILARITY)
+TASK_SCORES = ("rds_task_scores", "embed_task_scores")
 
 #: Scalar representations: (DuckDB table, column). IFDs are undefined (NaN) where a reason is recorded.
 SCALARS = {
@@ -61,10 +84,12 @@ SCALARS = {
     "golden_score": ("golden_score", "golden_score"),
     "whisperer_score": ("whisperer_score", "whisperer_score"),
 }
+#: Scalars read from the table of the method's scoring ``template`` (its ``template`` parameter).
+TEMPLATED = ("ifd", "superfiltering_ifd")
 UNCERTAINTY_COLUMNS = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
 #: Representations computed per batch whose missing rows load as NaN: a selection over them
 #: records how many pool rows they cover, and its check fails when that is not the whole pool.
-COVERAGE_CHECKED = ("influence", "less_scores", "pool_gradients")
+COVERAGE_CHECKED = ("less_scores", "pool_gradients", *SIMILARITIES, *TASK_SCORES)
 
 
 def covered_rows(value) -> int:
@@ -81,22 +106,6 @@ class SelectionConfig(dg.Config):
         default=DEFAULT_BUDGETS, description="Budgets: counts (500), fractions (0.05) or percentages (5%)"
     )
     params: dict[str, str] = Field(default={}, description="Method parameters by name (validated against the registry)")
-
-
-def load_vectors(lance: LanceStore, name: str, pool_ids: list[str]) -> tuple[np.ndarray, int]:
-    """Rows of Lance dataset ``name`` aligned to ``pool_ids`` (float32), and its version."""
-    version = lance.version(name)
-    if version is None:
-        raise RuntimeError(f"{name}: no Lance dataset yet; materialize {name} first")
-    table = lance.read(name, ["pool_id", "vector"], version=version)
-    matrix = vector_matrix(table.column("vector"))
-    row_of = {pid: i for i, pid in enumerate(table.column("pool_id").to_pylist())}
-    missing = [pid for pid in pool_ids if pid not in row_of]
-    if missing:
-        raise RuntimeError(
-            f"{name}: {len(missing)} pool ids have no row (e.g. {missing[0]}); materialize {name} for every pool batch"
-        )
-    return matrix[[row_of[pid] for pid in pool_ids]].astype(np.float32), version
 
 
 def load_less_scores(duckdb: DuckDBResource, pool_ids: list[str]) -> tuple[dict[str, np.ndarray], str]:
@@ -117,17 +126,26 @@ def load_less_scores(duckdb: DuckDBResource, pool_ids: list[str]) -> tuple[dict[
     return scores, warmup[0] if warmup else ""
 
 
-def load_influence(
-    lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str], grad_settings: GradientSettings
+def similarity_dataset(asset: str, grad_settings: GradientSettings, selection_model: SelectionModel | None) -> str:
+    """The Lance dataset that pool x query matrix asset ``asset`` writes for these settings."""
+    if asset == INFLUENCE:
+        return f"{INFLUENCE}_{grad_settings.suffix()}"
+    if asset == RDS_SIMILARITY:
+        return rds_dataset(selection_model.identity()["model_hash"])
+    return EMBED_SIMILARITY
+
+
+def load_similarity(
+    asset: str, lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str], name: str
 ) -> tuple[Influence, DatasetRef]:
-    """The pool x query influence matrix aligned to ``pool_ids`` (NaN rows: no feature)."""
-    name = f"{INFLUENCE}_{grad_settings.suffix()}"
+    """The pool x query matrix of ``asset`` (Lance dataset ``name``) aligned to ``pool_ids``
+    (NaN rows: no feature or vector), with the task and subtask of each query column."""
     version = lance.version(name)
     if version is None:
-        raise RuntimeError(f"{name}: no influence matrix yet; materialize influence first")
+        raise RuntimeError(f"{name}: no similarity matrix yet; materialize {asset} first")
     table = lance.read(name, ["pool_id", "scores"], version=version)
     with duckdb.get_connection() as conn:
-        columns = tables.frame(conn, "SELECT col, task, subtask FROM influence_columns ORDER BY col")
+        columns = tables.frame(conn, f"SELECT col, task, subtask FROM {columns_table(asset)} ORDER BY col")
     matrix = vector_matrix(table.column("scores"))
     scores = np.full((len(pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
     row_of = {pid: i for i, pid in enumerate(pool_ids)}
@@ -199,6 +217,14 @@ def load_trainer(duckdb: DuckDBResource, pool_ids: list[str], selection_model: S
     return trainer, DatasetRef("selection_model", selection_model.model, selection_model.identity()["model_hash"])
 
 
+def load_queries(lance: LanceStore, duckdb: DuckDBResource, name: str) -> tuple[tuple[np.ndarray, list], DatasetRef]:
+    """(query vectors of Lance dataset ``name`` in column order, task per row) and its ref."""
+    with duckdb.get_connection() as conn:
+        queries = query_rows(conn)
+    vectors, version = load_vectors(lance, name, queries["pool_id"].to_list())
+    return (vectors, queries["task"].to_list()), DatasetRef(name, lance.uri(name), str(version))
+
+
 def load_representation(
     need: str,
     lance: LanceStore,
@@ -208,22 +234,35 @@ def load_representation(
     selection_model: SelectionModel | None = None,
     log=print,
     embedding_settings: ModelEmbeddingSettings | None = None,
+    template: str = "chat",
 ):
-    """(representation aligned to ``pool_ids``, its DatasetRef for lineage)."""
+    """(representation aligned to ``pool_ids``, its DatasetRef for lineage); IFDs under ``template``."""
     if need == MODEL_EMBEDDINGS:  # the dataset of the configured pooling and the selection model's weights
         name = (embedding_settings or ModelEmbeddingSettings()).dataset(selection_model.identity()["model_hash"])
         vectors, version = load_vectors(lance, name, pool_ids)
         return vectors, DatasetRef(name, lance.uri(name), str(version))
     if need == "trainer":
         return load_trainer(duckdb, pool_ids, selection_model, log)
-    if need == "influence":
-        return load_influence(lance, duckdb, pool_ids, grad_settings)
+    if need in SIMILARITIES or need in TASK_SCORES:
+        asset = REPRESENTATION_ASSETS[need].path[-1]
+        name = similarity_dataset(asset, grad_settings, selection_model)
+        similarity, ref = load_similarity(asset, lance, duckdb, pool_ids, name)
+        return (similarity, ref) if need in SIMILARITIES else (similarity.task_scores(), ref)
+    if need == "rds_queries":
+        return load_queries(lance, duckdb, rds_queries_dataset(selection_model.identity()["model_hash"]))
+    if need == "embed_queries":
+        return load_queries(lance, duckdb, SENTENCE_EMBEDDINGS)
     if need in ("pool_gradients", "query_gradients"):
         return load_gradients(lance, duckdb, pool_ids, grad_settings, need.split("_")[0])
+    if need == "less_scorer":
+        from dsel_assets.gradient_scorer import load_less_scorer
+
+        return load_less_scorer(lance, duckdb, pool_ids, grad_settings, selection_model)
     if need == "labels":
         return load_labels(duckdb, pool_ids)
     if need in SCALARS:
         table, expression = SCALARS[need]
+        table = score_table(table, template) if need in TEMPLATED else table
         return load_scalars(duckdb, table, {need: expression}, pool_ids)[need], DatasetRef(
             need, str(duckdb.database), table
         )
@@ -241,22 +280,48 @@ def selection_asset_name(method: str) -> str:
     return f"selection_{method}"
 
 
-def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
-    """The asset for one method: reads the pool and the representations the method needs."""
-    deps = [pool, *[REPRESENTATION_ASSETS[need] for need in spec.needs]]
+def selection_key(method: str, representation: str | None = None) -> str:
+    """What a selection is stored, checked and reported under (the ``method`` column): the
+    method's name on its own representation (LESS gradients for targeted methods), else
+    ``<method>_<representation>``, e.g. ``round_robin_rds``."""
+    return method if representation in (None, LESS) else f"{method}_{representation}"
+
+
+#: How the asset descriptions name each representation of a targeted method.
+REPRESENTATION_LABELS = {
+    "rds": "RDS+ (cosine of position-weighted model embeddings)",
+    "embed": "EMBED (cosine of all-MiniLM-L6-v2 sentence embeddings)",
+}
+
+
+def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.AssetsDefinition:
+    """The asset of one method on one representation: reads the pool and what the method needs
+    under that representation (the similarity matrix and vectors standing in for gradients)."""
+    key = selection_key(spec.name, representation)
+    needs = representation_needs(spec.needs, representation)  # selector argument -> representation
+    pinned = {"representation": representation} if len(method_representations(spec.config_cls)) > 1 else {}
+    deps = [pool, *dict.fromkeys(REPRESENTATION_ASSETS[need] for need in needs.values())]
+    on = f" On {REPRESENTATION_LABELS[representation]}." if representation in REPRESENTATION_LABELS else ""
+    # trains the model between rounds, or computes gradients of the examples it draws
+    runs_model = bool({"trainer", "less_scorer"} & set(spec.needs))
 
     @dg.asset(
-        name=selection_asset_name(spec.name),
+        name=selection_asset_name(key),
         deps=deps,
         group_name=SELECTIONS,
         code_version=f"{spec.name}-1",
         kinds={"duckdb"},
-        description=f"{spec.description} ({spec.reference})",
-        metadata={"method": spec.name, "family": spec.family, "needs": ", ".join(spec.needs) or "-"},
+        description=f"{spec.description}{on} ({spec.reference})",
+        metadata={
+            "method": key,
+            "family": spec.family,
+            "needs": ", ".join(needs.values()) or "-",
+            **pinned,
+        },
         # iterative methods train the model between rounds: out of the default job (see jobs/)
         tags={"dsel/cost": "high"} if spec.family == "iterative" else None,
-        pool=GPU_POOL if "trainer" in spec.needs else None,  # trains the model between rounds
-        op_tags=GPU_OP_TAGS if "trainer" in spec.needs else None,
+        pool=GPU_POOL if runs_model else None,
+        op_tags=GPU_OP_TAGS if runs_model else None,
     )
     def _selection(
         context: dg.AssetExecutionContext,
@@ -268,7 +333,13 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         selection_model: SelectionModel,
         model_embedding_settings: ModelEmbeddingSettings,
     ) -> dg.MaterializeResult:
-        method_config = build_config(spec.name, config.params)
+        method_config = build_config(spec.name, {**pinned, **config.params})
+        asked = vars(method_config).get("representation", representation)
+        if asked != representation:
+            raise ValueError(
+                f"representation: {selection_asset_name(key)} selects on {representation}; "
+                f"{asked} is {selection_asset_name(selection_key(spec.name, asked))}"
+            )
         budgets = [Budget.parse(b) for b in config.budgets]
         with duckdb.get_connection() as conn:
             tables.ensure_schema(conn)
@@ -278,8 +349,8 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
         if not pool_ids:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
         representations, inputs = {}, [DatasetRef("pool", str(duckdb.database), version)]
-        for need in spec.needs:
-            representations[need], ref = load_representation(
+        for argument, need in needs.items():
+            representations[argument], ref = load_representation(
                 need,
                 lance,
                 duckdb,
@@ -288,14 +359,15 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
                 selection_model,
                 context.log.info,
                 model_embedding_settings,
+                template=getattr(method_config, "template", "chat"),
             )
             inputs.append(ref)
-        coverage = {need: covered_rows(representations[need]) for need in spec.needs if need in COVERAGE_CHECKED}
+        coverage = {n: covered_rows(representations[a]) for a, n in needs.items() if n in COVERAGE_CHECKED}
         for need, covered in coverage.items():
             if covered < len(pool_ids):
                 context.log.warning(f"{need} covers {covered} of {len(pool_ids)} pool rows")
         params = {
-            "method": spec.name,
+            "method": key,
             "budgets": ",".join(b.label for b in budgets),
             "pool_version": version,
             **vars(method_config),
@@ -307,22 +379,25 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
                 started = time.perf_counter()
                 selection = spec.select(pool_ids, k, method_config, **representations)
                 seconds = time.perf_counter() - started
+                selection.diagnostics.update(  # FL coverage and NovelSum on sentence embeddings, or why not
+                    set_measures(pool_ids, selection.ids, lambda: load_vectors(lance, SENTENCE_EMBEDDINGS, pool_ids)[0])
+                )
                 if coverage:
                     selection.diagnostics["coverage"] = coverage
                 trainer = representations.get("trainer")
                 if trainer is not None:  # each training round of an iterative method: a nested MLflow run
                     for entry in trainer.history:
                         run.child(
-                            f"{spec.name}@{budget.label} round {entry['round']}",
+                            f"{key}@{budget.label} round {entry['round']}",
                             {"budget": budget.label},
                             {k_: v for k_, v in entry.items() if isinstance(v, (int, float))},
                         )
-                        context.log.info(f"{spec.name} @ {budget.label}: round {entry['round']} {entry}")
+                        context.log.info(f"{key} @ {budget.label}: round {entry['round']} {entry}")
                     selection.diagnostics["rounds_recorded"] = len(trainer.history)
                     trainer.history.clear()
                 rows = pl.DataFrame(
                     {
-                        "method": spec.name,
+                        "method": key,
                         "budget": budget.label,
                         "k": k,
                         "eligible": int(selection.diagnostics.get("eligible", len(pool_ids))),
@@ -338,7 +413,7 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
                     schema_overrides={"score": pl.Float64, "k": pl.Int32, "eligible": pl.Int32, "rank": pl.Int32},
                 )
                 with duckdb.get_connection() as conn:
-                    tables.write_selection(conn, spec.name, budget.label, rows)
+                    tables.write_selection(conn, key, budget.label, rows)
                 run.log_metrics(
                     {
                         f"{budget.label}.k": k,
@@ -346,9 +421,7 @@ def build_selection_asset(spec: MethodSpec) -> dg.AssetsDefinition:
                         f"{budget.label}.seconds": seconds,
                     }
                 )
-                context.log.info(
-                    f"{spec.name} @ {budget.label}: {len(selection.ids)} of {len(pool_ids)} in {seconds:.2f}s"
-                )
+                context.log.info(f"{key} @ {budget.label}: {len(selection.ids)} of {len(pool_ids)} in {seconds:.2f}s")
                 summary.append((budget.label, k, len(selection.ids), json.dumps(selection.diagnostics)))
         return dg.MaterializeResult(
             metadata={
@@ -369,10 +442,15 @@ def hash_config(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def available(spec: MethodSpec) -> bool:
-    """A method gets an asset once every representation it needs has one (the others are
-    registered, tested on synthetic inputs, and wired as their representations land)."""
-    return set(spec.needs) <= set(REPRESENTATION_ASSETS)
+def available(spec: MethodSpec, representation: str | None = None) -> bool:
+    """A method gets an asset (per representation) once every representation it needs has one
+    (the others are registered, tested on synthetic inputs, and wired as their representations land)."""
+    return set(representation_needs(spec.needs, representation or LESS).values()) <= set(REPRESENTATION_ASSETS)
 
 
-selection_assets = [build_selection_asset(spec) for spec in methods().values() if available(spec)]
+selection_assets = [
+    build_selection_asset(spec, representation)
+    for spec in methods().values()
+    for representation in method_representations(spec.config_cls)
+    if available(spec, representation)
+]

@@ -10,11 +10,11 @@ import numpy as np
 
 from .base import Selection, check_inputs
 from .registry import register
-from .targeted import Influence, eligible_rows
+from .targeted import Influence, TargetedConfig, eligible_rows
 
 
 @dataclass(frozen=True)
-class BidsConfig:
+class BidsConfig(TargetedConfig):
     aggregate: Literal["max", "mean"] = field(default="max", metadata={"help": "task score from its columns"})
 
 

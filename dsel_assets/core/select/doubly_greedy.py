@@ -8,11 +8,11 @@ import numpy as np
 
 from .base import Selection, check_inputs
 from .registry import register
-from .targeted import Influence, eligible_rows
+from .targeted import Influence, TargetedConfig, eligible_rows
 
 
 @dataclass(frozen=True)
-class DoublyGreedyConfig:
+class DoublyGreedyConfig(TargetedConfig):
     task: str = field(default="", metadata={"help": "target task ('' = every query column)"})
 
 
@@ -21,7 +21,7 @@ class DoublyGreedyConfig:
     family="targeted",
     config=DoublyGreedyConfig,
     needs=("influence",),
-    description="Rank pool examples by max over queries of the influence score.",
+    description="Rank pool examples by max over queries of the similarity (influence) score.",
     reference="dcml-lab targeted-instruction-selection, arXiv 2503.01807",
 )
 def select(ids, k: int, config: DoublyGreedyConfig, *, influence: Influence) -> Selection:

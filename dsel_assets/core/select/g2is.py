@@ -10,10 +10,11 @@ import numpy as np
 
 from .base import Selection, check_inputs
 from .registry import register
+from .targeted import TargetedConfig
 
 
 @dataclass(frozen=True)
-class G2isConfig:
+class G2isConfig(TargetedConfig):
     task: str = field(default="", metadata={"help": "target task ('' = every query)"})
     val_k: float = field(default=0.5, metadata={"help": "share of query-gradient variance the components cover"})
     delta: float = field(default=0.8, metadata={"help": "alignment may drop to delta x its current value"})

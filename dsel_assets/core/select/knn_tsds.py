@@ -11,11 +11,11 @@ import numpy as np
 
 from .base import Selection, check_inputs
 from .registry import register
-from .targeted import Influence, eligible_rows
+from .targeted import Influence, TargetedConfig, eligible_rows
 
 
 @dataclass(frozen=True)
-class KnnConfig:
+class KnnConfig(TargetedConfig):
     task: str = field(default="", metadata={"help": "target task ('' = every query column)"})
     neighbors: int = field(default=50, metadata={"help": "K pool examples per query"})
 
@@ -85,7 +85,8 @@ def knn_uniform(ids, k: int, config: KnnConfig, *, influence: Influence) -> Sele
     reference="TSDS, Liu et al. 2024, arXiv 2410.11303; dcml-lab targeted-instruction-selection",
 )
 def knn_kde(ids, k: int, config: KnnKdeConfig, *, influence: Influence, pool_gradients: np.ndarray) -> Selection:
-    """Density is measured in the pool gradient space, the space the influence scores come from."""
+    """Density is measured among the pool vectors the scores come from (gradients under LESS,
+    the embeddings under rds / embed)."""
     ids = check_inputs(ids, influence=influence.scores, pool_gradients=pool_gradients)
     scores = influence.columns("knn_kde", config.task)
     rows = eligible_rows(scores)

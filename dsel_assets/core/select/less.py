@@ -1,5 +1,5 @@
 """LESS top-k (princeton-nlp/LESS): rank the pool by the task's aggregated gradient score
-(METHODS.md R1.4-1.5: checkpoint-weighted cosine, mean within subtask, max over subtasks)."""
+(checkpoint-weighted cosine, mean within subtask, max over subtasks; docs/methods/less.md)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 
 from .base import Selection, check_inputs, rank_by_score
 from .registry import register
+from .targeted import TargetedConfig
 
 
 @dataclass(frozen=True)
-class LessConfig:
+class LessConfig(TargetedConfig):
     task: str = field(default="", metadata={"help": "target task (a task label of the query set)"})
 
 

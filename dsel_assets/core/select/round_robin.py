@@ -9,11 +9,11 @@ import numpy as np
 
 from .base import Selection, check_inputs
 from .registry import register
-from .targeted import Influence, eligible_rows
+from .targeted import Influence, TargetedConfig, eligible_rows
 
 
 @dataclass(frozen=True)
-class RoundRobinConfig:
+class RoundRobinConfig(TargetedConfig):
     task: str = field(default="", metadata={"help": "target task ('' = every query column)"})
 
 

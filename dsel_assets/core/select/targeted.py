@@ -1,11 +1,61 @@
-"""The influence matrix as targeted selectors see it: pool x query scores with the task of
-each query column (METHODS.md R1.4, before task aggregation)."""
+"""What targeted selectors read: a pool x query similarity matrix with the task of each query
+column (before task aggregation; docs/methods/less.md), from one of the representations the
+targeted-instruction-selection study compares (LESS gradients, RDS+ model embeddings, sentence
+embeddings), and the streamed cosine that builds it from embeddings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
+
+from ..influence import less_task_scores
+
+Representation = Literal["less", "rds", "embed"]
+LESS = "less"
+#: What stands in for each gradient input of a selector under a representation other than LESS:
+#: its similarity matrix, LESS-style per-task scores of that matrix, and the pool / query vectors.
+_STAND_INS = {
+    "rds": {
+        "influence": "rds_similarity",
+        "less_scores": "rds_task_scores",
+        "pool_gradients": "model_embeddings",
+        "query_gradients": "rds_queries",
+    },
+    "embed": {
+        "influence": "embed_similarity",
+        "less_scores": "embed_task_scores",
+        "pool_gradients": "sentence_embeddings",
+        "query_gradients": "embed_queries",
+    },
+}
+
+
+@dataclass(frozen=True)
+class TargetedConfig:
+    """The choice every representation-agnostic targeted selector shares; the selector itself
+    only sees the matrix (or vectors) that representation yields."""
+
+    representation: Representation = field(
+        default=LESS,
+        metadata={"help": "less (LoRA gradients) | rds (RDS+ position-weighted model embeddings) | embed (MiniLM)"},
+    )
+
+
+def representations(config_cls: type) -> tuple[str, ...]:
+    """The representations a method's config lets it run on (LESS's own inputs only, unless
+    it is a :class:`TargetedConfig`)."""
+    return get_args(Representation) if issubclass(config_cls, TargetedConfig) else (LESS,)
+
+
+def representation_needs(needs: Sequence[str], representation: str) -> dict[str, str]:
+    """Selector argument -> the representation to load for it (identity under LESS)."""
+    if representation != LESS and representation not in _STAND_INS:
+        raise ValueError(f"representation: {representation!r} is not one of {list(get_args(Representation))}")
+    stand_ins = _STAND_INS.get(representation, {})
+    return {need: stand_ins.get(need, need) for need in needs}
 
 
 @dataclass(frozen=True)
@@ -28,7 +78,46 @@ class Influence:
             raise ValueError(f"{method}.task: {task!r} is not one of {sorted(set(self.tasks))}")
         return self.scores[:, mask]
 
+    def task_scores(self) -> dict[str, np.ndarray]:
+        """task -> LESS aggregation of its columns (R1.5: mean within each subtask, max over
+        subtasks; a column without a subtask is its task's), NaN rows staying NaN."""
+        tasks = np.asarray(self.tasks)
+        subtasks = np.asarray(self.subtasks or ("",) * len(tasks))
+        return {
+            task: less_task_scores(self.scores[:, tasks == task], [s or task for s in subtasks[tasks == task]])
+            for task in dict.fromkeys(self.tasks)
+        }
+
 
 def eligible_rows(scores: np.ndarray) -> np.ndarray:
     """Rows with a finite score in every column (no gradient feature = not eligible)."""
     return np.flatnonzero(np.isfinite(scores).all(axis=1))
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    x = np.asarray(vectors, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def cosine_scores(
+    pool_ids: Sequence[str], queries: np.ndarray, chunks: Iterable[tuple[Sequence[str], np.ndarray]]
+) -> tuple[list[str], np.ndarray]:
+    """Cosine of each streamed pool vector with each query vector: (the ids of ``pool_ids``
+    that had a vector, in that order; [n, Q] float32). Only one chunk of pool vectors is in
+    memory at a time; rows of ids outside ``pool_ids`` are skipped, a repeated id is an error.
+    Row by row in float64, so the result does not depend on how the pool was chunked."""
+    row_of = {pid: i for i, pid in enumerate(pool_ids)}
+    unit_queries = _unit(queries)
+    scores = np.full((len(pool_ids), len(unit_queries)), np.nan, dtype=np.float32)
+    seen = np.zeros(len(pool_ids), dtype=bool)
+    for ids, vectors in chunks:
+        keep = [i for i, pid in enumerate(ids) if pid in row_of]
+        rows = np.fromiter((row_of[ids[i]] for i in keep), dtype=np.int64, count=len(keep))
+        repeated = seen[rows] | (np.bincount(rows, minlength=len(seen))[rows] > 1)
+        if repeated.any():
+            raise ValueError(f"pool vectors: {pool_ids[rows[repeated][0]]} has more than one row")
+        seen[rows] = True
+        unit = _unit(np.asarray(vectors)[keep])
+        scores[rows] = np.einsum("nd,qd->nq", unit, unit_queries)
+    kept = np.flatnonzero(seen)
+    return [pool_ids[i] for i in kept], scores[kept]

@@ -10,11 +10,11 @@ import numpy as np
 
 from .base import Selection, check_inputs
 from .registry import register
-from .targeted import Influence, eligible_rows
+from .targeted import Influence, TargetedConfig, eligible_rows
 
 
 @dataclass(frozen=True)
-class UotConfig:
+class UotConfig(TargetedConfig):
     task: str = field(default="", metadata={"help": "target task ('' = every query column)"})
     reg: float = field(default=0.01, metadata={"help": "entropic regularisation"})
     reg_source: float = field(default=float("inf"), metadata={"help": "KL penalty on the query marginal (inf = hard)"})
