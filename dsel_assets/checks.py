@@ -29,7 +29,7 @@ from dsel_assets.gradients import latest_warmup, pool_grad_features
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool_batches
 from dsel_assets.representations import SENTENCE_EMBEDDINGS, sentence_embeddings, vector_matrix
-from dsel_assets.scores import loss_scores, proxy_loss_scores
+from dsel_assets.scores import loss_scores, proxy_loss_scores, score_tables
 from dsel_assets.selections import selection_assets
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
@@ -240,7 +240,8 @@ def pool_grad_features_check(
 
 
 def build_score_check(asset: dg.AssetsDefinition, columns: list[str]) -> dg.AssetChecksDefinition:
-    """One row per pool example of the batch in the score table named like the asset."""
+    """One row per pool example of the batch in the score table named like the asset, and in its
+    other scoring template's table (``scores.score_tables``) where that one holds the batch."""
     table = asset.key.to_python_identifier()
 
     @_partitioned_check(
@@ -252,11 +253,17 @@ def build_score_check(asset: dg.AssetsDefinition, columns: list[str]) -> dg.Asse
         batch = context.partition_key
         with duckdb.get_connection() as conn:
             expected = _batch_ids(conn, batch, pool_only=True)
-            if not tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]):
-                return _result([] if not expected else [f"no table {table}"], rows=0)
             select = ", ".join(["pool_id", "reason", *columns])
-            rows = tables.frame(conn, f"SELECT {select} FROM {table} WHERE batch = ?", [batch])
-        return _result(score_problems(expected, rows, columns), rows=rows.height)
+            found = {
+                name: tables.frame(conn, f"SELECT {select} FROM {name} WHERE batch = ?", [batch])
+                for name in score_tables(table)
+                if tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name])
+            }
+        checked = {name: rows for name, rows in found.items() if rows.height} or found
+        if not checked:
+            return _result([] if not expected else [f"no table {table}"], rows=0)
+        problems = [f"{name}: {p}" for name, rows in checked.items() for p in score_problems(expected, rows, columns)]
+        return _result(problems, rows=sum(rows.height for rows in checked.values()))
 
     return _check
 

@@ -47,9 +47,12 @@ def _definitions(
     from dsel_assets.code_location import build_definitions
     from dsel_assets.core.models.loading import resolve
 
-    requested_model = getattr(args, "model", None) or os.environ.get("DSEL_MODEL")
-    if requested_model:
-        resolve(requested_model)  # a mistyped name fails here, before anything is stored or pinned
+    for requested in (
+        getattr(args, "model", None) or os.environ.get("DSEL_MODEL"),
+        getattr(args, "proxy_model", None) or os.environ.get("DSEL_PROXY_MODEL"),
+    ):
+        if requested:
+            resolve(requested)  # a mistyped name fails here, before anything is stored or pinned
     return build_definitions(
         home,
         model=getattr(args, "model", None),
@@ -57,6 +60,7 @@ def _definitions(
         progress=sys.stderr.isatty(),
         grad_dim=getattr(args, "grad_dim", None),
         pooling=getattr(args, "pooling", None),
+        proxy_model=getattr(args, "proxy_model", None),
         first_use=first_use,
         change_settings=getattr(args, "change_settings", False),
         strict=True,
@@ -68,7 +72,7 @@ def _changed_settings(home: DselHome, args: argparse.Namespace) -> list[str]:
     """Settings this command switches (``--change-settings``), checked before any work."""
     from resources.settings import resolve_settings
 
-    requested = {name: getattr(args, name, None) for name in ("model", "grad_dim", "pooling")}
+    requested = {name: getattr(args, name, None) for name in ("model", "grad_dim", "pooling", "proxy_model")}
     _, changed = resolve_settings(home, requested, change=getattr(args, "change_settings", False), pin=False)
     if changed:
         print(f"[dsel] changing {', '.join(changed)}: recomputing what depends on it for the whole pool")
@@ -297,7 +301,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from dsel_assets import tables
     from dsel_assets.core.select import build_config, get
     from dsel_assets.runs import materialize_closure
-    from dsel_assets.selections import available, selection_asset_name
+    from dsel_assets.selections import available, selection_asset_name, selection_key
+    from dsel_assets.similarity import check_rds_pooling
 
     spec = get(args.method)
     params = _parse_params(args.param)
@@ -306,13 +311,16 @@ def cmd_select(args: argparse.Namespace) -> int:
         if "task" not in fields:
             raise ValueError(f"target: {args.method} is not a targeted method (no 'task' parameter)")
         params["task"] = args.target
-    build_config(args.method, params)  # validate before any work
-    if not available(spec):
+    representation = vars(build_config(args.method, params)).get("representation")  # validate before any work
+    if not available(spec, representation):
         raise ValueError(f"method: {args.method} needs {list(spec.needs)}; not all of them have an asset yet")
+    key = selection_key(args.method, representation)  # e.g. round_robin_rds: its own asset and stored rows
     home = _home(args)
     changed = _changed_settings(home, args)
     defs = _definitions(home, args)
-    target = AssetKey(selection_asset_name(args.method))
+    if representation == "rds":  # before the pool is embedded with another pooling
+        check_rds_pooling(defs.resources["model_embedding_settings"])
+    target = AssetKey(selection_asset_name(key))
     run_config = {"ops": {target.to_user_string(): {"config": {"budgets": args.budget, "params": params}}}}
     materialize_closure(defs, DagsterInstance.get(), [target], run_config, only_missing=not changed)
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
@@ -321,7 +329,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             """SELECT s.budget, count(*) AS selected, string_agg(DISTINCT e.task, ', ') AS tasks,
                       min(s.score) AS min_score, max(s.score) AS max_score
                FROM selections s JOIN examples e USING (pool_id) WHERE s.method = ? GROUP BY s.budget ORDER BY 2""",
-            [args.method],
+            [key],
         )
     print(format_table(summary.columns, summary.rows()))
     return 0
@@ -341,6 +349,12 @@ SCORE_KINDS = {
     "golden": "golden_score",
     "whisperer": "whisperer_score",
     "pre_experienced_ifd": "cherry_pre_experienced_scores",  # Cherry's IFD after its pre-experience step
+}
+#: Settings besides the model that ``dsel score KIND`` computes with, pinned by it.
+PINNED_BY = {
+    "model_embeddings": ("pooling",),
+    "proxy_loss": ("proxy_model",),
+    "learning_percentage": ("proxy_model",),
 }
 #: Assets whose options live on an upstream asset: ``--param`` configures that one.
 CONFIGURED_BY = {"cherry_pre_experienced_scores": "cherry_pre_experienced_model"}
@@ -362,7 +376,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             params[key] = value
     home = _home(args)
     changed = _changed_settings(home, args)
-    defs = _definitions(home, args, pin={"model", "pooling"} if args.kind == "model_embeddings" else {"model"})
+    defs = _definitions(home, args, pin={"model", *PINNED_BY.get(args.kind, ())})
     instance = DagsterInstance.get()
     run_config = {"ops": {CONFIGURED_BY.get(asset, asset): {"config": params}}} if params else None
     materialize_closure(defs, instance, [AssetKey(asset)], run_config, only_missing=not changed)
@@ -472,7 +486,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 MODEL_HELP = (
     "smollm2 | tiny | local folder or .gguf (hub ids need DSEL_ALLOW_HUB=1); default: the state home's, else smollm2"
 )
-CHANGE_HELP = "switch the state home's model / gradient dim / pooling and recompute what depends on it"
+CHANGE_HELP = "switch the state home's model / gradient dim / pooling / proxy model and recompute what depends on it"
+PROXY_HELP = (
+    "small proxy model of superfiltering(_d) / small2large (DSEL_PROXY_MODEL), as for --model; "
+    "default: the state home's, else the selection model"
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -536,6 +554,7 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--model", default=None, help=MODEL_HELP)
     select.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
     select.add_argument("--grad-dim", type=int, default=None, help="gradient feature dimension d")
+    select.add_argument("--proxy-model", default=None, help=PROXY_HELP)
     select.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     select.set_defaults(func=cmd_select)
 
@@ -544,6 +563,7 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--param", action="append", help="asset config key=value, e.g. epochs=1 (repeatable)")
     score.add_argument("--pooling", choices=["mean", "position_weighted", "last_token"], help="model embeddings")
     score.add_argument("--model", default=None, help=MODEL_HELP)
+    score.add_argument("--proxy-model", default=None, help=PROXY_HELP)
     score.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
     score.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     score.set_defaults(func=cmd_score)
@@ -580,7 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "ui":
         cli.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    from dsel_assets.liveness import reap_for_cli
+
     try:
+        reap_for_cli(args.home)  # runs a killed dsel left STARTED: mark failed, free their pool slots
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as exc:  # the user's input: name the field
         print(f"dsel: error: {exc}", file=sys.stderr)

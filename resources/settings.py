@@ -25,18 +25,25 @@ from filelock import FileLock
 from .home import DselHome
 
 #: Setting -> environment variable that may request it (first use, or with --change-settings).
-ENVIRONMENT = {"model": "DSEL_MODEL", "grad_dim": "DSEL_GRAD_DIM", "pooling": "DSEL_POOLING"}
+ENVIRONMENT = {
+    "model": "DSEL_MODEL",
+    "grad_dim": "DSEL_GRAD_DIM",
+    "pooling": "DSEL_POOLING",
+    "proxy_model": "DSEL_PROXY_MODEL",
+}
 #: Command-line flag that requests each setting.
-FLAGS = {"model": "--model", "grad_dim": "--grad-dim", "pooling": "--pooling"}
+FLAGS = {"model": "--model", "grad_dim": "--grad-dim", "pooling": "--pooling", "proxy_model": "--proxy-model"}
 
 
 @dataclass(frozen=True)
 class IdentitySettings:
-    """The selection model, the gradient feature dimension and the model-embedding pooling."""
+    """The selection model, the gradient feature dimension, the model-embedding pooling and the
+    proxy model of Superfiltering / Small2Large ("" = the selection model; see dsel_assets.scores)."""
 
     model: str = "smollm2"
     grad_dim: int = 8192
     pooling: str = "mean"
+    proxy_model: str = ""
 
 
 class SettingsConflict(ValueError):

@@ -110,10 +110,11 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
             assert n == min(k, eligible) - json.loads(diag).get("under_fill", 0), key
         report = conn.execute("SELECT method, budget, size, noise_fraction FROM selection_report").fetchall()
         assert len(report) == 2 * len(with_assets) and all(0 <= r[3] <= 1 for r in report)
-        # the proxy is the selection model here: its scores were copied, not recomputed, and agree
+        # the proxy defaults to the selection model: computed with it (nothing is copied), so the scores agree
         same = conn.execute(
             "SELECT count(*) FROM loss_scores l JOIN proxy_loss_scores p USING (pool_id) "
-            "WHERE l.ifd_ppl_ratio IS NOT DISTINCT FROM p.ifd_ppl_ratio AND p.code_version = 'proxy_loss_scores-1'"
+            "WHERE l.ifd_ppl_ratio IS NOT DISTINCT FROM p.ifd_ppl_ratio AND p.code_version = 'proxy_loss_scores-1' "
+            "AND p.model = 'tiny' AND p.model_hash = l.model_hash"
         ).fetchone()[0]
         assert same == n_pool
         less_tasks = {

@@ -183,3 +183,54 @@ def test_cherry_pre_experience_trains_on_the_sample_and_scores_the_pool_with_it(
         "pre_experienced_ifd", local_resources["lance"], local_resources["duckdb"], pool_ids, GradientSettings()
     )
     assert ifd.shape == (12,) and np.isfinite(ifd).sum() >= 10
+
+
+def test_proxy_scores_come_from_the_proxy_and_alpaca_scores_keep_to_their_own_table(home, local_resources, tmp_path):
+    """A proxy other than the selection model: its rows name it and its weights hash, and their
+    scores differ from the selection model's (nothing is copied across). Alpaca-template scores
+    land in their own table, each row saying so, and the selections read that table only when asked."""
+    from dsel_assets.checks import SCORE_COLUMNS, build_score_check
+    from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
+    from dsel_assets.scores import loss_scores, proxy_loss_scores, score_table
+    from resources.models import SelectionModel
+
+    tokenizer = load_tokenizer(resolve("tiny"))
+    proxy_dir = tmp_path / "proxy"
+    tiny_llama(tokenizer, seed=1).save_pretrained(proxy_dir)
+    tokenizer.save_pretrained(proxy_dir)
+    proxy = SelectionModel(model=str(proxy_dir), device="cpu")
+    resources = {**local_resources, "proxy_model": proxy}
+    batch, instance = ingest(home, tmp_path, resources, n=5)
+    assets = [loss_scores, proxy_loss_scores, build_score_check(loss_scores, SCORE_COLUMNS)]
+    assert dg.materialize(assets, partition_key=batch, resources=resources, instance=instance).success
+    compare = """SELECT p.model, p.model_hash, l.model_hash, max(abs(p.loss_conditioned - l.loss_conditioned)),
+                        count(*), any_value(p.prompt_template)
+                 FROM {proxy} p JOIN {selection} l USING (pool_id) GROUP BY ALL"""
+    with duckdb.connect(str(home.duckdb)) as conn:
+        chat = conn.execute("SELECT pool_id, ifd_loss_ratio FROM loss_scores ORDER BY pool_id").fetchall()
+        row = conn.execute(compare.format(proxy="proxy_loss_scores", selection="loss_scores")).fetchone()
+    assert row[:2] == (str(proxy_dir), proxy.identity()["model_hash"]) and row[1] != row[2]
+    assert row[3] > 1e-3 and row[4:] == (5, "chat")
+
+    config = {"ops": {name: {"config": {"template": "alpaca"}} for name in ("loss_scores", "proxy_loss_scores")}}
+    result = dg.materialize(assets, partition_key=batch, resources=resources, instance=instance, run_config=config)
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    meta = result.asset_materializations_for_node("loss_scores")[0].metadata
+    assert (meta["template"].value, meta["table"].value, meta["computed"].value) == ("alpaca", "loss_scores_alpaca", 5)
+    with duckdb.connect(str(home.duckdb)) as conn:
+        assert conn.execute("SELECT pool_id, ifd_loss_ratio FROM loss_scores ORDER BY pool_id").fetchall() == chat
+        alpaca = conn.execute(
+            "SELECT pool_id, ifd_loss_ratio, prompt_template, template FROM loss_scores_alpaca ORDER BY pool_id"
+        ).fetchall()
+        templates = conn.execute("SELECT DISTINCT template FROM loss_scores").fetchall()
+        row = conn.execute(compare.format(proxy="proxy_loss_scores_alpaca", selection="loss_scores_alpaca")).fetchone()
+    assert {r[2] for r in alpaca} == {"alpaca"} and {(r[3],) for r in alpaca}.isdisjoint(templates)
+    assert all(abs(a[1] - c[1]) > 1e-6 for a, c in zip(alpaca, chat, strict=True))
+    assert row[:2] == (str(proxy_dir), proxy.identity()["model_hash"]) and row[4:] == (5, "alpaca")
+    pool_ids = [r[0] for r in chat]
+    for template, expected in (("chat", chat), ("alpaca", alpaca)):
+        ifd, ref = load_representation(
+            "ifd", resources["lance"], resources["duckdb"], pool_ids, GradientSettings(), template=template
+        )
+        np.testing.assert_allclose(ifd, [r[1] for r in expected])
+        assert ref.digest == score_table("loss_scores", template)  # lineage names the table read

@@ -1,4 +1,5 @@
-"""Loss scores, both IFDs and uncertainty on the tiny model; the numbers of METHODS.md 4."""
+"""Loss scores, both IFDs and uncertainty on the tiny model, checked against computations written
+out in the tests (log-softmax over the logits, Cherry_LLM's steps); the numbers of METHODS.md 4."""
 
 import copy
 import math
@@ -8,8 +9,7 @@ import pytest
 import torch
 
 from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
-from dsel_assets.core.models.scoring import greedy_answers, ifd_scores, score_examples, turn_inputs
-from dsel_assets.core.models.sft import collate, per_example_loss
+from dsel_assets.core.models.scoring import greedy_answers, ifd_scores, score_examples
 
 
 def test_ifd_numbers():
@@ -28,24 +28,49 @@ def tiny():
     return tiny_llama(tokenizer).eval(), tokenizer
 
 
-def test_losses_match_a_hand_computation_and_cover_the_same_tokens(tiny):
+def token_log_probs(model, ids: list[int]) -> torch.Tensor:
+    """log p(token t | tokens < t) for t = 1..len(ids)-1, by log-softmax over the model's logits
+    (float64), independently of the scoring code."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    return logits[:-1].log_softmax(-1)
+
+
+def hand_turn(model, tokenizer, messages: list[dict], turn: int) -> dict[str, np.ndarray]:
+    """Per token of the assistant turn ``messages[turn]``, by hand: its loss after the chat-templated
+    context, its loss after a lone BOS, and the conditioned distribution's entropy, top-1 log-prob
+    and top-1 - top-2 margin."""
+    context = tokenizer.apply_chat_template(messages[:turn], tokenize=False, add_generation_prompt=True)
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    answer = tokenizer(messages[turn]["content"], add_special_tokens=False)["input_ids"]
+    logp = token_log_probs(model, context_ids + answer)[len(context_ids) - 1 :]
+    alone = token_log_probs(model, [tokenizer.bos_token_id, *answer])
+    target = torch.tensor(answer)
+    top2 = logp.topk(2, dim=-1).values
+    return {
+        "cond": -logp[torch.arange(len(answer)), target].numpy(),
+        "uncond": -alone[torch.arange(len(answer)), target].numpy(),
+        "entropy": -(logp.exp() * logp).sum(-1).numpy(),
+        "log_top1": top2[:, 0].numpy(),
+        "margin": (top2[:, 0].exp() - top2[:, 1].exp()).numpy(),
+    }
+
+
+def test_losses_and_uncertainty_match_a_hand_computation(tiny):
     model, tokenizer = tiny
     messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue is a colour."}]
-    (pair,) = turn_inputs(tokenizer, messages, 512)
-    answer = tokenizer("Blue is a colour.", add_special_tokens=False)["input_ids"]
-    assert pair.conditioned.n_response == pair.unconditioned.n_response == len(answer)
-    with torch.no_grad():
-        cond = per_example_loss(model, collate([pair.conditioned], 0)).item()
-        uncond = per_example_loss(model, collate([pair.unconditioned], 0)).item()
+    hand = hand_turn(model, tokenizer, messages, 1)
+    cond, uncond = hand["cond"].mean(), hand["uncond"].mean()
     ((_, scores),) = list(score_examples(model, tokenizer, [("x", messages)]))
+    assert scores.response_tokens == len(hand["cond"]) == 5
     assert scores.loss_conditioned == pytest.approx(cond, rel=1e-5)
     assert scores.loss_unconditioned == pytest.approx(uncond, rel=1e-5)
     assert scores.ifd_loss_ratio == pytest.approx(cond / uncond, rel=1e-5)
     assert scores.ifd_ppl_ratio == pytest.approx(math.exp(cond - uncond), rel=1e-5)
-    assert scores.response_tokens == len(answer)
-    assert 0 <= scores.min_margin <= scores.mean_margin <= 1
-    assert 0 < scores.mean_entropy <= math.log(len(tokenizer)) + 1e-3
-    assert scores.least_confidence > 0
+    assert scores.mean_entropy == pytest.approx(hand["entropy"].mean(), rel=1e-5)
+    assert scores.least_confidence == pytest.approx(-hand["log_top1"].sum(), rel=1e-5)
+    assert scores.mean_margin == pytest.approx(hand["margin"].mean(), rel=1e-4, abs=1e-9)
+    assert scores.min_margin == pytest.approx(hand["margin"].min(), rel=1e-4, abs=1e-9)
 
 
 def test_multi_turn_is_token_weighted_and_truncation_is_excluded_with_reason(tiny):
@@ -56,15 +81,72 @@ def test_multi_turn_is_token_weighted_and_truncation_is_excluded_with_reason(tin
         {"role": "user", "content": "Bye"},
         {"role": "assistant", "content": "Goodbye."},
     ]
-    pairs = turn_inputs(tokenizer, two, 512)
-    assert len(pairs) == 2
-    with torch.no_grad():
-        losses = [per_example_loss(model, collate([p.conditioned], 0)).item() for p in pairs]
-    counts = [p.conditioned.n_response for p in pairs]
+    turns = [hand_turn(model, tokenizer, two, 1), hand_turn(model, tokenizer, two, 3)]
     ((_, scores),) = list(score_examples(model, tokenizer, [("x", two)]))
-    assert scores.loss_conditioned == pytest.approx(np.dot(losses, counts) / sum(counts), rel=1e-5)
+    # every response token counts once: the mean over the tokens of both turns, not of the turn means
+    assert scores.loss_conditioned == pytest.approx(np.concatenate([t["cond"] for t in turns]).mean(), rel=1e-5)
+    assert scores.loss_unconditioned == pytest.approx(np.concatenate([t["uncond"] for t in turns]).mean(), rel=1e-5)
     ((_, cut),) = list(score_examples(model, tokenizer, [("y", two)], max_length=5))
     assert math.isnan(cut.ifd_loss_ratio) and "max_length=5" in cut.reason
+
+
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n{}\n\n### Response:"
+)
+
+
+def cherry_reference(model, tokenizer, instruction: str, output: str, max_length: int) -> tuple[float, float]:
+    """(L(A|Q), L(A)) of one record by Cherry_LLM's steps (data_analysis.py --prompt alpaca --mod cherry, then
+    data_by_IFD.py): token losses of the whole encoded text, sliced to the answer; NaNs where it skips a record."""
+
+    def answer_losses(text: str, span: str, limit: int) -> np.ndarray:
+        ids = tokenizer.encode(text, truncation=True, max_length=limit)
+        losses = -token_log_probs(model, ids)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
+        start = len(tokenizer.encode(text[: text.rfind(span)]))
+        return losses[start - 1 : len(ids) - 1]
+
+    prompt = ALPACA.format(instruction)
+    instruct_len = len(tokenizer.encode(prompt, truncation=True, max_length=max_length))
+    if max_length - instruct_len <= 0:
+        return math.nan, math.nan
+    alone = answer_losses("### Response:" + output, output, max_length - instruct_len + 4)
+    conditioned = answer_losses(prompt + output, output, max_length)
+    if len(alone) <= 0 or len(conditioned) <= 0 or instruct_len + len(alone) > max_length:
+        return math.nan, math.nan
+    return float(conditioned.mean()), float(alone.mean())
+
+
+def test_alpaca_template_reproduces_the_cherry_reference_scoring(tiny):
+    model, tokenizer = tiny
+    records = [
+        ("Name a colour.", "Blue is a colour.", 512),
+        ("Give three fruits.", "1. Apple\n2. Pear\n3. Plum", 512),
+        ("Write a long list.", " ".join(f"item{i}," for i in range(60)), 80),  # the reference skips it
+        ("Say hi.", "Hi!", 40),
+    ]
+    items = [
+        (str(i), [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+        for i, (q, a, _) in enumerate(records)
+    ]
+    for (key, messages), (question, answer, max_length) in zip(items, records, strict=True):
+        cond, uncond = cherry_reference(model, tokenizer, question, answer, max_length)
+        ((_, got),) = list(score_examples(model, tokenizer, [(key, messages)], max_length, template="alpaca"))
+        if math.isnan(cond):
+            assert math.isnan(got.ifd_loss_ratio) and "alpaca template" in got.reason
+            continue
+        assert got.loss_conditioned == pytest.approx(cond, rel=1e-5)
+        assert got.loss_unconditioned == pytest.approx(uncond, rel=1e-5)
+        assert got.ifd_loss_ratio == pytest.approx(cond / uncond, rel=1e-5)
+    assert sum(math.isnan(cherry_reference(model, tokenizer, *r)[0]) for r in records) == 1
+    # the chat template scores differently (another prompt, and L(A) after a lone BOS)
+    chat = dict(score_examples(model, tokenizer, items[:1]))
+    alpaca = dict(score_examples(model, tokenizer, items[:1], template="alpaca"))
+    assert chat["0"].loss_unconditioned != pytest.approx(alpaca["0"].loss_unconditioned, rel=1e-3)
+    with pytest.raises(ValueError, match="template"):
+        list(score_examples(model, tokenizer, items[:1], template="vicuna"))
+    with pytest.raises(ValueError, match="chat template only"):
+        list(score_examples(model, tokenizer, items[:1], response="greedy", template="alpaca"))
 
 
 def test_batching_does_not_change_scores(tiny):
@@ -159,7 +241,7 @@ def test_nuggets_cached_batched_equals_the_naive_loop(tiny):
     assert np.isnan(too_long).all() and "max_length=20" in why[0]
 
 
-def test_data_whisperer_weights_metric_and_scores(tiny):
+def test_data_whisperer_weights_metric_and_determinism(tiny):
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.core.models.data_whisperer import answer_metric, demo_weights, whisperer_scores
 
@@ -179,6 +261,95 @@ def test_data_whisperer_weights_metric_and_scores(tiny):
     assert scores.shape == (11,) and np.isfinite(scores).all()  # every example served as a demonstration
     again = whisperer_scores(model, tokenizer, pool, queries, n_demos=5, n_queries=2, max_new_tokens=4)
     np.testing.assert_array_equal(scores, again)
+
+
+def qa(question: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+
+
+def test_data_whisperer_spans_cover_only_each_demonstrations_own_tokens(tiny):
+    from dsel_assets.core.models.data_whisperer import attention_mass, demo_spans
+
+    _, tokenizer = tiny
+    demos = [qa(f"What is {i} plus {i}?", f"It is {2 * i}.") for i in range(3)]
+    ids, spans = demo_spans(tokenizer, demos)
+    # SmolLM2's template written out: system header, then per message <|im_start|>role\n content <|im_end|>\n
+    pieces, expected, at = [SYSTEM], [], 0
+    for demo in demos:
+        pieces[-1] += "<|im_start|>user\n"
+        pieces += [demo[0]["content"], "<|im_end|>\n<|im_start|>assistant\n", demo[1]["content"], "<|im_end|>\n"]
+    for i, piece in enumerate(pieces):
+        n = len(tokenizer(piece, add_special_tokens=False)["input_ids"])
+        if i % 2:  # a content piece
+            expected.append((at, at + n))
+        at += n
+    assert len(ids) == at and spans == [expected[0:2], expected[2:4], expected[4:6]]
+    assert spans[0][0][0] == 24  # 21 system-header tokens and "<|im_start|>user\n" belong to no demonstration
+    for demo, ranges in zip(demos, spans, strict=True):
+        assert [tokenizer.decode(ids[s:e]) for s, e in ranges] == [m["content"] for m in demo]
+    # all the query's attention on the system header: no demonstration is credited
+    attention = np.zeros((4, len(ids) + 4))
+    attention[:, :21] = 1 / 21
+    np.testing.assert_array_equal(attention_mass(attention, spans), [0.0, 0.0, 0.0])
+    # the spans this replaces started the first demonstration at token 0 and handed it all of it
+    old = [[(0, spans[0][-1][1])], [(spans[0][-1][1], spans[1][-1][1])], [(spans[1][-1][1], spans[2][-1][1])]]
+    np.testing.assert_allclose(attention_mass(attention, old), [4.0, 0.0, 0.0])
+
+
+class AttentionStub(torch.nn.Module):
+    """A causal LM stand-in with known behaviour: greedy answers are always ``answer`` then EOS,
+    and every query token attends only to the positions holding one of ``marks`` (else to
+    position 0, the start of the system header)."""
+
+    def __init__(self, vocab: int, answer: list[int], eos: int, marks: set[int]):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"num_hidden_layers": 2})()
+        self.vocab, self.answer, self.eos, self.marks = vocab, answer, eos, marks
+
+    def forward(self, input_ids, past_key_values=None, use_cache=True, output_attentions=False):
+        state = copy.deepcopy(past_key_values) or {"ids": [], "reply_from": None}
+        new = input_ids[0].tolist()
+        if past_key_values is not None and len(new) > 1:  # a query appended to the demonstrations
+            state["reply_from"] = len(state["ids"]) + len(new)
+        state["ids"] += new
+        ids = state["ids"]
+        weights = torch.tensor([float(t in self.marks) for t in ids])
+        if weights.sum() == 0:
+            weights[0] = 1.0
+        attention = (weights / weights.sum()).expand(1, 1, len(new), len(ids))
+        logits = torch.zeros(1, len(new), self.vocab)
+        if state["reply_from"] is not None:
+            step = len(ids) - state["reply_from"]
+            logits[0, -1, self.answer[step] if step < len(self.answer) else self.eos] = 1.0
+        return type("Out", (), {"logits": logits, "past_key_values": state, "attentions": (attention,) * 2})()
+
+
+def test_data_whisperer_scores_on_a_model_whose_attention_and_answers_are_known(tiny):
+    """Three demonstrations, one round, two queries: the model answers 42 to both (exact match
+    1 for the query whose reference is 42, 0 for the other: sum of metrics 1). All attention on
+    the one demonstration that mentions a zebra: it gets weight 1 and score 1, the others 0,
+    wherever it sits. All attention on the system header: no demonstration is singled out
+    (uniform 1/3), where the old spans gave the whole credit to whichever example came first."""
+    from dsel_assets.core.models.data_whisperer import whisperer_scores
+
+    _, tokenizer = tiny
+    zebra = set(tokenizer("zebra", add_special_tokens=False)["input_ids"])
+    pool = [qa("What is 1 plus 1?", "It is 2."), qa("What is 2 plus 2?", "It is 4."), qa("Name it.", "zebra")]
+    queries = [qa("What is 6 times 7?", "42"), qa("What is 3 plus 4?", "7")]
+    for other in pool[:2]:
+        assert not zebra & set(tokenizer(other[0]["content"] + other[1]["content"])["input_ids"])
+    answer = tokenizer("42", add_special_tokens=False)["input_ids"]
+    for seed in (0, 1, 2):  # the zebra example at different positions in the prompt
+        stub = AttentionStub(len(tokenizer), answer, tokenizer.eos_token_id, zebra)
+        scores = whisperer_scores(stub, tokenizer, pool, queries, n_demos=3, n_queries=2, seed=seed)
+        np.testing.assert_allclose(scores, [0.0, 0.0, 1.0])
+        header = AttentionStub(len(tokenizer), answer, tokenizer.eos_token_id, set())
+        scores = whisperer_scores(header, tokenizer, pool, queries, n_demos=3, n_queries=2, seed=seed)
+        np.testing.assert_allclose(scores, [1 / 3] * 3)
 
 
 def test_pre_experience_sample_takes_the_middle_perplexity_band_of_each_cluster():

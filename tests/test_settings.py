@@ -22,7 +22,8 @@ NO_ENV: dict[str, str] = {}
 def test_first_use_pins_and_later_requests_must_agree(home):
     settings, changed = resolve_settings(home, {"grad_dim": 1024, "model": "tiny"}, environ=NO_ENV)
     assert (settings.grad_dim, settings.model, settings.pooling, changed) == (1024, "tiny", "mean", [])
-    assert stored_settings(home) == {"grad_dim": 1024, "model": "tiny", "pooling": "mean"}
+    # the proxy model pins as "" (the selection model) unless one is named
+    assert stored_settings(home) == {"grad_dim": 1024, "model": "tiny", "pooling": "mean", "proxy_model": ""}
     # nothing requested (the UI, the daemon): the stored values, not the defaults
     assert resolve_settings(home, {}, environ=NO_ENV)[0].grad_dim == 1024
     # the environment is a request too

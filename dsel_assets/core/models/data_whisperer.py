@@ -7,8 +7,10 @@ example is a demonstration at least once) and ``n_q`` target queries. The demons
 form a shared prefix (run once; its KV cache is reused); each query is appended in turn,
 answered greedily, and the answer scored against the reference (exact match for short
 references, ROUGE-L F otherwise). Demonstration ``j``'s weight is the attention from the
-query tokens to its tokens at one middle layer, summed over heads, divided by
-``|D_j| * |queries|`` and normalised over the demonstrations. Each demonstration
+query tokens to its own tokens (its message contents; the reference likewise leaves its
+instruction section out) at one middle layer, summed over heads, divided by
+``|D_j| * |queries|`` and normalised over the demonstrations; where no demonstration draws any,
+the weights are uniform. Each demonstration
 accumulates ``sum_q metric_q * w_j`` and a count (float32-safe: float64 here); its score is
 sum / count. Deviation: the reference puts all queries in one prompt and parses a joint
 answer; one continuation per query over the shared prefix gives the same attention
@@ -49,16 +51,43 @@ def answer_metric(prediction: str, reference: str, short_words: int = 5) -> floa
     return rouge_l([prediction], [reference])[0]
 
 
-def _spans(tokenizer, demos: list[list[dict]]) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids of the demonstration prefix and each demonstration's [start, end) span."""
-    spans, start = [], 0
-    for j in range(len(demos)):
-        text = render_chat(tokenizer, [m for d in demos[: j + 1] for m in d])
-        end = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        spans.append((start, end))
-        start = end
-    prefix = tokenizer(render_chat(tokenizer, [m for d in demos for m in d]), add_special_tokens=False)["input_ids"]
-    return prefix, spans
+def demo_spans(tokenizer, demos: list[list[dict]]) -> tuple[list[int], list[list[tuple[int, int]]]]:
+    """Token ids of the demonstration prefix (every demonstration in the chat template) and, per
+    demonstration, the [start, end) token ranges of its own message contents.
+
+    The system prompt the template adds, role headers and end-of-turn markers belong to no
+    demonstration, so the attention they draw (the first token is an attention sink) is
+    credited to nobody; spans that started at 0 handed all of it to the first demonstration.
+    Contents are located by rendering the template with a marker in place of each content, so
+    a content that also occurs in a header or the system prompt cannot be mistaken for it."""
+    messages = [m for d in demos for m in d]
+    skeleton = render_chat(tokenizer, [{**m, "content": f"\x00{i}\x00"} for i, m in enumerate(messages)])
+    pieces = re.split(r"\x00(\d+)\x00", skeleton)  # literal, index, literal, index, ..., literal
+    text, chars = pieces[0], {}
+    for index, literal in zip(pieces[1::2], pieces[2::2], strict=True):
+        content = messages[int(index)]["content"]
+        chars[int(index)] = (len(text), len(text) + len(content))
+        text += content + literal
+    if text != render_chat(tokenizer, messages) or len(chars) != len(messages):
+        raise ValueError("template: the chat template does not insert message contents verbatim")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    spans, first = [], 0
+    for demo in demos:
+        ranges = []
+        for start, end in (chars[i] for i in range(first, first + len(demo))):
+            inside = [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
+            if inside:
+                ranges.append((inside[0], inside[-1] + 1))
+        spans.append(ranges)
+        first += len(demo)
+    return encoded["input_ids"], spans
+
+
+def attention_mass(attention: np.ndarray, spans: list[list[tuple[int, int]]]) -> np.ndarray:
+    """Per demonstration: the attention (rows: query tokens, columns: key positions) that falls
+    on its own tokens."""
+    return np.array([sum(float(attention[:, s:e].sum()) for s, e in ranges) for ranges in spans])
 
 
 def whisperer_scores(
@@ -94,7 +123,7 @@ def whisperer_scores(
     with torch.no_grad():
         for r, members in enumerate(rounds):
             demos = [pool[i] for i in members]
-            prefix, spans = _spans(tokenizer, demos)
+            prefix, spans = demo_spans(tokenizer, demos)
             cache = model(torch.tensor([prefix], device=device), use_cache=True).past_key_values
             mass = np.zeros(len(members))
             metrics = []
@@ -110,7 +139,7 @@ def whisperer_scores(
                     output_attentions=True,
                 )
                 attn = out.attentions[layer][0].float().sum(0)  # heads summed: [suffix, prefix + suffix]
-                mass += np.array([float(attn[:, s:e].sum()) for s, e in spans])
+                mass += attention_mass(attn.cpu().numpy(), spans)
                 generated, past, token = [], out.past_key_values, out.logits[0, -1].argmax()
                 for _ in range(max_new_tokens):
                     if int(token) in (tokenizer.eos_token_id, tokenizer.pad_token_id):
@@ -120,7 +149,8 @@ def whisperer_scores(
                     past, token = step.past_key_values, step.logits[0, -1].argmax()
                 prediction = tokenizer.decode(generated, skip_special_tokens=True)
                 metrics.append(answer_metric(prediction, query[-1]["content"]))
-            weights = demo_weights(mass, np.array([e - s for s, e in spans]), len(metrics))
+            lengths = np.array([max(sum(e - s for s, e in ranges), 1) for ranges in spans])  # empty: mass 0
+            weights = demo_weights(mass, lengths, len(metrics))
             totals[members] += sum(metrics) * weights
             counts[members] += 1
             if on_round is not None:

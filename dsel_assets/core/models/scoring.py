@@ -1,11 +1,24 @@
 """Loss-based scores (METHODS.md R3) and uncertainty (R4) from teacher-forced forwards.
 
-For every assistant turn: ``L(A|Q)`` = mean loss of the turn's content tokens given the
-templated context, ``L(A)`` = mean loss of the same tokens with no context (only a BOS, so
-the first token is predicted in both). Both are cut to the same response prefix when the
-context makes the conditioned input exceed ``max_length``. Multi-turn conversations: turn
-losses are combined as a token-weighted mean (each response token counts once), then the
-ratios are taken. Undefined scores come back as NaN with a reason, never as 0.
+Two templates decide how ``L(A|Q)`` and ``L(A)`` are formed (``template``):
+
+- ``chat`` (default): for every assistant turn, ``L(A|Q)`` = mean loss of the turn's content
+  tokens given the context in the model's chat template, ``L(A)`` = mean loss of the same
+  tokens with no context (only a BOS, so the first token is predicted in both), both cut to
+  the same response prefix when the context makes the conditioned input exceed
+  ``max_length``. Right when the selected data fine-tunes this model family with its chat
+  template (dsel's own fine-tuning renders conversations that way): the scores measure the
+  text the model will be trained on.
+- ``alpaca``: Cherry_LLM's reference scoring (``data_analysis.py --prompt alpaca``, then
+  ``data_by_IFD.py``), step for step; see :func:`alpaca_turn_inputs`. Right for parity with
+  the paper's numbers and rankings, or when the target model is trained on Alpaca-style
+  prompts. Its ``L(A)`` keeps the ``### Response:`` cue, so IFD <= 1 filters as in the paper;
+  with ``chat`` (BOS-only ``L(A)``) the instruction nearly always helps and that filter keeps
+  almost everything.
+
+Multi-turn conversations: turn losses are combined as a token-weighted mean (each response
+token counts once), then the ratios are taken. Undefined scores come back as NaN with a reason,
+never as 0.
 
 R4 allows the model's own greedy generation instead of the reference: ``response="greedy"``
 generates each assistant turn from its reference context and scores those token ids (not a
@@ -23,13 +36,16 @@ import numpy as np
 
 from .generation import greedy_generate
 from .sft import IGNORE, Encoded, collate, length_batches
-from .templates import render_chat
+from .templates import ALPACA_RESPONSE_HEADER, render_alpaca, render_chat
+
+Template = Literal["chat", "alpaca"]
+TEMPLATES: tuple[str, ...] = ("chat", "alpaca")
 
 
 @dataclass(frozen=True)
 class TurnInputs:
     conditioned: Encoded  # context + answer, labels on the answer tokens
-    unconditioned: Encoded  # BOS + the same answer tokens
+    unconditioned: Encoded  # chat: BOS + the same answer tokens; alpaca: "### Response:" + answer
 
 
 def _contexts(tokenizer, messages: list[dict]) -> list[list[int]]:
@@ -58,6 +74,39 @@ def turn_inputs(
         ids = context + answer[:keep]
         labels = [IGNORE] * len(context) + answer[:keep]
         pairs.append(TurnInputs(Encoded(ids, labels), Encoded([bos, *answer[:keep]], [IGNORE, *answer[:keep]])))
+    return pairs
+
+
+def _reference_encoding(tokenizer, prefix: str, answer: str, max_length: int) -> Encoded:
+    """``prefix + answer`` as Cherry_LLM encodes it: the tokenizer's default special tokens,
+    cut at ``max_length``; labels from the token count of ``prefix`` encoded on its own."""
+    ids = tokenizer(prefix + answer, truncation=True, max_length=max_length)["input_ids"]
+    start = min(len(tokenizer(prefix)["input_ids"]), len(ids))
+    return Encoded(ids, [IGNORE] * start + ids[start:])
+
+
+def alpaca_turn_inputs(tokenizer, messages: list[dict], max_length: int) -> list[TurnInputs]:
+    """Cherry_LLM's ``--prompt alpaca`` inputs for each assistant turn, its instruction being the
+    nearest user turn before it (earlier turns and system prompts are not part of the prompt).
+    ``L(A|Q)``: Alpaca prompt + answer, cut at ``max_length``. ``L(A)``: ``"### Response:"`` +
+    answer, cut at ``max_length - n_prompt + 4`` (``n_prompt``: the prompt's token count, itself
+    cut at ``max_length``). A turn is dropped where the reference skips the record: the prompt
+    fills ``max_length``, no answer token is left in either input, or ``n_prompt`` plus
+    ``L(A)``'s answer tokens exceed ``max_length``."""
+    pairs, instruction = [], None
+    for message in messages:
+        if message["role"] == "user":
+            instruction = message["content"]
+        if message["role"] != "assistant" or instruction is None or not message["content"]:
+            continue
+        prompt = render_alpaca(instruction)
+        n_prompt = len(tokenizer(prompt, truncation=True, max_length=max_length)["input_ids"])
+        if n_prompt >= max_length:
+            continue
+        conditioned = _reference_encoding(tokenizer, prompt, message["content"], max_length)
+        alone = _reference_encoding(tokenizer, ALPACA_RESPONSE_HEADER, message["content"], max_length - n_prompt + 4)
+        if conditioned.n_response and alone.n_response and n_prompt + alone.n_response <= max_length:
+            pairs.append(TurnInputs(conditioned, alone))
     return pairs
 
 
@@ -140,6 +189,16 @@ def ifd_scores(loss_conditioned: float, loss_unconditioned: float) -> tuple[floa
     return loss_conditioned / loss_unconditioned, superfiltering, ""
 
 
+def check_options(response: str, template: str) -> None:
+    """Raise on an unknown response source or template, or on greedy responses with ``alpaca``."""
+    if response not in ("reference", "greedy"):
+        raise ValueError(f"response: {response!r} is not one of ['reference', 'greedy']")
+    if template not in TEMPLATES:
+        raise ValueError(f"template: {template!r} is not one of {list(TEMPLATES)}")
+    if template == "alpaca" and response == "greedy":
+        raise ValueError("template: greedy responses are generated and scored with the chat template only")
+
+
 def score_examples(
     model,
     tokenizer,
@@ -148,18 +207,24 @@ def score_examples(
     batch_size: int = 8,
     response: Literal["reference", "greedy"] = "reference",
     max_new_tokens: int = 128,
+    template: Template = "chat",
 ) -> Iterator[tuple[str, ExampleScores]]:
     """Scores per example id, teacher-forced on the reference responses or on the model's greedy
-    generation; examples with no scorable response token get a reason."""
-    if response not in ("reference", "greedy"):
-        raise ValueError(f"response: {response!r} is not one of ['reference', 'greedy']")
+    generation, with the chat or the Alpaca template (module docstring); examples with no
+    scorable response token get a reason."""
+    check_options(response, template)
     answers: list[list[list[int]] | None] = [None] * len(items)
     if response == "greedy":
         answers = greedy_answers(model, tokenizer, [m for _, m in items], max_new_tokens, batch_size)
     turns: list[tuple[int, TurnInputs]] = []
     for index, (_, messages) in enumerate(items):
-        turns += [(index, pair) for pair in turn_inputs(tokenizer, messages, max_length, answers[index])]
-    sums = {key: np.zeros(len(items)) for key in ("cond", "uncond", "count", "entropy", "log_top1", "margin")}
+        if template == "alpaca":
+            pairs = alpaca_turn_inputs(tokenizer, messages, max_length)
+        else:
+            pairs = turn_inputs(tokenizer, messages, max_length, answers[index])
+        turns += [(index, pair) for pair in pairs]
+    keys = ("cond", "uncond", "count", "uncond_count", "entropy", "log_top1", "margin")
+    sums = {key: np.zeros(len(items)) for key in keys}
     min_margin = np.full(len(items), np.inf)
     for kind in ("conditioned", "unconditioned"):
         encoded = [getattr(pair, kind) for _, pair in turns]
@@ -168,6 +233,7 @@ def score_examples(
             owners = np.array([turns[i][0] for i in group])
             if kind == "unconditioned":
                 np.add.at(sums["uncond"], owners, stats["loss_sum"])
+                np.add.at(sums["uncond_count"], owners, stats["count"])
                 continue
             np.add.at(sums["cond"], owners, stats["loss_sum"])
             np.add.at(sums["count"], owners, stats["count"])
@@ -192,11 +258,12 @@ def score_examples(
                     nan,
                     nan,
                     0,
-                    reason=f"no {response} response tokens within max_length={max_length}",
+                    reason=f"no {response} response tokens within max_length={max_length} ({template} template)",
                 ),
             )
             continue
-        cond, uncond = sums["cond"][index] / count, sums["uncond"][index] / count
+        # chat: both cover the same tokens; alpaca: each its own reference truncation
+        cond, uncond = sums["cond"][index] / count, sums["uncond"][index] / sums["uncond_count"][index]
         cherry, superfiltering, reason = ifd_scores(cond, uncond)
         yield (
             item_id,

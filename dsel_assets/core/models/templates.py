@@ -1,4 +1,5 @@
-"""Chat rendering and token counting with the selection model's template."""
+"""Chat rendering and token counting with the selection model's template, and the Alpaca
+prompt that Cherry_LLM's reference scoring (``--prompt alpaca``) wraps each instruction in."""
 
 from __future__ import annotations
 
@@ -17,6 +18,22 @@ def render_chat(
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
     return text + ("assistant: " if generation_prompt else "")
+
+
+#: Cherry_LLM's Alpaca prompt for a record without an ``input`` field. dsel merges an Alpaca
+#: ``input`` into the user turn at ingest, so every record takes this form.
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+#: What Cherry_LLM puts before the answer when it scores the answer without the instruction.
+ALPACA_RESPONSE_HEADER = "### Response:"
+
+
+def render_alpaca(instruction: str) -> str:
+    """The Alpaca prompt around ``instruction``; the answer follows it with no separator."""
+    return ALPACA_PROMPT.format(instruction=instruction)
 
 
 def token_counter(tokenizer: PreTrainedTokenizerBase):

@@ -1,4 +1,4 @@
-"""Methods that rank the pool by one precomputed per-example score (METHODS.md section 2):
+"""Methods that rank the pool by one precomputed per-example score (docs/methods/<name>.md):
 Cherry IFD, Superfiltering, Small2Large's LP is clustered (own module), Nuggets, Data
 Whisperer, experimental-design uncertainty. Each is a thin registration over
 :func:`rank_by_score`; the scores (and their undefined cases, NaN here) come from the
@@ -11,8 +11,15 @@ from typing import Literal
 
 import numpy as np
 
+from ..models.scoring import Template
 from .base import Selection, check_inputs, rank_by_score
 from .registry import register
+
+#: Help of the ``template`` parameter of the IFD methods: which loss-score rows they read.
+TEMPLATE_HELP = (
+    "scoring template of the IFD read: chat (the model's chat template) | alpaca (Cherry_LLM's reference "
+    "scoring; materialize the scores with template=alpaca first)"
+)
 
 
 @dataclass(frozen=True)
@@ -20,16 +27,22 @@ class IfdConfig:
     max_ifd: float = field(default=1.0, metadata={"help": "examples with IFD above this are excluded"})
 
 
+@dataclass(frozen=True)
+class CherryConfig(IfdConfig):
+    template: Template = field(default="chat", metadata={"help": TEMPLATE_HELP})
+
+
 @register(
     "cherry_ifd",
     family="quality",
-    config=IfdConfig,
+    config=CherryConfig,
     needs=("ifd",),
     description="Rank by IFD = L(A|Q) / L(A) (loss ratio), highest first, among IFD <= 1.",
     reference="Cherry LLM, Li et al. 2024 (tianyi-lab/Cherry_LLM), arXiv 2308.12032",
 )
-def cherry_ifd(ids, k: int, config: IfdConfig, *, ifd: np.ndarray) -> Selection:
-    """IFD > 1 means the instruction does not help: excluded; IFD = 1 is kept."""
+def cherry_ifd(ids, k: int, config: CherryConfig, *, ifd: np.ndarray) -> Selection:
+    """IFD > 1 means the instruction does not help: excluded; IFD = 1 is kept. ``ifd`` is
+    the loss ratio under ``config.template`` (the asset layer reads that template's rows)."""
     return _rank_ifd("cherry_ifd", check_inputs(ids, ifd=ifd), ifd, k, config)
 
 
@@ -54,7 +67,7 @@ def cherry_ifd_pre_experienced(ids, k: int, config: IfdConfig, *, pre_experience
 
 @dataclass(frozen=True)
 class SuperfilteringConfig:
-    pass
+    template: Template = field(default="chat", metadata={"help": TEMPLATE_HELP})
 
 
 @register(

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..models.scoring import Template
 from ._facility import FacilityLocation, build_kernel, greedy
 from .base import Selection, check_inputs
 from .registry import register
+from .score_rankers import TEMPLATE_HELP
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,7 @@ class SuperfilteringDConfig:
     top_m: int = field(default=0, metadata={"help": "IFD shortlist size; 0 = min(10,000, 20% of the pool)"})
     memory_cap_mb: float = field(default=2048.0, metadata={"help": "largest dense kernel before sparse kNN"})
     n_neighbors: int = field(default=50, metadata={"help": "sparse kNN kernel size"})
+    template: Template = field(default="chat", metadata={"help": TEMPLATE_HELP})
 
     def __post_init__(self) -> None:
         if self.top_m < 0:
