@@ -5,54 +5,77 @@ The objective is apart from the optimiser (apricot's split): ``naive`` re-evalua
 gain each step, ``lazy`` keeps stale gains in a heap (gains only shrink, so a re-evaluated
 top that still beats the next stale bound is the true argmax - the same picks as naive) and
 re-evaluates stale tops in growing batches, ``stochastic`` evaluates a seeded random subset
-per step (Mirzasoleiman et al. 2015). Kernels are dense only under a memory cap; beyond it
-the cosine kernel becomes a sparse k-nearest-neighbour graph (faiss), so no N x N matrix is
-ever allocated above the cap.
+per step (Mirzasoleiman et al. 2015).
+
+Kernels (cosine clipped at 0, RBF, dot, or a precomputed N x N similarity) are dense only
+while N^2 float32 fits ``memory_cap_mb``. Beyond it every kernel becomes a sparse
+nearest-neighbour graph (each point keeps its most similar points and itself; the rest
+count as 0), built in row blocks so no N x N array ever exists; when even that graph is
+over the cap, the kernel is refused with the memory both forms would need.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterator
 
 import numpy as np
 from scipy import sparse
 
-KERNELS = ("cosine", "rbf", "dot", "knn")
+KERNELS = ("cosine", "rbf", "dot", "precomputed", "knn")
 OPTIMIZERS = ("lazy", "naive", "stochastic")
 TILE_ROWS = 2048  # dense kernel rows per matrix product (a 2048 x N float32 tile beside the kernel)
 LAZY_BATCH_MAX = 64  # most stale bounds re-evaluated in one vectorised call
+SEARCH_ROWS = 16384  # query rows per nearest-neighbour search of the sparse kernel
+BLOCK_BYTES = 64 * 2**20  # rows of a precomputed matrix read at once (float32)
+SPARSE_ENTRY_BYTES = 16  # float32 value + int32 index, held twice while the graph is transposed
 
 
-def knn_kernel(x: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
-    """Sparse cosine kernel (clipped at 0): row v holds sim(v, c) for its nearest c (itself
-    included). Returned transposed (row c = the points c covers) for fast gain updates."""
-    import faiss
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
-    n = len(x)
-    k = min(n_neighbors, n)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    sims, nbrs = index.search(x, k)
-    rows = np.repeat(np.arange(n), k)
-    kernel = sparse.csr_matrix((np.maximum(sims.ravel(), 0), (rows, nbrs.ravel())), shape=(n, n))
-    kernel.setdiag(1.0)
-    return kernel.T.tocsr()
+
+def dense_bytes(n: int) -> int:
+    """Memory of a dense N x N float32 kernel."""
+    return 4 * n * n
+
+
+def sparse_bytes(n: int, n_neighbors: int) -> int:
+    """Peak memory of the sparse kernel: ``n_neighbors + 1`` entries per point."""
+    return n * min(n_neighbors + 1, n) * SPARSE_ENTRY_BYTES
+
+
+def _row_blocks(n: int, row_bytes: int) -> Iterator[tuple[int, int]]:
+    rows = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    for lo in range(0, n, rows):
+        yield lo, min(lo + rows, n)
+
+
+def _similarity_rows(s, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` of a precomputed similarity (array or memory map) as float32, checked."""
+    block = np.asarray(s[lo:hi], dtype=np.float32)
+    if not np.isfinite(block).all():
+        raise ValueError(f"similarity: non-finite entries in rows {lo}..{hi - 1}")
+    return block
 
 
 def dense_kernel(x: np.ndarray, kind: str, gamma: float) -> np.ndarray:
-    """[N, N] float32 similarity (symmetric, so row c = what c covers).
+    """[N, N] float32 similarity, row c = what c covers (``sim(., c)``).
 
-    Built tile by tile over the upper triangle and mirrored: half the multiply-adds of
-    ``x @ x.T``, exactly symmetric, and no N x N temporary beside the result."""
-    x = np.asarray(x, dtype=np.float32)
-    if kind == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
-    sq = np.einsum("ij,ij->i", x, x) if kind == "rbf" else None
+    Embedding kernels are built tile by tile over the upper triangle and mirrored: half the
+    multiply-adds of ``x @ x.T``, exactly symmetric, and no N x N temporary beside the result.
+    A precomputed ``x[v, c] = sim(v, c)`` is read in row blocks, transposed, clipped at 0."""
     n = len(x)
     out = np.empty((n, n), dtype=np.float32)
+    if kind == "precomputed":
+        for lo, hi in _row_blocks(n, 4 * n):
+            out[:, lo:hi] = _similarity_rows(x, lo, hi).T
+        return np.maximum(out, 0.0, out=out)
+    x = unit_rows(x) if kind == "cosine" else np.asarray(x, dtype=np.float32)
+    sq = np.einsum("ij,ij->i", x, x) if kind == "rbf" else None
     for lo in range(0, n, TILE_ROWS):
         hi = min(lo + TILE_ROWS, n)
         tile = x[lo:hi] @ x[lo:].T
@@ -72,20 +95,75 @@ def dense_kernel(x: np.ndarray, kind: str, gamma: float) -> np.ndarray:
     return out
 
 
-def build_kernel(x: np.ndarray, kind: str, gamma: float, n_neighbors: int, memory_cap_mb: float):
-    """Dense when N^2 float32 fits the cap, else the sparse kNN graph (cosine only)."""
+def _neighbour_blocks(x, kind: str, gamma: float, k: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(first row, sims [b, k], neighbours [b, k], self-similarity [b]) per block of rows: the
+    ``k`` most similar points of each row, by exact search (faiss) or partition of the rows."""
+    n = len(x)
+    if kind == "precomputed":
+        for lo, hi in _row_blocks(n, 12 * n):  # the float32 rows and their int64 partition
+            rows = _similarity_rows(x, lo, hi)
+            nbrs = np.argpartition(-rows, k - 1, axis=1)[:, :k]
+            yield lo, np.take_along_axis(rows, nbrs, axis=1), nbrs, rows[np.arange(hi - lo), np.arange(lo, hi)]
+        return
+    import faiss
+
+    x = unit_rows(x) if kind == "cosine" else np.ascontiguousarray(x, dtype=np.float32)
+    index = faiss.IndexFlatL2(x.shape[1]) if kind == "rbf" else faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    for lo in range(0, n, SEARCH_ROWS):
+        block = x[lo : lo + SEARCH_ROWS]
+        scores, nbrs = index.search(block, k)
+        if kind == "rbf":  # squared L2 distances -> exp(-gamma d^2); nearest first either way
+            yield lo, np.exp(-gamma * np.maximum(scores, 0.0)), nbrs, np.ones(len(block), dtype=np.float32)
+        else:
+            yield lo, scores, nbrs, np.einsum("ij,ij->i", block, block)
+
+
+def knn_kernel(x, n_neighbors: int, kind: str = "cosine", gamma: float = 1.0) -> sparse.csr_matrix:
+    """Sparse kernel (clipped at 0): point v keeps sim(v, c) for its ``n_neighbors`` most
+    similar c and for itself; other entries count as 0, so FL under it never exceeds the
+    dense FL. Returned transposed (row c = the points c covers) for fast gain updates."""
+    n = len(x)
+    k = min(n_neighbors + 1, n)
+    data = np.empty((n, k), dtype=np.float32)
+    indices = np.empty((n, k), dtype=np.int32)
+    for lo, sims, nbrs, self_sim in _neighbour_blocks(x, kind, gamma, k):
+        hi = lo + len(sims)
+        rows = np.arange(lo, hi)
+        missing = ~(nbrs == rows[:, None]).any(axis=1)  # itself outranked (duplicates): replaces the last
+        nbrs[missing, -1] = rows[missing]
+        sims[missing, -1] = self_sim[missing]
+        data[lo:hi] = np.maximum(sims, 0.0)
+        indices[lo:hi] = nbrs
+    # column v of this CSC matrix holds v's neighbours c with sim(v, c): row c = what c covers
+    graph = sparse.csc_matrix((data.ravel(), indices.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    return graph.tocsr()
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:,.2f} MB"
+
+
+def build_kernel(x, kind: str, gamma: float, n_neighbors: int, memory_cap_mb: float):
+    """(covers, description): dense when N^2 float32 fits the cap, else the sparse kNN graph
+    of the same kernel when that fits, else a ``ValueError`` naming both memories.
+    ``knn`` is the sparse cosine kernel at any size; ``precomputed`` takes x = S [N, N]."""
     if kind not in KERNELS:
         raise ValueError(f"kernel: {kind!r} is not one of {KERNELS}")
     n = len(x)
-    if kind == "knn":
-        return knn_kernel(x, n_neighbors), "knn"
-    if n * n * 4 / 2**20 <= memory_cap_mb:
+    if kind == "precomputed" and tuple(x.shape) != (n, n):
+        raise ValueError(f"similarity: expected an N x N matrix for N = {n}, got shape {tuple(x.shape)}")
+    cap = memory_cap_mb * 2**20
+    if kind != "knn" and dense_bytes(n) <= cap:
         return dense_kernel(x, kind, gamma), kind
-    if kind == "cosine":
-        return knn_kernel(x, n_neighbors), "knn (dense kernel over memory_cap_mb)"
+    if sparse_bytes(n, n_neighbors) <= cap:
+        if kind == "knn":
+            return knn_kernel(x, n_neighbors), "knn"
+        return knn_kernel(x, n_neighbors, kind, gamma), f"knn {kind} (dense {_mb(dense_bytes(n))} over memory_cap_mb)"
     raise ValueError(
-        f"memory_cap_mb: a dense {kind} kernel for {n} points needs {n * n * 4 / 2**20:.0f} MB; "
-        f"raise memory_cap_mb or use kernel=cosine/knn"
+        f"memory_cap_mb: a {kind} kernel for {n} points needs {_mb(dense_bytes(n))} dense or "
+        f"{_mb(sparse_bytes(n, n_neighbors))} as a {n_neighbors}-neighbour graph, over the cap of "
+        f"{memory_cap_mb:g} MB; raise memory_cap_mb or lower n_neighbors"
     )
 
 

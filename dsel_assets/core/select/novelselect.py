@@ -78,17 +78,22 @@ def novelselect_order(x: np.ndarray, k: int, first: int, config: NovelSelectConf
     return order[: min(k, n)], gains[: min(k, n)]
 
 
-def novelsum(x: np.ndarray, config: NovelSelectConfig = NovelSelectConfig()) -> float:
-    """NovelSum of a set: mean over members of their rank-weighted distance to the others."""
+def novelsum(x: np.ndarray, config: NovelSelectConfig = NovelSelectConfig(), block: int = 256) -> float:
+    """NovelSum of a set: mean over members of their rank-weighted distance to the others,
+    ``block`` members at a time (a block x n table, never n x n)."""
     u = _unit(x)
-    if len(u) < 2:
+    n = len(u)
+    if n < 2:
         return 0.0
     sigma = density(x, config.neighbors, config.beta)
+    weights = rank_weights(n - 1, config.alpha)
     total = 0.0
-    for i in range(len(u)):
-        d = np.delete((1.0 - u @ u[i]) * (sigma + sigma[i]), i)
-        total += float((np.sort(d) * rank_weights(len(d), config.alpha)).mean())
-    return total / len(u)
+    for lo in range(0, n, block):
+        rows = np.arange(lo, min(lo + block, n))
+        d = (1.0 - u[rows] @ u.T) * (sigma[rows, None] + sigma[None, :])
+        d[np.arange(len(rows)), rows] = np.inf  # itself: sorted last, then dropped
+        total += float((np.sort(d, axis=1)[:, :-1] * weights).mean(axis=1).sum())
+    return total / n
 
 
 @register(
@@ -100,7 +105,8 @@ def novelsum(x: np.ndarray, config: NovelSelectConfig = NovelSelectConfig()) -> 
     reference="NovelSum / NovelSelect, Yang et al. 2025, arXiv 2502.17184",
 )
 def select(ids, k: int, config: NovelSelectConfig, *, sentence_embeddings: np.ndarray) -> Selection:
-    """O(N k log k) time and O(N k) memory: for pools where k is a few thousand at most."""
+    """O(N k^2 log k) time (every step re-sorts the N x t distance table) and O(N k) memory:
+    for budgets of a few thousand at most. See docs/methods/novelselect.md."""
     ids = check_inputs(ids, sentence_embeddings=sentence_embeddings)
     if k == 0:
         return Selection("novelselect", [], [], diagnostics={"eligible": len(ids)})

@@ -1,6 +1,7 @@
-"""Small2Large (Mekala et al. 2024): cluster the pool, keep in each cluster the examples the
-small model learned earliest (lowest learning percentage LP(1) first), equally per cluster.
-The ``small2large_random`` twin takes the same per-cluster counts at random."""
+"""Small2Large (Mekala et al. 2024): cluster the pool and fill each cluster's proportional
+share of the budget hardest first: lowest learning percentage LP(1), the examples the small
+model learned least in its first epoch. The ``small2large_random`` twin takes the same
+per-cluster counts at random. See docs/methods/small2large.md."""
 
 from __future__ import annotations
 
