@@ -63,7 +63,11 @@ def test_model_resource_identity_and_device():
     assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_unknown_model_path_is_a_clear_error():
+def test_unknown_model_path_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("DSEL_ALLOW_HUB", raising=False)
+    with pytest.raises(ValueError, match="neither an alias .* nor a local model folder"):
+        resolve("/no/such/model/dir")
+    monkeypatch.setenv("DSEL_ALLOW_HUB", "1")  # then it is a hub id, which offline loading refuses
     with pytest.raises(OSError):
         load_tokenizer(resolve("/no/such/model/dir"))
 
