@@ -177,11 +177,15 @@ def reap_for_cli(home: str | None) -> None:
     paths = DselHome(Path(home).expanduser().resolve()) if home else DselHome.from_env()
     if not (paths.dagster / "dagster.yaml").exists():
         return
+    # not ``with``: entering an instance sets Dagster's process-wide definitions-state storage,
+    # which must never outlive this short-lived instance
+    instance = dg.DagsterInstance.from_config(str(paths.dagster))
     try:
-        with dg.DagsterInstance.from_config(str(paths.dagster)) as instance:
-            reap_dead_runs(instance)
+        reap_dead_runs(instance)
     except SQLAlchemyError as exc:
         _stderr(f"[dsel] could not check for runs left by killed processes: {exc}")
+    finally:
+        instance.dispose()
 
 
 def _free_finished_holders(instance: dg.DagsterInstance, log: Log) -> list[str]:
