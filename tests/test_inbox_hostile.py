@@ -42,8 +42,10 @@ def sensor(home, monkeypatch):
         def tick(cursor: str | None, resources: dict | None = None, **settings) -> dg.SensorResult:
             inbox_settings = InboxSettings(path=str(home.inbox), **settings)
             res = {**base, "inbox_settings": inbox_settings, **(resources or {})}
-            context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=res)
-            result = within_deadline(lambda: defs.resolve_sensor_def("inbox_sensor")(context))
+            # closed here, in order: an unclosed context's resources leave Dagster's process-wide
+            # definitions-state storage pointing at a dead instance
+            with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=res) as context:
+                result = within_deadline(lambda: defs.resolve_sensor_def("inbox_sensor")(context))
             for request in result.dynamic_partitions_requests:
                 instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
             return result

@@ -245,13 +245,13 @@ def test_recuration_is_not_blocked_by_a_killed_batch_run(home, instance):
         instance, {PID_TAG: str(dead_pid()), HOST_TAG: process_tags()[HOST_TAG], STARTED_TAG: "1.0"}, "batch_job"
     )
     finished = create_run_for_test(instance, job_name="batch_job", status=dg.DagsterRunStatus.SUCCESS)
-    context = dg.build_run_status_sensor_context(
+    with dg.build_run_status_sensor_context(
         sensor_name="recuration_sensor",
         dagster_event=dg.DagsterEvent(dg.DagsterEventType.RUN_SUCCESS.value, job_name="batch_job"),
         dagster_instance=instance,
         dagster_run=finished,
         repository_def=defs.get_repository_def(),
-    )
-    result = defs.resolve_sensor_def("recuration_sensor")(context)
+    ) as context:
+        result = defs.resolve_sensor_def("recuration_sensor")(context)
     assert isinstance(result, dg.RunRequest) or "no curation asset is stale" in result.skip_message, result
     assert status(instance, killed.run_id) == dg.DagsterRunStatus.FAILURE

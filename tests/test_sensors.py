@@ -45,8 +45,10 @@ def setup(home, monkeypatch):
 
 def tick(defs, resources, instance, cursor: str | None) -> dg.SensorResult:
     sensor = defs.resolve_sensor_def("inbox_sensor")
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources)
-    return sensor(context)
+    # closed here, in order: an unclosed context's resources leave Dagster's process-wide
+    # definitions-state storage pointing at a dead instance
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources) as context:
+        return sensor(context)
 
 
 def run_requests(defs, resources, instance, result: dg.SensorResult) -> list[dg.ExecuteInProcessResult]:
@@ -120,14 +122,14 @@ def test_inbox_new_batch_only_then_recuration(home, setup):
 
     # re-curation after the batch run: the stale selection, with the budgets it was asked for
     sensor = defs.resolve_sensor_def("recuration_sensor")
-    context = dg.build_run_status_sensor_context(
+    with dg.build_run_status_sensor_context(
         sensor_name="recuration_sensor",
         dagster_event=batch_run.get_run_success_event(),
         dagster_instance=instance,
         dagster_run=batch_run.dagster_run,
         repository_def=defs.get_repository_def(),
-    )
-    request = sensor(context)
+    ) as context:
+        request = sensor(context)
     assert isinstance(request, dg.RunRequest), request
     keys = {k.to_user_string() for k in request.asset_selection}
     assert "selection_random" in keys and "warmup_checkpoint" not in keys
@@ -143,8 +145,8 @@ def test_inbox_new_batch_only_then_recuration(home, setup):
     assert (n_pool, selected, version) == (12, 3, current[0])
     # nothing stale any more: the schedule skips
     schedule = defs.resolve_schedule_def("recuration_schedule")
-    context = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
-    assert isinstance(schedule(context), dg.SkipReason)
+    with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
+        assert isinstance(schedule(context), dg.SkipReason)
     assert instance.get_dynamic_partitions(pool_batches.name) == [batch1, batch2]
 
 

@@ -84,8 +84,10 @@ def test_inbox_batch_after_dsel_run_keeps_targeted_selections_whole(home, monkey
     sensor = defs.resolve_sensor_def("inbox_sensor")
     cursor = None
     for _ in range(2):
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources)
-        result = sensor(context)
+        with dg.build_sensor_context(
+            instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
+        ) as context:  # closed in order: see tests/test_sensors.py
+            result = sensor(context)
         cursor = result.cursor
     (request,) = result.run_requests
     assert "pool_grad_features" in {k.to_user_string() for k in request.asset_selection}
