@@ -21,6 +21,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import psutil
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -186,18 +187,8 @@ def _remove_orphan_copies(raw_dir: Path) -> None:
     """Delete temporary copies left by processes that died mid-copy (their pid is gone)."""
     for leftover in raw_dir.glob(".incoming-*"):
         pid = leftover.name.split("-")[1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             leftover.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_dir(folder: Path) -> None:
