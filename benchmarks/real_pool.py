@@ -1,18 +1,18 @@
-"""Real-data study: the whole chain on ../shared/data, one run.
+"""Real-data study: which selection method should SmolLM2-135M be fine-tuned on, with seeds and
+confidence intervals, through ``dsel ingest`` and ``dsel compare`` as a user runs them.
 
-A stratified subsample of the pool (each pool file contributes its share; default 6,000
-examples), three targets with query and eval sets drawn from held-out files: GSM8K
-(gsm8k_test: 8 query, 200 eval), DialogSum (dialogsum_test: 8 query, 200 eval) and general
-instruction following (the Nuggets k-means anchors: 8 query, the other 92 eval). Each
-subsample keeps its file's name and layout, so ingestion labels it exactly as the full file.
-Then, in a fresh state home, through the Dagster assets: ingestion with quarantine ->
-representations each method needs -> selections at the budget -> LoRA fine-tune per
-selection -> eval per task (+ the untouched base model) -> the comparison report, printed.
+Data (from ../shared/data, never copied into the repository):
+- targets: math = GSM8K (query and eval rows from gsm8k_test), summarization = DialogSum (from
+  dialogsum_test), code = a held-out slice carved from the CodeAlpaca pool files (their rows are
+  training data, not an eval set): those rows, and every pool row whose normalised instruction
+  + input or instruction alone equals one of theirs, are kept out of the pool (decontamination);
+- pool: a stratified subsample of the remaining pool files (each file its share, seeded).
+Then ``dsel compare`` materializes representations, selections (random with several selection
+seeds), fine-tunes (several training seeds) and held-out evaluation, and prints the table.
 
-Usage: python benchmarks/real_pool.py [--pool-size 6000] [--eval-size 200] [--budget 5%]
-       [--methods random less ...] [--model smollm2] [--home DIR] [--max-new-tokens 160]
-Everything is configurable because the defaults take hours on 2 CPU cores; the note of a
-run states the settings it used. Exits 0 with a message when ../shared/data is absent.
+Usage: python benchmarks/real_pool.py [--pool-size 2000] [--eval-size 200] [--query-size 8]
+       [--home DIR] [--seeds 2] [--random-seeds 3] [--epochs 2] [--max-length 256] ...
+Exits 0 with a message when ../shared/data is absent.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,15 +30,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 METHODS = ["random", "less", "bids", "round_robin", "kmeans_centroids", "facility_location", "cherry_ifd"]
-#: held-out file -> the task label of its query and eval sets
-TARGETS = {
-    "gsm8k_test.jsonl": "math",
-    "dialogsum_test.json": "summarization",
-    "alpaca_gpt4_kmeans_100.json": "general",
-}
+#: eval file -> task label (the file names are the catalog's, so ingestion labels them itself)
+EVAL_FILES = {"gsm8k_test.jsonl": "math", "dialogsum_test.json": "summarization"}
+CODE_FILES = ("codealpaca_4k5.json", "codealpaca_2k.json")
+CODE_HELD_OUT = "code_heldout.json"
 
 
 def read_records(path: Path) -> list:
@@ -55,10 +54,41 @@ def write_records(path: Path, records: list) -> Path:
     return path
 
 
-def stratified_pool(size: int, out: Path, seed: int) -> dict[str, int]:
-    """Each pool file's share of ``size`` (proportional, at least 1), same name and layout."""
+def normalised(text: object) -> str:
+    return re.sub(r"\s+", " ", str(text or "")).strip().lower()
+
+
+def prompt_keys(record: dict) -> set[str]:
+    """Keys under which two records ask the same thing: instruction + input, and instruction."""
+    instruction = normalised(record.get("instruction") or record.get("question") or record.get("dialogue"))
+    return {f"{instruction} || {normalised(record.get('input'))}", instruction} - {"", " || "}
+
+
+def carve_code_target(n: int, seed: int) -> tuple[list[dict], set[str]]:
+    """``n`` CodeAlpaca rows with distinct prompts (instruction, input, output), and the prompt
+    keys the pool must not contain."""
+    rows = [r for name in CODE_FILES for r in read_records(SHARED / "pool" / name)]
+    order = np.random.default_rng(seed).permutation(len(rows)).tolist()
+    chosen, keys = [], set()
+    for i in order:
+        record = rows[i]
+        answer = record.get("output") or record.get("response")
+        mine = prompt_keys(record)
+        if not answer or mine & keys:
+            continue
+        chosen.append({"instruction": record["instruction"], "input": record.get("input", ""), "output": answer})
+        keys |= mine
+        if len(chosen) == n:
+            break
+    return chosen, keys
+
+
+def stratified_pool(size: int, out: Path, seed: int, banned: set[str]) -> tuple[dict[str, int], int]:
+    """Each pool file's share of ``size`` (proportional, at least 1) among its rows whose prompt
+    is not banned, same file name and layout; returns the counts and how many rows were banned."""
     files = sorted((SHARED / "pool").iterdir())
-    records = {f: read_records(f) for f in files}
+    records = {f: [r for r in read_records(f) if not prompt_keys(r) & banned] for f in files}
+    removed = sum(len(read_records(f)) for f in files) - sum(len(r) for r in records.values())
     total = sum(len(r) for r in records.values())
     rng = np.random.default_rng(seed)
     counts = {}
@@ -67,38 +97,47 @@ def stratified_pool(size: int, out: Path, seed: int) -> dict[str, int]:
         chosen = sorted(rng.permutation(len(rows))[:k].tolist())
         write_records(out / "pool" / path.name, [rows[i] for i in chosen])
         counts[path.name] = k
-    return counts
+    return counts, removed
 
 
-def target_sets(out: Path, n_query: int, n_eval: int, seed: int) -> list[tuple[Path, str, str]]:
-    """(file, task, split): per target a query file and an eval file, disjoint."""
-    sets = []
-    for name, task in TARGETS.items():
-        rows = read_records(SHARED / "eval" / name)
+def target_files(out: Path, n_query: int, n_eval: int, seed: int) -> tuple[list[tuple[Path, str, str]], set[str]]:
+    """(file, task, split) for a query file and a disjoint eval file per target, and the
+    prompt keys of the code target that the pool must not contain."""
+    files = []
+    code, banned = carve_code_target(n_query + n_eval, seed)
+    sets = {name: read_records(SHARED / "eval" / name) for name in EVAL_FILES}
+    sets[CODE_HELD_OUT] = code
+    for name, rows in sets.items():
         order = np.random.default_rng(seed).permutation(len(rows)).tolist()
-        query = [rows[i] for i in order[:n_query]]
-        evals = [rows[i] for i in order[n_query : n_query + n_eval]]
-        suffix = Path(name).suffix
-        sets.append((write_records(out / "query" / f"{Path(name).stem}_query{suffix}", query), task, "query"))
-        sets.append((write_records(out / "eval" / name, evals), task, "eval"))
-    return sets
+        task = EVAL_FILES.get(name, "code")
+        suffix, stem = Path(name).suffix, Path(name).stem
+        query = write_records(out / "query" / f"{stem}_query{suffix}", [rows[i] for i in order[:n_query]])
+        evals = write_records(out / "eval" / name, [rows[i] for i in order[n_query : n_query + n_eval]])
+        files += [(query, task, "query"), (evals, task, "eval")]
+    return files, banned
+
+
+def dsel(home: Path, *args: str) -> None:
+    """One ``dsel`` command, as a user runs it (its output streams through)."""
+    command = [sys.executable, "-m", "dsel_assets.cli", "--home", str(home), *args]
+    print("$ dsel " + " ".join(args), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pool-size", type=int, default=6000)
+    p.add_argument("--pool-size", type=int, default=2000)
     p.add_argument("--query-size", type=int, default=8)
-    p.add_argument("--eval-size", type=int, default=200, help="eval examples per target (anchors: at most 92)")
+    p.add_argument("--eval-size", type=int, default=200, help="eval examples per target")
     p.add_argument("--budget", default="5%")
     p.add_argument("--methods", nargs="+", default=METHODS)
-    p.add_argument("--less-target", default="math", help="the target task LESS ranks for")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--grad-dim", type=int, default=8192)
-    p.add_argument("--max-length", type=int, default=512, help="tokens per example (warmup, fine-tune, eval)")
-    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
-    p.add_argument("--max-new-tokens", type=int, default=160, help="generation cap (GSM8K needs ~150)")
-    p.add_argument("--eval-per-task", type=int, default=0, help="score a seeded sample of each eval set (0 = all)")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per selection")
+    p.add_argument("--random-seeds", type=int, default=3, help="selection seeds of random")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per training example (warmup, fine-tune)")
+    p.add_argument("--eval-max-length", type=int, default=512, help="tokens per eval example")
+    p.add_argument("--warmup-epochs", type=int, default=1, help="LESS warmup epochs (one checkpoint each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--home", help="state home (default: a fresh temporary directory)")
     args = p.parse_args()
@@ -106,68 +145,51 @@ def main() -> int:
         print(f"real_pool: {SHARED} not found; nothing to run")
         return 0
     started = time.perf_counter()
-    home_dir = Path(args.home or tempfile.mkdtemp(prefix="dsel-real-pool-"))
-    os.environ["DSEL_HOME"] = str(home_dir)
-
-    import duckdb
-    from dagster import AssetKey, DagsterInstance
-
-    from dsel_assets import tables
-    from dsel_assets.cli import print_comparison
-    from dsel_assets.code_location import build_definitions
-    from dsel_assets.core.data.catalog import labels_for
-    from dsel_assets.pool import pool_batches
-    from dsel_assets.runs import materialize_closure
-    from resources.home import DselHome
-
-    home = DselHome.from_env().ensure()
-    home.use_as_dagster_home()
-    data = home.confine("data/real_pool")
-    counts = stratified_pool(args.pool_size, data, args.seed)
-    print(f"pool subsample: {sum(counts.values())} records {counts}")
-    # query and eval sets first, so a pool row equal to one of theirs is the one quarantined
-    files = target_sets(data, args.query_size, args.eval_size, args.seed)
-    files += [(path, None, "pool") for path in sorted((data / "pool").iterdir())]
-    batches = []
-    with duckdb.connect(str(home.duckdb)) as conn:
-        for path, task, split in files:
-            labels = labels_for(path, None, task, split)
-            manifest, _ = tables.register_batch(
-                conn, path, home.raw, source=labels.source, task=labels.task, split=split
-            )
-            batches.append(manifest.batch)
-    instance = DagsterInstance.get()
-    instance.add_dynamic_partitions(pool_batches.name, batches)
-    defs = build_definitions(home, model=args.model, device=args.device, grad_dim=args.grad_dim)
-
-    budgets = {"budgets": [args.budget]}
-    ops = {f"selection_{m}": {"config": budgets} for m in args.methods}
-    if "less" in args.methods:  # LESS ranks for one target; round-robin and BIDS serve all three
-        ops["selection_less"] = {"config": {**budgets, "params": {"task": args.less_target}}}
-    ops["warmup_checkpoint"] = {"config": {"max_length": args.max_length}}
-    finetune = {"epochs": args.epochs, "max_length": args.max_length}
-    evaluate = {
-        "max_per_task": args.eval_per_task,
-        "max_new_tokens": args.max_new_tokens,
-        "max_length": args.max_length,
-    }
-    for name in [*args.methods]:
-        ops[f"finetuned_{name}"] = {"config": finetune}
-        ops[f"eval_{name}"] = {"config": evaluate}
-    ops["eval_base"] = {"config": evaluate}
-    targets = [AssetKey(f"eval_{m}") for m in args.methods] + [AssetKey("eval_base")]
-    materialize_closure(defs, instance, targets, {"ops": ops})
-    reports = [AssetKey("selection_report"), AssetKey("comparison_report")]
-    defs.resolve_job_def("curation_job").execute_in_process(instance=instance, asset_selection=reports)
+    home = Path(args.home or tempfile.mkdtemp(prefix="dsel-real-pool-")).resolve()
+    data = home / "data" / "real_pool"
+    files, banned = target_files(data, args.query_size, args.eval_size, args.seed)
+    counts, removed = stratified_pool(args.pool_size, data, args.seed, banned)
+    print(f"pool subsample: {sum(counts.values())} records {counts}; {removed} pool rows share a code target prompt")
+    os.environ.setdefault("DSEL_MAX_CONCURRENT", "1")  # two cores: one model step at a time
+    for path, task, split in files:  # query and eval sets first: a pool copy of one of theirs is quarantined
+        dsel(home, "ingest", str(path), "--split", split, "--task", task, "--model", args.model)
+    dsel(home, "ingest", str(data / "pool"), "--model", args.model)
+    budget = args.budget
+    targets = [arg for task in ("math", "summarization", "code") for arg in ("--target", task)]
+    dsel(
+        home,
+        "compare",
+        "--methods",
+        *args.methods,
+        "--budget",
+        budget,
+        *targets,
+        "--seeds",
+        str(args.seeds),
+        "--random-seeds",
+        str(args.random_seeds),
+        "--eval-per-task",
+        str(args.eval_size),
+        "--epochs",
+        str(args.epochs),
+        "--max-length",
+        str(args.max_length),
+        "--eval-max-length",
+        str(args.eval_max_length),
+        "--config",
+        f"warmup_checkpoint.epochs={args.warmup_epochs}",
+        "--config",
+        f"warmup_checkpoint.max_length={args.max_length}",
+        "--model",
+        args.model,
+    )
     print(
         f"\nsettings: pool {sum(counts.values())}, query {args.query_size}/target, eval {args.eval_size}/target, "
-        f"budget {args.budget}, LESS target {args.less_target}, model {args.model}, d={args.grad_dim}, "
-        f"max length {args.max_length}, "
-        f"fine-tune epochs {args.epochs}, max new tokens {args.max_new_tokens}, "
-        f"scored per eval set {args.eval_per_task or 'all'}\n"
+        f"budget {budget}, methods {' '.join(args.methods)}, training seeds {args.seeds}, random selection seeds "
+        f"{args.random_seeds}, model {args.model}, fine-tune epochs {args.epochs}, max length {args.max_length} "
+        f"(eval {args.eval_max_length}), warmup epochs {args.warmup_epochs}"
     )
-    print_comparison(home)
-    print(f"\nwall time: {time.perf_counter() - started:.0f}s; state home: {home.root}")
+    print(f"wall time: {time.perf_counter() - started:.0f}s; state home: {home}")
     return 0
 
 

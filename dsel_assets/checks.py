@@ -52,9 +52,13 @@ def _result(problems: list[str], **metadata) -> dg.AssetCheckResult:
 
 def selection_problems(rows: pl.DataFrame, pool_ids: Mapping[str, set[str]]) -> list[str]:
     """What is wrong with the stored rows of one method (columns ``budget, k, eligible, rank,
-    pool_id, pool_version, diagnostics``); ``pool_ids`` maps a pool version to its ids."""
+    pool_id, pool_version, diagnostics`` and optionally ``selection_seed``: each seed's
+    replicate is checked on its own); ``pool_ids`` maps a pool version to its ids."""
     problems = []
-    for (budget,), group in rows.group_by(["budget"], maintain_order=True):
+    if "selection_seed" not in rows.columns:
+        rows = rows.with_columns(pl.lit(0).alias("selection_seed"))
+    for (budget_label, seed), group in rows.group_by(["budget", "selection_seed"], maintain_order=True):
+        budget = budget_label if seed == 0 else f"{budget_label} (seed {seed})"
         k, eligible = int(group["k"][0]), int(group["eligible"][0])
         diagnostics = json.loads(group["diagnostics"][0] or "{}")
         under_fill = int(diagnostics.get("under_fill", 0))
@@ -163,12 +167,16 @@ def build_selection_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinitio
             tables.ensure_schema(conn)
             rows = tables.frame(
                 conn,
-                "SELECT budget, k, eligible, rank, pool_id, pool_version, diagnostics FROM selections "
-                "WHERE method = ? ORDER BY budget, rank",
+                "SELECT budget, selection_seed, k, eligible, rank, pool_id, pool_version, diagnostics "
+                "FROM selections WHERE method = ? ORDER BY budget, selection_seed, rank",
                 [method],
             )
             known = pool_ids_by_version(conn, rows["pool_version"].unique().to_list())
-        sizes = rows.group_by("budget").agg(pl.len().alias("rows"), pl.first("k"), pl.first("eligible")).sort("budget")
+        sizes = (
+            rows.group_by("budget", "selection_seed")
+            .agg(pl.len().alias("rows"), pl.first("k"), pl.first("eligible"))
+            .sort("budget", "selection_seed")
+        )
         problems = selection_problems(rows, known) if rows.height else [f"no stored rows for method {method}"]
         return _result(problems, budgets=dg.MetadataValue.md(markdown_table(sizes.columns, sizes.rows())))
 

@@ -135,21 +135,36 @@ def comparison_run_config(in_job: set[str], epochs: int, eval_per_task: int) -> 
 
 
 def print_comparison(home: DselHome) -> int:
-    """Print the comparison report (eval scores per method, budget and task; balance)."""
+    """Print the comparison report: per method, budget and task the mean over seeds with its
+    95% CI, the difference to random with its CI and p-value, and the verdict."""
     from dsel_assets import tables
+    from dsel_assets.core.stats import format_verdict_cell
 
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
-        exists = tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'comparison_balance'")
-        if not exists:
-            print("[dsel] no comparison report yet: run `dsel run` or materialize comparison_report", file=sys.stderr)
+        exists = tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'comparison_report'")
+        columns = tables.frame(conn, "SELECT * FROM comparison_report LIMIT 0").columns if exists else []
+        if "verdict" not in columns:
+            print("[dsel] no comparison report yet: run `dsel compare` or `dsel run`", file=sys.stderr)
             return 1
-        scores = tables.frame(conn, "SELECT * EXCLUDE (n) FROM comparison_report ORDER BY train_size, method, task")
-        balance = tables.frame(conn, "SELECT * FROM comparison_balance ORDER BY train_size, method")
-    print("eval scores (score: exact match or ROUGE-L; loss: mean response-token loss)")
-    print(format_table(scores.columns, scores.rows()))
-    print("\nbalance across tasks")
-    print(format_table(balance.columns, balance.rows()))
-    print(f"\nplots: {home.reports}/comparison_*.png")
+        table = tables.frame(conn, "SELECT * FROM comparison_report")
+    rows = [
+        (
+            r["method"],
+            r["budget"],
+            r["train_size"],
+            r["task"],
+            r["measure"],
+            r["models"],
+            r["examples"],
+            f"{r['mean']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]",
+            format_verdict_cell(r),
+        )
+        for r in table.iter_rows(named=True)
+    ]
+    header = ["method", "budget", "n", "task", "measure", "models", "examples", "mean [95% CI]", "vs random"]
+    print("eval: mean over seed units, 95% bootstrap CI (eval examples x seeds); vs random: paired difference")
+    print(format_table(header, rows))
+    print(f"\nreport: {home.reports}/comparison_report.html (plots: comparison_*.png)")
     return 0
 
 
@@ -333,6 +348,59 @@ def cmd_select(args: argparse.Namespace) -> int:
         )
     print(format_table(summary.columns, summary.rows()))
     return 0
+
+
+def _scoped(pairs: list[str] | None, what: str) -> dict[str, dict]:
+    """``NAME.KEY=VALUE`` pairs -> {NAME: {KEY: VALUE}} (values parsed as JSON when they are)."""
+    out: dict[str, dict] = {}
+    for key, value in _parse_params(pairs).items():
+        name, dot, field = key.partition(".")
+        if not dot or not name or not field:
+            raise ValueError(f"{what}: expected {what.upper()}.KEY=VALUE, got {key}={value}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(name, {})[field] = parsed if what == "config" else value
+    return out
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Fine-tune on each method's selection with several seeds, evaluate on the targets, and
+    report every method against random with confidence intervals."""
+    from dagster import DagsterInstance
+
+    from dsel_assets import tables
+    from dsel_assets.compare import ComparePlan, check_plan, run_comparison
+
+    plan = ComparePlan(
+        methods=list(dict.fromkeys(args.methods)),
+        budgets=args.budget or ["5%"],
+        targets=list(dict.fromkeys(args.target)),
+        seeds=args.seeds,
+        random_seeds=args.random_seeds,
+        eval_per_task=args.eval_per_task,
+        metric=args.metric,
+        epochs=args.epochs,
+        lr=args.lr,
+        max_length=args.max_length,
+        eval_max_length=args.eval_max_length,
+        max_new_tokens=args.max_new_tokens,
+        include_base=not args.no_base,
+        params=_scoped(args.param, "param"),
+        asset_config=_scoped(args.config, "config"),
+    )
+    home = _home(args)
+    with tables.connect(home.duckdb, log=_stderr) as conn:
+        tables.ensure_schema(conn)
+        problems = check_plan(plan, conn)
+    if problems:
+        for problem in problems:
+            print(f"dsel: error: {problem}", file=sys.stderr)
+        return 2
+    defs = _definitions(home, args)
+    run_comparison(defs, DagsterInstance.get(), plan, log=_stderr)
+    return print_comparison(home)
 
 
 #: ``dsel score KIND``: the asset that materializes each representation.
@@ -557,6 +625,34 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--proxy-model", default=None, help=PROXY_HELP)
     select.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     select.set_defaults(func=cmd_select)
+
+    compare = sub.add_parser(
+        "compare", help="fine-tune and evaluate methods on the ingested data; table with CIs vs random"
+    )
+    compare.add_argument("--methods", nargs="+", required=True, help="methods to compare (random is the baseline)")
+    compare.add_argument("--budget", action="append", help="budget: 5%%, 0.05 or 500 (repeatable; default 5%%)")
+    compare.add_argument("--target", action="append", required=True, help="target task: eval task label (repeatable)")
+    compare.add_argument("--seeds", type=int, default=2, help="training seeds per selection (default 2)")
+    compare.add_argument("--random-seeds", type=int, default=3, help="selection seeds of random (default 3)")
+    compare.add_argument("--eval-per-task", type=int, default=200, help="eval examples per target (0 = all)")
+    compare.add_argument("--metric", choices=["loss", "generation", "both"], default="loss", help="what to score")
+    compare.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    compare.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (LoRA)")
+    compare.add_argument("--max-length", type=int, default=512, help="tokens per training example")
+    compare.add_argument(
+        "--eval-max-length", type=int, default=512, help="tokens per eval example (prompt + reference)"
+    )
+    compare.add_argument("--max-new-tokens", type=int, default=128, help="generation cap (--metric generation)")
+    compare.add_argument("--no-base", action="store_true", help="skip the untouched model's evaluation")
+    compare.add_argument("--param", action="append", help="method parameter METHOD.KEY=VALUE (repeatable)")
+    compare.add_argument(
+        "--config", action="append", help="asset config ASSET.KEY=VALUE, e.g. warmup_checkpoint.epochs=1"
+    )
+    compare.add_argument("--model", default=None, help=MODEL_HELP)
+    compare.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    compare.add_argument("--grad-dim", type=int, default=None, help="gradient feature dimension d")
+    compare.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
+    compare.set_defaults(func=cmd_compare)
 
     score = sub.add_parser("score", help="compute one representation for the current pool (resumable)")
     score.add_argument("kind", choices=sorted(SCORE_KINDS), help="the representation")

@@ -96,4 +96,3 @@ def build_definitions(
         )
         | (resources or {}),
     )
-

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
@@ -105,11 +106,12 @@ def evaluate_models(
         conn.execute(EVAL_SQL)
         sample, eval_version, contaminated = load_eval_set(conn, list(config.tasks), core)
         if method == BASE:
-            models = [(f"base-{identity['model_hash']}", "0", None, 0)]
+            models = [(f"base-{identity['model_hash']}", "0", None, 0, 0, 0)]
         else:
             found = tables.frame(
                 conn,
-                "SELECT model_key, budget, path, examples FROM finetuned_models WHERE method = ? ORDER BY examples",
+                "SELECT model_key, budget, path, examples, selection_seed, seed FROM finetuned_models "
+                "WHERE method = ? ORDER BY examples, selection_seed, seed",
                 [method],
             )
             if found.height == 0:
@@ -121,10 +123,12 @@ def evaluate_models(
     params = {"method": method, **core.to_dict(), **identity, "eval_version": eval_version, "eval_n": len(sample)}
     inputs = [DatasetRef("eval_set", str(duckdb.database), eval_version)]
     with tracker.run(context, params=params, inputs=inputs) as run:
-        for model_key, budget, path, train_size in models:
+        started_all, scored = time.perf_counter(), 0
+        for position, (model_key, budget, path, train_size, selection_seed, seed) in enumerate(models):
+            label = f"{method}@{budget}" + (f"#sel{selection_seed}" if selection_seed else "") + f"/seed{seed}"
             eval_key = hashlib.sha256(f"{model_key}/{eval_version}/{code_version}".encode()).hexdigest()[:16]
             if eval_key in done:
-                context.log.info(f"{method} @ {budget}: eval {eval_key} already stored; reused")
+                context.log.info(f"{label}: eval {eval_key} already stored; reused")
                 with duckdb.get_connection() as conn:
                     per_task = tables.frame(
                         conn, "SELECT task, n, metric, score, loss FROM eval_scores WHERE eval_key = ?", [eval_key]
@@ -138,11 +142,17 @@ def evaluate_models(
                 if path is not None:
                     base = model.unload()
                 seconds = time.perf_counter() - started
-                context.log.info(f"{method} @ {budget}: {len(rows)} eval examples in {seconds:.0f}s")
+                scored += 1
+                left = len(models) - position - 1
+                eta = (time.perf_counter() - started_all) / scored * left
+                context.log.info(
+                    f"{label}: {len(rows)} eval examples in {seconds:.0f}s; "
+                    f"model {position + 1}/{len(models)} of {method}, ETA {eta / 60:.1f} min"
+                )
                 per_task = summarize(rows)
                 child = run.child(
-                    f"eval {method}@{budget}",
-                    {"model_key": model_key, "eval_key": eval_key, "budget": budget},
+                    f"eval {label}",
+                    {"model_key": model_key, "eval_key": eval_key, "budget": budget, "seed": seed},
                     {
                         **{f"{t['task']}.{k}": t[k] for t in per_task for k in ("score", "loss") if t[k] is not None},
                         **{f"balance.{k}": v for k, v in balance(per_task).items() if isinstance(v, float)},
@@ -151,14 +161,17 @@ def evaluate_models(
                 )
                 _store(duckdb, method, budget, model_key, eval_key, eval_version, train_size, rows, per_task, child)
             stats = balance(per_task)
-            summary.append((budget, model_key, stats["mean"], stats["min"], stats["worst"]))
+            mean_loss = float(np.mean([t["loss"] for t in per_task if t["loss"] is not None] or [np.nan]))
+            summary.append((budget, selection_seed, seed, model_key, mean_loss, stats["mean"], stats["worst"]))
     return dg.MaterializeResult(
         metadata={
             "eval_version": eval_version,
             "eval_examples": len(sample),
             "eval_rows_sharing_a_prompt_with_pool_or_query": contaminated,
             "models": dg.MetadataValue.md(
-                markdown_table(["budget", "model_key", "mean score", "min score", "worst task"], summary)
+                markdown_table(
+                    ["budget", "selection seed", "seed", "model_key", "mean loss", "mean score", "worst task"], summary
+                )
             ),
             **run.metadata(),
         },
@@ -167,7 +180,7 @@ def evaluate_models(
 
 
 def _store(duckdb, method, budget, model_key, eval_key, eval_version, train_size, rows, per_task, run_id) -> None:
-    """Replace the (method, budget) rows of eval_scores and eval_examples in one transaction."""
+    """Replace the rows of one model in eval_scores and eval_examples (one transaction each)."""
     now = datetime.now(timezone.utc)
     scores = pl.DataFrame(
         [
@@ -191,8 +204,8 @@ def _store(duckdb, method, budget, model_key, eval_key, eval_version, train_size
         schema_overrides={"score": pl.Float64, "loss": pl.Float64, "prediction": pl.String, "metric": pl.String},
     )
     with duckdb.get_connection() as conn:
-        tables.replace_rows(conn, "eval_scores", {"method": method, "budget": budget}, scores)
-        tables.replace_rows(conn, "eval_examples", {"method": method, "budget": budget}, examples)
+        tables.replace_rows(conn, "eval_scores", {"model_key": model_key}, scores)
+        tables.replace_rows(conn, "eval_examples", {"model_key": model_key}, examples)
 
 
 def eval_asset_name(method: str) -> str:

@@ -2,6 +2,7 @@
 selection) and the full-pool baseline. Models are keyed by (config, selection version, base
 model hash, code version): a rerun with unchanged inputs reuses the stored adapter."""
 
+import hashlib
 import json
 import time
 from datetime import datetime, timezone
@@ -32,7 +33,9 @@ DEFAULT_FINETUNED = ("random", "less")
 FINETUNED_SQL = """CREATE TABLE IF NOT EXISTS finetuned_models (
     model_key VARCHAR, method VARCHAR, budget VARCHAR, selection_version VARCHAR, pool_version VARCHAR,
     path VARCHAR, base_model VARCHAR, base_model_hash VARCHAR, config VARCHAR, examples INTEGER,
-    final_loss DOUBLE, mlflow_run_id VARCHAR, created_at TIMESTAMP)"""
+    final_loss DOUBLE, mlflow_run_id VARCHAR, created_at TIMESTAMP);
+ALTER TABLE finetuned_models ADD COLUMN IF NOT EXISTS selection_seed INTEGER DEFAULT 0;
+ALTER TABLE finetuned_models ADD COLUMN IF NOT EXISTS seed INTEGER DEFAULT 0;"""
 
 
 class FinetuneRunConfig(dg.Config):
@@ -44,13 +47,13 @@ class FinetuneRunConfig(dg.Config):
     warmup_ratio: float = Field(default=0.03, description="Share of steps with linear LR warm-up")
     batch_size: int = Field(default=8, description="Examples per step")
     max_length: int = Field(default=512, description="Tokens per example (right-truncated)")
-    seed: int = Field(default=0, description="Shuffle, dropout and LoRA-init seed")
+    seeds: list[int] = Field(default=[0], description="Training seeds (shuffle, dropout, LoRA init): one model each")
     lora_r: int = Field(default=8, description="LoRA rank")
     lora_alpha: int = Field(default=16, description="LoRA alpha")
     lora_dropout: float = Field(default=0.05, description="LoRA dropout")
     lora_targets: list[str] = Field(default=["q_proj", "k_proj", "v_proj", "o_proj"], description="LoRA modules")
 
-    def to_core(self) -> FinetuneConfig:
+    def to_core(self, seed: int) -> FinetuneConfig:
         lora = LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets))
         return FinetuneConfig(
             epochs=self.epochs,
@@ -58,7 +61,7 @@ class FinetuneRunConfig(dg.Config):
             warmup_ratio=self.warmup_ratio,
             batch_size=self.batch_size,
             max_length=self.max_length,
-            seed=self.seed,
+            seed=seed,
             lora=lora,
         )
 
@@ -67,14 +70,17 @@ def finetuned_asset_name(method: str) -> str:
     return f"finetuned_{method}"
 
 
-def _training_sets(conn, method: str, budgets: list[str]) -> dict[str, tuple[list[str], str]]:
-    """budget -> (selected pool ids in rank order, pool version) for one method."""
+def _training_sets(conn, method: str, budgets: list[str]) -> dict[tuple[str, int], tuple[list[str], str]]:
+    """(budget, selection seed) -> (selected pool ids in rank order, pool version) for one method."""
     if method == FULL_POOL:
         version, _ = tables.pool_version(conn)
         ids = tables.frame(conn, "SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY pool_id")
-        return {FULL_BUDGET: (ids["pool_id"].to_list(), version)}
+        return {(FULL_BUDGET, 0): (ids["pool_id"].to_list(), version)}
     rows = tables.frame(
-        conn, "SELECT budget, pool_id, pool_version FROM selections WHERE method = ? ORDER BY budget, rank", [method]
+        conn,
+        "SELECT budget, selection_seed, pool_id, pool_version FROM selections WHERE method = ? "
+        "ORDER BY budget, selection_seed, rank",
+        [method],
     )
     if rows.height == 0:
         raise RuntimeError(f"{selection_asset_name(method)}: no stored selection; materialize it first")
@@ -83,9 +89,9 @@ def _training_sets(conn, method: str, budgets: list[str]) -> dict[str, tuple[lis
     if unknown:
         raise ValueError(f"budgets: {unknown} not stored for {method}; stored: {stored}")
     out = {}
-    for (budget,), group in rows.group_by(["budget"], maintain_order=True):
+    for (budget, selection_seed), group in rows.group_by(["budget", "selection_seed"], maintain_order=True):
         if not budgets or budget in budgets:
-            out[budget] = (group["pool_id"].to_list(), group["pool_version"][0])
+            out[budget, selection_seed] = (group["pool_id"].to_list(), group["pool_version"][0])
     return out
 
 
@@ -98,8 +104,12 @@ def train_models(
     tracker: MlflowTracker,
     home: StateHome,
 ) -> dg.MaterializeResult:
-    """Fine-tune one LoRA adapter per training set of ``method`` (reusing stored ones)."""
-    core = config.to_core()
+    """Fine-tune one LoRA adapter per (training set, training seed) of ``method``, reusing
+    stored ones; training sets are the stored budgets and selection seeds of its selection."""
+    seeds = list(config.seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: need distinct training seeds, got {seeds}")
+    shared = config.to_core(seeds[0]).to_dict()
     identity = target_model.identity()
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
     with duckdb.get_connection() as conn:
@@ -113,10 +123,15 @@ def train_models(
     by_id = dict(zip(messages["pool_id"].to_list(), messages["messages"].to_list(), strict=True))
     base, tokenizer = None, None
     summary, records = [], []
-    params = {"method": method, **core.to_dict(), **identity}
-    inputs = [DatasetRef(f"selection/{method}@{b}", str(duckdb.database), pv) for b, (_, pv) in sets.items()]
+    params = {"method": method, **shared, "seed": ",".join(map(str, seeds)), **identity}
+    inputs = [DatasetRef(f"selection/{method}@{b}#{s}", str(duckdb.database), pv) for (b, s), (_, pv) in sets.items()]
+    plan = [(budget, selection_seed, seed) for budget, selection_seed in sets for seed in seeds]
+    started_all, trained = time.perf_counter(), 0
     with tracker.run(context, params=params, inputs=inputs) as run:
-        for budget, (ids, pool_version) in sets.items():
+        for done, (budget, selection_seed, seed) in enumerate(plan):
+            core = config.to_core(seed)
+            ids, pool_version = sets[budget, selection_seed]
+            label = f"{method}@{budget}" + (f"#sel{selection_seed}" if selection_seed else "") + f"/seed{seed}"
             sel_version = selection_version(method, budget, ids, pool_version)
             key = model_key(core, sel_version, identity["model_hash"], code_version)
             out_dir = home.paths.models / "finetuned" / key
@@ -127,10 +142,11 @@ def train_models(
                 if base is None:
                     base, tokenizer = target_model.load()
                 encoded = [e for p in ids if (e := encode_conversation(tokenizer, by_id[p], core.max_length))]
-                context.log.info(f"{method} @ {budget}: fine-tuning on {len(encoded)} of {len(ids)} examples")
+                context.log.info(f"{label}: fine-tuning on {len(encoded)} of {len(ids)} examples")
                 extra = {
                     "method": method,
                     "budget": budget,
+                    "selection_seed": selection_seed,
                     "selection_version": sel_version,
                     "pool_version": pool_version,
                     "selected": len(ids),
@@ -140,11 +156,18 @@ def train_models(
                     "dagster_run_id": context.run_id,
                 }
                 manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+                trained += 1
             seconds = time.perf_counter() - started
             final_loss = manifest["curve"][-1]["loss"]
+            left = len(plan) - done - 1
+            eta = (time.perf_counter() - started_all) / trained * left if trained else 0.0
+            context.log.info(
+                f"{label}: {'reused' if reused else f'trained in {seconds:.0f}s'}; "
+                f"model {done + 1}/{len(plan)} of {method}, ETA {eta / 60:.1f} min"
+            )
             child = run.child(
-                f"{method}@{budget}",
-                {"budget": budget, "selection_version": sel_version, "model_key": key, "reused": reused},
+                label,
+                {"budget": budget, "selection_version": sel_version, "model_key": key, "reused": reused, "seed": seed},
                 {"final_loss": final_loss, "examples": manifest["examples"], "seconds": seconds},
                 curve=[]
                 if reused
@@ -157,6 +180,8 @@ def train_models(
                     "model_key": key,
                     "method": method,
                     "budget": budget,
+                    "selection_seed": selection_seed,
+                    "seed": seed,
                     "selection_version": sel_version,
                     "pool_version": pool_version,
                     "path": str(out_dir),
@@ -169,24 +194,24 @@ def train_models(
                     "created_at": datetime.now(timezone.utc),
                 }
             )
-            summary.append(
-                (budget, key, sel_version, manifest["examples"], f"{final_loss:.4f}", "yes" if reused else "no")
-            )
+            reuse = "yes" if reused else "no"
+            summary.append((budget, selection_seed, seed, key, manifest["examples"], f"{final_loss:.4f}", reuse))
     with duckdb.get_connection() as conn:
-        frame = pl.DataFrame(records, schema_overrides={"examples": pl.Int32})
+        frame = pl.DataFrame(
+            records, schema_overrides={"examples": pl.Int32, "selection_seed": pl.Int32, "seed": pl.Int32}
+        )
         tables.replace_rows(conn, "finetuned_models", {"method": method}, frame)
+    header = ["budget", "selection seed", "seed", "model_key", "examples", "final loss", "reused"]
     return dg.MaterializeResult(
         metadata={
-            "models": dg.MetadataValue.md(
-                markdown_table(
-                    ["budget", "model_key", "selection_version", "examples", "final loss", "reused"], summary
-                )
-            ),
+            "models": dg.MetadataValue.md(markdown_table(header, summary)),
             "base_model": identity["model"],
-            "config": dg.MetadataValue.json(core.to_dict()),
+            "config": dg.MetadataValue.json({**shared, "seeds": seeds}),
             **run.metadata(),
         },
-        data_version=dg.DataVersion("-".join(r["model_key"] for r in records)),
+        data_version=dg.DataVersion(
+            hashlib.sha256("-".join(r["model_key"] for r in records).encode()).hexdigest()[:16]
+        ),
     )
 
 

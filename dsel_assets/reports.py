@@ -10,11 +10,21 @@ import dagster as dg
 import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from dsel_assets import tables
 from dsel_assets.core.select.diagnostics import summarize
-from dsel_assets.evaluation import EVAL_SQL, eval_assets
+from dsel_assets.core.stats import comparison_table
+from dsel_assets.evaluation import BASE, EVAL_SQL, eval_assets
+from dsel_assets.finetune import FINETUNED_SQL
 from dsel_assets.metadata import markdown_table
+from dsel_assets.report_html import (
+    plot_budget_curves,
+    plot_task_deltas,
+    plot_task_mix,
+    verdict_markdown,
+    write_html_report,
+)
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
 from dsel_assets.selections import load_vectors, selection_assets
 from resources.home import StateHome
@@ -161,75 +171,42 @@ def _plot_task_mix(report: pl.DataFrame, path: Path) -> None:
     _save(plt, fig, path)
 
 
-COMPARISON_COLUMNS = ["method", "budget", "train_size", "task", "metric", "n", "score", "loss"]
-DIAGNOSTIC_COLUMNS = ["task_entropy", "noise_fraction", "query_similarity"]
+class ComparisonConfig(dg.Config):
+    """Which models the comparison covers (``dsel compare`` sets both to its own)."""
+
+    tasks: list[str] = Field(default=[], description="Eval tasks; empty = every evaluated task")
+    methods: list[str] = Field(default=[], description="Methods; empty = every method with eval rows (+ base)")
+    n_boot: int = Field(default=2000, description="Bootstrap replicates of every CI and p-value")
+    seed: int = Field(default=0, description="Bootstrap seed")
 
 
-def comparison_frames(conn) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(method x budget x task eval rows + the selection's cheap diagnostics, and per model
-    the balance across tasks: min / mean / max score and the worst task)."""
+def comparison_rows(conn, tasks: list[str], methods: list[str]) -> pl.DataFrame:
+    """One row per (current model, eval example): the models of ``finetuned_models`` and the
+    untouched base model, with their selection and training seeds and selection size."""
     conn.execute(EVAL_SQL)
-    scores = tables.frame(conn, f"SELECT {', '.join(COMPARISON_COLUMNS)} FROM eval_scores")
-    if tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'selection_report'"):
-        diagnostics = tables.frame(
-            conn, f"SELECT method, budget, {', '.join(DIAGNOSTIC_COLUMNS)} FROM selection_report"
-        )
-        scores = scores.join(diagnostics, on=["method", "budget"], how="left")
-    else:
-        scores = scores.with_columns([pl.lit(None, pl.Float64).alias(c) for c in DIAGNOSTIC_COLUMNS])
-    scores = scores.sort(["train_size", "method", "task"])
-    scored = scores.filter(pl.col("score").is_not_null())
-    balance = (
-        scored.sort("score")
-        .group_by(["method", "budget", "train_size"], maintain_order=False)
-        .agg(
-            pl.col("score").min().alias("min"),
-            pl.col("score").mean().alias("mean"),
-            pl.col("score").max().alias("max"),
-            pl.col("task").first().alias("worst_task"),
-            pl.col("loss").mean().alias("mean_loss"),
-        )
-        .sort(["train_size", "method"])
+    conn.execute(FINETUNED_SQL)
+    rows = tables.frame(
+        conn,
+        """SELECT e.method, e.budget,
+                  coalesce((SELECT max(s.k) FROM selections s WHERE s.method = e.method AND s.budget = e.budget),
+                           f.examples, 0) AS train_size,
+                  coalesce(f.selection_seed, 0) AS selection_seed, coalesce(f.seed, 0) AS seed,
+                  e.task, e.pool_id, e.loss, e.score, e.metric
+           FROM eval_examples e LEFT JOIN finetuned_models f USING (model_key)
+           WHERE f.model_key IS NOT NULL OR e.method = ?""",
+        [BASE],
     )
-    return scores, balance
+    if tasks:
+        rows = rows.filter(pl.col("task").is_in(tasks))
+    if methods:
+        rows = rows.filter(pl.col("method").is_in([*methods, BASE]))
+    return rows.with_columns(pl.col("train_size").cast(pl.Int64))
 
 
-def _plot_budget_curves(balance: pl.DataFrame, path: Path) -> None:
-    """Mean eval score against training-set size, one line per method; baselines as points."""
-    plt = _pyplot()
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (method,), group in balance.group_by(["method"], maintain_order=True):
-        group = group.sort("train_size")
-        style = "o--" if group.height == 1 else "o-"
-        ax.plot(group["train_size"].to_list(), group["mean"].to_list(), style, label=method)
-    ax.set_xlabel("training examples (selection size)")
-    ax.set_ylabel("mean score over eval tasks")
-    ax.set_title("Eval score vs budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    _save(plt, fig, path)
-
-
-def _plot_task_bars(scores: pl.DataFrame, path: Path) -> None:
-    """Per-task score bars, one bar per model (method @ budget)."""
-    plt = _pyplot()
-
-    scored = scores.filter(pl.col("score").is_not_null())
-    tasks = sorted(set(scored["task"].to_list()))
-    models = scored.select("method", "budget", "train_size").unique().sort(["train_size", "method"]).rows()
-    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(tasks) + 0.3 * len(models)), 4.5))
-    width = 0.8 / max(len(models), 1)
-    for i, (method, budget, _) in enumerate(models):
-        rows = scored.filter((pl.col("method") == method) & (pl.col("budget") == budget))
-        value = dict(zip(rows["task"].to_list(), rows["score"].to_list(), strict=True))
-        ax.bar(np.arange(len(tasks)) + i * width, [value.get(t, 0.0) for t in tasks], width, label=f"{method}@{budget}")
-    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=20, ha="right")
-    ax.set_ylim(0, max(0.05, 1.15 * max(scored["score"].to_list(), default=0.0)))
-    ax.set_ylabel("score (exact match / ROUGE-L)")
-    ax.set_title("Per-task eval score")
-    ax.legend(fontsize=7, ncol=2)
-    _save(plt, fig, path)
+def _task_mix(conn) -> pl.DataFrame | None:
+    if not tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'selection_report'"):
+        return None
+    return tables.frame(conn, "SELECT method, budget, task_counts FROM selection_report")
 
 
 def _embedded(path: Path) -> str:
@@ -240,49 +217,63 @@ def _embedded(path: Path) -> str:
 @dg.asset(
     deps=[*[a.key for a in eval_assets], selection_report],
     group_name=REPORTS,
-    code_version="comparison_report-1",
+    code_version="comparison_report-2",
     kinds={"duckdb"},
-    description="Method x budget x task eval table (+ baselines and the selections' cheap diagnostics), "
-    "balance across tasks, and plots (score vs budget, per-task bars). Written to reports/.",
+    description="Every method x budget x task against random: mean over seeds with a 95% bootstrap CI, the paired "
+    "difference to random (same eval examples) with CI, p-value and verdict; balance across tasks; plots with "
+    "error bars; a self-contained HTML report in reports/.",
 )
 def comparison_report(
     context: dg.AssetExecutionContext,
+    config: ComparisonConfig,
     duckdb: DuckDBResource,
     tracker: MlflowTracker,
     home: StateHome,
 ) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
         tables.ensure_schema(conn)
-        scores, balance = comparison_frames(conn)
-        tables.replace_table(conn, "comparison_report", scores)
-        tables.replace_table(conn, "comparison_balance", balance)
-    if scores.height == 0:
-        raise RuntimeError("comparison_report: no eval scores yet; materialize eval_base / eval_<method> first")
+        rows = comparison_rows(conn, list(config.tasks), list(config.methods))
+        mix = _task_mix(conn)
+    if rows.height == 0:
+        raise RuntimeError("comparison_report: no eval rows yet; materialize eval_base / eval_<method> first")
+    table = comparison_table(rows, n_boot=config.n_boot, seed=config.seed)
+    with duckdb.get_connection() as conn:
+        tables.replace_table(conn, "comparison_report", table)
     out = home.paths.reports
     out.mkdir(parents=True, exist_ok=True)
-    curves, bars = out / "comparison_budget_curves.png", out / "comparison_task_bars.png"
-    _plot_budget_curves(balance, curves)
-    _plot_task_bars(scores, bars)
-    table_md = markdown_table(scores.columns, scores.rows(), limit=500)
-    balance_md = markdown_table(balance.columns, balance.rows(), limit=200)
-    markdown = f"## Eval scores\n\n{table_md}\n\n## Balance across tasks\n\n{balance_md}\n"
-    path = out / "comparison_report.md"
-    path.write_text(markdown + f"\n![curves]({curves.name})\n\n![tasks]({bars.name})\n", encoding="utf-8")
-    with tracker.run(context, params={"models": balance.height, "rows": scores.height}) as run:
-        for row in balance.iter_rows(named=True):
-            if row["mean"] is not None:
-                run.log_metrics({f"{row['method']}.{row['budget']}.mean_score": row["mean"]})
-        for artifact in (path, curves, bars):
+    images = {
+        "Mean eval loss over tasks vs selection size (95% CI)": plot_budget_curves(
+            table, out / "comparison_budget_curves.png"
+        ),
+        "Per-task difference to random (95% CI)": plot_task_deltas(table, out / "comparison_task_deltas.png"),
+    }
+    if mix is not None and mix.height:
+        images["Task mix of each selection"] = plot_task_mix(mix, out / "comparison_task_mix.png")
+    models = rows.select("method", "budget", "selection_seed", "seed").unique().height
+    settings = {
+        "models": models,
+        "tasks": ", ".join(sorted(set(rows["task"].to_list()))),
+        "eval examples": rows.select("task", "pool_id").unique().height,
+        "bootstrap replicates": config.n_boot,
+        "bootstrap seed": config.seed,
+    }
+    markdown = verdict_markdown(table)
+    md_path, html_path = out / "comparison_report.md", out / "comparison_report.html"
+    md_path.write_text(markdown + "\n", encoding="utf-8")
+    write_html_report(table, images, "dsel: method comparison", settings, html_path)
+    with tracker.run(context, params={"models": models, **settings}) as run:
+        for row in table.filter(pl.col("delta").is_not_null()).iter_rows(named=True):
+            name = f"{row['method']}.{row['budget']}.{row['task']}.{row['measure']}".replace("(", "").replace(")", "")
+            run.log_metrics({f"{name}.delta".replace(" ", "_"): row["delta"]})
+        for artifact in (md_path, html_path, *images.values()):
             run.log_artifact(str(artifact))
-    context.log.info("comparison report:\n" + balance_md)
+    context.log.info(f"comparison report: {table.height} rows; {html_path}")
     return dg.MaterializeResult(
         metadata={
-            "report": dg.MetadataValue.md(table_md),
-            "balance": dg.MetadataValue.md(balance_md),
-            "budget_curves": dg.MetadataValue.md(_embedded(curves)),
-            "task_bars": dg.MetadataValue.md(_embedded(bars)),
-            "path": dg.MetadataValue.path(str(path)),
-            "models": balance.height,
+            "report": dg.MetadataValue.md(markdown),
+            **{f"plot_{i}": dg.MetadataValue.md(_embedded(p)) for i, p in enumerate(images.values())},
+            "html": dg.MetadataValue.path(str(html_path)),
+            "models": models,
             **run.metadata(),
         },
     )

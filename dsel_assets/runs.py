@@ -66,6 +66,18 @@ def materialize_closure(
                 _execute(defs, instance, "curation_job", todo, ops, log)
 
 
+def materialize_only(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    keys: list[dg.AssetKey],
+    run_config: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Materialize exactly ``keys`` (pool-wide assets, e.g. reports over whatever is stored),
+    nothing upstream of them."""
+    _execute(defs, instance, "curation_job", keys, (run_config or {}).get("ops", {}), log)
+
+
 def _execute(defs, instance, job_name: str, keys: list[dg.AssetKey], ops: dict, log, batch: str | None = None) -> None:
     names = {k.to_user_string() for k in keys}
     config = {**QUIET, "ops": {name: value for name, value in ops.items() if name in names}}

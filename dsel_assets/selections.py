@@ -1,7 +1,9 @@
 """Selection assets: one asset per registered method (a factory over the registry); each
 materialization computes that method's selection at every configured budget."""
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import time
 from datetime import datetime, timezone
@@ -106,6 +108,11 @@ class SelectionConfig(dg.Config):
         default=DEFAULT_BUDGETS, description="Budgets: counts (500), fractions (0.05) or percentages (5%)"
     )
     params: dict[str, str] = Field(default={}, description="Method parameters by name (validated against the registry)")
+    seeds: list[int] = Field(
+        default=[],
+        description="Selection seeds: one replicate per seed (methods with a 'seed' parameter, e.g. random); "
+        "empty = the 'seed' parameter's value",
+    )
 
 
 def load_less_scores(duckdb: DuckDBResource, pool_ids: list[str]) -> tuple[dict[str, np.ndarray], str]:
@@ -372,12 +379,16 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
             "pool_version": version,
             **vars(method_config),
         }
+        replicates = seed_replicates(method_config, list(config.seeds))
+        pending: dict[str, list[pl.DataFrame]] = {}
+        if config.seeds:
+            params["seeds"] = ",".join(map(str, config.seeds))
         summary = []
         with tracker.run(context, params=params, inputs=inputs) as run:
-            for budget in budgets:
+            for budget, (selection_seed, replicate_config) in itertools.product(budgets, replicates):
                 k = budget.count(len(pool_ids))
                 started = time.perf_counter()
-                selection = spec.select(pool_ids, k, method_config, **representations)
+                selection = spec.select(pool_ids, k, replicate_config, **representations)
                 seconds = time.perf_counter() - started
                 selection.diagnostics.update(  # FL coverage and NovelSum on sentence embeddings, or why not
                     set_measures(pool_ids, selection.ids, lambda: load_vectors(lance, SENTENCE_EMBEDDINGS, pool_ids)[0])
@@ -399,30 +410,34 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                     {
                         "method": key,
                         "budget": budget.label,
+                        "selection_seed": selection_seed,
                         "k": k,
                         "eligible": int(selection.diagnostics.get("eligible", len(pool_ids))),
                         "rank": list(range(len(selection.ids))),
                         "pool_id": selection.ids,
                         "score": selection.scores if selection.scores is not None else [None] * len(selection.ids),
                         "pool_version": version,
-                        "config": json.dumps(vars(method_config)),
+                        "config": json.dumps(vars(replicate_config)),
                         "diagnostics": json.dumps(selection.diagnostics, default=str),
                         "mlflow_run_id": run.run_id,
                         "created_at": datetime.now(timezone.utc),
                     },
-                    schema_overrides={"score": pl.Float64, "k": pl.Int32, "eligible": pl.Int32, "rank": pl.Int32},
+                    schema_overrides={
+                        "score": pl.Float64,
+                        "k": pl.Int32,
+                        "eligible": pl.Int32,
+                        "rank": pl.Int32,
+                        "selection_seed": pl.Int32,
+                    },
                 )
-                with duckdb.get_connection() as conn:
-                    tables.write_selection(conn, key, budget.label, rows)
-                run.log_metrics(
-                    {
-                        f"{budget.label}.k": k,
-                        f"{budget.label}.selected": len(selection.ids),
-                        f"{budget.label}.seconds": seconds,
-                    }
-                )
-                context.log.info(f"{key} @ {budget.label}: {len(selection.ids)} of {len(pool_ids)} in {seconds:.2f}s")
-                summary.append((budget.label, k, len(selection.ids), json.dumps(selection.diagnostics)))
+                pending.setdefault(budget.label, []).append(rows)
+                if len(pending[budget.label]) == len(replicates):  # every seed of this budget: replace at once
+                    with duckdb.get_connection() as conn:
+                        tables.write_selection(conn, key, budget.label, pl.concat(pending.pop(budget.label)))
+                label = budget.label if len(replicates) == 1 else f"{budget.label}.seed{selection_seed}"
+                run.log_metrics({f"{label}.k": k, f"{label}.selected": len(selection.ids), f"{label}.seconds": seconds})
+                context.log.info(f"{key} @ {label}: {len(selection.ids)} of {len(pool_ids)} in {seconds:.2f}s")
+                summary.append((label, k, len(selection.ids), json.dumps(selection.diagnostics)))
         return dg.MaterializeResult(
             metadata={
                 "pool_version": version,
@@ -435,6 +450,18 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
         )
 
     return _selection
+
+
+def seed_replicates(method_config, seeds: list[int]) -> list[tuple[int, object]]:
+    """(selection seed, config) per replicate: one per requested seed, else the config itself
+    (its own ``seed``, or 0 for a method without one)."""
+    if not seeds:
+        return [(int(getattr(method_config, "seed", 0)), method_config)]
+    if not hasattr(method_config, "seed"):
+        raise ValueError(f"seeds: {type(method_config).__name__} has no 'seed' parameter; leave seeds empty")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: repeated values in {seeds}")
+    return [(seed, dataclasses.replace(method_config, seed=seed)) for seed in seeds]
 
 
 def hash_config(params: dict) -> str:

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS selections (
 );
 ALTER TABLE batches ADD COLUMN IF NOT EXISTS validated_at TIMESTAMP;
 ALTER TABLE batches ADD COLUMN IF NOT EXISTS error VARCHAR;
+ALTER TABLE selections ADD COLUMN IF NOT EXISTS selection_seed INTEGER DEFAULT 0;
 """
 
 SPLITS = ("pool", "query", "eval")
@@ -414,7 +415,7 @@ def frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
 
 
 def write_selection(conn: duckdb.DuckDBPyConnection, method: str, budget: str, rows: pl.DataFrame) -> None:
-    """Replace one (method, budget) selection atomically."""
+    """Replace one (method, budget) selection atomically, every selection seed of it at once."""
     replace_rows(conn, "selections", {"method": method, "budget": budget}, rows)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .data.synthetic import extract_answer
 from .models.generation import greedy_generate
+from .models.loading import bf16_autocast
 from .models.sft import collate, encode_conversation, length_batches, per_example_loss
 from .models.templates import render_chat
 
@@ -170,7 +171,7 @@ def response_losses(
         batch = collate([encoded[kept[i]] for i in group], tokenizer.pad_token_id)
         with (
             torch.no_grad(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+            bf16_autocast(device),
         ):
             values = per_example_loss(model, batch).tolist()
         for i, value in zip(group, values, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .loading import bf16_autocast
 from .sft import length_batches
 
 
@@ -28,7 +29,7 @@ def greedy_generate(
             mask[row, width - len(prompts[i]) :] = 1
         with (
             torch.no_grad(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+            bf16_autocast(device),
         ):
             out = model.generate(
                 input_ids=ids.to(device),

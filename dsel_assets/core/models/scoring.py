@@ -131,11 +131,12 @@ def token_statistics(model, batch) -> dict[str, np.ndarray]:
     import torch
     import torch.nn.functional as F
 
+    from .loading import bf16_autocast
     from .sft import _backbone_and_head
 
     body, head = _backbone_and_head(model)
     device = head.weight.device
-    with torch.no_grad():
+    with torch.no_grad(), bf16_autocast(device):
         hidden = body(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
         ).last_hidden_state

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .loading import bf16_autocast
 from .lora import LoraSettings, add_lora, lora_parameters
 from .sft import Encoded, collate, length_batches, per_example_loss
 
@@ -113,9 +114,8 @@ def train_lora(
     # floor, not ceil: on a handful of steps a ceil'd warm-up would spend them all at lr 0
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     curve: list[dict] = []
-    # bf16 autocast on CUDA (fp32 master weights and optimizer state); exact fp32 on CPU
-    device = params[0].device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # bf16 autocast where the hardware has fast bf16 (fp32 master weights and optimizer state)
+    autocast = bf16_autocast(params[0].device)
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         order = rng.permutation(len(encoded))
