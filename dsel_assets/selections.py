@@ -348,6 +348,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 f"{asked} is {selection_asset_name(selection_key(spec.name, asked))}"
             )
         budgets = [Budget.parse(b) for b in config.budgets]
+        replicates = seed_replicates(method_config, list(config.seeds))  # before any work
         with duckdb.get_connection() as conn:
             tables.ensure_schema(conn)
             version, _ = tables.pool_version(conn)
@@ -379,7 +380,6 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
             "pool_version": version,
             **vars(method_config),
         }
-        replicates = seed_replicates(method_config, list(config.seeds))
         pending: dict[str, list[pl.DataFrame]] = {}
         if config.seeds:
             params["seeds"] = ",".join(map(str, config.seeds))

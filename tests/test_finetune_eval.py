@@ -232,41 +232,61 @@ def test_selection_to_report_through_dagster(home, local_resources, synthetic_ho
     assert "| yes |" in again.asset_materializations_for_node("finetuned_random")[0].metadata["models"].value
 
 
-def test_comparison_report_renders_two_methods_and_two_budgets(home, local_resources):
-    rows = [
-        {"method": m, "budget": b, "train_size": n, "task": t, "metric": "exact_match", "n": 4, "score": s, "loss": 1.0}
-        for m, offset in (("random", 0.0), ("less", 0.5))
-        for b, n in (("5pct", 10), ("10pct", 20))
-        for t, s in (("arithmetic", 0.25 + offset), ("dates", 0.5))
-    ]
+def test_comparison_report_states_a_known_difference_with_its_ci(home, local_resources):
+    """less's loss is random's minus 0.5 on every example and seed: the paired difference is
+    exactly -0.5, its CI within the seed offsets' reach and the verdict 'better'; the equal task
+    says 'no detectable difference'."""
+    from dsel_assets.evaluation import EVAL_SQL
+    from dsel_assets.finetune import FINETUNED_SQL
+
+    models, examples = [], []
+    for method, selection_seeds in (("random", (0, 1)), ("less", (0,))):
+        for selection_seed in selection_seeds:
+            for seed in (0, 1):
+                key = f"{method}-{selection_seed}-{seed}"
+                models.append(
+                    {
+                        "model_key": key,
+                        "method": method,
+                        "budget": "5pct",
+                        "selection_seed": selection_seed,
+                        "seed": seed,
+                    }
+                )
+                for i in range(6):
+                    for task, shift in (("arithmetic", 0.5), ("dates", 0.0)):
+                        loss = 2.0 + 0.1 * i + 0.01 * seed + (0 if method == "random" else -shift)
+                        examples.append(
+                            {"model_key": key, "method": method, "budget": "5pct", "pool_id": f"{task}{i}"}
+                            | {"task": task, "metric": None, "score": None, "loss": loss}
+                        )
     with duckdb.connect(str(home.duckdb)) as conn:
         tables.ensure_schema(conn)
-        from dsel_assets.evaluation import EVAL_SQL
-
         conn.execute(EVAL_SQL)
-        tables.replace_rows(
-            conn,
-            "eval_scores",
-            {"method": "none"},
-            pl.DataFrame(rows, schema_overrides={"n": pl.Int32, "train_size": pl.Int32}),
-        )
+        conn.execute(FINETUNED_SQL)
+        conn.register("models", pl.DataFrame(models, schema_overrides={"selection_seed": pl.Int32, "seed": pl.Int32}))
+        conn.execute("INSERT INTO finetuned_models BY NAME SELECT * FROM models")
+        conn.register("rows", pl.DataFrame(examples, schema_overrides={"metric": pl.String, "score": pl.Float64}))
+        conn.execute("INSERT INTO eval_examples BY NAME SELECT * FROM rows")
     result = dg.materialize([comparison_report], resources=local_resources)
     assert result.success
     meta = result.asset_materializations_for_node("comparison_report")[0].metadata
     with duckdb.connect(str(home.duckdb)) as conn:
-        table = tables.frame(conn, "SELECT method, budget, task, score FROM comparison_report")
-        balance_rows = tables.frame(conn, "SELECT method, budget, min, mean, worst_task FROM comparison_balance")
-    expected = {(r["method"], r["budget"], r["task"], r["score"]) for r in rows}
-    assert set(table.rows()) == expected and table.height == len(rows) == 8
-    less = balance_rows.filter(pl.col("method") == "less")
-    assert less["min"].to_list() == [0.5, 0.5] and less["worst_task"].to_list() == ["dates", "dates"]
-    random = balance_rows.filter(pl.col("method") == "random")
-    assert random["mean"].to_list() == [0.375, 0.375] and random["worst_task"].to_list() == ["arithmetic"] * 2
-    for name in ("comparison_budget_curves.png", "comparison_task_bars.png", "comparison_report.md"):
-        assert (home.reports / name).stat().st_size > 1000 or name.endswith(".md")
-    assert meta["budget_curves"].value.startswith("![comparison_budget_curves](data:image/png;base64,")
-    assert "| less | 10pct | 20 | arithmetic | exact_match | 4 | 0.75 |" in meta["report"].value
-    assert meta["models"].value == 4
+        table = tables.frame(conn, "SELECT * FROM comparison_report WHERE method = 'less' AND measure = 'loss'")
+    by_task = {r["task"]: r for r in table.iter_rows(named=True)}
+    assert by_task["arithmetic"]["delta"] == pytest.approx(-0.5)
+    # resampled seed units shift the mean seed offset by at most 0.01 either way
+    assert -0.51 - 1e-9 <= by_task["arithmetic"]["delta_low"] <= -0.5 <= by_task["arithmetic"]["delta_high"] <= -0.49
+    assert by_task["arithmetic"]["verdict"] == "better"
+    assert by_task["dates"]["delta"] == pytest.approx(0.0) and by_task["dates"]["verdict"] == "no detectable difference"
+    # hand computation: mean over the 6 examples (2.25) + mean seed offset (0.005) - 0.5
+    assert by_task["arithmetic"]["mean"] == pytest.approx(1.755)
+    assert by_task["arithmetic"]["models"] == 2 and by_task["arithmetic"]["examples"] == 6
+    for name in ("comparison_budget_curves.png", "comparison_task_deltas.png", "comparison_report.html"):
+        assert (home.reports / name).stat().st_size > 1000
+    assert "**better**" in meta["report"].value
+    assert meta["plot_0"].value.startswith("![comparison_budget_curves](data:image/png;base64,")
+    assert meta["models"].value == 6
     assert selection_report.key in comparison_report.dependency_keys
 
 

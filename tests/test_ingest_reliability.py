@@ -168,8 +168,14 @@ def test_two_concurrent_ingests_on_a_fresh_home_both_land(tmp_path):
     env.pop("DAGSTER_HOME", None)
     files = [write_jsonl(tmp_path / f"part{i}.jsonl", qa(5, offset=10 * i)) for i in range(2)]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "dsel_assets.cli", "ingest", str(f)], env=env, cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "dsel_assets.cli", "ingest", str(f)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for f in files
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
@@ -198,8 +204,9 @@ def test_mlflow_store_is_created_once_under_a_lock(tmp_path):
         f"print(MlflowTracker(tracking_uri={uri!r}).experiment_id())"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(3)
     ]
     outputs = [p.communicate(timeout=180) for p in procs]
