@@ -9,39 +9,14 @@ Skips (exit 0) when no Chromium is installed (Debian: ``apt-get install chromium
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dsel_assets.webserver import graphql, serve  # noqa: E402
+from dsel_assets.webserver import find_browser, graphql, screenshot, serve  # noqa: E402
 from resources.home import DselHome  # noqa: E402
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-def screenshot(browser: str, url: str, out: Path, size: str = "1600,1000", wait_ms: int = 20000) -> None:
-    """One headless page load; ``wait_ms`` of virtual time lets the graph lay itself out."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",  # root in a container
-            "--disable-gpu",
-            "--hide-scrollbars",
-            f"--window-size={size}",
-            f"--virtual-time-budget={wait_ms}",
-            f"--screenshot={out}",
-            url,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
 
 
 def main() -> int:
@@ -50,7 +25,7 @@ def main() -> int:
     parser.add_argument("--out", help="PNG path (default: HOME/reports/ui_asset_graph.png)")
     parser.add_argument("--page", default="/asset-groups", help="UI path to load (default: the global asset graph)")
     args = parser.parse_args()
-    browser = next((b for b in BROWSERS if shutil.which(b)), None)
+    browser = find_browser()
     if browser is None:
         print("[ui_screenshot] skipped: no chromium found (apt-get install chromium)")
         return 0

@@ -108,7 +108,7 @@ def selection_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown + "\n", encoding="utf-8")
     task_mix = home.paths.reports / "selection_task_mix.png"
-    _plot_task_mix(report, task_mix)
+    plot_task_mix(report.select("method", "budget", "task_counts"), task_mix)
     with tracker.run(
         context, params={"pool_version": version}, inputs=[DatasetRef("selections", str(duckdb.database), version)]
     ) as run:
@@ -132,43 +132,6 @@ def selection_report(
             **run.metadata(),
         },
     )
-
-
-def _pyplot():
-    """matplotlib's pyplot on the non-interactive Agg backend (assets run headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _plot_task_mix(report: pl.DataFrame, path: Path) -> None:
-    """Stacked bars: the task shares of every selection (method @ budget)."""
-    plt = _pyplot()
-
-    counts = [json.loads(c) for c in report["task_counts"].to_list()]
-    tasks = sorted({t for c in counts for t in c})
-    labels = [f"{m}@{b}" for m, b in zip(report["method"], report["budget"], strict=True)]
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(labels) + 1)))
-    left = np.zeros(len(labels))
-    for task in tasks:
-        share = np.array([c.get(task, 0) / max(sum(c.values()), 1) for c in counts])
-        ax.barh(labels, share, left=left, label=task)
-        left += share
-    ax.set_xlabel("share of the selection")
-    ax.set_title("Task mix per selection")
-    ax.invert_yaxis()
-    ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
-    _save(plt, fig, path)
 
 
 class ComparisonConfig(dg.Config):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,34 @@ from pathlib import Path
 from resources.home import DselHome
 
 REPO = Path(__file__).resolve().parents[1]
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def find_browser() -> str | None:
+    """A headless-capable Chromium on PATH, or None."""
+    return next((b for b in BROWSERS if shutil.which(b)), None)
+
+
+def screenshot(browser: str, url: str, out: Path, size: str = "1600,1000", wait_ms: int = 20000) -> Path:
+    """One headless page load into a PNG; ``wait_ms`` of virtual time lets pages lay themselves out."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",  # root in a container
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={size}",
+            f"--virtual-time-budget={wait_ms}",
+            f"--screenshot={out}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    return out
 
 
 def free_port() -> int:

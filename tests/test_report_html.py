@@ -4,14 +4,13 @@ the self-contained HTML file (escaped, no external resources, renders in a headl
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from dsel_assets.core.stats import TABLE_SCHEMA
 from dsel_assets.report_html import (
     _curve_series,
     html_report,
@@ -21,27 +20,9 @@ from dsel_assets.report_html import (
     verdict_markdown,
     write_html_report,
 )
+from dsel_assets.webserver import BROWSERS, find_browser, screenshot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
-SCHEMA = {
-    "method": pl.Utf8,
-    "budget": pl.Utf8,
-    "train_size": pl.Int64,
-    "task": pl.Utf8,
-    "measure": pl.Utf8,
-    "lower_is_better": pl.Boolean,
-    "models": pl.Int64,
-    "examples": pl.Int64,
-    "mean": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-    "delta": pl.Float64,
-    "delta_low": pl.Float64,
-    "delta_high": pl.Float64,
-    "p_value": pl.Float64,
-    "verdict": pl.Utf8,
-}
 MODELS = [("base", "0", 0), ("random", "100", 100), ("random", "400", 400), ("less", "100", 100), ("less", "400", 400)]
 # (all tasks) loss:mean per model: (mean, ci_low, ci_high), checked by hand in test_curve_series
 LOSS_MEAN = {
@@ -129,7 +110,7 @@ def synthetic_table(method_name: str = "less") -> pl.DataFrame:
             )
         )
         rows.append(_row(method, budget, size, "dolly", "score:rouge_l", 0.3, 0.25, 0.35, delta=0.02))
-    table = pl.DataFrame(rows, schema=SCHEMA)
+    table = pl.DataFrame(rows, schema=TABLE_SCHEMA)
     return table.with_columns(pl.col("method").replace("less", method_name))
 
 
@@ -283,29 +264,13 @@ def test_write_html_report_atomic_utf8(images, tmp_path):
 
 
 def test_html_renders_in_headless_chromium(images, tmp_path):
-    browser = next((b for b in BROWSERS if shutil.which(b)), None)
+    browser = find_browser()
     if browser is None:
         pytest.skip(f"no headless browser found on PATH (looked for {', '.join(BROWSERS)}); apt-get install chromium")
     from matplotlib.image import imread
 
     report = write_html_report(synthetic_table(), images, "Screenshot check", {"seeds": 3}, tmp_path / "report.html")
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",  # root in a container
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1280,2000",
-            f"--screenshot={shot}",
-            f"file://{report.resolve()}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    assert shot.exists()
+    shot = screenshot(browser, f"file://{report.resolve()}", tmp_path / "shot.png", size="1280,2000", wait_ms=2000)
     assert shot.read_bytes().startswith(PNG_SIGNATURE)
     pixels = imread(shot)
     assert pixels.std() > 0.02, "the screenshot is blank"
