@@ -54,6 +54,10 @@ COMPARE = [
     "96",
     "--eval-max-length",
     "160",
+    "--metric",
+    "both",
+    "--max-new-tokens",
+    "6",
     "--config",
     "warmup_checkpoint.epochs=1",
     "--model",
@@ -177,5 +181,8 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     assert verdicts["less"] in ("better", "worse", "no detectable difference")
     assert dict(zip(table["method"], table["models"], strict=True)) == {"random": 4, "less": 2, "base": 1}
     assert "vs random" in out and "mean [95% CI]" in out
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:  # --metric both: graded generations too
+        measures = set(frame(conn, "SELECT DISTINCT measure FROM comparison_report")["measure"])
+    assert {"loss", "score:exact_match", "loss:mean", "loss:worst", "loss:spread"} <= measures
     html = home.reports / "comparison_report.html"
     assert html.exists() and "data:image/png;base64," in html.read_text(encoding="utf-8")
