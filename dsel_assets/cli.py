@@ -403,39 +403,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return print_comparison(home)
 
 
-#: ``dsel score KIND``: the asset that materializes each representation.
-SCORE_KINDS = {
-    "sentence_embeddings": "sentence_embeddings",
-    "model_embeddings": "model_embeddings",
-    "loss": "loss_scores",  # L(A|Q), L(A), perplexity, both IFDs and the uncertainty scores
-    "uncertainty": "loss_scores",  # teacher-forced on the reference responses
-    "uncertainty_greedy": "greedy_scores",  # on the model's own greedy generations
-    "proxy_loss": "proxy_loss_scores",
-    "quality": "quality",
-    "labels": "labels",
-    "learning_percentage": "learning_percentage",
-    "golden": "golden_score",
-    "whisperer": "whisperer_score",
-    "pre_experienced_ifd": "cherry_pre_experienced_scores",  # Cherry's IFD after its pre-experience step
-}
-#: Settings besides the model that ``dsel score KIND`` computes with, pinned by it.
-PINNED_BY = {
-    "model_embeddings": ("pooling",),
-    "proxy_loss": ("proxy_model",),
-    "learning_percentage": ("proxy_model",),
-}
-#: Assets whose options live on an upstream asset: ``--param`` configures that one.
-CONFIGURED_BY = {"cherry_pre_experienced_scores": "cherry_pre_experienced_model"}
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     """Materialize one representation for the current pool (per-batch ones for every pool
     batch, resuming where a run stopped), and whatever it needs that is still missing."""
     from dagster import AssetKey, DagsterInstance
 
+    from dsel_assets.representation_registry import score_kinds
     from dsel_assets.runs import materialize_closure
 
-    asset = SCORE_KINDS[args.kind]
+    kind = score_kinds()[args.kind]
+    asset = kind.asset
     params = {}
     for key, value in _parse_params(args.param).items():
         try:
@@ -444,9 +421,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             params[key] = value
     home = _home(args)
     changed = _changed_settings(home, args)
-    defs = _definitions(home, args, pin={"model", *PINNED_BY.get(args.kind, ())})
+    defs = _definitions(home, args, pin={"model", *kind.pinned})
     instance = DagsterInstance.get()
-    run_config = {"ops": {CONFIGURED_BY.get(asset, asset): {"config": params}}} if params else None
+    run_config = {"ops": {kind.configured_by or asset: {"config": params}}} if params else None
     materialize_closure(defs, instance, [AssetKey(asset)], run_config, only_missing=not changed)
     event = instance.get_latest_materialization_event(AssetKey(asset))
     metadata = event.asset_materialization.metadata if event else {}
@@ -561,7 +538,24 @@ PROXY_HELP = (
 )
 
 
+def score_kinds_help() -> str:
+    """``dsel score``'s kinds, each with the asset it computes where that is another name, and
+    the representations of that asset where it serves others too."""
+    from dsel_assets.representation_registry import score_kinds, served_by
+
+    labels = []
+    for kind, spec in sorted(score_kinds().items()):
+        served = served_by(spec.asset)
+        details = ([spec.asset] if spec.asset != kind else []) + (
+            [", ".join(served)] if set(served) - {kind, spec.asset} else []
+        )
+        labels.append(f"{kind} ({': '.join(details)})" if details else kind)
+    return f"the representation to compute: {', '.join(labels)}"
+
+
 def parser() -> argparse.ArgumentParser:
+    from dsel_assets.representation_registry import score_kinds
+
     p = argparse.ArgumentParser(prog="dsel", description=__doc__)
     p.add_argument("--home", help="state directory (default: $DSEL_HOME or ./.dsel)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -655,7 +649,7 @@ def parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     score = sub.add_parser("score", help="compute one representation for the current pool (resumable)")
-    score.add_argument("kind", choices=sorted(SCORE_KINDS), help="the representation")
+    score.add_argument("kind", choices=sorted(score_kinds()), metavar="KIND", help=score_kinds_help())
     score.add_argument("--param", action="append", help="asset config key=value, e.g. epochs=1 (repeatable)")
     score.add_argument("--pooling", choices=["mean", "position_weighted", "last_token"], help="model embeddings")
     score.add_argument("--model", default=None, help=MODEL_HELP)

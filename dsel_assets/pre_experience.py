@@ -25,9 +25,10 @@ from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
+from dsel_assets.representation_registry import load_scalars
 from dsel_assets.representations import REPRESENTATIONS, model_embeddings
 from dsel_assets.scores import CHUNK, SCORES_SQL, loss_scores, score_frame, template_hash
-from dsel_assets.selections import load_scalars, load_vectors
+from dsel_assets.similarity import load_vectors
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel

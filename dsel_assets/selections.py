@@ -14,29 +14,17 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dsel_assets import tables
+from dsel_assets import representation_registry, tables
 from dsel_assets.core.select import Budget, build_config, methods
 from dsel_assets.core.select.diagnostics import set_measures
-from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.registry import MethodSpec
 from dsel_assets.core.select.targeted import LESS, Influence, representation_needs
 from dsel_assets.core.select.targeted import representations as method_representations
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
-from dsel_assets.gradients import INFLUENCE
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
-from dsel_assets.representations import MODEL_EMBEDDINGS, SENTENCE_EMBEDDINGS, vector_matrix
-from dsel_assets.round_trainer import LoraRoundTrainer
-from dsel_assets.scores import score_table
-from dsel_assets.similarity import (
-    EMBED_SIMILARITY,
-    RDS_SIMILARITY,
-    columns_table,
-    load_vectors,
-    query_rows,
-    rds_dataset,
-    rds_queries_dataset,
-)
+from dsel_assets.representations import SENTENCE_EMBEDDINGS
+from dsel_assets.similarity import load_vectors
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -44,54 +32,6 @@ from resources.tracking import DatasetRef, MlflowTracker
 
 SELECTIONS = "selections"
 DEFAULT_BUDGETS = ["5%", "10%"]
-
-#: Representation name (registry ``needs``) -> the asset that materializes it.
-REPRESENTATION_ASSETS = {
-    SENTENCE_EMBEDDINGS: dg.AssetKey(SENTENCE_EMBEDDINGS),
-    MODEL_EMBEDDINGS: dg.AssetKey(MODEL_EMBEDDINGS),
-    "less_scores": dg.AssetKey(INFLUENCE),
-    "less_scorer": dg.AssetKey("query_grad_features"),  # LESS scores on demand (gradient_scorer)
-    "influence": dg.AssetKey(INFLUENCE),
-    "pool_gradients": dg.AssetKey("pool_grad_features"),
-    "query_gradients": dg.AssetKey("query_grad_features"),
-    "ifd": dg.AssetKey("loss_scores"),
-    "pre_experienced_ifd": dg.AssetKey("cherry_pre_experienced_scores"),
-    "uncertainty": dg.AssetKey("loss_scores"),
-    "superfiltering_ifd": dg.AssetKey("proxy_loss_scores"),
-    "quality": dg.AssetKey("quality"),
-    "labels": dg.AssetKey("labels"),
-    "learning_percentage": dg.AssetKey("learning_percentage"),
-    "golden_score": dg.AssetKey("golden_score"),
-    "whisperer_score": dg.AssetKey("whisperer_score"),
-    "trainer": dg.AssetKey("pool"),  # trains the selection model itself between rounds
-    # the targeted study's other representations (core.select.targeted.representation_needs)
-    RDS_SIMILARITY: dg.AssetKey(RDS_SIMILARITY),
-    "rds_task_scores": dg.AssetKey(RDS_SIMILARITY),
-    "rds_queries": dg.AssetKey(RDS_SIMILARITY),
-    EMBED_SIMILARITY: dg.AssetKey(EMBED_SIMILARITY),
-    "embed_task_scores": dg.AssetKey(EMBED_SIMILARITY),
-    "embed_queries": dg.AssetKey(EMBED_SIMILARITY),  # rows of sentence_embeddings that embed_similarity checked
-}
-#: Needs read as a pool x query matrix (an Influence), or as its LESS task scores (R1.5).
-SIMILARITIES = ("influence", RDS_SIMILARITY, EMBED_SIMILARITY)
-TASK_SCORES = ("rds_task_scores", "embed_task_scores")
-
-#: Scalar representations: (DuckDB table, column). IFDs are undefined (NaN) where a reason is recorded.
-SCALARS = {
-    "ifd": ("loss_scores", "CASE WHEN reason = '' THEN ifd_loss_ratio END"),
-    "pre_experienced_ifd": ("cherry_pre_experienced_scores", "CASE WHEN reason = '' THEN ifd_loss_ratio END"),
-    "superfiltering_ifd": ("proxy_loss_scores", "ifd_ppl_ratio"),
-    "quality": ("quality", "quality"),
-    "learning_percentage": ("learning_percentage", "CASE WHEN reason = '' THEN lp1 END"),
-    "golden_score": ("golden_score", "golden_score"),
-    "whisperer_score": ("whisperer_score", "whisperer_score"),
-}
-#: Scalars read from the table of the method's scoring ``template`` (its ``template`` parameter).
-TEMPLATED = ("ifd", "superfiltering_ifd")
-UNCERTAINTY_COLUMNS = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
-#: Representations computed per batch whose missing rows load as NaN: a selection over them
-#: records how many pool rows they cover, and its check fails when that is not the whole pool.
-COVERAGE_CHECKED = ("less_scores", "pool_gradients", *SIMILARITIES, *TASK_SCORES)
 
 
 def covered_rows(value) -> int:
@@ -115,123 +55,6 @@ class SelectionConfig(dg.Config):
     )
 
 
-def load_less_scores(duckdb: DuckDBResource, pool_ids: list[str]) -> tuple[dict[str, np.ndarray], str]:
-    """task -> LESS score per pool id (NaN where the example has no gradient feature)."""
-    with duckdb.get_connection() as conn:
-        if not tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'less_scores'"):
-            raise RuntimeError("less_scores: none yet; materialize influence first")
-        rows = tables.frame(conn, "SELECT pool_id, task, score FROM less_scores")
-        warmup = tables.one(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")
-    row_of = {pid: i for i, pid in enumerate(pool_ids)}
-    scores: dict[str, np.ndarray] = {}
-    for (task,), group in rows.group_by(["task"], maintain_order=True):
-        column = np.full(len(pool_ids), np.nan)
-        for pid, score in zip(group["pool_id"], group["score"], strict=True):
-            if pid in row_of:
-                column[row_of[pid]] = score
-        scores[task] = column
-    return scores, warmup[0] if warmup else ""
-
-
-def similarity_dataset(asset: str, grad_settings: GradientSettings, selection_model: SelectionModel | None) -> str:
-    """The Lance dataset that pool x query matrix asset ``asset`` writes for these settings."""
-    if asset == INFLUENCE:
-        return f"{INFLUENCE}_{grad_settings.suffix()}"
-    if asset == RDS_SIMILARITY:
-        return rds_dataset(selection_model.identity()["model_hash"])
-    return EMBED_SIMILARITY
-
-
-def load_similarity(
-    asset: str, lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str], name: str
-) -> tuple[Influence, DatasetRef]:
-    """The pool x query matrix of ``asset`` (Lance dataset ``name``) aligned to ``pool_ids``
-    (NaN rows: no feature or vector), with the task and subtask of each query column."""
-    version = lance.version(name)
-    if version is None:
-        raise RuntimeError(f"{name}: no similarity matrix yet; materialize {asset} first")
-    table = lance.read(name, ["pool_id", "scores"], version=version)
-    with duckdb.get_connection() as conn:
-        columns = tables.frame(conn, f"SELECT col, task, subtask FROM {columns_table(asset)} ORDER BY col")
-    matrix = vector_matrix(table.column("scores"))
-    scores = np.full((len(pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
-    row_of = {pid: i for i, pid in enumerate(pool_ids)}
-    for source_row, pid in enumerate(table.column("pool_id").to_pylist()):
-        if pid in row_of:
-            scores[row_of[pid]] = matrix[source_row]
-    influence = Influence(scores, tuple(columns["task"].to_list()), tuple(columns["subtask"].to_list()))
-    return influence, DatasetRef(name, lance.uri(name), str(version))
-
-
-def _aligned(rows: pl.DataFrame, pool_ids: list[str], column: str) -> np.ndarray:
-    values = dict(zip(rows["pool_id"].to_list(), rows[column].to_list(), strict=True))
-    return np.array([np.nan if values.get(p) is None else values[p] for p in pool_ids], dtype=np.float64)
-
-
-def load_scalars(duckdb: DuckDBResource, table: str, expressions: dict[str, str], pool_ids: list[str]):
-    """Columns of a score table aligned to ``pool_ids`` (NaN where missing or undefined)."""
-    with duckdb.get_connection() as conn:
-        if not tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]):
-            raise RuntimeError(f"{table}: not materialized yet")
-        select = ", ".join(f"{expr} AS {name}" for name, expr in expressions.items())
-        rows = tables.frame(conn, f"SELECT pool_id, {select} FROM {table}")
-    return {name: _aligned(rows, pool_ids, name) for name in expressions}
-
-
-def load_gradients(
-    lance: LanceStore, duckdb: DuckDBResource, pool_ids: list[str], grad_settings: GradientSettings, kind: str
-):
-    """Gradient features of the latest warmup's last checkpoint: pool rows aligned to
-    ``pool_ids`` (NaN rows where an example has none), or (query matrix, query tasks)."""
-    from dsel_assets.gradients import latest_warmup
-
-    with duckdb.get_connection() as conn:
-        warmup, _, manifest = latest_warmup(conn)
-    last = max(c["epoch"] for c in manifest["checkpoints"])
-    name = f"{kind}_grad_features_{grad_settings.suffix()}"
-    columns = ["pool_id", "vector"] + (["task"] if kind == "query" else [])
-    table = lance.read(name, columns, equal={"warmup": warmup, "checkpoint": last})
-    matrix = vector_matrix(table.column("vector")).astype(np.float32)
-    ref = DatasetRef(name, lance.uri(name), str(lance.version(name)))
-    if kind == "query":
-        return (matrix, table.column("task").to_pylist()), ref
-    row_of = {p: i for i, p in enumerate(table.column("pool_id").to_pylist())}
-    aligned = np.full((len(pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
-    for i, p in enumerate(pool_ids):
-        if p in row_of:
-            aligned[i] = matrix[row_of[p]]
-    return aligned, ref
-
-
-def load_labels(duckdb: DuckDBResource, pool_ids: list[str]) -> tuple[Labels, DatasetRef]:
-    with duckdb.get_connection() as conn:
-        pairs = tables.frame(conn, "SELECT pool_id, label FROM labels")
-        vocab = tables.frame(conn, "SELECT label, embedding FROM label_vocab ORDER BY label")
-    members: dict[str, list[int]] = {}
-    for pid, label in zip(pairs["pool_id"], pairs["label"], strict=True):
-        members.setdefault(pid, []).append(int(label))
-    embeddings = np.asarray(vocab["embedding"].to_list(), dtype=np.float64)
-    labels = Labels([members.get(p, []) for p in pool_ids], embeddings)
-    return labels, DatasetRef("labels", str(duckdb.database), str(len(embeddings)))
-
-
-def load_trainer(duckdb: DuckDBResource, pool_ids: list[str], selection_model: SelectionModel, log):
-    with duckdb.get_connection() as conn:
-        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
-    by_id = dict(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
-    model, tokenizer = selection_model.load()
-    trainer = LoraRoundTrainer(model, tokenizer, [by_id[p] for p in pool_ids], log=log)
-    return trainer, DatasetRef("selection_model", selection_model.model, selection_model.identity()["model_hash"])
-
-
-def load_queries(lance: LanceStore, duckdb: DuckDBResource, name: str) -> tuple[tuple[np.ndarray, list], DatasetRef]:
-    """(query vectors of Lance dataset ``name`` in column order, task per row) and its ref."""
-    with duckdb.get_connection() as conn:
-        queries = query_rows(conn)
-    vectors, version = load_vectors(lance, name, queries["pool_id"].to_list())
-    return (vectors, queries["task"].to_list()), DatasetRef(name, lance.uri(name), str(version))
-
-
 def load_representation(
     need: str,
     lance: LanceStore,
@@ -243,44 +66,12 @@ def load_representation(
     embedding_settings: ModelEmbeddingSettings | None = None,
     template: str = "chat",
 ):
-    """(representation aligned to ``pool_ids``, its DatasetRef for lineage); IFDs under ``template``."""
-    if need == MODEL_EMBEDDINGS:  # the dataset of the configured pooling and the selection model's weights
-        name = (embedding_settings or ModelEmbeddingSettings()).dataset(selection_model.identity()["model_hash"])
-        vectors, version = load_vectors(lance, name, pool_ids)
-        return vectors, DatasetRef(name, lance.uri(name), str(version))
-    if need == "trainer":
-        return load_trainer(duckdb, pool_ids, selection_model, log)
-    if need in SIMILARITIES or need in TASK_SCORES:
-        asset = REPRESENTATION_ASSETS[need].path[-1]
-        name = similarity_dataset(asset, grad_settings, selection_model)
-        similarity, ref = load_similarity(asset, lance, duckdb, pool_ids, name)
-        return (similarity, ref) if need in SIMILARITIES else (similarity.task_scores(), ref)
-    if need == "rds_queries":
-        return load_queries(lance, duckdb, rds_queries_dataset(selection_model.identity()["model_hash"]))
-    if need == "embed_queries":
-        return load_queries(lance, duckdb, SENTENCE_EMBEDDINGS)
-    if need in ("pool_gradients", "query_gradients"):
-        return load_gradients(lance, duckdb, pool_ids, grad_settings, need.split("_")[0])
-    if need == "less_scorer":
-        from dsel_assets.gradient_scorer import load_less_scorer
-
-        return load_less_scorer(lance, duckdb, pool_ids, grad_settings, selection_model)
-    if need == "labels":
-        return load_labels(duckdb, pool_ids)
-    if need in SCALARS:
-        table, expression = SCALARS[need]
-        table = score_table(table, template) if need in TEMPLATED else table
-        return load_scalars(duckdb, table, {need: expression}, pool_ids)[need], DatasetRef(
-            need, str(duckdb.database), table
-        )
-    if need == "uncertainty":
-        values = load_scalars(duckdb, "loss_scores", {c: c for c in UNCERTAINTY_COLUMNS}, pool_ids)
-        return values, DatasetRef("uncertainty", str(duckdb.database), "loss_scores")
-    if need == "less_scores":
-        scores, warmup = load_less_scores(duckdb, pool_ids)
-        return scores, DatasetRef("less_scores", str(duckdb.database), warmup)
-    vectors, version = load_vectors(lance, need, pool_ids)
-    return vectors, DatasetRef(need, lance.uri(need), str(version))
+    """(representation aligned to ``pool_ids``, its DatasetRef for lineage), by its declared loader;
+    IFDs under ``template``."""
+    context = representation_registry.LoadContext(
+        lance, duckdb, pool_ids, grad_settings, selection_model, log, embedding_settings, template
+    )
+    return representation_registry.load(need, context)
 
 
 def selection_asset_name(method: str) -> str:
@@ -307,7 +98,10 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
     key = selection_key(spec.name, representation)
     needs = representation_needs(spec.needs, representation)  # selector argument -> representation
     pinned = {"representation": representation} if len(method_representations(spec.config_cls)) > 1 else {}
-    deps = [pool, *dict.fromkeys(REPRESENTATION_ASSETS[need] for need in needs.values())]
+    deps = [
+        pool,
+        *dict.fromkeys(dg.AssetKey(representation_registry.representation(need).asset) for need in needs.values()),
+    ]
     on = f" On {REPRESENTATION_LABELS[representation]}." if representation in REPRESENTATION_LABELS else ""
     # trains the model between rounds, or computes gradients of the examples it draws
     runs_model = bool({"trainer", "less_scorer"} & set(spec.needs))
@@ -370,7 +164,8 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 template=getattr(method_config, "template", "chat"),
             )
             inputs.append(ref)
-        coverage = {n: covered_rows(representations[a]) for a, n in needs.items() if n in COVERAGE_CHECKED}
+        checked = {a: n for a, n in needs.items() if representation_registry.representation(n).coverage_checked}
+        coverage = {n: covered_rows(representations[a]) for a, n in checked.items()}
         for need, covered in coverage.items():
             if covered < len(pool_ids):
                 context.log.warning(f"{need} covers {covered} of {len(pool_ids)} pool rows")
@@ -472,7 +267,9 @@ def hash_config(params: dict) -> str:
 def available(spec: MethodSpec, representation: str | None = None) -> bool:
     """A method gets an asset (per representation) once every representation it needs has one
     (the others are registered, tested on synthetic inputs, and wired as their representations land)."""
-    return set(representation_needs(spec.needs, representation or LESS).values()) <= set(REPRESENTATION_ASSETS)
+    return set(representation_needs(spec.needs, representation or LESS).values()) <= set(
+        representation_registry.REPRESENTATION_SPECS
+    )
 
 
 selection_assets = [

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dagster as dg
 
 from dsel_assets.evaluation import EVALUATION
-from dsel_assets.gradients import MODELS, pool_grad_features
+from dsel_assets.gradients import MODELS
 from dsel_assets.pool import POOL, pool_batch, pool_batches
 from dsel_assets.reports import REPORTS
-from dsel_assets.representations import REPRESENTATIONS, model_embeddings, sentence_embeddings
-from dsel_assets.scores import greedy_scores, loss_scores, proxy_loss_scores
+from dsel_assets.representation_registry import per_batch_assets
+from dsel_assets.representations import REPRESENTATIONS
 from dsel_assets.selections import SELECTIONS
 
 #: Everything for one batch and the curation over the grown pool: ingestion -> warmup ->
@@ -26,14 +26,15 @@ default_job = dg.define_asset_job(
     description="Ingest a batch, compute its representations, re-select over the pool, report.",
 )
 
+#: What is computed per pool batch: the batch itself and the representations declared per batch
+#: (dsel_assets.representation_registry).
+PER_BATCH = dg.AssetSelection.assets(pool_batch, *per_batch_assets())
+
 #: One batch without re-curation: validate it, compute its per-example representations,
 #: update the pool version (new arrivals, query and eval sets).
 batch_job = dg.define_asset_job(
     "batch_job",
-    selection=dg.AssetSelection.groups(POOL)
-    | dg.AssetSelection.assets(
-        sentence_embeddings, model_embeddings, pool_grad_features, loss_scores, proxy_loss_scores, greedy_scores
-    ),
+    selection=dg.AssetSelection.groups(POOL) | PER_BATCH,
     partitions_def=pool_batches,
     description="Validate one batch, compute its per-example representations, update the pool.",
 )
@@ -42,16 +43,7 @@ batch_job = dg.define_asset_job(
 #: the report. ``dsel select`` runs its subsets; per-batch work goes through ``batch_job``.
 curation_job = dg.define_asset_job(
     "curation_job",
-    selection=dg.AssetSelection.all()
-    - dg.AssetSelection.assets(
-        pool_batch,
-        sentence_embeddings,
-        model_embeddings,
-        pool_grad_features,
-        loss_scores,
-        proxy_loss_scores,
-        greedy_scores,
-    ),
+    selection=dg.AssetSelection.all() - PER_BATCH,
     description="Pool-wide assets: warmup, pool-level representations, every selection, the report.",
 )
 

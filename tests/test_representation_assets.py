@@ -8,6 +8,7 @@ import numpy as np
 
 from dsel_assets import tables
 from dsel_assets.pool import pool, pool_batch, pool_batches
+from dsel_assets.representation_registry import UNCERTAINTY_COLUMNS
 from dsel_assets.representations import model_embeddings
 from dsel_assets.scores import (
     GREEDY_MAX_NEW_TOKENS,
@@ -79,12 +80,20 @@ def test_greedy_uncertainty_asset_scores_the_models_own_answers(home, local_reso
     with duckdb.connect(str(home.duckdb)) as conn:
         rows = conn.execute(
             "SELECT model, template, code_version, response_tokens, least_confidence, "
-            "loss_conditioned * response_tokens, reason FROM greedy_scores"
+            "loss_conditioned * response_tokens, reason, pool_id FROM greedy_scores ORDER BY pool_id"
         ).fetchall()
     assert {r[:3] for r in rows} == {("tiny", rows[0][1], "greedy_scores-1")}
-    for *_, tokens, least_confidence, loss_sum, reason in rows:  # greedy tokens are each the top-1 choice
+    for *_, tokens, least_confidence, loss_sum, reason, _ in rows:  # greedy tokens are each the top-1 choice
         assert (reason == "" and 0 < tokens <= GREEDY_MAX_NEW_TOKENS) or (tokens == 0 and "greedy" in reason)
         assert reason or abs(least_confidence - loss_sum) <= 1e-3 * abs(loss_sum)
+    # the declared representation of these scores loads them for a selection
+    pool_ids = [r[-1] for r in rows]
+    loaded, ref = load_representation(
+        "uncertainty_greedy", local_resources["lance"], local_resources["duckdb"], pool_ids, GradientSettings()
+    )
+    assert sorted(loaded) == sorted(UNCERTAINTY_COLUMNS)
+    assert (ref.name, ref.digest) == ("uncertainty_greedy", "greedy_scores")
+    np.testing.assert_allclose(loaded["least_confidence"], [np.nan if r[4] is None else r[4] for r in rows])
 
 
 def test_golden_score_resumes_and_keeps_its_anchor_set(home, local_resources, tmp_path):

@@ -1,0 +1,189 @@
+"""The representation registry is the one place a representation is named: every method's need
+is declared, every method module is registered, every declared asset exists, the ``dsel score``
+kinds and the per-batch jobs derived from it are what they were when they were hand-written."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dsel_assets import representation_registry
+from dsel_assets.code_location import build_definitions
+from dsel_assets.core.select import methods
+from dsel_assets.core.select import registry as method_registry
+from dsel_assets.core.select.random_sampling import RandomConfig
+from dsel_assets.core.select.registry import MethodSpec
+from dsel_assets.core.select.targeted import representation_needs, representations
+from dsel_assets.representation_registry import (
+    REPRESENTATION_SPECS,
+    LoadContext,
+    declare,
+    per_batch_assets,
+    representation,
+    score_kinds,
+)
+from resources.gradient_settings import GradientSettings
+
+SELECT_PACKAGE = Path(representation_registry.__file__).parent / "core" / "select"
+
+
+def undeclared_needs(specs: dict[str, MethodSpec]) -> list[str]:
+    """'method (representation): need' for every need no representation declares."""
+    return [
+        f"{name} ({variant}): {need!r} is not declared"
+        for name, spec in specs.items()
+        for variant in representations(spec.config_cls)
+        for need in representation_needs(spec.needs, variant).values()
+        if need not in REPRESENTATION_SPECS
+    ]
+
+
+def test_every_need_of_every_method_is_declared():
+    assert undeclared_needs(methods()) == []
+
+
+def test_an_undeclared_need_is_reported_with_its_method(monkeypatch):
+    fake = MethodSpec("fake_method", "diversity", ("no_such_rep",), RandomConfig, lambda *a: None, "fake", "none")
+    monkeypatch.setitem(method_registry._REGISTRY, "fake_method", fake)
+    assert undeclared_needs(methods()) == ["fake_method (less): 'no_such_rep' is not declared"]
+
+
+def registering_modules(package: Path) -> set[str]:
+    """Modules of ``package`` with a function decorated ``@register(...)``, as module names."""
+    found = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            decorators = getattr(node, "decorator_list", []) if isinstance(node, ast.FunctionDef) else []
+            calls = [d.func for d in decorators if isinstance(d, ast.Call)]
+            if any(getattr(f, "id", getattr(f, "attr", None)) == "register" for f in calls):
+                found.add(f"dsel_assets.core.select.{path.stem}")
+    return found
+
+
+def imported_by_methods_module() -> set[str]:
+    """The modules that ``core/select/_methods.py`` imports (so that each registers itself)."""
+    tree = ast.parse((SELECT_PACKAGE / "_methods.py").read_text())
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1]
+    return {f"dsel_assets.core.select.{alias.name}" for node in imports for alias in node.names}
+
+
+def test_every_method_module_is_imported_and_registered():
+    decorated = registering_modules(SELECT_PACKAGE)
+    assert decorated, "no @register(...) found: the scan is broken"
+    assert decorated - imported_by_methods_module() == set(), "method modules missing from core/select/_methods.py"
+    assert decorated == {spec.select.__module__ for spec in methods().values()}
+
+
+def test_the_module_scan_finds_a_method_file(tmp_path):
+    (tmp_path / "new_method.py").write_text(
+        "from .registry import register\n\n\n@register('new', family='diversity', config=C, description='', "
+        "reference='')\ndef select(ids, k, config):\n    return ids[:k]\n"
+    )
+    (tmp_path / "helper.py").write_text("def register_me():\n    pass\n")
+    assert registering_modules(tmp_path) == {"dsel_assets.core.select.new_method"}
+
+
+@pytest.fixture()
+def asset_graph(home):
+    return build_definitions(home, model="tiny").resolve_asset_graph()
+
+
+def test_declared_assets_exist_and_are_partitioned_as_declared(asset_graph):
+    keys = {key.to_user_string() for key in asset_graph.get_all_asset_keys()}
+    missing = {spec.name: spec.asset for spec in REPRESENTATION_SPECS.values() if spec.asset not in keys}
+    assert missing == {}
+    for spec in REPRESENTATION_SPECS.values():
+        partitioned = asset_graph.get(dg.AssetKey(spec.asset)).partitions_def is not None
+        assert partitioned == spec.per_batch, f"{spec.name}: per_batch={spec.per_batch}, asset {spec.asset}"
+
+
+#: ``dsel score`` as it was written by hand: kind -> (asset, settings it pins, asset --param configures).
+SCORE_KINDS_BEFORE = {
+    "sentence_embeddings": ("sentence_embeddings", (), "sentence_embeddings"),
+    "model_embeddings": ("model_embeddings", ("pooling",), "model_embeddings"),
+    "loss": ("loss_scores", (), "loss_scores"),
+    "uncertainty": ("loss_scores", (), "loss_scores"),
+    "uncertainty_greedy": ("greedy_scores", (), "greedy_scores"),
+    "proxy_loss": ("proxy_loss_scores", ("proxy_model",), "proxy_loss_scores"),
+    "quality": ("quality", (), "quality"),
+    "labels": ("labels", (), "labels"),
+    "learning_percentage": ("learning_percentage", ("proxy_model",), "learning_percentage"),
+    "golden": ("golden_score", (), "golden_score"),
+    "whisperer": ("whisperer_score", (), "whisperer_score"),
+    "pre_experienced_ifd": ("cherry_pre_experienced_scores", (), "cherry_pre_experienced_model"),
+}
+
+
+def test_cli_kinds_map_to_declared_assets(asset_graph):
+    from dsel_assets.cli import parser
+    from resources.settings import FLAGS
+
+    kinds = score_kinds()
+    derived = {kind: (s.asset, s.pinned, s.configured_by or s.asset) for kind, s in kinds.items()}
+    assert derived == SCORE_KINDS_BEFORE
+    keys = {key.to_user_string() for key in asset_graph.get_all_asset_keys()}
+    assert {s.configured_by for s in kinds.values() if s.configured_by} <= keys
+    assert {setting for s in kinds.values() for setting in s.pinned} <= set(FLAGS)
+    score = parser()._subparsers._group_actions[0].choices["score"]
+    choices = next(action.choices for action in score._actions if action.dest == "kind")
+    assert sorted(choices) == sorted(SCORE_KINDS_BEFORE)
+
+
+#: The per-batch assets that batch_job selected and curation_job left out when they were listed by hand.
+PER_BATCH_BEFORE = [
+    "sentence_embeddings",
+    "model_embeddings",
+    "pool_grad_features",
+    "loss_scores",
+    "proxy_loss_scores",
+    "greedy_scores",
+]
+
+
+def test_jobs_select_the_assets_they_selected_before(asset_graph):
+    from dsel_assets.pool import POOL
+    from jobs import batch_job, curation_job
+
+    assert sorted(per_batch_assets()) == sorted(PER_BATCH_BEFORE)
+    batch_before = dg.AssetSelection.groups(POOL) | dg.AssetSelection.assets(*PER_BATCH_BEFORE)
+    curation_before = dg.AssetSelection.all() - dg.AssetSelection.assets("pool_batch", *PER_BATCH_BEFORE)
+    for job, before in ((batch_job, batch_before), (curation_job, curation_before)):
+        assert job.selection.resolve(asset_graph) == before.resolve(asset_graph), job.name
+    assert len(batch_job.selection.resolve(asset_graph)) == len(PER_BATCH_BEFORE) + 2  # + pool_batch, pool
+
+
+def test_unknown_representation_names_the_known_ones():
+    with pytest.raises(KeyError, match="no_such_rep.*sentence_embeddings"):
+        representation("no_such_rep")
+
+
+def test_declare_refuses_conflicting_declarations(monkeypatch):
+    monkeypatch.setattr(representation_registry, "REPRESENTATION_SPECS", dict(REPRESENTATION_SPECS))
+    quality = representation("quality")
+    with pytest.raises(ValueError, match="already declared"):
+        declare("quality", "quality", quality.load, "again")
+    with pytest.raises(ValueError, match="cli_kind 'quality' is already quality's"):
+        declare("quality_again", "quality", quality.load, "again", cli_kind="quality")
+    with pytest.raises(ValueError, match="only apply to a cli_kind"):
+        declare("pinned_alone", "quality", quality.load, "pins", pinned=("pooling",))
+    with pytest.raises(ValueError, match="per_batch=True"):
+        declare("pool_wide_loss", "loss_scores", quality.load, "loss scores pool-wide")
+
+
+def test_only_templated_representations_load_under_the_methods_template(monkeypatch):
+    seen = {}
+
+    def recording(name):
+        return lambda ctx: (seen.setdefault(name, ctx.template), None)
+
+    for name in ("ifd", "quality"):
+        monkeypatch.setitem(REPRESENTATION_SPECS, name, dataclasses.replace(representation(name), load=recording(name)))
+    context = LoadContext(None, None, [], GradientSettings(), template="alpaca")
+    for name in ("ifd", "quality"):
+        representation_registry.load(name, context)
+    assert seen == {"ifd": "alpaca", "quality": "chat"}
+    assert {s.name for s in REPRESENTATION_SPECS.values() if s.templated} == {"ifd", "superfiltering_ifd"}
