@@ -316,7 +316,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from dsel_assets import tables
     from dsel_assets.core.select import build_config, get
     from dsel_assets.runs import materialize_closure
-    from dsel_assets.selections import available, selection_asset_name, selection_key
+    from dsel_assets.selections import available, selection_asset_name, selection_key, typed_params
     from dsel_assets.similarity import check_rds_pooling
 
     spec = get(args.method)
@@ -336,7 +336,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     if representation == "rds":  # before the pool is embedded with another pooling
         check_rds_pooling(defs.resources["model_embedding_settings"])
     target = AssetKey(selection_asset_name(key))
-    run_config = {"ops": {target.to_user_string(): {"config": {"budgets": args.budget, "params": params}}}}
+    config = {"budgets": args.budget, "params": typed_params(args.method, params)}
+    run_config = {"ops": {target.to_user_string(): {"config": config}}}
     materialize_closure(defs, DagsterInstance.get(), [target], run_config, only_missing=not changed)
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         summary = tables.frame(

@@ -18,7 +18,7 @@ from dsel_assets.core.select import Budget, build_config, get
 from dsel_assets.evaluation import BASE, eval_asset_name
 from dsel_assets.finetune import finetuned_asset_name
 from dsel_assets.runs import materialize_closure, materialize_only
-from dsel_assets.selections import available, seed_replicates, selection_asset_name
+from dsel_assets.selections import available, seed_replicates, selection_asset_name, typed_params
 
 METRICS = ("loss", "generation", "both")
 BASELINE = "random"
@@ -111,7 +111,7 @@ class ComparePlan:
             ops[selection_asset_name(method)] = {
                 "config": {
                     "budgets": self.budgets,
-                    "params": self.method_params(method),
+                    "params": typed_params(method, self.method_params(method)),
                     "seeds": self.selection_seeds(method),
                 }
             }

@@ -6,11 +6,13 @@ import hashlib
 import itertools
 import json
 import time
+import typing
 from datetime import datetime, timezone
 
 import dagster as dg
 import numpy as np
 import polars as pl
+import pydantic
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -44,10 +46,11 @@ def covered_rows(value) -> int:
 
 
 class SelectionConfig(dg.Config):
+    """What every selection asset takes; each asset's subclass adds its method's ``params``."""
+
     budgets: list[str] = Field(
         default=DEFAULT_BUDGETS, description="Budgets: counts (500), fractions (0.05) or percentages (5%)"
     )
-    params: dict[str, str] = Field(default={}, description="Method parameters by name (validated against the registry)")
     seeds: list[int] = Field(
         default=[],
         description="Selection seeds: one replicate per seed (methods with a 'seed' parameter, e.g. random); "
@@ -92,6 +95,30 @@ REPRESENTATION_LABELS = {
 }
 
 
+def selection_config_class(spec: MethodSpec, key: str, pinned: dict[str, str]) -> type[SelectionConfig]:
+    """The config of one selection asset: budgets, seeds, and the method's parameters as typed,
+    documented fields generated from its config dataclass (type, default, help), so the
+    launchpad shows and checks them; ``pinned`` values become the defaults."""
+    hints = typing.get_type_hints(spec.config_cls)
+    fields = {
+        f.name: (hints[f.name], Field(default=pinned.get(f.name, f.default), description=f.metadata.get("help", "")))
+        for f in dataclasses.fields(spec.config_cls)
+    }
+    title = "".join(part.capitalize() for part in key.split("_"))
+    params = pydantic.create_model(f"{title}Params", __base__=dg.Config, **fields)
+    described = Field(
+        default_factory=params, description=f"Parameters of {spec.name} (see docs/methods/{spec.name}.md)"
+    )
+    return pydantic.create_model(f"{title}SelectionConfig", __base__=SelectionConfig, params=(params, described))
+
+
+def typed_params(method: str, params: dict[str, object]) -> dict[str, object]:
+    """``params`` (e.g. ``--param`` strings) converted to the method's field types, for run
+    config; a wrong name or value fails here, naming the field."""
+    config = build_config(method, params)
+    return {name: getattr(config, name) for name in params}
+
+
 def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.AssetsDefinition:
     """The asset of one method on one representation: reads the pool and what the method needs
     under that representation (the similarity matrix and vectors standing in for gradients)."""
@@ -106,27 +133,11 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
     # trains the model between rounds, or computes gradients of the examples it draws
     runs_model = bool({"trainer", "less_scorer"} & set(spec.needs))
 
-    @dg.asset(
-        name=selection_asset_name(key),
-        deps=deps,
-        group_name=SELECTIONS,
-        code_version=f"{spec.name}-1",
-        kinds={"duckdb"},
-        description=f"{spec.description}{on} ({spec.reference})",
-        metadata={
-            "method": key,
-            "family": spec.family,
-            "needs": ", ".join(needs.values()) or "-",
-            **pinned,
-        },
-        # iterative methods train the model between rounds: out of the default job (see jobs/)
-        tags={"dsel/cost": "high"} if spec.family == "iterative" else None,
-        pool=GPU_POOL if runs_model else None,
-        op_tags=GPU_OP_TAGS if runs_model else None,
-    )
+    config_class = selection_config_class(spec, key, pinned)
+
     def _selection(
         context: dg.AssetExecutionContext,
-        config: SelectionConfig,
+        config: config_class,
         duckdb: DuckDBResource,
         lance: LanceStore,
         tracker: MlflowTracker,
@@ -134,7 +145,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
         selection_model: SelectionModel,
         model_embedding_settings: ModelEmbeddingSettings,
     ) -> dg.MaterializeResult:
-        method_config = build_config(spec.name, {**pinned, **config.params})
+        method_config = build_config(spec.name, config.params.model_dump())
         asked = vars(method_config).get("representation", representation)
         if asked != representation:
             raise ValueError(
@@ -244,7 +255,24 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
             data_version=dg.DataVersion(hash_config({**params, "inputs": [i.digest for i in inputs]})),
         )
 
-    return _selection
+    return dg.asset(
+        name=selection_asset_name(key),
+        deps=deps,
+        group_name=SELECTIONS,
+        code_version=f"{spec.name}-1",
+        kinds={"duckdb"},
+        description=f"{spec.description}{on} ({spec.reference})",
+        metadata={
+            "method": key,
+            "family": spec.family,
+            "needs": ", ".join(needs.values()) or "-",
+            **pinned,
+        },
+        # iterative methods train the model between rounds: out of the default job (see jobs/)
+        tags={"dsel/cost": "high"} if spec.family == "iterative" else None,
+        pool=GPU_POOL if runs_model else None,
+        op_tags=GPU_OP_TAGS if runs_model else None,
+    )(_selection)
 
 
 def seed_replicates(method_config, seeds: list[int]) -> list[tuple[int, object]]:

@@ -95,7 +95,7 @@ def test_inbox_new_batch_only_then_recuration(home, setup):
 
     # a first curation, with its own budgets: what re-curation must repeat
     curation = defs.resolve_job_def("curation_job")
-    config = {"ops": {"selection_random": {"config": {"budgets": ["3"], "params": {"seed": "7"}}}}}
+    config = {"ops": {"selection_random": {"config": {"budgets": ["3"], "params": {"seed": 7}}}}}
     assert curation.execute_in_process(
         instance=instance, asset_selection=[dg.AssetKey("selection_random")], run_config=config
     ).success
