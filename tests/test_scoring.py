@@ -56,7 +56,8 @@ def hand_turn(model, tokenizer, messages: list[dict], turn: int) -> dict[str, np
     }
 
 
-def test_losses_and_uncertainty_match_a_hand_computation(tiny):
+def test_losses_and_uncertainty_match_a_hand_computation(tiny, monkeypatch):
+    monkeypatch.setenv("DSEL_CPU_BF16", "0")  # the hand computation is strict fp32
     model, tokenizer = tiny
     messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue is a colour."}]
     hand = hand_turn(model, tokenizer, messages, 1)
@@ -73,7 +74,8 @@ def test_losses_and_uncertainty_match_a_hand_computation(tiny):
     assert scores.min_margin == pytest.approx(hand["margin"].min(), rel=1e-4, abs=1e-9)
 
 
-def test_multi_turn_is_token_weighted_and_truncation_is_excluded_with_reason(tiny):
+def test_multi_turn_is_token_weighted_and_truncation_is_excluded_with_reason(tiny, monkeypatch):
+    monkeypatch.setenv("DSEL_CPU_BF16", "0")  # the hand computation is strict fp32
     model, tokenizer = tiny
     two = [
         {"role": "user", "content": "Hi"},
@@ -375,3 +377,24 @@ def test_pre_experience_sample_takes_the_middle_perplexity_band_of_each_cluster(
     assert len(set(cluster[rows].tolist())) == 2 and len(rows) == 2
     with pytest.raises(ValueError, match="per_cluster"):
         pre_experience_sample(embeddings, perplexity, per_cluster=0)
+
+
+def test_bf16_scoring_stays_close_to_strict_fp32(tiny, monkeypatch):
+    """Where the CPU multiplies bf16 fast, scoring runs under bf16 autocast by default; its
+    losses and IFD stay within 2% of strict fp32 (the hand-computed path above)."""
+    import torch
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no fast bf16: scoring is strict fp32 anyway")
+    model, tokenizer = tiny
+    items = [
+        (str(i), [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+        for i, (q, a) in enumerate([("Name a colour.", "Blue is a colour."), ("Count to three.", "One, two, three.")])
+    ]
+    fast = dict(score_examples(model, tokenizer, items))
+    monkeypatch.setenv("DSEL_CPU_BF16", "0")
+    strict = dict(score_examples(model, tokenizer, items))
+    for key in strict:
+        for field in ("loss_conditioned", "loss_unconditioned", "ifd_loss_ratio"):
+            assert getattr(fast[key], field) == pytest.approx(getattr(strict[key], field), rel=0.02)
+        assert fast[key].loss_conditioned != strict[key].loss_conditioned  # bf16 did run
