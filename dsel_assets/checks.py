@@ -82,10 +82,12 @@ def selection_problems(rows: pl.DataFrame, pool_ids: Mapping[str, set[str]]) -> 
             if foreign:
                 problems.append(f"{budget}: {len(foreign)} ids not in pool version {version} (e.g. {foreign[0]})")
             for need, covered in diagnostics.get("coverage", {}).items():
-                if covered < len(known):
+                if not isinstance(covered, dict):  # written before coverage was recorded per batch
+                    problems.append(f"{budget}: {need} coverage in an older format; re-materialize the selection")
+                elif covered["batches_without_rows"]:
                     problems.append(
-                        f"{budget}: {need} covers {covered} of the {len(known)} rows of pool version {version}; "
-                        "compute it for every pool batch"
+                        f"{budget}: {need} has no row for pool batch(es) {covered['batches_without_rows']} of pool "
+                        f"version {version}; compute it for every pool batch"
                     )
     return problems
 

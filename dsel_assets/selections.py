@@ -36,13 +36,18 @@ SELECTIONS = "selections"
 DEFAULT_BUDGETS = ["5%", "10%"]
 
 
-def covered_rows(value) -> int:
-    """Pool rows for which a loaded representation has any finite value."""
+def coverage(value, batches: list[str]) -> dict:
+    """Pool rows for which a loaded representation has any finite value, and the pool batches
+    (one entry per pool row in ``batches``) where it has none: a batch never computed. Single
+    rows a representation excluded with a reason (e.g. truncation left no response token) are
+    accounted for by that representation's own check."""
     if isinstance(value, Influence):
         value = value.scores
     if isinstance(value, dict):
-        value = np.column_stack(list(value.values())) if value else np.empty((0, 0))
-    return int(np.isfinite(value).any(axis=1).sum()) if value.size else 0
+        value = np.column_stack(list(value.values())) if value else np.empty((len(batches), 0))
+    mask = np.isfinite(value).any(axis=1) if value.size else np.zeros(len(batches), dtype=bool)
+    covered = {batch for batch, has in zip(batches, mask.tolist(), strict=True) if has}
+    return {"rows": int(mask.sum()), "batches_without_rows": sorted(set(batches) - covered)}
 
 
 class SelectionConfig(dg.Config):
@@ -157,7 +162,9 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
         with duckdb.get_connection() as conn:
             tables.ensure_schema(conn)
             version, _ = tables.pool_version(conn)
-            frame = tables.frame(conn, "SELECT pool_id, task FROM examples WHERE split = 'pool' ORDER BY pool_id")
+            frame = tables.frame(
+                conn, "SELECT pool_id, task, batch FROM examples WHERE split = 'pool' ORDER BY pool_id"
+            )
         pool_ids = frame["pool_id"].to_list()
         if not pool_ids:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
@@ -176,10 +183,10 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
             )
             inputs.append(ref)
         checked = {a: n for a, n in needs.items() if representation_registry.representation(n).coverage_checked}
-        coverage = {n: covered_rows(representations[a]) for a, n in checked.items()}
-        for need, covered in coverage.items():
-            if covered < len(pool_ids):
-                context.log.warning(f"{need} covers {covered} of {len(pool_ids)} pool rows")
+        covered = {n: coverage(representations[a], frame["batch"].to_list()) for a, n in checked.items()}
+        for need, found in covered.items():
+            if found["rows"] < len(pool_ids):
+                context.log.warning(f"{need} covers {found['rows']} of {len(pool_ids)} pool rows")
         params = {
             "method": key,
             "budgets": ",".join(b.label for b in budgets),
@@ -199,8 +206,8 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 selection.diagnostics.update(  # FL coverage and NovelSum on sentence embeddings, or why not
                     set_measures(pool_ids, selection.ids, lambda: load_vectors(lance, SENTENCE_EMBEDDINGS, pool_ids)[0])
                 )
-                if coverage:
-                    selection.diagnostics["coverage"] = coverage
+                if covered:
+                    selection.diagnostics["coverage"] = covered
                 trainer = representations.get("trainer")
                 if trainer is not None:  # each training round of an iterative method: a nested MLflow run
                     for entry in trainer.history:
