@@ -22,6 +22,7 @@ from dsel_assets.code_location import build_definitions
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.evaluation import EVAL_SQL
 from dsel_assets.pool import pool_batches
+from dsel_assets.selections import coverage
 
 from .helpers import write_jsonl
 
@@ -40,6 +41,26 @@ def selection_rows(ids, k=3, eligible=5, diagnostics="{}", version="v1") -> pl.D
             "diagnostics": diagnostics,
         }
     )
+
+
+def test_selection_coverage_is_judged_per_pool_batch():
+    """A representation missing a whole pool batch (never computed) fails the selection; rows it
+    excluded one by one with a reason (truncation) do not, and an old count-only record asks
+    for a re-materialization."""
+    pool = {"v1": set(IDS)}
+    excluded_rows = {"less_scores": {"rows": 4, "batches_without_rows": []}}
+    assert selection_problems(selection_rows(IDS[:3], diagnostics=json.dumps({"coverage": excluded_rows})), pool) == []
+    missing = {"influence": {"rows": 3, "batches_without_rows": ["new-pool-abc"]}}
+    problems = selection_problems(selection_rows(IDS[:3], diagnostics=json.dumps({"coverage": missing})), pool)
+    assert len(problems) == 1 and "influence has no row for pool batch(es) ['new-pool-abc']" in problems[0]
+    old = selection_problems(selection_rows(IDS[:3], diagnostics=json.dumps({"coverage": {"influence": 5}})), pool)
+    assert old and "older format" in old[0]
+
+
+def test_coverage_names_the_batches_without_rows():
+    scores = np.array([[0.1, np.nan], [np.nan, np.nan], [np.nan, np.nan], [0.3, 0.2]])
+    assert coverage(scores, ["a", "a", "b", "c"]) == {"rows": 2, "batches_without_rows": ["b"]}
+    assert coverage({"math": np.full(2, np.nan)}, ["a", "b"]) == {"rows": 0, "batches_without_rows": ["a", "b"]}
 
 
 def test_selection_problems():
