@@ -134,7 +134,8 @@ def main() -> int:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--seeds", type=int, default=2, help="training seeds per selection")
     p.add_argument("--random-seeds", type=int, default=3, help="selection seeds of random")
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (1 fits the 2-hour budget on 2 cores)")
+    p.add_argument("--with-base", action="store_true", help="also evaluate the untouched model (+2 min)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per training example (warmup, fine-tune)")
     p.add_argument("--eval-max-length", type=int, default=512, help="tokens per eval example")
     p.add_argument("--warmup-epochs", type=int, default=1, help="LESS warmup epochs (one checkpoint each)")
@@ -182,6 +183,7 @@ def main() -> int:
         f"warmup_checkpoint.max_length={args.max_length}",
         "--model",
         args.model,
+        *([] if args.with_base else ["--no-base"]),
     )
     print(
         f"\nsettings: pool {sum(counts.values())}, query {args.query_size}/target, eval {args.eval_size}/target, "
