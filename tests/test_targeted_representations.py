@@ -189,7 +189,8 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
         with duckdb.connect(str(home.duckdb), read_only=True) as conn:
             rows = tables.frame(conn, "SELECT pool_id, diagnostics, config FROM selections WHERE method = ?", [method])
         assert set(rows["pool_id"]) == set(copy_ids), method
-        assert json.loads(rows["diagnostics"][0])["coverage"] == {name: len(pool_ids)}  # checked like influence
+        coverage = json.loads(rows["diagnostics"][0])["coverage"]  # checked like influence
+        assert coverage == {name: {"rows": len(pool_ids), "batches_without_rows": []}}
         assert json.loads(rows["config"][0])["representation"] == name.split("_")[0]
     with duckdb.connect(str(home.duckdb)) as conn:  # the report shows each (method, representation) apart
         report = selection_report_frame(conn, resources["lance"])
