@@ -20,7 +20,7 @@ from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_sample, evaluate, summarize
 from dsel_assets.core.models.finetune import load_finetuned
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
-from dsel_assets.finetune import FINETUNED_SQL, finetuned_assets
+from dsel_assets.finetune import FINETUNED_SQL, finetuned_assets, model_label
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from resources.models import SelectionModel
@@ -125,7 +125,7 @@ def evaluate_models(
     with tracker.run(context, params=params, inputs=inputs) as run:
         started_all, scored = time.perf_counter(), 0
         for position, (model_key, budget, path, train_size, selection_seed, seed) in enumerate(models):
-            label = f"{method}@{budget}" + (f"#sel{selection_seed}" if selection_seed else "") + f"/seed{seed}"
+            label = model_label(method, budget, selection_seed, seed)
             eval_key = hashlib.sha256(f"{model_key}/{eval_version}/{code_version}".encode()).hexdigest()[:16]
             if eval_key in done:
                 context.log.info(f"{label}: eval {eval_key} already stored; reused")

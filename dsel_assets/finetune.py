@@ -66,6 +66,11 @@ class FinetuneRunConfig(dg.Config):
         )
 
 
+def model_label(method: str, budget: str, selection_seed: int, seed: int) -> str:
+    """How logs and MLflow runs name one model: method@budget[#sel<selection seed>]/seed<training seed>."""
+    return f"{method}@{budget}" + (f"#sel{selection_seed}" if selection_seed else "") + f"/seed{seed}"
+
+
 def finetuned_asset_name(method: str) -> str:
     return f"finetuned_{method}"
 
@@ -131,7 +136,7 @@ def train_models(
         for done, (budget, selection_seed, seed) in enumerate(plan):
             core = config.to_core(seed)
             ids, pool_version = sets[budget, selection_seed]
-            label = f"{method}@{budget}" + (f"#sel{selection_seed}" if selection_seed else "") + f"/seed{seed}"
+            label = model_label(method, budget, selection_seed, seed)
             sel_version = selection_version(method, budget, ids, pool_version)
             key = model_key(core, sel_version, identity["model_hash"], code_version)
             out_dir = home.paths.models / "finetuned" / key
