@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from filelock import FileLock
 from pydantic import Field
 
 
@@ -77,10 +78,17 @@ class DselHome:
         """Point ``DAGSTER_HOME`` at ``dagster/`` so runs and events persist across sessions."""
         self.ensure()
         config = self.dagster / "dagster.yaml"
-        if not config.exists():  # one model-running step at a time: the "gpu" pool (dsel_assets/deployment.py)
-            config.write_text(
-                "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n", encoding="utf-8"
-            )
+        # one process creates the instance's SQLite storages: two commands starting together on a
+        # fresh home would otherwise both stamp their alembic version tables
+        with FileLock(str(self.dagster / ".init.lock"), timeout=300):
+            if not config.exists():  # one model-running step at a time: the "gpu" pool (dsel_assets/deployment.py)
+                config.write_text(
+                    "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n", encoding="utf-8"
+                )
+            ready = self.dagster / ".storage-ready"  # written once every storage exists
+            if not ready.exists():
+                dg.DagsterInstance.from_config(str(self.dagster)).dispose()
+                ready.touch()
         os.environ["DAGSTER_HOME"] = str(self.dagster)
 
 
