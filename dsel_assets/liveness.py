@@ -175,7 +175,7 @@ def reap_for_cli(home: str | None) -> None:
     from resources.home import DselHome  # not at import time: ``resources`` imports much of dsel_assets
 
     paths = DselHome(Path(home).expanduser().resolve()) if home else DselHome.from_env()
-    if not (paths.dagster / "dagster.yaml").exists():
+    if not paths.dagster_ready.exists():  # no instance yet, or another command is creating it
         return
     # not ``with``: entering an instance sets Dagster's process-wide definitions-state storage,
     # which must never outlive this short-lived instance

@@ -54,6 +54,11 @@ class DselHome:
         return self.root / "dagster"
 
     @property
+    def dagster_ready(self) -> Path:
+        """Marker written once the Dagster instance's storages exist (see ``use_as_dagster_home``)."""
+        return self.dagster / ".storage-ready"
+
+    @property
     def raw(self) -> Path:
         """Content-addressed copies of every ingested file (``raw/<sha256>/<name>``)."""
         return self.root / "raw"
@@ -85,10 +90,9 @@ class DselHome:
                 config.write_text(
                     "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n", encoding="utf-8"
                 )
-            ready = self.dagster / ".storage-ready"  # written once every storage exists
-            if not ready.exists():
+            if not self.dagster_ready.exists():
                 dg.DagsterInstance.from_config(str(self.dagster)).dispose()
-                ready.touch()
+                self.dagster_ready.touch()
         os.environ["DAGSTER_HOME"] = str(self.dagster)
 
 
