@@ -139,6 +139,11 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=256, help="tokens per training example (warmup, fine-tune)")
     p.add_argument("--eval-max-length", type=int, default=512, help="tokens per eval example")
     p.add_argument("--warmup-epochs", type=int, default=1, help="LESS warmup epochs (one checkpoint each)")
+    p.add_argument(
+        "--grad-compute-dtype",
+        default="bfloat16",
+        help="forward/backward precision of the LESS gradient features (bfloat16: LESS's own; auto: dsel's default)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--home", help="state home (default: a fresh temporary directory)")
     args = p.parse_args()
@@ -152,6 +157,7 @@ def main() -> int:
     counts, removed = stratified_pool(args.pool_size, data, args.seed, banned)
     print(f"pool subsample: {sum(counts.values())} records {counts}; {removed} pool rows share a code target prompt")
     os.environ.setdefault("DSEL_MAX_CONCURRENT", "1")  # two cores: one model step at a time
+    os.environ["DSEL_GRAD_COMPUTE_DTYPE"] = args.grad_compute_dtype
     for path, task, split in files:  # query and eval sets first: a pool copy of one of theirs is quarantined
         dsel(home, "ingest", str(path), "--split", split, "--task", task, "--model", args.model)
     dsel(home, "ingest", str(data / "pool"), "--model", args.model)
@@ -189,7 +195,8 @@ def main() -> int:
         f"\nsettings: pool {sum(counts.values())}, query {args.query_size}/target, eval {args.eval_size}/target, "
         f"budget {budget}, methods {' '.join(args.methods)}, training seeds {args.seeds}, random selection seeds "
         f"{args.random_seeds}, model {args.model}, fine-tune epochs {args.epochs}, max length {args.max_length} "
-        f"(eval {args.eval_max_length}), warmup epochs {args.warmup_epochs}"
+        f"(eval {args.eval_max_length}), warmup epochs {args.warmup_epochs}, gradient precision "
+        f"{args.grad_compute_dtype}"
     )
     print(f"wall time: {time.perf_counter() - started:.0f}s; state home: {home}")
     return 0

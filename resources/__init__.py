@@ -6,6 +6,8 @@ import os
 
 from dagster_duckdb import DuckDBResource
 
+from dsel_assets.core.models.features import COMPUTE_DTYPES
+
 from .gradient_settings import GradientSettings
 from .home import DselHome, StateHome
 from .inbox import InboxSettings
@@ -43,6 +45,9 @@ def build_resources(
     On a cluster ``DSEL_LANCE_URI`` (e.g. ``s3://bucket/dsel/lance``), ``DSEL_MLFLOW_URI`` (an
     MLflow server) and ``DSEL_MLFLOW_ARTIFACTS`` move Lance and MLflow off the home (deploy/)."""
     home.ensure()
+    compute_dtype = os.environ.get("DSEL_GRAD_COMPUTE_DTYPE", "auto")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"DSEL_GRAD_COMPUTE_DTYPE: {compute_dtype!r} is not one of {list(COMPUTE_DTYPES)}")
     return {
         "home": StateHome(root=str(home.root)),
         "duckdb": DuckDBResource(database=str(home.duckdb)),
@@ -58,7 +63,7 @@ def build_resources(
         "target_model": SelectionModel(model=target_model or model, device=device),
         "embedder": SentenceEmbedder(device=device, progress=progress),
         "model_embedding_settings": ModelEmbeddingSettings(pooling=pooling or os.environ.get("DSEL_POOLING", "mean")),
-        "grad_settings": GradientSettings(dim=grad_dim, progress=progress),
+        "grad_settings": GradientSettings(dim=grad_dim, progress=progress, compute_dtype=compute_dtype),
         "inbox_settings": InboxSettings.from_env(home),
         "ingest_limits": IngestLimits.from_env(),
     }

@@ -55,7 +55,9 @@ class FeatureConfig:
     )
     max_length: int = field(default=512, metadata={"help": "tokens per example (right-truncated)"})
     batch_size: int = field(default=8, metadata={"help": "examples per backward pass"})
-    max_batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per backward pass"})
+    max_batch_tokens: int = field(
+        default=1024, metadata={"help": "padded tokens per backward pass (~1k stays in CPU cache)"}
+    )
     chunk: int = field(default=128, metadata={"help": "examples per projection call and per write"})
     textbook_adam: bool = field(default=False, metadata={"help": "sqrt(v)+eps instead of sqrt(v+eps)"})
 
