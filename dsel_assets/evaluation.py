@@ -20,7 +20,7 @@ from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_sample, evaluate, summarize
 from dsel_assets.core.models.finetune import load_finetuned
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
-from dsel_assets.finetune import FINETUNED_SQL, finetuned_assets, model_label
+from dsel_assets.finetune import finetuned_assets, model_label
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from resources.models import SelectionModel
@@ -28,15 +28,6 @@ from resources.tracking import DatasetRef, MlflowTracker
 
 EVALUATION = "evaluation"
 BASE = "base"
-EVAL_SQL = """
-CREATE TABLE IF NOT EXISTS eval_scores (
-    eval_key VARCHAR, model_key VARCHAR, method VARCHAR, budget VARCHAR, train_size INTEGER, task VARCHAR,
-    metric VARCHAR, n INTEGER, score DOUBLE, loss DOUBLE, eval_version VARCHAR, mlflow_run_id VARCHAR,
-    created_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS eval_examples (
-    eval_key VARCHAR, model_key VARCHAR, method VARCHAR, budget VARCHAR, pool_id VARCHAR, task VARCHAR,
-    metric VARCHAR, score DOUBLE, loss DOUBLE, prediction VARCHAR, reason VARCHAR);
-"""
 
 
 class EvalRunConfig(dg.Config):
@@ -109,8 +100,6 @@ def evaluate_models(
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
     with duckdb.get_connection() as conn:
         tables.ensure_schema(conn)
-        conn.execute(FINETUNED_SQL)
-        conn.execute(EVAL_SQL)
         sample, eval_version, contaminated = load_eval_set(conn, list(config.tasks), core)
         if method == BASE:
             models = [(f"base-{identity['model_hash']}", "0", None, 0, 0, 0)]

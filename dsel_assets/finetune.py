@@ -30,12 +30,6 @@ FULL_POOL = "full_pool"
 FULL_BUDGET = "100pct"
 #: Methods whose models the default job trains (the rest: curation_job, the UI, ``dsel finetune``).
 DEFAULT_FINETUNED = ("random", "less")
-FINETUNED_SQL = """CREATE TABLE IF NOT EXISTS finetuned_models (
-    model_key VARCHAR, method VARCHAR, budget VARCHAR, selection_version VARCHAR, pool_version VARCHAR,
-    path VARCHAR, base_model VARCHAR, base_model_hash VARCHAR, config VARCHAR, examples INTEGER,
-    final_loss DOUBLE, mlflow_run_id VARCHAR, created_at TIMESTAMP);
-ALTER TABLE finetuned_models ADD COLUMN IF NOT EXISTS selection_seed INTEGER DEFAULT 0;
-ALTER TABLE finetuned_models ADD COLUMN IF NOT EXISTS seed INTEGER DEFAULT 0;"""
 
 
 class FinetuneRunConfig(dg.Config):
@@ -119,7 +113,6 @@ def train_models(
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
     with duckdb.get_connection() as conn:
         tables.ensure_schema(conn)
-        conn.execute(FINETUNED_SQL)
         sets = _training_sets(conn, method, list(config.budgets))
         wanted = sorted({pid for ids, _ in sets.values() for pid in ids})
         messages = tables.frame(

@@ -35,9 +35,6 @@ from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
 
 MODELS = "models"
-WARMUPS_SQL = """CREATE TABLE IF NOT EXISTS warmups (
-    warmup VARCHAR PRIMARY KEY, path VARCHAR, pool_version VARCHAR, model VARCHAR, model_hash VARCHAR,
-    config VARCHAR, created_at TIMESTAMP)"""
 INFLUENCE = "influence"
 
 
@@ -67,7 +64,7 @@ class GradFeaturesConfig(dg.Config):
 
 def latest_warmup(conn) -> tuple[str, Path, dict]:
     """(key, directory, manifest) of the most recent warmup."""
-    conn.execute(WARMUPS_SQL)
+    tables.ensure_schema(conn)
     row = tables.one(conn, "SELECT warmup, path FROM warmups ORDER BY created_at DESC LIMIT 1")
     if row is None:
         raise RuntimeError("warmup: none yet; materialize warmup_checkpoint first")
@@ -128,7 +125,7 @@ def warmup_checkpoint(
             run.log_metrics({"loss": point["loss"], "lr": point["lr"]}, step=point["step"])
         run.log_artifact(str(out_dir / "manifest.json"))
     with duckdb.get_connection() as conn:
-        conn.execute(WARMUPS_SQL)
+        tables.ensure_schema(conn)
         conn.execute("DELETE FROM warmups WHERE warmup = ?", [key])
         conn.execute(
             "INSERT INTO warmups VALUES (?, ?, ?, ?, ?, ?, now())",

@@ -27,8 +27,9 @@ from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
 from dsel_assets.representation_registry import load_scalars
 from dsel_assets.representations import REPRESENTATIONS, model_embeddings
-from dsel_assets.scores import CHUNK, SCORES_SQL, loss_scores, score_frame, template_hash
+from dsel_assets.scores import CHUNK, loss_scores, score_frame, template_hash
 from dsel_assets.similarity import load_vectors
+from dsel_assets.store import schema
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -177,8 +178,7 @@ def cherry_pre_experienced_scores(
         if found is None:
             raise RuntimeError(f"{PRE_EXPERIENCED_MODEL}: no adapter yet; materialize it first")
         adapter, path = found
-        conn.execute(SCORES_SQL.format(table=PRE_EXPERIENCED_SCORES))
-        conn.execute(f"ALTER TABLE {PRE_EXPERIENCED_SCORES} ADD COLUMN IF NOT EXISTS adapter VARCHAR")
+        schema.ensure_score_table(conn, PRE_EXPERIENCED_SCORES, extra=(schema.Column("adapter", "text"),))
         rows = tables.frame(conn, "SELECT pool_id, batch, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
         done = {
             r[0]

@@ -15,8 +15,7 @@ from pydantic import Field
 from dsel_assets import tables
 from dsel_assets.core.select.diagnostics import summarize
 from dsel_assets.core.stats import comparison_table
-from dsel_assets.evaluation import BASE, EVAL_SQL, eval_assets
-from dsel_assets.finetune import FINETUNED_SQL
+from dsel_assets.evaluation import BASE, eval_assets
 from dsel_assets.metadata import markdown_table
 from dsel_assets.report_html import (
     plot_budget_curves,
@@ -146,8 +145,7 @@ class ComparisonConfig(dg.Config):
 def comparison_rows(conn, tasks: list[str], methods: list[str]) -> pl.DataFrame:
     """One row per (current model, eval example): the models of ``finetuned_models`` and the
     untouched base model, with their selection and training seeds and selection size."""
-    conn.execute(EVAL_SQL)
-    conn.execute(FINETUNED_SQL)
+    tables.ensure_schema(conn)
     rows = tables.frame(
         conn,
         """SELECT e.method, e.budget,

@@ -31,22 +31,13 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS
+from dsel_assets.store import schema
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
 
 SCORE_COLUMNS = list(ExampleScores.__dataclass_fields__)
-# the ALTER adds the scoring template to tables made before it was stored (all their rows are chat)
-SCORES_SQL = """CREATE TABLE IF NOT EXISTS {table} (
-    pool_id VARCHAR, batch VARCHAR, model VARCHAR, model_hash VARCHAR, template VARCHAR, code_version VARCHAR,
-    loss_conditioned DOUBLE, loss_unconditioned DOUBLE, ppl_conditioned DOUBLE, ifd_loss_ratio DOUBLE,
-    ifd_ppl_ratio DOUBLE, mean_entropy DOUBLE, least_confidence DOUBLE, mean_margin DOUBLE, min_margin DOUBLE,
-    response_tokens INTEGER, reason VARCHAR, prompt_template VARCHAR);
-    ALTER TABLE {table} ADD COLUMN IF NOT EXISTS prompt_template VARCHAR DEFAULT 'chat'"""
 CHUNK = 128
-GOLDEN_SQL = """CREATE TABLE IF NOT EXISTS golden_score (
-    pool_id VARCHAR, golden_score DOUBLE, reason VARCHAR, anchors INTEGER, anchor_set VARCHAR, model VARCHAR,
-    model_hash VARCHAR, template VARCHAR, code_version VARCHAR)"""
 SCORING_VERSION = "1"  # of score_examples: rows of the same version, model and template are interchangeable
 GREEDY_MAX_NEW_TOKENS = 128  # length cap of the greedy generations that greedy_scores is scored on
 
@@ -129,7 +120,7 @@ def build_score_asset(
         code_version = context.assets_def.code_versions_by_key[context.asset_key]
         key = [batch, identity["model_hash"], code_version, config.template]
         with duckdb.get_connection() as conn:
-            conn.execute(SCORES_SQL.format(table=table))
+            schema.ensure_score_table(conn, table)
             manifest = tables.get_batch(conn, batch)
             rows = tables.frame(
                 conn,
@@ -251,7 +242,7 @@ greedy_scores = build_score_asset(
 def quality(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: MlflowTracker) -> dg.MaterializeResult:
     """Which source each value came from is stored beside it (``how``)."""
     with duckdb.get_connection() as conn:
-        conn.execute(SCORES_SQL.format(table="loss_scores"))
+        schema.ensure_score_table(conn, "loss_scores")
         conn.execute(
             """CREATE OR REPLACE TABLE quality AS
                SELECT e.pool_id,
@@ -463,7 +454,7 @@ def golden_score(
         )
         if not tables.scalar(conn, columns):  # a table from before scores carried their anchor set: not reusable
             conn.execute("DROP TABLE IF EXISTS golden_score")
-        conn.execute(GOLDEN_SQL)
+        tables.ensure_schema(conn)
         done = {
             r[0]
             for r in conn.execute(

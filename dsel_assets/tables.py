@@ -23,32 +23,7 @@ import duckdb
 import polars as pl
 import psutil
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    batch VARCHAR PRIMARY KEY, source VARCHAR, task VARCHAR, split VARCHAR,
-    fmt VARCHAR, layout VARCHAR, mapping VARCHAR, original_path VARCHAR, stored_path VARCHAR,
-    sha256 VARCHAR, size_bytes BIGINT, registered_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS examples (
-    pool_id VARCHAR, batch VARCHAR, split VARCHAR, source VARCHAR, task VARCHAR,
-    messages STRUCT(role VARCHAR, content VARCHAR)[], n_turns INTEGER, n_tokens INTEGER,
-    file_path VARCHAR, file_sha256 VARCHAR, position BIGINT, raw VARCHAR, meta VARCHAR
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    batch VARCHAR, file_path VARCHAR, file_sha256 VARCHAR, position BIGINT,
-    reason VARCHAR, detail VARCHAR, raw VARCHAR
-);
-CREATE TABLE IF NOT EXISTS pool_versions (
-    pool_version VARCHAR, batches VARCHAR[], n_examples BIGINT, created_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS selections (
-    method VARCHAR, budget VARCHAR, k INTEGER, eligible INTEGER, rank INTEGER, pool_id VARCHAR, score DOUBLE,
-    pool_version VARCHAR, config VARCHAR, diagnostics VARCHAR, mlflow_run_id VARCHAR, created_at TIMESTAMP
-);
-ALTER TABLE batches ADD COLUMN IF NOT EXISTS validated_at TIMESTAMP;
-ALTER TABLE batches ADD COLUMN IF NOT EXISTS error VARCHAR;
-ALTER TABLE selections ADD COLUMN IF NOT EXISTS selection_seed INTEGER DEFAULT 0;
-"""
+from dsel_assets.store import schema
 
 SPLITS = ("pool", "query", "eval")
 _KEY_CHARS = re.compile(r"[^a-z0-9_-]+")
@@ -93,19 +68,8 @@ def connect(
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create the tables, and migrate a store from before batch states: a batch with rows
-    was validated when it was registered."""
-    migrating = one(
-        conn,
-        """SELECT count(*) FROM duckdb_tables() t WHERE t.table_name = 'batches' AND NOT EXISTS
-           (SELECT 1 FROM duckdb_columns() c WHERE c.table_name = 'batches' AND c.column_name = 'validated_at')""",
-    )[0]
-    conn.execute(SCHEMA)
-    if migrating:
-        conn.execute(
-            """UPDATE batches SET validated_at = registered_at WHERE batch IN
-               (SELECT batch FROM examples UNION SELECT batch FROM quarantine)"""
-        )
+    """Bring the state database to the current schema (``dsel_assets.store.schema``)."""
+    schema.migrate(conn)
 
 
 def one(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:

@@ -1,7 +1,9 @@
-"""Lance datasets for per-example representations: one dataset per asset under ``lance/``."""
+"""Lance datasets for per-example representations: one dataset per asset under ``lance/``, or
+under an object-store URI (``DSEL_LANCE_URI=s3://bucket/prefix``) on a cluster."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -17,6 +19,34 @@ def _checked(kind: str, value: str) -> str:
     if not _SAFE_NAME.match(value):
         raise ValueError(f"{kind}: {value!r} must match {_SAFE_NAME.pattern}")
     return value
+
+
+#: Lance storage option -> environment variables read for it (first set wins); read at each
+#: call, never stored in the resource's config, so credentials stay out of the Dagster UI.
+S3_ENVIRONMENT = {
+    "aws_endpoint": ("DSEL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "aws_access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "aws_session_token": ("AWS_SESSION_TOKEN",),
+}
+
+
+def storage_options(uri: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Lance's storage options for ``uri`` from the environment: S3 endpoint, region and
+    credentials for ``s3://`` (plain-HTTP endpoints allowed, as a local S3-compatible server
+    uses); nothing for local paths."""
+    if not uri.startswith("s3://"):
+        return {}
+    environ = os.environ if environ is None else environ
+    options = {}
+    for option, variables in S3_ENVIRONMENT.items():
+        value = next((environ[v] for v in variables if environ.get(v)), None)
+        if value:
+            options[option] = value
+    if options.get("aws_endpoint", "").startswith("http://"):
+        options["allow_http"] = "true"
+    return options
 
 
 def _literal(value: str | int) -> str:
@@ -42,6 +72,10 @@ class LanceStore(dg.ConfigurableResource):
     def uri(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{_checked('dataset', name)}.lance"
 
+    @property
+    def options(self) -> dict[str, str]:
+        return storage_options(self.root)
+
     def exists(self, name: str) -> bool:
         return Path(self.uri(name)).exists() if "://" not in self.root else self._open(name) is not None
 
@@ -49,7 +83,7 @@ class LanceStore(dg.ConfigurableResource):
         import lance
 
         try:
-            return lance.dataset(self.uri(name))
+            return lance.dataset(self.uri(name), storage_options=self.options)
         except (FileNotFoundError, ValueError, OSError):
             return None
 
@@ -78,7 +112,7 @@ class LanceStore(dg.ConfigurableResource):
             raise ValueError(f"table: rows must all belong to partition {partition!r}")
         ds = self._open(name)
         if ds is None:
-            return lance.write_dataset(table, self.uri(name), mode="create").version
+            return lance.write_dataset(table, self.uri(name), mode="create", storage_options=self.options).version
         (
             ds.merge_insert(key)
             .when_matched_update_all()
@@ -94,7 +128,7 @@ class LanceStore(dg.ConfigurableResource):
 
         ds = self._open(name)
         if ds is None:
-            return lance.write_dataset(table, self.uri(name), mode="create").version
+            return lance.write_dataset(table, self.uri(name), mode="create", storage_options=self.options).version
         ds.merge_insert(on).when_matched_update_all().when_not_matched_insert_all().execute(table)
         return self._open(name).version
 
@@ -102,7 +136,7 @@ class LanceStore(dg.ConfigurableResource):
         """Replace the whole dataset in one commit (older versions stay readable)."""
         import lance
 
-        return lance.write_dataset(table, self.uri(name), mode="overwrite").version
+        return lance.write_dataset(table, self.uri(name), mode="overwrite", storage_options=self.options).version
 
     def delete(self, name: str, equal: dict[str, str | int], not_in: tuple[str, list[str]] | None = None) -> int | None:
         """Delete rows matching ``equal`` (and whose ``not_in`` column is outside the list)."""
@@ -134,7 +168,7 @@ class LanceStore(dg.ConfigurableResource):
         pinned version)."""
         import lance
 
-        ds = lance.dataset(self.uri(name), version=version)
+        ds = lance.dataset(self.uri(name), version=version, storage_options=self.options)
         flt = where(equal)
         if partitions is not None:
             if not partitions:

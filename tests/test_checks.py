@@ -20,7 +20,6 @@ from dsel_assets.checks import (
 )
 from dsel_assets.code_location import build_definitions
 from dsel_assets.core.data.validate import validate_file
-from dsel_assets.evaluation import EVAL_SQL
 from dsel_assets.pool import pool_batches
 from dsel_assets.selections import coverage
 
@@ -138,7 +137,7 @@ def test_eval_disjointness_by_content(home, tmp_path):
             "INSERT INTO selections (method, budget, rank, pool_id) VALUES ('random', '1', 0, ?)", [ids["pool"][0]]
         )
         # what the eval assets scored: every eval row, as if none had been left out before scoring
-        conn.execute(EVAL_SQL)
+        tables.ensure_schema(conn)  # the eval tables
         for method in ("base", "random"):
             for pid in ids["eval"]:
                 conn.execute("INSERT INTO eval_examples (method, pool_id) VALUES (?, ?)", [method, pid])

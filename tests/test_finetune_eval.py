@@ -236,9 +236,6 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
     """less's loss is random's minus 0.5 on every example and seed: the paired difference is
     exactly -0.5, its CI within the seed offsets' reach and the verdict 'better'; the equal task
     says 'no detectable difference'."""
-    from dsel_assets.evaluation import EVAL_SQL
-    from dsel_assets.finetune import FINETUNED_SQL
-
     models, examples = [], []
     for method, selection_seeds in (("random", (0, 1)), ("less", (0,))):
         for selection_seed in selection_seeds:
@@ -262,8 +259,6 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
                         )
     with duckdb.connect(str(home.duckdb)) as conn:
         tables.ensure_schema(conn)
-        conn.execute(EVAL_SQL)
-        conn.execute(FINETUNED_SQL)
         conn.register("models", pl.DataFrame(models, schema_overrides={"selection_seed": pl.Int32, "seed": pl.Int32}))
         conn.execute("INSERT INTO finetuned_models BY NAME SELECT * FROM models")
         conn.register("rows", pl.DataFrame(examples, schema_overrides={"metric": pl.String, "score": pl.Float64}))
