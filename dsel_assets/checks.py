@@ -31,6 +31,7 @@ from dsel_assets.pool import pool_batches
 from dsel_assets.representations import SENTENCE_EMBEDDINGS, sentence_embeddings, vector_matrix
 from dsel_assets.scores import loss_scores, proxy_loss_scores, score_tables
 from dsel_assets.selections import selection_assets
+from dsel_assets.store import schema
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 
@@ -267,7 +268,7 @@ def build_score_check(asset: dg.AssetsDefinition, columns: list[str]) -> dg.Asse
             found = {
                 name: tables.frame(conn, f"SELECT {select} FROM {name} WHERE batch = ?", [batch])
                 for name in score_tables(table)
-                if tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name])
+                if schema.table_exists(conn, name)
             }
         checked = {name: rows for name, rows in found.items() if rows.height} or found
         if not checked:

@@ -139,10 +139,10 @@ def print_comparison(home: DselHome) -> int:
     95% CI, the difference to random with its CI and p-value, and the verdict."""
     from dsel_assets import tables
     from dsel_assets.core.stats import format_verdict_cell
+    from dsel_assets.store import schema
 
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
-        exists = tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'comparison_report'")
-        columns = tables.frame(conn, "SELECT * FROM comparison_report LIMIT 0").columns if exists else []
+        columns = schema.columns(conn, "comparison_report")
         if "verdict" not in columns:
             print("[dsel] no comparison report yet: run `dsel compare` or `dsel run`", file=sys.stderr)
             return 1

@@ -22,6 +22,7 @@ from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.selections import available, selection_asset_name
+from dsel_assets.store import queries
 from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
@@ -73,14 +74,9 @@ def _training_sets(conn, method: str, budgets: list[str]) -> dict[tuple[str, int
     """(budget, selection seed) -> (selected pool ids in rank order, pool version) for one method."""
     if method == FULL_POOL:
         version, _ = tables.pool_version(conn)
-        ids = tables.frame(conn, "SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        ids = queries.split_rows(conn, "pool", ("pool_id",))
         return {(FULL_BUDGET, 0): (ids["pool_id"].to_list(), version)}
-    rows = tables.frame(
-        conn,
-        "SELECT budget, selection_seed, pool_id, pool_version FROM selections WHERE method = ? "
-        "ORDER BY budget, selection_seed, rank",
-        [method],
-    )
+    rows = queries.method_selections(conn, method)
     if rows.height == 0:
         raise RuntimeError(f"{selection_asset_name(method)}: no stored selection; materialize it first")
     stored = rows["budget"].unique(maintain_order=True).to_list()
@@ -115,10 +111,7 @@ def train_models(
         tables.ensure_schema(conn)
         sets = _training_sets(conn, method, list(config.budgets))
         wanted = sorted({pid for ids, _ in sets.values() for pid in ids})
-        messages = tables.frame(
-            conn, "SELECT pool_id, messages FROM examples WHERE pool_id IN (SELECT unnest(?))", [wanted]
-        )
-    by_id = dict(zip(messages["pool_id"].to_list(), messages["messages"].to_list(), strict=True))
+        by_id = queries.messages_of(conn, wanted)
     base, tokenizer = None, None
     summary, records = [], []
     params = {"method": method, **shared, "seed": ",".join(map(str, seeds)), **identity}

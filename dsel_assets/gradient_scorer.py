@@ -13,11 +13,11 @@ import polars as pl
 import pyarrow.compute as pc
 from dagster_duckdb import DuckDBResource
 
-from dsel_assets import tables
-from dsel_assets.core.influence import checkpoint_weights, less_task_scores
+from dsel_assets.core.influence import aggregate_less_scores, checkpoint_weights
 from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.warmup import ADAPTER_DIR, OPTIMIZER_FILE, load_checkpoint
 from dsel_assets.representations import vector_matrix
+from dsel_assets.store import queries
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
@@ -54,7 +54,7 @@ class OnDemandLessScorer:
         weights: Mapping[int, float],
         query_features: Mapping[int, np.ndarray],
         query_tasks: Sequence[str],
-        query_subtasks: Sequence[str],
+        query_subtasks: Sequence[str | None],
         config: FeatureConfig,
     ):
         from peft.utils import load_peft_weights
@@ -67,14 +67,13 @@ class OnDemandLessScorer:
         self.states = {epoch: _optimizer_state(path) for epoch, path in checkpoints}
         self.weights = dict(weights)
         self.query_features = {e: np.asarray(q, dtype=np.float32) for e, q in query_features.items()}
+        self.query_tasks, self.query_subtasks = list(query_tasks), list(query_subtasks)
         self.tasks = list(dict.fromkeys(query_tasks))
-        self.columns = {t: np.flatnonzero(np.asarray(query_tasks) == t) for t in self.tasks}
-        self.subtasks = {t: [query_subtasks[i] for i in self.columns[t]] for t in self.tasks}
         self.cache: dict[str, np.ndarray] = {}  # pool id -> score per task (NaN: no feature)
         self.examples_computed = 0
 
     def __call__(self, ids: Sequence[str], task: str) -> np.ndarray:
-        if task not in self.columns:
+        if task not in self.tasks:
             raise ValueError(f"task: {task!r} is not one of {sorted(self.tasks)}")
         unknown = [i for i in ids if i not in self.messages]
         if unknown:
@@ -108,8 +107,9 @@ class OnDemandLessScorer:
                 seen[rows] += 1
         scores = np.full((len(ids), len(self.tasks)), np.nan)
         done = seen == len(self.checkpoints)
+        by_task = aggregate_less_scores(similarity[done], self.query_tasks, self.query_subtasks)
         for column, task in enumerate(self.tasks):
-            scores[done, column] = less_task_scores(similarity[done][:, self.columns[task]], self.subtasks[task])
+            scores[done, column] = by_task[task]
         return scores
 
 
@@ -126,11 +126,8 @@ def load_less_scorer(
 
     with duckdb.get_connection() as conn:
         warmup, _, manifest = latest_warmup(conn)
-        pool_rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool'")
-        meta = tables.frame(
-            conn,
-            "SELECT pool_id, json_extract_string(meta, '$.subtask') AS subtask FROM examples WHERE split = 'query'",
-        )
+        pool_rows = queries.split_rows(conn, "pool")
+        subtask_of = queries.query_subtasks(conn)
     wanted = set(pool_ids)
     messages = {
         pid: m for pid, m in zip(pool_rows["pool_id"], pool_rows["messages"].to_list(), strict=True) if pid in wanted
@@ -141,23 +138,22 @@ def load_less_scorer(
     version = lance.version(name)
     if version is None:
         raise RuntimeError(f"{name}: no query features yet; materialize query_grad_features first")
-    queries = lance.read(name, ["pool_id", "task", "checkpoint", "vector"], equal={"warmup": warmup})
-    if queries.num_rows == 0:
+    query_features_table = lance.read(name, ["pool_id", "task", "checkpoint", "vector"], equal={"warmup": warmup})
+    if query_features_table.num_rows == 0:
         raise RuntimeError(f"{name}: no query features for warmup {warmup}; materialize query_grad_features")
     columns = (
-        pl.from_arrow(queries.select(["pool_id", "task", "checkpoint"]))
+        pl.from_arrow(query_features_table.select(["pool_id", "task", "checkpoint"]))
         .filter(pl.col("checkpoint") == checkpoints[0][0])
         .sort(["task", "pool_id"])
     )
     column_of = {q: i for i, q in enumerate(columns["pool_id"])}
     features = {}
     for epoch, _ in checkpoints:
-        part = queries.filter(pc.equal(queries.column("checkpoint"), epoch))
+        part = query_features_table.filter(pc.equal(query_features_table.column("checkpoint"), epoch))
         order = np.argsort([column_of[q] for q in part.column("pool_id").to_pylist()])
         features[epoch] = vector_matrix(part.column("vector"))[order]
-    subtask_of = dict(zip(meta["pool_id"], meta["subtask"], strict=True))
     tasks = columns["task"].to_list()
-    subtasks = [subtask_of.get(q) or t for q, t in zip(columns["pool_id"], tasks, strict=True)]
+    subtasks = [subtask_of.get(q) for q in columns["pool_id"]]
     model, tokenizer = selection_model.load()
     scorer = OnDemandLessScorer(
         model, tokenizer, messages, checkpoints, weights, features, tasks, subtasks, grad_settings.feature_config()

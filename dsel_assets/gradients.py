@@ -18,7 +18,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from dsel_assets import tables
-from dsel_assets.core.influence import checkpoint_weights, influence_matrix, less_task_scores
+from dsel_assets.core.influence import aggregate_less_scores, checkpoint_weights, influence_matrix
 from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
@@ -28,6 +28,7 @@ from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS, vector_matrix, vector_table
 from dsel_assets.similarity import matrix_table
+from dsel_assets.store import queries
 from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
 from resources.lance_store import LanceStore
@@ -65,7 +66,7 @@ class GradFeaturesConfig(dg.Config):
 def latest_warmup(conn) -> tuple[str, Path, dict]:
     """(key, directory, manifest) of the most recent warmup."""
     tables.ensure_schema(conn)
-    row = tables.one(conn, "SELECT warmup, path FROM warmups ORDER BY created_at DESC LIMIT 1")
+    row = queries.latest_warmup(conn)
     if row is None:
         raise RuntimeError("warmup: none yet; materialize warmup_checkpoint first")
     return row[0], Path(row[1]), read_manifest(Path(row[1]))
@@ -93,7 +94,7 @@ def warmup_checkpoint(
     identity = selection_model.identity()
     with duckdb.get_connection() as conn:
         version, _ = tables.pool_version(conn)
-        pool_rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        pool_rows = queries.split_rows(conn, "pool")
     if pool_rows.height == 0:
         raise RuntimeError("pool: no examples; ingest data first")
     chosen = set(warmup_sample(pool_rows["pool_id"].to_list(), core.fraction, core.seed))
@@ -126,10 +127,8 @@ def warmup_checkpoint(
         run.log_artifact(str(out_dir / "manifest.json"))
     with duckdb.get_connection() as conn:
         tables.ensure_schema(conn)
-        conn.execute("DELETE FROM warmups WHERE warmup = ?", [key])
-        conn.execute(
-            "INSERT INTO warmups VALUES (?, ?, ?, ?, ?, ?, now())",
-            [key, str(out_dir), version, identity["model"], identity["model_hash"], json.dumps(core.to_dict())],
+        queries.record_warmup(
+            conn, key, str(out_dir), version, identity["model"], identity["model_hash"], core.to_dict()
         )
     rows = [(c.epoch, f"{c.lr_mean:.3g}", str(c.path)) for c in checkpoints]
     return dg.MaterializeResult(
@@ -358,9 +357,7 @@ def query_grad_features(
     dataset = f"query_grad_features_{grad_settings.suffix()}"
     with duckdb.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup(conn)
-        rows = tables.frame(
-            conn, "SELECT pool_id, task, messages FROM examples WHERE split = 'query' ORDER BY task, pool_id"
-        )
+        rows = queries.split_rows(conn, "query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
     if rows.height == 0:
         raise RuntimeError("queries: no query examples; ingest a query set (dsel ingest FILE --split query)")
     task_of = dict(zip(rows["pool_id"], rows["task"], strict=True))
@@ -410,15 +407,14 @@ def influence(
     with duckdb.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup(conn)
         version, _ = tables.pool_version(conn)
-        pool_ids = tables.frame(conn, "SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY pool_id")
-        meta = tables.frame(
-            conn,
-            "SELECT pool_id, json_extract_string(meta, '$.subtask') AS subtask FROM examples WHERE split = 'query'",
-        )
+        pool_ids = queries.split_rows(conn, "pool", ("pool_id",))
+        subtask_of = queries.query_subtasks(conn)
     weights = checkpoint_weights({c["epoch"]: c["lr_mean"] for c in warmup_manifest["checkpoints"]})
-    queries = lance.read(query_dataset, ["pool_id", "task", "checkpoint", "vector"], equal={"warmup": warmup})
+    query_features_table = lance.read(
+        query_dataset, ["pool_id", "task", "checkpoint", "vector"], equal={"warmup": warmup}
+    )
     columns = (
-        pl.from_arrow(queries.select(["pool_id", "task", "checkpoint"]))
+        pl.from_arrow(query_features_table.select(["pool_id", "task", "checkpoint"]))
         .filter(pl.col("checkpoint") == min(weights))
         .drop("checkpoint")
         .sort(["task", "pool_id"])
@@ -426,7 +422,7 @@ def influence(
     column_of = {q: i for i, q in enumerate(columns["pool_id"])}
     query_features = {}
     for epoch in weights:
-        part = queries.filter(pc.equal(queries.column("checkpoint"), epoch))
+        part = query_features_table.filter(pc.equal(query_features_table.column("checkpoint"), epoch))
         order = np.argsort([column_of[q] for q in part.column("pool_id").to_pylist()])
         query_features[epoch] = vector_matrix(part.column("vector"))[order]
     # drop pool examples that have no feature (excluded by truncation) before streaming
@@ -448,14 +444,11 @@ def influence(
                 yield epoch, [batch_ids[i] for i in keep], vectors[keep]
 
     scores = influence_matrix(ids, query_features, stream(), weights)
-    subtask_of = dict(zip(meta["pool_id"], meta["subtask"], strict=True))
-    less_rows = []
-    for task, group in columns.with_row_index("col").group_by("task", maintain_order=True):
-        cols = group["col"].to_numpy()
-        subtasks = [subtask_of.get(q) or task[0] for q in group["pool_id"]]
-        task_scores = less_task_scores(scores[:, cols], subtasks)
-        less_rows.append(pl.DataFrame({"pool_id": ids, "task": task[0], "score": task_scores.astype(np.float64)}))
-    less = pl.concat(less_rows)
+    by_task = aggregate_less_scores(scores, columns["task"].to_list(), [subtask_of.get(q) for q in columns["pool_id"]])
+    less = pl.concat(
+        pl.DataFrame({"pool_id": ids, "task": task, "score": task_scores.astype(np.float64)})
+        for task, task_scores in by_task.items()
+    )
     column_table = columns.with_row_index("col").with_columns(
         pl.col("pool_id").map_elements(lambda q: subtask_of.get(q) or "", return_dtype=pl.String).alias("subtask")
     )

@@ -2,8 +2,6 @@
 a record), otherwise derived as k-means clusters of the sentence embeddings. The label
 vocabulary stores how each label was made and its embedding."""
 
-import json
-
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -11,9 +9,10 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets import tables
-from dsel_assets.core.select._clustering import kmeans
+from dsel_assets.core.labels import cluster_labels, provided_labels
 from dsel_assets.metadata import markdown_table
 from dsel_assets.representations import REPRESENTATIONS, SENTENCE_EMBEDDINGS, sentence_embeddings
+from dsel_assets.store import queries
 from resources.lance_store import LanceStore
 from resources.models import SentenceEmbedder
 from resources.tracking import MlflowTracker
@@ -42,27 +41,16 @@ def labels(
     from dsel_assets.selections import load_vectors
 
     with duckdb.get_connection() as conn:
-        rows = tables.frame(
-            conn,
-            "SELECT pool_id, json_extract(meta, '$.tags') AS tags FROM examples WHERE split = 'pool' ORDER BY pool_id",
-        )
+        rows = queries.split_rows(conn, "pool", ("pool_id",))
+        tags = queries.meta_field(conn, "pool", "tags")
         version, _ = tables.pool_version(conn)
-    tag_lists = [json.loads(t) if t else None for t in rows["tags"].to_list()]
-    provided = [t if isinstance(t, list) and t and all(isinstance(x, str) for x in t) else None for t in tag_lists]
-    if all(p is not None for p in provided):
-        names = sorted({tag for tags in provided for tag in tags})
-        index = {n: i for i, n in enumerate(names)}
-        members = [[index[t] for t in tags] for tags in provided]
-        label_vectors = embedder.encode(names)
-        how = "provided tags (MiniLM embeddings of the tag text)"
+    labelled = provided_labels([tags[p] for p in rows["pool_id"]])
+    if labelled is not None:
+        label_vectors = embedder.encode(labelled.names)
     else:
         vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, rows["pool_id"].to_list())
-        n_clusters = max(1, min(config.n_clusters, len(vectors) // 5))
-        centroids, assignment = kmeans(vectors, n_clusters, config.seed)
-        names = [f"cluster-{c}" for c in range(len(centroids))]
-        members = [[int(a)] for a in assignment]
-        label_vectors = centroids
-        how = f"derived: k-means ({len(centroids)} clusters) of sentence embeddings"
+        labelled, label_vectors = cluster_labels(vectors, config.n_clusters, config.seed)
+    names, members, how = labelled.names, labelled.members, labelled.how
     pairs = pl.DataFrame(
         {
             "pool_id": [p for p, m in zip(rows["pool_id"], members, strict=True) for _ in m],

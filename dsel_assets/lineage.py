@@ -21,6 +21,7 @@ import dagster as dg
 import duckdb
 
 from dsel_assets import tables
+from dsel_assets.store import schema
 from resources.tracking import restore_credentials
 
 #: Materialization metadata worth showing in a lineage line, in this order.
@@ -285,13 +286,7 @@ def why(database: str, pool_id: str, selection: str) -> dict:
         )
         if example.height == 0:
             raise KeyError(f"pool_id: {pool_id} is not in the pool (see the quarantine with dsel status)")
-        holders = [
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT table_name FROM duckdb_columns() WHERE column_name = 'pool_id' "
-                "AND table_name NOT IN ('examples', 'selections') ORDER BY table_name"
-            ).fetchall()
-        ]
+        holders = [t for t in schema.tables_with_column(conn, "pool_id") if t not in ("examples", "selections")]
         scores = {}
         for table in holders:  # names from DuckDB's own catalog, quoted as identifiers
             rows = tables.frame(conn, f'SELECT * FROM "{table}" WHERE pool_id = ?', [pool_id])

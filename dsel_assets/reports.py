@@ -26,6 +26,7 @@ from dsel_assets.report_html import (
 )
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
 from dsel_assets.selections import load_vectors, selection_assets
+from dsel_assets.store import schema
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.tracking import DatasetRef, MlflowTracker
@@ -165,7 +166,7 @@ def comparison_rows(conn, tasks: list[str], methods: list[str]) -> pl.DataFrame:
 
 
 def _task_mix(conn) -> pl.DataFrame | None:
-    if not tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'selection_report'"):
+    if not schema.table_exists(conn, "selection_report"):
         return None
     return tables.frame(conn, "SELECT method, budget, task_counts FROM selection_report")
 

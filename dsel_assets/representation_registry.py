@@ -31,6 +31,7 @@ from dsel_assets.similarity import (
     rds_dataset,
     rds_queries_dataset,
 )
+from dsel_assets.store import schema
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -153,7 +154,7 @@ def model_embeddings_dataset(ctx: LoadContext) -> str:
 def less_scores_by_task(ctx: LoadContext) -> tuple[dict[str, np.ndarray], DatasetRef]:
     """task -> LESS score per pool id (NaN where the example has no gradient feature)."""
     with ctx.duckdb.get_connection() as conn:
-        if not tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'less_scores'"):
+        if not schema.table_exists(conn, "less_scores"):
             raise RuntimeError("less_scores: none yet; materialize influence first")
         rows = tables.frame(conn, "SELECT pool_id, task, score FROM less_scores")
         warmup = tables.one(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")
@@ -210,7 +211,7 @@ def _aligned(rows: pl.DataFrame, pool_ids: list[str], column: str) -> np.ndarray
 def load_scalars(duckdb: DuckDBResource, table: str, expressions: dict[str, str], pool_ids: list[str]):
     """Columns of a score table aligned to ``pool_ids`` (NaN where missing or undefined)."""
     with duckdb.get_connection() as conn:
-        if not tables.scalar(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]):
+        if not schema.table_exists(conn, table):
             raise RuntimeError(f"{table}: not materialized yet")
         select = ", ".join(f"{expr} AS {name}" for name, expr in expressions.items())
         rows = tables.frame(conn, f"SELECT pool_id, {select} FROM {table}")

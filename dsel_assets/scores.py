@@ -316,11 +316,7 @@ def learning_percentage(
         json.dumps([version, identity, config.model_dump(), code_version], sort_keys=True).encode()
     ).hexdigest()[:16]
     with duckdb.get_connection() as conn:
-        exists = tables.scalar(
-            conn,
-            "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'learning_percentage' "
-            "AND column_name = 'fingerprint'",
-        )
+        exists = "fingerprint" in schema.columns(conn, "learning_percentage")
         stored = None
         if exists:
             stored = tables.frame(conn, "SELECT reason FROM learning_percentage WHERE fingerprint = ?", [fingerprint])
@@ -449,11 +445,6 @@ def golden_score(
     anchor_set = hashlib.sha256(json.dumps([a.zero_shot_ids for a in anchors]).encode()).hexdigest()[:16]
     key = [anchor_set, identity["model_hash"], code_version]
     with duckdb.get_connection() as conn:
-        columns = (
-            "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'golden_score' AND column_name = 'anchor_set'"
-        )
-        if not tables.scalar(conn, columns):  # a table from before scores carried their anchor set: not reusable
-            conn.execute("DROP TABLE IF EXISTS golden_score")
         tables.ensure_schema(conn)
         done = {
             r[0]

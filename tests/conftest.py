@@ -4,9 +4,14 @@ SmolLM2 tokenizer, and the shared real data (tests needing it skip when it is ab
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
+import duckdb
 import pytest
+
+from dsel_assets.store import schema
+from tests import postgres
 
 # No test may reach a model hub: everything loads from installed packages.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,3 +48,52 @@ def local_resources(home):
     from resources import build_resources
 
     return build_resources(home, model="tiny", device="cpu")
+
+
+# Fresh state databases on both backends for the store tests: a DuckDB file, or a database on a
+# real PostgreSQL server started once per module (tests/postgres.py); PostgreSQL cases skip when
+# no server can start here.
+@pytest.fixture(scope="module")
+def pg_server():
+    reason = postgres.available()
+    if reason:
+        pytest.skip(reason)
+    with postgres.server() as dsn:
+        yield dsn
+
+
+class Backend:
+    """Fresh databases of one dialect, and connections to them."""
+
+    def __init__(self, dialect: str, tmp_path, dsn: str | None):
+        self.dialect, self.tmp_path, self.dsn = dialect, tmp_path, dsn
+        self.target = None
+
+    def new_database(self) -> None:
+        if self.dialect == "duckdb":
+            self.target = str(self.tmp_path / f"{uuid.uuid4().hex}.duckdb")
+            return
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        self.target = self.dsn.replace("dbname=dsel", f"dbname={name}")
+
+    def connect(self):
+        if self.dialect == "duckdb":
+            return duckdb.connect(self.target)
+        import psycopg
+
+        return psycopg.connect(self.target, autocommit=True)
+
+    def rows(self, conn, sql: str, params=()):
+        return schema._Sql(conn, self.dialect).run(sql, params)
+
+
+@pytest.fixture(params=schema.DIALECTS)
+def backend(request, tmp_path):
+    dsn = request.getfixturevalue("pg_server") if request.param == "postgres" else None
+    backend = Backend(request.param, tmp_path, dsn)
+    backend.new_database()
+    return backend

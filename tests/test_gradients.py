@@ -209,3 +209,17 @@ def test_bf16_projection_matches_float32_in_cosine():
     a = BlockProjector(x.shape[1], 256, seed=1).project(x)
     b = BlockProjector(x.shape[1], 256, seed=1, dtype="bfloat16").project(x)
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999
+
+
+def test_less_scores_group_queries_by_task_then_subtask():
+    """By hand: task a has subtasks x (two queries) and y; b's query has no subtask."""
+    from dsel_assets.core.influence import aggregate_less_scores
+
+    scores = np.array([[0.2, 0.4, 0.1, 0.9], [0.5, 0.1, 0.6, -0.3]])
+    by_task = aggregate_less_scores(scores, ["a", "a", "a", "b"], ["x", "x", "y", None])
+    assert list(by_task) == ["a", "b"]
+    # a: max(mean(0.2, 0.4), 0.1) = 0.3 and max(mean(0.5, 0.1), 0.6) = 0.6
+    np.testing.assert_allclose(by_task["a"], [0.3, 0.6])
+    np.testing.assert_allclose(by_task["b"], [0.9, -0.3])
+    with pytest.raises(ValueError, match="4 tasks, 3 subtasks"):
+        aggregate_less_scores(scores, ["a", "a", "a", "b"], ["x", "x", "y"])

@@ -7,62 +7,11 @@ against a real server started here (tests/postgres.py) and skip when none can st
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import datetime
 
-import duckdb
 import pytest
 
 from dsel_assets.store import schema
-from tests import postgres
-
-DIALECTS = schema.DIALECTS
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    reason = postgres.available()
-    if reason:
-        pytest.skip(reason)
-    with postgres.server() as dsn:
-        yield dsn
-
-
-class Backend:
-    """Fresh databases of one dialect, and connections to them."""
-
-    def __init__(self, dialect: str, tmp_path, dsn: str | None):
-        self.dialect, self.tmp_path, self.dsn = dialect, tmp_path, dsn
-        self.target = None
-
-    def new_database(self) -> None:
-        if self.dialect == "duckdb":
-            self.target = str(self.tmp_path / f"{uuid.uuid4().hex}.duckdb")
-            return
-        import psycopg
-
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        self.target = self.dsn.replace("dbname=dsel", f"dbname={name}")
-
-    def connect(self):
-        if self.dialect == "duckdb":
-            return duckdb.connect(self.target)
-        import psycopg
-
-        return psycopg.connect(self.target, autocommit=True)
-
-    def rows(self, conn, sql: str, params=()):
-        return schema._Sql(conn, self.dialect).run(sql, params)
-
-
-@pytest.fixture(params=DIALECTS)
-def backend(request, tmp_path):
-    dsn = request.getfixturevalue("pg_server") if request.param == "postgres" else None
-    backend = Backend(request.param, tmp_path, dsn)
-    backend.new_database()
-    return backend
 
 
 def test_fresh_database_gets_every_declared_table_and_the_version(backend):
@@ -98,6 +47,7 @@ OLD_LAYOUT = {
         "CREATE TABLE selections (method VARCHAR, budget VARCHAR, k INTEGER, eligible INTEGER, rank INTEGER, "
         "pool_id VARCHAR, score DOUBLE, pool_version VARCHAR, config VARCHAR, diagnostics VARCHAR, "
         "mlflow_run_id VARCHAR, created_at TIMESTAMP)",
+        "CREATE TABLE golden_score (pool_id VARCHAR, golden_score DOUBLE, model VARCHAR)",
     ],
     "postgres": [
         "CREATE TABLE batches (batch TEXT PRIMARY KEY, source TEXT, task TEXT, split TEXT, fmt TEXT, layout TEXT, "
@@ -107,6 +57,7 @@ OLD_LAYOUT = {
         "CREATE TABLE selections (method TEXT, budget TEXT, k INTEGER, eligible INTEGER, rank INTEGER, "
         "pool_id TEXT, score DOUBLE PRECISION, pool_version TEXT, config TEXT, diagnostics TEXT, "
         "mlflow_run_id TEXT, created_at TIMESTAMP)",
+        "CREATE TABLE golden_score (pool_id TEXT, golden_score DOUBLE PRECISION, model TEXT)",
     ],
 }
 
@@ -120,6 +71,7 @@ def test_a_store_from_before_versions_is_completed_without_losing_a_row(backend)
             backend.rows(conn, "INSERT INTO batches (batch, registered_at) VALUES (?, ?)", [batch, registered])
         backend.rows(conn, "INSERT INTO examples (pool_id, batch) VALUES ('p1', 'with_rows')")
         backend.rows(conn, "INSERT INTO selections (method, pool_id, rank) VALUES ('random', 'p1', 0)")
+        backend.rows(conn, "INSERT INTO golden_score VALUES ('p1', 0.5, 'm')")
 
         assert schema.migrate(conn, backend.dialect) == schema.SCHEMA_VERSION
         states = backend.rows(conn, "SELECT batch, validated_at, error FROM batches ORDER BY batch")
@@ -127,6 +79,8 @@ def test_a_store_from_before_versions_is_completed_without_losing_a_row(backend)
         assert states == [("empty", None, None), ("with_rows", registered, None)]
         assert backend.rows(conn, "SELECT pool_id, batch FROM examples") == [("p1", "with_rows")]
         assert backend.rows(conn, "SELECT method, pool_id, selection_seed FROM selections") == [("random", "p1", 0)]
+        # golden scores without their anchor set cannot be told apart from new ones: recomputed
+        assert backend.rows(conn, "SELECT count(*) FROM golden_score") == [(0,)]
         sql = schema._Sql(conn, backend.dialect)
         for table in schema.TABLES:  # missing tables created, old ones completed to the declaration
             assert set(sql.columns(table.name)) == {c.name for c in table.columns}, table.name
@@ -200,3 +154,18 @@ def test_score_tables_are_created_and_an_old_one_gets_its_template_column(backen
         ]
         with pytest.raises(ValueError, match="not a plain identifier"):
             schema.ensure_score_table(conn, "x; DROP TABLE batches", dialect=backend.dialect)
+
+
+def test_catalog_questions_answer_the_same_on_both_backends(backend):
+    with backend.connect() as conn:
+        assert not schema.table_exists(conn, "warmups", backend.dialect)
+        assert schema.columns(conn, "warmups", backend.dialect) == []
+        schema.migrate(conn, backend.dialect)
+        schema.ensure_score_table(conn, "loss_scores", dialect=backend.dialect)
+        assert schema.table_exists(conn, "warmups", backend.dialect)
+        assert schema.columns(conn, "warmups", backend.dialect)[:2] == ["warmup", "path"]
+        # by hand from the declarations: every declared table with a pool_id column, and the score table
+        expected = sorted(
+            {t.name for t in schema.TABLES if any(c.name == "pool_id" for c in t.columns)} | {"loss_scores"}
+        )
+        assert schema.tables_with_column(conn, "pool_id", backend.dialect) == expected

@@ -51,3 +51,20 @@ def less_task_scores(scores: np.ndarray, subtasks: Sequence[str]) -> np.ndarray:
         raise ValueError(f"subtasks: {len(labels)} labels for {scores.shape[1]} query columns")
     means = [scores[:, labels == s].mean(axis=1) for s in dict.fromkeys(labels.tolist())]
     return np.max(np.stack(means, axis=1), axis=1)
+
+
+def aggregate_less_scores(
+    scores: np.ndarray, query_tasks: Sequence[str], query_subtasks: Sequence[str | None]
+) -> dict[str, np.ndarray]:
+    """LESS's task scores from pool x query similarities [n, q]: for each task (in first-seen
+    order) :func:`less_task_scores` over its query columns; a query without a subtask counts
+    as its task's own subtask."""
+    tasks = np.asarray(query_tasks)
+    if len(tasks) != scores.shape[1] or len(query_subtasks) != len(tasks):
+        raise ValueError(f"queries: {len(tasks)} tasks, {len(query_subtasks)} subtasks for {scores.shape[1]} columns")
+    labels = [subtask or task for task, subtask in zip(query_tasks, query_subtasks, strict=True)]
+    by_task = {}
+    for task in dict.fromkeys(query_tasks):
+        columns = np.flatnonzero(tasks == task)
+        by_task[task] = less_task_scores(scores[:, columns], [labels[c] for c in columns])
+    return by_task

@@ -193,10 +193,33 @@ class _Sql:
         return [c.name for c in missing]
 
 
+def columns(conn, table: str, dialect: str = "duckdb") -> list[str]:
+    """The columns of ``table`` in order; empty when there is no such table."""
+    return _Sql(conn, dialect).columns(table)
+
+
+def table_exists(conn, table: str, dialect: str = "duckdb") -> bool:
+    return bool(columns(conn, table, dialect))
+
+
+def tables_with_column(conn, column: str, dialect: str = "duckdb") -> list[str]:
+    """The tables (of the current schema) that have ``column``, by name."""
+    rows = _Sql(conn, dialect).run(
+        """SELECT DISTINCT table_name FROM information_schema.columns
+           WHERE table_schema = current_schema() AND column_name = ? ORDER BY table_name""",
+        [column],
+    )
+    return [r[0] for r in rows]
+
+
 def _baseline(sql: _Sql) -> None:
     """Version 1: every table and column of the first versioned schema, on a store of any older
     layout (tables missing, or missing the columns added since); a batch of a store from before
-    batch states (no ``validated_at``) that has rows was validated when it was registered."""
+    batch states (no ``validated_at``) that has rows was validated when it was registered;
+    golden scores from before their anchor set was recorded cannot be reused and are dropped."""
+    golden = sql.columns("golden_score")
+    if golden and "anchor_set" not in golden:
+        sql.run("DROP TABLE golden_score")
     added = {table.name: sql.complete(table) for table in TABLES}
     if "validated_at" in added["batches"]:
         sql.run(

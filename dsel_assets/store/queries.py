@@ -1,0 +1,119 @@
+"""The questions the pipeline asks the state database, one function each, answered alike on a
+DuckDB connection and on a PostgreSQL (psycopg, autocommit) one. Values are always bound;
+column names come from the schema's declarations, never from callers' strings.
+
+The rest of dsel's SQL still lives in ``dsel_assets.tables`` and some asset modules and moves
+here question by question (issue 15)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import polars as pl
+
+from .schema import TABLES, _Sql
+
+_EXAMPLE_COLUMNS = {c.name for c in next(t for t in TABLES if t.name == "examples").columns}
+
+
+def dialect_of(conn) -> str:
+    """``postgres`` for a psycopg connection, else ``duckdb``."""
+    return "postgres" if type(conn).__module__.startswith("psycopg") else "duckdb"
+
+
+def frame(conn, sql: str, params: Sequence[object] = ()) -> pl.DataFrame:
+    """A query result as polars: through Arrow on DuckDB, from the rows on PostgreSQL."""
+    if dialect_of(conn) == "duckdb":
+        return pl.from_arrow(conn.sql(sql, params=list(params) or None).to_arrow_table())
+    cursor = conn.execute(sql.replace("?", "%s"), list(params))
+    names = [d.name for d in cursor.description]
+    rows = cursor.fetchall()
+    return (
+        pl.DataFrame([dict(zip(names, row, strict=True)) for row in rows])
+        if rows
+        else pl.DataFrame(schema={n: pl.Null for n in names})
+    )
+
+
+def _columns(columns: Sequence[str]) -> str:
+    unknown = [c for c in columns if c not in _EXAMPLE_COLUMNS]
+    if unknown or not columns:
+        raise ValueError(f"columns: {unknown or 'none'} not in examples ({sorted(_EXAMPLE_COLUMNS)})")
+    return ", ".join(columns)
+
+
+def split_rows(
+    conn,
+    split: str,
+    columns: Sequence[str] = ("pool_id", "messages"),
+    order: Sequence[str] = ("pool_id",),
+    batch: str | None = None,
+) -> pl.DataFrame:
+    """The examples of ``split`` (of one ``batch`` when given): ``columns``, ordered by ``order``."""
+    sql = f"SELECT {_columns(columns)} FROM examples WHERE split = ?"
+    params: list[object] = [split]
+    if batch is not None:
+        sql += " AND batch = ?"
+        params.append(batch)
+    return frame(conn, f"{sql} ORDER BY {_columns(order)}", params)
+
+
+def meta_field(conn, split: str, field: str) -> dict[str, object]:
+    """pool id -> the decoded value of ``field`` in each example's ``meta`` JSON (None when absent)."""
+    rows = _Sql(conn, dialect_of(conn)).run("SELECT pool_id, meta FROM examples WHERE split = ?", [split])
+    return {pool_id: (json.loads(meta) if meta else {}).get(field) for pool_id, meta in rows}
+
+
+def query_subtasks(conn) -> dict[str, str | None]:
+    """Query id -> its LESS subtask (``meta.subtask`` as text; None when it has none)."""
+    return {q: None if v is None else str(v) for q, v in meta_field(conn, "query", "subtask").items()}
+
+
+def messages_of(conn, ids: Sequence[str]) -> dict[str, list[dict]]:
+    """pool id -> messages, for the given ids (those that exist)."""
+    if dialect_of(conn) == "duckdb":
+        sql = "SELECT pool_id, messages FROM examples WHERE pool_id IN (SELECT unnest(?))"
+    else:
+        sql = "SELECT pool_id, messages FROM examples WHERE pool_id = ANY(?)"
+    return dict(_Sql(conn, dialect_of(conn)).run(sql, [list(ids)]))
+
+
+def latest_warmup(conn) -> tuple[str, str] | None:
+    """(key, path) of the most recently recorded warmup, or None."""
+    rows = _Sql(conn, dialect_of(conn)).run("SELECT warmup, path FROM warmups ORDER BY created_at DESC LIMIT 1")
+    return rows[0] if rows else None
+
+
+def record_warmup(conn, key: str, path: str, pool_version: str, model: str, model_hash: str, config: dict) -> None:
+    """Record (or re-record, as the latest) the warmup ``key``, in one transaction."""
+    sql = _Sql(conn, dialect_of(conn))
+    sql.run("BEGIN")
+    try:
+        sql.run("DELETE FROM warmups WHERE warmup = ?", [key])
+        sql.run(
+            "INSERT INTO warmups (warmup, path, pool_version, model, model_hash, config, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [key, path, pool_version, model, model_hash, json.dumps(config, sort_keys=True), _now()],
+        )
+        sql.run("COMMIT")
+    except BaseException:
+        sql.run("ROLLBACK")
+        raise
+
+
+def method_selections(conn, method: str) -> pl.DataFrame:
+    """The stored selections of ``method``: budget, selection seed, pool id, pool version, in
+    rank order within each (budget, seed)."""
+    return frame(
+        conn,
+        "SELECT budget, selection_seed, pool_id, pool_version FROM selections WHERE method = ? "
+        "ORDER BY budget, selection_seed, rank",
+        [method],
+    )
+
+
+def _now() -> datetime:
+    """UTC now, naive (the TIMESTAMP columns hold UTC)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)

@@ -1,0 +1,88 @@
+"""The store's questions (dsel_assets/store/queries.py) give the same answers on DuckDB and on a
+real PostgreSQL server, for rows written by hand here."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsel_assets.store import queries, schema
+
+MESSAGES = {
+    "p1": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+    "p2": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}],
+    "q1": [{"role": "user", "content": "x+1=3"}, {"role": "assistant", "content": "x=2"}],
+    "q2": [{"role": "user", "content": "3*3"}, {"role": "assistant", "content": "9"}],
+    "q3": [{"role": "user", "content": "print 1"}, {"role": "assistant", "content": "print(1)"}],
+}
+ROWS = [  # pool_id, batch, split, task, meta (inserted out of order on purpose)
+    ("p2", "b2", "pool", "chat", '{"tags": ["greeting"]}'),
+    ("p1", "b1", "pool", "math", '{"tags": ["arithmetic", "easy"]}'),
+    ("q3", "bq", "query", "code", '{"subtask": 7}'),
+    ("q2", "bq", "query", "math", None),
+    ("q1", "bq", "query", "math", '{"subtask": "algebra"}'),
+]
+
+
+@pytest.fixture
+def conn(backend):
+    with backend.connect() as conn:
+        schema.migrate(conn, backend.dialect)
+        for pool_id, batch, split, task, meta in ROWS:
+            messages = MESSAGES[pool_id]
+            if backend.dialect == "postgres":
+                from psycopg.types.json import Jsonb
+
+                messages = Jsonb(messages)
+            backend.rows(
+                conn,
+                "INSERT INTO examples (pool_id, batch, split, task, messages, meta) VALUES (?, ?, ?, ?, ?, ?)",
+                [pool_id, batch, split, task, messages, meta],
+            )
+        yield conn
+
+
+def test_split_rows_in_the_asked_order(conn):
+    pool = queries.split_rows(conn, "pool")
+    assert pool["pool_id"].to_list() == ["p1", "p2"]
+    assert [list(map(dict, m)) for m in pool["messages"].to_list()] == [MESSAGES["p1"], MESSAGES["p2"]]
+    by_task = queries.split_rows(conn, "query", ("pool_id", "task"), order=("task", "pool_id"))
+    assert by_task.rows() == [("q3", "code"), ("q1", "math"), ("q2", "math")]
+    assert queries.split_rows(conn, "pool", ("pool_id",), batch="b2")["pool_id"].to_list() == ["p2"]
+    assert queries.split_rows(conn, "eval", ("pool_id",)).height == 0
+    with pytest.raises(ValueError, match="not in examples"):
+        queries.split_rows(conn, "pool", ("pool_id", "messages; DROP TABLE examples"))
+
+
+def test_meta_fields_and_subtasks(conn):
+    assert queries.meta_field(conn, "pool", "tags") == {"p1": ["arithmetic", "easy"], "p2": ["greeting"]}
+    assert queries.query_subtasks(conn) == {"q1": "algebra", "q2": None, "q3": "7"}
+
+
+def test_messages_of_the_ids_that_exist(conn):
+    found = queries.messages_of(conn, ["p2", "q1", "missing"])
+    assert {k: list(map(dict, v)) for k, v in found.items()} == {"p2": MESSAGES["p2"], "q1": MESSAGES["q1"]}
+
+
+def test_the_latest_warmup_is_the_last_recorded(conn):
+    assert queries.latest_warmup(conn) is None
+    queries.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "h", {"epochs": 1})
+    queries.record_warmup(conn, "w2", "models/warmup/w2", "v1", "smollm2", "h", {"epochs": 2})
+    assert queries.latest_warmup(conn) == ("w2", "models/warmup/w2")
+    queries.record_warmup(conn, "w1", "models/warmup/w1", "v2", "smollm2", "h", {"epochs": 1})
+    assert queries.latest_warmup(conn) == ("w1", "models/warmup/w1")
+    dialect = queries.dialect_of(conn)
+    rows = schema._Sql(conn, dialect).run("SELECT warmup, pool_version FROM warmups ORDER BY warmup")
+    assert rows == [("w1", "v2"), ("w2", "v1")]  # re-recording replaces, never duplicates
+
+
+def test_method_selections_in_rank_order(conn):
+    sql = schema._Sql(conn, queries.dialect_of(conn))
+    for budget, seed, rank, pool_id in [("10pct", 1, 0, "p2"), ("10pct", 0, 1, "p2"), ("10pct", 0, 0, "p1")]:
+        sql.run(
+            "INSERT INTO selections (method, budget, selection_seed, rank, pool_id, pool_version) "
+            "VALUES ('random', ?, ?, ?, ?, 'v1')",
+            [budget, seed, rank, pool_id],
+        )
+    rows = queries.method_selections(conn, "random")
+    assert rows.rows() == [("10pct", 0, "p1", "v1"), ("10pct", 0, "p2", "v1"), ("10pct", 1, "p2", "v1")]
+    assert queries.method_selections(conn, "less").height == 0
