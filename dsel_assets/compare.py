@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from dsel_assets import tables
 from dsel_assets.core.select import Budget, build_config, get
 from dsel_assets.evaluation import BASE, eval_asset_name
 from dsel_assets.finetune import finetuned_asset_name
 from dsel_assets.runs import materialize_closure, materialize_only
 from dsel_assets.selections import available, seed_replicates, selection_asset_name, typed_params
+from dsel_assets.store import queries
 
 METRICS = ("loss", "generation", "both")
 BASELINE = "random"
@@ -140,11 +140,7 @@ def check_plan(plan: ComparePlan, conn) -> list[str]:
             seed_replicates(config, plan.selection_seeds(method))
     if BASELINE not in plan.methods:
         problems.append(f"methods: add {BASELINE}: every method is compared with it")
-    counts = dict(
-        conn.execute(
-            "SELECT split || '/' || task, count(*) FROM examples WHERE split IN ('eval', 'query') GROUP BY ALL"
-        ).fetchall()
-    )
+    counts = {f"{split}/{task}": n for (split, task), n in queries.split_task_counts(conn).items()}
     targeted = [m for m in plan.methods if "task" in plan.method_params(m)]
     for target in plan.targets:
         if not counts.get(f"eval/{target}"):
@@ -156,7 +152,7 @@ def check_plan(plan: ComparePlan, conn) -> list[str]:
                 f"target: {target!r} has no query rows, which {', '.join(targeted)} select for; "
                 f"ingest a few: dsel ingest FILE --split query --task {target}"
             )
-    if not tables.scalar(conn, "SELECT count(*) FROM examples WHERE split = 'pool'"):
+    if not any(n for key, n in counts.items() if key.startswith("pool/")):
         problems.append("pool: no examples yet; ingest data first: dsel ingest FILE")
     return problems
 

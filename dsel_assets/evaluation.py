@@ -23,6 +23,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.finetune import finetuned_assets, model_label
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
+from dsel_assets.store import queries
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -59,7 +60,7 @@ def load_eval_set(conn, tasks: list[str], config: EvalConfig) -> tuple[list[Eval
     out because their prompt also appears in the pool or a query set (same question, another
     answer: e.g. a dialogue summarised twice). Whole conversations cannot repeat across
     splits (ids are content hashes, unique in the store); this is re-checked."""
-    rows = tables.frame(conn, "SELECT pool_id, task, messages, meta FROM examples WHERE split = 'eval'")
+    rows = queries.split_rows(conn, "eval", ("pool_id", "task", "messages", "meta"))
     if tasks:
         unknown = sorted(set(tasks) - set(rows["task"].to_list()))
         if unknown:
@@ -67,14 +68,10 @@ def load_eval_set(conn, tasks: list[str], config: EvalConfig) -> tuple[list[Eval
         rows = rows.filter(pl.col("task").is_in(tasks))
     if rows.height == 0:
         raise RuntimeError("eval: no eval examples; ingest an eval set (dsel ingest FILE --split eval)")
-    leaked = tables.scalar(
-        conn,
-        "SELECT count(*) FROM examples WHERE split != 'eval' AND pool_id IN (SELECT unnest(?))",
-        [rows["pool_id"].to_list()],
-    )
+    leaked = queries.count_outside_split(conn, rows["pool_id"].to_list(), "eval")
     if leaked:
         raise RuntimeError(f"eval: {leaked} eval examples also appear in the pool or query sets")
-    seen = tables.frame(conn, "SELECT messages FROM examples WHERE split != 'eval'")["messages"].to_list()
+    seen = queries.split_rows(conn, ("pool", "query"), ("messages",))["messages"].to_list()
     seen_prompts = {content_hashes(m)[1] for m in seen}
     examples = [
         EvalExample(pid, task, messages, json.loads(meta) if meta else {})
@@ -104,16 +101,11 @@ def evaluate_models(
         if method == BASE:
             models = [(f"base-{identity['model_hash']}", "0", None, 0, 0, 0)]
         else:
-            found = tables.frame(
-                conn,
-                "SELECT model_key, budget, path, examples, selection_seed, seed FROM finetuned_models "
-                "WHERE method = ? ORDER BY examples, selection_seed, seed",
-                [method],
-            )
+            found = queries.finetuned_models_of(conn, method)
             if found.height == 0:
                 raise RuntimeError(f"finetuned_{method}: no models yet; materialize it first")
             models = list(found.iter_rows())
-        done = set(tables.frame(conn, "SELECT DISTINCT eval_key FROM eval_scores")["eval_key"].to_list())
+        done = queries.eval_keys(conn)
     base, tokenizer = None, None
     summary = []
     params = {"method": method, **core.to_dict(), **identity, "eval_version": eval_version, "eval_n": len(sample)}
@@ -126,9 +118,7 @@ def evaluate_models(
             if eval_key in done:
                 context.log.info(f"{label}: eval {eval_key} already stored; reused")
                 with duckdb.get_connection() as conn:
-                    per_task = tables.frame(
-                        conn, "SELECT task, n, metric, score, loss FROM eval_scores WHERE eval_key = ?", [eval_key]
-                    ).to_dicts()
+                    per_task = queries.eval_task_scores(conn, eval_key)
             else:
                 if base is None:
                     base, tokenizer = target_model.load()

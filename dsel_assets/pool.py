@@ -2,7 +2,6 @@
 ``examples`` and ``quarantine`` tables; ``pool`` is the union with its version."""
 
 import dagster as dg
-import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from dsel_assets import tables
@@ -124,8 +123,3 @@ def pool(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: Mlf
         },
         data_version=dg.DataVersion(version),
     )
-
-
-def pool_frame(conn, columns: str = "pool_id, task") -> pl.DataFrame:
-    """The current pool (split = 'pool'), ordered by id for a stable row order."""
-    return tables.frame(conn, f"SELECT {columns} FROM examples WHERE split = 'pool' ORDER BY pool_id")

@@ -29,7 +29,7 @@ from dsel_assets.representation_registry import load_scalars
 from dsel_assets.representations import REPRESENTATIONS, model_embeddings
 from dsel_assets.scores import CHUNK, loss_scores, score_frame, template_hash
 from dsel_assets.similarity import load_vectors
-from dsel_assets.store import schema
+from dsel_assets.store import queries, schema
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -86,7 +86,7 @@ def cherry_pre_experienced_model(
     examples without one (a recorded reason) are left out of the sample."""
     identity = selection_model.identity()
     with duckdb.get_connection() as conn:
-        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        rows = queries.split_rows(conn, "pool")
         version, _ = tables.pool_version(conn)
     ids = rows["pool_id"].to_list()
     if not ids:
@@ -179,7 +179,7 @@ def cherry_pre_experienced_scores(
             raise RuntimeError(f"{PRE_EXPERIENCED_MODEL}: no adapter yet; materialize it first")
         adapter, path = found
         schema.ensure_score_table(conn, PRE_EXPERIENCED_SCORES, extra=(schema.Column("adapter", "text"),))
-        rows = tables.frame(conn, "SELECT pool_id, batch, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        rows = queries.split_rows(conn, "pool", ("pool_id", "batch", "messages"))
         done = {
             r[0]
             for r in conn.execute(

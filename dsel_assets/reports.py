@@ -26,7 +26,7 @@ from dsel_assets.report_html import (
 )
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
 from dsel_assets.selections import load_vectors, selection_assets
-from dsel_assets.store import schema
+from dsel_assets.store import queries, schema
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.tracking import DatasetRef, MlflowTracker
@@ -43,11 +43,11 @@ def selection_report_frame(conn, lance: LanceStore) -> pl.DataFrame:
            FROM selections s JOIN examples e USING (pool_id)
            WHERE e.split = 'pool' ORDER BY s.method, s.budget, s.rank""",
     )
-    queries = tables.frame(conn, "SELECT pool_id FROM examples WHERE split = 'query' ORDER BY pool_id")
+    query_ids = queries.split_rows(conn, "query", ("pool_id",))["pool_id"].to_list()
     has_vectors = lance.version(SENTENCE_EMBEDDINGS) is not None
     query_vectors = None
-    if has_vectors and queries.height:
-        query_vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, queries["pool_id"].to_list())
+    if has_vectors and query_ids:
+        query_vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, query_ids)
     has_noise_labels = tables.scalar(
         conn, "SELECT count(*) > 0 FROM examples WHERE split = 'pool' AND json_exists(meta, '$.noise')"
     )

@@ -31,7 +31,7 @@ from dsel_assets.similarity import (
     rds_dataset,
     rds_queries_dataset,
 )
-from dsel_assets.store import schema
+from dsel_assets.store import queries, schema
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -284,7 +284,7 @@ def label_sets(ctx: LoadContext) -> tuple[Labels, DatasetRef]:
 def round_trainer(ctx: LoadContext) -> tuple[LoraRoundTrainer, DatasetRef]:
     """A LoRA trainer on the selection model over the pool's conversations (iterative methods)."""
     with ctx.duckdb.get_connection() as conn:
-        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        rows = queries.split_rows(conn, "pool")
     by_id = dict(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     model, tokenizer = ctx.selection_model.load()
     trainer = LoraRoundTrainer(model, tokenizer, [by_id[p] for p in ctx.pool_ids], log=ctx.log)

@@ -31,7 +31,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS
-from dsel_assets.store import schema
+from dsel_assets.store import queries, schema
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
@@ -308,7 +308,7 @@ def learning_percentage(
         lora=LoraSettings(r=config.lora_r, alpha=4 * config.lora_r, dropout=0.0),
     )
     with duckdb.get_connection() as conn:
-        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        rows = queries.split_rows(conn, "pool")
         version, _ = tables.pool_version(conn)
     identity = proxy_model.identity()
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
@@ -413,7 +413,7 @@ def golden_score(
     from dsel_assets.selections import load_vectors
 
     with duckdb.get_connection() as conn:
-        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
+        rows = queries.split_rows(conn, "pool")
         version, _ = tables.pool_version(conn)
         if config.anchors.startswith("source:"):
             anchor_rows = tables.frame(
@@ -553,12 +553,10 @@ def whisperer_score(
     from dsel_assets.core.models.data_whisperer import whisperer_scores
 
     with duckdb.get_connection() as conn:
-        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE split = 'pool' ORDER BY pool_id")
-        queries = tables.frame(
-            conn,
-            "SELECT messages FROM examples WHERE split = 'query' AND (? = '' OR task = ?) ORDER BY pool_id",
-            [config.task, config.task],
-        )
+        rows = queries.split_rows(conn, "pool")
+        query_rows = queries.split_rows(conn, "query", ("task", "messages"))
+        if config.task:
+            query_rows = query_rows.filter(pl.col("task") == config.task)
         version, _ = tables.pool_version(conn)
     model, tokenizer = selection_model.load()
     model.set_attn_implementation("eager")  # attention weights are read
@@ -570,7 +568,7 @@ def whisperer_score(
             model,
             tokenizer,
             rows["messages"].to_list(),
-            queries["messages"].to_list(),
+            query_rows["messages"].to_list(),
             config.n_demos,
             config.n_queries,
             layer,

@@ -27,6 +27,7 @@ from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
 from dsel_assets.similarity import load_vectors
+from dsel_assets.store import queries
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -162,9 +163,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
         with duckdb.get_connection() as conn:
             tables.ensure_schema(conn)
             version, _ = tables.pool_version(conn)
-            frame = tables.frame(
-                conn, "SELECT pool_id, task, batch FROM examples WHERE split = 'pool' ORDER BY pool_id"
-            )
+            frame = queries.split_rows(conn, "pool", ("pool_id", "task", "batch"))
         pool_ids = frame["pool_id"].to_list()
         if not pool_ids:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")

@@ -16,7 +16,7 @@ from dsel_assets import tables
 from dsel_assets.core.select.targeted import cosine_scores
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
-from dsel_assets.pool import pool, pool_frame
+from dsel_assets.pool import pool
 from dsel_assets.representations import (
     REPRESENTATIONS,
     SENTENCE_EMBEDDINGS,
@@ -25,6 +25,7 @@ from dsel_assets.representations import (
     vector_matrix,
     vector_table,
 )
+from dsel_assets.store import queries
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
@@ -91,11 +92,11 @@ def load_vectors(lance: LanceStore, name: str, pool_ids: list[str]) -> tuple[np.
 
 def query_rows(conn) -> pl.DataFrame:
     """The query examples in column order (task, then id), with subtask ('' = none) and messages."""
-    rows = tables.frame(
-        conn,
-        "SELECT pool_id, task, coalesce(json_extract_string(meta, '$.subtask'), '') AS subtask, messages "
-        "FROM examples WHERE split = 'query' ORDER BY task, pool_id",
-    )
+    rows = queries.split_rows(conn, "query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
+    subtasks = queries.query_subtasks(conn)
+    rows = rows.with_columns(
+        pl.Series("subtask", [subtasks.get(q) or "" for q in rows["pool_id"]], dtype=pl.String)
+    ).select("pool_id", "task", "subtask", "messages")
     if rows.height == 0:
         raise RuntimeError("queries: no query examples; ingest a query set (dsel ingest FILE --split query)")
     return rows
@@ -118,7 +119,7 @@ def store_similarity(
     asset = context.asset_key.path[-1]
     with duckdb.get_connection() as conn:
         version, _ = tables.pool_version(conn)
-        pool_ids = pool_frame(conn, "pool_id")["pool_id"].to_list()
+        pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
     chunks = (
         (b.column("pool_id").to_pylist(), vector_matrix(b.column("vector")))
         for b in lance.iter_batches(source.name, ["pool_id", "vector"], batch_size=chunk)

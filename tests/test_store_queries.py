@@ -86,3 +86,48 @@ def test_method_selections_in_rank_order(conn):
     rows = queries.method_selections(conn, "random")
     assert rows.rows() == [("10pct", 0, "p1", "v1"), ("10pct", 0, "p2", "v1"), ("10pct", 1, "p2", "v1")]
     assert queries.method_selections(conn, "less").height == 0
+
+
+def test_counts_and_leak_checks(conn):
+    assert queries.split_task_counts(conn) == {
+        ("pool", "chat"): 1,
+        ("pool", "math"): 1,
+        ("query", "code"): 1,
+        ("query", "math"): 2,
+    }
+    assert queries.count_outside_split(conn, ["q1", "p1", "missing"], "query") == 1  # p1 is a pool row
+    assert queries.count_outside_split(conn, [], "query") == 0
+    both = queries.split_rows(conn, ("pool", "query"), ("pool_id",))
+    assert both["pool_id"].to_list() == ["p1", "p2", "q1", "q2", "q3"]
+
+
+def test_models_and_their_evaluations(conn):
+    sql = schema._Sql(conn, queries.dialect_of(conn))
+    for key, budget, examples, selection_seed, seed in [
+        ("m3", "10pct", 20, 1, 0),
+        ("m2", "5pct", 10, 0, 1),
+        ("m1", "5pct", 10, 0, 0),
+    ]:
+        sql.run(
+            "INSERT INTO finetuned_models (model_key, method, budget, path, examples, selection_seed, seed) "
+            "VALUES (?, 'less', ?, ?, ?, ?, ?)",
+            [key, budget, f"models/{key}", examples, selection_seed, seed],
+        )
+    models = queries.finetuned_models_of(conn, "less")
+    assert models["model_key"].to_list() == ["m1", "m2", "m3"]  # smallest set first, then the seeds
+    assert models.row(0) == ("m1", "5pct", "models/m1", 10, 0, 0)
+    assert queries.finetuned_models_of(conn, "random").height == 0
+
+    assert queries.eval_keys(conn) == set()
+    for task, loss in (("math", 1.5), ("code", 0.5)):
+        sql.run(
+            "INSERT INTO eval_scores (eval_key, model_key, task, n, metric, score, loss) VALUES ('e1', 'm1', ?, 3, "
+            "'exact_match', NULL, ?)",
+            [task, loss],
+        )
+    assert queries.eval_keys(conn) == {"e1"}
+    scores = sorted(queries.eval_task_scores(conn, "e1"), key=lambda r: r["task"])
+    assert scores == [
+        {"task": "code", "n": 3, "metric": "exact_match", "score": None, "loss": 0.5},
+        {"task": "math", "n": 3, "metric": "exact_match", "score": None, "loss": 1.5},
+    ]

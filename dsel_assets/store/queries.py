@@ -44,16 +44,23 @@ def _columns(columns: Sequence[str]) -> str:
     return ", ".join(columns)
 
 
+def _in_list(conn) -> str:
+    """SQL for "value is in the bound list" in the connection's dialect (``{}`` = the value)."""
+    return "{} IN (SELECT unnest(?))" if dialect_of(conn) == "duckdb" else "{} = ANY(?)"
+
+
 def split_rows(
     conn,
-    split: str,
+    split: str | Sequence[str],
     columns: Sequence[str] = ("pool_id", "messages"),
     order: Sequence[str] = ("pool_id",),
     batch: str | None = None,
 ) -> pl.DataFrame:
-    """The examples of ``split`` (of one ``batch`` when given): ``columns``, ordered by ``order``."""
-    sql = f"SELECT {_columns(columns)} FROM examples WHERE split = ?"
-    params: list[object] = [split]
+    """The examples of ``split`` (one name, or several) - of one ``batch`` when given -:
+    ``columns``, ordered by ``order``."""
+    splits = [split] if isinstance(split, str) else list(split)
+    sql = f"SELECT {_columns(columns)} FROM examples WHERE {_in_list(conn).format('split')}"
+    params: list[object] = [splits]
     if batch is not None:
         sql += " AND batch = ?"
         params.append(batch)
@@ -73,11 +80,41 @@ def query_subtasks(conn) -> dict[str, str | None]:
 
 def messages_of(conn, ids: Sequence[str]) -> dict[str, list[dict]]:
     """pool id -> messages, for the given ids (those that exist)."""
-    if dialect_of(conn) == "duckdb":
-        sql = "SELECT pool_id, messages FROM examples WHERE pool_id IN (SELECT unnest(?))"
-    else:
-        sql = "SELECT pool_id, messages FROM examples WHERE pool_id = ANY(?)"
+    sql = f"SELECT pool_id, messages FROM examples WHERE {_in_list(conn).format('pool_id')}"
     return dict(_Sql(conn, dialect_of(conn)).run(sql, [list(ids)]))
+
+
+def split_task_counts(conn) -> dict[tuple[str, str], int]:
+    """(split, task) -> number of examples."""
+    rows = _Sql(conn, dialect_of(conn)).run("SELECT split, task, count(*) FROM examples GROUP BY split, task")
+    return {(split, task): n for split, task, n in rows}
+
+
+def count_outside_split(conn, ids: Sequence[str], split: str) -> int:
+    """How many of ``ids`` are stored in a split other than ``split`` (a leak check)."""
+    sql = f"SELECT count(*) FROM examples WHERE split <> ? AND {_in_list(conn).format('pool_id')}"
+    return int(_Sql(conn, dialect_of(conn)).run(sql, [split, list(ids)])[0][0])
+
+
+def finetuned_models_of(conn, method: str) -> pl.DataFrame:
+    """The stored models of ``method``: key, budget, adapter path, training examples, selection
+    and training seeds; smallest training set first."""
+    return frame(
+        conn,
+        "SELECT model_key, budget, path, examples, selection_seed, seed FROM finetuned_models "
+        "WHERE method = ? ORDER BY examples, selection_seed, seed",
+        [method],
+    )
+
+
+def eval_keys(conn) -> set[str]:
+    """The evaluations already stored (model x eval set x settings keys)."""
+    return {r[0] for r in _Sql(conn, dialect_of(conn)).run("SELECT DISTINCT eval_key FROM eval_scores")}
+
+
+def eval_task_scores(conn, eval_key: str) -> list[dict]:
+    """Per task of one stored evaluation: n, metric, score, loss."""
+    return frame(conn, "SELECT task, n, metric, score, loss FROM eval_scores WHERE eval_key = ?", [eval_key]).to_dicts()
 
 
 def latest_warmup(conn) -> tuple[str, str] | None:
