@@ -2,12 +2,14 @@
 ``examples`` and ``quarantine`` tables; ``pool`` is the union with its version."""
 
 import dagster as dg
+import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from dsel_assets import tables
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.core.models.templates import token_counter
 from dsel_assets.metadata import markdown_table
+from dsel_assets.store import queries
 from resources.ingest import IngestLimits
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
@@ -99,12 +101,10 @@ def pool(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: Mlf
     with duckdb.get_connection() as conn:
         tables.ensure_schema(conn)
         version, batches = tables.pool_version(conn)
-        by_task = tables.frame(
-            conn, "SELECT split, source, task, count(*) AS n FROM examples GROUP BY ALL ORDER BY ALL"
-        )
-        reasons = tables.frame(conn, "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC")
-        n_pool = tables.scalar(conn, "SELECT count(*) FROM examples WHERE split = 'pool'")
-        conn.execute("INSERT INTO pool_versions VALUES (?, ?, ?, now())", [version, batches, n_pool])
+        by_task = queries.composition(conn)
+        reasons = queries.quarantine_reasons(conn)
+        n_pool = int(by_task.filter(pl.col("split") == "pool")["n"].sum())
+        queries.record_pool_version(conn, version, batches, n_pool)
     with duckdb.get_connection() as conn:
         inputs = [
             DatasetRef(f"pool_batch/{b}", tables.get_batch(conn, b).stored_path, tables.get_batch(conn, b).sha256)

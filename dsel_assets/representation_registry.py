@@ -156,8 +156,8 @@ def less_scores_by_task(ctx: LoadContext) -> tuple[dict[str, np.ndarray], Datase
     with ctx.duckdb.get_connection() as conn:
         if not schema.table_exists(conn, "less_scores"):
             raise RuntimeError("less_scores: none yet; materialize influence first")
-        rows = tables.frame(conn, "SELECT pool_id, task, score FROM less_scores")
-        warmup = tables.one(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")
+        rows = queries.less_scores(conn)
+        warmup = queries.latest_warmup(conn)
     row_of = {pid: i for i, pid in enumerate(ctx.pool_ids)}
     scores: dict[str, np.ndarray] = {}
     for (task,), group in rows.group_by(["task"], maintain_order=True):
@@ -189,7 +189,7 @@ def similarity_matrix(asset: str, *, task_scores: bool = False) -> Loader:
             raise RuntimeError(f"{name}: no similarity matrix yet; materialize {asset} first")
         table = ctx.lance.read(name, ["pool_id", "scores"], version=version)
         with ctx.duckdb.get_connection() as conn:
-            columns = tables.frame(conn, f"SELECT col, task, subtask FROM {columns_table(asset)} ORDER BY col")
+            columns = queries.similarity_columns(conn, columns_table(asset))
         matrix = vector_matrix(table.column("scores"))
         scores = np.full((len(ctx.pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
         row_of = {pid: i for i, pid in enumerate(ctx.pool_ids)}
@@ -271,8 +271,7 @@ def gradient_features(kind: str) -> Loader:
 def label_sets(ctx: LoadContext) -> tuple[Labels, DatasetRef]:
     """Each example's label ids and the embedding of every label (MIG)."""
     with ctx.duckdb.get_connection() as conn:
-        pairs = tables.frame(conn, "SELECT pool_id, label FROM labels")
-        vocab = tables.frame(conn, "SELECT label, embedding FROM label_vocab ORDER BY label")
+        pairs, vocab = queries.label_sets(conn)
     members: dict[str, list[int]] = {}
     for pid, label in zip(pairs["pool_id"], pairs["label"], strict=True):
         members.setdefault(pid, []).append(int(label))

@@ -11,6 +11,7 @@ from dsel_assets import tables
 from dsel_assets.core.data.schema import example_text
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.pool import pool_batch, pool_batches
+from dsel_assets.store import queries
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
 from resources.tracking import DatasetRef, MlflowTracker
@@ -63,7 +64,7 @@ def sentence_embeddings(
     batch = context.partition_key
     with duckdb.get_connection() as conn:
         manifest = tables.get_batch(conn, batch)
-        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE batch = ? ORDER BY pool_id", [batch])
+        rows = queries.batch_rows(conn, batch)
     texts = [example_text(m) for m in rows["messages"].to_list()]
     started = time.perf_counter()
     vectors = embedder.encode(texts, progress=embedder.progress)
@@ -126,9 +127,7 @@ def model_embeddings(
     name = settings.dataset(identity["model_hash"])
     with duckdb.get_connection() as conn:
         manifest = tables.get_batch(conn, batch)
-        rows = tables.frame(
-            conn, "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id", [batch]
-        )
+        rows = queries.split_rows(conn, "pool", batch=batch)
     ids = rows["pool_id"].to_list()
     stored = set()
     if lance.exists(name):

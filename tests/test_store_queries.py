@@ -131,3 +131,25 @@ def test_models_and_their_evaluations(conn):
         {"task": "code", "n": 3, "metric": "exact_match", "score": None, "loss": 0.5},
         {"task": "math", "n": 3, "metric": "exact_match", "score": None, "loss": 1.5},
     ]
+
+
+def test_batches_composition_and_pool_versions(conn):
+    assert queries.batch_rows(conn, "bq", ("pool_id",))["pool_id"].to_list() == ["q1", "q2", "q3"]
+    assert queries.split_rows(conn, "pool", ("pool_id",), batch="b1")["pool_id"].to_list() == ["p1"]
+    assert queries.composition(conn).rows() == [
+        ("pool", None, "chat", 1),
+        ("pool", None, "math", 1),
+        ("query", None, "code", 1),
+        ("query", None, "math", 2),
+    ]
+    sql = schema._Sql(conn, queries.dialect_of(conn))
+    for reason in ("bad_json", "empty", "bad_json"):
+        sql.run("INSERT INTO quarantine (batch, reason) VALUES ('b1', ?)", [reason])
+    assert queries.quarantine_reasons(conn).rows() == [("bad_json", 2), ("empty", 1)]
+    queries.record_pool_version(conn, "v1", ["b1", "b2"], 2)
+    assert sql.run("SELECT pool_version, batches, n_examples FROM pool_versions") == [("v1", ["b1", "b2"], 2)]
+
+
+def test_similarity_columns_take_only_plain_table_names(conn):
+    with pytest.raises(ValueError, match="not a plain identifier"):
+        queries.similarity_columns(conn, "influence_columns; DROP TABLE examples")

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from .schema import TABLES, _Sql
+from .schema import _IDENTIFIER, TABLES, _Sql
 
 _EXAMPLE_COLUMNS = {c.name for c in next(t for t in TABLES if t.name == "examples").columns}
 
@@ -65,6 +65,33 @@ def split_rows(
         sql += " AND batch = ?"
         params.append(batch)
     return frame(conn, f"{sql} ORDER BY {_columns(order)}", params)
+
+
+def batch_rows(conn, batch: str, columns: Sequence[str] = ("pool_id", "messages")) -> pl.DataFrame:
+    """The examples of one ingested batch (whatever its split), by id."""
+    return frame(conn, f"SELECT {_columns(columns)} FROM examples WHERE batch = ? ORDER BY pool_id", [batch])
+
+
+def composition(conn) -> pl.DataFrame:
+    """Examples per split, source and task (the pool's make-up), sorted."""
+    return frame(
+        conn,
+        "SELECT split, source, task, count(*) AS n FROM examples GROUP BY split, source, task "
+        "ORDER BY split, source, task",
+    )
+
+
+def quarantine_reasons(conn) -> pl.DataFrame:
+    """Quarantined records per reason, most frequent first."""
+    return frame(conn, "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC, reason")
+
+
+def record_pool_version(conn, version: str, batches: Sequence[str], n_examples: int) -> None:
+    """Append a pool version (its batches and size) to the history."""
+    _Sql(conn, dialect_of(conn)).run(
+        "INSERT INTO pool_versions (pool_version, batches, n_examples, created_at) VALUES (?, ?, ?, ?)",
+        [version, list(batches), n_examples, _now()],
+    )
 
 
 def meta_field(conn, split: str, field: str) -> dict[str, object]:
@@ -138,6 +165,25 @@ def record_warmup(conn, key: str, path: str, pool_version: str, model: str, mode
     except BaseException:
         sql.run("ROLLBACK")
         raise
+
+
+def less_scores(conn) -> pl.DataFrame:
+    """LESS's score of each pool id per target task (pool_id, task, score), as influence wrote them."""
+    return frame(conn, "SELECT pool_id, task, score FROM less_scores")
+
+
+def similarity_columns(conn, table: str) -> pl.DataFrame:
+    """The query columns (col, task, subtask) of a pool x query similarity, from its columns table
+    (a plain identifier from the representation registry)."""
+    if not _IDENTIFIER.match(table):
+        raise ValueError(f"table: {table!r} is not a plain identifier")
+    return frame(conn, f"SELECT col, task, subtask FROM {table} ORDER BY col")
+
+
+def label_sets(conn) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """MIG's labels: (pool_id, label) pairs, and the vocabulary (label, embedding) by label."""
+    pairs = frame(conn, "SELECT pool_id, label FROM labels")
+    return pairs, frame(conn, "SELECT label, embedding FROM label_vocab ORDER BY label")
 
 
 def method_selections(conn, method: str) -> pl.DataFrame:
