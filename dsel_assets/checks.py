@@ -31,7 +31,7 @@ from dsel_assets.pool import pool_batches
 from dsel_assets.representations import SENTENCE_EMBEDDINGS, sentence_embeddings, vector_matrix
 from dsel_assets.scores import loss_scores, proxy_loss_scores, score_tables
 from dsel_assets.selections import selection_assets
-from dsel_assets.store import schema
+from dsel_assets.store import queries, schema
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 
@@ -135,22 +135,21 @@ def score_problems(expected_ids: Iterable[str], rows: pl.DataFrame, columns: lis
 
 
 def _batch_ids(conn, batch: str, pool_only: bool) -> list[str]:
-    sql = "SELECT pool_id FROM examples WHERE batch = ?" + (" AND split = 'pool'" if pool_only else "")
-    return [r[0] for r in conn.execute(sql, [batch]).fetchall()]
+    rows = (
+        queries.split_rows(conn, "pool", ("pool_id",), batch=batch)
+        if pool_only
+        else queries.batch_rows(conn, batch, ("pool_id",))
+    )
+    return rows["pool_id"].to_list()
 
 
 def pool_ids_by_version(conn, versions: list[str]) -> dict[str, set[str]]:
     """Pool ids of each recorded pool version (its batches' pool rows)."""
     found = {}
     for version in versions:
-        row = tables.one(conn, "SELECT batches FROM pool_versions WHERE pool_version = ? LIMIT 1", [version])
-        if row is not None:
-            found[version] = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT pool_id FROM examples WHERE split = 'pool' AND list_contains(?, batch)", [row[0]]
-                ).fetchall()
-            }
+        ids = queries.pool_ids_of_version(conn, version)
+        if ids is not None:
+            found[version] = ids
     return found
 
 
@@ -168,11 +167,10 @@ def build_selection_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinitio
     def _check(duckdb: DuckDBResource) -> dg.AssetCheckResult:
         with duckdb.get_connection() as conn:
             tables.ensure_schema(conn)
-            rows = tables.frame(
+            rows = queries.method_selections(
                 conn,
-                "SELECT budget, selection_seed, k, eligible, rank, pool_id, pool_version, diagnostics "
-                "FROM selections WHERE method = ? ORDER BY budget, selection_seed, rank",
-                [method],
+                method,
+                ("budget", "selection_seed", "k", "eligible", "rank", "pool_id", "pool_version", "diagnostics"),
             )
             known = pool_ids_by_version(conn, rows["pool_version"].unique().to_list())
         sizes = (
@@ -264,9 +262,8 @@ def build_score_check(asset: dg.AssetsDefinition, columns: list[str]) -> dg.Asse
         batch = context.partition_key
         with duckdb.get_connection() as conn:
             expected = _batch_ids(conn, batch, pool_only=True)
-            select = ", ".join(["pool_id", "reason", *columns])
             found = {
-                name: tables.frame(conn, f"SELECT {select} FROM {name} WHERE batch = ?", [batch])
+                name: queries.score_rows(conn, name, batch, ["pool_id", "reason", *columns])
                 for name in score_tables(table)
                 if schema.table_exists(conn, name)
             }
@@ -283,8 +280,7 @@ def content_overlap(conn, left_ids: list[str], right_ids: list[str]) -> list[tup
     """(left id, right id, "conversation" | "prompt") for every pair sharing content."""
 
     def hashed(ids: list[str]) -> dict[str, tuple[str, str]]:
-        rows = tables.frame(conn, "SELECT pool_id, messages FROM examples WHERE list_contains(?, pool_id)", [ids])
-        return {p: content_hashes(m) for p, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True)}
+        return {p: content_hashes(m) for p, m in queries.messages_of(conn, ids).items()}
 
     left, right = hashed(left_ids), hashed(right_ids)
     by_full = {h[0]: p for p, h in right.items()}
@@ -329,16 +325,16 @@ def build_eval_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     def _check(duckdb: DuckDBResource) -> dg.AssetCheckResult:
         with duckdb.get_connection() as conn:
 
-            def ids(sql: str, params: list | None = None) -> list[str]:
-                return [r[0] for r in conn.execute(sql, params or []).fetchall()]
+            def split_ids(split: str) -> list[str]:
+                return queries.split_rows(conn, split, ("pool_id",))["pool_id"].to_list()
 
-            others = {"query sets": ids("SELECT pool_id FROM examples WHERE split = 'query'")}
+            others = {"query sets": split_ids("query")}
             if method == FULL_POOL:
-                others["training pool"] = ids("SELECT pool_id FROM examples WHERE split = 'pool'")
+                others["training pool"] = split_ids("pool")
             elif method != BASE:
-                others["training selection"] = ids("SELECT DISTINCT pool_id FROM selections WHERE method = ?", [method])
+                others["training selection"] = queries.selected_ids(conn, method)
             # the examples the models were scored on (eval_<method> drops overlapping ones before scoring)
-            scored = ids("SELECT DISTINCT pool_id FROM eval_examples WHERE method = ?", [method])
+            scored = queries.evaluated_ids(conn, method)
             return disjointness_result(conn, scored, others)
 
     return _check

@@ -153,3 +153,34 @@ def test_batches_composition_and_pool_versions(conn):
 def test_similarity_columns_take_only_plain_table_names(conn):
     with pytest.raises(ValueError, match="not a plain identifier"):
         queries.similarity_columns(conn, "influence_columns; DROP TABLE examples")
+
+
+def test_selection_ids_versions_and_score_rows(conn):
+    sql = schema._Sql(conn, queries.dialect_of(conn))
+    for budget, rank, pool_id in [("5pct", 0, "p2"), ("10pct", 0, "p2"), ("10pct", 1, "p1")]:
+        sql.run(
+            "INSERT INTO selections (method, budget, rank, pool_id, k) VALUES ('less', ?, ?, ?, 2)",
+            [budget, rank, pool_id],
+        )
+    assert queries.selected_ids(conn, "less") == ["p1", "p2"]
+    assert queries.method_selections(conn, "less", ("budget", "rank", "k")).rows() == [
+        ("10pct", 0, 2),
+        ("10pct", 1, 2),
+        ("5pct", 0, 2),
+    ]
+    with pytest.raises(ValueError, match="not in selections"):
+        queries.method_selections(conn, "less", ("budget", "1; DROP TABLE selections"))
+    sql.run("INSERT INTO eval_examples (method, pool_id) VALUES ('less', 'e2'), ('less', 'e1'), ('less', 'e1')")
+    assert queries.evaluated_ids(conn, "less") == ["e1", "e2"]
+
+    queries.record_pool_version(conn, "v1", ["b1"], 1)
+    assert queries.pool_ids_of_version(conn, "v1") == {"p1"}
+    assert queries.pool_ids_of_version(conn, "unknown") is None
+
+    schema.ensure_score_table(conn, "loss_scores", dialect=queries.dialect_of(conn))
+    sql.run("INSERT INTO loss_scores (pool_id, batch, reason, ifd_loss_ratio) VALUES ('p1', 'b1', '', 0.5)")
+    rows = queries.score_rows(conn, "loss_scores", "b1", ["pool_id", "reason", "ifd_loss_ratio"])
+    assert rows.rows() == [("p1", "", 0.5)]
+    assert queries.score_rows(conn, "loss_scores", "b2", ["pool_id"]).height == 0
+    with pytest.raises(ValueError, match="not a plain identifier"):
+        queries.score_rows(conn, "loss_scores", "b1", ["pool_id, messages FROM examples --"])

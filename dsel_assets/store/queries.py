@@ -106,8 +106,8 @@ def query_subtasks(conn) -> dict[str, str | None]:
 
 
 def messages_of(conn, ids: Sequence[str]) -> dict[str, list[dict]]:
-    """pool id -> messages, for the given ids (those that exist)."""
-    sql = f"SELECT pool_id, messages FROM examples WHERE {_in_list(conn).format('pool_id')}"
+    """pool id -> messages, for the given ids (those that exist), in id order."""
+    sql = f"SELECT pool_id, messages FROM examples WHERE {_in_list(conn).format('pool_id')} ORDER BY pool_id"
     return dict(_Sql(conn, dialect_of(conn)).run(sql, [list(ids)]))
 
 
@@ -186,15 +186,57 @@ def label_sets(conn) -> tuple[pl.DataFrame, pl.DataFrame]:
     return pairs, frame(conn, "SELECT label, embedding FROM label_vocab ORDER BY label")
 
 
-def method_selections(conn, method: str) -> pl.DataFrame:
-    """The stored selections of ``method``: budget, selection seed, pool id, pool version, in
-    rank order within each (budget, seed)."""
+_SELECTION_COLUMNS = {c.name for c in next(t for t in TABLES if t.name == "selections").columns}
+
+
+def method_selections(
+    conn, method: str, columns: Sequence[str] = ("budget", "selection_seed", "pool_id", "pool_version")
+) -> pl.DataFrame:
+    """The stored selections of ``method`` (``columns`` of the selections table), in rank order
+    within each (budget, selection seed)."""
+    unknown = [c for c in columns if c not in _SELECTION_COLUMNS]
+    if unknown or not columns:
+        raise ValueError(f"columns: {unknown or 'none'} not in selections")
     return frame(
         conn,
-        "SELECT budget, selection_seed, pool_id, pool_version FROM selections WHERE method = ? "
-        "ORDER BY budget, selection_seed, rank",
+        f"SELECT {', '.join(columns)} FROM selections WHERE method = ? ORDER BY budget, selection_seed, rank",
         [method],
     )
+
+
+def selected_ids(conn, method: str) -> list[str]:
+    """Every pool id any stored selection of ``method`` holds (any budget or seed), sorted."""
+    rows = _Sql(conn, dialect_of(conn)).run(
+        "SELECT DISTINCT pool_id FROM selections WHERE method = ? ORDER BY pool_id", [method]
+    )
+    return [r[0] for r in rows]
+
+
+def evaluated_ids(conn, method: str) -> list[str]:
+    """The eval examples the models of ``method`` were scored on, sorted."""
+    rows = _Sql(conn, dialect_of(conn)).run(
+        "SELECT DISTINCT pool_id FROM eval_examples WHERE method = ? ORDER BY pool_id", [method]
+    )
+    return [r[0] for r in rows]
+
+
+def pool_ids_of_version(conn, version: str) -> set[str] | None:
+    """The pool ids of a recorded pool version (its batches' pool rows); None when not recorded."""
+    sql = _Sql(conn, dialect_of(conn))
+    found = sql.run("SELECT batches FROM pool_versions WHERE pool_version = ? LIMIT 1", [version])
+    if not found:
+        return None
+    member = _in_list(conn).format("batch")
+    return {r[0] for r in sql.run(f"SELECT pool_id FROM examples WHERE split = 'pool' AND {member}", [found[0][0]])}
+
+
+def score_rows(conn, table: str, batch: str, columns: Sequence[str]) -> pl.DataFrame:
+    """``columns`` of score table ``table`` for one batch (table and column names are the
+    registry's plain identifiers, checked)."""
+    for name in (table, *columns):
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"score table: {name!r} is not a plain identifier")
+    return frame(conn, f"SELECT {', '.join(columns)} FROM {table} WHERE batch = ?", [batch])
 
 
 def _now() -> datetime:
