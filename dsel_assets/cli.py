@@ -94,15 +94,12 @@ def _stderr(message: str) -> None:
 
 def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
     from dsel_assets import tables
+    from dsel_assets.store import queries
 
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         rows = []
         for batch in batches:
-            accepted = tables.scalar(conn, "SELECT count(*) FROM examples WHERE batch = ?", [batch])
-            reasons = conn.execute(
-                "SELECT reason, count(*) FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY 2 DESC", [batch]
-            ).fetchall()
-            error = tables.scalar(conn, "SELECT error FROM batches WHERE batch = ?", [batch])
+            accepted, reasons, error = queries.batch_counts(conn, batch)
             quarantined = sum(n for _, n in reasons)
             detail = ", ".join(f"{r}={n}" for r, n in reasons) or "-"
             rows.append((batch, accepted + quarantined, accepted, quarantined, f"FAILED: {error}" if error else detail))
@@ -139,14 +136,14 @@ def print_comparison(home: DselHome) -> int:
     95% CI, the difference to random with its CI and p-value, and the verdict."""
     from dsel_assets import tables
     from dsel_assets.core.stats import format_verdict_cell
-    from dsel_assets.store import schema
+    from dsel_assets.store import queries, schema
 
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         columns = schema.columns(conn, "comparison_report")
         if "verdict" not in columns:
             print("[dsel] no comparison report yet: run `dsel compare` or `dsel run`", file=sys.stderr)
             return 1
-        table = tables.frame(conn, "SELECT * FROM comparison_report")
+        table = queries.report(conn, "comparison_report")
     rows = [
         (
             r["method"],
@@ -181,6 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dsel_assets import tables
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.runs import run_batches
+    from dsel_assets.store import queries
 
     started = time.perf_counter()
     home = _home(args)
@@ -201,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_batches(defs, [batches["pool"]], "default_job", run_config):
         return 1
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
-        report = tables.frame(conn, "SELECT * FROM selection_report ORDER BY method, size")
+        report = queries.report(conn, "selection_report")
     print()
     print(format_table(report.columns, report.rows()))
     print()
@@ -277,12 +275,11 @@ def cmd_grads(args: argparse.Namespace) -> int:
 
     from dsel_assets import tables
     from dsel_assets.runs import run_batches
+    from dsel_assets.store import queries
 
     home = _home(args)
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
-        pool_batches = [
-            r[0] for r in conn.execute("SELECT batch FROM batches WHERE split = 'pool' ORDER BY batch").fetchall()
-        ]
+        pool_batches = queries.batch_names(conn, "pool")
     batches = args.batch or pool_batches
     unknown = sorted(set(batches) - set(pool_batches))
     if unknown:
@@ -292,7 +289,7 @@ def cmd_grads(args: argparse.Namespace) -> int:
     if run_batches(defs, batches, "batch_job", config, [AssetKey("pool_grad_features")]):
         return 1
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
-        latest = tables.one(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")
+        latest = queries.latest_warmup(conn)
     print(f"[dsel] done; features from warmup {latest[0] if latest else '-'}")
     return 0
 
@@ -318,6 +315,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from dsel_assets.runs import materialize_closure
     from dsel_assets.selections import available, selection_asset_name, selection_key, typed_params
     from dsel_assets.similarity import check_rds_pooling
+    from dsel_assets.store import queries
 
     spec = get(args.method)
     params = _parse_params(args.param)
@@ -340,13 +338,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     run_config = {"ops": {target.to_user_string(): {"config": config}}}
     materialize_closure(defs, DagsterInstance.get(), [target], run_config, only_missing=not changed)
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
-        summary = tables.frame(
-            conn,
-            """SELECT s.budget, count(*) AS selected, string_agg(DISTINCT e.task, ', ') AS tasks,
-                      min(s.score) AS min_score, max(s.score) AS max_score
-               FROM selections s JOIN examples e USING (pool_id) WHERE s.method = ? GROUP BY s.budget ORDER BY 2""",
-            [key],
-        )
+        summary = queries.selection_summary(conn, key)
     print(format_table(summary.columns, summary.rows()))
     return 0
 
@@ -439,20 +431,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from dsel_assets import tables
+    from dsel_assets.store import queries
 
     home = _home(args)
     with tables.connect(home.duckdb, log=_stderr) as conn:
         tables.ensure_schema(conn)
-        comp = conn.execute("SELECT split, source, task, count(*) FROM examples GROUP BY ALL ORDER BY ALL").fetchall()
-        reasons = conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC").fetchall()
+        comp = queries.composition(conn).rows()
+        reasons = queries.quarantine_reasons(conn).rows()
         version, batches = tables.pool_version(conn)
-        failed = conn.execute(
-            """SELECT b.batch, b.split, (SELECT count(*) FROM quarantine q WHERE q.batch = b.batch),
-                      coalesce(b.error, CASE WHEN b.validated_at IS NULL THEN 'not validated yet'
-                                            ELSE 'every record quarantined' END)
-               FROM batches b WHERE NOT EXISTS (SELECT 1 FROM examples e WHERE e.batch = b.batch)
-               ORDER BY b.registered_at"""
-        ).fetchall()
+        failed = queries.batches_without_rows(conn)
     print(f"state home: {home.root}\npool version: {version} ({len(batches)} pool batches)\n")
     print(format_table(["split", "source", "task", "examples"], comp) if comp else "no examples yet")
     print()

@@ -21,7 +21,7 @@ import dagster as dg
 import duckdb
 
 from dsel_assets import tables
-from dsel_assets.store import schema
+from dsel_assets.store import queries, schema
 from resources.tracking import restore_credentials
 
 #: Materialization metadata worth showing in a lineage line, in this order.
@@ -184,15 +184,15 @@ def data_origin(database: str, batches: list[str]) -> dict:
     with duckdb.connect(database, read_only=True) as conn:
         files = []
         for batch in batches:
-            split, original, stored, sha256 = tables.one(
-                conn, "SELECT split, original_path, stored_path, sha256 FROM batches WHERE batch = ?", [batch]
+            manifest = tables.get_batch(conn, batch)
+            split, original, stored, sha256 = (
+                manifest.split,
+                manifest.original_path,
+                manifest.stored_path,
+                manifest.sha256,
             )
-            accepted = tables.scalar(conn, "SELECT count(*) FROM examples WHERE batch = ?", [batch])
-            reasons = dict(
-                conn.execute(
-                    "SELECT reason, count(*) FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY 2 DESC", [batch]
-                ).fetchall()
-            )
+            accepted, reason_counts, _ = queries.batch_counts(conn, batch)
+            reasons = dict(reason_counts)
             files.append(
                 {
                     "batch": batch,
@@ -278,35 +278,22 @@ def why(database: str, pool_id: str, selection: str) -> dict:
     labels), and its rank in each budget of selection ``selection`` (method or asset name)."""
     method = selection.removeprefix("selection_")
     with duckdb.connect(database, read_only=True) as conn:
-        example = tables.frame(
-            conn,
-            "SELECT e.pool_id, e.batch, e.split, e.source, e.task, e.position, e.raw, e.meta, b.original_path, "
-            "b.sha256 FROM examples e JOIN batches b USING (batch) WHERE e.pool_id = ?",
-            [pool_id],
-        )
-        if example.height == 0:
+        example = queries.example_origin(conn, pool_id)
+        if example is None:
             raise KeyError(f"pool_id: {pool_id} is not in the pool (see the quarantine with dsel status)")
         holders = [t for t in schema.tables_with_column(conn, "pool_id") if t not in ("examples", "selections")]
         scores = {}
-        for table in holders:  # names from DuckDB's own catalog, quoted as identifiers
-            rows = tables.frame(conn, f'SELECT * FROM "{table}" WHERE pool_id = ?', [pool_id])
-            if rows.height:
+        for table in holders:  # names from the database's own catalog
+            rows = queries.rows_of_id(conn, table, pool_id)
+            if rows:
                 scores[table] = [
                     {k: v for k, v in row.items() if k != "pool_id" and not isinstance(v, (list, bytes))}
-                    for row in rows.to_dicts()
+                    for row in rows
                 ]
-        ranks = tables.frame(
-            conn,
-            """SELECT s.budget, s.k, (SELECT count(*) FROM selections t WHERE t.method = s.method
-                      AND t.budget = s.budget) AS selected, r.rank, r.score, s.pool_version, s.mlflow_run_id
-               FROM (SELECT DISTINCT method, budget, k, pool_version, mlflow_run_id FROM selections WHERE method = ?) s
-               LEFT JOIN selections r ON r.method = s.method AND r.budget = s.budget AND r.pool_id = ?
-               ORDER BY s.budget""",
-            [method, pool_id],
-        )
+        ranks = queries.selection_ranks(conn, method, pool_id)
     if ranks.height == 0:
         raise KeyError(f"selection: no stored selection for method {method!r}")
-    return {"example": example.to_dicts()[0], "scores": scores, "selection": method, "ranks": ranks.to_dicts()}
+    return {"example": example, "scores": scores, "selection": method, "ranks": ranks.to_dicts()}
 
 
 def format_why(report: dict) -> str:

@@ -184,3 +184,64 @@ def test_selection_ids_versions_and_score_rows(conn):
     assert queries.score_rows(conn, "loss_scores", "b2", ["pool_id"]).height == 0
     with pytest.raises(ValueError, match="not a plain identifier"):
         queries.score_rows(conn, "loss_scores", "b1", ["pool_id, messages FROM examples --"])
+
+
+def test_batch_states_origins_and_ranks(conn):
+    sql = schema._Sql(conn, queries.dialect_of(conn))
+    for batch, split, when, validated, error in [
+        ("b1", "pool", "2026-01-01 00:00:01", "2026-01-01 00:00:02", None),
+        ("b2", "pool", "2026-01-01 00:00:03", "2026-01-01 00:00:04", None),
+        ("bq", "query", "2026-01-01 00:00:05", "2026-01-01 00:00:06", None),
+        ("bad", "pool", "2026-01-01 00:00:07", "2026-01-01 00:00:08", None),
+        ("new", "pool", "2026-01-01 00:00:09", None, None),
+        ("broken", "eval", "2026-01-01 00:00:10", None, "not UTF-8"),
+    ]:
+        sql.run(
+            "INSERT INTO batches (batch, split, original_path, sha256, registered_at, validated_at, error) "
+            "VALUES (?, ?, ?, ?, CAST(? AS TIMESTAMP), CAST(? AS TIMESTAMP), ?)",
+            [batch, split, f"/data/{batch}.json", f"sha-{batch}", when, validated, error],
+        )
+    for reason in ("bad_json", "empty", "bad_json"):
+        sql.run("INSERT INTO quarantine (batch, reason) VALUES ('bad', ?)", [reason])
+    assert queries.batch_counts(conn, "bad") == (0, [("bad_json", 2), ("empty", 1)], None)
+    assert queries.batch_counts(conn, "b1") == (1, [], None)
+    assert queries.batch_counts(conn, "broken") == (0, [], "not UTF-8")
+    assert queries.batch_names(conn, "pool") == ["b1", "b2", "bad", "new"]
+    assert queries.batches_without_rows(conn) == [
+        ("bad", "pool", 3, "every record quarantined"),
+        ("new", "pool", 0, "not validated yet"),
+        ("broken", "eval", 0, "not UTF-8"),
+    ]
+    origin = queries.example_origin(conn, "p1")
+    assert (origin["batch"], origin["original_path"], origin["sha256"], origin["task"]) == (
+        "b1",
+        "/data/b1.json",
+        "sha-b1",
+        "math",
+    )
+    assert queries.example_origin(conn, "nope") is None
+    assert [r["split"] for r in queries.rows_of_id(conn, "examples", "q1")] == ["query"]
+
+    for budget, k, rank, pool_id, score in [
+        ("5pct", 1, 0, "p2", 0.9),
+        ("10pct", 2, 0, "p1", 0.8),
+        ("10pct", 2, 1, "p2", 0.7),
+    ]:
+        sql.run(
+            "INSERT INTO selections (method, budget, k, rank, pool_id, score, pool_version) "
+            "VALUES ('less', ?, ?, ?, ?, ?, 'v1')",
+            [budget, k, rank, pool_id, score],
+        )
+    ranks = queries.selection_ranks(conn, "less", "p1")
+    assert ranks.select("budget", "k", "selected", "rank", "score").rows() == [
+        ("10pct", 2, 2, 0, 0.8),
+        ("5pct", 1, 1, None, None),
+    ]
+    summary = queries.selection_summary(conn, "less")
+    assert summary.select("budget", "selected", "min_score", "max_score").rows() == [
+        ("5pct", 1, 0.9, 0.9),
+        ("10pct", 2, 0.7, 0.8),
+    ]
+    assert sorted(summary["tasks"][1].split(", ")) == ["chat", "math"]
+    with pytest.raises(ValueError, match="is not selection_report"):
+        queries.report(conn, "examples")

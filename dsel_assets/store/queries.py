@@ -94,6 +94,56 @@ def record_pool_version(conn, version: str, batches: Sequence[str], n_examples: 
     )
 
 
+def batch_counts(conn, batch: str) -> tuple[int, list[tuple[str, int]], str | None]:
+    """(accepted rows, quarantined rows per reason - most frequent first -, failure) of a batch."""
+    sql = _Sql(conn, dialect_of(conn))
+    accepted = int(sql.run("SELECT count(*) FROM examples WHERE batch = ?", [batch])[0][0])
+    reasons = sql.run(
+        "SELECT reason, count(*) AS n FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY n DESC, reason", [batch]
+    )
+    error = sql.run("SELECT error FROM batches WHERE batch = ?", [batch])
+    return accepted, [(r, int(n)) for r, n in reasons], error[0][0] if error else None
+
+
+def batch_names(conn, split: str) -> list[str]:
+    """The registered batches of ``split``, by name."""
+    rows = _Sql(conn, dialect_of(conn)).run("SELECT batch FROM batches WHERE split = ? ORDER BY batch", [split])
+    return [r[0] for r in rows]
+
+
+def batches_without_rows(conn) -> list[tuple[str, str, int, str]]:
+    """(batch, split, quarantined rows, why) of every batch with no accepted row, oldest first:
+    its failure, 'not validated yet', or 'every record quarantined'."""
+    return [
+        (batch, split, int(n), why)
+        for batch, split, n, why in _Sql(conn, dialect_of(conn)).run(
+            """SELECT b.batch, b.split, (SELECT count(*) FROM quarantine q WHERE q.batch = b.batch),
+                      coalesce(b.error, CASE WHEN b.validated_at IS NULL THEN 'not validated yet'
+                                            ELSE 'every record quarantined' END)
+               FROM batches b WHERE NOT EXISTS (SELECT 1 FROM examples e WHERE e.batch = b.batch)
+               ORDER BY b.registered_at"""
+        )
+    ]
+
+
+def example_origin(conn, pool_id: str) -> dict | None:
+    """An example's stored record with its raw file's original path and sha256, or None."""
+    found = frame(
+        conn,
+        "SELECT e.pool_id, e.batch, e.split, e.source, e.task, e.position, e.raw, e.meta, b.original_path, "
+        "b.sha256 FROM examples e JOIN batches b ON b.batch = e.batch WHERE e.pool_id = ?",
+        [pool_id],
+    )
+    return found.to_dicts()[0] if found.height else None
+
+
+def rows_of_id(conn, table: str, pool_id: str) -> list[dict]:
+    """The rows of ``table`` (a name from the catalog, checked) that belong to ``pool_id``."""
+    if not _IDENTIFIER.match(table):
+        raise ValueError(f"table: {table!r} is not a plain identifier")
+    return frame(conn, f"SELECT * FROM {table} WHERE pool_id = ?", [pool_id]).to_dicts()
+
+
 def meta_field(conn, split: str, field: str) -> dict[str, object]:
     """pool id -> the decoded value of ``field`` in each example's ``meta`` JSON (None when absent)."""
     rows = _Sql(conn, dialect_of(conn)).run("SELECT pool_id, meta FROM examples WHERE split = ?", [split])
@@ -202,6 +252,40 @@ def method_selections(
         f"SELECT {', '.join(columns)} FROM selections WHERE method = ? ORDER BY budget, selection_seed, rank",
         [method],
     )
+
+
+def selection_ranks(conn, method: str, pool_id: str) -> pl.DataFrame:
+    """Per stored budget of ``method``: its size k, how many were selected, ``pool_id``'s rank and
+    score there (null when not selected), pool version and MLflow run."""
+    return frame(
+        conn,
+        """SELECT s.budget, s.k, (SELECT count(*) FROM selections t WHERE t.method = s.method
+                  AND t.budget = s.budget) AS selected, r.rank, r.score, s.pool_version, s.mlflow_run_id
+           FROM (SELECT DISTINCT method, budget, k, pool_version, mlflow_run_id FROM selections WHERE method = ?) s
+           LEFT JOIN selections r ON r.method = s.method AND r.budget = s.budget AND r.pool_id = ?
+           ORDER BY s.budget""",
+        [method, pool_id],
+    )
+
+
+def selection_summary(conn, method: str) -> pl.DataFrame:
+    """Per stored budget of ``method``: rows selected, the tasks they come from, score range."""
+    return frame(
+        conn,
+        """SELECT s.budget, count(*) AS selected, string_agg(DISTINCT e.task, ', ') AS tasks,
+                  min(s.score) AS min_score, max(s.score) AS max_score
+           FROM selections s JOIN examples e ON e.pool_id = s.pool_id WHERE s.method = ?
+           GROUP BY s.budget ORDER BY selected""",
+        [method],
+    )
+
+
+def report(conn, name: str) -> pl.DataFrame:
+    """A report table written whole by its asset (``selection_report``, ``comparison_report``)."""
+    if name not in ("selection_report", "comparison_report"):
+        raise ValueError(f"report: {name!r} is not selection_report or comparison_report")
+    order = " ORDER BY method, size" if name == "selection_report" else ""
+    return frame(conn, f"SELECT * FROM {name}{order}")
 
 
 def selected_ids(conn, method: str) -> list[str]:
