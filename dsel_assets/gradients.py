@@ -226,11 +226,6 @@ def write_pool_features(
     return stats
 
 
-def _items(conn, sql: str, params: list) -> list[tuple[str, list[dict]]]:
-    rows = tables.frame(conn, sql, params)
-    return list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
-
-
 def _checkpoints(manifest: dict, wanted: list[int]) -> list[tuple[int, Path]]:
     available = {c["epoch"]: Path(c["path"]) for c in manifest["checkpoints"]}
     unknown = sorted(set(wanted) - set(available))
@@ -272,9 +267,8 @@ def pool_grad_features(
         )
     with duckdb.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup(conn)
-        items = _items(
-            conn, "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id", [batch]
-        )
+        rows = queries.split_rows(conn, "pool", batch=batch)
+        items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     checkpoints = _checkpoints(warmup_manifest, config.checkpoints)
     params = {
         "batch": batch,

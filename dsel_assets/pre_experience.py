@@ -8,7 +8,6 @@ base model, code) and reuse what is stored: an unchanged pool trains nothing and
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -174,19 +173,14 @@ def cherry_pre_experienced_scores(
     identity = selection_model.identity()
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
     with duckdb.get_connection() as conn:
-        found = tables.one(conn, "SELECT adapter, path FROM pre_experience_sample LIMIT 1")
-        if found is None:
+        found = queries.rows_matching(conn, "pre_experience_sample", ["adapter", "path"], {}).head(1)
+        if found.height == 0:
             raise RuntimeError(f"{PRE_EXPERIENCED_MODEL}: no adapter yet; materialize it first")
-        adapter, path = found
+        adapter, path = found.row(0)
         schema.ensure_score_table(conn, PRE_EXPERIENCED_SCORES, extra=(schema.Column("adapter", "text"),))
         rows = queries.split_rows(conn, "pool", ("pool_id", "batch", "messages"))
-        done = {
-            r[0]
-            for r in conn.execute(
-                f"SELECT pool_id FROM {PRE_EXPERIENCED_SCORES} WHERE adapter = ? AND code_version = ?",
-                [adapter, code_version],
-            ).fetchall()
-        }
+        keep = {"adapter": adapter, "code_version": code_version}
+        done = set(queries.rows_matching(conn, PRE_EXPERIENCED_SCORES, ["pool_id"], keep)["pool_id"])
     batch_of = dict(zip(rows["pool_id"].to_list(), rows["batch"].to_list(), strict=True))
     todo = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
     started = time.perf_counter()
@@ -208,19 +202,9 @@ def cherry_pre_experienced_scores(
                     f"eta {(len(todo) - written) / rate:.0f}s"
                 )
         with duckdb.get_connection() as conn:
-            conn.execute(
-                f"DELETE FROM {PRE_EXPERIENCED_SCORES} WHERE adapter <> ? OR code_version <> ? "
-                "OR pool_id NOT IN (SELECT pool_id FROM examples WHERE split = 'pool')",
-                [adapter, code_version],
-            )
-            n, undefined, mean_ifd = conn.execute(
-                f"SELECT count(*), count(*) FILTER (reason <> ''), avg(ifd_loss_ratio) FILTER (reason = '') "
-                f"FROM {PRE_EXPERIENCED_SCORES}"
-            ).fetchone()
-            reasons = conn.execute(
-                f"SELECT reason, count(*) FROM {PRE_EXPERIENCED_SCORES} WHERE reason <> '' GROUP BY reason"
-            ).fetchall()
-        mean_ifd = math.nan if mean_ifd is None else mean_ifd
+            queries.delete_stale(conn, PRE_EXPERIENCED_SCORES, keep)
+            stats = queries.score_summary(conn, PRE_EXPERIENCED_SCORES, "ifd_loss_ratio")
+        n, undefined, mean_ifd, reasons = stats.rows, stats.undefined, stats.mean, stats.reasons
         run.log_metrics({"rows": n, "computed": len(todo), "undefined": undefined, "mean_ifd": mean_ifd})
     return dg.MaterializeResult(
         metadata={

@@ -27,6 +27,7 @@ from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.scoring import TEMPLATES, ExampleScores, check_options, score_examples
 from dsel_assets.core.models.templates import ALPACA_PROMPT
 from dsel_assets.core.models.warmup import WarmupConfig
+from dsel_assets.core.quality import quality_values
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool_batch, pool_batches
@@ -118,23 +119,13 @@ def build_score_asset(
         batch = context.partition_key
         identity = model_res.identity()
         code_version = context.assets_def.code_versions_by_key[context.asset_key]
-        key = [batch, identity["model_hash"], code_version, config.template]
+        # the identity of a score row: rows of the same one are reused, rows of another are stale
+        keep = {"model_hash": identity["model_hash"], "code_version": code_version, "prompt_template": config.template}
         with duckdb.get_connection() as conn:
             schema.ensure_score_table(conn, table)
             manifest = tables.get_batch(conn, batch)
-            rows = tables.frame(
-                conn,
-                "SELECT pool_id, messages FROM examples WHERE batch = ? AND split = 'pool' ORDER BY pool_id",
-                [batch],
-            )
-            done = {
-                r[0]
-                for r in conn.execute(
-                    f"SELECT pool_id FROM {table} WHERE batch = ? AND model_hash = ? AND code_version = ? "
-                    "AND prompt_template = ?",
-                    key,
-                ).fetchall()
-            }
+            rows = queries.split_rows(conn, "pool", batch=batch)
+            done = set(queries.rows_matching(conn, table, ["pool_id"], {"batch": batch, **keep})["pool_id"])
         items = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
         started, written = time.perf_counter(), 0
         params = {"batch": batch, **identity, "code_version": code_version, "template": config.template}
@@ -162,43 +153,20 @@ def build_score_asset(
                     )
             with duckdb.get_connection() as conn:
                 # rows of ids no longer in the batch, or of another model / code version / template, are stale
-                conn.execute(
-                    f"DELETE FROM {table} WHERE batch = ? AND (model_hash <> ? OR code_version <> ? "
-                    "OR prompt_template <> ? OR pool_id NOT IN (SELECT pool_id FROM examples WHERE batch = ?))",
-                    [*key, batch],
-                )
-                summary = tables.frame(
-                    conn,
-                    f"SELECT count(*) AS n, count(*) FILTER (reason <> '') AS undefined, avg(ifd_loss_ratio) "
-                    f"AS mean_ifd, avg(ifd_ppl_ratio) AS mean_ifd_ppl FROM {table} WHERE batch = ?",
-                    [batch],
-                )
-                reasons = conn.execute(
-                    f"SELECT reason, count(*) FROM {table} WHERE batch = ? AND reason <> '' GROUP BY reason", [batch]
-                ).fetchall()
-            stats = summary.row(0, named=True)
-            run.log_metrics(
-                {
-                    k: v
-                    for k, v in {
-                        "rows": stats["n"],
-                        "undefined": stats["undefined"],
-                        "computed": written,
-                        "mean_ifd": stats["mean_ifd"],
-                    }.items()
-                    if v is not None and not (isinstance(v, float) and math.isnan(v))
-                }
-            )
+                queries.delete_stale(conn, table, keep, batch=batch)
+                stats = queries.score_summary(conn, table, "ifd_loss_ratio", batch=batch)
+            metrics = {"rows": stats.rows, "undefined": stats.undefined, "computed": written, "mean_ifd": stats.mean}
+            run.log_metrics({k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))})
         return dg.MaterializeResult(
             metadata={
-                "rows": stats["n"],
+                "rows": stats.rows,
                 "computed": written,
                 "reused_after_resume": len(done),
-                "undefined": stats["undefined"],
+                "undefined": stats.undefined,
                 **identity,
                 "template": config.template,
                 "table": table,
-                "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], reasons)),
+                "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], stats.reasons)),
                 **run.metadata(),
             },
             data_version=dg.DataVersion(
@@ -243,20 +211,21 @@ def quality(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: 
     """Which source each value came from is stored beside it (``how``)."""
     with duckdb.get_connection() as conn:
         schema.ensure_score_table(conn, "loss_scores")
-        conn.execute(
-            """CREATE OR REPLACE TABLE quality AS
-               SELECT e.pool_id,
-                      CASE WHEN try_cast(json_extract_string(e.meta, '$.score') AS DOUBLE) IS NOT NULL
-                           THEN least(greatest(try_cast(json_extract_string(e.meta, '$.score') AS DOUBLE), 0), 1)
-                           ELSE exp(-s.loss_conditioned) END AS quality,
-                      CASE WHEN try_cast(json_extract_string(e.meta, '$.score') AS DOUBLE) IS NOT NULL
-                           THEN 'column_score' ELSE 'model_likelihood' END AS how
-               FROM examples e LEFT JOIN loss_scores s USING (pool_id)
-               WHERE e.split = 'pool'"""
+        pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
+        score_of = queries.meta_field(conn, "pool", "score")
+        scored = queries.rows_matching(conn, "loss_scores", ["pool_id", "loss_conditioned"], {})
+        loss_of = dict(zip(scored["pool_id"].to_list(), scored["loss_conditioned"].to_list(), strict=True))
+        values, how = quality_values([score_of[p] for p in pool_ids], [loss_of.get(p) for p in pool_ids])
+        table = pl.DataFrame(
+            {"pool_id": pool_ids, "quality": values, "how": how},
+            schema={"pool_id": pl.String, "quality": pl.Float64, "how": pl.String},
         )
-        summary = conn.execute(
-            "SELECT how, count(*), count(quality), avg(quality) FROM quality GROUP BY how"
-        ).fetchall()
+        tables.replace_table(conn, "quality", table)
+        summary = (
+            table.group_by("how", maintain_order=True)
+            .agg(pl.len(), pl.col("quality").count(), pl.col("quality").mean())
+            .rows()
+        )
         version, _ = tables.pool_version(conn)
     with tracker.run(context, params={"pool_version": version}) as run:
         run.log_metrics({f"rows.{how}": n for how, n, _, _ in summary})
@@ -319,7 +288,7 @@ def learning_percentage(
         exists = "fingerprint" in schema.columns(conn, "learning_percentage")
         stored = None
         if exists:
-            stored = tables.frame(conn, "SELECT reason FROM learning_percentage WHERE fingerprint = ?", [fingerprint])
+            stored = queries.rows_matching(conn, "learning_percentage", ["reason"], {"fingerprint": fingerprint})
     if stored is not None and stored.height == rows.height:
         context.log.info(f"learning percentage: reusing the rows of fingerprint {fingerprint}")
         undefined = int((stored["reason"] != "").sum())
@@ -416,11 +385,7 @@ def golden_score(
         rows = queries.split_rows(conn, "pool")
         version, _ = tables.pool_version(conn)
         if config.anchors.startswith("source:"):
-            anchor_rows = tables.frame(
-                conn,
-                "SELECT messages FROM examples WHERE source = ? ORDER BY pool_id",
-                [config.anchors.split(":", 1)[1]],
-            )
+            anchor_rows = queries.source_rows(conn, config.anchors.split(":", 1)[1], ("messages",))
             if anchor_rows.height == 0:
                 raise ValueError(f"anchors: no examples from {config.anchors!r}; ingest that source first")
             anchor_messages = anchor_rows["messages"].to_list()
@@ -443,15 +408,10 @@ def golden_score(
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
     # the anchor set (and model, code) is the identity of a score: rows of the same one are reused
     anchor_set = hashlib.sha256(json.dumps([a.zero_shot_ids for a in anchors]).encode()).hexdigest()[:16]
-    key = [anchor_set, identity["model_hash"], code_version]
+    keep = {"anchor_set": anchor_set, "model_hash": identity["model_hash"], "code_version": code_version}
     with duckdb.get_connection() as conn:
         tables.ensure_schema(conn)
-        done = {
-            r[0]
-            for r in conn.execute(
-                "SELECT pool_id FROM golden_score WHERE anchor_set = ? AND model_hash = ? AND code_version = ?", key
-            ).fetchall()
-        }
+        done = set(queries.rows_matching(conn, "golden_score", ["pool_id"], keep)["pool_id"])
     todo = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
     started = time.perf_counter()
     template = template_hash(tokenizer)
@@ -494,16 +454,9 @@ def golden_score(
             )
         with duckdb.get_connection() as conn:
             # rows of another anchor set, model or code version, or of ids no longer in the pool, are stale
-            conn.execute(
-                "DELETE FROM golden_score WHERE anchor_set <> ? OR model_hash <> ? OR code_version <> ? "
-                "OR pool_id NOT IN (SELECT pool_id FROM examples WHERE split = 'pool')",
-                key,
-            )
-            n, undefined, mean = conn.execute(
-                "SELECT count(*), count(*) FILTER (reason <> ''), avg(golden_score) FILTER (reason = '') "
-                "FROM golden_score"
-            ).fetchone()
-        mean = math.nan if mean is None else mean  # no defined score at all
+            queries.delete_stale(conn, "golden_score", keep)
+            stats = queries.score_summary(conn, "golden_score", "golden_score")
+        n, undefined, mean = stats.rows, stats.undefined, stats.mean  # mean NaN: no defined score at all
         run.log_metrics({"rows": n, "computed": len(todo), "undefined": undefined, "mean_gs": mean})
     return dg.MaterializeResult(
         metadata={

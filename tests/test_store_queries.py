@@ -3,6 +3,8 @@ real PostgreSQL server, for rows written by hand here."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from dsel_assets.store import queries, schema
@@ -245,3 +247,44 @@ def test_batch_states_origins_and_ranks(conn):
     assert sorted(summary["tasks"][1].split(", ")) == ["chat", "math"]
     with pytest.raises(ValueError, match="is not selection_report"):
         queries.report(conn, "examples")
+
+
+def test_score_rows_reuse_cleanup_and_summary(conn):
+    dialect = queries.dialect_of(conn)
+    schema.ensure_score_table(conn, "loss_scores", dialect=dialect)
+    sql = schema._Sql(conn, dialect)
+    for pool_id, batch, model_hash, reason, ifd in [
+        ("p1", "b1", "new", "", 0.4),
+        ("p1", "b1", "old", "", 0.9),  # another model: stale
+        ("gone", "b1", "new", "", 0.1),  # no longer in its batch: stale
+        ("p2", "b2", "old", "", 0.5),  # another batch: untouched by a per-batch cleanup of b1
+        ("q1", "bq", "new", "no response tokens", float("nan")),
+    ]:
+        sql.run(
+            "INSERT INTO loss_scores (pool_id, batch, model_hash, code_version, prompt_template, reason, "
+            "ifd_loss_ratio) VALUES (?, ?, ?, 'v1', 'chat', ?, ?)",
+            [pool_id, batch, model_hash, reason, ifd],
+        )
+    keep = {"model_hash": "new", "code_version": "v1", "prompt_template": "chat"}
+    reused = queries.rows_matching(conn, "loss_scores", ["pool_id"], {"batch": "b1", **keep})
+    assert sorted(reused["pool_id"]) == ["gone", "p1"]
+    queries.delete_stale(conn, "loss_scores", keep, batch="b1")
+    remaining = sql.run("SELECT pool_id, batch, model_hash FROM loss_scores ORDER BY batch, pool_id")
+    assert remaining == [("p1", "b1", "new"), ("p2", "b2", "old"), ("q1", "bq", "new")]
+
+    summary = queries.score_summary(conn, "loss_scores", "ifd_loss_ratio")
+    assert (summary.rows, summary.undefined, summary.reasons) == (3, 1, [("no response tokens", 1)])
+    assert summary.mean == pytest.approx(0.45)  # over the defined rows (0.4, 0.5); the NaN row has a reason
+    one = queries.score_summary(conn, "loss_scores", "ifd_loss_ratio", batch="bq")
+    assert (one.rows, one.undefined) == (1, 1) and math.isnan(one.mean)
+
+    queries.delete_stale(conn, "loss_scores", {"model_hash": "new"})  # pool-wide: q1 is not a pool row
+    assert sql.run("SELECT pool_id FROM loss_scores") == [("p1",)]
+    with pytest.raises(ValueError, match="plain identifier"):
+        queries.rows_matching(conn, "loss_scores", ["pool_id"], {"batch = batch OR 1": 1})
+
+
+def test_source_rows(conn):
+    sql = schema._Sql(conn, queries.dialect_of(conn))
+    sql.run("UPDATE examples SET source = 'anchors' WHERE pool_id IN ('q2', 'p2')")
+    assert queries.source_rows(conn, "anchors", ("pool_id",))["pool_id"].to_list() == ["p2", "q2"]

@@ -8,7 +8,9 @@ here question by question (issue 15)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import polars as pl
@@ -142,6 +144,11 @@ def rows_of_id(conn, table: str, pool_id: str) -> list[dict]:
     if not _IDENTIFIER.match(table):
         raise ValueError(f"table: {table!r} is not a plain identifier")
     return frame(conn, f"SELECT * FROM {table} WHERE pool_id = ?", [pool_id]).to_dicts()
+
+
+def source_rows(conn, source: str, columns: Sequence[str] = ("pool_id", "messages")) -> pl.DataFrame:
+    """The examples ingested from ``source`` (any split), by id."""
+    return frame(conn, f"SELECT {_columns(columns)} FROM examples WHERE source = ? ORDER BY pool_id", [source])
 
 
 def meta_field(conn, split: str, field: str) -> dict[str, object]:
@@ -326,3 +333,62 @@ def score_rows(conn, table: str, batch: str, columns: Sequence[str]) -> pl.DataF
 def _now() -> datetime:
     """UTC now, naive (the TIMESTAMP columns hold UTC)."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _identifiers(*names: str) -> None:
+    for name in names:
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"{name!r} is not a plain identifier")
+
+
+def rows_matching(conn, table: str, columns: Sequence[str], match: dict[str, object]) -> pl.DataFrame:
+    """``columns`` of the rows of ``table`` whose ``match`` columns equal the given values (names
+    are the caller's own declared identifiers, checked; values bound)."""
+    _identifiers(table, *columns, *match)
+    where = " AND ".join(f"{c} = ?" for c in match) or "TRUE"
+    return frame(conn, f"SELECT {', '.join(columns)} FROM {table} WHERE {where}", list(match.values()))
+
+
+def delete_stale(conn, table: str, keep: dict[str, object], batch: str | None = None) -> None:
+    """Delete the rows of a per-example table that another model / code version / setting made
+    (any ``keep`` column differs) or whose example left the pool - within one ``batch`` when
+    given (a per-batch asset), else across the table (a pool-wide one)."""
+    _identifiers(table, *keep)
+    differs = [f"{c} <> ?" for c in keep]
+    if batch is None:
+        stale = " OR ".join([*differs, "pool_id NOT IN (SELECT pool_id FROM examples WHERE split = 'pool')"])
+        sql, params = f"DELETE FROM {table} WHERE {stale}", list(keep.values())
+    else:
+        stale = " OR ".join([*differs, "pool_id NOT IN (SELECT pool_id FROM examples WHERE batch = ?)"])
+        sql, params = f"DELETE FROM {table} WHERE batch = ? AND ({stale})", [batch, *keep.values(), batch]
+    _Sql(conn, dialect_of(conn)).run(sql, params)
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    rows: int
+    undefined: int  # rows with a reason instead of a value
+    mean: float  # of ``value_column`` over the defined rows (NaN when none)
+    reasons: list[tuple[str, int]]  # undefined rows per reason, most frequent first
+
+
+def score_summary(conn, table: str, value_column: str, batch: str | None = None) -> ScoreSummary:
+    """Rows, undefined rows and their reasons, and the mean value of a score table (or of one
+    batch of it)."""
+    _identifiers(table, value_column)
+    where, params = ("WHERE batch = ?", [batch]) if batch is not None else ("", [])
+    sql = _Sql(conn, dialect_of(conn))
+    n, undefined, mean = sql.run(
+        f"SELECT count(*), count(*) FILTER (WHERE reason <> ''), avg({value_column}) FILTER (WHERE reason = '') "
+        f"FROM {table} {where}",
+        params,
+    )[0]
+    reason_filter = f"{where} AND" if where else "WHERE"
+    reasons = sql.run(
+        f"SELECT reason, count(*) AS n FROM {table} {reason_filter} reason <> '' "
+        "GROUP BY reason ORDER BY n DESC, reason",
+        params,
+    )
+    return ScoreSummary(
+        int(n), int(undefined), math.nan if mean is None else float(mean), [(r, int(k)) for r, k in reasons]
+    )
