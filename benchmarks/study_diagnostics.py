@@ -26,7 +26,7 @@ def main() -> int:
     import duckdb
 
     from dsel_assets.cli import format_table
-    from dsel_assets.tables import frame
+    from dsel_assets.store.tables import frame
 
     with duckdb.connect(str(Path(args.home) / "dsel.duckdb"), read_only=True) as conn:
         report = frame(

@@ -21,7 +21,6 @@ import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from dsel_assets import tables
 from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.evaluation import BASE, eval_assets
 from dsel_assets.finetune import FULL_POOL
@@ -31,7 +30,7 @@ from dsel_assets.pool import pool_batches
 from dsel_assets.representations import SENTENCE_EMBEDDINGS, sentence_embeddings, vector_matrix
 from dsel_assets.scores import loss_scores, proxy_loss_scores, score_tables
 from dsel_assets.selections import selection_assets
-from dsel_assets.store import queries, schema
+from dsel_assets.store import queries, schema, tables
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 

@@ -80,7 +80,7 @@ def _changed_settings(home: DselHome, args: argparse.Namespace) -> list[str]:
 
 
 def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
-    from dsel_assets import tables
+    from dsel_assets.store import tables
 
     with tables.connect(home.duckdb, log=_stderr) as conn:
         manifest, created = tables.register_batch(conn, path, home.raw, **labels)
@@ -93,8 +93,7 @@ def _stderr(message: str) -> None:
 
 
 def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
-    from dsel_assets import tables
-    from dsel_assets.store import queries
+    from dsel_assets.store import queries, tables
 
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         rows = []
@@ -134,9 +133,8 @@ def comparison_run_config(in_job: set[str], epochs: int, eval_per_task: int) -> 
 def print_comparison(home: DselHome) -> int:
     """Print the comparison report: per method, budget and task the mean over seeds with its
     95% CI, the difference to random with its CI and p-value, and the verdict."""
-    from dsel_assets import tables
     from dsel_assets.core.stats import format_verdict_cell
-    from dsel_assets.store import queries, schema
+    from dsel_assets.store import queries, schema, tables
 
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
         columns = schema.columns(conn, "comparison_report")
@@ -175,10 +173,9 @@ SHORT_GRAD_DIM = 1024
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Generate the synthetic default, ingest it, embed, select, report."""
-    from dsel_assets import tables
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.runs import run_batches
-    from dsel_assets.store import queries
+    from dsel_assets.store import queries, tables
 
     started = time.perf_counter()
     home = _home(args)
@@ -273,9 +270,8 @@ def cmd_grads(args: argparse.Namespace) -> int:
     """The pool_grad_features asset for the chosen batches, from the command line."""
     from dagster import AssetKey
 
-    from dsel_assets import tables
     from dsel_assets.runs import run_batches
-    from dsel_assets.store import queries
+    from dsel_assets.store import queries, tables
 
     home = _home(args)
     with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
@@ -310,12 +306,11 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     from dagster import AssetKey, DagsterInstance
 
-    from dsel_assets import tables
     from dsel_assets.core.select import build_config, get
     from dsel_assets.runs import materialize_closure
     from dsel_assets.selections import available, selection_asset_name, selection_key, typed_params
     from dsel_assets.similarity import check_rds_pooling
-    from dsel_assets.store import queries
+    from dsel_assets.store import queries, tables
 
     spec = get(args.method)
     params = _parse_params(args.param)
@@ -363,8 +358,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     report every method against random with confidence intervals."""
     from dagster import DagsterInstance
 
-    from dsel_assets import tables
     from dsel_assets.compare import ComparePlan, check_plan, run_comparison
+    from dsel_assets.store import tables
 
     plan = ComparePlan(
         methods=list(dict.fromkeys(args.methods)),
@@ -430,8 +425,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
-    from dsel_assets import tables
-    from dsel_assets.store import queries
+    from dsel_assets.store import queries, tables
 
     home = _home(args)
     with tables.connect(home.duckdb, log=_stderr) as conn:
@@ -705,7 +699,7 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc} ({exc.filename or 'file system'}); check the path, permissions and free space"
     from dsel_assets.runs import RunFailed
-    from dsel_assets.tables import StateDatabaseError
+    from dsel_assets.store.tables import StateDatabaseError
 
     first_line = (str(exc).strip().splitlines() or [""])[0]
     return first_line if isinstance(exc, (RunFailed, StateDatabaseError)) else f"{type(exc).__name__}: {first_line}"

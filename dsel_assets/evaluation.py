@@ -15,7 +15,6 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dsel_assets import tables
 from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_sample, evaluate, summarize
 from dsel_assets.core.models.finetune import load_finetuned
@@ -23,7 +22,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.finetune import finetuned_assets, model_label
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
-from dsel_assets.store import queries
+from dsel_assets.store import queries, tables
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker
 

@@ -12,7 +12,6 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dsel_assets import tables
 from dsel_assets.core.models.finetune import FinetuneConfig, finetune, model_key, read_finetuned, selection_version
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
@@ -22,7 +21,7 @@ from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.selections import available, selection_asset_name
-from dsel_assets.store import queries
+from dsel_assets.store import queries, tables
 from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker

@@ -17,7 +17,6 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from dsel_assets import tables
 from dsel_assets.core.influence import aggregate_less_scores, checkpoint_weights, influence_matrix
 from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.lora import LoraSettings
@@ -28,7 +27,7 @@ from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS, vector_matrix, vector_table
 from dsel_assets.similarity import matrix_table
-from dsel_assets.store import queries
+from dsel_assets.store import queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
 from resources.lance_store import LanceStore

@@ -8,11 +8,10 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dsel_assets import tables
 from dsel_assets.core.labels import cluster_labels, provided_labels
 from dsel_assets.metadata import markdown_table
 from dsel_assets.representations import REPRESENTATIONS, SENTENCE_EMBEDDINGS, sentence_embeddings
-from dsel_assets.store import queries
+from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import SentenceEmbedder
 from resources.tracking import MlflowTracker

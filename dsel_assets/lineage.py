@@ -20,8 +20,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from dsel_assets import tables
-from dsel_assets.store import queries, schema
+from dsel_assets.store import queries, schema, tables
 from resources.tracking import restore_credentials
 
 #: Materialization metadata worth showing in a lineage line, in this order.

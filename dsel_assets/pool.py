@@ -5,11 +5,10 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from dsel_assets import tables
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.core.models.templates import token_counter
 from dsel_assets.metadata import markdown_table
-from dsel_assets.store import queries
+from dsel_assets.store import queries, tables
 from resources.ingest import IngestLimits
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker

@@ -16,7 +16,6 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dsel_assets import tables
 from dsel_assets.core.models.finetune import FinetuneConfig, finetune, load_finetuned, read_finetuned
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.pre_experience import pre_experience_sample
@@ -28,7 +27,7 @@ from dsel_assets.representation_registry import load_scalars
 from dsel_assets.representations import REPRESENTATIONS, model_embeddings
 from dsel_assets.scores import CHUNK, loss_scores, score_frame, template_hash
 from dsel_assets.similarity import load_vectors
-from dsel_assets.store import queries, schema
+from dsel_assets.store import queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -92,9 +91,7 @@ def cherry_pre_experienced_model(
         raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
     embeddings_name = model_embedding_settings.dataset(identity["model_hash"])
     vectors, embeddings_version = load_vectors(lance, embeddings_name, ids)
-    perplexity = load_scalars(duckdb, "loss_scores", {"ppl": "CASE WHEN reason = '' THEN ppl_conditioned END"}, ids)[
-        "ppl"
-    ]
+    perplexity = load_scalars(duckdb, "loss_scores", ["ppl_conditioned"], ids, defined_only=True)["ppl_conditioned"]
     sample, cluster = pre_experience_sample(vectors, perplexity, config.n_clusters, config.per_cluster, config.seed)
     if len(sample) == 0:
         raise RuntimeError("loss_scores: no pool example has a defined perplexity; nothing to pre-experience on")

@@ -12,7 +12,6 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dsel_assets import tables
 from dsel_assets.core.select.diagnostics import summarize
 from dsel_assets.core.stats import comparison_table
 from dsel_assets.evaluation import BASE, eval_assets
@@ -26,7 +25,7 @@ from dsel_assets.report_html import (
 )
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
 from dsel_assets.selections import load_vectors, selection_assets
-from dsel_assets.store import queries, schema
+from dsel_assets.store import queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.tracking import DatasetRef, MlflowTracker
@@ -35,22 +34,25 @@ REPORTS = "reports"
 REPORT_COLUMNS = ["method", "budget", "size", "task_entropy", "noise_fraction", "query_similarity", "task_counts"]
 
 
+def _noise_label(meta: str | None) -> str | None:
+    """A record's known-noise label (``meta.noise``) as text, as JSON text extraction gives it."""
+    value = (json.loads(meta) if meta else {}).get("noise")
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
 def selection_report_frame(conn, lance: LanceStore) -> pl.DataFrame:
     """One row per stored (method, budget): size, task mix, known-noise rate, query similarity."""
-    selected = tables.frame(
-        conn,
-        """SELECT s.method, s.budget, s.rank, s.pool_id, e.task, json_extract_string(e.meta, '$.noise') AS noise
-           FROM selections s JOIN examples e USING (pool_id)
-           WHERE e.split = 'pool' ORDER BY s.method, s.budget, s.rank""",
-    )
+    selected = queries.selected_examples(conn)
+    noise = [_noise_label(meta) for meta in selected["meta"].to_list()]
+    selected = selected.drop("meta").with_columns(pl.Series("noise", noise, dtype=pl.String))
     query_ids = queries.split_rows(conn, "query", ("pool_id",))["pool_id"].to_list()
     has_vectors = lance.version(SENTENCE_EMBEDDINGS) is not None
     query_vectors = None
     if has_vectors and query_ids:
         query_vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, query_ids)
-    has_noise_labels = tables.scalar(
-        conn, "SELECT count(*) > 0 FROM examples WHERE split = 'pool' AND json_exists(meta, '$.noise')"
-    )
+    has_noise_labels = any(v is not None for v in queries.meta_field(conn, "pool", "noise").values())
     rows = []
     for (method, budget), group in selected.group_by(["method", "budget"], maintain_order=True):
         vectors = load_vectors(lance, SENTENCE_EMBEDDINGS, group["pool_id"].to_list())[0] if has_vectors else None
@@ -147,17 +149,7 @@ def comparison_rows(conn, tasks: list[str], methods: list[str]) -> pl.DataFrame:
     """One row per (current model, eval example): the models of ``finetuned_models`` and the
     untouched base model, with their selection and training seeds and selection size."""
     tables.ensure_schema(conn)
-    rows = tables.frame(
-        conn,
-        """SELECT e.method, e.budget,
-                  coalesce((SELECT max(s.k) FROM selections s WHERE s.method = e.method AND s.budget = e.budget),
-                           f.examples, 0) AS train_size,
-                  coalesce(f.selection_seed, 0) AS selection_seed, coalesce(f.seed, 0) AS seed,
-                  e.task, e.pool_id, e.loss, e.score, e.metric
-           FROM eval_examples e LEFT JOIN finetuned_models f USING (model_key)
-           WHERE f.model_key IS NOT NULL OR e.method = ?""",
-        [BASE],
-    )
+    rows = queries.eval_rows_with_models(conn, BASE)
     if tasks:
         rows = rows.filter(pl.col("task").is_in(tasks))
     if methods:
@@ -168,7 +160,7 @@ def comparison_rows(conn, tasks: list[str], methods: list[str]) -> pl.DataFrame:
 def _task_mix(conn) -> pl.DataFrame | None:
     if not schema.table_exists(conn, "selection_report"):
         return None
-    return tables.frame(conn, "SELECT method, budget, task_counts FROM selection_report")
+    return queries.report(conn, "selection_report").select("method", "budget", "task_counts")
 
 
 def _embedded(path: Path) -> str:

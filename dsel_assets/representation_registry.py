@@ -14,7 +14,6 @@ import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from dsel_assets import tables
 from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.targeted import Influence
 from dsel_assets.gradient_scorer import load_less_scorer
@@ -208,23 +207,25 @@ def _aligned(rows: pl.DataFrame, pool_ids: list[str], column: str) -> np.ndarray
     return np.array([np.nan if values.get(p) is None else values[p] for p in pool_ids], dtype=np.float64)
 
 
-def load_scalars(duckdb: DuckDBResource, table: str, expressions: dict[str, str], pool_ids: list[str]):
-    """Columns of a score table aligned to ``pool_ids`` (NaN where missing or undefined)."""
+def load_scalars(
+    duckdb: DuckDBResource, table: str, columns: list[str], pool_ids: list[str], defined_only: bool = False
+) -> dict[str, np.ndarray]:
+    """Columns of a score table aligned to ``pool_ids`` (NaN where missing, or - with
+    ``defined_only`` - where the row records why the score is undefined)."""
     with duckdb.get_connection() as conn:
         if not schema.table_exists(conn, table):
             raise RuntimeError(f"{table}: not materialized yet")
-        select = ", ".join(f"{expr} AS {name}" for name, expr in expressions.items())
-        rows = tables.frame(conn, f"SELECT pool_id, {select} FROM {table}")
-    return {name: _aligned(rows, pool_ids, name) for name in expressions}
+        rows = queries.score_columns(conn, table, columns, defined_only)
+    return {column: _aligned(rows, pool_ids, column) for column in columns}
 
 
-def scalar(name: str, table: str, expression: str) -> Loader:
-    """One value per example: ``expression`` over score table ``table`` (under the context's
+def scalar(name: str, table: str, column: str, defined_only: bool) -> Loader:
+    """One value per example: ``column`` of the score table ``table`` (under the context's
     scoring template)."""
 
     def read(ctx: LoadContext) -> tuple[np.ndarray, DatasetRef]:
         source = score_table(table, ctx.template)
-        values = load_scalars(ctx.duckdb, source, {name: expression}, ctx.pool_ids)[name]
+        values = load_scalars(ctx.duckdb, source, [column], ctx.pool_ids, defined_only)[column]
         return values, DatasetRef(name, str(ctx.duckdb.database), source)
 
     return read
@@ -237,7 +238,7 @@ def uncertainty_scores(name: str, table: str) -> Loader:
     """Column -> value per example of every uncertainty score in score table ``table``."""
 
     def read(ctx: LoadContext) -> tuple[dict[str, np.ndarray], DatasetRef]:
-        values = load_scalars(ctx.duckdb, table, {c: c for c in UNCERTAINTY_COLUMNS}, ctx.pool_ids)
+        values = load_scalars(ctx.duckdb, table, list(UNCERTAINTY_COLUMNS), ctx.pool_ids)
         return values, DatasetRef(name, str(ctx.duckdb.database), table)
 
     return read
@@ -317,13 +318,15 @@ def rds_queries_name(ctx: LoadContext) -> str:
 # --- the declarations ---
 
 
-def declare_scalar(name: str, table: str, expression: str, description: str, **flags: Any) -> RepresentationSpec:
-    """A representation of one value per example: ``expression`` over the score table that asset
-    ``table`` writes."""
-    return declare(name, table, scalar(name, table, expression), description, **flags)
+def declare_scalar(
+    name: str, table: str, column: str, description: str, defined_only: bool = False, **flags: Any
+) -> RepresentationSpec:
+    """A representation of one value per example: ``column`` of the score table that asset
+    ``table`` writes (NaN where its row records a reason, with ``defined_only``)."""
+    return declare(name, table, scalar(name, table, column, defined_only), description, **flags)
 
 
-IFD = "CASE WHEN reason = '' THEN ifd_loss_ratio END"  # undefined (NaN) where a reason is recorded
+IFD = "ifd_loss_ratio"  # declared with defined_only: NaN where a reason is recorded
 
 declare(
     SENTENCE_EMBEDDINGS,
@@ -421,6 +424,7 @@ declare_scalar(
     "loss_scores",
     IFD,
     "Cherry's IFD, L(A|Q) / L(A), with the selection model",
+    defined_only=True,
     per_batch=True,
     cli_kind="loss",
     templated=True,
@@ -456,6 +460,7 @@ declare_scalar(
     "cherry_pre_experienced_scores",
     IFD,
     "Cherry's IFD after its pre-experience LoRA fine-tune",
+    defined_only=True,
     cli_kind="pre_experienced_ifd",
     configured_by="cherry_pre_experienced_model",
 )
@@ -476,8 +481,9 @@ declare(
 declare_scalar(
     "learning_percentage",
     "learning_percentage",
-    "CASE WHEN reason = '' THEN lp1 END",
+    "lp1",
     "Small2Large learning percentage, the proxy model LoRA-trained on the whole pool",
+    defined_only=True,
     cli_kind="learning_percentage",
     pinned=("proxy_model",),
 )

@@ -7,11 +7,10 @@ import numpy as np
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from dsel_assets import tables
 from dsel_assets.core.data.schema import example_text
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.pool import pool_batch, pool_batches
-from dsel_assets.store import queries
+from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
 from resources.tracking import DatasetRef, MlflowTracker

@@ -21,7 +21,6 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dsel_assets import tables
 from dsel_assets.core.models.learning_percentage import compute_learning_percentages
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.scoring import TEMPLATES, ExampleScores, check_options, score_examples
@@ -32,7 +31,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS
-from dsel_assets.store import queries, schema
+from dsel_assets.store import queries, schema, tables
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker

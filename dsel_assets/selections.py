@@ -16,7 +16,7 @@ import pydantic
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dsel_assets import representation_registry, tables
+from dsel_assets import representation_registry
 from dsel_assets.core.select import Budget, build_config, methods
 from dsel_assets.core.select.diagnostics import set_measures
 from dsel_assets.core.select.registry import MethodSpec
@@ -27,7 +27,7 @@ from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
 from dsel_assets.similarity import load_vectors
-from dsel_assets.store import queries
+from dsel_assets.store import queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel

@@ -25,7 +25,7 @@ from dagster._core.loader import LoadingContext
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilter
 from dagster_duckdb import DuckDBResource
 
-from dsel_assets import inbox, tables
+from dsel_assets import inbox
 from dsel_assets.core.data.catalog import labels_for
 from dsel_assets.gradients import MODELS
 from dsel_assets.liveness import reap_dead_runs
@@ -33,6 +33,7 @@ from dsel_assets.pool import POOL, pool_batches
 from dsel_assets.reports import REPORTS
 from dsel_assets.representations import REPRESENTATIONS
 from dsel_assets.selections import SELECTIONS
+from dsel_assets.store import tables
 from jobs import EXPENSIVE, batch_job, curation_job
 from resources.home import StateHome
 from resources.inbox import InboxSettings

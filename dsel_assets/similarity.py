@@ -12,7 +12,6 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dsel_assets import tables
 from dsel_assets.core.select.targeted import cosine_scores
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
@@ -25,7 +24,7 @@ from dsel_assets.representations import (
     vector_matrix,
     vector_table,
 )
-from dsel_assets.store import queries
+from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
 from resources.tracking import DatasetRef, MlflowTracker

@@ -11,12 +11,12 @@ import duckdb
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dsel_assets import tables
 from dsel_assets.code_location import build_definitions
 from dsel_assets.core.select import methods
 from dsel_assets.finetune import DEFAULT_FINETUNED
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.selections import available
+from dsel_assets.store import tables
 
 from .helpers import write_jsonl
 

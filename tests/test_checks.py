@@ -9,7 +9,6 @@ import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from dsel_assets import tables
 from dsel_assets.checks import (
     build_checks,
     content_overlap,
@@ -22,6 +21,7 @@ from dsel_assets.code_location import build_definitions
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.pool import pool_batches
 from dsel_assets.selections import coverage
+from dsel_assets.store import tables
 
 from .helpers import write_jsonl
 

@@ -8,7 +8,6 @@ import polars as pl
 import pytest
 import torch
 
-from dsel_assets import tables
 from dsel_assets.core.data.schema import example_id
 from dsel_assets.core.data.synthetic import generate
 from dsel_assets.core.evaluation import (
@@ -36,6 +35,7 @@ from dsel_assets.finetune import finetuned_assets
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.reports import comparison_report, selection_report
 from dsel_assets.selections import selection_assets
+from dsel_assets.store import tables
 
 from .test_assets import register
 

@@ -17,8 +17,9 @@ import duckdb
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from dsel_assets import inbox, tables
+from dsel_assets import inbox
 from dsel_assets.code_location import build_definitions
+from dsel_assets.store import tables
 from resources import InboxSettings, build_resources
 
 from .helpers import write_jsonl

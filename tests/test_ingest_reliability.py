@@ -15,11 +15,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dsel_assets import tables
 from dsel_assets.cli import main
 from dsel_assets.code_location import build_definitions
 from dsel_assets.core.models.loading import resolve
 from dsel_assets.runs import run_batches
+from dsel_assets.store import tables
 from resources.tracking import MlflowTracker, TrackedRun, redact_uri, restore_credentials
 
 from .helpers import write_jsonl

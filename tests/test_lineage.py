@@ -6,8 +6,8 @@ import json
 import duckdb
 from mlflow.tracking import MlflowClient
 
-from dsel_assets import tables
 from dsel_assets.cli import main
+from dsel_assets.store import tables
 
 from .helpers import write_jsonl
 

@@ -6,7 +6,6 @@ import dagster as dg
 import duckdb
 import numpy as np
 
-from dsel_assets import tables
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.representation_registry import UNCERTAINTY_COLUMNS
 from dsel_assets.representations import model_embeddings
@@ -18,6 +17,7 @@ from dsel_assets.scores import (
     whisperer_score,
 )
 from dsel_assets.selections import load_representation
+from dsel_assets.store import tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dsel_assets import tables
+from dsel_assets.store import tables
 from resources.lance_store import LanceStore
 from resources.tracking import DatasetRef, MlflowTracker
 

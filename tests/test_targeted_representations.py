@@ -10,7 +10,6 @@ import duckdb
 import numpy as np
 import pytest
 
-from dsel_assets import tables
 from dsel_assets.checks import build_selection_check
 from dsel_assets.core.data.schema import example_id, example_text
 from dsel_assets.core.influence import less_task_scores
@@ -27,6 +26,7 @@ from dsel_assets.selections import (
     selection_assets,
 )
 from dsel_assets.similarity import EMBED_SIMILARITY, RDS_SIMILARITY, embed_similarity, rds_similarity
+from dsel_assets.store import tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
 

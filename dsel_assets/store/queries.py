@@ -1,9 +1,11 @@
 """The questions the pipeline asks the state database, one function each, answered alike on a
-DuckDB connection and on a PostgreSQL (psycopg, autocommit) one. Values are always bound;
-column names come from the schema's declarations, never from callers' strings.
+DuckDB connection and on a PostgreSQL (psycopg, autocommit) one. Values are always bound; a
+table or column name a caller passes is checked to be a plain identifier (or one of the
+declared columns) before it reaches the SQL text.
 
-The rest of dsel's SQL still lives in ``dsel_assets.tables`` and some asset modules and moves
-here question by question (issue 15)."""
+Writes that still use DuckDB-only features (ingestion's ``INSERT ... BY NAME`` from Arrow, whole
+tables replaced from a frame, chunk upserts) live beside this in ``tables`` and are the next
+to get PostgreSQL versions (issue 15)."""
 
 from __future__ import annotations
 
@@ -391,4 +393,40 @@ def score_summary(conn, table: str, value_column: str, batch: str | None = None)
     )
     return ScoreSummary(
         int(n), int(undefined), math.nan if mean is None else float(mean), [(r, int(k)) for r, k in reasons]
+    )
+
+
+def score_columns(conn, table: str, columns: Sequence[str], defined_only: bool = False) -> pl.DataFrame:
+    """``pool_id`` and ``columns`` of every row of score table ``table``; with ``defined_only``
+    a value is null where its row records a reason (the score is undefined there)."""
+    _identifiers(table, *columns)
+    select = [f"CASE WHEN reason = '' THEN {c} END AS {c}" if defined_only else c for c in columns]
+    return frame(conn, f"SELECT pool_id, {', '.join(select)} FROM {table}")
+
+
+def selected_examples(conn) -> pl.DataFrame:
+    """Every stored selection row with its example's task and ``meta`` (method, budget, rank,
+    pool_id, task, meta), in rank order within each (method, budget)."""
+    return frame(
+        conn,
+        """SELECT s.method, s.budget, s.rank, s.pool_id, e.task, e.meta
+           FROM selections s JOIN examples e ON e.pool_id = s.pool_id
+           WHERE e.split = 'pool' ORDER BY s.method, s.budget, s.rank""",
+    )
+
+
+def eval_rows_with_models(conn, base: str) -> pl.DataFrame:
+    """One row per (stored model, eval example): method, budget, selection size (the stored k, else
+    the model's training examples), selection and training seeds, task, pool_id, loss, score,
+    metric - for every model in ``finetuned_models`` and for the untouched ``base`` model."""
+    return frame(
+        conn,
+        """SELECT e.method, e.budget,
+                  coalesce((SELECT max(s.k) FROM selections s WHERE s.method = e.method AND s.budget = e.budget),
+                           f.examples, 0) AS train_size,
+                  coalesce(f.selection_seed, 0) AS selection_seed, coalesce(f.seed, 0) AS seed,
+                  e.task, e.pool_id, e.loss, e.score, e.metric
+           FROM eval_examples e LEFT JOIN finetuned_models f ON f.model_key = e.model_key
+           WHERE f.model_key IS NOT NULL OR e.method = ?""",
+        [base],
     )
