@@ -1,7 +1,8 @@
-"""DuckDB tables of the pool, the quarantine, batch manifests and selections.
+"""Writes of the state database (batches and their rows, score chunks, selections, tables
+replaced whole) and the state home's raw-file store, on DuckDB or PostgreSQL alike.
 
-All SQL here uses bound parameters (``?``) for values; frames go in through DuckDB's
-replacement scan of polars objects. Writes that replace a batch or a selection run in one
+Values are always bound (``?``); frames go in through an Arrow scan on DuckDB and ``COPY`` on
+PostgreSQL. Every write that replaces a batch, a chunk or a selection runs in one
 transaction, so readers never see half of one.
 """
 
@@ -16,7 +17,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -24,6 +24,7 @@ import polars as pl
 import psutil
 
 from dsel_assets.store import schema
+from dsel_assets.store.queries import _in_list, _now, dialect_of
 
 SPLITS = ("pool", "query", "eval")
 _KEY_CHARS = re.compile(r"[^a-z0-9_-]+")
@@ -67,19 +68,22 @@ def connect(
             ) from exc
 
 
-def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+def ensure_schema(conn) -> None:
     """Bring the state database to the current schema (``dsel_assets.store.schema``)."""
-    schema.migrate(conn)
+    schema.migrate(conn, dialect_of(conn))
 
 
-def one(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:
-    """The first row, with the result fully consumed (DuckDB refuses further work on a
-    connection holding an unfinished result, e.g. after ``fetchone``)."""
-    rows = conn.execute(sql, params or []).fetchall()
+def _run(conn, sql: str, params: list | None = None) -> list[tuple]:
+    return schema._Sql(conn, dialect_of(conn)).run(sql, params or [])
+
+
+def one(conn, sql: str, params: list | None = None) -> tuple | None:
+    """The first row (the result fully consumed, as DuckDB wants before the next statement)."""
+    rows = _run(conn, sql, params)
     return rows[0] if rows else None
 
 
-def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+def scalar(conn, sql: str, params: list | None = None):
     """The single value of a one-row, one-column query."""
     return one(conn, sql, params)[0]
 
@@ -168,14 +172,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def find_batch_by_sha(conn: duckdb.DuckDBPyConnection, sha256: str, split: str) -> str | None:
+def find_batch_by_sha(conn, sha256: str, split: str) -> str | None:
     ensure_schema(conn)
     row = one(conn, "SELECT batch FROM batches WHERE sha256 = ? AND split = ?", [sha256, split])
     return row[0] if row else None
 
 
 def register_batch(
-    conn: duckdb.DuckDBPyConnection,
+    conn,
     path: Path,
     raw_dir: Path,
     *,
@@ -203,7 +207,7 @@ def register_batch(
         changes = {k: v for k, v in changes.items() if getattr(manifest, k) != v}
         if changes:
             assignments = ", ".join(f"{column} = ?" for column in changes)
-            conn.execute(f"UPDATE batches SET {assignments} WHERE batch = ?", [*changes.values(), existing])
+            _run(conn, f"UPDATE batches SET {assignments} WHERE batch = ?", [*changes.values(), existing])
             manifest = replace(manifest, **changes)
         return manifest, False
     manifest = BatchManifest(
@@ -216,14 +220,15 @@ def register_batch(
         **options,
     )
     values = asdict(manifest)
-    conn.execute(
+    _run(
+        conn,
         f"INSERT INTO batches ({', '.join(values)}, registered_at) VALUES ({', '.join('?' * len(values))}, ?)",
-        [*values.values(), datetime.now(timezone.utc)],
+        [*values.values(), _now()],
     )
     return manifest, True
 
 
-def get_batch(conn: duckdb.DuckDBPyConnection, batch: str) -> BatchManifest:
+def get_batch(conn, batch: str) -> BatchManifest:
     ensure_schema(conn)
     names = list(BatchManifest.__dataclass_fields__)
     row = one(conn, f"SELECT {', '.join(names)} FROM batches WHERE batch = ?", [batch])
@@ -232,19 +237,20 @@ def get_batch(conn: duckdb.DuckDBPyConnection, batch: str) -> BatchManifest:
     return BatchManifest(**dict(zip(names, row, strict=True)))
 
 
-def ids_before(conn: duckdb.DuckDBPyConnection, batch: str) -> dict[str, str]:
+def ids_before(conn, batch: str) -> dict[str, str]:
     """Ids stored by batches registered before ``batch`` -> "batch (split)": the rows a new
     batch must not repeat. Ids stay unique across the whole store, whatever the split."""
-    rows = conn.execute(
-        """SELECT e.pool_id, b.batch, b.split FROM examples e JOIN batches b USING (batch)
+    rows = _run(
+        conn,
+        """SELECT e.pool_id, b.batch, b.split FROM examples e JOIN batches b ON b.batch = e.batch
            WHERE b.registered_at < (SELECT registered_at FROM batches WHERE batch = ?)""",
         [batch],
-    ).fetchall()
+    )
     return {pool_id: f"batch {name} ({split})" for pool_id, name, split in rows}
 
 
 @contextmanager
-def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+def transaction(conn) -> Iterator:
     """BEGIN ... COMMIT, or ROLLBACK when the body raises: readers never see half a write."""
     conn.execute("BEGIN TRANSACTION")
     try:
@@ -255,18 +261,72 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
     conn.execute("COMMIT")
 
 
-def replace_table(conn: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
-    """Make table ``name`` (one of ours, a plain identifier) exactly ``frame``, in one statement."""
+#: polars dtype -> PostgreSQL type of a column of a table replaced whole from a frame
+_PG_TYPES = {
+    pl.String: "TEXT",
+    pl.Boolean: "BOOLEAN",
+    pl.Int8: "INTEGER",
+    pl.Int16: "INTEGER",
+    pl.Int32: "INTEGER",
+    pl.Int64: "BIGINT",
+    pl.UInt32: "BIGINT",
+    pl.Float32: "REAL",
+    pl.Float64: "DOUBLE PRECISION",
+    pl.Datetime: "TIMESTAMP",
+}
+
+
+def _pg_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.List) and dtype.inner in _PG_TYPES:
+        return f"{_PG_TYPES[dtype.inner]}[]"
+    if isinstance(dtype, (pl.List, pl.Struct)):
+        return "JSONB"
+    base = dtype.base_type() if hasattr(dtype, "base_type") else dtype
+    if base not in _PG_TYPES:
+        raise TypeError(f"column type {dtype} has no PostgreSQL counterpart here")
+    return _PG_TYPES[base]
+
+
+def _insert(conn, table: str, rows: pl.DataFrame) -> None:
+    """Append ``rows`` to ``table`` by column name: an Arrow scan on DuckDB, COPY on PostgreSQL
+    (nested values - a conversation, a struct - as JSON)."""
+    if rows.height == 0:
+        return
+    if dialect_of(conn) == "duckdb":
+        conn.register("_dsel_rows", rows.to_arrow())
+        try:
+            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _dsel_rows")
+        finally:
+            conn.unregister("_dsel_rows")
+        return
+    from psycopg.types.json import Jsonb
+
+    nested = [isinstance(d, pl.Struct) or (isinstance(d, pl.List) and _pg_type(d) == "JSONB") for d in rows.dtypes]
+    with conn.cursor().copy(f"COPY {table} ({', '.join(rows.columns)}) FROM STDIN") as copy:
+        for row in rows.iter_rows():
+            copy.write_row([Jsonb(v) if n and v is not None else v for v, n in zip(row, nested, strict=True)])
+
+
+def replace_table(conn, name: str, frame: pl.DataFrame) -> None:
+    """Make table ``name`` (one of ours, a plain identifier) exactly ``frame``, in one
+    transaction, with the frame's columns (a table an asset rewrites whole: reports, labels)."""
     if not _IDENTIFIER.match(name):
         raise ValueError(f"table: {name!r} is not a plain identifier")
-    conn.register("_dsel_new_rows", frame.to_arrow())
-    try:
-        conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _dsel_new_rows")
-    finally:
-        conn.unregister("_dsel_new_rows")
+    if dialect_of(conn) == "duckdb":
+        conn.register("_dsel_new_rows", frame.to_arrow())
+        try:
+            conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _dsel_new_rows")
+        finally:
+            conn.unregister("_dsel_new_rows")
+        return
+    columns = ", ".join(f"{column} {_pg_type(dtype)}" for column, dtype in frame.schema.items())
+    with transaction(conn):
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.execute(f"CREATE TABLE {name} ({columns})")
+        _insert(conn, name, frame)
 
 
-def upsert_by_id(conn: duckdb.DuckDBPyConnection, table: str, rows: pl.DataFrame, match: dict | None = None) -> None:
+def upsert_by_id(conn, table: str, rows: pl.DataFrame, match: dict | None = None) -> None:
     """In one transaction, replace the rows of ``table`` with ``rows``'s pool ids (and the
     ``match`` column values) by ``rows``: a chunk written by a resumable asset lands whole or
     not at all."""
@@ -275,40 +335,31 @@ def upsert_by_id(conn: duckdb.DuckDBPyConnection, table: str, rows: pl.DataFrame
         if not _IDENTIFIER.match(name):
             raise ValueError(f"table: {name!r} is not a plain identifier")
     where = "".join(f" AND {column} = ?" for column in match)
-    conn.register("_dsel_chunk", rows.to_arrow())
-    try:
-        with transaction(conn):
-            conn.execute(
-                f"DELETE FROM {table} WHERE pool_id IN (SELECT pool_id FROM _dsel_chunk){where}", list(match.values())
-            )
-            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _dsel_chunk")
-    finally:
-        conn.unregister("_dsel_chunk")
+    with transaction(conn):
+        _run(
+            conn,
+            f"DELETE FROM {table} WHERE {_in_list(conn).format('pool_id')}{where}",
+            [rows["pool_id"].to_list(), *match.values()],
+        )
+        _insert(conn, table, rows)
 
 
-def replace_batch(
-    conn: duckdb.DuckDBPyConnection, manifest: BatchManifest, accepted: pl.DataFrame, quarantined: pl.DataFrame
-) -> None:
+def replace_batch(conn, manifest: BatchManifest, accepted: pl.DataFrame, quarantined: pl.DataFrame) -> None:
     """Atomically make the batch's examples and quarantine rows exactly these frames."""
     with transaction(conn):
-        conn.execute("DELETE FROM examples WHERE batch = ?", [manifest.batch])
-        conn.execute("DELETE FROM quarantine WHERE batch = ?", [manifest.batch])
-        if accepted.height:
-            conn.execute("INSERT INTO examples BY NAME SELECT * FROM accepted")
-        if quarantined.height:
-            conn.execute("INSERT INTO quarantine BY NAME SELECT * FROM quarantined")
-        conn.execute(
-            "UPDATE batches SET validated_at = ?, error = NULL WHERE batch = ?",
-            [datetime.now(timezone.utc), manifest.batch],
-        )
+        _run(conn, "DELETE FROM examples WHERE batch = ?", [manifest.batch])
+        _run(conn, "DELETE FROM quarantine WHERE batch = ?", [manifest.batch])
+        _insert(conn, "examples", accepted)
+        _insert(conn, "quarantine", quarantined)
+        _run(conn, "UPDATE batches SET validated_at = ?, error = NULL WHERE batch = ?", [_now(), manifest.batch])
 
 
-def mark_batch_failed(conn: duckdb.DuckDBPyConnection, batch: str, error: str) -> None:
+def mark_batch_failed(conn, batch: str, error: str) -> None:
     """Record why a batch's validation failed (``dsel status`` lists it; a rerun retries it)."""
-    conn.execute("UPDATE batches SET error = ? WHERE batch = ?", [error[:2000], batch])
+    _run(conn, "UPDATE batches SET error = ? WHERE batch = ?", [error[:2000], batch])
 
 
-def is_validated(conn: duckdb.DuckDBPyConnection, batch: str) -> bool:
+def is_validated(conn, batch: str) -> bool:
     """Whether the batch's validation finished (its rows are in ``examples`` / ``quarantine``)."""
     row = one(conn, "SELECT validated_at IS NOT NULL FROM batches WHERE batch = ?", [batch])
     return bool(row and row[0])
@@ -362,33 +413,36 @@ def quarantine_frame(manifest: BatchManifest, rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(records, schema=schema)
 
 
-def pool_version(conn: duckdb.DuckDBPyConnection) -> tuple[str, list[str]]:
+def pool_version(conn) -> tuple[str, list[str]]:
     """Hash of the manifests of every materialized pool batch, and those batch keys."""
-    rows = conn.execute(
+    rows = _run(
+        conn,
         """SELECT b.batch, b.sha256, b.source, b.task, b.layout, b.mapping FROM batches b
            WHERE b.split = 'pool' AND EXISTS (SELECT 1 FROM examples e WHERE e.batch = b.batch)
-           ORDER BY b.batch"""
-    ).fetchall()
+           ORDER BY b.batch""",
+    )
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
     return digest, [r[0] for r in rows]
 
 
-def frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+def frame(conn, sql: str, params: list | None = None) -> pl.DataFrame:
     """A query result as polars (values always bound, never formatted into ``sql``)."""
-    return pl.from_arrow(conn.sql(sql, params=params or None).to_arrow_table())
+    from dsel_assets.store.queries import frame as query_frame
+
+    return query_frame(conn, sql, params or [])
 
 
-def write_selection(conn: duckdb.DuckDBPyConnection, method: str, budget: str, rows: pl.DataFrame) -> None:
+def write_selection(conn, method: str, budget: str, rows: pl.DataFrame) -> None:
     """Replace one (method, budget) selection atomically, every selection seed of it at once."""
     replace_rows(conn, "selections", {"method": method, "budget": budget}, rows)
 
 
-def replace_rows(conn: duckdb.DuckDBPyConnection, table: str, match: dict[str, object], rows: pl.DataFrame) -> None:
+def replace_rows(conn, table: str, match: dict[str, object], rows: pl.DataFrame) -> None:
     """Atomically replace the rows of ``table`` whose columns equal ``match`` by ``rows``."""
     for name in (table, *match):
         if not _IDENTIFIER.match(name):
             raise ValueError(f"table: {name!r} is not a plain identifier")
     where = " AND ".join(f"{column} = ?" for column in match)
     with transaction(conn):
-        conn.execute(f"DELETE FROM {table} WHERE {where}", list(match.values()))
-        conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM rows")
+        _run(conn, f"DELETE FROM {table} WHERE {where}", list(match.values()))
+        _insert(conn, table, rows)

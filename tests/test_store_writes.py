@@ -1,0 +1,144 @@
+"""The store's writes (dsel_assets/store/tables.py) on DuckDB and on a real PostgreSQL server:
+a batch registered once per file and split, its rows replaced atomically, score chunks upserted
+idempotently, selections replaced per (method, budget), tables replaced whole from a frame; a
+failing write leaves nothing behind; the pool version is the hash of exactly the manifests a
+hand computation gives."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import polars as pl
+import pytest
+
+from dsel_assets.store import queries, schema, tables
+
+CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+def accepted(manifest: tables.BatchManifest, ids: list[str]) -> pl.DataFrame:
+    rows = [
+        {"pool_id": i, "messages": CHAT, "n_turns": 2, "n_tokens": 5, "position": n, "raw": "{}", "meta": None}
+        for n, i in enumerate(ids)
+    ]
+    return tables.accepted_frame(manifest, rows)
+
+
+def quarantined(manifest: tables.BatchManifest, reasons: list[str]) -> pl.DataFrame:
+    rows = [{"position": n, "reason": r, "detail": "", "raw": "x"} for n, r in enumerate(reasons)]
+    return tables.quarantine_frame(manifest, rows)
+
+
+@pytest.fixture
+def conn(backend):
+    with backend.connect() as conn:
+        tables.ensure_schema(conn)
+        yield conn
+
+
+@pytest.fixture
+def manifest(conn, tmp_path):
+    data = tmp_path / "pool.jsonl"
+    data.write_text('{"instruction": "hi", "output": "hello"}\n', encoding="utf-8")
+    made, created = tables.register_batch(conn, data, tmp_path / "raw", source="alpaca", task="general")
+    assert created
+    return made
+
+
+def test_a_file_is_registered_once_per_split(conn, manifest, tmp_path):
+    again, created = tables.register_batch(
+        conn, tmp_path / "pool.jsonl", tmp_path / "raw", source="alpaca", task="general"
+    )
+    assert not created and again == manifest
+    assert tables.find_batch_by_sha(conn, manifest.sha256, "pool") == manifest.batch
+    assert tables.get_batch(conn, manifest.batch) == manifest
+    # re-ingest with --force after fixing the task: the batch takes it
+    fixed, _ = tables.register_batch(
+        conn, tmp_path / "pool.jsonl", tmp_path / "raw", source="alpaca", task="math", update=True
+    )
+    assert fixed.task == "math" and tables.get_batch(conn, manifest.batch).task == "math"
+    query, created = tables.register_batch(
+        conn, tmp_path / "pool.jsonl", tmp_path / "raw", source="alpaca", task="math", split="query"
+    )
+    assert created and query.batch != manifest.batch
+
+
+def test_batch_rows_are_replaced_atomically(conn, manifest):
+    assert not tables.is_validated(conn, manifest.batch)
+    tables.replace_batch(conn, manifest, accepted(manifest, ["a", "b", "c"]), quarantined(manifest, ["bad_json"]))
+    assert tables.is_validated(conn, manifest.batch)
+    rows = queries.split_rows(conn, "pool", ("pool_id", "messages", "source", "file_sha256"))
+    assert rows["pool_id"].to_list() == ["a", "b", "c"]
+    assert [list(map(dict, m)) for m in rows["messages"].to_list()] == [CHAT] * 3
+    assert set(rows["file_sha256"]) == {manifest.sha256}
+    assert queries.batch_counts(conn, manifest.batch) == (3, [("bad_json", 1)], None)
+
+    tables.replace_batch(conn, manifest, accepted(manifest, ["b"]), quarantined(manifest, []))
+    assert queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list() == ["b"]
+    assert queries.batch_counts(conn, manifest.batch) == (1, [], None)
+
+    broken = accepted(manifest, ["x"]).with_columns(pl.lit("oops").alias("no_such_column"))
+    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own error type
+        tables.replace_batch(conn, manifest, broken, quarantined(manifest, []))
+    # the failed replacement rolled back: the previous rows are intact
+    assert queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list() == ["b"]
+
+    tables.mark_batch_failed(conn, manifest.batch, "disk full")
+    assert queries.batch_counts(conn, manifest.batch)[2] == "disk full"
+
+
+def test_pool_version_hashes_the_manifests_of_batches_with_rows(conn, manifest):
+    assert tables.pool_version(conn) == (hashlib.sha256(b"[]").hexdigest()[:16], [])
+    tables.replace_batch(conn, manifest, accepted(manifest, ["a"]), quarantined(manifest, []))
+    expected_rows = [[manifest.batch, manifest.sha256, "alpaca", "general", None, None]]
+    digest = hashlib.sha256(json.dumps(expected_rows).encode()).hexdigest()[:16]
+    assert tables.pool_version(conn) == (digest, [manifest.batch])
+
+
+def test_score_chunks_are_upserted_idempotently(conn):
+    dialect = queries.dialect_of(conn)
+    schema.ensure_score_table(conn, "loss_scores", dialect=dialect)
+
+    def chunk(ids, value, batch="b1"):
+        return pl.DataFrame(
+            {"pool_id": ids, "batch": [batch] * len(ids), "ifd_loss_ratio": [value] * len(ids), "reason": ""}
+        )
+
+    tables.upsert_by_id(conn, "loss_scores", chunk(["a", "b"], 1.0), {"batch": "b1"})
+    tables.upsert_by_id(conn, "loss_scores", chunk(["b", "c"], 2.0), {"batch": "b1"})  # b rewritten
+    tables.upsert_by_id(conn, "loss_scores", chunk(["b", "c"], 2.0), {"batch": "b1"})  # again: no duplicate
+    tables.upsert_by_id(conn, "loss_scores", chunk(["a"], 9.0, batch="b2"), {"batch": "b2"})  # other batch
+    got = queries.score_columns(conn, "loss_scores", ["batch", "ifd_loss_ratio"]).sort("batch", "pool_id").rows()
+    assert got == [("a", "b1", 1.0), ("b", "b1", 2.0), ("c", "b1", 2.0), ("a", "b2", 9.0)]
+
+
+def test_selections_are_replaced_per_method_and_budget(conn):
+    def selection(ids, budget):
+        return pl.DataFrame(
+            {"method": "less", "budget": budget, "rank": list(range(len(ids))), "pool_id": ids, "selection_seed": 0},
+            schema_overrides={"rank": pl.Int32, "selection_seed": pl.Int32},
+        )
+
+    tables.write_selection(conn, "less", "5pct", selection(["a", "b"], "5pct"))
+    tables.write_selection(conn, "less", "10pct", selection(["a", "b", "c"], "10pct"))
+    tables.write_selection(conn, "less", "5pct", selection(["c"], "5pct"))
+    rows = queries.method_selections(conn, "less", ("budget", "rank", "pool_id")).rows()
+    assert rows == [("10pct", 0, "a"), ("10pct", 1, "b"), ("10pct", 2, "c"), ("5pct", 0, "c")]
+
+
+def test_tables_replaced_whole_keep_the_frames_columns(conn):
+    first = pl.DataFrame(
+        {
+            "label": [0, 1],
+            "name": ["cluster-0", "cluster-1"],
+            "embedding": [[0.5, 1.5], [2.0, -1.0]],
+            "how": ["derived", "derived"],
+        }
+    )
+    tables.replace_table(conn, "label_vocab", first)
+    tables.replace_table(conn, "label_vocab", first.head(1).with_columns(pl.lit("tags").alias("how")))
+    vocab = queries.frame(conn, "SELECT label, name, embedding, how FROM label_vocab")
+    assert vocab.rows() == [(0, "cluster-0", [0.5, 1.5], "tags")]
+    with pytest.raises(ValueError, match="plain identifier"):
+        tables.replace_table(conn, "label_vocab; DROP TABLE examples", first)
