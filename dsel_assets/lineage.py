@@ -20,7 +20,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from dsel_assets.store import queries, schema, tables
+from dsel_assets.store import queries, schema
 from resources.tracking import restore_credentials
 
 #: Materialization metadata worth showing in a lineage line, in this order.
@@ -183,13 +183,10 @@ def data_origin(database: str, batches: list[str]) -> dict:
     with duckdb.connect(database, read_only=True) as conn:
         files = []
         for batch in batches:
-            manifest = tables.get_batch(conn, batch)
-            split, original, stored, sha256 = (
-                manifest.split,
-                manifest.original_path,
-                manifest.stored_path,
-                manifest.sha256,
+            file = queries.rows_matching(
+                conn, "batches", ["split", "original_path", "stored_path", "sha256"], {"batch": batch}
             )
+            split, original, stored, sha256 = file.row(0)
             accepted, reason_counts, _ = queries.batch_counts(conn, batch)
             reasons = dict(reason_counts)
             files.append(

@@ -142,3 +142,19 @@ def test_tables_replaced_whole_keep_the_frames_columns(conn):
     assert vocab.rows() == [(0, "cluster-0", [0.5, 1.5], "tags")]
     with pytest.raises(ValueError, match="plain identifier"):
         tables.replace_table(conn, "label_vocab; DROP TABLE examples", first)
+
+
+def test_nested_transactions_join_the_outer_one(conn):
+    def selection(ids):
+        return pl.DataFrame({"method": "less", "budget": "5pct", "rank": list(range(len(ids))), "pool_id": ids})
+
+    with pytest.raises(RuntimeError, match="after the inner write"), tables.transaction(conn):
+        tables.write_selection(conn, "less", "5pct", selection(["a"]))  # its own transaction, nested
+        raise RuntimeError("after the inner write")
+    assert queries.method_selections(conn, "less").height == 0  # the inner write went with the outer
+
+    with tables.transaction(conn):
+        tables.write_selection(conn, "less", "5pct", selection(["a"]))
+        tables.write_selection(conn, "less", "10pct", selection(["b"]))
+    assert queries.selected_ids(conn, "less") == ["a", "b"]
+    assert tables._open_transactions == {}

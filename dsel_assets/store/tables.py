@@ -249,16 +249,33 @@ def ids_before(conn, batch: str) -> dict[str, str]:
     return {pool_id: f"batch {name} ({split})" for pool_id, name, split in rows}
 
 
+_open_transactions: dict[int, int] = {}  # id(connection) -> nesting depth
+
+
 @contextmanager
 def transaction(conn) -> Iterator:
-    """BEGIN ... COMMIT, or ROLLBACK when the body raises: readers never see half a write."""
+    """BEGIN ... COMMIT, or ROLLBACK when the body raises: readers never see half a write.
+    A transaction opened inside another on the same connection joins it: one commit at the
+    end of the outermost, and a failure anywhere rolls back all of it."""
+    key = id(conn)
+    if _open_transactions.get(key):
+        _open_transactions[key] += 1
+        try:
+            yield conn
+        finally:
+            _open_transactions[key] -= 1
+        return
     conn.execute("BEGIN TRANSACTION")
+    _open_transactions[key] = 1
     try:
         yield conn
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    else:
+        conn.execute("COMMIT")
+    finally:
+        del _open_transactions[key]
 
 
 #: polars dtype -> PostgreSQL type of a column of a table replaced whole from a frame
@@ -312,7 +329,7 @@ def replace_table(conn, name: str, frame: pl.DataFrame) -> None:
     transaction, with the frame's columns (a table an asset rewrites whole: reports, labels)."""
     if not _IDENTIFIER.match(name):
         raise ValueError(f"table: {name!r} is not a plain identifier")
-    if dialect_of(conn) == "duckdb":
+    if dialect_of(conn) == "duckdb":  # one statement: atomic on its own
         conn.register("_dsel_new_rows", frame.to_arrow())
         try:
             conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _dsel_new_rows")
