@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Mapping
 import dagster as dg
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.evaluation import BASE, eval_assets
@@ -33,6 +32,7 @@ from dsel_assets.selections import selection_assets
 from dsel_assets.store import queries, schema, tables
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
+from resources.store import StateStore
 
 #: float16 storage keeps a unit vector's norm within about 1e-3; 1e-2 leaves room for rounding.
 NORM_TOLERANCE = 1e-2
@@ -163,8 +163,8 @@ def build_selection_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinitio
         description="Exactly min(k, eligible) ids (less a reported under-fill), unique, ranked 0..n-1, "
         "every id in the pool version the selection claims, per-batch representations covering that whole pool.",
     )
-    def _check(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-        with duckdb.get_connection() as conn:
+    def _check(store: StateStore) -> dg.AssetCheckResult:
+        with store.get_connection() as conn:
             tables.ensure_schema(conn)
             rows = queries.method_selections(
                 conn,
@@ -201,10 +201,10 @@ def _partitioned_check(**kwargs) -> Callable[[Callable], dg.AssetChecksDefinitio
     description="One finite, unit-norm embedding per example of the batch, none for other ids.",
 )
 def sentence_embeddings_check(
-    context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource, lance: LanceStore
+    context: dg.AssetCheckExecutionContext, store: StateStore, lance: LanceStore
 ) -> dg.AssetCheckResult:
     batch = context.partition_key
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         expected = _batch_ids(conn, batch, pool_only=False)
     if not lance.exists(SENTENCE_EMBEDDINGS):
         return _result([] if not expected else ["no Lance dataset"], rows=0)
@@ -221,10 +221,10 @@ def sentence_embeddings_check(
     "example of the batch, except those the asset reported excluded.",
 )
 def pool_grad_features_check(
-    context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource, lance: LanceStore, grad_settings: GradientSettings
+    context: dg.AssetCheckExecutionContext, store: StateStore, lance: LanceStore, grad_settings: GradientSettings
 ) -> dg.AssetCheckResult:
     batch = context.partition_key
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         manifest = tables.get_batch(conn, batch)
         if manifest.split != "pool":
             return _result([], skipped=f"{manifest.split} batch: no pool features")
@@ -257,9 +257,9 @@ def build_score_check(asset: dg.AssetsDefinition, columns: list[str]) -> dg.Asse
         name="one_score_row_per_example",
         description=f"One row per pool example of the batch; {', '.join(columns)} finite unless a reason is given.",
     )
-    def _check(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    def _check(context: dg.AssetCheckExecutionContext, store: StateStore) -> dg.AssetCheckResult:
         batch = context.partition_key
-        with duckdb.get_connection() as conn:
+        with store.get_connection() as conn:
             expected = _batch_ids(conn, batch, pool_only=True)
             found = {
                 name: queries.score_rows(conn, name, batch, ["pool_id", "reason", *columns])
@@ -321,8 +321,8 @@ def build_eval_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
         description="Eval examples share no content hash (conversation or prompt) with the query sets or the "
         "training data of the evaluated models.",
     )
-    def _check(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-        with duckdb.get_connection() as conn:
+    def _check(store: StateStore) -> dg.AssetCheckResult:
+        with store.get_connection() as conn:
 
             def split_ids(split: str) -> list[str]:
                 return queries.split_rows(conn, split, ("pool_id",))["pool_id"].to_list()

@@ -12,7 +12,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets.core.data.schema import content_hashes
@@ -24,6 +23,7 @@ from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.store import queries, tables
 from resources.models import SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 EVALUATION = "evaluation"
@@ -86,7 +86,7 @@ def evaluate_models(
     context: dg.AssetExecutionContext,
     method: str,
     config: EvalRunConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     target_model: SelectionModel,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
@@ -94,7 +94,7 @@ def evaluate_models(
     core = config.to_core()
     identity = target_model.identity()
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.ensure_schema(conn)
         sample, eval_version, contaminated = load_eval_set(conn, list(config.tasks), core)
         if method == BASE:
@@ -108,7 +108,7 @@ def evaluate_models(
     base, tokenizer = None, None
     summary = []
     params = {"method": method, **core.to_dict(), **identity, "eval_version": eval_version, "eval_n": len(sample)}
-    inputs = [DatasetRef("eval_set", str(duckdb.database), eval_version)]
+    inputs = [DatasetRef("eval_set", store.location, eval_version)]
     with tracker.run(context, params=params, inputs=inputs) as run:
         started_all, scored = time.perf_counter(), 0
         for position, (model_key, budget, path, train_size, selection_seed, seed) in enumerate(models):
@@ -116,7 +116,7 @@ def evaluate_models(
             eval_key = hashlib.sha256(f"{model_key}/{eval_version}/{code_version}".encode()).hexdigest()[:16]
             if eval_key in done:
                 context.log.info(f"{label}: eval {eval_key} already stored; reused")
-                with duckdb.get_connection() as conn:
+                with store.get_connection() as conn:
                     per_task = queries.eval_task_scores(conn, eval_key)
             else:
                 if base is None:
@@ -144,7 +144,7 @@ def evaluate_models(
                         "seconds": seconds,
                     },
                 )
-                _store(duckdb, method, budget, model_key, eval_key, eval_version, train_size, rows, per_task, child)
+                _write_eval(store, method, budget, model_key, eval_key, eval_version, train_size, rows, per_task, child)
             stats = balance(per_task)
             mean_loss = float(np.mean([t["loss"] for t in per_task if t["loss"] is not None] or [np.nan]))
             summary.append((budget, selection_seed, seed, model_key, mean_loss, stats["mean"], stats["worst"]))
@@ -164,7 +164,7 @@ def evaluate_models(
     )
 
 
-def _store(duckdb, method, budget, model_key, eval_key, eval_version, train_size, rows, per_task, run_id) -> None:
+def _write_eval(store, method, budget, model_key, eval_key, eval_version, train_size, rows, per_task, run_id) -> None:
     """Replace the rows of one model in eval_scores and eval_examples (one transaction each)."""
     now = datetime.now(timezone.utc)
     scores = pl.DataFrame(
@@ -188,7 +188,7 @@ def _store(duckdb, method, budget, model_key, eval_key, eval_version, train_size
         [{"eval_key": eval_key, "model_key": model_key, "method": method, "budget": budget, **asdict(r)} for r in rows],
         schema_overrides={"score": pl.Float64, "loss": pl.Float64, "prediction": pl.String, "metric": pl.String},
     )
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.replace_rows(conn, "eval_scores", {"model_key": model_key}, scores)
         tables.replace_rows(conn, "eval_examples", {"model_key": model_key}, examples)
 
@@ -214,11 +214,11 @@ def build_eval_asset(method: str, upstream: dg.AssetsDefinition | None) -> dg.As
     def _eval(
         context: dg.AssetExecutionContext,
         config: EvalRunConfig,
-        duckdb: DuckDBResource,
+        store: StateStore,
         target_model: SelectionModel,
         tracker: MlflowTracker,
     ) -> dg.MaterializeResult:
-        return evaluate_models(context, method, config, duckdb, target_model, tracker)
+        return evaluate_models(context, method, config, store, target_model, tracker)
 
     return _eval
 

@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets.core.models.finetune import FinetuneConfig, finetune, model_key, read_finetuned, selection_version
@@ -24,6 +23,7 @@ from dsel_assets.selections import available, selection_asset_name
 from dsel_assets.store import queries, tables
 from resources.home import StateHome
 from resources.models import SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 FULL_POOL = "full_pool"
@@ -93,7 +93,7 @@ def train_models(
     context: dg.AssetExecutionContext,
     method: str,
     config: FinetuneRunConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     target_model: SelectionModel,
     tracker: MlflowTracker,
     home: StateHome,
@@ -106,7 +106,7 @@ def train_models(
     shared = config.to_core(seeds[0]).to_dict()
     identity = target_model.identity()
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.ensure_schema(conn)
         sets = _training_sets(conn, method, list(config.budgets))
         wanted = sorted({pid for ids, _ in sets.values() for pid in ids})
@@ -114,7 +114,7 @@ def train_models(
     base, tokenizer = None, None
     summary, records = [], []
     params = {"method": method, **shared, "seed": ",".join(map(str, seeds)), **identity}
-    inputs = [DatasetRef(f"selection/{method}@{b}#{s}", str(duckdb.database), pv) for (b, s), (_, pv) in sets.items()]
+    inputs = [DatasetRef(f"selection/{method}@{b}#{s}", store.location, pv) for (b, s), (_, pv) in sets.items()]
     plan = [(budget, selection_seed, seed) for budget, selection_seed in sets for seed in seeds]
     started_all, trained = time.perf_counter(), 0
     with tracker.run(context, params=params, inputs=inputs) as run:
@@ -186,7 +186,7 @@ def train_models(
             )
             reuse = "yes" if reused else "no"
             summary.append((budget, selection_seed, seed, key, manifest["examples"], f"{final_loss:.4f}", reuse))
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         frame = pl.DataFrame(
             records, schema_overrides={"examples": pl.Int32, "selection_seed": pl.Int32, "seed": pl.Int32}
         )
@@ -223,12 +223,12 @@ def build_finetuned_asset(method: str, deps: list, tags: dict[str, str] | None) 
     def _finetuned(
         context: dg.AssetExecutionContext,
         config: FinetuneRunConfig,
-        duckdb: DuckDBResource,
+        store: StateStore,
         target_model: SelectionModel,
         tracker: MlflowTracker,
         home: StateHome,
     ) -> dg.MaterializeResult:
-        return train_models(context, method, config, duckdb, target_model, tracker, home)
+        return train_models(context, method, config, store, target_model, tracker, home)
 
     return _finetuned
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow.compute as pc
-from dagster_duckdb import DuckDBResource
 
 from dsel_assets.core.influence import aggregate_less_scores, checkpoint_weights
 from dsel_assets.core.models.features import FeatureConfig, gradient_features
@@ -21,6 +20,7 @@ from dsel_assets.store import queries
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef
 
 
@@ -115,7 +115,7 @@ class OnDemandLessScorer:
 
 def load_less_scorer(
     lance: LanceStore,
-    duckdb: DuckDBResource,
+    store: StateStore,
     pool_ids: list[str],
     grad_settings: GradientSettings,
     selection_model: SelectionModel,
@@ -124,7 +124,7 @@ def load_less_scorer(
     influence asset, less the pool features), and its DatasetRef for lineage."""
     from dsel_assets.gradients import latest_warmup
 
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         warmup, _, manifest = latest_warmup(conn)
         pool_rows = queries.split_rows(conn, "pool")
         subtask_of = queries.query_subtasks(conn)

@@ -13,7 +13,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 from tqdm.auto import tqdm
 
@@ -32,6 +31,7 @@ from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 MODELS = "models"
@@ -84,14 +84,14 @@ def latest_warmup(conn) -> tuple[str, Path, dict]:
 def warmup_checkpoint(
     context: dg.AssetExecutionContext,
     config: WarmupRunConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     selection_model: SelectionModel,
     tracker: MlflowTracker,
     home: StateHome,
 ) -> dg.MaterializeResult:
     core = config.to_core()
     identity = selection_model.identity()
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         version, _ = tables.pool_version(conn)
         pool_rows = queries.split_rows(conn, "pool")
     if pool_rows.height == 0:
@@ -117,14 +117,14 @@ def warmup_checkpoint(
     with tracker.run(
         context,
         params={**core.to_dict(), **identity, "pool_version": version, "warmup": key},
-        inputs=[DatasetRef("pool", str(duckdb.database), version)],
+        inputs=[DatasetRef("pool", store.location, version)],
     ) as run:
         checkpoints = train_warmup(model, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
         manifest = read_manifest(out_dir)
         for point in manifest["curve"]:
             run.log_metrics({"loss": point["loss"], "lr": point["lr"]}, step=point["step"])
         run.log_artifact(str(out_dir / "manifest.json"))
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.ensure_schema(conn)
         queries.record_warmup(
             conn, key, str(out_dir), version, identity["model"], identity["model_hash"], core.to_dict()
@@ -247,7 +247,7 @@ def _checkpoints(manifest: dict, wanted: list[int]) -> list[tuple[int, Path]]:
 def pool_grad_features(
     context: dg.AssetExecutionContext,
     config: GradFeaturesConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     selection_model: SelectionModel,
     grad_settings: GradientSettings,
@@ -255,7 +255,7 @@ def pool_grad_features(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     dataset = f"pool_grad_features_{grad_settings.suffix()}"
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         manifest = tables.get_batch(conn, batch)
     if manifest.split != "pool":
         skipped = "query/eval batches get no Adam pool features"
@@ -264,7 +264,7 @@ def pool_grad_features(
         return dg.MaterializeResult(
             metadata={"split": manifest.split, "rows_per_checkpoint": 0, "skipped": skipped, **run.metadata()}
         )
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup(conn)
         rows = queries.split_rows(conn, "pool", batch=batch)
         items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
@@ -341,14 +341,14 @@ def pool_grad_features(
 )
 def query_grad_features(
     context: dg.AssetExecutionContext,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     selection_model: SelectionModel,
     grad_settings: GradientSettings,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
     dataset = f"query_grad_features_{grad_settings.suffix()}"
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup(conn)
         rows = queries.split_rows(conn, "query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
     if rows.height == 0:
@@ -390,14 +390,14 @@ def query_grad_features(
 )
 def influence(
     context: dg.AssetExecutionContext,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     grad_settings: GradientSettings,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
     pool_dataset = f"pool_grad_features_{grad_settings.suffix()}"
     query_dataset = f"query_grad_features_{grad_settings.suffix()}"
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup(conn)
         version, _ = tables.pool_version(conn)
         pool_ids = queries.split_rows(conn, "pool", ("pool_id",))
@@ -446,7 +446,7 @@ def influence(
         pl.col("pool_id").map_elements(lambda q: subtask_of.get(q) or "", return_dtype=pl.String).alias("subtask")
     )
     lance_version = lance.overwrite(f"{INFLUENCE}_{grad_settings.suffix()}", matrix_table(ids, scores))
-    with duckdb.get_connection() as conn, tables.transaction(conn):
+    with store.get_connection() as conn, tables.transaction(conn):
         tables.replace_table(conn, "influence_columns", column_table)
         tables.replace_table(conn, "less_scores", less)
     inputs = [

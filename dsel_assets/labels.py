@@ -5,7 +5,6 @@ vocabulary stores how each label was made and its embedding."""
 import dagster as dg
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets.core.labels import cluster_labels, provided_labels
@@ -14,6 +13,7 @@ from dsel_assets.representations import REPRESENTATIONS, SENTENCE_EMBEDDINGS, se
 from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import SentenceEmbedder
+from resources.store import StateStore
 from resources.tracking import MlflowTracker
 
 
@@ -32,14 +32,14 @@ class LabelConfig(dg.Config):
 def labels(
     context: dg.AssetExecutionContext,
     config: LabelConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     embedder: SentenceEmbedder,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
     from dsel_assets.selections import load_vectors
 
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool", ("pool_id",))
         tags = queries.meta_field(conn, "pool", "tags")
         version, _ = tables.pool_version(conn)
@@ -65,7 +65,7 @@ def labels(
             "how": [how] * len(names),
         }
     )
-    with duckdb.get_connection() as conn, tables.transaction(conn):
+    with store.get_connection() as conn, tables.transaction(conn):
         tables.replace_table(conn, "labels", pairs)
         tables.replace_table(conn, "label_vocab", vocab)
     with tracker.run(context, params={"how": how, "pool_version": version}) as run:

@@ -3,7 +3,6 @@
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.core.models.templates import token_counter
@@ -11,6 +10,7 @@ from dsel_assets.metadata import markdown_table
 from dsel_assets.store import queries, tables
 from resources.ingest import IngestLimits
 from resources.models import SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 POOL = "pool"
@@ -27,13 +27,13 @@ pool_batches = dg.DynamicPartitionsDefinition(name="pool_batches")
 )
 def pool_batch(
     context: dg.AssetExecutionContext,
-    duckdb: DuckDBResource,
+    store: StateStore,
     selection_model: SelectionModel,
     tracker: MlflowTracker,
     ingest_limits: IngestLimits,
 ) -> dg.MaterializeResult:
     batch = context.partition_key
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         manifest = tables.get_batch(conn, batch)
         known = tables.ids_before(conn, batch)
     context.log.info(f"validating {manifest.stored_path} ({manifest.size_bytes} bytes) as batch {batch}")
@@ -51,10 +51,10 @@ def pool_batch(
         )
         accepted = tables.accepted_frame(manifest, result.accepted)
         quarantined = tables.quarantine_frame(manifest, result.quarantined)
-        with duckdb.get_connection() as conn:
+        with store.get_connection() as conn:
             tables.replace_batch(conn, manifest, accepted, quarantined)
     except Exception as exc:  # recorded for `dsel status`; the batch stays unvalidated, so a rerun retries it
-        with duckdb.get_connection() as conn:
+        with store.get_connection() as conn:
             tables.mark_batch_failed(conn, batch, f"{type(exc).__name__}: {exc}")
         raise
     reasons = result.reasons()
@@ -96,15 +96,15 @@ def pool_batch(
     kinds={"duckdb"},
     description="The validated pool over every materialized batch, with its version (hash of the batches' manifests).",
 )
-def pool(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: MlflowTracker) -> dg.MaterializeResult:
-    with duckdb.get_connection() as conn:
+def pool(context: dg.AssetExecutionContext, store: StateStore, tracker: MlflowTracker) -> dg.MaterializeResult:
+    with store.get_connection() as conn:
         tables.ensure_schema(conn)
         version, batches = tables.pool_version(conn)
         by_task = queries.composition(conn)
         reasons = queries.quarantine_reasons(conn)
         n_pool = int(by_task.filter(pl.col("split") == "pool")["n"].sum())
         queries.record_pool_version(conn, version, batches, n_pool)
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         inputs = [
             DatasetRef(f"pool_batch/{b}", tables.get_batch(conn, b).stored_path, tables.get_batch(conn, b).sha256)
             for b in batches

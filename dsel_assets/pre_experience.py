@@ -13,7 +13,6 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets.core.models.finetune import FinetuneConfig, finetune, load_finetuned, read_finetuned
@@ -31,6 +30,7 @@ from dsel_assets.store import queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 PRE_EXPERIENCED_MODEL = "cherry_pre_experienced_model"
@@ -73,7 +73,7 @@ class PreExperienceConfig(dg.Config):
 def cherry_pre_experienced_model(
     context: dg.AssetExecutionContext,
     config: PreExperienceConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     selection_model: SelectionModel,
     model_embedding_settings: ModelEmbeddingSettings,
@@ -83,7 +83,7 @@ def cherry_pre_experienced_model(
     """Perplexity is ``ppl_conditioned`` of ``loss_scores`` (the same model, before training);
     examples without one (a recorded reason) are left out of the sample."""
     identity = selection_model.identity()
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
         version, _ = tables.pool_version(conn)
     ids = rows["pool_id"].to_list()
@@ -91,7 +91,7 @@ def cherry_pre_experienced_model(
         raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
     embeddings_name = model_embedding_settings.dataset(identity["model_hash"])
     vectors, embeddings_version = load_vectors(lance, embeddings_name, ids)
-    perplexity = load_scalars(duckdb, "loss_scores", ["ppl_conditioned"], ids, defined_only=True)["ppl_conditioned"]
+    perplexity = load_scalars(store, "loss_scores", ["ppl_conditioned"], ids, defined_only=True)["ppl_conditioned"]
     sample, cluster = pre_experience_sample(vectors, perplexity, config.n_clusters, config.per_cluster, config.seed)
     if len(sample) == 0:
         raise RuntimeError("loss_scores: no pool example has a defined perplexity; nothing to pre-experience on")
@@ -106,7 +106,7 @@ def cherry_pre_experienced_model(
     manifest = read_finetuned(out_dir)
     reused = manifest is not None
     inputs = [
-        DatasetRef("pool", str(duckdb.database), version),
+        DatasetRef("pool", store.location, version),
         DatasetRef(embeddings_name, lance.uri(embeddings_name), str(embeddings_version)),
     ]
     with tracker.run(context, params={**core.to_dict(), **identity, "adapter": key}, inputs=inputs) as run:
@@ -130,7 +130,7 @@ def cherry_pre_experienced_model(
             "pool_version": version,
         }
     )
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.replace_table(conn, "pre_experience_sample", table)
     return dg.MaterializeResult(
         metadata={
@@ -161,7 +161,7 @@ def cherry_pre_experienced_model(
 )
 def cherry_pre_experienced_scores(
     context: dg.AssetExecutionContext,
-    duckdb: DuckDBResource,
+    store: StateStore,
     selection_model: SelectionModel,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
@@ -169,7 +169,7 @@ def cherry_pre_experienced_scores(
     pool, are deleted."""
     identity = selection_model.identity()
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         found = queries.rows_matching(conn, "pre_experience_sample", ["adapter", "path"], {}).head(1)
         if found.height == 0:
             raise RuntimeError(f"{PRE_EXPERIENCED_MODEL}: no adapter yet; materialize it first")
@@ -190,7 +190,7 @@ def cherry_pre_experienced_scores(
                 chunk = todo[start : start + CHUNK]
                 frame = score_frame(model, tokenizer, chunk, fixed)
                 frame = frame.with_columns(pl.col("pool_id").replace_strict(batch_of).alias("batch"))
-                with duckdb.get_connection() as conn:  # a crash loses at most one chunk
+                with store.get_connection() as conn:  # a crash loses at most one chunk
                     tables.upsert_by_id(conn, PRE_EXPERIENCED_SCORES, frame)
                 written = start + len(chunk)
                 rate = written / (time.perf_counter() - started)
@@ -198,7 +198,7 @@ def cherry_pre_experienced_scores(
                     f"pre-experienced IFD: {written}/{len(todo)} at {rate:.1f} examples/s, "
                     f"eta {(len(todo) - written) / rate:.0f}s"
                 )
-        with duckdb.get_connection() as conn:
+        with store.get_connection() as conn:
             queries.delete_stale(conn, PRE_EXPERIENCED_SCORES, keep)
             stats = queries.score_summary(conn, PRE_EXPERIENCED_SCORES, "ifd_loss_ratio")
         n, undefined, mean_ifd, reasons = stats.rows, stats.undefined, stats.mean, stats.reasons

@@ -9,7 +9,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets.core.select.diagnostics import summarize
@@ -28,6 +27,7 @@ from dsel_assets.selections import load_vectors, selection_assets
 from dsel_assets.store import queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 REPORTS = "reports"
@@ -95,12 +95,12 @@ def selection_report_frame(conn, lance: LanceStore) -> pl.DataFrame:
 )
 def selection_report(
     context: dg.AssetExecutionContext,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     tracker: MlflowTracker,
     home: StateHome,
 ) -> dg.MaterializeResult:
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.ensure_schema(conn)
         report = selection_report_frame(conn, lance)
         version, _ = tables.pool_version(conn)
@@ -112,7 +112,7 @@ def selection_report(
     task_mix = home.paths.reports / "selection_task_mix.png"
     plot_task_mix(report.select("method", "budget", "task_counts"), task_mix)
     with tracker.run(
-        context, params={"pool_version": version}, inputs=[DatasetRef("selections", str(duckdb.database), version)]
+        context, params={"pool_version": version}, inputs=[DatasetRef("selections", store.location, version)]
     ) as run:
         for row in report.iter_rows(named=True):
             prefix = f"{row['method']}.{row['budget']}"
@@ -180,18 +180,18 @@ def _embedded(path: Path) -> str:
 def comparison_report(
     context: dg.AssetExecutionContext,
     config: ComparisonConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     tracker: MlflowTracker,
     home: StateHome,
 ) -> dg.MaterializeResult:
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.ensure_schema(conn)
         rows = comparison_rows(conn, list(config.tasks), list(config.methods))
         mix = _task_mix(conn)
     if rows.height == 0:
         raise RuntimeError("comparison_report: no eval rows yet; materialize eval_base / eval_<method> first")
     table = comparison_table(rows, n_boot=config.n_boot, seed=config.seed)
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.replace_table(conn, "comparison_report", table)
     out = home.paths.reports
     out.mkdir(parents=True, exist_ok=True)

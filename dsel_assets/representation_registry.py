@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.targeted import Influence
@@ -34,6 +33,7 @@ from dsel_assets.store import queries, schema
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef
 
 
@@ -43,7 +43,7 @@ class LoadContext:
     that pick a dataset (gradient dimension, selection model, pooling, scoring template)."""
 
     lance: LanceStore
-    duckdb: DuckDBResource
+    store: StateStore
     pool_ids: list[str]
     grad_settings: GradientSettings
     selection_model: SelectionModel | None = None
@@ -152,7 +152,7 @@ def model_embeddings_dataset(ctx: LoadContext) -> str:
 
 def less_scores_by_task(ctx: LoadContext) -> tuple[dict[str, np.ndarray], DatasetRef]:
     """task -> LESS score per pool id (NaN where the example has no gradient feature)."""
-    with ctx.duckdb.get_connection() as conn:
+    with ctx.store.get_connection() as conn:
         if not schema.table_exists(conn, "less_scores"):
             raise RuntimeError("less_scores: none yet; materialize influence first")
         rows = queries.less_scores(conn)
@@ -165,7 +165,7 @@ def less_scores_by_task(ctx: LoadContext) -> tuple[dict[str, np.ndarray], Datase
             if pid in row_of:
                 column[row_of[pid]] = score
         scores[task] = column
-    return scores, DatasetRef("less_scores", str(ctx.duckdb.database), warmup[0] if warmup else "")
+    return scores, DatasetRef("less_scores", ctx.store.location, warmup[0] if warmup else "")
 
 
 def similarity_dataset(asset: str, ctx: LoadContext) -> str:
@@ -187,7 +187,7 @@ def similarity_matrix(asset: str, *, task_scores: bool = False) -> Loader:
         if version is None:
             raise RuntimeError(f"{name}: no similarity matrix yet; materialize {asset} first")
         table = ctx.lance.read(name, ["pool_id", "scores"], version=version)
-        with ctx.duckdb.get_connection() as conn:
+        with ctx.store.get_connection() as conn:
             columns = queries.similarity_columns(conn, columns_table(asset))
         matrix = vector_matrix(table.column("scores"))
         scores = np.full((len(ctx.pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
@@ -208,11 +208,11 @@ def _aligned(rows: pl.DataFrame, pool_ids: list[str], column: str) -> np.ndarray
 
 
 def load_scalars(
-    duckdb: DuckDBResource, table: str, columns: list[str], pool_ids: list[str], defined_only: bool = False
+    store: StateStore, table: str, columns: list[str], pool_ids: list[str], defined_only: bool = False
 ) -> dict[str, np.ndarray]:
     """Columns of a score table aligned to ``pool_ids`` (NaN where missing, or - with
     ``defined_only`` - where the row records why the score is undefined)."""
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         if not schema.table_exists(conn, table):
             raise RuntimeError(f"{table}: not materialized yet")
         rows = queries.score_columns(conn, table, columns, defined_only)
@@ -225,8 +225,8 @@ def scalar(name: str, table: str, column: str, defined_only: bool) -> Loader:
 
     def read(ctx: LoadContext) -> tuple[np.ndarray, DatasetRef]:
         source = score_table(table, ctx.template)
-        values = load_scalars(ctx.duckdb, source, [column], ctx.pool_ids, defined_only)[column]
-        return values, DatasetRef(name, str(ctx.duckdb.database), source)
+        values = load_scalars(ctx.store, source, [column], ctx.pool_ids, defined_only)[column]
+        return values, DatasetRef(name, ctx.store.location, source)
 
     return read
 
@@ -238,8 +238,8 @@ def uncertainty_scores(name: str, table: str) -> Loader:
     """Column -> value per example of every uncertainty score in score table ``table``."""
 
     def read(ctx: LoadContext) -> tuple[dict[str, np.ndarray], DatasetRef]:
-        values = load_scalars(ctx.duckdb, table, list(UNCERTAINTY_COLUMNS), ctx.pool_ids)
-        return values, DatasetRef(name, str(ctx.duckdb.database), table)
+        values = load_scalars(ctx.store, table, list(UNCERTAINTY_COLUMNS), ctx.pool_ids)
+        return values, DatasetRef(name, ctx.store.location, table)
 
     return read
 
@@ -249,7 +249,7 @@ def gradient_features(kind: str) -> Loader:
     rows where an example has none), or (query matrix, query tasks) (``kind="query"``)."""
 
     def read(ctx: LoadContext) -> tuple[Any, DatasetRef]:
-        with ctx.duckdb.get_connection() as conn:
+        with ctx.store.get_connection() as conn:
             warmup, _, manifest = latest_warmup(conn)
         last = max(c["epoch"] for c in manifest["checkpoints"])
         name = f"{kind}_grad_features_{ctx.grad_settings.suffix()}"
@@ -271,19 +271,19 @@ def gradient_features(kind: str) -> Loader:
 
 def label_sets(ctx: LoadContext) -> tuple[Labels, DatasetRef]:
     """Each example's label ids and the embedding of every label (MIG)."""
-    with ctx.duckdb.get_connection() as conn:
+    with ctx.store.get_connection() as conn:
         pairs, vocab = queries.label_sets(conn)
     members: dict[str, list[int]] = {}
     for pid, label in zip(pairs["pool_id"], pairs["label"], strict=True):
         members.setdefault(pid, []).append(int(label))
     embeddings = np.asarray(vocab["embedding"].to_list(), dtype=np.float64)
     sets = Labels([members.get(p, []) for p in ctx.pool_ids], embeddings)
-    return sets, DatasetRef("labels", str(ctx.duckdb.database), str(len(embeddings)))
+    return sets, DatasetRef("labels", ctx.store.location, str(len(embeddings)))
 
 
 def round_trainer(ctx: LoadContext) -> tuple[LoraRoundTrainer, DatasetRef]:
     """A LoRA trainer on the selection model over the pool's conversations (iterative methods)."""
-    with ctx.duckdb.get_connection() as conn:
+    with ctx.store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
     by_id = dict(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     model, tokenizer = ctx.selection_model.load()
@@ -294,7 +294,7 @@ def round_trainer(ctx: LoadContext) -> tuple[LoraRoundTrainer, DatasetRef]:
 
 def on_demand_less_scorer(ctx: LoadContext) -> tuple[Any, DatasetRef]:
     """A scorer that computes the LESS scores of the examples a method draws (cluster_ucb)."""
-    return load_less_scorer(ctx.lance, ctx.duckdb, ctx.pool_ids, ctx.grad_settings, ctx.selection_model)
+    return load_less_scorer(ctx.lance, ctx.store, ctx.pool_ids, ctx.grad_settings, ctx.selection_model)
 
 
 def query_vectors(dataset: Callable[[LoadContext], str]) -> Loader:
@@ -302,7 +302,7 @@ def query_vectors(dataset: Callable[[LoadContext], str]) -> Loader:
 
     def read(ctx: LoadContext) -> tuple[tuple[np.ndarray, list], DatasetRef]:
         name = dataset(ctx)
-        with ctx.duckdb.get_connection() as conn:
+        with ctx.store.get_connection() as conn:
             rows = query_rows(conn)
         vectors, version = load_vectors(ctx.lance, name, rows["pool_id"].to_list())
         return (vectors, rows["task"].to_list()), DatasetRef(name, ctx.lance.uri(name), str(version))

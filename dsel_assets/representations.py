@@ -5,7 +5,6 @@ import time
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-from dagster_duckdb import DuckDBResource
 
 from dsel_assets.core.data.schema import example_text
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
@@ -13,6 +12,7 @@ from dsel_assets.pool import pool_batch, pool_batches
 from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 REPRESENTATIONS = "representations"
@@ -55,13 +55,13 @@ def vector_matrix(column) -> np.ndarray:
 )
 def sentence_embeddings(
     context: dg.AssetExecutionContext,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     embedder: SentenceEmbedder,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
     batch = context.partition_key
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         manifest = tables.get_batch(conn, batch)
         rows = queries.batch_rows(conn, batch)
     texts = [example_text(m) for m in rows["messages"].to_list()]
@@ -111,7 +111,7 @@ def sentence_embeddings(
 )
 def model_embeddings(
     context: dg.AssetExecutionContext,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     selection_model: SelectionModel,
     model_embedding_settings: ModelEmbeddingSettings,
@@ -124,7 +124,7 @@ def model_embeddings(
     batch, settings = context.partition_key, model_embedding_settings
     identity = selection_model.identity()
     name = settings.dataset(identity["model_hash"])
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         manifest = tables.get_batch(conn, batch)
         rows = queries.split_rows(conn, "pool", batch=batch)
     ids = rows["pool_id"].to_list()

@@ -18,7 +18,6 @@ import time
 import dagster as dg
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets.core.models.learning_percentage import compute_learning_percentages
@@ -34,6 +33,7 @@ from dsel_assets.representations import REPRESENTATIONS
 from dsel_assets.store import queries, schema, tables
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 SCORE_COLUMNS = list(ExampleScores.__dataclass_fields__)
@@ -107,20 +107,20 @@ def build_score_asset(
         op_tags=GPU_OP_TAGS,
         tags=tags,
         description=description,
-        required_resource_keys={model_resource, "duckdb", "tracker"},
+        required_resource_keys={model_resource, "store", "tracker"},
     )
     def _scores(context: dg.AssetExecutionContext, config: ScoreConfig) -> dg.MaterializeResult:
         check_options(response, config.template)
         table = score_table(name, config.template)
         model_res: SelectionModel = getattr(context.resources, model_resource)
-        duckdb: DuckDBResource = context.resources.duckdb
+        store: StateStore = context.resources.store
         tracker: MlflowTracker = context.resources.tracker
         batch = context.partition_key
         identity = model_res.identity()
         code_version = context.assets_def.code_versions_by_key[context.asset_key]
         # the identity of a score row: rows of the same one are reused, rows of another are stale
         keep = {"model_hash": identity["model_hash"], "code_version": code_version, "prompt_template": config.template}
-        with duckdb.get_connection() as conn:
+        with store.get_connection() as conn:
             schema.ensure_score_table(conn, table)
             manifest = tables.get_batch(conn, batch)
             rows = queries.split_rows(conn, "pool", batch=batch)
@@ -142,7 +142,7 @@ def build_score_asset(
                 for start in range(0, len(items), CHUNK):
                     chunk = items[start : start + CHUNK]
                     frame = score_frame(model, tokenizer, chunk, fixed, response, config.template)
-                    with duckdb.get_connection() as conn:  # a crash loses at most one chunk
+                    with store.get_connection() as conn:  # a crash loses at most one chunk
                         tables.upsert_by_id(conn, table, frame, {"batch": batch})
                     written += len(chunk)
                     rate = written / (time.perf_counter() - started)
@@ -150,7 +150,7 @@ def build_score_asset(
                         f"{table} batch {batch}: {written}/{len(items)} at {rate:.1f} examples/s, "
                         f"eta {(len(items) - written) / rate:.0f}s"
                     )
-            with duckdb.get_connection() as conn:
+            with store.get_connection() as conn:
                 # rows of ids no longer in the batch, or of another model / code version / template, are stale
                 queries.delete_stale(conn, table, keep, batch=batch)
                 stats = queries.score_summary(conn, table, "ifd_loss_ratio", batch=batch)
@@ -206,9 +206,9 @@ greedy_scores = build_score_asset(
     description="Per-example quality in [0, 1] (METHODS.md R7): the data's own `score` column where a "
     "source has one, else the selection model's per-token likelihood of the reference, exp(-L(A|Q)).",
 )
-def quality(context: dg.AssetExecutionContext, duckdb: DuckDBResource, tracker: MlflowTracker) -> dg.MaterializeResult:
+def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: MlflowTracker) -> dg.MaterializeResult:
     """Which source each value came from is stored beside it (``how``)."""
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         schema.ensure_score_table(conn, "loss_scores")
         pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
         score_of = queries.meta_field(conn, "pool", "score")
@@ -260,7 +260,7 @@ class LearningPercentageConfig(dg.Config):
 def learning_percentage(
     context: dg.AssetExecutionContext,
     config: LearningPercentageConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     proxy_model: SelectionModel,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
@@ -275,7 +275,7 @@ def learning_percentage(
         seed=config.seed,
         lora=LoraSettings(r=config.lora_r, alpha=4 * config.lora_r, dropout=0.0),
     )
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
         version, _ = tables.pool_version(conn)
     identity = proxy_model.identity()
@@ -283,7 +283,7 @@ def learning_percentage(
     fingerprint = hashlib.sha256(
         json.dumps([version, identity, config.model_dump(), code_version], sort_keys=True).encode()
     ).hexdigest()[:16]
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         exists = "fingerprint" in schema.columns(conn, "learning_percentage")
         stored = None
         if exists:
@@ -324,7 +324,7 @@ def learning_percentage(
             "fingerprint": fingerprint,
         }
     )
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.replace_table(conn, "learning_percentage", table)
     undefined = sum(bool(r) for r in reasons)
     return dg.MaterializeResult(
@@ -371,7 +371,7 @@ class GoldenScoreConfig(dg.Config):
 def golden_score(
     context: dg.AssetExecutionContext,
     config: GoldenScoreConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     selection_model: SelectionModel,
     tracker: MlflowTracker,
@@ -380,7 +380,7 @@ def golden_score(
     from dsel_assets.core.select import build_config, get
     from dsel_assets.selections import load_vectors
 
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
         version, _ = tables.pool_version(conn)
         if config.anchors.startswith("source:"):
@@ -408,7 +408,7 @@ def golden_score(
     # the anchor set (and model, code) is the identity of a score: rows of the same one are reused
     anchor_set = hashlib.sha256(json.dumps([a.zero_shot_ids for a in anchors]).encode()).hexdigest()[:16]
     keep = {"anchor_set": anchor_set, "model_hash": identity["model_hash"], "code_version": code_version}
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.ensure_schema(conn)
         done = set(queries.rows_matching(conn, "golden_score", ["pool_id"], keep)["pool_id"])
     todo = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
@@ -444,14 +444,14 @@ def golden_score(
                 },
                 schema_overrides={"golden_score": pl.Float64, "anchors": pl.Int32},
             )
-            with duckdb.get_connection() as conn:  # a crash loses at most one chunk
+            with store.get_connection() as conn:  # a crash loses at most one chunk
                 tables.upsert_by_id(conn, "golden_score", frame)
             written = start + len(chunk)
             rate = written / (time.perf_counter() - started)
             context.log.info(
                 f"golden score: {written}/{len(todo)} candidates, {rate:.2f}/s, eta {(len(todo) - written) / rate:.0f}s"
             )
-        with duckdb.get_connection() as conn:
+        with store.get_connection() as conn:
             # rows of another anchor set, model or code version, or of ids no longer in the pool, are stale
             queries.delete_stale(conn, "golden_score", keep)
             stats = queries.score_summary(conn, "golden_score", "golden_score")
@@ -496,7 +496,7 @@ class WhispererConfig(dg.Config):
 def whisperer_score(
     context: dg.AssetExecutionContext,
     config: WhispererConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     selection_model: SelectionModel,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
@@ -504,7 +504,7 @@ def whisperer_score(
     example's score is a mean over the rounds it served in."""
     from dsel_assets.core.models.data_whisperer import whisperer_scores
 
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
         query_rows = queries.split_rows(conn, "query", ("task", "messages"))
         if config.task:
@@ -539,7 +539,7 @@ def whisperer_score(
             "code_version": context.assets_def.code_versions_by_key[context.asset_key],
         }
     )
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.replace_table(conn, "whisperer_score", table)
     return dg.MaterializeResult(
         metadata={

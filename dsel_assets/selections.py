@@ -13,7 +13,6 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pydantic
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets import representation_registry
@@ -31,6 +30,7 @@ from dsel_assets.store import queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 SELECTIONS = "selections"
@@ -67,7 +67,7 @@ class SelectionConfig(dg.Config):
 def load_representation(
     need: str,
     lance: LanceStore,
-    duckdb: DuckDBResource,
+    store: StateStore,
     pool_ids: list[str],
     grad_settings: GradientSettings,
     selection_model: SelectionModel | None = None,
@@ -78,7 +78,7 @@ def load_representation(
     """(representation aligned to ``pool_ids``, its DatasetRef for lineage), by its declared loader;
     IFDs under ``template``."""
     context = representation_registry.LoadContext(
-        lance, duckdb, pool_ids, grad_settings, selection_model, log, embedding_settings, template
+        lance, store, pool_ids, grad_settings, selection_model, log, embedding_settings, template
     )
     return representation_registry.load(need, context)
 
@@ -144,7 +144,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
     def _selection(
         context: dg.AssetExecutionContext,
         config: config_class,
-        duckdb: DuckDBResource,
+        store: StateStore,
         lance: LanceStore,
         tracker: MlflowTracker,
         grad_settings: GradientSettings,
@@ -160,19 +160,19 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
             )
         budgets = [Budget.parse(b) for b in config.budgets]
         replicates = seed_replicates(method_config, list(config.seeds))  # before any work
-        with duckdb.get_connection() as conn:
+        with store.get_connection() as conn:
             tables.ensure_schema(conn)
             version, _ = tables.pool_version(conn)
             frame = queries.split_rows(conn, "pool", ("pool_id", "task", "batch"))
         pool_ids = frame["pool_id"].to_list()
         if not pool_ids:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
-        representations, inputs = {}, [DatasetRef("pool", str(duckdb.database), version)]
+        representations, inputs = {}, [DatasetRef("pool", store.location, version)]
         for argument, need in needs.items():
             representations[argument], ref = load_representation(
                 need,
                 lance,
-                duckdb,
+                store,
                 pool_ids,
                 grad_settings,
                 selection_model,
@@ -244,7 +244,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 )
                 pending.setdefault(budget.label, []).append(rows)
                 if len(pending[budget.label]) == len(replicates):  # every seed of this budget: replace at once
-                    with duckdb.get_connection() as conn:
+                    with store.get_connection() as conn:
                         tables.write_selection(conn, key, budget.label, pl.concat(pending.pop(budget.label)))
                 label = budget.label if len(replicates) == 1 else f"{budget.label}.seed{selection_seed}"
                 run.log_metrics({f"{label}.k": k, f"{label}.selected": len(selection.ids), f"{label}.seconds": seconds})

@@ -23,7 +23,6 @@ import duckdb as duckdb_lib
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContext
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilter
-from dagster_duckdb import DuckDBResource
 
 from dsel_assets import inbox
 from dsel_assets.core.data.catalog import labels_for
@@ -37,6 +36,7 @@ from dsel_assets.store import tables
 from jobs import EXPENSIVE, batch_job, curation_job
 from resources.home import StateHome
 from resources.inbox import InboxSettings
+from resources.store import StateStore
 
 #: What re-curation may re-run: pool-wide curation assets. Models (warmup: re-training it would
 #: invalidate every batch's gradient features), fine-tuning and evaluation, and the expensive
@@ -129,7 +129,7 @@ def recuration_request(
 
 
 def _inbox_tick(
-    context: dg.SensorEvaluationContext, settings: InboxSettings, duckdb: DuckDBResource, home: StateHome
+    context: dg.SensorEvaluationContext, settings: InboxSettings, store: StateStore, home: StateHome
 ) -> dg.SensorResult:
     """One inbox tick: register each ready file as a batch and request its run. An error with one
     file (any exception) stays that file's: logged, retried on later ticks and set aside to
@@ -151,7 +151,7 @@ def _inbox_tick(
         context.log.warning(inbox.failed(root, item.name, item.path, item.entry, exc, state, settings.max_attempts))
 
     try:
-        with duckdb.get_connection() if ready else contextlib.nullcontext() as conn:
+        with store.get_connection() if ready else contextlib.nullcontext() as conn:
             for item in ready:
                 del waiting[item.name]
                 try:
@@ -187,7 +187,7 @@ def _inbox_tick(
                         tags={"dsel/trigger": "inbox", "dsel/file": item.name, "dsel/sha256": manifest.sha256},
                     )
                 )
-    except (OSError, duckdb_lib.Error) as exc:  # database locked by a run: not the files' fault, none counted
+    except (OSError, duckdb_lib.Error, tables.StateDatabaseError) as exc:  # locked by a run: not the files' fault
         context.log.warning(f"database not available ({exc}); {len(waiting)} ready file(s) wait for the next tick")
         state.update({name: list(item.entry) for name, item in waiting.items()})
     return dg.SensorResult(
@@ -213,9 +213,9 @@ def build_automation(
         description="A finished file in the inbox becomes a pool batch and a batch_job run for that batch only.",
     )
     def inbox_sensor(
-        context: dg.SensorEvaluationContext, inbox_settings: InboxSettings, duckdb: DuckDBResource, home: StateHome
+        context: dg.SensorEvaluationContext, inbox_settings: InboxSettings, store: StateStore, home: StateHome
     ) -> dg.SensorResult:
-        return _inbox_tick(context, inbox_settings, duckdb, home)
+        return _inbox_tick(context, inbox_settings, store, home)
 
     @dg.run_status_sensor(
         name="recuration_sensor",

@@ -9,7 +9,6 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets.core.select.targeted import cosine_scores
@@ -27,6 +26,7 @@ from dsel_assets.representations import (
 from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 RDS_SIMILARITY = "rds_similarity"
@@ -103,7 +103,7 @@ def query_rows(conn) -> pl.DataFrame:
 
 def store_similarity(
     context: dg.AssetExecutionContext,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     tracker: MlflowTracker,
     source: DatasetRef,
@@ -116,7 +116,7 @@ def store_similarity(
     """Cosine of every pool vector of ``source`` (streamed ``chunk`` rows at a time) with the
     query vectors; the matrix to Lance ``dataset``, its columns to DuckDB, one MLflow run."""
     asset = context.asset_key.path[-1]
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         version, _ = tables.pool_version(conn)
         pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
     chunks = (
@@ -130,7 +130,7 @@ def store_similarity(
         context.log.warning(f"{asset}: {source.name} covers {len(ids)} of {len(pool_ids)} pool rows")
     lance_version = lance.overwrite(dataset, matrix_table(ids, scores))
     columns = queries.select("pool_id", "task", "subtask").with_row_index("col")
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         tables.replace_table(conn, columns_table(asset), columns)
     low, high = float(scores.min()), float(scores.max())
     with tracker.run(context, params={**params, "pool_version": version, "chunk": chunk}, inputs=[source]) as run:
@@ -167,7 +167,7 @@ def store_similarity(
 def rds_similarity(
     context: dg.AssetExecutionContext,
     config: SimilarityConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     selection_model: SelectionModel,
     model_embedding_settings: ModelEmbeddingSettings,
@@ -178,7 +178,7 @@ def rds_similarity(
     settings = model_embedding_settings
     check_rds_pooling(settings)
     identity = selection_model.identity()
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         queries = query_rows(conn)
     model, tokenizer = selection_model.load()
     vectors = embed(
@@ -191,7 +191,7 @@ def rds_similarity(
     source = DatasetRef(pool_dataset, lance.uri(pool_dataset), str(lance.version(pool_dataset)))
     return store_similarity(
         context,
-        duckdb,
+        store,
         lance,
         tracker,
         source,
@@ -217,14 +217,14 @@ def rds_similarity(
 def embed_similarity(
     context: dg.AssetExecutionContext,
     config: SimilarityConfig,
-    duckdb: DuckDBResource,
+    store: StateStore,
     lance: LanceStore,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
-    with duckdb.get_connection() as conn:
+    with store.get_connection() as conn:
         queries = query_rows(conn)
     query_vectors, version = load_vectors(lance, SENTENCE_EMBEDDINGS, queries["pool_id"].to_list())
     source = DatasetRef(SENTENCE_EMBEDDINGS, lance.uri(SENTENCE_EMBEDDINGS), str(version))
     return store_similarity(
-        context, duckdb, lance, tracker, source, queries, query_vectors, config.chunk, EMBED_SIMILARITY, {}
+        context, store, lance, tracker, source, queries, query_vectors, config.chunk, EMBED_SIMILARITY, {}
     )

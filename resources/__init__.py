@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from dagster_duckdb import DuckDBResource
-
 from dsel_assets.core.models.features import COMPUTE_DTYPES
 
 from .gradient_settings import GradientSettings
@@ -14,6 +12,7 @@ from .inbox import InboxSettings
 from .ingest import IngestLimits
 from .lance_store import LanceStore
 from .models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
+from .store import StateStore
 from .tracking import DatasetRef, MlflowTracker
 
 __all__ = [
@@ -50,7 +49,7 @@ def build_resources(
         raise ValueError(f"DSEL_GRAD_COMPUTE_DTYPE: {compute_dtype!r} is not one of {list(COMPUTE_DTYPES)}")
     return {
         "home": StateHome(root=str(home.root)),
-        "duckdb": DuckDBResource(database=str(home.duckdb)),
+        "store": StateStore(database=str(home.duckdb)),
         "lance": LanceStore(root=os.environ.get("DSEL_LANCE_URI") or str(home.lance)),
         "tracker": MlflowTracker(
             tracking_uri=os.environ.get("DSEL_MLFLOW_URI") or home.mlflow_uri,

@@ -7,7 +7,6 @@ import dagster as dg
 import duckdb
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from dsel_assets.checks import (
     build_checks,
@@ -22,6 +21,7 @@ from dsel_assets.core.data.validate import validate_file
 from dsel_assets.pool import pool_batches
 from dsel_assets.selections import coverage
 from dsel_assets.store import tables
+from resources.store import StateStore
 
 from .helpers import write_jsonl
 
@@ -143,7 +143,7 @@ def test_eval_disjointness_by_content(home, tmp_path):
                 conn.execute("INSERT INTO eval_examples (method, pool_id) VALUES (?, ?)", [method, pid])
     # the blocking check of the evaluation assets, on the same store
     checks = {c.node_def.name: c for c in build_checks() if "eval_set_is_disjoint" in c.node_def.name}
-    resources = {"duckdb": DuckDBResource(database=str(home.duckdb))}
+    resources = {"store": StateStore(database=str(home.duckdb))}
     assert checks["eval_base_eval_set_is_disjoint"](**resources).passed
     leaked = checks["eval_random_eval_set_is_disjoint"](**resources)
     assert not leaked.passed and "training selection" in leaked.description

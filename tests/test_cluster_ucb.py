@@ -170,7 +170,7 @@ def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, t
     scorer, ref = load_representation(
         "less_scorer",
         resources["lance"],
-        resources["duckdb"],
+        resources["store"],
         pool_ids,
         resources["grad_settings"],
         resources["selection_model"],

@@ -15,12 +15,12 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from dsel_assets import inbox
 from dsel_assets.code_location import build_definitions
 from dsel_assets.store import tables
 from resources import InboxSettings, build_resources
+from resources.store import StateStore
 
 from .helpers import write_jsonl
 
@@ -221,14 +221,14 @@ def test_planted_archive_link_is_refused_and_the_batch_still_runs(sensor, tmp_pa
 def test_locked_database_counts_against_no_file(sensor):
     tick, home = sensor
 
-    class Locked(DuckDBResource):
+    class Locked(StateStore):
         def get_connection(self):
             raise duckdb.IOException("Could not set lock on file")
 
     write_jsonl(home.inbox / "good.jsonl", qa_lines(0, 2))
     cursor = None
     for _ in range(5):
-        result = tick(cursor, resources={"duckdb": Locked(database=str(home.duckdb))}, max_attempts=2)
+        result = tick(cursor, resources={"store": Locked(database=str(home.duckdb))}, max_attempts=2)
         cursor = result.cursor
     assert not result.run_requests and (home.inbox / "good.jsonl").exists()
     assert json.loads(cursor)["good.jsonl"][3] == 0

@@ -61,7 +61,7 @@ def test_model_embeddings_asset_names_its_pooling_and_model_and_resumes(home, lo
     loaded, ref = load_representation(
         "model_embeddings",
         lance,
-        resources["duckdb"],
+        resources["store"],
         pool_ids,
         GradientSettings(),
         resources["selection_model"],
@@ -89,7 +89,7 @@ def test_greedy_uncertainty_asset_scores_the_models_own_answers(home, local_reso
     # the declared representation of these scores loads them for a selection
     pool_ids = [r[-1] for r in rows]
     loaded, ref = load_representation(
-        "uncertainty_greedy", local_resources["lance"], local_resources["duckdb"], pool_ids, GradientSettings()
+        "uncertainty_greedy", local_resources["lance"], local_resources["store"], pool_ids, GradientSettings()
     )
     assert sorted(loaded) == sorted(UNCERTAINTY_COLUMNS)
     assert (ref.name, ref.digest) == ("uncertainty_greedy", "greedy_scores")
@@ -189,7 +189,7 @@ def test_cherry_pre_experience_trains_on_the_sample_and_scores_the_pool_with_it(
     with duckdb.connect(str(home.duckdb)) as conn:
         pool_ids = [r[0] for r in conn.execute("SELECT pool_id FROM examples ORDER BY pool_id").fetchall()]
     ifd, _ = load_representation(
-        "pre_experienced_ifd", local_resources["lance"], local_resources["duckdb"], pool_ids, GradientSettings()
+        "pre_experienced_ifd", local_resources["lance"], local_resources["store"], pool_ids, GradientSettings()
     )
     assert ifd.shape == (12,) and np.isfinite(ifd).sum() >= 10
 
@@ -239,7 +239,7 @@ def test_proxy_scores_come_from_the_proxy_and_alpaca_scores_keep_to_their_own_ta
     pool_ids = [r[0] for r in chat]
     for template, expected in (("chat", chat), ("alpaca", alpaca)):
         ifd, ref = load_representation(
-            "ifd", resources["lance"], resources["duckdb"], pool_ids, GradientSettings(), template=template
+            "ifd", resources["lance"], resources["store"], pool_ids, GradientSettings(), template=template
         )
         np.testing.assert_allclose(ifd, [r[1] for r in expected])
         assert ref.digest == score_table("loss_scores", template)  # lineage names the table read

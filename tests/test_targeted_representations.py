@@ -131,7 +131,7 @@ def load(name, resources, pool_ids):
     return load_representation(
         name,
         resources["lance"],
-        resources["duckdb"],
+        resources["store"],
         pool_ids,
         GradientSettings(),
         resources["selection_model"],
