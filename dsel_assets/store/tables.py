@@ -343,6 +343,15 @@ def replace_table(conn, name: str, frame: pl.DataFrame) -> None:
         _insert(conn, name, frame)
 
 
+def _serialize(conn, *key: object) -> None:
+    """Inside a transaction on PostgreSQL, wait for any other writer of the same ``key`` (e.g.
+    one table's batch) to commit: two runs replacing the same rows at once would otherwise each
+    delete before the other's insert is visible and leave both. DuckDB admits one writing
+    process per file and fails the second of two conflicting transactions instead."""
+    if dialect_of(conn) == "postgres":
+        _run(conn, "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", [json.dumps(key, default=str)])
+
+
 def upsert_by_id(conn, table: str, rows: pl.DataFrame, match: dict | None = None) -> None:
     """In one transaction, replace the rows of ``table`` with ``rows``'s pool ids (and the
     ``match`` column values) by ``rows``: a chunk written by a resumable asset lands whole or
@@ -353,6 +362,7 @@ def upsert_by_id(conn, table: str, rows: pl.DataFrame, match: dict | None = None
             raise ValueError(f"table: {name!r} is not a plain identifier")
     where = "".join(f" AND {column} = ?" for column in match)
     with transaction(conn):
+        _serialize(conn, table, match)
         _run(
             conn,
             f"DELETE FROM {table} WHERE {_in_list(conn).format('pool_id')}{where}",
@@ -364,6 +374,7 @@ def upsert_by_id(conn, table: str, rows: pl.DataFrame, match: dict | None = None
 def replace_batch(conn, manifest: BatchManifest, accepted: pl.DataFrame, quarantined: pl.DataFrame) -> None:
     """Atomically make the batch's examples and quarantine rows exactly these frames."""
     with transaction(conn):
+        _serialize(conn, "batch", manifest.batch)
         _run(conn, "DELETE FROM examples WHERE batch = ?", [manifest.batch])
         _run(conn, "DELETE FROM quarantine WHERE batch = ?", [manifest.batch])
         _insert(conn, "examples", accepted)
@@ -461,5 +472,6 @@ def replace_rows(conn, table: str, match: dict[str, object], rows: pl.DataFrame)
             raise ValueError(f"table: {name!r} is not a plain identifier")
     where = " AND ".join(f"{column} = ?" for column in match)
     with transaction(conn):
+        _serialize(conn, table, match)
         _run(conn, f"DELETE FROM {table} WHERE {where}", list(match.values()))
         _insert(conn, table, rows)
