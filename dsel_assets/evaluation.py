@@ -38,7 +38,7 @@ class EvalRunConfig(dg.Config):
     max_new_tokens: int = Field(default=128, description="Greedy generation cap")
     max_length: int = Field(default=512, description="Tokens of prompt + reference for the loss")
     batch_size: int = Field(default=16, description="Examples per forward / generate call")
-    max_batch_tokens: int = Field(default=1024, description="Padded tokens per loss forward")
+    max_batch_tokens: int = Field(default=0, description="Cap on padded tokens per loss forward (0 = none)")
     generate: bool = Field(default=True, description="Generate and grade checkable answers")
     seed: int = Field(default=0, description="Eval sample seed")
 
