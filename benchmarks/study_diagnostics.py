@@ -24,6 +24,7 @@ def main() -> int:
     args = p.parse_args()
 
     import duckdb
+    import polars as pl
 
     from dsel_assets.cli import format_table
     from dsel_assets.store.tables import frame
@@ -61,7 +62,7 @@ def main() -> int:
         out = []
         for target in sorted(set(less["target"].to_list())):
             part = less.filter(less["target"] == target)
-            means = part.group_by("pool_task").agg(part["score"].mean().alias("mean")).sort("mean", descending=True)
+            means = part.group_by("pool_task").agg(pl.col("score").mean().alias("mean")).sort("mean", descending=True)
             top = part.sort("score", descending=True).head(k)["pool_task"].value_counts().sort("count", descending=True)
             out.append(
                 (
