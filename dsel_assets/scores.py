@@ -222,7 +222,11 @@ def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: Mlflo
         tables.replace_table(conn, "quality", table)
         summary = (
             table.group_by("how", maintain_order=True)
-            .agg(pl.len(), pl.col("quality").count(), pl.col("quality").mean())
+            .agg(
+                pl.len().alias("rows"),
+                pl.col("quality").count().alias("defined"),
+                pl.col("quality").mean().alias("mean"),
+            )
             .rows()
         )
         version, _ = tables.pool_version(conn)
