@@ -532,7 +532,7 @@ def whisperer_score(
             config.seed,
             on_round=lambda d, t: d % 20 == 0 and context.log.info(f"whisperer: round {d}/{t}"),
         )
-        run.log_metrics({"mean_score": float(np.nanmean(scores)), "queries": queries.height})
+        run.log_metrics({"mean_score": float(np.nanmean(scores)), "queries": query_rows.height})
     table = pl.DataFrame(
         {
             "pool_id": rows["pool_id"],
@@ -548,7 +548,7 @@ def whisperer_score(
     return dg.MaterializeResult(
         metadata={
             "rows": len(scores),
-            "queries": queries.height,
+            "queries": query_rows.height,
             "mean_score": float(np.nanmean(scores)),
             **run.metadata(),
         },
