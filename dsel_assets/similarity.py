@@ -107,7 +107,7 @@ def store_similarity(
     lance: LanceStore,
     tracker: MlflowTracker,
     source: DatasetRef,
-    queries: pl.DataFrame,
+    query_frame: pl.DataFrame,
     query_vectors: np.ndarray,
     chunk: int,
     dataset: str,
@@ -129,14 +129,14 @@ def store_similarity(
     if len(ids) < len(pool_ids):
         context.log.warning(f"{asset}: {source.name} covers {len(ids)} of {len(pool_ids)} pool rows")
     lance_version = lance.overwrite(dataset, matrix_table(ids, scores))
-    columns = queries.select("pool_id", "task", "subtask").with_row_index("col")
+    columns = query_frame.select("pool_id", "task", "subtask").with_row_index("col")
     with store.get_connection() as conn:
         tables.replace_table(conn, columns_table(asset), columns)
     low, high = float(scores.min()), float(scores.max())
     with tracker.run(context, params={**params, "pool_version": version, "chunk": chunk}, inputs=[source]) as run:
         run.log_metrics({"pool_rows": len(ids), "query_columns": scores.shape[1], "min": low, "max": high})
         run.log_datasets([DatasetRef(dataset, lance.uri(dataset), str(lance_version), "output")])
-    counts = queries.group_by("task").len().sort("task").rows()
+    counts = query_frame.group_by("task").len().sort("task").rows()
     return dg.MaterializeResult(
         metadata={
             "shape": f"{len(ids)} x {scores.shape[1]}",
@@ -179,13 +179,13 @@ def rds_similarity(
     check_rds_pooling(settings)
     identity = selection_model.identity()
     with store.get_connection() as conn:
-        queries = query_rows(conn)
+        query_set = query_rows(conn)
     model, tokenizer = selection_model.load()
     vectors = embed(
-        model, tokenizer, queries["messages"].to_list(), settings.pooling, settings.max_length, settings.batch_size
+        model, tokenizer, query_set["messages"].to_list(), settings.pooling, settings.max_length, settings.batch_size
     )
-    stored = vector_table(queries["pool_id"].to_list(), "queries", vectors, identity["model"])
-    stored = stored.append_column("task", pa.array(queries["task"].to_list(), pa.string()))
+    stored = vector_table(query_set["pool_id"].to_list(), "queries", vectors, identity["model"])
+    stored = stored.append_column("task", pa.array(query_set["task"].to_list(), pa.string()))
     lance.overwrite(rds_queries_dataset(identity["model_hash"]), stored)
     pool_dataset = settings.dataset(identity["model_hash"])
     source = DatasetRef(pool_dataset, lance.uri(pool_dataset), str(lance.version(pool_dataset)))
@@ -195,7 +195,7 @@ def rds_similarity(
         lance,
         tracker,
         source,
-        queries,
+        query_set,
         vector_matrix(stored.column("vector")),  # as stored (float16), like the pool side
         config.chunk,
         rds_dataset(identity["model_hash"]),
@@ -222,9 +222,9 @@ def embed_similarity(
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
     with store.get_connection() as conn:
-        queries = query_rows(conn)
-    query_vectors, version = load_vectors(lance, SENTENCE_EMBEDDINGS, queries["pool_id"].to_list())
+        query_set = query_rows(conn)
+    query_vectors, version = load_vectors(lance, SENTENCE_EMBEDDINGS, query_set["pool_id"].to_list())
     source = DatasetRef(SENTENCE_EMBEDDINGS, lance.uri(SENTENCE_EMBEDDINGS), str(version))
     return store_similarity(
-        context, store, lance, tracker, source, queries, query_vectors, config.chunk, EMBED_SIMILARITY, {}
+        context, store, lance, tracker, source, query_set, query_vectors, config.chunk, EMBED_SIMILARITY, {}
     )
