@@ -262,7 +262,7 @@ def build_score_check(asset: dg.AssetsDefinition, columns: list[str]) -> dg.Asse
         with store.get_connection() as conn:
             expected = _batch_ids(conn, batch, pool_only=True)
             found = {
-                name: queries.score_rows(conn, name, batch, ["pool_id", "reason", *columns])
+                name: queries.rows_matching(conn, name, ["pool_id", "reason", *columns], {"batch": batch})
                 for name in score_tables(table)
                 if schema.table_exists(conn, name)
             }

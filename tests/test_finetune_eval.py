@@ -35,7 +35,7 @@ from dsel_assets.finetune import finetuned_assets
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.reports import comparison_report, selection_report
 from dsel_assets.selections import selection_assets
-from dsel_assets.store import tables
+from dsel_assets.store import queries, tables
 
 from .test_assets import register
 
@@ -203,7 +203,7 @@ def test_selection_to_report_through_dagster(home, local_resources, synthetic_ho
     first = dg.materialize(chain, resources=local_resources, instance=instance, run_config=run_config)
     assert first.success
     with duckdb.connect(str(home.duckdb)) as conn:
-        models = tables.frame(conn, "SELECT * FROM finetuned_models ORDER BY examples")
+        models = queries.frame(conn, "SELECT * FROM finetuned_models ORDER BY examples")
         assert models["budget"].to_list() == ["10", "20"] and models["examples"].to_list() == [10, 20]
         for row in models.iter_rows(named=True):
             manifest = read_finetuned(home.models / "finetuned" / row["model_key"])
@@ -218,7 +218,7 @@ def test_selection_to_report_through_dagster(home, local_resources, synthetic_ho
 
             assert manifest["selection_version"] == row["selection_version"]
             assert manifest["selection_version"] == selection_version("random", row["budget"], ids, row["pool_version"])
-        scores = tables.frame(conn, "SELECT method, budget, task, n FROM eval_scores")
+        scores = queries.frame(conn, "SELECT method, budget, task, n FROM eval_scores")
         assert scores.height == 3 * 6 and set(scores["n"].to_list()) == {2}
         # eval examples are disjoint from the training selections
         overlap = conn.execute("SELECT count(*) FROM eval_examples e JOIN selections s USING (pool_id)").fetchone()[0]
@@ -267,7 +267,7 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
     assert result.success
     meta = result.asset_materializations_for_node("comparison_report")[0].metadata
     with duckdb.connect(str(home.duckdb)) as conn:
-        table = tables.frame(conn, "SELECT * FROM comparison_report WHERE method = 'less' AND measure = 'loss'")
+        table = queries.frame(conn, "SELECT * FROM comparison_report WHERE method = 'less' AND measure = 'loss'")
     by_task = {r["task"]: r for r in table.iter_rows(named=True)}
     assert by_task["arithmetic"]["delta"] == pytest.approx(-0.5)
     # resampled seed units shift the mean seed offset by at most 0.01 either way

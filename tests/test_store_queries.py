@@ -181,11 +181,11 @@ def test_selection_ids_versions_and_score_rows(conn):
 
     schema.ensure_score_table(conn, "loss_scores", dialect=queries.dialect_of(conn))
     sql.run("INSERT INTO loss_scores (pool_id, batch, reason, ifd_loss_ratio) VALUES ('p1', 'b1', '', 0.5)")
-    rows = queries.score_rows(conn, "loss_scores", "b1", ["pool_id", "reason", "ifd_loss_ratio"])
+    rows = queries.rows_matching(conn, "loss_scores", ["pool_id", "reason", "ifd_loss_ratio"], {"batch": "b1"})
     assert rows.rows() == [("p1", "", 0.5)]
-    assert queries.score_rows(conn, "loss_scores", "b2", ["pool_id"]).height == 0
+    assert queries.rows_matching(conn, "loss_scores", ["pool_id"], {"batch": "b2"}).height == 0
     with pytest.raises(ValueError, match="not a plain identifier"):
-        queries.score_rows(conn, "loss_scores", "b1", ["pool_id, messages FROM examples --"])
+        queries.rows_matching(conn, "loss_scores", ["pool_id, messages FROM examples --"], {"batch": "b1"})
 
 
 def test_batch_states_origins_and_ranks(conn):

@@ -26,7 +26,7 @@ from dsel_assets.selections import (
     selection_assets,
 )
 from dsel_assets.similarity import EMBED_SIMILARITY, RDS_SIMILARITY, embed_similarity, rds_similarity
-from dsel_assets.store import tables
+from dsel_assets.store import queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
 
@@ -156,7 +156,7 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
         per_batch = [pool_batch, pool, sentence_embeddings, model_embeddings]
         assert dg.materialize(per_batch, partition_key=batch, resources=resources, instance=instance).success
     with duckdb.connect(str(home.duckdb)) as conn:
-        pool_ids = tables.frame(conn, "SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY 1")["pool_id"]
+        pool_ids = queries.frame(conn, "SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY 1")["pool_id"]
     pool_ids = pool_ids.to_list()
     assert set(copy_ids) < set(pool_ids) and len(pool_ids) == len(QUERIES) + len(UNRELATED)
 
@@ -187,7 +187,7 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
         assert all(e.passed for e in result.get_asset_check_evaluations())
         method = selection.metadata_by_key[selection.key]["method"]
         with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-            rows = tables.frame(conn, "SELECT pool_id, diagnostics, config FROM selections WHERE method = ?", [method])
+            rows = queries.frame(conn, "SELECT pool_id, diagnostics, config FROM selections WHERE method = ?", [method])
         assert set(rows["pool_id"]) == set(copy_ids), method
         coverage = json.loads(rows["diagnostics"][0])["coverage"]  # checked like influence
         assert coverage == {name: {"rows": len(pool_ids), "batches_without_rows": []}}

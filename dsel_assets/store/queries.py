@@ -27,6 +27,11 @@ def dialect_of(conn) -> str:
     return "postgres" if type(conn).__module__.startswith("psycopg") else "duckdb"
 
 
+def _run(conn, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    """All rows of one statement on either backend (``?`` placeholders)."""
+    return _Sql(conn, dialect_of(conn)).run(sql, list(params))
+
+
 def frame(conn, sql: str, params: Sequence[object] = ()) -> pl.DataFrame:
     """A query result as polars: through Arrow on DuckDB, from the rows on PostgreSQL."""
     if dialect_of(conn) == "duckdb":
@@ -92,7 +97,8 @@ def quarantine_reasons(conn) -> pl.DataFrame:
 
 def record_pool_version(conn, version: str, batches: Sequence[str], n_examples: int) -> None:
     """Append a pool version (its batches and size) to the history."""
-    _Sql(conn, dialect_of(conn)).run(
+    _run(
+        conn,
         "INSERT INTO pool_versions (pool_version, batches, n_examples, created_at) VALUES (?, ?, ?, ?)",
         [version, list(batches), n_examples, _now()],
     )
@@ -100,18 +106,19 @@ def record_pool_version(conn, version: str, batches: Sequence[str], n_examples: 
 
 def batch_counts(conn, batch: str) -> tuple[int, list[tuple[str, int]], str | None]:
     """(accepted rows, quarantined rows per reason - most frequent first -, failure) of a batch."""
-    sql = _Sql(conn, dialect_of(conn))
-    accepted = int(sql.run("SELECT count(*) FROM examples WHERE batch = ?", [batch])[0][0])
-    reasons = sql.run(
-        "SELECT reason, count(*) AS n FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY n DESC, reason", [batch]
+    accepted = int(_run(conn, "SELECT count(*) FROM examples WHERE batch = ?", [batch])[0][0])
+    reasons = _run(
+        conn,
+        "SELECT reason, count(*) AS n FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY n DESC, reason",
+        [batch],
     )
-    error = sql.run("SELECT error FROM batches WHERE batch = ?", [batch])
+    error = _run(conn, "SELECT error FROM batches WHERE batch = ?", [batch])
     return accepted, [(r, int(n)) for r, n in reasons], error[0][0] if error else None
 
 
 def batch_names(conn, split: str) -> list[str]:
     """The registered batches of ``split``, by name."""
-    rows = _Sql(conn, dialect_of(conn)).run("SELECT batch FROM batches WHERE split = ? ORDER BY batch", [split])
+    rows = _run(conn, "SELECT batch FROM batches WHERE split = ? ORDER BY batch", [split])
     return [r[0] for r in rows]
 
 
@@ -120,12 +127,13 @@ def batches_without_rows(conn) -> list[tuple[str, str, int, str]]:
     its failure, 'not validated yet', or 'every record quarantined'."""
     return [
         (batch, split, int(n), why)
-        for batch, split, n, why in _Sql(conn, dialect_of(conn)).run(
+        for batch, split, n, why in _run(
+            conn,
             """SELECT b.batch, b.split, (SELECT count(*) FROM quarantine q WHERE q.batch = b.batch),
                       coalesce(b.error, CASE WHEN b.validated_at IS NULL THEN 'not validated yet'
                                             ELSE 'every record quarantined' END)
                FROM batches b WHERE NOT EXISTS (SELECT 1 FROM examples e WHERE e.batch = b.batch)
-               ORDER BY b.registered_at"""
+               ORDER BY b.registered_at""",
         )
     ]
 
@@ -155,7 +163,7 @@ def source_rows(conn, source: str, columns: Sequence[str] = ("pool_id", "message
 
 def meta_field(conn, split: str, field: str) -> dict[str, object]:
     """pool id -> the decoded value of ``field`` in each example's ``meta`` JSON (None when absent)."""
-    rows = _Sql(conn, dialect_of(conn)).run("SELECT pool_id, meta FROM examples WHERE split = ?", [split])
+    rows = _run(conn, "SELECT pool_id, meta FROM examples WHERE split = ?", [split])
     return {pool_id: (json.loads(meta) if meta else {}).get(field) for pool_id, meta in rows}
 
 
@@ -167,19 +175,19 @@ def query_subtasks(conn) -> dict[str, str | None]:
 def messages_of(conn, ids: Sequence[str]) -> dict[str, list[dict]]:
     """pool id -> messages, for the given ids (those that exist), in id order."""
     sql = f"SELECT pool_id, messages FROM examples WHERE {_in_list(conn).format('pool_id')} ORDER BY pool_id"
-    return dict(_Sql(conn, dialect_of(conn)).run(sql, [list(ids)]))
+    return dict(_run(conn, sql, [list(ids)]))
 
 
 def split_task_counts(conn) -> dict[tuple[str, str], int]:
     """(split, task) -> number of examples."""
-    rows = _Sql(conn, dialect_of(conn)).run("SELECT split, task, count(*) FROM examples GROUP BY split, task")
+    rows = _run(conn, "SELECT split, task, count(*) FROM examples GROUP BY split, task")
     return {(split, task): n for split, task, n in rows}
 
 
 def count_outside_split(conn, ids: Sequence[str], split: str) -> int:
     """How many of ``ids`` are stored in a split other than ``split`` (a leak check)."""
     sql = f"SELECT count(*) FROM examples WHERE split <> ? AND {_in_list(conn).format('pool_id')}"
-    return int(_Sql(conn, dialect_of(conn)).run(sql, [split, list(ids)])[0][0])
+    return int(_run(conn, sql, [split, list(ids)])[0][0])
 
 
 def finetuned_models_of(conn, method: str) -> pl.DataFrame:
@@ -195,7 +203,7 @@ def finetuned_models_of(conn, method: str) -> pl.DataFrame:
 
 def eval_keys(conn) -> set[str]:
     """The evaluations already stored (model x eval set x settings keys)."""
-    return {r[0] for r in _Sql(conn, dialect_of(conn)).run("SELECT DISTINCT eval_key FROM eval_scores")}
+    return {r[0] for r in _run(conn, "SELECT DISTINCT eval_key FROM eval_scores")}
 
 
 def eval_task_scores(conn, eval_key: str) -> list[dict]:
@@ -205,24 +213,24 @@ def eval_task_scores(conn, eval_key: str) -> list[dict]:
 
 def latest_warmup(conn) -> tuple[str, str] | None:
     """(key, path) of the most recently recorded warmup, or None."""
-    rows = _Sql(conn, dialect_of(conn)).run("SELECT warmup, path FROM warmups ORDER BY created_at DESC LIMIT 1")
+    rows = _run(conn, "SELECT warmup, path FROM warmups ORDER BY created_at DESC LIMIT 1")
     return rows[0] if rows else None
 
 
 def record_warmup(conn, key: str, path: str, pool_version: str, model: str, model_hash: str, config: dict) -> None:
     """Record (or re-record, as the latest) the warmup ``key``, in one transaction."""
-    sql = _Sql(conn, dialect_of(conn))
-    sql.run("BEGIN")
+    _run(conn, "BEGIN")
     try:
-        sql.run("DELETE FROM warmups WHERE warmup = ?", [key])
-        sql.run(
+        _run(conn, "DELETE FROM warmups WHERE warmup = ?", [key])
+        _run(
+            conn,
             "INSERT INTO warmups (warmup, path, pool_version, model, model_hash, config, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [key, path, pool_version, model, model_hash, json.dumps(config, sort_keys=True), _now()],
         )
-        sql.run("COMMIT")
+        _run(conn, "COMMIT")
     except BaseException:
-        sql.run("ROLLBACK")
+        _run(conn, "ROLLBACK")
         raise
 
 
@@ -299,37 +307,23 @@ def report(conn, name: str) -> pl.DataFrame:
 
 def selected_ids(conn, method: str) -> list[str]:
     """Every pool id any stored selection of ``method`` holds (any budget or seed), sorted."""
-    rows = _Sql(conn, dialect_of(conn)).run(
-        "SELECT DISTINCT pool_id FROM selections WHERE method = ? ORDER BY pool_id", [method]
-    )
+    rows = _run(conn, "SELECT DISTINCT pool_id FROM selections WHERE method = ? ORDER BY pool_id", [method])
     return [r[0] for r in rows]
 
 
 def evaluated_ids(conn, method: str) -> list[str]:
     """The eval examples the models of ``method`` were scored on, sorted."""
-    rows = _Sql(conn, dialect_of(conn)).run(
-        "SELECT DISTINCT pool_id FROM eval_examples WHERE method = ? ORDER BY pool_id", [method]
-    )
+    rows = _run(conn, "SELECT DISTINCT pool_id FROM eval_examples WHERE method = ? ORDER BY pool_id", [method])
     return [r[0] for r in rows]
 
 
 def pool_ids_of_version(conn, version: str) -> set[str] | None:
     """The pool ids of a recorded pool version (its batches' pool rows); None when not recorded."""
-    sql = _Sql(conn, dialect_of(conn))
-    found = sql.run("SELECT batches FROM pool_versions WHERE pool_version = ? LIMIT 1", [version])
+    found = _run(conn, "SELECT batches FROM pool_versions WHERE pool_version = ? LIMIT 1", [version])
     if not found:
         return None
     member = _in_list(conn).format("batch")
-    return {r[0] for r in sql.run(f"SELECT pool_id FROM examples WHERE split = 'pool' AND {member}", [found[0][0]])}
-
-
-def score_rows(conn, table: str, batch: str, columns: Sequence[str]) -> pl.DataFrame:
-    """``columns`` of score table ``table`` for one batch (table and column names are the
-    registry's plain identifiers, checked)."""
-    for name in (table, *columns):
-        if not _IDENTIFIER.match(name):
-            raise ValueError(f"score table: {name!r} is not a plain identifier")
-    return frame(conn, f"SELECT {', '.join(columns)} FROM {table} WHERE batch = ?", [batch])
+    return {r[0] for r in _run(conn, f"SELECT pool_id FROM examples WHERE split = 'pool' AND {member}", [found[0][0]])}
 
 
 def _now() -> datetime:
@@ -363,7 +357,7 @@ def delete_stale(conn, table: str, keep: dict[str, object], batch: str | None = 
     else:
         stale = " OR ".join([*differs, "pool_id NOT IN (SELECT pool_id FROM examples WHERE batch = ?)"])
         sql, params = f"DELETE FROM {table} WHERE batch = ? AND ({stale})", [batch, *keep.values(), batch]
-    _Sql(conn, dialect_of(conn)).run(sql, params)
+    _run(conn, sql, params)
 
 
 @dataclass(frozen=True)
@@ -379,14 +373,15 @@ def score_summary(conn, table: str, value_column: str, batch: str | None = None)
     batch of it)."""
     _identifiers(table, value_column)
     where, params = ("WHERE batch = ?", [batch]) if batch is not None else ("", [])
-    sql = _Sql(conn, dialect_of(conn))
-    n, undefined, mean = sql.run(
+    n, undefined, mean = _run(
+        conn,
         f"SELECT count(*), count(*) FILTER (WHERE reason <> ''), avg({value_column}) FILTER (WHERE reason = '') "
         f"FROM {table} {where}",
         params,
     )[0]
     reason_filter = f"{where} AND" if where else "WHERE"
-    reasons = sql.run(
+    reasons = _run(
+        conn,
         f"SELECT reason, count(*) AS n FROM {table} {reason_filter} reason <> '' "
         "GROUP BY reason ORDER BY n DESC, reason",
         params,

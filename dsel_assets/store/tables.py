@@ -24,11 +24,11 @@ import polars as pl
 import psutil
 
 from dsel_assets.store import schema
-from dsel_assets.store.queries import _in_list, _now, dialect_of
+from dsel_assets.store.queries import _in_list, _now, _run, dialect_of
+from dsel_assets.store.schema import _IDENTIFIER
 
 SPLITS = ("pool", "query", "eval")
 _KEY_CHARS = re.compile(r"[^a-z0-9_-]+")
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 class StateDatabaseError(RuntimeError):
@@ -71,10 +71,6 @@ def connect(
 def ensure_schema(conn) -> None:
     """Bring the state database to the current schema (``dsel_assets.store.schema``)."""
     schema.migrate(conn, dialect_of(conn))
-
-
-def _run(conn, sql: str, params: list | None = None) -> list[tuple]:
-    return schema._Sql(conn, dialect_of(conn)).run(sql, params or [])
 
 
 def one(conn, sql: str, params: list | None = None) -> tuple | None:
@@ -304,17 +300,24 @@ def _pg_type(dtype: pl.DataType) -> str:
     return _PG_TYPES[base]
 
 
+@contextmanager
+def _registered(conn, name: str, rows: pl.DataFrame) -> Iterator[None]:
+    """``rows`` visible to DuckDB SQL as view ``name`` for the duration of the block."""
+    conn.register(name, rows.to_arrow())
+    try:
+        yield
+    finally:
+        conn.unregister(name)
+
+
 def _insert(conn, table: str, rows: pl.DataFrame) -> None:
     """Append ``rows`` to ``table`` by column name: an Arrow scan on DuckDB, COPY on PostgreSQL
     (nested values - a conversation, a struct - as JSON)."""
     if rows.height == 0:
         return
     if dialect_of(conn) == "duckdb":
-        conn.register("_dsel_rows", rows.to_arrow())
-        try:
+        with _registered(conn, "_dsel_rows", rows):
             conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _dsel_rows")
-        finally:
-            conn.unregister("_dsel_rows")
         return
     from psycopg.types.json import Jsonb
 
@@ -330,11 +333,8 @@ def replace_table(conn, name: str, frame: pl.DataFrame) -> None:
     if not _IDENTIFIER.match(name):
         raise ValueError(f"table: {name!r} is not a plain identifier")
     if dialect_of(conn) == "duckdb":  # one statement: atomic on its own
-        conn.register("_dsel_new_rows", frame.to_arrow())
-        try:
+        with _registered(conn, "_dsel_new_rows", frame):
             conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _dsel_new_rows")
-        finally:
-            conn.unregister("_dsel_new_rows")
         return
     columns = ", ".join(f"{column} {_pg_type(dtype)}" for column, dtype in frame.schema.items())
     with transaction(conn):
@@ -451,13 +451,6 @@ def pool_version(conn) -> tuple[str, list[str]]:
     )
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
     return digest, [r[0] for r in rows]
-
-
-def frame(conn, sql: str, params: list | None = None) -> pl.DataFrame:
-    """A query result as polars (values always bound, never formatted into ``sql``)."""
-    from dsel_assets.store.queries import frame as query_frame
-
-    return query_frame(conn, sql, params or [])
 
 
 def write_selection(conn, method: str, budget: str, rows: pl.DataFrame) -> None:
