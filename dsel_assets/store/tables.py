@@ -79,11 +79,6 @@ def one(conn, sql: str, params: list | None = None) -> tuple | None:
     return rows[0] if rows else None
 
 
-def scalar(conn, sql: str, params: list | None = None):
-    """The single value of a one-row, one-column query."""
-    return one(conn, sql, params)[0]
-
-
 @dataclass(frozen=True)
 class BatchManifest:
     """What a pool batch is: one ingested file and how to read it."""
