@@ -18,7 +18,7 @@ from dsel_assets.compare import ComparePlan
 from dsel_assets.core.data.synthetic import generate
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.selections import selection_assets
-from dsel_assets.store.tables import frame
+from dsel_assets.store.queries import frame
 
 from .test_assets import register
 
