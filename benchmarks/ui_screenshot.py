@@ -30,7 +30,7 @@ def main() -> int:
         print("[ui_screenshot] skipped: no chromium found (apt-get install chromium)")
         return 0
     home = DselHome(Path(args.home).resolve()) if args.home else DselHome.from_env()
-    out = Path(args.out) if args.out else home.reports / "ui_asset_graph.png"
+    out = Path(args.out) if args.out else home.root / "reports" / "ui_asset_graph.png"
     started = time.perf_counter()
     with serve(home) as url:
         ready = time.perf_counter() - started

@@ -82,7 +82,7 @@ def _changed_settings(home: DselHome, args: argparse.Namespace) -> list[str]:
 def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
     from dsel_assets.store import tables
 
-    with tables.connect(home.duckdb, log=_stderr) as conn:
+    with tables.open_state(home.duckdb, log=_stderr) as conn:
         manifest, created = tables.register_batch(conn, path, home.raw, **labels)
         validated = tables.is_validated(conn, manifest.batch)
     return manifest.batch, created or not validated
@@ -95,7 +95,7 @@ def _stderr(message: str) -> None:
 def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
     from dsel_assets.store import queries, tables
 
-    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
+    with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         rows = []
         for batch in batches:
             accepted, reasons, error = queries.batch_counts(conn, batch)
@@ -136,7 +136,7 @@ def print_comparison(home: DselHome) -> int:
     from dsel_assets.core.stats import format_verdict_cell
     from dsel_assets.store import queries, schema, tables
 
-    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
+    with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         columns = schema.columns(conn, "comparison_report")
         if "verdict" not in columns:
             print("[dsel] no comparison report yet: run `dsel compare` or `dsel run`", file=sys.stderr)
@@ -159,7 +159,7 @@ def print_comparison(home: DselHome) -> int:
     header = ["method", "budget", "n", "task", "measure", "models", "examples", "mean [95% CI]", "vs random"]
     print("eval: mean over seed units, 95% bootstrap CI (eval examples x seeds); vs random: paired difference")
     print(format_table(header, rows))
-    print(f"\nreport: {home.reports}/comparison_report.html (plots: comparison_*.png)")
+    print(f"\nreport: {home.artifacts.uri('reports/comparison_report.html')} (plots: comparison_*.png beside it)")
     return 0
 
 
@@ -195,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_config["ops"] |= comparison_run_config(job_nodes, args.finetune_epochs, args.eval_per_task)
     if run_batches(defs, [batches["pool"]], "default_job", run_config):
         return 1
-    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
+    with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         report = queries.report(conn, "selection_report")
     print()
     print(format_table(report.columns, report.rows()))
@@ -274,7 +274,7 @@ def cmd_grads(args: argparse.Namespace) -> int:
     from dsel_assets.store import queries, tables
 
     home = _home(args)
-    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
+    with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         pool_batches = queries.batch_names(conn, "pool")
     batches = args.batch or pool_batches
     unknown = sorted(set(batches) - set(pool_batches))
@@ -284,7 +284,7 @@ def cmd_grads(args: argparse.Namespace) -> int:
     defs = _definitions(home, args, pin={"model", "grad_dim"})
     if run_batches(defs, batches, "batch_job", config, [AssetKey("pool_grad_features")]):
         return 1
-    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
+    with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         latest = queries.latest_warmup(conn)
     print(f"[dsel] done; features from warmup {latest[0] if latest else '-'}")
     return 0
@@ -332,7 +332,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     config = {"budgets": args.budget, "params": typed_params(args.method, params)}
     run_config = {"ops": {target.to_user_string(): {"config": config}}}
     materialize_closure(defs, DagsterInstance.get(), [target], run_config, only_missing=not changed)
-    with tables.connect(home.duckdb, read_only=True, log=_stderr) as conn:
+    with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         summary = queries.selection_summary(conn, key)
     print(format_table(summary.columns, summary.rows()))
     return 0
@@ -379,7 +379,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         asset_config=_scoped(args.config, "config"),
     )
     home = _home(args)
-    with tables.connect(home.duckdb, log=_stderr) as conn:
+    with tables.open_state(home.duckdb, log=_stderr) as conn:
         tables.ensure_schema(conn)
         problems = check_plan(plan, conn)
     if problems:
@@ -428,7 +428,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from dsel_assets.store import queries, tables
 
     home = _home(args)
-    with tables.connect(home.duckdb, log=_stderr) as conn:
+    with tables.open_state(home.duckdb, log=_stderr) as conn:
         tables.ensure_schema(conn)
         comp = queries.composition(conn).rows()
         reasons = queries.quarantine_reasons(conn).rows()

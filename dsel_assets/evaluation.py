@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -21,7 +20,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.finetune import finetuned_assets, model_label
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
-from dsel_assets.store import queries, tables
+from dsel_assets.store import artifacts, queries, tables
 from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
@@ -122,7 +121,7 @@ def evaluate_models(
                 if base is None:
                     base, tokenizer = target_model.load()
                 started = time.perf_counter()
-                model = base if path is None else load_finetuned(base, Path(path))
+                model = base if path is None else load_finetuned(base, artifacts.local_copy(path))
                 rows = evaluate(model, tokenizer, sample, core, context.log.info)
                 if path is not None:
                     base = model.unload()

@@ -11,7 +11,14 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from dsel_assets.core.models.finetune import FinetuneConfig, finetune, model_key, read_finetuned, selection_version
+from dsel_assets.core.models.finetune import (
+    MANIFEST,
+    FinetuneConfig,
+    finetune,
+    model_key,
+    read_finetuned,
+    selection_version,
+)
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.select import methods
@@ -20,7 +27,7 @@ from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.selections import available, selection_asset_name
-from dsel_assets.store import queries, tables
+from dsel_assets.store import artifacts, queries, tables
 from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -124,8 +131,9 @@ def train_models(
             label = model_label(method, budget, selection_seed, seed)
             sel_version = selection_version(method, budget, ids, pool_version)
             key = model_key(core, sel_version, identity["model_hash"], code_version)
-            out_dir = home.paths.models / "finetuned" / key
-            manifest = read_finetuned(out_dir)
+            out_uri = home.paths.artifacts.uri(f"models/finetuned/{key}")
+            stored = home.paths.artifacts.find(f"models/finetuned/{key}")
+            manifest = None if stored is None else read_finetuned(stored)
             reused = manifest is not None
             started = time.perf_counter()
             if not reused:
@@ -145,7 +153,9 @@ def train_models(
                     "model_key": key,
                     "dagster_run_id": context.run_id,
                 }
-                manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+                with artifacts.writing(out_uri) as out_dir:
+                    manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+                    run.log_artifact(str(out_dir / MANIFEST))
                 trained += 1
             seconds = time.perf_counter() - started
             final_loss = manifest["curve"][-1]["loss"]
@@ -163,8 +173,6 @@ def train_models(
                 if reused
                 else [{"step": p["step"], "loss": p["loss"], "lr": p["lr"]} for p in manifest["curve"]],
             )
-            if not reused:
-                run.log_artifact(str(out_dir / "manifest.json"))
             records.append(
                 {
                     "model_key": key,
@@ -174,7 +182,7 @@ def train_models(
                     "seed": seed,
                     "selection_version": sel_version,
                     "pool_version": pool_version,
-                    "path": str(out_dir),
+                    "path": out_uri,
                     "base_model": identity["model"],
                     "base_model_hash": identity["model_hash"],
                     "config": json.dumps(core.to_dict()),

@@ -26,7 +26,7 @@ from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS, vector_matrix, vector_table
 from dsel_assets.similarity import matrix_table
-from dsel_assets.store import queries, tables
+from dsel_assets.store import artifacts, queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
 from resources.lance_store import LanceStore
@@ -62,13 +62,14 @@ class GradFeaturesConfig(dg.Config):
     checkpoints: list[int] = Field(default=[], description="Warmup epochs to use; empty = all")
 
 
-def latest_warmup(conn) -> tuple[str, Path, dict]:
-    """(key, directory, manifest) of the most recent warmup."""
+def latest_warmup(conn) -> tuple[str, str, dict]:
+    """(key, URI, manifest) of the most recent warmup; the manifest's checkpoint paths are local
+    (a remote warmup is read through the artifact cache)."""
     tables.ensure_schema(conn)
     row = queries.latest_warmup(conn)
     if row is None:
         raise RuntimeError("warmup: none yet; materialize warmup_checkpoint first")
-    return row[0], Path(row[1]), read_manifest(Path(row[1]))
+    return row[0], row[1], read_manifest(artifacts.local_copy(row[1]))
 
 
 @dg.asset(
@@ -106,7 +107,7 @@ def warmup_checkpoint(
     code_version = context.assets_def.code_versions_by_key[context.asset_key]
     key_source = json.dumps([core.to_dict(), version, identity, code_version], sort_keys=True)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
-    out_dir = home.paths.models / "warmup" / key
+    out_uri = home.paths.artifacts.uri(f"models/warmup/{key}")
     extra = {
         "base_model": identity,
         "pool_version": version,
@@ -114,26 +115,27 @@ def warmup_checkpoint(
         "warmup": key,
         "sample": sorted(chosen),
     }
-    with tracker.run(
-        context,
-        params={**core.to_dict(), **identity, "pool_version": version, "warmup": key},
-        inputs=[DatasetRef("pool", store.location, version)],
-    ) as run:
+    with (
+        tracker.run(
+            context,
+            params={**core.to_dict(), **identity, "pool_version": version, "warmup": key},
+            inputs=[DatasetRef("pool", store.location, version)],
+        ) as run,
+        artifacts.writing(out_uri) as out_dir,
+    ):
         checkpoints = train_warmup(model, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
         manifest = read_manifest(out_dir)
         for point in manifest["curve"]:
             run.log_metrics({"loss": point["loss"], "lr": point["lr"]}, step=point["step"])
         run.log_artifact(str(out_dir / "manifest.json"))
+        rows = [(c.epoch, f"{c.lr_mean:.3g}", artifacts.join(out_uri, c.path.name)) for c in checkpoints]
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
-        queries.record_warmup(
-            conn, key, str(out_dir), version, identity["model"], identity["model_hash"], core.to_dict()
-        )
-    rows = [(c.epoch, f"{c.lr_mean:.3g}", str(c.path)) for c in checkpoints]
+        queries.record_warmup(conn, key, out_uri, version, identity["model"], identity["model_hash"], core.to_dict())
     return dg.MaterializeResult(
         metadata={
             "warmup": key,
-            "path": dg.MetadataValue.path(str(out_dir)),
+            "path": dg.MetadataValue.path(out_uri),
             "examples": len(encoded),
             "final_loss": manifest["curve"][-1]["loss"],
             "checkpoints": dg.MetadataValue.md(markdown_table(["epoch", "mean lr", "path"], rows)),
@@ -265,7 +267,7 @@ def pool_grad_features(
             metadata={"split": manifest.split, "rows_per_checkpoint": 0, "skipped": skipped, **run.metadata()}
         )
     with store.get_connection() as conn:
-        warmup, _, warmup_manifest = latest_warmup(conn)
+        warmup, warmup_uri, warmup_manifest = latest_warmup(conn)
         rows = queries.split_rows(conn, "pool", batch=batch)
         items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     checkpoints = _checkpoints(warmup_manifest, config.checkpoints)
@@ -278,7 +280,7 @@ def pool_grad_features(
     }
     inputs = [
         DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256),
-        DatasetRef("warmup_checkpoint", str(checkpoints[0][1].parent) if checkpoints else "", warmup),
+        DatasetRef("warmup_checkpoint", warmup_uri, warmup),
     ]
     with tracker.run(context, params=params, inputs=inputs) as run:
         started = time.perf_counter()

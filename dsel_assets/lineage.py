@@ -6,7 +6,7 @@ run) and walks upstream through the asset graph of the Definitions, so any asset
 the materialization the child actually read: Dagster tags every materialization with
 ``dagster/input_event_pointer/<parent>`` (the storage id of the input event); for a partitioned
 parent, the latest materialization of each partition up to that event. It ends at the pool
-version, the raw files (path and sha256 from DuckDB ``batches``) and their quarantine counts.
+version, the raw files (path and sha256 from the state database's ``batches``) and their quarantine counts.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-import duckdb
 
-from dsel_assets.store import queries, schema
+from dsel_assets.store import queries, schema, tables
 from resources.tracking import restore_credentials
 
 #: Materialization metadata worth showing in a lineage line, in this order.
@@ -180,7 +179,7 @@ def mlflow_runs(nodes: list[Node]) -> dict[str, dict]:
 
 def data_origin(database: str, batches: list[str]) -> dict:
     """Raw files (path, sha256, split) of ``batches`` and their accepted / quarantined counts."""
-    with duckdb.connect(database, read_only=True) as conn:
+    with tables.open_state(database, read_only=True) as conn:
         files = []
         for batch in batches:
             file = queries.rows_matching(
@@ -270,10 +269,10 @@ def format_lineage(report: dict) -> str:
 
 
 def why(database: str, pool_id: str, selection: str) -> dict:
-    """An example's raw record, its row in every DuckDB table keyed by ``pool_id`` (scores,
+    """An example's raw record, its row in every state table keyed by ``pool_id`` (scores,
     labels), and its rank in each budget of selection ``selection`` (method or asset name)."""
     method = selection.removeprefix("selection_")
-    with duckdb.connect(database, read_only=True) as conn:
+    with tables.open_state(database, read_only=True) as conn:
         example = queries.example_origin(conn, pool_id)
         if example is None:
             raise KeyError(f"pool_id: {pool_id} is not in the pool (see the quarantine with dsel status)")

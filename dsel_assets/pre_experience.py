@@ -9,13 +9,12 @@ base model, code) and reuse what is stored: an unchanged pool trains nothing and
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from dsel_assets.core.models.finetune import FinetuneConfig, finetune, load_finetuned, read_finetuned
+from dsel_assets.core.models.finetune import MANIFEST, FinetuneConfig, finetune, load_finetuned, read_finetuned
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.pre_experience import pre_experience_sample
 from dsel_assets.core.models.sft import encode_conversation
@@ -26,7 +25,7 @@ from dsel_assets.representation_registry import load_scalars
 from dsel_assets.representations import REPRESENTATIONS, model_embeddings
 from dsel_assets.scores import CHUNK, loss_scores, score_frame, template_hash
 from dsel_assets.similarity import load_vectors
-from dsel_assets.store import queries, schema, tables
+from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -102,8 +101,9 @@ def cherry_pre_experienced_model(
     key = hashlib.sha256(
         json.dumps([sample_ids, core.to_dict(), identity["model_hash"], code_version], sort_keys=True).encode()
     ).hexdigest()[:12]
-    out_dir = home.paths.models / "pre_experience" / key
-    manifest = read_finetuned(out_dir)
+    out_uri = home.paths.artifacts.uri(f"models/pre_experience/{key}")
+    stored = home.paths.artifacts.find(f"models/pre_experience/{key}")
+    manifest = None if stored is None else read_finetuned(stored)
     reused = manifest is not None
     inputs = [
         DatasetRef("pool", store.location, version),
@@ -116,8 +116,9 @@ def cherry_pre_experienced_model(
             encoded = [e for p in sample_ids if (e := encode_conversation(tokenizer, by_id[p], core.max_length))]
             context.log.info(f"pre-experience: fine-tuning on {len(encoded)} examples from {clusters} clusters")
             extra = {"sample": sample_ids, "pool_version": version, "base_model": identity, "adapter": key}
-            manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
-            run.log_artifact(str(out_dir / "manifest.json"))
+            with artifacts.writing(out_uri) as out_dir:
+                manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+                run.log_artifact(str(out_dir / MANIFEST))
         final_loss = manifest["curve"][-1]["loss"]
         run.log_metrics({"sample": len(sample_ids), "clusters": clusters, "final_loss": final_loss})
     table = pl.DataFrame(
@@ -126,7 +127,7 @@ def cherry_pre_experienced_model(
             "cluster": cluster[sample].tolist(),
             "perplexity": perplexity[sample].tolist(),
             "adapter": key,
-            "path": str(out_dir),
+            "path": out_uri,
             "pool_version": version,
         }
     )
@@ -135,7 +136,7 @@ def cherry_pre_experienced_model(
     return dg.MaterializeResult(
         metadata={
             "adapter": key,
-            "path": str(out_dir),
+            "path": out_uri,
             "sample": len(sample_ids),
             "clusters": clusters,
             "final_loss": final_loss,
@@ -184,7 +185,7 @@ def cherry_pre_experienced_scores(
     with tracker.run(context, params={**identity, "adapter": adapter, "code_version": code_version}) as run:
         if todo:
             base, tokenizer = selection_model.load()
-            model = load_finetuned(base, Path(path))
+            model = load_finetuned(base, artifacts.local_copy(path))
             fixed = {**identity, "template": template_hash(tokenizer), "code_version": code_version, "adapter": adapter}
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start : start + CHUNK]

@@ -24,7 +24,7 @@ from dsel_assets.report_html import (
 )
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
 from dsel_assets.selections import load_vectors, selection_assets
-from dsel_assets.store import queries, schema, tables
+from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.store import StateStore
@@ -106,30 +106,31 @@ def selection_report(
         version, _ = tables.pool_version(conn)
         tables.replace_table(conn, "selection_report", report)
     markdown = markdown_table(report.columns, report.rows(), limit=500)
-    path = home.paths.reports / "selection_report.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown + "\n", encoding="utf-8")
-    task_mix = home.paths.reports / "selection_task_mix.png"
-    plot_task_mix(report.select("method", "budget", "task_counts"), task_mix)
-    with tracker.run(
-        context, params={"pool_version": version}, inputs=[DatasetRef("selections", store.location, version)]
-    ) as run:
-        for row in report.iter_rows(named=True):
-            prefix = f"{row['method']}.{row['budget']}"
-            run.log_metrics(
-                {
-                    f"{prefix}.{k}": row[k]
-                    for k in ("task_entropy", "noise_fraction", "query_similarity")
-                    if row[k] is not None and not np.isnan(row[k])
-                }
-            )
-        run.log_artifact(str(path))
-        run.log_artifact(str(task_mix))
+    reports = home.paths.artifacts.uri("reports")
+    with artifacts.writing(reports) as out:
+        path = out / "selection_report.md"
+        path.write_text(markdown + "\n", encoding="utf-8")
+        task_mix = plot_task_mix(report.select("method", "budget", "task_counts"), out / "selection_task_mix.png")
+        with tracker.run(
+            context, params={"pool_version": version}, inputs=[DatasetRef("selections", store.location, version)]
+        ) as run:
+            for row in report.iter_rows(named=True):
+                prefix = f"{row['method']}.{row['budget']}"
+                run.log_metrics(
+                    {
+                        f"{prefix}.{k}": row[k]
+                        for k in ("task_entropy", "noise_fraction", "query_similarity")
+                        if row[k] is not None and not np.isnan(row[k])
+                    }
+                )
+            run.log_artifact(str(path))
+            run.log_artifact(str(task_mix))
+        plot = _embedded(task_mix)
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(markdown),
-            "task_mix": dg.MetadataValue.md(_embedded(task_mix)),
-            "path": dg.MetadataValue.path(str(path)),
+            "task_mix": dg.MetadataValue.md(plot),
+            "path": dg.MetadataValue.path(artifacts.join(reports, path.name)),
             "rows": report.height,
             **run.metadata(),
         },
@@ -193,40 +194,42 @@ def comparison_report(
     table = comparison_table(rows, n_boot=config.n_boot, seed=config.seed)
     with store.get_connection() as conn:
         tables.replace_table(conn, "comparison_report", table)
-    out = home.paths.reports
-    out.mkdir(parents=True, exist_ok=True)
-    images = {
-        "Mean eval loss over tasks vs selection size (95% CI)": plot_budget_curves(
-            table, out / "comparison_budget_curves.png"
-        ),
-        "Per-task difference to random (95% CI)": plot_task_deltas(table, out / "comparison_task_deltas.png"),
-    }
-    if mix is not None and mix.height:
-        images["Task mix of each selection"] = plot_task_mix(mix, out / "comparison_task_mix.png")
-    models = rows.select("method", "budget", "selection_seed", "seed").unique().height
-    settings = {
-        "models": models,
-        "tasks": ", ".join(sorted(set(rows["task"].to_list()))),
-        "eval examples": rows.select("task", "pool_id").unique().height,
-        "bootstrap replicates": config.n_boot,
-        "bootstrap seed": config.seed,
-    }
-    markdown = verdict_markdown(table)
-    md_path, html_path = out / "comparison_report.md", out / "comparison_report.html"
-    md_path.write_text(markdown + "\n", encoding="utf-8")
-    write_html_report(table, images, "dsel: method comparison", settings, html_path)
-    with tracker.run(context, params={"models": models, **settings}) as run:
-        for row in table.filter(pl.col("delta").is_not_null()).iter_rows(named=True):
-            name = f"{row['method']}.{row['budget']}.{row['task']}.{row['measure']}".replace("(", "").replace(")", "")
-            run.log_metrics({f"{name}.delta".replace(" ", "_"): row["delta"]})
-        for artifact in (md_path, html_path, *images.values()):
-            run.log_artifact(str(artifact))
-    context.log.info(f"comparison report: {table.height} rows; {html_path}")
+    reports = home.paths.artifacts.uri("reports")
+    with artifacts.writing(reports) as out:
+        images = {
+            "Mean eval loss over tasks vs selection size (95% CI)": plot_budget_curves(
+                table, out / "comparison_budget_curves.png"
+            ),
+            "Per-task difference to random (95% CI)": plot_task_deltas(table, out / "comparison_task_deltas.png"),
+        }
+        if mix is not None and mix.height:
+            images["Task mix of each selection"] = plot_task_mix(mix, out / "comparison_task_mix.png")
+        models = rows.select("method", "budget", "selection_seed", "seed").unique().height
+        settings = {
+            "models": models,
+            "tasks": ", ".join(sorted(set(rows["task"].to_list()))),
+            "eval examples": rows.select("task", "pool_id").unique().height,
+            "bootstrap replicates": config.n_boot,
+            "bootstrap seed": config.seed,
+        }
+        markdown = verdict_markdown(table)
+        md_path, html_path = out / "comparison_report.md", out / "comparison_report.html"
+        md_path.write_text(markdown + "\n", encoding="utf-8")
+        write_html_report(table, images, "dsel: method comparison", settings, html_path)
+        with tracker.run(context, params={"models": models, **settings}) as run:
+            for row in table.filter(pl.col("delta").is_not_null()).iter_rows(named=True):
+                name = f"{row['method']}.{row['budget']}.{row['task']}.{row['measure']}"
+                run.log_metrics({f"{name}.delta".replace(" ", "_").replace("(", "").replace(")", ""): row["delta"]})
+            for artifact in (md_path, html_path, *images.values()):
+                run.log_artifact(str(artifact))
+        plots = {f"plot_{i}": dg.MetadataValue.md(_embedded(p)) for i, p in enumerate(images.values())}
+    html = artifacts.join(reports, html_path.name)
+    context.log.info(f"comparison report: {table.height} rows; {html}")
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(markdown),
-            **{f"plot_{i}": dg.MetadataValue.md(_embedded(p)) for i, p in enumerate(images.values())},
-            "html": dg.MetadataValue.path(str(html_path)),
+            **plots,
+            "html": dg.MetadataValue.path(html),
             "models": models,
             **run.metadata(),
         },

@@ -10,10 +10,12 @@ import dagster as dg
 from filelock import FileLock
 from pydantic import Field
 
+from dsel_assets.store.artifacts import ArtifactStore
+
 
 @dataclass(frozen=True)
 class DselHome:
-    """Paths under the state home; every path the code writes is one of these."""
+    """Paths under the state home; every path the code writes is one of these (artifacts: by URI)."""
 
     root: Path
 
@@ -42,12 +44,10 @@ class DselHome:
         return self.root / "mlflow-artifacts"
 
     @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
+    def artifacts(self) -> ArtifactStore:
+        """Adapters, checkpoints, reports and raw-file copies: under this home (``models/``,
+        ``reports/``, ``raw/``), or under ``DSEL_ARTIFACTS_URI`` (an object store) when set."""
+        return ArtifactStore.for_home(self.root)
 
     @property
     def dagster(self) -> Path:
@@ -59,16 +59,17 @@ class DselHome:
         return self.dagster / ".storage-ready"
 
     @property
-    def raw(self) -> Path:
-        """Content-addressed copies of every ingested file (``raw/<sha256>/<name>``)."""
-        return self.root / "raw"
+    def raw(self) -> str:
+        """Content-addressed copies of every ingested file (``raw/<sha256>/<name>``): a folder
+        of this home, or a URI under ``DSEL_ARTIFACTS_URI``."""
+        return self.artifacts.uri("raw")
 
     @property
     def inbox(self) -> Path:
         return self.root / "inbox"
 
     def ensure(self) -> DselHome:
-        for path in (self.root, self.lance, self.models, self.reports, self.dagster, self.raw, self.inbox):
+        for path in (self.root, self.lance, self.dagster, self.inbox):
             path.mkdir(parents=True, exist_ok=True)
         return self
 

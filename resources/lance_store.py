@@ -3,13 +3,14 @@ under an object-store URI (``DSEL_LANCE_URI=s3://bucket/prefix``) on a cluster."
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
+
+from dsel_assets.store.artifacts import storage_options
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -19,34 +20,6 @@ def _checked(kind: str, value: str) -> str:
     if not _SAFE_NAME.match(value):
         raise ValueError(f"{kind}: {value!r} must match {_SAFE_NAME.pattern}")
     return value
-
-
-#: Lance storage option -> environment variables read for it (first set wins); read at each
-#: call, never stored in the resource's config, so credentials stay out of the Dagster UI.
-S3_ENVIRONMENT = {
-    "aws_endpoint": ("DSEL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-    "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
-    "aws_access_key_id": ("AWS_ACCESS_KEY_ID",),
-    "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
-    "aws_session_token": ("AWS_SESSION_TOKEN",),
-}
-
-
-def storage_options(uri: str, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Lance's storage options for ``uri`` from the environment: S3 endpoint, region and
-    credentials for ``s3://`` (plain-HTTP endpoints allowed, as a local S3-compatible server
-    uses); nothing for local paths."""
-    if not uri.startswith("s3://"):
-        return {}
-    environ = os.environ if environ is None else environ
-    options = {}
-    for option, variables in S3_ENVIRONMENT.items():
-        value = next((environ[v] for v in variables if environ.get(v)), None)
-        if value:
-            options[option] = value
-    if options.get("aws_endpoint", "").startswith("http://"):
-        options["allow_http"] = "true"
-    return options
 
 
 def _literal(value: str | int) -> str:

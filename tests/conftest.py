@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from dsel_assets.store import schema
-from tests import postgres
+from tests import postgres, s3
 
 # No test may reach a model hub: everything loads from installed packages.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,6 +48,16 @@ def local_resources(home):
     from resources import build_resources
 
     return build_resources(home, model="tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def s3_environ():
+    """The environment of a real S3-compatible server (moto) with bucket ``dsel-test``, once per module."""
+    reason = s3.available()
+    if reason:
+        pytest.skip(reason)
+    with s3.server("dsel-test") as environ:
+        yield environ
 
 
 # Fresh state databases on both backends for the store tests: a DuckDB file, or a database on a

@@ -124,7 +124,7 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
             ).fetchall()
         }
         assert less_tasks  # targeted at arithmetic by default; the tiny model decides what it finds
-    assert (home.reports / "selection_report.md").exists()
+    assert ((home.root / "reports") / "selection_report.md").exists()
     # the loop is closed: base model and the default methods' models evaluated, report printed
     assert "vs random" in out and "(all tasks)" in out
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
@@ -134,7 +134,7 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
         }
         tasks = "SELECT count(DISTINCT task) FROM comparison_report WHERE task != '(all tasks)'"
         assert conn.execute(tasks).fetchone()[0] == 6
-    assert (home.reports / "comparison_budget_curves.png").exists()
+    assert ((home.root / "reports") / "comparison_budget_curves.png").exists()
     # every asset materialization has its own MLflow run, and state persists in the home
     instance = dg.DagsterInstance.from_config(str(home.dagster))
     graph = build_definitions(home, model="tiny").resolve_asset_graph()

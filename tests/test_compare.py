@@ -73,7 +73,7 @@ def test_refuses_a_target_without_eval_or_query_rows(home, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'arithmetic' has no eval rows" in err and "--split eval --task arithmetic" in err
     assert "no query rows, which less select for" in err
-    assert not (home.models / "finetuned").exists()  # nothing was trained
+    assert not ((home.root / "models") / "finetuned").exists()  # nothing was trained
 
 
 def test_refuses_bad_settings_by_name(home, tmp_path, capsys):
@@ -143,7 +143,7 @@ def _dsel(home, *args) -> subprocess.Popen:
 
 def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     _ingest(tmp_path)
-    finetuned = home.models / "finetuned"
+    finetuned = (home.root / "models") / "finetuned"
     first = _dsel(home, *COMPARE)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and len(list(finetuned.glob("*/manifest.json"))) < 1:
@@ -184,5 +184,5 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:  # --metric both: graded generations too
         measures = set(frame(conn, "SELECT DISTINCT measure FROM comparison_report")["measure"])
     assert {"loss", "score:exact_match", "loss:mean", "loss:worst", "loss:spread"} <= measures
-    html = home.reports / "comparison_report.html"
+    html = (home.root / "reports") / "comparison_report.html"
     assert html.exists() and "data:image/png;base64," in html.read_text(encoding="utf-8")

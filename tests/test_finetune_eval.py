@@ -206,7 +206,7 @@ def test_selection_to_report_through_dagster(home, local_resources, synthetic_ho
         models = queries.frame(conn, "SELECT * FROM finetuned_models ORDER BY examples")
         assert models["budget"].to_list() == ["10", "20"] and models["examples"].to_list() == [10, 20]
         for row in models.iter_rows(named=True):
-            manifest = read_finetuned(home.models / "finetuned" / row["model_key"])
+            manifest = read_finetuned((home.root / "models") / "finetuned" / row["model_key"])
             ids = [
                 r[0]
                 for r in conn.execute(
@@ -278,7 +278,7 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
     assert by_task["arithmetic"]["mean"] == pytest.approx(1.755)
     assert by_task["arithmetic"]["models"] == 2 and by_task["arithmetic"]["examples"] == 6
     for name in ("comparison_budget_curves.png", "comparison_task_deltas.png", "comparison_report.html"):
-        assert (home.reports / name).stat().st_size > 1000
+        assert ((home.root / "reports") / name).stat().st_size > 1000
     assert "**better**" in meta["report"].value
     assert meta["plot_0"].value.startswith("![comparison_budget_curves](data:image/png;base64,")
     assert meta["models"].value == 6

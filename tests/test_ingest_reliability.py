@@ -48,13 +48,14 @@ def test_partial_raw_copy_is_replaced_and_the_stored_hash_is_of_the_stored_bytes
     orphan = raw / f".incoming-{dead.stdout.strip()}-abc"  # a temporary of a process that died
     orphan.write_bytes(b"partial")
     stored, stored_sha, size = tables.store_raw_file(src, raw)
+    stored = Path(stored)
     assert stored == raw / sha / "data.jsonl" and stored_sha == sha and size == src.stat().st_size
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == sha
     assert not orphan.exists() and not list(raw.glob(".incoming-*"))
     # an intact stored copy is kept (not rewritten)
     before = stored.stat().st_mtime_ns
     time.sleep(0.01)
-    assert tables.store_raw_file(src, raw)[0] == stored and stored.stat().st_mtime_ns == before
+    assert tables.store_raw_file(src, raw)[0] == str(stored) and stored.stat().st_mtime_ns == before
 
 
 def test_batch_keys_hold_the_split_and_are_valid_names(tmp_path):

@@ -9,16 +9,6 @@ import pyarrow as pa
 import pytest
 
 from resources.lance_store import LanceStore, storage_options
-from tests import s3
-
-
-@pytest.fixture(scope="module")
-def s3_environ():
-    reason = s3.available()
-    if reason:
-        pytest.skip(reason)
-    with s3.server("dsel-test") as environ:
-        yield environ
 
 
 def rows(batch: str, ids: list[str], value: float) -> pa.Table:

@@ -23,7 +23,7 @@ import duckdb
 import polars as pl
 import psutil
 
-from dsel_assets.store import schema
+from dsel_assets.store import artifacts, schema
 from dsel_assets.store.queries import _in_list, _now, _run, dialect_of
 from dsel_assets.store.schema import _IDENTIFIER
 
@@ -66,6 +66,40 @@ def connect(
                 f"the state database {path} cannot be opened ({type(exc).__name__}: {exc}); if it is damaged, "
                 "move it aside and re-ingest the raw files (kept under raw/)"
             ) from exc
+
+
+DATABASE_URL = "DSEL_DATABASE_URL"
+
+
+def database_url() -> str | None:
+    """The PostgreSQL URL of a cluster's state database (``DSEL_DATABASE_URL``), read at each
+    connection and never kept in configuration, or None for the embedded DuckDB file."""
+    return os.environ.get(DATABASE_URL) or None
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (for logs and lineage)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1@", url)
+
+
+def connect_postgres(url: str):
+    """A PostgreSQL connection in autocommit mode (the store opens its own transactions); a
+    server that cannot be reached raises :class:`StateDatabaseError`."""
+    import psycopg
+
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=30)
+    except psycopg.OperationalError as exc:
+        raise StateDatabaseError(f"the state database at {redacted(url)} cannot be reached ({exc})") from exc
+
+
+@contextmanager
+def open_state(duckdb_file: str | Path, read_only: bool = False, log=None) -> Iterator:
+    """The state database for the CLI and lineage: PostgreSQL when ``DSEL_DATABASE_URL`` is
+    set, else the home's DuckDB file (see :func:`connect`). Closed when the block ends."""
+    url = database_url()
+    with connect_postgres(url) if url else connect(duckdb_file, read_only=read_only, log=log) as conn:
+        yield conn
 
 
 def ensure_schema(conn) -> None:
@@ -111,12 +145,26 @@ def batch_key(source: str, sha256: str, split: str = "pool") -> str:
     return f"{name}-{split}-{sha256[:12]}"
 
 
-def store_raw_file(path: Path, raw_dir: Path) -> tuple[Path, str, int]:
-    """Copy ``path`` into the content-addressed raw store atomically: stream it to a temporary
-    file while hashing, fsync, then rename to ``raw/<sha256>/<name>``. Returns the stored path,
-    the sha256 of the bytes actually stored and their size. A file already stored under that
-    hash is trusted only when it re-hashes to it (a partial copy left by a killed process is
-    replaced)."""
+def store_raw_file(path: Path, raw: str | Path) -> tuple[str, str, int]:
+    """Copy ``path`` into the content-addressed raw store ``raw`` (a local folder, or an
+    object-store URI on a cluster) as ``<raw>/<sha256>/<name>``. Returns where it is stored,
+    the sha256 of the bytes actually stored and their size. The bytes are hashed while they are
+    copied, so the hash is that of the stored copy even if the source changes meanwhile."""
+    if not artifacts.is_remote(str(raw)):
+        stored, sha, size = _store_local_copy(path, Path(str(raw).removeprefix("file://")))
+        return str(stored), sha, size
+    with tempfile.TemporaryDirectory(prefix="dsel-raw-") as staging:
+        local, sha, size = _store_local_copy(path, Path(staging))
+        uri = artifacts.join(raw, sha, path.name)
+        if not artifacts.exists(uri):  # one object per put: an existing one is whole
+            artifacts.put_file(local, uri)
+    return uri, sha, size
+
+
+def _store_local_copy(path: Path, raw_dir: Path) -> tuple[Path, str, int]:
+    """Stream ``path`` to a temporary file in ``raw_dir`` while hashing, fsync, then rename to
+    ``raw_dir/<sha256>/<name>``. A file already stored under that hash is trusted only when it
+    re-hashes to it (a partial copy left by a killed process is replaced)."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
     _remove_orphan_copies(raw_dir)
@@ -172,7 +220,7 @@ def find_batch_by_sha(conn, sha256: str, split: str) -> str | None:
 def register_batch(
     conn,
     path: Path,
-    raw_dir: Path,
+    raw: str | Path,
     *,
     source: str,
     task: str,
@@ -182,14 +230,15 @@ def register_batch(
     mapping: str | None = None,
     update: bool = False,
 ) -> tuple[BatchManifest, bool]:
-    """Store ``path`` in the content-addressed raw store and record its manifest.
+    """Store ``path`` in the content-addressed raw store ``raw`` (a folder or an object-store
+    URI) and record its manifest.
     Returns (manifest, created); the same file (same sha256, same split) is registered once.
     With ``update`` an existing batch takes the given source, task and reading options (a
     re-ingest with ``--force`` after fixing ``--layout`` or ``--mapping``)."""
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {SPLITS}")
     ensure_schema(conn)
-    stored, sha, size = store_raw_file(path, raw_dir)
+    stored, sha, size = store_raw_file(path, raw)
     options = {"source": source, "task": task, "fmt": fmt, "layout": layout, "mapping": mapping}
     existing = find_batch_by_sha(conn, sha, split)
     if existing is not None:

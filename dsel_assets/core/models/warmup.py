@@ -164,7 +164,10 @@ def train_warmup(
     _, curve = train_lora(model, encoded, config, pad_id, log, on_epoch=save, label="warmup")
     manifest = {
         "config": config.to_dict(),
-        "checkpoints": [{"epoch": c.epoch, "path": str(c.path), "lr_mean": c.lr_mean} for c in checkpoints],
+        # relative paths: the folder may be uploaded and read back elsewhere
+        "checkpoints": [
+            {"epoch": c.epoch, "path": str(c.path.relative_to(out_dir)), "lr_mean": c.lr_mean} for c in checkpoints
+        ],
         "curve": curve,
         "examples": len(encoded),
         **(manifest_extra or {}),
@@ -174,10 +177,15 @@ def train_warmup(
 
 
 def read_manifest(out_dir: Path) -> dict:
+    """The warmup's manifest, its checkpoint paths resolved against ``out_dir`` (wherever the
+    folder now is; manifests written before paths became relative hold absolute ones)."""
     path = out_dir / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"warmup: no manifest at {path}; materialize warmup_checkpoint first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    for checkpoint in manifest["checkpoints"]:
+        checkpoint["path"] = str(out_dir / checkpoint["path"])
+    return manifest
 
 
 def load_checkpoint(base_model, path: Path):

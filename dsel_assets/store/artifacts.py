@@ -1,0 +1,225 @@
+"""Artifacts addressed by URI: adapters, warmup checkpoints (with their Adam states), reports
+and raw-file copies.
+
+They live under the state home by default; with ``DSEL_ARTIFACTS_URI=s3://bucket/prefix`` they
+live in an object store (endpoint, region and credentials from the environment, as for Lance).
+Tables record the URI. A step writes an artifact into a local staging folder that is uploaded
+whole, with a completion marker written last, and reads a remote one through a local cache
+keyed by its URI (artifact keys are content hashes, so a cached copy never goes stale). Nothing
+a step writes or reads relies on another step's disk.
+
+Object stores are reached through ``pyarrow.fs`` (pyarrow is already a dependency; s3fs's
+aiobotocore pins a botocore that conflicts with boto3's)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ARTIFACTS_URI = "DSEL_ARTIFACTS_URI"
+ARTIFACT_CACHE = "DSEL_ARTIFACT_CACHE"
+#: written last into an uploaded folder: a reader trusts a remote folder only when it is there
+COMPLETE = ".dsel-complete"
+
+#: object-store setting -> environment variables read for it (first set wins); read at each
+#: call, never stored in configuration, so credentials stay out of the Dagster UI and the tables
+S3_ENVIRONMENT = {
+    "aws_endpoint": ("DSEL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "aws_access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "aws_session_token": ("AWS_SESSION_TOKEN",),
+}
+
+
+def storage_options(uri: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Object-store options for ``uri`` from the environment (Lance's option names): endpoint,
+    region and credentials for ``s3://``, plain-HTTP endpoints allowed (a local S3-compatible
+    server); nothing for local paths."""
+    if not uri.startswith("s3://"):
+        return {}
+    environ = os.environ if environ is None else environ
+    options = {}
+    for option, variables in S3_ENVIRONMENT.items():
+        value = next((environ[v] for v in variables if environ.get(v)), None)
+        if value:
+            options[option] = value
+    if options.get("aws_endpoint", "").startswith("http://"):
+        options["allow_http"] = "true"
+    return options
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _local_path(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))
+
+
+def _filesystem(uri: str):
+    """(pyarrow filesystem, path inside it) for a remote ``uri``."""
+    import pyarrow.fs as pafs
+
+    if not uri.startswith("s3://"):
+        return pafs.FileSystem.from_uri(uri)
+    options = storage_options(uri)
+    endpoint = options.get("aws_endpoint")
+    scheme = "https"
+    if endpoint and "://" in endpoint:
+        scheme, endpoint = endpoint.split("://", 1)
+    fs = pafs.S3FileSystem(
+        access_key=options.get("aws_access_key_id"),
+        secret_key=options.get("aws_secret_access_key"),
+        session_token=options.get("aws_session_token"),
+        region=options.get("aws_region"),
+        endpoint_override=endpoint,
+        scheme=scheme,
+    )
+    return fs, uri.removeprefix("s3://").rstrip("/")
+
+
+def check_part(part: str) -> str:
+    """``part`` when it names one entry: not empty, ``.`` or ``..``, no separator or control
+    character (an artifact never lands outside its root)."""
+    if part in ("", ".", "..") or "/" in part or "\\" in part or not part.isprintable():
+        raise ValueError(f"artifact name: {part!r} must be one plain file or folder name")
+    return part
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where remote artifacts are read from: ``DSEL_ARTIFACT_CACHE``, else a per-user folder
+    under the system's temporary directory."""
+    environ = os.environ if environ is None else environ
+    configured = environ.get(ARTIFACT_CACHE)
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / f"dsel-artifacts-{os.getuid()}"
+
+
+def exists(uri: str) -> bool:
+    """Whether a complete artifact (file, or folder with its marker) is stored at ``uri``."""
+    if not is_remote(uri):
+        return _local_path(uri).exists()
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return True
+    return fs.get_file_info(f"{path}/{COMPLETE}").type == pafs.FileType.File
+
+
+def local_copy(uri: str, cache: Path | None = None) -> Path:
+    """A local path holding the artifact at ``uri``: the path itself for a local artifact, else
+    a copy downloaded once into the cache (atomically: a concurrent reader sees all or none)."""
+    if not is_remote(uri):
+        return _local_path(uri)
+    import pyarrow.fs as pafs
+
+    if not exists(uri):
+        raise FileNotFoundError(f"artifact: nothing complete stored at {uri}")
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    where = f"{storage_options(uri).get('aws_endpoint', '')}|{uri}"  # the same URI on another server differs
+    target = (cache or cache_dir()) / hashlib.sha256(where.encode()).hexdigest()[:24]
+    if (target / name).exists():
+        return target / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fs, path = _filesystem(uri)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            (staging / name).mkdir()
+        pafs.copy_files(path, str(staging / name), source_filesystem=fs, destination_filesystem=_local_fs())
+        with contextlib.suppress(OSError):  # another reader finished first: its copy has the same bytes
+            os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / name
+
+
+def _local_fs():
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()
+
+
+@contextmanager
+def writing(uri: str) -> Iterator[Path]:
+    """A local folder to write the artifact at ``uri`` into. Locally that is its final place;
+    for an object store a staging folder, uploaded whole when the block ends without an error,
+    its completion marker last."""
+    if not is_remote(uri):
+        path = _local_path(uri)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    import pyarrow.fs as pafs
+
+    staging = Path(tempfile.mkdtemp(prefix="dsel-artifact-"))
+    try:
+        yield staging
+        fs, path = _filesystem(uri)
+        pafs.copy_files(str(staging), path, source_filesystem=_local_fs(), destination_filesystem=fs)
+        with fs.open_output_stream(f"{path}/{COMPLETE}") as marker:
+            marker.write(b"")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def put_file(local: Path, uri: str) -> str:
+    """Store the file ``local`` at ``uri`` whole (a local rename, or one object): a reader sees
+    all of it or nothing. Returns ``uri``."""
+    if not is_remote(uri):
+        target = _local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with (
+            local.open("rb") as src,
+            tempfile.NamedTemporaryFile(dir=target.parent, prefix=".incoming-", delete=False) as tmp,
+        ):
+            shutil.copyfileobj(src, tmp)
+        os.replace(tmp.name, target)
+        return uri
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(uri)
+    pafs.copy_files(str(local), path, source_filesystem=_local_fs(), destination_filesystem=fs)
+    return uri
+
+
+def join(root: str | Path, *parts: str) -> str:
+    """``root`` (a folder or an object-store URI) joined with checked plain ``parts``."""
+    for part in parts:
+        check_part(part)
+    root = str(root)
+    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else str(_local_path(root).joinpath(*parts))
+
+
+@dataclass(frozen=True)
+class ArtifactStore:
+    """Artifacts under ``root``: the state home, or ``DSEL_ARTIFACTS_URI`` (an object store)."""
+
+    root: str
+
+    @classmethod
+    def for_home(cls, home: Path, environ: Mapping[str, str] | None = None) -> ArtifactStore:
+        environ = os.environ if environ is None else environ
+        return cls(environ.get(ARTIFACTS_URI) or str(home))
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.root)
+
+    def uri(self, key: str) -> str:
+        """The URI of artifact ``key`` (a relative path such as ``models/finetuned/<hash>``)."""
+        return join(self.root, *key.split("/"))
+
+    def find(self, key: str) -> Path | None:
+        """A local path holding the complete artifact ``key``, or None when none is stored."""
+        uri = self.uri(key)
+        return local_copy(uri) if exists(uri) else None
