@@ -7,7 +7,7 @@ import polars as pl
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.core.models.templates import token_counter
 from dsel_assets.metadata import markdown_table
-from dsel_assets.store import queries, tables
+from dsel_assets.store import artifacts, queries, tables
 from resources.ingest import IngestLimits
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -39,7 +39,7 @@ def pool_batch(
     context.log.info(f"validating {manifest.stored_path} ({manifest.size_bytes} bytes) as batch {batch}")
     try:
         result = validate_file(
-            manifest.stored_path,
+            artifacts.local_copy(manifest.stored_path),
             fmt=manifest.fmt,
             layout=manifest.layout,
             mapping=manifest.mapping,

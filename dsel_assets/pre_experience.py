@@ -8,7 +8,6 @@ base model, code) and reuse what is stored: an unchanged pool trains nothing and
 
 import hashlib
 import json
-import time
 
 import dagster as dg
 import polars as pl
@@ -20,10 +19,9 @@ from dsel_assets.core.models.pre_experience import pre_experience_sample
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import MODELS
-from dsel_assets.metadata import markdown_table
 from dsel_assets.representation_registry import load_scalars
 from dsel_assets.representations import REPRESENTATIONS, model_embeddings
-from dsel_assets.scores import CHUNK, loss_scores, score_frame, template_hash
+from dsel_assets.scores import loss_scores, score_frame, score_resumably, template_hash
 from dsel_assets.similarity import load_vectors
 from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
@@ -178,41 +176,26 @@ def cherry_pre_experienced_scores(
         schema.ensure_score_table(conn, PRE_EXPERIENCED_SCORES, extra=(schema.Column("adapter", "text"),))
         rows = queries.split_rows(conn, "pool", ("pool_id", "batch", "messages"))
         keep = {"adapter": adapter, "code_version": code_version}
-        done = set(queries.rows_matching(conn, PRE_EXPERIENCED_SCORES, ["pool_id"], keep)["pool_id"])
     batch_of = dict(zip(rows["pool_id"].to_list(), rows["batch"].to_list(), strict=True))
-    todo = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
-    started = time.perf_counter()
+    items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
+
+    def scorer():
+        base, tokenizer = selection_model.load()
+        model = load_finetuned(base, artifacts.local_copy(path))
+        fixed = {**identity, "template": template_hash(tokenizer), "code_version": code_version, "adapter": adapter}
+        return lambda chunk: score_frame(model, tokenizer, chunk, fixed).with_columns(
+            pl.col("pool_id").replace_strict(batch_of).alias("batch")
+        )
+
     with tracker.run(context, params={**identity, "adapter": adapter, "code_version": code_version}) as run:
-        if todo:
-            base, tokenizer = selection_model.load()
-            model = load_finetuned(base, artifacts.local_copy(path))
-            fixed = {**identity, "template": template_hash(tokenizer), "code_version": code_version, "adapter": adapter}
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start : start + CHUNK]
-                frame = score_frame(model, tokenizer, chunk, fixed)
-                frame = frame.with_columns(pl.col("pool_id").replace_strict(batch_of).alias("batch"))
-                with store.get_connection() as conn:  # a crash loses at most one chunk
-                    tables.upsert_by_id(conn, PRE_EXPERIENCED_SCORES, frame)
-                written = start + len(chunk)
-                rate = written / (time.perf_counter() - started)
-                context.log.info(
-                    f"pre-experienced IFD: {written}/{len(todo)} at {rate:.1f} examples/s, "
-                    f"eta {(len(todo) - written) / rate:.0f}s"
-                )
-        with store.get_connection() as conn:
-            queries.delete_stale(conn, PRE_EXPERIENCED_SCORES, keep)
-            stats = queries.score_summary(conn, PRE_EXPERIENCED_SCORES, "ifd_loss_ratio")
-        n, undefined, mean_ifd, reasons = stats.rows, stats.undefined, stats.mean, stats.reasons
-        run.log_metrics({"rows": n, "computed": len(todo), "undefined": undefined, "mean_ifd": mean_ifd})
+        done = score_resumably(context, store, PRE_EXPERIENCED_SCORES, items, keep, scorer, "ifd_loss_ratio")
+        n, mean_ifd = done.stats.rows, done.stats.mean
+        run.log_metrics({"rows": n, "computed": done.computed, "undefined": done.stats.undefined, "mean_ifd": mean_ifd})
     return dg.MaterializeResult(
         metadata={
-            "rows": n,
-            "computed": len(todo),
-            "reused_after_resume": len(done),
-            "undefined": undefined,
+            **done.metadata(),
             "mean_ifd": mean_ifd,
             "adapter": adapter,
-            "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], reasons)),
             **identity,
             **run.metadata(),
         },

@@ -14,6 +14,8 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
@@ -81,6 +83,64 @@ def score_frame(
     )
 
 
+@dataclass(frozen=True)
+class ScoreRun:
+    """What a resumable score asset did: rows scored now, rows kept from an earlier run, and the
+    table's summary once stale rows are gone."""
+
+    computed: int
+    reused: int
+    stats: queries.ScoreSummary
+
+    def metadata(self) -> dict:
+        return {
+            "rows": self.stats.rows,
+            "computed": self.computed,
+            "reused_after_resume": self.reused,
+            "undefined": self.stats.undefined,
+            "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], self.stats.reasons)),
+        }
+
+
+def score_resumably(
+    context: dg.AssetExecutionContext,
+    store: StateStore,
+    table: str,
+    items: list[tuple[str, list[dict]]],
+    keep: dict[str, object],
+    scorer: Callable[[], Callable[[list[tuple[str, list[dict]]]], pl.DataFrame]],
+    value_column: str,
+    batch: str | None = None,
+) -> ScoreRun:
+    """The skeleton every per-example score asset shares. Ids of ``items`` already stored under
+    the ``keep`` identity (model hash, code version, ...) are reused; the rest are scored
+    ``CHUNK`` at a time by the function ``scorer()`` returns (called only when something is
+    left, so a finished rerun loads no model), each chunk upserted in one transaction (a crash
+    loses at most one chunk) and logged with its rate and ETA. Then rows of another identity or
+    of ids that left the pool (of ``batch``, for a per-batch asset) are deleted."""
+    scope = {} if batch is None else {"batch": batch}
+    with store.get_connection() as conn:
+        done = set(queries.rows_matching(conn, table, ["pool_id"], {**scope, **keep})["pool_id"])
+    todo = [item for item in items if item[0] not in done]
+    started, written = time.perf_counter(), 0
+    if todo:
+        score_chunk = scorer()
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            frame = score_chunk(chunk)
+            with store.get_connection() as conn:
+                tables.upsert_by_id(conn, table, frame, scope)
+            written += len(chunk)
+            rate = written / max(time.perf_counter() - started, 1e-9)
+            where = f" batch {batch}" if batch else ""
+            eta = (len(todo) - written) / rate
+            context.log.info(f"{table}{where}: {written}/{len(todo)} at {rate:.2f} examples/s, eta {eta:.0f}s")
+    with store.get_connection() as conn:
+        queries.delete_stale(conn, table, keep, batch=batch)
+        stats = queries.score_summary(conn, table, value_column, batch=batch)
+    return ScoreRun(written, len(items) - len(todo), stats)
+
+
 class ScoreConfig(dg.Config):
     template: str = Field(
         default="chat",
@@ -124,48 +184,33 @@ def build_score_asset(
             schema.ensure_score_table(conn, table)
             manifest = tables.get_batch(conn, batch)
             rows = queries.split_rows(conn, "pool", batch=batch)
-            done = set(queries.rows_matching(conn, table, ["pool_id"], {"batch": batch, **keep})["pool_id"])
-        items = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
-        started, written = time.perf_counter(), 0
+        items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
+
+        def scorer():
+            model, tokenizer = model_res.load()
+            fixed = {"batch": batch, **identity, "template": template_hash(tokenizer, config.template)}
+            fixed["code_version"] = code_version
+            return lambda chunk: score_frame(model, tokenizer, chunk, fixed, response, config.template)
+
         params = {"batch": batch, **identity, "code_version": code_version, "template": config.template}
         with tracker.run(
             context, params=params, inputs=[DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
         ) as run:
-            if items:
-                model, tokenizer = model_res.load()
-                fixed = {
-                    "batch": batch,
-                    **identity,
-                    "template": template_hash(tokenizer, config.template),
-                    "code_version": code_version,
-                }
-                for start in range(0, len(items), CHUNK):
-                    chunk = items[start : start + CHUNK]
-                    frame = score_frame(model, tokenizer, chunk, fixed, response, config.template)
-                    with store.get_connection() as conn:  # a crash loses at most one chunk
-                        tables.upsert_by_id(conn, table, frame, {"batch": batch})
-                    written += len(chunk)
-                    rate = written / (time.perf_counter() - started)
-                    context.log.info(
-                        f"{table} batch {batch}: {written}/{len(items)} at {rate:.1f} examples/s, "
-                        f"eta {(len(items) - written) / rate:.0f}s"
-                    )
-            with store.get_connection() as conn:
-                # rows of ids no longer in the batch, or of another model / code version / template, are stale
-                queries.delete_stale(conn, table, keep, batch=batch)
-                stats = queries.score_summary(conn, table, "ifd_loss_ratio", batch=batch)
-            metrics = {"rows": stats.rows, "undefined": stats.undefined, "computed": written, "mean_ifd": stats.mean}
+            done = score_resumably(context, store, table, items, keep, scorer, "ifd_loss_ratio", batch=batch)
+            stats = done.stats
+            metrics = {
+                "rows": stats.rows,
+                "undefined": stats.undefined,
+                "computed": done.computed,
+                "mean_ifd": stats.mean,
+            }
             run.log_metrics({k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))})
         return dg.MaterializeResult(
             metadata={
-                "rows": stats.rows,
-                "computed": written,
-                "reused_after_resume": len(done),
-                "undefined": stats.undefined,
+                **done.metadata(),
                 **identity,
                 "template": config.template,
                 "table": table,
-                "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], stats.reasons)),
                 **run.metadata(),
             },
             data_version=dg.DataVersion(
@@ -414,18 +459,13 @@ def golden_score(
     keep = {"anchor_set": anchor_set, "model_hash": identity["model_hash"], "code_version": code_version}
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
-        done = set(queries.rows_matching(conn, "golden_score", ["pool_id"], keep)["pool_id"])
-    todo = [(i, m) for i, m in zip(rows["pool_id"], rows["messages"].to_list(), strict=True) if i not in done]
-    started = time.perf_counter()
+    items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     template = template_hash(tokenizer)
 
-    with tracker.run(
-        context,
-        params={"anchors": config.anchors, "n_anchors": len(anchors), "anchor_set": anchor_set, **identity},
-    ) as run:
+    def scorer():
         lp0 = zero_shot(model, anchors, config.batch_size)
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
+
+        def score_chunk(chunk: list[tuple[str, list[dict]]]) -> pl.DataFrame:
             lp1, reasons = one_shot_cached(
                 model,
                 tokenizer,
@@ -435,7 +475,7 @@ def golden_score(
                 config.max_length,
                 config.max_tokens,
             )
-            frame = pl.DataFrame(
+            return pl.DataFrame(
                 {
                     "pool_id": [i for i, _ in chunk],
                     "golden_score": golden_scores(lp1, lp0),
@@ -448,28 +488,23 @@ def golden_score(
                 },
                 schema_overrides={"golden_score": pl.Float64, "anchors": pl.Int32},
             )
-            with store.get_connection() as conn:  # a crash loses at most one chunk
-                tables.upsert_by_id(conn, "golden_score", frame)
-            written = start + len(chunk)
-            rate = written / (time.perf_counter() - started)
-            context.log.info(
-                f"golden score: {written}/{len(todo)} candidates, {rate:.2f}/s, eta {(len(todo) - written) / rate:.0f}s"
-            )
-        with store.get_connection() as conn:
-            # rows of another anchor set, model or code version, or of ids no longer in the pool, are stale
-            queries.delete_stale(conn, "golden_score", keep)
-            stats = queries.score_summary(conn, "golden_score", "golden_score")
-        n, undefined, mean = stats.rows, stats.undefined, stats.mean  # mean NaN: no defined score at all
-        run.log_metrics({"rows": n, "computed": len(todo), "undefined": undefined, "mean_gs": mean})
+
+        return score_chunk
+
+    with tracker.run(
+        context,
+        params={"anchors": config.anchors, "n_anchors": len(anchors), "anchor_set": anchor_set, **identity},
+    ) as run:
+        done = score_resumably(context, store, "golden_score", items, keep, scorer, "golden_score")
+        mean = done.stats.mean  # NaN: no defined score at all
+        stats = done.stats
+        run.log_metrics({"rows": stats.rows, "computed": done.computed, "undefined": stats.undefined, "mean_gs": mean})
     return dg.MaterializeResult(
         metadata={
-            "rows": n,
-            "computed": len(todo),
-            "reused_after_resume": len(done),
+            **done.metadata(),
             "anchors": len(anchors),
             "anchor_set": anchor_set,
             "mean_golden_score": mean,
-            "undefined": undefined,
             **identity,
             **run.metadata(),
         },

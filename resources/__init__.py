@@ -40,20 +40,25 @@ def build_resources(
     proxy_model: str | None = None,
     target_model: str | None = None,
 ) -> dict:
-    """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite).
-    On a cluster ``DSEL_LANCE_URI`` (e.g. ``s3://bucket/dsel/lance``), ``DSEL_MLFLOW_URI`` (an
-    MLflow server) and ``DSEL_MLFLOW_ARTIFACTS`` move Lance and MLflow off the home (deploy/)."""
+    """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite,
+    artifacts). On a cluster ``DSEL_DATABASE_URL`` (PostgreSQL), ``DSEL_LANCE_URI`` and
+    ``DSEL_ARTIFACTS_URI`` (e.g. ``s3://bucket/dsel/...``), ``DSEL_MLFLOW_URI`` (an MLflow
+    server; ``DSEL_MLFLOW_ARTIFACTS`` overrides where it keeps artifacts) and ``DSEL_DAGSTER_HOME``
+    (the instance) move every piece of state off the home (deploy/)."""
     home.ensure()
     compute_dtype = os.environ.get("DSEL_GRAD_COMPUTE_DTYPE", "auto")
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"DSEL_GRAD_COMPUTE_DTYPE: {compute_dtype!r} is not one of {list(COMPUTE_DTYPES)}")
+    server = os.environ.get("DSEL_MLFLOW_URI")
     return {
         "home": StateHome(root=str(home.root)),
         "store": StateStore(database=str(home.duckdb)),
         "lance": LanceStore(root=os.environ.get("DSEL_LANCE_URI") or str(home.lance)),
         "tracker": MlflowTracker(
-            tracking_uri=os.environ.get("DSEL_MLFLOW_URI") or home.mlflow_uri,
-            artifact_location=os.environ.get("DSEL_MLFLOW_ARTIFACTS") or home.mlflow_artifacts.as_uri(),
+            tracking_uri=server or home.mlflow_uri,
+            # a tracking server stores artifacts where it is configured to unless told otherwise
+            artifact_location=os.environ.get("DSEL_MLFLOW_ARTIFACTS")
+            or (None if server else home.mlflow_artifacts.as_uri()),
         ),
         "selection_model": SelectionModel(model=model, device=device),
         # the small model of Superfiltering(-D) and Small2Large (the selection model unless set)

@@ -12,6 +12,9 @@ from pydantic import Field
 
 from dsel_assets.store.artifacts import ArtifactStore
 
+#: a deployment's Dagster instance folder (its dagster.yaml), used instead of the home's own
+DAGSTER_INSTANCE = "DSEL_DAGSTER_HOME"
+
 
 @dataclass(frozen=True)
 class DselHome:
@@ -81,8 +84,16 @@ class DselHome:
         return resolved
 
     def use_as_dagster_home(self) -> None:
-        """Point ``DAGSTER_HOME`` at ``dagster/`` so runs and events persist across sessions."""
+        """Point ``DAGSTER_HOME`` at ``dagster/`` so runs and events persist across sessions, or
+        at a deployment's own instance (``DSEL_DAGSTER_HOME``: a folder whose ``dagster.yaml``
+        keeps runs and events in PostgreSQL, see ``deploy/``)."""
         self.ensure()
+        deployed = os.environ.get(DAGSTER_INSTANCE)
+        if deployed:
+            if not (Path(deployed) / "dagster.yaml").is_file():
+                raise ValueError(f"{DAGSTER_INSTANCE}: {deployed} holds no dagster.yaml")
+            os.environ["DAGSTER_HOME"] = deployed
+            return
         config = self.dagster / "dagster.yaml"
         # one process creates the instance's SQLite storages: two commands starting together on a
         # fresh home would otherwise both stamp their alembic version tables

@@ -4,12 +4,10 @@ port, one bucket, stopped when the block ends."""
 from __future__ import annotations
 
 import contextlib
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
+
+from tests.servers import free_port, running, wait_until_serving
 
 
 def available() -> str | None:
@@ -25,25 +23,10 @@ def available() -> str | None:
 @contextlib.contextmanager
 def server(bucket: str = "dsel") -> Iterator[dict[str, str]]:
     """Yield the environment a client needs (endpoint, region, credentials) with ``bucket`` made."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start on {endpoint}") from None
-                time.sleep(0.2)
+    with running([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]) as process:
+        wait_until_serving(f"{endpoint}/moto-api/", process, "moto server", timeout=60)
         environ = {
             "AWS_ENDPOINT_URL": endpoint,
             "AWS_REGION": "us-east-1",
@@ -61,10 +44,3 @@ def server(bucket: str = "dsel") -> Iterator[dict[str, str]]:
         )
         client.create_bucket(Bucket=bucket)
         yield environ
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
