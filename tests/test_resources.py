@@ -1,5 +1,7 @@
 """Resources against the real components: Lance on disk, MLflow on SQLite, DuckDB."""
 
+import os
+
 import dagster as dg
 import duckdb
 import pyarrow as pa
@@ -104,3 +106,28 @@ def test_batch_registration_is_content_addressed(tmp_path):
             tables.register_batch(conn, src, tmp_path / "raw", source="s", task="t", split="train")
         with pytest.raises(KeyError, match="dsel ingest"):
             tables.get_batch(conn, "unknown-batch")
+
+
+def test_a_deployed_dagster_instance_is_used_instead_of_the_homes_own(tmp_path, monkeypatch):
+    from resources import DselHome, build_resources
+    from resources.home import DAGSTER_INSTANCE
+
+    home = DselHome(tmp_path / "home")
+    deployed = tmp_path / "instance"
+    deployed.mkdir()
+    monkeypatch.setenv(DAGSTER_INSTANCE, str(deployed))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match=f"{DAGSTER_INSTANCE}: .* holds no dagster.yaml"):
+        home.use_as_dagster_home()
+    (deployed / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    home.use_as_dagster_home()
+    assert os.environ["DAGSTER_HOME"] == str(deployed)
+    assert not (home.dagster / "dagster.yaml").exists()  # the home writes no instance of its own
+    # with a tracking server, the server decides where artifacts go unless told otherwise
+    monkeypatch.setenv("DSEL_MLFLOW_URI", "http://127.0.0.1:5000")
+    assert build_resources(home, model="tiny")["tracker"].artifact_location is None
+    monkeypatch.setenv("DSEL_MLFLOW_ARTIFACTS", "s3://b/mlflow")
+    assert build_resources(home, model="tiny")["tracker"].artifact_location == "s3://b/mlflow"
+    monkeypatch.delenv("DSEL_MLFLOW_URI")
+    monkeypatch.delenv("DSEL_MLFLOW_ARTIFACTS")
+    assert build_resources(home, model="tiny")["tracker"].artifact_location == home.mlflow_artifacts.as_uri()
