@@ -22,6 +22,7 @@ from dsel_assets.core.models.finetune import (
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.select import methods
+from dsel_assets.core.select.base import Budget
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
@@ -76,6 +77,14 @@ def finetuned_asset_name(method: str) -> str:
     return f"finetuned_{method}"
 
 
+def _budget_label(budget: str) -> str:
+    """A budget as selections store it: ``5%`` and ``0.05`` are ``5pct``; a stored label stays."""
+    try:
+        return Budget.parse(budget).label
+    except ValueError:
+        return budget
+
+
 def _training_sets(conn, method: str, budgets: list[str]) -> dict[tuple[str, int], tuple[list[str], str]]:
     """(budget, selection seed) -> (selected pool ids in rank order, pool version) for one method."""
     if method == FULL_POOL:
@@ -86,6 +95,7 @@ def _training_sets(conn, method: str, budgets: list[str]) -> dict[tuple[str, int
     if rows.height == 0:
         raise RuntimeError(f"{selection_asset_name(method)}: no stored selection; materialize it first")
     stored = rows["budget"].unique(maintain_order=True).to_list()
+    budgets = [_budget_label(b) for b in budgets]
     unknown = sorted(set(budgets) - set(stored))
     if unknown:
         raise ValueError(f"budgets: {unknown} not stored for {method}; stored: {stored}")

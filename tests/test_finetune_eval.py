@@ -307,3 +307,9 @@ def test_eval_rows_sharing_a_prompt_with_pool_or_query_are_left_out():
         conn.execute("INSERT INTO examples BY NAME SELECT * FROM new_rows")
         sample, version, left_out = load_eval_set(conn, [], EvalConfig())
     assert [e.pool_id for e in sample] == ["e3"] and left_out == 2 and version
+
+
+def test_fine_tune_budgets_are_read_as_selections_store_them():
+    from dsel_assets.finetune import _budget_label
+
+    assert [_budget_label(b) for b in ("20%", "0.05", "500", "5pct")] == ["20pct", "5pct", "500", "5pct"]

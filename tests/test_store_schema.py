@@ -169,3 +169,14 @@ def test_catalog_questions_answer_the_same_on_both_backends(backend):
             {t.name for t in schema.TABLES if any(c.name == "pool_id" for c in t.columns)} | {"loss_scores"}
         )
         assert schema.tables_with_column(conn, "pool_id", backend.dialect) == expected
+
+
+def test_the_dialect_is_read_from_the_connection_when_not_given(backend):
+    """Assets call the schema helpers with their connection only (a PostgreSQL one in cluster mode)."""
+    with backend.connect() as conn:
+        assert schema.dialect_of(conn) == backend.dialect
+        schema.migrate(conn)
+        schema.ensure_score_table(conn, "loss_scores")
+        assert "prompt_template" in schema.columns(conn, "loss_scores")
+        assert schema.table_exists(conn, "loss_scores") and "loss_scores" in schema.tables_with_column(conn, "pool_id")
+        assert schema.current_version(conn) == schema.SCHEMA_VERSION

@@ -17,14 +17,9 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from .schema import _IDENTIFIER, TABLES, _Sql
+from .schema import _IDENTIFIER, TABLES, _Sql, dialect_of
 
 _EXAMPLE_COLUMNS = {c.name for c in next(t for t in TABLES if t.name == "examples").columns}
-
-
-def dialect_of(conn) -> str:
-    """``postgres`` for a psycopg connection, else ``duckdb``."""
-    return "postgres" if type(conn).__module__.startswith("psycopg") else "duckdb"
 
 
 def _run(conn, sql: str, params: Sequence[object] = ()) -> list[tuple]:

@@ -157,10 +157,16 @@ SCORE_COLUMNS = _columns(
 )
 
 
+def dialect_of(conn) -> str:
+    """``postgres`` for a psycopg connection, else ``duckdb``."""
+    return "postgres" if type(conn).__module__.startswith("psycopg") else "duckdb"
+
+
 class _Sql:
     """The few calls migrations need, over a DuckDB or a psycopg connection (``?`` placeholders)."""
 
-    def __init__(self, conn, dialect: str):
+    def __init__(self, conn, dialect: str | None = None):
+        dialect = dialect or dialect_of(conn)
         if dialect not in DIALECTS:
             raise ValueError(f"dialect: {dialect!r} is not one of {DIALECTS}")
         if dialect == "postgres" and not conn.autocommit:
@@ -193,16 +199,16 @@ class _Sql:
         return [c.name for c in missing]
 
 
-def columns(conn, table: str, dialect: str = "duckdb") -> list[str]:
+def columns(conn, table: str, dialect: str | None = None) -> list[str]:
     """The columns of ``table`` in order; empty when there is no such table."""
     return _Sql(conn, dialect).columns(table)
 
 
-def table_exists(conn, table: str, dialect: str = "duckdb") -> bool:
+def table_exists(conn, table: str, dialect: str | None = None) -> bool:
     return bool(columns(conn, table, dialect))
 
 
-def tables_with_column(conn, column: str, dialect: str = "duckdb") -> list[str]:
+def tables_with_column(conn, column: str, dialect: str | None = None) -> list[str]:
     """The tables (of the current schema) that have ``column``, by name."""
     rows = _Sql(conn, dialect).run(
         """SELECT DISTINCT table_name FROM information_schema.columns
@@ -235,7 +241,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[_Sql], None]], ...] = (
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def current_version(conn, dialect: str = "duckdb") -> int:
+def current_version(conn, dialect: str | None = None) -> int:
     """The recorded schema version; 0 for a database that has none yet (fresh, or older than
     schema versions)."""
     sql = _Sql(conn, dialect)
@@ -244,7 +250,7 @@ def current_version(conn, dialect: str = "duckdb") -> int:
     return int(sql.run(f"SELECT coalesce(max(version), 0) FROM {VERSION_TABLE}")[0][0])
 
 
-def migrate(conn, dialect: str = "duckdb", attempts: int = 5) -> int:
+def migrate(conn, dialect: str | None = None, attempts: int = 5) -> int:
     """Bring the database to :data:`SCHEMA_VERSION` (a no-op when it is there); returns the
     version. Each attempt is one transaction, so a failed migration leaves the database as it
     was; a conflict with a concurrent migrator is retried, and ends well once the other one
@@ -293,7 +299,7 @@ def _apply(sql: _Sql) -> None:
         raise
 
 
-def ensure_score_table(conn, name: str, extra: Sequence[Column] = (), dialect: str = "duckdb") -> None:
+def ensure_score_table(conn, name: str, extra: Sequence[Column] = (), dialect: str | None = None) -> None:
     """Create score table ``name`` (a plain identifier from the representation registry) with
     :data:`SCORE_COLUMNS` plus ``extra``, or add the columns an older one lacks."""
     if not _IDENTIFIER.match(name):

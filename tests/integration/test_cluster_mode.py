@@ -220,7 +220,7 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
                 | s3_env
                 | {
                     "DSEL_DATABASE_URL": f"postgresql://dsel@/dsel?host={socket_dir}",
-                    "DSEL_TEST_DAGSTER_PG_URL": f"postgresql://dsel@/dagster?host={socket_dir}",
+                    "DSEL_TEST_DAGSTER_PG_URL": f"postgresql+psycopg2://dsel@/dagster?host={socket_dir}",
                     "DSEL_DAGSTER_HOME": str(instance),
                     "DSEL_ARTIFACTS_URI": f"s3://{BUCKET}/artifacts",
                     "DSEL_LANCE_URI": f"s3://{BUCKET}/lance",
