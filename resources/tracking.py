@@ -51,6 +51,37 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def _uri_source(uri: str):
+    """An MLflow dataset source that only records ``uri`` (under the ``uri`` key, as MLflow's
+    file sources do, so lineage reads every source the same way)."""
+    from mlflow.data.dataset_source import DatasetSource
+
+    class UriSource(DatasetSource):
+        @staticmethod
+        def _get_source_type() -> str:
+            return "uri"
+
+        def load(self, **kwargs):
+            raise NotImplementedError("a recorded location, not loadable through MLflow")
+
+        @staticmethod
+        def _can_resolve(raw_source) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source):
+            return cls()
+
+        def to_dict(self) -> dict:
+            return {"uri": uri}
+
+        @classmethod
+        def from_dict(cls, source_dict):
+            return cls()
+
+    return UriSource()
+
+
 @dataclass(frozen=True)
 class DatasetRef:
     """An input or output recorded in MLflow by reference: no data is loaded or copied."""
@@ -87,13 +118,17 @@ class TrackedRun:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         inputs = []
         for ref in refs:
             uri = ref.uri if "://" in ref.uri else Path(ref.uri).resolve().as_uri()
             with warnings.catch_warnings():  # MLflow registers two equivalent local sources
                 warnings.simplefilter("ignore", UserWarning)
-                source = resolve_dataset_source(uri)
+                try:
+                    source = resolve_dataset_source(uri)
+                except MlflowException:  # no resolver for it (a postgresql:// state database)
+                    source = _uri_source(uri)
             dataset = MetaDataset(source, name=ref.name, digest=ref.digest[:36])
             tags = [InputTag("mlflow.data.context", ref.context)]
             inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))

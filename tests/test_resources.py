@@ -131,3 +131,19 @@ def test_a_deployed_dagster_instance_is_used_instead_of_the_homes_own(tmp_path, 
     monkeypatch.delenv("DSEL_MLFLOW_URI")
     monkeypatch.delenv("DSEL_MLFLOW_ARTIFACTS")
     assert build_resources(home, model="tiny")["tracker"].artifact_location == home.mlflow_artifacts.as_uri()
+
+
+def test_inputs_mlflow_cannot_resolve_are_recorded_by_uri(tmp_path):
+    """A PostgreSQL state database has no MLflow dataset-source resolver; it is recorded as is."""
+    import json
+
+    from resources.tracking import TrackedRun
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("x")
+    run = client.create_run(experiment)
+    tracked = TrackedRun(client, run.info.run_id, experiment, "x")
+    refs = [DatasetRef("pool", "postgresql://dsel@db/dsel", "v1"), DatasetRef("lance", "s3://b/lance/x.lance", "3")]
+    tracked.log_datasets(refs)
+    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert sorted(json.loads(i.dataset.source)["uri"] for i in inputs) == ["postgresql://dsel@db/dsel", "s3://b/lance/x.lance"]
