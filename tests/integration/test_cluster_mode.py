@@ -279,7 +279,8 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
     # no state on any step's local disk: no database file, dataset, model, raw copy or report
     for step in (tmp_path / "cluster").glob("step-*"):
         home = step / "home"
-        left = [p for p in home.rglob("*") if p.is_file() and p.name != "settings.json"] if home.exists() else []
+        settings = ("settings.json", "settings.json.lock")
+        left = [p for p in home.rglob("*") if p.is_file() and p.name not in settings] if home.exists() else []
         assert left == [], f"{step.name} left state on local disk: {left}"
 
     assert out.returncode == 0, out.stderr[-3000:]
