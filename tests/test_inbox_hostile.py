@@ -83,7 +83,7 @@ def ticks(tick, n: int, **settings) -> list[dg.SensorResult]:
 
 
 def raw_bytes(home) -> list[bytes]:
-    return [p.read_bytes() for p in home.raw.rglob("*") if p.is_file() and not p.is_symlink()]
+    return [p.read_bytes() for p in Path(home.raw).rglob("*") if p.is_file() and not p.is_symlink()]
 
 
 def set_aside(home, name: str) -> Path:

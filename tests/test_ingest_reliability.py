@@ -92,7 +92,7 @@ def test_options_are_checked_before_anything_is_stored(home, tiny, tmp_path, cap
     assert main(["ingest", str(src), "--layout", "qa", "--mapping", "prompt=q,response=a"]) == 2
     err = capsys.readouterr().err
     assert err.count("dsel: error:") == 3 and "layout" in err and "mapping" in err and "Traceback" not in err
-    assert not list(home.raw.iterdir())
+    assert not list(Path(home.raw).rglob("*"))
     if home.duckdb.exists():
         with duckdb.connect(str(home.duckdb), read_only=True) as conn:
             tables_present = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name='batches'").fetchone()
@@ -223,6 +223,6 @@ def test_unknown_model_names_are_refused_unless_the_hub_is_allowed(home, tmp_pat
     src = write_jsonl(tmp_path / "x.jsonl", qa(1))
     assert main(["ingest", str(src), "--model", "./no/such/model"]) == 2
     assert "DSEL_ALLOW_HUB=1" in capsys.readouterr().err
-    assert not list(home.raw.iterdir())
+    assert not list(Path(home.raw).rglob("*"))
     monkeypatch.setenv("DSEL_ALLOW_HUB", "1")
     assert resolve("org/some-model").path == "org/some-model"
