@@ -172,7 +172,7 @@ def test_cherry_pre_experience_trains_on_the_sample_and_scores_the_pool_with_it(
     first = run()
     model, scores = first["cherry_pre_experienced_model"], first["cherry_pre_experienced_scores"]
     assert model["reused"].value is False and 2 <= model["sample"].value <= 6 and model["clusters"].value == 2
-    assert (home.models / "pre_experience" / model["adapter"].value / "adapter").is_dir()
+    assert (home.root / "models" / "pre_experience" / model["adapter"].value / "adapter").is_dir()
     assert (scores["rows"].value, scores["computed"].value) == (12, 12)
     with duckdb.connect(str(home.duckdb)) as conn:
         sample = conn.execute("SELECT count(*), count(DISTINCT cluster) FROM pre_experience_sample").fetchone()
