@@ -33,14 +33,19 @@ def server(bucket: str = "dsel") -> Iterator[dict[str, str]]:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing-secret",
         }
-        import boto3
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing-secret",
-        )
+        client = s3_client(environ)
         client.create_bucket(Bucket=bucket)
         yield environ
+
+
+def s3_client(environ: dict[str, str]):
+    """A boto3 S3 client for the server whose environment is ``environ``."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=environ["AWS_ENDPOINT_URL"],
+        region_name=environ["AWS_REGION"],
+        aws_access_key_id=environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=environ["AWS_SECRET_ACCESS_KEY"],
+    )

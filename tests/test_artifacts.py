@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 import threading
 
-import boto3
 import pytest
 
 from dsel_assets.store import artifacts, tables
 from dsel_assets.store.artifacts import ArtifactStore
+from tests.s3 import s3_client
 
 
 @pytest.fixture()
@@ -19,13 +19,7 @@ def s3(s3_environ, monkeypatch, tmp_path):
     for name, value in s3_environ.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv(artifacts.ARTIFACT_CACHE, str(tmp_path / "cache"))
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_environ["AWS_ENDPOINT_URL"],
-        region_name=s3_environ["AWS_REGION"],
-        aws_access_key_id=s3_environ["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3_environ["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = s3_client(s3_environ)
     prefix = f"run-{tmp_path.name}"  # one module-wide server: each test its own prefix
     return client, prefix
 

@@ -146,4 +146,7 @@ def test_inputs_mlflow_cannot_resolve_are_recorded_by_uri(tmp_path):
     refs = [DatasetRef("pool", "postgresql://dsel@db/dsel", "v1"), DatasetRef("lance", "s3://b/lance/x.lance", "3")]
     tracked.log_datasets(refs)
     inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
-    assert sorted(json.loads(i.dataset.source)["uri"] for i in inputs) == ["postgresql://dsel@db/dsel", "s3://b/lance/x.lance"]
+    assert sorted(json.loads(i.dataset.source)["uri"] for i in inputs) == [
+        "postgresql://dsel@db/dsel",
+        "s3://b/lance/x.lance",
+    ]

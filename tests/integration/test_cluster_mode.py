@@ -17,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import duckdb
 import polars as pl
 import pytest
@@ -250,13 +249,7 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
                 timeout=300,
             )
         mlflow_log.close()
-        listed = boto3.client(
-            "s3",
-            endpoint_url=s3_env["AWS_ENDPOINT_URL"],
-            region_name=s3_env["AWS_REGION"],
-            aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-        ).list_objects_v2(Bucket=BUCKET, MaxKeys=5000)
+        listed = s3.s3_client(s3_env).list_objects_v2(Bucket=BUCKET, MaxKeys=5000)
         objects = [o["Key"] for o in listed.get("Contents", [])]
 
     # the same selections, row for row; nothing lost or duplicated by concurrent writers
