@@ -4,6 +4,7 @@ under an object-store URI (``DSEL_LANCE_URI=s3://bucket/prefix``) on a cluster."
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +12,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from dsel_assets.store.artifacts import storage_options
+from dsel_assets.store.tables import exclusive
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -60,6 +62,28 @@ class LanceStore(dg.ConfigurableResource):
         except (FileNotFoundError, ValueError, OSError):
             return None
 
+    def _open_or_create(self, name: str, schema: pa.Schema):
+        """The dataset, created empty (once, under a cross-process lock) when missing. A
+        ``create`` that loses a race on an object store is retried by Lance as an overwrite of
+        the next version, wiping rows other writers just committed (seen on S3 with three
+        writers of new partitions); rows themselves always arrive by merge commits, which the
+        store makes atomic and Lance rebases onto each other."""
+        import lance
+
+        ds = self._open(name)
+        if ds is None:
+            lock_dir = (
+                Path(self.root) / ".locks" if "://" not in self.root else Path(tempfile.gettempdir()) / "dsel-locks"
+            )
+            with exclusive(f"lance-create {self.uri(name)}", lock_dir):
+                ds = self._open(name)
+                if ds is None:
+                    lance.write_dataset(
+                        schema.empty_table(), self.uri(name), mode="create", storage_options=self.options
+                    )
+                    ds = self._open(name)
+        return ds
+
     def version(self, name: str) -> int | None:
         ds = self._open(name)
         return None if ds is None else ds.version
@@ -76,16 +100,13 @@ class LanceStore(dg.ConfigurableResource):
         """Make the rows of ``partition`` exactly ``table`` in one commit (insert new keys,
         update changed ones, delete the partition's rows absent from ``table``); returns the
         new Lance version. Other partitions are untouched."""
-        import lance
 
         _checked("partition", partition)
         if partition_column not in table.column_names:
             raise ValueError(f"table: missing the partition column {partition_column!r}")
         if table.num_rows and set(table.column(partition_column).to_pylist()) != {partition}:
             raise ValueError(f"table: rows must all belong to partition {partition!r}")
-        ds = self._open(name)
-        if ds is None:
-            return lance.write_dataset(table, self.uri(name), mode="create", storage_options=self.options).version
+        ds = self._open_or_create(name, table.schema)
         (
             ds.merge_insert(key)
             .when_matched_update_all()
@@ -97,11 +118,7 @@ class LanceStore(dg.ConfigurableResource):
 
     def upsert(self, name: str, table: pa.Table, on: list[str]) -> int:
         """Insert rows, replacing those with the same key columns; one commit, idempotent."""
-        import lance
-
-        ds = self._open(name)
-        if ds is None:
-            return lance.write_dataset(table, self.uri(name), mode="create", storage_options=self.options).version
+        ds = self._open_or_create(name, table.schema)
         ds.merge_insert(on).when_matched_update_all().when_not_matched_insert_all().execute(table)
         return self._open(name).version
 
@@ -149,3 +166,10 @@ class LanceStore(dg.ConfigurableResource):
             quoted = ", ".join(f"'{_checked('partition', p)}'" for p in partitions)
             flt = " AND ".join(filter(None, [flt, f"{_checked('column', partition_column)} IN ({quoted})"]))
         return ds.to_table(columns=columns, filter=flt)
+
+    def take(self, name: str, positions: list[int], columns: list[str], version: int) -> pa.Table:
+        """Rows at ``positions`` (0-based, in the dataset's scan order at ``version``), in order."""
+        import lance
+
+        ds = lance.dataset(self.uri(name), version=version, storage_options=self.options)
+        return ds.take(positions, columns=columns)

@@ -94,6 +94,27 @@ def connect_postgres(url: str):
 
 
 @contextmanager
+def exclusive(key: str, lock_dir: Path) -> Iterator[None]:
+    """Hold the lock named ``key`` across processes for the block: a PostgreSQL advisory lock
+    when the state database is PostgreSQL (every pod of a cluster shares it), else a file lock
+    under ``lock_dir`` (the processes of one host)."""
+    url = database_url()
+    if url:
+        conn = connect_postgres(url)
+        try:
+            _run(conn, "SELECT pg_advisory_lock(hashtextextended(?, 0))", [key])
+            yield
+        finally:
+            conn.close()  # ends the session, and with it the lock
+        return
+    from filelock import FileLock
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"):
+        yield
+
+
+@contextmanager
 def open_state(duckdb_file: str | Path, read_only: bool = False, log=None) -> Iterator:
     """The state database for the CLI and lineage: PostgreSQL when ``DSEL_DATABASE_URL`` is
     set, else the home's DuckDB file (see :func:`connect`). Closed when the block ends."""

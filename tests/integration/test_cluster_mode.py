@@ -53,11 +53,9 @@ def plan(pool_batches: list[str]) -> list[list[dict]]:
                 "config": ops(warmup_checkpoint={"epochs": 2, "fraction": 0.25, "batch_size": 4, "max_length": 128}),
             }
         ],
-        # Lance writers of one dataset on plain S3 one at a time: without a commit lock (or S3
-        # conditional writes) a concurrent commit can drop the other's rows - seen here once,
-        # caught by the blocking per-example check; an open item of issue 15
-        *([step] for step in per_batch("pool_grad_features")),
-        *([step] for step in per_batch("sentence_embeddings")),
+        # writers of one new Lance dataset at once (the creation lock is a PostgreSQL advisory lock)
+        per_batch("pool_grad_features"),
+        per_batch("sentence_embeddings"),
         [{"asset": "query_grad_features"}],
         [{"asset": "influence"}],
         [
