@@ -176,12 +176,27 @@ def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, t
         resources["selection_model"],
     )
     asked = pool_ids[::3]
+    stored, scorer.stored = scorer.stored, None  # first compute the gradients of the asked rows
     for task in sorted({t for _, t in less}):
         expected = np.array([less[(p, task)] for p in asked])
         np.testing.assert_allclose(scorer(asked, task), expected, atol=2e-3)  # float16 features on both sides
     assert scorer.examples_computed == len(asked) < n  # computed once for every task, only the asked rows
     scorer(asked[:2], "arithmetic")
     assert scorer.examples_computed == len(asked)  # answered from the score cache
+    # the pool features the less selection stored are read back instead: same scores, no backward
+    reading = load_representation(
+        "less_scorer",
+        resources["lance"],
+        resources["store"],
+        pool_ids,
+        resources["grad_settings"],
+        resources["selection_model"],
+    )[0]
+    assert stored is not None and reading.stored is not None
+    for task in sorted({t for _, t in less}):
+        expected = np.array([less[(p, task)] for p in asked])
+        np.testing.assert_allclose(reading(asked, task), expected, atol=2e-3)
+    assert (reading.examples_read, reading.examples_computed) == (len(asked), 0)
     assert ref.name == "less_scorer"
     with pytest.raises(ValueError, match="task: 'nope' is not one of"):
         scorer(asked, "nope")
