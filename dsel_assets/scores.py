@@ -149,19 +149,49 @@ class ScoreConfig(dg.Config):
     )
 
 
+def score_code_version(name: str) -> str:
+    """The code version of score asset ``name``: rows of one version, model and template are
+    the same numbers whichever asset computed them."""
+    return f"{name}-{SCORING_VERSION}"
+
+
+def copy_sibling_rows(conn, sibling: str, table: str, batch: str, keep: dict[str, object], template: str) -> int:
+    """Copy into ``table`` the rows of ``batch`` that the sibling score asset ``sibling`` already
+    computed with the same model weights, template and scoring code (the proxy model is the
+    selection model by default: scoring the pool twice would double the cost for the same
+    numbers); returns how many. Ids ``table`` already holds are left alone."""
+    donor = score_table(sibling, template)
+    if not schema.table_exists(conn, donor):
+        return 0
+    have = set(queries.rows_matching(conn, table, ["pool_id"], {"batch": batch, **keep})["pool_id"])
+    columns = [c.name for c in schema.SCORE_COLUMNS]
+    rows = queries.rows_matching(
+        conn, donor, columns, {"batch": batch, **keep, "code_version": score_code_version(sibling)}
+    ).filter(~pl.col("pool_id").is_in(list(have)))
+    if rows.height:
+        tables.upsert_by_id(conn, table, rows.with_columns(code_version=pl.lit(keep["code_version"])), {"batch": batch})
+    return rows.height
+
+
 def build_score_asset(
-    name: str, model_resource: str, description: str, response: str = "reference", tags: dict | None = None
+    name: str,
+    model_resource: str,
+    description: str,
+    response: str = "reference",
+    tags: dict | None = None,
+    sibling: str | None = None,
 ) -> dg.AssetsDefinition:
     """A per-batch loss-score asset scored with ``model_resource`` into DuckDB table ``name``
     (``name_alpaca`` for the Alpaca template), teacher-forced on the reference responses or
-    (``response="greedy"``) on greedy generations."""
+    (``response="greedy"``) on greedy generations. Rows the ``sibling`` asset computed with the
+    same model weights are copied, not recomputed."""
 
     @dg.asset(
         name=name,
         partitions_def=pool_batches,
         deps=[pool_batch],
         group_name=REPRESENTATIONS,
-        code_version=f"{name}-{SCORING_VERSION}",
+        code_version=score_code_version(name),
         kinds={"duckdb", "pytorch"},
         pool=GPU_POOL,
         op_tags=GPU_OP_TAGS,
@@ -184,6 +214,9 @@ def build_score_asset(
             schema.ensure_score_table(conn, table)
             manifest = tables.get_batch(conn, batch)
             rows = queries.split_rows(conn, "pool", batch=batch)
+            copied = 0 if sibling is None else copy_sibling_rows(conn, sibling, table, batch, keep, config.template)
+        if copied:
+            context.log.info(f"{table}: {copied} rows copied from {sibling} (same model weights, template and code)")
         items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
 
         def scorer():
@@ -208,6 +241,7 @@ def build_score_asset(
         return dg.MaterializeResult(
             metadata={
                 **done.metadata(),
+                "copied_from_sibling": copied,
                 **identity,
                 "template": config.template,
                 "table": table,
@@ -226,12 +260,14 @@ loss_scores = build_score_asset(
     "selection_model",
     "Per example with the selection model: L(A|Q), L(A) over the same response tokens, perplexity, IFD as "
     "loss ratio (Cherry), IFD as perplexity ratio, and uncertainty (entropy, least confidence, margins).",
+    sibling="proxy_loss_scores",
 )
 proxy_loss_scores = build_score_asset(
     "proxy_loss_scores",
     "proxy_model",
     "The same scores from the proxy model (DSEL_PROXY_MODEL / --proxy-model; default the selection model) for "
     "Superfiltering's IFD = ppl(A|Q) / ppl(A); each row names the proxy and its weights hash.",
+    sibling="loss_scores",
 )
 greedy_scores = build_score_asset(
     "greedy_scores",

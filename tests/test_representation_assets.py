@@ -194,6 +194,31 @@ def test_cherry_pre_experience_trains_on_the_sample_and_scores_the_pool_with_it(
     assert ifd.shape == (12,) and np.isfinite(ifd).sum() >= 10
 
 
+def test_a_proxy_that_is_the_selection_model_copies_the_loss_rows_instead_of_scoring_again(
+    home, local_resources, tmp_path
+):
+    """Same weights, template and scoring code: the proxy's rows are the selection model's rows
+    (copied under the proxy's code version); nothing is computed twice, in either order."""
+    from dsel_assets.scores import loss_scores, proxy_loss_scores, score_code_version
+
+    resources = {**local_resources, "proxy_model": local_resources["selection_model"]}
+    batch, instance = ingest(home, tmp_path, resources, n=5)
+    first = dg.materialize([loss_scores], partition_key=batch, resources=resources, instance=instance)
+    assert first.asset_materializations_for_node("loss_scores")[0].metadata["computed"].value == 5
+    second = dg.materialize([proxy_loss_scores], partition_key=batch, resources=resources, instance=instance)
+    meta = second.asset_materializations_for_node("proxy_loss_scores")[0].metadata
+    assert (meta["computed"].value, meta["copied_from_sibling"].value, meta["rows"].value) == (0, 5, 5)
+    columns = "pool_id, model_hash, loss_conditioned, loss_unconditioned, ifd_ppl_ratio, mean_entropy, reason"
+    with duckdb.connect(str(home.duckdb)) as conn:
+        selection = conn.execute(f"SELECT {columns} FROM loss_scores ORDER BY pool_id").fetchall()
+        proxy = conn.execute(f"SELECT {columns} FROM proxy_loss_scores ORDER BY pool_id").fetchall()
+        versions = conn.execute("SELECT DISTINCT code_version FROM proxy_loss_scores").fetchall()
+    assert proxy == selection and versions == [(score_code_version("proxy_loss_scores"),)]
+    again = dg.materialize([loss_scores], partition_key=batch, resources=resources, instance=instance)
+    meta = again.asset_materializations_for_node("loss_scores")[0].metadata
+    assert (meta["computed"].value, meta["copied_from_sibling"].value) == (0, 0)  # its own rows are kept
+
+
 def test_proxy_scores_come_from_the_proxy_and_alpaca_scores_keep_to_their_own_table(home, local_resources, tmp_path):
     """A proxy other than the selection model: its rows name it and its weights hash, and their
     scores differ from the selection model's (nothing is copied across). Alpaca-template scores
