@@ -198,7 +198,7 @@ def test_a_proxy_that_is_the_selection_model_copies_the_loss_rows_instead_of_sco
     home, local_resources, tmp_path
 ):
     """Same weights, template and scoring code: the proxy's rows are the selection model's rows
-    (copied under the proxy's code version); nothing is computed twice, in either order."""
+    (copied under the proxy's code version); nothing is computed twice."""
     from dsel_assets.scores import loss_scores, proxy_loss_scores, score_code_version
 
     resources = {**local_resources, "proxy_model": local_resources["selection_model"]}
