@@ -14,15 +14,24 @@ and the same seeded block projection to d dimensions.
   CPU/GPU supports it), and on bf16-capable hardware float32 matmuls with bf16 products and
   fp32 accumulation (``compute_dtype=auto``). ``ours-fp32`` is the same with strict fp32
   everywhere; ``ours-bf16`` (opt-in part) runs the forward/backward under bf16 autocast.
+- floor: the physical floor of ours - the same length-bucketed batches, one plain batched
+  forward + backward of the mean loss (LoRA gradients only: no per-example hooks, no Adam
+  feature, no projection), in the same precision as ``ours``.
+
+``--contend`` repeats ``ours`` with a second CPU-bound process beside it (a torch matmul loop at
+its own default thread count - an uncoordinated neighbour, as a second dsel process is) and
+reports its rate against the idle one. ``--threads N`` sets DSEL_THREADS for the parts.
 
 Each side runs in its own process (so peak RSS is its own). Prints a markdown table.
-Usage: python benchmarks/grad_features.py [--n 256] [--dim 8192] [--device auto]
+Usage: python benchmarks/grad_features.py [--n 256] [--dim 8192] [--device auto] [--contend]
+       [--parts reference ours ours-fp32 floor]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -37,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 SHARED_POOL = ROOT.parent / "shared" / "data" / "pool"
 MAX_LENGTH = 256
 PROJECT_INTERVAL = 16
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "DSEL_THREADS")
 
 
 def load_examples(n: int) -> tuple[list[tuple[str, list[dict]]], str]:
@@ -123,12 +133,40 @@ def run_ours(model, tokenizer, state, items, dim, compute_dtype):
     return ids, np.concatenate(feats)
 
 
+def run_floor(model, tokenizer, items, compute_dtype):
+    """Plain batched forward + backward over ours's batches: the cost no per-example method avoids."""
+    from dsel_assets.core.models.features import FeatureConfig
+    from dsel_assets.core.models.loading import compute_precision
+    from dsel_assets.core.models.sft import collate, encode_conversation, length_batches
+
+    config = FeatureConfig(max_length=MAX_LENGTH, compute_dtype=compute_dtype)
+    device = next(model.parameters()).device
+    pairs = [(i, encode_conversation(tokenizer, m, MAX_LENGTH)) for i, m in items]
+    ids, encoded = [i for i, e in pairs if e is not None], [e for _, e in pairs if e is not None]
+    for group in length_batches([len(e.input_ids) for e in encoded], config.batch_size, config.max_batch_tokens):
+        batch = {k: t.to(device) for k, t in collate([encoded[i] for i in group], tokenizer.pad_token_id).items()}
+        with compute_precision(config.compute_dtype, device):
+            model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+    return ids, None
+
+
+def contender() -> subprocess.Popen:
+    """A CPU-bound neighbour: torch matmuls at torch's default thread count and OpenMP settings
+    (none of dsel's), until killed."""
+    code = "import torch\na = torch.randn(768, 768)\nwhile True:\n    a = torch.tanh(a @ a)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_") and k not in THREAD_VARIABLES}
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
 def part(args) -> None:
     import torch
 
-    from dsel_assets.core.models.features import compute_precision, projection_dtype
-    from dsel_assets.core.models.loading import pick_device
+    from dsel_assets.core.models.features import projection_dtype
+    from dsel_assets.core.models.loading import compute_precision, pick_device
+    from dsel_assets.core.threads import size_threads
 
+    print(f"{args.part}: {size_threads()}", file=sys.stderr)  # as every dsel model step does
     torch.manual_seed(0)
     device = pick_device(args.device)
     items, _ = load_examples(args.n)
@@ -137,15 +175,20 @@ def part(args) -> None:
     if args.part == "reference":
         ids, feats = run_reference(model, tokenizer, state, items, args.dim)
         dtype = "float32"
+    elif args.part == "floor":
+        ids, feats = run_floor(model, tokenizer, items, "auto")
+        with compute_precision("auto", torch.device(device)) as resolved:
+            dtype = f"{resolved} / -"
     else:
-        compute = {"ours": "auto", "ours-fp32": "model", "ours-bf16": "bfloat16"}[args.part]
+        compute = {"ours": "auto", "ours-fp32": "model", "ours-bf16": "bfloat16"}[args.part.removesuffix("-contended")]
         ids, feats = run_ours(model, tokenizer, state, items, args.dim, compute)
         with compute_precision(compute, torch.device(device)) as resolved:
             dtype = f"{resolved} / {projection_dtype('auto', torch.device(device))}"
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    np.save(Path(args.out) / f"{args.part}.npy", feats)
+    if feats is not None:
+        np.save(Path(args.out) / f"{args.part}.npy", feats)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info = {
         "ids": ids,
@@ -154,6 +197,7 @@ def part(args) -> None:
         "device": device,
         "dtype": dtype,
         "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
+        "threads": torch.get_num_threads(),
     }
     (Path(args.out) / f"{args.part}.json").write_text(json.dumps(info))
 
@@ -163,7 +207,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--dim", type=int, default=8192)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--parts", nargs="+", default=["reference", "ours", "ours-fp32"])
+    parser.add_argument("--parts", nargs="+", default=["reference", "ours", "ours-fp32", "floor"])
+    parser.add_argument("--contend", action="store_true", help="also time ours beside a CPU-bound process")
+    parser.add_argument("--threads", type=int, help="DSEL_THREADS for every part")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,8 +217,11 @@ def main() -> None:
         part(args)
         return
     _, source = load_examples(args.n)
+    load_before = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    parts = list(args.parts) + (["ours-contended"] if args.contend else [])
+    env = {**os.environ, **({"DSEL_THREADS": str(args.threads)} if args.threads else {})}
     with tempfile.TemporaryDirectory() as out:
-        for name in args.parts:
+        for name in parts:
             cmd = [
                 sys.executable,
                 __file__,
@@ -188,22 +237,29 @@ def main() -> None:
                 args.device,
             ]
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            subprocess.run(cmd, check=True)
-        results = {n: json.loads((Path(out) / f"{n}.json").read_text()) for n in args.parts}
-        feats = {n: np.load(Path(out) / f"{n}.npy") for n in args.parts}
+            neighbour = contender() if name.endswith("-contended") else None
+            try:
+                subprocess.run(cmd, check=True, env=env)
+            finally:
+                if neighbour is not None:
+                    neighbour.kill()
+                    neighbour.wait()
+        results = {n: json.loads((Path(out) / f"{n}.json").read_text()) for n in parts}
+        feats = {n: np.load(Path(out) / f"{n}.npy") for n in parts if (Path(out) / f"{n}.npy").exists()}
     ref = results.get("reference")
     print(
         f"\nLESS gradient features: {args.n} examples from {source}, SmolLM2-135M, LoRA r=8 (q,k,v,o), "
-        f"max length {MAX_LENGTH}, d={args.dim}, device {next(iter(results.values()))['device']}\n"
+        f"max length {MAX_LENGTH}, d={args.dim}, device {next(iter(results.values()))['device']}, "
+        f"{os.cpu_count()} cores, load average before the run {load_before}\n"
     )
     print(
         "| implementation | forward-backward / projection dtype | examples/s | speed-up vs reference "
-        "| cosine to reference (min / mean) | peak RSS (MB) |"
+        "| cosine to reference (min / mean) | peak RSS (MB) | threads |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name, info in results.items():
         rate = len(info["ids"]) / info["seconds"]
-        if ref is not None:
+        if ref is not None and name in feats:
             row_of = {i: k for k, i in enumerate(ref["ids"])}
             ours = feats[name][[k for k, i in enumerate(info["ids"]) if i in row_of]]
             base = feats["reference"][[row_of[i] for i in info["ids"] if i in row_of]]
@@ -213,7 +269,15 @@ def main() -> None:
         else:
             speedup, cos_text = float("nan"), "-"
         gpu = f" (GPU peak {info['gpu_peak_mb']:.0f} MB)" if info.get("gpu_peak_mb") else ""
-        print(f"| {name} | {info['dtype']} | {rate:.2f} | {speedup:.2f}x | {cos_text} | {info['rss_mb']:.0f}{gpu} |")
+        print(
+            f"| {name} | {info['dtype']} | {rate:.2f} | {speedup:.2f}x | {cos_text} | {info['rss_mb']:.0f}{gpu} "
+            f"| {info['threads']} |"
+        )
+    rates = {n: len(i["ids"]) / i["seconds"] for n, i in results.items()}
+    if "floor" in rates and "ours" in rates:
+        print(f"\nours takes {rates['floor'] / rates['ours']:.2f}x the time of the plain forward+backward floor")
+    if "ours-contended" in rates and "ours" in rates:
+        print(f"beside a CPU-bound process ours keeps {rates['ours-contended'] / rates['ours']:.0%} of its idle rate")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,17 @@ GPU_OP_TAGS: dict = {
 }
 
 
+def concurrent_model_steps(instance: dg.DagsterInstance | None) -> int:
+    """How many model steps may run at once on these cores: the ``gpu`` pool's limit (its
+    ``default_limit`` until a limit is set), 1 without an instance or a limit."""
+    if instance is None:
+        return 1
+    limit = None
+    if instance.event_log_storage.supports_global_concurrency_limits:
+        limit = instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count or None
+    return max(1, limit or instance.global_op_concurrency_default_limit or 1)
+
+
 def executor_from_env() -> dg.ExecutorDefinition:
     """``DSEL_EXECUTOR``: ``multiprocess`` (default; ``DSEL_MAX_CONCURRENT`` steps at once, default
     2) or ``k8s`` (dagster-k8s; its config - namespace, image, env - comes from the run config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dsel_assets.core.models.features import COMPUTE_DTYPES
+from dsel_assets.core.models.loading import COMPUTE_DTYPES
 
 from .gradient_settings import GradientSettings
 from .home import DselHome, StateHome

@@ -9,6 +9,13 @@ from pydantic import Field
 
 from dsel_assets.core.models import embeddings, loading
 from dsel_assets.core.models.model_embeddings import POOLINGS
+from dsel_assets.core.threads import size_threads
+from dsel_assets.deployment import concurrent_model_steps
+
+
+def share_cores(context: dg.InitResourceContext) -> None:
+    """Size this step's torch / BLAS / OpenMP threads to its share of the cores, and log it."""
+    context.log.info(size_threads(concurrent_model_steps(context.instance)))
 
 
 class SelectionModel(dg.ConfigurableResource):
@@ -21,6 +28,9 @@ class SelectionModel(dg.ConfigurableResource):
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
     dtype: str = Field(default="auto", description="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     max_tokens: int = Field(default=4096, description="Records longer than this are quarantined")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        share_cores(context)
 
     @property
     def spec(self) -> loading.ModelSpec:
@@ -60,6 +70,9 @@ class SentenceEmbedder(dg.ConfigurableResource):
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
     batch_size: int = Field(default=64, description="Texts per forward pass")
     progress: bool = Field(default=False, description="Show a progress bar (the CLI turns it on)")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        share_cores(context)
 
     @property
     def model_id(self) -> str:

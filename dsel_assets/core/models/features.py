@@ -6,38 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .gradients import PerExampleGradients, adam_features
+from .loading import COMPUTE_DTYPES, compute_precision
 from .projection import BlockProjector
 from .sft import collate, encode_conversation, length_batches
-
-COMPUTE_DTYPES = ("auto", "model", "bf16_matmul", "bfloat16")
-
-
-@contextmanager
-def compute_precision(mode: str, device):
-    """``bf16_matmul``: float32 tensors whose matmuls use bf16 products with fp32 accumulation
-    (``torch.set_float32_matmul_precision("medium")``) - 1.5x on AVX512-BF16 CPUs with
-    per-example gradients at cosine > 0.9999 to strict fp32 (benchmarks/grad_features.py);
-    ``bfloat16``: autocast (2x, cosine ~0.999); ``model``: strict. ``auto`` picks bf16_matmul
-    where the hardware has bf16 (oneDNN or CUDA), else strict."""
-    import torch
-
-    if mode == "auto":
-        fast = getattr(device, "type", str(device)).startswith("cuda") or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        mode = "bf16_matmul" if fast else "model"
-    previous = torch.get_float32_matmul_precision()
-    try:
-        if mode == "bf16_matmul":
-            torch.set_float32_matmul_precision("medium")
-        with torch.autocast(device.type, torch.bfloat16, enabled=mode == "bfloat16"):
-            yield mode
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +66,37 @@ def resolve(name: str) -> ModelSpec:
             f"set {ALLOW_HUB_ENV}=1 to load it as a Hugging Face hub id"
         )
     return ModelSpec(name, name)
+
+
+COMPUTE_DTYPES = ("auto", "model", "bf16_matmul", "bfloat16")
+
+
+@contextmanager
+def compute_precision(mode: str, device):
+    """``bf16_matmul``: float32 tensors whose matmuls use bf16 products with fp32 accumulation
+    (``torch.set_float32_matmul_precision("medium")``) - 1.5x on AVX512-BF16 CPUs with
+    per-example gradients at cosine > 0.9999 to strict fp32 (benchmarks/grad_features.py);
+    ``bfloat16``: autocast (2x, cosine ~0.999); ``model``: strict. ``auto`` picks bf16_matmul
+    where the hardware has bf16 (CUDA, or oneDNN unless ``DSEL_CPU_BF16=0``), else strict.
+    Used by every no-training model pass: gradient features, loss scores, evaluation loss."""
+    import torch
+
+    if mode == "auto":
+        if getattr(device, "type", str(device)).startswith("cuda"):
+            fast = True
+        else:
+            fast = os.environ.get("DSEL_CPU_BF16", "1") != "0" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        mode = "bf16_matmul" if fast else "model"
+    if mode not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype: {mode!r} is not one of {list(COMPUTE_DTYPES)}")
+    previous = torch.get_float32_matmul_precision()
+    try:
+        if mode == "bf16_matmul":
+            torch.set_float32_matmul_precision("medium")
+        with torch.autocast(device.type, torch.bfloat16, enabled=mode == "bfloat16"):
+            yield mode
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 @functools.lru_cache(maxsize=4)
