@@ -8,8 +8,13 @@ composed from measured parts: the sample size that k-means + the perplexity band
 1k pool, times the measured fine-tuning cost per example, plus scoring 1k examples under the
 adapted model (the loss-score rate). Prints a markdown table.
 
+``loss_precision`` (its own part, ``--only loss_precision``): loss scoring of ``--precision-n``
+(500) real examples in strict fp32 (what scoring ran before bf16), with bf16 matmul products
+and fp32 accumulation (the default where the CPU has bf16), and under bf16 autocast - rate,
+speed-up over strict, largest IFD difference and Spearman correlation of the IFDs with strict.
+
 Usage: python benchmarks/representation_timing.py [--n 64] [--anchors 100] [--candidates 4]
-       [--only loss_scores golden_score ...]
+       [--only loss_scores golden_score loss_precision ...] [--precision-n 500]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def main() -> None:
     parser.add_argument("--anchors", type=int, default=100, help="Nuggets anchors (the default task set is 100)")
     parser.add_argument("--candidates", type=int, default=4, help="Nuggets candidates timed against every anchor")
     parser.add_argument("--only", nargs="*", default=None, help="representation names to time (default: all)")
+    parser.add_argument("--precision-n", type=int, default=500, help="examples of the loss_precision part")
     args = parser.parse_args()
 
     import torch
@@ -161,10 +167,36 @@ def main() -> None:
             f"training {per_example:.2f}s/example measured on {len(encoded)}",
         )
 
+    if want("loss_precision"):
+        loss_precision(model, tokenizer, load_examples(args.precision_n)[0])
     print("\n| representation | what is timed | examples timed | seconds | minutes per 1k examples | note |")
     print("|---|---|---|---|---|---|")
     for name, how, n, seconds, note in rows:
         print(f"| {name} | {how} | {n} | {seconds:.1f} | {seconds / n * 1000 / 60:.1f} | {note} |")
+
+
+def loss_precision(model, tokenizer, items) -> None:
+    """Loss scoring in strict fp32, with bf16 products (fp32 accumulation) and under bf16
+    autocast on the same examples: rate and agreement of the IFDs with strict fp32."""
+    from scipy.stats import spearmanr
+
+    from dsel_assets.core.models.scoring import score_examples
+
+    modes = {"strict fp32": "model", "bf16 products, fp32 accumulation": "bf16_matmul", "bf16 autocast": "bfloat16"}
+    ifd, seconds = {}, {}
+    for label, mode in modes.items():
+        scored, seconds[label] = timed(lambda mode=mode: dict(score_examples(model, tokenizer, items, precision=mode)))
+        ifd[label] = np.array([scored[i].ifd_loss_ratio for i, _ in items])
+        print(f"loss_precision {label}: {len(items) / seconds[label]:.2f} examples/s", flush=True)
+    strict = ifd["strict fp32"]
+    print(f"\n| loss scoring ({len(items)} real examples) | examples/s | vs strict | max abs IFD diff | Spearman |")
+    print("|---|---|---|---|---|")
+    for label in modes:
+        both = np.isfinite(strict) & np.isfinite(ifd[label])
+        diff = np.abs(ifd[label][both] - strict[both]).max()
+        rho = spearmanr(ifd[label][both], strict[both]).statistic
+        rate = len(items) / seconds[label]
+        print(f"| {label} | {rate:.2f} | {seconds['strict fp32'] / seconds[label]:.2f}x | {diff:.2e} | {rho:.5f} |")
 
 
 if __name__ == "__main__":

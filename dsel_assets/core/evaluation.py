@@ -19,7 +19,7 @@ import numpy as np
 
 from .data.synthetic import extract_answer
 from .models.generation import greedy_generate
-from .models.loading import bf16_autocast
+from .models.loading import compute_precision
 from .models.sft import collate, encode_conversation, length_batches, per_example_loss
 from .models.templates import render_chat
 
@@ -183,10 +183,7 @@ def response_losses(
     device = next(model.parameters()).device
     for group in length_batches([len(encoded[i].input_ids) for i in kept], batch_size, max_batch_tokens):
         batch = collate([encoded[kept[i]] for i in group], tokenizer.pad_token_id)
-        with (
-            torch.no_grad(),
-            bf16_autocast(device),
-        ):
+        with torch.no_grad(), compute_precision("auto", device):
             values = per_example_loss(model, batch).tolist()
         for i, value in zip(group, values, strict=True):
             losses[kept[i]] = value

@@ -71,22 +71,28 @@ def resolve(name: str) -> ModelSpec:
 COMPUTE_DTYPES = ("auto", "model", "bf16_matmul", "bfloat16")
 
 
+def fast_bf16(device) -> bool:
+    """Whether ``device`` multiplies bf16 fast: CUDA, or a CPU with AVX512-BF16 / AMX through
+    oneDNN unless ``DSEL_CPU_BF16=0`` (strict fp32 on CPU)."""
+    import torch
+
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        return True
+    return os.environ.get("DSEL_CPU_BF16", "1") != "0" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @contextmanager
-def compute_precision(mode: str, device):
+def compute_precision(mode: str, device, auto: str = "bf16_matmul"):
     """``bf16_matmul``: float32 tensors whose matmuls use bf16 products with fp32 accumulation
-    (``torch.set_float32_matmul_precision("medium")``) - 1.5x on AVX512-BF16 CPUs with
-    per-example gradients at cosine > 0.9999 to strict fp32 (benchmarks/grad_features.py);
-    ``bfloat16``: autocast (2x, cosine ~0.999); ``model``: strict. ``auto`` picks bf16_matmul
-    where the hardware has bf16 (CUDA, or oneDNN unless ``DSEL_CPU_BF16=0``), else strict.
-    Used by every no-training model pass: gradient features, loss scores, evaluation loss."""
+    (``torch.set_float32_matmul_precision("medium")``) - per-example gradients at cosine >
+    0.9999 to strict fp32 (benchmarks/grad_features.py), IFDs within 6e-6, but no faster than
+    strict for forward-only scoring on a 2-core Zen 4; ``bfloat16``: autocast (1.5x for loss
+    scoring, IFDs within ~1e-2); ``model``: strict. ``auto`` is ``auto`` (the caller's
+    choice) where :func:`fast_bf16`, else strict."""
     import torch
 
     if mode == "auto":
-        if getattr(device, "type", str(device)).startswith("cuda"):
-            fast = True
-        else:
-            fast = os.environ.get("DSEL_CPU_BF16", "1") != "0" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        mode = "bf16_matmul" if fast else "model"
+        mode = auto if fast_bf16(device) else "model"
     if mode not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype: {mode!r} is not one of {list(COMPUTE_DTYPES)}")
     previous = torch.get_float32_matmul_precision()
