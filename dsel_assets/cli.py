@@ -173,8 +173,10 @@ SHORT_GRAD_DIM = 1024
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Generate the synthetic default, ingest it, embed, select, report."""
+    import dagster as dg
+
     from dsel_assets.core.data.synthetic import generate
-    from dsel_assets.runs import run_batches
+    from dsel_assets.runs import run_batches, stage_of
     from dsel_assets.store import queries, tables
 
     started = time.perf_counter()
@@ -187,21 +189,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name, path in paths.items()
     }
     defs = _definitions(home, args, first_use={"grad_dim": SHORT_GRAD_DIM})
-    if run_batches(defs, [batches["queries"], batches["eval"]], "batch_job"):
+    steps: dict[str, float] = {}
+    if run_batches(defs, [batches["queries"], batches["eval"]], "batch_job", step_seconds=steps):
         return 1
-    job_nodes = {node.name for node in defs.resolve_job_def("default_job").graph.nodes}
+    job = defs.resolve_job_def("default_job")
+    job_nodes = {node.name for node in job.graph.nodes}
     run_config = {"ops": selection_run_config(args.budgets, args.target, job_nodes)}
     run_config["ops"]["warmup_checkpoint"] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
     run_config["ops"] |= comparison_run_config(job_nodes, args.finetune_epochs, args.eval_per_task)
-    if run_batches(defs, [batches["pool"]], "default_job", run_config):
+    # the selections first (their table is printed as soon as they exist), then the closed loop
+    keys = set(job.asset_layer.executable_asset_keys)
+    loop = {k for k in keys if stage_of(k.to_user_string()) in ("fine-tuning", "evaluation")}
+    loop |= {dg.AssetKey("comparison_report")} & keys
+    selections = sorted(keys - loop, key=dg.AssetKey.to_user_string)
+    if run_batches(defs, [batches["pool"]], "default_job", run_config, selections, steps):
         return 1
     with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         report = queries.report(conn, "selection_report")
     print()
-    print(format_table(report.columns, report.rows()))
+    print(format_table(report.columns, report.rows()), flush=True)
+    print(f"\n[dsel] selections done in {time.perf_counter() - started:.0f}s; fine-tuning and evaluating ...")
+    if run_batches(defs, [batches["pool"]], "default_job", run_config, sorted(loop, key=str), steps):
+        return 1
     print()
     print_comparison(home)
-    print(f"\n[dsel] default job done in {time.perf_counter() - started:.0f}s; state in {home.root}")
+    total = time.perf_counter() - started
+    stages: dict[str, float] = {}
+    for step, seconds in steps.items():
+        stages[stage_of(step)] = stages.get(stage_of(step), 0.0) + seconds
+    stages["other (setup, data, scheduling)"] = total - sum(stages.values())
+    print("\n" + format_table(["stage", "seconds"], [(k, f"{v:.0f}") for k, v in stages.items()]))
+    print(f"\n[dsel] default job done in {total:.0f}s; state in {home.root}")
     print("[dsel] browse it: dsel ui   (Dagster UI with every materialization and its metadata)")
     return 0
 

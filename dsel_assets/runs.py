@@ -96,9 +96,11 @@ def run_batches(
     job_name: str,
     run_config: dict | None = None,
     asset_selection: list[dg.AssetKey] | None = None,
+    step_seconds: dict[str, float] | None = None,
 ) -> list[str]:
     """Register ``batches`` as dynamic partitions (once) and run ``job_name`` for each;
-    returns the batches whose run failed (each reported on stderr in one line)."""
+    returns the batches whose run failed (each reported on stderr in one line). The seconds
+    each step took are added to ``step_seconds`` when given."""
     instance = dg.DagsterInstance.get()
     new = [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
     if new:
@@ -115,10 +117,41 @@ def run_batches(
             run_config={**QUIET, **(run_config or {})},
             asset_selection=asset_selection,
         )
+        if step_seconds is not None:
+            for step, seconds in step_durations(instance, result.run_id).items():
+                step_seconds[step] = step_seconds.get(step, 0.0) + seconds
         if not result.success:  # one bad batch does not stop the others
             print(f"[dsel] batch {batch}: {failure_summary(result)}", file=sys.stderr, flush=True)
             failed.append(batch)
     return failed
+
+
+def step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """Seconds from each step's start to its end (success or failure) in run ``run_id``."""
+    kinds = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+    started, seconds = {}, {}
+    for entry in instance.all_logs(run_id, of_type=kinds):
+        if entry.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+            started[entry.step_key] = entry.timestamp
+        elif entry.step_key in started:
+            seconds[entry.step_key] = entry.timestamp - started[entry.step_key]
+    return seconds
+
+
+#: Step-name prefixes and the stage of the default run they belong to (anything else computes
+#: representations).
+STAGES = (
+    ("pool_batch", "ingestion"),
+    ("selection_report", "reports"),
+    ("comparison_report", "reports"),
+    ("selection_", "selections"),
+    ("finetuned_", "fine-tuning"),
+    ("eval_", "evaluation"),
+)
+
+
+def stage_of(step: str) -> str:
+    return next((stage for prefix, stage in STAGES if step.startswith(prefix)), "representations")
 
 
 def execute(

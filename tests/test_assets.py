@@ -110,7 +110,7 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
             assert n == min(k, eligible) - json.loads(diag).get("under_fill", 0), key
         report = conn.execute("SELECT method, budget, size, noise_fraction FROM selection_report").fetchall()
         assert len(report) == 2 * len(with_assets) and all(0 <= r[3] <= 1 for r in report)
-        # the proxy defaults to the selection model: computed with it (nothing is copied), so the scores agree
+        # the proxy defaults to the selection model: its rows are the loss rows, copied under its code version
         same = conn.execute(
             "SELECT count(*) FROM loss_scores l JOIN proxy_loss_scores p USING (pool_id) "
             "WHERE l.ifd_ppl_ratio IS NOT DISTINCT FROM p.ifd_ppl_ratio AND p.code_version = 'proxy_loss_scores-1' "
@@ -127,6 +127,12 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
     assert ((home.root / "reports") / "selection_report.md").exists()
     # the loop is closed: base model and the default methods' models evaluated, report printed
     assert "vs random" in out and "(all tasks)" in out
+    # the selection table comes out before any fine-tuning; the time of each stage at the end
+    assert out.index("selections done in") < out.index("vs random")
+    assert out.index("\nfacility_location ") < out.index("selections done in")
+    stage_table = out[out.index("\nstage "):]
+    for stage in ("representations", "selections", "fine-tuning", "evaluation", "reports"):
+        assert f"\n{stage} " in stage_table
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         evaluated = conn.execute("SELECT DISTINCT method || '@' || budget FROM eval_scores").fetchall()
         assert {e for (e,) in evaluated} == {"base@0"} | {
