@@ -169,7 +169,7 @@ def part(args) -> None:
     print(f"{args.part}: {size_threads()}", file=sys.stderr)  # as every dsel model step does
     torch.manual_seed(0)
     device = pick_device(args.device)
-    items, _ = load_examples(args.n)
+    items = [tuple(item) for item in json.loads((Path(args.out) / "items.json").read_text())]
     model, tokenizer, state = setup(device)
     started = time.perf_counter()
     if args.part == "reference":
@@ -216,11 +216,12 @@ def main() -> None:
     if args.part:
         part(args)
         return
-    _, source = load_examples(args.n)
+    items, source = load_examples(args.n)  # once; every part reads the same examples from items.json
     load_before = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     parts = list(args.parts) + (["ours-contended"] if args.contend else [])
     env = {**os.environ, **({"DSEL_THREADS": str(args.threads)} if args.threads else {})}
     with tempfile.TemporaryDirectory() as out:
+        (Path(out) / "items.json").write_text(json.dumps(items))
         for name in parts:
             cmd = [
                 sys.executable,

@@ -23,12 +23,14 @@ def test_lance_partition_replacement_is_one_commit_and_leaves_other_batches(tmp_
     v2 = store.replace_partition("feat", rows("b", ["b1", "b2"], 2.0), partition="b")
     # replace batch a: a1 updated, a2 kept (updated), a3 gone, a4 new - in one commit
     v3 = store.replace_partition("feat", rows("a", ["a1", "a2", "a4"], 3.0), partition="a")
-    assert (v1, v2, v3) == (1, 2, 3) and store.version("feat") == 3
+    # version 1 is the empty dataset (created once, under a lock); then one commit per replacement
+    assert (v1, v2, v3) == (2, 3, 4) and store.version("feat") == 4
+    assert store.read("feat", version=1).num_rows == 0
     table = store.read("feat").sort_by("pool_id")
     assert table.column("pool_id").to_pylist() == ["a1", "a2", "a4", "b1", "b2"]
     assert table.column("x").to_pylist() == [3.0, 3.0, 3.0, 2.0, 2.0]
     assert store.read("feat", partitions=["b"]).num_rows == 2
-    assert store.read("feat", version=2).num_rows == 5  # time travel to before the replacement
+    assert store.read("feat", version=3).num_rows == 5  # time travel to before the replacement
     # replacing with an empty table empties that partition only
     store.replace_partition("feat", rows("a", [], 0.0), partition="a")
     assert sorted(store.read("feat").column("pool_id").to_pylist()) == ["b1", "b2"]
