@@ -244,11 +244,28 @@ def uncertainty_scores(name: str, table: str) -> Loader:
     return read
 
 
+def fits_in_memory(rows: int, dim: int) -> None:
+    """Refuse, saying what it would take, a pool gradient matrix that memory cannot hold: the
+    float32 matrix and the float16 copy it is read through (docs/SCALING.md: G2IS and KNN-KDE
+    passed 8 GB at 100k x 8192)."""
+    import psutil
+
+    need, available = rows * dim * 6, psutil.virtual_memory().available
+    if need > available:
+        raise MemoryError(
+            f"pool_gradients: {rows:,} x {dim} features need {need / 2**30:.1f} GiB in memory, "
+            f"{available / 2**30:.1f} GiB are available; pin a smaller gradient dimension on a new home "
+            "(DSEL_GRAD_DIM / --grad-dim) or use a method on the influence matrix (less, bids, round_robin)"
+        )
+
+
 def gradient_features(kind: str) -> Loader:
     """Gradient features of the latest warmup's last checkpoint: pool rows (``kind="pool"``; NaN
     rows where an example has none), or (query matrix, query tasks) (``kind="query"``)."""
 
     def read(ctx: LoadContext) -> tuple[Any, DatasetRef]:
+        if kind == "pool":
+            fits_in_memory(len(ctx.pool_ids), ctx.grad_settings.dim)
         with ctx.store.get_connection() as conn:
             warmup, _, manifest = latest_warmup(conn)
         last = max(c["epoch"] for c in manifest["checkpoints"])

@@ -187,3 +187,17 @@ def test_only_templated_representations_load_under_the_methods_template(monkeypa
         representation_registry.load(name, context)
     assert seen == {"ifd": "alpaca", "quality": "chat"}
     assert {s.name for s in REPRESENTATION_SPECS.values() if s.templated} == {"ifd", "superfiltering_ifd"}
+
+
+def test_a_pool_gradient_matrix_that_memory_cannot_hold_is_refused_with_what_it_needs(monkeypatch):
+    import psutil
+
+    from dsel_assets.representation_registry import fits_in_memory
+
+    class Memory:
+        available = 8 * 2**30
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory())
+    fits_in_memory(100_000, 8192)  # 4.6 GiB: fits
+    with pytest.raises(MemoryError, match=r"1,000,000 x 8192 features need 45.8 GiB in memory, 8.0 GiB"):
+        fits_in_memory(1_000_000, 8192)
