@@ -130,7 +130,7 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
     # the selection table comes out before any fine-tuning; the time of each stage at the end
     assert out.index("selections done in") < out.index("vs random")
     assert out.index("\nfacility_location ") < out.index("selections done in")
-    stage_table = out[out.index("\nstage "):]
+    stage_table = out[out.index("\nstage ") :]
     for stage in ("representations", "selections", "fine-tuning", "evaluation", "reports"):
         assert f"\n{stage} " in stage_table
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
