@@ -167,14 +167,18 @@ def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, t
         assert score == pytest.approx(less[(pid, "arithmetic")], abs=2e-3)
 
     resources = build_resources(home, model="tiny", device="cpu", grad_dim=64)
-    scorer, ref = load_representation(
-        "less_scorer",
-        resources["lance"],
-        resources["store"],
-        pool_ids,
-        resources["grad_settings"],
-        resources["selection_model"],
-    )
+
+    def load_scorer():
+        return load_representation(
+            "less_scorer",
+            resources["lance"],
+            resources["store"],
+            pool_ids,
+            resources["grad_settings"],
+            resources["selection_model"],
+        )
+
+    scorer, ref = load_scorer()
     asked = pool_ids[::3]
     stored, scorer.stored = scorer.stored, None  # first compute the gradients of the asked rows
     for task in sorted({t for _, t in less}):
@@ -184,14 +188,7 @@ def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, t
     scorer(asked[:2], "arithmetic")
     assert scorer.examples_computed == len(asked)  # answered from the score cache
     # the pool features the less selection stored are read back instead: same scores, no backward
-    reading = load_representation(
-        "less_scorer",
-        resources["lance"],
-        resources["store"],
-        pool_ids,
-        resources["grad_settings"],
-        resources["selection_model"],
-    )[0]
+    reading, _ = load_scorer()
     assert stored is not None and reading.stored is not None
     for task in sorted({t for _, t in less}):
         expected = np.array([less[(p, task)] for p in asked])

@@ -73,8 +73,6 @@ def test_a_missing_bucket_is_an_error(s3_environ, monkeypatch):
 
 
 def _write_partition(root: str, name: str, batch: str, environ: dict[str, str]) -> None:
-    import os
-
     os.environ.update(environ)
     ids = [f"{batch}-{i}" for i in range(200)]
     LanceStore(root=root).replace_partition(name, rows(batch, ids, 1.0), partition=batch)
