@@ -6,7 +6,9 @@ import torch
 
 from dsel_assets.core.models.embeddings import encode, load_encoder
 from dsel_assets.core.models.loading import (
+    MODEL_CACHE_ENV,
     _dequantized,
+    gguf_cache,
     load_causal_lm,
     load_tokenizer,
     model_hash,
@@ -46,6 +48,51 @@ def test_gguf_is_dequantized_once_and_each_load_is_an_independent_copy():
     assert second.model.embed_tokens.weight.abs().sum() > 0
     assert second.lm_head.weight is second.model.embed_tokens.weight  # tied weights stay tied
     assert _dequantized.cache_info().currsize == 1
+
+
+def _fresh_process_load(spec):
+    """What a new step process gets: nothing cached in memory."""
+    _dequantized.cache_clear()
+    load_tokenizer.cache_clear()
+    return load_causal_lm(spec, device="cpu"), load_tokenizer(spec)
+
+
+@pytest.fixture
+def forget_loaded_models():
+    """Later tests must not get a model or tokenizer loaded under this test's cache setting."""
+    yield
+    _dequantized.cache_clear()
+    load_tokenizer.cache_clear()
+
+
+@pytest.mark.usefixtures("forget_loaded_models")
+def test_dequantized_gguf_is_cached_on_disk_and_reloads_identically(tmp_path, monkeypatch):
+    spec = resolve("smollm2")
+    monkeypatch.setenv(MODEL_CACHE_ENV, "off")
+    reference, reference_tokenizer = _fresh_process_load(spec)  # straight from the GGUF
+    assert gguf_cache(spec) is None
+
+    monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path / "cache"))
+    _fresh_process_load(spec)  # dequantizes and writes the cache
+    folder = gguf_cache(spec)
+    assert (folder / "model.safetensors").is_file() and [p.name for p in folder.parent.iterdir()] == [folder.name]
+    cached, tokenizer = _fresh_process_load(spec)  # reads it
+    expected = reference.state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in cached.state_dict().items())
+    assert cached.lm_head.weight is cached.model.embed_tokens.weight
+    text = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n"
+    assert tokenizer(text).input_ids == reference_tokenizer(text).input_ids
+    assert tokenizer.chat_template == reference_tokenizer.chat_template
+    assert tokenizer.pad_token == reference_tokenizer.pad_token
+
+
+@pytest.mark.usefixtures("forget_loaded_models")
+def test_an_unwritable_model_cache_only_costs_speed(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(MODEL_CACHE_ENV, str(blocker / "cache"))
+    model, tokenizer = _fresh_process_load(resolve("smollm2"))
+    assert model.config.vocab_size == len(tokenizer) and list(tmp_path.iterdir()) == [blocker]
 
 
 def test_tiny_model_shares_the_tokenizer_and_is_seeded():
