@@ -5,10 +5,10 @@ import pytest
 
 from dsel_assets.core.select import _facility, build_config, get
 from dsel_assets.core.select._facility import FacilityLocation, dense_kernel, greedy, knn_kernel
-from dsel_assets.core.select.bids import normalise_columns
+from dsel_assets.core.select.bids import normalise_columns, task_scores
 from dsel_assets.core.select.mig import Labels, phi_prime
 from dsel_assets.core.select.novelselect import NovelSelectConfig, novelsum
-from dsel_assets.core.select.targeted import Influence
+from dsel_assets.core.select.targeted import Influence, eligible_rows
 
 
 def ids(n):
@@ -50,6 +50,22 @@ def test_bids_normalisation_top_k_and_affine_invariance():
     shifted = a * np.array([3.0, 0.5, 1, 10, 2, 1]) + np.array([5.0, -2, 0, 1, 7, -3])
     assert get("bids").select(ids(200), 30, build_config("bids"), influence=Influence(shifted, tasks)).ids == base.ids
     assert base.ids == [f"p{i:03d}" for i in naive_bids(a, tasks, 30)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bids_task_scores_in_blocks_equal_the_whole_matrix_definition(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(203, 7)).astype(np.float32)
+    a[:, 3] = 0.25  # a constant column z-scores to 0
+    a[rng.choice(203, 9, replace=False), rng.integers(0, 7)] = np.nan  # rows without features
+    rows = eligible_rows(a, block=10)
+    assert rows.tolist() == np.flatnonzero(np.isfinite(a).all(axis=1)).tolist()
+    labels = np.array(["x", "y", "x", "z", "y", "z", "z"])
+    z = normalise_columns(a[rows].astype(np.float64))
+    for reduce in (np.max, np.mean):
+        expected = np.stack([reduce(z[:, labels == t], axis=1) for t in ("x", "y", "z")], axis=1)
+        got = task_scores(a, rows, labels, ["x", "y", "z"], reduce, block=16)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def naive_bids(a, tasks, k):
@@ -118,6 +134,20 @@ def test_uot_mass_is_the_closed_form_of_a_free_pool_marginal():
     np.testing.assert_allclose(sel.scores, expected, rtol=1e-3)
     with pytest.raises(ValueError, match=r"uot.task: 'x' is not one of \['t'\]"):
         get("uot").select(ids(4), 4, build_config("uot", {"task": "x"}), influence=Influence(s, ("t", "t")))
+
+
+def test_uot_refuses_a_problem_memory_cannot_hold_with_what_it_needs(monkeypatch):
+    import psutil
+
+    from dsel_assets.core.select.uot import check_memory
+
+    class Memory:
+        available = 8 * 2**30
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory())
+    check_memory(500, 100_000)  # 3 x 8 B x 5e7 = 1.1 GiB: fits
+    with pytest.raises(MemoryError, match=r"500 query columns x 1,000,000 pool rows need 11.2 GiB .* 8.0 GiB"):
+        check_memory(500, 1_000_000)
 
 
 @pytest.mark.parametrize("kernel", ["cosine", "rbf", "dot"])

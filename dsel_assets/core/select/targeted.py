@@ -89,9 +89,11 @@ class Influence:
         }
 
 
-def eligible_rows(scores: np.ndarray) -> np.ndarray:
-    """Rows with a finite score in every column (no gradient feature = not eligible)."""
-    return np.flatnonzero(np.isfinite(scores).all(axis=1))
+def eligible_rows(scores: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """Rows with a finite score in every column (no gradient feature = not eligible), checked
+    block by block (a whole-matrix mask of 1M x 500 would be another 500 MB)."""
+    found = [np.flatnonzero(np.isfinite(scores[s : s + block]).all(axis=1)) + s for s in range(0, len(scores), block)]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

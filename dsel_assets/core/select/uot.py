@@ -26,6 +26,20 @@ class UotConfig(TargetedConfig):
             raise ValueError(f"uot: reg and reg_target must be > 0, got {self.reg}, {self.reg_target}")
 
 
+def check_memory(queries: int, pool: int) -> None:
+    """Refuse, with what it would take, a problem memory cannot hold: POT's Sinkhorn keeps
+    three float64 [queries, pool] matrices (cost, kernel, plan) - 11 GiB at 500 x 1M."""
+    import psutil
+
+    need, available = 3 * 8 * queries * pool, psutil.virtual_memory().available
+    if need > available:
+        raise MemoryError(
+            f"uot: {queries} query columns x {pool:,} pool rows need {need / 2**30:.1f} GiB "
+            f"(three float64 matrices), {available / 2**30:.1f} GiB are available; set uot.task to "
+            "one target task's columns, or use bids / round_robin / less (they stream the matrix)"
+        )
+
+
 @register(
     "uot",
     family="targeted",
@@ -42,6 +56,7 @@ def select(ids, k: int, config: UotConfig, *, influence: Influence) -> Selection
     rows = eligible_rows(scores)
     if len(rows) == 0 or k == 0:
         return Selection("uot", [], [], diagnostics={"eligible": len(rows)})
+    check_memory(scores.shape[1], len(rows))
     cost = (1.0 - np.clip(scores[rows].T.astype(np.float64), -1.0, 1.0)) / 2.0  # [M, N]
     a = np.full(cost.shape[0], 1.0 / cost.shape[0])
     b = np.full(cost.shape[1], 1.0 / cost.shape[1])
