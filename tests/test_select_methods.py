@@ -136,6 +136,23 @@ def test_uot_mass_is_the_closed_form_of_a_free_pool_marginal():
         get("uot").select(ids(4), 4, build_config("uot", {"task": "x"}), influence=Influence(s, ("t", "t")))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_cosine_neighbours_and_kde_density_match_brute_force(seed):
+    from dsel_assets.core.select.knn_tsds import kde_density
+    from dsel_assets.core.select.targeted import cosine_neighbours
+
+    x = np.random.default_rng(seed).normal(size=(300, 24)).astype(np.float16)  # as read from Lance
+    unit = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    cos = unit @ unit.T
+    nearest = np.argsort(-cos, axis=1, kind="stable")[:, :6]
+    _, sims, neighbours = cosine_neighbours(x, 6)
+    assert (neighbours[:, 0] == np.arange(300)).all()  # itself first
+    assert [set(r) for r in neighbours.tolist()] == [set(r) for r in nearest.tolist()]
+    np.testing.assert_allclose(sims, np.take_along_axis(cos, nearest, axis=1), atol=1e-5)
+    expected = np.exp(-(1.0 - np.take_along_axis(cos, nearest, axis=1)) / 0.1).sum(axis=1)
+    np.testing.assert_allclose(kde_density(x, 5, 0.1), expected, rtol=1e-4)
+
+
 def test_uot_refuses_a_problem_memory_cannot_hold_with_what_it_needs(monkeypatch):
     import psutil
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .base import Selection, check_inputs
 from .registry import register
-from .targeted import TargetedConfig
+from .targeted import TargetedConfig, cosine_neighbours
 
 
 @dataclass(frozen=True)
@@ -39,19 +39,14 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def g2is_order(pool: np.ndarray, queries: np.ndarray, k: int, config: G2isConfig) -> tuple[list[int], dict]:
-    import faiss
-
     q = queries - queries.mean(axis=0)
     _, sv, vt = np.linalg.svd(q, full_matrices=False)
     variance = sv**2 / max((sv**2).sum(), 1e-12)
     n_comp = int(np.searchsorted(np.cumsum(variance), config.val_k) + 1)
     directions = vt[:n_comp] * np.sign(vt[:n_comp] @ queries.mean(axis=0) + 1e-12)[:, None]
     budgets = component_budgets(variance[:n_comp], k)
-    g = np.ascontiguousarray(pool, dtype=np.float32)
-    unit = g / np.linalg.norm(g, axis=1, keepdims=True).clip(min=1e-12)
-    index = faiss.IndexFlatIP(unit.shape[1])
-    index.add(unit)
-    _, neighbours = index.search(unit, min(config.n_neighbors + 1, len(unit)))
+    g = np.asarray(pool, dtype=np.float32)
+    unit, _, neighbours = cosine_neighbours(g, config.n_neighbors + 1)
     taken = np.zeros(len(g), dtype=bool)
     order: list[int] = []
     filled = []

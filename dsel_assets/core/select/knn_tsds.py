@@ -11,7 +11,7 @@ import numpy as np
 
 from .base import Selection, check_inputs
 from .registry import register
-from .targeted import Influence, TargetedConfig, eligible_rows
+from .targeted import Influence, TargetedConfig, cosine_neighbours, eligible_rows
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,7 @@ def query_mass(scores: np.ndarray, neighbors: int, weights: np.ndarray | None = 
 
 def kde_density(x: np.ndarray, neighbors: int, bandwidth: float) -> np.ndarray:
     """Gaussian-type kernel density of each row among its nearest other rows (cosine)."""
-    import faiss
-
-    u = np.ascontiguousarray(x, dtype=np.float32)
-    u = u / np.linalg.norm(u, axis=1, keepdims=True).clip(min=1e-12)
-    index = faiss.IndexFlatIP(u.shape[1])
-    index.add(u)
-    sims, _ = index.search(u, min(neighbors + 1, len(u)))
+    _, sims, _ = cosine_neighbours(x, neighbors + 1)
     return np.exp(-(1.0 - sims) / bandwidth).sum(axis=1)  # includes itself: density >= 1
 
 
@@ -90,5 +84,6 @@ def knn_kde(ids, k: int, config: KnnKdeConfig, *, influence: Influence, pool_gra
     ids = check_inputs(ids, influence=influence.scores, pool_gradients=pool_gradients)
     scores = influence.columns("knn_kde", config.task)
     rows = eligible_rows(scores)
-    density = kde_density(np.asarray(pool_gradients)[rows], config.density_neighbors, config.bandwidth)
+    pool = pool_gradients if len(rows) == len(pool_gradients) else np.asarray(pool_gradients)[rows]
+    density = kde_density(pool, config.density_neighbors, config.bandwidth)
     return _rank("knn_kde", ids, rows, query_mass(scores[rows], config.neighbors, 1.0 / density), k)

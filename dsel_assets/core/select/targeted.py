@@ -96,6 +96,18 @@ def eligible_rows(scores: np.ndarray, block: int = 65_536) -> np.ndarray:
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
+def cosine_neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unit rows, similarities [N, k], neighbours [N, k]): each row's ``k`` most cosine-similar
+    rows, itself among them, by exact search (faiss). One float32 copy of ``x``, normalised in
+    place; no index copy (8192-d pool gradients: 3.3 GB per copy at 100k rows)."""
+    import faiss
+
+    unit = np.array(x, dtype=np.float32, order="C")
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True).clip(min=1e-12)
+    sims, neighbours = faiss.knn(unit, unit, min(k, len(unit)), metric=faiss.METRIC_INNER_PRODUCT)
+    return unit, sims, neighbours
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float64)
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
