@@ -228,6 +228,11 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
                 }
             )
             cluster = Deployment(tmp_path / "cluster", cluster_env, fresh_per_step=True)
+            # a deployment sets its pool limits once (`dagster instance concurrency set`); left to
+            # the first steps, two of them starting together race to insert the same row in
+            # Dagster's PostgreSQL storage and one fails (UniqueViolation on the "gpu" key)
+            set_limit = "import os, dagster as dg; dg.DagsterInstance.from_config(os.environ['DSEL_DAGSTER_HOME'])"
+            cluster.run(["-c", f"{set_limit}.event_log_storage.set_concurrency_slots('gpu', 2)"], "gpu-pool")
             cluster.ingest(paths)
             with psycopg.connect(dsn) as conn:
                 cluster_batches = sorted(queries.rows_matching(conn, "batches", ["batch"], {"split": "pool"})["batch"])
