@@ -61,7 +61,7 @@ def spawn(tmp_path, home):
     """Start the child job (mode, seconds) with its output in a file; kills what is left at the end."""
     script = tmp_path / "child.py"
     script.write_text(CHILD, encoding="utf-8")
-    env = {**os.environ, "DAGSTER_HOME": str(home.dagster), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "DAGSTER_HOME": str(home.dagster), "PYTHONPATH": str(ROOT)}
     started: list[tuple[subprocess.Popen, Path]] = []
 
     def start(mode: str, seconds: float) -> tuple[subprocess.Popen, Path]:
@@ -88,6 +88,17 @@ def until(predicate, timeout: float = 60.0):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s")
+
+
+def wait_or_dump(proc: subprocess.Popen, out: Path, timeout: float) -> int:
+    """``proc``'s exit status; if it is still alive after ``timeout`` s, fail with the stacks of its
+    threads (SIGABRT makes the child's faulthandler write them to its log)."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(10)
+        raise AssertionError(f"still running {timeout} s later; its log and stacks:\n{out.read_text()}") from None
 
 
 def gpu_holders(instance) -> set[str]:
@@ -156,7 +167,7 @@ def test_ctrl_c_stops_a_waiting_run_at_once(instance, spawn, mode):
     until(lambda: "waiting for the 'gpu' slot" in out.read_text())
     sent = time.monotonic()
     waiter.send_signal(signal.SIGINT)
-    returncode = waiter.wait(20)
+    returncode = wait_or_dump(waiter, out, 20)
     assert time.monotonic() - sent < 10  # 1 s unloaded; slack for a busy CI machine
     assert returncode in (130, -signal.SIGINT) and "KeyboardInterrupt" in out.read_text()
     assert gpu_holders(instance) == {run_id}  # the waiter's pending claim is gone, the holder keeps its slot
