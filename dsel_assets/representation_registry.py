@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from dsel_assets.core.memory import require_memory
 from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.targeted import Influence
 from dsel_assets.gradient_scorer import load_less_scorer
@@ -248,15 +249,12 @@ def fits_in_memory(rows: int, dim: int) -> None:
     """Refuse, saying what it would take, a pool gradient matrix that memory cannot hold: the
     float32 matrix and the float16 copy it is read through (docs/SCALING.md: G2IS and KNN-KDE
     passed 8 GB at 100k x 8192)."""
-    import psutil
-
-    need, available = rows * dim * 6, psutil.virtual_memory().available
-    if need > available:
-        raise MemoryError(
-            f"pool_gradients: {rows:,} x {dim} features need {need / 2**30:.1f} GiB in memory, "
-            f"{available / 2**30:.1f} GiB are available; pin a smaller gradient dimension on a new home "
-            "(DSEL_GRAD_DIM / --grad-dim) or use a method on the influence matrix (less, bids, round_robin)"
-        )
+    require_memory(
+        rows * dim * 6,
+        f"pool_gradients: {rows:,} x {dim} features",
+        "pin a smaller gradient dimension on a new home (DSEL_GRAD_DIM / --grad-dim) or use a method on the "
+        "influence matrix (less, bids, round_robin)",
+    )
 
 
 def gradient_features(kind: str) -> Loader:

@@ -173,6 +173,35 @@ def test_kmeans_centroids_takes_one_point_per_well_separated_cluster():
     assert sorted(ids.index(i) // 30 for i in sel.ids) == [0, 1, 2, 3]
 
 
+def nearest_unused_by_definition(x, centroids, k):
+    """Each centroid in turn takes the first unused row of its stable argsort by squared L2."""
+    taken, rows = set(), []
+    for centroid in centroids[:k]:
+        distances = ((x - centroid) ** 2).sum(axis=1)
+        rows.append(next(int(j) for j in np.argsort(distances, kind="stable") if int(j) not in taken))
+        taken.add(rows[-1])
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_kmeans_centroids_nearest_unused_rows_match_the_definition(seed):
+    """The searched shortcut makes the same picks as scanning every row for every centroid,
+    with duplicate rows (ties), centroids on rows and repeated centroids (collisions), and with
+    one candidate per centroid (mostly full scans)."""
+    from dsel_assets.core.select.kmeans_centroids import nearest_unused
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    x[rng.integers(300, size=40)] = x[rng.integers(300, size=40)]  # duplicated rows
+    centroids = np.concatenate([rng.normal(size=(30, 8)), x[rng.integers(300, size=20)]]).astype(np.float32)
+    centroids[rng.integers(50, size=10)] = centroids[rng.integers(50, size=10)]  # repeated centroids
+    k = int(rng.integers(1, 51))
+    expected = nearest_unused_by_definition(x, centroids, k)
+    assert nearest_unused(x, centroids, k)[0] == expected
+    assert nearest_unused(x, centroids, k, candidates=3)[0] == expected  # some searched, some scanned
+    assert nearest_unused(x, centroids, k, candidates=1)[0] == expected
+
+
 def test_budget_parsing():
     assert Budget.parse("5%").count(600) == 30
     assert Budget.parse(0.05).count(601) == 30  # floor(p * N)

@@ -167,6 +167,21 @@ def test_uot_refuses_a_problem_memory_cannot_hold_with_what_it_needs(monkeypatch
         check_memory(500, 1_000_000)
 
 
+def test_novelselect_refuses_a_budget_memory_cannot_hold_before_any_work(monkeypatch):
+    import psutil
+
+    from dsel_assets.core.select import build_config, get
+
+    class Memory:
+        available = 8 * 2**30
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory())
+    ids = [f"p{i}" for i in range(100_000)]
+    x = np.zeros((100_000, 2), dtype=np.float32)  # never read: the refusal comes first
+    with pytest.raises(MemoryError, match=r"100,000 pool rows x a budget of 5,000 need 11.2 GiB in memory, 8.0 GiB"):
+        get("novelselect").select(ids, 5_000, build_config("novelselect"), sentence_embeddings=x)  # 3 x 8 x 1e5 x 4999
+
+
 @pytest.mark.parametrize("kernel", ["cosine", "rbf", "dot"])
 def test_facility_location_lazy_equals_naive(kernel):
     x = np.random.default_rng(3).normal(size=(120, 8)).astype(np.float32)

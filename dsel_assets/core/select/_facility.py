@@ -23,6 +23,8 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import sparse
 
+from ._neighbours import EXACT_SEARCH_ROWS, describe_search, search_index
+
 KERNELS = ("cosine", "rbf", "dot", "precomputed", "knn")
 OPTIMIZERS = ("lazy", "naive", "stochastic")
 TILE_ROWS = 2048  # dense kernel rows per matrix product (a 2048 x N float32 tile beside the kernel)
@@ -95,9 +97,12 @@ def dense_kernel(x: np.ndarray, kind: str, gamma: float) -> np.ndarray:
     return out
 
 
-def _neighbour_blocks(x, kind: str, gamma: float, k: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+def _neighbour_blocks(
+    x, kind: str, gamma: float, k: int, exact_rows: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(first row, sims [b, k], neighbours [b, k], self-similarity [b]) per block of rows: the
-    ``k`` most similar points of each row, by exact search (faiss) or partition of the rows."""
+    ``k`` most similar points of each row, by faiss search (exact up to ``exact_rows`` rows,
+    IVF beyond) or partition of the rows."""
     n = len(x)
     if kind == "precomputed":
         for lo, hi in _row_blocks(n, 12 * n):  # the float32 rows and their int64 partition
@@ -105,11 +110,8 @@ def _neighbour_blocks(x, kind: str, gamma: float, k: int) -> Iterator[tuple[int,
             nbrs = np.argpartition(-rows, k - 1, axis=1)[:, :k]
             yield lo, np.take_along_axis(rows, nbrs, axis=1), nbrs, rows[np.arange(hi - lo), np.arange(lo, hi)]
         return
-    import faiss
-
     x = unit_rows(x) if kind == "cosine" else np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatL2(x.shape[1]) if kind == "rbf" else faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
+    index = search_index(x, inner_product=kind != "rbf", exact_rows=exact_rows)
     for lo in range(0, n, SEARCH_ROWS):
         block = x[lo : lo + SEARCH_ROWS]
         scores, nbrs = index.search(block, k)
@@ -119,15 +121,18 @@ def _neighbour_blocks(x, kind: str, gamma: float, k: int) -> Iterator[tuple[int,
             yield lo, scores, nbrs, np.einsum("ij,ij->i", block, block)
 
 
-def knn_kernel(x, n_neighbors: int, kind: str = "cosine", gamma: float = 1.0) -> sparse.csr_matrix:
+def knn_kernel(
+    x, n_neighbors: int, kind: str = "cosine", gamma: float = 1.0, exact_rows: int = EXACT_SEARCH_ROWS
+) -> sparse.csr_matrix:
     """Sparse kernel (clipped at 0): point v keeps sim(v, c) for its ``n_neighbors`` most
-    similar c and for itself; other entries count as 0, so FL under it never exceeds the
-    dense FL. Returned transposed (row c = the points c covers) for fast gain updates."""
+    similar c (found by exact search up to ``exact_rows`` points, approximate beyond) and for
+    itself; other entries count as 0, so FL under it never exceeds the dense FL. Returned
+    transposed (row c = the points c covers) for fast gain updates."""
     n = len(x)
     k = min(n_neighbors + 1, n)
     data = np.empty((n, k), dtype=np.float32)
     indices = np.empty((n, k), dtype=np.int32)
-    for lo, sims, nbrs, self_sim in _neighbour_blocks(x, kind, gamma, k):
+    for lo, sims, nbrs, self_sim in _neighbour_blocks(x, kind, gamma, k, exact_rows):
         hi = lo + len(sims)
         rows = np.arange(lo, hi)
         missing = ~(nbrs == rows[:, None]).any(axis=1)  # itself outranked (duplicates): replaces the last
@@ -144,10 +149,13 @@ def _mb(size: int) -> str:
     return f"{size / 2**20:,.2f} MB"
 
 
-def build_kernel(x, kind: str, gamma: float, n_neighbors: int, memory_cap_mb: float):
+def build_kernel(
+    x, kind: str, gamma: float, n_neighbors: int, memory_cap_mb: float, exact_search_rows: int = EXACT_SEARCH_ROWS
+):
     """(covers, description): dense when N^2 float32 fits the cap, else the sparse kNN graph
-    of the same kernel when that fits, else a ``ValueError`` naming both memories.
-    ``knn`` is the sparse cosine kernel at any size; ``precomputed`` takes x = S [N, N]."""
+    of the same kernel when that fits (its neighbours searched exactly up to
+    ``exact_search_rows`` points, by faiss IVF beyond), else a ``ValueError`` naming both
+    memories. ``knn`` is the sparse cosine kernel at any size; ``precomputed`` takes x = S [N, N]."""
     if kind not in KERNELS:
         raise ValueError(f"kernel: {kind!r} is not one of {KERNELS}")
     n = len(x)
@@ -157,9 +165,11 @@ def build_kernel(x, kind: str, gamma: float, n_neighbors: int, memory_cap_mb: fl
     if kind != "knn" and dense_bytes(n) <= cap:
         return dense_kernel(x, kind, gamma), kind
     if sparse_bytes(n, n_neighbors) <= cap:
+        covers = knn_kernel(x, n_neighbors, "cosine" if kind == "knn" else kind, gamma, exact_search_rows)
+        search = "" if kind == "precomputed" else f", {describe_search(n, exact_search_rows)}"
         if kind == "knn":
-            return knn_kernel(x, n_neighbors), "knn"
-        return knn_kernel(x, n_neighbors, kind, gamma), f"knn {kind} (dense {_mb(dense_bytes(n))} over memory_cap_mb)"
+            return covers, f"knn ({search[2:]})"
+        return covers, f"knn {kind} (dense {_mb(dense_bytes(n))} over memory_cap_mb{search})"
     raise ValueError(
         f"memory_cap_mb: a {kind} kernel for {n} points needs {_mb(dense_bytes(n))} dense or "
         f"{_mb(sparse_bytes(n, n_neighbors))} as a {n_neighbors}-neighbour graph, over the cap of "

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from ._facility import FacilityLocation, build_kernel, greedy
+from ._neighbours import check_exact_search_rows, exact_search_field
 from .base import Selection, check_inputs
 from .registry import register
 
@@ -21,10 +22,12 @@ class ExpDesignHybridConfig:
     )
     n_neighbors: int = field(default=50, metadata={"help": "sparse kNN kernel beyond the memory cap"})
     memory_cap_mb: float = field(default=2048.0, metadata={"help": "largest dense N x N kernel allowed"})
+    exact_search_rows: int = exact_search_field()
 
     def __post_init__(self) -> None:
         if self.weight < 0:
             raise ValueError(f"expdesign_hybrid.weight: must be >= 0, got {self.weight}")
+        check_exact_search_rows("expdesign_hybrid", self.exact_search_rows)
 
 
 @register(
@@ -50,7 +53,9 @@ def select(
     u[valid] = (values[valid] - values[valid].min()) / span if span > 0 else 1.0
     if config.score.endswith("margin"):  # small margin = uncertain
         u[valid] = 1.0 - u[valid]
-    covers, kind = build_kernel(sentence_embeddings, "cosine", 1.0, config.n_neighbors, config.memory_cap_mb)
+    covers, kind = build_kernel(
+        sentence_embeddings, "cosine", 1.0, config.n_neighbors, config.memory_cap_mb, config.exact_search_rows
+    )
     objective = FacilityLocation(covers, weight=1.0 / len(ids), modular=config.weight * u)
     order, gains = greedy(objective, k, "lazy", candidates=valid)
     return Selection(

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from ._facility import FacilityLocation, build_kernel, greedy
+from ._neighbours import check_exact_search_rows, exact_search_field
 from .base import Selection, check_inputs
 from .registry import register
 
@@ -29,12 +30,14 @@ class FacilityLocationConfig:
     memory_cap_mb: float = field(
         default=2048.0, metadata={"help": "dense N x N kernel up to this, else the sparse kNN graph, else refused"}
     )
+    exact_search_rows: int = exact_search_field()
     epsilon: float = field(default=0.1, metadata={"help": "stochastic greedy: sample (N/k) log(1/eps) per step"})
     seed: int = field(default=0, metadata={"help": "stochastic greedy seed"})
 
     def __post_init__(self) -> None:
         if self.n_neighbors < 1:
             raise ValueError(f"facility_location.n_neighbors: must be >= 1, got {self.n_neighbors}")
+        check_exact_search_rows("facility_location", self.exact_search_rows)
         if not 0 < self.epsilon < 1:
             raise ValueError(f"facility_location.epsilon: must be in (0, 1), got {self.epsilon}")
         if (self.kernel == "precomputed") != bool(self.similarity_path):
@@ -70,7 +73,9 @@ def select(ids, k: int, config: FacilityLocationConfig, *, sentence_embeddings: 
     if config.kernel == "precomputed":
         x = load_similarity(config.similarity_path)
         check_inputs(ids, similarity=x)
-    covers, kind = build_kernel(x, config.kernel, config.gamma, config.n_neighbors, config.memory_cap_mb)
+    covers, kind = build_kernel(
+        x, config.kernel, config.gamma, config.n_neighbors, config.memory_cap_mb, config.exact_search_rows
+    )
     order, gains = greedy(FacilityLocation(covers), k, config.optimizer, epsilon=config.epsilon, seed=config.seed)
     return Selection(
         "facility_location", [str(i) for i in ids[order]], gains, diagnostics={"eligible": len(ids), "kernel": kind}

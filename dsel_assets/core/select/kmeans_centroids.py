@@ -38,22 +38,50 @@ def select(ids, k: int, config: KMeansCentroidsConfig, *, sentence_embeddings: n
         return Selection("kmeans_centroids", [], [], diagnostics={"eligible": len(ids)})
     centroids, assignment = kmeans(sentence_embeddings, k, config.seed, config.iterations)
     sizes = np.bincount(assignment, minlength=len(centroids))
-    x = np.asarray(sentence_embeddings, dtype=np.float32)
-    taken = np.zeros(len(ids), dtype=bool)
-    picks, scores = [], []
-    for c in np.argsort(-sizes, kind="stable"):
-        distances = ((x - centroids[c]) ** 2).sum(axis=1)
-        for j in np.argsort(distances, kind="stable"):
-            if not taken[j]:
-                taken[j] = True
-                picks.append(str(ids[j]))
-                scores.append(float(sizes[c]))
-                break
-        if len(picks) == k:
-            break
+    order = np.argsort(-sizes, kind="stable")
+    rows, scanned = nearest_unused(np.asarray(sentence_embeddings, dtype=np.float32), centroids[order], k)
     return Selection(
         "kmeans_centroids",
-        picks,
-        scores,
-        diagnostics={"eligible": len(ids), "clusters": len(centroids), "empty_clusters": int((sizes == 0).sum())},
+        [str(ids[j]) for j in rows],
+        [float(sizes[c]) for c in order[: len(rows)]],
+        diagnostics={
+            "eligible": len(ids),
+            "clusters": len(centroids),
+            "empty_clusters": int((sizes == 0).sum()),
+            "full_scans": scanned,
+        },
     )
+
+
+def nearest_unused(x: np.ndarray, centroids: np.ndarray, k: int, candidates: int = 16) -> tuple[list[int], int]:
+    """(rows, full scans): for each centroid in turn, the row of ``x`` nearest it (squared L2,
+    ties to the lowest row) that no earlier centroid took, until ``k`` rows.
+
+    One faiss search finds each centroid's ``candidates`` nearest rows; their distances are
+    recomputed exactly, and the best unused one is the answer when it is nearer than the
+    search's last candidate by more than the search's rounding. Otherwise (its candidates
+    taken, or too close to call) that centroid scans every row, as the plain definition does."""
+    import faiss
+
+    m = min(candidates, len(x))
+    bound, found = faiss.knn(centroids, x, m)  # squared L2 via norms: rounding ~ eps (|x|^2 + |c|^2)
+    slack = 1e-4 * (float(np.einsum("ij,ij->i", x, x).max()) + np.einsum("ij,ij->i", centroids, centroids))
+    taken = np.zeros(len(x), dtype=bool)
+    rows: list[int] = []
+    scans = 0
+    for c, centroid in enumerate(centroids):
+        near = np.sort(found[c][(found[c] >= 0) & ~taken[found[c]]])
+        distances = ((x[near] - centroid) ** 2).sum(axis=1)
+        best = int(np.argmin(distances)) if len(near) else -1  # argmin: first of equals = lowest row
+        if best >= 0 and (m == len(x) or distances[best] < bound[c, -1] - slack[c]):
+            pick = int(near[best])
+        else:
+            scans += 1
+            everything = ((x - centroid) ** 2).sum(axis=1)
+            everything[taken] = np.inf
+            pick = int(np.argmin(everything))
+        taken[pick] = True
+        rows.append(pick)
+        if len(rows) == k:
+            break
+    return rows, scans

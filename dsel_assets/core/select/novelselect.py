@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..memory import require_memory
 from .base import Selection, check_inputs
 from .registry import register
 
@@ -96,6 +97,17 @@ def novelsum(x: np.ndarray, config: NovelSelectConfig = NovelSelectConfig(), blo
     return total / n
 
 
+def check_memory(n: int, k: int) -> None:
+    """Refuse, with what it would take, a budget whose distance table memory cannot hold: by the
+    last step the N x (k - 1) float64 table exists three times (it, its extension, its sort)."""
+    require_memory(
+        3 * 8 * n * (k - 1),
+        f"novelselect: {n:,} pool rows x a budget of {k:,}",
+        "its greedy keeps every row's sorted distances to the whole selection; use a smaller budget "
+        "or pool, or kcenter_greedy / facility_location for diversity at this size",
+    )
+
+
 @register(
     "novelselect",
     family="diversity",
@@ -110,6 +122,7 @@ def select(ids, k: int, config: NovelSelectConfig, *, sentence_embeddings: np.nd
     ids = check_inputs(ids, sentence_embeddings=sentence_embeddings)
     if k == 0:
         return Selection("novelselect", [], [], diagnostics={"eligible": len(ids)})
+    check_memory(len(ids), min(k, len(ids)))
     first = int(np.random.default_rng(config.seed).integers(len(ids)))
     order, gains = novelselect_order(sentence_embeddings, k, first, config)
     return Selection("novelselect", [str(i) for i in ids[order]], gains, diagnostics={"eligible": len(ids)})

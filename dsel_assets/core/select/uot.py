@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..memory import require_memory
 from .base import Selection, check_inputs
 from .registry import register
 from .targeted import Influence, TargetedConfig, eligible_rows
@@ -29,15 +30,12 @@ class UotConfig(TargetedConfig):
 def check_memory(queries: int, pool: int) -> None:
     """Refuse, with what it would take, a problem memory cannot hold: POT's Sinkhorn keeps
     three float64 [queries, pool] matrices (cost, kernel, plan) - 11 GiB at 500 x 1M."""
-    import psutil
-
-    need, available = 3 * 8 * queries * pool, psutil.virtual_memory().available
-    if need > available:
-        raise MemoryError(
-            f"uot: {queries} query columns x {pool:,} pool rows need {need / 2**30:.1f} GiB "
-            f"(three float64 matrices), {available / 2**30:.1f} GiB are available; set uot.task to "
-            "one target task's columns, or use bids / round_robin / less (they stream the matrix)"
-        )
+    require_memory(
+        3 * 8 * queries * pool,
+        f"uot: {queries} query columns x {pool:,} pool rows",
+        "Sinkhorn holds three float64 matrices of that size; set uot.task to one target task's columns, "
+        "or use bids / round_robin / less (they stream the matrix)",
+    )
 
 
 @register(
