@@ -203,11 +203,27 @@ def peak_mb() -> float:
     return float("nan")
 
 
+def limit_available_memory(cap_bytes: int) -> None:
+    """Make psutil report at most ``cap_bytes`` available, so a selector that checks memory
+    before it starts (uot, novelselect, the gradient loader) refuses as it would on a machine
+    with only the cap free, instead of running until the parent stops it."""
+    import psutil
+
+    real = psutil.virtual_memory
+
+    def capped():
+        memory = real()
+        return memory._replace(available=min(memory.available, cap_bytes))
+
+    psutil.virtual_memory = capped
+
+
 def child(args) -> None:
     """One measurement in this process; prints one JSON line."""
     from dsel_assets.core.select.registry import build_config, get
 
     n, cache = args.n, Path(args.cache)
+    limit_available_memory(int(args.memory_cap_gb * 2**30))
     try:
         if args.measure == "influence":
             result = measure_influence(cache, n)
@@ -316,7 +332,9 @@ def main() -> None:
     parser.add_argument("--memory-cap-gb", type=float, default=8.0, help="resident memory before one is stopped")
     parser.add_argument("--only", nargs="*", help="methods to measure (default: every model-free one)")
     parser.add_argument("--write", help="markdown file to write the table to")
-    parser.add_argument("--fresh", action="store_true", help="measure again what results.json in the cache holds")
+    parser.add_argument(
+        "--fresh", action="store_true", help="measure the --only methods (default: all) again, not from results.json"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -331,12 +349,13 @@ def main() -> None:
         file=sys.stderr,
     )
     prepare(Path(args.cache), args.sizes)
-    saved = Path(args.cache) / "results.json"  # every measurement, kept for reruns (--fresh ignores it)
+    saved = Path(args.cache) / "results.json"  # every measurement, kept for reruns
+    kept = json.loads(saved.read_text()) if saved.exists() else {}
+    again = set(args.only or methods) if args.fresh else set()  # --fresh: measure these again
     results: dict[str, dict[int, dict]] = {m: {} for m in methods}
-    if saved.exists() and not args.fresh:
-        for method, by_n in json.loads(saved.read_text()).items():
-            if method in results:
-                results[method] = {int(n): r for n, r in by_n.items() if int(n) in args.sizes}
+    for method, by_n in kept.items():
+        if method in results and method not in again:
+            results[method] = {int(n): r for n, r in by_n.items() if int(n) in args.sizes}
     for n in args.sizes:
         for method in methods:
             if n in results[method]:
@@ -350,7 +369,8 @@ def main() -> None:
                 continue
             results[method][n] = run_one(method, n, args)
             print(f"  {method} N={n}: {json.dumps(results[method][n])}", file=sys.stderr, flush=True)
-            saved.write_text(json.dumps(results))
+            kept.setdefault(method, {})[str(n)] = results[method][n]
+            saved.write_text(json.dumps(kept))
         report = summary(results, args, load, done=args.sizes[: args.sizes.index(n) + 1])
         if args.write:  # after every size, so a long run leaves what it measured
             write_between_markers(Path(args.write), report)

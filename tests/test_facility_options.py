@@ -97,9 +97,9 @@ def test_exact_search_rows_is_a_checked_option_reported_in_the_diagnostics():
     # 4 sqrt(400) = 80 cells, rounded to 2^6; 64 / 32 = 2 probed, raised to the floor of 8
     assert sel.diagnostics["kernel"] == "knn (approximate search: IVF, 64 cells, 8 probed per row)"
     assert select_fl(x, 20, kernel="knn", n_neighbors=10).diagnostics["kernel"] == "knn (exact search)"
-    for method in ("facility_location", "qdit", "expdesign_hybrid"):
-        with pytest.raises(ValueError, match=f"{method}.exact_search_rows: must be >= 1"):
-            build_config(method, {"exact_search_rows": "0"})
+    for method in ("facility_location", "qdit", "expdesign_hybrid", "g2is", "knn_kde"):
+        with pytest.raises(ValueError, match=f"{method}.exact_search_rows: must be >= 0"):
+            build_config(method, {"exact_search_rows": "-1"})
 
 
 def test_sparse_graph_keeps_each_point_and_its_neighbours_in_blocks(monkeypatch):

@@ -145,12 +145,16 @@ def test_cosine_neighbours_and_kde_density_match_brute_force(seed):
     unit = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     cos = unit @ unit.T
     nearest = np.argsort(-cos, axis=1, kind="stable")[:, :6]
-    _, sims, neighbours = cosine_neighbours(x, 6)
+    norms, sims, neighbours = cosine_neighbours(x, 6)
+    np.testing.assert_allclose(norms, np.linalg.norm(x.astype(np.float64), axis=1), rtol=1e-6)
     assert (neighbours[:, 0] == np.arange(300)).all()  # itself first
     assert [set(r) for r in neighbours.tolist()] == [set(r) for r in nearest.tolist()]
     np.testing.assert_allclose(sims, np.take_along_axis(cos, nearest, axis=1), atol=1e-5)
     expected = np.exp(-(1.0 - np.take_along_axis(cos, nearest, axis=1)) / 0.1).sum(axis=1)
     np.testing.assert_allclose(kde_density(x, 5, 0.1), expected, rtol=1e-4)
+    _, sims, neighbours = cosine_neighbours(x, 6, exact_rows=1)  # IVF: what it finds, it measures exactly
+    np.testing.assert_allclose(sims, np.take_along_axis(cos, neighbours, axis=1), atol=1e-5)
+    assert (np.diff(sims, axis=1) <= 1e-6).all() and (neighbours[:, 0] == np.arange(300)).all()
 
 
 def test_uot_refuses_a_problem_memory_cannot_hold_with_what_it_needs(monkeypatch):

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import sparse
 
-from ._neighbours import EXACT_SEARCH_ROWS, describe_search, search_index
+from ._neighbours import describe_search, search_index
 
 KERNELS = ("cosine", "rbf", "dot", "precomputed", "knn")
 OPTIMIZERS = ("lazy", "naive", "stochastic")
@@ -101,8 +101,8 @@ def _neighbour_blocks(
     x, kind: str, gamma: float, k: int, exact_rows: int
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(first row, sims [b, k], neighbours [b, k], self-similarity [b]) per block of rows: the
-    ``k`` most similar points of each row, by faiss search (exact up to ``exact_rows`` rows,
-    IVF beyond) or partition of the rows."""
+    ``k`` most similar points of each row, by faiss search (exact or IVF, see ``_neighbours``)
+    or partition of the rows."""
     n = len(x)
     if kind == "precomputed":
         for lo, hi in _row_blocks(n, 12 * n):  # the float32 rows and their int64 partition
@@ -121,11 +121,9 @@ def _neighbour_blocks(
             yield lo, scores, nbrs, np.einsum("ij,ij->i", block, block)
 
 
-def knn_kernel(
-    x, n_neighbors: int, kind: str = "cosine", gamma: float = 1.0, exact_rows: int = EXACT_SEARCH_ROWS
-) -> sparse.csr_matrix:
+def knn_kernel(x, n_neighbors: int, kind: str = "cosine", gamma: float = 1.0, exact_rows: int = 0) -> sparse.csr_matrix:
     """Sparse kernel (clipped at 0): point v keeps sim(v, c) for its ``n_neighbors`` most
-    similar c (found by exact search up to ``exact_rows`` points, approximate beyond) and for
+    similar c (searched exactly or by IVF: ``exact_rows``, see ``_neighbours``) and for
     itself; other entries count as 0, so FL under it never exceeds the dense FL. Returned
     transposed (row c = the points c covers) for fast gain updates."""
     n = len(x)
@@ -149,12 +147,10 @@ def _mb(size: int) -> str:
     return f"{size / 2**20:,.2f} MB"
 
 
-def build_kernel(
-    x, kind: str, gamma: float, n_neighbors: int, memory_cap_mb: float, exact_search_rows: int = EXACT_SEARCH_ROWS
-):
+def build_kernel(x, kind: str, gamma: float, n_neighbors: int, memory_cap_mb: float, exact_search_rows: int = 0):
     """(covers, description): dense when N^2 float32 fits the cap, else the sparse kNN graph
-    of the same kernel when that fits (its neighbours searched exactly up to
-    ``exact_search_rows`` points, by faiss IVF beyond), else a ``ValueError`` naming both
+    of the same kernel when that fits (its neighbours searched exactly or by faiss IVF, see
+    ``_neighbours``), else a ``ValueError`` naming both
     memories. ``knn`` is the sparse cosine kernel at any size; ``precomputed`` takes x = S [N, N]."""
     if kind not in KERNELS:
         raise ValueError(f"kernel: {kind!r} is not one of {KERNELS}")
@@ -166,7 +162,7 @@ def build_kernel(
         return dense_kernel(x, kind, gamma), kind
     if sparse_bytes(n, n_neighbors) <= cap:
         covers = knn_kernel(x, n_neighbors, "cosine" if kind == "knn" else kind, gamma, exact_search_rows)
-        search = "" if kind == "precomputed" else f", {describe_search(n, exact_search_rows)}"
+        search = "" if kind == "precomputed" else f", {describe_search(n, x.shape[1], exact_search_rows)}"
         if kind == "knn":
             return covers, f"knn ({search[2:]})"
         return covers, f"knn {kind} (dense {_mb(dense_bytes(n))} over memory_cap_mb{search})"

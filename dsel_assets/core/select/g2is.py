@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._neighbours import check_exact_search_rows, exact_search_field
 from .base import Selection, check_inputs
 from .registry import register
 from .targeted import TargetedConfig, cosine_neighbours
@@ -19,10 +20,12 @@ class G2isConfig(TargetedConfig):
     val_k: float = field(default=0.5, metadata={"help": "share of query-gradient variance the components cover"})
     delta: float = field(default=0.8, metadata={"help": "alignment may drop to delta x its current value"})
     n_neighbors: int = field(default=10, metadata={"help": "kNN graph degree"})
+    exact_search_rows: int = exact_search_field()
 
     def __post_init__(self) -> None:
         if not 0 < self.val_k <= 1:
             raise ValueError(f"g2is.val_k: must be in (0, 1], got {self.val_k}")
+        check_exact_search_rows("g2is", self.exact_search_rows)
 
 
 def component_budgets(weights: np.ndarray, k: int) -> np.ndarray:
@@ -46,12 +49,12 @@ def g2is_order(pool: np.ndarray, queries: np.ndarray, k: int, config: G2isConfig
     directions = vt[:n_comp] * np.sign(vt[:n_comp] @ queries.mean(axis=0) + 1e-12)[:, None]
     budgets = component_budgets(variance[:n_comp], k)
     g = np.asarray(pool, dtype=np.float32)
-    unit, _, neighbours = cosine_neighbours(g, config.n_neighbors + 1)
+    norms, _, neighbours = cosine_neighbours(g, config.n_neighbors + 1, config.exact_search_rows)
     taken = np.zeros(len(g), dtype=bool)
     order: list[int] = []
     filled = []
     for direction, budget in zip(directions, budgets, strict=True):
-        by_similarity = np.argsort(-(unit @ direction), kind="stable")
+        by_similarity = np.argsort(-((g @ direction.astype(np.float32)) / norms.clip(min=1e-12)), kind="stable")
         members: list[int] = []
         total = np.zeros(g.shape[1])
         while len(members) < budget:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._neighbours import check_exact_search_rows, exact_search_field
 from .base import Selection, check_inputs
 from .registry import register
 from .targeted import Influence, TargetedConfig, cosine_neighbours, eligible_rows
@@ -28,6 +29,11 @@ class KnnConfig(TargetedConfig):
 class KnnKdeConfig(KnnConfig):
     bandwidth: float = field(default=0.1, metadata={"help": "kernel width h: exp(-(1 - cos) / h)"})
     density_neighbors: int = field(default=10, metadata={"help": "pool neighbours in the density estimate"})
+    exact_search_rows: int = exact_search_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_exact_search_rows("knn_kde", self.exact_search_rows)
 
 
 def query_mass(scores: np.ndarray, neighbors: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -42,9 +48,9 @@ def query_mass(scores: np.ndarray, neighbors: int, weights: np.ndarray | None = 
     return mass
 
 
-def kde_density(x: np.ndarray, neighbors: int, bandwidth: float) -> np.ndarray:
+def kde_density(x: np.ndarray, neighbors: int, bandwidth: float, exact_rows: int = 0) -> np.ndarray:
     """Gaussian-type kernel density of each row among its nearest other rows (cosine)."""
-    _, sims, _ = cosine_neighbours(x, neighbors + 1)
+    _, sims, _ = cosine_neighbours(x, neighbors + 1, exact_rows)
     return np.exp(-(1.0 - sims) / bandwidth).sum(axis=1)  # includes itself: density >= 1
 
 
@@ -85,5 +91,5 @@ def knn_kde(ids, k: int, config: KnnKdeConfig, *, influence: Influence, pool_gra
     scores = influence.columns("knn_kde", config.task)
     rows = eligible_rows(scores)
     pool = pool_gradients if len(rows) == len(pool_gradients) else np.asarray(pool_gradients)[rows]
-    density = kde_density(pool, config.density_neighbors, config.bandwidth)
+    density = kde_density(pool, config.density_neighbors, config.bandwidth, config.exact_search_rows)
     return _rank("knn_kde", ids, rows, query_mass(scores[rows], config.neighbors, 1.0 / density), k)

@@ -12,6 +12,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from ..influence import less_task_scores
+from ._neighbours import ADD_ROWS, search_index
 
 Representation = Literal["less", "rds", "embed"]
 LESS = "less"
@@ -96,16 +97,30 @@ def eligible_rows(scores: np.ndarray, block: int = 65_536) -> np.ndarray:
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
-def cosine_neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(unit rows, similarities [N, k], neighbours [N, k]): each row's ``k`` most cosine-similar
-    rows, itself among them, by exact search (faiss). One float32 copy of ``x``, normalised in
-    place; no index copy (8192-d pool gradients: 3.3 GB per copy at 100k rows)."""
-    import faiss
+def cosine_neighbours(x: np.ndarray, k: int, exact_rows: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(L2 norms [N], cosine similarities [N, k], neighbours [N, k]): each row's ``k`` most
+    cosine-similar rows, itself among them, by faiss search (exact while affordable, IVF
+    beyond: ``exact_rows``, see ``_neighbours``). Rows are normalised a block at a time
+    straight into the index, so the index is the only float32 copy of ``x`` (8192-d pool
+    gradients: 3.3 GB per copy at 100k rows)."""
+    blocks = range(0, len(x), ADD_ROWS)
+    norms = np.concatenate(
+        [np.linalg.norm(np.asarray(x[lo : lo + ADD_ROWS], dtype=np.float32), axis=1) for lo in blocks]
+    )
+    index = search_index(x, inner_product=True, exact_rows=exact_rows, prepare=_unit_block)
+    k = min(k, len(x))
+    sims = np.empty((len(x), k), dtype=np.float32)
+    neighbours = np.empty((len(x), k), dtype=np.int64)
+    for lo in blocks:
+        sims[lo : lo + ADD_ROWS], neighbours[lo : lo + ADD_ROWS] = index.search(_unit_block(x[lo : lo + ADD_ROWS]), k)
+    return norms, sims, neighbours
 
-    unit = np.array(x, dtype=np.float32, order="C")
-    unit /= np.linalg.norm(unit, axis=1, keepdims=True).clip(min=1e-12)
-    sims, neighbours = faiss.knn(unit, unit, min(k, len(unit)), metric=faiss.METRIC_INNER_PRODUCT)
-    return unit, sims, neighbours
+
+def _unit_block(rows: np.ndarray) -> np.ndarray:
+    """A float32 copy of ``rows`` scaled to unit L2 norm (zero rows stay zero)."""
+    out = np.array(rows, dtype=np.float32, order="C")
+    out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
+    return out
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
