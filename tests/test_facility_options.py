@@ -4,7 +4,7 @@ and the refusal that names the memory a kernel would need."""
 import numpy as np
 import pytest
 
-from dsel_assets.core.select import _facility, build_config, get
+from dsel_assets.core.select import _facility, _neighbours, build_config, get
 from dsel_assets.core.select._facility import FacilityLocation, dense_kernel, greedy, knn_kernel
 
 EMBEDDING_KERNELS = [("cosine", 1.0), ("rbf", 0.05), ("dot", 1.0)]
@@ -68,11 +68,13 @@ def brute_force_neighbours(x, kind, gamma, k):
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize(("kind", "gamma"), EMBEDDING_KERNELS)
-def test_approximate_search_beyond_exact_search_rows(kind, gamma, seed):
-    """Past ``exact_search_rows`` the graph comes from faiss IVF: every similarity it keeps is
-    the exact one (brute force), each point keeps itself, and on clustered data it finds most
-    true neighbours (brute force; measured over these seeds: cosine and rbf 0.975-0.982, dot
-    0.865-0.919 - inner products of unnormalised rows cluster worse) and keeps the objective."""
+def test_approximate_search_beyond_exact_search_rows(kind, gamma, seed, monkeypatch):
+    """Past ``exact_search_rows`` the graph comes from the clustered search: every similarity it
+    keeps is the exact one (brute force), each point keeps itself, and on clustered data it
+    finds most true neighbours (brute force; measured over these seeds with 8 of 128 cells
+    probed: cosine and rbf 0.945-0.954, dot 0.844-0.927 - inner products of unnormalised rows
+    cluster worse) and keeps the objective."""
+    monkeypatch.setattr(_neighbours, "PROBED_CELLS", 8)  # of 128 cells: as sparse a probe as at 1M rows
     x = clustered(2000, seed=seed)
     approximate = knn_kernel(x, 10, kind, gamma, exact_rows=500)
     truth, sims = brute_force_neighbours(x, kind, gamma, 11)
@@ -84,7 +86,7 @@ def test_approximate_search_beyond_exact_search_rows(kind, gamma, seed):
         assert v in found and len(found) == 11
         np.testing.assert_allclose(values, np.maximum(sims[v, found], 0), rtol=1e-4, atol=1e-4)
         recall.append(len(set(found) & set(truth[v])) / 11)
-    assert np.mean(recall) >= (0.85 if kind == "dot" else 0.95)
+    assert np.mean(recall) >= (0.8 if kind == "dot" else 0.93)
     dense = dense_kernel(x, kind, gamma)
     by_exact = greedy(FacilityLocation(knn_kernel(x, 10, kind, gamma)), 40)[0]
     by_approximate = greedy(FacilityLocation(approximate), 40)[0]
@@ -94,8 +96,8 @@ def test_approximate_search_beyond_exact_search_rows(kind, gamma, seed):
 def test_exact_search_rows_is_a_checked_option_reported_in_the_diagnostics():
     x = clustered(400)
     sel = select_fl(x, 20, kernel="knn", n_neighbors=10, exact_search_rows=100)
-    # 4 sqrt(400) = 80 cells, rounded to 2^6; 64 / 32 = 2 probed, raised to the floor of 8
-    assert sel.diagnostics["kernel"] == "knn (approximate search: IVF, 64 cells, 8 probed per row)"
+    # 4 sqrt(400) = 80 cells, rounded to 2^6
+    assert sel.diagnostics["kernel"] == "knn (approximate search: 64 cells, each compared with its 64 nearest)"
     assert select_fl(x, 20, kernel="knn", n_neighbors=10).diagnostics["kernel"] == "knn (exact search)"
     for method in ("facility_location", "qdit", "expdesign_hybrid", "g2is", "knn_kde"):
         with pytest.raises(ValueError, match=f"{method}.exact_search_rows: must be >= 0"):
@@ -105,7 +107,7 @@ def test_exact_search_rows_is_a_checked_option_reported_in_the_diagnostics():
 def test_sparse_graph_keeps_each_point_and_its_neighbours_in_blocks(monkeypatch):
     x = clustered(300)
     whole = knn_kernel(x, 7, "dot")
-    monkeypatch.setattr(_facility, "SEARCH_ROWS", 64)
+    monkeypatch.setattr(_neighbours, "SEARCH_ROWS", 64)
     monkeypatch.setattr(_facility, "BLOCK_BYTES", 4 * 300 * 50)
     assert (knn_kernel(x, 7, "dot") != whole).nnz == 0
     np.testing.assert_allclose(whole.diagonal(), np.maximum((x * x).sum(axis=1), 0), rtol=1e-5)

@@ -23,13 +23,12 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import sparse
 
-from ._neighbours import describe_search, search_index
+from ._neighbours import describe_search, nearest
 
 KERNELS = ("cosine", "rbf", "dot", "precomputed", "knn")
 OPTIMIZERS = ("lazy", "naive", "stochastic")
 TILE_ROWS = 2048  # dense kernel rows per matrix product (a 2048 x N float32 tile beside the kernel)
 LAZY_BATCH_MAX = 64  # most stale bounds re-evaluated in one vectorised call
-SEARCH_ROWS = 16384  # query rows per nearest-neighbour search of the sparse kernel
 BLOCK_BYTES = 64 * 2**20  # rows of a precomputed matrix read at once (float32)
 SPARSE_ENTRY_BYTES = 16  # float32 value + int32 index, held twice while the graph is transposed
 
@@ -99,45 +98,41 @@ def dense_kernel(x: np.ndarray, kind: str, gamma: float) -> np.ndarray:
 
 def _neighbour_blocks(
     x, kind: str, gamma: float, k: int, exact_rows: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """(first row, sims [b, k], neighbours [b, k], self-similarity [b]) per block of rows: the
-    ``k`` most similar points of each row, by faiss search (exact or IVF, see ``_neighbours``)
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows [b], sims [b, k], neighbours [b, k], self-similarity [b]) per block of rows: the
+    ``k`` most similar points of each row, by faiss (exact or clustered, see ``_neighbours``)
     or partition of the rows."""
     n = len(x)
     if kind == "precomputed":
         for lo, hi in _row_blocks(n, 12 * n):  # the float32 rows and their int64 partition
             rows = _similarity_rows(x, lo, hi)
             nbrs = np.argpartition(-rows, k - 1, axis=1)[:, :k]
-            yield lo, np.take_along_axis(rows, nbrs, axis=1), nbrs, rows[np.arange(hi - lo), np.arange(lo, hi)]
+            sims = np.take_along_axis(rows, nbrs, axis=1)
+            yield np.arange(lo, hi), sims, nbrs, rows[np.arange(hi - lo), np.arange(lo, hi)]
         return
     x = unit_rows(x) if kind == "cosine" else np.ascontiguousarray(x, dtype=np.float32)
-    index = search_index(x, inner_product=kind != "rbf", exact_rows=exact_rows)
-    for lo in range(0, n, SEARCH_ROWS):
-        block = x[lo : lo + SEARCH_ROWS]
-        scores, nbrs = index.search(block, k)
+    for rows, scores, nbrs in nearest(x, k, inner_product=kind != "rbf", exact_rows=exact_rows):
         if kind == "rbf":  # squared L2 distances -> exp(-gamma d^2); nearest first either way
-            yield lo, np.exp(-gamma * np.maximum(scores, 0.0)), nbrs, np.ones(len(block), dtype=np.float32)
+            yield rows, np.exp(-gamma * np.maximum(scores, 0.0)), nbrs, np.ones(len(rows), dtype=np.float32)
         else:
-            yield lo, scores, nbrs, np.einsum("ij,ij->i", block, block)
+            yield rows, scores, nbrs, np.einsum("ij,ij->i", x[rows], x[rows])
 
 
 def knn_kernel(x, n_neighbors: int, kind: str = "cosine", gamma: float = 1.0, exact_rows: int = 0) -> sparse.csr_matrix:
     """Sparse kernel (clipped at 0): point v keeps sim(v, c) for its ``n_neighbors`` most
-    similar c (searched exactly or by IVF: ``exact_rows``, see ``_neighbours``) and for
+    similar c (searched exactly or approximately: ``exact_rows``, see ``_neighbours``) and for
     itself; other entries count as 0, so FL under it never exceeds the dense FL. Returned
     transposed (row c = the points c covers) for fast gain updates."""
     n = len(x)
     k = min(n_neighbors + 1, n)
     data = np.empty((n, k), dtype=np.float32)
     indices = np.empty((n, k), dtype=np.int32)
-    for lo, sims, nbrs, self_sim in _neighbour_blocks(x, kind, gamma, k, exact_rows):
-        hi = lo + len(sims)
-        rows = np.arange(lo, hi)
+    for rows, sims, nbrs, self_sim in _neighbour_blocks(x, kind, gamma, k, exact_rows):
         missing = ~(nbrs == rows[:, None]).any(axis=1)  # itself outranked (duplicates): replaces the last
         nbrs[missing, -1] = rows[missing]
         sims[missing, -1] = self_sim[missing]
-        data[lo:hi] = np.maximum(sims, 0.0)
-        indices[lo:hi] = nbrs
+        data[rows] = np.maximum(sims, 0.0)
+        indices[rows] = nbrs
     # column v of this CSC matrix holds v's neighbours c with sim(v, c): row c = what c covers
     graph = sparse.csc_matrix((data.ravel(), indices.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
     return graph.tocsr()
@@ -149,7 +144,7 @@ def _mb(size: int) -> str:
 
 def build_kernel(x, kind: str, gamma: float, n_neighbors: int, memory_cap_mb: float, exact_search_rows: int = 0):
     """(covers, description): dense when N^2 float32 fits the cap, else the sparse kNN graph
-    of the same kernel when that fits (its neighbours searched exactly or by faiss IVF, see
+    of the same kernel when that fits (its neighbours searched exactly or by clustered cells, see
     ``_neighbours``), else a ``ValueError`` naming both
     memories. ``knn`` is the sparse cosine kernel at any size; ``precomputed`` takes x = S [N, N]."""
     if kind not in KERNELS:

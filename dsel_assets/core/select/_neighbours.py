@@ -1,36 +1,40 @@
-"""Nearest-neighbour search for the graph-based selectors: exact (faiss flat) while it is
-affordable, approximate (faiss IVF) beyond.
+"""Every row's nearest rows, for the graph-based selectors: exact (faiss flat) while that is
+affordable, approximate (clustered, as an IVF index is) beyond.
 
 Exact search of every row against every row costs N^2 d multiply-adds: 50 s at 100k x 384 on
 2 cores, about 80 minutes at 1M, and about 27 minutes at 100k x 8192 (pool gradients). By
 default it stays exact while N^2 d <= ``EXACT_SEARCH_WORK`` (200k rows at d = 384, 43k at
-d = 8192); a selector's ``exact_search_rows`` option sets the row limit instead. The IVF
-index clusters the rows into about 4 sqrt(N) cells (k-means on a seeded sample) and compares
-each query only with the rows of its nearest 1/32 of the cells, about 1/32 of the exact cost.
-Similarities it returns are exact for the neighbours it finds; what it can lose is a true
-neighbour in a cell it did not probe (recall and objective measured by
-benchmarks/knn_recall.py, in docs/SCALING.md).
+d = 8192); a selector's ``exact_search_rows`` option sets the row limit instead.
+
+Beyond it the rows are clustered into about 4 sqrt(N) cells (faiss k-means on a seeded
+sample, each row in the cell of its nearest centre), and the rows of a cell are compared
+with the rows of the ``PROBED_CELLS`` cells whose centres are nearest to their own centre -
+one matrix product per cell, so the work runs at BLAS speed (faiss's IVF search probes per
+query and, measured at 1M x 384 with 128 probes, ran about 10 times slower). The
+similarities returned are exact for the neighbours found; what is lost is a true neighbour
+in a cell that was not probed (recall and objective: benchmarks/knn_recall.py, docs/SCALING.md).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import field
 
 import numpy as np
 
 EXACT_SEARCH_WORK = 200_000**2 * 384  # multiply-adds searched exactly by default (~4 minutes on 2 cores)
-TRAIN_ROWS_PER_LIST = 40  # k-means training sample per cell (faiss warns below 39)
-PROBED_SHARE = 32  # one cell in PROBED_SHARE is probed per query
-ADD_ROWS = 16384  # rows prepared and added to the index at a time
+TRAIN_ROWS_PER_CELL = 40  # k-means training sample per cell (faiss warns below 39)
+PROBED_CELLS = 64  # cells whose rows each cell's rows are compared with
+SEARCH_ROWS = 16384  # rows prepared or searched at a time
 
 Rows = Callable[[np.ndarray], np.ndarray]
+Neighbours = Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def exact_search_field():
     """The ``exact_search_rows`` option of the configs that build a kNN graph."""
-    help_text = "kNN search: exact up to this many points, faiss IVF beyond; 0 = while N^2 d <= 1.5e13"
+    help_text = "kNN search: exact up to this many points, clustered (approximate) beyond; 0 = while N^2 d <= 1.5e13"
     return field(default=0, metadata={"help": help_text})
 
 
@@ -46,41 +50,84 @@ def searched_exactly(n: int, dim: int, exact_rows: int) -> bool:
     return n <= exact_rows if exact_rows > 0 else n * n * dim <= EXACT_SEARCH_WORK
 
 
-def ivf_shape(n: int) -> tuple[int, int]:
-    """(cells, cells probed per query) for ``n`` rows: about 4 sqrt(n) cells, a power of two."""
-    lists = 2 ** round(math.log2(4 * math.sqrt(n)))
-    return lists, max(8, lists // PROBED_SHARE)
+def cell_count(n: int) -> int:
+    """About 4 sqrt(n) cells, a power of two."""
+    return 2 ** round(math.log2(4 * math.sqrt(n)))
 
 
 def describe_search(n: int, dim: int, exact_rows: int) -> str:
-    """How ``search_index`` searches ``n`` rows, for a selection's diagnostics."""
+    """How ``nearest`` searches ``n`` rows, for a selection's diagnostics."""
     if searched_exactly(n, dim, exact_rows):
         return "exact search"
-    lists, probed = ivf_shape(n)
-    return f"approximate search: IVF, {lists} cells, {probed} probed per row"
+    cells = cell_count(n)
+    return f"approximate search: {cells} cells, each compared with its {min(cells, PROBED_CELLS)} nearest"
+
+
+def blocks(n: int) -> range:
+    """First rows of the ``SEARCH_ROWS`` blocks of ``n`` rows."""
+    return range(0, n, SEARCH_ROWS)
 
 
 def _float32(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rows, dtype=np.float32)
 
 
-def search_index(x, inner_product: bool, exact_rows: int = 0, prepare: Rows = _float32, seed: int = 0):
-    """A faiss index holding ``prepare(x[rows])`` for every row of ``x``, added ``ADD_ROWS`` at a
-    time (so ``x`` may be float16 or memory-mapped and no prepared copy of all of it exists
-    beside the index): flat when searched exactly (``searched_exactly``), else IVF trained on a
-    seeded sample. ``inner_product`` picks the metric (largest first), else squared L2."""
+def nearest(x, k: int, inner_product: bool, exact_rows: int = 0, prepare: Rows = _float32, seed: int = 0) -> Neighbours:
+    """(rows [b], scores [b, k], neighbours [b, k]) in blocks that cover every row once: the
+    ``k`` rows of ``prepare(x)`` with the largest inner product (``inner_product``) or the
+    smallest squared L2 distance, best first. ``prepare`` turns a block of ``x`` into float32
+    rows (it may normalise them); ``x`` may be float16 or memory-mapped."""
     import faiss
 
     n, dim = x.shape
     metric = faiss.METRIC_INNER_PRODUCT if inner_product else faiss.METRIC_L2
+    k = min(k, n)
     if searched_exactly(n, dim, exact_rows):
         index = faiss.IndexFlat(dim, metric)
-    else:
-        lists, probed = ivf_shape(n)
-        index = faiss.index_factory(dim, f"IVF{lists},Flat", metric)
-        sample = np.sort(np.random.default_rng(seed).choice(n, min(n, TRAIN_ROWS_PER_LIST * lists), replace=False))
-        index.train(prepare(x[sample]))
-        index.nprobe = probed
-    for lo in range(0, n, ADD_ROWS):
-        index.add(prepare(x[lo : lo + ADD_ROWS]))
-    return index
+        for lo in blocks(n):
+            index.add(prepare(x[lo : lo + SEARCH_ROWS]))
+        for lo in blocks(n):
+            scores, found = index.search(prepare(x[lo : lo + SEARCH_ROWS]), k)
+            yield np.arange(lo, lo + len(scores)), scores, found
+        return
+    rows = _prepared(x, prepare)
+    cells = cell_count(n)
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, TRAIN_ROWS_PER_CELL * cells), replace=False))
+    kmeans = faiss.Kmeans(dim, cells, niter=20, seed=seed, spherical=inner_product)
+    kmeans.train(rows[sample])
+    home = np.concatenate(
+        [kmeans.index.search(rows[lo : lo + SEARCH_ROWS], 1)[1][:, 0] for lo in range(0, n, SEARCH_ROWS)]
+    )
+    members = np.split(np.argsort(home, kind="stable"), np.cumsum(np.bincount(home, minlength=cells))[:-1])
+    _, near_cells = faiss.knn(kmeans.centroids, kmeans.centroids, min(cells, 4 * PROBED_CELLS), metric=metric)
+    for cell, own in enumerate(members):
+        if len(own) == 0:
+            continue
+        candidates = _candidates(members, near_cells[cell], k)
+        if len(candidates) < k:  # the nearest cells hold too few rows (tiny or empty cells): all of them
+            candidates = np.arange(n)
+        scores, found = faiss.knn(rows[own], rows[candidates], k, metric=metric)
+        yield own, scores, candidates[found]
+
+
+def _prepared(x, prepare: Rows) -> np.ndarray:
+    """``prepare`` applied to every row of ``x``, block by block into one float32 array (``x``
+    itself when it is already float32 and ``prepare`` would only copy it)."""
+    if prepare is _float32 and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
+    out = np.empty(x.shape, dtype=np.float32)
+    for lo in blocks(len(x)):
+        out[lo : lo + SEARCH_ROWS] = prepare(x[lo : lo + SEARCH_ROWS])
+    return out
+
+
+def _candidates(members: list[np.ndarray], near_cells: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``PROBED_CELLS`` nearest cells (more of ``near_cells`` while they hold fewer
+    than ``k``)."""
+    taken, count = [], 0
+    for position, cell in enumerate(near_cells):
+        if position >= PROBED_CELLS and count >= k:
+            break
+        taken.append(members[cell])
+        count += len(members[cell])
+    return np.concatenate(taken)

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from ..influence import less_task_scores
-from ._neighbours import ADD_ROWS, search_index
+from ._neighbours import SEARCH_ROWS, nearest
 
 Representation = Literal["less", "rds", "embed"]
 LESS = "less"
@@ -99,20 +99,20 @@ def eligible_rows(scores: np.ndarray, block: int = 65_536) -> np.ndarray:
 
 def cosine_neighbours(x: np.ndarray, k: int, exact_rows: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(L2 norms [N], cosine similarities [N, k], neighbours [N, k]): each row's ``k`` most
-    cosine-similar rows, itself among them, by faiss search (exact while affordable, IVF
-    beyond: ``exact_rows``, see ``_neighbours``). Rows are normalised a block at a time
-    straight into the index, so the index is the only float32 copy of ``x`` (8192-d pool
-    gradients: 3.3 GB per copy at 100k rows)."""
-    blocks = range(0, len(x), ADD_ROWS)
+    cosine-similar rows, itself among them, by faiss (exact while affordable, clustered beyond:
+    ``exact_rows``, see ``_neighbours``). Rows are normalised a block at a time, so one float32
+    copy of ``x`` exists (8192-d pool gradients: 3.3 GB per copy at 100k rows)."""
     norms = np.concatenate(
-        [np.linalg.norm(np.asarray(x[lo : lo + ADD_ROWS], dtype=np.float32), axis=1) for lo in blocks]
+        [
+            np.linalg.norm(np.asarray(x[lo : lo + SEARCH_ROWS], np.float32), axis=1)
+            for lo in range(0, len(x), SEARCH_ROWS)
+        ]
     )
-    index = search_index(x, inner_product=True, exact_rows=exact_rows, prepare=_unit_block)
     k = min(k, len(x))
     sims = np.empty((len(x), k), dtype=np.float32)
     neighbours = np.empty((len(x), k), dtype=np.int64)
-    for lo in blocks:
-        sims[lo : lo + ADD_ROWS], neighbours[lo : lo + ADD_ROWS] = index.search(_unit_block(x[lo : lo + ADD_ROWS]), k)
+    for rows, found_sims, found in nearest(x, k, inner_product=True, exact_rows=exact_rows, prepare=_unit_block):
+        sims[rows], neighbours[rows] = found_sims, found
     return norms, sims, neighbours
 
 
