@@ -75,8 +75,9 @@ def _float32(rows: np.ndarray) -> np.ndarray:
 def nearest(x, k: int, inner_product: bool, exact_rows: int = 0, prepare: Rows = _float32, seed: int = 0) -> Neighbours:
     """(rows [b], scores [b, k], neighbours [b, k]) in blocks that cover every row once: the
     ``k`` rows of ``prepare(x)`` with the largest inner product (``inner_product``) or the
-    smallest squared L2 distance, best first. ``prepare`` turns a block of ``x`` into float32
-    rows (it may normalise them); ``x`` may be float16 or memory-mapped."""
+    smallest squared L2 distance, best first. ``prepare`` turns rows of ``x`` into float32 (it
+    may normalise them); it is applied to the rows each step reads, so no prepared copy of all
+    of ``x`` exists beside it, and ``x`` may be float16 or memory-mapped."""
     import faiss
 
     n, dim = x.shape
@@ -90,14 +91,11 @@ def nearest(x, k: int, inner_product: bool, exact_rows: int = 0, prepare: Rows =
             scores, found = index.search(prepare(x[lo : lo + SEARCH_ROWS]), k)
             yield np.arange(lo, lo + len(scores)), scores, found
         return
-    rows = _prepared(x, prepare)
     cells = cell_count(n)
     sample = np.sort(np.random.default_rng(seed).choice(n, min(n, TRAIN_ROWS_PER_CELL * cells), replace=False))
     kmeans = faiss.Kmeans(dim, cells, niter=20, seed=seed, spherical=inner_product)
-    kmeans.train(rows[sample])
-    home = np.concatenate(
-        [kmeans.index.search(rows[lo : lo + SEARCH_ROWS], 1)[1][:, 0] for lo in range(0, n, SEARCH_ROWS)]
-    )
+    kmeans.train(prepare(x[sample]))
+    home = np.concatenate([kmeans.index.search(prepare(x[lo : lo + SEARCH_ROWS]), 1)[1][:, 0] for lo in blocks(n)])
     members = np.split(np.argsort(home, kind="stable"), np.cumsum(np.bincount(home, minlength=cells))[:-1])
     _, near_cells = faiss.knn(kmeans.centroids, kmeans.centroids, min(cells, 4 * PROBED_CELLS), metric=metric)
     for cell, own in enumerate(members):
@@ -106,19 +104,8 @@ def nearest(x, k: int, inner_product: bool, exact_rows: int = 0, prepare: Rows =
         candidates = _candidates(members, near_cells[cell], k)
         if len(candidates) < k:  # the nearest cells hold too few rows (tiny or empty cells): all of them
             candidates = np.arange(n)
-        scores, found = faiss.knn(rows[own], rows[candidates], k, metric=metric)
+        scores, found = faiss.knn(prepare(x[own]), prepare(x[candidates]), k, metric=metric)
         yield own, scores, candidates[found]
-
-
-def _prepared(x, prepare: Rows) -> np.ndarray:
-    """``prepare`` applied to every row of ``x``, block by block into one float32 array (``x``
-    itself when it is already float32 and ``prepare`` would only copy it)."""
-    if prepare is _float32 and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
-        return x
-    out = np.empty(x.shape, dtype=np.float32)
-    for lo in blocks(len(x)):
-        out[lo : lo + SEARCH_ROWS] = prepare(x[lo : lo + SEARCH_ROWS])
-    return out
 
 
 def _candidates(members: list[np.ndarray], near_cells: np.ndarray, k: int) -> np.ndarray:

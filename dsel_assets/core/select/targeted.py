@@ -100,8 +100,9 @@ def eligible_rows(scores: np.ndarray, block: int = 65_536) -> np.ndarray:
 def cosine_neighbours(x: np.ndarray, k: int, exact_rows: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(L2 norms [N], cosine similarities [N, k], neighbours [N, k]): each row's ``k`` most
     cosine-similar rows, itself among them, by faiss (exact while affordable, clustered beyond:
-    ``exact_rows``, see ``_neighbours``). Rows are normalised a block at a time, so one float32
-    copy of ``x`` exists (8192-d pool gradients: 3.3 GB per copy at 100k rows)."""
+    ``exact_rows``, see ``_neighbours``). Rows are normalised as they are read: the exact index
+    holds one normalised float32 copy, the clustered search none (8192-d pool gradients: 3.3 GB
+    per copy at 100k rows)."""
     norms = np.concatenate(
         [
             np.linalg.norm(np.asarray(x[lo : lo + SEARCH_ROWS], np.float32), axis=1)
