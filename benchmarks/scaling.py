@@ -112,10 +112,11 @@ def prepare(cache: Path, sizes: list[int]) -> None:
 def read_matrix(path: str, dtype=np.float32) -> np.ndarray:
     import lance
 
-    from dsel_assets.representations import vector_matrix
+    from dsel_assets.representations import fill_rows
 
     table = lance.dataset(path).to_table(columns=["vector"])
-    return vector_matrix(table.column("vector")).astype(dtype, copy=False)
+    column = table.column("vector")
+    return fill_rows(column, np.empty((len(column), column.type.list_size), dtype=dtype))
 
 
 def query_tasks() -> list[str]:

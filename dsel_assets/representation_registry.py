@@ -18,7 +18,7 @@ from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.targeted import Influence
 from dsel_assets.gradient_scorer import load_less_scorer
 from dsel_assets.gradients import INFLUENCE, latest_warmup
-from dsel_assets.representations import MODEL_EMBEDDINGS, SENTENCE_EMBEDDINGS, vector_matrix
+from dsel_assets.representations import MODEL_EMBEDDINGS, SENTENCE_EMBEDDINGS, fill_rows, vector_matrix
 from dsel_assets.round_trainer import LoraRoundTrainer
 from dsel_assets.scores import score_table
 from dsel_assets.similarity import (
@@ -270,16 +270,13 @@ def gradient_features(kind: str) -> Loader:
         name = f"{kind}_grad_features_{ctx.grad_settings.suffix()}"
         columns = ["pool_id", "vector"] + (["task"] if kind == "query" else [])
         table = ctx.lance.read(name, columns, equal={"warmup": warmup, "checkpoint": last})
-        matrix = vector_matrix(table.column("vector")).astype(np.float32)
         ref = DatasetRef(name, ctx.lance.uri(name), str(ctx.lance.version(name)))
         if kind == "query":
-            return (matrix, table.column("task").to_pylist()), ref
-        row_of = {p: i for i, p in enumerate(table.column("pool_id").to_pylist())}
-        aligned = np.full((len(ctx.pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
-        for i, p in enumerate(ctx.pool_ids):
-            if p in row_of:
-                aligned[i] = matrix[row_of[p]]
-        return aligned, ref
+            return (vector_matrix(table.column("vector")).astype(np.float32), table.column("task").to_pylist()), ref
+        position = {p: i for i, p in enumerate(ctx.pool_ids)}
+        rows = np.array([position.get(p, -1) for p in table.column("pool_id").to_pylist()], dtype=np.int64)
+        aligned = np.full((len(ctx.pool_ids), table.schema.field("vector").type.list_size), np.nan, dtype=np.float32)
+        return fill_rows(table.column("vector"), aligned, rows), ref
 
     return read
 

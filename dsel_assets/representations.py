@@ -41,6 +41,25 @@ def vector_matrix(column) -> np.ndarray:
     return flat.flatten().to_numpy(zero_copy_only=False).reshape(len(flat), flat.type.list_size)
 
 
+def fill_rows(column, out: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Write a fixed-size-list column into ``out`` chunk by chunk, row i of the column into
+    ``out[rows[i]]`` (``out[i]`` without ``rows``; rows[i] < 0 = skipped), converting to
+    ``out``'s dtype on the way: no whole-column copy beside ``out`` (a 100k x 8192 float16
+    column would otherwise be combined, then cast to float32 and aligned: 9.8 GB instead of 4.9)."""
+    chunks = column.chunks if hasattr(column, "chunks") else [column]
+    start = 0
+    for chunk in chunks:
+        values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), chunk.type.list_size)
+        if rows is None:
+            out[start : start + len(chunk)] = values
+        else:
+            target = rows[start : start + len(chunk)]
+            keep = target >= 0
+            out[target[keep]] = values[keep]
+        start += len(chunk)
+    return out
+
+
 @dg.asset(
     name=SENTENCE_EMBEDDINGS,
     partitions_def=pool_batches,

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 
 from dsel_assets import representation_registry
@@ -201,3 +202,24 @@ def test_a_pool_gradient_matrix_that_memory_cannot_hold_is_refused_with_what_it_
     fits_in_memory(100_000, 8192)  # 4.6 GiB: fits
     with pytest.raises(MemoryError, match=r"1,000,000 x 8192 features need 45.8 GiB in memory, 8.0 GiB"):
         fits_in_memory(1_000_000, 8192)
+
+
+def test_fill_rows_writes_each_chunk_where_its_rows_go():
+    """Chunk by chunk into a preallocated float32 matrix: rows placed by ``rows`` (ids the pool
+    does not have, -1, are skipped; pool rows without a vector keep NaN), float16 cast exactly."""
+    import pyarrow as pa
+
+    from dsel_assets.representations import fill_rows, vector_matrix
+
+    vectors = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float16)
+    arrays = [pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), 3) for v in (vectors[:4], vectors[4:])]
+    column = pa.chunked_array(arrays)
+    assert column.num_chunks == 2
+    np.testing.assert_array_equal(fill_rows(column, np.empty((7, 3), np.float32)), vectors.astype(np.float32))
+    rows = np.array([5, -1, 0, 2, 7, -1, 1])
+    out = fill_rows(column, np.full((8, 3), np.nan, np.float32), rows)
+    for source, target in enumerate(rows):
+        if target >= 0:
+            np.testing.assert_array_equal(out[target], vectors[source].astype(np.float32))
+    assert np.isnan(out[[3, 4, 6]]).all()
+    np.testing.assert_array_equal(vector_matrix(column), vectors)

@@ -24,7 +24,8 @@ from dataclasses import field
 import numpy as np
 
 EXACT_SEARCH_WORK = 200_000**2 * 384  # multiply-adds searched exactly by default (~4 minutes on 2 cores)
-TRAIN_ROWS_PER_CELL = 40  # k-means training sample per cell (faiss warns below 39)
+TRAIN_ROWS_PER_CELL = 40  # k-means training sample per cell (faiss warns below 39) ...
+TRAIN_BYTES = 512 * 2**20  # ... unless that is over 512 MB of float32 rows (16 per cell at 1,024 x 8192)
 PROBED_CELLS = 64  # cells whose rows each cell's rows are compared with
 SEARCH_ROWS = 16384  # rows prepared or searched at a time
 
@@ -92,8 +93,9 @@ def nearest(x, k: int, inner_product: bool, exact_rows: int = 0, prepare: Rows =
             yield np.arange(lo, lo + len(scores)), scores, found
         return
     cells = cell_count(n)
-    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, TRAIN_ROWS_PER_CELL * cells), replace=False))
-    kmeans = faiss.Kmeans(dim, cells, niter=20, seed=seed, spherical=inner_product)
+    train_rows = min(n, TRAIN_ROWS_PER_CELL * cells, max(cells, TRAIN_BYTES // (4 * dim)))
+    sample = np.sort(np.random.default_rng(seed).choice(n, train_rows, replace=False))
+    kmeans = faiss.Kmeans(dim, cells, niter=20, seed=seed, spherical=inner_product, min_points_per_centroid=1)
     kmeans.train(prepare(x[sample]))
     home = np.concatenate([kmeans.index.search(prepare(x[lo : lo + SEARCH_ROWS]), 1)[1][:, 0] for lo in blocks(n)])
     members = np.split(np.argsort(home, kind="stable"), np.cumsum(np.bincount(home, minlength=cells))[:-1])
