@@ -361,14 +361,13 @@ def main() -> None:
         for method in methods:
             if n in results[method]:
                 continue
+            projected = projection(results[method], n)
             if method != "influence" and "influence" in free[method].needs and "seconds" not in results["influence"][n]:
                 results[method][n] = {"refused": "no influence matrix at this N", "peak_mb": 0.0}
-                continue
-            projected = projection(results[method], n)
-            if projected is not None and projected > 2 * args.timeout:
+            elif projected is not None and projected > 2 * args.timeout:
                 results[method][n] = {"stopped": f"not run: {projected:,.0f} s projected", "peak_mb": 0.0}
-                continue
-            results[method][n] = run_one(method, n, args)
+            else:
+                results[method][n] = run_one(method, n, args)
             print(f"  {method} N={n}: {json.dumps(results[method][n])}", file=sys.stderr, flush=True)
             kept.setdefault(method, {})[str(n)] = results[method][n]
             saved.write_text(json.dumps(kept))
