@@ -136,6 +136,10 @@ def test_uot_mass_is_the_closed_form_of_a_free_pool_marginal():
         get("uot").select(ids(4), 4, build_config("uot", {"task": "x"}), influence=Influence(s, ("t", "t")))
 
 
+def nearest_of(cos):
+    return np.argsort(-cos, axis=1, kind="stable").tolist()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_cosine_neighbours_and_kde_density_match_brute_force(seed):
     from dsel_assets.core.select.knn_tsds import kde_density
@@ -155,6 +159,9 @@ def test_cosine_neighbours_and_kde_density_match_brute_force(seed):
     _, sims, neighbours = cosine_neighbours(x, 6, exact_rows=1)  # IVF: what it finds, it measures exactly
     np.testing.assert_allclose(sims, np.take_along_axis(cos, neighbours, axis=1), atol=1e-5)
     assert (np.diff(sims, axis=1) <= 1e-6).all() and (neighbours[:, 0] == np.arange(300)).all()
+    for n in (1, 2, 5, 9):  # fewer rows than 4 sqrt(n) cells: every cell compared, so exact
+        _, sims, neighbours = cosine_neighbours(x[:n], 3, exact_rows=1)
+        assert [set(r) for r in neighbours.tolist()] == [set(r[: min(3, n)]) for r in nearest_of(cos[:n, :n])]
 
 
 def test_uot_refuses_a_problem_memory_cannot_hold_with_what_it_needs(monkeypatch):

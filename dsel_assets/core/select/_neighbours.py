@@ -53,8 +53,8 @@ def searched_exactly(n: int, dim: int, exact_rows: int) -> bool:
 
 
 def cell_count(n: int) -> int:
-    """About 4 sqrt(n) cells, a power of two."""
-    return 2 ** round(math.log2(4 * math.sqrt(n)))
+    """About 4 sqrt(n) cells, a power of two (at most one per row: k-means needs that)."""
+    return min(2 ** round(math.log2(4 * math.sqrt(n))), n)
 
 
 def describe_search(n: int, dim: int, exact_rows: int) -> str:
