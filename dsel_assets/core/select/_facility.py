@@ -157,9 +157,9 @@ def build_kernel(x, kind: str, gamma: float, n_neighbors: int, memory_cap_mb: fl
         return dense_kernel(x, kind, gamma), kind
     if sparse_bytes(n, n_neighbors) <= cap:
         covers = knn_kernel(x, n_neighbors, "cosine" if kind == "knn" else kind, gamma, exact_search_rows)
-        search = "" if kind == "precomputed" else f", {describe_search(n, x.shape[1], exact_search_rows)}"
         if kind == "knn":
-            return covers, f"knn ({search[2:]})"
+            return covers, f"knn ({describe_search(n, x.shape[1], exact_search_rows)})"
+        search = "" if kind == "precomputed" else f", {describe_search(n, x.shape[1], exact_search_rows)}"
         return covers, f"knn {kind} (dense {_mb(dense_bytes(n))} over memory_cap_mb{search})"
     raise ValueError(
         f"memory_cap_mb: a {kind} kernel for {n} points needs {_mb(dense_bytes(n))} dense or "

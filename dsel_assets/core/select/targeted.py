@@ -12,7 +12,8 @@ from typing import Literal, get_args
 import numpy as np
 
 from ..influence import less_task_scores
-from ._neighbours import SEARCH_ROWS, nearest
+from ._facility import unit_rows
+from ._neighbours import SEARCH_ROWS, blocks, nearest
 
 Representation = Literal["less", "rds", "embed"]
 LESS = "less"
@@ -104,24 +105,14 @@ def cosine_neighbours(x: np.ndarray, k: int, exact_rows: int = 0) -> tuple[np.nd
     holds one normalised float32 copy, the clustered search none (8192-d pool gradients: 3.3 GB
     per copy at 100k rows)."""
     norms = np.concatenate(
-        [
-            np.linalg.norm(np.asarray(x[lo : lo + SEARCH_ROWS], np.float32), axis=1)
-            for lo in range(0, len(x), SEARCH_ROWS)
-        ]
+        [np.linalg.norm(np.asarray(x[lo : lo + SEARCH_ROWS], np.float32), axis=1) for lo in blocks(len(x))]
     )
     k = min(k, len(x))
     sims = np.empty((len(x), k), dtype=np.float32)
     neighbours = np.empty((len(x), k), dtype=np.int64)
-    for rows, found_sims, found in nearest(x, k, inner_product=True, exact_rows=exact_rows, prepare=_unit_block):
+    for rows, found_sims, found in nearest(x, k, inner_product=True, exact_rows=exact_rows, prepare=unit_rows):
         sims[rows], neighbours[rows] = found_sims, found
     return norms, sims, neighbours
-
-
-def _unit_block(rows: np.ndarray) -> np.ndarray:
-    """A float32 copy of ``rows`` scaled to unit L2 norm (zero rows stay zero)."""
-    out = np.array(rows, dtype=np.float32, order="C")
-    out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
-    return out
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
