@@ -173,6 +173,57 @@ def test_kmeans_centroids_takes_one_point_per_well_separated_cluster():
     assert sorted(ids.index(i) // 30 for i in sel.ids) == [0, 1, 2, 3]
 
 
+def separated_blobs(seed, blobs=16, size=30, dim=8):
+    """``blobs`` tight clusters of ``size`` points, 1,000x farther apart than they are wide."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=100.0, size=(blobs, dim))
+    labels = np.repeat(np.arange(blobs), size)
+    return (centres[labels] + rng.normal(scale=0.1, size=(len(labels), dim))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_two_level_kmeans_recovers_separated_blobs(seed):
+    """16 equal blobs: 4 groups, each group's share is exactly its number of blobs, so every
+    cluster is one whole blob, as one-level k-means finds them."""
+    from dsel_assets.core.select._clustering import kmeans, two_level_kmeans
+
+    x, labels = separated_blobs(seed)
+    for clustering in (kmeans, two_level_kmeans):
+        centroids, assignment = clustering(x, 16, seed)
+        assert len(centroids) == 16
+        assert all(len(set(labels[assignment == c])) == 1 for c in range(16))  # no cluster spans blobs
+        assert len(set(assignment.tolist())) == 16  # and no blob is split
+        np.testing.assert_allclose(centroids[assignment], [x[labels == b].mean(axis=0) for b in labels], atol=1e-3)
+
+
+@pytest.mark.parametrize(("n", "clusters"), [(50, 1), (50, 2), (50, 7), (50, 50), (200, 30), (7, 20)])
+def test_two_level_kmeans_gives_exactly_the_clusters_asked(n, clusters):
+    from dsel_assets.core.select._clustering import two_level_kmeans
+
+    for seed in range(5):
+        x = np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+        centroids, assignment = two_level_kmeans(x, clusters, seed)
+        assert len(centroids) == min(clusters, n)
+        assert assignment.min() >= 0 and assignment.max() < len(centroids)
+
+
+def test_kmeans_centroids_two_levels_take_one_point_per_blob():
+    """Forced two-level k-means (flat_kmeans_rows below the pool): one pick per blob, each the
+    blob's point nearest its mean."""
+    x, labels = separated_blobs(3)
+    ids = [f"p{i}" for i in range(len(x))]
+    config = build_config("kmeans_centroids", {"flat_kmeans_rows": 100})
+    sel = get("kmeans_centroids").select(ids, 16, config, sentence_embeddings=x)
+    rows = [ids.index(i) for i in sel.ids]
+    assert sel.diagnostics["kmeans"] == "two levels" and sorted(labels[rows]) == list(range(16))
+    for row in rows:
+        blob = x[labels == labels[row]]
+        nearest = np.argmin(((blob - blob.mean(axis=0)) ** 2).sum(axis=1))
+        assert np.array_equal(x[row], blob[nearest])
+    with pytest.raises(ValueError, match="kmeans_centroids.flat_kmeans_rows"):
+        build_config("kmeans_centroids", {"flat_kmeans_rows": -1})
+
+
 def nearest_unused_by_definition(x, centroids, k):
     """Each centroid in turn takes the first unused row of its stable argsort by squared L2."""
     taken, rows = set(), []

@@ -171,12 +171,36 @@ def test_uot_refuses_a_problem_memory_cannot_hold_with_what_it_needs(monkeypatch
     from dsel_assets.core.select.uot import check_memory
 
     class Memory:
-        available = 8 * 2**30
+        available = 1 * 2**30
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory())
-    check_memory(500, 100_000)  # 3 x 8 B x 5e7 = 1.1 GiB: fits
-    with pytest.raises(MemoryError, match=r"500 query columns x 1,000,000 pool rows need 11.2 GiB .* 8.0 GiB"):
-        check_memory(500, 1_000_000)
+    check_memory(500, 500_000)  # float32 kernel 4 B x 2.5e8 = 0.93 GiB, + one 16,384-row float64 block: fits
+    with pytest.raises(MemoryError, match=r"500 query columns x 1,000,000 pool rows need 1.9 GiB .* 1.0 GiB"):
+        check_memory(500, 1_000_000)  # 4 B x 5e8 + 8 B x 500 x 16,384 = 1.92 GiB
+
+
+@pytest.mark.parametrize(
+    ("reg", "reg_source", "reg_target"), [(0.01, "inf", 1e-4), (0.05, "inf", 1e-3), (0.02, 0.5, 1e-4), (0.1, 1.0, 0.1)]
+)
+def test_uot_mass_matches_pots_dense_sinkhorn(reg, reg_source, reg_target):
+    """The one-float32-kernel Sinkhorn against POT's sinkhorn_unbalanced on the dense float64
+    cost, over 3 seeds and pools with ineligible (NaN) rows: same masses to 1e-5, same ranking."""
+    from ot.unbalanced import sinkhorn_unbalanced
+
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        s = np.tanh(rng.normal(scale=0.5, size=(900, 12))).astype(np.float32)
+        s[rng.integers(900, size=30), rng.integers(12, size=30)] = np.nan
+        rows = eligible_rows(s)
+        config = build_config("uot", {"reg": reg, "reg_source": reg_source, "reg_target": reg_target})
+        sel = get("uot").select(ids(900), 900, config, influence=Influence(s, ("t",) * 12))
+        cost = (1.0 - s[rows].T.astype(np.float64)) / 2.0
+        a, b = np.full(12, 1 / 12), np.full(len(rows), 1 / len(rows))
+        plan = sinkhorn_unbalanced(a, b, cost, reg=reg, reg_m=(float(reg_source), reg_target), reg_type="kl")
+        mass = plan.sum(axis=0)
+        order = np.lexsort((rows, -mass))
+        assert sel.ids == [f"p{r:03d}" for r in rows[order]]
+        np.testing.assert_allclose(sel.scores, mass[order], rtol=1e-5)
 
 
 def test_novelselect_refuses_a_budget_memory_cannot_hold_before_any_work(monkeypatch):
@@ -363,7 +387,7 @@ def test_g2is_budgets_sum_exactly_and_sets_satisfy_both_constraints():
 
 
 def test_small2large_quotas_and_lowest_learning_percentage_first():
-    from dsel_assets.core.select.small2large import cluster_quotas
+    from dsel_assets.core.select._clustering import cluster_quotas
 
     assert cluster_quotas(np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]
     assert cluster_quotas(np.array([97, 2, 1]), 10).sum() == 10

@@ -8,6 +8,8 @@ Lloyd steps so cost stays O(iterations * N * k * d).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -19,6 +21,31 @@ def kmeans(vectors: np.ndarray, n_clusters: int, seed: int, iterations: int = 20
     n_clusters = max(1, min(n_clusters, len(x)))
     km = KMeans(n_clusters, init="k-means++", n_init=1, max_iter=iterations, random_state=seed).fit(x)
     return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
+
+
+def two_level_kmeans(
+    vectors: np.ndarray, n_clusters: int, seed: int, iterations: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids [C, d], assignment [N]) of k-means done in two levels, for more clusters
+    than one k-means over the whole pool can afford: about sqrt(C) groups by ``kmeans``,
+    then each group split by its own ``kmeans`` into its proportional share of the C
+    clusters (``cluster_quotas``). Each row belongs to a cluster of its own group, so a
+    boundary row may sit in a cluster whose centroid is not its nearest. The cost is about
+    2 sqrt(C) N d per Lloyd step instead of C N d."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n_clusters = max(1, min(n_clusters, len(x)))
+    _, group_of = kmeans(x, round(math.sqrt(n_clusters)), seed, iterations)
+    members = np.split(np.argsort(group_of, kind="stable"), np.cumsum(np.bincount(group_of))[:-1])
+    shares = cluster_quotas(np.array([len(m) for m in members]), n_clusters)
+    centroids: list[np.ndarray] = []
+    assignment = np.empty(len(x), dtype=np.int64)
+    for rows, share in zip(members, shares, strict=True):
+        if share == 0:
+            continue
+        group_centroids, group_assignment = kmeans(x[rows], int(share), seed, iterations)
+        assignment[rows] = group_assignment + sum(len(c) for c in centroids)
+        centroids.append(group_centroids)
+    return np.concatenate(centroids), assignment
 
 
 def spherical_kmeans(
@@ -66,3 +93,24 @@ def round_robin(groups: list[np.ndarray], k: int) -> list[int]:
         order += row
         depth += 1
     return order[:k]
+
+
+def cluster_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster counts: the share p = k / N of each cluster, at least one per non-empty
+    cluster while k allows, largest remainders first, summing exactly to min(k, N)."""
+    n = int(sizes.sum())
+    k = min(k, n)
+    exact = sizes * (k / n) if n else sizes.astype(float)
+    quotas = np.floor(exact).astype(int)
+    floor = (sizes > 0).astype(int) if k >= np.count_nonzero(sizes) else np.zeros_like(sizes)
+    quotas = np.maximum(quotas, floor)
+    while quotas.sum() > k:  # the minimum of one overshot: trim where it hurts proportion least
+        over = np.where(quotas > floor, quotas - exact, -np.inf)
+        quotas[np.argmax(over)] -= 1
+    remainder = exact - quotas
+    for c in np.argsort(-remainder, kind="stable"):
+        if quotas.sum() == k:
+            break
+        if quotas[c] < sizes[c]:
+            quotas[c] += 1
+    return quotas

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import kmeans
+from ._clustering import kmeans, two_level_kmeans
 from .base import Selection, check_inputs
 from .registry import register
 
@@ -16,10 +16,27 @@ from .registry import register
 class KMeansCentroidsConfig:
     seed: int = field(default=0, metadata={"help": "k-means seed"})
     iterations: int = field(default=20, metadata={"help": "Lloyd iterations"})
+    flat_kmeans_rows: int = field(
+        default=0,
+        metadata={"help": "one k-means up to this many points, two-level beyond; 0 = while N k d <= 2e11"},
+    )
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
-            raise ValueError(f"iterations: must be >= 1, got {self.iterations}")
+            raise ValueError(f"kmeans_centroids.iterations: must be >= 1, got {self.iterations}")
+        if self.flat_kmeans_rows < 0:
+            raise ValueError(
+                f"kmeans_centroids.flat_kmeans_rows: must be >= 0 (0 = automatic), got {self.flat_kmeans_rows}"
+            )
+
+
+FLAT_KMEANS_WORK = 2e11  # N k d of the largest default one-level k-means (100k points, 5,000 centroids, d = 384)
+
+
+def flat(n: int, k: int, dim: int, flat_rows: int) -> bool:
+    """Whether ``n`` points get one k-means of ``k`` centroids: ``flat_rows`` when set (> 0),
+    else while N k d <= ``FLAT_KMEANS_WORK``."""
+    return n <= flat_rows if flat_rows > 0 else n * k * dim <= FLAT_KMEANS_WORK
 
 
 @register(
@@ -36,7 +53,9 @@ def select(ids, k: int, config: KMeansCentroidsConfig, *, sentence_embeddings: n
     ids = check_inputs(ids, sentence_embeddings=sentence_embeddings)
     if k == 0:
         return Selection("kmeans_centroids", [], [], diagnostics={"eligible": len(ids)})
-    centroids, assignment = kmeans(sentence_embeddings, k, config.seed, config.iterations)
+    one_level = flat(len(ids), k, sentence_embeddings.shape[1], config.flat_kmeans_rows)
+    clustering = kmeans if one_level else two_level_kmeans
+    centroids, assignment = clustering(sentence_embeddings, k, config.seed, config.iterations)
     sizes = np.bincount(assignment, minlength=len(centroids))
     order = np.argsort(-sizes, kind="stable")
     rows, scanned = nearest_unused(np.asarray(sentence_embeddings, dtype=np.float32), centroids[order], k)
@@ -46,6 +65,7 @@ def select(ids, k: int, config: KMeansCentroidsConfig, *, sentence_embeddings: n
         [float(sizes[c]) for c in order[: len(rows)]],
         diagnostics={
             "eligible": len(ids),
+            "kmeans": "one level" if one_level else "two levels",
             "clusters": len(centroids),
             "empty_clusters": int((sizes == 0).sum()),
             "full_scans": scanned,
