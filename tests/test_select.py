@@ -196,6 +196,23 @@ def test_two_level_kmeans_recovers_separated_blobs(seed):
         np.testing.assert_allclose(centroids[assignment], [x[labels == b].mean(axis=0) for b in labels], atol=1e-3)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_kmeans_fits_a_sample_past_256_rows_per_cluster_and_assigns_every_row(seed):
+    """5 blobs of 600 rows (3,000 > 256 x 5): centroids from a 1,280-row sample, each within
+    0.05 of its blob's mean (noise 0.1 / sqrt(~256) per axis), and every row assigned to its
+    nearest centroid - its own blob."""
+    from dsel_assets.core.select._clustering import FIT_ROWS_PER_CLUSTER, kmeans
+
+    x, labels = separated_blobs(seed, blobs=5, size=600)
+    assert len(x) > FIT_ROWS_PER_CLUSTER * 5
+    centroids, assignment = kmeans(x, 5, seed)
+    nearest = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
+    assert np.array_equal(assignment, nearest)
+    assert all(len(set(labels[assignment == c])) == 1 for c in range(5)) and len(set(assignment.tolist())) == 5
+    means = np.array([x[labels == labels[assignment == c][0]].mean(axis=0) for c in range(5)])
+    assert np.abs(centroids - means).max() < 0.05
+
+
 @pytest.mark.parametrize(("n", "clusters"), [(50, 1), (50, 2), (50, 7), (50, 50), (200, 30), (7, 20)])
 def test_two_level_kmeans_gives_exactly_the_clusters_asked(n, clusters):
     from dsel_assets.core.select._clustering import two_level_kmeans

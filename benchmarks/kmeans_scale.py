@@ -1,26 +1,27 @@
-"""kmeans_centroids: two-level k-means (its path for large pools) against one k-means over the
-pool, judged by the points selected, in one run.
+"""The two ways dsel's k-means gets cheaper on large pools, against the full computation,
+in one run (dsel_assets/core/select/_clustering.py).
 
-One k-means of k = 5% of N centroids costs N k d per Lloyd step: 438 s at 100k x 384 on 2
-cores and hours at 1M. Past N k d = 2e11 (or ``flat_kmeans_rows``) kmeans_centroids clusters in
-two levels (about sqrt(k) groups, then each group's share of the k centroids). For each pool
-and seed this script prints the seconds of each path and two costs of what it selects (lower
-is better), with a random 5% as the floor:
+1. Sampled fit (every k-means: kmeans_random, kmq, small2large, diversify_conquer, labels):
+   past 256 rows per cluster the centroids are fitted on a seeded sample of that many rows per
+   cluster, and every row is then assigned to its nearest centroid. Printed per pool: seconds
+   of the full fit and of the sampled fit, and the k-means objective (inertia: the sum of
+   squared distances of every row to its centroid) as full / sampled.
+2. Two levels (kmeans_centroids, k = 5% of N centroids, past N k d = 2e11): about sqrt(k)
+   groups, then each group's share of the k centroids. Printed per pool and seed: the seconds
+   of each path and two costs of what kmeans_centroids selects (lower is better), with a
+   random 5% as the floor - coverage: the sum over the pool of each point's squared distance
+   to its nearest selected point (what one representative per cluster is for); inertia of the
+   centroids found (random has none).
 
-- coverage: the sum over the pool of each point's squared distance to its nearest selected
-  point (what "one representative per cluster" is for);
-- inertia: the k-means objective of the centroids found (sum of squared distances of every
-  point to its cluster's centroid); random has none.
-
-The ratio column is one-level cost / this path's cost (1.0 = as good, below 1 = worse); the
+Ratios are the full (one-level) cost / this path's cost: 1.0 = as good, below 1 = worse. The
 mean and a 95% t-interval over the seeds are printed where there is more than one seed.
 
 Data: MiniLM embeddings of the ../shared/data pool records (cached by knn_recall.py's loader;
 skipped without the shared data) and the clustered 384-d embeddings of benchmarks/scaling.py
 (its Lance cache).
 
-Usage: python benchmarks/kmeans_levels.py [--cache DIR] [--seeds 3] [--synthetic-seeds 1]
-       [--synthetic-size 100000]
+Usage: python benchmarks/kmeans_scale.py [--cache DIR] [--seeds 3] [--synthetic-seeds 1]
+       [--synthetic-size 100000] [--sampled-sizes 100000 1000000]
 """
 
 from __future__ import annotations
@@ -53,6 +54,26 @@ def inertia(x: np.ndarray, centroids: np.ndarray, assignment: np.ndarray, block:
     for lo in range(0, len(x), block):
         total += float(((x[lo : lo + block] - centroids[assignment[lo : lo + block]]) ** 2).sum(dtype=np.float64))
     return total
+
+
+def sampled_fit(name: str, x: np.ndarray, clusters: int, seed: int = 0) -> None:
+    """Full fit (scikit-learn over every row) against dsel's sampled fit, by inertia."""
+    from sklearn.cluster import KMeans
+
+    from dsel_assets.core.select._clustering import FIT_ROWS_PER_CLUSTER, kmeans
+
+    started = time.perf_counter()
+    full = KMeans(clusters, init="k-means++", n_init=1, max_iter=20, random_state=seed).fit(x)
+    full_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    centroids, assignment = kmeans(x, clusters, seed)
+    sampled_seconds = time.perf_counter() - started
+    ratio = inertia(x, full.cluster_centers_.astype(np.float32), full.labels_) / inertia(x, centroids, assignment)
+    fitted = min(len(x), FIT_ROWS_PER_CLUSTER * clusters)
+    print(
+        f"| {name} | {len(x):,} | {clusters} | {fitted:,} | {full_seconds:.1f} | {sampled_seconds:.1f} | {ratio:.4f} |",
+        flush=True,
+    )
 
 
 def one_seed(x: np.ndarray, seed: int) -> dict[str, dict[str, float]]:
@@ -103,19 +124,33 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(".dsel-scaling"))
     parser.add_argument("--seeds", type=int, default=3, help="seeds on the real pool")
     parser.add_argument("--synthetic-seeds", type=int, default=1)
-    parser.add_argument("--synthetic-size", type=int, default=100_000, help="0 = skip the synthetic pool")
+    parser.add_argument("--synthetic-size", type=int, default=100_000, help="two levels; 0 = skip the synthetic pool")
+    parser.add_argument("--sampled-sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     args = parser.parse_args()
     print(f"load average at the start: {os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}", flush=True)
     real = real_embeddings(args.cache)
+    real = None if real is None else real.astype(np.float32)
+
+    def synthetic(n: int) -> np.ndarray:
+        path = dataset(args.cache, f"embed_{n}")
+        if not Path(path).exists():
+            sys.exit(f"{path} is missing: run benchmarks/scaling.py --sizes {n} first")
+        return read_matrix(path)
+
+    print("\n1. Sampled fit, seed 0: full / sampled inertia")
+    print("| pool | rows | clusters | rows fitted | full s | sampled s | inertia ratio |")
+    print("|---|---|---|---|---|---|---|")
+    if real is not None:
+        sampled_fit("real pool (MiniLM)", real, 30)
+    for n in args.sampled_sizes:
+        sampled_fit("clustered synthetic", synthetic(n), 100)
+    print("\n2. Two levels (kmeans_centroids)")
     if real is None:
         print("real pool: skipped (no ../shared/data)")
     else:
-        report("real pool (MiniLM)", real.astype(np.float32), args.seeds)
+        report("real pool (MiniLM)", real, args.seeds)
     if args.synthetic_size:
-        path = dataset(args.cache, f"embed_{args.synthetic_size}")
-        if not Path(path).exists():
-            sys.exit(f"{path} is missing: run benchmarks/scaling.py --sizes {args.synthetic_size} first")
-        report("clustered synthetic", read_matrix(path), args.synthetic_seeds)
+        report("clustered synthetic", synthetic(args.synthetic_size), args.synthetic_seeds)
 
 
 if __name__ == "__main__":
