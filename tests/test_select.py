@@ -224,6 +224,30 @@ def test_two_level_kmeans_gives_exactly_the_clusters_asked(n, clusters):
         assert assignment.min() >= 0 and assignment.max() < len(centroids)
 
 
+def test_capped_shares_by_hand():
+    from dsel_assets.core.select._clustering import capped_shares
+
+    assert capped_shares([10, 10, 80], [10, 10, 2], 12).tolist() == [5, 5, 2]  # 9.6 capped at 2: 10 left, halved
+    assert capped_shares([50, 30, 20], [100, 1, 1], 10).tolist() == [8, 1, 1]  # 3 and 2 capped: 8 left
+    assert capped_shares([1, 1, 1], [5, 5, 5], 4).tolist() == [2, 1, 1]  # equal remainders: first entry
+    assert capped_shares([3, 1], [1, 1], 5).tolist() == [1, 1]  # k above the caps: every cap
+    assert capped_shares([7, 2, 1], [10, 10, 10], 10).tolist() == [7, 2, 1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_two_level_kmeans_gives_a_block_of_duplicates_one_cluster(seed):
+    """200 copies of one far point beside 200 distinct points, 10 clusters: by rows the copies'
+    group would take 5 centroids of one point (4 left empty); capped at its distinct rows it
+    takes 1, and all 10 clusters hold rows."""
+    from dsel_assets.core.select._clustering import two_level_kmeans
+
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([np.full((200, 4), 1000.0), rng.normal(size=(200, 4))]).astype(np.float32)
+    centroids, assignment = two_level_kmeans(x, 10, seed)
+    assert len(centroids) == 10 and len(set(assignment[:200].tolist())) == 1
+    assert len(set(assignment.tolist())) == 10
+
+
 def test_kmeans_centroids_two_levels_take_one_point_per_blob():
     """Forced two-level k-means (flat_kmeans_rows below the pool): one pick per blob, each the
     blob's point nearest its mean."""

@@ -387,7 +387,7 @@ def test_g2is_budgets_sum_exactly_and_sets_satisfy_both_constraints():
 
 
 def test_small2large_quotas_and_lowest_learning_percentage_first():
-    from dsel_assets.core.select._clustering import cluster_quotas
+    from dsel_assets.core.select.small2large import cluster_quotas
 
     assert cluster_quotas(np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]
     assert cluster_quotas(np.array([97, 2, 1]), 10).sum() == 10

@@ -49,15 +49,17 @@ def two_level_kmeans(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(centroids [C, d], assignment [N]) of k-means done in two levels, for more clusters
     than one k-means over the whole pool can afford: about sqrt(C) groups by ``kmeans``,
-    then each group split by its own ``kmeans`` into its proportional share of the C
-    clusters (``cluster_quotas``). Each row belongs to a cluster of its own group, so a
+    then each group split by its own ``kmeans`` into its share of the C clusters: in
+    proportion to its rows, but never more than its distinct rows (a block of duplicates is
+    one point to k-means; ``capped_shares``). Each row belongs to a cluster of its own group, so a
     boundary row may sit in a cluster whose centroid is not its nearest. The cost is about
     2 sqrt(C) N d per Lloyd step instead of C N d."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n_clusters = max(1, min(n_clusters, len(x)))
     _, group_of = kmeans(x, round(math.sqrt(n_clusters)), seed, iterations)
     members = np.split(np.argsort(group_of, kind="stable"), np.cumsum(np.bincount(group_of))[:-1])
-    shares = cluster_quotas(np.array([len(m) for m in members]), n_clusters)
+    distinct = np.array([len(np.unique(x[rows], axis=0)) for rows in members])
+    shares = capped_shares(np.array([len(m) for m in members]), distinct, n_clusters)
     centroids: list[np.ndarray] = []
     assignment = np.empty(len(x), dtype=np.int64)
     for rows, share in zip(members, shares, strict=True):
@@ -116,22 +118,25 @@ def round_robin(groups: list[np.ndarray], k: int) -> list[int]:
     return order[:k]
 
 
-def cluster_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
-    """Per-cluster counts: the share p = k / N of each cluster, at least one per non-empty
-    cluster while k allows, largest remainders first, summing exactly to min(k, N)."""
-    n = int(sizes.sum())
-    k = min(k, n)
-    exact = sizes * (k / n) if n else sizes.astype(float)
-    quotas = np.floor(exact).astype(int)
-    floor = (sizes > 0).astype(int) if k >= np.count_nonzero(sizes) else np.zeros_like(sizes)
-    quotas = np.maximum(quotas, floor)
-    while quotas.sum() > k:  # the minimum of one overshot: trim where it hurts proportion least
-        over = np.where(quotas > floor, quotas - exact, -np.inf)
-        quotas[np.argmax(over)] -= 1
-    remainder = exact - quotas
-    for c in np.argsort(-remainder, kind="stable"):
-        if quotas.sum() == k:
+def capped_shares(weights: np.ndarray, caps: np.ndarray, k: int) -> np.ndarray:
+    """Integer shares of ``k`` in proportion to ``weights``, none above its cap - what a capped
+    entry cannot take goes to the others, again in proportion - summing to min(k, sum of
+    caps); rounded by largest remainders."""
+    weights, caps = np.asarray(weights, dtype=float), np.asarray(caps, dtype=int)
+    k = min(k, int(caps.sum()))
+    capped = np.zeros(len(weights), dtype=bool)
+    while True:
+        open_weight = weights[~capped].sum()
+        left = k - caps[capped].sum()
+        exact = np.where(capped, caps, left * weights / open_weight if open_weight > 0 else 0.0)
+        over = ~capped & (exact > caps)
+        if not over.any():
             break
-        if quotas[c] < sizes[c]:
-            quotas[c] += 1
-    return quotas
+        capped |= over
+    shares = np.minimum(np.floor(exact).astype(int), caps)
+    for entry in np.argsort(shares - exact, kind="stable"):  # largest remainder first
+        if shares.sum() >= k:
+            break
+        if shares[entry] < caps[entry]:
+            shares[entry] += 1
+    return shares

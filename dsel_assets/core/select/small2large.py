@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import cluster_quotas, kmeans
+from ._clustering import kmeans
 from .base import Selection, check_inputs
 from .registry import register
 
@@ -22,6 +22,27 @@ class Small2LargeConfig:
     def __post_init__(self) -> None:
         if self.n_clusters < 1:
             raise ValueError(f"small2large.n_clusters: must be >= 1, got {self.n_clusters}")
+
+
+def cluster_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster counts: the share p = k / N of each cluster, at least one per non-empty
+    cluster while k allows, largest remainders first, summing exactly to min(k, N)."""
+    n = int(sizes.sum())
+    k = min(k, n)
+    exact = sizes * (k / n) if n else sizes.astype(float)
+    quotas = np.floor(exact).astype(int)
+    floor = (sizes > 0).astype(int) if k >= np.count_nonzero(sizes) else np.zeros_like(sizes)
+    quotas = np.maximum(quotas, floor)
+    while quotas.sum() > k:  # the minimum of one overshot: trim where it hurts proportion least
+        over = np.where(quotas > floor, quotas - exact, -np.inf)
+        quotas[np.argmax(over)] -= 1
+    remainder = exact - quotas
+    for c in np.argsort(-remainder, kind="stable"):
+        if quotas.sum() == k:
+            break
+        if quotas[c] < sizes[c]:
+            quotas[c] += 1
+    return quotas
 
 
 def _select(name: str, ids, k: int, config: Small2LargeConfig, lp: np.ndarray, x: np.ndarray, random: bool):
