@@ -39,7 +39,7 @@ class UotConfig(TargetedConfig):
 
 def check_memory(queries: int, pool: int) -> None:
     """Refuse, with what it would take, a problem memory cannot hold: the float32 kernel
-    [pool, queries] plus a block of its float64 conversion."""
+    [pool, queries] plus room for two float32 temporaries of a block of rows."""
     require_memory(
         4 * queries * pool + 8 * queries * min(pool, BLOCK),
         f"uot: {queries} query columns x {pool:,} pool rows",
