@@ -46,22 +46,10 @@ FEATURE_DIM = 1024
 def random_llama(tokenizer, seed: int = 0):
     """4-layer Llama whose weights come from numpy's seeded PCG64, parameter by sorted name."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
+    from dsel_assets.core.models.loading import tiny_llama
+
+    model = tiny_llama(tokenizer, hidden_size=256, intermediate_size=768, layers=4, heads=8, kv_heads=4)
     rng = np.random.default_rng(seed)
     with torch.no_grad():
         for name, parameter in sorted(model.named_parameters()):

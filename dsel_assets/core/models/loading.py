@@ -225,18 +225,28 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
-    """A 2-layer random Llama sized for unit tests, sharing the real tokenizer."""
+def tiny_llama(
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int = 0,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+) -> PreTrainedModel:
+    """A small random Llama (by default 2 layers, sized for unit tests), sharing the real
+    tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
