@@ -12,7 +12,8 @@ on CUDA:
 
 - loss / IFD scoring, strict fp32 and the default (bf16 autocast body): max |loss difference|,
   max |IFD difference| against the CPU;
-- gradient features, strict and default (bf16 autocast, bf16 projection): the smallest cosine
+- gradient features, strict and default (fp32 tensors with bf16 matmul products, bf16
+  projection): the smallest cosine
   between an example's CUDA and CPU feature;
 - two epochs of LoRA fine-tuning (bf16 autocast): first and last epoch's mean loss;
 - greedy generation (bf16 autocast): 16 replies of up to 16 tokens;

@@ -66,14 +66,14 @@ def exact_greedy(x: np.ndarray, k: int) -> list[int]:
 
 
 def main() -> None:
+    from scaling import CACHE, EMBED_DIM, dataset, ensure_vectors, read_matrix
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--budget", type=float, default=0.05)
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "dsel-scaling")
+    parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--check", action="store_true", help="first compare streamed exact with the dense path")
     args = parser.parse_args()
-
-    from scaling import EMBED_DIM, dataset, ensure_vectors, read_matrix
 
     from dsel_assets.core.select import build_config, get
     from dsel_assets.core.select._facility import unit_rows

@@ -11,9 +11,10 @@ and the same seeded block projection to d dimensions.
 - ours: dsel_assets.core.models.features.gradient_features with default settings: length
   bucketed batches, per-example gradients from one backward pass (hooks), response-only
   vocabulary projection, one projection call per 128-example chunk (bf16 matmul where the
-  CPU/GPU supports it), and on bf16-capable hardware float32 matmuls with bf16 products and
-  fp32 accumulation (``compute_dtype=auto``). ``ours-fp32`` is the same with strict fp32
-  everywhere; ``ours-bf16`` (opt-in part) runs the forward/backward under bf16 autocast.
+  CPU/GPU supports it), and ``compute_dtype=auto``: on CUDA float32 matmuls with bf16
+  products and fp32 accumulation, on CPUs strict fp32. ``ours-fp32`` runs the forward/backward
+  in strict fp32 everywhere (the projection dtype stays ``auto``); ``ours-bf16`` (opt-in part)
+  runs it under bf16 autocast.
 - floor: the physical floor of ours - the same length-bucketed batches, one plain batched
   forward + backward of the mean loss (LoRA gradients only: no per-example hooks, no Adam
   feature, no projection), in the same precision as ``ours``.

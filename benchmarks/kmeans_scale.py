@@ -118,10 +118,10 @@ def report(name: str, x: np.ndarray, seeds: int) -> None:
 
 def main() -> None:
     from knn_recall import real_embeddings
-    from scaling import dataset, read_matrix
+    from scaling import CACHE, dataset, read_matrix
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=Path(".dsel-scaling"))
+    parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--seeds", type=int, default=3, help="seeds on the real pool")
     parser.add_argument("--synthetic-seeds", type=int, default=1)
     parser.add_argument("--synthetic-size", type=int, default=100_000, help="two levels; 0 = skip the synthetic pool")
@@ -134,7 +134,7 @@ def main() -> None:
     def synthetic(n: int) -> np.ndarray:
         path = dataset(args.cache, f"embed_{n}")
         if not Path(path).exists():
-            sys.exit(f"{path} is missing: run benchmarks/scaling.py --sizes {n} first")
+            sys.exit(f"{path} is missing: run benchmarks/scaling.py --sizes {n} --cache {args.cache} first")
         return read_matrix(path)
 
     print("\n1. Sampled fit, seed 0: full / sampled inertia")

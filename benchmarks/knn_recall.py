@@ -103,14 +103,14 @@ def study(name: str, x: np.ndarray, exact_rows: int, run_exact: bool, n_queries:
 
 
 def main() -> None:
+    import scaling
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "dsel-scaling"))
+    parser.add_argument("--cache", default=str(scaling.CACHE))
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--exact-max", type=int, default=100_000, help="largest N where exact search also runs")
     parser.add_argument("--queries", type=int, default=2000, help="rows whose recall is measured")
     args = parser.parse_args()
-    import scaling
-
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     print(f"load average at the start: {os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}", flush=True)

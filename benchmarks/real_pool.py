@@ -11,7 +11,7 @@ Then ``dsel compare`` materializes representations, selections (random with seve
 seeds), fine-tunes (several training seeds) and held-out evaluation, and prints the table.
 
 Usage: python benchmarks/real_pool.py [--pool-size 2000] [--eval-size 200] [--query-size 8]
-       [--home DIR] [--seeds 2] [--random-seeds 3] [--epochs 2] [--max-length 256] ...
+       [--home DIR] [--seeds 2] [--random-seeds 3] [--epochs 1] [--max-length 256] ...
 Exits 0 with a message when ../shared/data is absent.
 """
 

@@ -9,9 +9,10 @@ composed from measured parts: the sample size that k-means + the perplexity band
 adapted model (the loss-score rate). Prints a markdown table.
 
 ``loss_precision`` (its own part, ``--only loss_precision``): loss scoring of ``--precision-n``
-(500) real examples in strict fp32 (what scoring ran before bf16), with bf16 matmul products
-and fp32 accumulation (the default where the CPU has bf16), and under bf16 autocast - rate,
-speed-up over strict, largest IFD difference and Spearman correlation of the IFDs with strict.
+(500) real examples in strict fp32 (the default where the hardware lacks bf16), with bf16
+matmul products and fp32 accumulation, and under bf16 autocast (the default where it has
+bf16) - rate, speed-up over strict, largest IFD difference and Spearman correlation of the
+IFDs with strict.
 
 Usage: python benchmarks/representation_timing.py [--n 64] [--anchors 100] [--candidates 4]
        [--only loss_scores golden_score loss_precision ...] [--precision-n 500]

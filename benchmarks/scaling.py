@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 EMBED_DIM, GRAD_DIM, N_QUERIES, N_TASKS, N_CENTRES, BUDGET = 384, 8192, 500, 5, 200, 0.05
 N_LABELS = 200
+CACHE = Path.home() / ".cache" / "dsel-scaling"  # the data every scaling benchmark shares
 CHUNK = 32_768
 MODEL_NEEDS = {"trainer", "less_scorer"}  # methods needing these train or run the model
 SCALARS = (
@@ -328,7 +329,7 @@ def table(results: dict[str, dict[int, dict]], sizes: list[int]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "dsel-scaling"))
+    parser.add_argument("--cache", default=str(CACHE))
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a measurement is stopped")
     parser.add_argument("--memory-cap-gb", type=float, default=8.0, help="resident memory before one is stopped")
     parser.add_argument("--only", nargs="*", help="methods to measure (default: every model-free one)")

@@ -200,7 +200,7 @@ def targeted(n: int, m: int, k: int) -> list[tuple]:
     _, t_uot = timed(lambda: get("uot").select(ids, k, build_config("uot"), influence=influence))
     rows.append(
         (
-            f"UOT (POT sinkhorn_unbalanced) {n}x{m}, k={k}",
+            f"UOT (POT's unbalanced Sinkhorn updates, dsel's loop) {n}x{m}, k={k}",
             f"{t_uot:.2f}s",
             "-",
             "-",

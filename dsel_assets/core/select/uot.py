@@ -95,7 +95,7 @@ def _change(new: np.ndarray, old: np.ndarray) -> float:
     family="targeted",
     config=UotConfig,
     needs=("influence",),
-    description="Entropic unbalanced OT from queries to pool (POT); rank by transported mass.",
+    description="Entropic unbalanced OT from queries to pool (POT's Sinkhorn updates); rank by transported mass.",
     reference="dcml-lab targeted-instruction-selection, arXiv 2503.01807; POT sinkhorn_unbalanced",
 )
 def select(ids, k: int, config: UotConfig, *, influence: Influence) -> Selection:
