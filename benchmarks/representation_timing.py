@@ -14,8 +14,12 @@ matmul products and fp32 accumulation, and under bf16 autocast (the default wher
 bf16) - rate, speed-up over strict, largest IFD difference and Spearman correlation of the
 IFDs with strict.
 
+``loss_floor`` (its own part, ``--only loss_floor``): strict fp32 scoring of the same examples
+against a replay of only its linear layers on its own batches (float32 and bf16), which bounds
+what any exact fp32 speed-up of scoring could reach on this machine.
+
 Usage: python benchmarks/representation_timing.py [--n 64] [--anchors 100] [--candidates 4]
-       [--only loss_scores golden_score loss_precision ...] [--precision-n 500]
+       [--only loss_scores golden_score loss_precision loss_floor ...] [--precision-n 500]
 """
 
 from __future__ import annotations
@@ -170,6 +174,8 @@ def main() -> None:
 
     if want("loss_precision"):
         loss_precision(model, tokenizer, load_examples(args.precision_n)[0])
+    if want("loss_floor"):
+        loss_floor(model, tokenizer, load_examples(args.precision_n)[0])
     print("\n| representation | what is timed | examples timed | seconds | minutes per 1k examples | note |")
     print("|---|---|---|---|---|---|")
     for name, how, n, seconds, note in rows:
@@ -198,6 +204,66 @@ def loss_precision(model, tokenizer, items) -> None:
         rho = spearmanr(ifd[label][both], strict[both]).statistic
         rate = len(items) / seconds[label]
         print(f"| {label} | {rate:.2f} | {seconds['strict fp32'] / seconds[label]:.2f}x | {diff:.2e} | {rho:.5f} |")
+
+
+def loss_floor(model, tokenizer, items) -> None:
+    """Strict fp32 loss scoring against the matrix products it cannot avoid: the same examples
+    scored, then only the model's linear layers (body on every padded token, head on the
+    response tokens) replayed on scoring's own batches with the model's weights, in float32
+    and in bfloat16 (head float32, as scoring keeps it). Norms, attention, activations and the
+    softmax are left out, so the float32 replay is a lower bound on any exact fp32 scoring of
+    these batches, and scoring time / replay time an upper bound on its speed-up."""
+    import torch
+    import torch.nn.functional as F
+
+    from dsel_assets.core.models.scoring import score_examples, turn_inputs
+    from dsel_assets.core.models.sft import _backbone_and_head, length_batches
+
+    body, head = _backbone_and_head(model)
+    layers = [[m.weight.detach() for m in layer.modules() if isinstance(m, torch.nn.Linear)] for layer in body.layers]
+    turns = [pair for _, messages in items for pair in turn_inputs(tokenizer, messages, 512)]
+    batches, real = [], 0  # (padded tokens, response tokens) per forward, as score_examples batches them
+    for kind in ("conditioned", "unconditioned"):
+        encoded = [getattr(pair, kind) for pair in turns]
+        for group in length_batches([len(e.input_ids) for e in encoded], 8):
+            width = max(len(encoded[i].input_ids) for i in group)
+            batches.append((width * len(group), sum(encoded[i].n_response for i in group)))
+            real += sum(len(encoded[i].input_ids) for i in group)
+    padded = sum(tokens for tokens, _ in batches)
+    flops = 2 * sum(tokens * sum(w.numel() for layer in layers for w in layer) for tokens, _ in batches)
+    flops += 2 * sum(response for _, response in batches) * head.weight.numel()
+
+    def replay(dtype) -> float:
+        weights = [[w.to(dtype) for w in layer] for layer in layers]
+        inputs = {w.shape[1]: torch.randn(max(t for t, _ in batches), w.shape[1], dtype=dtype) for w in layers[0]}
+        head_input = torch.randn(max(r for _, r in batches), head.weight.shape[1])
+        started = time.perf_counter()
+        with torch.no_grad():
+            for tokens, response in batches:
+                for layer in weights:
+                    for w in layer:
+                        F.linear(inputs[w.shape[1]][:tokens], w)
+                F.linear(head_input[:response], head.weight)
+        return time.perf_counter() - started
+
+    replay(torch.float32)  # warm-up: oneDNN primitives for these shapes
+    _, scoring = timed(lambda: dict(score_examples(model, tokenizer, items, precision="model")))
+    fp32, bf16 = replay(torch.float32), replay(torch.bfloat16)
+    print(
+        f"\n| loss_floor ({len(items)} real examples, {len(batches)} forwards, {padded:,} padded / {real:,} real "
+        f"tokens, {flops / 1e9:,.0f} GFLOP in linear layers) | seconds | GFLOP/s |\n|---|---|---|"
+    )
+    for label, seconds in (
+        ("strict fp32 scoring", scoring),
+        ("its linear layers alone, float32", fp32),
+        ("its linear layers alone, bfloat16 body", bf16),
+    ):
+        print(f"| {label} | {seconds:.1f} | {flops / 1e9 / seconds:.1f} |")
+    print(
+        f"\nexact fp32 speed-up bound: {scoring / fp32:.2f}x on these batches, "
+        f"{scoring / (fp32 * real / padded):.2f}x with no padding at all; "
+        f"bf16 products alone: {scoring / bf16:.2f}x"
+    )
 
 
 if __name__ == "__main__":
