@@ -12,7 +12,9 @@ opening a FIFO would wait forever), and only their head and tail are read while 
 Symlinks, FIFOs, sockets, devices, folders with a data suffix, a ``query/`` or ``eval/`` that
 is not a real folder and files over the size cap are set aside as they are (a link is moved,
 not its target) to ``rejected/`` with ``<name>.reason.txt`` beside them, and never copied. A
-file whose handling keeps failing is set aside the same way after a bounded number of ticks.
+file whose handling keeps failing is set aside the same way after a bounded number of ticks;
+a full disk or quota is the machine's failure, not the file's, and never counts (the file
+waits in the inbox until there is room).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ INGESTED, QUARANTINED, REJECTED = "ingested", "quarantined", "rejected"
 MAX_BYTES = 2 << 30
 #: Ticks a file may fail (scan, registration, archive) before it is set aside.
 MAX_ATTEMPTS = 3
+#: OS errors that say the state home has no room: retried every tick, never counted.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Inbox entries looked at per tick (the rest wait): bounds a tick's work and the cursor's size.
 MAX_ENTRIES = 10_000
 #: Bytes read from a file's end to judge whether it is finished.
@@ -272,14 +276,25 @@ def failed(
     root: Path, name: str, path: Path, entry: tuple | list, exc: Exception, state: dict[str, list], max_attempts: int
 ) -> Alert:
     """Count a failure to handle ``name``: keep it in ``state`` for another try next tick, or set
-    it aside once it has failed ``max_attempts`` ticks."""
-    failures = (entry[3] if len(entry) > 3 else 0) + 1
+    it aside once it has failed ``max_attempts`` ticks. A full disk is kept without counting."""
     reason = f"{type(exc).__name__}: {exc}"
+    if no_room(exc):
+        state[name] = list(entry)
+        return Alert(f"{name}: {reason}; no room to store it (not counted against the file), retrying next tick")
+    failures = (entry[3] if len(entry) > 3 else 0) + 1
     if failures < max_attempts:
         state[name] = [*entry[:3], failures]
         return Alert(f"{name}: {reason}; attempt {failures} of {max_attempts}, retrying next tick")
     state.pop(name, None)
     return set_aside(root, name, path, f"failed {failures} ticks, last: {reason}")
+
+
+def no_room(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk or quota is full: an OS error with that code, or a library's
+    error (DuckDB's, Lance's) that passes the OS's message on."""
+    if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+        return True
+    return any(os.strerror(code) in str(exc) for code in NO_ROOM)
 
 
 def set_aside(root: Path, name: str, path: Path, reason: str) -> Alert:

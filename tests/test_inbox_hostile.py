@@ -4,10 +4,12 @@ Every tick runs in a thread with a deadline: a hang fails the test instead of bl
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import stat
+import subprocess
 import threading
 import tracemalloc
 from pathlib import Path
@@ -233,6 +235,52 @@ def test_locked_database_counts_against_no_file(sensor):
     assert not result.run_requests and (home.inbox / "good.jsonl").exists()
     assert json.loads(cursor)["good.jsonl"][3] == 0
     assert len(tick(cursor).run_requests) == 1
+
+
+@pytest.fixture()
+def small_disk(home):
+    """``(resize, raw)``: the raw store on its own 64 KiB tmpfs (a really full disk, ENOSPC from
+    the kernel); ``resize(kib)`` remounts it. Skipped where mounting is not permitted."""
+    raw = Path(home.raw)
+    raw.mkdir(parents=True, exist_ok=True)
+
+    def mount(*options: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["mount", "-t", "tmpfs", *options, "tmpfs", str(raw)], capture_output=True, text=True)
+
+    if mount("-o", "size=64k").returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        yield (lambda kib: subprocess.run(["mount", "-o", f"remount,size={kib}k", str(raw)], check=True)), raw
+    finally:
+        subprocess.run(["umount", str(raw)], check=True)
+
+
+def test_full_disk_counts_against_no_file_and_loses_nothing(sensor, small_disk):
+    """A file larger than the room left is retried tick after tick, never set aside, and leaves
+    no partial copy; once there is room it is ingested whole."""
+    tick, home = sensor
+    resize, raw = small_disk
+    write_jsonl(home.inbox / "big.jsonl", qa_lines(0, 3000))
+    original = (home.inbox / "big.jsonl").read_bytes()
+    assert len(original) > 64 << 10
+    results = ticks(tick, 5, max_attempts=2)  # one tick to settle, four that hit the full disk
+    assert not any(r.run_requests for r in results)
+    assert json.loads(results[-1].cursor)["big.jsonl"][3] == 0  # failures counted: none
+    assert (home.inbox / "big.jsonl").read_bytes() == original
+    assert not os.path.lexists(home.inbox / inbox.REJECTED / "big.jsonl")
+    assert not [p for p in raw.rglob("*") if p.is_file()]  # no partial copy left behind
+    resize(4096)
+    result = tick(results[-1].cursor, max_attempts=2)
+    assert [r.tags["dsel/file"] for r in result.run_requests] == ["big.jsonl"]
+    assert raw_bytes(home) == [original]
+
+
+def test_no_room_recognises_the_os_and_library_forms():
+    assert inbox.no_room(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert inbox.no_room(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)))
+    assert inbox.no_room(duckdb.IOException(f"Could not write file: {os.strerror(errno.ENOSPC)}"))
+    assert not inbox.no_room(OSError(errno.EACCES, os.strerror(errno.EACCES)))
+    assert not inbox.no_room(RuntimeError("simulated read fault"))
 
 
 def test_unreadable_cursor_starts_afresh(sensor):
