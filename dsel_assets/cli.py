@@ -255,17 +255,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     batches = []
     for path, labels in labelled:
-        batch, pending = _register(
-            home,
-            path,
-            source=labels.source,
-            task=labels.task,
-            split=labels.split,
-            fmt=args.format,
-            layout=args.layout,
-            mapping=args.mapping,
-            update=args.force,
-        )
+        try:
+            batch, pending = _register(
+                home,
+                path,
+                source=labels.source,
+                task=labels.task,
+                split=labels.split,
+                fmt=args.format,
+                layout=args.layout,
+                mapping=args.mapping,
+                update=args.force,
+            )
+        except OSError as exc:  # a full disk, say: which file, and that a rerun resumes
+            done = f"{len(batches)} earlier file(s) stored, not yet validated" if batches else "nothing stored yet"
+            message = f"{exc.strerror or exc} ({done}; the same command again resumes)"
+            raise OSError(exc.errno, message, str(path)) from exc
         if not pending and not args.force:
             print(f"[dsel] {path} is already batch {batch} (same sha256); --force re-validates it")
             continue
@@ -715,7 +720,7 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, duckdb.Error):
         return f"the state database refused the operation ({type(exc).__name__}: {exc}); check `dsel status`"
     if isinstance(exc, OSError):
-        return f"{exc.strerror or exc} ({exc.filename or 'file system'}); check the path, permissions and free space"
+        return f"{exc.filename or 'file system'}: {exc.strerror or exc}; check the path, permissions and free space"
     from dsel_assets.runs import RunFailed
     from dsel_assets.store.tables import StateDatabaseError
 

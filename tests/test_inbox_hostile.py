@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
 import threading
 import tracemalloc
 from pathlib import Path
@@ -24,7 +23,7 @@ from dsel_assets.store import tables
 from resources import InboxSettings, build_resources
 from resources.store import StateStore
 
-from .helpers import write_jsonl
+from .helpers import small_tmpfs, write_jsonl
 
 DEADLINE_S = 20
 SECRET = "SECRET=hunter2"
@@ -239,20 +238,9 @@ def test_locked_database_counts_against_no_file(sensor):
 
 @pytest.fixture()
 def small_disk(home):
-    """``(resize, raw)``: the raw store on its own 64 KiB tmpfs (a really full disk, ENOSPC from
-    the kernel); ``resize(kib)`` remounts it. Skipped where mounting is not permitted."""
-    raw = Path(home.raw)
-    raw.mkdir(parents=True, exist_ok=True)
-
-    def mount(*options: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["mount", "-t", "tmpfs", *options, "tmpfs", str(raw)], capture_output=True, text=True)
-
-    if mount("-o", "size=64k").returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
-        yield (lambda kib: subprocess.run(["mount", "-o", f"remount,size={kib}k", str(raw)], check=True)), raw
-    finally:
-        subprocess.run(["umount", str(raw)], check=True)
+    """``(resize, raw)``: the raw store on a 64 KiB tmpfs (see :func:`small_tmpfs`)."""
+    with small_tmpfs(Path(home.raw)) as resize:
+        yield resize, Path(home.raw)
 
 
 def test_full_disk_counts_against_no_file_and_loses_nothing(sensor, small_disk):

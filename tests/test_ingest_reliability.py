@@ -22,7 +22,7 @@ from dsel_assets.runs import run_batches
 from dsel_assets.store import tables
 from resources.tracking import MlflowTracker, TrackedRun, redact_uri, restore_credentials
 
-from .helpers import write_jsonl
+from .helpers import small_tmpfs, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 LANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # resources/lance_store.py's rule
@@ -130,6 +130,29 @@ def test_a_failed_validation_is_listed_and_retried(home, tiny, tmp_path, capsys)
         assert conn.execute("SELECT error, validated_at IS NOT NULL FROM batches").fetchall() == [(None, True)]
     assert main(["ingest", str(src)]) == 0
     assert "already batch" in capsys.readouterr().out
+
+
+def test_a_full_disk_names_the_file_and_a_rerun_resumes(home, tiny, tmp_path, capsys):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    write_jsonl(folder / "a_small.jsonl", qa(3))
+    write_jsonl(folder / "b_big.jsonl", qa(4000, offset=100))
+    write_jsonl(folder / "c_small.jsonl", qa(2, offset=10_000))
+    assert (folder / "b_big.jsonl").stat().st_size > 64 << 10
+    with small_tmpfs(Path(home.raw)) as resize:
+        assert main(["ingest", str(folder)]) == 1
+        err = capsys.readouterr().err
+        assert "b_big.jsonl" in err and "1 earlier file(s) stored, not yet validated" in err and "Traceback" not in err
+        assert [p.name for p in Path(home.raw).rglob("*.jsonl")] == ["a_small.jsonl"]
+        resize(4096)
+        assert main(["ingest", str(folder)]) == 0
+        assert "already batch" not in capsys.readouterr().out
+        with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+            assert conn.execute("SELECT count(*), bool_and(validated_at IS NOT NULL) FROM batches").fetchone() == (
+                3,
+                True,
+            )
+            assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 3 + 4000 + 2
 
 
 def test_a_second_writer_waits_then_gives_a_clear_error(tmp_path):
