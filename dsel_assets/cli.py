@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Collection, Sequence
@@ -709,8 +710,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the state database, a failed run, the OS: one line and what to do
         if os.environ.get("DSEL_DEBUG") == "1":
             raise
-        print(f"dsel: error: {_describe(exc)} (DSEL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(f"dsel: error: {_describe(exc)}{_full_disk_hint()} (DSEL_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
+
+
+#: Free bytes below which a failure is blamed on the state home's disk (libraries report a full
+#: disk in their own words, e.g. SQLite's "disk I/O error" once its file could not grow).
+LOW_DISK_BYTES = 64 << 20
+
+
+def _full_disk_hint() -> str:
+    """What to do when the state home's file system is (nearly) full, else ""."""
+    root = DselHome.from_env().root
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return ""
+    if free >= LOW_DISK_BYTES:
+        return ""
+    where = f"{free / 2**20:.1f} MiB free at {root}"
+    return f"; the state home's disk is full ({where}): free space, then run the same command again (it resumes)"
 
 
 def _describe(exc: Exception) -> str:

@@ -155,6 +155,18 @@ def test_a_full_disk_names_the_file_and_a_rerun_resumes(home, tiny, tmp_path, ca
             assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 3 + 4000 + 2
 
 
+def test_a_full_state_home_says_so(home, tiny, tmp_path, capsys):
+    """Whatever library fails first on a full disk, and in whatever words, the error says that
+    the state home's disk is full and that the same command resumes."""
+    root = tmp_path / "full"
+    src = write_jsonl(tmp_path / "big.jsonl", qa(4000))
+    with small_tmpfs(root):
+        assert main(["--home", str(root), "ingest", str(src)]) == 1
+    err = capsys.readouterr().err
+    assert f"the state home's disk is full (0.0 MiB free at {root})" in err and "run the same command again" in err
+    assert "Traceback" not in err
+
+
 def test_a_second_writer_waits_then_gives_a_clear_error(tmp_path):
     database = tmp_path / "db.duckdb"
     duckdb.connect(str(database)).close()
@@ -184,6 +196,7 @@ def test_a_corrupt_state_database_is_one_line_not_a_traceback(home, capsys):
     assert main(["status"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be opened" in err and "Traceback" not in err
+    assert "disk is full" not in err  # the disk hint only where the disk is really (nearly) full
 
 
 def test_two_concurrent_ingests_on_a_fresh_home_both_land(tmp_path):
