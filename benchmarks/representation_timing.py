@@ -25,6 +25,7 @@ Usage: python benchmarks/representation_timing.py [--n 64] [--anchors 100] [--ca
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -172,10 +173,11 @@ def main() -> None:
             f"training {per_example:.2f}s/example measured on {len(encoded)}",
         )
 
+    precision_items = load_examples(args.precision_n)[0] if want("loss_precision") or want("loss_floor") else []
     if want("loss_precision"):
-        loss_precision(model, tokenizer, load_examples(args.precision_n)[0])
+        loss_precision(model, tokenizer, precision_items)
     if want("loss_floor"):
-        loss_floor(model, tokenizer, load_examples(args.precision_n)[0])
+        loss_floor(model, tokenizer, precision_items)
     print("\n| representation | what is timed | examples timed | seconds | minutes per 1k examples | note |")
     print("|---|---|---|---|---|---|")
     for name, how, n, seconds, note in rows:
@@ -216,19 +218,17 @@ def loss_floor(model, tokenizer, items) -> None:
     import torch
     import torch.nn.functional as F
 
-    from dsel_assets.core.models.scoring import score_examples, turn_inputs
-    from dsel_assets.core.models.sft import _backbone_and_head, length_batches
+    from dsel_assets.core.models.scoring import forward_batches, score_examples, turn_inputs
+    from dsel_assets.core.models.sft import _backbone_and_head
 
     body, head = _backbone_and_head(model)
     layers = [[m.weight.detach() for m in layer.modules() if isinstance(m, torch.nn.Linear)] for layer in body.layers]
-    turns = [pair for _, messages in items for pair in turn_inputs(tokenizer, messages, 512)]
-    batches, real = [], 0  # (padded tokens, response tokens) per forward, as score_examples batches them
-    for kind in ("conditioned", "unconditioned"):
-        encoded = [getattr(pair, kind) for pair in turns]
-        for group in length_batches([len(e.input_ids) for e in encoded], 8):
-            width = max(len(encoded[i].input_ids) for i in group)
-            batches.append((width * len(group), sum(encoded[i].n_response for i in group)))
-            real += sum(len(encoded[i].input_ids) for i in group)
+    defaults = inspect.signature(score_examples).parameters  # the lengths and batches scoring uses
+    turns = [pair for _, messages in items for pair in turn_inputs(tokenizer, messages, defaults["max_length"].default)]
+    batches, real = [], 0  # (padded tokens, response tokens) per forward
+    for _, _, batch in forward_batches(turns, defaults["batch_size"].default):
+        batches.append((max(len(e.input_ids) for e in batch) * len(batch), sum(e.n_response for e in batch)))
+        real += sum(len(e.input_ids) for e in batch)
     padded = sum(tokens for tokens, _ in batches)
     flops = 2 * sum(tokens * sum(w.numel() for layer in layers for w in layer) for tokens, _ in batches)
     flops += 2 * sum(response for _, response in batches) * head.weight.numel()

@@ -205,6 +205,15 @@ def check_options(response: str, template: str) -> None:
         raise ValueError("template: greedy responses are generated and scored with the chat template only")
 
 
+def forward_batches(pairs: list[TurnInputs], batch_size: int) -> Iterator[tuple[str, list[int], list[Encoded]]]:
+    """The forwards scoring runs: every pair's conditioned encodings, then its unconditioned
+    ones, each batched by length - ``(kind, indices into pairs, encodings)``."""
+    for kind in ("conditioned", "unconditioned"):
+        encoded = [getattr(pair, kind) for pair in pairs]
+        for group in length_batches([len(e.input_ids) for e in encoded], batch_size):
+            yield kind, group, [encoded[i] for i in group]
+
+
 def score_examples(
     model,
     tokenizer,
@@ -233,21 +242,19 @@ def score_examples(
     keys = ("cond", "uncond", "count", "uncond_count", "entropy", "log_top1", "margin")
     sums = {key: np.zeros(len(items)) for key in keys}
     min_margin = np.full(len(items), np.inf)
-    for kind in ("conditioned", "unconditioned"):
-        encoded = [getattr(pair, kind) for _, pair in turns]
-        for group in length_batches([len(e.input_ids) for e in encoded], batch_size):
-            stats = token_statistics(model, collate([encoded[i] for i in group], tokenizer.pad_token_id), precision)
-            owners = np.array([turns[i][0] for i in group])
-            if kind == "unconditioned":
-                np.add.at(sums["uncond"], owners, stats["loss_sum"])
-                np.add.at(sums["uncond_count"], owners, stats["count"])
-                continue
-            np.add.at(sums["cond"], owners, stats["loss_sum"])
-            np.add.at(sums["count"], owners, stats["count"])
-            np.add.at(sums["entropy"], owners, stats["entropy_sum"])
-            np.add.at(sums["log_top1"], owners, stats["log_top1_sum"])
-            np.add.at(sums["margin"], owners, stats["margin_sum"])
-            np.minimum.at(min_margin, owners, stats["margin_min"])
+    for kind, group, batch in forward_batches([pair for _, pair in turns], batch_size):
+        stats = token_statistics(model, collate(batch, tokenizer.pad_token_id), precision)
+        owners = np.array([turns[i][0] for i in group])
+        if kind == "unconditioned":
+            np.add.at(sums["uncond"], owners, stats["loss_sum"])
+            np.add.at(sums["uncond_count"], owners, stats["count"])
+            continue
+        np.add.at(sums["cond"], owners, stats["loss_sum"])
+        np.add.at(sums["count"], owners, stats["count"])
+        np.add.at(sums["entropy"], owners, stats["entropy_sum"])
+        np.add.at(sums["log_top1"], owners, stats["log_top1_sum"])
+        np.add.at(sums["margin"], owners, stats["margin_sum"])
+        np.minimum.at(min_margin, owners, stats["margin_min"])
     for index, (item_id, _) in enumerate(items):
         count = int(sums["count"][index])
         if count == 0:
