@@ -132,15 +132,23 @@ def comparison_run_config(in_job: set[str], epochs: int, eval_per_task: int) -> 
 
 
 def print_comparison(home: DselHome) -> int:
-    """Print the comparison report: per method, budget and task the mean over seeds with its
-    95% CI, the difference to random with its CI and p-value, and the verdict."""
+    """Print the comparison report: the summary lines, then per method, budget and task the mean
+    with its 95% CI, the difference to random with its CI, raw and Holm p-values, and the verdict."""
     from dsel_assets.core.stats import format_verdict_cell
+    from dsel_assets.report_html import summary_lines
     from dsel_assets.store import queries, schema, tables
 
     with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         columns = schema.columns(conn, "comparison_report")
         if "verdict" not in columns:
             print("[dsel] no comparison report yet: run `dsel compare` or `dsel run`", file=sys.stderr)
+            return 1
+        if "p_holm" not in columns:
+            print(
+                "[dsel] the stored comparison report predates the current statistics; rebuild it: "
+                "dsel compare with the same arguments (stored models and evals are reused)",
+                file=sys.stderr,
+            )
             return 1
         table = queries.report(conn, "comparison_report")
     rows = [
@@ -151,15 +159,22 @@ def print_comparison(home: DselHome) -> int:
             r["task"],
             r["measure"],
             r["models"],
-            r["examples"],
-            f"{r['mean']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]",
+            r["selection_variance"],
+            f"{r['examples']} ({r['eval_groups']})",
+            "-" if r["mean"] is None else f"{r['mean']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]",
             format_verdict_cell(r),
         )
         for r in table.iter_rows(named=True)
     ]
-    header = ["method", "budget", "n", "task", "measure", "models", "examples", "mean [95% CI]", "vs random"]
-    print("eval: mean over seed units, 95% bootstrap CI (eval examples x seeds); vs random: paired difference")
-    print(format_table(header, rows))
+    header = ["method", "budget", "n", "task", "measure", "models", "selection variance", "eval rows (groups)"]
+    print("summary (loss):")
+    for line in summary_lines(table):
+        print(f"  {line}")
+    print(
+        "\nmean [95% CI]: hierarchical bootstrap (selections, training seeds, eval groups); vs random: difference "
+        "[95% t interval], p and Holm-adjusted p (verdicts use the Holm p; docs/STATISTICS.md)"
+    )
+    print(format_table([*header, "mean [95% CI]", "vs random"], rows))
     print(f"\nreport: {home.artifacts.uri('reports/comparison_report.html')} (plots: comparison_*.png beside it)")
     return 0
 
@@ -382,7 +397,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     report every method against random with confidence intervals."""
     from dagster import DagsterInstance
 
-    from dsel_assets.compare import ComparePlan, check_plan, run_comparison
+    from dsel_assets.compare import ComparePlan, check_plan, parse_entry, run_comparison
+    from dsel_assets.similarity import check_rds_pooling
     from dsel_assets.store import tables
 
     plan = ComparePlan(
@@ -390,6 +406,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         budgets=args.budget or ["5%"],
         targets=list(dict.fromkeys(args.target)),
         seeds=args.seeds,
+        selection_seed_count=args.selection_seeds,
         random_seeds=args.random_seeds,
         eval_per_task=args.eval_per_task,
         metric=args.metric,
@@ -411,6 +428,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"dsel: error: {problem}", file=sys.stderr)
         return 2
     defs = _definitions(home, args)
+    if any(parse_entry(entry)[1] == "rds" for entry in plan.methods):  # before the pool is embedded otherwise
+        check_rds_pooling(defs.resources["model_embedding_settings"])
     run_comparison(defs, DagsterInstance.get(), plan, log=_stderr)
     return print_comparison(home)
 
@@ -502,27 +521,39 @@ def cmd_why(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    """The registry; ``randomness``: where each selection's randomness comes from (seed, warmup,
+    upstream, none: ``selections.selection_randomness``)."""
     from dsel_assets.core.select import methods
+    from dsel_assets.selections import randomness_by_representation, randomness_summary
 
+    specs = methods().values()
+    if args.json:
+        rows = [
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "needs": ", ".join(spec.needs) or "-",
+                "params": " ".join(f"{n}={d}" for n, _, d, _ in spec.parameters()),
+                "description": spec.description,
+                "randomness": randomness_by_representation(spec),  # selection key -> kind
+                "randomness_at_defaults": randomness_by_representation(spec, defaults=True),
+            }
+            for spec in specs
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
     rows = [
         (
             spec.name,
             spec.family,
             ", ".join(spec.needs) or "-",
+            randomness_summary(spec),
             " ".join(f"{n}={d}" for n, _, d, _ in spec.parameters()),
             spec.description,
         )
-        for spec in methods().values()
+        for spec in specs
     ]
-    if args.json:
-        print(
-            json.dumps(
-                [dict(zip(["name", "family", "needs", "params", "description"], r, strict=True)) for r in rows],
-                indent=2,
-            )
-        )
-    else:
-        print(format_table(["method", "family", "needs", "parameters", "description"], rows))
+    print(format_table(["method", "family", "needs", "randomness", "parameters", "description"], rows))
     return 0
 
 
@@ -629,11 +660,32 @@ def parser() -> argparse.ArgumentParser:
     compare = sub.add_parser(
         "compare", help="fine-tune and evaluate methods on the ingested data; table with CIs vs random"
     )
-    compare.add_argument("--methods", nargs="+", required=True, help="methods to compare (random is the baseline)")
+    compare.add_argument(
+        "--methods",
+        nargs="+",
+        required=True,
+        metavar="METHOD[@REPR]",
+        help="methods to compare (random is the baseline); a targeted method at another representation is its own "
+        "entry: round_robin@rds, knn_kde@embed (less, rds or embed; plain = less)",
+    )
     compare.add_argument("--budget", action="append", help="budget: 5%%, 0.05 or 500 (repeatable; default 5%%)")
     compare.add_argument("--target", action="append", required=True, help="target task: eval task label (repeatable)")
     compare.add_argument("--seeds", type=int, default=2, help="training seeds per selection (default 2)")
-    compare.add_argument("--random-seeds", type=int, default=3, help="selection seeds of random (default 3)")
+    compare.add_argument(
+        "--selection-seeds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="selections per method whose randomness has a seed (seeds 0..N-1, each its own replicate; default 3); "
+        "methods on warmup gradients or upstream seeds get one, reported as not sampled; deterministic ones one",
+    )
+    compare.add_argument(
+        "--random-seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="selection seeds of random (default: --selection-seeds)",
+    )
     compare.add_argument("--eval-per-task", type=int, default=200, help="eval examples per target (0 = all)")
     compare.add_argument("--metric", choices=["loss", "generation", "both"], default="loss", help="what to score")
     compare.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
@@ -644,7 +696,12 @@ def parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--max-new-tokens", type=int, default=128, help="generation cap (--metric generation)")
     compare.add_argument("--no-base", action="store_true", help="skip the untouched model's evaluation")
-    compare.add_argument("--param", action="append", help="method parameter METHOD.KEY=VALUE (repeatable)")
+    compare.add_argument(
+        "--param",
+        action="append",
+        help="method parameter METHOD.KEY=VALUE (every entry of the method) or METHOD@REPR.KEY=VALUE (that entry; "
+        "wins), e.g. round_robin@rds.task=code (repeatable)",
+    )
     compare.add_argument(
         "--config", action="append", help="asset config ASSET.KEY=VALUE, e.g. warmup_checkpoint.epochs=1"
     )

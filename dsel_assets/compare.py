@@ -13,26 +13,78 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from dsel_assets.core.select import Budget, build_config, get
+from dsel_assets.core.select import Budget, build_config, get, methods
+from dsel_assets.core.select.registry import has_seed
+from dsel_assets.core.select.targeted import LESS
+from dsel_assets.core.select.targeted import representations as method_representations
 from dsel_assets.evaluation import BASE, eval_asset_name
 from dsel_assets.finetune import finetuned_asset_name
 from dsel_assets.runs import materialize_closure, materialize_only
-from dsel_assets.selections import available, seed_replicates, selection_asset_name, typed_params
+from dsel_assets.selections import (
+    available,
+    randomness_sources,
+    seed_replicates,
+    selection_asset_name,
+    selection_key,
+    selection_randomness,
+    typed_params,
+)
 from dsel_assets.store import queries
 
 METRICS = ("loss", "generation", "both")
+#: the representation of pool rows' task labels: a method that needs only it reads no query rows
+TASK_LABELS = "pool_tasks"
 BASELINE = "random"
+#: What the plan says about a selection whose randomness it cannot sample with selection seeds.
+NOT_SAMPLED = {
+    "warmup": "one warmup checkpoint; sampling it would need one warmup per selection seed",
+    "upstream": "fixed by the seed of {assets}",
+}
+
+
+def parse_entry(entry: str) -> tuple[str, str | None]:
+    """``METHOD`` or ``METHOD@REPRESENTATION`` (a targeted method on one of its representations,
+    e.g. ``round_robin@rds``) -> (method, representation or None); a wrong name or representation
+    is a ValueError naming the entry and the valid choices."""
+    method, at, representation = entry.partition("@")
+    known = methods()
+    if method not in known:
+        raise ValueError(f"methods: {entry!r}: {method!r} is not a method; one of {sorted(known)}")
+    if not at:
+        return method, None
+    choices = method_representations(known[method].config_cls)
+    if len(choices) == 1:
+        with_choice = sorted(n for n, s in known.items() if len(method_representations(s.config_cls)) > 1)
+        raise ValueError(
+            f"methods: {entry!r}: {method} has no representations to choose from (only {', '.join(with_choice)} "
+            f"do); write {method}"
+        )
+    if representation not in choices:
+        raise ValueError(
+            f"methods: {entry!r}: {representation!r} is not a representation of {method}; one of {list(choices)}"
+        )
+    return method, representation
+
+
+def entry_key(entry: str) -> str:
+    """The selection key of an entry: its selection, fine-tune and eval assets are
+    ``selection_<key>``, ``finetuned_<key>``, ``eval_<key>`` (``round_robin@rds`` -> ``round_robin_rds``,
+    ``round_robin@less`` and ``round_robin`` -> ``round_robin``)."""
+    return selection_key(*parse_entry(entry))
 
 
 @dataclass(frozen=True)
 class ComparePlan:
-    """What one ``dsel compare`` asks for (validated before any work)."""
+    """What one ``dsel compare`` asks for (validated before any work). ``methods``: entries,
+    ``METHOD`` or ``METHOD@REPRESENTATION``; ``selection_seed_count``: selections per method whose
+    randomness has a seed (seeds 0..N-1); ``random_seeds``: those of the random baseline (None: the
+    same N); ``params``: per method (every entry of it) or per entry (``round_robin@rds``; wins)."""
 
     methods: list[str]
     budgets: list[str]
     targets: list[str]
     seeds: int = 2
-    random_seeds: int = 3
+    random_seeds: int | None = None
     eval_per_task: int = 200
     metric: str = "loss"
     epochs: int = 2
@@ -44,6 +96,7 @@ class ComparePlan:
     include_base: bool = True
     params: dict[str, dict[str, str]] = field(default_factory=dict)
     asset_config: dict[str, dict] = field(default_factory=dict)
+    selection_seed_count: int = 3
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -54,6 +107,7 @@ class ComparePlan:
             raise ValueError(f"metric: {self.metric!r} is not one of {', '.join(METRICS)}")
         for name in (
             "seeds",
+            "selection_seed_count",
             "random_seeds",
             "epochs",
             "batch_size",
@@ -61,33 +115,100 @@ class ComparePlan:
             "eval_max_length",
             "max_new_tokens",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                label = "selection_seeds" if name == "selection_seed_count" else name  # as the CLI spells it
+                raise ValueError(f"{label}: must be >= 1, got {value}")
         if self.eval_per_task < 0:
             raise ValueError(f"eval_per_task: must be >= 0 (0 = every eval row), got {self.eval_per_task}")
         for budget in self.budgets:
             Budget.parse(budget)
-        unknown = sorted(set(self.params) - set(self.methods))
+        seen: dict[str, str] = {}
+        for entry in self.methods:  # a wrong name or representation: before any work
+            key = entry_key(entry)
+            if key in seen:
+                raise ValueError(f"methods: {seen[key]!r} and {entry!r} are the same selection ({key}); name it once")
+            seen[key] = entry
+        scopes = {*self.methods, *(parse_entry(e)[0] for e in self.methods)}
+        unknown = sorted(set(self.params) - scopes)
         if unknown:
             raise ValueError(f"param: {unknown} are not among --methods {self.methods}")
+        for entry in self.methods:
+            self.method_params(entry)  # a wrong parameter or value: before any work
+
+    def selection_keys(self) -> list[str]:
+        """The selection key of every entry, in order (the ``method`` column of the tables)."""
+        return [entry_key(entry) for entry in self.methods]
 
     def method_params(self, method: str) -> dict[str, str]:
-        """The method's parameters: targeted methods aim at the target (with several targets,
-        those that can serve every query task do; the others aim at the first target), then
-        the user's ``--param METHOD.KEY=VALUE`` on top."""
-        spec = get(method)
+        """The parameters of an entry: targeted methods aim at the target (with several targets,
+        those that can serve every query task do; the others aim at the first target), then the
+        user's ``--param METHOD.KEY=VALUE`` (every entry of the method), then ``--param
+        METHOD@REPRESENTATION.KEY=VALUE`` (that entry), and the entry's representation."""
+        name, representation = parse_entry(method)
+        spec = get(name)
         fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
         params: dict[str, str] = {}
         if "task" in fields:
             serves_all = "''" in fields["task"].metadata.get("help", "")
             params["task"] = self.targets[0] if len(self.targets) == 1 or not serves_all else ""
-        params |= self.params.get(method, {})
-        build_config(method, params)  # a wrong parameter fails here, before any work
+        params |= self.params.get(name, {})
+        if method != name:
+            params |= self.params.get(method, {})
+        if "representation" in params:
+            raise ValueError(
+                f"param: {name}.representation: name the representation in the entry instead, "
+                f"e.g. --methods {name}@{params['representation']}"
+            )
+        if representation is not None:
+            params["representation"] = representation
+        build_config(name, params)  # a wrong parameter fails here, before any work
         return params
 
+    def _config(self, method: str):
+        return build_config(parse_entry(method)[0], self.method_params(method))
+
+    def randomness(self, method: str) -> str:
+        """``selections.selection_randomness`` of an entry under its parameters here."""
+        name, representation = parse_entry(method)
+        return selection_randomness(get(name), representation or LESS, self._config(method))
+
+    def randomness_by_key(self) -> dict[str, str]:
+        """Selection key -> its randomness kind, for every entry (what the report reads)."""
+        return {entry_key(entry): self.randomness(entry) for entry in self.methods}
+
     def selection_seeds(self, method: str) -> list[int]:
-        """Selection replicates: several seeds for the random baseline, one otherwise."""
-        return list(range(self.random_seeds)) if method == BASELINE else []
+        """Selection replicates of an entry: when a seed drives its selection, seeds S..S+N-1 (S: its
+        ``seed`` parameter, default 0; N: ``random_seeds`` for the baseline, else
+        ``selection_seed_count``); otherwise none (one selection; nothing a seed could sample)."""
+        if "seed" not in self.randomness(method).split("+"):
+            return []
+        count = self.random_seeds if method == BASELINE and self.random_seeds is not None else self.selection_seed_count
+        first = int(self._config(method).seed)
+        return list(range(first, first + count))
+
+    def sampling(self, method: str) -> str:
+        """One line on what the selection replicates of an entry sample and what they do not."""
+        name, representation = parse_entry(method)
+        sources = randomness_sources(get(name), representation or LESS, self._config(method))
+        seeds = self.selection_seeds(method)
+        if len(seeds) > 1:
+            said = f"{len(seeds)} selections (seeds {seeds[0]}-{seeds[-1]}) sample its seed"
+        elif seeds:
+            said = f"1 selection (seed {seeds[0]}): its seed is not sampled"
+        else:
+            said = "1 selection"
+        unsampled = [
+            f"{source} ({NOT_SAMPLED[source].format(assets=', '.join(assets))})"
+            for source, assets in sources.items()
+            if source != "seed"
+        ]
+        if unsampled:
+            said += "; selection variance not sampled: " + ", ".join(unsampled)
+        elif not sources:
+            unused = " (its seed is unused with these parameters)" if has_seed(get(name)) else ""
+            said += f"; deterministic given its inputs{unused}: no selection variance to sample"
+        return f"{method}: {said}"
 
     def run_config(self) -> dict:
         """Run config of every selection, model and eval asset of the comparison."""
@@ -107,24 +228,26 @@ class ComparePlan:
             "max_length": self.eval_max_length,
             "generate": self.metric != "loss",
         }
-        for method in self.methods:
-            ops[selection_asset_name(method)] = {
+        for entry in self.methods:
+            key = entry_key(entry)
+            ops[selection_asset_name(key)] = {
                 "config": {
                     "budgets": self.budgets,
-                    "params": typed_params(method, self.method_params(method)),
-                    "seeds": self.selection_seeds(method),
+                    "params": typed_params(parse_entry(entry)[0], self.method_params(entry)),
+                    "seeds": self.selection_seeds(entry),
                 }
             }
-            ops[finetuned_asset_name(method)] = {"config": finetune}
-            ops[eval_asset_name(method)] = {"config": evaluate}
+            ops[finetuned_asset_name(key)] = {"config": finetune}
+            ops[eval_asset_name(key)] = {"config": evaluate}
         if self.include_base:
             ops[eval_asset_name(BASE)] = {"config": evaluate}
-        ops["comparison_report"] = {"config": {"tasks": self.targets, "methods": self.methods}}
+        ops["comparison_report"] = {"config": {"tasks": self.targets, "methods": self.selection_keys()}}
         for asset, values in self.asset_config.items():  # e.g. warmup_checkpoint.epochs=1
             ops.setdefault(asset, {"config": {}})["config"].update(values)
         return {"ops": ops}
 
     def models_per_method(self, method: str) -> int:
+        """Models an entry trains: budgets x selections x training seeds."""
         return len(self.budgets) * max(1, len(self.selection_seeds(method))) * self.seeds
 
 
@@ -132,16 +255,19 @@ def check_plan(plan: ComparePlan, conn) -> list[str]:
     """Problems that stop a comparison before any work, each with what to do."""
     problems = []
     for method in plan.methods:
-        spec = get(method)  # unknown name: KeyError with the known ones
-        if not available(spec):
+        name, representation = parse_entry(method)
+        spec = get(name)
+        if not available(spec, representation):
             problems.append(f"methods: {method} needs {list(spec.needs)}; not all have an asset yet")
-        config = build_config(method, plan.method_params(method))
+        config = build_config(name, plan.method_params(method))
         if plan.selection_seeds(method):
             seed_replicates(config, plan.selection_seeds(method))
-    if BASELINE not in plan.methods:
+    if BASELINE not in plan.selection_keys():
         problems.append(f"methods: add {BASELINE}: every method is compared with it")
     counts = {f"{split}/{task}": n for (split, task), n in queries.split_task_counts(conn).items()}
-    targeted = [m for m in plan.methods if "task" in plan.method_params(m)]
+    aimed = [m for m in plan.methods if "task" in plan.method_params(m)]
+    by_label = [m for m in aimed if set(get(parse_entry(m)[0]).needs) <= {TASK_LABELS}]  # no query rows read
+    targeted = [m for m in aimed if m not in by_label]
     for target in plan.targets:
         if not counts.get(f"eval/{target}"):
             problems.append(
@@ -151,6 +277,12 @@ def check_plan(plan: ComparePlan, conn) -> list[str]:
             problems.append(
                 f"target: {target!r} has no query rows, which {', '.join(targeted)} select for; "
                 f"ingest a few: dsel ingest FILE --split query --task {target}"
+            )
+        if by_label and target == plan.targets[0] and not counts.get(f"pool/{target}"):
+            pool_tasks = sorted(key.split("/", 1)[1] for key, n in counts.items() if key.startswith("pool/") and n)
+            problems.append(
+                f"target: {target!r} labels no pool rows, which {', '.join(by_label)} sample from; "
+                f"pool task labels: {pool_tasks}"
             )
     if not any(n for key, n in counts.items() if key.startswith("pool/")):
         problems.append("pool: no examples yet; ingest data first: dsel ingest FILE")
@@ -193,17 +325,20 @@ def run_comparison(
     """Selections (with what they need), then per method its fine-tunes and evals, then the report."""
     config = plan.run_config()
     progress = Progress(plan, log)
-    selections = [dg.AssetKey(selection_asset_name(m)) for m in plan.methods]
+    for method in plan.methods:  # what the selection replicates sample, and what they cannot
+        log(f"[compare] {plan.sampling(method)}")
+    selections = [dg.AssetKey(selection_asset_name(key)) for key in plan.selection_keys()]
     log(f"[compare] stage 1/4: representations and selections of {', '.join(plan.methods)}")
     materialize_closure(defs, instance, selections, config, log=log)
     stages = [("fine-tunes", finetuned_asset_name), ("evals", eval_asset_name)]
     for number, (stage, asset_name) in enumerate(stages, start=2):
         log(f"[compare] stage {number}/4: {stage} ({progress.units[stage]} models; stored ones are reused)")
-        methods = [*plan.methods, *([BASE] if stage == "evals" and plan.include_base else [])]
-        for method in methods:
+        entries = [*plan.methods, *([BASE] if stage == "evals" and plan.include_base else [])]
+        for entry in entries:
             started = time.perf_counter()
-            materialize_closure(defs, instance, [dg.AssetKey(asset_name(method))], config, log=log)
-            units = 1 if method == BASE else plan.models_per_method(method)
+            key = BASE if entry == BASE else entry_key(entry)
+            materialize_closure(defs, instance, [dg.AssetKey(asset_name(key))], config, log=log)
+            units = 1 if entry == BASE else plan.models_per_method(entry)
             progress.advance(stage, units, time.perf_counter() - started)
     log("[compare] stage 4/4: comparison report")
     reports = [dg.AssetKey("selection_report"), dg.AssetKey("comparison_report")]

@@ -21,13 +21,12 @@ from dsel_assets.core.models.finetune import (
 )
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
-from dsel_assets.core.select import methods
 from dsel_assets.core.select.base import Budget
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
-from dsel_assets.selections import available, selection_asset_name
+from dsel_assets.selections import selection_asset_name, selection_keys
 from dsel_assets.store import artifacts, queries, tables
 from resources.home import StateHome
 from resources.models import SelectionModel
@@ -255,8 +254,8 @@ def _tags(method: str) -> dict[str, str] | None:
     return None if method in DEFAULT_FINETUNED else {"dsel/cost": "high"}
 
 
+#: One per selection asset: every method on every representation it has a selection for
+#: (``finetuned_round_robin_rds`` trains on ``selection_round_robin_rds``), and the full pool.
 finetuned_assets = [
-    build_finetuned_asset(name, [dg.AssetKey(selection_asset_name(name))], _tags(name))
-    for name, spec in methods().items()
-    if available(spec)
+    build_finetuned_asset(key, [dg.AssetKey(selection_asset_name(key))], _tags(key)) for key in selection_keys()
 ] + [build_finetuned_asset(FULL_POOL, [pool], {"dsel/cost": "high"})]

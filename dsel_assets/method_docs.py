@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dsel_assets.core.select import methods
 from dsel_assets.core.select.registry import FAMILIES, MethodSpec
+from dsel_assets.selections import randomness_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = Path("docs/methods")
@@ -68,6 +69,7 @@ def method_block(spec: MethodSpec) -> str:
         [
             ["family", spec.family],
             ["needs", _needs(spec)],
+            ["[selection randomness](../../README.md#selection-randomness)", randomness_summary(spec)],
             ["reference", spec.reference],
             ["code", f"[`{source_path(spec)}`](../../{source_path(spec)})"],
             ["run", f"`dsel select --method {spec.name} --budget 5%{task}`"],

@@ -31,22 +31,29 @@ TABLE_HEADER = [
     "task",
     "measure",
     "models",
-    "examples",
+    "selection variance",
+    "eval rows (groups)",
     "mean [95% CI]",
     "delta vs random [95% CI]",
     "p",
+    "p (Holm)",
     "verdict",
 ]
-NUMERIC_COLUMNS = {"n", "models", "examples", "mean [95% CI]", "delta vs random [95% CI]", "p"}
+NUMERIC_COLUMNS = {"n", "models", "eval rows (groups)", "mean [95% CI]", "delta vs random [95% CI]", "p", "p (Holm)"}
 HOW_TO_READ = (
-    "Each mean is taken over seed units (models trained with different seeds on the same selection). "
-    "The 95% interval is a percentile confidence interval from a bootstrap that resamples both the eval "
-    "examples and the seed units. Delta is the method minus random, computed on the same eval examples, so "
-    "for a loss a negative delta is an improvement and for a score a positive one. A row says "
-    "\u201cbetter\u201d or \u201cworse\u201d only when the delta's 95% CI excludes 0; otherwise it says "
-    "\u201cno detectable difference\u201d, which is not evidence that the methods are equal. "
-    "p is the bootstrap p-value of the delta. There is no correction for multiple comparisons: with many "
-    "rows, a few \u201cbetter\u201d/\u201cworse\u201d verdicts are expected by chance alone."
+    "A method's models come from selection replicates (one selection per seed of the method's randomness) and "
+    "training seeds within each; all are evaluated on the same eval rows, grouped by source item (rows with the "
+    "same prompt, e.g. the reference summaries of one dialogue). Each mean's 95% interval is a percentile "
+    "bootstrap that resamples selections, then training seeds within them, then eval groups. Delta is the method "
+    "minus random on the same eval rows (for a loss a negative delta is an improvement, for a score a positive "
+    "one); its interval and p come from Welch's t on the selection replicates' means (training seeds' for a "
+    "method with one selection), which is calibrated where a bootstrap of 2-5 replicates is not "
+    "(docs/STATISTICS.md). A method whose one selection stands for randomness that was not sampled (\u201cnot "
+    "sampled\u201d, e.g. its warmup) is judged against random's selection-to-selection spread. The verdict uses "
+    "the Holm-adjusted p over every row that gets one (the report's family): \u201cbetter\u201d or "
+    "\u201cworse\u201d when it is below 0.05, else \u201cno detectable difference\u201d, which is not evidence "
+    "that the methods are equal. No verdict is given with fewer than 2 replicates on a side (random needs 2 "
+    "selections) or fewer than 20 eval groups; the estimate is still shown."
 )
 
 
@@ -84,10 +91,20 @@ def _errors(mean: float, low: float | None, high: float | None) -> tuple[float, 
     return below, above
 
 
+def _curve_rows(table: pl.DataFrame, measure: str) -> pl.DataFrame:
+    """The "(all tasks)" rows of ``measure``; with a single task (no balance rows) its own rows of
+    the measure's kind ("loss:mean" -> the task's "loss")."""
+    rows = table.filter((pl.col("task") == ALL_TASKS) & (pl.col("measure") == measure))
+    tasks = set(table["task"].to_list()) - {ALL_TASKS}
+    if rows.height or len(tasks) != 1:
+        return rows
+    return table.filter(pl.col("measure") == measure.split(":")[0])
+
+
 def _curve_series(table: pl.DataFrame, measure: str) -> dict[str, tuple[list, list, list, list]]:
-    """Per method, the "(all tasks)" rows of ``measure`` sorted by train size, as
-    (train sizes, means, error below, error above): what the budget-curve plot draws."""
-    rows = table.filter((pl.col("task") == ALL_TASKS) & (pl.col("measure") == measure)).sort(["method", "train_size"])
+    """Per method, the rows of ``_curve_rows`` sorted by train size, as (train sizes, means, error
+    below, error above): what the budget-curve plot draws."""
+    rows = _curve_rows(table, measure).sort(["method", "train_size"])
     series: dict[str, tuple[list, list, list, list]] = {}
     for method, size, mean, low, high in rows.select("method", "train_size", "mean", "ci_low", "ci_high").rows():
         if _missing(mean):
@@ -113,7 +130,7 @@ def plot_budget_curves(table: pl.DataFrame, path: Path, measure: str = "loss:mea
     (a method with a single budget is drawn as points, the untrained base model as a dashed line), so the
     reader sees whether a method's advantage holds across budgets and exceeds the uncertainty."""
     plt = pyplot()
-    rows = table.filter((pl.col("task") == ALL_TASKS) & (pl.col("measure") == measure))
+    rows = _curve_rows(table, measure)
     series = _curve_series(table, measure)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     trained = {m: s for m, s in series.items() if not (m == UNTRAINED and all(x == 0 for x in s[0]))}
@@ -274,24 +291,65 @@ def _verdict_rows(table: pl.DataFrame) -> list[tuple[list[str], str]]:
             str(r["task"]),
             str(r["measure"]),
             _num(r["models"]),
-            _num(r["examples"]),
+            str(r["selection_variance"]),
+            f"{_num(r['examples'])} ({_num(r['eval_groups'])})",
             _with_ci(r["mean"], r["ci_low"], r["ci_high"]),
             _with_ci(r["delta"], r["delta_low"], r["delta_high"], signed=True),
             _num(r["p_value"]),
+            _num(r["p_holm"]),
             str(r["verdict"]),
         ]
         out.append((cells, str(r["verdict"])))
     return out
 
 
+def _delta_text(row: Mapping) -> str:
+    """'task: +0.012 [-0.01, 0.03] verdict (Holm p 0.2)' for a summary line."""
+    text = f"{row['task']} {_with_ci(row['delta'], row['delta_low'], row['delta_high'], signed=True)} {row['verdict']}"
+    return text + (f" (Holm p {_num(row['p_holm'])})" if not _missing(row["p_holm"]) else "")
+
+
+def summary_lines(table: pl.DataFrame) -> list[str]:
+    """The ten-second read of a comparison, one line per method @ budget on the loss: its verdict on
+    each target task (the ``target`` column; every task when there is none), then what it costs
+    elsewhere (the other task where its loss rose most); first random's and the untrained model's
+    mean losses for scale."""
+    rows = table.filter((pl.col("task") != ALL_TASKS) & (pl.col("measure") == "loss"))
+    if "target" in rows.columns and rows["target"].any():
+        targets = set(rows.filter(pl.col("target"))["task"].to_list())
+    else:
+        targets = set(rows["task"].to_list())
+    lines = []
+    for reference in (BASELINE, UNTRAINED):
+        for (budget,), group in rows.filter(pl.col("method") == reference).group_by(["budget"], maintain_order=True):
+            means = "; ".join(
+                f"{r['task']} {_with_ci(r['mean'], r['ci_low'], r['ci_high'])}"
+                for r in group.sort("task").iter_rows(named=True)
+            )
+            label = "untrained model" if reference == UNTRAINED else f"{reference} @ {budget}"
+            lines.append(f"{label} ({group['models'][0]} models): loss {means}")
+    methods = rows.filter(~pl.col("method").is_in([BASELINE, UNTRAINED])).sort("train_size", "method", "budget")
+    for (method, budget), group in methods.group_by(["method", "budget"], maintain_order=True):
+        on_target = [_delta_text(r) for r in group.sort("task").iter_rows(named=True) if r["task"] in targets]
+        line = f"{method} @ {budget} (selection variance: {group['selection_variance'][0]}): " + "; ".join(on_target)
+        elsewhere = group.filter(~pl.col("task").is_in(list(targets)) & pl.col("delta").is_not_null())
+        if elsewhere.height:
+            line += "; costs most elsewhere on " + _delta_text(
+                elsewhere.sort("delta", descending=True).row(0, named=True)
+            )
+        lines.append(line)
+    return lines
+
+
 def verdict_markdown(table: pl.DataFrame) -> str:
-    """The whole verdict table as one markdown table (Dagster UI metadata, CLI output);
-    "better"/"worse" in bold so they stand out from "no detectable difference"."""
+    """The summary lines as a list, then the whole verdict table as one markdown table (Dagster UI
+    metadata, the report's .md); "better"/"worse" in bold so they stand out."""
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines = [*(f"- {line}" for line in summary_lines(table)), ""]
+    lines += ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     for cells, verdict in _verdict_rows(table):
         cells = [cell(c) for c in cells]
         if verdict in VERDICT_CLASSES:
@@ -381,6 +439,10 @@ def html_report(
         "</head>",
         "<body>",
         f"<h1>{_e(title)}</h1>",
+        "<h2>Summary</h2>",
+        '<ul class="summary">',
+        *(f"<li>{_e(line)}</li>" for line in summary_lines(table)),
+        "</ul>",
         "<h2>Settings</h2>",
         f'<table class="settings">\n<tbody>\n{settings_rows}\n</tbody>\n</table>',
         "<h2>How to read this</h2>",

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.select.diagnostics import summarize
 from dsel_assets.core.stats import comparison_table
 from dsel_assets.evaluation import BASE, eval_assets
@@ -23,7 +24,7 @@ from dsel_assets.report_html import (
     write_html_report,
 )
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
-from dsel_assets.selections import load_vectors, selection_assets
+from dsel_assets.selections import load_vectors, randomness_by_key, selection_assets
 from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
@@ -148,14 +149,25 @@ class ComparisonConfig(dg.Config):
 
 def comparison_rows(conn, tasks: list[str], methods: list[str]) -> pl.DataFrame:
     """One row per (current model, eval example): the models of ``finetuned_models`` and the
-    untouched base model, with their selection and training seeds and selection size."""
+    untouched base model, with their selection and training seeds, selection size, and the eval
+    example's group: the hash of its prompt, so the reference answers of one source item (the three
+    summaries of one DialogSum dialogue) resample together."""
     tables.ensure_schema(conn)
     rows = queries.eval_rows_with_models(conn, BASE)
     if tasks:
         rows = rows.filter(pl.col("task").is_in(tasks))
     if methods:
         rows = rows.filter(pl.col("method").is_in([*methods, BASE]))
-    return rows.with_columns(pl.col("train_size").cast(pl.Int64))
+    evaluated = set(rows["pool_id"].to_list())
+    prompts = {
+        pool_id: content_hashes(messages)[1]
+        for pool_id, messages in queries.split_rows(conn, "eval", ("pool_id", "messages")).iter_rows()
+        if pool_id in evaluated
+    }
+    groups = pl.DataFrame(
+        {"pool_id": list(prompts), "group": list(prompts.values())}, schema={"pool_id": pl.String, "group": pl.String}
+    )
+    return rows.with_columns(pl.col("train_size").cast(pl.Int64)).join(groups, on="pool_id", how="left")
 
 
 def _task_mix(conn) -> pl.DataFrame | None:
@@ -172,11 +184,12 @@ def _embedded(path: Path) -> str:
 @dg.asset(
     deps=[*[a.key for a in eval_assets], selection_report],
     group_name=REPORTS,
-    code_version="comparison_report-2",
+    code_version="comparison_report-3",
     kinds={"duckdb"},
-    description="Every method x budget x task against random: mean over seeds with a 95% bootstrap CI, the paired "
-    "difference to random (same eval examples) with CI, p-value and verdict; balance across tasks; plots with "
-    "error bars; a self-contained HTML report in reports/.",
+    description="Every method x budget x task against random: the mean with a 95% hierarchical bootstrap CI "
+    "(selections, training seeds, eval groups), the difference to random on the same eval rows with its t interval, "
+    "raw and Holm-adjusted p-values and the verdict (docs/STATISTICS.md); balance across tasks; a ten-second "
+    "summary; plots with error bars; a self-contained HTML report in reports/.",
 )
 def comparison_report(
     context: dg.AssetExecutionContext,
@@ -189,9 +202,12 @@ def comparison_report(
         tables.ensure_schema(conn)
         rows = comparison_rows(conn, list(config.tasks), list(config.methods))
         mix = _task_mix(conn)
+        randomness = randomness_by_key(rows["method"].unique().to_list(), conn)
     if rows.height == 0:
         raise RuntimeError("comparison_report: no eval rows yet; materialize eval_base / eval_<method> first")
-    table = comparison_table(rows, n_boot=config.n_boot, seed=config.seed)
+    table = comparison_table(rows, n_boot=config.n_boot, seed=config.seed, randomness=randomness).with_columns(
+        pl.col("task").is_in(list(config.tasks)).alias("target")
+    )
     with store.get_connection() as conn:
         tables.replace_table(conn, "comparison_report", table)
     reports = home.paths.artifacts.uri("reports")
@@ -209,8 +225,11 @@ def comparison_report(
             "models": models,
             "tasks": ", ".join(sorted(set(rows["task"].to_list()))),
             "eval examples": rows.select("task", "pool_id").unique().height,
-            "bootstrap replicates": config.n_boot,
+            "eval groups": rows.select("task", "group").unique().height,
+            "targets": ", ".join(config.tasks) or "every evaluated task",
+            "bootstrap replicates of the mean CIs": config.n_boot,
             "bootstrap seed": config.seed,
+            "verdicts": "Welch's t on selection-replicate means, Holm-adjusted over every verdict row",
         }
         markdown = verdict_markdown(table)
         md_path, html_path = out / "comparison_report.md", out / "comparison_report.html"

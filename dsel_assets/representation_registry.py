@@ -30,7 +30,7 @@ from dsel_assets.similarity import (
     rds_dataset,
     rds_queries_dataset,
 )
-from dsel_assets.store import queries, schema
+from dsel_assets.store import queries, schema, tables
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -66,7 +66,11 @@ class RepresentationSpec:
     command pins (``pinned``) and the asset whose config its ``--param`` sets (``configured_by``);
     ``coverage_checked``: missing rows load as NaN, so a selection records how many pool rows it
     covers and its check fails when that is not the whole pool; ``templated``: read from the table
-    of the method's scoring ``template`` parameter."""
+    of the method's scoring ``template`` parameter; ``seeded_by``: the asset whose ``seed`` config
+    fixes what this representation holds (``warmup_checkpoint`` for the LESS gradients and what is
+    built on them), when one does: a selection on it varies with that seed, which the selection's
+    own ``seed`` does not reach (``selections.selection_randomness``; a test checks it against the
+    asset graph)."""
 
     name: str
     asset: str
@@ -78,6 +82,7 @@ class RepresentationSpec:
     configured_by: str | None = None
     coverage_checked: bool = False
     templated: bool = False
+    seeded_by: str | None = None
 
 
 #: Every declared representation, by name (the vocabulary of the method registry's ``needs``).
@@ -293,6 +298,20 @@ def label_sets(ctx: LoadContext) -> tuple[Labels, DatasetRef]:
     return sets, DatasetRef("labels", ctx.store.location, str(len(embeddings)))
 
 
+def pool_task_labels(ctx: LoadContext) -> tuple[np.ndarray, DatasetRef]:
+    """The task label of each pool id (the pool's ``task`` column, as ingested), as strings; a
+    pool id the pool no longer holds is an error (the pool changed while the selection ran)."""
+    with ctx.store.get_connection() as conn:
+        rows = queries.split_rows(conn, "pool", ("pool_id", "task"))
+        version, _ = tables.pool_version(conn)
+    task_of = dict(zip(rows["pool_id"].to_list(), rows["task"].to_list(), strict=True))
+    missing = [p for p in ctx.pool_ids if p not in task_of]
+    if missing:
+        raise RuntimeError(f"pool_tasks: {len(missing)} pool ids are no longer in the pool (e.g. {missing[0]}); rerun")
+    labels = np.array([str(task_of[p]) for p in ctx.pool_ids], dtype=object)
+    return labels, DatasetRef("pool_tasks", ctx.store.location, version)
+
+
 def round_trainer(ctx: LoadContext) -> tuple[LoraRoundTrainer, DatasetRef]:
     """A LoRA trainer on the selection model over the pool's conversations (iterative methods)."""
     with ctx.store.get_connection() as conn:
@@ -339,6 +358,8 @@ def declare_scalar(
 
 
 IFD = "ifd_loss_ratio"  # declared with defined_only: NaN where a reason is recorded
+#: The asset whose seed fixes the LESS gradient features and everything computed from them.
+WARMUP = "warmup_checkpoint"
 
 declare(
     SENTENCE_EMBEDDINGS,
@@ -364,18 +385,21 @@ declare(
     "LoRA gradient features of the pool (latest warmup, last checkpoint)",
     per_batch=True,
     coverage_checked=True,
+    seeded_by=WARMUP,
 )
 declare(
     "query_gradients",
     "query_grad_features",
     gradient_features("query"),
     "LoRA gradient features of the queries, with the task of each",
+    seeded_by=WARMUP,
 )
 declare(
     "less_scorer",
     "query_grad_features",
     on_demand_less_scorer,
     "LESS scores computed on demand for the examples a method draws (gradient_scorer)",
+    seeded_by=WARMUP,
 )
 declare(
     INFLUENCE,
@@ -383,6 +407,7 @@ declare(
     similarity_matrix(INFLUENCE),
     "pool x query LESS influence matrix",
     coverage_checked=True,
+    seeded_by=WARMUP,
 )
 declare(
     "less_scores",
@@ -390,6 +415,7 @@ declare(
     less_scores_by_task,
     "LESS score per example and task (the influence matrix aggregated per task)",
     coverage_checked=True,
+    seeded_by=WARMUP,
 )
 declare(
     RDS_SIMILARITY,
@@ -475,6 +501,7 @@ declare_scalar(
     defined_only=True,
     cli_kind="pre_experienced_ifd",
     configured_by="cherry_pre_experienced_model",
+    seeded_by="cherry_pre_experienced_model",
 )
 declare_scalar(
     "quality",
@@ -489,6 +516,7 @@ declare(
     label_sets,
     "label sets per example and an embedding per label (MIG): provided tags, else clusters",
     cli_kind="labels",
+    seeded_by="labels",  # k-means, when the data has no tags
 )
 declare_scalar(
     "learning_percentage",
@@ -498,6 +526,7 @@ declare_scalar(
     defined_only=True,
     cli_kind="learning_percentage",
     pinned=("proxy_model",),
+    seeded_by="learning_percentage",
 )
 declare_scalar(
     "golden_score",
@@ -505,6 +534,7 @@ declare_scalar(
     "golden_score",
     "Nuggets golden score: share of anchor tasks the example helps as a one-shot demonstration",
     cli_kind="golden",
+    seeded_by="golden_score",  # k-means anchors
 )
 declare_scalar(
     "whisperer_score",
@@ -512,6 +542,13 @@ declare_scalar(
     "whisperer_score",
     "Data Whisperer: attention-credited score of the example as a few-shot demonstration",
     cli_kind="whisperer",
+    seeded_by="whisperer_score",
+)
+declare(
+    "pool_tasks",
+    "pool",
+    pool_task_labels,
+    "task label of each pool example, as ingested (task-matched baselines)",
 )
 declare(
     "trainer",

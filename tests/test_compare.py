@@ -2,6 +2,7 @@
 table with CIs, and resuming after a kill (tiny model, synthetic data)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from dsel_assets.checks import selection_problems
 from dsel_assets.cli import main
-from dsel_assets.compare import ComparePlan
+from dsel_assets.compare import ComparePlan, Progress, check_plan, entry_key, parse_entry
 from dsel_assets.core.data.synthetic import generate
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.selections import selection_assets
@@ -76,6 +77,21 @@ def test_refuses_a_target_without_eval_or_query_rows(home, tmp_path, capsys):
     assert not ((home.root / "models") / "finetuned").exists()  # nothing was trained
 
 
+def test_task_matched_random_needs_pool_rows_of_the_target_not_query_rows(home, tmp_path):
+    _ingest(tmp_path, splits=("eval", "pool"))  # no query rows: random_in_task reads none
+
+    def problems(target):
+        plan = ComparePlan(methods=["random", "random_in_task"], budgets=["10%"], targets=[target])
+        with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+            return check_plan(plan, conn)
+
+    assert problems("arithmetic") == []
+    (missing_eval, no_pool_rows) = problems("nosuchtask")
+    assert "'nosuchtask' has no eval rows" in missing_eval
+    assert "'nosuchtask' labels no pool rows, which random_in_task sample from" in no_pool_rows
+    assert "'arithmetic'" in no_pool_rows  # the pool's labels, to choose from
+
+
 def test_refuses_bad_settings_by_name(home, tmp_path, capsys):
     _ingest(tmp_path)
     with pytest.raises(SystemExit):  # argparse: not one of the choices
@@ -87,6 +103,8 @@ def test_refuses_bad_settings_by_name(home, tmp_path, capsys):
     assert "param: ['kmeans_centroids'] are not among --methods" in capsys.readouterr().err
     with pytest.raises(ValueError, match="seeds: must be >= 1"):
         ComparePlan(methods=["random"], budgets=["5%"], targets=["math"], seeds=0)
+    with pytest.raises(ValueError, match="selection_seeds: must be >= 1, got 0"):
+        ComparePlan(methods=["random"], budgets=["5%"], targets=["math"], selection_seed_count=0)
 
 
 def test_plan_aims_single_task_methods_at_the_first_target():
@@ -100,6 +118,114 @@ def test_plan_aims_single_task_methods_at_the_first_target():
     assert ops["finetuned_less"]["config"]["seeds"] == [0, 1]
     assert ops["eval_less"]["config"]["tasks"] == ["math", "code"]
     assert plan.models_per_method("random") == 3 * 2 and plan.models_per_method("less") == 2
+
+
+def test_plan_replicates_each_method_through_its_randomness():
+    entries = ["random", "kmeans_random", "less", "cluster_ucb", "round_robin@rds", "facility_location", "nuggets"]
+    plan = ComparePlan(methods=entries, budgets=["5%", "10%"], targets=["math"], selection_seed_count=3)
+    ops = plan.run_config()["ops"]
+    seeds = {name.removeprefix("selection_"): op["config"]["seeds"] for name, op in ops.items() if "selection_" in name}
+    assert seeds == {
+        "random": [0, 1, 2],  # seed
+        "kmeans_random": [0, 1, 2],  # seed
+        "less": [],  # warmup: one selection
+        "cluster_ucb": [0, 1, 2],  # seed+warmup: the seed is sampled, the warmup is not
+        "round_robin_rds": [],  # deterministic on RDS+
+        "facility_location": [],  # lazy greedy by default: its seed is unused
+        "nuggets": [],  # upstream: golden_score's k-means anchors
+    }
+    # budgets (2) x selections x training seeds (2)
+    assert {m: plan.models_per_method(m) for m in entries} == {
+        "random": 12,
+        "kmeans_random": 12,
+        "less": 4,
+        "cluster_ucb": 12,
+        "round_robin@rds": 4,
+        "facility_location": 4,
+        "nuggets": 4,
+    }
+    assert Progress(plan, lambda _: None).units == {"fine-tunes": 52, "evals": 53}  # + the base model
+    assert plan.randomness_by_key() == {
+        "random": "seed",
+        "kmeans_random": "seed",
+        "less": "warmup",
+        "cluster_ucb": "seed+warmup",
+        "round_robin_rds": "none",
+        "facility_location": "none",
+        "nuggets": "upstream",
+    }
+    assert plan.sampling("kmeans_random") == "kmeans_random: 3 selections (seeds 0-2) sample its seed"
+    assert "less: 1 selection; selection variance not sampled: warmup (one warmup checkpoint" in plan.sampling("less")
+    assert "3 selections (seeds 0-2) sample its seed; selection variance not sampled: warmup" in plan.sampling(
+        "cluster_ucb"
+    )
+    assert "not sampled: upstream (fixed by the seed of golden_score)" in plan.sampling("nuggets")
+    assert "no selection variance to sample" in plan.sampling("round_robin@rds")
+    # the baseline's own count; a seed parameter moves the seeds; the stochastic greedy is seeded
+    other = ComparePlan(
+        ["random", "kmeans_random", "facility_location"],
+        ["5%"],
+        ["math"],
+        selection_seed_count=2,
+        random_seeds=4,
+        params={"kmeans_random": {"seed": "10"}, "facility_location": {"optimizer": "stochastic"}},
+    )
+    assert other.selection_seeds("random") == [0, 1, 2, 3] and other.selection_seeds("kmeans_random") == [10, 11]
+    assert other.selection_seeds("facility_location") == [0, 1] and other.models_per_method("random") == 4 * 2
+    assert ComparePlan(["random"], ["5%"], ["math"], selection_seed_count=1).selection_seeds("random") == [0]
+
+
+def test_method_at_representation_is_its_own_entry():
+    plan = ComparePlan(
+        methods=["random", "round_robin", "round_robin@rds", "round_robin@embed", "knn_kde@rds"],
+        budgets=["5%"],
+        targets=["math", "code"],
+        params={"round_robin": {"task": "math"}, "round_robin@rds": {"task": "code"}},
+    )
+    keys = ["random", "round_robin", "round_robin_rds", "round_robin_embed", "knn_kde_rds"]
+    assert plan.selection_keys() == keys
+    assert plan.method_params("round_robin") == {"task": "math"}  # METHOD.KEY: every entry of the method
+    assert plan.method_params("round_robin@rds") == {"task": "code", "representation": "rds"}  # the entry's wins
+    assert plan.method_params("round_robin@embed") == {"task": "math", "representation": "embed"}
+    assert plan.method_params("knn_kde@rds") == {"task": "", "representation": "rds"}  # serves every target
+    ops = plan.run_config()["ops"]
+    assert all(f"{kind}_{key}" in ops for key in keys for kind in ("selection", "finetuned", "eval"))
+    assert ops["selection_round_robin_rds"]["config"]["params"] == {"task": "code", "representation": "rds"}
+    assert ops["comparison_report"]["config"]["methods"] == keys
+    assert parse_entry("round_robin@less") == ("round_robin", "less") and entry_key("round_robin@less") == "round_robin"
+    assert entry_key("knn_kde@embed") == "knn_kde_embed" and parse_entry("random") == ("random", None)
+
+
+@pytest.mark.parametrize(
+    ("methods", "params", "message"),
+    [
+        (
+            ["random", "round_robin@nope"],
+            {},
+            "'round_robin@nope': 'nope' is not a representation of round_robin; one of ['less', 'rds', 'embed']",
+        ),
+        (["random", "random@rds"], {}, "'random@rds': random has no representations to choose from (only bids, "),
+        (["random", "nope@rds"], {}, "'nope@rds': 'nope' is not a method; one of ['bids', "),
+        (["random", "round_robin@"], {}, "'round_robin@': '' is not a representation of round_robin"),
+        (["random", "less", "less@less"], {}, "'less' and 'less@less' are the same selection (less)"),
+        (["random", "round_robin@rds"], {"round_robin@embed": {"task": "x"}}, "param: ['round_robin@embed'] are not"),
+        (["random", "round_robin"], {"round_robin": {"representation": "rds"}}, "e.g. --methods round_robin@rds"),
+    ],
+)
+def test_bad_entries_are_refused_naming_the_value_and_the_choices(methods, params, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ComparePlan(methods=methods, budgets=["5%"], targets=["math"], params=params)
+
+
+def test_cli_refuses_a_bad_entry_before_any_work(home, capsys):
+    argv = ["compare", "--methods", "random", "round_robin@nope", "--target", "math", "--model", "tiny"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "dsel: error: methods: 'round_robin@nope'" in err and "['less', 'rds', 'embed']" in err
+    assert "Traceback" not in err and not (home.root / "models").exists()
+    argv = ["compare", "--methods", "random", "round_robin@rds", "--target", "math", "--param", "round_robin@rds.k=3"]
+    assert main(argv) == 2
+    assert "round_robin: unknown parameter(s) ['k']" in capsys.readouterr().err
 
 
 def test_selection_seeds_store_checked_replicates(home, local_resources):
@@ -141,10 +267,20 @@ def _dsel(home, *args) -> subprocess.Popen:
     )
 
 
+#: COMPARE with a seeded method besides random (2 selection replicates, as random's: --selection-seeds
+#: sets both) and a targeted method on another representation, its own entry.
+END_TO_END = [
+    *COMPARE[:4],
+    "kmeans_random",
+    "round_robin@embed",
+    *(a if a != "--random-seeds" else "--selection-seeds" for a in COMPARE[4:]),
+]
+
+
 def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     _ingest(tmp_path)
     finetuned = (home.root / "models") / "finetuned"
-    first = _dsel(home, *COMPARE)
+    first = _dsel(home, *END_TO_END)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and len(list(finetuned.glob("*/manifest.json"))) < 1:
         assert first.poll() is None, first.communicate()[0][-3000:]
@@ -152,37 +288,62 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     os.killpg(first.pid, signal.SIGKILL)  # mid fine-tuning: some models stored, the rest not
     first.wait()
     before = {p.parent.name: p.stat().st_mtime_ns for p in finetuned.glob("*/manifest.json")}
-    assert 1 <= len(before) < 6
+    assert 1 <= len(before) < 12
 
-    second = _dsel(home, *COMPARE)
+    second = _dsel(home, *END_TO_END)
     out = second.communicate(timeout=900)[0]
     assert second.returncode == 0, out[-3000:]
+    # what the selection replicates sample
+    assert "[compare] kmeans_random: 2 selections (seeds 0-1) sample its seed" in out
+    assert "[compare] less: 1 selection; selection variance not sampled: warmup" in out
+    assert "[compare] round_robin@embed: 1 selection; deterministic given its inputs" in out
     # progress per stage and overall, with ETA
-    assert "[compare] stage 2/4: fine-tunes (6 models" in out and "[compare] stage 3/4: evals (7 models" in out
-    assert "fine-tunes: 6/6 models" in out and "overall:" in out and "ETA" in out
+    assert "[compare] stage 2/4: fine-tunes (12 models" in out and "[compare] stage 3/4: evals (13 models" in out
+    assert "fine-tunes: 12/12 models" in out and "overall:" in out and "ETA" in out
     after = {p.parent.name: p.stat().st_mtime_ns for p in finetuned.glob("*/manifest.json")}
-    assert len(after) == 6  # random: 2 selection seeds x 2 training seeds; less: 1 x 2
+    assert (
+        len(after) == 12
+    )  # random, kmeans_random: 2 selection seeds x 2 training seeds; less, round_robin@embed: 1 x 2
     assert all(after[key] == mtime for key, mtime in before.items())  # stored models reused, not retrained
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         models = frame(conn, "SELECT method, selection_seed, seed FROM finetuned_models ORDER BY ALL")
+        replicated = [(m, s, t) for m in ("kmeans_random", "random") for s in (0, 1) for t in (0, 1)]
         assert models.rows() == [
+            *replicated[:4],
             ("less", 0, 0),
             ("less", 0, 1),
-            ("random", 0, 0),
-            ("random", 0, 1),
-            ("random", 1, 0),
-            ("random", 1, 1),
+            *replicated[4:],
+            ("round_robin_embed", 0, 0),
+            ("round_robin_embed", 0, 1),
         ]
         per_model = frame(conn, "SELECT model_key, count(*) AS n FROM eval_examples GROUP BY ALL")
-        assert per_model.height == 7 and set(per_model["n"]) == {4}  # 6 models + base, 4 arithmetic rows
+        assert per_model.height == 13 and set(per_model["n"]) == {4}  # 12 models + base, 4 arithmetic rows
         table = frame(conn, "SELECT * FROM comparison_report WHERE task = 'arithmetic' AND measure = 'loss'")
     verdicts = dict(zip(table["method"], table["verdict"], strict=True))
     assert verdicts["random"] == "baseline" and verdicts["base"] == "no baseline"
-    assert verdicts["less"] in ("better", "worse", "no detectable difference")
-    assert dict(zip(table["method"], table["models"], strict=True)) == {"random": 4, "less": 2, "base": 1}
-    assert "vs random" in out and "mean [95% CI]" in out
+    assert verdicts["less"] == "too few eval groups for a verdict"  # 4 eval rows: the estimate, no verdict
+    assert dict(zip(table["method"], table["selection_variance"], strict=True)) == {
+        "random": "sampled",
+        "less": "not sampled (warmup)",
+        "kmeans_random": "sampled",
+        "round_robin_embed": "none (deterministic)",
+        "base": "none (deterministic)",
+    }
+    assert dict(zip(table["method"], table["models"], strict=True)) == {
+        "random": 4,
+        "less": 2,
+        "kmeans_random": 4,
+        "round_robin_embed": 2,
+        "base": 1,
+    }
+    assert "vs random" in out and "mean [95% CI]" in out and "summary (loss):" in out
+    summary = next(line.strip() for line in out.splitlines() if line.strip().startswith("less @ 10pct ("))
+    assert "(selection variance: not sampled (warmup)): arithmetic " in summary
+    assert summary.endswith("too few eval groups for a verdict")
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:  # --metric both: graded generations too
+        graded = frame(conn, "SELECT max(score) AS best FROM eval_examples WHERE metric = 'exact_match'")["best"][0]
         measures = set(frame(conn, "SELECT DISTINCT measure FROM comparison_report")["measure"])
-    assert {"loss", "score:exact_match", "loss:mean", "loss:worst", "loss:spread"} <= measures
+    # one target: no balance rows; exact match only where some model scored above 0
+    assert measures == ({"loss", "score:exact_match"} if graded > 0 else {"loss"})
     html = (home.root / "reports") / "comparison_report.html"
     assert html.exists() and "data:image/png;base64," in html.read_text(encoding="utf-8")

@@ -17,6 +17,7 @@ from dsel_assets.report_html import (
     plot_budget_curves,
     plot_task_deltas,
     plot_task_mix,
+    summary_lines,
     verdict_markdown,
     write_html_report,
 )
@@ -41,7 +42,10 @@ KNOWN = {
     "measure": "loss",
     "lower_is_better": True,
     "models": 3,
+    "selections": 3,
+    "selection_variance": "sampled",
     "examples": 200,
+    "eval_groups": 180,
     "mean": 1.23456,
     "ci_low": 1.2,
     "ci_high": 1.27,
@@ -49,6 +53,7 @@ KNOWN = {
     "delta_low": -0.08,
     "delta_high": -0.02,
     "p_value": 0.0123,
+    "p_holm": 0.0369,
     "verdict": "better",
 }
 
@@ -69,7 +74,10 @@ def _row(method, budget, size, task, measure, mean, low, high, delta=None, verdi
         "measure": measure,
         "lower_is_better": lower,
         "models": 1 if method == "base" else 3,
+        "selections": 1 if method == "base" else 3,
+        "selection_variance": "none (deterministic)" if method == "base" else "sampled",
         "examples": 200 if task != "(all tasks)" else 400,
+        "eval_groups": 200 if task != "(all tasks)" else 400,
         "mean": mean,
         "ci_low": low,
         "ci_high": high,
@@ -77,6 +85,7 @@ def _row(method, budget, size, task, measure, mean, low, high, delta=None, verdi
         "delta_low": None if delta is None else delta - 0.05,
         "delta_high": None if delta is None else delta + 0.04,
         "p_value": None if delta is None else 0.3,
+        "p_holm": None if delta is None else 0.9,
         "verdict": verdict,
     }
 
@@ -182,19 +191,43 @@ def test_curve_series_matches_table():
 
 
 def test_verdict_markdown():
-    text = verdict_markdown(synthetic_table())
+    table = synthetic_table()
+    text = verdict_markdown(table)
     lines = text.splitlines()
+    summary = summary_lines(table)
+    assert lines[: len(summary)] == [f"- {line}" for line in summary] and lines[len(summary)] == ""
+    lines = lines[len(summary) + 1 :]
     assert lines[0] == (
-        "| method | budget | n | task | measure | models | examples | mean [95% CI] | delta vs random [95% CI] "
-        "| p | verdict |"
+        "| method | budget | n | task | measure | models | selection variance | eval rows (groups) | mean [95% CI] "
+        "| delta vs random [95% CI] | p | p (Holm) | verdict |"
     )
-    assert lines[1] == "|" + "---|" * 11
-    known = "| less | 100 | 100 | gsm8k | loss | 3 | 200 | 1.235 [1.2, 1.27] | -0.05123 [-0.08, -0.02] | 0.0123 |"
+    assert lines[1] == "|" + "---|" * 13
+    known = (
+        "| less | 100 | 100 | gsm8k | loss | 3 | sampled | 200 (180) | 1.235 [1.2, 1.27] | -0.05123 [-0.08, -0.02] "
+        "| 0.0123 | 0.0369 |"
+    )
     assert f"{known} **better** |" in lines
-    assert "| base | 0 | 0 | (all tasks) | loss:mean | 1 | 400 | 2.5 [2.45, 2.56] | - | - | no baseline |" in lines
+    base = "| base | 0 | 0 | (all tasks) | loss:mean | 1 | none (deterministic) | 400 (400) | 2.5 [2.45, 2.56] | - | - "
+    assert f"{base}| - | no baseline |" in lines
     assert any(line.endswith("| **worse** |") for line in lines)
-    assert len(lines) == 2 + synthetic_table().height
+    assert len(lines) == 2 + table.height
     assert lines[2].split(" | ")[3] == "(all tasks)"  # the aggregates come first
+
+
+def test_summary_lines_by_hand():
+    """Random's and the untrained model's losses, then per method @ budget its target verdict and
+    the task where its loss rose most elsewhere (dolly: +0.2 against gsm8k's -0.05)."""
+    table = synthetic_table().with_columns((pl.col("task") == "gsm8k").alias("target"))
+    lines = summary_lines(table)
+    assert lines[0] == "random @ 100 (3 models): loss dolly 2.5 [2.4, 2.6]; gsm8k 1.9 [1.85, 1.95]"
+    assert lines[2] == "untrained model (1 models): loss dolly 2.8 [2.7, 2.9]; gsm8k 2.2 [2.15, 2.25]"
+    assert lines[3] == (
+        "less @ 100 (selection variance: sampled): gsm8k -0.05123 [-0.08, -0.02] better (Holm p 0.0369); "
+        "costs most elsewhere on dolly +0.2 [0.15, 0.24] no detectable difference (Holm p 0.9)"
+    )
+    assert len(lines) == 5
+    # without a target column every task is a target and nothing is "elsewhere"
+    assert "elsewhere" not in " ".join(summary_lines(synthetic_table()))
 
 
 class _Checker(HTMLParser):
@@ -247,7 +280,9 @@ def test_html_report_self_contained_and_escaped(images):
     assert "<b>report</b>" not in text
     assert {"better", "worse", "none"} <= checker.classes
     assert '<td class="better">better</td>' in text and '<td class="worse">worse</td>' in text
-    assert "How to read this" in text and "multiple comparisons" in text
+    assert "How to read this" in text and "Holm-adjusted p" in text
+    assert text.index("<h2>Summary</h2>") < text.index("<h2>Settings</h2>") < text.index("<h2>Verdicts</h2>")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; @ 100 (selection variance: sampled)" in text  # the summary, escaped
     assert "tr" in checker.tags and "style" in checker.tags and "figcaption" in checker.tags
     for caption in images:
         assert caption in text

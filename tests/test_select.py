@@ -79,6 +79,7 @@ def inputs(spec, n=240, d=8, seed=0):
         "less_scorer": lambda chosen, task: less[task][[int(i[2:]) for i in chosen]],  # on demand (ClusterUCB)
         "query_gradients": (rng.normal(size=(9, 12)).astype(np.float32), [f"t{j // 3}" for j in range(9)]),
         "trainer": SyntheticTrainer(x),
+        "pool_tasks": np.array([f"t{i % 3}" for i in range(n)], dtype=object),  # REQUIRED's t0 in every pool
     }
     return [f"id{i:04d}" for i in range(n)], {need: reps[need] for need in spec.needs}
 

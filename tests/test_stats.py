@@ -152,6 +152,23 @@ def test_unsampled_method_borrows_the_baselines_spread():
     assert sampled_view.p_value < diff.p_value  # its tiny training spread alone would be overconfident
 
 
+def test_partly_sampled_selections_borrow_the_larger_spread():
+    """Three selections of a "seed+warmup" method (one warmup) whose spread (0.0001) is below
+    random's (0.00625): random's stands in per selection, var * (1/3 + 1/5) on 4 degrees of freedom;
+    with a larger own spread (0.04) its own, by Welch."""
+    theirs = np.array([1.3, 1.1, 1.2, 1.25, 1.15])
+    tight = replicates(np.array([1.0, 1.01, 1.02, 1.0, 1.01, 1.02]), [0, 1, 2, 0, 1, 2], "seed+warmup")
+    assert (tight.sampled, tight.selections, tight.means.tolist()) == (False, 3, [1.0, 1.01, 1.02])
+    diff = difference(tight, Replicates(theirs, True))
+    se = math.sqrt(theirs.var(ddof=1) * (1 / 3 + 1 / 5))
+    assert diff.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(1.01 - 1.2) / se, 4))
+    wide = replicates(np.array([0.8, 1.0, 1.2]), [0, 1, 2], "seed+warmup")
+    a, b = 0.04 / 3, theirs.var(ddof=1) / 5
+    df = (a + b) ** 2 / (a**2 / 2 + b**2 / 4)
+    expected = 2 * scipy_stats.t.sf(abs(1.0 - 1.2) / math.sqrt(a + b), df)
+    assert difference(wide, Replicates(theirs, True)).p_value == pytest.approx(expected)
+
+
 def test_identical_replicates():
     same = difference(Replicates(np.array([0.0, 0.0]), True), Replicates(np.array([0.0, 0.0, 0.0]), True))
     assert (same.delta, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)

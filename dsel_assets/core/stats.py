@@ -96,11 +96,12 @@ class Difference:
 @dataclass(frozen=True)
 class Replicates:
     """An arm's top-level replicate means: one per selection replicate when it has several, else
-    one per training seed of its one selection; ``sampled`` says whether their spread includes
-    the arm's selection randomness."""
+    one per training seed of its one selection; ``sampled`` says whether their spread holds all
+    of the arm's selection randomness; ``selections``: how many selection replicates there are."""
 
     means: np.ndarray
     sampled: bool
+    selections: int = 1
 
     @property
     def count(self) -> int:
@@ -123,25 +124,29 @@ def _check_values(values: np.ndarray, name: str) -> np.ndarray:
 def replicates(unit_values: np.ndarray, selections: Sequence, randomness: str) -> Replicates:
     """Top-level replicates of one arm from one value per model (unit) and the selection replicate
     each model was trained on. Several selections: their means over their models (each selection
-    weighs the same). One selection: its models' values, which sample selection randomness only
-    when the method has none (``randomness == DETERMINISTIC``)."""
+    weighs the same); they hold all of the selection randomness when it is all seeds
+    (``SAMPLED``), part of it for e.g. "seed+warmup". One selection: its models' values, which
+    hold the selection randomness only when the method has none (``DETERMINISTIC``)."""
     values = _check_values(unit_values, "unit_values")
     labels = np.asarray(selections)
     if labels.shape != values.shape:
         raise ValueError(f"selections: one per unit value, got {labels.shape} for {values.shape}")
     distinct = np.unique(labels)
     if len(distinct) >= 2:
-        return Replicates(np.array([values[labels == label].mean() for label in distinct]), sampled=True)
+        means = np.array([values[labels == label].mean() for label in distinct])
+        return Replicates(means, sampled=randomness == SAMPLED, selections=len(distinct))
     return Replicates(values.copy(), sampled=randomness == DETERMINISTIC)
 
 
 def difference(ours: Replicates, theirs: Replicates, confidence: float = 0.95) -> Difference:
     """Mean of ``ours`` minus mean of ``theirs`` with Welch's t interval and two-sided p-value.
 
-    Each side's variance is its replicate variance over its count. When ``ours`` does not sample
-    its selection randomness (one selection of a method with unsampled randomness) the baseline's
-    replicate variance stands in for one selection's (the larger of that and its own training
-    spread), with the baseline's degrees of freedom. Degrees of freedom: Welch-Satterthwaite."""
+    Each side's variance is its replicate variance over its count. When ``ours`` does not hold all
+    of its selection randomness (one selection of a method whose randomness was not sampled, or
+    selections that sample only part of it), the variance of one of its selections is the larger
+    of the baseline's replicate variance and its own (its selections', or its one selection's
+    training spread over its models); when the baseline's is taken, both terms come from one
+    estimate and the degrees of freedom are the baseline's, otherwise Welch-Satterthwaite's."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence: must be in (0, 1), got {confidence}")
     delta = float(ours.means.mean() - theirs.means.mean())
@@ -149,15 +154,17 @@ def difference(ours: Replicates, theirs: Replicates, confidence: float = 0.95) -
         return Difference(delta, math.nan, math.nan, math.nan)
     spread = float(theirs.means.var(ddof=1))
     b, df_b = spread / theirs.count, theirs.count - 1
-    own = float(ours.means.var(ddof=1)) / ours.count if ours.count >= 2 else math.nan
+    if ours.sampled and ours.count < 2:
+        return Difference(delta, math.nan, math.nan, math.nan)
+    own = float(ours.means.var(ddof=1)) if ours.count >= 2 else math.nan
     if ours.sampled:
-        if ours.count < 2:
-            return Difference(delta, math.nan, math.nan, math.nan)
-        a, df_a = own, ours.count - 1
-    elif ours.count >= 2 and own > spread:
-        a, df_a = own, ours.count - 1
-    else:  # one estimate behind both terms: its degrees of freedom, not Welch's
-        a, df_a = spread, None
+        a, df_a = own / ours.count, ours.count - 1
+    else:
+        per_selection = own if ours.selections >= 2 else own / ours.count  # NaN with one model: not known
+        if per_selection > spread:
+            a, df_a = per_selection / ours.selections, ours.count - 1
+        else:  # one estimate behind both terms: its degrees of freedom, not Welch's
+            a, df_a = spread / ours.selections, None
     variance = a + b
     if variance == 0.0:  # every replicate identical on both sides
         return Difference(delta, delta, delta, 1.0 if delta == 0.0 else 0.0)
@@ -367,11 +374,11 @@ class _Arm:
     @property
     def selection_variance(self) -> str:
         """How the report names the arm's selection randomness."""
-        if len(np.unique(self.selections)) >= 2:
-            return "sampled"
         if self.randomness == DETERMINISTIC:
             return "none (deterministic)"
-        return f"not sampled ({self.randomness})"
+        if len(np.unique(self.selections)) < 2:
+            return f"not sampled ({self.randomness})"
+        return "sampled" if self.randomness == SAMPLED else f"partly sampled ({self.randomness})"
 
 
 def group_seed(seed: int, method: str, budget: str, task: str, measure: str) -> int:

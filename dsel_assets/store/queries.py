@@ -266,6 +266,21 @@ def method_selections(
     )
 
 
+def selection_configs(conn, methods: Sequence[str]) -> dict[str, dict]:
+    """The method parameters the latest stored selection of each of ``methods`` ran with (one row's
+    ``config``; replicates differ in their seed only); a method with no stored selection is absent."""
+    if not methods:
+        return {}
+    member = _in_list(conn).format("method")
+    sql = f"SELECT method, config FROM selections WHERE {member} ORDER BY created_at DESC"
+    rows = frame(conn, sql, [list(methods)])
+    out: dict[str, dict] = {}
+    for method, config in rows.iter_rows():
+        if method not in out and config:
+            out[method] = json.loads(config)
+    return out
+
+
 def selection_ranks(conn, method: str, pool_id: str) -> pl.DataFrame:
     """Per stored budget of ``method``: its size k, how many were selected, ``pool_id``'s rank and
     score there (null when not selected), pool version and MLflow run."""

@@ -19,6 +19,7 @@ from . import (  # noqa: F401
     mig,
     novelselect,
     qdit,
+    random_in_task,
     random_sampling,
     round_robin,
     score_rankers,

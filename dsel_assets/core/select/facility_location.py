@@ -43,6 +43,10 @@ class FacilityLocationConfig:
         if (self.kernel == "precomputed") != bool(self.similarity_path):
             raise ValueError("facility_location.similarity_path: set it exactly when kernel=precomputed")
 
+    def uses_seed(self) -> bool:
+        """Only the stochastic greedy draws on ``seed``; lazy and naive greedy are deterministic."""
+        return self.optimizer == "stochastic"
+
 
 def load_similarity(path: str) -> np.ndarray:
     """The precomputed similarity, memory-mapped: only the blocks the kernel reads are loaded."""

@@ -28,6 +28,10 @@ class KCenterConfig:
     seed: int = field(default=0, metadata={"help": "seed of the first pick (when first < 0)"})
     first: int = field(default=-1, metadata={"help": "row index of the first pick; -1 = seeded random"})
 
+    def uses_seed(self) -> bool:
+        """A given first pick leaves nothing to chance."""
+        return self.first < 0
+
 
 def _sweep(x: np.ndarray, norms: np.ndarray, gap: np.ndarray, picks: list[int]) -> None:
     """Lower every row's gap to its squared distance from ``picks`` (clamped at 0: float

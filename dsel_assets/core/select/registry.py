@@ -75,6 +75,20 @@ def get(name: str) -> MethodSpec:
     return available[name]
 
 
+def has_seed(spec: MethodSpec) -> bool:
+    """Whether the method takes a ``seed`` parameter (its selection can be replicated by seed)."""
+    return any(f.name == "seed" for f in dataclasses.fields(spec.config_cls))
+
+
+def seed_in_use(config: Any) -> bool:
+    """Whether a method's config draws on its ``seed``: it has one, and no ``uses_seed()`` of the
+    config says its other settings leave the seed unused (facility location's lazy greedy)."""
+    if not hasattr(config, "seed"):
+        return False
+    uses_seed = getattr(config, "uses_seed", None)
+    return True if uses_seed is None else bool(uses_seed())
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
