@@ -143,7 +143,7 @@ def print_comparison(home: DselHome) -> int:
         if "verdict" not in columns:
             print("[dsel] no comparison report yet: run `dsel compare` or `dsel run`", file=sys.stderr)
             return 1
-        if "p_holm" not in columns:
+        if "baseline" not in columns:
             print(
                 "[dsel] the stored comparison report predates the current statistics; rebuild it: "
                 "dsel compare with the same arguments (stored models and evals are reused)",
@@ -162,6 +162,7 @@ def print_comparison(home: DselHome) -> int:
             r["selection_variance"],
             f"{r['examples']} ({r['eval_groups']})",
             "-" if r["mean"] is None else f"{r['mean']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]",
+            r["baseline"] or "-",
             format_verdict_cell(r),
         )
         for r in table.iter_rows(named=True)
@@ -171,10 +172,10 @@ def print_comparison(home: DselHome) -> int:
     for line in summary_lines(table):
         print(f"  {line}")
     print(
-        "\nmean [95% CI]: hierarchical bootstrap (selections, training seeds, eval groups); vs random: difference "
-        "[95% t interval], p and Holm-adjusted p (verdicts use the Holm p; docs/STATISTICS.md)"
+        "\nmean [95% CI]: hierarchical bootstrap (selections, training seeds, eval groups); difference to the "
+        "baseline in 'vs': [95% t interval], p and Holm-adjusted p (verdicts use the Holm p; docs/STATISTICS.md)"
     )
-    print(format_table([*header, "mean [95% CI]", "vs random"], rows))
+    print(format_table([*header, "mean [95% CI]", "vs", "difference"], rows))
     print(f"\nreport: {home.artifacts.uri('reports/comparison_report.html')} (plots: comparison_*.png beside it)")
     return 0
 

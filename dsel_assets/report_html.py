@@ -34,12 +34,13 @@ TABLE_HEADER = [
     "selection variance",
     "eval rows (groups)",
     "mean [95% CI]",
-    "delta vs random [95% CI]",
+    "vs",
+    "delta [95% CI]",
     "p",
     "p (Holm)",
     "verdict",
 ]
-NUMERIC_COLUMNS = {"n", "models", "eval rows (groups)", "mean [95% CI]", "delta vs random [95% CI]", "p", "p (Holm)"}
+NUMERIC_COLUMNS = {"n", "models", "eval rows (groups)", "mean [95% CI]", "delta [95% CI]", "p", "p (Holm)"}
 HOW_TO_READ = (
     "A method's models come from selection replicates (one selection per seed of the method's randomness) and "
     "training seeds within each; all are evaluated on the same eval rows, grouped by source item (rows with the "
@@ -93,7 +94,8 @@ def _errors(mean: float, low: float | None, high: float | None) -> tuple[float, 
 
 def _curve_rows(table: pl.DataFrame, measure: str) -> pl.DataFrame:
     """The "(all tasks)" rows of ``measure``; with a single task (no balance rows) its own rows of
-    the measure's kind ("loss:mean" -> the task's "loss")."""
+    the measure's kind ("loss:mean" -> the task's "loss"); rows against a second baseline left out."""
+    table = table.filter(pl.col("baseline").is_null() | (pl.col("baseline") == BASELINE))  # one row per method
     rows = table.filter((pl.col("task") == ALL_TASKS) & (pl.col("measure") == measure))
     tasks = set(table["task"].to_list()) - {ALL_TASKS}
     if rows.height or len(tasks) != 1:
@@ -171,6 +173,7 @@ def _delta_panels(table: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
     """(task, measure, rows with a delta) for every per-task panel: loss first, then each score measure."""
     rows = table.filter(
         (pl.col("task") != ALL_TASKS)
+        & (pl.col("baseline") == BASELINE)
         & ((pl.col("measure") == "loss") | pl.col("measure").str.starts_with("score:"))
         & pl.col("delta").cast(pl.Float64).is_not_null()
         & pl.col("delta").cast(pl.Float64).is_not_nan()
@@ -294,6 +297,7 @@ def _verdict_rows(table: pl.DataFrame) -> list[tuple[list[str], str]]:
             str(r["selection_variance"]),
             f"{_num(r['examples'])} ({_num(r['eval_groups'])})",
             _with_ci(r["mean"], r["ci_low"], r["ci_high"]),
+            str(r["baseline"] or "-"),
             _with_ci(r["delta"], r["delta_low"], r["delta_high"], signed=True),
             _num(r["p_value"]),
             _num(r["p_holm"]),
@@ -311,9 +315,10 @@ def _delta_text(row: Mapping) -> str:
 
 def summary_lines(table: pl.DataFrame) -> list[str]:
     """The ten-second read of a comparison, one line per method @ budget on the loss: its verdict on
-    each target task (the ``target`` column; every task when there is none), then what it costs
-    elsewhere (the other task where its loss rose most); first random's and the untrained model's
-    mean losses for scale."""
+    each target task (the ``target`` column; every task when there is none) against random, and
+    against any second baseline it was compared with (``random_in_task``), then what it costs
+    elsewhere (the other task where its loss rose most against random); first random's and the
+    untrained model's mean losses for scale."""
     rows = table.filter((pl.col("task") != ALL_TASKS) & (pl.col("measure") == "loss"))
     if "target" in rows.columns and rows["target"].any():
         targets = set(rows.filter(pl.col("target"))["task"].to_list())
@@ -330,9 +335,14 @@ def summary_lines(table: pl.DataFrame) -> list[str]:
             lines.append(f"{label} ({group['models'][0]} models): loss {means}")
     methods = rows.filter(~pl.col("method").is_in([BASELINE, UNTRAINED])).sort("train_size", "method", "budget")
     for (method, budget), group in methods.group_by(["method", "budget"], maintain_order=True):
-        on_target = [_delta_text(r) for r in group.sort("task").iter_rows(named=True) if r["task"] in targets]
+        main = group.filter(pl.col("baseline").is_null() | (pl.col("baseline") == BASELINE)).sort("task")
+        on_target = [_delta_text(r) for r in main.iter_rows(named=True) if r["task"] in targets]
         line = f"{method} @ {budget} (selection variance: {group['selection_variance'][0]}): " + "; ".join(on_target)
-        elsewhere = group.filter(~pl.col("task").is_in(list(targets)) & pl.col("delta").is_not_null())
+        others = group.filter(pl.col("baseline").is_not_null() & (pl.col("baseline") != BASELINE)).sort("task")
+        for r in others.iter_rows(named=True):
+            if r["task"] in targets:
+                line += f"; vs {r['baseline']}: {_delta_text(r)}"
+        elsewhere = main.filter(~pl.col("task").is_in(list(targets)) & pl.col("delta").is_not_null())
         if elsewhere.height:
             line += "; costs most elsewhere on " + _delta_text(
                 elsewhere.sort("delta", descending=True).row(0, named=True)

@@ -15,6 +15,7 @@ from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.select.diagnostics import summarize
 from dsel_assets.core.stats import comparison_table
 from dsel_assets.evaluation import BASE, eval_assets
+from dsel_assets.finetune import FULL_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.report_html import (
     plot_budget_curves,
@@ -24,7 +25,7 @@ from dsel_assets.report_html import (
     write_html_report,
 )
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
-from dsel_assets.selections import load_vectors, randomness_by_key, selection_assets
+from dsel_assets.selections import key_method, load_vectors, randomness_by_key, selection_assets
 from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
@@ -170,6 +171,15 @@ def comparison_rows(conn, tasks: list[str], methods: list[str]) -> pl.DataFrame:
     return rows.with_columns(pl.col("train_size").cast(pl.Int64)).join(groups, on="pool_id", how="left")
 
 
+#: the task-matched baseline: targeted methods are also compared with it
+TASK_MATCHED = "random_in_task"
+
+
+def targeted_keys(keys) -> list[str]:
+    """The selection keys among ``keys`` whose method is targeted (LESS, BIDS, round_robin@rds, ...)."""
+    return [key for key in keys if key not in (BASE, FULL_POOL) and key_method(key)[0].family == "targeted"]
+
+
 def _task_mix(conn) -> pl.DataFrame | None:
     if not schema.table_exists(conn, "selection_report"):
         return None
@@ -205,9 +215,13 @@ def comparison_report(
         randomness = randomness_by_key(rows["method"].unique().to_list(), conn)
     if rows.height == 0:
         raise RuntimeError("comparison_report: no eval rows yet; materialize eval_base / eval_<method> first")
-    table = comparison_table(rows, n_boot=config.n_boot, seed=config.seed, randomness=randomness).with_columns(
-        pl.col("task").is_in(list(config.tasks)).alias("target")
-    )
+    table = comparison_table(
+        rows,
+        n_boot=config.n_boot,
+        seed=config.seed,
+        randomness=randomness,
+        also_against={TASK_MATCHED: targeted_keys(randomness)},
+    ).with_columns(pl.col("task").is_in(list(config.tasks)).alias("target"))
     with store.get_connection() as conn:
         tables.replace_table(conn, "comparison_report", table)
     reports = home.paths.artifacts.uri("reports")

@@ -126,9 +126,9 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
         assert less_tasks  # targeted at arithmetic by default; the tiny model decides what it finds
     assert ((home.root / "reports") / "selection_report.md").exists()
     # the loop is closed: base model and the default methods' models evaluated, report printed
-    assert "vs random" in out and "(all tasks)" in out
+    assert "summary (loss):" in out and "(all tasks)" in out
     # the selection table comes out before any fine-tuning; the time of each stage at the end
-    assert out.index("selections done in") < out.index("vs random")
+    assert out.index("selections done in") < out.index("summary (loss):")
     assert out.index("\nfacility_location ") < out.index("selections done in")
     stage_table = out[out.index("\nstage ") :]
     for stage in ("representations", "selections", "fine-tuning", "evaluation", "reports"):

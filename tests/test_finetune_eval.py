@@ -1,12 +1,15 @@
 """Closing the loop: LoRA fine-tuning on a selection, evaluation metrics, and the comparison
 report, on the tiny model."""
 
+import math
+
 import dagster as dg
 import duckdb
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from scipy import stats as scipy_stats
 
 from dsel_assets.core.data.schema import example_id
 from dsel_assets.core.data.synthetic import generate
@@ -233,11 +236,13 @@ def test_selection_to_report_through_dagster(home, local_resources, synthetic_ho
 
 
 def test_comparison_report_states_a_known_difference_with_its_ci(home, local_resources):
-    """less's loss is random's minus 0.5 on every example and seed: the paired difference is
-    exactly -0.5, its CI within the seed offsets' reach and the verdict 'better'; the equal task
-    says 'no detectable difference'."""
+    """less's loss is random's minus 0.5 on arithmetic (equal on dates), 24 eval rows per task;
+    random's 3 selections sit 0, 0.02 and 0.04 above their base value, training seeds 0.01 apart.
+    less has one selection of unsampled (warmup) randomness: random's selection spread stands in
+    for it. By hand: delta = -0.5 - 0.02 = -0.52, SE = sqrt(0.0004 * (1 + 1/3)) on 2 degrees of
+    freedom; dates: delta -0.02, no detectable difference."""
     models, examples = [], []
-    for method, selection_seeds in (("random", (0, 1)), ("less", (0,))):
+    for method, selection_seeds in (("random", (0, 1, 2)), ("less", (0,))):
         for selection_seed in selection_seeds:
             for seed in (0, 1):
                 key = f"{method}-{selection_seed}-{seed}"
@@ -250,9 +255,10 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
                         "seed": seed,
                     }
                 )
-                for i in range(6):
+                offset = 0.01 * seed + (0.02 * selection_seed if method == "random" else 0.0)
+                for i in range(24):
                     for task, shift in (("arithmetic", 0.5), ("dates", 0.0)):
-                        loss = 2.0 + 0.1 * i + 0.01 * seed + (0 if method == "random" else -shift)
+                        loss = 2.0 + 0.1 * i + offset + (0 if method == "random" else -shift)
                         examples.append(
                             {"model_key": key, "method": method, "budget": "5pct", "pool_id": f"{task}{i}"}
                             | {"task": task, "metric": None, "score": None, "loss": loss}
@@ -269,19 +275,22 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
     with duckdb.connect(str(home.duckdb)) as conn:
         table = queries.frame(conn, "SELECT * FROM comparison_report WHERE method = 'less' AND measure = 'loss'")
     by_task = {r["task"]: r for r in table.iter_rows(named=True)}
-    assert by_task["arithmetic"]["delta"] == pytest.approx(-0.5)
-    # resampled seed units shift the mean seed offset by at most 0.01 either way
-    assert -0.51 - 1e-9 <= by_task["arithmetic"]["delta_low"] <= -0.5 <= by_task["arithmetic"]["delta_high"] <= -0.49
-    assert by_task["arithmetic"]["verdict"] == "better"
-    assert by_task["dates"]["delta"] == pytest.approx(0.0) and by_task["dates"]["verdict"] == "no detectable difference"
-    # hand computation: mean over the 6 examples (2.25) + mean seed offset (0.005) - 0.5
-    assert by_task["arithmetic"]["mean"] == pytest.approx(1.755)
-    assert by_task["arithmetic"]["models"] == 2 and by_task["arithmetic"]["examples"] == 6
+    arithmetic = by_task["arithmetic"]
+    half = scipy_stats.t.ppf(0.975, 2) * math.sqrt(0.0004 * (1 + 1 / 3))
+    assert arithmetic["delta"] == pytest.approx(-0.52)
+    assert (arithmetic["delta_low"], arithmetic["delta_high"]) == pytest.approx((-0.52 - half, -0.52 + half))
+    assert arithmetic["selection_variance"] == "not sampled (warmup)"
+    assert arithmetic["verdict"] == "better" and arithmetic["p_value"] <= arithmetic["p_holm"] < 0.05
+    assert by_task["dates"]["delta"] == pytest.approx(-0.02)
+    assert by_task["dates"]["verdict"] == "no detectable difference"
+    # hand computation: mean over the 24 rows (2 + 0.1 * 11.5 = 3.15) + mean seed offset (0.005) - 0.5
+    assert arithmetic["mean"] == pytest.approx(2.655)
+    assert arithmetic["models"] == 2 and arithmetic["examples"] == 24 and arithmetic["eval_groups"] == 24
     for name in ("comparison_budget_curves.png", "comparison_task_deltas.png", "comparison_report.html"):
         assert ((home.root / "reports") / name).stat().st_size > 1000
     assert "**better**" in meta["report"].value
     assert meta["plot_0"].value.startswith("![comparison_budget_curves](data:image/png;base64,")
-    assert meta["models"].value == 6
+    assert meta["models"].value == 8
     assert selection_report.key in comparison_report.dependency_keys
 
 

@@ -40,6 +40,7 @@ KNOWN = {
     "train_size": 100,
     "task": "gsm8k",
     "measure": "loss",
+    "baseline": "random",
     "lower_is_better": True,
     "models": 3,
     "selections": 3,
@@ -72,6 +73,7 @@ def _row(method, budget, size, task, measure, mean, low, high, delta=None, verdi
         "train_size": size,
         "task": task,
         "measure": measure,
+        "baseline": None if delta is None else "random",
         "lower_is_better": lower,
         "models": 1 if method == "base" else 3,
         "selections": 1 if method == "base" else 3,
@@ -199,16 +201,16 @@ def test_verdict_markdown():
     lines = lines[len(summary) + 1 :]
     assert lines[0] == (
         "| method | budget | n | task | measure | models | selection variance | eval rows (groups) | mean [95% CI] "
-        "| delta vs random [95% CI] | p | p (Holm) | verdict |"
+        "| vs | delta [95% CI] | p | p (Holm) | verdict |"
     )
-    assert lines[1] == "|" + "---|" * 13
+    assert lines[1] == "|" + "---|" * 14
     known = (
-        "| less | 100 | 100 | gsm8k | loss | 3 | sampled | 200 (180) | 1.235 [1.2, 1.27] | -0.05123 [-0.08, -0.02] "
-        "| 0.0123 | 0.0369 |"
+        "| less | 100 | 100 | gsm8k | loss | 3 | sampled | 200 (180) | 1.235 [1.2, 1.27] | random "
+        "| -0.05123 [-0.08, -0.02] | 0.0123 | 0.0369 |"
     )
     assert f"{known} **better** |" in lines
-    base = "| base | 0 | 0 | (all tasks) | loss:mean | 1 | none (deterministic) | 400 (400) | 2.5 [2.45, 2.56] | - | - "
-    assert f"{base}| - | no baseline |" in lines
+    base = "| base | 0 | 0 | (all tasks) | loss:mean | 1 | none (deterministic) | 400 (400) | 2.5 [2.45, 2.56] "
+    assert f"{base}| - | - | - | - | no baseline |" in lines
     assert any(line.endswith("| **worse** |") for line in lines)
     assert len(lines) == 2 + table.height
     assert lines[2].split(" | ")[3] == "(all tasks)"  # the aggregates come first

@@ -303,7 +303,7 @@ def cell(table, method, task, measure):
 
 def test_table_rows_and_columns(table):
     assert table.columns == [
-        *("method", "budget", "train_size", "task", "measure", "lower_is_better", "models", "selections"),
+        *("method", "budget", "train_size", "task", "measure", "baseline", "lower_is_better", "models", "selections"),
         *("selection_variance", "examples", "eval_groups", "mean", "ci_low", "ci_high", "delta", "delta_low"),
         *("delta_high", "p_value", "p_holm", "verdict"),
     ]
@@ -411,6 +411,41 @@ def test_worst_row_repeating_a_task_row_is_no_separate_test():
     worst = cell(table, "kmeans", "(all tasks)", "loss:worst")
     assert worst["verdict"] == "as summ" and worst["p_holm"] is None
     assert cell(table, "kmeans", "summ", "loss")["p_holm"] is not None
+
+
+def test_second_baseline_rows(table_rows):
+    """kmeans's rows are relabelled as a task-matched baseline with 2 selections; less is also
+    compared with it, per task, on the same rows: delta = less's mean - its mean."""
+    rows = [dict(r, method="random_in_task") if r["method"] == "kmeans" else r for r in table_rows]
+    randomness = {"less": "warmup", "random_in_task": SAMPLED, "base": DETERMINISTIC}
+    table = comparison_table(
+        pl.DataFrame(rows), n_boot=50, randomness=randomness, also_against={"random_in_task": ["less", "base"]}
+    )
+    against = table.filter(pl.col("baseline") == "random_in_task")
+    assert sorted(against.select("method", "task", "measure").rows()) == [
+        ("less", "gsm", "loss"),
+        ("less", "summ", "loss"),
+        ("less", "summ", "score:rouge_l"),
+    ]  # base has no budget in common with it
+    ours = cell_against(table, "less", "gsm", "random")
+    theirs = cell(table, "random_in_task", "gsm", "loss")
+    row = cell_against(table, "less", "gsm", "random_in_task")
+    assert row["delta"] == pytest.approx(ours["mean"] - theirs["mean"])
+    assert row["verdict"] == "worse"  # +0.49 nats on 24 eval groups
+    family = table.filter(pl.col("p_holm").is_not_null())
+    assert family.height == 3  # random_in_task and less vs random on gsm, less vs random_in_task on gsm
+    assert set(table.filter(pl.col("method") == "random")["baseline"].to_list()) == {None}
+
+
+def cell_against(table, method, task, baseline):
+    found = table.filter(
+        (pl.col("method") == method)
+        & (pl.col("task") == task)
+        & (pl.col("measure") == "loss")
+        & (pl.col("baseline") == baseline)
+    )
+    assert len(found) == 1
+    return found.row(0, named=True)
 
 
 def test_table_ignores_row_order(table, table_rows):

@@ -55,6 +55,7 @@ TABLE_SCHEMA = {
     "train_size": pl.Int64,
     "task": pl.Utf8,
     "measure": pl.Utf8,
+    "baseline": pl.Utf8,
     "lower_is_better": pl.Boolean,
     "models": pl.Int64,
     "selections": pl.Int64,
@@ -502,8 +503,9 @@ def _same_worst_task(ours: list[np.ndarray], theirs: list[np.ndarray], lower_is_
     return worst.pop() if len(worst) == 1 else None
 
 
-def _row(method: str, budget: str, arm: _Arm, task: str, measure: str, lower: bool, cell: _Cell) -> dict:
-    """One output row of comparison_table (p_holm and the test verdicts are filled in afterwards)."""
+def _row(method: str, budget: str, arm: _Arm, task: str, measure: str, lower: bool, cell: _Cell, baseline: str) -> dict:
+    """One output row of comparison_table (p_holm and the test verdicts are filled in afterwards);
+    ``baseline`` is named where the row has a difference to it."""
     estimate, diff = cell.estimate, cell.diff
     return {
         "method": method,
@@ -511,6 +513,7 @@ def _row(method: str, budget: str, arm: _Arm, task: str, measure: str, lower: bo
         "train_size": arm.train_size,
         "task": task,
         "measure": measure,
+        "baseline": None if diff is None else baseline,
         "lower_is_better": lower,
         "models": len(arm.selections),
         "selections": len(np.unique(arm.selections)),
@@ -554,6 +557,7 @@ def comparison_table(
     n_boot: int = 2000,
     seed: int = 0,
     randomness: Mapping[str, str] | None = None,
+    also_against: Mapping[str, Sequence[str]] | None = None,
 ) -> pl.DataFrame:
     """Per (method, budget, task, measure): the mean with its hierarchical bootstrap CI, the
     difference to ``baseline`` at the same budget with its t interval, raw and Holm-adjusted
@@ -565,6 +569,9 @@ def comparison_table(
     (method, budget). ``randomness``: method -> where its selection randomness comes from
     (``SAMPLED``, ``DETERMINISTIC`` or a name of randomness that is not sampled, e.g. "warmup");
     a method missing from it counts as "unknown" (not sampled); the baseline is ``SAMPLED``.
+    ``also_against``: a second baseline -> the methods also compared with it, per task (rows with
+    that name in ``baseline``; e.g. targeted methods against ``random_in_task``); they join the
+    Holm family.
     Each cell uses the eval rows that every model of the method and of the baseline has a finite
     value for. Holm's family: every row whose difference gets a verdict (not the baseline's, not
     "no data", "no baseline", "too few ...", nor a "worst" row that repeats a task's row, verdict
@@ -610,7 +617,7 @@ def comparison_table(
                     n_boot,
                     group_seed(seed, method, budget, task, measure),
                 )
-                out.append(_row(method, budget, arm, task, measure, lower, cell))
+                out.append(_row(method, budget, arm, task, measure, lower, cell, baseline))
         for kind, task_measure in _balance_measures(measures).items():
             ours = {task: arm.panels[(task, name)] for task, name in task_measure.items()}
             theirs = None if base is None else {task: base.panels[(task, name)] for task, name in task_measure.items()}
@@ -628,7 +635,9 @@ def comparison_table(
                     n_boot,
                     group_seed(seed, method, budget, ALL_TASKS, f"{kind}:{statistic}"),
                 )
-                out.append(_row(method, budget, arm, ALL_TASKS, f"{kind}:{statistic}", lower, cell))
+                out.append(_row(method, budget, arm, ALL_TASKS, f"{kind}:{statistic}", lower, cell, baseline))
+    for other, compared in (also_against or {}).items():
+        out += _rows_against(arms, other, set(compared) - {other, baseline}, measures, n_boot, seed)
 
     family = [i for i, row in enumerate(out) if row["verdict"] is None]
     for i, adjusted in zip(family, holm([out[i]["p_value"] for i in family]), strict=True):
@@ -638,9 +647,42 @@ def comparison_table(
     table = pl.DataFrame(out, schema=TABLE_SCHEMA)
     return (
         table.with_columns((pl.col("task") == ALL_TASKS).alias("_all"))
-        .sort("train_size", "method", "budget", "_all", "task", "measure", nulls_last=True)
+        .sort("train_size", "method", "budget", "_all", "task", "measure", "baseline", nulls_last=True)
         .drop("_all")
     )
+
+
+def _rows_against(
+    arms: dict[tuple[str, str], _Arm],
+    other: str,
+    compared: set[str],
+    measures: dict[str, dict[str, pl.Expr]],
+    n_boot: int,
+    seed: int,
+) -> list[dict]:
+    """Per-task rows of the ``compared`` methods against a second baseline ``other`` at the same
+    budget (e.g. targeted methods against ``random_in_task``), where the two share eval rows."""
+    out = []
+    for (method, budget), arm in arms.items():
+        base = arms.get((other, budget))
+        if method not in compared or base is None:
+            continue
+        for task, task_measures in measures.items():
+            for measure in task_measures:
+                cell = _measure_cell(
+                    arm,
+                    base,
+                    {task: arm.panels[(task, measure)]},
+                    {task: base.panels[(task, measure)]},
+                    "mean",
+                    measure == "loss",
+                    False,
+                    n_boot,
+                    group_seed(seed, method, budget, task, measure),
+                )
+                if cell.diff is not None:
+                    out.append(_row(method, budget, arm, task, measure, measure == "loss", cell, other))
+    return out
 
 
 def format_verdict_cell(row: dict) -> str:
