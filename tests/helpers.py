@@ -28,3 +28,22 @@ def small_tmpfs(path: Path, kib: int = 64) -> Iterator[Callable[[int], object]]:
         yield lambda size: subprocess.run(["mount", "-o", f"remount,size={size}k", str(path)], check=True)
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+def synthetic_pool_instance(home, resources, seed: int = 3, per_capability: int = 6):
+    """A Dagster instance whose pool is the synthetic generator's pool split (task labels from
+    its records), validated and materialized: what selection-asset tests start from."""
+    import dagster as dg
+    import duckdb
+
+    from dsel_assets.core.data.synthetic import generate
+    from dsel_assets.pool import pool, pool_batch, pool_batches
+    from dsel_assets.store import tables
+
+    paths = generate(seed=seed, per_capability=per_capability).write(home.root / "syn")
+    with duckdb.connect(str(home.duckdb)) as conn:
+        manifest, _ = tables.register_batch(conn, paths["pool"], home.raw, source="syn", task="auto", split="pool")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
+    dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=resources, instance=instance)
+    return instance

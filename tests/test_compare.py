@@ -17,11 +17,10 @@ from dsel_assets.checks import selection_problems
 from dsel_assets.cli import main
 from dsel_assets.compare import ComparePlan, Progress, check_plan, entry_key, parse_entry
 from dsel_assets.core.data.synthetic import generate
-from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.selections import selection_assets
 from dsel_assets.store.queries import frame
 
-from .test_assets import register
+from .helpers import synthetic_pool_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,11 +228,7 @@ def test_cli_refuses_a_bad_entry_before_any_work(home, capsys):
 
 
 def test_selection_seeds_store_checked_replicates(home, local_resources):
-    paths = generate(seed=3, per_capability=6).write(home.root / "syn")
-    instance = dg.DagsterInstance.ephemeral()
-    manifest = register(home, paths["pool"], source="syn", task="auto", split="pool")
-    instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
-    dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=local_resources, instance=instance)
+    instance = synthetic_pool_instance(home, local_resources)
     random = next(a for a in selection_assets if a.key.path[-1] == "selection_random")
     config = {"ops": {"selection_random": {"config": {"budgets": ["5"], "seeds": [0, 1, 2]}}}}
     assert dg.materialize([random], resources=local_resources, instance=instance, run_config=config).success

@@ -12,14 +12,12 @@ import pytest
 
 from dsel_assets.checks import selection_problems
 from dsel_assets.compare import ComparePlan
-from dsel_assets.core.data.synthetic import generate
 from dsel_assets.core.select import build_config, get
-from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.representation_registry import representation
 from dsel_assets.selections import seed_replicates, selection_assets
 from dsel_assets.store.queries import frame
 
-from .test_assets import register
+from .helpers import synthetic_pool_instance
 
 # 25 pool rows of tasks a, b and c; the ids of the rows of a and of c, listed by hand below.
 TASKS = ["a", "b", "c", "a", "b", "a", "a", "c", "b", "a", "b", "b", "a", "c", "a", "b", "a", "b", "c", "a", "b"]
@@ -132,11 +130,7 @@ def test_registration_and_asset():
 
 
 def test_the_asset_selects_the_target_tasks_pool_rows_with_checked_replicates(home, local_resources):
-    paths = generate(seed=3, per_capability=6).write(home.root / "syn")
-    instance = dg.DagsterInstance.ephemeral()
-    manifest = register(home, paths["pool"], source="syn", task="auto", split="pool")
-    instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
-    dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=local_resources, instance=instance)
+    instance = synthetic_pool_instance(home, local_resources)
     asset = next(a for a in selection_assets if a.key.path[-1] == "selection_random_in_task")
     params = {"task": "arithmetic"}
     config = {
