@@ -15,7 +15,13 @@ three engines for a verdict at 5%:
 A calibrated engine says better/worse in 5% +- 2% of null trials. A last block reports power
 against a true shift. Usage:
     python benchmarks/calibration.py [--trials 1000] [--n-boot 1000] [--seed 0] [--quick]
-Prints a markdown table (and the machine's load); about 4 minutes on 2 cores at the defaults."""
+Prints a markdown table (and the machine's load); about 10 minutes on 2 cores at the defaults.
+
+Real check: ``--real HOME`` reads a state home where ``dsel compare --methods random
+--random-seeds K --seeds T`` ran (``benchmarks/real_pool.py --methods random ...``) and, for
+``--splits`` random splits of random's K selections into a pretend method (3) and the baseline (5),
+runs dsel's comparison table on the real eval losses: how often is random called better or worse
+than random, per task row and after Holm over the table?"""
 
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -176,6 +183,60 @@ NULLS = [
 POWER = [replace(NULLS[2], shift=-0.05), replace(NULLS[2], shift=-0.1), replace(NULLS[1], shift=-0.05)]
 
 
+def real_check(home: Path, splits: int, seed: int, method_size: int = 3, baseline_size: int = 5) -> None:
+    """Random against random on a real comparison's stored eval losses (see the module docstring)."""
+    from dsel_assets.core.stats import comparison_table
+    from dsel_assets.reports import comparison_rows
+    from dsel_assets.store import tables
+
+    with tables.open_state(home / "dsel.duckdb", read_only=True) as conn:
+        rows = comparison_rows(conn, [], ["random"]).filter(pl.col("method") == "random")
+    selection_seeds = sorted(set(rows["selection_seed"].to_list()))
+    if len(selection_seeds) < method_size + baseline_size:
+        raise SystemExit(f"--real: need {method_size + baseline_size} random selections, found {len(selection_seeds)}")
+    rng, boot_rng = np.random.default_rng(seed), np.random.default_rng(seed + 1)  # splits apart from resampling
+    calls = {"task rows called better/worse (raw p < 0.05)": 0, "task rows called better/worse (Holm)": 0}
+    tests = 0
+    flat_calls = 0
+    for _ in range(splits):
+        order = rng.permutation(selection_seeds)
+        ours, theirs = set(order[:method_size].tolist()), set(order[method_size : method_size + baseline_size].tolist())
+        frame = rows.filter(pl.col("selection_seed").is_in(list(ours | theirs))).with_columns(
+            pl.when(pl.col("selection_seed").is_in(list(ours)))
+            .then(pl.lit("random_twin"))
+            .otherwise(pl.lit("random"))
+            .alias("method")
+        )
+        table = comparison_table(frame, n_boot=50, seed=seed, randomness={"random_twin": SAMPLED})
+        tested = table.filter((pl.col("method") == "random_twin") & (pl.col("task") != "(all tasks)"))
+        tested = tested.filter(pl.col("p_value").is_not_null())
+        tests += tested.height
+        calls["task rows called better/worse (raw p < 0.05)"] += int((tested["p_value"] < 0.05).sum())
+        calls["task rows called better/worse (Holm)"] += int(tested["verdict"].is_in(["better", "worse"]).sum())
+        for _, group in frame.filter(pl.col("task").is_in(tested["task"].to_list())).group_by("task"):
+            trial = _trial(group)
+            flat_calls += flat_bootstrap_p(trial, 300, boot_rng)[1] < 0.05
+    units = rows.select("selection_seed", "seed").unique().height
+    tasks = ", ".join(sorted(set(rows["task"].to_list())))
+    print(f"\n# Real check: {home}: {len(selection_seeds)} random selections, {units} models, tasks {tasks}")
+    print(f"{splits} splits into {method_size} (pretend method) vs {baseline_size} (random); {tests} task-row tests\n")
+    print("| engine | false better/worse |\n|---|---|")
+    for name, count in calls.items():
+        print(f"| dsel, {name} | {100 * count / max(tests, 1):.1f}% ({count} of {tests}) |")
+    print(f"| flat bootstrap (previous engine) | {100 * flat_calls / max(tests, 1):.1f}% ({flat_calls} of {tests}) |")
+
+
+def _trial(group: pl.DataFrame) -> Trial:
+    """One task's real rows as a Trial (units by selection and training seed; the eval rows every
+    model has a loss for, as dsel's table uses)."""
+    pivot = group.pivot(on="pool_id", index=["method", "selection_seed", "seed"], values="loss")
+    losses = pivot.drop("method", "selection_seed", "seed")
+    values = losses.select(c for c in losses.columns if losses[c].null_count() == 0).to_numpy()
+    is_method = (pivot["method"] == "random_twin").to_numpy()
+    selections = pivot["selection_seed"].to_numpy()
+    return Trial(values[is_method], selections[is_method], values[~is_method], selections[~is_method], np.arange(0))
+
+
 def _load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
@@ -187,7 +248,12 @@ def main() -> int:
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="200 trials, 300 bootstrap replicates")
+    parser.add_argument("--real", type=Path, help="state home of a random-only dsel compare (see above)")
+    parser.add_argument("--splits", type=int, default=300, help="--real: random splits of the selections")
     args = parser.parse_args()
+    if args.real:
+        real_check(args.real, args.splits, args.seed)
+        return 0
     trials, n_boot = (200, 300) if args.quick else (args.trials, args.n_boot)
     started = time.perf_counter()
     print(f"# Calibration: {trials} trials per setting, {n_boot} bootstrap replicates; {_load()}\n")
