@@ -521,6 +521,37 @@ def cmd_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """One stored selection as a training file in rank order, with its lineage manifest beside
+    it (and, for sharegpt / alpaca, its LLaMA-Factory dataset_info.json entry)."""
+    from dsel_assets.export import command_line, export_selection, manifest_path
+
+    home = _home(args)
+    command = command_line(
+        args.home, args.method, args.budget, args.seed, args.target, args.format, args.out, args.force
+    )
+    manifest = export_selection(
+        home,
+        args.method,
+        args.budget,
+        args.format,
+        args.out,
+        seed=args.seed,
+        target=args.target,
+        force=args.force,
+        command=command,
+        tracking_uri=os.environ.get("DSEL_MLFLOW_URI") or home.mlflow_uri,
+        log=_stderr,
+    )
+    out = Path(manifest["path"])
+    what = f"{manifest['method']} @ {manifest['budget']} (selection seed {manifest['selection_seed']})"
+    print(f"[dsel] {what}: {manifest['counts']['rows']} rows -> {out} ({args.format})")
+    print(f"[dsel] manifest: {manifest_path(out)}")
+    if manifest["dataset_info"]:
+        print(f"[dsel] LLaMA-Factory: entry {manifest['dataset_info']['name']!r} in {out.parent / 'dataset_info.json'}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     """The registry; ``randomness``: where each selection's randomness comes from (seed, warmup,
     upstream, none: ``selections.selection_randomness``)."""
@@ -678,7 +709,8 @@ def parser() -> argparse.ArgumentParser:
         default=3,
         metavar="N",
         help="selections per method whose randomness has a seed (seeds 0..N-1, each its own replicate; default 3); "
-        "methods on warmup gradients or upstream seeds get one, reported as not sampled; deterministic ones one",
+        "methods on LESS warmup gradients get one per warmup seed 0..N-1 (N >= 2: N warmups, each with the pool's "
+        "gradient features); methods on upstream seeds get one, reported as not sampled; deterministic ones one",
     )
     compare.add_argument(
         "--random-seeds",
@@ -735,6 +767,33 @@ def parser() -> argparse.ArgumentParser:
     why_.add_argument("--selection", required=True, help="method or selection asset name (random, selection_less)")
     why_.add_argument("--json", action="store_true")
     why_.set_defaults(func=cmd_why)
+
+    from dsel_assets.core.data.writers import FORMATS
+
+    exp = sub.add_parser(
+        "export", help="write a stored selection as a training file (JSONL, Parquet, datasets) with its lineage"
+    )
+    exp.add_argument(
+        "--method",
+        required=True,
+        help="selection key as stored (less, round_robin_rds) or METHOD@REPR (round_robin@rds)",
+    )
+    exp.add_argument("--budget", required=True, help="a stored budget: 5%%, 0.05, 500 or its label (5pct)")
+    exp.add_argument("--seed", type=int, help="selection seed of the replicate (default: the only one stored)")
+    exp.add_argument("--target", help="refuse unless the stored selection was made for this target task")
+    exp.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="original (records as read), messages (TRL / axolotl / torchtune), sharegpt and alpaca "
+        "(LLaMA-Factory, with dataset_info.json), parquet (messages + lineage columns), hf (datasets folder)",
+    )
+    exp.add_argument(
+        "--out", required=True, help="file to write (a folder for hf); NAME.manifest.json is written beside it"
+    )
+    exp.add_argument("--force", action="store_true", help="replace what an earlier export left at --out")
+    exp.add_argument("--home", default=argparse.SUPPRESS, help="state directory (default: $DSEL_HOME or ./.dsel)")
+    exp.set_defaults(func=cmd_export)
 
     meth = sub.add_parser("methods", help="the selection-method registry")
     meth.add_argument("--json", action="store_true")

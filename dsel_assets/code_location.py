@@ -10,6 +10,7 @@ import dagster as dg
 
 from dsel_assets import (
     evaluation,
+    exports,
     finetune,
     gradients,
     labels,
@@ -77,6 +78,7 @@ def build_definitions(
                 finetune,
                 evaluation,
                 reports,
+                exports,
             ]
         ),
         asset_checks=build_checks(),

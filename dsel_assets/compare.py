@@ -19,6 +19,8 @@ from dsel_assets.core.select.targeted import LESS
 from dsel_assets.core.select.targeted import representations as method_representations
 from dsel_assets.evaluation import BASE, eval_asset_name
 from dsel_assets.finetune import finetuned_asset_name
+from dsel_assets.gradients import WarmupRunConfig
+from dsel_assets.representation_registry import WARMUP
 from dsel_assets.runs import materialize_closure, materialize_only
 from dsel_assets.selections import (
     available,
@@ -28,6 +30,7 @@ from dsel_assets.selections import (
     selection_key,
     selection_randomness,
     typed_params,
+    warmup_sampled,
 )
 from dsel_assets.store import queries
 
@@ -37,7 +40,7 @@ TASK_LABELS = "pool_tasks"
 BASELINE = "random"
 #: What the plan says about a selection whose randomness it cannot sample with selection seeds.
 NOT_SAMPLED = {
-    "warmup": "one warmup checkpoint; sampling it would need one warmup per selection seed",
+    "warmup": "one warmup checkpoint; --selection-seeds N >= 2 trains one warmup per seed",
     "upstream": "fixed by the seed of {assets}",
 }
 
@@ -77,8 +80,10 @@ def entry_key(entry: str) -> str:
 class ComparePlan:
     """What one ``dsel compare`` asks for (validated before any work). ``methods``: entries,
     ``METHOD`` or ``METHOD@REPRESENTATION``; ``selection_seed_count``: selections per method whose
-    randomness has a seed (seeds 0..N-1); ``random_seeds``: those of the random baseline (None: the
-    same N); ``params``: per method (every entry of it) or per entry (``round_robin@rds``; wins)."""
+    randomness has a seed (seeds 0..N-1) or the LESS warmup (warmup seeds 0..N-1, one warmup each,
+    when N >= 2); ``random_seeds``: those of the random baseline (None: the same N); ``params``: per
+    method (every entry of it) or per entry (``round_robin@rds``; wins); ``asset_config``: config of
+    upstream assets (``warmup_checkpoint``'s ``seed`` is the first warmup seed)."""
 
     methods: list[str]
     budgets: list[str]
@@ -135,6 +140,7 @@ class ComparePlan:
             raise ValueError(f"param: {unknown} are not among --methods {self.methods}")
         for entry in self.methods:
             self.method_params(entry)  # a wrong parameter or value: before any work
+        self.warmup_seeds()  # a wrong warmup seed: before any work
 
     def selection_keys(self) -> list[str]:
         """The selection key of every entry, in order (the ``method`` column of the tables)."""
@@ -174,25 +180,99 @@ class ComparePlan:
         return selection_randomness(get(name), representation or LESS, self._config(method))
 
     def randomness_by_key(self) -> dict[str, str]:
-        """Selection key -> its randomness kind, for every entry (what the report reads)."""
-        return {entry_key(entry): self.randomness(entry) for entry in self.methods}
+        """Selection key -> its randomness kind, for every entry, as the report will read it: an
+        entry whose warmup the comparison samples counts it as sampled (``less`` -> ``seed``)."""
+        return {
+            entry_key(entry): warmup_sampled(kind) if self.samples_warmup(entry) else kind
+            for entry in self.methods
+            for kind in [self.randomness(entry)]
+        }
 
-    def selection_seeds(self, method: str) -> list[int]:
-        """Selection replicates of an entry: when a seed drives its selection, seeds S..S+N-1 (S: its
-        ``seed`` parameter, default 0; N: ``random_seeds`` for the baseline, else
-        ``selection_seed_count``); otherwise none (one selection; nothing a seed could sample)."""
+    def warmup_seeds(self) -> list[int]:
+        """The warmup seeds the comparison trains a warmup for: S..S+N-1 (S: ``--config
+        warmup_checkpoint.seed``, default 0; N: ``selection_seed_count``) when N >= 2 and some
+        entry's randomness includes the warmup; otherwise none (the current warmup serves)."""
+        if self.selection_seed_count < 2 or not any("warmup" in self.randomness(e).split("+") for e in self.methods):
+            return []
+        value = self.asset_config.get(WARMUP, {}).get("seed", 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config: {WARMUP}.seed must be an integer, got {value!r}")
+        return list(range(value, value + self.selection_seed_count))
+
+    def samples_warmup(self, method: str) -> bool:
+        """Whether an entry gets one selection per warmup seed (its randomness includes the warmup)."""
+        return bool(self.warmup_seeds()) and "warmup" in self.randomness(method).split("+")
+
+    def method_seeds(self, method: str) -> list[int]:
+        """The method's own seeds: when a seed drives its selection, S..S+N-1 (S: its ``seed``
+        parameter, default 0; N: ``random_seeds`` for the baseline, else ``selection_seed_count``);
+        otherwise none."""
         if "seed" not in self.randomness(method).split("+"):
             return []
         count = self.random_seeds if method == BASELINE and self.random_seeds is not None else self.selection_seed_count
         first = int(self._config(method).seed)
         return list(range(first, first + count))
 
+    def selection_seeds(self, method: str) -> list[int]:
+        """Selection replicates of an entry (their ``selection_seed``): one per warmup seed when the
+        comparison samples its warmup (``warmup_seeds``; a ``seed+warmup`` method's replicate i also
+        draws with its i-th method seed), else one per method seed (``method_seeds``); otherwise none
+        (one selection; nothing a seed could sample)."""
+        return self.warmup_seeds() if self.samples_warmup(method) else self.method_seeds(method)
+
+    def selection_config(self, method: str, warmup_seed: int | None = None) -> dict:
+        """Run config of an entry's selection asset; for an entry whose warmup is sampled, the
+        replicate of ``warmup_seed`` (default: the first warmup seed)."""
+        name = parse_entry(method)[0]
+        config = {
+            "budgets": self.budgets,
+            "params": typed_params(name, self.method_params(method)),
+            "seeds": self.method_seeds(method),
+        }
+        if self.samples_warmup(method):
+            warmups = self.warmup_seeds()
+            seed = warmups[0] if warmup_seed is None else warmup_seed
+            if seed not in warmups:
+                raise ValueError(f"warmup_seed: {seed} is not one of the warmup seeds {warmups}")
+            own = self.method_seeds(method)
+            config |= {
+                "seeds": [own[warmups.index(seed)]] if own else [],
+                "warmup_seed": seed,
+                "warmup_replicates": warmups,
+            }
+        return config
+
+    def warmup_cost(self) -> str | None:
+        """One line on what the warmup seeds cost (None when there are none)."""
+        seeds = self.warmup_seeds()
+        if not seeds:
+            return None
+        settings = WarmupRunConfig(**self.asset_config.get(WARMUP, {}))
+        users = [entry for entry in self.methods if self.samples_warmup(entry)]
+        return (
+            f"warmup seeds {seeds[0]}-{seeds[-1]}: {len(seeds)} warmups ({len(seeds) - 1} more than without warmup "
+            f"replicates), each a LoRA warmup fine-tune on {settings.fraction:.0%} of the pool ({settings.epochs} "
+            f"epoch(s)) and the gradient features of the whole pool and the query sets at each of its "
+            f"{settings.epochs} checkpoint(s) - the expensive part - then its influence and LESS scores; shared by "
+            f"{', '.join(users)}; warmups and features already stored are reused"
+        )
+
     def sampling(self, method: str) -> str:
         """One line on what the selection replicates of an entry sample and what they do not."""
         name, representation = parse_entry(method)
         sources = randomness_sources(get(name), representation or LESS, self._config(method))
         seeds = self.selection_seeds(method)
-        if len(seeds) > 1:
+        sampled = {"seed", *(["warmup"] if self.samples_warmup(method) else [])}
+        if self.samples_warmup(method):
+            own = self.method_seeds(method)
+            if own:
+                said = (
+                    f"{len(seeds)} selections (seeds {own[0]}-{own[-1]} with warmup seeds {seeds[0]}-{seeds[-1]}) "
+                    "sample its seed and warmup"
+                )
+            else:
+                said = f"{len(seeds)} selections (warmup seeds {seeds[0]}-{seeds[-1]}) sample its warmup"
+        elif len(seeds) > 1:
             said = f"{len(seeds)} selections (seeds {seeds[0]}-{seeds[-1]}) sample its seed"
         elif seeds:
             said = f"1 selection (seed {seeds[0]}): its seed is not sampled"
@@ -201,7 +281,7 @@ class ComparePlan:
         unsampled = [
             f"{source} ({NOT_SAMPLED[source].format(assets=', '.join(assets))})"
             for source, assets in sources.items()
-            if source != "seed"
+            if source not in sampled
         ]
         if unsampled:
             said += "; selection variance not sampled: " + ", ".join(unsampled)
@@ -210,8 +290,9 @@ class ComparePlan:
             said += f"; deterministic given its inputs{unused}: no selection variance to sample"
         return f"{method}: {said}"
 
-    def run_config(self) -> dict:
-        """Run config of every selection, model and eval asset of the comparison."""
+    def run_config(self, warmup_seed: int | None = None) -> dict:
+        """Run config of every selection, model and eval asset of the comparison; with warmup seeds,
+        of the warmup and the warmup-sampled selections of ``warmup_seed`` (default: the first)."""
         ops: dict[str, dict] = {}
         finetune = {
             "budgets": [Budget.parse(b).label for b in self.budgets],
@@ -230,13 +311,7 @@ class ComparePlan:
         }
         for entry in self.methods:
             key = entry_key(entry)
-            ops[selection_asset_name(key)] = {
-                "config": {
-                    "budgets": self.budgets,
-                    "params": typed_params(parse_entry(entry)[0], self.method_params(entry)),
-                    "seeds": self.selection_seeds(entry),
-                }
-            }
+            ops[selection_asset_name(key)] = {"config": self.selection_config(entry, warmup_seed)}
             ops[finetuned_asset_name(key)] = {"config": finetune}
             ops[eval_asset_name(key)] = {"config": evaluate}
         if self.include_base:
@@ -244,6 +319,10 @@ class ComparePlan:
         ops["comparison_report"] = {"config": {"tasks": self.targets, "methods": self.selection_keys()}}
         for asset, values in self.asset_config.items():  # e.g. warmup_checkpoint.epochs=1
             ops.setdefault(asset, {"config": {}})["config"].update(values)
+        warmups = self.warmup_seeds()
+        if warmups:  # this replicate's warmup; the user's other warmup settings stay
+            seed = warmups[0] if warmup_seed is None else warmup_seed
+            ops.setdefault(WARMUP, {"config": {}})["config"]["seed"] = seed
         return {"ops": ops}
 
     def models_per_method(self, method: str) -> int:
@@ -260,8 +339,8 @@ def check_plan(plan: ComparePlan, conn) -> list[str]:
         if not available(spec, representation):
             problems.append(f"methods: {method} needs {list(spec.needs)}; not all have an asset yet")
         config = build_config(name, plan.method_params(method))
-        if plan.selection_seeds(method):
-            seed_replicates(config, plan.selection_seeds(method))
+        if plan.method_seeds(method):
+            seed_replicates(config, plan.method_seeds(method))
     if BASELINE not in plan.selection_keys():
         problems.append(f"methods: add {BASELINE}: every method is compared with it")
     counts = {f"{split}/{task}": n for (split, task), n in queries.split_task_counts(conn).items()}
@@ -289,13 +368,20 @@ def check_plan(plan: ComparePlan, conn) -> list[str]:
     return problems
 
 
+#: What each progress stage counts.
+UNIT_NAMES = {"warmups": "warmup seeds", "fine-tunes": "models", "evals": "models"}
+
+
 class Progress:
-    """Per-stage and overall progress lines with an ETA from the measured seconds per unit."""
+    """Per-stage and overall progress lines with an ETA from the measured seconds per unit: the
+    warmup seeds (each a warmup fine-tune, the pool's gradient features and the selections on
+    them), the fine-tunes and the evals."""
 
     def __init__(self, plan: ComparePlan, log: Callable[[str], None]) -> None:
         self.log = log
         self.started = time.perf_counter()
         self.units = {
+            **({"warmups": len(plan.warmup_seeds())} if plan.warmup_seeds() else {}),
             "fine-tunes": sum(plan.models_per_method(m) for m in plan.methods),
             "evals": sum(plan.models_per_method(m) for m in plan.methods) + int(plan.include_base),
         }
@@ -306,13 +392,31 @@ class Progress:
         self.done[stage] += units
         self.seconds[stage] += seconds
         rate = {s: self.seconds[s] / self.done[s] for s in self.units if self.done[s]}
-        fallback = max(rate.values(), default=0.0)  # a stage not measured yet: assume the slowest seen
-        left = {s: (self.units[s] - self.done[s]) * rate.get(s, fallback) for s in self.units}
+        left: dict[str, float] = {}
+        for s in self.units:
+            # a stage not measured yet: the slowest seen of the same unit (a model; a warmup seed costs more)
+            same = [r for o, r in rate.items() if UNIT_NAMES[o] == UNIT_NAMES[s]]
+            if s in rate or same:
+                left[s] = (self.units[s] - self.done[s]) * rate.get(s, max(same, default=0.0))
+        unknown = [s for s in self.units if s not in left and self.done[s] < self.units[s]]
         elapsed, total_left = time.perf_counter() - self.started, sum(left.values())
         self.log(
-            f"[compare] {stage}: {self.done[stage]}/{self.units[stage]} models, stage ETA {_minutes(left[stage])}; "
-            f"overall: {_minutes(elapsed)} elapsed, ETA {_minutes(total_left)}"
+            f"[compare] {stage}: {self.done[stage]}/{self.units[stage]} {UNIT_NAMES[stage]}, "
+            f"stage ETA {_minutes(left[stage])}; overall: {_minutes(elapsed)} elapsed, ETA {_minutes(total_left)}"
+            + (f" + the {' and '.join(unknown)} (not measured yet)" if unknown else "")
         )
+
+
+def warmup_targets(defs: dg.Definitions, selections: list[dg.AssetKey]) -> list[dg.AssetKey]:
+    """What one warmup seed materializes for ``selections`` (those whose warmup a comparison
+    samples): the warmup, every asset between it and them (pool and query gradient features,
+    influence; each reuses what its warmup already stored), and the selections. Targets always run
+    in ``materialize_closure``, whereas upstream assets already materialized would be skipped."""
+    if not selections:
+        return []
+    graph = defs.resolve_asset_graph()
+    between = dg.AssetSelection.assets(*selections).upstream() & dg.AssetSelection.assets(WARMUP).downstream()
+    return [key for key in graph.toposorted_asset_keys if key in between.resolve(graph)]
 
 
 def _minutes(seconds: float) -> str:
@@ -322,14 +426,32 @@ def _minutes(seconds: float) -> str:
 def run_comparison(
     defs: dg.Definitions, instance: dg.DagsterInstance, plan: ComparePlan, log: Callable[[str], None] = print
 ) -> None:
-    """Selections (with what they need), then per method its fine-tunes and evals, then the report."""
+    """Selections (with what they need; per warmup seed the warmup, its gradient assets and the
+    selections on them), then per method its fine-tunes and evals, then the report."""
     config = plan.run_config()
     progress = Progress(plan, log)
     for method in plan.methods:  # what the selection replicates sample, and what they cannot
         log(f"[compare] {plan.sampling(method)}")
+    if plan.warmup_cost():
+        log(f"[compare] {plan.warmup_cost()}")
     selections = [dg.AssetKey(selection_asset_name(key)) for key in plan.selection_keys()]
     log(f"[compare] stage 1/4: representations and selections of {', '.join(plan.methods)}")
-    materialize_closure(defs, instance, selections, config, log=log)
+    warmups = plan.warmup_seeds()
+    on_warmup = [dg.AssetKey(selection_asset_name(entry_key(e))) for e in plan.methods if plan.samples_warmup(e)]
+    targets = warmup_targets(defs, on_warmup)
+    # the first (configured) warmup seed last: it stays the current warmup, with its influence and
+    # LESS scores, for what runs next (a later dsel select --method less reads it)
+    for number, seed in enumerate([*warmups[1:], *warmups[:1]], start=1):
+        log(
+            f"[compare] warmup seed {seed} ({number}/{len(warmups)}): warmup, gradient features, influence and the "
+            f"selections of {', '.join(e for e in plan.methods if plan.samples_warmup(e))}"
+        )
+        started = time.perf_counter()
+        materialize_closure(defs, instance, targets, plan.run_config(warmup_seed=seed), log=log)
+        progress.advance("warmups", 1, time.perf_counter() - started)
+    rest = [key for key in selections if key not in on_warmup]
+    if rest:
+        materialize_closure(defs, instance, rest, config, log=log)
     stages = [("fine-tunes", finetuned_asset_name), ("evals", eval_asset_name)]
     for number, (stage, asset_name) in enumerate(stages, start=2):
         log(f"[compare] stage {number}/4: {stage} ({progress.units[stage]} models; stored ones are reused)")

@@ -5,7 +5,7 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import dagster as dg
@@ -97,6 +97,18 @@ def warmup_checkpoint(
         pool_rows = queries.split_rows(conn, "pool")
     if pool_rows.height == 0:
         raise RuntimeError("pool: no examples; ingest data first")
+    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    key_source = json.dumps([core.to_dict(), version, identity, code_version], sort_keys=True)
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
+    out_uri = home.paths.artifacts.uri(f"models/warmup/{key}")
+    stored = stored_warmup(home.paths.artifacts.find(f"models/warmup/{key}"))
+    params = {**core.to_dict(), **identity, "pool_version": version, "warmup": key}
+    if stored is not None:  # the same settings, pool and model: reused (e.g. a rerun of dsel compare's warmup seeds)
+        context.log.info(f"warmup {key} (seed {core.seed}): stored, reused (not retrained)")
+        inputs = [DatasetRef("pool", store.location, version)]
+        with tracker.run(context, params={**params, "reused": True}, inputs=inputs) as run:
+            pass
+        return _record_warmup(context, store, core, identity, version, key, out_uri, stored, run, reused=True)
     chosen = set(warmup_sample(pool_rows["pool_id"].to_list(), core.fraction, core.seed))
     model, tokenizer = selection_model.load()
     encoded = [
@@ -104,10 +116,6 @@ def warmup_checkpoint(
         for pid, messages in zip(pool_rows["pool_id"], pool_rows["messages"].to_list(), strict=True)
         if pid in chosen and (enc := encode_conversation(tokenizer, messages, core.max_length)) is not None
     ]
-    code_version = context.assets_def.code_versions_by_key[context.asset_key]
-    key_source = json.dumps([core.to_dict(), version, identity, code_version], sort_keys=True)
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
-    out_uri = home.paths.artifacts.uri(f"models/warmup/{key}")
     extra = {
         "base_model": identity,
         "pool_version": version,
@@ -116,27 +124,56 @@ def warmup_checkpoint(
         "sample": sorted(chosen),
     }
     with (
-        tracker.run(
-            context,
-            params={**core.to_dict(), **identity, "pool_version": version, "warmup": key},
-            inputs=[DatasetRef("pool", store.location, version)],
-        ) as run,
+        tracker.run(context, params=params, inputs=[DatasetRef("pool", store.location, version)]) as run,
         artifacts.writing(out_uri) as out_dir,
     ):
-        checkpoints = train_warmup(model, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+        train_warmup(model, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
         manifest = read_manifest(out_dir)
         for point in manifest["curve"]:
             run.log_metrics({"loss": point["loss"], "lr": point["lr"]}, step=point["step"])
         run.log_artifact(str(out_dir / "manifest.json"))
-        rows = [(c.epoch, f"{c.lr_mean:.3g}", artifacts.join(out_uri, c.path.name)) for c in checkpoints]
+    return _record_warmup(context, store, core, identity, version, key, out_uri, manifest, run)
+
+
+def stored_warmup(folder: Path | None) -> dict | None:
+    """The manifest of a complete stored warmup (its manifest written last, every checkpoint
+    folder present), else None."""
+    if folder is None:
+        return None
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError:
+        return None
+    return manifest if all(Path(c["path"]).is_dir() for c in manifest["checkpoints"]) else None
+
+
+def _record_warmup(
+    context: dg.AssetExecutionContext,
+    store: StateStore,
+    core: WarmupConfig,
+    identity: dict,
+    version: str,
+    key: str,
+    out_uri: str,
+    manifest: dict,
+    run,
+    reused: bool = False,
+) -> dg.MaterializeResult:
+    """Record warmup ``key`` (trained, or ``reused``) as the latest, and its materialization."""
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
         queries.record_warmup(conn, key, out_uri, version, identity["model"], identity["model_hash"], core.to_dict())
+    rows = [
+        (c["epoch"], f"{c['lr_mean']:.3g}", artifacts.join(out_uri, Path(c["path"]).name))
+        for c in manifest["checkpoints"]
+    ]
     return dg.MaterializeResult(
         metadata={
             "warmup": key,
+            "seed": core.seed,
+            "reused": reused,
             "path": dg.MetadataValue.path(out_uri),
-            "examples": len(encoded),
+            "examples": manifest["examples"],
             "final_loss": manifest["curve"][-1]["loss"],
             "checkpoints": dg.MetadataValue.md(markdown_table(["epoch", "mean lr", "path"], rows)),
             **run.metadata(),
@@ -165,6 +202,10 @@ def _progress(
     return report
 
 
+#: A gradient feature row's key: one per example, warmup checkpoint and warmup (warmups coexist).
+FEATURE_KEY = ["pool_id", "checkpoint", "warmup"]
+
+
 def feature_rows(chunk, batch: str, checkpoint: int, warmup: str) -> pa.Table:
     table = vector_table(chunk.ids, batch, chunk.features, "")
     return (
@@ -188,10 +229,13 @@ def write_pool_features(
     log: Callable[[str], None] = print,
     on_chunk: Callable[[int, int], None] | None = None,
     progress_bar: bool = False,
+    keep: Collection[str] = (),
 ) -> dict:
     """Adam gradient features of ``items`` for every checkpoint, written chunk by chunk
-    (upsert keyed by pool_id + checkpoint). Rows already stored for this warmup are skipped,
-    so a re-run after a crash continues where the last written chunk ended."""
+    (upsert keyed by pool_id + checkpoint + warmup). Rows already stored for this warmup are
+    skipped, so a re-run after a crash continues where the last written chunk ended, and a
+    warmup computed before is not recomputed. The batch's rows of warmups in ``keep`` (e.g. the
+    other warmup seeds of ``dsel compare``) stay; those of any other warmup are stale and go."""
     stats = {"computed": 0, "reused": 0, "excluded": []}
     ids = [i for i, _ in items]
     for epoch, path in checkpoints:
@@ -215,14 +259,14 @@ def write_pool_features(
             excluded,
             on_chunk=report,
         ):
-            lance.upsert(dataset, feature_rows(chunk, batch, epoch, warmup), on=["pool_id", "checkpoint"])
+            lance.upsert(dataset, feature_rows(chunk, batch, epoch, warmup), on=FEATURE_KEY)
             stats["computed"] += len(chunk.ids)
         stats["excluded"] += [(i, epoch, reason) for i, reason in excluded]
         if bar is not None:
             bar.close()
         del model
-    # rows of this batch from another warmup or for ids no longer in the batch are stale
-    lance.delete(dataset, {"batch": batch}, not_in=("warmup", [warmup]))
+    # rows of this batch from a warmup not kept or for ids no longer in the batch are stale
+    lance.delete(dataset, {"batch": batch}, not_in=("warmup", sorted({warmup, *keep})))
     lance.delete(dataset, {"batch": batch}, not_in=("pool_id", ids))
     return stats
 
@@ -268,6 +312,7 @@ def pool_grad_features(
         )
     with store.get_connection() as conn:
         warmup, warmup_uri, warmup_manifest = latest_warmup(conn)
+        keep = queries.sibling_warmups(conn, warmup)  # other seeds of this pool and model: kept beside it
         rows = queries.split_rows(conn, "pool", batch=batch)
         items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     checkpoints = _checkpoints(warmup_manifest, config.checkpoints)
@@ -299,6 +344,7 @@ def pool_grad_features(
                 grad_settings.feature_config(),
                 context.log.info,
                 progress_bar=grad_settings.progress,
+                keep=keep,
             )
         seconds = time.perf_counter() - started
         version = lance.version(dataset)
@@ -339,7 +385,8 @@ def pool_grad_features(
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
     description="Plain per-example LoRA gradients ('SGD' features) of every query example, "
-    "same projection as the pool, per warmup checkpoint and target task.",
+    "same projection as the pool, per warmup checkpoint and target task; each warmup's rows are kept "
+    "beside the other warmups of the same pool and model, and not recomputed.",
 )
 def query_grad_features(
     context: dg.AssetExecutionContext,
@@ -352,28 +399,48 @@ def query_grad_features(
     dataset = f"query_grad_features_{grad_settings.suffix()}"
     with store.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup(conn)
+        keep = queries.sibling_warmups(conn, warmup)
         rows = queries.split_rows(conn, "query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
     if rows.height == 0:
         raise RuntimeError("queries: no query examples; ingest a query set (dsel ingest FILE --split query)")
     task_of = dict(zip(rows["pool_id"], rows["task"], strict=True))
     items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     config = grad_settings.feature_config()
-    base, tokenizer = selection_model.load()
-    tables_out, excluded = [], []
+    stored = {  # this warmup's rows from an earlier run: not recomputed
+        (pid, epoch)
+        for b in lance.iter_batches(dataset, ["pool_id", "checkpoint"], {"warmup": warmup})
+        for pid, epoch in zip(b.column("pool_id").to_pylist(), b.column("checkpoint").to_pylist(), strict=True)
+    }
+    base, tokenizer = None, None
+    tables_out, excluded, reused = [], [], 0
     with tracker.run(context, params={"warmup": warmup, **config.to_dict(), **selection_model.identity()}) as run:
         for epoch, path in _checkpoints(warmup_manifest, []):
+            todo = [item for item in items if (item[0], epoch) not in stored]
+            reused += len(items) - len(todo)
+            if not todo:
+                continue
+            if base is None:
+                base, tokenizer = selection_model.load()
             model, _ = load_checkpoint(copy.deepcopy(base), path)
-            for chunk in gradient_features(model, tokenizer, items, config, None, excluded):
+            for chunk in gradient_features(model, tokenizer, todo, config, None, excluded):
                 table = feature_rows(chunk, "queries", epoch, warmup)
                 tables_out.append(table.append_column("task", pa.array([task_of[i] for i in chunk.ids])))
-        version = lance.overwrite(dataset, pa.concat_tables(tables_out))
-        run.log_metrics({"queries": len(items), "excluded": len(excluded)})
+        if tables_out:
+            lance.upsert(dataset, pa.concat_tables(tables_out), on=FEATURE_KEY)
+        # this warmup's rows of queries no longer ingested, and rows of warmups of another pool or model, are stale
+        lance.delete(dataset, {"warmup": warmup}, not_in=("pool_id", [pid for pid, _ in items]))
+        lance.delete(dataset, {}, not_in=("warmup", sorted({warmup, *keep})))
+        version = lance.version(dataset)
+        computed = sum(t.num_rows for t in tables_out)
+        run.log_metrics({"queries": len(items), "excluded": len(excluded), "computed": computed, "reused": reused})
         run.log_datasets([DatasetRef(dataset, lance.uri(dataset), str(version), "output")])
     counts = rows.group_by("task").len().sort("task").rows()
     return dg.MaterializeResult(
         metadata={
             "queries": len(items),
             "excluded": len(excluded),
+            "computed": computed,
+            "reused": reused,
             "lance_version": version,
             "tasks": dg.MetadataValue.md(markdown_table(["task", "queries"], counts)),
             **run.metadata(),

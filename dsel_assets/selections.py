@@ -23,6 +23,7 @@ from dsel_assets.core.select.registry import MethodSpec, has_seed, seed_in_use
 from dsel_assets.core.select.targeted import LESS, Influence, representation_needs
 from dsel_assets.core.select.targeted import representations as method_representations
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
+from dsel_assets.gradients import latest_warmup
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
@@ -62,6 +63,17 @@ class SelectionConfig(dg.Config):
         default=[],
         description="Selection seeds: one replicate per seed (methods with a 'seed' parameter, e.g. random); "
         "empty = the 'seed' parameter's value",
+    )
+    warmup_seed: int | None = Field(
+        default=None,
+        description="Methods on the LESS warmup (dsel compare --selection-seeds): the seed of the latest warmup "
+        "(checked), stored as the replicate with this selection_seed; only that replicate's rows of each budget are "
+        "replaced, the other warmup seeds' stay. At most one 'seeds' value (the method's own seed, if it has one)",
+    )
+    warmup_replicates: list[int] = Field(
+        default=[],
+        description="With warmup_seed: the selection seeds of every replicate of the comparison; stored replicates "
+        "outside it are dropped (empty: none are)",
     )
 
 
@@ -161,13 +173,24 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
             )
         budgets = [Budget.parse(b) for b in config.budgets]
         replicates = seed_replicates(method_config, list(config.seeds))  # before any work
+        reads_warmup = "warmup" in randomness_sources(spec, representation, method_config)
+        if config.warmup_seed is not None:
+            replicates = warmup_replicate(key, reads_warmup, replicates, config)
         with store.get_connection() as conn:
             tables.ensure_schema(conn)
             version, _ = tables.pool_version(conn)
             frame = queries.split_rows(conn, "pool", ("pool_id", "task", "batch"))
+            # the warmup its gradient inputs come from (the latest), for lineage and the warmup seed check
+            warmup = current_warmup(conn) if reads_warmup else None
         pool_ids = frame["pool_id"].to_list()
         if not pool_ids:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
+        if config.warmup_seed is not None and warmup["seed"] != config.warmup_seed:
+            raise RuntimeError(
+                f"warmup_seed: the latest warmup ({warmup['key']}) has seed {warmup['seed']}, "
+                f"not {config.warmup_seed}; materialize warmup_checkpoint with seed {config.warmup_seed} "
+                "(and the gradient assets) first"
+            )
         representations, inputs = {}, [DatasetRef("pool", store.location, version)]
         for argument, need in needs.items():
             representations[argument], ref = load_representation(
@@ -196,6 +219,8 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
         pending: dict[str, list[pl.DataFrame]] = {}
         if config.seeds:
             params["seeds"] = ",".join(map(str, config.seeds))
+        if warmup is not None:
+            params |= {"warmup": warmup["key"], "warmup_seed": warmup["seed"]}
         summary = []
         with tracker.run(context, params=params, inputs=inputs) as run:
             for budget, (selection_seed, replicate_config) in itertools.product(budgets, replicates):
@@ -208,6 +233,8 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 )
                 if covered:
                     selection.diagnostics["coverage"] = covered
+                if warmup is not None:
+                    selection.diagnostics["warmup"] = warmup
                 trainer = representations.get("trainer")
                 if trainer is not None:  # each training round of an iterative method: a nested MLflow run
                     for entry in trainer.history:
@@ -243,8 +270,13 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                         "selection_seed": pl.Int32,
                     },
                 )
-                pending.setdefault(budget.label, []).append(rows)
-                if len(pending[budget.label]) == len(replicates):  # every seed of this budget: replace at once
+                if config.warmup_seed is not None:  # one warmup seed's replicate: the others' rows stay
+                    with store.get_connection() as conn:
+                        family = list(config.warmup_replicates) or None
+                        tables.write_selection_replicate(conn, key, budget.label, selection_seed, rows, family)
+                else:
+                    pending.setdefault(budget.label, []).append(rows)
+                if len(pending.get(budget.label, ())) == len(replicates):  # every seed of this budget: at once
                     with store.get_connection() as conn:
                         tables.write_selection(conn, key, budget.label, pl.concat(pending.pop(budget.label)))
                 label = budget.label if len(replicates) == 1 else f"{budget.label}.seed{selection_seed}"
@@ -292,6 +324,25 @@ def seed_replicates(method_config, seeds: list[int]) -> list[tuple[int, object]]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: repeated values in {seeds}")
     return [(seed, dataclasses.replace(method_config, seed=seed)) for seed in seeds]
+
+
+def warmup_replicate(key: str, reads_warmup: bool, replicates: list[tuple[int, object]], config) -> list:
+    """The one replicate of a ``warmup_seed`` selection, stored under that seed; refused, naming
+    the fix, for a method that reads nothing of the warmup or with several method seeds."""
+    if not reads_warmup:
+        raise ValueError(f"warmup_seed: {selection_asset_name(key)} reads nothing from the warmup; leave it unset")
+    if len(replicates) != 1:
+        raise ValueError(f"warmup_seed: one selection per warmup seed; give at most one seed, got {config.seeds}")
+    if config.warmup_replicates and config.warmup_seed not in config.warmup_replicates:
+        raise ValueError(f"warmup_replicates: {list(config.warmup_replicates)} lacks warmup_seed {config.warmup_seed}")
+    return [(config.warmup_seed, replicates[0][1])]
+
+
+def current_warmup(conn) -> dict:
+    """{"key", "seed"} of the latest warmup (what gradient features, influence and LESS scores are
+    read from)."""
+    key, _, manifest = latest_warmup(conn)
+    return {"key": key, "seed": int(manifest["config"]["seed"])}
 
 
 def hash_config(params: dict) -> str:
@@ -411,15 +462,41 @@ def key_method(key: str) -> tuple[MethodSpec, str]:
     return known[key]
 
 
+def warmup_sampled(kind: str) -> str:
+    """The randomness kind once selection replicates sample the warmup too (one warmup seed each,
+    ``dsel compare --selection-seeds``): its ``warmup`` is then part of what the replicates sample,
+    like a ``seed`` (``warmup`` and ``seed+warmup`` -> ``seed``; ``upstream`` stays unsampled)."""
+    sources = {"seed" if source == "warmup" else source for source in kind.split("+")} - {NO_RANDOMNESS}
+    return "+".join(s for s in RANDOMNESS_SOURCES if s in sources) or NO_RANDOMNESS
+
+
+def samples_warmup(replicates: pl.DataFrame) -> bool:
+    """Whether one method's stored replicates (``queries.selection_replicates`` rows) sample the
+    warmup: some budget has two or more, and in every budget that does each replicate read a
+    different warmup (the ``warmup`` its diagnostics record)."""
+    replicated = False
+    for _, group in replicates.group_by("budget"):
+        if group.height < 2:
+            continue  # one selection: the statistics treat its warmup as not sampled anyway
+        warmups = [(json.loads(d or "{}").get("warmup") or {}).get("key") for d in group["diagnostics"].to_list()]
+        if None in warmups or len(set(warmups)) != len(warmups):
+            return False
+        replicated = True
+    return replicated
+
+
 def randomness_by_key(keys: Iterable[str], conn=None) -> dict[str, str]:
     """Selection key (the ``method`` column of the selections, finetuned_models and eval tables) ->
     ``selection_randomness`` of that method on that representation. With ``conn`` (the state
-    store), under the parameters its latest stored selection ran with; without, under the method's
+    store), under the parameters its latest stored selection ran with, and with the warmup counted
+    as sampled (``warmup_sampled``: ``less`` -> ``seed``) where the stored replicates each read
+    another warmup (``samples_warmup``; dsel compare's warmup seeds); without, under the method's
     defaults. ``base`` and ``full_pool`` (no selection) are ``none``; an unknown key is a KeyError."""
     keys = list(dict.fromkeys(keys))
-    stored = {}
+    stored, replicates = {}, None
     if conn is not None and schema.table_exists(conn, "selections"):
         stored = queries.selection_configs(conn, [k for k in keys if k not in _NO_SELECTION])
+        replicates = queries.selection_replicates(conn, [k for k in keys if k not in _NO_SELECTION])
     out = {}
     for key in keys:
         if key in _NO_SELECTION:
@@ -431,4 +508,7 @@ def randomness_by_key(keys: Iterable[str], conn=None) -> dict[str, str]:
         except (TypeError, ValueError):  # stored by an older version of the method's parameters
             config = build_config(spec.name)
         out[key] = selection_randomness(spec, representation, config)
+        sampled = replicates is not None and "warmup" in out[key].split("+")
+        if sampled and samples_warmup(replicates.filter(pl.col("method") == key)):
+            out[key] = warmup_sampled(out[key])
     return out

@@ -165,7 +165,7 @@ def test_definitions_load_and_every_job_resolves(home):
     for job in ("default_job", "batch_job", "curation_job"):
         assert defs.resolve_job_def(job) is not None
     groups = {n.group_name for n in defs.resolve_asset_graph().asset_nodes}
-    assert groups == {"pool", "models", "representations", "selections", "evaluation", "reports"}
+    assert groups == {"pool", "models", "representations", "selections", "evaluation", "reports", "exports"}
 
 
 def test_dagster_definitions_validate(home):

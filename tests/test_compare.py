@@ -1,6 +1,7 @@
 """``dsel compare``: refusals before any work, selection and training seeds, progress, the
 table with CIs, and resuming after a kill (tiny model, synthetic data)."""
 
+import json
 import os
 import re
 import signal
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import lance
 import pytest
+from polars import from_arrow as frame_of
 
-from dsel_assets.checks import selection_problems
+from dsel_assets.checks import pool_ids_by_version, selection_problems
 from dsel_assets.cli import main
 from dsel_assets.compare import ComparePlan, Progress, check_plan, entry_key, parse_entry
 from dsel_assets.core.data.synthetic import generate
@@ -113,10 +116,25 @@ def test_plan_aims_single_task_methods_at_the_first_target():
     assert plan.method_params("random") == {}
     ops = plan.run_config()["ops"]
     assert ops["selection_random"]["config"]["seeds"] == [0, 1, 2]
-    assert ops["selection_less"]["config"]["seeds"] == []
+    # less: one selection per warmup seed, each its own run (the first here)
+    assert ops["selection_less"]["config"] == {
+        "budgets": ["5%"],
+        "params": {"task": "math"},
+        "seeds": [],
+        "warmup_seed": 0,
+        "warmup_replicates": [0, 1, 2],
+    }
+    assert ops["warmup_checkpoint"]["config"] == {"seed": 0}
     assert ops["finetuned_less"]["config"]["seeds"] == [0, 1]
     assert ops["eval_less"]["config"]["tasks"] == ["math", "code"]
-    assert plan.models_per_method("random") == 3 * 2 and plan.models_per_method("less") == 2
+    assert plan.models_per_method("random") == 3 * 2 and plan.models_per_method("less") == 3 * 2
+    one = ComparePlan(methods=["random", "less"], budgets=["5%"], targets=["math"], selection_seed_count=1)
+    assert one.warmup_seeds() == [] and one.models_per_method("less") == 2  # N = 1: one warmup, as before
+    assert one.run_config()["ops"]["selection_less"]["config"]["seeds"] == []
+    assert "warmup_seed" not in one.run_config()["ops"]["selection_less"]["config"]
+    assert "warmup_checkpoint" not in one.run_config()["ops"]
+    assert "less: 1 selection; selection variance not sampled: warmup (one warmup checkpoint" in one.sampling("less")
+    assert one.randomness_by_key()["less"] == "warmup" and one.warmup_cost() is None
 
 
 def test_plan_replicates_each_method_through_its_randomness():
@@ -127,37 +145,63 @@ def test_plan_replicates_each_method_through_its_randomness():
     assert seeds == {
         "random": [0, 1, 2],  # seed
         "kmeans_random": [0, 1, 2],  # seed
-        "less": [],  # warmup: one selection
-        "cluster_ucb": [0, 1, 2],  # seed+warmup: the seed is sampled, the warmup is not
+        "less": [],  # warmup: one selection per warmup seed, each run with its warmup
+        "cluster_ucb": [0],  # seed+warmup: the method seed that goes with the (first) warmup seed
         "round_robin_rds": [],  # deterministic on RDS+
         "facility_location": [],  # lazy greedy by default: its seed is unused
         "nuggets": [],  # upstream: golden_score's k-means anchors
     }
+    assert plan.warmup_seeds() == [0, 1, 2]
+    assert {e: plan.selection_seeds(e) for e in entries if plan.samples_warmup(e)} == {
+        "less": [0, 1, 2],
+        "cluster_ucb": [0, 1, 2],
+    }
+    assert plan.selection_config("cluster_ucb", warmup_seed=2) | {"params": None} == {
+        "budgets": ["5%", "10%"],
+        "params": None,
+        "seeds": [2],  # replicate 2: warmup seed 2 and method seed 2
+        "warmup_seed": 2,
+        "warmup_replicates": [0, 1, 2],
+    }
+    assert plan.run_config(warmup_seed=1)["ops"]["warmup_checkpoint"]["config"] == {"seed": 1}
+    with pytest.raises(ValueError, match="warmup_seed: 5 is not one of the warmup seeds"):
+        plan.selection_config("less", warmup_seed=5)
     # budgets (2) x selections x training seeds (2)
     assert {m: plan.models_per_method(m) for m in entries} == {
         "random": 12,
         "kmeans_random": 12,
-        "less": 4,
+        "less": 12,
         "cluster_ucb": 12,
         "round_robin@rds": 4,
         "facility_location": 4,
         "nuggets": 4,
     }
-    assert Progress(plan, lambda _: None).units == {"fine-tunes": 52, "evals": 53}  # + the base model
+    assert Progress(plan, lambda _: None).units == {"warmups": 3, "fine-tunes": 60, "evals": 61}  # + the base model
     assert plan.randomness_by_key() == {
         "random": "seed",
         "kmeans_random": "seed",
-        "less": "warmup",
-        "cluster_ucb": "seed+warmup",
+        "less": "seed",  # its warmup sampled: fully sampled, as the report will read it
+        "cluster_ucb": "seed",
         "round_robin_rds": "none",
         "facility_location": "none",
         "nuggets": "upstream",
     }
+    assert plan.randomness("less") == "warmup"  # what it declares
     assert plan.sampling("kmeans_random") == "kmeans_random: 3 selections (seeds 0-2) sample its seed"
-    assert "less: 1 selection; selection variance not sampled: warmup (one warmup checkpoint" in plan.sampling("less")
-    assert "3 selections (seeds 0-2) sample its seed; selection variance not sampled: warmup" in plan.sampling(
-        "cluster_ucb"
+    assert plan.sampling("less") == "less: 3 selections (warmup seeds 0-2) sample its warmup"
+    assert plan.sampling("cluster_ucb") == (
+        "cluster_ucb: 3 selections (seeds 0-2 with warmup seeds 0-2) sample its seed and warmup"
     )
+    cost = plan.warmup_cost()
+    assert cost.startswith("warmup seeds 0-2: 3 warmups (2 more than without warmup replicates), each a LoRA warmup")
+    assert "gradient features of the whole pool" in cost and "shared by less, cluster_ucb" in cost
+    # the warmup seeds start at the configured one; the other warmup settings stay
+    moved = ComparePlan(
+        ["random", "less"], ["5%"], ["math"], selection_seed_count=2, asset_config={"warmup_checkpoint": {"seed": 4}}
+    )
+    assert moved.warmup_seeds() == [4, 5] and moved.selection_seeds("less") == [4, 5]
+    with pytest.raises(ValueError, match="warmup_checkpoint.seed must be an integer"):
+        ComparePlan(["random", "less"], ["5%"], ["math"], asset_config={"warmup_checkpoint": {"seed": "x"}})
     assert "not sampled: upstream (fixed by the seed of golden_score)" in plan.sampling("nuggets")
     assert "no selection variance to sample" in plan.sampling("round_robin@rds")
     # the baseline's own count; a seed parameter moves the seeds; the stochastic greedy is seeded
@@ -172,6 +216,19 @@ def test_plan_replicates_each_method_through_its_randomness():
     assert other.selection_seeds("random") == [0, 1, 2, 3] and other.selection_seeds("kmeans_random") == [10, 11]
     assert other.selection_seeds("facility_location") == [0, 1] and other.models_per_method("random") == 4 * 2
     assert ComparePlan(["random"], ["5%"], ["math"], selection_seed_count=1).selection_seeds("random") == [0]
+
+
+def test_progress_counts_warmup_seeds_apart_from_models():
+    plan = ComparePlan(methods=["random", "less"], budgets=["5%"], targets=["math"], selection_seed_count=2)
+    lines: list[str] = []
+    progress = Progress(plan, lines.append)
+    assert progress.units == {"warmups": 2, "fine-tunes": 8, "evals": 9}  # less: 2 warmup seeds x 2 training seeds
+    progress.advance("warmups", 1, 60.0)
+    progress.advance("fine-tunes", 2, 12.0)
+    # a warmup seed's rate is no guess for a model's; once a model is measured, the evals take its rate
+    assert lines[0].startswith("[compare] warmups: 1/2 warmup seeds, stage ETA 1.0 min;")
+    assert lines[0].endswith("ETA 1.0 min + the fine-tunes and evals (not measured yet)")
+    assert lines[1].endswith("ETA 2.5 min")  # 1 warmup x 60 s + 6 fine-tunes x 6 s + 9 evals x 6 s
 
 
 def test_method_at_representation_is_its_own_entry():
@@ -263,13 +320,26 @@ def _dsel(home, *args) -> subprocess.Popen:
 
 
 #: COMPARE with a seeded method besides random (2 selection replicates, as random's: --selection-seeds
-#: sets both) and a targeted method on another representation, its own entry.
+#: sets both; less gets one per warmup seed, 0 and 1) and a targeted method on another representation,
+#: its own entry.
 END_TO_END = [
     *COMPARE[:4],
     "kmeans_random",
     "round_robin@embed",
     *(a if a != "--random-seeds" else "--selection-seeds" for a in COMPARE[4:]),
 ]
+
+
+def _warmups(home) -> dict[int, dict]:
+    """Warmup seed -> {key, sample, mtime} of every recorded warmup (its manifest)."""
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        rows = frame(conn, "SELECT warmup, path, config FROM warmups").rows()
+    out = {}
+    for key, path, config in rows:
+        manifest = Path(path) / "manifest.json"
+        sample = json.loads(manifest.read_text(encoding="utf-8"))["sample"]
+        out[json.loads(config)["seed"]] = {"key": key, "sample": sample, "mtime": manifest.stat().st_mtime_ns}
+    return out
 
 
 def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
@@ -283,58 +353,79 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     os.killpg(first.pid, signal.SIGKILL)  # mid fine-tuning: some models stored, the rest not
     first.wait()
     before = {p.parent.name: p.stat().st_mtime_ns for p in finetuned.glob("*/manifest.json")}
-    assert 1 <= len(before) < 12
+    assert 1 <= len(before) < 14
+    # stage 1 is done: a warmup per warmup seed, each with its own sample (and LoRA init)
+    warmups = _warmups(home)
+    assert sorted(warmups) == [0, 1] and warmups[0]["sample"] != warmups[1]["sample"]
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        n_pool = frame(conn, "SELECT count(*) AS n FROM examples WHERE split = 'pool'")["n"][0]
+    features = lance.dataset(str(home.lance / "pool_grad_features_d128_rademacher0.lance"))
+    per_warmup = frame_of(features.to_table(columns=["warmup", "pool_id"])).group_by("warmup").len()
+    assert dict(per_warmup.rows()) == {w["key"]: n_pool for w in warmups.values()}  # both kept, 1 checkpoint
 
     second = _dsel(home, *END_TO_END)
     out = second.communicate(timeout=900)[0]
     assert second.returncode == 0, out[-3000:]
-    # what the selection replicates sample
+    # what the selection replicates sample, and what the warmup seeds cost
     assert "[compare] kmeans_random: 2 selections (seeds 0-1) sample its seed" in out
-    assert "[compare] less: 1 selection; selection variance not sampled: warmup" in out
+    assert "[compare] less: 2 selections (warmup seeds 0-1) sample its warmup" in out
+    assert "[compare] warmup seeds 0-1: 2 warmups (1 more than without warmup replicates)" in out
     assert "[compare] round_robin@embed: 1 selection; deterministic given its inputs" in out
+    # a rerun reuses the stored warmups and their gradient features (none recomputed)
+    assert _warmups(home) == warmups and out.count("stored, reused (not retrained)") == 2
+    assert not re.search(r"batch \S+ checkpoint \d+: \d+/\d+ examples", out)  # no pool feature computed
+    assert features.checkout_version(features.latest_version).count_rows() == 2 * n_pool
     # progress per stage and overall, with ETA
-    assert "[compare] stage 2/4: fine-tunes (12 models" in out and "[compare] stage 3/4: evals (13 models" in out
-    assert "fine-tunes: 12/12 models" in out and "overall:" in out and "ETA" in out
+    assert "[compare] warmups: 2/2 warmup seeds" in out
+    assert "[compare] stage 2/4: fine-tunes (14 models" in out and "[compare] stage 3/4: evals (15 models" in out
+    assert "fine-tunes: 14/14 models" in out and "overall:" in out and "ETA" in out
     after = {p.parent.name: p.stat().st_mtime_ns for p in finetuned.glob("*/manifest.json")}
-    assert (
-        len(after) == 12
-    )  # random, kmeans_random: 2 selection seeds x 2 training seeds; less, round_robin@embed: 1 x 2
+    # random, kmeans_random, less: 2 selection replicates x 2 training seeds; round_robin@embed: 1 x 2
+    assert len(after) == 14
     assert all(after[key] == mtime for key, mtime in before.items())  # stored models reused, not retrained
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         models = frame(conn, "SELECT method, selection_seed, seed FROM finetuned_models ORDER BY ALL")
-        replicated = [(m, s, t) for m in ("kmeans_random", "random") for s in (0, 1) for t in (0, 1)]
-        assert models.rows() == [
-            *replicated[:4],
-            ("less", 0, 0),
-            ("less", 0, 1),
-            *replicated[4:],
-            ("round_robin_embed", 0, 0),
-            ("round_robin_embed", 0, 1),
-        ]
+        replicated = [(m, s, t) for m in ("kmeans_random", "less", "random") for s in (0, 1) for t in (0, 1)]
+        assert models.rows() == [*replicated, ("round_robin_embed", 0, 0), ("round_robin_embed", 0, 1)]
         per_model = frame(conn, "SELECT model_key, count(*) AS n FROM eval_examples GROUP BY ALL")
-        assert per_model.height == 13 and set(per_model["n"]) == {4}  # 12 models + base, 4 arithmetic rows
+        assert per_model.height == 15 and set(per_model["n"]) == {4}  # 14 models + base, 4 arithmetic rows
         table = frame(conn, "SELECT * FROM comparison_report WHERE task = 'arithmetic' AND measure = 'loss'")
+        less = frame(conn, "SELECT * FROM selections WHERE method = 'less' ORDER BY selection_seed, rank")
+        assert selection_problems(less, pool_ids_by_version(conn, less["pool_version"].unique().to_list())) == []
+    # less: one replicate per warmup seed, each read from its warmup, not the same draw
+    by_seed = {s: g for (s,), g in less.group_by(["selection_seed"])}
+    assert sorted(by_seed) == [0, 1] and all(g.height == g["k"][0] for g in by_seed.values())
+    read = {s: json.loads(g["diagnostics"][0])["warmup"] for s, g in by_seed.items()}
+    assert read == {s: {"key": warmups[s]["key"], "seed": s} for s in (0, 1)}
+    assert by_seed[0]["pool_id"].to_list() != by_seed[1]["pool_id"].to_list()
     verdicts = dict(zip(table["method"], table["verdict"], strict=True))
     assert verdicts["random"] == "baseline" and verdicts["base"] == "no baseline"
     assert verdicts["less"] == "too few eval groups for a verdict"  # 4 eval rows: the estimate, no verdict
     assert dict(zip(table["method"], table["selection_variance"], strict=True)) == {
         "random": "sampled",
-        "less": "not sampled (warmup)",
+        "less": "sampled",  # warmup seeds 0 and 1
         "kmeans_random": "sampled",
         "round_robin_embed": "none (deterministic)",
         "base": "none (deterministic)",
     }
     assert dict(zip(table["method"], table["models"], strict=True)) == {
         "random": 4,
-        "less": 2,
+        "less": 4,
         "kmeans_random": 4,
         "round_robin_embed": 2,
         "base": 1,
     }
-    assert "vs random" in out and "mean [95% CI]" in out and "summary (loss):" in out
+    # (was "vs random", which no output line holds since the 'vs' column names the baseline)
+    assert "baseline in 'vs'" in out and "mean [95% CI]" in out and "summary (loss):" in out
     summary = next(line.strip() for line in out.splitlines() if line.strip().startswith("less @ 10pct ("))
-    assert "(selection variance: not sampled (warmup)): arithmetic " in summary
+    assert "(selection variance: sampled): arithmetic " in summary
     assert summary.endswith("too few eval groups for a verdict")
+    # afterwards the configured warmup (seed 0) is the current one again: a plain selection reads it
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        assert (
+            frame(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")["warmup"][0]
+            == (warmups[0]["key"])
+        )
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:  # --metric both: graded generations too
         graded = frame(conn, "SELECT max(score) AS best FROM eval_examples WHERE metric = 'exact_match'")["best"][0]
         measures = set(frame(conn, "SELECT DISTINCT measure FROM comparison_report")["measure"])

@@ -88,8 +88,22 @@ def test_interrupted_run_resumes_to_identical_features(warmed, tmp_path):
         ]
         == 0
     )
+    # another warmup of the same pool (dsel compare's warmup seeds) is written beside it when kept:
+    # the key includes the warmup, so w1's rows are neither overwritten nor deleted, and not recomputed
     write_pool_features(
-        resumed, "f", "b1", items[:3], "w2", checkpoints[:1], base, tokenizer, config, log=lambda _: None
+        resumed, "f", "b1", items, "w2", checkpoints[:1], base, tokenizer, config, log=lambda _: None, keep=["w1"]
+    )
+    assert resumed.read("f").num_rows == 3 * len(items)
+    again = write_pool_features(
+        resumed, "f", "b1", items, "w1", checkpoints, base, tokenizer, config, log=lambda _: None, keep=["w2"]
+    )
+    assert again["computed"] == 0 and again["reused"] == 2 * len(items)
+    assert features(resumed, "f").keys() == b.keys()  # (pool_id, checkpoint) of w1 and w2 overlap
+    w1 = {(r["pool_id"], r["checkpoint"]) for r in resumed.read("f").to_pylist() if r["warmup"] == "w1"}
+    assert w1 == b.keys()
+    # a warmup that keeps no other (another pool version or model): the batch's stale rows go
+    write_pool_features(
+        resumed, "f", "b1", items[:3], "w3", checkpoints[:1], base, tokenizer, config, log=lambda _: None
     )
     assert resumed.read("f").num_rows == 3
 

@@ -22,6 +22,7 @@ from dsel_assets.selections import (
     selection_assets,
     selection_keys,
     selection_randomness,
+    warmup_sampled,
 )
 from dsel_assets.store import tables
 
@@ -135,3 +136,39 @@ def test_randomness_by_key_reads_keys_and_stored_parameters(home):
         )
         stored = randomness_by_key(["facility_location", "random"], conn)
     assert stored == {"facility_location": "seed", "random": "seed"}  # it ran with the stochastic greedy
+
+    # dsel compare's warmup seeds: each replicate of a budget read another warmup -> its warmup is sampled
+    def replicates(method, warmups, budget="5"):
+        frames = [
+            pl.DataFrame(
+                [
+                    row
+                    | {"method": method, "budget": budget, "selection_seed": s, "config": "{}"}
+                    | {"diagnostics": json.dumps({"warmup": {"key": w, "seed": s}} if w else {})}
+                ],
+                schema_overrides=ints | {"score": pl.Float64},
+            )
+            for s, w in enumerate(warmups)
+        ]
+        with tables.open_state(home.duckdb) as conn:
+            tables.write_selection(conn, method, budget, pl.concat(frames))
+
+    def kinds():
+        with tables.open_state(home.duckdb) as conn:
+            return randomness_by_key(["less", "cluster_ucb", "round_robin"], conn)
+
+    replicates("less", ["w0", "w1"])
+    replicates("cluster_ucb", ["w0", "w1"])
+    replicates("round_robin", ["w0"])  # one selection: its warmup is not sampled
+    assert kinds() == {"less": "seed", "cluster_ucb": "seed", "round_robin": "warmup"}
+    replicates("less", ["w0", "w1"], budget="10")
+    replicates("cluster_ucb", ["w0", "w0"], budget="10")  # method seeds over one warmup: only the seed sampled
+    replicates("round_robin", ["w0", None])  # no warmup recorded: not known to be sampled
+    assert kinds() == {"less": "seed", "cluster_ucb": "seed+warmup", "round_robin": "warmup"}
+    assert [warmup_sampled(k) for k in ("warmup", "seed+warmup", "warmup+upstream", "upstream", "none")] == [
+        "seed",
+        "seed",
+        "seed+upstream",
+        "upstream",
+        "none",
+    ]

@@ -4,6 +4,7 @@ real PostgreSQL server, for rows written by hand here."""
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import pytest
 
@@ -75,6 +76,11 @@ def test_the_latest_warmup_is_the_last_recorded(conn):
     dialect = queries.dialect_of(conn)
     rows = schema._Sql(conn, dialect).run("SELECT warmup, pool_version FROM warmups ORDER BY warmup")
     assert rows == [("w1", "v2"), ("w2", "v1")]  # re-recording replaces, never duplicates
+    # the warmups whose features stay beside a warmup's: the same pool version and model
+    queries.record_warmup(conn, "w3", "models/warmup/w3", "v2", "smollm2", "h", {"seed": 1})
+    queries.record_warmup(conn, "w4", "models/warmup/w4", "v2", "other", "h2", {"seed": 1})
+    assert queries.sibling_warmups(conn, "w3") == ["w1", "w3"]
+    assert queries.sibling_warmups(conn, "w4") == ["w4"] and queries.sibling_warmups(conn, "none") == []
 
 
 def test_method_selections_in_rank_order(conn):
@@ -288,3 +294,61 @@ def test_source_rows(conn):
     sql = schema._Sql(conn, queries.dialect_of(conn))
     sql.run("UPDATE examples SET source = 'anchors' WHERE pool_id IN ('q2', 'p2')")
     assert queries.source_rows(conn, "anchors", ("pool_id",))["pool_id"].to_list() == ["p2", "q2"]
+
+
+def test_stored_selections_and_their_export_rows(conn):
+    sql = schema._Sql(conn, queries.dialect_of(conn))
+    sql.run(
+        "INSERT INTO batches (batch, split, original_path, sha256, fmt, layout) "
+        "VALUES ('b1', 'pool', '/data/b1.jsonl', 'sha-b1', 'jsonl', 'qa')"
+    )
+    sql.run("UPDATE examples SET raw = '{\"q\": 1}', position = 3, file_path = 'raw/b1.jsonl' WHERE pool_id = 'p1'")
+    sql.run("UPDATE examples SET raw = '{\"q\": 2}', position = 1 WHERE pool_id = 'p2'")
+    for budget, seed, rank, pool_id, score, run in [
+        ("5", 1, 1, "p1", None, "r2"),
+        ("5", 1, 0, "p2", None, "r2"),
+        ("5", 0, 0, "p1", None, "r1"),
+        ("10pct", 0, 0, "p2", 0.5, "r3"),
+        ("10pct", 0, 1, "gone", 0.25, "r3"),
+    ]:
+        sql.run(
+            "INSERT INTO selections (method, budget, selection_seed, k, rank, pool_id, score, pool_version, config, "
+            "mlflow_run_id) VALUES ('less', ?, ?, 2, ?, ?, ?, 'v1', '{\"task\": \"math\"}', ?)",
+            [budget, seed, rank, pool_id, score, run],
+        )
+    found = queries.stored_selections(conn)
+    assert found.select("method", "budget", "selection_seed", "n_rows", "k", "mlflow_run_id").rows() == [
+        ("less", "10pct", 0, 2, 2, "r3"),
+        ("less", "5", 0, 1, 2, "r1"),
+        ("less", "5", 1, 2, 2, "r2"),
+    ]
+    rows = queries.selection_export_rows(conn, "less", "5", 1)
+    assert rows.select("rank", "pool_id", "task", "position", "source_file", "fmt").rows() == [
+        (0, "p2", "chat", 1, None, None),  # b2 is not a registered batch here
+        (1, "p1", "math", 3, "/data/b1.jsonl", "jsonl"),
+    ]
+    assert rows["raw"].to_list() == ['{"q": 2}', '{"q": 1}']
+    assert [list(map(dict, m)) for m in rows["messages"].to_list()] == [MESSAGES["p2"], MESSAGES["p1"]]
+    with_gone = queries.selection_export_rows(conn, "less", "10pct", 0)
+    assert with_gone["pool_id"].to_list() == ["p2", "gone"] and with_gone["raw"].to_list() == ['{"q": 2}', None]
+    assert with_gone["score"].to_list() == [0.5, 0.25]
+    assert queries.selection_export_rows(conn, "less", "5", 7).height == 0
+
+
+def test_warmup_identity_and_score_models(conn):
+    assert queries.warmup_identity(conn) is None
+    queries.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "h1", {})
+    queries.record_warmup(conn, "w2", "models/warmup/w2", "v1", "tiny", "h2", {})
+    assert queries.warmup_identity(conn, key="w1") == {"warmup": "w1", "model": "smollm2", "model_hash": "h1"}
+    assert queries.warmup_identity(conn)["warmup"] == "w2"
+    assert queries.warmup_identity(conn, key="nope") is None
+    assert queries.warmup_identity(conn, before=datetime(2000, 1, 1)) is None
+    assert queries.warmup_identity(conn, before=datetime(2999, 1, 1))["warmup"] == "w2"
+    dialect = queries.dialect_of(conn)
+    schema.ensure_score_table(conn, "loss_scores", dialect=dialect)
+    sql = schema._Sql(conn, dialect)
+    for pool_id, model_hash in (("p1", "h1"), ("p2", "h1")):
+        sql.run("INSERT INTO loss_scores (pool_id, model, model_hash) VALUES (?, 'smollm2', ?)", [pool_id, model_hash])
+    assert queries.score_models(conn, "loss_scores") == [("smollm2", "h1")]
+    with pytest.raises(ValueError, match="plain identifier"):
+        queries.score_models(conn, "loss_scores; DROP TABLE examples")

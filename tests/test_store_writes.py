@@ -127,6 +127,54 @@ def test_selections_are_replaced_per_method_and_budget(conn):
     assert rows == [("10pct", 0, "a"), ("10pct", 1, "b"), ("10pct", 2, "c"), ("5pct", 0, "c")]
 
 
+def test_one_selection_replicate_is_replaced_beside_the_others(conn):
+    def replicate(ids, seed, version="v1", budget="5pct", diagnostics="{}"):
+        return pl.DataFrame(
+            {
+                "method": "less",
+                "budget": budget,
+                "selection_seed": seed,
+                "rank": list(range(len(ids))),
+                "pool_id": ids,
+                "pool_version": version,
+                "diagnostics": diagnostics,
+            },
+            schema_overrides={"rank": pl.Int32, "selection_seed": pl.Int32},
+        )
+
+    def stored():
+        rows = queries.method_selections(conn, "less", ("budget", "selection_seed", "pool_id", "pool_version"))
+        return rows.rows()
+
+    tables.write_selection(conn, "less", "5pct", pl.concat([replicate(["a"], 0), replicate(["b"], 2)]))
+    tables.write_selection(conn, "less", "10pct", replicate(["a", "b"], 0, budget="10pct"))
+    tables.write_selection_replicate(conn, "less", "5pct", 1, replicate(["c", "d"], 1, diagnostics='{"w": 1}'))
+    tables.write_selection_replicate(conn, "less", "5pct", 1, replicate(["e"], 1, diagnostics='{"w": 1}'))  # again
+    assert stored() == [
+        ("10pct", 0, "a", "v1"),
+        ("10pct", 0, "b", "v1"),
+        ("5pct", 0, "a", "v1"),
+        ("5pct", 1, "e", "v1"),  # replaced, the other replicates of the budget kept
+        ("5pct", 2, "b", "v1"),
+    ]
+    got = queries.selection_replicates(conn, ["less", "random"])
+    assert got.rows() == [
+        ("less", "10pct", 0, "{}"),
+        ("less", "5pct", 0, "{}"),
+        ("less", "5pct", 1, '{"w": 1}'),
+        ("less", "5pct", 2, "{}"),
+    ]
+    assert queries.selection_replicates(conn, []).height == 0
+    # the replicate family is 0 and 1 now: seed 2 goes
+    tables.write_selection_replicate(conn, "less", "5pct", 0, replicate(["f"], 0), replicates=[0, 1])
+    assert [r for r in stored() if r[0] == "5pct"] == [("5pct", 0, "f", "v1"), ("5pct", 1, "e", "v1")]
+    # a replicate of another pool version: the others, drawn from the old pool, go
+    tables.write_selection_replicate(conn, "less", "5pct", 1, replicate(["g"], 1, version="v2"), replicates=[0, 1])
+    assert [r for r in stored() if r[0] == "5pct"] == [("5pct", 1, "g", "v2")]
+    with pytest.raises(ValueError, match="one replicate"):
+        tables.write_selection_replicate(conn, "less", "5pct", 0, replicate(["h"], 1))
+
+
 def test_tables_replaced_whole_keep_the_frames_columns(conn):
     first = pl.DataFrame(
         {

@@ -229,6 +229,18 @@ def record_warmup(conn, key: str, path: str, pool_version: str, model: str, mode
         raise
 
 
+def sibling_warmups(conn, key: str) -> list[str]:
+    """The warmups recorded for the same pool version and base model as warmup ``key`` (itself
+    included; other seeds or settings): the warmups whose gradient features stay valid beside it."""
+    rows = _run(
+        conn,
+        "SELECT w.warmup FROM warmups w JOIN warmups k ON k.warmup = ? "
+        "WHERE w.pool_version = k.pool_version AND w.model_hash = k.model_hash ORDER BY w.warmup",
+        [key],
+    )
+    return [r[0] for r in rows]
+
+
 def less_scores(conn) -> pl.DataFrame:
     """LESS's score of each pool id per target task (pool_id, task, score), as influence wrote them."""
     return frame(conn, "SELECT pool_id, task, score FROM less_scores")
@@ -266,6 +278,21 @@ def method_selections(
     )
 
 
+def selection_replicates(conn, methods: Sequence[str]) -> pl.DataFrame:
+    """One row per stored selection replicate of ``methods``: method, budget, selection_seed and
+    its diagnostics (one JSON per replicate); by method, budget and seed."""
+    if not methods:
+        names = ("method", "budget", "selection_seed", "diagnostics")
+        return pl.DataFrame(schema=dict(zip(names, (pl.Utf8, pl.Utf8, pl.Int32, pl.Utf8), strict=True)))
+    member = _in_list(conn).format("method")
+    return frame(
+        conn,
+        f"""SELECT method, budget, selection_seed, max(diagnostics) AS diagnostics FROM selections WHERE {member}
+            GROUP BY method, budget, selection_seed ORDER BY method, budget, selection_seed""",
+        [list(methods)],
+    )
+
+
 def selection_configs(conn, methods: Sequence[str]) -> dict[str, dict]:
     """The method parameters the latest stored selection of each of ``methods`` ran with (one row's
     ``config``; replicates differ in their seed only); a method with no stored selection is absent."""
@@ -279,6 +306,58 @@ def selection_configs(conn, methods: Sequence[str]) -> dict[str, dict]:
         if method not in out and config:
             out[method] = json.loads(config)
     return out
+
+
+def stored_selections(conn) -> pl.DataFrame:
+    """One row per stored selection replicate (method, budget, selection_seed): rows, k,
+    eligible, pool version, config, diagnostics, MLflow run and creation time; by method, budget
+    and seed."""
+    return frame(
+        conn,
+        """SELECT method, budget, selection_seed, count(*) AS n_rows, max(k) AS k, max(eligible) AS eligible,
+                  max(pool_version) AS pool_version, max(config) AS config, max(diagnostics) AS diagnostics,
+                  max(mlflow_run_id) AS mlflow_run_id, max(created_at) AS created_at
+           FROM selections GROUP BY method, budget, selection_seed ORDER BY method, budget, selection_seed""",
+    )
+
+
+def selection_export_rows(conn, method: str, budget: str, selection_seed: int) -> pl.DataFrame:
+    """The rows of one stored selection replicate in rank order, each with its example (task,
+    source, batch, messages, the record as read, its file and position) and its batch's original
+    file path, format and layout; example columns are null where the pool no longer holds the id."""
+    return frame(
+        conn,
+        """SELECT s.rank, s.pool_id, s.score, e.task, e.source, e.batch, e.messages, e.raw, e.position,
+                  e.file_path AS stored_file, e.file_sha256, b.original_path AS source_file, b.fmt, b.layout
+           FROM selections s
+           LEFT JOIN examples e ON e.pool_id = s.pool_id AND e.split = 'pool'
+           LEFT JOIN batches b ON b.batch = e.batch
+           WHERE s.method = ? AND s.budget = ? AND s.selection_seed = ? ORDER BY s.rank""",
+        [method, budget, selection_seed],
+    )
+
+
+def warmup_identity(conn, key: str | None = None, before: datetime | None = None) -> dict | None:
+    """The warmup ``key`` (model, model hash), else the latest one recorded at or before ``before``
+    (any time when None); None when there is none."""
+    if key is not None:
+        rows = _run(conn, "SELECT warmup, model, model_hash FROM warmups WHERE warmup = ?", [key])
+    elif before is not None:
+        rows = _run(
+            conn,
+            "SELECT warmup, model, model_hash FROM warmups WHERE created_at <= ? ORDER BY created_at DESC LIMIT 1",
+            [before],
+        )
+    else:
+        rows = _run(conn, "SELECT warmup, model, model_hash FROM warmups ORDER BY created_at DESC LIMIT 1")
+    return dict(zip(("warmup", "model", "model_hash"), rows[0], strict=True)) if rows else None
+
+
+def score_models(conn, table: str) -> list[tuple[str, str]]:
+    """The distinct (model, model hash) pairs of score table ``table`` (a plain identifier)."""
+    _identifiers(table)
+    rows = _run(conn, f"SELECT DISTINCT model, model_hash FROM {table} ORDER BY model, model_hash")
+    return [(m, h) for m, h in rows]
 
 
 def selection_ranks(conn, method: str, pool_id: str) -> pl.DataFrame:

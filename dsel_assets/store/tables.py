@@ -523,6 +523,28 @@ def write_selection(conn, method: str, budget: str, rows: pl.DataFrame) -> None:
     replace_rows(conn, "selections", {"method": method, "budget": budget}, rows)
 
 
+def write_selection_replicate(
+    conn, method: str, budget: str, selection_seed: int, rows: pl.DataFrame, replicates: list[int] | None = None
+) -> None:
+    """Replace one replicate (``selection_seed``) of a (method, budget) selection atomically,
+    keeping the budget's other replicates - those of the same pool version as ``rows`` and, when
+    ``replicates`` is given, among those selection seeds; the rest (another pool's draw, a seed
+    this replicate family no longer has) are dropped with it."""
+    seeds = rows["selection_seed"].unique().to_list()
+    versions = rows["pool_version"].unique().to_list()
+    if seeds != [selection_seed] or len(versions) != 1:
+        raise ValueError(f"rows: one replicate (selection seed {selection_seed}) of one pool version, got {seeds}")
+    stale = "selection_seed = ? OR pool_version <> ?"
+    params: list[object] = [method, budget, selection_seed, versions[0]]
+    if replicates is not None:
+        stale += f" OR NOT ({_in_list(conn).format('selection_seed')})"
+        params.append([int(s) for s in replicates])
+    with transaction(conn):
+        _serialize(conn, "selections", {"method": method, "budget": budget})  # as write_selection: one writer
+        _run(conn, f"DELETE FROM selections WHERE method = ? AND budget = ? AND ({stale})", params)
+        _insert(conn, "selections", rows)
+
+
 def replace_rows(conn, table: str, match: dict[str, object], rows: pl.DataFrame) -> None:
     """Atomically replace the rows of ``table`` whose columns equal ``match`` by ``rows``."""
     for name in (table, *match):
