@@ -463,7 +463,7 @@ def golden_score(
 ) -> dg.MaterializeResult:
     from dsel_assets.core.models.nuggets import golden_scores, one_shot_cached, prepare_anchors, zero_shot
     from dsel_assets.core.select import build_config, get
-    from dsel_assets.selections import load_vectors
+    from dsel_assets.similarity import load_vectors
 
     with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
