@@ -622,14 +622,23 @@ def score_kinds_help() -> str:
     return f"the representation to compute: {', '.join(labels)}"
 
 
+HOME_HELP = "state directory (default: $DSEL_HOME or ./.dsel)"
+
+
 def parser() -> argparse.ArgumentParser:
     from dsel_assets.representation_registry import score_kinds
 
     p = argparse.ArgumentParser(prog="dsel", description=__doc__)
-    p.add_argument("--home", help="state directory (default: $DSEL_HOME or ./.dsel)")
+    p.add_argument("--home", help=HOME_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the default job on the embedded synthetic pool")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        """A subcommand that also takes ``--home`` after its name (``dsel status --home X``)."""
+        parsed = sub.add_parser(name, **kwargs)
+        parsed.add_argument("--home", default=argparse.SUPPRESS, help=HOME_HELP)
+        return parsed
+
+    run = command("run", help="run the default job on the embedded synthetic pool")
     run.add_argument("--model", default=None, help=MODEL_HELP)
     run.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
     run.add_argument("--seed", type=int, default=0, help="synthetic data seed")
@@ -645,10 +654,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     run.set_defaults(func=cmd_run)
 
-    report = sub.add_parser("report", help="print the comparison report (eval scores per method, budget, task)")
+    report = command("report", help="print the comparison report (eval scores per method, budget, task)")
     report.set_defaults(func=cmd_report)
 
-    ingest = sub.add_parser("ingest", help="ingest files or folders as new pool batches")
+    ingest = command("ingest", help="ingest files or folders as new pool batches")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--source", help="source name (default: known file name, else file stem)")
     ingest.add_argument("--task", help="task label; 'auto' reads each record's 'task' field")
@@ -666,7 +675,7 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     ingest.set_defaults(func=cmd_ingest)
 
-    grads = sub.add_parser("grads", help="compute pool gradient features (resumes where a previous run stopped)")
+    grads = command("grads", help="compute pool gradient features (resumes where a previous run stopped)")
     grads.add_argument("--batch", action="append", help="pool batch (repeatable; default: every pool batch)")
     grads.add_argument("--checkpoint", type=int, action="append", help="warmup epoch (repeatable; default: all)")
     grads.add_argument(
@@ -677,7 +686,7 @@ def parser() -> argparse.ArgumentParser:
     grads.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     grads.set_defaults(func=cmd_grads)
 
-    select = sub.add_parser("select", help="materialize a method's inputs (only what is missing) and its selection")
+    select = command("select", help="materialize a method's inputs (only what is missing) and its selection")
     select.add_argument("--method", required=True, help="a method name (see dsel methods)")
     select.add_argument("--budget", action="append", required=True, help="budget: 5%%, 0.05 or 500 (repeatable)")
     select.add_argument("--target", help="target task of a targeted method")
@@ -689,9 +698,7 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     select.set_defaults(func=cmd_select)
 
-    compare = sub.add_parser(
-        "compare", help="fine-tune and evaluate methods on the ingested data; table with CIs vs random"
-    )
+    compare = command("compare", help="fine-tune and evaluate methods on the ingested data; table with CIs vs random")
     compare.add_argument(
         "--methods",
         nargs="+",
@@ -744,7 +751,7 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     compare.set_defaults(func=cmd_compare)
 
-    score = sub.add_parser("score", help="compute one representation for the current pool (resumable)")
+    score = command("score", help="compute one representation for the current pool (resumable)")
     score.add_argument("kind", choices=sorted(score_kinds()), metavar="KIND", help=score_kinds_help())
     score.add_argument("--param", action="append", help="asset config key=value, e.g. epochs=1 (repeatable)")
     score.add_argument("--pooling", choices=["mean", "position_weighted", "last_token"], help="model embeddings")
@@ -754,15 +761,15 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     score.set_defaults(func=cmd_score)
 
-    status = sub.add_parser("status", help="pool size, quarantine reasons, last materializations")
+    status = command("status", help="pool size, quarantine reasons, last materializations")
     status.set_defaults(func=cmd_status)
 
-    lin = sub.add_parser("lineage", help="the chain behind an asset or run: event log, MLflow runs, raw files")
+    lin = command("lineage", help="the chain behind an asset or run: event log, MLflow runs, raw files")
     lin.add_argument("target", help="an asset key (e.g. selection_random) or a Dagster run id (or unique prefix)")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(func=cmd_lineage)
 
-    why_ = sub.add_parser("why", help="an example's raw record, its scores and its rank in a selection")
+    why_ = command("why", help="an example's raw record, its scores and its rank in a selection")
     why_.add_argument("pool_id")
     why_.add_argument("--selection", required=True, help="method or selection asset name (random, selection_less)")
     why_.add_argument("--json", action="store_true")
@@ -770,7 +777,7 @@ def parser() -> argparse.ArgumentParser:
 
     from dsel_assets.core.data.writers import FORMATS
 
-    exp = sub.add_parser(
+    exp = command(
         "export", help="write a stored selection as a training file (JSONL, Parquet, datasets) with its lineage"
     )
     exp.add_argument(
@@ -792,14 +799,13 @@ def parser() -> argparse.ArgumentParser:
         "--out", required=True, help="file to write (a folder for hf); NAME.manifest.json is written beside it"
     )
     exp.add_argument("--force", action="store_true", help="replace what an earlier export left at --out")
-    exp.add_argument("--home", default=argparse.SUPPRESS, help="state directory (default: $DSEL_HOME or ./.dsel)")
     exp.set_defaults(func=cmd_export)
 
-    meth = sub.add_parser("methods", help="the selection-method registry")
+    meth = command("methods", help="the selection-method registry")
     meth.add_argument("--json", action="store_true")
     meth.set_defaults(func=cmd_methods)
 
-    ui = sub.add_parser(
+    ui = command(
         "ui",
         help="open the Dagster UI (dagster dev) on the state home; other arguments (e.g. -p 3000) go to dagster dev",
     )

@@ -44,6 +44,12 @@ def test_ingest_status_and_idempotence(home, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "mine" in out and "not_ending_on_assistant" in out and "pool_batch" in out
 
+    # --home before or after the subcommand; after it wins
+    monkeypatch.setenv("DSEL_HOME", str(tmp_path / "elsewhere"))
+    for argv in (["status", "--home", str(home.root)], ["--home", "/nowhere", "status", "--home", str(home.root)]):
+        assert main(argv) == 0
+        assert f"state home: {home.root}" in capsys.readouterr().out
+
 
 def test_methods_lists_the_registry(capsys):
     assert main(["methods", "--json"]) == 0
