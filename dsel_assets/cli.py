@@ -184,6 +184,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return print_comparison(_home(args))
 
 
+#: ``dsel run``'s budgets when none is given
+DEFAULT_RUN_BUDGETS = ["5%", "10%"]
 #: ``dsel run``'s gradient dimension on a new state home (short default run; others pin 8192).
 SHORT_GRAD_DIM = 1024
 
@@ -211,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     job = defs.resolve_job_def("default_job")
     job_nodes = {node.name for node in job.graph.nodes}
-    run_config = {"ops": selection_run_config(args.budgets, args.target, job_nodes)}
+    run_config = {"ops": selection_run_config(args.budgets or DEFAULT_RUN_BUDGETS, args.target, job_nodes)}
     run_config["ops"]["warmup_checkpoint"] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
     run_config["ops"] |= comparison_run_config(job_nodes, args.finetune_epochs, args.eval_per_task)
     # the selections first (their table is printed as soon as they exist), then the closed loop
@@ -643,7 +645,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
     run.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     run.add_argument("--per-capability", type=int, default=100, help="pool examples per capability")
-    run.add_argument("--budgets", nargs="+", default=["5%", "10%"], help="budgets: 5%% 0.1 500 ...")
+    run.add_argument(
+        "--budget",
+        "--budgets",
+        dest="budgets",
+        nargs="+",
+        action="extend",
+        help="budget: 5%%, 0.05 or 500 (repeatable, or several after one flag; default 5%% 10%%)",
+    )
     run.add_argument(
         "--grad-dim", type=int, default=None, help="gradient feature dimension d (default: the home's, else 1024 here)"
     )

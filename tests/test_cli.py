@@ -87,3 +87,11 @@ def test_score_computes_one_representation_for_the_pool(home, tmp_path, capsys, 
         assert conn.execute("SELECT count(*), count(DISTINCT model) FROM loss_scores").fetchone() == (6, 1)
     with pytest.raises(SystemExit):
         main(["score", "no_such_kind"])
+
+
+def test_run_takes_budget_like_select_and_compare_and_keeps_budgets():
+    from dsel_assets.cli import DEFAULT_RUN_BUDGETS, parser
+
+    assert parser().parse_args(["run", "--budget", "5%", "--budget", "20"]).budgets == ["5%", "20"]
+    assert parser().parse_args(["run", "--budgets", "10%", "20"]).budgets == ["10%", "20"]  # the old spelling
+    assert parser().parse_args(["run"]).budgets is None and DEFAULT_RUN_BUDGETS == ["5%", "10%"]
