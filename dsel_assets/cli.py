@@ -834,6 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reap_for_cli(args.home)  # runs a killed dsel left STARTED: mark failed, free their pool slots
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as exc:  # the user's input: name the field
+        if os.environ.get("DSEL_DEBUG") == "1":  # or an internal bug wearing the same type: show where
+            raise
         print(f"dsel: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -95,3 +95,11 @@ def test_run_takes_budget_like_select_and_compare_and_keeps_budgets():
     assert parser().parse_args(["run", "--budget", "5%", "--budget", "20"]).budgets == ["5%", "20"]
     assert parser().parse_args(["run", "--budgets", "10%", "20"]).budgets == ["10%", "20"]  # the old spelling
     assert parser().parse_args(["run"]).budgets is None and DEFAULT_RUN_BUDGETS == ["5%", "10%"]
+
+
+def test_debug_shows_the_traceback_of_a_value_error_too(home, capsys, monkeypatch):
+    """A ValueError may be an internal bug: with DSEL_DEBUG=1 it is raised, not printed as a user error."""
+    assert main(["ingest", "/no/such/file.jsonl"]) == 2 and "does not exist" in capsys.readouterr().err
+    monkeypatch.setenv("DSEL_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["ingest", "/no/such/file.jsonl"])
