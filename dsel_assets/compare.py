@@ -174,6 +174,11 @@ class ComparePlan:
     def _config(self, method: str):
         return build_config(parse_entry(method)[0], self.method_params(method))
 
+    def sources(self, method: str) -> dict[str, list[str]]:
+        """``selections.randomness_sources`` of an entry under its parameters here."""
+        name, representation = parse_entry(method)
+        return randomness_sources(get(name), representation or LESS, self._config(method))
+
     def randomness(self, method: str) -> str:
         """``selections.selection_randomness`` of an entry under its parameters here."""
         name, representation = parse_entry(method)
@@ -192,7 +197,7 @@ class ComparePlan:
         """The warmup seeds the comparison trains a warmup for: S..S+N-1 (S: ``--config
         warmup_checkpoint.seed``, default 0; N: ``selection_seed_count``) when N >= 2 and some
         entry's randomness includes the warmup; otherwise none (the current warmup serves)."""
-        if self.selection_seed_count < 2 or not any("warmup" in self.randomness(e).split("+") for e in self.methods):
+        if self.selection_seed_count < 2 or not any("warmup" in self.sources(e) for e in self.methods):
             return []
         value = self.asset_config.get(WARMUP, {}).get("seed", 0)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -201,13 +206,13 @@ class ComparePlan:
 
     def samples_warmup(self, method: str) -> bool:
         """Whether an entry gets one selection per warmup seed (its randomness includes the warmup)."""
-        return bool(self.warmup_seeds()) and "warmup" in self.randomness(method).split("+")
+        return bool(self.warmup_seeds()) and "warmup" in self.sources(method)
 
     def method_seeds(self, method: str) -> list[int]:
         """The method's own seeds: when a seed drives its selection, S..S+N-1 (S: its ``seed``
         parameter, default 0; N: ``random_seeds`` for the baseline, else ``selection_seed_count``);
         otherwise none."""
-        if "seed" not in self.randomness(method).split("+"):
+        if "seed" not in self.sources(method):
             return []
         count = self.random_seeds if method == BASELINE and self.random_seeds is not None else self.selection_seed_count
         first = int(self._config(method).seed)
@@ -259,8 +264,8 @@ class ComparePlan:
 
     def sampling(self, method: str) -> str:
         """One line on what the selection replicates of an entry sample and what they do not."""
-        name, representation = parse_entry(method)
-        sources = randomness_sources(get(name), representation or LESS, self._config(method))
+        name = parse_entry(method)[0]
+        sources = self.sources(method)
         seeds = self.selection_seeds(method)
         sampled = {"seed", *(["warmup"] if self.samples_warmup(method) else [])}
         if self.samples_warmup(method):
