@@ -92,10 +92,15 @@ def _errors(mean: float, low: float | None, high: float | None) -> tuple[float, 
     return below, above
 
 
+#: rows against random (or with no difference): one per method, budget, task and measure; the
+#: others compare a targeted method with a second baseline (random_in_task)
+AGAINST_RANDOM = pl.col("baseline").is_null() | (pl.col("baseline") == BASELINE)
+
+
 def _curve_rows(table: pl.DataFrame, measure: str) -> pl.DataFrame:
     """The "(all tasks)" rows of ``measure``; with a single task (no balance rows) its own rows of
     the measure's kind ("loss:mean" -> the task's "loss"); rows against a second baseline left out."""
-    table = table.filter(pl.col("baseline").is_null() | (pl.col("baseline") == BASELINE))  # one row per method
+    table = table.filter(AGAINST_RANDOM)
     rows = table.filter((pl.col("task") == ALL_TASKS) & (pl.col("measure") == measure))
     tasks = set(table["task"].to_list()) - {ALL_TASKS}
     if rows.height or len(tasks) != 1:
@@ -173,7 +178,7 @@ def _delta_panels(table: pl.DataFrame) -> list[tuple[str, str, pl.DataFrame]]:
     """(task, measure, rows with a delta) for every per-task panel: loss first, then each score measure."""
     rows = table.filter(
         (pl.col("task") != ALL_TASKS)
-        & (pl.col("baseline") == BASELINE)
+        & AGAINST_RANDOM
         & ((pl.col("measure") == "loss") | pl.col("measure").str.starts_with("score:"))
         & pl.col("delta").cast(pl.Float64).is_not_null()
         & pl.col("delta").cast(pl.Float64).is_not_nan()
@@ -335,10 +340,10 @@ def summary_lines(table: pl.DataFrame) -> list[str]:
             lines.append(f"{label} ({group['models'][0]} models): loss {means}")
     methods = rows.filter(~pl.col("method").is_in([BASELINE, UNTRAINED])).sort("train_size", "method", "budget")
     for (method, budget), group in methods.group_by(["method", "budget"], maintain_order=True):
-        main = group.filter(pl.col("baseline").is_null() | (pl.col("baseline") == BASELINE)).sort("task")
+        main = group.filter(AGAINST_RANDOM).sort("task")
         on_target = [_delta_text(r) for r in main.iter_rows(named=True) if r["task"] in targets]
         line = f"{method} @ {budget} (selection variance: {group['selection_variance'][0]}): " + "; ".join(on_target)
-        others = group.filter(pl.col("baseline").is_not_null() & (pl.col("baseline") != BASELINE)).sort("task")
+        others = group.filter(~AGAINST_RANDOM).sort("task")
         for r in others.iter_rows(named=True):
             if r["task"] in targets:
                 line += f"; vs {r['baseline']}: {_delta_text(r)}"
