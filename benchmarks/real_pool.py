@@ -7,11 +7,13 @@ Data (from ../shared/data, never copied into the repository):
   training data, not an eval set): those rows, and every pool row whose normalised instruction
   + input or instruction alone equals one of theirs, are kept out of the pool (decontamination);
 - pool: a stratified subsample of the remaining pool files (each file its share, seeded).
-Then ``dsel compare`` materializes representations, selections (random with several selection
-seeds), fine-tunes (several training seeds) and held-out evaluation, and prints the table.
+Then ``dsel compare`` materializes representations, selection replicates (several selection
+seeds; one LESS warmup per seed for the gradient methods), fine-tunes, the base model and
+held-out evaluation (loss, and generation: GSM8K exact match, DialogSum ROUGE-L), and prints
+the report (docs/STATISTICS.md says how its verdicts are made).
 
-Usage: python benchmarks/real_pool.py [--pool-size 2000] [--eval-size 200] [--query-size 8]
-       [--home DIR] [--seeds 2] [--random-seeds 3] [--epochs 1] [--max-length 256] ...
+Usage: python benchmarks/real_pool.py [--pool-size 1000] [--eval-size 40] [--query-size 8]
+       [--home DIR] [--selection-seeds 3] [--random-seeds 5] [--seeds 1] [--metric both] ...
 Exits 0 with a message when ../shared/data is absent.
 """
 
@@ -31,7 +33,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-METHODS = ["random", "less", "bids", "round_robin", "kmeans_centroids", "facility_location", "cherry_ifd"]
+METHODS = ["random", "less", "bids", "round_robin", "random_in_task", "facility_location"]
+#: facility location's default lazy greedy is deterministic; the stochastic optimizer has a seed to replicate
+PARAMS = ["facility_location.optimizer=stochastic"]
 #: eval file -> task label (the file names are the catalog's, so ingestion labels them itself)
 EVAL_FILES = {"gsm8k_test.jsonl": "math", "dialogsum_test.json": "summarization"}
 CODE_FILES = ("codealpaca_4k5.json", "codealpaca_2k.json")
@@ -126,16 +130,20 @@ def dsel(home: Path, *args: str) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pool-size", type=int, default=2000)
+    p.add_argument("--pool-size", type=int, default=1000)
     p.add_argument("--query-size", type=int, default=8)
-    p.add_argument("--eval-size", type=int, default=200, help="eval examples per target")
-    p.add_argument("--budget", default="5%")
+    p.add_argument("--eval-size", type=int, default=40, help="eval examples per target")
+    p.add_argument("--budget", default="10%")
     p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--param", action="append", default=None, help=f"method parameter (default: {' '.join(PARAMS)})")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--seeds", type=int, default=2, help="training seeds per selection")
-    p.add_argument("--random-seeds", type=int, default=3, help="selection seeds of random")
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (1 fits the 2-hour budget on 2 cores)")
-    p.add_argument("--with-base", action="store_true", help="also evaluate the untouched model (+2 min)")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per selection")
+    p.add_argument("--selection-seeds", type=int, default=3, help="selection replicates per seeded method")
+    p.add_argument("--random-seeds", type=int, default=5, help="selection seeds of random")
+    p.add_argument("--metric", default="both", choices=["loss", "generation", "both"])
+    p.add_argument("--max-new-tokens", type=int, default=128, help="generation cap")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (1 fits the budget on 2 cores)")
+    p.add_argument("--no-base", action="store_true", help="skip the untouched model's evaluation")
     p.add_argument("--max-length", type=int, default=256, help="tokens per training example (warmup, fine-tune)")
     p.add_argument("--eval-max-length", type=int, default=512, help="tokens per eval example")
     p.add_argument("--warmup-epochs", type=int, default=1, help="LESS warmup epochs (one checkpoint each)")
@@ -173,8 +181,15 @@ def main() -> int:
         *targets,
         "--seeds",
         str(args.seeds),
+        "--selection-seeds",
+        str(args.selection_seeds),
         "--random-seeds",
         str(args.random_seeds),
+        "--metric",
+        args.metric,
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        *[arg for param in (args.param or PARAMS) for arg in ("--param", param)],
         "--eval-per-task",
         str(args.eval_size),
         "--epochs",
@@ -189,12 +204,14 @@ def main() -> int:
         f"warmup_checkpoint.max_length={args.max_length}",
         "--model",
         args.model,
-        *([] if args.with_base else ["--no-base"]),
+        *(["--no-base"] if args.no_base else []),
     )
     print(
         f"\nsettings: pool {sum(counts.values())}, query {args.query_size}/target, eval {args.eval_size}/target, "
-        f"budget {budget}, methods {' '.join(args.methods)}, training seeds {args.seeds}, random selection seeds "
-        f"{args.random_seeds}, model {args.model}, fine-tune epochs {args.epochs}, max length {args.max_length} "
+        f"budget {budget}, methods {' '.join(args.methods)} ({' '.join(args.param or PARAMS)}), selection "
+        f"seeds {args.selection_seeds} (random {args.random_seeds}), training seeds {args.seeds}, metric "
+        f"{args.metric} (max {args.max_new_tokens} new tokens), base model {not args.no_base}, model {args.model}, "
+        f"fine-tune epochs {args.epochs}, max length {args.max_length} "
         f"(eval {args.eval_max_length}), warmup epochs {args.warmup_epochs}, gradient precision "
         f"{args.grad_compute_dtype}"
     )
