@@ -190,7 +190,7 @@ def real_check(home: Path, splits: int, seed: int, method_size: int = 3, baselin
     from dsel_assets.store import tables
 
     with tables.open_state(home / "dsel.duckdb", read_only=True) as conn:
-        rows = comparison_rows(conn, [], ["random"]).filter(pl.col("method") == "random")
+        rows = comparison_rows(conn, [], ["random"], None).filter(pl.col("method") == "random")
     selection_seeds = sorted(set(rows["selection_seed"].to_list()))
     if len(selection_seeds) < method_size + baseline_size:
         raise SystemExit(f"--real: need {method_size + baseline_size} random selections, found {len(selection_seeds)}")

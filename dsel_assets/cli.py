@@ -54,6 +54,7 @@ def _definitions(
     ):
         if requested:
             resolve(requested)  # a mistyped name fails here, before anything is stored or pinned
+    _announce_changed_settings(home, args)
     return build_definitions(
         home,
         model=getattr(args, "model", None),
@@ -69,15 +70,18 @@ def _definitions(
     )
 
 
-def _changed_settings(home: DselHome, args: argparse.Namespace) -> list[str]:
-    """Settings this command switches (``--change-settings``), checked before any work."""
+def _announce_changed_settings(home: DselHome, args: argparse.Namespace) -> None:
+    """Say which settings this command switches (``--change-settings``), before any work; what
+    depends on them is stale from then on (their code versions include them)."""
     from resources.settings import resolve_settings
 
     requested = {name: getattr(args, name, None) for name in ("model", "grad_dim", "pooling", "proxy_model")}
     _, changed = resolve_settings(home, requested, change=getattr(args, "change_settings", False), pin=False)
     if changed:
-        print(f"[dsel] changing {', '.join(changed)}: recomputing what depends on it for the whole pool")
-    return changed
+        print(
+            f"[dsel] changing {', '.join(changed)}: what was computed with it is stale; "
+            "commands recompute it for the whole pool"
+        )
 
 
 def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
@@ -366,14 +370,13 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise ValueError(f"method: {args.method} needs {list(spec.needs)}; not all of them have an asset yet")
     key = selection_key(args.method, representation)  # e.g. round_robin_rds: its own asset and stored rows
     home = _home(args)
-    changed = _changed_settings(home, args)
     defs = _definitions(home, args)
     if representation == "rds":  # before the pool is embedded with another pooling
         check_rds_pooling(defs.resources["model_embedding_settings"])
     target = AssetKey(selection_asset_name(key))
     config = {"budgets": args.budget, "params": typed_params(args.method, params)}
     run_config = {"ops": {target.to_user_string(): {"config": config}}}
-    materialize_closure(defs, DagsterInstance.get(), [target], run_config, only_missing=not changed)
+    materialize_closure(defs, DagsterInstance.get(), [target], run_config)
     with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         summary = queries.selection_summary(conn, key)
     print(format_table(summary.columns, summary.rows()))
@@ -454,11 +457,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             params[key] = value
     home = _home(args)
-    changed = _changed_settings(home, args)
     defs = _definitions(home, args, pin={"model", *kind.pinned})
     instance = DagsterInstance.get()
     run_config = {"ops": {kind.configured_by or asset: {"config": params}}} if params else None
-    materialize_closure(defs, instance, [AssetKey(asset)], run_config, only_missing=not changed)
+    materialize_closure(defs, instance, [AssetKey(asset)], run_config)
     event = instance.get_latest_materialization_event(AssetKey(asset))
     metadata = event.asset_materialization.metadata if event else {}
     shown = [

@@ -25,6 +25,7 @@ from dsel_assets import (
 from dsel_assets.checks import build_checks
 from dsel_assets.deployment import executor_from_env
 from dsel_assets.sensors import build_automation
+from dsel_assets.settings_versions import with_settings
 from jobs import jobs
 from resources import DselHome, build_resources
 from resources.settings import resolve_settings
@@ -64,37 +65,38 @@ def build_definitions(
         pin=pin,
     )
     sensors, schedules = build_automation()
+    resources = build_resources(
+        home,
+        model=settings.model,
+        device=device or os.environ.get("DSEL_DEVICE", "auto"),
+        progress=progress,
+        grad_dim=settings.grad_dim,
+        pooling=settings.pooling,
+        proxy_model=settings.proxy_model or None,
+        target_model=os.environ.get("DSEL_TARGET_MODEL"),
+    ) | (resources or {})
+    assets = dg.load_assets_from_modules(
+        [
+            pool,
+            representations,
+            gradients,
+            scores,
+            pre_experience,
+            labels,
+            similarity,
+            selections,
+            finetune,
+            evaluation,
+            reports,
+            exports,
+        ]
+    )
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(
-            [
-                pool,
-                representations,
-                gradients,
-                scores,
-                pre_experience,
-                labels,
-                similarity,
-                selections,
-                finetune,
-                evaluation,
-                reports,
-                exports,
-            ]
-        ),
+        assets=with_settings(assets, resources),
         asset_checks=build_checks(),
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,
         executor=executor_from_env(),
-        resources=build_resources(
-            home,
-            model=settings.model,
-            device=device or os.environ.get("DSEL_DEVICE", "auto"),
-            progress=progress,
-            grad_dim=settings.grad_dim,
-            pooling=settings.pooling,
-            proxy_model=settings.proxy_model or None,
-            target_model=os.environ.get("DSEL_TARGET_MODEL"),
-        )
-        | (resources or {}),
+        resources=resources,
     )

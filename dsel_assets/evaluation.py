@@ -20,6 +20,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.finetune import finetuned_assets, model_label
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
+from dsel_assets.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -92,16 +93,16 @@ def evaluate_models(
     """Score every current model of ``method`` (``base``: the untouched target model)."""
     core = config.to_core()
     identity = target_model.identity()
-    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    code_version = row_code_version(context)
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
         sample, eval_version, contaminated = load_eval_set(conn, list(config.tasks), core)
         if method == BASE:
             models = [(f"base-{identity['model_hash']}", "0", None, 0, 0, 0)]
         else:
-            found = queries.finetuned_models_of(conn, method)
+            found = queries.finetuned_models_of(conn, method, identity["model_hash"])
             if found.height == 0:
-                raise RuntimeError(f"finetuned_{method}: no models yet; materialize it first")
+                raise RuntimeError(f"finetuned_{method}: no models of {identity['model']} yet; materialize it first")
             models = list(found.iter_rows())
         done = queries.eval_keys(conn)
     base, tokenizer = None, None

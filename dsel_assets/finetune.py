@@ -27,6 +27,7 @@ from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
 from dsel_assets.selections import selection_asset_name, selection_keys
+from dsel_assets.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
 from resources.home import StateHome
 from resources.models import SelectionModel
@@ -121,7 +122,7 @@ def train_models(
         raise ValueError(f"seeds: need distinct training seeds, got {seeds}")
     shared = config.to_core(seeds[0]).to_dict()
     identity = target_model.identity()
-    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    code_version = row_code_version(context)
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
         sets = _training_sets(conn, method, list(config.budgets))

@@ -25,6 +25,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool, pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS, vector_matrix, vector_table
+from dsel_assets.settings_versions import row_code_version
 from dsel_assets.similarity import matrix_table
 from dsel_assets.store import artifacts, queries, tables
 from resources.gradient_settings import GradientSettings
@@ -97,7 +98,7 @@ def warmup_checkpoint(
         pool_rows = queries.split_rows(conn, "pool")
     if pool_rows.height == 0:
         raise RuntimeError("pool: no examples; ingest data first")
-    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    code_version = row_code_version(context)
     key_source = json.dumps([core.to_dict(), version, identity, code_version], sort_keys=True)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
     out_uri = home.paths.artifacts.uri(f"models/warmup/{key}")

@@ -22,6 +22,7 @@ from dsel_assets.gradients import MODELS
 from dsel_assets.representation_registry import load_scalars
 from dsel_assets.representations import REPRESENTATIONS, model_embeddings
 from dsel_assets.scores import loss_scores, score_frame, score_resumably, template_hash
+from dsel_assets.settings_versions import row_code_version
 from dsel_assets.similarity import load_vectors
 from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
@@ -95,7 +96,7 @@ def cherry_pre_experienced_model(
     sample_ids = [ids[i] for i in sample]
     clusters = int(cluster.max()) + 1
     core = config.finetune_config()
-    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    code_version = row_code_version(context)
     key = hashlib.sha256(
         json.dumps([sample_ids, core.to_dict(), identity["model_hash"], code_version], sort_keys=True).encode()
     ).hexdigest()[:12]
@@ -167,7 +168,7 @@ def cherry_pre_experienced_scores(
     """Resumable by chunk; rows of another adapter or code version, or of ids that left the
     pool, are deleted."""
     identity = selection_model.identity()
-    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    code_version = row_code_version(context)
     with store.get_connection() as conn:
         found = queries.rows_matching(conn, "pre_experience_sample", ["adapter", "path"], {}).head(1)
         if found.height == 0:

@@ -62,10 +62,12 @@ HOW_TO_READ = (
 
 
 def pyplot():
-    """matplotlib's pyplot on the non-interactive Agg backend (reports are drawn headless)."""
+    """matplotlib's pyplot on the non-interactive Agg backend (reports are drawn headless), with
+    mathtext off: task and method labels are data, and ``$`` in one must not be parsed as TeX."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

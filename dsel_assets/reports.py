@@ -29,6 +29,7 @@ from dsel_assets.selections import key_method, load_vectors, randomness_by_key, 
 from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
+from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -148,13 +149,14 @@ class ComparisonConfig(dg.Config):
     seed: int = Field(default=0, description="Bootstrap seed")
 
 
-def comparison_rows(conn, tasks: list[str], methods: list[str]) -> pl.DataFrame:
-    """One row per (current model, eval example): the models of ``finetuned_models`` and the
+def comparison_rows(conn, tasks: list[str], methods: list[str], model_hash: str | None) -> pl.DataFrame:
+    """One row per (current model, eval example): the models of ``finetuned_models`` fine-tuned
+    from base model ``model_hash`` (None: from any, for a home that only ever had one) and that
     untouched base model, with their selection and training seeds, selection size, and the eval
     example's group: the hash of its prompt, so the reference answers of one source item (the three
     summaries of one DialogSum dialogue) resample together."""
     tables.ensure_schema(conn)
-    rows = queries.eval_rows_with_models(conn, BASE)
+    rows = queries.eval_rows_with_models(conn, BASE, model_hash)
     if tasks:
         rows = rows.filter(pl.col("task").is_in(tasks))
     if methods:
@@ -207,14 +209,18 @@ def comparison_report(
     store: StateStore,
     tracker: MlflowTracker,
     home: StateHome,
+    target_model: SelectionModel,
 ) -> dg.MaterializeResult:
+    identity = target_model.identity()
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
-        rows = comparison_rows(conn, list(config.tasks), list(config.methods))
+        rows = comparison_rows(conn, list(config.tasks), list(config.methods), identity["model_hash"])
         mix = _task_mix(conn)
         randomness = randomness_by_key(rows["method"].unique().to_list(), conn)
     if rows.height == 0:
-        raise RuntimeError("comparison_report: no eval rows yet; materialize eval_base / eval_<method> first")
+        raise RuntimeError(
+            f"comparison_report: no eval rows of {identity['model']} yet; materialize eval_base / eval_<method> first"
+        )
     table = comparison_table(
         rows,
         n_boot=config.n_boot,
@@ -236,6 +242,7 @@ def comparison_report(
             images["Task mix of each selection"] = plot_task_mix(mix, out / "comparison_task_mix.png")
         models = rows.select("method", "budget", "selection_seed", "seed").unique().height
         settings = {
+            "model": f"{identity['model']} (weights {identity['model_hash']})",
             "models": models,
             "tasks": ", ".join(sorted(set(rows["task"].to_list()))),
             "eval examples": rows.select("task", "pool_id").unique().height,

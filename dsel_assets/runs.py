@@ -12,7 +12,10 @@ import dagster as dg
 
 from dsel_assets.liveness import process_tags, wait_for_slots, watch_slots
 from dsel_assets.pool import pool_batches
+from dsel_assets.staleness import must_run, stale_resolver
 
+#: The pool: it always runs (cheap; it reconciles the batches), and what follows reads its data version after.
+POOL_KEY = dg.AssetKey("pool")
 #: Console logging at INFO for CLI runs (Dagster's DEBUG event stream stays in the event log).
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -22,48 +25,46 @@ def materialize_closure(
     instance: dg.DagsterInstance,
     targets: Iterable[dg.AssetKey],
     run_config: dict | None = None,
-    only_missing: bool = True,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Materialize ``targets`` and their upstream assets in topological order: runs of
-    consecutive per-batch assets go through ``batch_job`` for every known pool batch, runs of
-    pool-wide assets through ``curation_job``. With ``only_missing`` an upstream asset that is
-    already materialized (a per-batch asset: for that batch) is skipped; targets and the pool
-    itself always run."""
+    """Materialize ``targets`` and what they need, in dependency order: of their upstream
+    assets (a per-batch one: per pool batch) those missing, stale by their own code or settings
+    or by a parent's new data version, or below one that runs. Models (the LESS warmup) rerun only
+    when missing or their own code or settings changed, not because the pool grew: a new warmup
+    would invalidate every batch's gradient features. Targets and the pool always run. Runs of
+    consecutive per-batch assets go through ``batch_job`` per batch, pool-wide ones through
+    ``curation_job``."""
     graph = defs.resolve_asset_graph()
     targets = set(targets)
     wanted = dg.AssetSelection.assets(*targets).upstream().resolve(graph)
-    ordered = [key for key in graph.toposorted_asset_keys if key in wanted]
     batches = sorted(instance.get_dynamic_partitions(pool_batches.name))
+    always = targets | {POOL_KEY}
+    resolver = stale_resolver(instance, graph)
+    # batch (None: pool-wide) -> assets to run next; what ran before shows in the resolver as new data versions
+    pending: dict[str | None, list[dg.AssetKey]] = {}
+
+    def flush() -> None:
+        for batch, keys in pending.items():
+            _execute(defs, instance, "batch_job" if batch else "curation_job", keys, ops, log, batch)
+        pending.clear()
+
     ops = (run_config or {}).get("ops", {})
-    groups: list[tuple[bool, list[dg.AssetKey]]] = []
-    for key in ordered:
-        partitioned = graph.get(key).partitions_def is not None
-        if groups and groups[-1][0] == partitioned:
-            groups[-1][1].append(key)
-        else:
-            groups.append((partitioned, [key]))
-    for partitioned, keys in groups:
-        if partitioned:
-            for batch in batches:
-                todo = [
-                    k
-                    for k in keys
-                    if not only_missing or k in targets or batch not in instance.get_materialized_partitions(k)
-                ]
-                if todo:
-                    _execute(defs, instance, "batch_job", todo, ops, log, batch)
-        else:
-            todo = [
-                k
-                for k in keys
-                if not only_missing
-                or k in targets
-                or k.to_user_string() == "pool"
-                or instance.get_latest_materialization_event(k) is None
-            ]
-            if todo:
-                _execute(defs, instance, "curation_job", todo, ops, log)
+    for key in (k for k in graph.toposorted_asset_keys if k in wanted):
+        node = graph.get(key)
+        parents = node.parent_keys
+        switching = pending and (None in pending) == node.is_partitioned
+        if switching or (key not in always and any(p in always and p in _keys(pending) for p in parents)):
+            flush()  # a parent that always runs may or may not get a new data version: read it after
+            resolver = stale_resolver(instance, graph)
+        for batch in batches if node.is_partitioned else [None]:
+            upstream = [*pending.get(None, []), *pending.get(batch, [])] if batch else _keys(pending)
+            if key in always or must_run(resolver, node, batch, bool(parents & set(upstream))):
+                pending.setdefault(batch, []).append(key)
+    flush()
+
+
+def _keys(pending: dict[str | None, list[dg.AssetKey]]) -> set[dg.AssetKey]:
+    return {key for keys in pending.values() for key in keys}
 
 
 def materialize_only(

@@ -32,6 +32,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool_batch, pool_batches
 from dsel_assets.representations import REPRESENTATIONS
+from dsel_assets.settings_versions import row_code_version
 from dsel_assets.store import queries, schema, tables
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
@@ -207,7 +208,7 @@ def build_score_asset(
         tracker: MlflowTracker = context.resources.tracker
         batch = context.partition_key
         identity = model_res.identity()
-        code_version = context.assets_def.code_versions_by_key[context.asset_key]
+        code_version = row_code_version(context)
         # the identity of a score row: rows of the same one are reused, rows of another are stale
         keep = {"model_hash": identity["model_hash"], "code_version": code_version, "prompt_template": config.template}
         with store.get_connection() as conn:
@@ -364,7 +365,7 @@ def learning_percentage(
         rows = queries.split_rows(conn, "pool")
         version, _ = tables.pool_version(conn)
     identity = proxy_model.identity()
-    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    code_version = row_code_version(context)
     fingerprint = hashlib.sha256(
         json.dumps([version, identity, config.model_dump(), code_version], sort_keys=True).encode()
     ).hexdigest()[:16]
@@ -489,7 +490,7 @@ def golden_score(
     model, tokenizer = selection_model.load()
     anchors = prepare_anchors(tokenizer, anchor_messages, config.max_length)
     identity = selection_model.identity()
-    code_version = context.assets_def.code_versions_by_key[context.asset_key]
+    code_version = row_code_version(context)
     # the anchor set (and model, code) is the identity of a score: rows of the same one are reused
     anchor_set = hashlib.sha256(json.dumps([a.zero_shot_ids for a in anchors]).encode()).hexdigest()[:16]
     keep = {"anchor_set": anchor_set, "model_hash": identity["model_hash"], "code_version": code_version}
@@ -611,7 +612,7 @@ def whisperer_score(
             "reason": ["" if np.isfinite(x) else "never credited as a demonstration" for x in scores],
             **selection_model.identity(),
             "template": template_hash(tokenizer),
-            "code_version": context.assets_def.code_versions_by_key[context.asset_key],
+            "code_version": row_code_version(context),
         }
     )
     with store.get_connection() as conn:

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb as duckdb_lib
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContext
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilter
 
 from dsel_assets import inbox
@@ -32,6 +30,7 @@ from dsel_assets.pool import POOL, pool_batches
 from dsel_assets.reports import REPORTS
 from dsel_assets.representations import REPRESENTATIONS
 from dsel_assets.selections import SELECTIONS
+from dsel_assets.staleness import is_missing, is_stale, stale_resolver
 from dsel_assets.store import tables
 from jobs import EXPENSIVE, batch_job, curation_job
 from resources.home import StateHome
@@ -43,27 +42,6 @@ from resources.store import StateStore
 #: representations stay with explicit runs.
 CURATION = dg.AssetSelection.groups(POOL, REPRESENTATIONS, SELECTIONS, REPORTS) - EXPENSIVE
 NOT_RECURATED = dg.AssetSelection.groups(MODELS)
-
-
-class _Loading(LoadingContext):
-    """The batching/caching scope Dagster's stale-status resolver needs."""
-
-    def __init__(self, instance: dg.DagsterInstance):
-        self._instance, self._loaders = instance, {}
-
-    @property
-    def instance(self) -> dg.DagsterInstance:
-        return self._instance
-
-    @property
-    def loaders(self) -> dict:
-        return self._loaders
-
-
-def stale_resolver(instance: dg.DagsterInstance, asset_graph) -> CachingStaleStatusResolver:
-    """Dagster's own stale-status resolver (the one behind the UI's "stale" badge): an asset is
-    stale when its code version or the data version of a parent changed since it last ran."""
-    return CachingStaleStatusResolver(instance, asset_graph, _Loading(instance))
 
 
 def batch_assets(instance: dg.DagsterInstance, asset_graph) -> list[dg.AssetKey]:
@@ -106,12 +84,12 @@ def recuration_request(
     candidates = {
         key for key in (CURATION - NOT_RECURATED).resolve(asset_graph) if not asset_graph.get(key).is_partitioned
     }
-    stale = {key for key in candidates if resolver.get_status(key) == StaleStatus.STALE}
+    stale = {key for key in candidates if is_stale(resolver, key)}
     if not stale:
         return dg.SkipReason("no curation asset is stale")
     downstream = dg.AssetSelection.assets(*stale).downstream().resolve(asset_graph) & candidates
     keys = sorted(
-        stale | {k for k in downstream if resolver.get_status(k) != StaleStatus.MISSING},
+        stale | {k for k in downstream if not is_missing(resolver, k)},
         key=lambda k: k.to_user_string(),
     )
     pool_version = resolver.get_current_data_version(dg.AssetKey("pool")).value

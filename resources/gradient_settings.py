@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import dagster as dg
 from pydantic import Field
 
@@ -10,6 +12,16 @@ from dsel_assets.core.models.features import FeatureConfig
 
 class GradientSettings(dg.ConfigurableResource):
     """One resource for both feature assets, so pool and queries share d, seed and kind."""
+
+    #: what defines the features (not how fast they are computed); see SelectionModel
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = (
+        "dim",
+        "projection",
+        "projection_seed",
+        "max_length",
+        "textbook_adam",
+        "compute_dtype",
+    )
 
     dim: int = Field(default=8192, description="Projected dimension d")
     projection: str = Field(default="rademacher", description="rademacher | gaussian")

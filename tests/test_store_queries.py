@@ -117,14 +117,19 @@ def test_models_and_their_evaluations(conn):
         ("m1", "5pct", 10, 0, 0),
     ]:
         sql.run(
-            "INSERT INTO finetuned_models (model_key, method, budget, path, examples, selection_seed, seed) "
-            "VALUES (?, 'less', ?, ?, ?, ?, ?)",
+            "INSERT INTO finetuned_models (model_key, method, budget, path, examples, selection_seed, seed, "
+            "base_model_hash) VALUES (?, 'less', ?, ?, ?, ?, ?, 'h1')",
             [key, budget, f"models/{key}", examples, selection_seed, seed],
         )
-    models = queries.finetuned_models_of(conn, "less")
+    sql.run(  # a fine-tune of another base model is not one of this model's
+        "INSERT INTO finetuned_models (model_key, method, budget, path, examples, base_model_hash) "
+        "VALUES ('other', 'less', '5pct', 'models/other', 10, 'h2')"
+    )
+    models = queries.finetuned_models_of(conn, "less", "h1")
     assert models["model_key"].to_list() == ["m1", "m2", "m3"]  # smallest set first, then the seeds
     assert models.row(0) == ("m1", "5pct", "models/m1", 10, 0, 0)
-    assert queries.finetuned_models_of(conn, "random").height == 0
+    assert queries.finetuned_models_of(conn, "less", "h2")["model_key"].to_list() == ["other"]
+    assert queries.finetuned_models_of(conn, "random", "h1").height == 0
 
     assert queries.eval_keys(conn) == set()
     for task, loss in (("math", 1.5), ("code", 0.5)):
@@ -139,6 +144,16 @@ def test_models_and_their_evaluations(conn):
         {"task": "code", "n": 3, "metric": "exact_match", "score": None, "loss": 0.5},
         {"task": "math", "n": 3, "metric": "exact_match", "score": None, "loss": 1.5},
     ]
+    # eval rows of two base models (the model was changed): a comparison reads one model's rows only
+    for model_key, method in (("m1", "less"), ("other", "less"), ("base-h1", "base"), ("base-h2", "base")):
+        sql.run(
+            "INSERT INTO eval_examples (model_key, method, budget, pool_id, task, loss) VALUES (?, ?, '5pct', 'e', "
+            "'math', 1.0)",
+            [model_key, method],
+        )
+    rows = queries.eval_rows_with_models(conn, "base", "h1")
+    assert sorted(rows["method"].to_list()) == ["base", "less"]
+    assert queries.eval_rows_with_models(conn, "base", None).height == 4
 
 
 def test_batches_composition_and_pool_versions(conn):

@@ -185,14 +185,15 @@ def count_outside_split(conn, ids: Sequence[str], split: str) -> int:
     return int(_run(conn, sql, [split, list(ids)])[0][0])
 
 
-def finetuned_models_of(conn, method: str) -> pl.DataFrame:
-    """The stored models of ``method``: key, budget, adapter path, training examples, selection
-    and training seeds; smallest training set first."""
+def finetuned_models_of(conn, method: str, base_model_hash: str) -> pl.DataFrame:
+    """The stored models of ``method`` fine-tuned from base model ``base_model_hash``: key,
+    budget, adapter path, training examples, selection and training seeds; smallest training set
+    first."""
     return frame(
         conn,
         "SELECT model_key, budget, path, examples, selection_seed, seed FROM finetuned_models "
-        "WHERE method = ? ORDER BY examples, selection_seed, seed",
-        [method],
+        "WHERE method = ? AND base_model_hash = ? ORDER BY examples, selection_seed, seed",
+        [method, base_model_hash],
     )
 
 
@@ -499,10 +500,11 @@ def selected_examples(conn) -> pl.DataFrame:
     )
 
 
-def eval_rows_with_models(conn, base: str) -> pl.DataFrame:
+def eval_rows_with_models(conn, base: str, model_hash: str | None) -> pl.DataFrame:
     """One row per (stored model, eval example): method, budget, selection size (the stored k, else
     the model's training examples), selection and training seeds, task, pool_id, loss, score,
-    metric - for every model in ``finetuned_models`` and for the untouched ``base`` model."""
+    metric - for every model in ``finetuned_models`` and for the untouched ``base`` model, of base
+    model ``model_hash`` only (None: of every base model), so two models' rows never meet."""
     return frame(
         conn,
         """SELECT e.method, e.budget,
@@ -511,6 +513,7 @@ def eval_rows_with_models(conn, base: str) -> pl.DataFrame:
                   coalesce(f.selection_seed, 0) AS selection_seed, coalesce(f.seed, 0) AS seed,
                   e.task, e.pool_id, e.loss, e.score, e.metric
            FROM eval_examples e LEFT JOIN finetuned_models f ON f.model_key = e.model_key
-           WHERE f.model_key IS NOT NULL OR e.method = ?""",
-        [base],
+           WHERE (f.model_key IS NOT NULL AND (CAST(? AS TEXT) IS NULL OR f.base_model_hash = ?))
+              OR (e.method = ? AND (CAST(? AS TEXT) IS NULL OR e.model_key = ?))""",
+        [model_hash, model_hash, base, model_hash, f"{base}-{model_hash}"],
     )
