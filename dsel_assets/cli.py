@@ -473,6 +473,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
+    from dsel_assets.pool import pool_batches
+    from dsel_assets.staleness import describe, stale_resolver
     from dsel_assets.store import queries, tables
 
     home = _home(args)
@@ -491,15 +493,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(format_table(["batch with no accepted rows", "split", "read", "failure"], failed))
     defs = _definitions(home, args, pin=False)
     instance = DagsterInstance.get()
+    graph = defs.resolve_asset_graph()
+    resolver = stale_resolver(instance, graph)
+    batches = sorted(instance.get_dynamic_partitions(pool_batches.name))
     rows = []
-    for key in sorted(defs.resolve_asset_graph().get_all_asset_keys(), key=lambda k: k.to_user_string()):
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         event = instance.get_latest_materialization_event(key)
         if event is not None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.timestamp))
             partition = event.asset_materialization.partition or "-"
-            rows.append((key.to_user_string(), partition, when, event.run_id[:8]))
+            state = describe(resolver, graph, graph.get(key), batches)
+            rows.append((key.to_user_string(), partition, when, event.run_id[:8], state))
     print()
-    print(format_table(["asset", "partition", "last materialized", "run"], rows) if rows else "no materializations yet")
+    header = ["asset", "partition", "last materialized", "run", "state (what the next command needing it reruns)"]
+    print(format_table(header, rows) if rows else "no materializations yet")
     return 0
 
 

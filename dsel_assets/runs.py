@@ -212,6 +212,11 @@ def failure_summary(result: dg.ExecuteInProcessResult) -> str:
         for event in result.all_events
         if event.is_step_failure
     ]
+    for check in result.get_asset_check_evaluations():  # a failed check says why (its "problems")
+        problems = check.metadata.get("problems")
+        if not check.passed and problems is not None:
+            why = " ".join(line.lstrip("- ") for line in str(problems.value).splitlines() if line.strip())
+            failures.append(f"check {check.asset_key.to_user_string()}:{check.check_name}: {why}")
     return f"run {result.run_id[:8]}: " + ("; ".join(failures) or "failed (see `dagster` logs)")
 
 

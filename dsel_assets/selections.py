@@ -205,6 +205,17 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 template=getattr(method_config, "template", "chat"),
             )
             inputs.append(ref)
+        # what defines this selection's inputs: the model, the feature settings and each input's version
+        settings = json.dumps(
+            {
+                **selection_model.identity(),
+                "grad_dim": grad_settings.dim,
+                "projection": grad_settings.suffix(),
+                "pooling": model_embedding_settings.pooling,
+                "inputs": {ref.name: f"{ref.uri.rstrip('/').rsplit('/', 1)[-1]}@{ref.digest}" for ref in inputs},
+            },
+            sort_keys=True,
+        )
         checked = {a: n for a, n in needs.items() if representation_registry.representation(n).coverage_checked}
         covered = {n: coverage(representations[a], frame["batch"].to_list()) for a, n in checked.items()}
         for need, found in covered.items():
@@ -259,6 +270,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                         "pool_version": version,
                         "config": json.dumps(vars(replicate_config)),
                         "diagnostics": json.dumps(selection.diagnostics, default=str),
+                        "settings": settings,
                         "mlflow_run_id": run.run_id,
                         "created_at": datetime.now(timezone.utc),
                     },

@@ -72,5 +72,32 @@ def must_run(resolver: CachingStaleStatusResolver, node, partition: str | None, 
     return parent_runs or bool(causes)
 
 
+def describe(resolver: CachingStaleStatusResolver, graph, node, batches: list[str]) -> str:
+    """What the next command that needs the asset does with it, for ``dsel status``: ``fresh``
+    (reused), ``stale: <why>`` (rerun; a per-batch asset: in how many batches), ``missing in N of
+    M batches``, or ``kept`` for a model that is only stale because the pool grew."""
+    if not node.is_partitioned:
+        gaps = [
+            f"{parent.to_user_string()} missing in {n} of {len(batches)} batches"
+            for parent in sorted(node.parent_keys, key=lambda k: k.to_user_string())
+            if graph.get(parent).is_partitioned
+            for n in [sum(is_missing(resolver, parent, b) for b in batches)]
+            if n
+        ]
+        reasons = stale_reasons(resolver, node.key) if is_stale(resolver, node.key) else []
+        if reasons and not must_run(resolver, node, None, parent_runs=False):
+            return f"kept ({reasons[0]}; a model reruns only when its code or settings change)"
+        return f"stale: {'; '.join([*reasons, *gaps][:2])}" if reasons or gaps else "fresh"
+    stale = [b for b in batches if is_stale(resolver, node.key, b)]
+    missing = [b for b in batches if is_missing(resolver, node.key, b)]
+    parts = []
+    if stale:
+        why = "; ".join(stale_reasons(resolver, node.key, stale[0])[:2])
+        parts.append(f"stale in {len(stale)} of {len(batches)} batches: {why}")
+    if missing:
+        parts.append(f"missing in {len(missing)} of {len(batches)} batches")
+    return ", ".join(parts) or "fresh"
+
+
 def is_stale(resolver: CachingStaleStatusResolver, key: dg.AssetKey, partition: str | None = None) -> bool:
     return resolver.get_status(key, partition) == StaleStatus.STALE

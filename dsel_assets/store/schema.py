@@ -108,7 +108,7 @@ TABLES: tuple[Table, ...] = (
         _columns(
             "method text, budget text, k int, eligible int, rank int, pool_id text, score double, "
             "pool_version text, config text, diagnostics text, mlflow_run_id text, created_at timestamp, "
-            "selection_seed int = 0"
+            "selection_seed int = 0, settings text"
         ),
     ),
     Table(

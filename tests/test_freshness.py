@@ -1,0 +1,120 @@
+"""Freshness: every command computes what is missing or stale (Dagster's staleness: code versions
+that include the settings, data versions from the pool up) and nothing mixes two models, two
+settings or two pool versions. Each test is a sequence a user ran that failed before (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import duckdb
+import lance
+import pytest
+
+from dsel_assets.cli import main
+
+from .helpers import write_jsonl
+
+
+@pytest.fixture()
+def cli_home(home, monkeypatch):
+    for name in ("DSEL_MODEL", "DSEL_GRAD_DIM", "DSEL_POOLING", "DSEL_PROXY_MODEL", "DSEL_TARGET_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    return home
+
+
+def qa(path, rows: range, text: str = "What is {i} times 3?") -> str:
+    records = [json.dumps({"question": text.format(i=i), "answer": f"It is {3 * i}."}) for i in rows]
+    return str(write_jsonl(path, records))
+
+
+def materializations(key: str) -> int:
+    records = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey(key), limit=100).records
+    return len(records)
+
+
+def test_a_new_batch_after_less_recomputes_influence_not_the_warmup(cli_home, tmp_path, capsys):
+    """Before: `less_scores covers 150 of 180`, then `selection_is_valid failed` (rc 1): influence
+    was materialized once and never recomputed for the new batch."""
+    query = qa(tmp_path / "q.jsonl", range(6), "What is {i} plus 4?")
+    assert main(["ingest", query, "--split", "query", "--task", "math", "--model", "tiny"]) == 0
+    assert main(["ingest", qa(tmp_path / "a.jsonl", range(150)), "--task", "math"]) == 0
+    select = ["select", "--method", "less", "--budget", "20%", "--target", "math", "--grad-dim", "128"]
+    assert main(select) == 0
+    assert main(["ingest", qa(tmp_path / "b.jsonl", range(150, 180), "Name colour {i}"), "--task", "general"]) == 0
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    status = capsys.readouterr().out
+    assert "influence" in status and "pool_grad_features missing in 1 of 3 batches" in status
+    assert "kept (pool has a new data version" in status  # the warmup is not retrained for a grown pool
+    assert main(select) == 0
+    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
+        selected = conn.execute("SELECT count(*), any_value(k) FROM selections WHERE method = 'less'").fetchone()
+        covered = conn.execute("SELECT diagnostics FROM selections WHERE method = 'less' LIMIT 1").fetchone()[0]
+    assert selected == (36, 36)  # 20% of 180, not of the first 150
+    assert all(c["rows"] == 180 for c in json.loads(covered)["coverage"].values())
+    assert materializations("warmup_checkpoint") == 1 and materializations("influence") == 2
+    capsys.readouterr()
+    assert main(select) == 0  # nothing stale now: only the selection itself runs again
+    assert materializations("influence") == 2 and "materializing selection_less ..." in capsys.readouterr().out
+
+
+def test_ingest_change_settings_recomputes_scores_with_the_new_model_for_the_whole_pool(cli_home, tmp_path):
+    """Before: `ingest --change-settings --model other`, then `select --method cherry_ifd` ranked
+    loss scores of two models (the new batch with one, the old ones with the other)."""
+    from dsel_assets.core.models.loading import load_tokenizer, model_hash, resolve, tiny_llama
+
+    other = tmp_path / "other-model"
+    tokenizer = load_tokenizer(resolve("tiny"))
+    tiny_llama(tokenizer, seed=1).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    assert main(["ingest", qa(tmp_path / "a.jsonl", range(40)), "--task", "math", "--model", "tiny"]) == 0
+    assert main(["select", "--method", "uncertainty", "--budget", "10"]) == 0
+    b = qa(tmp_path / "b.jsonl", range(40, 50), "Name colour {i}")
+    assert main(["ingest", b, "--task", "general", "--change-settings", "--model", str(other)]) == 0
+    assert main(["select", "--method", "uncertainty", "--budget", "10"]) == 0
+    new = model_hash(resolve(str(other)))
+    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
+        pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
+        scored = conn.execute("SELECT count(DISTINCT pool_id) FROM loss_scores WHERE model_hash = ?", [new]).fetchone()
+    assert pool == 50 and scored[0] == 50  # every batch rescored with the new model, not only the new one
+
+
+def test_compare_change_settings_builds_the_new_features_and_hostile_labels_pass(cli_home, tmp_path, capsys):
+    """Before: `compare --change-settings --grad-dim 64` pinned 64 and re-selected from the d128
+    features; a task named `c++` failed in MLflow after the fine-tunes, one named `$\\foo$` in
+    matplotlib's mathtext."""
+    code, tex = "c++", "$\\foo$"
+    query = qa(tmp_path / "q.jsonl", range(4), "Print {i}")
+    assert main(["ingest", query, "--split", "query", "--task", code, "--model", "tiny"]) == 0
+    assert (
+        main(
+            ["ingest", qa(tmp_path / "e.jsonl", range(100, 106), "Print {i} twice"), "--split", "eval", "--task", code]
+        )
+        == 0
+    )
+    assert main(["ingest", qa(tmp_path / "a.jsonl", range(40)), "--task", tex]) == 0
+    assert main(["ingest", qa(tmp_path / "b.jsonl", range(40, 60), "Print {i} now"), "--task", code]) == 0
+    assert main(["select", "--method", "less", "--budget", "10%", "--target", code, "--grad-dim", "128"]) == 0
+    compare = ["compare", "--methods", "random", "less", "--budget", "10%", "--target", code, "--seeds", "1"]
+    compare += ["--selection-seeds", "1", "--random-seeds", "2", "--epochs", "1", "--max-length", "64"]
+    compare += ["--eval-max-length", "96", "--config", "warmup_checkpoint.epochs=1"]
+    capsys.readouterr()
+    assert main([*compare, "--change-settings", "--grad-dim", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "changing grad_dim" in out and code in out
+    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
+        less = [
+            json.loads(r[0])
+            for r in conn.execute("SELECT DISTINCT settings FROM selections WHERE method = 'less'").fetchall()
+        ]
+        report = conn.execute("SELECT DISTINCT task FROM comparison_report").fetchall()
+    # the selection read the new d=64 features, and they cover the whole pool (60 rows)
+    (settings,) = less
+    assert settings["grad_dim"] == 64 and settings["model"] == "tiny"
+    assert (cli_home.lance / "influence_d64_rademacher0.lance").is_dir()
+    pool_features = [p for p in cli_home.lance.iterdir() if p.name.startswith("pool_grad") and "d64_" in p.name]
+    (pool_features,) = pool_features
+    assert len(set(lance.dataset(str(pool_features)).to_table(columns=["pool_id"])["pool_id"].to_pylist())) == 60
+    assert code in {r[0] for r in report}
