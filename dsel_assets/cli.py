@@ -336,6 +336,17 @@ def cmd_grads(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _parse_params(pairs: list[str] | None) -> dict[str, str]:
     params = {}
     for pair in pairs or []:
@@ -424,11 +435,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         include_base=not args.no_base,
         params=_scoped(args.param, "param"),
         asset_config=_scoped(args.config, "config"),
+        confirmed=args.yes,
     )
     home = _home(args)
     with tables.open_state(home.duckdb, log=_stderr) as conn:
         tables.ensure_schema(conn)
-        problems = check_plan(plan, conn)
+        problems = check_plan(plan, conn, warn=_stderr)
     if problems:
         for problem in problems:
             print(f"dsel: error: {problem}", file=sys.stderr)
@@ -653,7 +665,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, help=MODEL_HELP)
     run.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
     run.add_argument("--seed", type=int, default=0, help="synthetic data seed")
-    run.add_argument("--per-capability", type=int, default=100, help="pool examples per capability")
+    run.add_argument("--per-capability", type=positive_int, default=100, help="pool examples per capability")
     run.add_argument(
         "--budget",
         "--budgets",
@@ -663,11 +675,16 @@ def parser() -> argparse.ArgumentParser:
         help="budget: 5%%, 0.05 or 500 (repeatable, or several after one flag; default 5%% 10%%)",
     )
     run.add_argument(
-        "--grad-dim", type=int, default=None, help="gradient feature dimension d (default: the home's, else 1024 here)"
+        "--grad-dim",
+        type=positive_int,
+        default=None,
+        help="gradient feature dimension d (default: the home's, else 1024 here)",
     )
-    run.add_argument("--warmup-epochs", type=int, default=1, help="warmup epochs (one checkpoint each; 1 here)")
+    run.add_argument(
+        "--warmup-epochs", type=positive_int, default=1, help="warmup epochs (one checkpoint each; 1 here)"
+    )
     run.add_argument("--target", default="arithmetic", help="target task of the targeted methods (LESS)")
-    run.add_argument("--finetune-epochs", type=int, default=2, help="epochs of each selection's fine-tune")
+    run.add_argument("--finetune-epochs", type=positive_int, default=2, help="epochs of each selection's fine-tune")
     run.add_argument("--eval-per-task", type=int, default=6, help="eval examples per task (0 = all)")
     run.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     run.set_defaults(func=cmd_run)
@@ -697,7 +714,7 @@ def parser() -> argparse.ArgumentParser:
     grads.add_argument("--batch", action="append", help="pool batch (repeatable; default: every pool batch)")
     grads.add_argument("--checkpoint", type=int, action="append", help="warmup epoch (repeatable; default: all)")
     grads.add_argument(
-        "--grad-dim", type=int, default=None, help="feature dimension d (default $DSEL_GRAD_DIM or 8192)"
+        "--grad-dim", type=positive_int, default=None, help="feature dimension d (default $DSEL_GRAD_DIM or 8192)"
     )
     grads.add_argument("--model", default=None, help=MODEL_HELP)
     grads.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
@@ -711,7 +728,7 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--param", action="append", help="method parameter key=value (repeatable)")
     select.add_argument("--model", default=None, help=MODEL_HELP)
     select.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
-    select.add_argument("--grad-dim", type=int, default=None, help="gradient feature dimension d")
+    select.add_argument("--grad-dim", type=positive_int, default=None, help="gradient feature dimension d")
     select.add_argument("--proxy-model", default=None, help=PROXY_HELP)
     select.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     select.set_defaults(func=cmd_select)
@@ -727,10 +744,10 @@ def parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--budget", action="append", help="budget: 5%%, 0.05 or 500 (repeatable; default 5%%)")
     compare.add_argument("--target", action="append", required=True, help="target task: eval task label (repeatable)")
-    compare.add_argument("--seeds", type=int, default=2, help="training seeds per selection (default 2)")
+    compare.add_argument("--seeds", type=positive_int, default=2, help="training seeds per selection (default 2)")
     compare.add_argument(
         "--selection-seeds",
-        type=int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="selections per method whose randomness has a seed (seeds 0..N-1, each its own replicate; default 3); "
@@ -739,20 +756,22 @@ def parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--random-seeds",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="selection seeds of random (default: --selection-seeds)",
     )
     compare.add_argument("--eval-per-task", type=int, default=200, help="eval examples per target (0 = all)")
     compare.add_argument("--metric", choices=["loss", "generation", "both"], default="loss", help="what to score")
-    compare.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    compare.add_argument("--epochs", type=positive_int, default=2, help="fine-tuning epochs (default 2)")
     compare.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (LoRA)")
-    compare.add_argument("--max-length", type=int, default=512, help="tokens per training example")
+    compare.add_argument("--max-length", type=positive_int, default=512, help="tokens per training example")
     compare.add_argument(
-        "--eval-max-length", type=int, default=512, help="tokens per eval example (prompt + reference)"
+        "--eval-max-length", type=positive_int, default=512, help="tokens per eval example (prompt + reference)"
     )
-    compare.add_argument("--max-new-tokens", type=int, default=128, help="generation cap (--metric generation)")
+    compare.add_argument(
+        "--max-new-tokens", type=positive_int, default=128, help="generation cap (--metric generation)"
+    )
     compare.add_argument("--no-base", action="store_true", help="skip the untouched model's evaluation")
     compare.add_argument(
         "--param",
@@ -765,8 +784,9 @@ def parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--model", default=None, help=MODEL_HELP)
     compare.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
-    compare.add_argument("--grad-dim", type=int, default=None, help="gradient feature dimension d")
+    compare.add_argument("--grad-dim", type=positive_int, default=None, help="gradient feature dimension d")
     compare.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
+    compare.add_argument("--yes", action="store_true", help="start even when the plan trains more than 1,000 models")
     compare.set_defaults(func=cmd_compare)
 
     score = command("score", help="compute one representation for the current pool (resumable)")

@@ -7,17 +7,21 @@ eval is keyed by its inputs, so a rerun after a kill resumes where it stopped.""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dagster as dg
 
+from dsel_assets.core.data.schema import content_hashes
+from dsel_assets.core.evaluation import EvalConfig
 from dsel_assets.core.select import Budget, build_config, get, methods
 from dsel_assets.core.select.registry import has_seed
 from dsel_assets.core.select.targeted import LESS
 from dsel_assets.core.select.targeted import representations as method_representations
-from dsel_assets.evaluation import BASE, eval_asset_name
+from dsel_assets.core.stats import MIN_GROUPS
+from dsel_assets.evaluation import BASE, eval_asset_name, load_eval_set
 from dsel_assets.finetune import finetuned_asset_name
 from dsel_assets.gradients import WarmupRunConfig
 from dsel_assets.representation_registry import WARMUP
@@ -38,6 +42,8 @@ METRICS = ("loss", "generation", "both")
 #: the representation of pool rows' task labels: a method that needs only it reads no query rows
 TASK_LABELS = "pool_tasks"
 BASELINE = "random"
+#: More models than this need ``--yes``: a mistyped seed count should not start days of work.
+MAX_UNCONFIRMED_MODELS = 1000
 #: What the plan says about a selection whose randomness it cannot sample with selection seeds.
 NOT_SAMPLED = {
     "warmup": "one warmup checkpoint; --selection-seeds N >= 2 trains one warmup per seed",
@@ -102,6 +108,7 @@ class ComparePlan:
     params: dict[str, dict[str, str]] = field(default_factory=dict)
     asset_config: dict[str, dict] = field(default_factory=dict)
     selection_seed_count: int = 3
+    confirmed: bool = False
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -124,6 +131,8 @@ class ComparePlan:
             if value is not None and value < 1:
                 label = "selection_seeds" if name == "selection_seed_count" else name  # as the CLI spells it
                 raise ValueError(f"{label}: must be >= 1, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: must be a finite number > 0, got {self.lr}")
         if self.eval_per_task < 0:
             raise ValueError(f"eval_per_task: must be >= 0 (0 = every eval row), got {self.eval_per_task}")
         for budget in self.budgets:
@@ -335,9 +344,16 @@ class ComparePlan:
         return len(self.budgets) * max(1, len(self.selection_seeds(method))) * self.seeds
 
 
-def check_plan(plan: ComparePlan, conn) -> list[str]:
-    """Problems that stop a comparison before any work, each with what to do."""
+def check_plan(plan: ComparePlan, conn, warn: Callable[[str], None] | None = None) -> list[str]:
+    """Problems that stop a comparison before any work, each with what to do; ``warn`` hears
+    what only weakens it (fewer eval rows than a verdict needs)."""
     problems = []
+    models = sum(plan.models_per_method(m) for m in plan.methods)
+    if models > MAX_UNCONFIRMED_MODELS and not plan.confirmed:
+        problems.append(
+            f"plan: {models} fine-tunes (budgets x selections x training seeds per method); "
+            f"more than {MAX_UNCONFIRMED_MODELS} need --yes"
+        )
     for method in plan.methods:
         name, representation = parse_entry(method)
         spec = get(name)
@@ -368,8 +384,37 @@ def check_plan(plan: ComparePlan, conn) -> list[str]:
                 f"target: {target!r} labels no pool rows, which {', '.join(by_label)} sample from; "
                 f"pool task labels: {pool_tasks}"
             )
-    if not any(n for key, n in counts.items() if key.startswith("pool/")):
+    pool_rows = sum(n for key, n in counts.items() if key.startswith("pool/"))
+    if not pool_rows:
         problems.append("pool: no examples yet; ingest data first: dsel ingest FILE")
+    for budget in plan.budgets:
+        if pool_rows and Budget.parse(budget).count(pool_rows) < 1:
+            problems.append(f"budget: {budget} of {pool_rows} pool rows selects no example; ask for at least 1")
+    tasks = {key.split("/", 1)[1] for key, n in counts.items() if n and key.startswith(("query/", "pool/"))}
+    for method in plan.methods:  # a task the user named (targets are checked above)
+        task = {**plan.params.get(parse_entry(method)[0], {}), **plan.params.get(method, {})}.get("task")
+        if task and task not in tasks:
+            problems.append(f"param: {method}.task={task!r} is not a task of the pool or query rows: {sorted(tasks)}")
+    if all(counts.get(f"eval/{target}") for target in plan.targets):
+        problems += _eval_rows_problems(plan, conn, warn)
+    return problems
+
+
+def _eval_rows_problems(plan: ComparePlan, conn, warn: Callable[[str], None] | None) -> list[str]:
+    """Eval rows left per target after decontamination (a prompt also in the pool or a query
+    set is left out): none is a problem, fewer groups than a verdict needs a warning."""
+    sample, _, contaminated = load_eval_set(conn, plan.targets, EvalConfig(max_per_task=plan.eval_per_task))
+    problems = []
+    for target in plan.targets:
+        rows = [e for e in sample if e.task == target]
+        if not rows:
+            problems.append(
+                f"target: every eval row of {target!r} shares its prompt with a pool or query row "
+                f"({contaminated} left out in all); ingest eval rows the pool does not contain"
+            )
+        groups = len({content_hashes(e.messages)[1] for e in rows})  # a prompt's references count once
+        if rows and groups < MIN_GROUPS and warn is not None:
+            warn(f"[compare] target {target!r}: {groups} eval groups, fewer than the {MIN_GROUPS} a verdict needs")
     return problems
 
 

@@ -4,6 +4,8 @@ pool batch and pool-wide assets once."""
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterable
@@ -34,6 +36,7 @@ def materialize_closure(
     would invalidate every batch's gradient features. Targets and the pool always run. Runs of
     consecutive per-batch assets go through ``batch_job`` per batch, pool-wide ones through
     ``curation_job``."""
+    check_run_config(defs, run_config)
     graph = defs.resolve_asset_graph()
     targets = set(targets)
     wanted = dg.AssetSelection.assets(*targets).upstream().resolve(graph)
@@ -67,6 +70,66 @@ def _keys(pending: dict[str | None, list[dg.AssetKey]]) -> set[dg.AssetKey]:
     return {key for keys in pending.values() for key in keys}
 
 
+def check_run_config(defs: dg.Definitions, run_config: dict | None) -> None:
+    """Refuse run config that names an asset that takes none, a key the asset does not have or a
+    value of the wrong type, before any work: the error names the asset, the key, the value and
+    the valid keys with their types and defaults (a run only passes each asset its own config, so
+    a typo would otherwise be silently ignored)."""
+    graph = defs.resolve_asset_graph()
+    for name, value in ((run_config or {}).get("ops") or {}).items():
+        key = dg.AssetKey(name)
+        if not graph.has(key) or not _config_fields(defs, key):
+            configurable = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if _config_fields(defs, k))
+            near = difflib.get_close_matches(name, configurable, n=5)
+            hint = f"did you mean {', '.join(near)}? " if near else ""
+            raise ValueError(f"config: {name!r} is not an asset that takes config; {hint}see dsel status or the UI")
+        job = defs.resolve_job_def("batch_job" if graph.get(key).is_partitioned else "curation_job")
+        try:
+            dg.validate_run_config(job, {"ops": {name: value}})
+        except dg.DagsterInvalidConfigError as exc:
+            valid = ", ".join(
+                f"{field} ({kind}, default {default!r})" for field, kind, default in _config_fields(defs, key)
+            )
+            raise ValueError(f"config: {name}: {_config_problem(exc, value)}; valid keys: {valid}") from None
+
+
+def _config_fields(defs: dg.Definitions, key: dg.AssetKey) -> list[tuple[str, str, object]]:
+    """(key, type, default) of each config field of the asset's op; empty when it takes none."""
+    node = defs.resolve_assets_def(key).node_def
+    schema = node.config_schema if hasattr(node, "config_schema") else None
+    config_type = schema.config_type if schema is not None else None
+    fields = getattr(config_type, "fields", None) or {}
+    return [
+        (field, _type_name(spec.config_type), spec.default_value if spec.default_provided else None)
+        for field, spec in sorted(fields.items())
+    ]
+
+
+def _type_name(config_type) -> str:
+    text = str(config_type.given_name or config_type.key)
+    for dagster_name, name in (("Array", "list"), ("Bool", "bool"), ("Int", "int"), ("Float", "float"), ("Str", "str")):
+        if dagster_name in text:
+            return name
+    return "object"
+
+
+def _config_problem(exc: dg.DagsterInvalidConfigError, value: dict) -> str:
+    """The first of Dagster's config errors in a user's words: the unknown key, or the key and
+    the value that has the wrong type."""
+    message = exc.errors[0].message if exc.errors else str(exc)
+    unknown = re.search(r'unexpected config entr(?:y|ies) \[?"?([^" \]]+)', message)
+    if unknown:
+        field = unknown.group(1)
+        return f"unknown key {field!r} (value {(value.get('config') or {}).get(field)!r})"
+    path = re.search(r"at path root:ops:[^:]+:config:([\w:]+)", message)
+    expected = re.search(r'expected type "([^"]+)"', message)
+    if path:
+        field = path.group(1).split(":")[0]
+        given = (value.get("config") or {}).get(field)
+        return f"{field}={given!r} is not a valid {expected.group(1) if expected else 'value'}"
+    return message.splitlines()[0]
+
+
 def materialize_only(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -76,6 +139,7 @@ def materialize_only(
 ) -> None:
     """Materialize exactly ``keys`` (pool-wide assets, e.g. reports over whatever is stored),
     nothing upstream of them."""
+    check_run_config(defs, run_config)
     _execute(defs, instance, "curation_job", keys, (run_config or {}).get("ops", {}), log)
 
 

@@ -109,6 +109,43 @@ def test_refuses_bad_settings_by_name(home, tmp_path, capsys):
         ComparePlan(methods=["random"], budgets=["5%"], targets=["math"], selection_seed_count=0)
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--budget", "nan%"], "budget: must be a positive count"),
+        (["--lr", "nan"], "lr: must be a finite number > 0, got nan"),
+        (["--lr", "-1"], "lr: must be a finite number > 0"),
+        (["--budget", "0.001"], "budget: 0.001 of 48 pool rows selects no example"),
+        (["--seeds", "1000000"], "plan: 2000000 fine-tunes"),
+        (
+            ["--methods", "random", "random_in_task", "--param", "random_in_task.task=../../etc"],
+            "param: random_in_task.task='../../etc' is not a task of the pool or query rows",
+        ),
+        (["--config", "nosuchasset.x=1"], "config: 'nosuchasset' is not an asset that takes config"),
+        (
+            ["--config", "warmup_checkpoint.epochz=1"],
+            "config: warmup_checkpoint: unknown key 'epochz' (value 1); valid",
+        ),
+    ],
+)
+def test_refuses_bad_values_before_any_work(home, tmp_path, capsys, extra, message):
+    """Each of these was accepted up front and failed inside a step, or started, or was ignored."""
+    _ingest(tmp_path)
+    capsys.readouterr()
+    assert main([*[a for a in COMPARE if a != "less"], *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (home.root / "models").exists()  # nothing was trained
+
+
+def test_warns_when_a_target_has_fewer_eval_groups_than_a_verdict_needs(home, tmp_path):
+    _ingest(tmp_path)
+    warnings: list[str] = []
+    plan = ComparePlan(methods=["random"], budgets=["10%"], targets=["arithmetic"], eval_per_task=4)
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        assert check_plan(plan, conn, warn=warnings.append) == []
+    assert warnings == ["[compare] target 'arithmetic': 4 eval groups, fewer than the 20 a verdict needs"]
+
+
 def test_plan_aims_single_task_methods_at_the_first_target():
     plan = ComparePlan(methods=["random", "less", "round_robin"], budgets=["5%"], targets=["math", "code"])
     assert plan.method_params("less") == {"task": "math"}  # LESS ranks for one task

@@ -28,7 +28,7 @@ def test_lineage_and_why(home, tmp_path, capsys, monkeypatch):
     assert set(chain) == {"selection_kmeans_random", "pool", "sentence_embeddings", "pool_batch"}
     assert chain["selection_kmeans_random"]["depth"] == 0 and chain["pool_batch"]["depth"] == 2
     (selection,) = chain["selection_kmeans_random"]["materializations"]
-    assert selection["code_version"] == "kmeans_random-1" and selection["data_version"]
+    assert selection["code_version"].startswith("kmeans_random-1+settings-") and selection["data_version"]
     assert selection["mlflow"]["params"]["budgets"] == "4" and selection["mlflow"]["params"]["n_clusters"] == "2"
     inputs = {d["name"]: d["digest"] for d in selection["mlflow"]["inputs"]}
     (embedding,) = chain["sentence_embeddings"]["materializations"]

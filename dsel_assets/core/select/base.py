@@ -37,7 +37,7 @@ class Budget:
             raise ValueError(
                 f"budget: expected a count (500), a fraction (0.05) or a percentage (5%), got {spec!r}"
             ) from None
-        if budget.value <= 0 or (budget.is_fraction and budget.value > 1):
+        if not math.isfinite(budget.value) or budget.value <= 0 or (budget.is_fraction and budget.value > 1):
             raise ValueError(f"budget: must be a positive count or a fraction in (0, 1], got {spec!r}")
         return budget
 
