@@ -27,6 +27,7 @@ from dsel_assets.gradients import WarmupRunConfig
 from dsel_assets.representation_registry import WARMUP
 from dsel_assets.runs import materialize_closure, materialize_only
 from dsel_assets.selections import (
+    SELECTIONS,
     available,
     randomness_sources,
     seed_replicates,
@@ -500,8 +501,13 @@ def run_comparison(
         materialize_closure(defs, instance, targets, plan.run_config(warmup_seed=seed), log=log)
         progress.advance("warmups", 1, time.perf_counter() - started)
     rest = [key for key in selections if key not in on_warmup]
-    if rest:
-        materialize_closure(defs, instance, rest, config, log=log)
+    # and what the reports read besides the selections (sentence embeddings of a batch ingested
+    # without --embed), so stage 4 cannot fail after every fine-tune
+    graph = defs.resolve_asset_graph()
+    report_inputs = {
+        key for key in graph.get(dg.AssetKey("selection_report")).parent_keys if graph.get(key).group_name != SELECTIONS
+    }
+    materialize_closure(defs, instance, rest, config, log=log, needs=report_inputs)
     stages = [("fine-tunes", finetuned_asset_name), ("evals", eval_asset_name)]
     for number, (stage, asset_name) in enumerate(stages, start=2):
         log(f"[compare] stage {number}/4: {stage} ({progress.units[stage]} models; stored ones are reused)")

@@ -24,7 +24,7 @@ from dsel_assets.report_html import (
     verdict_markdown,
     write_html_report,
 )
-from dsel_assets.representations import SENTENCE_EMBEDDINGS
+from dsel_assets.representations import SENTENCE_EMBEDDINGS, sentence_embeddings
 from dsel_assets.selections import key_method, load_vectors, randomness_by_key, selection_assets
 from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
@@ -89,7 +89,7 @@ def selection_report_frame(conn, lance: LanceStore) -> pl.DataFrame:
 
 
 @dg.asset(
-    deps=selection_assets,
+    deps=[*selection_assets, sentence_embeddings],  # query similarity reads the embeddings
     group_name=REPORTS,
     code_version="selection_report-1",
     kinds={"duckdb"},

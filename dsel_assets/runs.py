@@ -28,8 +28,9 @@ def materialize_closure(
     targets: Iterable[dg.AssetKey],
     run_config: dict | None = None,
     log: Callable[[str], None] = print,
+    needs: Iterable[dg.AssetKey] = (),
 ) -> None:
-    """Materialize ``targets`` and what they need, in dependency order: of their upstream
+    """Materialize ``targets`` and what they and ``needs`` need, in dependency order: of their upstream
     assets (a per-batch one: per pool batch) those missing, stale by their own code or settings
     or by a parent's new data version, or below one that runs. Models (the LESS warmup) rerun only
     when missing or their own code or settings changed, not because the pool grew: a new warmup
@@ -39,7 +40,7 @@ def materialize_closure(
     check_run_config(defs, run_config)
     graph = defs.resolve_asset_graph()
     targets = set(targets)
-    wanted = dg.AssetSelection.assets(*targets).upstream().resolve(graph)
+    wanted = dg.AssetSelection.assets(*targets, *needs).upstream().resolve(graph)
     batches = sorted(instance.get_dynamic_partitions(pool_batches.name))
     always = targets | {POOL_KEY}
     resolver = stale_resolver(instance, graph)

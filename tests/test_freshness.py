@@ -118,3 +118,20 @@ def test_compare_change_settings_builds_the_new_features_and_hostile_labels_pass
     (pool_features,) = pool_features
     assert len(set(lance.dataset(str(pool_features)).to_table(columns=["pool_id"])["pool_id"].to_pylist())) == 60
     assert code in {r[0] for r in report}
+
+
+def test_compare_embeds_a_batch_ingested_without_embed_before_the_fine_tunes(cli_home, tmp_path, capsys):
+    """Before: stage 4 failed (`selection_report ... pool ids have no row`) after every fine-tune
+    and eval, because one batch had been ingested without --embed."""
+    task = "math"
+    evals = qa(tmp_path / "e.jsonl", range(100, 104), "Add {i}")
+    assert main(["ingest", evals, "--split", "eval", "--task", task, "--model", "tiny"]) == 0
+    assert main(["ingest", qa(tmp_path / "a.jsonl", range(30)), "--task", task, "--embed"]) == 0
+    assert main(["ingest", qa(tmp_path / "b.jsonl", range(30, 40), "Name colour {i}"), "--task", "general"]) == 0
+    compare = ["compare", "--methods", "random", "--budget", "5", "--target", task, "--seeds", "1"]
+    compare += ["--random-seeds", "2", "--epochs", "1", "--max-length", "48", "--eval-max-length", "64", "--no-base"]
+    capsys.readouterr()
+    assert main(compare) == 0
+    out = capsys.readouterr()
+    stage_1 = (out.out + out.err).split("stage 2/4")[0]
+    assert "materializing sentence_embeddings for batch b-pool" in stage_1
