@@ -306,5 +306,7 @@ def format_why(report: dict) -> str:
     for r in report["ranks"]:
         where = f"rank {r['rank']} of {r['selected']}" if r["rank"] is not None else f"not selected ({r['selected']})"
         score = f", score {r['score']:.4g}" if r["score"] is not None else ""
-        out.append(f"  budget {r['budget']} (k={r['k']}, pool {r['pool_version']}): {where}{score}")
+        out.append(
+            f"  budget {r['budget']} seed {r['selection_seed']} (k={r['k']}, pool {r['pool_version']}): {where}{score}"
+        )
     return "\n".join(out)

@@ -138,10 +138,13 @@ def _local_hosts() -> set[str]:
     return {"localhost", "127.0.0.1", "::1", socket.gethostname()}
 
 
-def reap_dead_runs(instance: dg.DagsterInstance, log: Log = _stderr) -> list[str]:
+def reap_dead_runs(
+    instance: dg.DagsterInstance, log: Log = _stderr, end_tracked: Callable[[str], int] | None = None
+) -> list[str]:
     """Mark each in-progress run whose processes are all gone failed (canceled if it was
     canceling), free its concurrency slots and pending claims, and free the slots that finished or
-    deleted runs still hold; one ``log`` line per run. Returns the ids of the runs acted on."""
+    deleted runs still hold; ``end_tracked(run_id)`` ends the run's MLflow runs (they never ended
+    either). One ``log`` line per run. Returns the ids of the runs acted on."""
     storage = instance.event_log_storage
     slots = storage.supports_global_concurrency_limits
     acted = []
@@ -161,7 +164,9 @@ def reap_dead_runs(instance: dg.DagsterInstance, log: Log = _stderr) -> list[str
             marked = "failed"
         if slots:
             storage.free_concurrency_slots_for_run(run.run_id)
-        log(f"[dsel] run {run.run_id[:8]}: process {pids} is gone; marked {marked} and freed its slots")
+        ended = end_tracked(run.run_id) if end_tracked is not None else 0
+        tracked = f"; {ended} MLflow run(s) ended FAILED" if ended else ""
+        log(f"[dsel] run {run.run_id[:8]}: process {pids} is gone; marked {marked} and freed its slots{tracked}")
         acted.append(run.run_id)
     if slots:
         acted += _free_finished_holders(instance, log)
@@ -173,6 +178,7 @@ def reap_for_cli(home: str | None) -> None:
     ``DSEL_HOME``), one stderr line each; nothing when the home has no Dagster instance yet. A
     storage error (a locked database) is reported, not fatal: the command may not need Dagster."""
     from resources.home import DselHome  # not at import time: ``resources`` imports much of dsel_assets
+    from resources.tracking import MlflowTracker
 
     paths = DselHome(Path(home).expanduser().resolve()) if home else DselHome.from_env()
     if not paths.dagster_ready.exists():  # no instance yet, or another command is creating it
@@ -180,8 +186,9 @@ def reap_for_cli(home: str | None) -> None:
     # not ``with``: entering an instance sets Dagster's process-wide definitions-state storage,
     # which must never outlive this short-lived instance
     instance = dg.DagsterInstance.from_config(str(paths.dagster))
+    tracker = MlflowTracker(tracking_uri=os.environ.get("DSEL_MLFLOW_URI") or paths.mlflow_uri)
     try:
-        reap_dead_runs(instance)
+        reap_dead_runs(instance, end_tracked=tracker.fail_runs_of)
     except SQLAlchemyError as exc:
         _stderr(f"[dsel] could not check for runs left by killed processes: {exc}")
     finally:

@@ -207,6 +207,23 @@ class MlflowTracker(dg.ConfigurableResource):
             _initialised.add(self.tracking_uri)
             return client
 
+    def fail_runs_of(self, dagster_run_id: str) -> int:
+        """End as FAILED the MLflow runs still RUNNING of Dagster run ``dagster_run_id`` (its
+        process was killed, so they never ended); returns how many."""
+        if not re.fullmatch(r"[0-9a-f-]{8,64}", dagster_run_id):
+            raise ValueError(f"dagster_run_id: not a run id: {dagster_run_id!r}")
+        client = self._client()
+        found = client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return 0
+        runs = client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}' AND attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            client.set_terminated(run.info.run_id, status="FAILED")
+        return len(runs)
+
     def experiment_id(self) -> str:
         """The experiment's id, creating it once (call before parallel workers start)."""
         from mlflow.exceptions import MlflowException

@@ -131,17 +131,28 @@ def status(instance, run_id: str) -> dg.DagsterRunStatus:
     return instance.get_run_by_id(run_id).status
 
 
-def test_killed_run_is_reaped_and_the_slot_is_free_again(instance, spawn):
+def test_killed_run_is_reaped_and_the_slot_is_free_again(instance, spawn, tmp_path):
+    from resources.tracking import MlflowTracker
+
     holder, _ = spawn("dsel", 600)
     run_id = holding_run(instance)
+    tracker = MlflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracker._client()
+    killed = client.create_run(tracker.experiment_id(), tags={"dagster.run_id": run_id}).info.run_id
+    other = client.create_run(tracker.experiment_id(), tags={"dagster.run_id": "0" * 36}).info.run_id
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(10)
     assert status(instance, run_id) == dg.DagsterRunStatus.STARTED and run_id in gpu_holders(instance)
 
     lines: list[str] = []
-    assert reap_dead_runs(instance, lines.append) == [run_id]
-    assert lines == [f"[dsel] run {run_id[:8]}: process {holder.pid} is gone; marked failed and freed its slots"]
+    assert reap_dead_runs(instance, lines.append, end_tracked=tracker.fail_runs_of) == [run_id]
+    assert lines == [
+        f"[dsel] run {run_id[:8]}: process {holder.pid} is gone; marked failed and freed its slots; "
+        "1 MLflow run(s) ended FAILED"
+    ]
     assert status(instance, run_id) == dg.DagsterRunStatus.FAILURE
+    # the killed step's MLflow run is no longer RUNNING for ever; another run's is left alone
+    assert client.get_run(killed).info.status == "FAILED" and client.get_run(other).info.status == "RUNNING"
     assert not gpu_holders(instance)
     rerun, out = spawn("dsel", 0)
     assert rerun.wait(60) == 0 and "done True" in out.read_text()

@@ -260,6 +260,17 @@ def test_batch_states_origins_and_ranks(conn):
         ("10pct", 2, 2, 0, 0.8),
         ("5pct", 1, 1, None, None),
     ]
+    for seed, pool_id in ((0, "p1"), (1, "p2")):  # two selection replicates: each rank names its seed
+        sql.run(
+            "INSERT INTO selections (method, budget, k, rank, pool_id, pool_version, selection_seed) "
+            "VALUES ('random', '5pct', 1, 0, ?, 'v1', ?)",
+            [pool_id, seed],
+        )
+    ranks = queries.selection_ranks(conn, "random", "p1")
+    assert ranks.select("budget", "selection_seed", "selected", "rank").rows() == [
+        ("5pct", 0, 1, 0),
+        ("5pct", 1, 1, None),
+    ]
     summary = queries.selection_summary(conn, "less")
     assert summary.select("budget", "selected", "min_score", "max_score").rows() == [
         ("5pct", 1, 0.9, 0.9),

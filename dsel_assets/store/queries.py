@@ -362,15 +362,18 @@ def score_models(conn, table: str) -> list[tuple[str, str]]:
 
 
 def selection_ranks(conn, method: str, pool_id: str) -> pl.DataFrame:
-    """Per stored budget of ``method``: its size k, how many were selected, ``pool_id``'s rank and
-    score there (null when not selected), pool version and MLflow run."""
+    """Per stored budget and selection seed (replicate) of ``method``: its size k, how many were
+    selected, ``pool_id``'s rank and score there (null when not selected), pool version and MLflow run."""
     return frame(
         conn,
-        """SELECT s.budget, s.k, (SELECT count(*) FROM selections t WHERE t.method = s.method
-                  AND t.budget = s.budget) AS selected, r.rank, r.score, s.pool_version, s.mlflow_run_id
-           FROM (SELECT DISTINCT method, budget, k, pool_version, mlflow_run_id FROM selections WHERE method = ?) s
-           LEFT JOIN selections r ON r.method = s.method AND r.budget = s.budget AND r.pool_id = ?
-           ORDER BY s.budget""",
+        """SELECT s.budget, s.selection_seed, s.k, (SELECT count(*) FROM selections t WHERE t.method = s.method
+                  AND t.budget = s.budget AND t.selection_seed = s.selection_seed) AS selected,
+                  r.rank, r.score, s.pool_version, s.mlflow_run_id
+           FROM (SELECT DISTINCT method, budget, selection_seed, k, pool_version, mlflow_run_id
+                 FROM selections WHERE method = ?) s
+           LEFT JOIN selections r ON r.method = s.method AND r.budget = s.budget
+                AND r.selection_seed = s.selection_seed AND r.pool_id = ?
+           ORDER BY s.budget, s.selection_seed""",
         [method, pool_id],
     )
 
