@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from dsel_assets.core.data.schema import content_hashes
-from dsel_assets.core.evaluation import EvalConfig
 from dsel_assets.core.select import Budget, build_config, get, methods
 from dsel_assets.core.select.registry import has_seed
 from dsel_assets.core.select.targeted import LESS
 from dsel_assets.core.select.targeted import representations as method_representations
 from dsel_assets.core.stats import MIN_GROUPS
-from dsel_assets.evaluation import BASE, eval_asset_name, load_eval_set
+from dsel_assets.evaluation import BASE, EvalRunConfig, eval_asset_name, load_eval_set
 from dsel_assets.finetune import finetuned_asset_name
 from dsel_assets.gradients import WarmupRunConfig
 from dsel_assets.representation_registry import WARMUP
@@ -110,6 +109,8 @@ class ComparePlan:
     asset_config: dict[str, dict] = field(default_factory=dict)
     selection_seed_count: int = 3
     confirmed: bool = False
+    #: the eval sample's version, frozen by ``check_plan``: every eval and the report use that sample
+    eval_version: str = ""
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -317,13 +318,7 @@ class ComparePlan:
             "max_length": self.max_length,
             "seeds": list(range(self.seeds)),
         }
-        evaluate = {
-            "tasks": self.targets,
-            "max_per_task": self.eval_per_task,
-            "max_new_tokens": self.max_new_tokens,
-            "max_length": self.eval_max_length,
-            "generate": self.metric != "loss",
-        }
+        evaluate = {**self.eval_settings(), "eval_version": self.eval_version}
         for entry in self.methods:
             key = entry_key(entry)
             ops[selection_asset_name(key)] = {"config": self.selection_config(entry, warmup_seed)}
@@ -331,7 +326,8 @@ class ComparePlan:
             ops[eval_asset_name(key)] = {"config": evaluate}
         if self.include_base:
             ops[eval_asset_name(BASE)] = {"config": evaluate}
-        ops["comparison_report"] = {"config": {"tasks": self.targets, "methods": self.selection_keys()}}
+        report = {"tasks": self.targets, "methods": self.selection_keys(), "eval_version": self.eval_version}
+        ops["comparison_report"] = {"config": report}
         for asset, values in self.asset_config.items():  # e.g. warmup_checkpoint.epochs=1
             ops.setdefault(asset, {"config": {}})["config"].update(values)
         warmups = self.warmup_seeds()
@@ -339,6 +335,16 @@ class ComparePlan:
             seed = warmups[0] if warmup_seed is None else warmup_seed
             ops.setdefault(WARMUP, {"config": {}})["config"]["seed"] = seed
         return {"ops": ops}
+
+    def eval_settings(self) -> dict:
+        """The eval assets' config (without the frozen version)."""
+        return {
+            "tasks": self.targets,
+            "max_per_task": self.eval_per_task,
+            "max_new_tokens": self.max_new_tokens,
+            "max_length": self.eval_max_length,
+            "generate": self.metric != "loss",
+        }
 
     def models_per_method(self, method: str) -> int:
         """Models an entry trains: budgets x selections x training seeds."""
@@ -401,10 +407,22 @@ def check_plan(plan: ComparePlan, conn, warn: Callable[[str], None] | None = Non
     return problems
 
 
+def _eval_sample(plan: ComparePlan, conn):
+    """The eval sample every eval asset of the plan computes: (examples, version, left out)."""
+    settings = {k: v for k, v in plan.eval_settings().items() if k != "tasks"}
+    return load_eval_set(conn, plan.targets, EvalRunConfig(**settings).to_core())
+
+
+def freeze_eval_set(plan: ComparePlan, conn) -> ComparePlan:
+    """The plan with its eval sample's version: every eval and the report use that sample, and
+    an eval set that changes during the comparison is refused rather than silently intersected."""
+    return dataclasses.replace(plan, eval_version=_eval_sample(plan, conn)[1])
+
+
 def _eval_rows_problems(plan: ComparePlan, conn, warn: Callable[[str], None] | None) -> list[str]:
     """Eval rows left per target after decontamination (a prompt also in the pool or a query
     set is left out): none is a problem, fewer groups than a verdict needs a warning."""
-    sample, _, contaminated = load_eval_set(conn, plan.targets, EvalConfig(max_per_task=plan.eval_per_task))
+    sample, _, contaminated = _eval_sample(plan, conn)
     problems = []
     for target in plan.targets:
         rows = [e for e in sample if e.task == target]

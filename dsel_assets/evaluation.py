@@ -41,6 +41,9 @@ class EvalRunConfig(dg.Config):
     max_batch_tokens: int = Field(default=0, description="Cap on padded tokens per loss forward (0 = none)")
     generate: bool = Field(default=True, description="Generate and grade checkable answers")
     seed: int = Field(default=0, description="Eval sample seed")
+    eval_version: str = Field(
+        default="", description="The eval sample version a comparison froze; another one is refused ('' = current)"
+    )
 
     def to_core(self) -> EvalConfig:
         return EvalConfig(
@@ -97,6 +100,11 @@ def evaluate_models(
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
         sample, eval_version, contaminated = load_eval_set(conn, list(config.tasks), core)
+        if config.eval_version and eval_version != config.eval_version:
+            raise RuntimeError(
+                f"eval: the eval set changed during the comparison (version {config.eval_version} -> {eval_version}: "
+                "eval rows added, or pool rows sharing their prompts); run dsel compare again to compare on it"
+            )
         if method == BASE:
             models = [(f"base-{identity['model_hash']}", "0", None, 0, 0, 0)]
         else:

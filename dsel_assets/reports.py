@@ -147,16 +147,19 @@ class ComparisonConfig(dg.Config):
     methods: list[str] = Field(default=[], description="Methods; empty = every method with eval rows (+ base)")
     n_boot: int = Field(default=2000, description="Bootstrap replicates of every CI and p-value")
     seed: int = Field(default=0, description="Bootstrap seed")
+    eval_version: str = Field(default="", description="Only evaluations of this eval sample ('' = any)")
 
 
-def comparison_rows(conn, tasks: list[str], methods: list[str], model_hash: str | None) -> pl.DataFrame:
+def comparison_rows(
+    conn, tasks: list[str], methods: list[str], model_hash: str | None, eval_version: str | None = None
+) -> pl.DataFrame:
     """One row per (current model, eval example): the models of ``finetuned_models`` fine-tuned
     from base model ``model_hash`` (None: from any, for a home that only ever had one) and that
     untouched base model, with their selection and training seeds, selection size, and the eval
     example's group: the hash of its prompt, so the reference answers of one source item (the three
     summaries of one DialogSum dialogue) resample together."""
     tables.ensure_schema(conn)
-    rows = queries.eval_rows_with_models(conn, BASE, model_hash)
+    rows = queries.eval_rows_with_models(conn, BASE, model_hash, eval_version)
     if tasks:
         rows = rows.filter(pl.col("task").is_in(tasks))
     if methods:
@@ -214,7 +217,9 @@ def comparison_report(
     identity = target_model.identity()
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
-        rows = comparison_rows(conn, list(config.tasks), list(config.methods), identity["model_hash"])
+        rows = comparison_rows(
+            conn, list(config.tasks), list(config.methods), identity["model_hash"], config.eval_version or None
+        )
         mix = _task_mix(conn)
         randomness = randomness_by_key(rows["method"].unique().to_list(), conn)
     if rows.height == 0:

@@ -18,8 +18,9 @@ from polars import from_arrow as frame_of
 
 from dsel_assets.checks import pool_ids_by_version, selection_problems
 from dsel_assets.cli import main
-from dsel_assets.compare import ComparePlan, Progress, check_plan, entry_key, parse_entry
+from dsel_assets.compare import ComparePlan, Progress, check_plan, entry_key, freeze_eval_set, parse_entry
 from dsel_assets.core.data.synthetic import generate
+from dsel_assets.evaluation import EvalRunConfig, load_eval_set
 from dsel_assets.selections import selection_assets
 from dsel_assets.store.queries import frame
 
@@ -143,7 +144,19 @@ def test_warns_when_a_target_has_fewer_eval_groups_than_a_verdict_needs(home, tm
     plan = ComparePlan(methods=["random"], budgets=["10%"], targets=["arithmetic"], eval_per_task=4)
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
         assert check_plan(plan, conn, warn=warnings.append) == []
+        plan = freeze_eval_set(plan, conn)
+        sample, version, _ = load_eval_set(
+            conn, ["arithmetic"], EvalRunConfig(max_per_task=4, generate=False).to_core()
+        )
     assert warnings == ["[compare] target 'arithmetic': 4 eval groups, fewer than the 20 a verdict needs"]
+    # the plan froze the sample every eval asset will compute from the same config
+    assert len(sample) == 4 and plan.eval_version == version
+    config = plan.run_config()["ops"]
+    assert (
+        config["eval_random"]["config"]["eval_version"]
+        == version
+        == config["comparison_report"]["config"]["eval_version"]
+    )
 
 
 def test_plan_aims_single_task_methods_at_the_first_target():

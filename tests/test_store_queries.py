@@ -154,6 +154,15 @@ def test_models_and_their_evaluations(conn):
     rows = queries.eval_rows_with_models(conn, "base", "h1")
     assert sorted(rows["method"].to_list()) == ["base", "less"]
     assert queries.eval_rows_with_models(conn, "base", None).height == 4
+    # two eval samples (the eval set grew): a comparison reads the sample it froze
+    for eval_key, version, pool_id in (("k1", "v1", "x1"), ("k2", "v2", "x2")):
+        sql.run("INSERT INTO eval_scores (eval_key, model_key, eval_version) VALUES (?, 'm1', ?)", [eval_key, version])
+        sql.run(
+            "INSERT INTO eval_examples (eval_key, model_key, method, budget, pool_id, task, loss) "
+            "VALUES (?, 'm1', 'less', '5pct', ?, 'math', 1.0)",
+            [eval_key, pool_id],
+        )
+    assert queries.eval_rows_with_models(conn, "base", "h1", "v2")["pool_id"].to_list() == ["x2"]
 
 
 def test_batches_composition_and_pool_versions(conn):

@@ -503,11 +503,12 @@ def selected_examples(conn) -> pl.DataFrame:
     )
 
 
-def eval_rows_with_models(conn, base: str, model_hash: str | None) -> pl.DataFrame:
+def eval_rows_with_models(conn, base: str, model_hash: str | None, eval_version: str | None = None) -> pl.DataFrame:
     """One row per (stored model, eval example): method, budget, selection size (the stored k, else
     the model's training examples), selection and training seeds, task, pool_id, loss, score,
     metric - for every model in ``finetuned_models`` and for the untouched ``base`` model, of base
-    model ``model_hash`` only (None: of every base model), so two models' rows never meet."""
+    model ``model_hash`` only (None: of every base model), so two models' rows never meet, and of
+    evaluations of eval sample ``eval_version`` only (None: of any)."""
     return frame(
         conn,
         """SELECT e.method, e.budget,
@@ -516,7 +517,9 @@ def eval_rows_with_models(conn, base: str, model_hash: str | None) -> pl.DataFra
                   coalesce(f.selection_seed, 0) AS selection_seed, coalesce(f.seed, 0) AS seed,
                   e.task, e.pool_id, e.loss, e.score, e.metric
            FROM eval_examples e LEFT JOIN finetuned_models f ON f.model_key = e.model_key
-           WHERE (f.model_key IS NOT NULL AND (CAST(? AS TEXT) IS NULL OR f.base_model_hash = ?))
-              OR (e.method = ? AND (CAST(? AS TEXT) IS NULL OR e.model_key = ?))""",
-        [model_hash, model_hash, base, model_hash, f"{base}-{model_hash}"],
+           WHERE ((f.model_key IS NOT NULL AND (CAST(? AS TEXT) IS NULL OR f.base_model_hash = ?))
+                  OR (e.method = ? AND (CAST(? AS TEXT) IS NULL OR e.model_key = ?)))
+             AND (CAST(? AS TEXT) IS NULL
+                  OR e.eval_key IN (SELECT eval_key FROM eval_scores WHERE eval_version = ?))""",
+        [model_hash, model_hash, base, model_hash, f"{base}-{model_hash}", eval_version, eval_version],
     )
