@@ -172,6 +172,8 @@ def print_comparison(home: DselHome) -> int:
         for r in table.iter_rows(named=True)
     ]
     header = ["method", "budget", "n", "task", "measure", "models", "selection variance", "eval rows (groups)"]
+    if "model" in columns and table.height:
+        print(f"model: {table['model'][0]}; eval sample {table['eval_version'][0]}")
     print("summary (loss):")
     for line in summary_lines(table):
         print(f"  {line}")

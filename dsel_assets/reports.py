@@ -232,7 +232,12 @@ def comparison_report(
         seed=config.seed,
         randomness=randomness,
         also_against={TASK_MATCHED: targeted_keys(randomness)},
-    ).with_columns(pl.col("task").is_in(list(config.tasks)).alias("target"))
+    ).with_columns(
+        pl.col("task").is_in(list(config.tasks)).alias("target"),
+        # what the numbers are of: the model (and its weights) and the eval sample
+        pl.lit(f"{identity['model']} (weights {identity['model_hash']})").alias("model"),
+        pl.lit(config.eval_version or "any").alias("eval_version"),
+    )
     with store.get_connection() as conn:
         tables.replace_table(conn, "comparison_report", table)
     reports = home.paths.artifacts.uri("reports")

@@ -104,6 +104,7 @@ def test_compare_change_settings_builds_the_new_features_and_hostile_labels_pass
     assert main([*compare, "--change-settings", "--grad-dim", "64"]) == 0
     out = capsys.readouterr().out
     assert "changing grad_dim" in out and code in out
+    assert "model: tiny (weights " in out  # the report says what its numbers are of
     with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
         less = [
             json.loads(r[0])
