@@ -241,7 +241,10 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
     less has one selection of unsampled (warmup) randomness: random's selection spread stands in
     for it. By hand: delta = -0.5 - 0.02 = -0.52, SE = sqrt(0.0004 * (1 + 1/3)) on 2 degrees of
     freedom; dates: delta -0.02, no detectable difference."""
+    from dsel_assets.core.models.loading import model_hash, resolve
+
     models, examples = [], []
+    base = model_hash(resolve("tiny"))  # the resources' target model: the report reads its fine-tunes only
     for method, selection_seeds in (("random", (0, 1, 2)), ("less", (0,))):
         for selection_seed in selection_seeds:
             for seed in (0, 1):
@@ -253,6 +256,7 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
                         "budget": "5pct",
                         "selection_seed": selection_seed,
                         "seed": seed,
+                        "base_model_hash": base,
                     }
                 )
                 offset = 0.01 * seed + (0.02 * selection_seed if method == "random" else 0.0)
