@@ -94,7 +94,9 @@ def _register(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from dsel_assets import output
+
+    output.progress(message, sys.stderr)
 
 
 def _print_ingest_summary(home: DselHome, batches: list[str]) -> None:
@@ -135,9 +137,10 @@ def comparison_run_config(in_job: set[str], epochs: int, eval_per_task: int) -> 
     return config | {name: {"config": evaluate} for name in in_job if name.startswith("eval_")}
 
 
-def print_comparison(home: DselHome) -> int:
-    """Print the comparison report: the summary lines, then per method, budget and task the mean
-    with its 95% CI, the difference to random with its CI, raw and Holm p-values, and the verdict."""
+def print_comparison(home: DselHome, full: bool = True) -> int:
+    """Print the comparison report: the summary lines, then (``full``) per method, budget and task
+    the mean with its 95% CI, the difference to random with its CI, raw and Holm p-values, and the
+    verdict."""
     from dsel_assets.core.stats import format_verdict_cell
     from dsel_assets.report_html import summary_lines
     from dsel_assets.store import queries, schema, tables
@@ -177,6 +180,9 @@ def print_comparison(home: DselHome) -> int:
     print("summary (loss):")
     for line in summary_lines(table):
         print(f"  {line}")
+    if not full:
+        print(f"full table ({len(rows)} rows): dsel report")
+        return 0
     print(
         "\nmean [95% CI]: hierarchical bootstrap (selections, training seeds, eval groups); difference to the "
         "baseline in 'vs': [95% t interval], p and Holm-adjusted p (verdicts use the Holm p; docs/STATISTICS.md)"
@@ -200,6 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Generate the synthetic default, ingest it, embed, select, report."""
     import dagster as dg
 
+    from dsel_assets import output
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.runs import run_batches, stage_of
     from dsel_assets.store import queries, tables
@@ -231,13 +238,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         report = queries.report(conn, "selection_report")
-    print()
-    print(format_table(report.columns, report.rows()), flush=True)
-    print(f"\n[dsel] selections done in {time.perf_counter() - started:.0f}s; fine-tuning and evaluating ...")
+    full = output.verbosity() >= output.VERBOSE  # a newcomer's run fits a screen; -v prints every table
+    if full:
+        print("\n" + format_table(report.columns, report.rows()), flush=True)
+    else:
+        where = home.artifacts.uri("reports/selection_report.md")
+        print(f"[dsel] {report.height} selections ({report['method'].n_unique()} methods x budgets): {where}")
+    output.progress(f"[dsel] selections done in {time.perf_counter() - started:.0f}s; fine-tuning and evaluating ...")
     if run_batches(defs, [batches["pool"]], "default_job", run_config, sorted(loop, key=str), steps):
         return 1
     print()
-    print_comparison(home)
+    print_comparison(home, full=full)
     total = time.perf_counter() - started
     stages: dict[str, float] = {}
     for step, seconds in steps.items():
@@ -245,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages["other (setup, data, scheduling)"] = total - sum(stages.values())
     print("\n" + format_table(["stage", "seconds"], [(k, f"{v:.0f}") for k, v in stages.items()]))
     print(f"\n[dsel] default job done in {total:.0f}s; state in {home.root}")
-    print("[dsel] browse it: dsel ui   (Dagster UI with every materialization and its metadata)")
+    output.progress("[dsel] browse it: dsel ui   (Dagster UI with every materialization and its metadata)")
     return 0
 
 
@@ -655,13 +666,33 @@ def parser() -> argparse.ArgumentParser:
     from dsel_assets.representation_registry import score_kinds
 
     p = argparse.ArgumentParser(prog="dsel", description=__doc__)
-    p.add_argument("--home", help=HOME_HELP)
+
+    def global_options(parsed: argparse.ArgumentParser, default) -> None:
+        """``--home``, ``-v`` and ``-q``: before the subcommand or after it (the latter wins)."""
+        parsed.add_argument("--home", default=default if default is argparse.SUPPRESS else None, help=HOME_HELP)
+        verbosity = parsed.add_mutually_exclusive_group()
+        verbosity.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=default if default is argparse.SUPPRESS else False,
+            help="show Dagster's and the libraries' logs and warnings live (default: in <home>/logs/dsel.log)",
+        )
+        verbosity.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            default=default if default is argparse.SUPPRESS else False,
+            help="results and errors only (progress lines go to the log file too)",
+        )
+
+    global_options(p, None)
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
-        """A subcommand that also takes ``--home`` after its name (``dsel status --home X``)."""
+        """A subcommand that also takes the global options after its name (``dsel status --home X -v``)."""
         parsed = sub.add_parser(name, **kwargs)
-        parsed.add_argument("--home", default=argparse.SUPPRESS, help=HOME_HELP)
+        global_options(parsed, argparse.SUPPRESS)
         return parsed
 
     run = command("run", help="run the default job on the embedded synthetic pool")
@@ -860,7 +891,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "ui":
         cli.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    from dsel_assets import output
     from dsel_assets.liveness import reap_for_cli
+
+    if args.verbose and args.quiet:
+        cli.error("-v and -q cannot be combined")
+    root = Path(args.home).expanduser().resolve() if args.home else DselHome.from_env().root
+    output.configure(root / "logs" / "dsel.log", VERBOSITY[(args.verbose, args.quiet)])
 
     try:
         reap_for_cli(args.home)  # runs a killed dsel left STARTED: mark failed, free their pool slots
@@ -878,6 +915,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dsel: error: {_describe(exc)}{_full_disk_hint()} (DSEL_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
+    finally:
+        output.restore()
+
+
+#: (-v, -q) -> how much a command prints (dsel_assets.output)
+VERBOSITY = {(True, False): 2, (False, False): 1, (False, True): 0}
 
 
 #: Free bytes below which a failure is blamed on the state home's disk (libraries report a full

@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterable
 
 import dagster as dg
 
+from dsel_assets import output
 from dsel_assets.liveness import process_tags, wait_for_slots, watch_slots
 from dsel_assets.pool import pool_batches
 from dsel_assets.staleness import must_run, stale_resolver
 
 #: The pool: it always runs (cheap; it reconciles the batches), and what follows reads its data version after.
 POOL_KEY = dg.AssetKey("pool")
-#: Console logging at INFO for CLI runs (Dagster's DEBUG event stream stays in the event log).
-QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def materialize_closure(
@@ -146,7 +145,7 @@ def materialize_only(
 
 def _execute(defs, instance, job_name: str, keys: list[dg.AssetKey], ops: dict, log, batch: str | None = None) -> None:
     names = {k.to_user_string() for k in keys}
-    config = {**QUIET, "ops": {name: value for name, value in ops.items() if name in names}}
+    config = {**_console(), "ops": {name: value for name, value in ops.items() if name in names}}
     where = f" for batch {batch}" if batch else ""
     log(f"[dsel] materializing {', '.join(sorted(names))}{where} ...")
     result = execute(
@@ -174,13 +173,13 @@ def run_batches(
     job = defs.resolve_job_def(job_name)
     failed = []
     for batch in batches:
-        print(f"[dsel] {job_name} for batch {batch} ...", flush=True)
+        output.progress(f"[dsel] {job_name} for batch {batch} ...")
         result = execute(
             job,
             instance,
             _stdout,
             partition_key=batch,
-            run_config={**QUIET, **(run_config or {})},
+            run_config={**_console(), **(run_config or {})},
             asset_selection=asset_selection,
         )
         if step_seconds is not None:
@@ -249,9 +248,16 @@ def execute(
             tags=process_tags(),
             raise_on_error=False,
         )
+    output.record_run(instance, result.run_id)
     if _interrupted(result):
         raise KeyboardInterrupt
     return result
+
+
+def _console() -> dict:
+    """Dagster's console logger for CLI runs at the command's verbosity (its DEBUG event stream
+    stays in the event log; the INFO lines not shown go to the log file, see dsel_assets.output)."""
+    return {"loggers": {"console": {"config": {"log_level": output.console_log_level()}}}}
 
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
@@ -263,7 +269,7 @@ def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
 
 
 def _stdout(line: str) -> None:
-    print(line, flush=True)
+    output.progress(line)
 
 
 class RunFailed(RuntimeError):

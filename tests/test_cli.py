@@ -103,3 +103,28 @@ def test_debug_shows_the_traceback_of_a_value_error_too(home, capsys, monkeypatc
     monkeypatch.setenv("DSEL_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
         main(["ingest", "/no/such/file.jsonl"])
+
+
+def test_verbosity_options_go_before_or_after_the_subcommand(home, tmp_path, capsys, monkeypatch):
+    from dsel_assets.cli import parser
+
+    assert parser().parse_args(["-v", "status"]).verbose and parser().parse_args(["status", "-q"]).quiet
+    args = parser().parse_args(["status", "--home", "h", "--verbose"])
+    assert (args.home, args.verbose, args.quiet) == ("h", True, False)
+    with pytest.raises(SystemExit):
+        main(["-v", "status", "-q"])
+    assert "-v and -q cannot be combined" in capsys.readouterr().err
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    path = write_jsonl(tmp_path / "qa.jsonl", [json.dumps({"question": "1+1?", "answer": "2"})])
+    assert main(["ingest", str(path), "--model", "tiny"]) == 0
+    out = capsys.readouterr()
+    log = home.root / "logs" / "dsel.log"
+    # by default Dagster's INFO lines go to the log file, whose path is printed once
+    assert "validating" not in out.err and f"[dsel] details: {log}" in out.err
+    assert "pool_batch: validating" in log.read_text()
+    assert main(["-q", "ingest", str(path), "--force"]) == 0
+    quiet = capsys.readouterr()
+    assert "[dsel]" not in quiet.out + quiet.err and "accepted" in quiet.out  # the result table only
+    assert main(["ingest", str(path), "--force", "-v"]) == 0
+    assert "validating" in capsys.readouterr().err  # live again
