@@ -277,7 +277,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from dsel_assets.core.data.catalog import expand_paths, labels_for
 
     _check_reading_options(args)
-    files = expand_paths([Path(p) for p in args.paths])
+    files = expand_paths(args.paths)
     if not files:
         print("[dsel] no data files found", file=sys.stderr)
         return 2
@@ -731,7 +731,7 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source", help="source name (default: known file name, else file stem)")
     ingest.add_argument("--task", help="task label; 'auto' reads each record's 'task' field")
     ingest.add_argument("--split", choices=["pool", "query", "eval"], help="default: pool (eval for known eval files)")
-    ingest.add_argument("--format", choices=["json", "jsonl", "parquet"], help="default: detected")
+    ingest.add_argument("--format", choices=["json", "jsonl", "parquet", "arrow"], help="default: detected")
     ingest.add_argument(
         "--layout",
         help="record layout (default: detected): messages, conversations, "

@@ -27,7 +27,9 @@ import ijson
 
 from .schema import ROLES, Reason, RecordError
 
-FORMATS = ("json", "jsonl", "parquet")
+FORMATS = ("json", "jsonl", "parquet", "arrow")
+#: The first bytes of an Arrow IPC file in the random-access format (the stream format has none).
+ARROW_FILE_MAGIC = b"ARROW1"
 
 #: Default caps, checked before anything is decoded or tokenized (a 50 MB line once took 95 s
 #: and 9 GB to reject). A record over the first or a file over the second is quarantined.
@@ -121,6 +123,8 @@ def detect_format(path: Path, head: bytes) -> str:
         return "json"
     if suffix in (".parquet", ".pq"):
         return "parquet"
+    if suffix == ".arrow" or head.startswith(ARROW_FILE_MAGIC):
+        return "arrow"
     if head.startswith(b"PAR1"):
         return "parquet"
     return "json" if head.removeprefix(BOM).lstrip()[:1] == b"[" else "jsonl"
@@ -151,6 +155,8 @@ def read_items(
             yield _whole_file(f, size, 0, Reason.FILE_TOO_LARGE, f"{size} bytes > max_file_bytes {max_file_bytes}")
         elif fmt == "parquet":
             yield from _read_parquet(f, size, max_record_bytes)
+        elif fmt == "arrow":
+            yield from _read_arrow(f, size, max_record_bytes)
         else:
             if f.read(len(BOM)) != BOM:
                 f.seek(0)
@@ -476,12 +482,35 @@ def _broken_stream_item(position: int, unparsed: _Unparsed, exc: Exception) -> R
 
 
 def _read_parquet(f: BinaryIO, size: int, max_record_bytes: int) -> Iterator[RawItem]:
-    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    yield from _read_batches(lambda: pq.ParquetFile(f).iter_batches(), f, size, max_record_bytes, "Parquet")
+
+
+def _read_arrow(f: BinaryIO, size: int, max_record_bytes: int) -> Iterator[RawItem]:
+    """An Arrow IPC file: the stream format Hugging Face ``datasets`` writes (``save_to_disk``
+    folders, the hub cache), or the random-access file format; one record batch at a time."""
+    import pyarrow as pa
+
+    def batches():
+        if f.read(len(ARROW_FILE_MAGIC)) == ARROW_FILE_MAGIC:
+            f.seek(0)
+            reader = pa.ipc.open_file(f)
+            return (reader.get_batch(i) for i in range(reader.num_record_batches))
+        f.seek(0)
+        return iter(pa.ipc.open_stream(f))
+
+    yield from _read_batches(batches, f, size, max_record_bytes, "Arrow IPC")
+
+
+def _read_batches(batches, f: BinaryIO, size: int, max_record_bytes: int, kind: str) -> Iterator[RawItem]:
+    """Each row of the record batches ``batches()`` yields, as a JSON record; a file that stops
+    reading gives one item saying after which row."""
+    import pyarrow as pa
 
     index = 0
     try:
-        for batch in pq.ParquetFile(f).iter_batches():
+        for batch in batches():
             for value in batch.to_pylist():
                 raw = json.dumps(value, ensure_ascii=False, default=str)
                 raw_size = len(raw.encode("utf-8"))
@@ -491,7 +520,7 @@ def _read_parquet(f: BinaryIO, size: int, max_record_bytes: int) -> Iterator[Raw
                     yield _decoded(index, raw, value)
                 index += 1
     except (pa.ArrowException, OSError) as exc:
-        detail = f"not a Parquet file: {exc}" if index == 0 else f"Parquet read fails after row {index}: {exc}"
+        detail = f"not a {kind} file: {exc}" if index == 0 else f"{kind} read fails after row {index}: {exc}"
         yield _whole_file(f, size, index, Reason.UNREADABLE_FILE, detail)
 
 
