@@ -662,6 +662,9 @@ def score_kinds_help() -> str:
 HOME_HELP = "state directory (default: $DSEL_HOME or ./.dsel)"
 
 
+DEVICE_HELP = "auto (default: CUDA when present, else CPU) | cpu | cuda | cuda:N (the N-th GPU)"
+
+
 def parser() -> argparse.ArgumentParser:
     from dsel_assets.representation_registry import score_kinds
 
@@ -697,7 +700,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = command("run", help="run the default job on the embedded synthetic pool")
     run.add_argument("--model", default=None, help=MODEL_HELP)
-    run.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    run.add_argument("--device", default=None, help=DEVICE_HELP)
     run.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     run.add_argument("--per-capability", type=positive_int, default=100, help="pool examples per capability")
     run.add_argument(
@@ -751,7 +754,7 @@ def parser() -> argparse.ArgumentParser:
         "--grad-dim", type=positive_int, default=None, help="feature dimension d (default $DSEL_GRAD_DIM or 8192)"
     )
     grads.add_argument("--model", default=None, help=MODEL_HELP)
-    grads.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    grads.add_argument("--device", default=None, help=DEVICE_HELP)
     grads.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     grads.set_defaults(func=cmd_grads)
 
@@ -761,7 +764,7 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--target", help="target task of a targeted method")
     select.add_argument("--param", action="append", help="method parameter key=value (repeatable)")
     select.add_argument("--model", default=None, help=MODEL_HELP)
-    select.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    select.add_argument("--device", default=None, help=DEVICE_HELP)
     select.add_argument("--grad-dim", type=positive_int, default=None, help="gradient feature dimension d")
     select.add_argument("--proxy-model", default=None, help=PROXY_HELP)
     select.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
@@ -817,7 +820,7 @@ def parser() -> argparse.ArgumentParser:
         "--config", action="append", help="asset config ASSET.KEY=VALUE, e.g. warmup_checkpoint.epochs=1"
     )
     compare.add_argument("--model", default=None, help=MODEL_HELP)
-    compare.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    compare.add_argument("--device", default=None, help=DEVICE_HELP)
     compare.add_argument("--grad-dim", type=positive_int, default=None, help="gradient feature dimension d")
     compare.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     compare.add_argument("--yes", action="store_true", help="start even when the plan trains more than 1,000 models")
@@ -829,7 +832,7 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--pooling", choices=["mean", "position_weighted", "last_token"], help="model embeddings")
     score.add_argument("--model", default=None, help=MODEL_HELP)
     score.add_argument("--proxy-model", default=None, help=PROXY_HELP)
-    score.add_argument("--device", default=None, help="auto (default) | cpu | cuda")
+    score.add_argument("--device", default=None, help=DEVICE_HELP)
     score.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     score.set_defaults(func=cmd_score)
 
