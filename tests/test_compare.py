@@ -110,31 +110,28 @@ def test_refuses_bad_settings_by_name(home, tmp_path, capsys):
         ComparePlan(methods=["random"], budgets=["5%"], targets=["math"], selection_seed_count=0)
 
 
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--budget", "nan%"], "budget: must be a positive count"),
-        (["--lr", "nan"], "lr: must be a finite number > 0, got nan"),
-        (["--lr", "-1"], "lr: must be a finite number > 0"),
-        (["--budget", "0.001"], "budget: 0.001 of 48 pool rows selects no example"),
-        (["--seeds", "1000000"], "plan: 2000000 fine-tunes"),
-        (
-            ["--methods", "random", "random_in_task", "--param", "random_in_task.task=../../etc"],
-            "param: random_in_task.task='../../etc' is not a task of the pool or query rows",
-        ),
-        (["--config", "nosuchasset.x=1"], "config: 'nosuchasset' is not an asset that takes config"),
-        (
-            ["--config", "warmup_checkpoint.epochz=1"],
-            "config: warmup_checkpoint: unknown key 'epochz' (value 1); valid",
-        ),
-    ],
-)
-def test_refuses_bad_values_before_any_work(home, tmp_path, capsys, extra, message):
-    """Each of these was accepted up front and failed inside a step, or started, or was ignored."""
+#: Each was accepted up front and then failed inside a step, or started days of work, or was ignored.
+BAD_VALUES = [
+    (["--budget", "nan%"], "budget: must be a positive count"),
+    (["--lr", "nan"], "lr: must be a finite number > 0, got nan"),
+    (["--lr", "-1"], "lr: must be a finite number > 0"),
+    (["--budget", "0.001"], "budget: 0.001 of 48 pool rows selects no example"),
+    (["--seeds", "1000000"], "plan: 2000000 fine-tunes"),
+    (
+        ["--methods", "random", "random_in_task", "--param", "random_in_task.task=../../etc"],
+        "param: random_in_task.task='../../etc' is not a task of the pool or query rows",
+    ),
+    (["--config", "nosuchasset.x=1"], "config: 'nosuchasset' is not an asset that takes config"),
+    (["--config", "warmup_checkpoint.epochz=1"], "config: warmup_checkpoint: unknown key 'epochz' (value 1); valid"),
+]
+
+
+def test_refuses_bad_values_before_any_work(home, tmp_path, capsys):
     _ingest(tmp_path)
-    capsys.readouterr()
-    assert main([*[a for a in COMPARE if a != "less"], *extra]) == 2
-    assert message in capsys.readouterr().err
+    for extra, message in BAD_VALUES:
+        capsys.readouterr()
+        assert main([*[a for a in COMPARE if a != "less"], *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
     assert not (home.root / "models").exists()  # nothing was trained
 
 
