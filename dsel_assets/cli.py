@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -905,10 +906,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reap_for_cli(args.home)  # runs a killed dsel left STARTED: mark failed, free their pool slots
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:  # the user's input: name the field
-        if os.environ.get("DSEL_DEBUG") == "1":  # or an internal bug wearing the same type: show where
+    except (ValueError, KeyError, FileNotFoundError) as exc:  # the user's input, if it names the field
+        if os.environ.get("DSEL_DEBUG") == "1":
             raise
-        print(f"dsel: error: {exc}", file=sys.stderr)
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        if not USER_ERROR.match(message):  # a bug wearing the same type: say so
+            print(
+                f"dsel: internal error: {type(exc).__name__}: {message} (a bug: please report it; "
+                "DSEL_DEBUG=1 shows the traceback)",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"dsel: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dsel: interrupted", file=sys.stderr)
@@ -922,6 +931,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         output.restore()
 
 
+#: A user error names what it is about first (``budget: ...``, ``config: warmup_checkpoint: ...``):
+#: the convention of every message dsel raises for bad input; any other ValueError / KeyError /
+#: FileNotFoundError is an internal error and is reported as one.
+USER_ERROR = re.compile(r"[\w@.\-\[\]' ]{1,80}: ")
 #: (-v, -q) -> how much a command prints (dsel_assets.output)
 VERBOSITY = {(True, False): 2, (False, False): 1, (False, True): 0}
 

@@ -128,3 +128,18 @@ def test_verbosity_options_go_before_or_after_the_subcommand(home, tmp_path, cap
     assert "[dsel]" not in quiet.out + quiet.err and "accepted" in quiet.out  # the result table only
     assert main(["ingest", str(path), "--force", "-v"]) == 0
     assert "validating" in capsys.readouterr().err  # live again
+
+
+def test_internal_errors_say_so_and_user_errors_name_the_field(home, capsys, monkeypatch):
+    import dsel_assets.cli as cli
+
+    def broken(args):
+        return {}["model_hash"]  # a bug, not the user's input
+
+    monkeypatch.setattr(cli, "cmd_status", broken)
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert "dsel: internal error: KeyError: model_hash (a bug: please report it" in err
+    assert main(["ingest", "/no/such/file.jsonl"]) == 2  # the user's: names the field, no "internal"
+    err = capsys.readouterr().err
+    assert err.startswith("dsel: error: path: ") and "internal" not in err
