@@ -410,7 +410,7 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     per_warmup = frame_of(features.to_table(columns=["warmup", "pool_id"])).group_by("warmup").len()
     assert dict(per_warmup.rows()) == {w["key"]: n_pool for w in warmups.values()}  # both kept, 1 checkpoint
 
-    second = _dsel(home, *END_TO_END)
+    second = _dsel(home, *END_TO_END, "-v")  # -v: Dagster's INFO lines (what was reused) live
     out = second.communicate(timeout=900)[0]
     assert second.returncode == 0, out[-3000:]
     # what the selection replicates sample, and what the warmup seeds cost
