@@ -206,7 +206,7 @@ def test_two_concurrent_ingests_on_a_fresh_home_both_land(tmp_path):
     files = [write_jsonl(tmp_path / f"part{i}.jsonl", qa(5, offset=10 * i)) for i in range(2)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "dsel_assets.cli", "ingest", str(f)],
+            [sys.executable, "-m", "dsel_assets.cli", "-v", "ingest", str(f)],  # -v: library errors live
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,
