@@ -278,7 +278,8 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
     # no state on any step's local disk: no database file, dataset, model, raw copy or report
     for step in (tmp_path / "cluster").glob("step-*"):
         home = step / "home"
-        settings = ("settings.json", "settings.json.lock")
+        # the pinned settings, and the command's own log (Dagster's INFO lines): not state
+        settings = ("settings.json", "settings.json.lock", "dsel.log")
         left = [p for p in home.rglob("*") if p.is_file() and p.name not in settings] if home.exists() else []
         assert left == [], f"{step.name} left state on local disk: {left}"
 
