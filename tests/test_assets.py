@@ -85,7 +85,8 @@ def test_pool_rows_repeating_an_earlier_eval_batch_are_quarantined(home, local_r
 def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
     from dsel_assets.cli import main
 
-    assert main(["run", "--model", "tiny", "--per-capability", "25", "--budgets", "10%", "20"]) == 0
+    # -v: the full selection table (a default run prints its summary only)
+    assert main(["run", "-v", "--model", "tiny", "--per-capability", "25", "--budgets", "10%", "20"]) == 0
     out = capsys.readouterr().out
     job_nodes = {node.name for node in build_definitions(home, model="tiny").resolve_job_def("default_job").graph.nodes}
     with_assets = [name for name, spec in methods().items() if available(spec) and f"selection_{name}" in job_nodes]
