@@ -671,32 +671,28 @@ def parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="dsel", description=__doc__)
 
-    def global_options(parsed: argparse.ArgumentParser, default) -> None:
-        """``--home``, ``-v`` and ``-q``: before the subcommand or after it (the latter wins)."""
-        parsed.add_argument("--home", default=default if default is argparse.SUPPRESS else None, help=HOME_HELP)
+    def global_options(parsed: argparse.ArgumentParser, after_command: bool) -> None:
+        """``--home``, ``-v`` and ``-q``: before the subcommand or after it (the latter wins, so
+        there they default to unset)."""
+        unset = argparse.SUPPRESS if after_command else None
+        parsed.add_argument("--home", default=unset, help=HOME_HELP)
         verbosity = parsed.add_mutually_exclusive_group()
-        verbosity.add_argument(
-            "-v",
-            "--verbose",
-            action="store_true",
-            default=default if default is argparse.SUPPRESS else False,
-            help="show Dagster's and the libraries' logs and warnings live (default: in <home>/logs/dsel.log)",
-        )
-        verbosity.add_argument(
-            "-q",
-            "--quiet",
-            action="store_true",
-            default=default if default is argparse.SUPPRESS else False,
-            help="results and errors only (progress lines go to the log file too)",
-        )
+        for flags, help_text in (
+            (
+                ("-v", "--verbose"),
+                "show Dagster's and the libraries' logs and warnings live (default: in <home>/logs/dsel.log)",
+            ),
+            (("-q", "--quiet"), "results and errors only (progress lines go to the log file too)"),
+        ):
+            verbosity.add_argument(*flags, action="store_true", default=unset or False, help=help_text)
 
-    global_options(p, None)
+    global_options(p, after_command=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
         """A subcommand that also takes the global options after its name (``dsel status --home X -v``)."""
         parsed = sub.add_parser(name, **kwargs)
-        global_options(parsed, argparse.SUPPRESS)
+        global_options(parsed, after_command=True)
         return parsed
 
     run = command("run", help="run the default job on the embedded synthetic pool")
