@@ -60,7 +60,6 @@ def _definitions(
         home,
         model=getattr(args, "model", None),
         device=getattr(args, "device", None),
-        progress=sys.stderr.isatty(),
         grad_dim=getattr(args, "grad_dim", None),
         pooling=getattr(args, "pooling", None),
         proxy_model=getattr(args, "proxy_model", None),
@@ -209,7 +208,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from dsel_assets import output
     from dsel_assets.core.data.synthetic import generate
-    from dsel_assets.runs import run_batches, stage_of
+    from dsel_assets.progress import stage_of
+    from dsel_assets.runs import run_batches
     from dsel_assets.store import queries, tables
 
     started = time.perf_counter()

@@ -20,6 +20,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.finetune import finetuned_assets, model_label
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
+from dsel_assets.progress import Meter
 from dsel_assets.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
 from resources.models import SelectionModel
@@ -118,7 +119,7 @@ def evaluate_models(
     params = {"method": method, **core.to_dict(), **identity, "eval_version": eval_version, "eval_n": len(sample)}
     inputs = [DatasetRef("eval_set", store.location, eval_version)]
     with tracker.run(context, params=params, inputs=inputs) as run:
-        started_all, scored = time.perf_counter(), 0
+        meter, scored = Meter(eval_asset_name(method), len(models), "models"), 0
         for position, (model_key, budget, path, train_size, selection_seed, seed) in enumerate(models):
             label = model_label(method, budget, selection_seed, seed)
             eval_key = hashlib.sha256(f"{model_key}/{eval_version}/{code_version}".encode()).hexdigest()[:16]
@@ -136,11 +137,10 @@ def evaluate_models(
                     base = model.unload()
                 seconds = time.perf_counter() - started
                 scored += 1
-                left = len(models) - position - 1
-                eta = (time.perf_counter() - started_all) / scored * left
+                tick = meter.update(scored, len(models) - (position + 1 - scored))  # reused evals are no work
                 context.log.info(
                     f"{label}: {len(rows)} eval examples in {seconds:.0f}s; "
-                    f"model {position + 1}/{len(models)} of {method}, ETA {eta / 60:.1f} min"
+                    f"model {position + 1}/{len(models)} of {method}, ETA {(tick.eta or 0.0) / 60:.1f} min"
                 )
                 per_task = summarize(rows)
                 child = run.child(

@@ -26,6 +26,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import MODELS
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
+from dsel_assets.progress import Meter
 from dsel_assets.selections import selection_asset_name, selection_keys
 from dsel_assets.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
@@ -133,7 +134,7 @@ def train_models(
     params = {"method": method, **shared, "seed": ",".join(map(str, seeds)), **identity}
     inputs = [DatasetRef(f"selection/{method}@{b}#{s}", store.location, pv) for (b, s), (_, pv) in sets.items()]
     plan = [(budget, selection_seed, seed) for budget, selection_seed in sets for seed in seeds]
-    started_all, trained = time.perf_counter(), 0
+    meter, trained = Meter(f"finetuned_{method}", len(plan), "models"), 0
     with tracker.run(context, params=params, inputs=inputs) as run:
         for done, (budget, selection_seed, seed) in enumerate(plan):
             core = config.to_core(seed)
@@ -169,11 +170,10 @@ def train_models(
                 trained += 1
             seconds = time.perf_counter() - started
             final_loss = manifest["curve"][-1]["loss"]
-            left = len(plan) - done - 1
-            eta = (time.perf_counter() - started_all) / trained * left if trained else 0.0
+            tick = meter.update(trained, len(plan) - (done + 1 - trained))  # reused models are no work
             context.log.info(
                 f"{label}: {'reused' if reused else f'trained in {seconds:.0f}s'}; "
-                f"model {done + 1}/{len(plan)} of {method}, ETA {eta / 60:.1f} min"
+                f"model {done + 1}/{len(plan)} of {method}, ETA {(tick.eta or 0.0) / 60:.1f} min"
             )
             child = run.child(
                 label,

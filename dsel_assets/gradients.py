@@ -14,7 +14,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from dsel_assets.core.influence import aggregate_less_scores, checkpoint_weights, influence_matrix
 from dsel_assets.core.models.features import FeatureConfig, gradient_features
@@ -24,6 +23,7 @@ from dsel_assets.core.models.warmup import WarmupConfig, load_checkpoint, read_m
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool, pool_batch, pool_batches
+from dsel_assets.progress import Meter
 from dsel_assets.representations import REPRESENTATIONS, vector_matrix, vector_table
 from dsel_assets.settings_versions import row_code_version
 from dsel_assets.similarity import matrix_table
@@ -128,7 +128,17 @@ def warmup_checkpoint(
         tracker.run(context, params=params, inputs=[DatasetRef("pool", store.location, version)]) as run,
         artifacts.writing(out_uri) as out_dir,
     ):
-        train_warmup(model, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+        meter = Meter("warmup_checkpoint", 0, "training steps")  # logged by the trainer's epoch lines
+        train_warmup(
+            model,
+            encoded,
+            core,
+            out_dir,
+            tokenizer.pad_token_id,
+            extra,
+            context.log.info,
+            on_step=meter.update,
+        )
         manifest = read_manifest(out_dir)
         for point in manifest["curve"]:
             run.log_metrics({"loss": point["loss"], "lr": point["lr"]}, step=point["step"])
@@ -183,20 +193,11 @@ def _record_warmup(
     )
 
 
-def _progress(
-    log: Callable[[str], None],
-    label: str,
-    started: float,
-    then: Callable[[int, int], None] | None = None,
-    bar=None,
-) -> Callable[[int, int], None]:
-    """A chunk callback logging examples/s and ETA (and moving a tqdm bar), then ``then``."""
+def _both(first: Callable[[int, int], object], then: Callable[[int, int], None] | None) -> Callable[[int, int], None]:
+    """A chunk callback calling ``first``, then ``then`` (when given)."""
 
     def report(done: int, total: int) -> None:
-        rate = done / max(time.perf_counter() - started, 1e-9)
-        log(f"{label}: {done}/{total} examples, {rate:.2f} examples/s, eta {(total - done) / rate:.0f}s")
-        if bar is not None:
-            bar.update(done - bar.n)
+        first(done, total)
         if then is not None:
             then(done, total)
 
@@ -229,7 +230,6 @@ def write_pool_features(
     config: FeatureConfig,
     log: Callable[[str], None] = print,
     on_chunk: Callable[[int, int], None] | None = None,
-    progress_bar: bool = False,
     keep: Collection[str] = (),
 ) -> dict:
     """Adam gradient features of ``items`` for every checkpoint, written chunk by chunk
@@ -247,9 +247,7 @@ def write_pool_features(
         if not todo:
             continue
         model, state = load_checkpoint(copy.deepcopy(base_model), path)
-        label = f"batch {batch} checkpoint {epoch}"
-        bar = tqdm(total=len(todo), desc=label, unit="ex") if progress_bar else None
-        report = _progress(log, label, time.perf_counter(), then=on_chunk, bar=bar)
+        meter = Meter(f"pool_grad_features[{batch}] checkpoint {epoch}", len(todo), log=log)
         excluded: list[tuple[str, str]] = []
         for chunk in gradient_features(
             model,
@@ -258,13 +256,11 @@ def write_pool_features(
             config,
             state,
             excluded,
-            on_chunk=report,
+            on_chunk=_both(meter.update, on_chunk),
         ):
             lance.upsert(dataset, feature_rows(chunk, batch, epoch, warmup), on=FEATURE_KEY)
             stats["computed"] += len(chunk.ids)
         stats["excluded"] += [(i, epoch, reason) for i, reason in excluded]
-        if bar is not None:
-            bar.close()
         del model
     # rows of this batch from a warmup not kept or for ids no longer in the batch are stale
     lance.delete(dataset, {"batch": batch}, not_in=("warmup", sorted({warmup, *keep})))
@@ -344,7 +340,6 @@ def pool_grad_features(
                 tokenizer,
                 grad_settings.feature_config(),
                 context.log.info,
-                progress_bar=grad_settings.progress,
                 keep=keep,
             )
         seconds = time.perf_counter() - started

@@ -7,6 +7,7 @@ import polars as pl
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.core.models.templates import token_counter
 from dsel_assets.metadata import markdown_table
+from dsel_assets.progress import Meter
 from dsel_assets.store import artifacts, queries, tables
 from resources.ingest import IngestLimits
 from resources.models import SelectionModel
@@ -57,6 +58,7 @@ def pool_batch(
         with store.get_connection() as conn:
             tables.mark_batch_failed(conn, batch, f"{type(exc).__name__}: {exc}")
         raise
+    Meter(f"pool_batch[{batch}]", result.read, "records").update(result.read)
     reasons = result.reasons()
     params = {
         "batch": batch,

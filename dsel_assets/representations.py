@@ -1,7 +1,5 @@
 """Per-example representations, partitioned by pool batch and stored in Lance."""
 
-import time
-
 import dagster as dg
 import numpy as np
 import pyarrow as pa
@@ -9,6 +7,7 @@ import pyarrow as pa
 from dsel_assets.core.data.schema import example_text
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.pool import pool_batch, pool_batches
+from dsel_assets.progress import Meter
 from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
@@ -19,6 +18,7 @@ REPRESENTATIONS = "representations"
 SENTENCE_EMBEDDINGS = "sentence_embeddings"
 MODEL_EMBEDDINGS = "model_embeddings"
 EMBEDDING_CHUNK = 64  # examples per Lance commit: an interrupted batch loses at most one chunk
+EMBED_CHUNK = 2048  # sentence embeddings per progress update
 
 
 def vector_table(pool_ids: list[str], batch: str, vectors, model: str) -> pa.Table:
@@ -84,10 +84,12 @@ def sentence_embeddings(
         manifest = tables.get_batch(conn, batch)
         rows = queries.batch_rows(conn, batch)
     texts = [example_text(m) for m in rows["messages"].to_list()]
-    started = time.perf_counter()
-    vectors = embedder.encode(texts, progress=embedder.progress)
-    rate = len(texts) / max(time.perf_counter() - started, 1e-9)
-    context.log.info(f"embedded {len(texts)} examples of batch {batch} at {rate:.1f} examples/s")
+    meter = Meter(f"sentence_embeddings[{batch}]", len(texts), log=context.log.info)
+    parts, rate = [], 0.0
+    for start in range(0, len(texts), EMBED_CHUNK):
+        parts.append(embedder.encode(texts[start : start + EMBED_CHUNK]))
+        rate = meter.update(start + len(parts[-1])).rate
+    vectors = np.concatenate(parts) if parts else embedder.encode(texts)
     if texts:
         version = lance.replace_partition(
             SENTENCE_EMBEDDINGS,
@@ -153,7 +155,7 @@ def model_embeddings(
     todo = [(i, m) for i, m in zip(ids, rows["messages"].to_list(), strict=True) if i not in stored]
     params = {"batch": batch, **identity, "pooling": settings.pooling, "max_length": settings.max_length}
     inputs = [DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
-    started = time.perf_counter()
+    meter = Meter(f"{MODEL_EMBEDDINGS}[{batch}]", len(todo), log=context.log.info)
     with tracker.run(context, params=params, inputs=inputs) as run:
         if todo:
             model, tokenizer = selection_model.load()
@@ -163,12 +165,9 @@ def model_embeddings(
                     model, tokenizer, [m for _, m in chunk], settings.pooling, settings.max_length, settings.batch_size
                 )
                 lance.upsert(name, vector_table([i for i, _ in chunk], batch, vectors, identity["model"]), ["pool_id"])
-                done = start + len(chunk)
-                context.log.info(
-                    f"{name} batch {batch}: {done}/{len(todo)} at {done / (time.perf_counter() - started):.1f}/s"
-                )
+                tick = meter.update(start + len(chunk))
         version = lance.delete(name, {"batch": batch}, not_in=("pool_id", ids)) if lance.exists(name) else 0
-        rate = len(todo) / max(time.perf_counter() - started, 1e-9)
+        rate = tick.rate if todo else 0.0
         run.log_datasets([DatasetRef(name, lance.uri(name), str(version), "output")])
         run.log_metrics({"rows": len(ids), "computed": len(todo), "examples_per_s": rate})
     return dg.MaterializeResult(

@@ -203,22 +203,6 @@ def step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, float
     return seconds
 
 
-#: Step-name prefixes and the stage of the default run they belong to (anything else computes
-#: representations).
-STAGES = (
-    ("pool_batch", "ingestion"),
-    ("selection_report", "reports"),
-    ("comparison_report", "reports"),
-    ("selection_", "selections"),
-    ("finetuned_", "fine-tuning"),
-    ("eval_", "evaluation"),
-)
-
-
-def stage_of(step: str) -> str:
-    return next((stage for prefix, stage in STAGES if step.startswith(prefix)), "representations")
-
-
 def execute(
     job: dg.JobDefinition,
     instance: dg.DagsterInstance,

@@ -13,7 +13,6 @@ one; every proxy score row carries the proxy's name and weights hash."""
 import hashlib
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from dsel_assets.core.quality import quality_values
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool_batch, pool_batches
+from dsel_assets.progress import Meter
 from dsel_assets.representations import REPRESENTATIONS
 from dsel_assets.settings_versions import row_code_version
 from dsel_assets.store import queries, schema, tables
@@ -123,8 +123,9 @@ def score_resumably(
     with store.get_connection() as conn:
         done = set(queries.rows_matching(conn, table, ["pool_id"], {**scope, **keep})["pool_id"])
     todo = [item for item in items if item[0] not in done]
-    started, written = time.perf_counter(), 0
+    written = 0
     if todo:
+        meter = Meter(f"{table}[{batch}]" if batch else table, len(todo), log=context.log.info)
         score_chunk = scorer()
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
@@ -132,10 +133,7 @@ def score_resumably(
             with store.get_connection() as conn:
                 tables.upsert_by_id(conn, table, frame, scope)
             written += len(chunk)
-            rate = written / max(time.perf_counter() - started, 1e-9)
-            where = f" batch {batch}" if batch else ""
-            eta = (len(todo) - written) / rate
-            context.log.info(f"{table}{where}: {written}/{len(todo)} at {rate:.2f} examples/s, eta {eta:.0f}s")
+            meter.update(written)
     with store.get_connection() as conn:
         queries.delete_stale(conn, table, keep, batch=batch)
         stats = queries.score_summary(conn, table, value_column, batch=batch)

@@ -26,6 +26,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import latest_warmup
 from dsel_assets.metadata import markdown_table
 from dsel_assets.pool import pool
+from dsel_assets.progress import Meter
 from dsel_assets.representations import SENTENCE_EMBEDDINGS
 from dsel_assets.similarity import load_vectors
 from dsel_assets.store import queries, schema, tables
@@ -233,6 +234,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
         if warmup is not None:
             params |= {"warmup": warmup["key"], "warmup_seed": warmup["seed"]}
         summary = []
+        meter = Meter(context.asset_key.to_user_string(), len(budgets) * len(replicates), "selections")
         with tracker.run(context, params=params, inputs=inputs) as run:
             for budget, (selection_seed, replicate_config) in itertools.product(budgets, replicates):
                 k = budget.count(len(pool_ids))
@@ -294,6 +296,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 label = budget.label if len(replicates) == 1 else f"{budget.label}.seed{selection_seed}"
                 run.log_metrics({f"{label}.k": k, f"{label}.selected": len(selection.ids), f"{label}.seconds": seconds})
                 context.log.info(f"{key} @ {label}: {len(selection.ids)} of {len(pool_ids)} in {seconds:.2f}s")
+                meter.update(len(summary) + 1)
                 summary.append((label, k, len(selection.ids), json.dumps(selection.diagnostics)))
         return dg.MaterializeResult(
             metadata={

@@ -34,7 +34,6 @@ def build_resources(
     home: DselHome,
     model: str = "smollm2",
     device: str = "auto",
-    progress: bool = False,
     grad_dim: int = 8192,
     pooling: str | None = None,
     proxy_model: str | None = None,
@@ -65,9 +64,9 @@ def build_resources(
         "proxy_model": SelectionModel(model=proxy_model or model, device=device),
         # the model fine-tuned on each selection and evaluated (the selection model unless set)
         "target_model": SelectionModel(model=target_model or model, device=device),
-        "embedder": SentenceEmbedder(device=device, progress=progress),
+        "embedder": SentenceEmbedder(device=device),
         "model_embedding_settings": ModelEmbeddingSettings(pooling=pooling or os.environ.get("DSEL_POOLING", "mean")),
-        "grad_settings": GradientSettings(dim=grad_dim, progress=progress, compute_dtype=compute_dtype),
+        "grad_settings": GradientSettings(dim=grad_dim, compute_dtype=compute_dtype),
         "inbox_settings": InboxSettings.from_env(home),
         "ingest_limits": IngestLimits.from_env(),
     }

@@ -34,7 +34,6 @@ class GradientSettings(dg.ConfigurableResource):
     compute_dtype: str = Field(
         default="auto", description="auto | model (strict fp32) | bf16_matmul | bfloat16 (autocast forward/backward)"
     )
-    progress: bool = Field(default=False, description="Show a progress bar (the CLI turns it on)")
 
     def feature_config(self) -> FeatureConfig:
         return FeatureConfig(

@@ -77,7 +77,6 @@ class SentenceEmbedder(dg.ConfigurableResource):
     path: str | None = Field(default=None, description="Sentence-transformers model folder; default MiniLM")
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
     batch_size: int = Field(default=64, description="Texts per forward pass")
-    progress: bool = Field(default=False, description="Show a progress bar (the CLI turns it on)")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         share_cores(context)
@@ -86,6 +85,6 @@ class SentenceEmbedder(dg.ConfigurableResource):
     def model_id(self) -> str:
         return self.path or "sentence-transformers/all-MiniLM-L6-v2"
 
-    def encode(self, texts: list[str], progress: bool = False):
+    def encode(self, texts: list[str]):
         encoder = embeddings.load_encoder(self.path, loading.pick_device(self.device))
-        return embeddings.encode(encoder, texts, self.batch_size, progress)
+        return embeddings.encode(encoder, texts, self.batch_size)

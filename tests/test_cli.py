@@ -122,6 +122,8 @@ def test_verbosity_options_go_before_or_after_the_subcommand(home, tmp_path, cap
     log = home.root / "logs" / "dsel.log"
     # by default Dagster's INFO lines go to the log file, whose path is printed once
     assert "validating" not in out.err and f"[dsel] details: {log}" in out.err
+    # and a bar line per stage of work, here the file's validation
+    assert "[dsel] ingestion       [####################]  1 records in " in out.err
     assert "pool_batch: validating" in log.read_text()
     assert main(["-q", "ingest", str(path), "--force"]) == 0
     quiet = capsys.readouterr()

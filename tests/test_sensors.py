@@ -24,9 +24,9 @@ EMBEDDED: list[int] = []  # texts per call of the real sentence embedder
 class CountingEmbedder(SentenceEmbedder):
     """The real MiniLM embedder, counting the texts it is asked to embed."""
 
-    def encode(self, texts: list[str], progress: bool = False):
+    def encode(self, texts: list[str]):
         EMBEDDED.append(len(texts))
-        return super().encode(texts, progress)
+        return super().encode(texts)
 
 
 def qa_lines(start: int, n: int) -> list[str]:

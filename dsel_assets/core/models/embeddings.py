@@ -26,13 +26,13 @@ def load_encoder(path: str | None = None, device: str = "cpu") -> SentenceTransf
     return SentenceTransformer(str(path or default_encoder_path()), device=device, local_files_only=True)
 
 
-def encode(encoder: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+def encode(encoder: SentenceTransformer, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Masked-mean-pooled, L2-normalised float32 embeddings, one row per text."""
     vectors = encoder.encode(
         texts,
         batch_size=batch_size,
         normalize_embeddings=True,
         convert_to_numpy=True,
-        show_progress_bar=progress,
+        show_progress_bar=False,
     )
     return np.asarray(vectors, dtype=np.float32)

@@ -95,10 +95,12 @@ def train_lora(
     log: Callable[[str], None] = print,
     on_epoch: Callable[[int, object, object, float], None] | None = None,
     label: str = "train",
+    on_step: Callable[[int, int], None] | None = None,
 ):
     """LoRA SFT on ``encoded``: AdamW, linear schedule with warm-up, length-bucketed batches in
     seeded random order, loss on response tokens. ``on_epoch(epoch, model, optimizer,
-    mean_lr)`` runs after each epoch. Returns (peft model, loss curve)."""
+    mean_lr)`` runs after each epoch, ``on_step(steps done, steps in all)`` after each
+    optimizer step. Returns (peft model, loss curve)."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -133,6 +135,8 @@ def train_lora(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             curve.append({"step": len(curve) + 1, "epoch": epoch, "loss": loss.item(), "lr": lrs[-1]})
+            if on_step is not None:
+                on_step(len(curve), total)
         elapsed = time.perf_counter() - started
         eta = elapsed / epoch * (config.epochs - epoch)
         log(
@@ -153,6 +157,7 @@ def train_warmup(
     pad_id: int,
     manifest_extra: dict | None = None,
     log: Callable[[str], None] = print,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[Checkpoint]:
     """Train LoRA on ``encoded`` (already the warmup sample) and save one checkpoint per
     epoch under ``out_dir/epoch-<e>/``, plus ``out_dir/manifest.json`` with the curve."""
@@ -161,7 +166,7 @@ def train_warmup(
     def save(epoch: int, peft_model, optimizer, lr_mean: float) -> None:
         checkpoints.append(_save_checkpoint(peft_model, optimizer, out_dir / f"epoch-{epoch}", lr_mean, epoch))
 
-    _, curve = train_lora(model, encoded, config, pad_id, log, on_epoch=save, label="warmup")
+    _, curve = train_lora(model, encoded, config, pad_id, log, on_epoch=save, label="warmup", on_step=on_step)
     manifest = {
         "config": config.to_dict(),
         # relative paths: the folder may be uploaded and read back elsewhere
