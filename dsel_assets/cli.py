@@ -384,7 +384,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from dsel_assets.store import queries, tables
 
     spec = get(args.method)
-    params = _parse_params(args.param)
+    # KEY=VALUE, or METHOD.KEY=VALUE as dsel compare spells it
+    params = {k.removeprefix(f"{args.method}."): v for k, v in _parse_params(args.param).items()}
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     if args.target is not None:
         if "task" not in fields:

@@ -145,3 +145,15 @@ def test_internal_errors_say_so_and_user_errors_name_the_field(home, capsys, mon
     assert main(["ingest", "/no/such/file.jsonl"]) == 2  # the user's: names the field, no "internal"
     err = capsys.readouterr().err
     assert err.startswith("dsel: error: path: ") and "internal" not in err
+
+
+def test_method_parameters_are_checked_in_either_spelling(home, capsys):
+    """``select`` takes KEY=VALUE or compare's METHOD.KEY=VALUE; a wrong type or key is named, with
+    the valid keys, their types and defaults, before any work."""
+    budget = ["--budget", "5%", "--model", "tiny"]
+    assert main(["select", "--method", "kmeans_random", "--param", "kmeans_random.n_clusters=abc", *budget]) == 2
+    assert "dsel: error: kmeans_random.n_clusters: expected int, got 'abc'" in capsys.readouterr().err
+    assert main(["select", "--method", "kmeans_random", "--param", "n_cluster=4", *budget]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter(s) n_cluster='4'; valid: " in err and "n_clusters (int, default " in err
+    assert not home.duckdb.exists()  # refused before anything was stored

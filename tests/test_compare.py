@@ -328,7 +328,7 @@ def test_cli_refuses_a_bad_entry_before_any_work(home, capsys):
     assert "Traceback" not in err and not (home.root / "models").exists()
     argv = ["compare", "--methods", "random", "round_robin@rds", "--target", "math", "--param", "round_robin@rds.k=3"]
     assert main(argv) == 2
-    assert "round_robin: unknown parameter(s) ['k']" in capsys.readouterr().err
+    assert "round_robin: unknown parameter(s) k='3'; valid: " in capsys.readouterr().err
 
 
 def test_selection_seeds_store_checked_replicates(home, local_resources):

@@ -131,7 +131,9 @@ def build_config(name: str, params: dict[str, Any] | None = None) -> Any:
     fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
     unknown = sorted(set(params) - set(fields))
     if unknown:
-        raise ValueError(f"{name}: unknown parameter(s) {unknown}; allowed: {sorted(fields)}")
+        allowed = ", ".join(f"{n} ({t}, default {d!r})" for n, t, d, _ in spec.parameters())
+        given = ", ".join(f"{key}={params[key]!r}" for key in unknown)
+        raise ValueError(f"{name}: unknown parameter(s) {given}; valid: {allowed}")
     hints = typing.get_type_hints(spec.config_cls)
     values = {key: _coerce(f"{name}.{key}", hints[key], value) for key, value in params.items()}
     return spec.config_cls(**values)
