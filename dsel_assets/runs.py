@@ -61,9 +61,38 @@ def materialize_closure(
             resolver = stale_resolver(instance, graph)
         for batch in batches if node.is_partitioned else [None]:
             upstream = [*pending.get(None, []), *pending.get(batch, [])] if batch else _keys(pending)
-            if key in always or must_run(resolver, node, batch, bool(parents & set(upstream))):
+            if (
+                key in always
+                or must_run(resolver, node, batch, bool(parents & set(upstream)))
+                or config_changed(defs, instance, key, batch, ops)
+            ):
                 pending.setdefault(batch, []).append(key)
     flush()
+
+
+def config_changed(
+    defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetKey, batch: str | None, ops: dict
+) -> bool:
+    """Whether this run gives the asset a config (``ops``) that differs, defaults filled in, from
+    the config of the run that last materialized it (for ``batch``): a setting asked for is new
+    work even where code and data are unchanged. An asset this run gives no config keeps what is
+    stored (a ``dsel select`` after a ``dsel compare --config warmup_checkpoint.epochs=1`` reuses
+    that warmup)."""
+    name = key.to_user_string()
+    if name not in ops:
+        return False
+    latest = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[batch] if batch else None), limit=1
+    ).records
+    run = instance.get_run_by_id(latest[0].run_id) if latest else None
+    if run is None:
+        return False  # missing: must_run decides
+    job = defs.resolve_job_def("batch_job" if batch else "curation_job")
+
+    def effective(value: dict | None) -> dict:
+        return dg.validate_run_config(job, {"ops": {name: value or {}}})["ops"][name]
+
+    return effective(ops.get(name)) != effective((run.run_config.get("ops") or {}).get(name))
 
 
 def _keys(pending: dict[str | None, list[dg.AssetKey]]) -> set[dg.AssetKey]:

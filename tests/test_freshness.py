@@ -12,6 +12,8 @@ import lance
 import pytest
 
 from dsel_assets.cli import main
+from dsel_assets.code_location import build_definitions
+from dsel_assets.runs import materialize_closure
 
 from .helpers import write_jsonl
 
@@ -136,3 +138,23 @@ def test_compare_embeds_a_batch_ingested_without_embed_before_the_fine_tunes(cli
     out = capsys.readouterr()
     stage_1 = (out.out + out.err).split("stage 2/4")[0]
     assert "materializing sentence_embeddings for batch b-pool" in stage_1
+
+
+def test_a_config_asked_for_reruns_the_asset_an_unchanged_or_unspecified_one_does_not(cli_home, tmp_path):
+    """Before: a changed setting of an upstream asset (``--config loss_scores.template=alpaca``) was
+    ignored once the asset had been materialized: its code and data had not changed."""
+    assert main(["ingest", qa(tmp_path / "a.jsonl", range(12)), "--task", "math", "--model", "tiny"]) == 0
+    defs, instance = build_definitions(cli_home, model="tiny"), dg.DagsterInstance.get()
+    select = {"selection_uncertainty": {"config": {"budgets": ["5"]}}}
+
+    def scored_with(scores: dict | None) -> int:
+        ops = {**select, **({"loss_scores": {"config": scores}} if scores is not None else {})}
+        materialize_closure(defs, instance, [dg.AssetKey("selection_uncertainty")], {"ops": ops}, log=lambda _: None)
+        return materializations("loss_scores")
+
+    assert scored_with(None) == 1
+    assert scored_with({"template": "alpaca"}) == 2  # asked for another template: scored again
+    assert scored_with({"template": "alpaca"}) == 2  # the same: kept
+    assert scored_with(None) == 2  # not asked: what is stored is kept
+    assert scored_with({"template": "chat"}) == 3  # the default, asked for, differs from the stored alpaca
+    assert scored_with({}) == 3  # defaults filled in: {} is template=chat
