@@ -241,6 +241,13 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 started = time.perf_counter()
                 selection = spec.select(pool_ids, k, replicate_config, **representations)
                 seconds = time.perf_counter() - started
+                if not selection.ids:  # a filter that leaves nothing: say so, store nothing
+                    eligible = selection.diagnostics.get("eligible")
+                    raise RuntimeError(
+                        f"{key} @ {budget.label}: selected 0 of {len(pool_ids)} pool rows"
+                        + (f": none is eligible under {vars(replicate_config)}" if eligible == 0 else "")
+                        + f" ({spec.description}); nothing stored, try other parameters or another model"
+                    )
                 selection.diagnostics.update(  # FL coverage and NovelSum on sentence embeddings, or why not
                     set_measures(pool_ids, selection.ids, lambda: load_vectors(lance, SENTENCE_EMBEDDINGS, pool_ids)[0])
                 )

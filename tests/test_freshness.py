@@ -158,3 +158,15 @@ def test_a_config_asked_for_reruns_the_asset_an_unchanged_or_unspecified_one_doe
     assert scored_with(None) == 2  # not asked: what is stored is kept
     assert scored_with({"template": "chat"}) == 3  # the default, asked for, differs from the stored alpaca
     assert scored_with({}) == 3  # defaults filled in: {} is template=chat
+
+
+def test_a_filter_that_leaves_no_row_fails_the_selection_and_stores_nothing(cli_home, tmp_path, capsys):
+    """Before: cherry_ifd on a model under which no example had IFD <= 1 exited through a failed
+    check ("no stored rows") after storing an empty selection."""
+    assert main(["ingest", qa(tmp_path / "a.jsonl", range(12)), "--task", "math", "--model", "tiny"]) == 0
+    capsys.readouterr()
+    assert main(["select", "--method", "cherry_ifd", "--budget", "5", "--param", "max_ifd=0"]) == 1
+    err = capsys.readouterr().err
+    assert "cherry_ifd @ 5: selected 0 of 12 pool rows: none is eligible under {'max_ifd': 0.0" in err
+    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM selections WHERE method = 'cherry_ifd'").fetchone() == (0,)
