@@ -429,7 +429,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     report every method against random with confidence intervals."""
     from dagster import DagsterInstance
 
-    from dsel_assets.compare import ComparePlan, check_plan, freeze_eval_set, parse_entry, run_comparison
+    from dsel_assets.compare import ComparePlan, check_plan, parse_entry, run_comparison
     from dsel_assets.similarity import check_rds_pooling
     from dsel_assets.store import tables
 
@@ -455,8 +455,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     home = _home(args)
     with tables.open_state(home.duckdb, log=_stderr) as conn:
         tables.ensure_schema(conn)
-        problems = check_plan(plan, conn, warn=_stderr)
-        plan = plan if problems else freeze_eval_set(plan, conn)
+        problems, plan = check_plan(plan, conn, warn=_stderr)
     if problems:
         for problem in problems:
             print(f"dsel: error: {problem}", file=sys.stderr)

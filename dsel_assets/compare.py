@@ -351,9 +351,11 @@ class ComparePlan:
         return len(self.budgets) * max(1, len(self.selection_seeds(method))) * self.seeds
 
 
-def check_plan(plan: ComparePlan, conn, warn: Callable[[str], None] | None = None) -> list[str]:
-    """Problems that stop a comparison before any work, each with what to do; ``warn`` hears
-    what only weakens it (fewer eval rows than a verdict needs)."""
+def check_plan(plan: ComparePlan, conn, warn: Callable[[str], None] | None = None) -> tuple[list[str], ComparePlan]:
+    """Problems that stop a comparison before any work, each with what to do, and the plan with
+    its eval set frozen (its sample's version: every eval and the report use that sample, and an
+    eval set that changes during the comparison is refused rather than silently intersected).
+    ``warn`` hears what only weakens it (fewer eval rows than a verdict needs)."""
     problems = []
     models = sum(plan.models_per_method(m) for m in plan.methods)
     if models > MAX_UNCONFIRMED_MODELS and not plan.confirmed:
@@ -403,8 +405,10 @@ def check_plan(plan: ComparePlan, conn, warn: Callable[[str], None] | None = Non
         if task and task not in tasks:
             problems.append(f"param: {method}.task={task!r} is not a task of the pool or query rows: {sorted(tasks)}")
     if all(counts.get(f"eval/{target}") for target in plan.targets):
-        problems += _eval_rows_problems(plan, conn, warn)
-    return problems
+        sample = _eval_sample(plan, conn)  # read once: it hashes every pool prompt (decontamination)
+        problems += _eval_rows_problems(plan, sample, warn)
+        plan = dataclasses.replace(plan, eval_version=sample[1])
+    return problems, plan
 
 
 def _eval_sample(plan: ComparePlan, conn):
@@ -413,16 +417,10 @@ def _eval_sample(plan: ComparePlan, conn):
     return load_eval_set(conn, plan.targets, EvalRunConfig(**settings).to_core())
 
 
-def freeze_eval_set(plan: ComparePlan, conn) -> ComparePlan:
-    """The plan with its eval sample's version: every eval and the report use that sample, and
-    an eval set that changes during the comparison is refused rather than silently intersected."""
-    return dataclasses.replace(plan, eval_version=_eval_sample(plan, conn)[1])
-
-
-def _eval_rows_problems(plan: ComparePlan, conn, warn: Callable[[str], None] | None) -> list[str]:
+def _eval_rows_problems(plan: ComparePlan, eval_set: tuple, warn: Callable[[str], None] | None) -> list[str]:
     """Eval rows left per target after decontamination (a prompt also in the pool or a query
     set is left out): none is a problem, fewer groups than a verdict needs a warning."""
-    sample, _, contaminated = _eval_sample(plan, conn)
+    sample, _, contaminated = eval_set
     problems = []
     for target in plan.targets:
         rows = [e for e in sample if e.task == target]

@@ -18,7 +18,7 @@ from polars import from_arrow as frame_of
 
 from dsel_assets.checks import pool_ids_by_version, selection_problems
 from dsel_assets.cli import main
-from dsel_assets.compare import ComparePlan, Progress, check_plan, entry_key, freeze_eval_set, parse_entry
+from dsel_assets.compare import ComparePlan, Progress, check_plan, entry_key, parse_entry
 from dsel_assets.core.data.synthetic import generate
 from dsel_assets.evaluation import EvalRunConfig, load_eval_set
 from dsel_assets.selections import selection_assets
@@ -86,7 +86,7 @@ def test_task_matched_random_needs_pool_rows_of_the_target_not_query_rows(home, 
     def problems(target):
         plan = ComparePlan(methods=["random", "random_in_task"], budgets=["10%"], targets=[target])
         with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-            return check_plan(plan, conn)
+            return check_plan(plan, conn)[0]
 
     assert problems("arithmetic") == []
     (missing_eval, no_pool_rows) = problems("nosuchtask")
@@ -140,8 +140,8 @@ def test_warns_when_a_target_has_fewer_eval_groups_than_a_verdict_needs(home, tm
     warnings: list[str] = []
     plan = ComparePlan(methods=["random"], budgets=["10%"], targets=["arithmetic"], eval_per_task=4)
     with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        assert check_plan(plan, conn, warn=warnings.append) == []
-        plan = freeze_eval_set(plan, conn)
+        problems, plan = check_plan(plan, conn, warn=warnings.append)
+        assert problems == []
         sample, version, _ = load_eval_set(
             conn, ["arithmetic"], EvalRunConfig(max_per_task=4, generate=False).to_core()
         )
