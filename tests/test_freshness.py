@@ -170,3 +170,27 @@ def test_a_filter_that_leaves_no_row_fails_the_selection_and_stores_nothing(cli_
     assert "cherry_ifd @ 5: selected 0 of 12 pool rows: none is eligible under {'max_ifd': 0.0" in err
     with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM selections WHERE method = 'cherry_ifd'").fetchone() == (0,)
+
+
+HOSTILE_LABELS = ["c++", "$\\foo$", "a/b", "_x", "résumé 数学", "t" * 200]
+
+
+def test_hostile_task_labels_pass_a_whole_comparison(cli_home, tmp_path, capsys):
+    """Labels are data: every hostile label is a pool task, an eval target, an MLflow metric key, a
+    matplotlib title, a report row and a file name in one tiny comparison."""
+    for n, label in enumerate(HOSTILE_LABELS):
+        rows = range(100 * n, 100 * n + 6)
+        pool = qa(tmp_path / f"p{n}.jsonl", rows, f"Task {n}: {{i}}?")
+        assert main(["ingest", pool, "--task", label, "--model", "tiny"]) == 0
+        evals = qa(tmp_path / f"e{n}.jsonl", range(4), f"Eval {n}: {{i}} again?")
+        assert main(["ingest", evals, "--split", "eval", "--task", label]) == 0
+    compare = ["compare", "--methods", "random", "--budget", "12", "--seeds", "1", "--random-seeds", "2"]
+    compare += ["--epochs", "1", "--max-length", "48", "--eval-max-length", "64", "--eval-per-task", "2"]
+    capsys.readouterr()
+    assert main([*compare, *(arg for label in HOSTILE_LABELS for arg in ("--target", label))]) == 0
+    out = capsys.readouterr().out
+    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
+        reported = {r[0] for r in conn.execute("SELECT DISTINCT task FROM comparison_report").fetchall()}
+        evaluated = {r[0] for r in conn.execute("SELECT DISTINCT task FROM eval_scores").fetchall()}
+    assert set(HOSTILE_LABELS) <= reported and set(HOSTILE_LABELS) <= evaluated
+    assert all(label in out for label in HOSTILE_LABELS)
