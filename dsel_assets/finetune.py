@@ -208,7 +208,10 @@ def train_models(
         frame = pl.DataFrame(
             records, schema_overrides={"examples": pl.Int32, "selection_seed": pl.Int32, "seed": pl.Int32}
         )
-        tables.replace_rows(conn, "finetuned_models", {"method": method}, frame)
+        # this base model's models of the method; another model's stay queryable by its hash
+        tables.replace_rows(
+            conn, "finetuned_models", {"method": method, "base_model_hash": identity["model_hash"]}, frame
+        )
     header = ["budget", "selection seed", "seed", "model_key", "examples", "final loss", "reused"]
     return dg.MaterializeResult(
         metadata={

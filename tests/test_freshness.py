@@ -62,15 +62,22 @@ def test_a_new_batch_after_less_recomputes_influence_not_the_warmup(cli_home, tm
     assert materializations("influence") == 2 and "materializing selection_less ..." in capsys.readouterr().out
 
 
+def save_other_tiny_model(folder) -> str:
+    """A second tiny Llama (other weights: another model hash) saved in ``folder``."""
+    from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
+
+    tokenizer = load_tokenizer(resolve("tiny"))
+    tiny_llama(tokenizer, seed=1).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def test_ingest_change_settings_recomputes_scores_with_the_new_model_for_the_whole_pool(cli_home, tmp_path):
     """Before: `ingest --change-settings --model other`, then `select --method cherry_ifd` ranked
     loss scores of two models (the new batch with one, the old ones with the other)."""
-    from dsel_assets.core.models.loading import load_tokenizer, model_hash, resolve, tiny_llama
+    from dsel_assets.core.models.loading import model_hash, resolve
 
-    other = tmp_path / "other-model"
-    tokenizer = load_tokenizer(resolve("tiny"))
-    tiny_llama(tokenizer, seed=1).save_pretrained(other)
-    tokenizer.save_pretrained(other)
+    other = save_other_tiny_model(tmp_path / "other-model")
     assert main(["ingest", qa(tmp_path / "a.jsonl", range(40)), "--task", "math", "--model", "tiny"]) == 0
     assert main(["select", "--method", "uncertainty", "--budget", "10"]) == 0
     b = qa(tmp_path / "b.jsonl", range(40, 50), "Name colour {i}")
@@ -175,9 +182,11 @@ def test_a_filter_that_leaves_no_row_fails_the_selection_and_stores_nothing(cli_
 HOSTILE_LABELS = ["c++", "$\\foo$", "a/b", "_x", "résumé 数学", "t" * 200]
 
 
-def test_hostile_task_labels_pass_a_whole_comparison(cli_home, tmp_path, capsys):
+def test_hostile_task_labels_pass_a_whole_comparison_and_a_model_switch(cli_home, tmp_path, capsys):
     """Labels are data: every hostile label is a pool task, an eval target, an MLflow metric key, a
-    matplotlib title, a report row and a file name in one tiny comparison."""
+    matplotlib title, a report row and a file name in one tiny comparison. Before: after a model
+    switch the report failed on every rerun (`more than one row per (method, ...)`): eval rows of
+    both models met in it."""
     for n, label in enumerate(HOSTILE_LABELS):
         rows = range(100 * n, 100 * n + 6)
         pool = qa(tmp_path / f"p{n}.jsonl", rows, f"Task {n}: {{i}}?")
@@ -194,3 +203,29 @@ def test_hostile_task_labels_pass_a_whole_comparison(cli_home, tmp_path, capsys)
         evaluated = {r[0] for r in conn.execute("SELECT DISTINCT task FROM eval_scores").fetchall()}
     assert set(HOSTILE_LABELS) <= reported and set(HOSTILE_LABELS) <= evaluated
     assert all(label in out for label in HOSTILE_LABELS)
+
+    other = save_other_tiny_model(tmp_path / "other-model")
+    targets = [arg for label in HOSTILE_LABELS[:2] for arg in ("--target", label)]
+    assert main([*compare, *targets, "--change-settings", "--model", other]) == 0
+    assert f"model: {other} (weights " in capsys.readouterr().out  # the report names the new model
+    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
+        models = conn.execute("SELECT DISTINCT base_model FROM finetuned_models").fetchall()
+    assert len(models) == 2  # the old model's results stay queryable beside the new ones
+
+
+def test_an_eval_set_that_changes_during_a_comparison_is_refused_not_intersected(cli_home, tmp_path):
+    """Before: eval rows ingested while a comparison ran were silently intersected (20 of 40)."""
+    from dsel_assets.compare import ComparePlan, check_plan
+    from dsel_assets.runs import RunFailed
+
+    assert main(["ingest", qa(tmp_path / "a.jsonl", range(20)), "--task", "math", "--model", "tiny"]) == 0
+    assert main(["ingest", qa(tmp_path / "e.jsonl", range(4), "Add {i}"), "--split", "eval", "--task", "math"]) == 0
+    plan = ComparePlan(methods=["random"], budgets=["5"], targets=["math"], eval_max_length=64, metric="loss")
+    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
+        problems, plan = check_plan(plan, conn)
+    assert problems == [] and plan.eval_version
+    grown = qa(tmp_path / "e2.jsonl", range(4, 8), "Add {i}")  # more eval rows arrive mid-comparison
+    assert main(["ingest", grown, "--split", "eval", "--task", "math"]) == 0
+    defs, instance = build_definitions(cli_home, model="tiny"), dg.DagsterInstance.get()
+    with pytest.raises(RunFailed, match="the eval set changed during the comparison"):
+        materialize_closure(defs, instance, [dg.AssetKey("eval_base")], plan.run_config(), log=lambda _: None)

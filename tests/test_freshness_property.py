@@ -16,6 +16,7 @@ from dsel_assets.cli import main
 from resources.home import DselHome
 
 from .helpers import write_jsonl
+from .test_freshness import save_other_tiny_model
 
 #: 6 sequences fit the CI time budget; DSEL_PROPERTY_SEEDS=30 runs the full property
 SEEDS = int(os.environ.get("DSEL_PROPERTY_SEEDS", "6"))
@@ -26,14 +27,7 @@ BUDGET = "25%"
 
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory):
-    """A second tiny Llama (other weights, so another model hash) in a local folder."""
-    from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
-
-    folder = tmp_path_factory.mktemp("other-model")
-    tokenizer = load_tokenizer(resolve("tiny"))
-    tiny_llama(tokenizer, seed=1).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_other_tiny_model(tmp_path_factory.mktemp("other-model"))
 
 
 class User:
