@@ -7,7 +7,7 @@ from typing import ClassVar
 import dagster as dg
 from pydantic import Field
 
-from dsel_assets.core.models.features import FeatureConfig
+from dsel_assets.core.models.features import FACTORISED, FeatureConfig
 
 
 class GradientSettings(dg.ConfigurableResource):
@@ -18,13 +18,18 @@ class GradientSettings(dg.ConfigurableResource):
         "dim",
         "projection",
         "projection_seed",
+        "factor_dim",
         "max_length",
         "textbook_adam",
         "compute_dtype",
     )
 
     dim: int = Field(default=8192, description="Projected dimension d")
-    projection: str = Field(default="rademacher", description="rademacher | gaussian")
+    projection: str = Field(
+        default="rademacher",
+        description="rademacher | gaussian (exact per-example gradients) | factorised (LoGra style, big models)",
+    )
+    factor_dim: int = Field(default=16, description="factorised: k per side of each LoRA matrix's k x k block")
     projection_seed: int = Field(default=0, description="Seed of the projection matrix")
     max_length: int = Field(default=512, description="Tokens per example (right-truncated)")
     batch_size: int = Field(default=8, description="Examples per backward pass")
@@ -40,6 +45,7 @@ class GradientSettings(dg.ConfigurableResource):
             dim=self.dim,
             projection=self.projection,
             projection_seed=self.projection_seed,
+            factor_dim=self.factor_dim,
             max_length=self.max_length,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
@@ -50,4 +56,5 @@ class GradientSettings(dg.ConfigurableResource):
 
     def suffix(self) -> str:
         """Part of the Lance dataset names: features of different shapes never mix."""
-        return f"d{self.dim}_{self.projection}{self.projection_seed}"
+        factor = f"_k{self.factor_dim}" if self.projection == FACTORISED else ""
+        return f"d{self.dim}_{self.projection}{self.projection_seed}{factor}"

@@ -1,6 +1,8 @@
 """LESS gradient features (METHODS.md R1.2-R1.3): per-example LoRA gradients, Adam
 preconditioning for pool examples (plain gradients for queries), seeded block projection,
-L2 normalisation. Produced in chunks so callers can persist and resume chunk by chunk."""
+L2 normalisation; or the factorised projection inside the hooks (:mod:`.factorised`), which
+never forms a per-example gradient. Produced in chunks so callers can persist and resume chunk
+by chunk."""
 
 from __future__ import annotations
 
@@ -10,16 +12,23 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .factorised import REPROJECT_STREAM, FactorisedGradients, project_hashed
 from .gradients import PerExampleGradients, adam_features
 from .loading import COMPUTE_DTYPES, compute_precision
-from .projection import BlockProjector
+from .projection import KINDS, BlockProjector
 from .sft import collate, encode_conversation, length_batches
+
+FACTORISED = "factorised"
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
     dim: int = field(default=8192, metadata={"help": "projected dimension d"})
-    projection: str = field(default="rademacher", metadata={"help": "rademacher | gaussian"})
+    projection: str = field(
+        default="rademacher",
+        metadata={"help": "rademacher | gaussian (exact per-example gradients) | factorised (LoGra style, big models)"},
+    )
+    factor_dim: int = field(default=16, metadata={"help": "factorised: k per side of each LoRA matrix's k x k block"})
     projection_seed: int = field(default=0, metadata={"help": "seed of the projection matrix"})
     projection_dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 (matmul dtype)"})
     compute_dtype: str = field(
@@ -40,7 +49,11 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype: {self.compute_dtype!r} is not one of {list(COMPUTE_DTYPES)}")
-        for name in ("dim", "max_length", "batch_size", "max_batch_tokens", "chunk"):
+        if self.projection not in (*KINDS, FACTORISED):
+            raise ValueError(f"projection: {self.projection!r} is not one of {[*KINDS, FACTORISED]}")
+        if self.projection == FACTORISED and self.textbook_adam:
+            raise ValueError("textbook_adam: applies to the exact projections only, not 'factorised'")
+        for name in ("dim", "max_length", "batch_size", "max_batch_tokens", "chunk", "factor_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
@@ -97,6 +110,9 @@ def gradient_features(
         encoded.append(enc)
         ids.append(item_id)
     order = np.argsort([-len(e.input_ids) for e in encoded], kind="stable")
+    if config.projection == FACTORISED:
+        yield from _factorised_features(model, tokenizer, encoded, ids, order, config, optimizer_state, on_chunk)
+        return
     with PerExampleGradients(model) as hooks:
         projector = BlockProjector(
             hooks.dim,
@@ -132,6 +148,47 @@ def gradient_features(
                 losses.append(loss.float().cpu())
                 chunk_ids += [ids[i] for i in members]
             projected = projector.project(torch.cat(rows))
+            projected = projected / projected.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            done += len(chunk)
+            if on_chunk is not None:
+                on_chunk(done, len(order))
+            yield FeatureChunk(
+                chunk_ids,
+                projected.cpu().numpy().astype(np.float16),
+                torch.cat(losses).numpy(),
+                time.perf_counter() - started,
+            )
+
+
+def _factorised_features(model, tokenizer, encoded, ids, order, config, optimizer_state, on_chunk):
+    """:func:`gradient_features` through :class:`.factorised.FactorisedGradients`: k x k blocks per
+    LoRA matrix, re-projected to ``config.dim`` when their total differs."""
+    import torch
+
+    device = next(model.parameters()).device
+    with FactorisedGradients(model, config.factor_dim, config.projection_seed) as hooks:
+        if optimizer_state is not None:
+            missing = [n for n in hooks.names if n not in optimizer_state["exp_avg"]]
+            if missing:
+                raise KeyError(f"optimizer state: no Adam moments for {missing[0]} (checkpoint of another model?)")
+            hooks.set_adam(optimizer_state["exp_avg"], optimizer_state["exp_avg_sq"])
+        done = 0
+        for start in range(0, len(order), config.chunk):
+            started = time.perf_counter()
+            chunk = order[start : start + config.chunk]
+            lengths = [len(encoded[i].input_ids) for i in chunk]
+            rows, losses, chunk_ids = [], [], []
+            for group in length_batches(lengths, config.batch_size, config.max_batch_tokens):
+                members = [chunk[i] for i in group]
+                batch = collate([encoded[i] for i in members], tokenizer.pad_token_id)
+                with compute_precision(config.compute_dtype, device):
+                    grads, loss = hooks.compute(batch)
+                rows.append(grads)
+                losses.append(loss.float().cpu())
+                chunk_ids += [ids[i] for i in members]
+            projected = torch.cat(rows)
+            if hooks.dim != config.dim:
+                projected = project_hashed(projected, config.dim, config.projection_seed, REPROJECT_STREAM)
             projected = projected / projected.norm(dim=1, keepdim=True).clamp(min=1e-12)
             done += len(chunk)
             if on_chunk is not None:

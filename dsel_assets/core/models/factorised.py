@@ -1,0 +1,169 @@
+"""Factorised gradient projection in the LoGra style: per-example LoRA gradients projected inside
+the hooks, so no per-example gradient [B, P] is ever formed (the exact path's cost at 7-8B).
+
+For a LoRA matrix with output gradients ``g_t`` and inputs ``x_t``, the example's gradient is
+``G = sum_t g_t x_t^T``; its projection by the Kronecker product of two small matrices is
+``P_out^T G P_in = sum_t (P_out^T g_t)(P_in^T x_t)^T``: a ``k x k`` block computed from the
+projected output gradients and inputs. Blocks of all matrices are concatenated and, when their
+count times ``k^2`` is not ``dim``, re-projected to ``dim``. Every projection matrix is +-1 (scaled)
+from a counter-based hash of (seed, stream, row, column) computed with integer tensor ops on the
+device that uses it: the same matrix on every device, for any chunk of examples.
+
+Adam (pool features): LESS's direction ``m'/sqrt(v' + eps)`` with ``m' = b1 m + (1 - b1) g`` and
+``v' = b2 v + (1 - b2) g^2`` is elementwise in the full gradient and cannot be projected factor-wise
+exactly. Approximation, stated on the LESS page with its measured agreement: the example's own
+``g^2`` term in ``v'`` is dropped (``v' ~ b2 v``), and ``1/sqrt(b2 v + eps)`` is factorised per matrix
+as ``r_i c_j`` (least squares in log space: exact when it is rank one). The ``m`` term is exact,
+projected once per checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from .lora import lora_parameters
+from .sft import per_example_loss
+
+if TYPE_CHECKING:
+    import torch
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _signed(value: int) -> int:
+    """A uint64 constant as the int64 with the same bits (torch has no uint64 arithmetic)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (wrapping arithmetic, any device)."""
+    x = (x ^ _shift_right(x, 30)) * _signed(_MIX1)
+    x = (x ^ _shift_right(x, 27)) * _signed(_MIX2)
+    return x ^ _shift_right(x, 31)
+
+
+def stream_key(seed: int, stream: int) -> int:
+    """The 64-bit key of one matrix: its seed and its stream (matrix index and side)."""
+    return _signed(((seed & 0xFFFFFFFF) << 32 | (stream & 0xFFFFFFFF)) * _GOLDEN & _MASK64)
+
+
+def hashed_signs(seed: int, stream: int, rows: range, cols: int, device=None) -> torch.Tensor:
+    """Rows ``rows`` of the ``+-1`` matrix of (seed, stream) with ``cols`` columns, float32, on
+    ``device``: entry (i, j) is the top bit of ``splitmix64(key + (i * cols + j) * golden)``."""
+    import torch
+
+    index = torch.arange(rows.start * cols, rows.stop * cols, device=device, dtype=torch.int64)
+    bits = splitmix64(stream_key(seed, stream) + index * _signed(_GOLDEN))
+    return (_shift_right(bits, 63).float() * 2 - 1).reshape(len(rows), cols)
+
+
+def project_hashed(x: torch.Tensor, dim_out: int, seed: int, stream: int, block_rows: int = 4096) -> torch.Tensor:
+    """``x @ P / sqrt(dim_out)`` for the hashed +-1 matrix ``P`` [x.shape[1], dim_out], generated
+    ``block_rows`` rows at a time on ``x``'s device."""
+    import torch
+
+    out = torch.zeros((x.shape[0], dim_out), device=x.device)
+    for start in range(0, x.shape[1], block_rows):
+        rows = range(start, min(start + block_rows, x.shape[1]))
+        out += x[:, rows.start : rows.stop].float() @ hashed_signs(seed, stream, rows, dim_out, x.device)
+    return out / math.sqrt(dim_out)
+
+
+#: streams of the final re-projection (the matrices use 2 * index and 2 * index + 1)
+REPROJECT_STREAM = 0xFFFFFFF
+
+
+class FactorisedGradients:
+    """Hooks on every LoRA matrix of ``model``; :meth:`compute` returns per-example projected
+    gradients [B, matrices * k^2] (or Adam directions, after :meth:`set_adam`) without forming
+    any per-example gradient."""
+
+    def __init__(self, model, k: int, seed: int):
+        if k < 1:
+            raise ValueError(f"factor_dim: must be >= 1, got {k}")
+        self.model, self.k, self.seed = model, k, seed
+        params = lora_parameters(model)
+        if not params:
+            raise ValueError("model: no trainable LoRA parameters; add adapters first")
+        self.names = [name for name, _ in params]
+        modules = dict(model.named_modules())
+        self.modules = [modules[name.removesuffix(".weight")] for name in self.names]
+        self.shapes = [tuple(p.shape) for _, p in params]  # (out, in)
+        device = params[0][1].device
+        scale = 1 / math.sqrt(k)
+        self.p_out = [hashed_signs(seed, 2 * i, range(o), k, device) * scale for i, (o, _) in enumerate(self.shapes)]
+        self.p_in = [hashed_signs(seed, 2 * i + 1, range(n), k, device) * scale for i, (_, n) in enumerate(self.shapes)]
+        self.adam: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # (r, c, projected m term)
+        self._inputs: dict[int, torch.Tensor] = {}
+        self._grads: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+
+    @property
+    def dim(self) -> int:
+        return len(self.modules) * self.k * self.k
+
+    def set_adam(self, exp_avg: dict, exp_avg_sq: dict, beta1=0.9, beta2=0.999, eps=1e-8) -> None:
+        """Use the approximate Adam direction of the module docstring from a checkpoint's state."""
+        import torch
+
+        self.adam = []
+        for i, name in enumerate(self.names):
+            device = self.p_in[i].device
+            m, v = exp_avg[name].to(device).float(), exp_avg_sq[name].to(device).float()
+            inverse_root = torch.rsqrt(beta2 * v + eps)
+            logs = inverse_root.log()
+            r = logs.mean(dim=1).exp()
+            c = (logs.mean(dim=0) - logs.mean()).exp()
+            m_term = beta1 * (self.p_out[i].T @ (m * inverse_root) @ self.p_in[i])
+            self.adam.append(((1 - beta1) * r, c, m_term.reshape(-1)))
+
+    def __enter__(self) -> FactorisedGradients:
+        for index, module in enumerate(self.modules):
+            self._handles.append(module.register_forward_hook(self._forward_hook(index)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _forward_hook(self, index: int):
+        def hook(module, inputs, output):
+            x = inputs[0].detach().float()
+            if self.adam is not None:
+                x = x * self.adam[index][1]
+            self._inputs[index] = x @ self.p_in[index]  # [B, T, k]: the input is never kept whole
+
+            def keep(grad):
+                g = grad.detach().float()
+                if self.adam is not None:
+                    g = g * self.adam[index][0]
+                self._grads[index] = g @ self.p_out[index]
+
+            output.register_hook(keep)
+
+        return hook
+
+    def compute(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(projected per-example gradients [B, dim] float32, per-example losses [B])."""
+        import torch
+
+        self._inputs.clear()
+        self._grads.clear()
+        losses = per_example_loss(self.model, batch)
+        losses.sum().backward()
+        parts = []
+        for index in range(len(self.modules)):
+            block = torch.einsum("btk,btl->bkl", self._grads[index], self._inputs[index]).reshape(len(losses), -1)
+            parts.append(block if self.adam is None else block + self.adam[index][2])
+        self.model.zero_grad(set_to_none=True)
+        self._inputs.clear()
+        self._grads.clear()
+        return torch.cat(parts, dim=1), losses.detach()
