@@ -12,6 +12,7 @@ import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from dsel_assets.core.models.projection import PROJECTIONS
 from resources.home import DselHome
 
 
@@ -61,6 +62,7 @@ def _definitions(
         model=getattr(args, "model", None),
         device=getattr(args, "device", None),
         grad_dim=getattr(args, "grad_dim", None),
+        projection=getattr(args, "projection", None),
         pooling=getattr(args, "pooling", None),
         proxy_model=getattr(args, "proxy_model", None),
         first_use=first_use,
@@ -73,9 +75,9 @@ def _definitions(
 def _announce_changed_settings(home: DselHome, args: argparse.Namespace) -> None:
     """Say which settings this command switches (``--change-settings``), before any work; what
     depends on them is stale from then on (their code versions include them)."""
-    from resources.settings import resolve_settings
+    from resources.settings import FLAGS, resolve_settings
 
-    requested = {name: getattr(args, name, None) for name in ("model", "grad_dim", "pooling", "proxy_model")}
+    requested = {name: getattr(args, name, None) for name in FLAGS}
     _, changed = resolve_settings(home, requested, change=getattr(args, "change_settings", False), pin=False)
     if changed:
         print(
@@ -663,6 +665,10 @@ def score_kinds_help() -> str:
 HOME_HELP = "state directory (default: $DSEL_HOME or ./.dsel)"
 
 
+PROJECTION_HELP = (
+    "gradient projection: rademacher (default) | gaussian (exact per-example gradients, LESS) | factorised "
+    "(LoGra style inside the hooks: no per-example gradient is formed; for 1B+ models; approximate Adam)"
+)
 DEVICE_HELP = "auto (default: CUDA when present, else CPU) | cpu | cuda | cuda:N (the N-th GPU)"
 
 
@@ -750,6 +756,7 @@ def parser() -> argparse.ArgumentParser:
     grads.add_argument(
         "--grad-dim", type=positive_int, default=None, help="feature dimension d (default $DSEL_GRAD_DIM or 8192)"
     )
+    grads.add_argument("--projection", choices=PROJECTIONS, default=None, help=PROJECTION_HELP)
     grads.add_argument("--model", default=None, help=MODEL_HELP)
     grads.add_argument("--device", default=None, help=DEVICE_HELP)
     grads.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
@@ -763,6 +770,7 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--model", default=None, help=MODEL_HELP)
     select.add_argument("--device", default=None, help=DEVICE_HELP)
     select.add_argument("--grad-dim", type=positive_int, default=None, help="gradient feature dimension d")
+    select.add_argument("--projection", choices=PROJECTIONS, default=None, help=PROJECTION_HELP)
     select.add_argument("--proxy-model", default=None, help=PROXY_HELP)
     select.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     select.set_defaults(func=cmd_select)
@@ -819,6 +827,7 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--model", default=None, help=MODEL_HELP)
     compare.add_argument("--device", default=None, help=DEVICE_HELP)
     compare.add_argument("--grad-dim", type=positive_int, default=None, help="gradient feature dimension d")
+    compare.add_argument("--projection", choices=PROJECTIONS, default=None, help=PROJECTION_HELP)
     compare.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     compare.add_argument("--yes", action="store_true", help="start even when the plan trains more than 1,000 models")
     compare.set_defaults(func=cmd_compare)

@@ -40,6 +40,7 @@ def build_definitions(
     *,
     pooling: str | None = None,
     proxy_model: str | None = None,
+    projection: str | None = None,
     first_use: dict | None = None,
     change_settings: bool = False,
     strict: bool = False,
@@ -47,9 +48,9 @@ def build_definitions(
 ) -> dg.Definitions:
     """Definitions for a state home. The settings that define representations (model,
     gradient dimension, pooling, proxy model) come from the home's ``settings.json`` once pinned
-    (see :mod:`resources.settings`); ``model`` / ``grad_dim`` / ``pooling`` / ``proxy_model`` or
-    ``DSEL_MODEL`` / ``DSEL_GRAD_DIM`` / ``DSEL_POOLING`` / ``DSEL_PROXY_MODEL`` (default: the
-    selection model) choose them on first use or with ``change_settings``
+    (see :mod:`resources.settings`); ``model`` / ``grad_dim`` / ``projection`` / ``pooling`` /
+    ``proxy_model`` or ``DSEL_MODEL`` / ``DSEL_GRAD_DIM`` / ``DSEL_PROJECTION`` / ``DSEL_POOLING`` /
+    ``DSEL_PROXY_MODEL`` (default: the selection model) choose them on first use or with ``change_settings``
     (``strict``: a conflicting request raises instead of being ignored with a warning). The
     device defaults to ``DSEL_DEVICE`` (auto), the fine-tuned and evaluated model to
     ``DSEL_TARGET_MODEL`` (default: the selection model); ``resources`` replaces resources by
@@ -57,7 +58,13 @@ def build_definitions(
     home = home or DselHome.from_env()
     settings, _ = resolve_settings(
         home,
-        {"model": model, "grad_dim": grad_dim, "pooling": pooling, "proxy_model": proxy_model},
+        {
+            "model": model,
+            "grad_dim": grad_dim,
+            "projection": projection,
+            "pooling": pooling,
+            "proxy_model": proxy_model,
+        },
         first_use=first_use,
         change=change_settings,
         strict=strict,
@@ -69,6 +76,7 @@ def build_definitions(
         model=settings.model,
         device=device or os.environ.get("DSEL_DEVICE", "auto"),
         grad_dim=settings.grad_dim,
+        projection=settings.projection,
         pooling=settings.pooling,
         proxy_model=settings.proxy_model or None,
         target_model=os.environ.get("DSEL_TARGET_MODEL"),

@@ -35,6 +35,7 @@ def build_resources(
     model: str = "smollm2",
     device: str = "auto",
     grad_dim: int = 8192,
+    projection: str = "rademacher",
     pooling: str | None = None,
     proxy_model: str | None = None,
     target_model: str | None = None,
@@ -66,7 +67,7 @@ def build_resources(
         "target_model": SelectionModel(model=target_model or model, device=device),
         "embedder": SentenceEmbedder(device=device),
         "model_embedding_settings": ModelEmbeddingSettings(pooling=pooling or os.environ.get("DSEL_POOLING", "mean")),
-        "grad_settings": GradientSettings(dim=grad_dim, compute_dtype=compute_dtype),
+        "grad_settings": GradientSettings(dim=grad_dim, projection=projection, compute_dtype=compute_dtype),
         "inbox_settings": InboxSettings.from_env(home),
         "ingest_limits": IngestLimits.from_env(),
     }

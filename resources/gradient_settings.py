@@ -7,7 +7,8 @@ from typing import ClassVar
 import dagster as dg
 from pydantic import Field
 
-from dsel_assets.core.models.features import FACTORISED, FeatureConfig
+from dsel_assets.core.models.features import FeatureConfig
+from dsel_assets.core.models.projection import FACTORISED
 
 
 class GradientSettings(dg.ConfigurableResource):

@@ -28,20 +28,29 @@ from .home import DselHome
 ENVIRONMENT = {
     "model": "DSEL_MODEL",
     "grad_dim": "DSEL_GRAD_DIM",
+    "projection": "DSEL_PROJECTION",
     "pooling": "DSEL_POOLING",
     "proxy_model": "DSEL_PROXY_MODEL",
 }
 #: Command-line flag that requests each setting.
-FLAGS = {"model": "--model", "grad_dim": "--grad-dim", "pooling": "--pooling", "proxy_model": "--proxy-model"}
+FLAGS = {
+    "model": "--model",
+    "grad_dim": "--grad-dim",
+    "projection": "--projection",
+    "pooling": "--pooling",
+    "proxy_model": "--proxy-model",
+}
 
 
 @dataclass(frozen=True)
 class IdentitySettings:
-    """The selection model, the gradient feature dimension, the model-embedding pooling and the
-    proxy model of Superfiltering / Small2Large ("" = the selection model; see dsel_assets.scores)."""
+    """The selection model, the gradient feature dimension and projection, the model-embedding
+    pooling and the proxy model of Superfiltering / Small2Large ("" = the selection model; see
+    dsel_assets.scores)."""
 
     model: str = "smollm2"
     grad_dim: int = 8192
+    projection: str = "rademacher"
     pooling: str = "mean"
     proxy_model: str = ""
 

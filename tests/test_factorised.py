@@ -143,3 +143,27 @@ def test_factorised_inner_products_track_the_unprojected_ones_and_improve_with_k
     for seed in (0, 1):
         wide = agreement(16, seed)
         assert wide > 0.85 and wide > agreement(4, seed)
+
+
+def test_less_selects_through_the_factorised_projection_end_to_end(home, tmp_path, monkeypatch):
+    import json
+
+    from dsel_assets.cli import main
+
+    from .helpers import write_jsonl
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    for name in ("DSEL_MODEL", "DSEL_GRAD_DIM", "DSEL_PROJECTION"):
+        monkeypatch.delenv(name, raising=False)
+
+    def qa(name, rows, text):
+        lines = [json.dumps({"question": text.format(i=i), "answer": f"It is {3 * i}."}) for i in rows]
+        return str(write_jsonl(tmp_path / name, lines))
+
+    query = qa("q.jsonl", range(4), "What is {i} plus 4?")
+    assert main(["ingest", query, "--split", "query", "--task", "math", "--model", "tiny"]) == 0
+    assert main(["ingest", qa("a.jsonl", range(20), "What is {i} times 3?"), "--task", "math"]) == 0
+    select = ["select", "--method", "less", "--budget", "5", "--target", "math", "--grad-dim", "64"]
+    assert main([*select, "--projection", "factorised"]) == 0
+    assert json.loads((home.root / "settings.json").read_text())["projection"] == "factorised"
+    assert {p.name for p in home.lance.iterdir()} >= {"influence_d64_factorised0_k16.lance"}

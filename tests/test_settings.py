@@ -12,6 +12,7 @@ import pytest
 from dsel_assets.cli import main
 from dsel_assets.code_location import build_definitions
 from dsel_assets.sensors import recuration_request
+from resources import build_resources
 from resources.settings import SettingsConflict, resolve_settings, stored_settings
 
 from .helpers import write_jsonl
@@ -23,7 +24,8 @@ def test_first_use_pins_and_later_requests_must_agree(home):
     settings, changed = resolve_settings(home, {"grad_dim": 1024, "model": "tiny"}, environ=NO_ENV)
     assert (settings.grad_dim, settings.model, settings.pooling, changed) == (1024, "tiny", "mean", [])
     # the proxy model pins as "" (the selection model) unless one is named
-    assert stored_settings(home) == {"grad_dim": 1024, "model": "tiny", "pooling": "mean", "proxy_model": ""}
+    pinned = {"grad_dim": 1024, "model": "tiny", "pooling": "mean", "proxy_model": "", "projection": "rademacher"}
+    assert stored_settings(home) == pinned
     # nothing requested (the UI, the daemon): the stored values, not the defaults
     assert resolve_settings(home, {}, environ=NO_ENV)[0].grad_dim == 1024
     # the environment is a request too
@@ -37,6 +39,14 @@ def test_first_use_pins_and_later_requests_must_agree(home):
     # an explicit change switches and reports it
     settings, changed = resolve_settings(home, {"grad_dim": 8192}, change=True, environ=NO_ENV)
     assert settings.grad_dim == 8192 and changed == ["grad_dim"] and stored_settings(home)["grad_dim"] == 8192
+    # the projection is pinned like the dimension: the factorised features are another representation
+    with pytest.raises(SettingsConflict, match="projection.*'rademacher'.*'factorised'.*--projection"):
+        resolve_settings(home, {}, environ={"DSEL_PROJECTION": "factorised"})
+    settings, changed = resolve_settings(home, {"projection": "factorised"}, change=True, environ=NO_ENV)
+    assert (
+        changed == ["projection"]
+        and build_resources(home, projection=settings.projection)["grad_settings"].suffix() == "d8192_factorised0_k16"
+    )
 
 
 def test_only_named_settings_are_pinned(home):

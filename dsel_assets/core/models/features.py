@@ -15,10 +15,8 @@ import numpy as np
 from .factorised import REPROJECT_STREAM, FactorisedGradients, project_hashed
 from .gradients import PerExampleGradients, adam_features
 from .loading import COMPUTE_DTYPES, compute_precision
-from .projection import KINDS, BlockProjector
+from .projection import FACTORISED, PROJECTIONS, BlockProjector
 from .sft import collate, encode_conversation, length_batches
-
-FACTORISED = "factorised"
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,8 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype: {self.compute_dtype!r} is not one of {list(COMPUTE_DTYPES)}")
-        if self.projection not in (*KINDS, FACTORISED):
-            raise ValueError(f"projection: {self.projection!r} is not one of {[*KINDS, FACTORISED]}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection: {self.projection!r} is not one of {list(PROJECTIONS)}")
         if self.projection == FACTORISED and self.textbook_adam:
             raise ValueError("textbook_adam: applies to the exact projections only, not 'factorised'")
         for name in ("dim", "max_length", "batch_size", "max_batch_tokens", "chunk", "factor_dim"):

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 UNIT = 1024
 KINDS = ("rademacher", "gaussian")
+#: the factorised projection inside the gradient hooks (.factorised), beside the exact kinds
+FACTORISED = "factorised"
+PROJECTIONS = (*KINDS, FACTORISED)
 DTYPES = ("float32", "bfloat16")
 
 
