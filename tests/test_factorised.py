@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsel_assets.core.models.factorised import FactorisedGradients, hashed_signs, project_hashed
+from dsel_assets.core.models.factorised import FactorisedGradients, count_sketch, hashed_signs
 from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.gradients import PerExampleGradients
 from dsel_assets.core.models.sft import collate, encode_conversation
@@ -41,12 +41,19 @@ def test_hashed_signs_match_a_pure_integer_reference_so_every_device_draws_the_s
     assert not torch.equal(hashed_signs(seed, stream + 1, range(40), cols), signs)
 
 
-def test_hashed_reprojection_is_any_block_size_and_keeps_inner_products():
-    x = torch.randn(6, 3000, generator=torch.Generator().manual_seed(0))
-    whole = project_hashed(x, 2048, seed=1, stream=9, block_rows=4096)
-    torch.testing.assert_close(project_hashed(x, 2048, seed=1, stream=9, block_rows=700), whole)
+def test_count_sketch_is_a_signed_one_hot_projection_that_keeps_inner_products():
+    x = torch.randn(6, 3000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sketch = count_sketch(x, 2048, seed=1, stream=9)
+    # brute force: the dense matrix with one hashed +-1 per row, from a pure-integer hash
+    key = ((1 << 32 | 9) * 0x9E3779B97F4A7C15) & MASK
+    dense = torch.zeros(3000, 2048, dtype=torch.float64)
+    for j in range(3000):
+        bits = splitmix64_reference((key + j * 0x9E3779B97F4A7C15) & MASK)
+        dense[j, (bits >> 1) % 2048] = 1.0 if bits & 1 else -1.0
+    torch.testing.assert_close(sketch.double(), x @ dense, rtol=1e-5, atol=1e-4)
     cos = torch.nn.functional.cosine_similarity
-    assert torch.allclose(cos(whole[:, None], whole[None], dim=-1), cos(x[:, None], x[None], dim=-1), atol=0.1)
+    kept = cos(sketch[:, None], sketch[None], dim=-1).double()
+    assert torch.allclose(kept, cos(x[:, None], x[None], dim=-1), atol=0.1)
 
 
 def batch_of(tokenizer, conversations):  # noqa: F811

@@ -5,7 +5,8 @@ For a LoRA matrix with output gradients ``g_t`` and inputs ``x_t``, the example'
 ``G = sum_t g_t x_t^T``; its projection by the Kronecker product of two small matrices is
 ``P_out^T G P_in = sum_t (P_out^T g_t)(P_in^T x_t)^T``: a ``k x k`` block computed from the
 projected output gradients and inputs. Blocks of all matrices are concatenated and, when their
-count times ``k^2`` is not ``dim``, re-projected to ``dim``. Every projection matrix is +-1 (scaled)
+count times ``k^2`` is not ``dim``, count-sketched to ``dim`` (no matrix: each coordinate adds
+with a hashed sign to a hashed coordinate). Every projection matrix is +-1 (scaled)
 from a counter-based hash of (seed, stream, row, column) computed with integer tensor ops on the
 device that uses it: the same matrix on every device, for any chunk of examples.
 
@@ -64,19 +65,20 @@ def hashed_signs(seed: int, stream: int, rows: range, cols: int, device=None) ->
     return (_shift_right(bits, 63).float() * 2 - 1).reshape(len(rows), cols)
 
 
-def project_hashed(x: torch.Tensor, dim_out: int, seed: int, stream: int, block_rows: int = 4096) -> torch.Tensor:
-    """``x @ P / sqrt(dim_out)`` for the hashed +-1 matrix ``P`` [x.shape[1], dim_out], generated
-    ``block_rows`` rows at a time on ``x``'s device."""
+def count_sketch(x: torch.Tensor, dim_out: int, seed: int, stream: int) -> torch.Tensor:
+    """``x`` [n, dim_in] -> [n, dim_out]: column ``j`` is added with a hashed sign to a hashed
+    column (CountSketch: inner products kept in expectation, no matrix formed, O(n dim_in) on any
+    device). Buckets and signs come from the same counter hash as :func:`hashed_signs`."""
     import torch
 
-    out = torch.zeros((x.shape[0], dim_out), device=x.device)
-    for start in range(0, x.shape[1], block_rows):
-        rows = range(start, min(start + block_rows, x.shape[1]))
-        out += x[:, rows.start : rows.stop].float() @ hashed_signs(seed, stream, rows, dim_out, x.device)
-    return out / math.sqrt(dim_out)
+    index = torch.arange(x.shape[1], device=x.device, dtype=torch.int64)
+    bits = splitmix64(stream_key(seed, stream) + index * _signed(_GOLDEN))
+    buckets = _shift_right(bits, 1) % dim_out
+    signs = (bits & 1).float() * 2 - 1
+    return torch.zeros((x.shape[0], dim_out), device=x.device).index_add_(1, buckets, x.float() * signs)
 
 
-#: streams of the final re-projection (the matrices use 2 * index and 2 * index + 1)
+#: stream of the final count sketch (the matrices use 2 * index and 2 * index + 1)
 REPROJECT_STREAM = 0xFFFFFFF
 
 

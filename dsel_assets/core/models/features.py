@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .factorised import REPROJECT_STREAM, FactorisedGradients, project_hashed
+from .factorised import REPROJECT_STREAM, FactorisedGradients, count_sketch
 from .gradients import PerExampleGradients, adam_features
 from .loading import COMPUTE_DTYPES, compute_precision
 from .projection import FACTORISED, PROJECTIONS, BlockProjector
@@ -160,7 +160,7 @@ def gradient_features(
 
 def _factorised_features(model, tokenizer, encoded, ids, order, config, optimizer_state, on_chunk):
     """:func:`gradient_features` through :class:`.factorised.FactorisedGradients`: k x k blocks per
-    LoRA matrix, re-projected to ``config.dim`` when their total differs."""
+    LoRA matrix, count-sketched to ``config.dim`` when their total differs."""
     import torch
 
     device = next(model.parameters()).device
@@ -186,7 +186,7 @@ def _factorised_features(model, tokenizer, encoded, ids, order, config, optimize
                 chunk_ids += [ids[i] for i in members]
             projected = torch.cat(rows)
             if hooks.dim != config.dim:
-                projected = project_hashed(projected, config.dim, config.projection_seed, REPROJECT_STREAM)
+                projected = count_sketch(projected, config.dim, config.projection_seed, REPROJECT_STREAM)
             projected = projected / projected.norm(dim=1, keepdim=True).clamp(min=1e-12)
             done += len(chunk)
             if on_chunk is not None:
