@@ -420,7 +420,7 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     assert "[compare] round_robin@embed: 1 selection; deterministic given its inputs" in out
     # a rerun reuses the stored warmups and their gradient features (none recomputed)
     assert _warmups(home) == warmups and out.count("stored, reused (not retrained)") == 2
-    assert not re.search(r"batch \S+ checkpoint \d+: \d+/\d+ examples", out)  # no pool feature computed
+    assert not re.search(r"pool_grad_features\[\S+\] checkpoint \d+: \d+/\d+ examples", out)  # no feature computed
     assert features.checkout_version(features.latest_version).count_rows() == 2 * n_pool
     # progress per stage and overall, with ETA
     assert "[compare] warmups: 2/2 warmup seeds" in out

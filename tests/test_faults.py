@@ -144,7 +144,7 @@ def test_kill_during_a_score_chunk_then_rerun_gets_the_slot(tmp_path):
     home = tmp_path / "home"
     pool = write_jsonl(tmp_path / "pool.jsonl", qa_lines(400))
     run_dsel(["ingest", str(pool)], home)
-    kill_when(["score", "loss"], home, lambda out: re.search(r"loss_scores batch \S+: 128/400", out) is not None)
+    kill_when(["score", "loss"], home, lambda out: re.search(r"loss_scores\[\S+\]: 128/400", out) is not None)
     started = time.monotonic()
     out = run_dsel(["score", "loss"], home, timeout=240)  # was: waited forever on the dead run's "gpu" slot
     assert time.monotonic() - started < 240
