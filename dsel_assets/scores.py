@@ -125,8 +125,8 @@ def score_resumably(
     todo = [item for item in items if item[0] not in done]
     written = 0
     if todo:
+        score_chunk = scorer()  # loads the model: not part of the rate
         meter = Meter(f"{table}[{batch}]" if batch else table, len(todo), log=context.log.info)
-        score_chunk = scorer()
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
             frame = score_chunk(chunk)

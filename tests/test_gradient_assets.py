@@ -245,4 +245,4 @@ def test_dsel_select_materializes_only_what_is_missing(home, capsys):
     assert "is not one of" in capsys.readouterr().err
     assert main(["select", "--method", "bids", "--budget", "5", "--target", "x"]) == 2  # not targeted by task
     assert main(["select", "--method", "round_robin", "--budget", "5", "--param", "nope=1"]) == 2
-    assert "allowed" in capsys.readouterr().err
+    assert "valid: representation (one of less|rds|embed, default 'less')" in capsys.readouterr().err

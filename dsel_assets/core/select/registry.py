@@ -90,6 +90,8 @@ def seed_in_use(config: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + "|".join(map(str, typing.get_args(tp)))
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
