@@ -109,9 +109,20 @@ def gradient_features(
         ids.append(item_id)
     order = np.argsort([-len(e.input_ids) for e in encoded], kind="stable")
     if config.projection == FACTORISED:
-        yield from _factorised_features(model, tokenizer, encoded, ids, order, config, optimizer_state, on_chunk)
-        return
-    with PerExampleGradients(model) as hooks:
+        hooks = FactorisedGradients(model, config.factor_dim, config.projection_seed)
+        if optimizer_state is not None:
+            _check_moments(hooks.names, optimizer_state)
+            hooks.set_adam(optimizer_state["exp_avg"], optimizer_state["exp_avg_sq"])
+
+        def per_batch(grads):
+            return grads
+
+        def project(rows):  # k x k blocks per LoRA matrix, count-sketched to d when their total differs
+            if hooks.dim == config.dim:
+                return rows
+            return count_sketch(rows, config.dim, config.projection_seed, REPROJECT_STREAM)
+    else:
+        hooks = PerExampleGradients(model)
         projector = BlockProjector(
             hooks.dim,
             config.dim,
@@ -122,13 +133,17 @@ def gradient_features(
         )
         moments = None
         if optimizer_state is not None:
-            missing = [n for n in hooks.names if n not in optimizer_state["exp_avg"]]
-            if missing:
-                raise KeyError(f"optimizer state: no Adam moments for {missing[0]} (checkpoint of another model?)")
+            _check_moments(hooks.names, optimizer_state)
             moments = [
                 torch.cat([optimizer_state[key][n].reshape(-1) for n in hooks.names]).to(device)
                 for key in ("exp_avg", "exp_avg_sq")
             ]
+
+        def per_batch(grads):
+            return grads if moments is None else adam_features(grads, *moments, textbook=config.textbook_adam)
+
+        project = projector.project
+    with hooks:
         done = 0
         for start in range(0, len(order), config.chunk):
             started = time.perf_counter()
@@ -140,12 +155,10 @@ def gradient_features(
                 batch = collate([encoded[i] for i in members], tokenizer.pad_token_id)
                 with compute_precision(config.compute_dtype, device):
                     grads, loss = hooks.compute(batch)
-                if moments is not None:
-                    grads = adam_features(grads, *moments, textbook=config.textbook_adam)
-                rows.append(grads)
+                rows.append(per_batch(grads))
                 losses.append(loss.float().cpu())
                 chunk_ids += [ids[i] for i in members]
-            projected = projector.project(torch.cat(rows))
+            projected = project(torch.cat(rows))
             projected = projected / projected.norm(dim=1, keepdim=True).clamp(min=1e-12)
             done += len(chunk)
             if on_chunk is not None:
@@ -158,42 +171,7 @@ def gradient_features(
             )
 
 
-def _factorised_features(model, tokenizer, encoded, ids, order, config, optimizer_state, on_chunk):
-    """:func:`gradient_features` through :class:`.factorised.FactorisedGradients`: k x k blocks per
-    LoRA matrix, count-sketched to ``config.dim`` when their total differs."""
-    import torch
-
-    device = next(model.parameters()).device
-    with FactorisedGradients(model, config.factor_dim, config.projection_seed) as hooks:
-        if optimizer_state is not None:
-            missing = [n for n in hooks.names if n not in optimizer_state["exp_avg"]]
-            if missing:
-                raise KeyError(f"optimizer state: no Adam moments for {missing[0]} (checkpoint of another model?)")
-            hooks.set_adam(optimizer_state["exp_avg"], optimizer_state["exp_avg_sq"])
-        done = 0
-        for start in range(0, len(order), config.chunk):
-            started = time.perf_counter()
-            chunk = order[start : start + config.chunk]
-            lengths = [len(encoded[i].input_ids) for i in chunk]
-            rows, losses, chunk_ids = [], [], []
-            for group in length_batches(lengths, config.batch_size, config.max_batch_tokens):
-                members = [chunk[i] for i in group]
-                batch = collate([encoded[i] for i in members], tokenizer.pad_token_id)
-                with compute_precision(config.compute_dtype, device):
-                    grads, loss = hooks.compute(batch)
-                rows.append(grads)
-                losses.append(loss.float().cpu())
-                chunk_ids += [ids[i] for i in members]
-            projected = torch.cat(rows)
-            if hooks.dim != config.dim:
-                projected = count_sketch(projected, config.dim, config.projection_seed, REPROJECT_STREAM)
-            projected = projected / projected.norm(dim=1, keepdim=True).clamp(min=1e-12)
-            done += len(chunk)
-            if on_chunk is not None:
-                on_chunk(done, len(order))
-            yield FeatureChunk(
-                chunk_ids,
-                projected.cpu().numpy().astype(np.float16),
-                torch.cat(losses).numpy(),
-                time.perf_counter() - started,
-            )
+def _check_moments(names: list[str], optimizer_state: dict) -> None:
+    missing = [n for n in names if n not in optimizer_state["exp_avg"]]
+    if missing:
+        raise KeyError(f"optimizer state: no Adam moments for {missing[0]} (checkpoint of another model?)")
