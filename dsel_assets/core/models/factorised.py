@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from .gradients import PerExampleGradients
 from .lora import lora_parameters
-from .sft import per_example_loss
 
 if TYPE_CHECKING:
     import torch
@@ -82,30 +82,23 @@ def count_sketch(x: torch.Tensor, dim_out: int, seed: int, stream: int) -> torch
 REPROJECT_STREAM = 0xFFFFFFF
 
 
-class FactorisedGradients:
+class FactorisedGradients(PerExampleGradients):
     """Hooks on every LoRA matrix of ``model``; :meth:`compute` returns per-example projected
     gradients [B, matrices * k^2] (or Adam directions, after :meth:`set_adam`) without forming
-    any per-example gradient."""
+    any per-example gradient: the hooks keep the projected inputs and output gradients."""
 
     def __init__(self, model, k: int, seed: int):
         if k < 1:
             raise ValueError(f"factor_dim: must be >= 1, got {k}")
-        self.model, self.k, self.seed = model, k, seed
+        super().__init__(model)
+        self.k, self.seed = k, seed
         params = lora_parameters(model)
-        if not params:
-            raise ValueError("model: no trainable LoRA parameters; add adapters first")
-        self.names = [name for name, _ in params]
-        modules = dict(model.named_modules())
-        self.modules = [modules[name.removesuffix(".weight")] for name in self.names]
         self.shapes = [tuple(p.shape) for _, p in params]  # (out, in)
         device = params[0][1].device
         scale = 1 / math.sqrt(k)
         self.p_out = [hashed_signs(seed, 2 * i, range(o), k, device) * scale for i, (o, _) in enumerate(self.shapes)]
         self.p_in = [hashed_signs(seed, 2 * i + 1, range(n), k, device) * scale for i, (_, n) in enumerate(self.shapes)]
         self.adam: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # (r, c, projected m term)
-        self._inputs: dict[int, torch.Tensor] = {}
-        self._grads: dict[int, torch.Tensor] = {}
-        self._handles: list = []
 
     @property
     def dim(self) -> int:
@@ -126,46 +119,21 @@ class FactorisedGradients:
             m_term = beta1 * (self.p_out[i].T @ (m * inverse_root) @ self.p_in[i])
             self.adam.append(((1 - beta1) * r, c, m_term.reshape(-1)))
 
-    def __enter__(self) -> FactorisedGradients:
-        for index, module in enumerate(self.modules):
-            self._handles.append(module.register_forward_hook(self._forward_hook(index)))
-        return self
+    def _kept_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.adam is not None:
+            x = x * self.adam[index][1]
+        return x @ self.p_in[index]  # [B, T, k]: the input is never kept whole
 
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _kept_grad(self, index: int, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.float()
+        if self.adam is not None:
+            g = g * self.adam[index][0]
+        return g @ self.p_out[index]
 
-    def _forward_hook(self, index: int):
-        def hook(module, inputs, output):
-            x = inputs[0].detach().float()
-            if self.adam is not None:
-                x = x * self.adam[index][1]
-            self._inputs[index] = x @ self.p_in[index]  # [B, T, k]: the input is never kept whole
-
-            def keep(grad):
-                g = grad.detach().float()
-                if self.adam is not None:
-                    g = g * self.adam[index][0]
-                self._grads[index] = g @ self.p_out[index]
-
-            output.register_hook(keep)
-
-        return hook
-
-    def compute(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(projected per-example gradients [B, dim] float32, per-example losses [B])."""
+    def _example_rows(self, index: int) -> torch.Tensor:
         import torch
 
-        self._inputs.clear()
-        self._grads.clear()
-        losses = per_example_loss(self.model, batch)
-        losses.sum().backward()
-        parts = []
-        for index in range(len(self.modules)):
-            block = torch.einsum("btk,btl->bkl", self._grads[index], self._inputs[index]).reshape(len(losses), -1)
-            parts.append(block if self.adam is None else block + self.adam[index][2])
-        self.model.zero_grad(set_to_none=True)
-        self._inputs.clear()
-        self._grads.clear()
-        return torch.cat(parts, dim=1), losses.detach()
+        grads = self._grads[index]
+        block = torch.einsum("btk,btl->bkl", grads, self._inputs[index]).reshape(len(grads), -1)
+        return block if self.adam is None else block + self.adam[index][2]

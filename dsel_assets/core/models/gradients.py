@@ -52,14 +52,29 @@ class PerExampleGradients:
 
     def _forward_hook(self, index: int):
         def hook(module, inputs, output):
-            self._inputs[index] = inputs[0].detach()
+            self._inputs[index] = self._kept_input(index, inputs[0].detach())
 
             def keep(grad):
-                self._grads[index] = grad.detach()
+                self._grads[index] = self._kept_grad(index, grad.detach())
 
             output.register_hook(keep)
 
         return hook
+
+    def _kept_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """What the forward hook keeps of matrix ``index``'s input [B, T, in]."""
+        return x
+
+    def _kept_grad(self, index: int, grad: torch.Tensor) -> torch.Tensor:
+        """What the backward hook keeps of matrix ``index``'s output gradient [B, T, out]."""
+        return grad
+
+    def _example_rows(self, index: int) -> torch.Tensor:
+        """Matrix ``index``'s per-example gradient [B, out * in] from what the hooks kept."""
+        import torch
+
+        out_grad, inp = self._grads[index].float(), self._inputs[index].float()
+        return torch.einsum("bto,bti->boi", out_grad, inp).reshape(len(inp), -1)
 
     def compute(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-example gradients [B, P] float32, per-example losses [B])."""
@@ -69,10 +84,7 @@ class PerExampleGradients:
         self._grads.clear()
         losses = per_example_loss(self.model, batch)
         losses.sum().backward()
-        parts = []
-        for index in range(len(self.modules)):
-            out_grad, inp = self._grads[index].float(), self._inputs[index].float()
-            parts.append(torch.einsum("bto,bti->boi", out_grad, inp).reshape(len(inp), -1))
+        parts = [self._example_rows(index) for index in range(len(self.modules))]
         self.model.zero_grad(set_to_none=True)
         self._inputs.clear()
         self._grads.clear()
