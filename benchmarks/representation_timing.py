@@ -218,17 +218,19 @@ def loss_floor(model, tokenizer, items) -> None:
     import torch
     import torch.nn.functional as F
 
-    from dsel_assets.core.models.scoring import forward_batches, score_examples, turn_inputs
-    from dsel_assets.core.models.sft import _backbone_and_head
+    from dsel_assets.core.models.scoring import score_examples, scoring_inputs, turn_inputs
+    from dsel_assets.core.models.sft import _backbone_and_head, length_batches
 
     body, head = _backbone_and_head(model)
     layers = [[m.weight.detach() for m in layer.modules() if isinstance(m, torch.nn.Linear)] for layer in body.layers]
     defaults = inspect.signature(score_examples).parameters  # the lengths and batches scoring uses
     turns = [pair for _, messages in items for pair in turn_inputs(tokenizer, messages, defaults["max_length"].default)]
     batches, real = [], 0  # (padded tokens, response tokens) per forward
-    for _, _, batch in forward_batches(turns, defaults["batch_size"].default):
-        batches.append((max(len(e.input_ids) for e in batch) * len(batch), sum(e.n_response for e in batch)))
-        real += sum(len(e.input_ids) for e in batch)
+    for _, encoded in scoring_inputs(turns):
+        for group in length_batches([len(e.input_ids) for e in encoded], defaults["batch_size"].default):
+            batch = [encoded[i] for i in group]
+            batches.append((max(len(e.input_ids) for e in batch) * len(batch), sum(e.n_response for e in batch)))
+            real += sum(len(e.input_ids) for e in batch)
     padded = sum(tokens for tokens, _ in batches)
     flops = 2 * sum(tokens * sum(w.numel() for layer in layers for w in layer) for tokens, _ in batches)
     flops += 2 * sum(response for _, response in batches) * head.weight.numel()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dsel_assets.core.models.projection import PROJECTIONS
 from resources.home import DselHome
+from resources.settings import MODEL_SETTINGS, RUNTIME_ENVIRONMENT
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -48,7 +49,8 @@ def _definitions(
     ``--change-settings``); ``pin`` names the settings the command computes with, stored on
     first use (read-only commands pin nothing)."""
     from dsel_assets.code_location import build_definitions
-    from dsel_assets.core.models.loading import resolve
+    from dsel_assets.core.models.loading import check_model_options, pick_device, resolve
+    from resources.settings import runtime_options
 
     for requested in (
         getattr(args, "model", None) or os.environ.get("DSEL_MODEL"),
@@ -56,11 +58,21 @@ def _definitions(
     ):
         if requested:
             resolve(requested)  # a mistyped name fails here, before anything is stored or pinned
+    runtime = runtime_options({name: getattr(args, name, None) for name in RUNTIME_ENVIRONMENT})
+    check_model_options(  # what this machine cannot run fails before anything is pinned
+        pick_device(getattr(args, "device", None) or os.environ.get("DSEL_DEVICE", "auto")),
+        getattr(args, "dtype", None) or os.environ.get("DSEL_DTYPE") or "auto",
+        runtime.get("attention", "sdpa"),
+        getattr(args, "load_in", None) or os.environ.get("DSEL_LOAD_IN") or "none",
+    )
     _announce_changed_settings(home, args)
     return build_definitions(
         home,
         model=getattr(args, "model", None),
         device=getattr(args, "device", None),
+        runtime=runtime,
+        dtype=getattr(args, "dtype", None),
+        load_in=getattr(args, "load_in", None),
         grad_dim=getattr(args, "grad_dim", None),
         projection=getattr(args, "projection", None),
         pooling=getattr(args, "pooling", None),
@@ -285,7 +297,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print("[dsel] no data files found", file=sys.stderr)
         return 2
     home = _home(args)
-    defs = _definitions(home, args, pin={"model"})  # the model is checked before anything is stored
+    defs = _definitions(home, args, pin=set(MODEL_SETTINGS))  # the model is checked before anything is stored
     # Query and eval sets first: a pool row equal to one of theirs is then the row that is
     # quarantined as a duplicate, which keeps evaluation data out of the pool.
     labelled = sorted(
@@ -343,7 +355,7 @@ def cmd_grads(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"batch: {unknown} are not pool batches; known: {pool_batches}")
     config = {"ops": {"pool_grad_features": {"config": {"checkpoints": args.checkpoint or []}}}}
-    defs = _definitions(home, args, pin={"model", "grad_dim"})
+    defs = _definitions(home, args, pin={*MODEL_SETTINGS, "grad_dim"})
     if run_batches(defs, batches, "batch_job", config, [AssetKey("pool_grad_features")]):
         return 1
     with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
@@ -450,6 +462,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         eval_max_length=args.eval_max_length,
         max_new_tokens=args.max_new_tokens,
         include_base=not args.no_base,
+        lm_eval_tasks=list(dict.fromkeys(args.lm_eval_task or [])),
+        lm_eval_limit=args.lm_eval_limit,
         params=_scoped(args.param, "param"),
         asset_config=_scoped(args.config, "config"),
         confirmed=args.yes,
@@ -457,7 +471,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     home = _home(args)
     with tables.open_state(home.duckdb, log=_stderr) as conn:
         tables.ensure_schema(conn)
-        problems, plan = check_plan(plan, conn, warn=_stderr)
+        problems, plan = check_plan(plan, conn, warn=_stderr, harness_folder=home.lm_eval_tasks)
     if problems:
         for problem in problems:
             print(f"dsel: error: {problem}", file=sys.stderr)
@@ -486,7 +500,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             params[key] = value
     home = _home(args)
-    defs = _definitions(home, args, pin={"model", *kind.pinned})
+    defs = _definitions(home, args, pin={*MODEL_SETTINGS, *kind.pinned})
     instance = DagsterInstance.get()
     run_config = {"ops": {kind.configured_by or asset: {"config": params}}} if params else None
     materialize_closure(defs, instance, [AssetKey(asset)], run_config)
@@ -672,6 +686,35 @@ PROJECTION_HELP = (
 DEVICE_HELP = "auto (default: CUDA when present, else CPU) | cpu | cuda | cuda:N (the N-th GPU)"
 
 
+def model_options(command: argparse.ArgumentParser) -> None:
+    """How the models of a command load and run: the device and runtime options (this command
+    only), the dtype and quantisation (pinned in the state home: they change what a model computes)."""
+    from dsel_assets.core.models.loading import ATTENTIONS, LOAD_IN, MODEL_DTYPES
+
+    command.add_argument("--device", default=None, help=DEVICE_HELP)
+    command.add_argument(
+        "--dtype", choices=MODEL_DTYPES, default=None, help="weights' dtype (pinned; auto: bf16 on CUDA, else fp32)"
+    )
+    command.add_argument(
+        "--load-in", choices=LOAD_IN, default=None, help="quantise the frozen weights with bitsandbytes (CUDA; pinned)"
+    )
+    command.add_argument(
+        "--attention", choices=ATTENTIONS, default=None, help="attention kernel (default sdpa; $DSEL_ATTENTION)"
+    )
+    command.add_argument(
+        "--max-batch-tokens",
+        type=positive_int,
+        default=None,
+        help="padded tokens per batch in every model pass ($DSEL_MAX_BATCH_TOKENS; default: no cap)",
+    )
+    command.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute activations when training (warmup, fine-tuning): less memory, ~30%% more time",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     from dsel_assets.representation_registry import score_kinds
 
@@ -703,7 +746,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = command("run", help="run the default job on the embedded synthetic pool")
     run.add_argument("--model", default=None, help=MODEL_HELP)
-    run.add_argument("--device", default=None, help=DEVICE_HELP)
+    model_options(run)
     run.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     run.add_argument("--per-capability", type=positive_int, default=100, help="pool examples per capability")
     run.add_argument(
@@ -758,7 +801,7 @@ def parser() -> argparse.ArgumentParser:
     )
     grads.add_argument("--projection", choices=PROJECTIONS, default=None, help=PROJECTION_HELP)
     grads.add_argument("--model", default=None, help=MODEL_HELP)
-    grads.add_argument("--device", default=None, help=DEVICE_HELP)
+    model_options(grads)
     grads.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     grads.set_defaults(func=cmd_grads)
 
@@ -768,7 +811,7 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--target", help="target task of a targeted method")
     select.add_argument("--param", action="append", help="method parameter key=value (repeatable)")
     select.add_argument("--model", default=None, help=MODEL_HELP)
-    select.add_argument("--device", default=None, help=DEVICE_HELP)
+    model_options(select)
     select.add_argument("--grad-dim", type=positive_int, default=None, help="gradient feature dimension d")
     select.add_argument("--projection", choices=PROJECTIONS, default=None, help=PROJECTION_HELP)
     select.add_argument("--proxy-model", default=None, help=PROXY_HELP)
@@ -805,6 +848,13 @@ def parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--eval-per-task", type=int, default=200, help="eval examples per target (0 = all)")
     compare.add_argument("--metric", choices=["loss", "generation", "both"], default="loss", help="what to score")
+    compare.add_argument(
+        "--lm-eval-task",
+        action="append",
+        help="also score every model on this lm-evaluation-harness task (repeatable; installed, or a YAML in "
+        "<home>/lm_eval_tasks; needs pip install 'dsel[lm-eval]')",
+    )
+    compare.add_argument("--lm-eval-limit", type=int, default=0, help="documents per lm-eval task (default 0: all)")
     compare.add_argument("--epochs", type=positive_int, default=2, help="fine-tuning epochs (default 2)")
     compare.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (LoRA)")
     compare.add_argument("--max-length", type=positive_int, default=512, help="tokens per training example")
@@ -825,7 +875,7 @@ def parser() -> argparse.ArgumentParser:
         "--config", action="append", help="asset config ASSET.KEY=VALUE, e.g. warmup_checkpoint.epochs=1"
     )
     compare.add_argument("--model", default=None, help=MODEL_HELP)
-    compare.add_argument("--device", default=None, help=DEVICE_HELP)
+    model_options(compare)
     compare.add_argument("--grad-dim", type=positive_int, default=None, help="gradient feature dimension d")
     compare.add_argument("--projection", choices=PROJECTIONS, default=None, help=PROJECTION_HELP)
     compare.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
@@ -838,7 +888,7 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--pooling", choices=["mean", "position_weighted", "last_token"], help="model embeddings")
     score.add_argument("--model", default=None, help=MODEL_HELP)
     score.add_argument("--proxy-model", default=None, help=PROXY_HELP)
-    score.add_argument("--device", default=None, help=DEVICE_HELP)
+    model_options(score)
     score.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)
     score.set_defaults(func=cmd_score)
 

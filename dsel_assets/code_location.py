@@ -28,7 +28,7 @@ from dsel_assets.sensors import build_automation
 from dsel_assets.settings_versions import with_settings
 from jobs import jobs
 from resources import DselHome, build_resources
-from resources.settings import resolve_settings
+from resources.settings import resolve_settings, runtime_options
 
 
 def build_definitions(
@@ -38,6 +38,9 @@ def build_definitions(
     grad_dim: int | None = None,
     resources: dict | None = None,
     *,
+    dtype: str | None = None,
+    load_in: str | None = None,
+    runtime: dict | None = None,
     pooling: str | None = None,
     proxy_model: str | None = None,
     projection: str | None = None,
@@ -54,7 +57,9 @@ def build_definitions(
     (``strict``: a conflicting request raises instead of being ignored with a warning). The
     device defaults to ``DSEL_DEVICE`` (auto), the fine-tuned and evaluated model to
     ``DSEL_TARGET_MODEL`` (default: the selection model); ``resources`` replaces resources by
-    key (another deployment, an instrumented embedder in a test)."""
+    key (another deployment, an instrumented embedder in a test). ``dtype`` / ``load_in`` are
+    pinned like the model; ``runtime`` holds the options that change no result (attention,
+    max_batch_tokens, gradient_checkpointing: see :func:`resources.settings.runtime_options`)."""
     home = home or DselHome.from_env()
     settings, _ = resolve_settings(
         home,
@@ -64,6 +69,8 @@ def build_definitions(
             "projection": projection,
             "pooling": pooling,
             "proxy_model": proxy_model,
+            "dtype": dtype,
+            "load_in": load_in,
         },
         first_use=first_use,
         change=change_settings,
@@ -80,6 +87,7 @@ def build_definitions(
         pooling=settings.pooling,
         proxy_model=settings.proxy_model or None,
         target_model=os.environ.get("DSEL_TARGET_MODEL"),
+        model_options={"dtype": settings.dtype, "load_in": settings.load_in, **runtime_options(runtime)},
     ) | (resources or {})
     assets = dg.load_assets_from_modules(
         [

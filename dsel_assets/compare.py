@@ -11,10 +11,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
 from dsel_assets.core.data.schema import content_hashes
+from dsel_assets.core.harness import unknown_tasks
 from dsel_assets.core.select import Budget, build_config, get, methods
 from dsel_assets.core.select.registry import has_seed
 from dsel_assets.core.select.targeted import LESS
@@ -111,6 +113,9 @@ class ComparePlan:
     confirmed: bool = False
     #: the eval sample's version, frozen by ``check_plan``: every eval and the report use that sample
     eval_version: str = ""
+    #: lm-evaluation-harness tasks every model is also scored on (installed, or local YAMLs)
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_limit: int = 0
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -326,7 +331,11 @@ class ComparePlan:
             ops[eval_asset_name(key)] = {"config": evaluate}
         if self.include_base:
             ops[eval_asset_name(BASE)] = {"config": evaluate}
-        report = {"tasks": self.targets, "methods": self.selection_keys(), "eval_version": self.eval_version}
+        report = {
+            "tasks": [*self.targets, *self.lm_eval_tasks],
+            "methods": self.selection_keys(),
+            "eval_version": self.eval_version,
+        }
         ops["comparison_report"] = {"config": report}
         for asset, values in self.asset_config.items():  # e.g. warmup_checkpoint.epochs=1
             ops.setdefault(asset, {"config": {}})["config"].update(values)
@@ -344,6 +353,8 @@ class ComparePlan:
             "max_new_tokens": self.max_new_tokens,
             "max_length": self.eval_max_length,
             "generate": self.metric != "loss",
+            "lm_eval_tasks": self.lm_eval_tasks,
+            "lm_eval_limit": self.lm_eval_limit,
         }
 
     def models_per_method(self, method: str) -> int:
@@ -351,12 +362,27 @@ class ComparePlan:
         return len(self.budgets) * max(1, len(self.selection_seeds(method))) * self.seeds
 
 
-def check_plan(plan: ComparePlan, conn, warn: Callable[[str], None] | None = None) -> tuple[list[str], ComparePlan]:
+def check_plan(
+    plan: ComparePlan, conn, warn: Callable[[str], None] | None = None, harness_folder: Path | None = None
+) -> tuple[list[str], ComparePlan]:
     """Problems that stop a comparison before any work, each with what to do, and the plan with
     its eval set frozen (its sample's version: every eval and the report use that sample, and an
     eval set that changes during the comparison is refused rather than silently intersected).
-    ``warn`` hears what only weakens it (fewer eval rows than a verdict needs)."""
+    ``warn`` hears what only weakens it (fewer eval rows than a verdict needs); ``harness_folder``
+    holds the local lm-eval task YAMLs."""
     problems = []
+    if plan.lm_eval_tasks:
+        try:
+            unknown = unknown_tasks(plan.lm_eval_tasks, harness_folder)
+        except ValueError as exc:  # lm-eval is not installed
+            unknown, problems = [], [str(exc)]
+        if unknown:
+            problems.append(
+                f"lm_eval_tasks: {unknown} are not lm-eval tasks; install them or put a task YAML in {harness_folder}"
+            )
+        clash = sorted(set(plan.lm_eval_tasks) & set(plan.targets))
+        if clash:
+            problems.append(f"lm_eval_tasks: {clash} are also eval-set targets; rename the lm-eval task")
     models = sum(plan.models_per_method(m) for m in plan.methods)
     if models > MAX_UNCONFIRMED_MODELS and not plan.confirmed:
         problems.append(

@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -15,6 +16,7 @@ from pydantic import Field
 
 from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_sample, evaluate, summarize
+from dsel_assets.core.harness import harness_rows, unknown_tasks
 from dsel_assets.core.models.finetune import load_finetuned
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.finetune import finetuned_assets, model_label
@@ -23,6 +25,7 @@ from dsel_assets.pool import pool
 from dsel_assets.progress import Meter
 from dsel_assets.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
+from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
@@ -45,6 +48,11 @@ class EvalRunConfig(dg.Config):
     eval_version: str = Field(
         default="", description="The eval sample version a comparison froze; another one is refused ('' = current)"
     )
+    lm_eval_tasks: list[str] = Field(
+        default=[],
+        description="lm-evaluation-harness tasks to score too (installed, or YAMLs in <home>/lm_eval_tasks)",
+    )
+    lm_eval_limit: int = Field(default=0, description="Documents per lm-eval task (0 = all)")
 
     def to_core(self) -> EvalConfig:
         return EvalConfig(
@@ -55,6 +63,8 @@ class EvalRunConfig(dg.Config):
             self.max_batch_tokens,
             self.generate,
             self.seed,
+            tuple(self.lm_eval_tasks),
+            self.lm_eval_limit,
         )
 
 
@@ -93,9 +103,15 @@ def evaluate_models(
     store: StateStore,
     target_model: SelectionModel,
     tracker: MlflowTracker,
+    harness_folder: Path,
 ) -> dg.MaterializeResult:
-    """Score every current model of ``method`` (``base``: the untouched target model)."""
+    """Score every current model of ``method`` (``base``: the untouched target model) on the eval
+    sets, and on the lm-eval tasks the config names (local task YAMLs in ``harness_folder``)."""
     core = config.to_core()
+    if core.lm_eval_tasks:
+        unknown = unknown_tasks(core.lm_eval_tasks, harness_folder)
+        if unknown:  # before any model loads
+            raise ValueError(f"lm_eval_tasks: {unknown} are not lm-eval tasks (installed or in {harness_folder})")
     identity = target_model.identity()
     code_version = row_code_version(context)
     with store.get_connection() as conn:
@@ -133,6 +149,17 @@ def evaluate_models(
                 started = time.perf_counter()
                 model = base if path is None else load_finetuned(base, artifacts.local_copy(path))
                 rows = evaluate(model, tokenizer, sample, core, context.log.info)
+                if core.lm_eval_tasks:
+                    context.log.info(f"{label}: lm-eval {', '.join(core.lm_eval_tasks)}")
+                    rows += harness_rows(
+                        model,
+                        tokenizer,
+                        core.lm_eval_tasks,
+                        harness_folder,
+                        core.lm_eval_limit,
+                        core.batch_size,
+                        core.seed,
+                    )
                 if path is not None:
                     base = model.unload()
                 seconds = time.perf_counter() - started
@@ -225,8 +252,9 @@ def build_eval_asset(method: str, upstream: dg.AssetsDefinition | None) -> dg.As
         store: StateStore,
         target_model: SelectionModel,
         tracker: MlflowTracker,
+        home: StateHome,
     ) -> dg.MaterializeResult:
-        return evaluate_models(context, method, config, store, target_model, tracker)
+        return evaluate_models(context, method, config, store, target_model, tracker, home.paths.lm_eval_tasks)
 
     return _eval
 

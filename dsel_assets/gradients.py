@@ -257,6 +257,7 @@ def write_pool_features(
             state,
             excluded,
             on_chunk=_both(meter.update, on_chunk),
+            on_shrink=log,
         ):
             lance.upsert(dataset, feature_rows(chunk, batch, epoch, warmup), on=FEATURE_KEY)
             stats["computed"] += len(chunk.ids)
@@ -418,7 +419,8 @@ def query_grad_features(
             if base is None:
                 base, tokenizer = selection_model.load()
             model, _ = load_checkpoint(copy.deepcopy(base), path)
-            for chunk in gradient_features(model, tokenizer, todo, config, None, excluded):
+            shrink = context.log.warning
+            for chunk in gradient_features(model, tokenizer, todo, config, None, excluded, on_shrink=shrink):
                 table = feature_rows(chunk, "queries", epoch, warmup)
                 tables_out.append(table.append_column("task", pa.array([task_of[i] for i in chunk.ids])))
         if tables_out:

@@ -21,7 +21,7 @@ from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.gradients import MODELS
 from dsel_assets.representation_registry import load_scalars
 from dsel_assets.representations import REPRESENTATIONS, model_embeddings
-from dsel_assets.scores import loss_scores, score_frame, score_resumably, template_hash
+from dsel_assets.scores import SCORE_BATCH, loss_scores, score_frame, score_resumably, template_hash
 from dsel_assets.settings_versions import row_code_version
 from dsel_assets.similarity import load_vectors
 from dsel_assets.store import artifacts, queries, schema, tables
@@ -184,7 +184,8 @@ def cherry_pre_experienced_scores(
         base, tokenizer = selection_model.load()
         model = load_finetuned(base, artifacts.local_copy(path))
         fixed = {**identity, "template": template_hash(tokenizer), "code_version": code_version, "adapter": adapter}
-        return lambda chunk: score_frame(model, tokenizer, chunk, fixed).with_columns(
+        batching = selection_model.batching(SCORE_BATCH, context.log.warning)
+        return lambda chunk: score_frame(model, tokenizer, chunk, fixed, batching=batching).with_columns(
             pl.col("pool_id").replace_strict(batch_of).alias("batch")
         )
 

@@ -159,11 +159,11 @@ def model_embeddings(
     with tracker.run(context, params=params, inputs=inputs) as run:
         if todo:
             model, tokenizer = selection_model.load()
+            batching = selection_model.batching(settings.batch_size, context.log.warning)
             for start in range(0, len(todo), EMBEDDING_CHUNK):
                 chunk = todo[start : start + EMBEDDING_CHUNK]
-                vectors = embed(
-                    model, tokenizer, [m for _, m in chunk], settings.pooling, settings.max_length, settings.batch_size
-                )
+                conversations = [m for _, m in chunk]
+                vectors = embed(model, tokenizer, conversations, settings.pooling, settings.max_length, batching)
                 lance.upsert(name, vector_table([i for i, _ in chunk], batch, vectors, identity["model"]), ["pool_id"])
                 tick = meter.update(start + len(chunk))
         version = lance.delete(name, {"batch": batch}, not_in=("pool_id", ids)) if lance.exists(name) else 0

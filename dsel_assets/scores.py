@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from dsel_assets.core.models.batching import Batching
 from dsel_assets.core.models.learning_percentage import compute_learning_percentages
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.scoring import TEMPLATES, ExampleScores, check_options, score_examples
@@ -41,6 +42,7 @@ from resources.tracking import DatasetRef, MlflowTracker
 
 SCORE_COLUMNS = list(ExampleScores.__dataclass_fields__)
 CHUNK = 128
+SCORE_BATCH = 8  # examples per forward (fewer after an out-of-memory error; tokens capped by the model resource)
 SCORING_VERSION = "1"  # of score_examples: rows of the same version, model and template are interchangeable
 GREEDY_MAX_NEW_TOKENS = 128  # length cap of the greedy generations that greedy_scores is scored on
 
@@ -69,14 +71,21 @@ def score_frame(
     fixed: dict,
     response: str = "reference",
     template: str = "chat",
+    batching: Batching | int = 8,
 ):
     """The scores of ``chunk`` ((pool id, messages) pairs) as table rows, each with the
     ``fixed`` lineage columns (batch, model identity, template, code version, ...) and the
-    scoring template."""
+    scoring template; ``batching`` as :func:`score_examples` takes it."""
     scored = [
         {"pool_id": i, **fixed, "prompt_template": template, **{c: getattr(s, c) for c in SCORE_COLUMNS}}
         for i, s in score_examples(
-            model, tokenizer, chunk, response=response, max_new_tokens=GREEDY_MAX_NEW_TOKENS, template=template
+            model,
+            tokenizer,
+            chunk,
+            batch_size=batching,
+            response=response,
+            max_new_tokens=GREEDY_MAX_NEW_TOKENS,
+            template=template,
         )
     ]
     return pl.DataFrame(scored).with_columns(
@@ -222,7 +231,8 @@ def build_score_asset(
             model, tokenizer = model_res.load()
             fixed = {"batch": batch, **identity, "template": template_hash(tokenizer, config.template)}
             fixed["code_version"] = code_version
-            return lambda chunk: score_frame(model, tokenizer, chunk, fixed, response, config.template)
+            batching = model_res.batching(SCORE_BATCH, context.log.warning)
+            return lambda chunk: score_frame(model, tokenizer, chunk, fixed, response, config.template, batching)
 
         params = {"batch": batch, **identity, "code_version": code_version, "template": config.template}
         with tracker.run(

@@ -39,17 +39,20 @@ def build_resources(
     pooling: str | None = None,
     proxy_model: str | None = None,
     target_model: str | None = None,
+    model_options: dict | None = None,
 ) -> dict:
     """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite,
     artifacts). On a cluster ``DSEL_DATABASE_URL`` (PostgreSQL), ``DSEL_LANCE_URI`` and
     ``DSEL_ARTIFACTS_URI`` (e.g. ``s3://bucket/dsel/...``), ``DSEL_MLFLOW_URI`` (an MLflow
     server; ``DSEL_MLFLOW_ARTIFACTS`` overrides where it keeps artifacts) and ``DSEL_DAGSTER_HOME``
-    (the instance) move every piece of state off the home (deploy/)."""
+    (the instance) move every piece of state off the home (deploy/). ``model_options`` (dtype,
+    load_in, attention, max_batch_tokens, gradient_checkpointing) apply to every model resource."""
     home.ensure()
     compute_dtype = os.environ.get("DSEL_GRAD_COMPUTE_DTYPE", "auto")
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"DSEL_GRAD_COMPUTE_DTYPE: {compute_dtype!r} is not one of {list(COMPUTE_DTYPES)}")
     server = os.environ.get("DSEL_MLFLOW_URI")
+    options = model_options or {}
     return {
         "home": StateHome(root=str(home.root)),
         "store": StateStore(database=str(home.duckdb)),
@@ -60,11 +63,11 @@ def build_resources(
             artifact_location=os.environ.get("DSEL_MLFLOW_ARTIFACTS")
             or (None if server else home.mlflow_artifacts.as_uri()),
         ),
-        "selection_model": SelectionModel(model=model, device=device),
+        "selection_model": SelectionModel(model=model, device=device, **options),
         # the small model of Superfiltering(-D) and Small2Large (the selection model unless set)
-        "proxy_model": SelectionModel(model=proxy_model or model, device=device),
+        "proxy_model": SelectionModel(model=proxy_model or model, device=device, **options),
         # the model fine-tuned on each selection and evaluated (the selection model unless set)
-        "target_model": SelectionModel(model=target_model or model, device=device),
+        "target_model": SelectionModel(model=target_model or model, device=device, **options),
         "embedder": SentenceEmbedder(device=device),
         "model_embedding_settings": ModelEmbeddingSettings(pooling=pooling or os.environ.get("DSEL_POOLING", "mean")),
         "grad_settings": GradientSettings(dim=grad_dim, projection=projection, compute_dtype=compute_dtype),

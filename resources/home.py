@@ -71,6 +71,11 @@ class DselHome:
     def inbox(self) -> Path:
         return self.root / "inbox"
 
+    @property
+    def lm_eval_tasks(self) -> Path:
+        """lm-evaluation-harness task YAMLs the user defines (local data, offline)."""
+        return self.root / "lm_eval_tasks"
+
     def ensure(self) -> DselHome:
         for path in (self.root, self.lance, self.dagster, self.inbox):
             path.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from dsel_assets.core.models import embeddings, loading
+from dsel_assets.core.models.batching import Batching
 from dsel_assets.core.models.model_embeddings import POOLINGS
 from dsel_assets.core.threads import size_threads
 from dsel_assets.deployment import concurrent_model_steps
@@ -26,11 +27,19 @@ class SelectionModel(dg.ConfigurableResource):
 
     #: the fields whose value changes what the assets using this resource compute (part of their
     #: Dagster code version: see dsel_assets.settings_versions)
-    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("model", "dtype", "max_tokens")
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("model", "dtype", "load_in", "max_tokens")
 
     model: str = Field(default="smollm2", description="smollm2 | tiny | local path | hub id")
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
-    dtype: str = Field(default="auto", description="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
+    dtype: str = Field(default="auto", description="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16")
+    load_in: str = Field(default="none", description="none | 4bit | 8bit (bitsandbytes, CUDA only)")
+    attention: str = Field(default="sdpa", description="sdpa | eager | flash_attention_2 (CUDA, flash-attn)")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass when training (warmup, fine-tuning)"
+    )
+    max_batch_tokens: int | None = Field(
+        default=None, description="Padded tokens per batch in every model pass (unset: examples per batch only)"
+    )
     max_tokens: int = Field(default=4096, description="Records longer than this are quarantined")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -44,8 +53,16 @@ class SelectionModel(dg.ConfigurableResource):
         return loading.load_tokenizer(self.spec)
 
     def load(self):
-        """(model, tokenizer) on the configured device."""
-        return loading.load_causal_lm(self.spec, self.device, self.dtype), self.tokenizer()
+        """(model, tokenizer) on the configured device, dtype, attention and quantisation."""
+        model = loading.load_causal_lm(self.spec, self.device, self.dtype, self.attention, self.load_in)
+        if self.gradient_checkpointing:  # takes effect in training mode only (HF checks model.training)
+            loading.checkpoint_activations(model)
+        return model, self.tokenizer()
+
+    def batching(self, batch_size: int, log=None) -> Batching:
+        """Batches of ``batch_size`` examples within this model's token budget, halved on out of
+        memory (told to ``log``, a step's ``context.log.warning``)."""
+        return Batching(batch_size, self.max_batch_tokens, log)
 
     def identity(self) -> dict[str, Any]:
         """Model id and weights hash, for lineage."""

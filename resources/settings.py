@@ -31,6 +31,8 @@ ENVIRONMENT = {
     "projection": "DSEL_PROJECTION",
     "pooling": "DSEL_POOLING",
     "proxy_model": "DSEL_PROXY_MODEL",
+    "dtype": "DSEL_DTYPE",
+    "load_in": "DSEL_LOAD_IN",
 }
 #: Command-line flag that requests each setting.
 FLAGS = {
@@ -39,20 +41,57 @@ FLAGS = {
     "projection": "--projection",
     "pooling": "--pooling",
     "proxy_model": "--proxy-model",
+    "dtype": "--dtype",
+    "load_in": "--load-in",
 }
+#: How models run without changing what they compute: per command (a flag), else the environment.
+RUNTIME_ENVIRONMENT = {
+    "attention": "DSEL_ATTENTION",
+    "max_batch_tokens": "DSEL_MAX_BATCH_TOKENS",
+    "gradient_checkpointing": "DSEL_GRADIENT_CHECKPOINTING",
+}
+
+
+def runtime_options(explicit: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The runtime options given (flags first, then ``DSEL_ATTENTION`` / ``DSEL_MAX_BATCH_TOKENS``
+    / ``DSEL_GRADIENT_CHECKPOINTING=1``); options given nowhere are left out (resource defaults)."""
+    environ = os.environ if environ is None else environ
+    chosen = {k: v for k, v in (explicit or {}).items() if v is not None}
+    for name, variable in RUNTIME_ENVIRONMENT.items():
+        value = environ.get(variable)
+        if name in chosen or not value:
+            continue
+        if name == "max_batch_tokens":
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{variable}: {value!r} is not a positive number of tokens")
+            chosen[name] = int(value)
+        elif name == "gradient_checkpointing":
+            if value not in ("0", "1"):
+                raise ValueError(f"{variable}: {value!r} is not one of ['0', '1']")
+            chosen[name] = value == "1"
+        else:
+            chosen[name] = value
+    return chosen
+
+
+#: The settings every model output depends on: pinned together by any command that runs a model.
+MODEL_SETTINGS = ("model", "dtype", "load_in")
 
 
 @dataclass(frozen=True)
 class IdentitySettings:
     """The selection model, the gradient feature dimension and projection, the model-embedding
-    pooling and the proxy model of Superfiltering / Small2Large ("" = the selection model; see
-    dsel_assets.scores)."""
+    pooling, the proxy model of Superfiltering / Small2Large ("" = the selection model; see
+    dsel_assets.scores), and the weights' dtype and quantisation (a bf16 or 4-bit model scores,
+    embeds and differentiates differently)."""
 
     model: str = "smollm2"
     grad_dim: int = 8192
     projection: str = "rademacher"
     pooling: str = "mean"
     proxy_model: str = ""
+    dtype: str = "auto"
+    load_in: str = "none"
 
 
 class SettingsConflict(ValueError):

@@ -25,6 +25,7 @@ def test_first_use_pins_and_later_requests_must_agree(home):
     assert (settings.grad_dim, settings.model, settings.pooling, changed) == (1024, "tiny", "mean", [])
     # the proxy model pins as "" (the selection model) unless one is named
     pinned = {"grad_dim": 1024, "model": "tiny", "pooling": "mean", "proxy_model": "", "projection": "rademacher"}
+    pinned |= {"dtype": "auto", "load_in": "none"}
     assert stored_settings(home) == pinned
     # nothing requested (the UI, the daemon): the stored values, not the defaults
     assert resolve_settings(home, {}, environ=NO_ENV)[0].grad_dim == 1024

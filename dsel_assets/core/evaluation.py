@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .data.synthetic import extract_answer
+from .models.batching import Batching
 from .models.generation import greedy_generate
 from .models.loading import compute_precision
-from .models.sft import collate, encode_conversation, length_batches, per_example_loss
+from .models.sft import collate, encode_conversation, per_example_loss
 from .models.templates import render_chat
 
 EXACT_MATCH = "exact_match"
@@ -45,6 +46,10 @@ class EvalConfig:
     )
     generate: bool = field(default=True, metadata={"help": "generate and grade checkable answers"})
     seed: int = field(default=0, metadata={"help": "eval sample seed"})
+    lm_eval_tasks: tuple[str, ...] = field(
+        default=(), metadata={"help": "lm-evaluation-harness tasks scored besides the eval sets (core.harness)"}
+    )
+    lm_eval_limit: int = field(default=0, metadata={"help": "documents per lm-eval task (0 = all)"})
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_length", "batch_size"):
@@ -54,6 +59,8 @@ class EvalConfig:
             raise ValueError(f"max_batch_tokens: must be >= 0 (0 = no cap), got {self.max_batch_tokens}")
         if self.max_per_task < 0:
             raise ValueError(f"max_per_task: must be >= 0, got {self.max_per_task}")
+        if self.lm_eval_limit < 0:
+            raise ValueError(f"lm_eval_limit: must be >= 0 (0 = all), got {self.lm_eval_limit}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,7 +159,7 @@ def eval_sample(examples: Sequence[EvalExample], max_per_task: int, seed: int) -
 
 
 def greedy_replies(
-    model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int, batch_size: int
+    model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int, batch_size: int | Batching
 ) -> list[str]:
     """Greedy replies to the conversations' prompts (the turns before the last reply)."""
     prompts = [render_chat(tokenizer, _prompt_turns(m), generation_prompt=True) for m in conversations]
@@ -170,21 +177,24 @@ def response_losses(
     tokenizer,
     conversations: Sequence[list[dict]],
     max_length: int,
-    batch_size: int,
-    max_batch_tokens: int | None = None,
+    batch_size: int | Batching,
 ) -> list[float | None]:
     """Mean response-token loss on each reference conversation; None when truncation to
-    ``max_length`` leaves no response token."""
+    ``max_length`` leaves no response token. ``batch_size``: conversations per forward, or a
+    :class:`~.models.batching.Batching`."""
     import torch
 
     encoded = [encode_conversation(tokenizer, m, max_length) for m in conversations]
     kept = [i for i, e in enumerate(encoded) if e is not None]
     losses: list[float | None] = [None] * len(encoded)
     device = next(model.parameters()).device
-    for group in length_batches([len(encoded[i].input_ids) for i in kept], batch_size, max_batch_tokens):
+
+    def forward(group):
         batch = collate([encoded[kept[i]] for i in group], tokenizer.pad_token_id)
         with torch.no_grad(), compute_precision("auto", device):
-            values = per_example_loss(model, batch).tolist()
+            return per_example_loss(model, batch).tolist()
+
+    for group, values in Batching.of(batch_size).run([len(encoded[i].input_ids) for i in kept], forward):
         for i, value in zip(group, values, strict=True):
             losses[kept[i]] = value
     return losses
@@ -197,22 +207,17 @@ def evaluate(
     config: EvalConfig,
     log: Callable[[str], None] = print,
 ) -> list[EvalRow]:
-    """One row per example: its loss, and its metric and score where the answer is checkable."""
-    losses = response_losses(
-        model,
-        tokenizer,
-        [e.messages for e in examples],
-        config.max_length,
-        config.batch_size,
-        config.max_batch_tokens or None,
-    )
+    """One row per example: its loss, and its metric and score where the answer is checkable.
+    A batch that runs out of memory is halved and retried, and ``log`` says so."""
+    batching = Batching(config.batch_size, config.max_batch_tokens or None, log)
+    losses = response_losses(model, tokenizer, [e.messages for e in examples], config.max_length, batching)
     metrics = [metric_of(e) for e in examples]
     gradable = [i for i, (metric, answer) in enumerate(metrics) if metric and answer is not None]
     predictions: dict[int, str] = {}
     if config.generate and gradable:
         log(f"eval: generating {len(gradable)} answers (max {config.max_new_tokens} new tokens)")
         replies = greedy_replies(
-            model, tokenizer, [examples[i].messages for i in gradable], config.max_new_tokens, config.batch_size
+            model, tokenizer, [examples[i].messages for i in gradable], config.max_new_tokens, batching
         )
         predictions = dict(zip(gradable, replies, strict=True))
     rouge_rows = [i for i in predictions if metrics[i][0] == ROUGE_L]

@@ -402,12 +402,14 @@ def _panel(rows: pl.DataFrame, units: list[tuple], value: str) -> _Panel:
 
 
 def _task_measures(frame: pl.DataFrame) -> dict[str, dict[str, pl.Expr]]:
-    """task -> measure -> the filter selecting its rows (value column: loss or score). Every task
-    has "loss"; "score:<metric>" per metric with a score above 0 ("score" when the metric is null):
-    a metric every model scores 0 on (exact match of an untrained small model) says nothing."""
+    """task -> measure -> the filter selecting its rows (value column: loss or score). "loss" for
+    every task with losses (an lm-eval task has none); "score:<metric>" per metric with a score
+    above 0 ("score" when the metric is null): a metric every model scores 0 on (exact match of an
+    untrained small model) says nothing."""
     measures: dict[str, dict[str, pl.Expr]] = {}
     for task in sorted(frame["task"].unique().to_list()):
-        measures[task] = {"loss": pl.lit(True)}
+        has_loss = frame.filter((pl.col("task") == task) & pl.col("loss").is_not_null()).height > 0
+        measures[task] = {"loss": pl.lit(True)} if has_loss else {}
         scored = frame.filter((pl.col("task") == task) & (pl.col("score") > 0))
         for metric in sorted(scored["metric"].unique().to_list(), key=lambda m: (m is None, m or "")):
             if metric is None:
@@ -419,12 +421,13 @@ def _task_measures(frame: pl.DataFrame) -> dict[str, dict[str, pl.Expr]]:
 
 def _balance_measures(measures: dict[str, dict[str, pl.Expr]]) -> dict[str, dict[str, str]]:
     """kind ("loss", "score") -> task -> the measure it is balanced over, for kinds that at least
-    two tasks have (over one task a balance row would repeat the task's row): loss on every task,
+    two tasks have (over one task a balance row would repeat the task's row): loss on every task with losses,
     score on each task's first score measure."""
     kinds = {}
-    if len(measures) >= 2:
-        kinds["loss"] = {task: "loss" for task in measures}
-    scored = {task: next(m for m in names if m != "loss") for task, names in measures.items() if len(names) > 1}
+    with_loss = {task: "loss" for task, names in measures.items() if "loss" in names}
+    if len(with_loss) >= 2:
+        kinds["loss"] = with_loss
+    scored = {task: next(m for m in names if m != "loss") for task, names in measures.items() if set(names) - {"loss"}}
     if len(scored) >= 2:
         kinds["score"] = scored
     return kinds

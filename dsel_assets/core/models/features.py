@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .batching import Batching
 from .factorised import REPROJECT_STREAM, FactorisedGradients, count_sketch
 from .gradients import PerExampleGradients, adam_features
 from .loading import COMPUTE_DTYPES, compute_precision
 from .projection import FACTORISED, PROJECTIONS, BlockProjector
-from .sft import collate, encode_conversation, length_batches
+from .sft import collate, encode_conversation
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,14 @@ def gradient_features(
     optimizer_state: dict[str, dict] | None = None,
     excluded: list[tuple[str, str]] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    on_shrink: Callable[[str], None] | None = None,
 ) -> Iterator[FeatureChunk]:
     """Yield features of ``items`` (id, messages) chunk by chunk, longest first.
 
     With ``optimizer_state`` (``{"exp_avg": {name: t}, "exp_avg_sq": {...}}``) the Adam
     direction is used (pool examples); without it the plain gradient (queries). Examples
-    left without response tokens by truncation are appended to ``excluded`` with a reason."""
+    left without response tokens by truncation are appended to ``excluded`` with a reason.
+    A batch that runs out of memory is halved and retried (``on_shrink`` is told)."""
     import torch
 
     model.eval()  # dropout off: the gradient of the model as it is
@@ -143,6 +146,7 @@ def gradient_features(
             return grads if moments is None else adam_features(grads, *moments, textbook=config.textbook_adam)
 
         project = projector.project
+    batching = Batching(config.batch_size, config.max_batch_tokens, on_shrink)
     with hooks:
         done = 0
         for start in range(0, len(order), config.chunk):
@@ -150,14 +154,17 @@ def gradient_features(
             chunk = order[start : start + config.chunk]
             lengths = [len(encoded[i].input_ids) for i in chunk]
             rows, losses, chunk_ids = [], [], []
-            for group in length_batches(lengths, config.batch_size, config.max_batch_tokens):
-                members = [chunk[i] for i in group]
-                batch = collate([encoded[i] for i in members], tokenizer.pad_token_id)
+
+            def backward(group, chunk=chunk):
+                batch = collate([encoded[chunk[i]] for i in group], tokenizer.pad_token_id)
                 with compute_precision(config.compute_dtype, device):
                     grads, loss = hooks.compute(batch)
-                rows.append(per_batch(grads))
-                losses.append(loss.float().cpu())
-                chunk_ids += [ids[i] for i in members]
+                return per_batch(grads), loss.float().cpu()
+
+            for group, (grads, loss) in batching.run(lengths, backward):
+                rows.append(grads)
+                losses.append(loss)
+                chunk_ids += [ids[chunk[i]] for i in group]
             projected = project(torch.cat(rows))
             projected = projected / projected.norm(dim=1, keepdim=True).clamp(min=1e-12)
             done += len(chunk)

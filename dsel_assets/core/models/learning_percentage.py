@@ -10,21 +10,25 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .sft import collate, encode_conversation, length_batches, per_example_loss
+from .batching import Batching
+from .sft import collate, encode_conversation, per_example_loss
 from .warmup import WarmupConfig, train_lora
 
 
-def perplexities(model, encoded, pad_id: int, batch_size: int = 8) -> np.ndarray:
+def perplexities(model, encoded, pad_id: int, batch_size: int | Batching = 8) -> np.ndarray:
     """exp(mean response-token loss) per example (model in eval mode, no gradients)."""
     import torch
 
     out = np.empty(len(encoded))
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for group in length_batches([len(e.input_ids) for e in encoded], batch_size):
-            losses = per_example_loss(model, collate([encoded[i] for i in group], pad_id))
-            out[group] = np.exp(losses.float().cpu().numpy())
+
+    def forward(group):
+        with torch.no_grad():
+            return per_example_loss(model, collate([encoded[i] for i in group], pad_id)).float().cpu().numpy()
+
+    for group, losses in Batching.of(batch_size).run([len(e.input_ids) for e in encoded], forward):
+        out[group] = np.exp(losses)
     model.train(was_training)
     return out
 

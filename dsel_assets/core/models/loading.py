@@ -133,15 +133,59 @@ def pick_device(preference: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: Weight dtypes a model loads in (``auto``: bf16 on CUDA devices that have it, else float32).
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: Attention kernels (transformers' ``attn_implementation``); flash-attention needs CUDA and the
+#: ``flash_attn`` package.
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
+#: bitsandbytes quantisation of the frozen weights (CUDA only).
+LOAD_IN = ("none", "4bit", "8bit")
+
+
 def pick_dtype(device: str, preference: str = "auto") -> torch.dtype:
     """bf16 on CUDA devices that support it, float32 on CPU (bf16 matmuls are slow there)."""
     import torch
 
+    if preference not in MODEL_DTYPES:
+        raise ValueError(f"dtype: {preference!r} is not one of {list(MODEL_DTYPES)}")
     if preference != "auto":
         return getattr(torch, preference)
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def check_model_options(device: str, dtype: str = "auto", attention: str = "sdpa", load_in: str = "none") -> None:
+    """Refuse options this machine cannot honour, naming the option, its value and the choices,
+    before any model is loaded."""
+    for name, value, choices in (("dtype", dtype, MODEL_DTYPES), ("attention", attention, ATTENTIONS)):
+        if value not in choices:
+            raise ValueError(f"{name}: {value!r} is not one of {list(choices)}")
+    if load_in not in LOAD_IN:
+        raise ValueError(f"load_in: {load_in!r} is not one of {list(LOAD_IN)}")
+    on_cuda = device.startswith("cuda")
+    if attention == "flash_attention_2":
+        if not on_cuda:
+            raise ValueError(f"attention: 'flash_attention_2' runs on CUDA only; this step runs on {device} (use sdpa)")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attention: 'flash_attention_2' needs the flash-attn package (pip install flash-attn)")
+    if load_in != "none":
+        if not on_cuda:
+            raise ValueError(
+                f"load_in: {load_in!r} quantises through bitsandbytes on CUDA only; this step runs on {device} "
+                "(use load_in=none)"
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(f"load_in: {load_in!r} needs the bitsandbytes package (pip install 'dsel[gpu]')")
+
+
+def _quantisation(load_in: str, dtype):
+    """transformers' bitsandbytes config for ``load_in`` (NF4 with ``dtype`` compute for 4-bit)."""
+    from transformers import BitsAndBytesConfig
+
+    if load_in == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def bf16_autocast(device):
@@ -276,18 +320,51 @@ def _dequantized(spec: ModelSpec) -> PreTrainedModel:
     return model
 
 
-def load_causal_lm(spec: ModelSpec, device: str = "auto", dtype: str = "auto") -> PreTrainedModel:
-    """A fresh copy of the causal LM on ``device`` (``auto``: CUDA when present) in eval mode.
-    GGUF weights are dequantized once (see :func:`gguf_cache`) and copied per load; other
-    checkpoints load from disk each time, so a large model is never held twice."""
+def checkpoint_activations(model) -> None:
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant, so LoRA
+    layers over frozen inputs still get gradients); transformers >= 5 calls it activation
+    checkpointing, older releases gradient checkpointing."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def load_causal_lm(
+    spec: ModelSpec, device: str = "auto", dtype: str = "auto", attention: str = "sdpa", load_in: str = "none"
+) -> PreTrainedModel:
+    """A fresh copy of the causal LM on ``device`` (``auto``: CUDA when present) in eval mode,
+    with the ``attention`` kernel, and its frozen weights quantised by bitsandbytes when
+    ``load_in`` is ``4bit`` / ``8bit`` (CUDA; see :func:`check_model_options`). GGUF weights are
+    dequantized once (see :func:`gguf_cache`) and copied per load; other checkpoints load from
+    disk each time, so a large model is never held twice."""
     from transformers import AutoModelForCausalLM
 
     device = pick_device(device)
+    check_model_options(device, dtype, attention, load_in)
     torch_dtype = pick_dtype(device, dtype)
+    if load_in != "none":
+        if spec.tiny:
+            raise ValueError("load_in: the 'tiny' test model is built in memory and cannot be quantised from disk")
+        if spec.gguf_file:
+            _dequantized(spec)  # writes the safetensors cache bitsandbytes loads from
+            if _cached(spec) is None:
+                raise ValueError(f"load_in: {load_in!r} on a GGUF model needs its cache ({MODEL_CACHE_ENV} is off)")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(_cached(spec) or spec.path),
+            dtype=torch_dtype,
+            attn_implementation=attention,
+            quantization_config=_quantisation(load_in, torch_dtype),
+            device_map={"": device},
+        )
+        return model.eval()
     if spec.tiny:
         model = tiny_llama(load_tokenizer(spec))
     elif spec.gguf_file:
         model = copy.deepcopy(_dequantized(spec))
     else:
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype, attn_implementation=attention)
+    if model.config._attn_implementation != attention:
+        model.set_attn_implementation(attention)
     return model.to(device=device, dtype=torch_dtype).eval()

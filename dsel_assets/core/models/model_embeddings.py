@@ -6,7 +6,8 @@ from typing import Literal
 
 import numpy as np
 
-from .sft import IGNORE, Encoded, collate, length_batches
+from .batching import Batching
+from .sft import IGNORE, Encoded, collate
 from .templates import render_chat
 
 Pooling = Literal["mean", "position_weighted", "last_token"]
@@ -38,9 +39,10 @@ def model_embeddings(
     conversations: list[list[dict]],
     pooling: Pooling = "mean",
     max_length: int = 512,
-    batch_size: int = 8,
+    batch_size: int | Batching = 8,
 ) -> np.ndarray:
-    """L2-normalised float32 embeddings, one row per conversation (in input order)."""
+    """L2-normalised float32 embeddings, one row per conversation (in input order);
+    ``batch_size``: conversations per forward, or a :class:`~.batching.Batching`."""
     import torch
 
     from .sft import _backbone_and_head
@@ -52,12 +54,16 @@ def model_embeddings(
         ids = tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"][:max_length]
         encoded.append(Encoded(ids, [IGNORE] * len(ids)))  # embeddings need no labels
     out = np.zeros((len(encoded), body.config.hidden_size), dtype=np.float32)
-    with torch.no_grad():
-        for group in length_batches([len(e.input_ids) for e in encoded], batch_size):
-            batch = collate([encoded[i] for i in group], tokenizer.pad_token_id)
+
+    def embed(group):
+        batch = collate([encoded[i] for i in group], tokenizer.pad_token_id)
+        with torch.no_grad():
             hidden = body(
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
             ).last_hidden_state
             pooled = pool_hidden(hidden.float(), batch["attention_mask"].to(device), pooling)
-            out[group] = torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
+            return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
+
+    for group, rows in Batching.of(batch_size).run([len(e.input_ids) for e in encoded], embed):
+        out[group] = rows
     return out

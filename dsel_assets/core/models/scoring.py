@@ -34,8 +34,9 @@ from typing import Literal
 
 import numpy as np
 
+from .batching import Batching
 from .generation import greedy_generate
-from .sft import IGNORE, Encoded, collate, length_batches
+from .sft import IGNORE, Encoded, collate
 from .templates import ALPACA_RESPONSE_HEADER, render_alpaca, render_chat
 
 Template = Literal["chat", "alpaca"]
@@ -111,7 +112,7 @@ def alpaca_turn_inputs(tokenizer, messages: list[dict], max_length: int) -> list
 
 
 def greedy_answers(
-    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 8
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int | Batching = 8
 ) -> list[list[list[int]]]:
     """Per conversation, per assistant turn: the model's greedy reply to the reference context
     before that turn, as token ids up to (not including) the end-of-sequence token."""
@@ -205,13 +206,24 @@ def check_options(response: str, template: str) -> None:
         raise ValueError("template: greedy responses are generated and scored with the chat template only")
 
 
-def forward_batches(pairs: list[TurnInputs], batch_size: int) -> Iterator[tuple[str, list[int], list[Encoded]]]:
-    """The forwards scoring runs: every pair's conditioned encodings, then its unconditioned
-    ones, each batched by length - ``(kind, indices into pairs, encodings)``."""
+def scoring_inputs(pairs: list[TurnInputs]) -> Iterator[tuple[str, list[Encoded]]]:
+    """The forwards scoring runs: every pair's conditioned encodings, then its unconditioned ones."""
     for kind in ("conditioned", "unconditioned"):
-        encoded = [getattr(pair, kind) for pair in pairs]
-        for group in length_batches([len(e.input_ids) for e in encoded], batch_size):
-            yield kind, group, [encoded[i] for i in group]
+        yield kind, [getattr(pair, kind) for pair in pairs]
+
+
+def _accumulate(sums: dict, min_margin: np.ndarray, kind: str, owners: np.ndarray, stats: dict) -> None:
+    """Add one batch's token statistics to the sums of the examples owning its turns."""
+    if kind == "unconditioned":
+        np.add.at(sums["uncond"], owners, stats["loss_sum"])
+        np.add.at(sums["uncond_count"], owners, stats["count"])
+        return
+    np.add.at(sums["cond"], owners, stats["loss_sum"])
+    np.add.at(sums["count"], owners, stats["count"])
+    np.add.at(sums["entropy"], owners, stats["entropy_sum"])
+    np.add.at(sums["log_top1"], owners, stats["log_top1_sum"])
+    np.add.at(sums["margin"], owners, stats["margin_sum"])
+    np.minimum.at(min_margin, owners, stats["margin_min"])
 
 
 def score_examples(
@@ -219,7 +231,7 @@ def score_examples(
     tokenizer,
     items: list[tuple[str, list[dict]]],
     max_length: int = 512,
-    batch_size: int = 8,
+    batch_size: int | Batching = 8,
     response: Literal["reference", "greedy"] = "reference",
     max_new_tokens: int = 128,
     template: Template = "chat",
@@ -227,11 +239,13 @@ def score_examples(
 ) -> Iterator[tuple[str, ExampleScores]]:
     """Scores per example id, teacher-forced on the reference responses or on the model's greedy
     generation, with the chat or the Alpaca template (module docstring); examples with no
-    scorable response token get a reason. ``precision``: as in :func:`token_statistics`."""
+    scorable response token get a reason. ``precision``: as in :func:`token_statistics`;
+    ``batch_size``: examples per forward, or a :class:`~.batching.Batching`."""
     check_options(response, template)
+    batching = Batching.of(batch_size)
     answers: list[list[list[int]] | None] = [None] * len(items)
     if response == "greedy":
-        answers = greedy_answers(model, tokenizer, [m for _, m in items], max_new_tokens, batch_size)
+        answers = greedy_answers(model, tokenizer, [m for _, m in items], max_new_tokens, batching)
     turns: list[tuple[int, TurnInputs]] = []
     for index, (_, messages) in enumerate(items):
         if template == "alpaca":
@@ -242,19 +256,13 @@ def score_examples(
     keys = ("cond", "uncond", "count", "uncond_count", "entropy", "log_top1", "margin")
     sums = {key: np.zeros(len(items)) for key in keys}
     min_margin = np.full(len(items), np.inf)
-    for kind, group, batch in forward_batches([pair for _, pair in turns], batch_size):
-        stats = token_statistics(model, collate(batch, tokenizer.pad_token_id), precision)
-        owners = np.array([turns[i][0] for i in group])
-        if kind == "unconditioned":
-            np.add.at(sums["uncond"], owners, stats["loss_sum"])
-            np.add.at(sums["uncond_count"], owners, stats["count"])
-            continue
-        np.add.at(sums["cond"], owners, stats["loss_sum"])
-        np.add.at(sums["count"], owners, stats["count"])
-        np.add.at(sums["entropy"], owners, stats["entropy_sum"])
-        np.add.at(sums["log_top1"], owners, stats["log_top1_sum"])
-        np.add.at(sums["margin"], owners, stats["margin_sum"])
-        np.minimum.at(min_margin, owners, stats["margin_min"])
+    for kind, encoded in scoring_inputs([pair for _, pair in turns]):
+
+        def forward(group, encoded=encoded):
+            return token_statistics(model, collate([encoded[i] for i in group], tokenizer.pad_token_id), precision)
+
+        for group, stats in batching.run([len(e.input_ids) for e in encoded], forward):
+            _accumulate(sums, min_margin, kind, np.array([turns[i][0] for i in group]), stats)
     for index, (item_id, _) in enumerate(items):
         count = int(sums["count"][index])
         if count == 0:
