@@ -48,6 +48,15 @@ def _definitions(
     (a conflicting ``--model`` / ``--grad-dim`` / ``--pooling`` is an error unless
     ``--change-settings``); ``pin`` names the settings the command computes with, stored on
     first use (read-only commands pin nothing)."""
+    return _definitions_maker(home, args, pin, first_use)()
+
+
+def _definitions_maker(
+    home: DselHome, args: argparse.Namespace, pin: bool | Collection[str] = True, first_use: dict | None = None
+):
+    """What :func:`_definitions` builds, as a picklable maker (worker processes build their own)."""
+    import functools
+
     from dsel_assets.code_location import build_definitions
     from dsel_assets.core.models.loading import check_model_options, pick_device, resolve
     from resources.settings import runtime_options
@@ -66,7 +75,8 @@ def _definitions(
         getattr(args, "load_in", None) or os.environ.get("DSEL_LOAD_IN") or "none",
     )
     _announce_changed_settings(home, args)
-    return build_definitions(
+    return functools.partial(
+        build_definitions,
         home,
         model=getattr(args, "model", None),
         device=getattr(args, "device", None),
@@ -82,6 +92,13 @@ def _definitions(
         strict=True,
         pin=pin,
     )
+
+
+def _settled(make):
+    """``make`` for a worker process: the settings are pinned (or changed) by this command already."""
+    import functools
+
+    return functools.partial(make.func, *make.args, **{**make.keywords, "pin": False, "change_settings": False})
 
 
 def _announce_changed_settings(home: DselHome, args: argparse.Namespace) -> None:
@@ -297,13 +314,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print("[dsel] no data files found", file=sys.stderr)
         return 2
     home = _home(args)
-    defs = _definitions(home, args, pin=set(MODEL_SETTINGS))  # the model is checked before anything is stored
+    make = _definitions_maker(home, args, pin=set(MODEL_SETTINGS))  # the model is checked before anything is stored
+    defs = make()
     # Query and eval sets first: a pool row equal to one of theirs is then the row that is
     # quarantined as a duplicate, which keeps evaluation data out of the pool.
     labelled = sorted(
         ((path, labels_for(path, args.source, args.task, args.split)) for path in files),
         key=lambda item: item[1].split == "pool",
     )
+    if args.shard_rows:  # each shard a batch, labelled as its file
+        from dsel_assets.core.data.shards import shard_folder, split_lines
+
+        labelled = [
+            (shard, labels)
+            for path, labels in labelled
+            for shard in split_lines(path, args.shard_rows, shard_folder(home.shards, path))
+        ]
     batches = []
     for path, labels in labelled:
         try:
@@ -335,7 +361,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         keys = [AssetKey("pool_batch"), AssetKey("pool")]
         if args.embed:
             keys.append(AssetKey("sentence_embeddings"))
-        failed = len(run_batches(defs, batches, "batch_job", asset_selection=keys))
+        failed = len(run_batches(defs, batches, "batch_job", asset_selection=keys, build=_settled(make)))
         _print_ingest_summary(home, batches)
     return 1 if failed else 0
 
@@ -355,8 +381,9 @@ def cmd_grads(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"batch: {unknown} are not pool batches; known: {pool_batches}")
     config = {"ops": {"pool_grad_features": {"config": {"checkpoints": args.checkpoint or []}}}}
-    defs = _definitions(home, args, pin={*MODEL_SETTINGS, "grad_dim"})
-    if run_batches(defs, batches, "batch_job", config, [AssetKey("pool_grad_features")]):
+    make = _definitions_maker(home, args, pin={*MODEL_SETTINGS, "grad_dim"})
+    defs = make()
+    if run_batches(defs, batches, "batch_job", config, [AssetKey("pool_grad_features")], build=_settled(make)):
         return 1
     with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         latest = queries.latest_warmup(conn)
@@ -410,13 +437,14 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise ValueError(f"method: {args.method} needs {list(spec.needs)}; not all of them have an asset yet")
     key = selection_key(args.method, representation)  # e.g. round_robin_rds: its own asset and stored rows
     home = _home(args)
-    defs = _definitions(home, args)
+    make = _definitions_maker(home, args)
+    defs = make()
     if representation == "rds":  # before the pool is embedded with another pooling
         check_rds_pooling(defs.resources["model_embedding_settings"])
     target = AssetKey(selection_asset_name(key))
     config = {"budgets": args.budget, "params": typed_params(args.method, params)}
     run_config = {"ops": {target.to_user_string(): {"config": config}}}
-    materialize_closure(defs, DagsterInstance.get(), [target], run_config)
+    materialize_closure(defs, DagsterInstance.get(), [target], run_config, build=_settled(make))
     with tables.open_state(home.duckdb, read_only=True, log=_stderr) as conn:
         summary = queries.selection_summary(conn, key)
     print(format_table(summary.columns, summary.rows()))
@@ -500,10 +528,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             params[key] = value
     home = _home(args)
-    defs = _definitions(home, args, pin={*MODEL_SETTINGS, *kind.pinned})
+    make = _definitions_maker(home, args, pin={*MODEL_SETTINGS, *kind.pinned})
+    defs = make()
     instance = DagsterInstance.get()
     run_config = {"ops": {kind.configured_by or asset: {"config": params}}} if params else None
-    materialize_closure(defs, instance, [AssetKey(asset)], run_config)
+    materialize_closure(defs, instance, [AssetKey(asset)], run_config, build=_settled(make))
     event = instance.get_latest_materialization_event(AssetKey(asset))
     metadata = event.asset_materialization.metadata if event else {}
     shown = [
@@ -788,6 +817,13 @@ def parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--mapping", help="field mapping for other layouts: prompt=COL,response=COL[,input=COL]")
     ingest.add_argument("--embed", action="store_true", help="also compute sentence embeddings of each batch")
+    ingest.add_argument(
+        "--shard-rows",
+        type=positive_int,
+        default=None,
+        help="cut JSON-lines files into batches of N lines (under <home>/shards): per-batch steps run per "
+        "shard, side by side on several devices (DSEL_DEVICES)",
+    )
     ingest.add_argument("--force", action="store_true", help="re-validate files already ingested")
     ingest.add_argument("--model", default=None, help="tokenizer for the token limit; " + MODEL_HELP)
     ingest.add_argument("--change-settings", action="store_true", help=CHANGE_HELP)

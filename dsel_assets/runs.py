@@ -5,14 +5,17 @@ pool batch and pool-wide assets once."""
 from __future__ import annotations
 
 import difflib
+import multiprocessing
 import re
 import sys
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 
 import dagster as dg
 
 from dsel_assets import output
+from dsel_assets.devices import device_slots, size_gpu_pool
 from dsel_assets.liveness import process_tags, wait_for_slots, watch_slots
 from dsel_assets.pool import pool_batches
 from dsel_assets.staleness import must_run, stale_resolver
@@ -28,6 +31,7 @@ def materialize_closure(
     run_config: dict | None = None,
     log: Callable[[str], None] = print,
     needs: Iterable[dg.AssetKey] = (),
+    build: Callable[[], dg.Definitions] | None = None,
 ) -> None:
     """Materialize ``targets`` and what they and ``needs`` need, in dependency order: of their upstream
     assets (a per-batch one: per pool batch) those missing, stale by their own code or settings
@@ -35,7 +39,8 @@ def materialize_closure(
     when missing or their own code or settings changed, not because the pool grew: a new warmup
     would invalidate every batch's gradient features. Targets and the pool always run. Runs of
     consecutive per-batch assets go through ``batch_job`` per batch, pool-wide ones through
-    ``curation_job``."""
+    ``curation_job``; with several device slots and ``build``, the batches' runs go side by
+    side (see :func:`run_batches`)."""
     check_run_config(defs, run_config)
     graph = defs.resolve_asset_graph()
     targets = set(targets)
@@ -47,8 +52,16 @@ def materialize_closure(
     pending: dict[str | None, list[dg.AssetKey]] = {}
 
     def flush() -> None:
-        for batch, keys in pending.items():
-            _execute(defs, instance, "batch_job" if batch else "curation_job", keys, ops, log, batch)
+        if build is not None and None not in pending and len(pending) > 1 and len(device_slots()) > 1:
+            runs = [(batch, "batch_job", {"ops": _ops_of(keys, ops)}, keys) for batch, keys in pending.items()]
+            failures = [
+                f"batch {b}: {failure}" for b, failure, _ in _side_by_side(build, instance, runs, log) if failure
+            ]
+            if failures:
+                raise RunFailed("; ".join(failures))
+        else:
+            for batch, keys in pending.items():
+                _execute(defs, instance, "batch_job" if batch else "curation_job", keys, ops, log, batch)
         pending.clear()
 
     ops = (run_config or {}).get("ops", {})
@@ -174,7 +187,7 @@ def materialize_only(
 
 def _execute(defs, instance, job_name: str, keys: list[dg.AssetKey], ops: dict, log, batch: str | None = None) -> None:
     names = {k.to_user_string() for k in keys}
-    config = {**_console(), "ops": {name: value for name, value in ops.items() if name in names}}
+    config = {**_console(), "ops": _ops_of(keys, ops)}
     where = f" for batch {batch}" if batch else ""
     log(f"[dsel] materializing {', '.join(sorted(names))}{where} ...")
     result = execute(
@@ -184,6 +197,24 @@ def _execute(defs, instance, job_name: str, keys: list[dg.AssetKey], ops: dict, 
         raise RunFailed(failure_summary(result))
 
 
+def _ops_of(keys: Iterable[dg.AssetKey], ops: dict) -> dict:
+    """The run config entries of ``keys`` (a run passes each asset its own config)."""
+    names = {k.to_user_string() for k in keys}
+    return {name: value for name, value in ops.items() if name in names}
+
+
+def _side_by_side(build, instance, runs: list[tuple], log) -> list[tuple[str, str | None, dict]]:
+    """``runs`` (batch, job name, run config, asset selection) in one worker process per device
+    slot, the ``gpu`` pool sized to the slots; (batch, failure or None, step seconds) of each."""
+    slots = len(device_slots())
+    size_gpu_pool(instance, slots)
+    workers = min(slots, len(runs))
+    log(f"[dsel] {len(runs)} batches, {workers} at a time (one per device) ...")
+    spawn = multiprocessing.get_context("spawn")  # Lance and torch are not fork-safe
+    with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+        return list(pool.map(_run_batch, [build] * len(runs), *zip(*runs, strict=True)))
+
+
 def run_batches(
     defs: dg.Definitions,
     batches: list[str],
@@ -191,33 +222,52 @@ def run_batches(
     run_config: dict | None = None,
     asset_selection: list[dg.AssetKey] | None = None,
     step_seconds: dict[str, float] | None = None,
+    build: Callable[[], dg.Definitions] | None = None,
 ) -> list[str]:
     """Register ``batches`` as dynamic partitions (once) and run ``job_name`` for each;
     returns the batches whose run failed (each reported on stderr in one line). The seconds
-    each step took are added to ``step_seconds`` when given."""
+    each step took are added to ``step_seconds`` when given. With several device slots
+    (dsel_assets.devices) and ``build`` (a picklable maker of the same definitions), the batches
+    run side by side in one worker process per slot, each pinned to its own device."""
     instance = dg.DagsterInstance.get()
     new = [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
     if new:
         instance.add_dynamic_partitions(pool_batches.name, new)
-    job = defs.resolve_job_def(job_name)
+    if build is not None and len(device_slots()) > 1 and len(batches) > 1:
+        runs = [(batch, job_name, run_config, asset_selection) for batch in batches]
+        outcomes = _side_by_side(build, instance, runs, output.progress)
+    else:
+        job = defs.resolve_job_def(job_name)
+        outcomes = [_run_batch_with(job, instance, b, run_config, asset_selection) for b in batches]
     failed = []
-    for batch in batches:
-        output.progress(f"[dsel] {job_name} for batch {batch} ...")
-        result = execute(
-            job,
-            instance,
-            _stdout,
-            partition_key=batch,
-            run_config={**_console(), **(run_config or {})},
-            asset_selection=asset_selection,
-        )
+    for batch, failure, seconds in outcomes:
         if step_seconds is not None:
-            for step, seconds in step_durations(instance, result.run_id).items():
-                step_seconds[step] = step_seconds.get(step, 0.0) + seconds
-        if not result.success:  # one bad batch does not stop the others
-            print(f"[dsel] batch {batch}: {failure_summary(result)}", file=sys.stderr, flush=True)
+            for step, spent in seconds.items():
+                step_seconds[step] = step_seconds.get(step, 0.0) + spent
+        if failure is not None:  # one bad batch does not stop the others
+            print(f"[dsel] batch {batch}: {failure}", file=sys.stderr, flush=True)
             failed.append(batch)
     return failed
+
+
+def _run_batch(build, batch: str, job_name: str, run_config, asset_selection) -> tuple[str, str | None, dict]:
+    """One batch's run in a worker process (definitions built there)."""
+    job = build().resolve_job_def(job_name)
+    return _run_batch_with(job, dg.DagsterInstance.get(), batch, run_config, asset_selection)
+
+
+def _run_batch_with(job, instance, batch: str, run_config, asset_selection) -> tuple[str, str | None, dict]:
+    """(batch, failure summary or None, seconds per step) of one batch's run."""
+    output.progress(f"[dsel] {job.name} for batch {batch} ...")
+    result = execute(
+        job,
+        instance,
+        _stdout,
+        partition_key=batch,
+        run_config={**_console(), **(run_config or {})},
+        asset_selection=asset_selection,
+    )
+    return batch, None if result.success else failure_summary(result), step_durations(instance, result.run_id)
 
 
 def step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:

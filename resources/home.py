@@ -72,6 +72,11 @@ class DselHome:
         return self.root / "inbox"
 
     @property
+    def shards(self) -> Path:
+        """Shards of ingested files cut with ``dsel ingest --shard-rows``."""
+        return self.root / "shards"
+
+    @property
     def lm_eval_tasks(self) -> Path:
         """lm-evaluation-harness task YAMLs the user defines (local data, offline)."""
         return self.root / "lm_eval_tasks"

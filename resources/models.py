@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from dsel_assets.core.models import embeddings, loading
 from dsel_assets.core.models.batching import Batching
 from dsel_assets.core.models.model_embeddings import POOLINGS
 from dsel_assets.core.threads import size_threads
 from dsel_assets.deployment import concurrent_model_steps
+from dsel_assets.devices import claim_device
+
+from .home import DselHome
 
 
 def share_cores(context: dg.InitResourceContext) -> None:
@@ -41,9 +44,12 @@ class SelectionModel(dg.ConfigurableResource):
         default=None, description="Padded tokens per batch in every model pass (unset: examples per batch only)"
     )
     max_tokens: int = Field(default=4096, description="Records longer than this are quarantined")
+    _claimed: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         share_cores(context)
+        if self.device == "auto":  # on a machine with several devices: a free one for this step
+            self._claimed = claim_device(DselHome.from_env().root / "devices", context.log.info)
 
     @property
     def spec(self) -> loading.ModelSpec:
@@ -54,7 +60,8 @@ class SelectionModel(dg.ConfigurableResource):
 
     def load(self):
         """(model, tokenizer) on the configured device, dtype, attention and quantisation."""
-        model = loading.load_causal_lm(self.spec, self.device, self.dtype, self.attention, self.load_in)
+        device = self._claimed or self.device
+        model = loading.load_causal_lm(self.spec, device, self.dtype, self.attention, self.load_in)
         if self.gradient_checkpointing:  # takes effect in training mode only (HF checks model.training)
             loading.checkpoint_activations(model)
         return model, self.tokenizer()
@@ -94,14 +101,17 @@ class SentenceEmbedder(dg.ConfigurableResource):
     path: str | None = Field(default=None, description="Sentence-transformers model folder; default MiniLM")
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda[:n]")
     batch_size: int = Field(default=64, description="Texts per forward pass")
+    _claimed: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         share_cores(context)
+        if self.device == "auto":  # as SelectionModel: a free device of several
+            self._claimed = claim_device(DselHome.from_env().root / "devices", context.log.info)
 
     @property
     def model_id(self) -> str:
         return self.path or "sentence-transformers/all-MiniLM-L6-v2"
 
     def encode(self, texts: list[str]):
-        encoder = embeddings.load_encoder(self.path, loading.pick_device(self.device))
+        encoder = embeddings.load_encoder(self.path, loading.pick_device(self._claimed or self.device))
         return embeddings.encode(encoder, texts, self.batch_size)
