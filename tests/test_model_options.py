@@ -107,6 +107,28 @@ def test_scores_embeddings_and_features_survive_out_of_memory_unchanged(tokenize
         memory.remove()
 
 
+def test_training_splits_a_batch_that_runs_out_of_memory_into_micro_batches(tokenizer, monkeypatch):
+    from dsel_assets.core.models.lora import lora_parameters
+    from dsel_assets.core.models.sft import encode_conversation
+    from dsel_assets.core.models.warmup import WarmupConfig, train_lora
+
+    conversations = [r["messages"] for r in generate(seed=4, per_capability=2).pool]
+    encoded = [e for e in (encode_conversation(tokenizer, m, 96) for m in conversations) if e is not None]
+    config = WarmupConfig(epochs=1, batch_size=8, lr=1e-3, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    monkeypatch.setenv("DSEL_CPU_BF16", "0")  # strict fp32: bf16 rounding differs between batch shapes
+    reference, reference_curve = train_lora(tiny_llama(tokenizer), encoded, config, tokenizer.pad_token_id, print)
+    model, told = tiny_llama(tokenizer), []
+    memory = DeviceMemory(model, tokens=2 * 96)
+    trained, curve = train_lora(model, encoded, config, tokenizer.pad_token_id, told.append)
+    memory.remove()
+    assert any("micro-batches of" in t for t in told)
+    assert max(rows for rows, _ in memory.shapes) <= 2
+    # the same optimisation: each micro-batch's mean loss counts by its share of the batch
+    np.testing.assert_allclose([c["loss"] for c in curve], [c["loss"] for c in reference_curve], rtol=1e-4)
+    for (_, got), (_, want) in zip(lora_parameters(trained), lora_parameters(reference), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_model_options_load_and_refuse_clearly(tokenizer):
     spec = resolve("tiny")
     half = load_causal_lm(spec, "cpu", dtype="float16", attention="eager")

@@ -87,6 +87,45 @@ def _save_checkpoint(model, optimizer, path: Path, lr_mean: float, epoch: int) -
     return Checkpoint(epoch, path, lr_mean)
 
 
+class MicroBatches:
+    """A training batch's gradient, formed in micro-batches whose size halves when one runs out of
+    memory (and stays halved): the same gradient as one pass, since each micro-batch's mean loss
+    counts by its share of the batch's examples."""
+
+    def __init__(self, model, pad_id: int, size: int, autocast, log: Callable[[str], None], optimizer):
+        self.model, self.pad_id, self.size, self.autocast = model, pad_id, size, autocast
+        self.log, self.optimizer = log, optimizer
+
+    def backward(self, examples: list[Encoded]) -> float:
+        """Accumulate the batch's mean-loss gradient; returns the mean loss."""
+        from .batching import is_out_of_memory, release_cached_memory
+
+        while True:
+            try:
+                total = 0.0
+                for start in range(0, len(examples), self.size):
+                    part = examples[start : start + self.size]
+                    with self.autocast:
+                        loss = per_example_loss(self.model, collate(part, self.pad_id)).mean()
+                    (loss * (len(part) / len(examples))).backward()
+                    total += loss.item() * len(part) / len(examples)
+                return total
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)  # a half-accumulated gradient is discarded
+                release_cached_memory()
+                if self.size == 1:
+                    raise MemoryError(
+                        "out of memory training on a single example: lower max_length, use gradient "
+                        "checkpointing or load_in=4bit, or a device with more memory"
+                    ) from error
+                self.size = max(1, min(self.size, len(examples)) // 2)
+                self.log(
+                    f"out of memory on a training batch of {len(examples)}; micro-batches of {self.size} from now on"
+                )
+
+
 def train_lora(
     model,
     encoded: list[Encoded],
@@ -117,7 +156,7 @@ def train_lora(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
     curve: list[dict] = []
     # bf16 autocast where the hardware has fast bf16 (fp32 master weights and optimizer state)
-    autocast = bf16_autocast(params[0].device)
+    accumulate = MicroBatches(model, pad_id, config.batch_size, bf16_autocast(params[0].device), log, optimizer)
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         order = rng.permutation(len(encoded))
@@ -125,16 +164,13 @@ def train_lora(
         # similar lengths together, batches in random order
         groups = length_batches([len(encoded[i].input_ids) for i in order], config.batch_size)
         for group_index in rng.permutation(len(groups)):
-            batch = collate([encoded[order[i]] for i in groups[group_index]], pad_id)
             lrs.append(scheduler.get_last_lr()[0])
-            with autocast:
-                loss = per_example_loss(model, batch).mean()
-            loss.backward()
+            loss = accumulate.backward([encoded[order[i]] for i in groups[group_index]])
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            curve.append({"step": len(curve) + 1, "epoch": epoch, "loss": loss.item(), "lr": lrs[-1]})
+            curve.append({"step": len(curve) + 1, "epoch": epoch, "loss": loss, "lr": lrs[-1]})
             if on_step is not None:
                 on_step(len(curve), total)
         elapsed = time.perf_counter() - started
