@@ -115,7 +115,9 @@ def main() -> int:
             partition = record.dagster_run.tags.get("dagster/partition", "")
             name = step.step_key + (f"[{partition[:16]}]" if partition else "")
             rows.append((sampler.peak(step.start_time, step.end_time), sampler.at(step.end_time), name))
-    rows.sort(reverse=True)
+    rows.sort(
+        key=lambda row: -row[0] if row[0] == row[0] else 0.0
+    )  # largest peak first, steps too short to sample last
     print(f"\ndsel compare exit {code}; {time.time() - started:.0f} s; RSS before {before:.0f} MB")
     print(f"load average after: {os.getloadavg()}")
     print("| step | peak RSS during (MB) | RSS after (MB) |\n|---|---|---|")

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 import dagster as dg
 
 from dsel_assets import output
+from dsel_assets.core.memory import release_memory
 from dsel_assets.devices import device_slots, size_gpu_pool
 from dsel_assets.liveness import process_tags, wait_for_slots, watch_slots
 from dsel_assets.pool import pool_batches
@@ -312,6 +313,7 @@ def execute(
             raise_on_error=False,
         )
     output.record_run(instance, result.run_id)
+    release_memory()  # the run's steps ran in this process: what they freed goes back to the system
     if _interrupted(result):
         raise KeyboardInterrupt
     return result

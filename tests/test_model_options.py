@@ -212,3 +212,35 @@ def test_cli_refuses_quantisation_on_cpu_without_a_traceback(home, capsys):
     assert "Traceback" not in err
     settings = home.root / "settings.json"
     assert not settings.exists() or "4bit" not in settings.read_text()  # nothing was pinned
+
+
+def test_the_vocabulary_projection_in_chunks_gives_the_same_losses_and_gradients(tokenizer, monkeypatch):
+    from dsel_assets.core.models import sft
+    from dsel_assets.core.models.lora import lora_parameters
+    from dsel_assets.core.models.sft import collate, encode_conversation, per_example_loss
+
+    monkeypatch.setenv("DSEL_CPU_BF16", "0")
+    conversations = [r["messages"] for r in generate(seed=6, per_capability=1).pool]
+    batch = collate([encode_conversation(tokenizer, m, 128) for m in conversations], tokenizer.pad_token_id)
+    model = add_lora(tiny_llama(tokenizer), LoraSettings(r=4, alpha=8, dropout=0.0), seed=2)
+    results = []
+    for tokens in (100_000, 7):  # whole, then 7 response tokens per projection
+        monkeypatch.setattr(sft, "HEAD_TOKENS", tokens)
+        model.zero_grad(set_to_none=True)
+        losses = per_example_loss(model, batch)
+        losses.sum().backward()
+        results.append((losses.detach(), [p.grad.clone() for _, p in lora_parameters(model)]))
+    (whole, whole_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    for got, want in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    scores = dict(score_examples(model, tokenizer, [(str(i), m) for i, m in enumerate(conversations)]))
+    monkeypatch.setattr(sft, "HEAD_TOKENS", 100_000)
+    from dsel_assets.core.models import scoring
+
+    monkeypatch.setattr(scoring, "HEAD_TOKENS", 5)
+    for key, value in dict(
+        score_examples(model, tokenizer, [(str(i), m) for i, m in enumerate(conversations)])
+    ).items():
+        assert value.mean_entropy == pytest.approx(scores[key].mean_entropy, rel=1e-5)
+        assert value.min_margin == pytest.approx(scores[key].min_margin, abs=1e-6)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ..memory import release_memory
 from .sft import length_batches
 
 T = TypeVar("T")
@@ -20,17 +21,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
-
-
-def release_cached_memory() -> None:
-    """Hand the CUDA caching allocator's free blocks back before a retry."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -69,7 +59,7 @@ class Batching:
                 except Exception as error:
                     if not is_out_of_memory(error):
                         raise
-                    release_cached_memory()
+                    release_memory()
                     longest = max(lengths[i] for i in part)
                     if len(part) == 1:
                         raise MemoryError(

@@ -36,7 +36,7 @@ import numpy as np
 
 from .batching import Batching
 from .generation import greedy_generate
-from .sft import IGNORE, Encoded, collate
+from .sft import HEAD_TOKENS, IGNORE, Encoded, collate
 from .templates import ALPACA_RESPONSE_HEADER, render_alpaca, render_chat
 
 Template = Literal["chat", "alpaca"]
@@ -147,11 +147,18 @@ def token_statistics(model, batch, precision: str = "auto") -> dict[str, np.ndar
             ).last_hidden_state
         targets = batch["labels"][:, 1:].to(device)
         rows, cols = torch.nonzero(targets != IGNORE, as_tuple=True)
-        # the head in the weights' own precision: bf16 logits (~3 digits) dominated the loss error
-        logp = F.log_softmax(head(hidden[rows, cols].to(head.weight.dtype)).float(), dim=-1)
-        token_loss = -logp.gather(1, targets[rows, cols][:, None])[:, 0]
-        top2 = logp.topk(2, dim=-1).values
-        entropy = -(logp.exp() * logp).sum(-1)
+        # the head in the weights' own precision: bf16 logits (~3 digits) dominated the loss error;
+        # HEAD_TOKENS response tokens at a time, so no [tokens, vocabulary] tensor is held whole
+        token_loss, top2, entropy = [], [], []
+        for start in range(0, len(rows), HEAD_TOKENS):
+            part = slice(start, start + HEAD_TOKENS)
+            logp = F.log_softmax(head(hidden[rows[part], cols[part]].to(head.weight.dtype)).float(), dim=-1)
+            token_loss.append(-logp.gather(1, targets[rows[part], cols[part]][:, None])[:, 0])
+            top2.append(logp.topk(2, dim=-1).values)
+            entropy.append(-(logp.exp() * logp).sum(-1))
+        empty = hidden.new_zeros((0, 2), dtype=torch.float32)  # a batch with no response token
+        token_loss, entropy = torch.cat(token_loss or [empty[:, 0]]), torch.cat(entropy or [empty[:, 0]])
+        top2 = torch.cat(top2 or [empty])
         margin = top2[:, 0].exp() - top2[:, 1].exp()
     n = len(batch["input_ids"])
 

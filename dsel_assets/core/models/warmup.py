@@ -98,7 +98,8 @@ class MicroBatches:
 
     def backward(self, examples: list[Encoded]) -> float:
         """Accumulate the batch's mean-loss gradient; returns the mean loss."""
-        from .batching import is_out_of_memory, release_cached_memory
+        from ..memory import release_memory
+        from .batching import is_out_of_memory
 
         while True:
             try:
@@ -114,7 +115,7 @@ class MicroBatches:
                 if not is_out_of_memory(error):
                     raise
                 self.optimizer.zero_grad(set_to_none=True)  # a half-accumulated gradient is discarded
-                release_cached_memory()
+                release_memory()
                 if self.size == 1:
                     raise MemoryError(
                         "out of memory training on a single example: lower max_length, use gradient "
