@@ -153,7 +153,7 @@ def gradient_features(
             started = time.perf_counter()
             chunk = order[start : start + config.chunk]
             lengths = [len(encoded[i].input_ids) for i in chunk]
-            rows, losses, chunk_ids = [], [], []
+            rows, losses, chunk_ids = None, [], []
 
             def backward(group, chunk=chunk):
                 batch = collate([encoded[chunk[i]] for i in group], tokenizer.pad_token_id)
@@ -162,10 +162,12 @@ def gradient_features(
                 return per_batch(grads), loss.float().cpu()
 
             for group, (grads, loss) in batching.run(lengths, backward):
-                rows.append(grads)
+                if rows is None:  # the chunk's rows in one buffer: no second copy to concatenate them
+                    rows = grads.new_empty((len(chunk), grads.shape[1]))
+                rows[len(chunk_ids) : len(chunk_ids) + len(group)] = grads
                 losses.append(loss)
                 chunk_ids += [ids[chunk[i]] for i in group]
-            projected = project(torch.cat(rows))
+            projected = project(rows)
             projected = projected / projected.norm(dim=1, keepdim=True).clamp(min=1e-12)
             done += len(chunk)
             if on_chunk is not None:
