@@ -1,7 +1,6 @@
 """Gradient representations (METHODS.md R1): warmup checkpoints, pool and query gradient
 features in Lance, the influence matrix and LESS task scores."""
 
-import copy
 import hashlib
 import json
 import time
@@ -246,7 +245,7 @@ def write_pool_features(
         stats["reused"] += len(items) - len(todo)
         if not todo:
             continue
-        model, state = load_checkpoint(copy.deepcopy(base_model), path)
+        model, state = load_checkpoint(base_model, path)  # in place: unloaded below, no second copy
         meter = Meter(f"pool_grad_features[{batch}] checkpoint {epoch}", len(todo), log=log)
         excluded: list[tuple[str, str]] = []
         for chunk in gradient_features(
@@ -262,7 +261,7 @@ def write_pool_features(
             lance.upsert(dataset, feature_rows(chunk, batch, epoch, warmup), on=FEATURE_KEY)
             stats["computed"] += len(chunk.ids)
         stats["excluded"] += [(i, epoch, reason) for i, reason in excluded]
-        del model
+        base_model = model.unload()  # the base without this checkpoint's adapter, for the next one
     # rows of this batch from a warmup not kept or for ids no longer in the batch are stale
     lance.delete(dataset, {"batch": batch}, not_in=("warmup", sorted({warmup, *keep})))
     lance.delete(dataset, {"batch": batch}, not_in=("pool_id", ids))
@@ -418,11 +417,12 @@ def query_grad_features(
                 continue
             if base is None:
                 base, tokenizer = selection_model.load()
-            model, _ = load_checkpoint(copy.deepcopy(base), path)
+            model, _ = load_checkpoint(base, path)  # in place, unloaded after: no second copy of the model
             shrink = context.log.warning
             for chunk in gradient_features(model, tokenizer, todo, config, None, excluded, on_shrink=shrink):
                 table = feature_rows(chunk, "queries", epoch, warmup)
                 tables_out.append(table.append_column("task", pa.array([task_of[i] for i in chunk.ids])))
+            base = model.unload()
         if tables_out:
             lance.upsert(dataset, pa.concat_tables(tables_out), on=FEATURE_KEY)
         # this warmup's rows of queries no longer ingested, and rows of warmups of another pool or model, are stale

@@ -39,24 +39,6 @@ def test_real_smollm2_loads_offline_and_prefers_the_right_answer():
     assert right < wrong and right < 3.0
 
 
-def test_gguf_is_dequantized_once_and_each_load_is_an_independent_copy():
-    spec = resolve("smollm2")
-    first = load_causal_lm(spec, device="cpu")
-    with torch.no_grad():
-        first.model.embed_tokens.weight.zero_()  # what training a loaded copy could do
-    second = load_causal_lm(spec, device="cpu")
-    assert second.model.embed_tokens.weight.abs().sum() > 0
-    assert second.lm_head.weight is second.model.embed_tokens.weight  # tied weights stay tied
-    assert _dequantized.cache_info().currsize == 1
-
-
-def _fresh_process_load(spec):
-    """What a new step process gets: nothing cached in memory."""
-    _dequantized.cache_clear()
-    load_tokenizer.cache_clear()
-    return load_causal_lm(spec, device="cpu"), load_tokenizer(spec)
-
-
 @pytest.fixture
 def forget_loaded_models():
     """Later tests must not get a model or tokenizer loaded under this test's cache setting."""
@@ -66,11 +48,33 @@ def forget_loaded_models():
 
 
 @pytest.mark.usefixtures("forget_loaded_models")
+def test_each_load_is_an_independent_copy_and_none_is_kept_in_memory(monkeypatch):
+    monkeypatch.delenv(MODEL_CACHE_ENV, raising=False)  # the default cache folder, written by the first load
+    _dequantized.cache_clear()
+    spec = resolve("smollm2")
+    first = load_causal_lm(spec, device="cpu")
+    with torch.no_grad():
+        first.model.embed_tokens.weight.zero_()  # what training a loaded copy could do
+    second = load_causal_lm(spec, device="cpu")
+    assert second.model.embed_tokens.weight.abs().sum() > 0
+    assert second.lm_head.weight is second.model.embed_tokens.weight  # tied weights stay tied
+    assert _dequantized.cache_info().currsize == 0  # read from the disk cache, not kept
+
+
+def _fresh_process_load(spec):
+    """What a new step process gets: nothing cached in memory."""
+    _dequantized.cache_clear()
+    load_tokenizer.cache_clear()
+    return load_causal_lm(spec, device="cpu"), load_tokenizer(spec)
+
+
+@pytest.mark.usefixtures("forget_loaded_models")
 def test_dequantized_gguf_is_cached_on_disk_and_reloads_identically(tmp_path, monkeypatch):
     spec = resolve("smollm2")
     monkeypatch.setenv(MODEL_CACHE_ENV, "off")
     reference, reference_tokenizer = _fresh_process_load(spec)  # straight from the GGUF
     assert gguf_cache(spec) is None
+    assert _dequantized.cache_info().currsize == 1  # without a disk cache the dequantized model is kept
 
     monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path / "cache"))
     _fresh_process_load(spec)  # dequantizes and writes the cache

@@ -304,19 +304,30 @@ def tiny_llama(
 
 @functools.lru_cache(maxsize=1)
 def _dequantized(spec: ModelSpec) -> PreTrainedModel:
-    """A GGUF model dequantized once per process - read from :func:`gguf_cache` when a
-    previous process left it there, else dequantized (~16 s for SmolLM2 on 2 CPU cores) and
-    left there. Callers get deep copies, so LoRA injection or training never touches this one."""
+    """A GGUF model dequantized once per process and kept, for when there is no disk cache
+    (``DSEL_MODEL_CACHE=off``); callers get deep copies."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32, gguf_file=spec.gguf_file).eval()
+
+
+def _gguf_model(spec: ModelSpec) -> PreTrainedModel:
+    """A fresh float32 copy of a GGUF model: read from :func:`gguf_cache` (~0.5 s) when a
+    process left it there, else dequantized (~16 s for SmolLM2 on 2 CPU cores) and left there.
+    Nothing is held between loads (a copy kept in memory cost 540 MB for the life of every
+    in-process run), except with the cache off, where one dequantized copy is kept and copied."""
     import torch
     from transformers import AutoModelForCausalLM
 
     cached = _cached(spec)
     if cached is not None:
         return AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32).eval()
-    model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32, gguf_file=spec.gguf_file).eval()
     target = gguf_cache(spec)
-    if target is not None:
-        _write_gguf_cache(model, load_tokenizer(spec), target)
+    if target is None:
+        return copy.deepcopy(_dequantized(spec))
+    model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32, gguf_file=spec.gguf_file).eval()
+    _write_gguf_cache(model, load_tokenizer(spec), target)  # unwritable: the next load dequantizes again
     return model
 
 
@@ -337,8 +348,8 @@ def load_causal_lm(
     """A fresh copy of the causal LM on ``device`` (``auto``: CUDA when present) in eval mode,
     with the ``attention`` kernel, and its frozen weights quantised by bitsandbytes when
     ``load_in`` is ``4bit`` / ``8bit`` (CUDA; see :func:`check_model_options`). GGUF weights are
-    dequantized once (see :func:`gguf_cache`) and copied per load; other checkpoints load from
-    disk each time, so a large model is never held twice."""
+    dequantized once into :func:`gguf_cache`; every checkpoint loads from disk each time, so no
+    model is held between loads."""
     from transformers import AutoModelForCausalLM
 
     device = pick_device(device)
@@ -348,7 +359,8 @@ def load_causal_lm(
         if spec.tiny:
             raise ValueError("load_in: the 'tiny' test model is built in memory and cannot be quantised from disk")
         if spec.gguf_file:
-            _dequantized(spec)  # writes the safetensors cache bitsandbytes loads from
+            if _cached(spec) is None:
+                _gguf_model(spec)  # writes the safetensors cache bitsandbytes loads from
             if _cached(spec) is None:
                 raise ValueError(f"load_in: {load_in!r} on a GGUF model needs its cache ({MODEL_CACHE_ENV} is off)")
         model = AutoModelForCausalLM.from_pretrained(
@@ -362,7 +374,7 @@ def load_causal_lm(
     if spec.tiny:
         model = tiny_llama(load_tokenizer(spec))
     elif spec.gguf_file:
-        model = copy.deepcopy(_dequantized(spec))
+        model = _gguf_model(spec)
     else:
         model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype, attn_implementation=attention)
     if model.config._attn_implementation != attention:
