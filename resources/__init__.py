@@ -70,7 +70,13 @@ def build_resources(
         "target_model": SelectionModel(model=target_model or model, device=device, **options),
         "embedder": SentenceEmbedder(device=device),
         "model_embedding_settings": ModelEmbeddingSettings(pooling=pooling or os.environ.get("DSEL_POOLING", "mean")),
-        "grad_settings": GradientSettings(dim=grad_dim, projection=projection, compute_dtype=compute_dtype),
+        "grad_settings": GradientSettings(
+            dim=grad_dim,
+            projection=projection,
+            compute_dtype=compute_dtype,
+            # --max-batch-tokens bounds the backward passes too (memory, not what is computed)
+            **{k: v for k, v in options.items() if k == "max_batch_tokens" and v},
+        ),
         "inbox_settings": InboxSettings.from_env(home),
         "ingest_limits": IngestLimits.from_env(),
     }

@@ -197,6 +197,10 @@ def test_dtype_and_quantisation_are_pinned_and_runtime_options_are_not(home, mon
         "max_batch_tokens": 2048,
         "gradient_checkpointing": True,
     }
+    from resources import build_resources
+
+    capped = build_resources(home, model="tiny", model_options=runtime_options())
+    assert capped["selection_model"].max_batch_tokens == capped["grad_settings"].max_batch_tokens == 2048
     monkeypatch.setenv("DSEL_MAX_BATCH_TOKENS", "lots")
     with pytest.raises(ValueError, match="DSEL_MAX_BATCH_TOKENS: 'lots'"):
         runtime_options()
