@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from dsel_assets.core.data.schema import content_hashes
-from dsel_assets.core.harness import unknown_tasks
+from dsel_assets.core.harness import check_tasks
 from dsel_assets.core.select import Budget, build_config, get, methods
 from dsel_assets.core.select.registry import has_seed
 from dsel_assets.core.select.targeted import LESS
@@ -373,13 +373,9 @@ def check_plan(
     problems = []
     if plan.lm_eval_tasks:
         try:
-            unknown = unknown_tasks(plan.lm_eval_tasks, harness_folder)
-        except ValueError as exc:  # lm-eval is not installed
-            unknown, problems = [], [str(exc)]
-        if unknown:
-            problems.append(
-                f"lm_eval_tasks: {unknown} are not lm-eval tasks; install them or put a task YAML in {harness_folder}"
-            )
+            check_tasks(plan.lm_eval_tasks, harness_folder)
+        except ValueError as exc:  # unknown tasks, or lm-eval not installed
+            problems.append(str(exc))
         clash = sorted(set(plan.lm_eval_tasks) & set(plan.targets))
         if clash:
             problems.append(f"lm_eval_tasks: {clash} are also eval-set targets; rename the lm-eval task")

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_sample, evaluate, summarize
-from dsel_assets.core.harness import harness_rows, unknown_tasks
+from dsel_assets.core.harness import check_tasks, harness_rows
 from dsel_assets.core.models.finetune import load_finetuned
 from dsel_assets.deployment import GPU_OP_TAGS, GPU_POOL
 from dsel_assets.finetune import finetuned_assets, model_label
@@ -109,9 +109,7 @@ def evaluate_models(
     sets, and on the lm-eval tasks the config names (local task YAMLs in ``harness_folder``)."""
     core = config.to_core()
     if core.lm_eval_tasks:
-        unknown = unknown_tasks(core.lm_eval_tasks, harness_folder)
-        if unknown:  # before any model loads
-            raise ValueError(f"lm_eval_tasks: {unknown} are not lm-eval tasks (installed or in {harness_folder})")
+        check_tasks(core.lm_eval_tasks, harness_folder)
     identity = target_model.identity()
     code_version = row_code_version(context)
     with store.get_connection() as conn:

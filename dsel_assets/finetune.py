@@ -165,7 +165,16 @@ def train_models(
                     "dagster_run_id": context.run_id,
                 }
                 with artifacts.writing(out_uri) as out_dir:
-                    manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
+                    manifest = finetune(
+                        base,
+                        encoded,
+                        core,
+                        out_dir,
+                        tokenizer.pad_token_id,
+                        extra,
+                        context.log.info,
+                        max_tokens=target_model.max_batch_tokens,
+                    )
                     run.log_artifact(str(out_dir / MANIFEST))
                 trained += 1
             seconds = time.perf_counter() - started

@@ -137,6 +137,7 @@ def warmup_checkpoint(
             extra,
             context.log.info,
             on_step=meter.update,
+            max_tokens=selection_model.max_batch_tokens,
         )
         manifest = read_manifest(out_dir)
         for point in manifest["curve"]:

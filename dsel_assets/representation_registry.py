@@ -317,9 +317,12 @@ def round_trainer(ctx: LoadContext) -> tuple[LoraRoundTrainer, DatasetRef]:
     with ctx.store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
     by_id = dict(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
-    model, tokenizer = ctx.selection_model.load()
-    trainer = LoraRoundTrainer(model, tokenizer, [by_id[p] for p in ctx.pool_ids], log=ctx.log)
     selection_model = ctx.selection_model
+    model, tokenizer = selection_model.load()
+    conversations = [by_id[p] for p in ctx.pool_ids]
+    trainer = LoraRoundTrainer(
+        model, tokenizer, conversations, log=ctx.log, max_tokens=selection_model.max_batch_tokens
+    )
     return trainer, DatasetRef("selection_model", selection_model.model, selection_model.identity()["model_hash"])
 
 

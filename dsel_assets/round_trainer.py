@@ -19,9 +19,16 @@ class LoraRoundTrainer:
     """Implements ``core.select.iterative.RoundTrainer``; ``history`` records every round."""
 
     def __init__(
-        self, base_model, tokenizer, conversations: list[list[dict]], config: FinetuneConfig | None = None, log=print
+        self,
+        base_model,
+        tokenizer,
+        conversations: list[list[dict]],
+        config: FinetuneConfig | None = None,
+        log=print,
+        max_tokens: int | None = None,
     ):
         self.base, self.tokenizer, self.conversations = base_model, tokenizer, conversations
+        self.max_tokens = max_tokens  # padded tokens per training micro-batch
         # one short epoch per round; no dropout, so a round's scores depend only on its data
         self.config = config or FinetuneConfig(
             epochs=1, lr=2e-4, batch_size=8, max_length=256, lora=LoraSettings(r=8, alpha=32, dropout=0.0)
@@ -43,6 +50,7 @@ class LoraRoundTrainer:
             self.tokenizer.pad_token_id,
             self.log,
             label=f"round {round_index}",
+            max_tokens=self.max_tokens,
         )
         self.history.append(
             {

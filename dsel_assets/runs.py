@@ -53,11 +53,10 @@ def materialize_closure(
     pending: dict[str | None, list[dg.AssetKey]] = {}
 
     def flush() -> None:
-        if build is not None and None not in pending and len(pending) > 1 and len(device_slots()) > 1:
+        if None not in pending and _side_by_side_wanted(build, len(pending)):
             runs = [(batch, "batch_job", {"ops": _ops_of(keys, ops)}, keys) for batch, keys in pending.items()]
-            failures = [
-                f"batch {b}: {failure}" for b, failure, _ in _side_by_side(build, instance, runs, log) if failure
-            ]
+            outcomes = _side_by_side(build, instance, runs, log, timed=False)
+            failures = [f"batch {b}: {failure}" for b, failure, _ in outcomes if failure]
             if failures:
                 raise RunFailed("; ".join(failures))
         else:
@@ -204,16 +203,23 @@ def _ops_of(keys: Iterable[dg.AssetKey], ops: dict) -> dict:
     return {name: value for name, value in ops.items() if name in names}
 
 
-def _side_by_side(build, instance, runs: list[tuple], log) -> list[tuple[str, str | None, dict]]:
+def _side_by_side_wanted(build: Callable[[], dg.Definitions] | None, runs: int) -> bool:
+    """Whether ``runs`` batch runs go side by side: several of them, several device slots and a
+    maker of the definitions for the worker processes."""
+    return build is not None and runs > 1 and len(device_slots()) > 1
+
+
+def _side_by_side(build, instance, runs: list[tuple], log, timed: bool) -> list[tuple[str, str | None, dict]]:
     """``runs`` (batch, job name, run config, asset selection) in one worker process per device
-    slot, the ``gpu`` pool sized to the slots; (batch, failure or None, step seconds) of each."""
+    slot, the ``gpu`` pool sized to the slots; (batch, failure or None, step seconds when
+    ``timed``) of each."""
     slots = len(device_slots())
     size_gpu_pool(instance, slots)
     workers = min(slots, len(runs))
     log(f"[dsel] {len(runs)} batches, {workers} at a time (one per device) ...")
     spawn = multiprocessing.get_context("spawn")  # Lance and torch are not fork-safe
     with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-        return list(pool.map(_run_batch, [build] * len(runs), *zip(*runs, strict=True)))
+        return list(pool.map(_run_batch, [build] * len(runs), [timed] * len(runs), *zip(*runs, strict=True)))
 
 
 def run_batches(
@@ -234,31 +240,37 @@ def run_batches(
     new = [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
     if new:
         instance.add_dynamic_partitions(pool_batches.name, new)
-    if build is not None and len(device_slots()) > 1 and len(batches) > 1:
+    if _side_by_side_wanted(build, len(batches)):
         runs = [(batch, job_name, run_config, asset_selection) for batch in batches]
-        outcomes = _side_by_side(build, instance, runs, output.progress)
+        outcomes = _side_by_side(build, instance, runs, output.progress, timed=step_seconds is not None)
     else:
         job = defs.resolve_job_def(job_name)
-        outcomes = [_run_batch_with(job, instance, b, run_config, asset_selection) for b in batches]
+        outcomes = (
+            _run_batch_with(job, instance, b, run_config, asset_selection, timed=step_seconds is not None)
+            for b in batches
+        )
     failed = []
-    for batch, failure, seconds in outcomes:
-        if step_seconds is not None:
-            for step, spent in seconds.items():
-                step_seconds[step] = step_seconds.get(step, 0.0) + spent
+    for batch, failure, seconds in outcomes:  # sequential: each batch reported as it ends
+        for step, spent in seconds.items():
+            step_seconds[step] = step_seconds.get(step, 0.0) + spent
         if failure is not None:  # one bad batch does not stop the others
             print(f"[dsel] batch {batch}: {failure}", file=sys.stderr, flush=True)
             failed.append(batch)
     return failed
 
 
-def _run_batch(build, batch: str, job_name: str, run_config, asset_selection) -> tuple[str, str | None, dict]:
+def _run_batch(
+    build, timed: bool, batch: str, job_name: str, run_config, asset_selection
+) -> tuple[str, str | None, dict]:
     """One batch's run in a worker process (definitions built there)."""
     job = build().resolve_job_def(job_name)
-    return _run_batch_with(job, dg.DagsterInstance.get(), batch, run_config, asset_selection)
+    return _run_batch_with(job, dg.DagsterInstance.get(), batch, run_config, asset_selection, timed)
 
 
-def _run_batch_with(job, instance, batch: str, run_config, asset_selection) -> tuple[str, str | None, dict]:
-    """(batch, failure summary or None, seconds per step) of one batch's run."""
+def _run_batch_with(
+    job, instance, batch: str, run_config, asset_selection, timed: bool
+) -> tuple[str, str | None, dict[str, float]]:
+    """(batch, failure summary or None, seconds per step when ``timed``, else none) of one batch's run."""
     output.progress(f"[dsel] {job.name} for batch {batch} ...")
     result = execute(
         job,
@@ -268,7 +280,8 @@ def _run_batch_with(job, instance, batch: str, run_config, asset_selection) -> t
         run_config={**_console(), **(run_config or {})},
         asset_selection=asset_selection,
     )
-    return batch, None if result.success else failure_summary(result), step_durations(instance, result.run_id)
+    seconds = step_durations(instance, result.run_id) if timed else {}
+    return batch, None if result.success else failure_summary(result), seconds
 
 
 def step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:

@@ -400,7 +400,7 @@ def learning_percentage(
     with tracker.run(context, params={**core.to_dict(), **identity, "pool_version": version}) as run:
         model, tokenizer = proxy_model.load()
         p, lp, reasons = compute_learning_percentages(
-            model, tokenizer, rows["messages"].to_list(), core, context.log.info
+            model, tokenizer, rows["messages"].to_list(), core, context.log.info, proxy_model.max_batch_tokens
         )
         for epoch in range(p.shape[1]):
             run.log_metrics({"median_ppl": float(np.nanmedian(p[:, epoch]))}, step=epoch)

@@ -17,9 +17,14 @@ from dsel_assets.devices import claim_device
 from .home import DselHome
 
 
-def share_cores(context: dg.InitResourceContext) -> None:
-    """Size this step's torch / BLAS / OpenMP threads to its share of the cores, and log it."""
+def prepare_step(context: dg.InitResourceContext, device: str) -> str | None:
+    """Size this step's torch / BLAS / OpenMP threads to its share of the cores (logged), and on
+    ``device="auto"`` claim a free device slot when the machine has several; the claimed device
+    or None."""
     context.log.info(size_threads(concurrent_model_steps(context.instance)))
+    if device != "auto":
+        return None
+    return claim_device(DselHome.from_env().root / "devices", context.log.info)
 
 
 class SelectionModel(dg.ConfigurableResource):
@@ -47,9 +52,7 @@ class SelectionModel(dg.ConfigurableResource):
     _claimed: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        share_cores(context)
-        if self.device == "auto":  # on a machine with several devices: a free one for this step
-            self._claimed = claim_device(DselHome.from_env().root / "devices", context.log.info)
+        self._claimed = prepare_step(context, self.device)
 
     @property
     def spec(self) -> loading.ModelSpec:
@@ -104,9 +107,7 @@ class SentenceEmbedder(dg.ConfigurableResource):
     _claimed: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        share_cores(context)
-        if self.device == "auto":  # as SelectionModel: a free device of several
-            self._claimed = claim_device(DselHome.from_env().root / "devices", context.log.info)
+        self._claimed = prepare_step(context, self.device)
 
     @property
     def model_id(self) -> str:

@@ -5,6 +5,8 @@ gradient checkpointing, and the dtype / quantisation pinned in the state home.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,44 @@ def test_training_splits_a_batch_that_runs_out_of_memory_into_micro_batches(toke
     np.testing.assert_allclose([c["loss"] for c in curve], [c["loss"] for c in reference_curve], rtol=1e-4)
     for (_, got), (_, want) in zip(lora_parameters(trained), lora_parameters(reference), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_fine_tuning_and_warmup_keep_each_forward_within_the_token_budget(tokenizer, monkeypatch, tmp_path):
+    from dsel_assets.core.models.finetune import FinetuneConfig, finetune
+    from dsel_assets.core.models.sft import encode_conversation
+    from dsel_assets.core.models.warmup import WarmupConfig, train_warmup
+
+    conversations = [r["messages"] for r in generate(seed=6, per_capability=2).pool]
+    encoded = [e for e in (encode_conversation(tokenizer, m, 64) for m in conversations) if e is not None]
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0)
+    monkeypatch.setenv("DSEL_CPU_BF16", "0")
+    budget = 2 * 64
+    for train, config in (
+        (finetune, FinetuneConfig(epochs=1, batch_size=8, lr=1e-3, lora=lora)),
+        (train_warmup, WarmupConfig(epochs=1, batch_size=8, lr=1e-3, lora=lora)),
+    ):
+        whole, capped = tmp_path / f"{train.__name__}-whole", tmp_path / f"{train.__name__}-capped"
+        train(tiny_llama(tokenizer), encoded, config, whole, tokenizer.pad_token_id)
+        model = tiny_llama(tokenizer)
+        seen = DeviceMemory(model, tokens=10**9)  # records every forward's shape, never fails
+        train(model, encoded, config, capped, tokenizer.pad_token_id, max_tokens=budget)
+        seen.remove()
+        assert seen.shapes and max(rows * width for rows, width in seen.shapes) <= budget
+        assert any(rows * width > budget for rows, width in _batch_shapes(encoded, config.batch_size))
+        np.testing.assert_allclose(_losses(capped), _losses(whole), rtol=1e-4)  # the same updates
+
+
+def _batch_shapes(encoded, batch_size: int) -> list[tuple[int, int]]:
+    """(rows, padded width) of the uncapped training batches: some exceed the budget."""
+    from dsel_assets.core.models.sft import length_batches
+
+    lengths = [len(e.input_ids) for e in encoded]
+    return [(len(g), max(lengths[i] for i in g)) for g in length_batches(lengths, batch_size)]
+
+
+def _losses(folder) -> list[float]:
+    """The loss curve a training run wrote to its folder's manifest."""
+    return [point["loss"] for point in json.loads((folder / "manifest.json").read_text())["curve"]]
 
 
 def test_model_options_load_and_refuse_clearly(tokenizer):

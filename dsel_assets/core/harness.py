@@ -46,9 +46,16 @@ def task_index(tasks: Sequence[str], include_path: Path | None):
     return _task_index(folder, True)
 
 
-def unknown_tasks(tasks: Sequence[str], include_path: Path | None) -> list[str]:
-    """Those of ``tasks`` that are neither installed with the harness nor YAMLs in ``include_path``."""
-    return sorted(set(tasks) - set(task_index(tasks, include_path).all_tasks))
+def check_tasks(tasks: Sequence[str], include_path: Path | None) -> None:
+    """Refuse ``tasks`` the harness does not know (neither installed nor YAMLs in ``include_path``),
+    or the harness missing, before any model loads."""
+    unknown = sorted(set(tasks) - set(task_index(tasks, include_path).all_tasks))
+    if unknown:
+        where = f" or in {include_path}" if include_path is not None else ""
+        raise ValueError(
+            f"lm_eval_tasks: {unknown} are not lm-eval tasks (none of that name is installed{where}); "
+            "a local task is a YAML file in that folder (see README: lm-evaluation-harness)"
+        )
 
 
 def _value(value) -> float | None:
@@ -77,13 +84,7 @@ def harness_rows(
     lm_eval = _require_harness()
     from lm_eval.models.huggingface import HFLM
 
-    unknown = unknown_tasks(tasks, include_path)
-    if unknown:
-        where = f" or in {include_path}" if include_path is not None else ""
-        raise ValueError(
-            f"lm_eval_tasks: {unknown} are not lm-eval tasks (none of that name is installed{where}); "
-            "a local task is a YAML file in that folder (see README: lm-evaluation-harness)"
-        )
+    check_tasks(tasks, include_path)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # the harness takes a transformers model; a peft model's base still runs its adapter layers

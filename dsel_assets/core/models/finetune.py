@@ -65,12 +65,14 @@ def finetune(
     pad_id: int,
     manifest_extra: dict | None = None,
     log: Callable[[str], None] = print,
+    max_tokens: int | None = None,
 ) -> dict:
     """Train a fresh LoRA adapter on ``encoded`` and write ``out_dir/adapter`` and
     ``out_dir/manifest.json``; returns the manifest (config, curve, examples, extra).
     The adapter is unloaded afterwards, so ``base_model`` (frozen while training) is the
-    untouched base again and can train the next selection."""
-    model, curve = train_lora(base_model, encoded, config, pad_id, log, label="finetune")
+    untouched base again and can train the next selection. ``max_tokens``: padded tokens per
+    micro-batch (see :func:`~.warmup.train_lora`)."""
+    model, curve = train_lora(base_model, encoded, config, pad_id, log, label="finetune", max_tokens=max_tokens)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir / ADAPTER_DIR)
     model.unload()

@@ -44,18 +44,34 @@ def learning_percentage(p: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 
 def compute_learning_percentages(
-    model, tokenizer, conversations: list[list[dict]], config: WarmupConfig, log: Callable[[str], None] = print
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    config: WarmupConfig,
+    log: Callable[[str], None] = print,
+    max_tokens: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(perplexities [N, epochs+1], LP [N, epochs], reasons); unencodable rows are NaN."""
+    """(perplexities [N, epochs+1], LP [N, epochs], reasons); unencodable rows are NaN.
+    ``max_tokens``: padded tokens per batch, in training and perplexity passes."""
     encoded = [encode_conversation(tokenizer, m, config.max_length) for m in conversations]
     usable = [i for i, e in enumerate(encoded) if e is not None]
     trainable = [encoded[i] for i in usable]
-    history = [perplexities(model, trainable, tokenizer.pad_token_id, config.batch_size)]
+    batching = Batching(config.batch_size, max_tokens, log)
+    history = [perplexities(model, trainable, tokenizer.pad_token_id, batching)]
 
     def record(epoch, peft_model, optimizer, lr_mean):
-        history.append(perplexities(peft_model, trainable, tokenizer.pad_token_id, config.batch_size))
+        history.append(perplexities(peft_model, trainable, tokenizer.pad_token_id, batching))
 
-    train_lora(model, trainable, config, tokenizer.pad_token_id, log, on_epoch=record, label="small-model")
+    train_lora(
+        model,
+        trainable,
+        config,
+        tokenizer.pad_token_id,
+        log,
+        on_epoch=record,
+        label="small-model",
+        max_tokens=max_tokens,
+    )
     p = np.full((len(conversations), config.epochs + 1), math.nan)
     p[usable] = np.stack(history, axis=1)
     lp, reasons = learning_percentage(p)

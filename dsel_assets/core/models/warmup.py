@@ -207,15 +207,19 @@ def train_warmup(
     manifest_extra: dict | None = None,
     log: Callable[[str], None] = print,
     on_step: Callable[[int, int], None] | None = None,
+    max_tokens: int | None = None,
 ) -> list[Checkpoint]:
     """Train LoRA on ``encoded`` (already the warmup sample) and save one checkpoint per
-    epoch under ``out_dir/epoch-<e>/``, plus ``out_dir/manifest.json`` with the curve."""
+    epoch under ``out_dir/epoch-<e>/``, plus ``out_dir/manifest.json`` with the curve.
+    ``max_tokens``: padded tokens per micro-batch (see :func:`train_lora`)."""
     checkpoints: list[Checkpoint] = []
 
     def save(epoch: int, peft_model, optimizer, lr_mean: float) -> None:
         checkpoints.append(_save_checkpoint(peft_model, optimizer, out_dir / f"epoch-{epoch}", lr_mean, epoch))
 
-    _, curve = train_lora(model, encoded, config, pad_id, log, on_epoch=save, label="warmup", on_step=on_step)
+    _, curve = train_lora(
+        model, encoded, config, pad_id, log, on_epoch=save, label="warmup", on_step=on_step, max_tokens=max_tokens
+    )
     manifest = {
         "config": config.to_dict(),
         # relative paths: the folder may be uploaded and read back elsewhere
