@@ -186,7 +186,7 @@ POWER = [replace(NULLS[2], shift=-0.05), replace(NULLS[2], shift=-0.1), replace(
 def real_check(home: Path, splits: int, seed: int, method_size: int = 3, baseline_size: int = 5) -> None:
     """Random against random on a real comparison's stored eval losses (see the module docstring)."""
     from dsel_assets.core.stats import comparison_table
-    from dsel_assets.reports import comparison_rows
+    from dsel_assets.pipeline.assets.reporting.reports import comparison_rows
     from dsel_assets.store import tables
 
     with tables.open_state(home / "dsel.duckdb", read_only=True) as conn:

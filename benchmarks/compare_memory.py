@@ -96,7 +96,7 @@ def main() -> int:
 
     import dagster as dg
 
-    from dsel_assets.cli import main as dsel
+    from dsel_assets.app.cli import main as dsel
 
     for split, task in (("query", "math"), ("eval", "math"), ("pool", None)):
         flags = ["--split", split] + (["--task", task] if task else ["--task", "general"])

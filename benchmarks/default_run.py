@@ -46,7 +46,7 @@ def run_once(workdir: Path, mode: str, extra: list[str]) -> tuple[float, str, st
     started = time.perf_counter()
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "dsel_assets.cli", "--home", str(home), "run", *extra],
+            [sys.executable, "-m", "dsel_assets.app.cli", "--home", str(home), "run", *extra],
             capture_output=True,
             text=True,
             check=False,

@@ -1,5 +1,5 @@
 """The two ways dsel's k-means gets cheaper on large pools, against the full computation,
-in one run (dsel_assets/core/select/_clustering.py).
+in one run (dsel_assets/core/clustering.py).
 
 1. Sampled fit (every k-means: kmeans_random, kmq, small2large, diversify_conquer, labels):
    past 256 rows per cluster the centroids are fitted on a seeded sample of that many rows per
@@ -60,7 +60,7 @@ def sampled_fit(name: str, x: np.ndarray, clusters: int, seed: int = 0) -> None:
     """Full fit (scikit-learn over every row) against dsel's sampled fit, by inertia."""
     from sklearn.cluster import KMeans
 
-    from dsel_assets.core.select._clustering import FIT_ROWS_PER_CLUSTER, kmeans
+    from dsel_assets.core.clustering import FIT_ROWS_PER_CLUSTER, kmeans
 
     started = time.perf_counter()
     full = KMeans(clusters, init="k-means++", n_init=1, max_iter=20, random_state=seed).fit(x)
@@ -77,7 +77,7 @@ def sampled_fit(name: str, x: np.ndarray, clusters: int, seed: int = 0) -> None:
 
 
 def one_seed(x: np.ndarray, seed: int) -> dict[str, dict[str, float]]:
-    from dsel_assets.core.select._clustering import kmeans, two_level_kmeans
+    from dsel_assets.core.clustering import kmeans, two_level_kmeans
     from dsel_assets.core.select.kmeans_centroids import nearest_unused
 
     k = int(BUDGET * len(x))

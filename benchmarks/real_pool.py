@@ -123,7 +123,7 @@ def target_files(out: Path, n_query: int, n_eval: int, seed: int) -> tuple[list[
 
 def dsel(home: Path, *args: str) -> None:
     """One ``dsel`` command, as a user runs it (its output streams through)."""
-    command = [sys.executable, "-m", "dsel_assets.cli", "--home", str(home), *args]
+    command = [sys.executable, "-m", "dsel_assets.app.cli", "--home", str(home), *args]
     print("$ dsel " + " ".join(args), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
 

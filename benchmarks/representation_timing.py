@@ -56,6 +56,7 @@ def main() -> None:
     import torch
     from grad_features import load_examples, setup
 
+    from dsel_assets.core.clustering import kmeans
     from dsel_assets.core.data.schema import example_text
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.core.data.validate import validate_file
@@ -71,7 +72,6 @@ def main() -> None:
     from dsel_assets.core.models.scoring import score_examples
     from dsel_assets.core.models.sft import encode_conversation
     from dsel_assets.core.models.warmup import WarmupConfig, train_lora
-    from dsel_assets.core.select._clustering import kmeans
 
     device = pick_device()
     items, source = load_examples(1000)

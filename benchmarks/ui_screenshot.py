@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dsel_assets.webserver import find_browser, graphql, screenshot, serve  # noqa: E402
+from dsel_assets.app.webserver import find_browser, graphql, screenshot, serve  # noqa: E402
 from resources.home import DselHome  # noqa: E402
 
 

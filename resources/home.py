@@ -108,7 +108,8 @@ class DselHome:
         # one process creates the instance's SQLite storages: two commands starting together on a
         # fresh home would otherwise both stamp their alembic version tables
         with FileLock(str(self.dagster / ".init.lock"), timeout=300):
-            if not config.exists():  # one model-running step at a time: the "gpu" pool (dsel_assets/deployment.py)
+            # one model-running step at a time: the "gpu" pool (dsel_assets/pipeline/deployment.py)
+            if not config.exists():
                 config.write_text(
                     "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n", encoding="utf-8"
                 )

@@ -7,9 +7,12 @@ import os
 import dagster as dg
 from pydantic import Field
 
-from dsel_assets.inbox import MAX_ATTEMPTS, MAX_BYTES
-
 from .home import DselHome
+
+#: Files larger than this are set aside, never copied (``DSEL_INBOX_MAX_BYTES``).
+MAX_BYTES = 2 << 30
+#: Ticks a file may fail (scan, registration, archive) before it is set aside.
+MAX_ATTEMPTS = 3
 
 
 class InboxSettings(dg.ConfigurableResource):

@@ -11,9 +11,8 @@ from dsel_assets.core.models import embeddings, loading
 from dsel_assets.core.models.batching import Batching
 from dsel_assets.core.models.model_embeddings import POOLINGS
 from dsel_assets.core.threads import size_threads
-from dsel_assets.deployment import concurrent_model_steps
-from dsel_assets.devices import claim_device
 
+from .devices import claim_device, concurrent_model_steps
 from .home import DselHome
 
 
@@ -34,7 +33,7 @@ class SelectionModel(dg.ConfigurableResource):
     Llama with the same tokenizer (tests); anything else is a local model directory or a hub id."""
 
     #: the fields whose value changes what the assets using this resource compute (part of their
-    #: Dagster code version: see dsel_assets.settings_versions)
+    #: Dagster code version: see dsel_assets.pipeline.settings_versions)
     VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("model", "dtype", "load_in", "max_tokens")
 
     model: str = Field(default="smollm2", description="smollm2 | tiny | local path | hub id")

@@ -82,8 +82,8 @@ MODEL_SETTINGS = ("model", "dtype", "load_in")
 class IdentitySettings:
     """The selection model, the gradient feature dimension and projection, the model-embedding
     pooling, the proxy model of Superfiltering / Small2Large ("" = the selection model; see
-    dsel_assets.scores), and the weights' dtype and quantisation (a bf16 or 4-bit model scores,
-    embeds and differentiates differently)."""
+    dsel_assets.pipeline.assets.representations.scores), and the weights' dtype and quantisation
+    (a bf16 or 4-bit model scores, embeds and differentiates differently)."""
 
     model: str = "smollm2"
     grad_dim: int = 8192

@@ -11,11 +11,11 @@ import duckdb
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dsel_assets.code_location import build_definitions
 from dsel_assets.core.select import methods
-from dsel_assets.finetune import DEFAULT_FINETUNED
-from dsel_assets.pool import pool, pool_batch, pool_batches
-from dsel_assets.selections import available
+from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
+from dsel_assets.pipeline.assets.selection.selections import available
+from dsel_assets.pipeline.assets.training.finetune import DEFAULT_FINETUNED
+from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.store import tables
 
 from .helpers import write_jsonl
@@ -83,7 +83,7 @@ def test_pool_rows_repeating_an_earlier_eval_batch_are_quarantined(home, local_r
 
 
 def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
-    from dsel_assets.cli import main
+    from dsel_assets.app.cli import main
 
     # -v: the full selection table (a default run prints its summary only)
     assert main(["run", "-v", "--model", "tiny", "--per-capability", "25", "--budgets", "10%", "20"]) == 0

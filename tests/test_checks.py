@@ -8,7 +8,10 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from dsel_assets.checks import (
+from dsel_assets.core.data.validate import validate_file
+from dsel_assets.pipeline.assets.ingest.pool import pool_batches
+from dsel_assets.pipeline.assets.selection.selections import coverage
+from dsel_assets.pipeline.checks import (
     build_checks,
     content_overlap,
     disjointness_result,
@@ -16,10 +19,7 @@ from dsel_assets.checks import (
     selection_problems,
     vector_problems,
 )
-from dsel_assets.code_location import build_definitions
-from dsel_assets.core.data.validate import validate_file
-from dsel_assets.pool import pool_batches
-from dsel_assets.selections import coverage
+from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.store import tables
 from resources.store import StateStore
 

@@ -5,7 +5,7 @@ import json
 import duckdb
 import pytest
 
-from dsel_assets.cli import main
+from dsel_assets.app.cli import main
 
 from .helpers import write_jsonl
 
@@ -90,7 +90,7 @@ def test_score_computes_one_representation_for_the_pool(home, tmp_path, capsys, 
 
 
 def test_run_takes_budget_like_select_and_compare_and_keeps_budgets():
-    from dsel_assets.cli import DEFAULT_RUN_BUDGETS, parser
+    from dsel_assets.app.cli import DEFAULT_RUN_BUDGETS, parser
 
     assert parser().parse_args(["run", "--budget", "5%", "--budget", "20"]).budgets == ["5%", "20"]
     assert parser().parse_args(["run", "--budgets", "10%", "20"]).budgets == ["10%", "20"]  # the old spelling
@@ -106,7 +106,7 @@ def test_debug_shows_the_traceback_of_a_value_error_too(home, capsys, monkeypatc
 
 
 def test_verbosity_options_go_before_or_after_the_subcommand(home, tmp_path, capsys, monkeypatch):
-    from dsel_assets.cli import parser
+    from dsel_assets.app.cli import parser
 
     assert parser().parse_args(["-v", "status"]).verbose and parser().parse_args(["status", "-q"]).quiet
     args = parser().parse_args(["status", "--home", "h", "--verbose"])
@@ -133,7 +133,7 @@ def test_verbosity_options_go_before_or_after_the_subcommand(home, tmp_path, cap
 
 
 def test_internal_errors_say_so_and_user_errors_name_the_field(home, capsys, monkeypatch):
-    import dsel_assets.cli as cli
+    import dsel_assets.app.cli as cli
 
     def broken(args):
         return {}["model_hash"]  # a bug, not the user's input

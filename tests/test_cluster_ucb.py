@@ -8,8 +8,8 @@ import duckdb
 import numpy as np
 import pytest
 
+from dsel_assets.core.clustering import spherical_kmeans
 from dsel_assets.core.select import build_config, get
-from dsel_assets.core.select._clustering import spherical_kmeans
 from dsel_assets.core.select.cluster_ucb import ClusterUcbConfig, cluster_ucb_draws
 
 
@@ -129,7 +129,7 @@ def test_spherical_kmeans_assigns_by_cosine_like_brute_force():
         np.testing.assert_allclose(centroids[c], mean / np.linalg.norm(mean), atol=1e-5)
     # clusters are the four directions, whatever the norms (Euclidean k-means splits by norm)
     assert all(len(set(direction[assignment == c])) == 1 for c in range(4))
-    from dsel_assets.core.select._clustering import kmeans
+    from dsel_assets.core.clustering import kmeans
 
     _, euclidean = kmeans(x, 4, 0)
     assert any(len(set(direction[euclidean == c])) > 1 for c in range(4))
@@ -139,9 +139,9 @@ def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, t
     """Asset level: warmup, pool and query gradient features and the influence asset on the
     tiny model give the full-pool LESS scores; the scorer the cluster_ucb asset loads must
     reproduce them for the ids it is asked about, computing gradients for those ids only."""
-    from dsel_assets.cli import main
+    from dsel_assets.app.cli import main
     from dsel_assets.core.data.synthetic import generate
-    from dsel_assets.selections import load_representation
+    from dsel_assets.pipeline.assets.selection.selections import load_representation
     from resources import build_resources
 
     paths = generate(seed=3, per_capability=4).write(tmp_path / "data")

@@ -16,12 +16,12 @@ import lance
 import pytest
 from polars import from_arrow as frame_of
 
-from dsel_assets.checks import pool_ids_by_version, selection_problems
-from dsel_assets.cli import main
-from dsel_assets.compare import ComparePlan, Progress, check_plan, entry_key, parse_entry
+from dsel_assets.app.cli import main
+from dsel_assets.app.compare import ComparePlan, Progress, check_plan
 from dsel_assets.core.data.synthetic import generate
-from dsel_assets.evaluation import EvalRunConfig, load_eval_set
-from dsel_assets.selections import selection_assets
+from dsel_assets.pipeline.assets.reporting.evaluation import EvalRunConfig, load_eval_set
+from dsel_assets.pipeline.assets.selection.selections import entry_key, parse_entry, selection_assets
+from dsel_assets.pipeline.checks import pool_ids_by_version, selection_problems
 from dsel_assets.store.queries import frame
 
 from .helpers import synthetic_pool_instance
@@ -356,7 +356,7 @@ def test_selection_seeds_store_checked_replicates(home, local_resources):
 def _dsel(home, *args) -> subprocess.Popen:
     env = {**os.environ, "DSEL_HOME": str(home.root), "DSEL_MAX_CONCURRENT": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "dsel_assets.cli", *args],
+        [sys.executable, "-m", "dsel_assets.app.cli", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

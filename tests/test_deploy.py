@@ -15,7 +15,7 @@ import yaml
 from dagster._config import validate_config
 from dagster._core.instance.config import dagster_instance_config
 
-from dsel_assets.code_location import build_definitions
+from dsel_assets.pipeline.code_location import build_definitions
 from resources import build_resources
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dsel_assets.cli import main
-from dsel_assets.code_location import build_definitions
+from dsel_assets.app.cli import main
+from dsel_assets.pipeline.code_location import build_definitions
 from resources.home import DselHome
 
 from .helpers import write_jsonl
@@ -552,7 +552,7 @@ def test_the_asset_writes_to_s3(state, s3_environ, monkeypatch, tmp_path):
 
 
 def test_the_model_hash_comes_from_what_the_selection_recorded(tmp_path):
-    from dsel_assets.export import model_identity
+    from dsel_assets.pipeline.assets.reporting.export import model_identity
     from dsel_assets.store import queries, schema
 
     with duckdb.connect(str(tmp_path / "state.duckdb")) as conn:

@@ -155,7 +155,7 @@ def test_factorised_inner_products_track_the_unprojected_ones_and_improve_with_k
 def test_less_selects_through_the_factorised_projection_end_to_end(home, tmp_path, monkeypatch):
     import json
 
-    from dsel_assets.cli import main
+    from dsel_assets.app.cli import main
 
     from .helpers import write_jsonl
 

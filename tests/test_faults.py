@@ -36,7 +36,7 @@ def kill_when(args: list[str], home: Path, ready, timeout: float = RUN_TIMEOUT_S
     """Start ``dsel ARGS``; SIGKILL it ``delay_s`` after ``ready(output_so_far)`` first holds
     (checked every 10 ms). Fails if the command ends or times out first."""
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "dsel_assets.cli", "-v", *args],  # -v: the step log lines kill points watch
+        [sys.executable, "-u", "-m", "dsel_assets.app.cli", "-v", *args],  # -v: the step log lines kill points watch
         cwd=REPO,
         env=dsel_env(home),
         stdout=subprocess.PIPE,
@@ -71,7 +71,7 @@ def run_dsel(args: list[str], home: Path, timeout: float = RUN_TIMEOUT_S) -> str
     """``dsel ARGS`` to the end within ``timeout`` (a hang fails the test instead of CI)."""
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "dsel_assets.cli", "-v", *args],
+            [sys.executable, "-m", "dsel_assets.app.cli", "-v", *args],
             cwd=REPO,
             env=dsel_env(home),
             capture_output=True,

@@ -33,11 +33,11 @@ from dsel_assets.core.models.finetune import FinetuneConfig, finetune, load_fine
 from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import IGNORE, encode_conversation
-from dsel_assets.evaluation import eval_assets
-from dsel_assets.finetune import finetuned_assets
-from dsel_assets.pool import pool, pool_batch, pool_batches
-from dsel_assets.reports import comparison_report, selection_report
-from dsel_assets.selections import selection_assets
+from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
+from dsel_assets.pipeline.assets.reporting.evaluation import eval_assets
+from dsel_assets.pipeline.assets.reporting.reports import comparison_report, selection_report
+from dsel_assets.pipeline.assets.selection.selections import selection_assets
+from dsel_assets.pipeline.assets.training.finetune import finetuned_assets
 from dsel_assets.store import queries, tables
 
 from .test_assets import register
@@ -299,7 +299,7 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
 
 
 def test_eval_rows_sharing_a_prompt_with_pool_or_query_are_left_out():
-    from dsel_assets.evaluation import load_eval_set
+    from dsel_assets.pipeline.assets.reporting.evaluation import load_eval_set
 
     def chat(prompt, answer):
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
@@ -323,6 +323,6 @@ def test_eval_rows_sharing_a_prompt_with_pool_or_query_are_left_out():
 
 
 def test_fine_tune_budgets_are_read_as_selections_store_them():
-    from dsel_assets.finetune import _budget_label
+    from dsel_assets.pipeline.assets.training.finetune import _budget_label
 
     assert [_budget_label(b) for b in ("20%", "0.05", "500", "5pct")] == ["20pct", "5pct", "500", "5pct"]

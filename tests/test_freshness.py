@@ -11,9 +11,9 @@ import duckdb
 import lance
 import pytest
 
-from dsel_assets.cli import main
-from dsel_assets.code_location import build_definitions
-from dsel_assets.runs import materialize_closure
+from dsel_assets.app.cli import main
+from dsel_assets.app.runs import materialize_closure
+from dsel_assets.pipeline.code_location import build_definitions
 
 from .helpers import write_jsonl
 
@@ -215,8 +215,8 @@ def test_hostile_task_labels_pass_a_whole_comparison_and_a_model_switch(cli_home
 
 def test_an_eval_set_that_changes_during_a_comparison_is_refused_not_intersected(cli_home, tmp_path):
     """Before: eval rows ingested while a comparison ran were silently intersected (20 of 40)."""
-    from dsel_assets.compare import ComparePlan, check_plan
-    from dsel_assets.runs import RunFailed
+    from dsel_assets.app.compare import ComparePlan, check_plan
+    from dsel_assets.app.runs import RunFailed
 
     assert main(["ingest", qa(tmp_path / "a.jsonl", range(20)), "--task", "math", "--model", "tiny"]) == 0
     assert main(["ingest", qa(tmp_path / "e.jsonl", range(4), "Add {i}"), "--split", "eval", "--task", "math"]) == 0

@@ -12,7 +12,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from dsel_assets.cli import main
+from dsel_assets.app.cli import main
 from resources.home import DselHome
 
 from .helpers import write_jsonl

@@ -9,7 +9,7 @@ from dsel_assets.core.models.features import FeatureConfig
 from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.models.warmup import WarmupConfig, train_warmup
-from dsel_assets.gradients import write_pool_features
+from dsel_assets.pipeline.assets.representations.gradients import write_pool_features
 from resources.lance_store import LanceStore
 
 
@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_to_identical_features(warmed, tmp_path):
 
 
 def test_gradient_chain_in_the_default_job(home, capsys):
-    from dsel_assets.cli import main
+    from dsel_assets.app.cli import main
 
     assert (
         main(
@@ -155,7 +155,7 @@ def test_gradient_chain_in_the_default_job(home, capsys):
 
 
 def test_dsel_select_materializes_only_what_is_missing(home, capsys):
-    from dsel_assets.cli import main
+    from dsel_assets.app.cli import main
 
     assert (
         main(

@@ -18,9 +18,9 @@ pytest.importorskip("lm_eval")
 from dsel_assets.core.harness import harness_rows  # noqa: E402
 from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, resolve  # noqa: E402
 from dsel_assets.core.stats import comparison_table  # noqa: E402
-from dsel_assets.evaluation import eval_assets  # noqa: E402
-from dsel_assets.finetune import finetuned_assets  # noqa: E402
-from dsel_assets.selections import selection_assets  # noqa: E402
+from dsel_assets.pipeline.assets.reporting.evaluation import eval_assets  # noqa: E402
+from dsel_assets.pipeline.assets.selection.selections import selection_assets  # noqa: E402
+from dsel_assets.pipeline.assets.training.finetune import finetuned_assets  # noqa: E402
 from dsel_assets.store import queries  # noqa: E402
 from tests.test_finetune_eval import synthetic_home  # noqa: E402,F401
 
@@ -119,7 +119,7 @@ def test_harness_rows_feed_the_comparison(home, local_resources, synthetic_home,
 
 
 def test_compare_refuses_an_unknown_lm_eval_task_before_any_work(home, capsys):
-    from dsel_assets.cli import main
+    from dsel_assets.app.cli import main
 
     code = main(["compare", "--methods", "random", "--target", "math", "--lm-eval-task", "no_such_task"])
     err = capsys.readouterr().err

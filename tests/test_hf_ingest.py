@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dsel_assets.cli import main
+from dsel_assets.app.cli import main
 
 from .helpers import write_jsonl
 

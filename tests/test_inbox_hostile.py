@@ -17,8 +17,8 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dsel_assets import inbox
-from dsel_assets.code_location import build_definitions
+from dsel_assets.pipeline.assets.ingest import inbox
+from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.store import tables
 from resources import InboxSettings, build_resources
 from resources.store import StateStore

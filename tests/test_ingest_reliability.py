@@ -15,10 +15,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dsel_assets.cli import main
-from dsel_assets.code_location import build_definitions
+from dsel_assets.app.cli import main
+from dsel_assets.app.runs import run_batches
 from dsel_assets.core.models.loading import resolve
-from dsel_assets.runs import run_batches
+from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.store import tables
 from resources.tracking import MlflowTracker, TrackedRun, redact_uri, restore_credentials
 
@@ -206,7 +206,7 @@ def test_two_concurrent_ingests_on_a_fresh_home_both_land(tmp_path):
     files = [write_jsonl(tmp_path / f"part{i}.jsonl", qa(5, offset=10 * i)) for i in range(2)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "dsel_assets.cli", "-v", "ingest", str(f)],  # -v: library errors live
+            [sys.executable, "-m", "dsel_assets.app.cli", "-v", "ingest", str(f)],  # -v: library errors live
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,

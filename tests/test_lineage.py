@@ -6,7 +6,7 @@ import json
 import duckdb
 from mlflow.tracking import MlflowClient
 
-from dsel_assets.cli import main
+from dsel_assets.app.cli import main
 from dsel_assets.store import tables
 
 from .helpers import write_jsonl

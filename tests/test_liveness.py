@@ -1,4 +1,4 @@
-"""Runs left behind by a killed process (dsel_assets/liveness.py): a ``kill -9`` during a step in
+"""Runs left behind by a killed process (dsel_assets/pipeline/liveness.py): a ``kill -9`` during a step in
 the ``gpu`` pool, against a real instance in a temp dir with the state home's ``dagster.yaml``
 (pool limit 1). Every child process runs under a timeout, so no test can hang."""
 
@@ -20,7 +20,7 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._core.test_utils import create_run_for_test
 
-from dsel_assets.liveness import HOST_TAG, PID_TAG, STARTED_TAG, process_tags, reap_dead_runs
+from dsel_assets.pipeline.liveness import HOST_TAG, PID_TAG, STARTED_TAG, process_tags, reap_dead_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A job with one asset in the "gpu" pool that sleeps argv[2] seconds, executed by ``runs.execute``;
@@ -31,9 +31,7 @@ import time
 
 import dagster as dg
 
-from dsel_assets import runs
-
-
+from dsel_assets.app import runs
 @dg.asset(pool="gpu")
 def hog() -> None:
     time.sleep(float(sys.argv[2]))
@@ -260,7 +258,7 @@ def test_daemon_launched_runs_by_the_pids_in_their_event_log(instance):
 
 
 def test_recuration_is_not_blocked_by_a_killed_batch_run(home, instance):
-    from dsel_assets.code_location import build_definitions
+    from dsel_assets.pipeline.code_location import build_definitions
 
     defs = build_definitions(home, model="tiny", device="cpu")
     killed = started_run(

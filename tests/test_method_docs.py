@@ -3,12 +3,12 @@ page without a method, generated parts current, hand-written parts present and k
 
 import pytest
 
-from dsel_assets import method_docs
+from dsel_assets.app import method_docs
+from dsel_assets.app.method_docs import BEGIN, DOCS, END, README, ROOT, SECTIONS, expected, stale
 from dsel_assets.core.select import get, methods
-from dsel_assets.method_docs import BEGIN, DOCS, END, README, ROOT, SECTIONS, expected, stale
 
 NAMES = sorted(methods())
-FIX = "run `python -m dsel_assets.method_docs`"
+FIX = "run `python -m dsel_assets.app.method_docs`"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -52,7 +52,7 @@ def test_regeneration_rewrites_only_the_generated_parts(tree):
     assert out[DOCS / "random.md"] == f"{BEGIN}\n{method_docs.method_block(specs['random'])}\n{END}{written}"
     assert out[README].startswith("# dsel\n\n## Selection methods\n\n") and out[README].endswith(f"{END}\n\nAfter.\n")
     assert "[`random`](docs/methods/random.md)" in out[README]
-    assert f"{DOCS / 'random.md'}: stale or missing; run python -m dsel_assets.method_docs" in stale(root, specs)
+    assert f"{DOCS / 'random.md'}: stale or missing; run python -m dsel_assets.app.method_docs" in stale(root, specs)
     for path, text in out.items():
         (root / path).write_text(text)
     assert stale(root, specs) == []
@@ -65,7 +65,7 @@ def test_missing_orphan_and_unwritten_pages_are_reported(tree):
     (root / DOCS / "retired_method.md").write_text(f"{BEGIN}\n{END}\nSee [random](random.md) and [gone](gone.md).\n")
     specs = {**specs, "kmq": get("kmq")}
     problems = stale(root, specs)
-    assert f"{DOCS / 'kmq.md'}: stale or missing; run python -m dsel_assets.method_docs" in problems
+    assert f"{DOCS / 'kmq.md'}: stale or missing; run python -m dsel_assets.app.method_docs" in problems
     assert f"{DOCS / 'retired_method.md'}: no registered method 'retired_method'" in problems
     assert f"{DOCS / 'retired_method.md'}: links to gone.md, which is no registered method" in problems
     (root / DOCS / "kmq.md").write_text(expected(root, specs)[DOCS / "kmq.md"])  # the placeholder page

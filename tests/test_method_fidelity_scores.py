@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from dsel_assets.code_location import build_definitions
 from dsel_assets.core.select import build_config
+from dsel_assets.pipeline.code_location import build_definitions
 from resources.settings import SettingsConflict, stored_settings
 
 
@@ -24,7 +24,7 @@ def test_proxy_model_defaults_to_the_selection_model_and_is_pinned(home, monkeyp
 
 
 def test_cli_takes_a_proxy_model_for_score_and_select(home, monkeypatch):
-    from dsel_assets.cli import _definitions, parser
+    from dsel_assets.app.cli import _definitions, parser
 
     monkeypatch.delenv("DSEL_PROXY_MODEL", raising=False)
     args = parser().parse_args(["score", "proxy_loss", "--model", "tiny", "--proxy-model", "smollm2"])

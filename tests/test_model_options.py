@@ -247,7 +247,7 @@ def test_dtype_and_quantisation_are_pinned_and_runtime_options_are_not(home, mon
 
 
 def test_cli_refuses_quantisation_on_cpu_without_a_traceback(home, capsys):
-    from dsel_assets.cli import main
+    from dsel_assets.app.cli import main
 
     code = main(["score", "loss", "--model", "tiny", "--device", "cpu", "--load-in", "4bit"])
     err = capsys.readouterr().err

@@ -2,8 +2,8 @@
 
 import io
 
-from dsel_assets.output import StageBars
-from dsel_assets.progress import Meter, listening, stage_of
+from dsel_assets.app.output import StageBars
+from dsel_assets.pipeline.progress import Meter, listening, stage_of
 
 
 class Clock:

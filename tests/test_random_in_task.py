@@ -10,11 +10,11 @@ import duckdb
 import numpy as np
 import pytest
 
-from dsel_assets.checks import selection_problems
-from dsel_assets.compare import ComparePlan
+from dsel_assets.app.compare import ComparePlan
 from dsel_assets.core.select import build_config, get
-from dsel_assets.representation_registry import representation
-from dsel_assets.selections import seed_replicates, selection_assets
+from dsel_assets.pipeline.assets.representations.registry import representation
+from dsel_assets.pipeline.assets.selection.selections import seed_replicates, selection_assets
+from dsel_assets.pipeline.checks import selection_problems
 from dsel_assets.store.queries import frame
 
 from .helpers import synthetic_pool_instance

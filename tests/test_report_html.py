@@ -10,8 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from dsel_assets.app.webserver import BROWSERS, find_browser, screenshot
 from dsel_assets.core.stats import TABLE_SCHEMA
-from dsel_assets.report_html import (
+from dsel_assets.pipeline.assets.reporting.report_html import (
     _curve_series,
     html_report,
     plot_budget_curves,
@@ -21,7 +22,6 @@ from dsel_assets.report_html import (
     verdict_markdown,
     write_html_report,
 )
-from dsel_assets.webserver import BROWSERS, find_browser, screenshot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODELS = [("base", "0", 0), ("random", "100", 100), ("random", "400", 400), ("less", "100", 100), ("less", "400", 400)]

@@ -6,17 +6,17 @@ import dagster as dg
 import duckdb
 import numpy as np
 
-from dsel_assets.pool import pool, pool_batch, pool_batches
-from dsel_assets.representation_registry import UNCERTAINTY_COLUMNS
-from dsel_assets.representations import model_embeddings
-from dsel_assets.scores import (
+from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
+from dsel_assets.pipeline.assets.representations.embeddings import model_embeddings
+from dsel_assets.pipeline.assets.representations.registry import UNCERTAINTY_COLUMNS
+from dsel_assets.pipeline.assets.representations.scores import (
     GREEDY_MAX_NEW_TOKENS,
     golden_score,
     greedy_scores,
     learning_percentage,
     whisperer_score,
 )
-from dsel_assets.selections import load_representation
+from dsel_assets.pipeline.assets.selection.selections import load_representation
 from dsel_assets.store import tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
@@ -150,8 +150,11 @@ def test_learning_percentage_is_reused_and_whisperer_rows_carry_their_provenance
 
 
 def test_cherry_pre_experience_trains_on_the_sample_and_scores_the_pool_with_it(home, local_resources, tmp_path):
-    from dsel_assets.pre_experience import cherry_pre_experienced_model, cherry_pre_experienced_scores
-    from dsel_assets.scores import loss_scores
+    from dsel_assets.pipeline.assets.representations.pre_experience import (
+        cherry_pre_experienced_model,
+        cherry_pre_experienced_scores,
+    )
+    from dsel_assets.pipeline.assets.representations.scores import loss_scores
 
     batch, instance = ingest(home, tmp_path, local_resources, n=12)
     dg.materialize([model_embeddings, loss_scores], partition_key=batch, resources=local_resources, instance=instance)
@@ -199,7 +202,7 @@ def test_a_proxy_that_is_the_selection_model_copies_the_loss_rows_instead_of_sco
 ):
     """Same weights, template and scoring code: the proxy's rows are the selection model's rows
     (copied under the proxy's code version); nothing is computed twice."""
-    from dsel_assets.scores import loss_scores, proxy_loss_scores, score_code_version
+    from dsel_assets.pipeline.assets.representations.scores import loss_scores, proxy_loss_scores, score_code_version
 
     resources = {**local_resources, "proxy_model": local_resources["selection_model"]}
     batch, instance = ingest(home, tmp_path, resources, n=5)
@@ -223,9 +226,9 @@ def test_proxy_scores_come_from_the_proxy_and_alpaca_scores_keep_to_their_own_ta
     """A proxy other than the selection model: its rows name it and its weights hash, and their
     scores differ from the selection model's (nothing is copied across). Alpaca-template scores
     land in their own table, each row saying so, and the selections read that table only when asked."""
-    from dsel_assets.checks import SCORE_COLUMNS, build_score_check
     from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
-    from dsel_assets.scores import loss_scores, proxy_loss_scores, score_table
+    from dsel_assets.pipeline.assets.representations.scores import loss_scores, proxy_loss_scores, score_table
+    from dsel_assets.pipeline.checks import SCORE_COLUMNS, build_score_check
     from resources.models import SelectionModel
 
     tokenizer = load_tokenizer(resolve("tiny"))

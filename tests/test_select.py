@@ -188,7 +188,7 @@ def separated_blobs(seed, blobs=16, size=30, dim=8):
 def test_two_level_kmeans_recovers_separated_blobs(seed):
     """16 equal blobs: 4 groups, each group's share is exactly its number of blobs, so every
     cluster is one whole blob, as one-level k-means finds them."""
-    from dsel_assets.core.select._clustering import kmeans, two_level_kmeans
+    from dsel_assets.core.clustering import kmeans, two_level_kmeans
 
     x, labels = separated_blobs(seed)
     for clustering in (kmeans, two_level_kmeans):
@@ -204,7 +204,7 @@ def test_kmeans_fits_a_sample_past_256_rows_per_cluster_and_assigns_every_row(se
     """5 blobs of 600 rows (3,000 > 256 x 5): centroids from a 1,280-row sample, each within
     0.05 of its blob's mean (noise 0.1 / sqrt(~256) per axis), and every row assigned to its
     nearest centroid - its own blob."""
-    from dsel_assets.core.select._clustering import FIT_ROWS_PER_CLUSTER, kmeans
+    from dsel_assets.core.clustering import FIT_ROWS_PER_CLUSTER, kmeans
 
     x, labels = separated_blobs(seed, blobs=5, size=600)
     assert len(x) > FIT_ROWS_PER_CLUSTER * 5
@@ -218,7 +218,7 @@ def test_kmeans_fits_a_sample_past_256_rows_per_cluster_and_assigns_every_row(se
 
 @pytest.mark.parametrize(("n", "clusters"), [(50, 1), (50, 2), (50, 7), (50, 50), (200, 30), (7, 20)])
 def test_two_level_kmeans_gives_exactly_the_clusters_asked(n, clusters):
-    from dsel_assets.core.select._clustering import two_level_kmeans
+    from dsel_assets.core.clustering import two_level_kmeans
 
     for seed in range(5):
         x = np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
@@ -228,7 +228,7 @@ def test_two_level_kmeans_gives_exactly_the_clusters_asked(n, clusters):
 
 
 def test_capped_shares_by_hand():
-    from dsel_assets.core.select._clustering import capped_shares
+    from dsel_assets.core.clustering import capped_shares
 
     assert capped_shares([10, 10, 80], [10, 10, 2], 12).tolist() == [5, 5, 2]  # 9.6 capped at 2: 10 left, halved
     assert capped_shares([50, 30, 20], [100, 1, 1], 10).tolist() == [8, 1, 1]  # 3 and 2 capped: 8 left
@@ -242,7 +242,7 @@ def test_two_level_kmeans_gives_a_block_of_duplicates_one_cluster(seed):
     """200 copies of one far point beside 200 distinct points, 10 clusters: by rows the copies'
     group would take 5 centroids of one point (4 left empty); capped at its distinct rows it
     takes 1, and all 10 clusters hold rows."""
-    from dsel_assets.core.select._clustering import two_level_kmeans
+    from dsel_assets.core.clustering import two_level_kmeans
 
     rng = np.random.default_rng(seed)
     x = np.concatenate([np.full((200, 4), 1000.0), rng.normal(size=(200, 4))]).astype(np.float32)

@@ -11,9 +11,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dsel_assets import inbox
-from dsel_assets.code_location import build_definitions
-from dsel_assets.pool import pool_batches
+from dsel_assets.pipeline.assets.ingest import inbox
+from dsel_assets.pipeline.assets.ingest.pool import pool_batches
+from dsel_assets.pipeline.code_location import build_definitions
 from resources import InboxSettings, SentenceEmbedder, build_resources
 
 from .helpers import write_jsonl

@@ -9,9 +9,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dsel_assets.cli import main
-from dsel_assets.code_location import build_definitions
-from dsel_assets.sensors import recuration_request
+from dsel_assets.app.cli import main
+from dsel_assets.pipeline.code_location import build_definitions
+from dsel_assets.pipeline.sensors import recuration_request
 from resources import build_resources
 from resources.settings import SettingsConflict, resolve_settings, stored_settings
 

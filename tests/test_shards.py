@@ -13,7 +13,7 @@ import lance
 import numpy as np
 import pytest
 
-from dsel_assets.cli import main
+from dsel_assets.app.cli import main
 from dsel_assets.core.data.shards import split_lines
 from resources.home import DselHome
 from tests.helpers import write_jsonl

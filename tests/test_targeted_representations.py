@@ -10,22 +10,27 @@ import duckdb
 import numpy as np
 import pytest
 
-from dsel_assets.checks import build_selection_check
 from dsel_assets.core.data.schema import example_id, example_text
 from dsel_assets.core.influence import less_task_scores
 from dsel_assets.core.models.templates import render_chat
 from dsel_assets.core.select import build_config, get, methods
 from dsel_assets.core.select.targeted import Influence, cosine_scores, representation_needs, representations
-from dsel_assets.pool import pool, pool_batch, pool_batches
-from dsel_assets.reports import selection_report_frame
-from dsel_assets.representations import model_embeddings, sentence_embeddings
-from dsel_assets.selections import (
+from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
+from dsel_assets.pipeline.assets.reporting.reports import selection_report_frame
+from dsel_assets.pipeline.assets.representations.embeddings import model_embeddings, sentence_embeddings
+from dsel_assets.pipeline.assets.representations.similarity import (
+    EMBED_SIMILARITY,
+    RDS_SIMILARITY,
+    embed_similarity,
+    rds_similarity,
+)
+from dsel_assets.pipeline.assets.selection.selections import (
     build_selection_asset,
     load_representation,
     selection_asset_name,
     selection_assets,
 )
-from dsel_assets.similarity import EMBED_SIMILARITY, RDS_SIMILARITY, embed_similarity, rds_similarity
+from dsel_assets.pipeline.checks import build_selection_check
 from dsel_assets.store import queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
@@ -199,7 +204,7 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
 
 
 def test_dsel_select_routes_each_representation_to_its_own_selection(home, tmp_path, capsys, monkeypatch):
-    from dsel_assets.cli import main
+    from dsel_assets.app.cli import main
 
     monkeypatch.setenv("DSEL_MODEL", "tiny")
     monkeypatch.delenv("DSEL_POOLING", raising=False)

@@ -55,7 +55,7 @@ def test_limit_threads_reaches_torch_blas_and_runtimes_loaded_later(monkeypatch)
 def test_the_gpu_pool_limit_is_the_number_of_concurrent_model_steps():
     import dagster as dg
 
-    from dsel_assets.deployment import concurrent_model_steps
+    from resources.devices import concurrent_model_steps
 
     assert concurrent_model_steps(None) == 1
     with dg.instance_for_test() as instance:

@@ -3,8 +3,8 @@ asset graph, the sensors and a materialization's metadata."""
 
 import json
 
-from dsel_assets.cli import main
-from dsel_assets.webserver import graphql, serve
+from dsel_assets.app.cli import main
+from dsel_assets.app.webserver import graphql, serve
 
 from .helpers import write_jsonl
 

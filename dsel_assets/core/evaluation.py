@@ -8,10 +8,7 @@ balance across tasks is its min / mean / max and the worst task."""
 
 from __future__ import annotations
 
-import functools
-import logging
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -23,6 +20,7 @@ from .models.generation import greedy_generate
 from .models.loading import compute_precision
 from .models.sft import collate, encode_conversation, per_example_loss
 from .models.templates import render_chat
+from .rouge import rouge_l
 
 EXACT_MATCH = "exact_match"
 GSM8K_MATCH = "gsm8k_exact_match"
@@ -114,32 +112,6 @@ def exact_match(metric: str, prediction: str, answer: str) -> bool:
         return gsm8k_number(prediction) == answer
     got = extract_answer(prediction)
     return got is not None and " ".join(got.split()) == " ".join(answer.split())
-
-
-@functools.lru_cache(maxsize=1)
-def _rouge_scorer():
-    """One stemmed ROUGE-L scorer, with two side effects of absl (rouge-score's logger) undone:
-    building the scorer logs, and absl calls ``logging.basicConfig()`` when the root logger has
-    no handler (a root handler bound to whatever ``sys.stderr`` is then: duplicate console
-    lines) - a temporary null handler prevents it; and absl's handler keeps the ``sys.stderr``
-    of import time and closes it when ``logging.config.dictConfig`` (MLflow calls it) shuts
-    handlers down - unless it is the process's own stderr, which it now is."""
-    from absl import logging as absl_logging
-    from rouge_score import rouge_scorer
-
-    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
-    guard = logging.NullHandler()
-    logging.root.addHandler(guard)
-    try:
-        return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    finally:
-        logging.root.removeHandler(guard)
-
-
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """ROUGE-L F-measure per pair (rouge-score, Porter stemming)."""
-    scorer = _rouge_scorer()
-    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
 
 
 def eval_sample(examples: Sequence[EvalExample], max_per_task: int, seed: int) -> list[EvalExample]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .select._clustering import kmeans
+from .clustering import kmeans
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ class Deployment:
             pytest.fail(f"a step failed ({codes}); log tail:\n{tail}")
 
     def ingest(self, paths: dict[str, Path]) -> None:
-        cli = ["-m", "dsel_assets.cli", "ingest", "--model", "tiny", "--task", "auto"]
+        cli = ["-m", "dsel_assets.app.cli", "ingest", "--model", "tiny", "--task", "auto"]
         self.run([*cli, str(paths["queries"]), "--split", "query"], "ingest-query")
         self.run([*cli, str(paths["eval"]), "--split", "eval"], "ingest-eval")
         self.run([*cli, str(paths["pool_a"]), str(paths["pool_b"]), "--split", "pool"], "ingest-pool")
@@ -247,7 +247,7 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
             # lineage from the eval score back to the raw file, in yet another empty folder
             lineage = cluster.folder("lineage")
             out = subprocess.run(
-                [sys.executable, "-m", "dsel_assets.cli", "lineage", "eval_less"],
+                [sys.executable, "-m", "dsel_assets.app.cli", "lineage", "eval_less"],
                 cwd=lineage,
                 env={**cluster_env, "DSEL_HOME": str(lineage / "home"), "PYTHONPATH": str(REPO)},
                 capture_output=True,

@@ -46,7 +46,7 @@ def answer_metric(prediction: str, reference: str, short_words: int = 5) -> floa
     ref, pred = _normalise(reference), _normalise(prediction)
     if len(ref) <= short_words:
         return float(bool(ref) and (pred == ref or pred[-len(ref) :] == ref))
-    from ..evaluation import rouge_l
+    from ..rouge import rouge_l
 
     return rouge_l([prediction], [reference])[0]
 

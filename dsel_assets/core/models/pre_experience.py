@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dsel_assets.core.select._clustering import kmeans
+from dsel_assets.core.clustering import kmeans
 
 
 def pre_experience_sample(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import spherical_kmeans
+from ..clustering import spherical_kmeans
 from .base import Selection, check_inputs
 from .registry import register
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import kmeans
+from ..clustering import kmeans
 from .base import Selection, check_inputs
 from .iterative import RoundTrainer, round_sizes
 from .registry import register

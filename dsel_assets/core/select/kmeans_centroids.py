@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import kmeans, two_level_kmeans
+from ..clustering import kmeans, two_level_kmeans
 from .base import Selection, check_inputs
 from .registry import register
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import kmeans, round_robin
+from ..clustering import kmeans, round_robin
 from .base import Selection, check_inputs
 from .registry import register
 

@@ -62,9 +62,7 @@ def register(
 
 
 def methods() -> dict[str, MethodSpec]:
-    """All registered methods, by name (importing the method modules registers them)."""
-    from . import _methods  # noqa: F401  (side effect: registration)
-
+    """All registered methods, by name (the package imports every method module, which registers it)."""
     return dict(sorted(_REGISTRY.items()))
 
 

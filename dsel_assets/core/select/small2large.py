@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._clustering import kmeans
+from ..clustering import kmeans
 from .base import Selection, check_inputs
 from .registry import register
 

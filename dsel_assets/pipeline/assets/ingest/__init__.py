@@ -1,0 +1,1 @@
+"""Ingestion: the pool and its batches, the inbox of new files."""

@@ -1,0 +1,1 @@
+"""Evaluation, the comparison and selection reports, and exports for trainers."""

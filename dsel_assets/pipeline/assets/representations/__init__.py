@@ -1,0 +1,1 @@
+"""Representations of the pool: embeddings, scores, gradient features, similarities, labels."""

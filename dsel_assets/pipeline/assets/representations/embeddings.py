@@ -1,0 +1,188 @@
+"""Per-example representations, partitioned by pool batch and stored in Lance."""
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from dsel_assets.core.data.schema import example_text
+from dsel_assets.pipeline.assets.ingest.pool import pool_batch, pool_batches
+from dsel_assets.pipeline.deployment import GPU_OP_TAGS
+from dsel_assets.pipeline.progress import Meter
+from dsel_assets.store import queries, tables
+from resources.devices import GPU_POOL
+from resources.lance_store import LanceStore
+from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
+from resources.store import StateStore
+from resources.tracking import DatasetRef, MlflowTracker
+
+REPRESENTATIONS = "representations"
+SENTENCE_EMBEDDINGS = "sentence_embeddings"
+MODEL_EMBEDDINGS = "model_embeddings"
+EMBEDDING_CHUNK = 64  # examples per Lance commit: an interrupted batch loses at most one chunk
+EMBED_CHUNK = 2048  # sentence embeddings per progress update
+
+
+def vector_table(pool_ids: list[str], batch: str, vectors, model: str) -> pa.Table:
+    """Lance rows: ``pool_id``, ``batch``, a fixed-size float16 ``vector``, the ``model``."""
+    dim = vectors.shape[1]
+    flat = pa.array(vectors.astype("float16").reshape(-1), type=pa.float16())
+    return pa.table(
+        {
+            "pool_id": pa.array(pool_ids, pa.string()),
+            "batch": pa.array([batch] * len(pool_ids), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "model": pa.array([model] * len(pool_ids), pa.string()),
+        }
+    )
+
+
+def vector_matrix(column) -> np.ndarray:
+    """A fixed-size-list column (Lance / Arrow, any chunking) as a [rows, dim] numpy matrix."""
+    flat = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    return flat.flatten().to_numpy(zero_copy_only=False).reshape(len(flat), flat.type.list_size)
+
+
+def fill_rows(column, out: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Write a fixed-size-list column into ``out`` chunk by chunk, row i of the column into
+    ``out[rows[i]]`` (``out[i]`` without ``rows``; rows[i] < 0 = skipped), converting to
+    ``out``'s dtype on the way: no whole-column copy beside ``out`` (a 100k x 8192 float16
+    column would otherwise be combined, then cast to float32 and aligned: 9.8 GB instead of 4.9)."""
+    chunks = column.chunks if hasattr(column, "chunks") else [column]
+    start = 0
+    for chunk in chunks:
+        values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), chunk.type.list_size)
+        if rows is None:
+            out[start : start + len(chunk)] = values
+        else:
+            target = rows[start : start + len(chunk)]
+            keep = target >= 0
+            out[target[keep]] = values[keep]
+        start += len(chunk)
+    return out
+
+
+@dg.asset(
+    name=SENTENCE_EMBEDDINGS,
+    partitions_def=pool_batches,
+    deps=[pool_batch],
+    group_name=REPRESENTATIONS,
+    code_version="sentence_embeddings-1",
+    kinds={"lance", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    description="all-MiniLM-L6-v2 embedding (masked mean, L2-normalised) of each example's "
+    "instruction + input + response (METHODS.md R2), float16 in Lance.",
+)
+def sentence_embeddings(
+    context: dg.AssetExecutionContext,
+    store: StateStore,
+    lance: LanceStore,
+    embedder: SentenceEmbedder,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    batch = context.partition_key
+    with store.get_connection() as conn:
+        manifest = tables.get_batch(conn, batch)
+        rows = queries.batch_rows(conn, batch)
+    texts = [example_text(m) for m in rows["messages"].to_list()]
+    meter = Meter(f"sentence_embeddings[{batch}]", len(texts), log=context.log.info)
+    parts, rate = [], 0.0
+    for start in range(0, len(texts), EMBED_CHUNK):
+        parts.append(embedder.encode(texts[start : start + EMBED_CHUNK]))
+        rate = meter.update(start + len(parts[-1])).rate
+    vectors = np.concatenate(parts) if parts else embedder.encode(texts)
+    if texts:
+        version = lance.replace_partition(
+            SENTENCE_EMBEDDINGS,
+            vector_table(rows["pool_id"].to_list(), batch, vectors, embedder.model_id),
+            partition=batch,
+        )
+    else:  # every row quarantined: nothing to embed, and no rows of an earlier validation may remain
+        version = lance.delete(SENTENCE_EMBEDDINGS, {"batch": batch}) or 0
+    params = {"batch": batch, "model": embedder.model_id, "dim": vectors.shape[1] if len(texts) else 0}
+    inputs = [DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
+    with tracker.run(context, params=params, inputs=inputs) as run:
+        run.log_datasets([DatasetRef(SENTENCE_EMBEDDINGS, lance.uri(SENTENCE_EMBEDDINGS), str(version), "output")])
+        run.log_metrics({"rows": len(texts), "examples_per_s": rate, "lance_version": version})
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(texts),
+            "lance_uri": lance.uri(SENTENCE_EMBEDDINGS),
+            "lance_version": version,
+            "model": embedder.model_id,
+            "examples_per_s": round(rate, 1),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"lance-v{version}"),
+    )
+
+
+@dg.asset(
+    name=MODEL_EMBEDDINGS,
+    partitions_def=pool_batches,
+    deps=[pool_batch],
+    group_name=REPRESENTATIONS,
+    code_version="model_embeddings-1",
+    kinds={"lance", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    tags={"dsel/cost": "high"},
+    description="Selection-model embedding of each templated conversation from the last hidden layer, pooled "
+    "mean / position_weighted (RDS+) / last_token (METHODS.md R2); Lance dataset "
+    "model_embeddings_<pooling>_<model hash>, so pooling and weights are part of its identity.",
+)
+def model_embeddings(
+    context: dg.AssetExecutionContext,
+    store: StateStore,
+    lance: LanceStore,
+    selection_model: SelectionModel,
+    model_embedding_settings: ModelEmbeddingSettings,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    """Resumable: chunks already stored for this batch (same dataset = same model and pooling)
+    are kept; rows of ids that left the batch are deleted."""
+    from dsel_assets.core.models.model_embeddings import model_embeddings as embed
+
+    batch, settings = context.partition_key, model_embedding_settings
+    identity = selection_model.identity()
+    name = settings.dataset(identity["model_hash"])
+    with store.get_connection() as conn:
+        manifest = tables.get_batch(conn, batch)
+        rows = queries.split_rows(conn, "pool", batch=batch)
+    ids = rows["pool_id"].to_list()
+    stored = set()
+    if lance.exists(name):
+        stored = set(lance.read(name, ["pool_id"], equal={"batch": batch}).column("pool_id").to_pylist())
+    todo = [(i, m) for i, m in zip(ids, rows["messages"].to_list(), strict=True) if i not in stored]
+    params = {"batch": batch, **identity, "pooling": settings.pooling, "max_length": settings.max_length}
+    inputs = [DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
+    meter = Meter(f"{MODEL_EMBEDDINGS}[{batch}]", len(todo), log=context.log.info)
+    with tracker.run(context, params=params, inputs=inputs) as run:
+        if todo:
+            model, tokenizer = selection_model.load()
+            batching = selection_model.batching(settings.batch_size, context.log.warning)
+            for start in range(0, len(todo), EMBEDDING_CHUNK):
+                chunk = todo[start : start + EMBEDDING_CHUNK]
+                conversations = [m for _, m in chunk]
+                vectors = embed(model, tokenizer, conversations, settings.pooling, settings.max_length, batching)
+                lance.upsert(name, vector_table([i for i, _ in chunk], batch, vectors, identity["model"]), ["pool_id"])
+                tick = meter.update(start + len(chunk))
+        version = lance.delete(name, {"batch": batch}, not_in=("pool_id", ids)) if lance.exists(name) else 0
+        rate = tick.rate if todo else 0.0
+        run.log_datasets([DatasetRef(name, lance.uri(name), str(version), "output")])
+        run.log_metrics({"rows": len(ids), "computed": len(todo), "examples_per_s": rate})
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(ids),
+            "computed": len(todo),
+            "reused_after_resume": len(ids) - len(todo),
+            "lance_dataset": name,
+            "lance_uri": lance.uri(name),
+            "lance_version": version,
+            "pooling": settings.pooling,
+            **identity,
+            "examples_per_s": round(rate, 1),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{name}-v{version}"),
+    )

@@ -1,0 +1,566 @@
+"""The representation registry: one declaration per representation a selection method can
+need (the names in its ``needs``), saying which asset materializes it, how a selection loads it
+and how the pipeline treats it. The selection assets' deps and availability, the loading, the
+coverage check, the ``dsel score`` kinds and the per-batch jobs are all derived from it, so a
+name is spelt in one place and a misspelt need fails a test instead of dropping a method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from dsel_assets.core.memory import require_memory
+from dsel_assets.core.select.mig import Labels
+from dsel_assets.core.select.targeted import Influence
+from dsel_assets.pipeline.assets.representations.embeddings import (
+    MODEL_EMBEDDINGS,
+    SENTENCE_EMBEDDINGS,
+    fill_rows,
+    vector_matrix,
+)
+from dsel_assets.pipeline.assets.representations.gradient_scorer import load_less_scorer
+from dsel_assets.pipeline.assets.representations.gradients import INFLUENCE, latest_warmup
+from dsel_assets.pipeline.assets.representations.round_trainer import LoraRoundTrainer
+from dsel_assets.pipeline.assets.representations.scores import score_table
+from dsel_assets.pipeline.assets.representations.similarity import (
+    EMBED_SIMILARITY,
+    RDS_SIMILARITY,
+    columns_table,
+    load_vectors,
+    query_rows,
+    rds_dataset,
+    rds_queries_dataset,
+)
+from dsel_assets.store import queries, schema, tables
+from resources.gradient_settings import GradientSettings
+from resources.lance_store import LanceStore
+from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.store import StateStore
+from resources.tracking import DatasetRef
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a loader reads from: the stores, the pool ids to align rows to, and the settings
+    that pick a dataset (gradient dimension, selection model, pooling, scoring template)."""
+
+    lance: LanceStore
+    store: StateStore
+    pool_ids: list[str]
+    grad_settings: GradientSettings
+    selection_model: SelectionModel | None = None
+    log: Callable[[str], None] = print
+    embedding_settings: ModelEmbeddingSettings | None = None
+    template: str = "chat"
+
+
+#: (representation aligned to the pool ids, its DatasetRef for lineage)
+Loader = Callable[[LoadContext], tuple[Any, DatasetRef]]
+
+
+@dataclass(frozen=True)
+class RepresentationSpec:
+    """A declared representation.
+
+    ``per_batch``: its asset is computed per pool batch (in ``batch_job``, out of ``curation_job``);
+    ``cli_kind``: what ``dsel score`` calls its asset, with the settings besides the model that
+    command pins (``pinned``) and the asset whose config its ``--param`` sets (``configured_by``);
+    ``coverage_checked``: missing rows load as NaN, so a selection records how many pool rows it
+    covers and its check fails when that is not the whole pool; ``templated``: read from the table
+    of the method's scoring ``template`` parameter; ``seeded_by``: the asset whose ``seed`` config
+    fixes what this representation holds (``warmup_checkpoint`` for the LESS gradients and what is
+    built on them), when one does: a selection on it varies with that seed, which the selection's
+    own ``seed`` does not reach (``selections.selection_randomness``; a test checks it against the
+    asset graph)."""
+
+    name: str
+    asset: str
+    load: Loader
+    description: str
+    per_batch: bool = False
+    cli_kind: str | None = None
+    pinned: tuple[str, ...] = ()
+    configured_by: str | None = None
+    coverage_checked: bool = False
+    templated: bool = False
+    seeded_by: str | None = None
+
+
+#: Every declared representation, by name (the vocabulary of the method registry's ``needs``).
+REPRESENTATION_SPECS: dict[str, RepresentationSpec] = {}
+
+
+def declare(name: str, asset: str, load: Loader, description: str, **flags: Any) -> RepresentationSpec:
+    """Declare a representation; a repeated name or CLI kind, CLI settings without a CLI kind, or
+    an asset declared both per batch and pool-wide is refused."""
+    spec = RepresentationSpec(name, asset, load, description, **flags)
+    if name in REPRESENTATION_SPECS:
+        raise ValueError(f"representation: {name!r} is already declared")
+    if (spec.pinned or spec.configured_by) and not spec.cli_kind:
+        raise ValueError(f"{name}: pinned / configured_by only apply to a cli_kind")
+    for other in REPRESENTATION_SPECS.values():
+        if spec.cli_kind and other.cli_kind == spec.cli_kind:
+            raise ValueError(f"{name}: cli_kind {spec.cli_kind!r} is already {other.name}'s")
+        if other.asset == asset and other.per_batch != spec.per_batch:
+            raise ValueError(f"{name}: asset {asset} is per_batch={other.per_batch} for {other.name}")
+    REPRESENTATION_SPECS[name] = spec
+    return spec
+
+
+def representation(name: str) -> RepresentationSpec:
+    """The declaration of ``name``; an unknown name is a KeyError naming the known ones."""
+    if name not in REPRESENTATION_SPECS:
+        raise KeyError(f"representation: {name!r} is not one of {sorted(REPRESENTATION_SPECS)}")
+    return REPRESENTATION_SPECS[name]
+
+
+def score_kinds() -> dict[str, RepresentationSpec]:
+    """``dsel score KIND``: the representation of each kind, by kind. A kind materializes that
+    representation's asset, which can serve others too (``loss`` and ``uncertainty`` both compute
+    ``loss_scores``; see :func:`served_by`)."""
+    return {spec.cli_kind: spec for spec in REPRESENTATION_SPECS.values() if spec.cli_kind}
+
+
+def load(name: str, ctx: LoadContext) -> tuple[Any, DatasetRef]:
+    """Representation ``name`` aligned to ``ctx.pool_ids``, and its DatasetRef; only a templated
+    one is read under ``ctx.template``, every other under ``chat``."""
+    spec = representation(name)
+    return spec.load(ctx if spec.templated else replace(ctx, template="chat"))
+
+
+def served_by(asset: str) -> list[str]:
+    """The representations that ``asset`` materializes."""
+    return [name for name, spec in REPRESENTATION_SPECS.items() if spec.asset == asset]
+
+
+def per_batch_assets() -> tuple[str, ...]:
+    """The representation assets computed per pool batch, each once."""
+    return tuple(dict.fromkeys(spec.asset for spec in REPRESENTATION_SPECS.values() if spec.per_batch))
+
+
+# --- loaders: each aligns rows to ``ctx.pool_ids`` (NaN where a pool id has none, unless noted) ---
+
+
+def lance_vectors(dataset: Callable[[LoadContext], str]) -> Loader:
+    """Vectors of the Lance dataset that ``dataset`` names (every pool id must have a row)."""
+
+    def read(ctx: LoadContext) -> tuple[np.ndarray, DatasetRef]:
+        name = dataset(ctx)
+        vectors, version = load_vectors(ctx.lance, name, ctx.pool_ids)
+        return vectors, DatasetRef(name, ctx.lance.uri(name), str(version))
+
+    return read
+
+
+def model_embeddings_dataset(ctx: LoadContext) -> str:
+    """The dataset of the configured pooling and the selection model's weights."""
+    return (ctx.embedding_settings or ModelEmbeddingSettings()).dataset(ctx.selection_model.identity()["model_hash"])
+
+
+def less_scores_by_task(ctx: LoadContext) -> tuple[dict[str, np.ndarray], DatasetRef]:
+    """task -> LESS score per pool id (NaN where the example has no gradient feature)."""
+    with ctx.store.get_connection() as conn:
+        if not schema.table_exists(conn, "less_scores"):
+            raise RuntimeError("less_scores: none yet; materialize influence first")
+        rows = queries.less_scores(conn)
+        warmup = queries.latest_warmup(conn)
+    row_of = {pid: i for i, pid in enumerate(ctx.pool_ids)}
+    scores: dict[str, np.ndarray] = {}
+    for (task,), group in rows.group_by(["task"], maintain_order=True):
+        column = np.full(len(ctx.pool_ids), np.nan)
+        for pid, score in zip(group["pool_id"], group["score"], strict=True):
+            if pid in row_of:
+                column[row_of[pid]] = score
+        scores[task] = column
+    return scores, DatasetRef("less_scores", ctx.store.location, warmup[0] if warmup else "")
+
+
+def similarity_dataset(asset: str, ctx: LoadContext) -> str:
+    """The Lance dataset that pool x query matrix asset ``asset`` writes for these settings."""
+    if asset == INFLUENCE:
+        return f"{INFLUENCE}_{ctx.grad_settings.suffix()}"
+    if asset == RDS_SIMILARITY:
+        return rds_dataset(ctx.selection_model.identity()["model_hash"])
+    return EMBED_SIMILARITY
+
+
+def similarity_matrix(asset: str, *, task_scores: bool = False) -> Loader:
+    """The pool x query matrix of ``asset`` (NaN rows: no feature or vector) with the task and
+    subtask of each query column (an Influence), or its LESS task scores (R1.5)."""
+
+    def read(ctx: LoadContext) -> tuple[Any, DatasetRef]:
+        name = similarity_dataset(asset, ctx)
+        version = ctx.lance.version(name)
+        if version is None:
+            raise RuntimeError(f"{name}: no similarity matrix yet; materialize {asset} first")
+        table = ctx.lance.read(name, ["pool_id", "scores"], version=version)
+        with ctx.store.get_connection() as conn:
+            columns = queries.similarity_columns(conn, columns_table(asset))
+        matrix = vector_matrix(table.column("scores"))
+        scores = np.full((len(ctx.pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
+        row_of = {pid: i for i, pid in enumerate(ctx.pool_ids)}
+        for source_row, pid in enumerate(table.column("pool_id").to_pylist()):
+            if pid in row_of:
+                scores[row_of[pid]] = matrix[source_row]
+        influence = Influence(scores, tuple(columns["task"].to_list()), tuple(columns["subtask"].to_list()))
+        ref = DatasetRef(name, ctx.lance.uri(name), str(version))
+        return (influence.task_scores() if task_scores else influence), ref
+
+    return read
+
+
+def _aligned(rows: pl.DataFrame, pool_ids: list[str], column: str) -> np.ndarray:
+    values = dict(zip(rows["pool_id"].to_list(), rows[column].to_list(), strict=True))
+    return np.array([np.nan if values.get(p) is None else values[p] for p in pool_ids], dtype=np.float64)
+
+
+def load_scalars(
+    store: StateStore, table: str, columns: list[str], pool_ids: list[str], defined_only: bool = False
+) -> dict[str, np.ndarray]:
+    """Columns of a score table aligned to ``pool_ids`` (NaN where missing, or - with
+    ``defined_only`` - where the row records why the score is undefined)."""
+    with store.get_connection() as conn:
+        if not schema.table_exists(conn, table):
+            raise RuntimeError(f"{table}: not materialized yet")
+        rows = queries.score_columns(conn, table, columns, defined_only)
+    return {column: _aligned(rows, pool_ids, column) for column in columns}
+
+
+def scalar(name: str, table: str, column: str, defined_only: bool) -> Loader:
+    """One value per example: ``column`` of the score table ``table`` (under the context's
+    scoring template)."""
+
+    def read(ctx: LoadContext) -> tuple[np.ndarray, DatasetRef]:
+        source = score_table(table, ctx.template)
+        values = load_scalars(ctx.store, source, [column], ctx.pool_ids, defined_only)[column]
+        return values, DatasetRef(name, ctx.store.location, source)
+
+    return read
+
+
+UNCERTAINTY_COLUMNS = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
+
+
+def uncertainty_scores(name: str, table: str) -> Loader:
+    """Column -> value per example of every uncertainty score in score table ``table``."""
+
+    def read(ctx: LoadContext) -> tuple[dict[str, np.ndarray], DatasetRef]:
+        values = load_scalars(ctx.store, table, list(UNCERTAINTY_COLUMNS), ctx.pool_ids)
+        return values, DatasetRef(name, ctx.store.location, table)
+
+    return read
+
+
+def fits_in_memory(rows: int, dim: int) -> None:
+    """Refuse, saying what it would take, a pool gradient matrix that memory cannot hold: the
+    float32 matrix and the float16 copy it is read through (docs/SCALING.md: G2IS and KNN-KDE
+    passed 8 GB at 100k x 8192)."""
+    require_memory(
+        rows * dim * 6,
+        f"pool_gradients: {rows:,} x {dim} features",
+        "pin a smaller gradient dimension on a new home (DSEL_GRAD_DIM / --grad-dim) or use a method on the "
+        "influence matrix (less, bids, round_robin)",
+    )
+
+
+def gradient_features(kind: str) -> Loader:
+    """Gradient features of the latest warmup's last checkpoint: pool rows (``kind="pool"``; NaN
+    rows where an example has none), or (query matrix, query tasks) (``kind="query"``)."""
+
+    def read(ctx: LoadContext) -> tuple[Any, DatasetRef]:
+        if kind == "pool":
+            fits_in_memory(len(ctx.pool_ids), ctx.grad_settings.dim)
+        with ctx.store.get_connection() as conn:
+            warmup, _, manifest = latest_warmup(conn)
+        last = max(c["epoch"] for c in manifest["checkpoints"])
+        name = f"{kind}_grad_features_{ctx.grad_settings.suffix()}"
+        columns = ["pool_id", "vector"] + (["task"] if kind == "query" else [])
+        table = ctx.lance.read(name, columns, equal={"warmup": warmup, "checkpoint": last})
+        ref = DatasetRef(name, ctx.lance.uri(name), str(ctx.lance.version(name)))
+        if kind == "query":
+            return (vector_matrix(table.column("vector")).astype(np.float32), table.column("task").to_pylist()), ref
+        position = {p: i for i, p in enumerate(ctx.pool_ids)}
+        rows = np.array([position.get(p, -1) for p in table.column("pool_id").to_pylist()], dtype=np.int64)
+        aligned = np.full((len(ctx.pool_ids), table.schema.field("vector").type.list_size), np.nan, dtype=np.float32)
+        return fill_rows(table.column("vector"), aligned, rows), ref
+
+    return read
+
+
+def label_sets(ctx: LoadContext) -> tuple[Labels, DatasetRef]:
+    """Each example's label ids and the embedding of every label (MIG)."""
+    with ctx.store.get_connection() as conn:
+        pairs, vocab = queries.label_sets(conn)
+    members: dict[str, list[int]] = {}
+    for pid, label in zip(pairs["pool_id"], pairs["label"], strict=True):
+        members.setdefault(pid, []).append(int(label))
+    embeddings = np.asarray(vocab["embedding"].to_list(), dtype=np.float64)
+    sets = Labels([members.get(p, []) for p in ctx.pool_ids], embeddings)
+    return sets, DatasetRef("labels", ctx.store.location, str(len(embeddings)))
+
+
+def pool_task_labels(ctx: LoadContext) -> tuple[np.ndarray, DatasetRef]:
+    """The task label of each pool id (the pool's ``task`` column, as ingested), as strings; a
+    pool id the pool no longer holds is an error (the pool changed while the selection ran)."""
+    with ctx.store.get_connection() as conn:
+        rows = queries.split_rows(conn, "pool", ("pool_id", "task"))
+        version, _ = tables.pool_version(conn)
+    task_of = dict(zip(rows["pool_id"].to_list(), rows["task"].to_list(), strict=True))
+    missing = [p for p in ctx.pool_ids if p not in task_of]
+    if missing:
+        raise RuntimeError(f"pool_tasks: {len(missing)} pool ids are no longer in the pool (e.g. {missing[0]}); rerun")
+    labels = np.array([str(task_of[p]) for p in ctx.pool_ids], dtype=object)
+    return labels, DatasetRef("pool_tasks", ctx.store.location, version)
+
+
+def round_trainer(ctx: LoadContext) -> tuple[LoraRoundTrainer, DatasetRef]:
+    """A LoRA trainer on the selection model over the pool's conversations (iterative methods)."""
+    with ctx.store.get_connection() as conn:
+        rows = queries.split_rows(conn, "pool")
+    by_id = dict(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
+    selection_model = ctx.selection_model
+    model, tokenizer = selection_model.load()
+    conversations = [by_id[p] for p in ctx.pool_ids]
+    trainer = LoraRoundTrainer(
+        model, tokenizer, conversations, log=ctx.log, max_tokens=selection_model.max_batch_tokens
+    )
+    return trainer, DatasetRef("selection_model", selection_model.model, selection_model.identity()["model_hash"])
+
+
+def on_demand_less_scorer(ctx: LoadContext) -> tuple[Any, DatasetRef]:
+    """A scorer that computes the LESS scores of the examples a method draws (cluster_ucb)."""
+    return load_less_scorer(ctx.lance, ctx.store, ctx.pool_ids, ctx.grad_settings, ctx.selection_model)
+
+
+def query_vectors(dataset: Callable[[LoadContext], str]) -> Loader:
+    """(query vectors of the Lance dataset ``dataset`` names, in column order; task per row)."""
+
+    def read(ctx: LoadContext) -> tuple[tuple[np.ndarray, list], DatasetRef]:
+        name = dataset(ctx)
+        with ctx.store.get_connection() as conn:
+            rows = query_rows(conn)
+        vectors, version = load_vectors(ctx.lance, name, rows["pool_id"].to_list())
+        return (vectors, rows["task"].to_list()), DatasetRef(name, ctx.lance.uri(name), str(version))
+
+    return read
+
+
+def rds_queries_name(ctx: LoadContext) -> str:
+    """The query vectors that rds_similarity wrote for the selection model's weights."""
+    return rds_queries_dataset(ctx.selection_model.identity()["model_hash"])
+
+
+# --- the declarations ---
+
+
+def declare_scalar(
+    name: str, table: str, column: str, description: str, defined_only: bool = False, **flags: Any
+) -> RepresentationSpec:
+    """A representation of one value per example: ``column`` of the score table that asset
+    ``table`` writes (NaN where its row records a reason, with ``defined_only``)."""
+    return declare(name, table, scalar(name, table, column, defined_only), description, **flags)
+
+
+IFD = "ifd_loss_ratio"  # declared with defined_only: NaN where a reason is recorded
+#: The asset whose seed fixes the LESS gradient features and everything computed from them.
+WARMUP = "warmup_checkpoint"
+
+declare(
+    SENTENCE_EMBEDDINGS,
+    SENTENCE_EMBEDDINGS,
+    lance_vectors(lambda ctx: SENTENCE_EMBEDDINGS),
+    "all-MiniLM-L6-v2 sentence embedding per example",
+    per_batch=True,
+    cli_kind="sentence_embeddings",
+)
+declare(
+    MODEL_EMBEDDINGS,
+    MODEL_EMBEDDINGS,
+    lance_vectors(model_embeddings_dataset),
+    "the selection model's hidden states per example, pooled as configured",
+    per_batch=True,
+    cli_kind="model_embeddings",
+    pinned=("pooling",),
+)
+declare(
+    "pool_gradients",
+    "pool_grad_features",
+    gradient_features("pool"),
+    "LoRA gradient features of the pool (latest warmup, last checkpoint)",
+    per_batch=True,
+    coverage_checked=True,
+    seeded_by=WARMUP,
+)
+declare(
+    "query_gradients",
+    "query_grad_features",
+    gradient_features("query"),
+    "LoRA gradient features of the queries, with the task of each",
+    seeded_by=WARMUP,
+)
+declare(
+    "less_scorer",
+    "query_grad_features",
+    on_demand_less_scorer,
+    "LESS scores computed on demand for the examples a method draws (gradient_scorer)",
+    seeded_by=WARMUP,
+)
+declare(
+    INFLUENCE,
+    INFLUENCE,
+    similarity_matrix(INFLUENCE),
+    "pool x query LESS influence matrix",
+    coverage_checked=True,
+    seeded_by=WARMUP,
+)
+declare(
+    "less_scores",
+    INFLUENCE,
+    less_scores_by_task,
+    "LESS score per example and task (the influence matrix aggregated per task)",
+    coverage_checked=True,
+    seeded_by=WARMUP,
+)
+declare(
+    RDS_SIMILARITY,
+    RDS_SIMILARITY,
+    similarity_matrix(RDS_SIMILARITY),
+    "pool x query cosine of RDS+ (position-weighted) model embeddings",
+    coverage_checked=True,
+)
+declare(
+    "rds_task_scores",
+    RDS_SIMILARITY,
+    similarity_matrix(RDS_SIMILARITY, task_scores=True),
+    "LESS-style task scores of the RDS+ similarity",
+    coverage_checked=True,
+)
+declare(
+    "rds_queries",
+    RDS_SIMILARITY,
+    query_vectors(rds_queries_name),
+    "RDS+ model embeddings of the queries that rds_similarity compared",
+)
+declare(
+    EMBED_SIMILARITY,
+    EMBED_SIMILARITY,
+    similarity_matrix(EMBED_SIMILARITY),
+    "pool x query cosine of sentence embeddings",
+    coverage_checked=True,
+)
+declare(
+    "embed_task_scores",
+    EMBED_SIMILARITY,
+    similarity_matrix(EMBED_SIMILARITY, task_scores=True),
+    "LESS-style task scores of the sentence-embedding similarity",
+    coverage_checked=True,
+)
+declare(
+    "embed_queries",
+    EMBED_SIMILARITY,
+    query_vectors(lambda ctx: SENTENCE_EMBEDDINGS),
+    "rows of sentence_embeddings for the queries that embed_similarity compared",
+)
+declare_scalar(
+    "ifd",
+    "loss_scores",
+    IFD,
+    "Cherry's IFD, L(A|Q) / L(A), with the selection model",
+    defined_only=True,
+    per_batch=True,
+    cli_kind="loss",
+    templated=True,
+)
+declare(
+    "uncertainty",
+    "loss_scores",
+    uncertainty_scores("uncertainty", "loss_scores"),
+    "entropy, least confidence and margins, teacher-forced on the reference responses",
+    per_batch=True,
+    cli_kind="uncertainty",
+)
+declare(
+    "uncertainty_greedy",
+    "greedy_scores",
+    uncertainty_scores("uncertainty_greedy", "greedy_scores"),
+    "the same uncertainty scores on the selection model's own greedy generations",
+    per_batch=True,
+    cli_kind="uncertainty_greedy",
+)
+declare_scalar(
+    "superfiltering_ifd",
+    "proxy_loss_scores",
+    "ifd_ppl_ratio",
+    "Superfiltering's IFD, ppl(A|Q) / ppl(A), with the proxy model",
+    per_batch=True,
+    cli_kind="proxy_loss",
+    pinned=("proxy_model",),
+    templated=True,
+)
+declare_scalar(
+    "pre_experienced_ifd",
+    "cherry_pre_experienced_scores",
+    IFD,
+    "Cherry's IFD after its pre-experience LoRA fine-tune",
+    defined_only=True,
+    cli_kind="pre_experienced_ifd",
+    configured_by="cherry_pre_experienced_model",
+    seeded_by="cherry_pre_experienced_model",
+)
+declare_scalar(
+    "quality",
+    "quality",
+    "quality",
+    "quality in [0, 1]: the data's own score, else exp(-L(A|Q))",
+    cli_kind="quality",
+)
+declare(
+    "labels",
+    "labels",
+    label_sets,
+    "label sets per example and an embedding per label (MIG): provided tags, else clusters",
+    cli_kind="labels",
+    seeded_by="labels",  # k-means, when the data has no tags
+)
+declare_scalar(
+    "learning_percentage",
+    "learning_percentage",
+    "lp1",
+    "Small2Large learning percentage, the proxy model LoRA-trained on the whole pool",
+    defined_only=True,
+    cli_kind="learning_percentage",
+    pinned=("proxy_model",),
+    seeded_by="learning_percentage",
+)
+declare_scalar(
+    "golden_score",
+    "golden_score",
+    "golden_score",
+    "Nuggets golden score: share of anchor tasks the example helps as a one-shot demonstration",
+    cli_kind="golden",
+    seeded_by="golden_score",  # k-means anchors
+)
+declare_scalar(
+    "whisperer_score",
+    "whisperer_score",
+    "whisperer_score",
+    "Data Whisperer: attention-credited score of the example as a few-shot demonstration",
+    cli_kind="whisperer",
+    seeded_by="whisperer_score",
+)
+declare(
+    "pool_tasks",
+    "pool",
+    pool_task_labels,
+    "task label of each pool example, as ingested (task-matched baselines)",
+)
+declare(
+    "trainer",
+    "pool",
+    round_trainer,
+    "a LoRA trainer on the selection model, trained between rounds (iterative methods)",
+)

@@ -1,0 +1,637 @@
+"""Model-based scalar representations per pool batch (METHODS.md R3, R4, R7): losses, both
+IFDs and uncertainty from a model, and per-example quality. Stored in DuckDB with the model
+id and hash, chat template, scoring template and code version of every row; undefined scores
+carry a reason.
+
+The proxy model (Superfiltering, Superfiltering-D, Small2Large) is the ``proxy_model``
+resource: ``DSEL_PROXY_MODEL`` / ``--proxy-model``, pinned in the state home like the selection
+model. Its default is the selection model itself: the default selection model, SmolLM2-135M,
+is already the smallest instruct model installed, so there is no smaller one to default to
+(``tiny`` is a random model for tests). Name a smaller local model when selecting for a larger
+one; every proxy score row carries the proxy's name and weights hash."""
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from dsel_assets.core.models.batching import Batching
+from dsel_assets.core.models.learning_percentage import compute_learning_percentages
+from dsel_assets.core.models.lora import LoraSettings
+from dsel_assets.core.models.scoring import TEMPLATES, ExampleScores, check_options, score_examples
+from dsel_assets.core.models.templates import ALPACA_PROMPT
+from dsel_assets.core.models.warmup import WarmupConfig
+from dsel_assets.core.quality import quality_values
+from dsel_assets.pipeline.assets.ingest.pool import pool_batch, pool_batches
+from dsel_assets.pipeline.assets.representations.embeddings import REPRESENTATIONS
+from dsel_assets.pipeline.deployment import GPU_OP_TAGS
+from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.progress import Meter
+from dsel_assets.pipeline.settings_versions import row_code_version
+from dsel_assets.store import queries, schema, tables
+from resources.devices import GPU_POOL
+from resources.lance_store import LanceStore
+from resources.models import SelectionModel
+from resources.store import StateStore
+from resources.tracking import DatasetRef, MlflowTracker
+
+SCORE_COLUMNS = list(ExampleScores.__dataclass_fields__)
+CHUNK = 128
+SCORE_BATCH = 8  # examples per forward (fewer after an out-of-memory error; tokens capped by the model resource)
+SCORING_VERSION = "1"  # of score_examples: rows of the same version, model and template are interchangeable
+GREEDY_MAX_NEW_TOKENS = 128  # length cap of the greedy generations that greedy_scores is scored on
+
+
+def template_hash(tokenizer, template: str = "chat") -> str:
+    """Short hash of the prompt format: the tokenizer's chat template, or the Alpaca prompt."""
+    text = ALPACA_PROMPT if template == "alpaca" else getattr(tokenizer, "chat_template", None) or "role: content"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def score_table(name: str, template: str) -> str:
+    """The table of an asset's scores under ``template``: its own name for ``chat``, else suffixed,
+    so rows of two templates never share a table (nor a reader that expects the other one)."""
+    return name if template == "chat" else f"{name}_{template}"
+
+
+def score_tables(name: str) -> list[str]:
+    """The tables of an asset's scores, one per scoring template."""
+    return [score_table(name, template) for template in TEMPLATES]
+
+
+def score_frame(
+    model,
+    tokenizer,
+    chunk: list[tuple[str, list[dict]]],
+    fixed: dict,
+    response: str = "reference",
+    template: str = "chat",
+    batching: Batching | int = 8,
+):
+    """The scores of ``chunk`` ((pool id, messages) pairs) as table rows, each with the
+    ``fixed`` lineage columns (batch, model identity, template, code version, ...) and the
+    scoring template; ``batching`` as :func:`score_examples` takes it."""
+    scored = [
+        {"pool_id": i, **fixed, "prompt_template": template, **{c: getattr(s, c) for c in SCORE_COLUMNS}}
+        for i, s in score_examples(
+            model,
+            tokenizer,
+            chunk,
+            batch_size=batching,
+            response=response,
+            max_new_tokens=GREEDY_MAX_NEW_TOKENS,
+            template=template,
+        )
+    ]
+    return pl.DataFrame(scored).with_columns(
+        [pl.col(c).cast(pl.Float64) for c in SCORE_COLUMNS if c not in ("response_tokens", "reason")]
+    )
+
+
+@dataclass(frozen=True)
+class ScoreRun:
+    """What a resumable score asset did: rows scored now, rows kept from an earlier run, and the
+    table's summary once stale rows are gone."""
+
+    computed: int
+    reused: int
+    stats: queries.ScoreSummary
+
+    def metadata(self) -> dict:
+        return {
+            "rows": self.stats.rows,
+            "computed": self.computed,
+            "reused_after_resume": self.reused,
+            "undefined": self.stats.undefined,
+            "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], self.stats.reasons)),
+        }
+
+
+def score_resumably(
+    context: dg.AssetExecutionContext,
+    store: StateStore,
+    table: str,
+    items: list[tuple[str, list[dict]]],
+    keep: dict[str, object],
+    scorer: Callable[[], Callable[[list[tuple[str, list[dict]]]], pl.DataFrame]],
+    value_column: str,
+    batch: str | None = None,
+) -> ScoreRun:
+    """The skeleton every per-example score asset shares. Ids of ``items`` already stored under
+    the ``keep`` identity (model hash, code version, ...) are reused; the rest are scored
+    ``CHUNK`` at a time by the function ``scorer()`` returns (called only when something is
+    left, so a finished rerun loads no model), each chunk upserted in one transaction (a crash
+    loses at most one chunk) and logged with its rate and ETA. Then rows of another identity or
+    of ids that left the pool (of ``batch``, for a per-batch asset) are deleted."""
+    scope = {} if batch is None else {"batch": batch}
+    with store.get_connection() as conn:
+        done = set(queries.rows_matching(conn, table, ["pool_id"], {**scope, **keep})["pool_id"])
+    todo = [item for item in items if item[0] not in done]
+    written = 0
+    if todo:
+        score_chunk = scorer()  # loads the model: not part of the rate
+        meter = Meter(f"{table}[{batch}]" if batch else table, len(todo), log=context.log.info)
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            frame = score_chunk(chunk)
+            with store.get_connection() as conn:
+                tables.upsert_by_id(conn, table, frame, scope)
+            written += len(chunk)
+            meter.update(written)
+    with store.get_connection() as conn:
+        queries.delete_stale(conn, table, keep, batch=batch)
+        stats = queries.score_summary(conn, table, value_column, batch=batch)
+    return ScoreRun(written, len(items) - len(todo), stats)
+
+
+class ScoreConfig(dg.Config):
+    template: str = Field(
+        default="chat",
+        description="chat (the model's chat template, L(A) after a BOS) | alpaca (Cherry_LLM's reference "
+        "scoring: Alpaca prompt, L(A) after '### Response:', its truncation); alpaca rows go to <asset>_alpaca",
+    )
+
+
+def score_code_version(name: str) -> str:
+    """The code version of score asset ``name``: rows of one version, model and template are
+    the same numbers whichever asset computed them."""
+    return f"{name}-{SCORING_VERSION}"
+
+
+def copy_sibling_rows(conn, sibling: str, table: str, batch: str, keep: dict[str, object], template: str) -> int:
+    """Copy into ``table`` the rows of ``batch`` that the sibling score asset ``sibling`` already
+    computed with the same model weights, template and scoring code (the proxy model is the
+    selection model by default: scoring the pool twice would double the cost for the same
+    numbers); returns how many. Ids ``table`` already holds are left alone."""
+    donor = score_table(sibling, template)
+    if not schema.table_exists(conn, donor):
+        return 0
+    have = set(queries.rows_matching(conn, table, ["pool_id"], {"batch": batch, **keep})["pool_id"])
+    columns = [c.name for c in schema.SCORE_COLUMNS]
+    rows = queries.rows_matching(
+        conn, donor, columns, {"batch": batch, **keep, "code_version": score_code_version(sibling)}
+    ).filter(~pl.col("pool_id").is_in(list(have)))
+    if rows.height:
+        tables.upsert_by_id(conn, table, rows.with_columns(code_version=pl.lit(keep["code_version"])), {"batch": batch})
+    return rows.height
+
+
+def build_score_asset(
+    name: str,
+    model_resource: str,
+    description: str,
+    response: str = "reference",
+    tags: dict | None = None,
+    sibling: str | None = None,
+) -> dg.AssetsDefinition:
+    """A per-batch loss-score asset scored with ``model_resource`` into DuckDB table ``name``
+    (``name_alpaca`` for the Alpaca template), teacher-forced on the reference responses or
+    (``response="greedy"``) on greedy generations. Rows the ``sibling`` asset computed with the
+    same model weights are copied, not recomputed."""
+
+    @dg.asset(
+        name=name,
+        partitions_def=pool_batches,
+        deps=[pool_batch],
+        group_name=REPRESENTATIONS,
+        code_version=score_code_version(name),
+        kinds={"duckdb", "pytorch"},
+        pool=GPU_POOL,
+        op_tags=GPU_OP_TAGS,
+        tags=tags,
+        description=description,
+        required_resource_keys={model_resource, "store", "tracker"},
+    )
+    def _scores(context: dg.AssetExecutionContext, config: ScoreConfig) -> dg.MaterializeResult:
+        check_options(response, config.template)
+        table = score_table(name, config.template)
+        model_res: SelectionModel = getattr(context.resources, model_resource)
+        store: StateStore = context.resources.store
+        tracker: MlflowTracker = context.resources.tracker
+        batch = context.partition_key
+        identity = model_res.identity()
+        code_version = row_code_version(context)
+        # the identity of a score row: rows of the same one are reused, rows of another are stale
+        keep = {"model_hash": identity["model_hash"], "code_version": code_version, "prompt_template": config.template}
+        with store.get_connection() as conn:
+            schema.ensure_score_table(conn, table)
+            manifest = tables.get_batch(conn, batch)
+            rows = queries.split_rows(conn, "pool", batch=batch)
+            copied = 0 if sibling is None else copy_sibling_rows(conn, sibling, table, batch, keep, config.template)
+        if copied:
+            context.log.info(f"{table}: {copied} rows copied from {sibling} (same model weights, template and code)")
+        items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
+
+        def scorer():
+            model, tokenizer = model_res.load()
+            fixed = {"batch": batch, **identity, "template": template_hash(tokenizer, config.template)}
+            fixed["code_version"] = code_version
+            batching = model_res.batching(SCORE_BATCH, context.log.warning)
+            return lambda chunk: score_frame(model, tokenizer, chunk, fixed, response, config.template, batching)
+
+        params = {"batch": batch, **identity, "code_version": code_version, "template": config.template}
+        with tracker.run(
+            context, params=params, inputs=[DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
+        ) as run:
+            done = score_resumably(context, store, table, items, keep, scorer, "ifd_loss_ratio", batch=batch)
+            stats = done.stats
+            metrics = {
+                "rows": stats.rows,
+                "undefined": stats.undefined,
+                "computed": done.computed,
+                "mean_ifd": stats.mean,
+            }
+            run.log_metrics({k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))})
+        return dg.MaterializeResult(
+            metadata={
+                **done.metadata(),
+                "copied_from_sibling": copied,
+                **identity,
+                "template": config.template,
+                "table": table,
+                **run.metadata(),
+            },
+            data_version=dg.DataVersion(
+                hashlib.sha256(json.dumps([batch, identity, code_version, config.template]).encode()).hexdigest()[:16]
+            ),
+        )
+
+    return _scores
+
+
+loss_scores = build_score_asset(
+    "loss_scores",
+    "selection_model",
+    "Per example with the selection model: L(A|Q), L(A) over the same response tokens, perplexity, IFD as "
+    "loss ratio (Cherry), IFD as perplexity ratio, and uncertainty (entropy, least confidence, margins).",
+    sibling="proxy_loss_scores",
+)
+proxy_loss_scores = build_score_asset(
+    "proxy_loss_scores",
+    "proxy_model",
+    "The same scores from the proxy model (DSEL_PROXY_MODEL / --proxy-model; default the selection model) for "
+    "Superfiltering's IFD = ppl(A|Q) / ppl(A); each row names the proxy and its weights hash.",
+    sibling="loss_scores",
+)
+greedy_scores = build_score_asset(
+    "greedy_scores",
+    "selection_model",
+    "Uncertainty (entropy, least confidence, margins; METHODS.md R4) teacher-forced on the selection model's own "
+    f"greedy generation (<= {GREEDY_MAX_NEW_TOKENS} tokens per assistant turn) instead of the reference response.",
+    response="greedy",
+    tags={"dsel/cost": "high"},
+)
+
+
+@dg.asset(
+    deps=["pool", loss_scores],
+    group_name=REPRESENTATIONS,
+    code_version="quality-1",
+    kinds={"duckdb"},
+    description="Per-example quality in [0, 1] (METHODS.md R7): the data's own `score` column where a "
+    "source has one, else the selection model's per-token likelihood of the reference, exp(-L(A|Q)).",
+)
+def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: MlflowTracker) -> dg.MaterializeResult:
+    """Which source each value came from is stored beside it (``how``)."""
+    with store.get_connection() as conn:
+        schema.ensure_score_table(conn, "loss_scores")
+        pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
+        score_of = queries.meta_field(conn, "pool", "score")
+        scored = queries.rows_matching(conn, "loss_scores", ["pool_id", "loss_conditioned"], {})
+        loss_of = dict(zip(scored["pool_id"].to_list(), scored["loss_conditioned"].to_list(), strict=True))
+        values, how = quality_values([score_of[p] for p in pool_ids], [loss_of.get(p) for p in pool_ids])
+        table = pl.DataFrame(
+            {"pool_id": pool_ids, "quality": values, "how": how},
+            schema={"pool_id": pl.String, "quality": pl.Float64, "how": pl.String},
+        )
+        tables.replace_table(conn, "quality", table)
+        summary = (
+            table.group_by("how", maintain_order=True)
+            .agg(
+                pl.len().alias("rows"),
+                pl.col("quality").count().alias("defined"),
+                pl.col("quality").mean().alias("mean"),
+            )
+            .rows()
+        )
+        version, _ = tables.pool_version(conn)
+    with tracker.run(context, params={"pool_version": version}) as run:
+        run.log_metrics({f"rows.{how}": n for how, n, _, _ in summary})
+    return dg.MaterializeResult(
+        metadata={
+            "sources": dg.MetadataValue.md(markdown_table(["how", "rows", "defined", "mean"], summary)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+class LearningPercentageConfig(dg.Config):
+    epochs: int = Field(default=3, description="Epochs of small-model training on the whole pool")
+    lr: float = Field(default=2e-4, description="Peak learning rate")
+    batch_size: int = Field(default=8, description="Examples per step")
+    max_length: int = Field(default=512, description="Tokens per example")
+    seed: int = Field(default=0, description="Shuffle and LoRA-init seed")
+    lora_r: int = Field(default=8, description="LoRA rank of the small model's adapters")
+
+
+@dg.asset(
+    deps=["pool"],
+    group_name=REPRESENTATIONS,
+    code_version="learning_percentage-1",
+    kinds={"duckdb", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    tags={"dsel/cost": "high"},
+    description="Small2Large learning percentage: the proxy (small) model LoRA-trained on the whole pool, "
+    "perplexity of every example before training and after each epoch; LP(i) = (P_(i-1) - P_i) / (P_0 - P_n).",
+)
+def learning_percentage(
+    context: dg.AssetExecutionContext,
+    config: LearningPercentageConfig,
+    store: StateStore,
+    proxy_model: SelectionModel,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    """Pool-level, not per batch: LP comes from one training run over the whole pool, so every
+    example's value changes when the pool does. Idempotent: rows of the same pool version,
+    model, config and code (their ``fingerprint``) are kept instead of training again."""
+    core = WarmupConfig(
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        seed=config.seed,
+        lora=LoraSettings(r=config.lora_r, alpha=4 * config.lora_r, dropout=0.0),
+    )
+    with store.get_connection() as conn:
+        rows = queries.split_rows(conn, "pool")
+        version, _ = tables.pool_version(conn)
+    identity = proxy_model.identity()
+    code_version = row_code_version(context)
+    fingerprint = hashlib.sha256(
+        json.dumps([version, identity, config.model_dump(), code_version], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    with store.get_connection() as conn:
+        exists = "fingerprint" in schema.columns(conn, "learning_percentage")
+        stored = None
+        if exists:
+            stored = queries.rows_matching(conn, "learning_percentage", ["reason"], {"fingerprint": fingerprint})
+    if stored is not None and stored.height == rows.height:
+        context.log.info(f"learning percentage: reusing the rows of fingerprint {fingerprint}")
+        undefined = int((stored["reason"] != "").sum())
+        with tracker.run(context, params={"fingerprint": fingerprint, "reused": True, **identity}) as run:
+            run.log_metrics({"rows": stored.height, "undefined": undefined})
+        return dg.MaterializeResult(
+            metadata={
+                "rows": stored.height,
+                "undefined": undefined,
+                "reused": True,
+                "fingerprint": fingerprint,
+                **run.metadata(),
+            },
+            data_version=dg.DataVersion(f"{version}-{identity['model_hash']}-{config.epochs}"),
+        )
+    with tracker.run(context, params={**core.to_dict(), **identity, "pool_version": version}) as run:
+        model, tokenizer = proxy_model.load()
+        p, lp, reasons = compute_learning_percentages(
+            model, tokenizer, rows["messages"].to_list(), core, context.log.info, proxy_model.max_batch_tokens
+        )
+        for epoch in range(p.shape[1]):
+            run.log_metrics({"median_ppl": float(np.nanmedian(p[:, epoch]))}, step=epoch)
+    table = pl.DataFrame(
+        {
+            "pool_id": rows["pool_id"],
+            "lp1": lp[:, 0],
+            "lp": lp.tolist(),
+            "perplexity": p.tolist(),
+            "reason": reasons,
+            "model": identity["model"],
+            "model_hash": identity["model_hash"],
+            "template": template_hash(tokenizer),
+            "code_version": code_version,
+            "fingerprint": fingerprint,
+        }
+    )
+    with store.get_connection() as conn:
+        tables.replace_table(conn, "learning_percentage", table)
+    undefined = sum(bool(r) for r in reasons)
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(reasons),
+            "undefined": undefined,
+            "epochs": config.epochs,
+            "reused": False,
+            "fingerprint": fingerprint,
+            **identity,
+            "median_perplexity_by_epoch": dg.MetadataValue.json(
+                [round(float(np.nanmedian(p[:, e])), 3) for e in range(p.shape[1])]
+            ),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{version}-{identity['model_hash']}-{config.epochs}"),
+    )
+
+
+class GoldenScoreConfig(dg.Config):
+    anchors: str = Field(
+        default="kmeans",
+        description="kmeans (pool points nearest k-means centroids) or "
+        "source:NAME (the examples of an ingested source, e.g. source:nuggets_anchors)",
+    )
+    n_anchors: int = Field(default=100, description="k-means anchors (capped at pool size / 5)")
+    batch_size: int = Field(default=16, description="Anchors per batched forward")
+    max_tokens: int = Field(default=1024, description="Padded anchor tokens per batched forward")
+    max_length: int = Field(default=2048, description="Demonstration + anchor tokens")
+    seed: int = Field(default=0, description="k-means seed")
+
+
+@dg.asset(
+    deps=["pool", "sentence_embeddings"],
+    group_name=REPRESENTATIONS,
+    code_version="golden_score-2",
+    kinds={"duckdb", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    tags={"dsel/cost": "high"},
+    description="Nuggets golden score: share of anchor tasks whose answer log-prob rises with the example as a "
+    "one-shot demonstration (KV cache of the demonstration reused across batched anchors).",
+)
+def golden_score(
+    context: dg.AssetExecutionContext,
+    config: GoldenScoreConfig,
+    store: StateStore,
+    lance: LanceStore,
+    selection_model: SelectionModel,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    from dsel_assets.core.models.nuggets import golden_scores, one_shot_cached, prepare_anchors, zero_shot
+    from dsel_assets.core.select import build_config, get
+    from dsel_assets.pipeline.assets.representations.similarity import load_vectors
+
+    with store.get_connection() as conn:
+        rows = queries.split_rows(conn, "pool")
+        version, _ = tables.pool_version(conn)
+        if config.anchors.startswith("source:"):
+            anchor_rows = queries.source_rows(conn, config.anchors.split(":", 1)[1], ("messages",))
+            if anchor_rows.height == 0:
+                raise ValueError(f"anchors: no examples from {config.anchors!r}; ingest that source first")
+            anchor_messages = anchor_rows["messages"].to_list()
+    if config.anchors == "kmeans":
+        ids = rows["pool_id"].to_list()
+        vectors, _ = load_vectors(lance, "sentence_embeddings", ids)
+        n = max(1, min(config.n_anchors, len(ids) // 5))
+        chosen = (
+            get("kmeans_centroids")
+            .select(ids, n, build_config("kmeans_centroids", {"seed": config.seed}), sentence_embeddings=vectors)
+            .ids
+        )
+        by_id = dict(zip(ids, rows["messages"].to_list(), strict=True))
+        anchor_messages = [by_id[i] for i in chosen]
+    elif not config.anchors.startswith("source:"):
+        raise ValueError(f"anchors: {config.anchors!r} is not 'kmeans' or 'source:NAME'")
+    model, tokenizer = selection_model.load()
+    anchors = prepare_anchors(tokenizer, anchor_messages, config.max_length)
+    identity = selection_model.identity()
+    code_version = row_code_version(context)
+    # the anchor set (and model, code) is the identity of a score: rows of the same one are reused
+    anchor_set = hashlib.sha256(json.dumps([a.zero_shot_ids for a in anchors]).encode()).hexdigest()[:16]
+    keep = {"anchor_set": anchor_set, "model_hash": identity["model_hash"], "code_version": code_version}
+    with store.get_connection() as conn:
+        tables.ensure_schema(conn)
+    items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
+    template = template_hash(tokenizer)
+
+    def scorer():
+        lp0 = zero_shot(model, anchors, config.batch_size)
+
+        def score_chunk(chunk: list[tuple[str, list[dict]]]) -> pl.DataFrame:
+            lp1, reasons = one_shot_cached(
+                model,
+                tokenizer,
+                [m for _, m in chunk],
+                anchors,
+                config.batch_size,
+                config.max_length,
+                config.max_tokens,
+            )
+            return pl.DataFrame(
+                {
+                    "pool_id": [i for i, _ in chunk],
+                    "golden_score": golden_scores(lp1, lp0),
+                    "reason": reasons,
+                    "anchors": len(anchors),
+                    "anchor_set": anchor_set,
+                    **identity,
+                    "template": template,
+                    "code_version": code_version,
+                },
+                schema_overrides={"golden_score": pl.Float64, "anchors": pl.Int32},
+            )
+
+        return score_chunk
+
+    with tracker.run(
+        context,
+        params={"anchors": config.anchors, "n_anchors": len(anchors), "anchor_set": anchor_set, **identity},
+    ) as run:
+        done = score_resumably(context, store, "golden_score", items, keep, scorer, "golden_score")
+        mean = done.stats.mean  # NaN: no defined score at all
+        stats = done.stats
+        run.log_metrics({"rows": stats.rows, "computed": done.computed, "undefined": stats.undefined, "mean_gs": mean})
+    return dg.MaterializeResult(
+        metadata={
+            **done.metadata(),
+            "anchors": len(anchors),
+            "anchor_set": anchor_set,
+            "mean_golden_score": mean,
+            **identity,
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{version}-{anchor_set}-{identity['model_hash']}"),
+    )
+
+
+class WhispererConfig(dg.Config):
+    task: str = Field(default="", description="Target task of the queries ('' = every query)")
+    n_demos: int = Field(default=5, description="Pool demonstrations per prompt")
+    n_queries: int = Field(default=3, description="Target queries per prompt")
+    layer: int = Field(default=-1, description="Attention layer (-1 = the middle one)")
+    max_new_tokens: int = Field(default=32, description="Greedy answer length cap")
+    seed: int = Field(default=0, description="Demonstration partition and query sampling seed")
+
+
+@dg.asset(
+    deps=["pool"],
+    group_name=REPRESENTATIONS,
+    code_version="whisperer_score-2",
+    kinds={"duckdb", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    tags={"dsel/cost": "high"},
+    description="Data Whisperer: few-shot prompts of pool demonstrations + target queries; each answer's "
+    "score is credited to the demonstrations by the attention the query pays them (eager attention).",
+)
+def whisperer_score(
+    context: dg.AssetExecutionContext,
+    config: WhispererConfig,
+    store: StateStore,
+    selection_model: SelectionModel,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    """Pool-level, not per batch: prompts mix demonstrations drawn from the whole pool, and each
+    example's score is a mean over the rounds it served in."""
+    from dsel_assets.core.models.data_whisperer import whisperer_scores
+
+    with store.get_connection() as conn:
+        rows = queries.split_rows(conn, "pool")
+        query_rows = queries.split_rows(conn, "query", ("task", "messages"))
+        if config.task:
+            query_rows = query_rows.filter(pl.col("task") == config.task)
+        version, _ = tables.pool_version(conn)
+    model, tokenizer = selection_model.load()
+    model.set_attn_implementation("eager")  # attention weights are read
+    layer = None if config.layer < 0 else config.layer
+    with tracker.run(
+        context, params={**config.model_dump(), **selection_model.identity(), "pool_version": version}
+    ) as run:
+        scores = whisperer_scores(
+            model,
+            tokenizer,
+            rows["messages"].to_list(),
+            query_rows["messages"].to_list(),
+            config.n_demos,
+            config.n_queries,
+            layer,
+            config.max_new_tokens,
+            config.seed,
+            on_round=lambda d, t: d % 20 == 0 and context.log.info(f"whisperer: round {d}/{t}"),
+        )
+        run.log_metrics({"mean_score": float(np.nanmean(scores)), "queries": query_rows.height})
+    table = pl.DataFrame(
+        {
+            "pool_id": rows["pool_id"],
+            "whisperer_score": scores,
+            "reason": ["" if np.isfinite(x) else "never credited as a demonstration" for x in scores],
+            **selection_model.identity(),
+            "template": template_hash(tokenizer),
+            "code_version": row_code_version(context),
+        }
+    )
+    with store.get_connection() as conn:
+        tables.replace_table(conn, "whisperer_score", table)
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(scores),
+            "queries": query_rows.height,
+            "mean_score": float(np.nanmean(scores)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{version}-{config.task}-{config.seed}"),
+    )

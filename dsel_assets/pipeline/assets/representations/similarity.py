@@ -1,0 +1,231 @@
+"""Pool x query similarity of the embedding representations the targeted-instruction-selection
+study sets beside LESS gradients (the ``influence`` asset): RDS+ (position-weighted model
+embeddings) and EMBED (MiniLM sentence embeddings), both cosine. Same contract as
+``influence``: a Lance dataset with one score row per pool example and one column per query
+row, whose task and subtask are in the DuckDB table ``<asset>_columns``. The pool side is
+streamed chunk by chunk from the per-batch embedding datasets; only N x Q is held."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from pydantic import Field
+
+from dsel_assets.core.select.targeted import cosine_scores
+from dsel_assets.pipeline.assets.ingest.pool import pool
+from dsel_assets.pipeline.assets.representations.embeddings import (
+    REPRESENTATIONS,
+    SENTENCE_EMBEDDINGS,
+    model_embeddings,
+    sentence_embeddings,
+    vector_matrix,
+    vector_table,
+)
+from dsel_assets.pipeline.deployment import GPU_OP_TAGS
+from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.store import queries, tables
+from resources.devices import GPU_POOL
+from resources.lance_store import LanceStore
+from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.store import StateStore
+from resources.tracking import DatasetRef, MlflowTracker
+
+RDS_SIMILARITY = "rds_similarity"
+EMBED_SIMILARITY = "embed_similarity"
+RDS_POOLING = "position_weighted"
+#: The study's representations are asked for (``dsel select --param representation=...``, the UI,
+#: ``curation_job``): out of the default run and its re-curation, like the other expensive ones.
+STUDY_TAGS = {"dsel/cost": "high"}
+
+
+class SimilarityConfig(dg.Config):
+    chunk: int = Field(default=4096, gt=0, description="Pool rows per streamed block (bounds memory)")
+
+
+def check_rds_pooling(settings: ModelEmbeddingSettings) -> None:
+    """RDS+ is defined on position-weighted model embeddings: refuse another pinned pooling."""
+    if settings.pooling != RDS_POOLING:
+        raise ValueError(
+            f"pooling: RDS+ needs {RDS_POOLING} model embeddings; this home pins {settings.pooling!r} "
+            f"(switch it: dsel score model_embeddings --pooling {RDS_POOLING} --change-settings)"
+        )
+
+
+def rds_dataset(model_hash: str) -> str:
+    """Lance dataset of the RDS+ matrix: the selection model's weights are its identity."""
+    return f"{RDS_SIMILARITY}_{model_hash}"
+
+
+def rds_queries_dataset(model_hash: str) -> str:
+    """Lance dataset of the query rows' RDS+ embeddings (the model_embeddings asset embeds pool rows only)."""
+    return f"rds_queries_{model_hash}"
+
+
+def columns_table(asset: str) -> str:
+    """DuckDB table with the ``col, pool_id, task, subtask`` of each query column of ``asset``."""
+    return f"{asset}_columns"
+
+
+def matrix_table(ids: list[str], scores: np.ndarray) -> pa.Table:
+    """Lance rows of a pool x query matrix: ``pool_id`` and a fixed-size float32 ``scores`` row."""
+    flat = pa.array(np.asarray(scores, dtype=np.float32).reshape(-1), pa.float32())
+    return pa.table(
+        {"pool_id": pa.array(ids, pa.string()), "scores": pa.FixedSizeListArray.from_arrays(flat, scores.shape[1])}
+    )
+
+
+def load_vectors(lance: LanceStore, name: str, pool_ids: list[str]) -> tuple[np.ndarray, int]:
+    """Rows of Lance dataset ``name`` aligned to ``pool_ids`` (float32), and its version."""
+    version = lance.version(name)
+    if version is None:
+        raise RuntimeError(f"{name}: no Lance dataset yet; materialize {name} first")
+    table = lance.read(name, ["pool_id", "vector"], version=version)
+    matrix = vector_matrix(table.column("vector"))
+    row_of = {pid: i for i, pid in enumerate(table.column("pool_id").to_pylist())}
+    missing = [pid for pid in pool_ids if pid not in row_of]
+    if missing:
+        raise RuntimeError(
+            f"{name}: {len(missing)} pool ids have no row (e.g. {missing[0]}); materialize {name} for every pool batch"
+        )
+    return matrix[[row_of[pid] for pid in pool_ids]].astype(np.float32), version
+
+
+def query_rows(conn) -> pl.DataFrame:
+    """The query examples in column order (task, then id), with subtask ('' = none) and messages."""
+    rows = queries.split_rows(conn, "query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
+    subtasks = queries.query_subtasks(conn)
+    rows = rows.with_columns(
+        pl.Series("subtask", [subtasks.get(q) or "" for q in rows["pool_id"]], dtype=pl.String)
+    ).select("pool_id", "task", "subtask", "messages")
+    if rows.height == 0:
+        raise RuntimeError("queries: no query examples; ingest a query set (dsel ingest FILE --split query)")
+    return rows
+
+
+def store_similarity(
+    context: dg.AssetExecutionContext,
+    store: StateStore,
+    lance: LanceStore,
+    tracker: MlflowTracker,
+    source: DatasetRef,
+    query_frame: pl.DataFrame,
+    query_vectors: np.ndarray,
+    chunk: int,
+    dataset: str,
+    params: dict,
+) -> dg.MaterializeResult:
+    """Cosine of every pool vector of ``source`` (streamed ``chunk`` rows at a time) with the
+    query vectors; the matrix to Lance ``dataset``, its columns to DuckDB, one MLflow run."""
+    asset = context.asset_key.path[-1]
+    with store.get_connection() as conn:
+        version, _ = tables.pool_version(conn)
+        pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
+    chunks = (
+        (b.column("pool_id").to_pylist(), vector_matrix(b.column("vector")))
+        for b in lance.iter_batches(source.name, ["pool_id", "vector"], batch_size=chunk)
+    )
+    ids, scores = cosine_scores(pool_ids, query_vectors, chunks)
+    if not ids:
+        raise RuntimeError(f"{asset}: no pool row has a vector in {source.name}; materialize it for the pool batches")
+    if len(ids) < len(pool_ids):
+        context.log.warning(f"{asset}: {source.name} covers {len(ids)} of {len(pool_ids)} pool rows")
+    lance_version = lance.overwrite(dataset, matrix_table(ids, scores))
+    columns = query_frame.select("pool_id", "task", "subtask").with_row_index("col")
+    with store.get_connection() as conn:
+        tables.replace_table(conn, columns_table(asset), columns)
+    low, high = float(scores.min()), float(scores.max())
+    with tracker.run(context, params={**params, "pool_version": version, "chunk": chunk}, inputs=[source]) as run:
+        run.log_metrics({"pool_rows": len(ids), "query_columns": scores.shape[1], "min": low, "max": high})
+        run.log_datasets([DatasetRef(dataset, lance.uri(dataset), str(lance_version), "output")])
+    counts = query_frame.group_by("task").len().sort("task").rows()
+    return dg.MaterializeResult(
+        metadata={
+            "shape": f"{len(ids)} x {scores.shape[1]}",
+            "pool_rows_covered": f"{len(ids)} of {len(pool_ids)}",
+            "score_range": f"[{low:.4f}, {high:.4f}]",
+            "lance_dataset": dataset,
+            "lance_version": lance_version,
+            "queries": dg.MetadataValue.md(markdown_table(["task", "queries"], counts)),
+            **run.metadata(),
+        },
+        data_version=dg.DataVersion(f"{dataset}-v{lance_version}-{version}"),
+    )
+
+
+@dg.asset(
+    name=RDS_SIMILARITY,
+    deps=[model_embeddings, pool],
+    group_name=REPRESENTATIONS,
+    code_version="rds_similarity-1",
+    kinds={"lance", "duckdb", "pytorch"},
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    tags=STUDY_TAGS,
+    description="RDS+: cosine between the position-weighted model embeddings of the pool (model_embeddings) "
+    "and of the query rows (embedded here with the same model, pooling and length); pool x query in Lance, "
+    "query columns in DuckDB rds_similarity_columns.",
+)
+def rds_similarity(
+    context: dg.AssetExecutionContext,
+    config: SimilarityConfig,
+    store: StateStore,
+    lance: LanceStore,
+    selection_model: SelectionModel,
+    model_embedding_settings: ModelEmbeddingSettings,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    from dsel_assets.core.models.model_embeddings import model_embeddings as embed
+
+    settings = model_embedding_settings
+    check_rds_pooling(settings)
+    identity = selection_model.identity()
+    with store.get_connection() as conn:
+        query_set = query_rows(conn)
+    model, tokenizer = selection_model.load()
+    vectors = embed(
+        model, tokenizer, query_set["messages"].to_list(), settings.pooling, settings.max_length, settings.batch_size
+    )
+    stored = vector_table(query_set["pool_id"].to_list(), "queries", vectors, identity["model"])
+    stored = stored.append_column("task", pa.array(query_set["task"].to_list(), pa.string()))
+    lance.overwrite(rds_queries_dataset(identity["model_hash"]), stored)
+    pool_dataset = settings.dataset(identity["model_hash"])
+    source = DatasetRef(pool_dataset, lance.uri(pool_dataset), str(lance.version(pool_dataset)))
+    return store_similarity(
+        context,
+        store,
+        lance,
+        tracker,
+        source,
+        query_set,
+        vector_matrix(stored.column("vector")),  # as stored (float16), like the pool side
+        config.chunk,
+        rds_dataset(identity["model_hash"]),
+        {**identity, "pooling": settings.pooling, "max_length": settings.max_length},
+    )
+
+
+@dg.asset(
+    name=EMBED_SIMILARITY,
+    deps=[sentence_embeddings, pool],
+    group_name=REPRESENTATIONS,
+    code_version="embed_similarity-1",
+    kinds={"lance", "duckdb"},
+    tags=STUDY_TAGS,
+    description="EMBED: cosine between the sentence embeddings (all-MiniLM-L6-v2) of the pool and of the query "
+    "rows (sentence_embeddings embeds every batch, query batches included); pool x query in Lance, query "
+    "columns in DuckDB embed_similarity_columns.",
+)
+def embed_similarity(
+    context: dg.AssetExecutionContext,
+    config: SimilarityConfig,
+    store: StateStore,
+    lance: LanceStore,
+    tracker: MlflowTracker,
+) -> dg.MaterializeResult:
+    with store.get_connection() as conn:
+        query_set = query_rows(conn)
+    query_vectors, version = load_vectors(lance, SENTENCE_EMBEDDINGS, query_set["pool_id"].to_list())
+    source = DatasetRef(SENTENCE_EMBEDDINGS, lance.uri(SENTENCE_EMBEDDINGS), str(version))
+    return store_similarity(
+        context, store, lance, tracker, source, query_set, query_vectors, config.chunk, EMBED_SIMILARITY, {}
+    )

@@ -1,0 +1,1 @@
+"""Selections: every registered method at every budget."""

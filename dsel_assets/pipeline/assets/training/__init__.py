@@ -1,0 +1,1 @@
+"""Fine-tuned models, one per selection and seed."""
