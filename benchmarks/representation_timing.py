@@ -1,4 +1,4 @@
-"""Time per 1,000 pool examples of every representation (METHODS.md R1-R7) on SmolLM2-135M.
+"""Time per 1,000 pool examples of every representation (the needs of docs/methods/) on SmolLM2-135M.
 
 One run, the representations' cores as the assets call them (float32 on CPU, CUDA when
 present), on real pool examples from ../shared/data (round-robin over the pool files; synthetic

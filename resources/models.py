@@ -79,8 +79,9 @@ class SelectionModel(dg.ConfigurableResource):
 
 
 class ModelEmbeddingSettings(dg.ConfigurableResource):
-    """How model embeddings (METHODS.md R2) are pooled; one resource for the asset that writes
-    them and the selections that read them, so both name the same Lance dataset."""
+    """How model embeddings are pooled (RDS+'s position-weighted pooling among the choices); one
+    resource for the asset that writes them and the selections that read them, so both name the
+    same Lance dataset."""
 
     VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("pooling", "max_length")
 

@@ -2,7 +2,7 @@
 
 Built on ``MlflowClient`` with explicit run ids rather than MLflow's global active run:
 ``dagster-mlflow`` reuses the active run, so two materializations in one process land in
-one MLflow run (measured, DESIGN.md section 3).
+one MLflow run (we measured it).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Loss scores, both IFDs and uncertainty on the tiny model, checked against computations written
-out in the tests (log-softmax over the logits, Cherry_LLM's steps); the numbers of METHODS.md 4."""
+out in the tests (log-softmax over the logits, Cherry_LLM's steps); the numbers on the method pages (docs/methods/)."""
 
 import copy
 import math

@@ -1,4 +1,4 @@
-"""The numbers of METHODS.md section 4 and the properties each selector promises."""
+"""The worked numbers of each method's paper and the properties each selector promises."""
 
 import numpy as np
 import pytest
@@ -488,7 +488,7 @@ def test_diversify_conquer_round_zero_takes_equal_quotas_for_every_seed():
 def test_diversify_conquer_weights_by_hand():
     from dsel_assets.core.select.diversify_conquer import round_weights
 
-    # METHODS.md section 4: cluster means [0, ln 3] -> softmax [0.25, 0.75]
+    # by hand: cluster means [0, ln 3] -> softmax [0.25, 0.75]
     scores, cluster_of = np.array([0.0, np.log(3), np.log(3)]), np.array([0, 1, 1])
     np.testing.assert_allclose(round_weights(scores, cluster_of, np.array([0.5, 0.5]), False), [0.25, 0.75])
     # the product form: [0.25, 0.75] x previous [0.75, 0.25] = [0.1875, 0.1875] -> [0.5, 0.5]

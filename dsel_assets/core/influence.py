@@ -1,4 +1,4 @@
-"""The influence matrix S = sum_c w_c F_pool,c F_query,c^T (METHODS.md R1.4) built by
+"""The influence matrix S = sum_c w_c F_pool,c F_query,c^T (docs/methods/less.md) built by
 streaming pool feature batches, and LESS task aggregation (R1.5)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Label sets for MIG (METHODS.md R6): the tags a dataset provides, or k-means clusters of the
+"""Label sets for MIG (docs/methods/mig.md): the tags a dataset provides, or k-means clusters of the
 sentence embeddings when it provides none. Pure: the ``labels`` asset reads and writes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-example quality in [0, 1] (METHODS.md R7): a source's own ``score`` where it has one,
+"""Per-example quality in [0, 1] (docs/methods/deita_filter.md, qdit.md): a source's own ``score`` where it has one,
 else the selection model's per-token likelihood of the reference answer, exp(-L(A|Q))."""
 
 from __future__ import annotations

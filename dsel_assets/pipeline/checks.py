@@ -28,7 +28,7 @@ from dsel_assets.pipeline.assets.representations.embeddings import (
     sentence_embeddings,
     vector_matrix,
 )
-from dsel_assets.pipeline.assets.representations.gradients import latest_warmup, pool_grad_features
+from dsel_assets.pipeline.assets.representations.gradients import latest_warmup_manifest, pool_grad_features
 from dsel_assets.pipeline.assets.representations.scores import loss_scores, proxy_loss_scores, score_tables
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.assets.training.finetune import FULL_POOL
@@ -233,7 +233,7 @@ def pool_grad_features_check(
         if manifest.split != "pool":
             return _result([], skipped=f"{manifest.split} batch: no pool features")
         expected = _batch_ids(conn, batch, pool_only=True)
-        warmup, _, warmup_manifest = latest_warmup(conn)
+        warmup, _, warmup_manifest = latest_warmup_manifest(conn)
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=pool_grad_features.key, asset_partitions=[batch]), limit=1
     ).records

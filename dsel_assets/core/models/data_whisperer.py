@@ -1,4 +1,4 @@
-"""Data Whisperer (METHODS.md R5, gszfwsb/Data-Whisperer): score pool examples by how much
+"""Data Whisperer (docs/methods/data_whisperer.md, gszfwsb/Data-Whisperer): score pool examples by how much
 they help the model answer target queries in context, crediting each demonstration by the
 attention the query section pays to it.
 

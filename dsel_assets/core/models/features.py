@@ -1,4 +1,4 @@
-"""LESS gradient features (METHODS.md R1.2-R1.3): per-example LoRA gradients, Adam
+"""LESS gradient features (docs/methods/less.md): per-example LoRA gradients, Adam
 preconditioning for pool examples (plain gradients for queries), seeded block projection,
 L2 normalisation; or the factorised projection inside the hooks (:mod:`.factorised`), which
 never forms a per-example gradient. Produced in chunks so callers can persist and resume chunk

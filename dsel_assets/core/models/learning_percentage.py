@@ -1,4 +1,4 @@
-"""Learning percentage (Small2Large, METHODS.md R3): train a small model on the whole pool
+"""Learning percentage (docs/methods/small2large.md): train a small model on the whole pool
 for ``n`` epochs, recording each example's response perplexity before training (P_0) and
 after every epoch (P_1..P_n); ``LP(i) = (P_(i-1) - P_i) / (P_0 - P_n)``. LP(1) near 1 = the
 example was learned early (easy); Small2Large keeps the lowest LP(1) per cluster."""

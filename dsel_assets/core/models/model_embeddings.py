@@ -1,4 +1,4 @@
-"""Model embeddings (METHODS.md R2) from the last hidden layer of a causal LM."""
+"""Model embeddings (RDS+: docs/methods/round_robin.md) from the last hidden layer of a causal LM."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nuggets golden score (METHODS.md R5, pldlgb/nuggets).
+"""Nuggets golden score (docs/methods/nuggets.md, pldlgb/nuggets).
 
 ``lp0(a)`` = sum of log-probs of anchor ``a``'s answer tokens zero-shot; ``lp1(a|c)`` = the
 same with candidate ``c`` (its whole conversation) as a one-shot demonstration before the

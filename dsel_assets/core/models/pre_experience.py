@@ -1,4 +1,4 @@
-"""Cherry LLM's pre-experience sample (METHODS.md section 4, Cherry): a small, diverse,
+"""Cherry LLM's pre-experience sample (docs/methods/cherry_ifd_pre_experienced.md): a small, diverse,
 middle-difficulty subset of the pool that the model is briefly fine-tuned on before IFD is
 computed with it (Li et al. 2024, arXiv 2308.12032, section 2.2)."""
 

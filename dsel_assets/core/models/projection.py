@@ -1,4 +1,4 @@
-"""Seeded random projection that is never materialised whole (METHODS.md R1.3).
+"""Seeded random projection that is never materialised whole (docs/methods/less.md).
 
 The matrix ``P`` [dim_in, dim_out] is defined unit by unit: rows ``[u*UNIT, (u+1)*UNIT)``
 are drawn from a CPU generator seeded by (seed, u) alone. Any compute block size (a

@@ -1,4 +1,5 @@
-"""Loss-based scores (METHODS.md R3) and uncertainty (R4) from teacher-forced forwards.
+"""Loss-based scores (docs/methods/cherry_ifd.md, superfiltering.md) and uncertainty
+(uncertainty.md) from teacher-forced forwards.
 
 Two templates decide how ``L(A|Q)`` and ``L(A)`` are formed (``template``):
 

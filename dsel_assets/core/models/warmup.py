@@ -1,4 +1,4 @@
-"""LESS warmup (METHODS.md R1.1): LoRA-train on a seeded random fraction of the pool and
+"""LESS warmup (docs/methods/less.md): LoRA-train on a seeded random fraction of the pool and
 save, per epoch, the adapter, the AdamW state keyed by parameter name and the epoch's mean
 learning rate. Everything is written as safetensors / JSON (no pickle)."""
 

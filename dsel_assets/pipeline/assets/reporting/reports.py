@@ -1,4 +1,4 @@
-"""Reports: the selection diagnostics table (METHODS.md section 3) and the comparison of
+"""Reports: the selection diagnostics table (docs/STATISTICS.md) and the comparison of
 methods by what the models trained on their selections can do (eval scores per task,
 balance across tasks, plots)."""
 
@@ -39,7 +39,6 @@ from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
 REPORTS = "reports"
-REPORT_COLUMNS = ["method", "budget", "size", "task_entropy", "noise_fraction", "query_similarity", "task_counts"]
 
 
 def _noise_label(meta: str | None) -> str | None:

@@ -71,7 +71,7 @@ def fill_rows(column, out: np.ndarray, rows: np.ndarray | None = None) -> np.nda
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
     description="all-MiniLM-L6-v2 embedding (masked mean, L2-normalised) of each example's "
-    "instruction + input + response (METHODS.md R2), float16 in Lance.",
+    "instruction + input + response, float16 in Lance.",
 )
 def sentence_embeddings(
     context: dg.AssetExecutionContext,
@@ -128,7 +128,7 @@ def sentence_embeddings(
     op_tags=GPU_OP_TAGS,
     tags={"dsel/cost": "high"},
     description="Selection-model embedding of each templated conversation from the last hidden layer, pooled "
-    "mean / position_weighted (RDS+) / last_token (METHODS.md R2); Lance dataset "
+    "mean / position_weighted (RDS+) / last_token; Lance dataset "
     "model_embeddings_<pooling>_<model hash>, so pooling and weights are part of its identity.",
 )
 def model_embeddings(

@@ -1,7 +1,7 @@
 """LESS scores on demand (the reward ClusterUCB draws): per-example Adam gradient features of
 only the requested pool examples, under every checkpoint of the latest warmup, scored
 against the stored query gradient features exactly as the influence asset scores the whole
-pool (METHODS.md R1.2-R1.5)."""
+pool (docs/methods/less.md)."""
 
 from __future__ import annotations
 
@@ -165,10 +165,10 @@ def load_less_scorer(
 ) -> tuple[OnDemandLessScorer, DatasetRef]:
     """The scorer for the latest warmup and its stored query features (the inputs of the
     influence asset, less the pool features), and its DatasetRef for lineage."""
-    from dsel_assets.pipeline.assets.representations.gradients import latest_warmup
+    from dsel_assets.pipeline.assets.representations.gradients import latest_warmup_manifest
 
     with store.get_connection() as conn:
-        warmup, _, manifest = latest_warmup(conn)
+        warmup, _, manifest = latest_warmup_manifest(conn)
         pool_rows = queries.split_rows(conn, "pool")
         subtask_of = queries.query_subtasks(conn)
     wanted = set(pool_ids)

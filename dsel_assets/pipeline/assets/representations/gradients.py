@@ -1,4 +1,4 @@
-"""Gradient representations (METHODS.md R1): warmup checkpoints, pool and query gradient
+"""Gradient representations (docs/methods/less.md): warmup checkpoints, pool and query gradient
 features in Lance, the influence matrix and LESS task scores."""
 
 import hashlib
@@ -63,7 +63,7 @@ class GradFeaturesConfig(dg.Config):
     checkpoints: list[int] = Field(default=[], description="Warmup epochs to use; empty = all")
 
 
-def latest_warmup(conn) -> tuple[str, str, dict]:
+def latest_warmup_manifest(conn) -> tuple[str, str, dict]:
     """(key, URI, manifest) of the most recent warmup; the manifest's checkpoint paths are local
     (a remote warmup is read through the artifact cache)."""
     tables.ensure_schema(conn)
@@ -81,7 +81,7 @@ def latest_warmup(conn) -> tuple[str, str, dict]:
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
     description="LESS warmup: LoRA on a seeded random fraction of the pool; per epoch the adapter, "
-    "the AdamW state by parameter name and the epoch's mean learning rate (METHODS.md R1.1).",
+    "the AdamW state by parameter name and the epoch's mean learning rate.",
 )
 def warmup_checkpoint(
     context: dg.AssetExecutionContext,
@@ -287,7 +287,7 @@ def _checkpoints(manifest: dict, wanted: list[int]) -> list[tuple[int, Path]]:
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
     description="Adam-preconditioned per-example LoRA gradients of the batch's pool examples, "
-    "block-projected to d and L2-normalised, per warmup checkpoint (METHODS.md R1.2-1.3).",
+    "block-projected to d and L2-normalised, per warmup checkpoint.",
 )
 def pool_grad_features(
     context: dg.AssetExecutionContext,
@@ -310,7 +310,7 @@ def pool_grad_features(
             metadata={"split": manifest.split, "rows_per_checkpoint": 0, "skipped": skipped, **run.metadata()}
         )
     with store.get_connection() as conn:
-        warmup, warmup_uri, warmup_manifest = latest_warmup(conn)
+        warmup, warmup_uri, warmup_manifest = latest_warmup_manifest(conn)
         keep = queries.sibling_warmups(conn, warmup)  # other seeds of this pool and model: kept beside it
         rows = queries.split_rows(conn, "pool", batch=batch)
         items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
@@ -396,7 +396,7 @@ def query_grad_features(
 ) -> dg.MaterializeResult:
     dataset = f"query_grad_features_{grad_settings.suffix()}"
     with store.get_connection() as conn:
-        warmup, _, warmup_manifest = latest_warmup(conn)
+        warmup, _, warmup_manifest = latest_warmup_manifest(conn)
         keep = queries.sibling_warmups(conn, warmup)
         rows = queries.split_rows(conn, "query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
     if rows.height == 0:
@@ -467,7 +467,7 @@ def influence(
     pool_dataset = f"pool_grad_features_{grad_settings.suffix()}"
     query_dataset = f"query_grad_features_{grad_settings.suffix()}"
     with store.get_connection() as conn:
-        warmup, _, warmup_manifest = latest_warmup(conn)
+        warmup, _, warmup_manifest = latest_warmup_manifest(conn)
         version, _ = tables.pool_version(conn)
         pool_ids = queries.split_rows(conn, "pool", ("pool_id",))
         subtask_of = queries.query_subtasks(conn)

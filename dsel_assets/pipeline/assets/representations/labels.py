@@ -1,4 +1,4 @@
-"""Labels for MIG (METHODS.md R6): provided tags where the data has them (a `tags` list in
+"""Labels for MIG (docs/methods/mig.md): provided tags where the data has them (a `tags` list in
 a record), otherwise derived as k-means clusters of the sentence embeddings. The label
 vocabulary stores how each label was made and its embedding."""
 

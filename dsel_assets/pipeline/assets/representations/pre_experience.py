@@ -1,4 +1,4 @@
-"""Cherry LLM's pre-experience (METHODS.md section 4, Cherry): a model briefly fine-tuned on a
+"""Cherry LLM's pre-experience (docs/methods/cherry_ifd_pre_experienced.md): a model briefly fine-tuned on a
 small diverse sample of the pool, and the IFD of every pool example under that model.
 
 Pool-wide, not per batch: the sample comes from k-means over the whole pool, so a new batch

@@ -23,7 +23,7 @@ from dsel_assets.pipeline.assets.representations.embeddings import (
     vector_matrix,
 )
 from dsel_assets.pipeline.assets.representations.gradient_scorer import load_less_scorer
-from dsel_assets.pipeline.assets.representations.gradients import INFLUENCE, latest_warmup
+from dsel_assets.pipeline.assets.representations.gradients import INFLUENCE, latest_warmup_manifest
 from dsel_assets.pipeline.assets.representations.round_trainer import LoraRoundTrainer
 from dsel_assets.pipeline.assets.representations.scores import score_table
 from dsel_assets.pipeline.assets.representations.similarity import (
@@ -275,7 +275,7 @@ def gradient_features(kind: str) -> Loader:
         if kind == "pool":
             fits_in_memory(len(ctx.pool_ids), ctx.grad_settings.dim)
         with ctx.store.get_connection() as conn:
-            warmup, _, manifest = latest_warmup(conn)
+            warmup, _, manifest = latest_warmup_manifest(conn)
         last = max(c["epoch"] for c in manifest["checkpoints"])
         name = f"{kind}_grad_features_{ctx.grad_settings.suffix()}"
         columns = ["pool_id", "vector"] + (["task"] if kind == "query" else [])

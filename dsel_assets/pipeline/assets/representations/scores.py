@@ -1,4 +1,4 @@
-"""Model-based scalar representations per pool batch (METHODS.md R3, R4, R7): losses, both
+"""Model-based scalar representations per pool batch (see docs/methods/): losses, both
 IFDs and uncertainty from a model, and per-example quality. Stored in DuckDB with the model
 id and hash, chat template, scoring template and code version of every row; undefined scores
 carry a reason.
@@ -282,7 +282,7 @@ proxy_loss_scores = build_score_asset(
 greedy_scores = build_score_asset(
     "greedy_scores",
     "selection_model",
-    "Uncertainty (entropy, least confidence, margins; METHODS.md R4) teacher-forced on the selection model's own "
+    "Uncertainty (entropy, least confidence, margins) teacher-forced on the selection model's own "
     f"greedy generation (<= {GREEDY_MAX_NEW_TOKENS} tokens per assistant turn) instead of the reference response.",
     response="greedy",
     tags={"dsel/cost": "high"},
@@ -294,7 +294,7 @@ greedy_scores = build_score_asset(
     group_name=REPRESENTATIONS,
     code_version="quality-1",
     kinds={"duckdb"},
-    description="Per-example quality in [0, 1] (METHODS.md R7): the data's own `score` column where a "
+    description="Per-example quality in [0, 1]: the data's own `score` column where a "
     "source has one, else the selection model's per-token likelihood of the reference, exp(-L(A|Q)).",
 )
 def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: MlflowTracker) -> dg.MaterializeResult:

@@ -24,7 +24,7 @@ from dsel_assets.core.select.targeted import representations as method_represent
 from dsel_assets.pipeline.assets.ingest.pool import pool
 from dsel_assets.pipeline.assets.representations import registry
 from dsel_assets.pipeline.assets.representations.embeddings import SENTENCE_EMBEDDINGS
-from dsel_assets.pipeline.assets.representations.gradients import latest_warmup
+from dsel_assets.pipeline.assets.representations.gradients import latest_warmup_manifest
 from dsel_assets.pipeline.assets.representations.similarity import load_vectors
 from dsel_assets.pipeline.deployment import GPU_OP_TAGS
 from dsel_assets.pipeline.metadata import markdown_table
@@ -395,7 +395,7 @@ def warmup_replicate(key: str, reads_warmup: bool, replicates: list[tuple[int, o
 def current_warmup(conn) -> dict:
     """{"key", "seed"} of the latest warmup (what gradient features, influence and LESS scores are
     read from)."""
-    key, _, manifest = latest_warmup(conn)
+    key, _, manifest = latest_warmup_manifest(conn)
     return {"key": key, "seed": int(manifest["config"]["seed"])}
 
 
