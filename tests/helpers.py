@@ -1,5 +1,6 @@
 """Small helpers shared by tests."""
 
+import json
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -7,6 +8,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+
+def pool_ids(n: int) -> list[str]:
+    """``p000``, ``p001``, ...: pool ids in sorted order."""
+    return [f"p{i:03d}" for i in range(n)]
+
+
+def qa_lines(start: int, stop: int) -> list[str]:
+    """JSON lines of question / answer records ``start`` to ``stop - 1``, each one distinct."""
+    return [json.dumps({"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."}) for i in range(start, stop)]
 
 
 def write_jsonl(path: Path, lines: list[str | bytes]) -> Path:

@@ -12,9 +12,7 @@ from dsel_assets.core.clustering import spherical_kmeans
 from dsel_assets.core.select import build_config, get
 from dsel_assets.core.select.cluster_ucb import ClusterUcbConfig, cluster_ucb_draws
 
-
-def ids(n):
-    return [f"p{i:03d}" for i in range(n)]
+from .helpers import pool_ids
 
 
 def directions(n_dirs=10, per=30, seed=0):
@@ -48,7 +46,7 @@ def test_draws_are_the_cold_start_plus_int_n_times_budget_minus_cold_start():
     rewards = np.random.default_rng(1).uniform(-1, 1, 300)
     scorer = CountingScorer(rewards)
     config = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "budget_frac": "0.2", "cold_start": "0.05"})
-    sel = get("cluster_ucb").select(ids(300), 15, config, pool_gradients=x, less_scorer=scorer)
+    sel = get("cluster_ucb").select(pool_ids(300), 15, config, pool_gradients=x, less_scorer=scorer)
     # by hand: 10 clusters of 30, cold start max(int(30 * 0.05), 1) = 1 each -> 10 draws, in one
     # call, one per direction; then int(300 * (0.2 - 0.05)) = 45 bandit draws: 55 (not 60)
     assert len(scorer.calls[0]) == 10
@@ -63,7 +61,7 @@ def test_draws_are_the_cold_start_plus_int_n_times_budget_minus_cold_start():
     np.testing.assert_allclose(sel.scores, rewards[top])
     batched = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "draw_batch": "4"})
     scorer = CountingScorer(rewards)
-    get("cluster_ucb").select(ids(300), 15, batched, pool_gradients=x, less_scorer=scorer)
+    get("cluster_ucb").select(pool_ids(300), 15, batched, pool_gradients=x, less_scorer=scorer)
     sizes = [len(c) for c in scorer.calls[1:]]  # 45 draws in batches of at most 4 (less when an arm runs out)
     assert sum(sizes) == 45 and max(sizes) == 4 and len(sizes) < 20
 
@@ -76,7 +74,7 @@ def test_every_bandit_draw_goes_to_the_arm_the_ucb_rule_names():
     rewards = rng.normal(0, 0.3, 300) + rng.uniform(-0.5, 0.5, 10)[direction]  # arms differ in mean
     scorer = CountingScorer(rewards)
     config = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "budget_frac": "0.5", "beta": "1"})
-    get("cluster_ucb").select(ids(300), 15, config, pool_gradients=x, less_scorer=scorer)
+    get("cluster_ucb").select(pool_ids(300), 15, config, pool_gradients=x, less_scorer=scorer)
     seen = {arm: [] for arm in range(10)}
     for i in scorer.calls[0]:
         seen[direction[int(i[1:])]].append(rewards[int(i[1:])])
@@ -94,8 +92,8 @@ def test_full_budget_without_cold_start_is_less_top_k():
     x, _ = directions(seed=3)
     less = {"t": np.random.default_rng(3).uniform(-1, 1, 300)}
     config = build_config("cluster_ucb", {"task": "t", "budget_frac": "1", "cold_start": "0", "n_clusters": "10"})
-    full = get("cluster_ucb").select(ids(300), 15, config, pool_gradients=x, less_scorer=CountingScorer(less["t"]))
-    top = get("less").select(ids(300), 15, build_config("less", {"task": "t"}), less_scores=less)
+    full = get("cluster_ucb").select(pool_ids(300), 15, config, pool_gradients=x, less_scorer=CountingScorer(less["t"]))
+    top = get("less").select(pool_ids(300), 15, build_config("less", {"task": "t"}), less_scores=less)
     assert full.ids == top.ids and full.diagnostics["scored_fraction"] == 1.0
 
 

@@ -7,11 +7,9 @@ import pytest
 from dsel_assets.core.select import _facility, _neighbours, build_config, get
 from dsel_assets.core.select._facility import FacilityLocation, dense_kernel, greedy, knn_kernel
 
+from .helpers import pool_ids
+
 EMBEDDING_KERNELS = [("cosine", 1.0), ("rbf", 0.05), ("dot", 1.0)]
-
-
-def ids(n):
-    return [f"p{i:03d}" for i in range(n)]
 
 
 def clustered(n=600, d=16, seed=0):
@@ -27,7 +25,7 @@ def objective(covers, order):
 
 def select_fl(x, k, **params):
     config = build_config("facility_location", {key: str(value) for key, value in params.items()})
-    return get("facility_location").select(ids(len(x)), k, config, sentence_embeddings=x)
+    return get("facility_location").select(pool_ids(len(x)), k, config, sentence_embeddings=x)
 
 
 def cosine_matrix(x):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dsel_assets.core.models.gradients import PerExampleGradients, adam_features
-from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
+from dsel_assets.core.models.loading import tiny_llama
 from dsel_assets.core.models.lora import LoraSettings, add_lora, lora_parameters
 from dsel_assets.core.models.projection import UNIT, BlockProjector
 from dsel_assets.core.models.sft import IGNORE, collate, encode_conversation, length_batches, per_example_loss
@@ -25,11 +25,6 @@ CONVERSATIONS = [
         {"role": "assistant", "content": "1, 2, 3, 4, 5."},
     ],
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(resolve("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,10 @@ from dsel_assets.store import tables
 from resources import InboxSettings, build_resources
 from resources.store import StateStore
 
-from .helpers import small_tmpfs, write_jsonl
+from .helpers import qa_lines, small_tmpfs, write_jsonl
 
 DEADLINE_S = 20
 SECRET = "SECRET=hunter2"
-
-
-def qa_lines(start: int, n: int) -> list[str]:
-    return [json.dumps({"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."}) for i in range(start, n)]
 
 
 @pytest.fixture()

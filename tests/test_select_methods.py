@@ -11,14 +11,14 @@ from dsel_assets.core.select.mig import Labels, phi_prime
 from dsel_assets.core.select.novelselect import NovelSelectConfig, novelsum
 from dsel_assets.core.select.targeted import Influence, eligible_rows
 
-
-def ids(n):
-    return [f"p{i:03d}" for i in range(n)]
+from .helpers import pool_ids
 
 
 def test_kcenter_greedy_order_from_index_zero():
     x = np.array([[0, 0], [1, 0], [0, 1], [5, 5], [5, 6], [10, 0]], dtype=np.float32)
-    sel = get("kcenter_greedy").select(ids(6), 4, build_config("kcenter_greedy", {"first": 0}), sentence_embeddings=x)
+    sel = get("kcenter_greedy").select(
+        pool_ids(6), 4, build_config("kcenter_greedy", {"first": 0}), sentence_embeddings=x
+    )
     assert sel.ids == ["p000", "p005", "p004", "p001"]
 
 
@@ -29,7 +29,7 @@ def test_mig_phi_prime_and_toy_graph():
     angle = np.arccos(0.95)
     emb = np.array([[1, 0, 0], [np.cos(angle), np.sin(angle), 0], [0, 0, 1]])
     labels = Labels([[0], [1], [2], [0, 2]], emb)
-    sel = get("mig").select(ids(4), 3, build_config("mig"), labels=labels, quality=np.array([4.0, 4, 3, 4]))
+    sel = get("mig").select(pool_ids(4), 3, build_config("mig"), labels=labels, quality=np.array([4.0, 4, 3, 4]))
     assert sel.ids == ["p000", "p002", "p001"]
     assert sel.scores[0] == pytest.approx(50.72, abs=0.01)
     assert sel.scores[1] == pytest.approx(38.04, abs=0.01)
@@ -43,13 +43,15 @@ def test_bids_normalisation_top_k_and_affine_invariance():
     np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-12)
     np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-12)
     one_task = Influence(a.astype(np.float32), ("t",) * 6)
-    sel = get("bids").select(ids(200), 20, build_config("bids"), influence=one_task)
+    sel = get("bids").select(pool_ids(200), 20, build_config("bids"), influence=one_task)
     top = np.argsort(-normalise_columns(a.astype(np.float32).astype(np.float64)).max(axis=1), kind="stable")[:20]
     assert sel.ids == [f"p{i:03d}" for i in top]  # T = 1: top-k
     tasks = ("a", "a", "b", "b", "c", "c")
-    base = get("bids").select(ids(200), 30, build_config("bids"), influence=Influence(a, tasks))
+    base = get("bids").select(pool_ids(200), 30, build_config("bids"), influence=Influence(a, tasks))
     shifted = a * np.array([3.0, 0.5, 1, 10, 2, 1]) + np.array([5.0, -2, 0, 1, 7, -3])
-    assert get("bids").select(ids(200), 30, build_config("bids"), influence=Influence(shifted, tasks)).ids == base.ids
+    assert (
+        get("bids").select(pool_ids(200), 30, build_config("bids"), influence=Influence(shifted, tasks)).ids == base.ids
+    )
     assert base.ids == [f"p{i:03d}" for i in naive_bids(a, tasks, 30)]
 
 
@@ -91,7 +93,7 @@ def test_bids_serves_the_worst_off_task_by_hand():
     # u = (0, 0) tie -> a takes row 0 (3); u = (3, -5) -> b takes row 5 (3); u = (2, -1) -> b
     # takes row 4 (2); u = (4/3, 0) -> b takes row 2 (1); u = (-1/4, 1/4) -> a takes row 1 (2).
     # Top-k by the best task score would take row 1 third: [0, 5, 1, 4, 2].
-    sel = get("bids").select(ids(6), 5, build_config("bids"), influence=Influence(a, ("a", "b")))
+    sel = get("bids").select(pool_ids(6), 5, build_config("bids"), influence=Influence(a, ("a", "b")))
     assert sel.ids == ["p000", "p005", "p004", "p002", "p001"]
     assert naive_bids(a, ("a", "b"), 5) == [0, 5, 4, 2, 1]
 
@@ -99,23 +101,25 @@ def test_bids_serves_the_worst_off_task_by_hand():
 def test_round_robin_with_one_query_is_top_k_and_cycles_queries():
     rng = np.random.default_rng(1)
     s = rng.uniform(-1, 1, (50, 1)).astype(np.float32)
-    sel = get("round_robin").select(ids(50), 10, build_config("round_robin"), influence=Influence(s, ("t",)))
+    sel = get("round_robin").select(pool_ids(50), 10, build_config("round_robin"), influence=Influence(s, ("t",)))
     assert sel.ids == [f"p{i:03d}" for i in np.argsort(-s[:, 0], kind="stable")[:10]]
     twice = np.concatenate([s, s], axis=1)  # identical rows = top-k too
     assert (
-        get("round_robin").select(ids(50), 10, build_config("round_robin"), influence=Influence(twice, ("t", "t"))).ids
+        get("round_robin")
+        .select(pool_ids(50), 10, build_config("round_robin"), influence=Influence(twice, ("t", "t")))
+        .ids
         == sel.ids
     )
     s2 = np.zeros((4, 2), dtype=np.float32)
     s2[:, 0] = [0.9, 0.8, 0.1, 0.0]
     s2[:, 1] = [0.95, 0.1, 0.2, 0.7]
-    order = get("round_robin").select(ids(4), 4, build_config("round_robin"), influence=Influence(s2, ("t", "t")))
+    order = get("round_robin").select(pool_ids(4), 4, build_config("round_robin"), influence=Influence(s2, ("t", "t")))
     assert order.ids == ["p000", "p003", "p001", "p002"]  # q0 takes 0, q1 (0 taken) takes 3, q0 takes 1, ...
 
 
 def test_doubly_greedy_uses_the_best_query():
     s = np.array([[0.1, 0.9], [0.5, 0.5], [0.8, 0.0]], dtype=np.float32)
-    sel = get("doubly_greedy").select(ids(3), 3, build_config("doubly_greedy"), influence=Influence(s, ("t", "t")))
+    sel = get("doubly_greedy").select(pool_ids(3), 3, build_config("doubly_greedy"), influence=Influence(s, ("t", "t")))
     assert sel.ids == ["p000", "p002", "p001"]
 
 
@@ -125,7 +129,7 @@ def test_uot_mass_is_the_closed_form_of_a_free_pool_marginal():
     mass of pool j is sum_i a_i softmax_j(-C_ij / reg) - a closed form, no Sinkhorn needed."""
     s = np.array([[0.9, 0.1], [0.5, 0.8], [0.1, 0.6], [-0.4, 0.2]], dtype=np.float32)  # 4 pool x 2 queries
     config = build_config("uot", {"reg": "0.1", "reg_target": "1e-5"})
-    sel = get("uot").select(ids(4), 4, config, influence=Influence(s, ("t", "t")))
+    sel = get("uot").select(pool_ids(4), 4, config, influence=Influence(s, ("t", "t")))
     logits = -(1 - s.T.astype(np.float64)) / 2 / 0.1  # [queries, pool]
     expected = (0.5 * np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).sum(axis=0)
     # by hand: query 0 has C / reg = [0.5, 2.5, 4.5, 7.0] -> softmax [0.866, 0.117, 0.016, 0.001];
@@ -134,7 +138,7 @@ def test_uot_mass_is_the_closed_form_of_a_free_pool_marginal():
     assert sel.ids == ["p000", "p001", "p002", "p003"]
     np.testing.assert_allclose(sel.scores, expected, rtol=1e-3)
     with pytest.raises(ValueError, match=r"uot.task: 'x' is not one of \['t'\]"):
-        get("uot").select(ids(4), 4, build_config("uot", {"task": "x"}), influence=Influence(s, ("t", "t")))
+        get("uot").select(pool_ids(4), 4, build_config("uot", {"task": "x"}), influence=Influence(s, ("t", "t")))
 
 
 def nearest_of(cos):
@@ -193,7 +197,7 @@ def test_uot_mass_matches_pots_dense_sinkhorn(reg, reg_source, reg_target):
         s[rng.integers(900, size=30), rng.integers(12, size=30)] = np.nan
         rows = eligible_rows(s)
         config = build_config("uot", {"reg": reg, "reg_source": reg_source, "reg_target": reg_target})
-        sel = get("uot").select(ids(900), 900, config, influence=Influence(s, ("t",) * 12))
+        sel = get("uot").select(pool_ids(900), 900, config, influence=Influence(s, ("t",) * 12))
         cost = (1.0 - s[rows].T.astype(np.float64)) / 2.0
         a, b = np.full(12, 1 / 12), np.full(len(rows), 1 / len(rows))
         plan = sinkhorn_unbalanced(a, b, cost, reg=reg, reg_m=(float(reg_source), reg_target), reg_type="kl")
@@ -267,7 +271,7 @@ def test_facility_location_matches_apricot_on_small_data():
     apricot = pytest.importorskip("apricot")
     x = np.random.default_rng(4).normal(size=(300, 16)).astype(np.float32)
     kernel = dense_kernel(x, "cosine", 1.0)
-    ours = get("facility_location").select(ids(300), 30, build_config("facility_location"), sentence_embeddings=x)
+    ours = get("facility_location").select(pool_ids(300), 30, build_config("facility_location"), sentence_embeddings=x)
     ref = apricot.FacilityLocationSelection(30, metric="precomputed", optimizer="lazy", verbose=False).fit(kernel)
     assert [int(i[1:]) for i in ours.ids] == [int(i) for i in ref.ranking]
     np.testing.assert_allclose(ours.scores, ref.gains, rtol=1e-4)
@@ -276,14 +280,14 @@ def test_facility_location_matches_apricot_on_small_data():
 def test_facility_location_falls_back_to_sparse_knn_beyond_the_memory_cap():
     x = np.random.default_rng(5).normal(size=(400, 8)).astype(np.float32)
     config = build_config("facility_location", {"memory_cap_mb": "0.5", "n_neighbors": "20"})
-    sel = get("facility_location").select(ids(400), 20, config, sentence_embeddings=x)
+    sel = get("facility_location").select(pool_ids(400), 20, config, sentence_embeddings=x)
     assert sel.diagnostics["kernel"].startswith("knn") and len(set(sel.ids)) == 20
     covers = knn_kernel(x, 20)
     assert covers.nnz <= 400 * 21
     assert greedy(FacilityLocation(covers), 20, "lazy") == greedy(FacilityLocation(covers), 20, "naive")
     with pytest.raises(ValueError, match="memory_cap_mb"):
         get("facility_location").select(
-            ids(400),
+            pool_ids(400),
             5,
             build_config("facility_location", {"kernel": "rbf", "memory_cap_mb": "0.1"}),
             sentence_embeddings=x,
@@ -293,9 +297,9 @@ def test_facility_location_falls_back_to_sparse_knn_beyond_the_memory_cap():
 def test_stochastic_greedy_is_seeded_and_close_to_lazy():
     x = np.random.default_rng(6).normal(size=(500, 8)).astype(np.float32)
     cfg = build_config("facility_location", {"optimizer": "stochastic", "seed": "1"})
-    a = get("facility_location").select(ids(500), 20, cfg, sentence_embeddings=x)
-    assert a.ids == get("facility_location").select(ids(500), 20, cfg, sentence_embeddings=x).ids
-    lazy = get("facility_location").select(ids(500), 20, build_config("facility_location"), sentence_embeddings=x)
+    a = get("facility_location").select(pool_ids(500), 20, cfg, sentence_embeddings=x)
+    assert a.ids == get("facility_location").select(pool_ids(500), 20, cfg, sentence_embeddings=x).ids
+    lazy = get("facility_location").select(pool_ids(500), 20, build_config("facility_location"), sentence_embeddings=x)
     assert sum(a.scores) >= 0.9 * sum(lazy.scores)
 
 
@@ -304,18 +308,20 @@ def test_qdit_interpolates_between_quality_and_diversity():
     x = rng.normal(size=(100, 8)).astype(np.float32)
     q = rng.uniform(0, 1, 100)
     top_quality = get("qdit").select(
-        ids(100), 10, build_config("qdit", {"alpha": "1"}), sentence_embeddings=x, quality=q
+        pool_ids(100), 10, build_config("qdit", {"alpha": "1"}), sentence_embeddings=x, quality=q
     )
     assert top_quality.ids == [f"p{i:03d}" for i in np.argsort(-q, kind="stable")[:10]]
-    pure_fl = get("qdit").select(ids(100), 10, build_config("qdit", {"alpha": "0"}), sentence_embeddings=x, quality=q)
-    fl = get("facility_location").select(ids(100), 10, build_config("facility_location"), sentence_embeddings=x)
+    pure_fl = get("qdit").select(
+        pool_ids(100), 10, build_config("qdit", {"alpha": "0"}), sentence_embeddings=x, quality=q
+    )
+    fl = get("facility_location").select(pool_ids(100), 10, build_config("facility_location"), sentence_embeddings=x)
     assert pure_fl.ids == fl.ids
 
 
 def test_deita_keeps_only_dissimilar_high_quality_examples():
     x = np.array([[1, 0], [0.99, 0.14], [0, 1], [0.7, 0.7]], dtype=np.float32)
     q = np.array([0.9, 0.95, 0.5, 0.1])
-    sel = get("deita_filter").select(ids(4), 4, build_config("deita_filter"), sentence_embeddings=x, quality=q)
+    sel = get("deita_filter").select(pool_ids(4), 4, build_config("deita_filter"), sentence_embeddings=x, quality=q)
     assert sel.ids == ["p001", "p002", "p003"]  # p000 is a near-duplicate of the better p001
     assert sel.diagnostics["under_fill"] == 1
 
@@ -324,7 +330,9 @@ def test_kmq_prefers_high_quality_within_clusters():
     rng = np.random.default_rng(8)
     x = np.concatenate([rng.normal(c, 0.05, size=(50, 2)) for c in (0, 5)]).astype(np.float32)
     q = np.concatenate([np.linspace(0, 20, 50), np.linspace(0, 20, 50)])
-    sel = get("kmq").select(ids(100), 10, build_config("kmq", {"n_clusters": "2"}), sentence_embeddings=x, quality=q)
+    sel = get("kmq").select(
+        pool_ids(100), 10, build_config("kmq", {"n_clusters": "2"}), sentence_embeddings=x, quality=q
+    )
     rows = [int(i[1:]) for i in sel.ids]
     assert sum(r < 50 for r in rows) == 5  # equal quota
     assert np.mean(q[rows]) > 15  # exp(quality) weighting picks the best
@@ -396,14 +404,18 @@ def test_small2large_quotas_and_lowest_learning_percentage_first():
     x = np.concatenate([rng.normal(c, 0.05, size=(50, 2)) for c in (0, 5)]).astype(np.float32)
     lp = rng.uniform(0, 1, 100)
     sel = get("small2large").select(
-        ids(100), 10, build_config("small2large", {"n_clusters": "2"}), learning_percentage=lp, sentence_embeddings=x
+        pool_ids(100),
+        10,
+        build_config("small2large", {"n_clusters": "2"}),
+        learning_percentage=lp,
+        sentence_embeddings=x,
     )
     rows = [int(i[1:]) for i in sel.ids]
     for half in (range(50), range(50, 100)):
         chosen = [r for r in rows if r in half]
         assert len(chosen) == 5 and max(lp[chosen]) <= np.sort(lp[list(half)])[4]
     twin = get("small2large_random").select(
-        ids(100),
+        pool_ids(100),
         10,
         build_config("small2large_random", {"n_clusters": "2"}),
         learning_percentage=lp,
@@ -414,21 +426,21 @@ def test_small2large_quotas_and_lowest_learning_percentage_first():
 
 def test_ifd_rankers_exclude_and_order_as_specified():
     values = np.array([0.8, 1.0, 1.2, 0.3, np.nan])
-    cherry = get("cherry_ifd").select(ids(5), 5, build_config("cherry_ifd"), ifd=values)
+    cherry = get("cherry_ifd").select(pool_ids(5), 5, build_config("cherry_ifd"), ifd=values)
     assert cherry.ids == ["p001", "p000", "p003"]  # IFD > 1 excluded, IFD = 1 kept, NaN undefined
-    sf = get("superfiltering").select(ids(5), 5, build_config("superfiltering"), superfiltering_ifd=values)
+    sf = get("superfiltering").select(pool_ids(5), 5, build_config("superfiltering"), superfiltering_ifd=values)
     assert sf.ids == ["p000", "p003"]  # strictly < 1
     margins = {"min_margin": np.array([0.5, 0.1, 0.9]), "mean_entropy": np.array([1.0, 3.0, 2.0])}
-    assert get("uncertainty").select(ids(3), 2, build_config("uncertainty"), uncertainty=margins).ids == [
+    assert get("uncertainty").select(pool_ids(3), 2, build_config("uncertainty"), uncertainty=margins).ids == [
         "p001",
         "p000",
     ]
     by_entropy = build_config("uncertainty", {"score": "mean_entropy"})
-    assert get("uncertainty").select(ids(3), 2, by_entropy, uncertainty=margins).ids == ["p001", "p002"]
+    assert get("uncertainty").select(pool_ids(3), 2, by_entropy, uncertainty=margins).ids == ["p001", "p002"]
     gs = np.arange(100) / 100
     assert (
         get("nuggets")
-        .select(ids(100), 100, build_config("nuggets", {"threshold": "0.9"}), golden_score=gs)
+        .select(pool_ids(100), 100, build_config("nuggets", {"threshold": "0.9"}), golden_score=gs)
         .diagnostics["eligible"]
         == 9
     )
@@ -439,7 +451,11 @@ def test_superfiltering_d_diversifies_the_ifd_shortlist():
     x = np.concatenate([rng.normal(c, 0.01, size=(20, 3)) for c in np.eye(3) * 4]).astype(np.float32)
     ifd = np.concatenate([np.full(20, 0.9), np.full(20, 0.8), np.full(20, 0.1)])
     sel = get("superfiltering_d").select(
-        ids(60), 2, build_config("superfiltering_d", {"top_m": "40"}), superfiltering_ifd=ifd, sentence_embeddings=x
+        pool_ids(60),
+        2,
+        build_config("superfiltering_d", {"top_m": "40"}),
+        superfiltering_ifd=ifd,
+        sentence_embeddings=x,
     )
     assert sorted(int(i[1:]) // 20 for i in sel.ids) == [0, 1]  # one per cluster of the shortlist
 
@@ -454,7 +470,11 @@ def test_diversify_conquer_softmax_rounds_and_budget():
     x = np.concatenate([rng.normal(c, 0.1, size=(60, 2)) for c in ([1, 0], [-1, 0], [0, 1])]).astype(np.float32)
     trainer = SyntheticTrainer(x)
     sel = get("diversify_conquer").select(
-        ids(180), 30, build_config("diversify_conquer", {"n_clusters": "3"}), sentence_embeddings=x, trainer=trainer
+        pool_ids(180),
+        30,
+        build_config("diversify_conquer", {"n_clusters": "3"}),
+        sentence_embeddings=x,
+        trainer=trainer,
     )
     assert len(sel.ids) == len(set(sel.ids)) == 30
     rounds = sel.diagnostics["per_round_cluster_counts"]
@@ -479,7 +499,7 @@ def test_diversify_conquer_round_zero_takes_equal_quotas_for_every_seed():
     for seed in range(30):
         config = build_config("diversify_conquer", {"n_clusters": "10", "seed": str(seed)})
         sel = get("diversify_conquer").select(
-            ids(len(x)), 309, config, sentence_embeddings=x.astype(np.float32), trainer=SyntheticTrainer(x)
+            pool_ids(len(x)), 309, config, sentence_embeddings=x.astype(np.float32), trainer=SyntheticTrainer(x)
         )
         counts = np.bincount(blob[[int(i[1:]) for i in sel.ids[:103]]], minlength=10)
         assert counts[:4].tolist() == [3, 5, 8, 12] and sorted(counts[4:].tolist()) == [12, 12, 12, 13, 13, 13]
@@ -527,7 +547,9 @@ def brute_force_kcenter(space, selected, extra):
 def test_diverse_evol_trains_then_adds_k_center_picks_in_the_new_space():
     x = np.random.default_rng(15).normal(size=(100, 4)).astype(np.float32)
     trainer = WarpingTrainer(x)
-    sel = get("diverse_evol").select(ids(100), 12, build_config("diverse_evol"), sentence_embeddings=x, trainer=trainer)
+    sel = get("diverse_evol").select(
+        pool_ids(100), 12, build_config("diverse_evol"), sentence_embeddings=x, trainer=trainer
+    )
     rows = [int(i[1:]) for i in sel.ids]
     assert len(set(rows)) == 12 and len(trainer.spaces) == 2  # 12 = 4 random + 4 + 4 after two trainings
     assert [selected for selected, _ in trainer.spaces] == [rows[:4], rows[:8]]  # trained on the set so far

@@ -16,7 +16,7 @@ from dsel_assets.pipeline.assets.ingest.pool import pool_batches
 from dsel_assets.pipeline.code_location import build_definitions
 from resources import InboxSettings, SentenceEmbedder, build_resources
 
-from .helpers import write_jsonl
+from .helpers import qa_lines, write_jsonl
 
 EMBEDDED: list[int] = []  # texts per call of the real sentence embedder
 
@@ -27,10 +27,6 @@ class CountingEmbedder(SentenceEmbedder):
     def encode(self, texts: list[str]):
         EMBEDDED.append(len(texts))
         return super().encode(texts)
-
-
-def qa_lines(start: int, n: int) -> list[str]:
-    return [json.dumps({"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."}) for i in range(start, n)]
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ from dsel_assets.pipeline.sensors import recuration_request
 from resources import build_resources
 from resources.settings import SettingsConflict, resolve_settings, stored_settings
 
-from .helpers import write_jsonl
+from .helpers import qa_lines, write_jsonl
 
 NO_ENV: dict[str, str] = {}
 
@@ -69,10 +69,6 @@ def test_cli_refuses_a_conflicting_flag(home, tmp_path, capsys, monkeypatch):
     assert main(["grads", "--model", "smollm2"]) == 2
     err = capsys.readouterr().err
     assert "model='tiny'" in err and "--change-settings" in err and "Traceback" not in err
-
-
-def qa_lines(start: int, n: int) -> list[str]:
-    return [json.dumps({"question": f"What is {i} times 3?", "answer": f"It is {3 * i}."}) for i in range(start, n)]
 
 
 def test_inbox_batch_after_dsel_run_keeps_targeted_selections_whole(home, monkeypatch, capsys):
