@@ -18,14 +18,13 @@ from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_sample, evaluate, summarize
 from dsel_assets.core.harness import check_tasks, harness_rows
 from dsel_assets.core.models.finetune import load_finetuned
+from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.assets.ingest.pool import pool
 from dsel_assets.pipeline.assets.training.finetune import finetuned_assets, model_label
-from dsel_assets.pipeline.deployment import GPU_OP_TAGS
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
-from resources.devices import GPU_POOL
 from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -234,14 +233,12 @@ def eval_asset_name(method: str) -> str:
 def build_eval_asset(method: str, upstream: dg.AssetsDefinition | None) -> dg.AssetsDefinition:
     what = "the untouched target model (zero-shot baseline)" if method == BASE else f"every model of {upstream.key}"
 
-    @dg.asset(
+    @model_asset(
         name=eval_asset_name(method),
         deps=[upstream.key] if upstream is not None else [pool],
         group_name=EVALUATION,
         code_version="eval-1",
-        kinds={"pytorch", "duckdb"},
-        pool=GPU_POOL,
-        op_tags=GPU_OP_TAGS,
+        kinds={"duckdb"},
         metadata={"method": method},
         description=f"Eval scores of {what} per eval task: loss, exact match / ROUGE-L, balance.",
     )

@@ -5,11 +5,10 @@ import numpy as np
 import pyarrow as pa
 
 from dsel_assets.core.data.schema import example_text
+from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.assets.ingest.pool import pool_batch, pool_batches
-from dsel_assets.pipeline.deployment import GPU_OP_TAGS
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.store import queries, tables
-from resources.devices import GPU_POOL
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
 from resources.store import StateStore
@@ -61,15 +60,13 @@ def fill_rows(column, out: np.ndarray, rows: np.ndarray | None = None) -> np.nda
     return out
 
 
-@dg.asset(
+@model_asset(
     name=SENTENCE_EMBEDDINGS,
     partitions_def=pool_batches,
     deps=[pool_batch],
     group_name=REPRESENTATIONS,
     code_version="sentence_embeddings-1",
-    kinds={"lance", "pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"lance"},
     description="all-MiniLM-L6-v2 embedding (masked mean, L2-normalised) of each example's "
     "instruction + input + response, float16 in Lance.",
 )
@@ -117,15 +114,13 @@ def sentence_embeddings(
     )
 
 
-@dg.asset(
+@model_asset(
     name=MODEL_EMBEDDINGS,
     partitions_def=pool_batches,
     deps=[pool_batch],
     group_name=REPRESENTATIONS,
     code_version="model_embeddings-1",
-    kinds={"lance", "pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"lance"},
     tags={"dsel/cost": "high"},
     description="Selection-model embedding of each templated conversation from the last hidden layer, pooled "
     "mean / position_weighted (RDS+) / last_token; Lance dataset "

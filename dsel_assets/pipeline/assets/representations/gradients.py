@@ -19,15 +19,14 @@ from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.models.warmup import WarmupConfig, load_checkpoint, read_manifest, train_warmup, warmup_sample
+from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
 from dsel_assets.pipeline.assets.representations.embeddings import REPRESENTATIONS, vector_matrix, vector_table
 from dsel_assets.pipeline.assets.representations.similarity import matrix_table
-from dsel_assets.pipeline.deployment import GPU_OP_TAGS
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
-from resources.devices import GPU_POOL
 from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
 from resources.lance_store import LanceStore
@@ -73,13 +72,10 @@ def latest_warmup_manifest(conn) -> tuple[str, str, dict]:
     return row[0], row[1], read_manifest(artifacts.local_copy(row[1]))
 
 
-@dg.asset(
+@model_asset(
     deps=[pool],
     group_name=MODELS,
     code_version="warmup_checkpoint-1",
-    kinds={"pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
     description="LESS warmup: LoRA on a seeded random fraction of the pool; per epoch the adapter, "
     "the AdamW state by parameter name and the epoch's mean learning rate.",
 )
@@ -278,14 +274,12 @@ def _checkpoints(manifest: dict, wanted: list[int]) -> list[tuple[int, Path]]:
     return [(e, available[e]) for e in sorted(wanted or available)]
 
 
-@dg.asset(
+@model_asset(
     partitions_def=pool_batches,
     deps=[pool_batch, warmup_checkpoint],
     group_name=REPRESENTATIONS,
     code_version="pool_grad_features-1",
-    kinds={"lance", "pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"lance"},
     description="Adam-preconditioned per-example LoRA gradients of the batch's pool examples, "
     "block-projected to d and L2-normalised, per warmup checkpoint.",
 )
@@ -375,13 +369,11 @@ def pool_grad_features(
     )
 
 
-@dg.asset(
+@model_asset(
     deps=[pool, warmup_checkpoint],
     group_name=REPRESENTATIONS,
     code_version="query_grad_features-1",
-    kinds={"lance", "pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"lance"},
     description="Plain per-example LoRA gradients ('SGD' features) of every query example, "
     "same projection as the pool, per warmup checkpoint and target task; each warmup's rows are kept "
     "beside the other warmups of the same pool and model, and not recomputed.",

@@ -17,6 +17,7 @@ from dsel_assets.core.models.finetune import MANIFEST, FinetuneConfig, finetune,
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.pre_experience import pre_experience_sample
 from dsel_assets.core.models.sft import encode_conversation
+from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.assets.representations.embeddings import REPRESENTATIONS, model_embeddings
 from dsel_assets.pipeline.assets.representations.gradients import MODELS
 from dsel_assets.pipeline.assets.representations.registry import load_scalars
@@ -28,10 +29,8 @@ from dsel_assets.pipeline.assets.representations.scores import (
     template_hash,
 )
 from dsel_assets.pipeline.assets.representations.similarity import load_vectors
-from dsel_assets.pipeline.deployment import GPU_OP_TAGS
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, schema, tables
-from resources.devices import GPU_POOL
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -63,14 +62,12 @@ class PreExperienceConfig(dg.Config):
         )
 
 
-@dg.asset(
+@model_asset(
     name=PRE_EXPERIENCED_MODEL,
     deps=["pool", model_embeddings, loss_scores],
     group_name=MODELS,
     code_version="cherry_pre_experienced_model-1",
-    kinds={"pytorch", "duckdb"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"duckdb"},
     tags={"dsel/cost": "high"},
     description="Cherry pre-experience: k-means on model embeddings, per cluster up to 10 examples evenly spaced "
     "over the 25th-75th perplexity band, a brief LoRA fine-tune on them; adapter under models/pre_experience/.",
@@ -154,14 +151,12 @@ def cherry_pre_experienced_model(
     )
 
 
-@dg.asset(
+@model_asset(
     name=PRE_EXPERIENCED_SCORES,
     deps=[PRE_EXPERIENCED_MODEL],
     group_name=REPRESENTATIONS,
     code_version="cherry_pre_experienced_scores-1",
-    kinds={"duckdb", "pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"duckdb"},
     tags={"dsel/cost": "high"},
     description="L(A|Q), L(A), IFD (loss ratio) and the other loss scores of every pool example under the "
     "pre-experienced model: Cherry's IFD as its paper computes it.",

@@ -28,14 +28,13 @@ from dsel_assets.core.models.scoring import TEMPLATES, ExampleScores, check_opti
 from dsel_assets.core.models.templates import ALPACA_PROMPT
 from dsel_assets.core.models.warmup import WarmupConfig
 from dsel_assets.core.quality import quality_values
+from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.assets.ingest.pool import pool_batch, pool_batches
 from dsel_assets.pipeline.assets.representations.embeddings import REPRESENTATIONS
-from dsel_assets.pipeline.deployment import GPU_OP_TAGS
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.store import queries, schema, tables
-from resources.devices import GPU_POOL
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -195,15 +194,13 @@ def build_score_asset(
     (``response="greedy"``) on greedy generations. Rows the ``sibling`` asset computed with the
     same model weights are copied, not recomputed."""
 
-    @dg.asset(
+    @model_asset(
         name=name,
         partitions_def=pool_batches,
         deps=[pool_batch],
         group_name=REPRESENTATIONS,
         code_version=score_code_version(name),
-        kinds={"duckdb", "pytorch"},
-        pool=GPU_POOL,
-        op_tags=GPU_OP_TAGS,
+        kinds={"duckdb"},
         tags=tags,
         description=description,
         required_resource_keys={model_resource, "store", "tracker"},
@@ -341,13 +338,11 @@ class LearningPercentageConfig(dg.Config):
     lora_r: int = Field(default=8, description="LoRA rank of the small model's adapters")
 
 
-@dg.asset(
+@model_asset(
     deps=["pool"],
     group_name=REPRESENTATIONS,
     code_version="learning_percentage-1",
-    kinds={"duckdb", "pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"duckdb"},
     tags={"dsel/cost": "high"},
     description="Small2Large learning percentage: the proxy (small) model LoRA-trained on the whole pool, "
     "perplexity of every example before training and after each epoch; LP(i) = (P_(i-1) - P_i) / (P_0 - P_n).",
@@ -452,13 +447,11 @@ class GoldenScoreConfig(dg.Config):
     seed: int = Field(default=0, description="k-means seed")
 
 
-@dg.asset(
+@model_asset(
     deps=["pool", "sentence_embeddings"],
     group_name=REPRESENTATIONS,
     code_version="golden_score-2",
-    kinds={"duckdb", "pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"duckdb"},
     tags={"dsel/cost": "high"},
     description="Nuggets golden score: share of anchor tasks whose answer log-prob rises with the example as a "
     "one-shot demonstration (KV cache of the demonstration reused across batched anchors).",
@@ -567,13 +560,11 @@ class WhispererConfig(dg.Config):
     seed: int = Field(default=0, description="Demonstration partition and query sampling seed")
 
 
-@dg.asset(
+@model_asset(
     deps=["pool"],
     group_name=REPRESENTATIONS,
     code_version="whisperer_score-2",
-    kinds={"duckdb", "pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"duckdb"},
     tags={"dsel/cost": "high"},
     description="Data Whisperer: few-shot prompts of pool demonstrations + target queries; each answer's "
     "score is credited to the demonstrations by the attention the query pays them (eager attention).",

@@ -12,6 +12,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from dsel_assets.core.select.targeted import cosine_scores
+from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.assets.ingest.pool import pool
 from dsel_assets.pipeline.assets.representations.embeddings import (
     REPRESENTATIONS,
@@ -21,10 +22,8 @@ from dsel_assets.pipeline.assets.representations.embeddings import (
     vector_matrix,
     vector_table,
 )
-from dsel_assets.pipeline.deployment import GPU_OP_TAGS
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.store import queries, tables
-from resources.devices import GPU_POOL
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
 from resources.store import StateStore
@@ -152,14 +151,12 @@ def store_similarity(
     )
 
 
-@dg.asset(
+@model_asset(
     name=RDS_SIMILARITY,
     deps=[model_embeddings, pool],
     group_name=REPRESENTATIONS,
     code_version="rds_similarity-1",
-    kinds={"lance", "duckdb", "pytorch"},
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    kinds={"lance", "duckdb"},
     tags=STUDY_TAGS,
     description="RDS+: cosine between the position-weighted model embeddings of the pool (model_embeddings) "
     "and of the query rows (embedded here with the same model, pooling and length); pool x query in Lance, "

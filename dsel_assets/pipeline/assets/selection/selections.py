@@ -21,16 +21,15 @@ from dsel_assets.core.select.diagnostics import set_measures
 from dsel_assets.core.select.registry import MethodSpec, has_seed, seed_in_use
 from dsel_assets.core.select.targeted import LESS, Influence, representation_needs
 from dsel_assets.core.select.targeted import representations as method_representations
+from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.assets.ingest.pool import pool
 from dsel_assets.pipeline.assets.representations import registry
 from dsel_assets.pipeline.assets.representations.embeddings import SENTENCE_EMBEDDINGS
 from dsel_assets.pipeline.assets.representations.gradients import latest_warmup_manifest
 from dsel_assets.pipeline.assets.representations.similarity import load_vectors
-from dsel_assets.pipeline.deployment import GPU_OP_TAGS
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.store import queries, schema, tables
-from resources.devices import GPU_POOL
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -348,7 +347,8 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
             data_version=dg.DataVersion(hash_config({**params, "inputs": [i.digest for i in inputs]})),
         )
 
-    return dg.asset(
+    declare = model_asset if runs_model else dg.asset
+    return declare(
         name=selection_asset_name(key),
         deps=deps,
         group_name=SELECTIONS,
@@ -363,8 +363,6 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
         },
         # iterative methods train the model between rounds: out of the default job (see jobs/)
         tags={"dsel/cost": "high"} if spec.family == "iterative" else None,
-        pool=GPU_POOL if runs_model else None,
-        op_tags=GPU_OP_TAGS if runs_model else None,
     )(_selection)
 
 

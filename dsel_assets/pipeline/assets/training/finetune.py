@@ -22,15 +22,14 @@ from dsel_assets.core.models.finetune import (
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.select.base import Budget
+from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.assets.ingest.pool import pool
 from dsel_assets.pipeline.assets.representations.gradients import MODELS
 from dsel_assets.pipeline.assets.selection.selections import selection_asset_name, selection_keys
-from dsel_assets.pipeline.deployment import GPU_OP_TAGS
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
-from resources.devices import GPU_POOL
 from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -239,14 +238,11 @@ def train_models(
 def build_finetuned_asset(method: str, deps: list, tags: dict[str, str] | None) -> dg.AssetsDefinition:
     source = "the whole pool (baseline)" if method == FULL_POOL else f"each budget of selection_{method}"
 
-    @dg.asset(
+    @model_asset(
         name=finetuned_asset_name(method),
         deps=deps,
         group_name=MODELS,
         code_version="finetuned-1",
-        kinds={"pytorch"},
-        pool=GPU_POOL,
-        op_tags=GPU_OP_TAGS,
         tags=tags,
         metadata={"method": method},
         description=f"LoRA SFT of the target model on {source}; adapter + manifest under models/finetuned/.",
