@@ -26,7 +26,7 @@ def main() -> int:
     import duckdb
     import polars as pl
 
-    from dsel_assets.app.cli import format_table
+    from dsel_assets.app.cli.common import format_table
     from dsel_assets.store.queries import frame
 
     with duckdb.connect(str(Path(args.home) / "dsel.duckdb"), read_only=True) as conn:

@@ -90,7 +90,8 @@ def test_score_computes_one_representation_for_the_pool(home, tmp_path, capsys, 
 
 
 def test_run_takes_budget_like_select_and_compare_and_keeps_budgets():
-    from dsel_assets.app.cli import DEFAULT_RUN_BUDGETS, parser
+    from dsel_assets.app.cli import parser
+    from dsel_assets.app.cli.comparison import DEFAULT_RUN_BUDGETS
 
     assert parser().parse_args(["run", "--budget", "5%", "--budget", "20"]).budgets == ["5%", "20"]
     assert parser().parse_args(["run", "--budgets", "10%", "20"]).budgets == ["10%", "20"]  # the old spelling
@@ -133,7 +134,7 @@ def test_verbosity_options_go_before_or_after_the_subcommand(home, tmp_path, cap
 
 
 def test_internal_errors_say_so_and_user_errors_name_the_field(home, capsys, monkeypatch):
-    import dsel_assets.app.cli as cli
+    from dsel_assets.app.cli import data as cli
 
     def broken(args):
         return {}["model_hash"]  # a bug, not the user's input

@@ -24,17 +24,18 @@ def test_proxy_model_defaults_to_the_selection_model_and_is_pinned(home, monkeyp
 
 
 def test_cli_takes_a_proxy_model_for_score_and_select(home, monkeypatch):
-    from dsel_assets.app.cli import _definitions, parser
+    from dsel_assets.app.cli import parser
+    from dsel_assets.app.cli.common import definitions_for
 
     monkeypatch.delenv("DSEL_PROXY_MODEL", raising=False)
     args = parser().parse_args(["score", "proxy_loss", "--model", "tiny", "--proxy-model", "smollm2"])
     assert args.proxy_model == "smollm2"
     select = parser().parse_args(["select", "--method", "superfiltering", "--budget", "2", "--proxy-model", "tiny"])
     assert select.proxy_model == "tiny"
-    assert _definitions(home, args).resources["proxy_model"].model == "smollm2"
+    assert definitions_for(home, args).resources["proxy_model"].model == "smollm2"
     typo = argparse.Namespace(model=None, proxy_model="smolm2")
     with pytest.raises(ValueError, match="smolm2"):
-        _definitions(home, typo)  # rejected before anything is pinned
+        definitions_for(home, typo)  # rejected before anything is pinned
     assert stored_settings(home)["proxy_model"] == "smollm2"
 
 
