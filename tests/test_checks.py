@@ -185,3 +185,42 @@ def test_checks_run_with_the_assets_and_a_failing_one_blocks_downstream(home, tm
     assert not bad.success
     materialized = [e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()]
     assert materialized == ["selection_random"]  # the report never read the bad selection
+
+
+def test_every_per_batch_representation_has_a_check_and_model_embeddings_and_greedy_scores_are_checked(home, tmp_path):
+    """The per-batch representation assets of the registry each carry a check (model embeddings and
+    greedy scores had none); both pass on what their assets wrote, and the embeddings' check fails
+    on a corrupted row that the asset, resuming, keeps."""
+    from dsel_assets.pipeline.assets.representations.embeddings import vector_table
+    from dsel_assets.pipeline.assets.representations.registry import per_batch_assets
+    from resources import build_resources
+
+    defs = build_definitions(home, model="tiny", device="cpu")
+    checked = {spec.asset_key.to_user_string() for check in build_checks() for spec in check.check_specs}
+    assert set(per_batch_assets()) <= checked and {"model_embeddings", "greedy_scores"} <= checked
+
+    instance = dg.DagsterInstance.ephemeral()
+    rows = [json.dumps({"question": f"What is {i} times 3?", "answer": f"{3 * i}"}) for i in range(4)]
+    with duckdb.connect(str(home.duckdb)) as conn:
+        manifest, _ = tables.register_batch(
+            conn, write_jsonl(tmp_path / "p.jsonl", rows), home.raw, source="p", task="math"
+        )
+    instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
+    batch_job = defs.resolve_job_def("batch_job")
+    keys = [dg.AssetKey(k) for k in ("pool_batch", "pool", "model_embeddings", "greedy_scores")]
+    result = batch_job.execute_in_process(instance=instance, partition_key=manifest.batch, asset_selection=keys)
+    evaluations = {e.asset_key.to_user_string(): e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {"model_embeddings": True, "greedy_scores": True}
+
+    resources = build_resources(home, model="tiny", device="cpu")
+    dataset = resources["model_embedding_settings"].dataset(resources["selection_model"].identity()["model_hash"])
+    lance = resources["lance"]
+    stored = lance.read(dataset, ["pool_id", "vector"], equal={"batch": manifest.batch})
+    first = stored.column("pool_id").to_pylist()[0]
+    width = len(stored.column("vector")[0])
+    lance.upsert(dataset, vector_table([first], manifest.batch, np.full((1, width), np.nan), "tiny"), ["pool_id"])
+    again = batch_job.execute_in_process(
+        instance=instance, partition_key=manifest.batch, asset_selection=keys[:3], raise_on_error=False
+    )
+    (evaluation,) = again.get_asset_check_evaluations()
+    assert not evaluation.passed and f"1 rows with NaN or inf (e.g. {first})" in evaluation.description

@@ -24,18 +24,27 @@ from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.pipeline.assets.ingest.pool import pool_batches
 from dsel_assets.pipeline.assets.reporting.evaluation import BASE, eval_assets
 from dsel_assets.pipeline.assets.representations.embeddings import (
+    MODEL_EMBEDDINGS,
     SENTENCE_EMBEDDINGS,
+    model_embeddings,
     sentence_embeddings,
     vector_matrix,
 )
 from dsel_assets.pipeline.assets.representations.gradients import latest_warmup_manifest, pool_grad_features
-from dsel_assets.pipeline.assets.representations.scores import loss_scores, proxy_loss_scores, score_tables
+from dsel_assets.pipeline.assets.representations.registry import UNCERTAINTY_COLUMNS, per_batch_assets
+from dsel_assets.pipeline.assets.representations.scores import (
+    greedy_scores,
+    loss_scores,
+    proxy_loss_scores,
+    score_tables,
+)
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.assets.training.finetune import FULL_POOL
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.store import queries, schema, tables
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
+from resources.models import ModelEmbeddingSettings, SelectionModel
 from resources.store import StateStore
 
 #: float16 storage keeps a unit vector's norm within about 1e-3; 1e-2 leaves room for rounding.
@@ -219,6 +228,31 @@ def sentence_embeddings_check(
 
 
 @_partitioned_check(
+    asset=model_embeddings,
+    name="one_vector_per_example",
+    description="One finite embedding per pool example of the batch in the dataset of the current model "
+    "and pooling, none for other ids.",
+)
+def model_embeddings_check(
+    context: dg.AssetCheckExecutionContext,
+    store: StateStore,
+    lance: LanceStore,
+    selection_model: SelectionModel,
+    model_embedding_settings: ModelEmbeddingSettings,
+) -> dg.AssetCheckResult:
+    batch = context.partition_key
+    with store.get_connection() as conn:
+        expected = _batch_ids(conn, batch, pool_only=True)
+    dataset = model_embedding_settings.dataset(selection_model.identity()["model_hash"])
+    if not lance.exists(dataset):
+        return _result([] if not expected else [f"no Lance dataset {dataset}"], rows=0)
+    table = lance.read(dataset, ["pool_id", "vector"], equal={"batch": batch})
+    matrix = vector_matrix(table.column("vector")) if table.num_rows else np.empty((0, 0))
+    ids = table.column("pool_id").to_pylist()
+    return _result(vector_problems(expected, ids, matrix, unit_norm=False), rows=len(ids), dataset=dataset)
+
+
+@_partitioned_check(
     asset=pool_grad_features,
     name="one_unit_feature_per_example",
     description="Per checkpoint of the latest warmup: one finite, unit-norm gradient feature per pool "
@@ -343,16 +377,30 @@ def build_eval_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     return _check
 
 
+#: What a score row must hold (finite unless its reason says why not).
 SCORE_COLUMNS = ["loss_conditioned", "loss_unconditioned", "ifd_loss_ratio"]
 
 
+#: The check of each per-batch representation asset, by asset name: every asset the registry
+#: declares per batch needs one here (the code location refuses to build without it).
+BATCH_CHECKS: dict[str, Callable[[], dg.AssetChecksDefinition]] = {
+    SENTENCE_EMBEDDINGS: lambda: sentence_embeddings_check,
+    MODEL_EMBEDDINGS: lambda: model_embeddings_check,
+    "pool_grad_features": lambda: pool_grad_features_check,
+    "loss_scores": lambda: build_score_check(loss_scores, SCORE_COLUMNS),
+    "proxy_loss_scores": lambda: build_score_check(proxy_loss_scores, SCORE_COLUMNS),
+    "greedy_scores": lambda: build_score_check(greedy_scores, list(UNCERTAINTY_COLUMNS)),
+}
+
+
 def build_checks() -> list[dg.AssetChecksDefinition]:
-    """Every asset check of the code location."""
+    """Every asset check of the code location: one per selection and eval asset, and one per
+    representation asset the registry declares per batch."""
+    unchecked = sorted(set(per_batch_assets()) - set(BATCH_CHECKS))
+    if unchecked:
+        raise RuntimeError(f"checks: per-batch representation assets without a check: {unchecked} (see BATCH_CHECKS)")
     return [
         *(build_selection_check(asset) for asset in selection_assets),
-        sentence_embeddings_check,
-        pool_grad_features_check,
-        build_score_check(loss_scores, SCORE_COLUMNS),
-        build_score_check(proxy_loss_scores, SCORE_COLUMNS),
+        *(BATCH_CHECKS[asset]() for asset in per_batch_assets()),
         *(build_eval_check(asset) for asset in eval_assets),
     ]
