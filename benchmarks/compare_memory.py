@@ -6,7 +6,7 @@ Data (from ../shared/data, never copied into the repository): the pool is a seed
 Alpaca-GPT4 and GSM8K-train rows, the math target's query and eval rows come from GSM8K-test.
 
 Usage: python benchmarks/compare_memory.py [--pool-size 1000] [--methods random less ...]
-       [--model smollm2] [--grad-dim 8192] [--max-batch-tokens N] [--gradient-checkpointing]
+       [--model smollm2] [--grad-dim 8192] [--max-batch-tokens N] [--no-gradient-checkpointing]
        [--home DIR]
 Prints the machine's load, the per-step table (largest peak first) and the run's peak RSS.
 Exits 0 with a message when ../shared/data is absent.
@@ -83,7 +83,7 @@ def main() -> int:
     parser.add_argument("--grad-dim", type=int, default=8192, help="gradient feature dimension (dsel's default)")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="dsel compare --max-batch-tokens")
     parser.add_argument(
-        "--gradient-checkpointing", action="store_true", help="dsel compare --gradient-checkpointing (training)"
+        "--no-gradient-checkpointing", action="store_true", help="dsel compare --no-gradient-checkpointing"
     )
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -109,8 +109,8 @@ def main() -> int:
     command += ["--selection-seeds", "1", "--random-seeds", "2", "--eval-per-task", "40", "--epochs", "1"]
     if args.max_batch_tokens:
         command += ["--max-batch-tokens", str(args.max_batch_tokens)]
-    if args.gradient_checkpointing:
-        command += ["--gradient-checkpointing"]
+    if args.no_gradient_checkpointing:
+        command += ["--no-gradient-checkpointing"]
     code = dsel(command + ["--grad-dim", str(args.grad_dim), "--yes"])
     sampler.done.set()
     sampler.join()

@@ -34,7 +34,9 @@ class GradientSettings(dg.ConfigurableResource):
     projection_seed: int = Field(default=0, description="Seed of the projection matrix")
     max_length: int = Field(default=512, description="Tokens per example (right-truncated)")
     batch_size: int = Field(default=8, description="Examples per backward pass")
-    max_batch_tokens: int = Field(default=1024, description="Padded tokens per backward pass")
+    max_batch_tokens: int = Field(
+        default=512, description="Padded tokens per backward pass (1,024: 0.5 GB more memory, ~15% faster on CPU)"
+    )
     chunk: int = Field(default=128, description="Examples per projection call and per Lance write")
     textbook_adam: bool = Field(default=False, description="sqrt(v)+eps instead of LESS's sqrt(v+eps)")
     compute_dtype: str = Field(

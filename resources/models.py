@@ -42,7 +42,9 @@ class SelectionModel(dg.ConfigurableResource):
     load_in: str = Field(default="none", description="none | 4bit | 8bit (bitsandbytes, CUDA only)")
     attention: str = Field(default="sdpa", description="sdpa | eager | flash_attention_2 (CUDA, flash-attn)")
     gradient_checkpointing: bool = Field(
-        default=False, description="Recompute activations in the backward pass when training (warmup, fine-tuning)"
+        default=True,
+        description="Recompute activations in the backward pass when training (warmup, fine-tuning): "
+        "0.8 GB less host memory for SmolLM2-135M at 512 tokens, ~20% more training time",
     )
     max_batch_tokens: int | None = Field(
         default=None, description="Padded tokens per batch in every model pass (unset: examples per batch only)"

@@ -54,7 +54,7 @@ RUNTIME_ENVIRONMENT = {
 
 def runtime_options(explicit: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> dict[str, Any]:
     """The runtime options given (flags first, then ``DSEL_ATTENTION`` / ``DSEL_MAX_BATCH_TOKENS``
-    / ``DSEL_GRADIENT_CHECKPOINTING=1``); options given nowhere are left out (resource defaults)."""
+    / ``DSEL_GRADIENT_CHECKPOINTING=0|1``); options given nowhere are left out (resource defaults)."""
     environ = os.environ if environ is None else environ
     chosen = {k: v for k, v in (explicit or {}).items() if v is not None}
     for name, variable in RUNTIME_ENVIRONMENT.items():

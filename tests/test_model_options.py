@@ -241,6 +241,13 @@ def test_dtype_and_quantisation_are_pinned_and_runtime_options_are_not(home, mon
 
     capped = build_resources(home, model="tiny", model_options=runtime_options())
     assert capped["selection_model"].max_batch_tokens == capped["grad_settings"].max_batch_tokens == 2048
+    monkeypatch.delenv("DSEL_GRADIENT_CHECKPOINTING")
+    assert build_resources(home, model="tiny")["selection_model"].gradient_checkpointing  # on by default
+    off = runtime_options({"gradient_checkpointing": False})  # --no-gradient-checkpointing
+    assert not build_resources(home, model="tiny", model_options=off)["selection_model"].gradient_checkpointing
+    from dsel_assets.app.cli import parser
+
+    assert parser().parse_args(["grads", "--no-gradient-checkpointing"]).gradient_checkpointing is False
     monkeypatch.setenv("DSEL_MAX_BATCH_TOKENS", "lots")
     with pytest.raises(ValueError, match="DSEL_MAX_BATCH_TOKENS: 'lots'"):
         runtime_options()

@@ -253,7 +253,8 @@ def model_options(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--gradient-checkpointing",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="recompute activations when training (warmup, fine-tuning): less memory, ~30%% more time",
+        help="recompute activations when training (warmup, fine-tuning): less memory, ~20%% more time "
+        "($DSEL_GRADIENT_CHECKPOINTING=0|1; default: on)",
     )
