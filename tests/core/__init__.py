@@ -1,0 +1,1 @@
+"""Tests of dsel_assets.core: pure functions against hand computations and references."""

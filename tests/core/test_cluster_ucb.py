@@ -1,0 +1,197 @@
+"""ClusterUCB: the draw count of the spec, rewards computed only for drawn examples, the UCB
+rule replayed from the scorer's call log, cosine clustering against brute force, and the
+on-demand LESS scorer on the tiny model against the full-pool LESS scores."""
+
+import json
+
+import duckdb
+import numpy as np
+import pytest
+
+from dsel_assets.core.clustering import spherical_kmeans
+from dsel_assets.core.select import build_config, get
+from dsel_assets.core.select.cluster_ucb import ClusterUcbConfig, cluster_ucb_draws
+
+from ..helpers import pool_ids
+
+
+def directions(n_dirs=10, per=30, seed=0):
+    """``per`` points around each of ``n_dirs`` orthogonal directions, with norms from 0.1 to
+    10: clusters by angle are obvious, clusters by Euclidean distance are not."""
+    rng = np.random.default_rng(seed)
+    base = np.eye(16)[np.repeat(np.arange(n_dirs), per)]
+    x = (base + 0.05 * rng.normal(size=base.shape)) * rng.uniform(0.1, 10, (len(base), 1))
+    return x.astype(np.float32), np.repeat(np.arange(n_dirs), per)
+
+
+class CountingScorer:
+    """Rewards from a fixed table; records every call so a test can see what was scored."""
+
+    def __init__(self, scores):
+        self.scores = scores
+        self.calls = []
+
+    def __call__(self, chosen, task):
+        assert task == "t"
+        self.calls.append(list(chosen))
+        return self.scores[[int(i[1:]) for i in chosen]]
+
+    @property
+    def scored(self):
+        return [i for call in self.calls for i in call]
+
+
+def test_draws_are_the_cold_start_plus_int_n_times_budget_minus_cold_start():
+    x, direction = directions()
+    rewards = np.random.default_rng(1).uniform(-1, 1, 300)
+    scorer = CountingScorer(rewards)
+    config = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "budget_frac": "0.2", "cold_start": "0.05"})
+    sel = get("cluster_ucb").select(pool_ids(300), 15, config, pool_gradients=x, less_scorer=scorer)
+    # by hand: 10 clusters of 30, cold start max(int(30 * 0.05), 1) = 1 each -> 10 draws, in one
+    # call, one per direction; then int(300 * (0.2 - 0.05)) = 45 bandit draws: 55 (not 60)
+    assert len(scorer.calls[0]) == 10
+    assert sorted(direction[int(i[1:])] for i in scorer.calls[0]) == list(range(10))
+    assert len(scorer.scored) == len(set(scorer.scored)) == 55
+    assert sel.diagnostics["rewards_computed"] == 55 and sel.diagnostics["scored_fraction"] == pytest.approx(55 / 300)
+    assert sel.diagnostics["cold_start_draws"] == 10 and sel.diagnostics["bandit_draws"] == 45
+    # the selection: the top 15 by reward among the 55 scored ids, and nothing else was scored
+    drawn = np.array([int(i[1:]) for i in scorer.scored])
+    top = drawn[np.argsort(-rewards[drawn], kind="stable")[:15]]
+    assert sel.ids == [f"p{i:03d}" for i in top]
+    np.testing.assert_allclose(sel.scores, rewards[top])
+    batched = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "draw_batch": "4"})
+    scorer = CountingScorer(rewards)
+    get("cluster_ucb").select(pool_ids(300), 15, batched, pool_gradients=x, less_scorer=scorer)
+    sizes = [len(c) for c in scorer.calls[1:]]  # 45 draws in batches of at most 4 (less when an arm runs out)
+    assert sum(sizes) == 45 and max(sizes) == 4 and len(sizes) < 20
+
+
+def test_every_bandit_draw_goes_to_the_arm_the_ucb_rule_names():
+    """Replay the spec from the call log: mean + beta * population std per arm, an arm whose
+    members are all drawn is out; the drawn id must come from the argmax arm."""
+    x, direction = directions()
+    rng = np.random.default_rng(2)
+    rewards = rng.normal(0, 0.3, 300) + rng.uniform(-0.5, 0.5, 10)[direction]  # arms differ in mean
+    scorer = CountingScorer(rewards)
+    config = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "budget_frac": "0.5", "beta": "1"})
+    get("cluster_ucb").select(pool_ids(300), 15, config, pool_gradients=x, less_scorer=scorer)
+    seen = {arm: [] for arm in range(10)}
+    for i in scorer.calls[0]:
+        seen[direction[int(i[1:])]].append(rewards[int(i[1:])])
+    for (i,) in scorer.calls[1:]:
+        ucb = [
+            np.mean(v) + np.sqrt(np.mean((np.array(v) - np.mean(v)) ** 2)) if len(v) < 30 else -np.inf
+            for v in seen.values()
+        ]
+        assert direction[int(i[1:])] == int(np.argmax(ucb))
+        seen[direction[int(i[1:])]].append(rewards[int(i[1:])])
+    assert len(scorer.calls) - 1 == int(300 * (0.5 - 0.05))
+
+
+def test_full_budget_without_cold_start_is_less_top_k():
+    x, _ = directions(seed=3)
+    less = {"t": np.random.default_rng(3).uniform(-1, 1, 300)}
+    config = build_config("cluster_ucb", {"task": "t", "budget_frac": "1", "cold_start": "0", "n_clusters": "10"})
+    full = get("cluster_ucb").select(pool_ids(300), 15, config, pool_gradients=x, less_scorer=CountingScorer(less["t"]))
+    top = get("less").select(pool_ids(300), 15, build_config("less", {"task": "t"}), less_scores=less)
+    assert full.ids == top.ids and full.diagnostics["scored_fraction"] == 1.0
+
+
+def test_an_exhausted_arm_is_never_drawn_again():
+    # arm 0: two great examples, arm 1: forty poor ones. Once arm 0 is exhausted it gets -inf;
+    # the reference's 0 would still beat arm 1's UCB of -0.5 and draw past its end.
+    assignment = np.array([0, 0] + [1] * 40)
+    rewards = np.array([0.9, 0.8] + [-0.5] * 40)
+    config = ClusterUcbConfig(budget_frac=0.9, cold_start=0.01, beta=0.0)
+    asked = []
+
+    def reward(rows):
+        assert len(rows) and not set(rows.tolist()) & set(asked)  # every call draws new examples
+        asked.extend(rows.tolist())
+        return rewards[rows]
+
+    draws = cluster_ucb_draws(assignment, reward, config)
+    # cold start: one per arm; then int(42 * 0.89) = 37 draws: arm 0's last member, then arm 1
+    assert draws.cold_start == 2 and draws.pulls == [0] + [1] * 36 and len(draws.rewards) == 39
+
+
+def test_spherical_kmeans_assigns_by_cosine_like_brute_force():
+    x, direction = directions(n_dirs=4, per=25, seed=4)
+    centroids, assignment = spherical_kmeans(x, 4, seed=0)
+    for i, v in enumerate(x.astype(np.float64)):  # brute force: cosine of each point with each centroid
+        cosines = [v @ c / (np.linalg.norm(v) * np.linalg.norm(c)) for c in centroids.astype(np.float64)]
+        assert assignment[i] == int(np.argmax(cosines))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for c in range(4):  # a centroid is the mean direction of its members
+        mean = unit[assignment == c].sum(axis=0)
+        np.testing.assert_allclose(centroids[c], mean / np.linalg.norm(mean), atol=1e-5)
+    # clusters are the four directions, whatever the norms (Euclidean k-means splits by norm)
+    assert all(len(set(direction[assignment == c])) == 1 for c in range(4))
+    from dsel_assets.core.clustering import kmeans
+
+    _, euclidean = kmeans(x, 4, 0)
+    assert any(len(set(direction[euclidean == c])) > 1 for c in range(4))
+
+
+def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, tmp_path):
+    """Asset level: warmup, pool and query gradient features and the influence asset on the
+    tiny model give the full-pool LESS scores; the scorer the cluster_ucb asset loads must
+    reproduce them for the ids it is asked about, computing gradients for those ids only."""
+    from dsel_assets.app.cli import main
+    from dsel_assets.core.data.synthetic import generate
+    from dsel_assets.pipeline.assets.selection.selections import load_representation
+    from resources import build_resources
+
+    paths = generate(seed=3, per_capability=4).write(tmp_path / "data")
+    assert main(["ingest", str(paths["queries"]), "--split", "query", "--task", "auto", "--model", "tiny"]) == 0
+    assert main(["ingest", str(paths["pool"]), "--task", "auto", "--model", "tiny"]) == 0
+    tiny = ["--model", "tiny", "--grad-dim", "64", "--budget", "5", "--target", "arithmetic"]
+    assert main(["select", "--method", "less", *tiny]) == 0  # the full-pool LESS scores (influence)
+    params = ["--param", "n_clusters=3", "--param", "budget_frac=0.5"]
+    assert main(["select", "--method", "cluster_ucb", *tiny, *params]) == 0
+    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        pool_ids = [
+            r[0] for r in conn.execute("SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY 1").fetchall()
+        ]
+        less = {(p, t): s for p, t, s in conn.execute("SELECT pool_id, task, score FROM less_scores").fetchall()}
+        picked = conn.execute("SELECT pool_id, score, diagnostics FROM selections WHERE method = 'cluster_ucb'")
+        picked = picked.fetchall()
+    n = len(pool_ids)
+    diagnostics = json.loads(picked[0][2])
+    drawn = diagnostics["cold_start_draws"] + int(n * (0.5 - 0.05))
+    assert diagnostics["rewards_computed"] == drawn < n and diagnostics["scored_fraction"] == pytest.approx(drawn / n)
+    assert len(picked) == 5
+    for pid, score, _ in picked:  # the asset's rewards are the LESS scores of the picked ids
+        assert score == pytest.approx(less[(pid, "arithmetic")], abs=2e-3)
+
+    resources = build_resources(home, model="tiny", device="cpu", grad_dim=64)
+
+    def load_scorer():
+        return load_representation(
+            "less_scorer",
+            resources["lance"],
+            resources["store"],
+            pool_ids,
+            resources["grad_settings"],
+            resources["selection_model"],
+        )
+
+    scorer, ref = load_scorer()
+    asked = pool_ids[::3]
+    stored, scorer.stored = scorer.stored, None  # first compute the gradients of the asked rows
+    for task in sorted({t for _, t in less}):
+        expected = np.array([less[(p, task)] for p in asked])
+        np.testing.assert_allclose(scorer(asked, task), expected, atol=2e-3)  # float16 features on both sides
+    assert scorer.examples_computed == len(asked) < n  # computed once for every task, only the asked rows
+    scorer(asked[:2], "arithmetic")
+    assert scorer.examples_computed == len(asked)  # answered from the score cache
+    # the pool features the less selection stored are read back instead: same scores, no backward
+    reading, _ = load_scorer()
+    assert stored is not None and reading.stored is not None
+    for task in sorted({t for _, t in less}):
+        expected = np.array([less[(p, task)] for p in asked])
+        np.testing.assert_allclose(reading(asked, task), expected, atol=2e-3)
+    assert (reading.examples_read, reading.examples_computed) == (len(asked), 0)
+    assert ref.name == "less_scorer"
+    with pytest.raises(ValueError, match="task: 'nope' is not one of"):
+        scorer(asked, "nope")

@@ -1,0 +1,1 @@
+"""Tests of the Dagster pipeline: assets, checks, sensors, freshness, the registry."""
