@@ -57,6 +57,18 @@ class Sampler(threading.Thread):
         return after[0] if after else float("nan")
 
 
+def as_messages(record: dict) -> dict:
+    """An Alpaca (instruction / input / output) or GSM8K (question / answer) record as one chat
+    turn: one pool file of one layout, so every row is accepted (a file mixing both layouts
+    quarantines the half that does not match the detected one)."""
+    if "question" in record:
+        prompt, response = record["question"], record["answer"]
+    else:
+        prompt = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+        response = record["output"]
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
+
+
 def write_data(folder: Path, pool_size: int, seed: int) -> dict[str, Path]:
     rng = random.Random(seed)
     alpaca = json.loads((SHARED / "pool" / "alpaca_gpt4_9k.json").read_text(encoding="utf-8"))
@@ -66,8 +78,8 @@ def write_data(folder: Path, pool_size: int, seed: int) -> dict[str, Path]:
     rng.shuffle(pool)
     held = rng.sample(gsm_test, 48)
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"pool": folder / "pool.json", "query": folder / "query.jsonl", "eval": folder / "eval.jsonl"}
-    files["pool"].write_text(json.dumps(pool), encoding="utf-8")
+    files = {"pool": folder / "pool.jsonl", "query": folder / "query.jsonl", "eval": folder / "eval.jsonl"}
+    files["pool"].write_text("".join(json.dumps(as_messages(r)) + "\n" for r in pool), encoding="utf-8")
     files["query"].write_text("".join(json.dumps(r) + "\n" for r in held[:8]), encoding="utf-8")
     files["eval"].write_text("".join(json.dumps(r) + "\n" for r in held[8:]), encoding="utf-8")
     return files
