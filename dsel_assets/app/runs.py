@@ -240,15 +240,13 @@ def run_batches(
     new = [b for b in batches if not instance.has_dynamic_partition(pool_batches.name, b)]
     if new:
         instance.add_dynamic_partitions(pool_batches.name, new)
+    timed = step_seconds is not None
     if _side_by_side_wanted(build, len(batches)):
         runs = [(batch, job_name, run_config, asset_selection) for batch in batches]
-        outcomes = _side_by_side(build, instance, runs, output.progress, timed=step_seconds is not None)
+        outcomes = _side_by_side(build, instance, runs, output.progress, timed)
     else:
         job = defs.resolve_job_def(job_name)
-        outcomes = (
-            _run_batch_with(job, instance, b, run_config, asset_selection, timed=step_seconds is not None)
-            for b in batches
-        )
+        outcomes = (_run_batch_with(job, instance, b, run_config, asset_selection, timed) for b in batches)
     failed = []
     for batch, failure, seconds in outcomes:  # sequential: each batch reported as it ends
         for step, spent in seconds.items():

@@ -134,6 +134,21 @@ def vector_problems(
     return problems
 
 
+def stored_vector_problems(
+    lance: LanceStore,
+    dataset: str,
+    where: dict[str, object],
+    expected_ids: Iterable[str],
+    unit_norm: bool,
+    allowed_missing: int = 0,
+) -> tuple[list[str], int]:
+    """:func:`vector_problems` of the rows of Lance ``dataset`` matching ``where``, and their count."""
+    table = lance.read(dataset, ["pool_id", "vector"], equal=where)
+    matrix = vector_matrix(table.column("vector")) if table.num_rows else np.empty((0, 0))
+    ids = table.column("pool_id").to_pylist()
+    return vector_problems(expected_ids, ids, matrix, unit_norm, allowed_missing), len(ids)
+
+
 def score_problems(expected_ids: Iterable[str], rows: pl.DataFrame, columns: list[str]) -> list[str]:
     """A per-example score table: one row per expected id, and finite ``columns`` wherever no
     reason explains an undefined value."""
@@ -221,10 +236,8 @@ def sentence_embeddings_check(
         expected = _batch_ids(conn, batch, pool_only=False)
     if not lance.exists(SENTENCE_EMBEDDINGS):
         return _result([] if not expected else ["no Lance dataset"], rows=0)
-    table = lance.read(SENTENCE_EMBEDDINGS, ["pool_id", "vector"], equal={"batch": batch})
-    matrix = vector_matrix(table.column("vector")) if table.num_rows else np.empty((0, 0))
-    ids = table.column("pool_id").to_pylist()
-    return _result(vector_problems(expected, ids, matrix, unit_norm=True), rows=len(ids))
+    problems, rows = stored_vector_problems(lance, SENTENCE_EMBEDDINGS, {"batch": batch}, expected, unit_norm=True)
+    return _result(problems, rows=rows)
 
 
 @_partitioned_check(
@@ -246,10 +259,8 @@ def model_embeddings_check(
     dataset = model_embedding_settings.dataset(selection_model.identity()["model_hash"])
     if not lance.exists(dataset):
         return _result([] if not expected else [f"no Lance dataset {dataset}"], rows=0)
-    table = lance.read(dataset, ["pool_id", "vector"], equal={"batch": batch})
-    matrix = vector_matrix(table.column("vector")) if table.num_rows else np.empty((0, 0))
-    ids = table.column("pool_id").to_pylist()
-    return _result(vector_problems(expected, ids, matrix, unit_norm=False), rows=len(ids), dataset=dataset)
+    problems, rows = stored_vector_problems(lance, dataset, {"batch": batch}, expected, unit_norm=False)
+    return _result(problems, rows=rows, dataset=dataset)
 
 
 @_partitioned_check(
@@ -275,13 +286,10 @@ def pool_grad_features_check(
     dataset = f"pool_grad_features_{grad_settings.suffix()}"
     problems, rows = [], []
     for point in warmup_manifest["checkpoints"]:
-        table = lance.read(
-            dataset, ["pool_id", "vector"], equal={"batch": batch, "warmup": warmup, "checkpoint": point["epoch"]}
-        )
-        matrix = vector_matrix(table.column("vector")) if table.num_rows else np.empty((0, 0))
-        found = vector_problems(expected, table.column("pool_id").to_pylist(), matrix, True, allowed_missing=excluded)
+        where = {"batch": batch, "warmup": warmup, "checkpoint": point["epoch"]}
+        found, count = stored_vector_problems(lance, dataset, where, expected, True, allowed_missing=excluded)
         problems += [f"checkpoint {point['epoch']}: {p}" for p in found]
-        rows.append((point["epoch"], table.num_rows))
+        rows.append((point["epoch"], count))
     return _result(problems, warmup=warmup, rows=dg.MetadataValue.md(markdown_table(["checkpoint", "rows"], rows)))
 
 
