@@ -113,7 +113,7 @@ def prepare(cache: Path, sizes: list[int]) -> None:
 def read_matrix(path: str, dtype=np.float32) -> np.ndarray:
     import lance
 
-    from dsel_assets.pipeline.assets.representations.embeddings import fill_rows
+    from dsel_assets.pipeline.stored import fill_rows
 
     table = lance.dataset(path).to_table(columns=["vector"])
     column = table.column("vector")
@@ -129,8 +129,7 @@ def measure_influence(cache: Path, n: int) -> dict:
     import lance
 
     from dsel_assets.core.influence import aggregate_less_scores, influence_matrix
-    from dsel_assets.pipeline.assets.representations.embeddings import vector_matrix
-    from dsel_assets.pipeline.assets.representations.similarity import matrix_table
+    from dsel_assets.pipeline.stored import matrix_table, vector_matrix
 
     queries = read_matrix(dataset(cache, "query_grad"))
     ids = [str(i) for i in range(n)]
@@ -154,7 +153,7 @@ def representations(cache: Path, n: int, needs: tuple[str, ...], cap_bytes: int)
     from dsel_assets.core.influence import aggregate_less_scores
     from dsel_assets.core.select.mig import Labels
     from dsel_assets.core.select.targeted import Influence
-    from dsel_assets.pipeline.assets.representations.registry import UNCERTAINTY_COLUMNS
+    from dsel_assets.pipeline.registry import UNCERTAINTY_COLUMNS
 
     rng = np.random.default_rng(7)
     out: dict = {}
@@ -166,7 +165,7 @@ def representations(cache: Path, n: int, needs: tuple[str, ...], cap_bytes: int)
             if influence is None:
                 import lance
 
-                from dsel_assets.pipeline.assets.representations.embeddings import vector_matrix
+                from dsel_assets.pipeline.stored import vector_matrix
 
                 table = lance.dataset(dataset(cache, f"influence_{n}")).to_table(columns=["scores"])
                 influence = Influence(vector_matrix(table.column("scores")).astype(np.float32), tuple(query_tasks()))

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dsel_assets.pipeline.assets.ingest.pool import POOL, pool_batch, pool_batches
-from dsel_assets.pipeline.assets.reporting.evaluation import EVALUATION
-from dsel_assets.pipeline.assets.reporting.reports import REPORTS
-from dsel_assets.pipeline.assets.representations.embeddings import REPRESENTATIONS
-from dsel_assets.pipeline.assets.representations.gradients import MODELS
-from dsel_assets.pipeline.assets.representations.registry import per_batch_assets
-from dsel_assets.pipeline.assets.selection.selections import SELECTIONS
+from dsel_assets.pipeline.assets.ingest.pool import pool_batch
+from dsel_assets.pipeline.names import EVALUATION, MODELS, POOL, REPORTS, REPRESENTATIONS, SELECTIONS, pool_batches
+from dsel_assets.pipeline.registry import per_batch_assets
 
 #: Everything for one batch and the curation over the grown pool: ingestion -> warmup ->
 #: representations (sentence embeddings, gradient features, influence) -> every selection at
@@ -27,7 +23,7 @@ default_job = dg.define_asset_job(
 )
 
 #: What is computed per pool batch: the batch itself and the representations declared per batch
-#: (dsel_assets.pipeline.assets.representations.registry).
+#: (dsel_assets.pipeline.registry).
 PER_BATCH = dg.AssetSelection.assets(pool_batch, *per_batch_assets())
 
 #: One batch without re-curation: validate it, compute its per-example representations,

@@ -48,7 +48,8 @@ def synthetic_pool_instance(home, resources, seed: int = 3, per_capability: int 
     import duckdb
 
     from dsel_assets.core.data.synthetic import generate
-    from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
+    from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
+    from dsel_assets.pipeline.names import pool_batches
     from dsel_assets.store import tables
 
     paths = generate(seed=seed, per_capability=per_capability).write(home.root / "syn")

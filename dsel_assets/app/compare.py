@@ -22,22 +22,19 @@ from dsel_assets.core.select import Budget, build_config, get
 from dsel_assets.core.select.registry import has_seed
 from dsel_assets.core.select.targeted import LESS
 from dsel_assets.core.stats import MIN_GROUPS
-from dsel_assets.pipeline.assets.reporting.evaluation import BASE, EvalRunConfig, eval_asset_name, load_eval_set
+from dsel_assets.pipeline.assets.reporting.evaluation import EvalRunConfig, load_eval_set
 from dsel_assets.pipeline.assets.representations.gradients import WarmupRunConfig
-from dsel_assets.pipeline.assets.representations.registry import WARMUP
-from dsel_assets.pipeline.assets.selection.selections import (
-    SELECTIONS,
+from dsel_assets.pipeline.assets.selection.selections import seed_replicates, typed_params
+from dsel_assets.pipeline.catalog import (
     available,
     entry_key,
     parse_entry,
     randomness_sources,
-    seed_replicates,
-    selection_asset_name,
     selection_randomness,
-    typed_params,
     warmup_sampled,
 )
-from dsel_assets.pipeline.assets.training.finetune import finetuned_asset_name
+from dsel_assets.pipeline.names import BASE, SELECTIONS, eval_asset_name, finetuned_asset_name, selection_asset_name
+from dsel_assets.pipeline.registry import WARMUP
 from dsel_assets.store import queries
 
 METRICS = ("loss", "generation", "both")

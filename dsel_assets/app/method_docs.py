@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dsel_assets.core.select import methods
 from dsel_assets.core.select.registry import FAMILIES, MethodSpec
-from dsel_assets.pipeline.assets.selection.selections import randomness_summary
+from dsel_assets.pipeline.catalog import randomness_summary
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 DOCS = Path("docs/methods")

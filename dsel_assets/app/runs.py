@@ -16,8 +16,8 @@ import dagster as dg
 
 from dsel_assets.app import output
 from dsel_assets.core.memory import release_memory
-from dsel_assets.pipeline.assets.ingest.pool import pool_batches
 from dsel_assets.pipeline.liveness import process_tags, wait_for_slots, watch_slots
+from dsel_assets.pipeline.names import pool_batches
 from dsel_assets.pipeline.staleness import must_run, stale_resolver
 from resources.devices import device_slots, size_gpu_pool
 

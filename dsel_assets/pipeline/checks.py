@@ -21,26 +21,22 @@ import numpy as np
 import polars as pl
 
 from dsel_assets.core.data.schema import content_hashes
-from dsel_assets.pipeline.assets.ingest.pool import pool_batches
-from dsel_assets.pipeline.assets.reporting.evaluation import BASE, eval_assets
-from dsel_assets.pipeline.assets.representations.embeddings import (
+from dsel_assets.pipeline.assets.reporting.evaluation import eval_assets
+from dsel_assets.pipeline.assets.representations.embeddings import model_embeddings, sentence_embeddings
+from dsel_assets.pipeline.assets.representations.gradients import pool_grad_features
+from dsel_assets.pipeline.assets.representations.scores import greedy_scores, loss_scores, proxy_loss_scores
+from dsel_assets.pipeline.assets.selection.selections import selection_assets
+from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.names import (
+    BASE,
+    FULL_POOL,
     MODEL_EMBEDDINGS,
     SENTENCE_EMBEDDINGS,
-    model_embeddings,
-    sentence_embeddings,
-    vector_matrix,
-)
-from dsel_assets.pipeline.assets.representations.gradients import latest_warmup_manifest, pool_grad_features
-from dsel_assets.pipeline.assets.representations.registry import UNCERTAINTY_COLUMNS, per_batch_assets
-from dsel_assets.pipeline.assets.representations.scores import (
-    greedy_scores,
-    loss_scores,
-    proxy_loss_scores,
+    pool_batches,
     score_tables,
 )
-from dsel_assets.pipeline.assets.selection.selections import selection_assets
-from dsel_assets.pipeline.assets.training.finetune import FULL_POOL
-from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.registry import UNCERTAINTY_COLUMNS, per_batch_assets
+from dsel_assets.pipeline.stored import latest_warmup_manifest, vector_matrix
 from dsel_assets.store import queries, schema, tables
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore

@@ -8,18 +8,7 @@ from collections.abc import Collection
 
 import dagster as dg
 
-from dsel_assets.pipeline.assets.ingest import pool
-from dsel_assets.pipeline.assets.reporting import evaluation, exports, reports
-from dsel_assets.pipeline.assets.representations import (
-    embeddings,
-    gradients,
-    labels,
-    pre_experience,
-    scores,
-    similarity,
-)
-from dsel_assets.pipeline.assets.selection import selections
-from dsel_assets.pipeline.assets.training import finetune
+from dsel_assets.pipeline import assets as asset_package
 from dsel_assets.pipeline.checks import build_checks
 from dsel_assets.pipeline.deployment import executor_from_env
 from dsel_assets.pipeline.sensors import build_automation
@@ -87,22 +76,7 @@ def build_definitions(
         target_model=os.environ.get("DSEL_TARGET_MODEL"),
         model_options={"dtype": settings.dtype, "load_in": settings.load_in, **runtime_options(runtime)},
     ) | (resources or {})
-    assets = dg.load_assets_from_modules(
-        [
-            pool,
-            embeddings,
-            gradients,
-            scores,
-            pre_experience,
-            labels,
-            similarity,
-            selections,
-            finetune,
-            evaluation,
-            reports,
-            exports,
-        ]
-    )
+    assets = dg.load_assets_from_package_module(asset_package)  # every asset module of every domain
     return dg.Definitions(
         assets=with_settings(assets, resources),
         asset_checks=build_checks(),

@@ -24,12 +24,8 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilt
 
 from dsel_assets.core.data.catalog import labels_for
 from dsel_assets.pipeline.assets.ingest import inbox
-from dsel_assets.pipeline.assets.ingest.pool import POOL, pool_batches
-from dsel_assets.pipeline.assets.reporting.reports import REPORTS
-from dsel_assets.pipeline.assets.representations.embeddings import REPRESENTATIONS
-from dsel_assets.pipeline.assets.representations.gradients import MODELS
-from dsel_assets.pipeline.assets.selection.selections import SELECTIONS
 from dsel_assets.pipeline.liveness import reap_dead_runs
+from dsel_assets.pipeline.names import MODELS, POOL, REPORTS, REPRESENTATIONS, SELECTIONS, pool_batches
 from dsel_assets.pipeline.staleness import is_missing, is_stale, stale_resolver
 from dsel_assets.store import tables
 from jobs import EXPENSIVE, batch_job, curation_job

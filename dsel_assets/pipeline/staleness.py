@@ -9,7 +9,7 @@ import dagster as dg
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory, StaleStatus
 from dagster._core.loader import LoadingContext
 
-from dsel_assets.pipeline.assets.representations.gradients import MODELS
+from dsel_assets.pipeline.names import MODELS
 
 #: Causes that an asset's own rerun removes; DEPENDENCIES (a stale parent) clears once the parent reruns.
 OWN_CAUSES = {StaleCauseCategory.CODE, StaleCauseCategory.DATA}

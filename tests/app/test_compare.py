@@ -20,7 +20,8 @@ from dsel_assets.app.cli import main
 from dsel_assets.app.compare import ComparePlan, Progress, check_plan
 from dsel_assets.core.data.synthetic import generate
 from dsel_assets.pipeline.assets.reporting.evaluation import EvalRunConfig, load_eval_set
-from dsel_assets.pipeline.assets.selection.selections import entry_key, parse_entry, selection_assets
+from dsel_assets.pipeline.assets.selection.selections import selection_assets
+from dsel_assets.pipeline.catalog import entry_key, parse_entry
 from dsel_assets.pipeline.checks import pool_ids_by_version, selection_problems
 from dsel_assets.store.queries import frame
 

@@ -33,11 +33,12 @@ from dsel_assets.core.models.finetune import FinetuneConfig, finetune, load_fine
 from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import IGNORE, encode_conversation
-from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
+from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
 from dsel_assets.pipeline.assets.reporting.evaluation import eval_assets
 from dsel_assets.pipeline.assets.reporting.reports import comparison_report, selection_report
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.assets.training.finetune import finetuned_assets
+from dsel_assets.pipeline.names import pool_batches
 from dsel_assets.store import queries, tables
 
 from ..pipeline.test_assets import register

@@ -12,10 +12,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dsel_assets.core.select import methods
-from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
-from dsel_assets.pipeline.assets.selection.selections import available
+from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
 from dsel_assets.pipeline.assets.training.finetune import DEFAULT_FINETUNED
+from dsel_assets.pipeline.catalog import available
 from dsel_assets.pipeline.code_location import build_definitions
+from dsel_assets.pipeline.names import pool_batches
 from dsel_assets.store import tables
 
 from ..helpers import write_jsonl

@@ -9,7 +9,6 @@ import numpy as np
 import polars as pl
 
 from dsel_assets.core.data.validate import validate_file
-from dsel_assets.pipeline.assets.ingest.pool import pool_batches
 from dsel_assets.pipeline.assets.selection.selections import coverage
 from dsel_assets.pipeline.checks import (
     build_checks,
@@ -20,6 +19,7 @@ from dsel_assets.pipeline.checks import (
     vector_problems,
 )
 from dsel_assets.pipeline.code_location import build_definitions
+from dsel_assets.pipeline.names import pool_batches
 from dsel_assets.store import tables
 from resources.store import StateStore
 
@@ -191,8 +191,8 @@ def test_every_per_batch_representation_has_a_check_and_model_embeddings_and_gre
     """The per-batch representation assets of the registry each carry a check (model embeddings and
     greedy scores had none); both pass on what their assets wrote, and the embeddings' check fails
     on a corrupted row that the asset, resuming, keeps."""
-    from dsel_assets.pipeline.assets.representations.embeddings import vector_table
-    from dsel_assets.pipeline.assets.representations.registry import per_batch_assets
+    from dsel_assets.pipeline.registry import per_batch_assets
+    from dsel_assets.pipeline.stored import vector_table
     from resources import build_resources
 
     defs = build_definitions(home, model="tiny", device="cpu")

@@ -12,9 +12,9 @@ import pytest
 
 from dsel_assets.app.compare import ComparePlan
 from dsel_assets.core.select import build_config, get
-from dsel_assets.pipeline.assets.representations.registry import representation
 from dsel_assets.pipeline.assets.selection.selections import seed_replicates, selection_assets
 from dsel_assets.pipeline.checks import selection_problems
+from dsel_assets.pipeline.registry import representation
 from dsel_assets.store.queries import frame
 
 from ..helpers import synthetic_pool_instance

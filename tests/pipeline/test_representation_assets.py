@@ -6,17 +6,18 @@ import dagster as dg
 import duckdb
 import numpy as np
 
-from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
+from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
 from dsel_assets.pipeline.assets.representations.embeddings import model_embeddings
-from dsel_assets.pipeline.assets.representations.registry import UNCERTAINTY_COLUMNS
 from dsel_assets.pipeline.assets.representations.scores import (
-    GREEDY_MAX_NEW_TOKENS,
     golden_score,
     greedy_scores,
     learning_percentage,
     whisperer_score,
 )
 from dsel_assets.pipeline.assets.selection.selections import load_representation
+from dsel_assets.pipeline.names import pool_batches
+from dsel_assets.pipeline.registry import UNCERTAINTY_COLUMNS
+from dsel_assets.pipeline.scoring import GREEDY_MAX_NEW_TOKENS
 from dsel_assets.store import tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
@@ -202,7 +203,8 @@ def test_a_proxy_that_is_the_selection_model_copies_the_loss_rows_instead_of_sco
 ):
     """Same weights, template and scoring code: the proxy's rows are the selection model's rows
     (copied under the proxy's code version); nothing is computed twice."""
-    from dsel_assets.pipeline.assets.representations.scores import loss_scores, proxy_loss_scores, score_code_version
+    from dsel_assets.pipeline.assets.representations.scores import loss_scores, proxy_loss_scores
+    from dsel_assets.pipeline.scoring import score_code_version
 
     resources = {**local_resources, "proxy_model": local_resources["selection_model"]}
     batch, instance = ingest(home, tmp_path, resources, n=5)
@@ -227,8 +229,9 @@ def test_proxy_scores_come_from_the_proxy_and_alpaca_scores_keep_to_their_own_ta
     scores differ from the selection model's (nothing is copied across). Alpaca-template scores
     land in their own table, each row saying so, and the selections read that table only when asked."""
     from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
-    from dsel_assets.pipeline.assets.representations.scores import loss_scores, proxy_loss_scores, score_table
+    from dsel_assets.pipeline.assets.representations.scores import loss_scores, proxy_loss_scores
     from dsel_assets.pipeline.checks import SCORE_COLUMNS, build_score_check
+    from dsel_assets.pipeline.names import score_table
     from resources.models import SelectionModel
 
     tokenizer = load_tokenizer(resolve("tiny"))

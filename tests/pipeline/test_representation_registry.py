@@ -17,8 +17,9 @@ from dsel_assets.core.select import registry as method_registry
 from dsel_assets.core.select.random_sampling import RandomConfig
 from dsel_assets.core.select.registry import MethodSpec
 from dsel_assets.core.select.targeted import representation_needs, representations
-from dsel_assets.pipeline.assets.representations import registry
-from dsel_assets.pipeline.assets.representations.registry import (
+from dsel_assets.pipeline import registry
+from dsel_assets.pipeline.code_location import build_definitions
+from dsel_assets.pipeline.registry import (
     REPRESENTATION_SPECS,
     LoadContext,
     declare,
@@ -26,7 +27,6 @@ from dsel_assets.pipeline.assets.representations.registry import (
     representation,
     score_kinds,
 )
-from dsel_assets.pipeline.code_location import build_definitions
 from resources.gradient_settings import GradientSettings
 
 SELECT_PACKAGE = Path(method_registry.__file__).parent
@@ -146,7 +146,7 @@ PER_BATCH_BEFORE = [
 
 
 def test_jobs_select_the_assets_they_selected_before(asset_graph):
-    from dsel_assets.pipeline.assets.ingest.pool import POOL
+    from dsel_assets.pipeline.names import POOL
     from jobs import batch_job, curation_job
 
     assert sorted(per_batch_assets()) == sorted(PER_BATCH_BEFORE)
@@ -193,7 +193,7 @@ def test_only_templated_representations_load_under_the_methods_template(monkeypa
 def test_a_pool_gradient_matrix_that_memory_cannot_hold_is_refused_with_what_it_needs(monkeypatch):
     import psutil
 
-    from dsel_assets.pipeline.assets.representations.registry import fits_in_memory
+    from dsel_assets.pipeline.registry import fits_in_memory
 
     class Memory:
         available = 8 * 2**30
@@ -209,7 +209,7 @@ def test_fill_rows_writes_each_chunk_where_its_rows_go():
     does not have, -1, are skipped; pool rows without a vector keep NaN), float16 cast exactly."""
     import pyarrow as pa
 
-    from dsel_assets.pipeline.assets.representations.embeddings import fill_rows, vector_matrix
+    from dsel_assets.pipeline.stored import fill_rows, vector_matrix
 
     vectors = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float16)
     arrays = [pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), 3) for v in (vectors[:4], vectors[4:])]

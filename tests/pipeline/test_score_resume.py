@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from dsel_assets.pipeline.assets.representations.scores import CHUNK, score_resumably
+from dsel_assets.pipeline.scoring import CHUNK, score_resumably
 from dsel_assets.store import queries, schema
 from resources.store import StateStore
 

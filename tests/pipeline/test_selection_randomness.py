@@ -13,17 +13,17 @@ import pytest
 
 from dsel_assets.core.select import build_config, get
 from dsel_assets.pipeline.assets.reporting.evaluation import eval_assets
-from dsel_assets.pipeline.assets.representations.registry import REPRESENTATION_SPECS, WARMUP
-from dsel_assets.pipeline.assets.selection.selections import (
+from dsel_assets.pipeline.assets.selection.selections import selection_assets
+from dsel_assets.pipeline.assets.training.finetune import finetuned_assets
+from dsel_assets.pipeline.catalog import (
     randomness_by_key,
     randomness_summary,
-    selection_assets,
     selection_keys,
     selection_randomness,
     warmup_sampled,
 )
-from dsel_assets.pipeline.assets.training.finetune import finetuned_assets
 from dsel_assets.pipeline.code_location import build_definitions
+from dsel_assets.pipeline.registry import REPRESENTATION_SPECS, WARMUP
 from dsel_assets.store import tables
 
 #: Read in each method's module: a ``seed`` field it draws on, inputs from the warmup checkpoint

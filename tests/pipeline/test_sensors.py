@@ -12,8 +12,8 @@ import duckdb
 import pytest
 
 from dsel_assets.pipeline.assets.ingest import inbox
-from dsel_assets.pipeline.assets.ingest.pool import pool_batches
 from dsel_assets.pipeline.code_location import build_definitions
+from dsel_assets.pipeline.names import pool_batches
 from resources import InboxSettings, SentenceEmbedder, build_resources
 
 from ..helpers import qa_lines, write_jsonl

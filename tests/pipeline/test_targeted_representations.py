@@ -15,22 +15,17 @@ from dsel_assets.core.influence import less_task_scores
 from dsel_assets.core.models.templates import render_chat
 from dsel_assets.core.select import build_config, get, methods
 from dsel_assets.core.select.targeted import Influence, cosine_scores, representation_needs, representations
-from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
+from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
 from dsel_assets.pipeline.assets.reporting.reports import selection_report_frame
 from dsel_assets.pipeline.assets.representations.embeddings import model_embeddings, sentence_embeddings
-from dsel_assets.pipeline.assets.representations.similarity import (
-    EMBED_SIMILARITY,
-    RDS_SIMILARITY,
-    embed_similarity,
-    rds_similarity,
-)
+from dsel_assets.pipeline.assets.representations.similarity import embed_similarity, rds_similarity
 from dsel_assets.pipeline.assets.selection.selections import (
     build_selection_asset,
     load_representation,
-    selection_asset_name,
     selection_assets,
 )
 from dsel_assets.pipeline.checks import build_selection_check
+from dsel_assets.pipeline.names import EMBED_SIMILARITY, RDS_SIMILARITY, pool_batches, selection_asset_name
 from dsel_assets.store import queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings

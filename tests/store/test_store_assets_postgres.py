@@ -10,8 +10,9 @@ import dagster as dg
 import psycopg
 import pytest
 
-from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
+from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
+from dsel_assets.pipeline.names import pool_batches
 from dsel_assets.store import queries, tables
 from resources import build_resources
 from resources.home import DselHome

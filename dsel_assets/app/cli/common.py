@@ -218,7 +218,7 @@ DEVICE_HELP = "auto (default: CUDA when present, else CPU) | cpu | cuda | cuda:N
 def score_kinds_help() -> str:
     """``dsel score``'s kinds, each with the asset it computes where that is another name, and
     the representations of that asset where it serves others too."""
-    from dsel_assets.pipeline.assets.representations.registry import score_kinds, served_by
+    from dsel_assets.pipeline.registry import score_kinds, served_by
 
     labels = []
     for kind, spec in sorted(score_kinds().items()):

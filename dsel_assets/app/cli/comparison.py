@@ -30,7 +30,7 @@ def selection_run_config(budgets: list[str], target: str, in_job: set[str]) -> d
     import dataclasses
 
     from dsel_assets.core.select import methods
-    from dsel_assets.pipeline.assets.selection.selections import available
+    from dsel_assets.pipeline.catalog import available
 
     config = {}
     for name, spec in methods().items():

@@ -92,7 +92,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
-    from dsel_assets.pipeline.assets.ingest.pool import pool_batches
+    from dsel_assets.pipeline.names import pool_batches
     from dsel_assets.pipeline.staleness import describe, stale_resolver
     from dsel_assets.store import queries, tables
 

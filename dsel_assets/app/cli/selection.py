@@ -60,12 +60,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     from dsel_assets.app.runs import materialize_closure
     from dsel_assets.core.select import build_config, get
     from dsel_assets.pipeline.assets.representations.similarity import check_rds_pooling
-    from dsel_assets.pipeline.assets.selection.selections import (
-        available,
-        selection_asset_name,
-        selection_key,
-        typed_params,
-    )
+    from dsel_assets.pipeline.assets.selection.selections import typed_params
+    from dsel_assets.pipeline.catalog import available
+    from dsel_assets.pipeline.names import selection_asset_name, selection_key
     from dsel_assets.store import queries, tables
 
     spec = get(args.method)
@@ -101,7 +98,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from dagster import AssetKey, DagsterInstance
 
     from dsel_assets.app.runs import materialize_closure
-    from dsel_assets.pipeline.assets.representations.registry import score_kinds
+    from dsel_assets.pipeline.registry import score_kinds
 
     kind = score_kinds()[args.kind]
     asset = kind.asset
@@ -130,7 +127,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     """The registry; ``randomness``: where each selection's randomness comes from (seed, warmup,
     upstream, none: ``selections.selection_randomness``)."""
     from dsel_assets.core.select import methods
-    from dsel_assets.pipeline.assets.selection.selections import randomness_by_representation, randomness_summary
+    from dsel_assets.pipeline.catalog import randomness_by_representation, randomness_summary
 
     specs = methods().values()
     if args.json:
@@ -165,7 +162,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Add this group's subcommands through ``command(name, help=...)``."""
-    from dsel_assets.pipeline.assets.representations.registry import score_kinds
+    from dsel_assets.pipeline.registry import score_kinds
 
     grads = command("grads", help="compute pool gradient features (resumes where a previous run stopped)")
     grads.add_argument("--batch", action="append", help="pool batch (repeatable; default: every pool batch)")

@@ -7,15 +7,13 @@ import polars as pl
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.core.models.templates import token_counter
 from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.names import POOL, pool_batches
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.store import artifacts, queries, tables
 from resources.ingest import IngestLimits
 from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
-
-POOL = "pool"
-pool_batches = dg.DynamicPartitionsDefinition(name="pool_batches")
 
 
 @dg.asset(

@@ -19,9 +19,9 @@ from dsel_assets.core.evaluation import EvalConfig, EvalExample, balance, eval_s
 from dsel_assets.core.harness import check_tasks, harness_rows
 from dsel_assets.core.models.finetune import load_finetuned
 from dsel_assets.pipeline.assets._factory import model_asset
-from dsel_assets.pipeline.assets.ingest.pool import pool
-from dsel_assets.pipeline.assets.training.finetune import finetuned_assets, model_label
+from dsel_assets.pipeline.catalog import evaluated_keys
 from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.names import BASE, EVALUATION, POOL, eval_asset_name, finetuned_asset_name, model_label
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
@@ -29,9 +29,6 @@ from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
-
-EVALUATION = "evaluation"
-BASE = "base"
 
 
 class EvalRunConfig(dg.Config):
@@ -226,16 +223,14 @@ def _write_eval(store, method, budget, model_key, eval_key, eval_version, train_
         tables.replace_rows(conn, "eval_examples", {"model_key": model_key}, examples)
 
 
-def eval_asset_name(method: str) -> str:
-    return f"eval_{method}"
-
-
-def build_eval_asset(method: str, upstream: dg.AssetsDefinition | None) -> dg.AssetsDefinition:
-    what = "the untouched target model (zero-shot baseline)" if method == BASE else f"every model of {upstream.key}"
+def build_eval_asset(method: str) -> dg.AssetsDefinition:
+    """The eval asset of one fine-tune asset's models (of the untouched model, for ``base``)."""
+    upstream = POOL if method == BASE else finetuned_asset_name(method)
+    what = "the untouched target model (zero-shot baseline)" if method == BASE else f"every model of {upstream}"
 
     @model_asset(
         name=eval_asset_name(method),
-        deps=[upstream.key] if upstream is not None else [pool],
+        deps=[upstream],
         group_name=EVALUATION,
         code_version="eval-1",
         kinds={"duckdb"},
@@ -255,6 +250,4 @@ def build_eval_asset(method: str, upstream: dg.AssetsDefinition | None) -> dg.As
     return _eval
 
 
-eval_assets = [build_eval_asset(BASE, None)] + [
-    build_eval_asset(a.key.path[-1].removeprefix("finetuned_"), a) for a in finetuned_assets
-]
+eval_assets = [build_eval_asset(key) for key in evaluated_keys()]

@@ -33,6 +33,7 @@ import polars as pl
 
 from dsel_assets.core.data import writers
 from dsel_assets.core.data.writers import ExportRow
+from dsel_assets.pipeline.catalog import entry_key, key_method
 from dsel_assets.store import queries, schema, tables
 
 MANIFEST_VERSION = 1
@@ -79,8 +80,6 @@ def selection_key_of(method: str) -> str:
     ``dsel compare`` gives it (``round_robin@rds`` -> ``round_robin_rds``)."""
     if "@" not in method:
         return method
-    from dsel_assets.pipeline.assets.selection.selections import entry_key
-
     return entry_key(method)
 
 
@@ -302,7 +301,6 @@ def describe(
 ) -> dict[str, Any]:
     """The manifest's lineage part for one replicate (no format, counts or command yet)."""
     from dsel_assets.core.select.targeted import representation_needs, representations
-    from dsel_assets.pipeline.assets.selection.selections import key_method
 
     try:
         spec, representation = key_method(replicate.key)

@@ -9,15 +9,14 @@ from pydantic import Field
 
 from dsel_assets.core.data.writers import FORMATS, check_format
 from dsel_assets.pipeline.assets.reporting import export
-from dsel_assets.pipeline.assets.selection.selections import selection_assets
+from dsel_assets.pipeline.catalog import selection_keys
 from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.names import EXPORTS, selection_asset_name
 from dsel_assets.store import artifacts, queries, tables
 from resources.home import StateHome
 from resources.settings import stored_settings
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
-
-EXPORTS = "exports"
 
 
 class ExportConfig(dg.Config):
@@ -37,7 +36,7 @@ def export_key(replicate: export.Replicate, fmt: str) -> tuple[str, str]:
 
 
 @dg.asset(
-    deps=selection_assets,
+    deps=[*map(selection_asset_name, selection_keys())],
     group_name=EXPORTS,
     code_version="selection_export-1",
     kinds={"duckdb"},

@@ -14,7 +14,6 @@ from pydantic import Field
 from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.select.diagnostics import summarize
 from dsel_assets.core.stats import comparison_table
-from dsel_assets.pipeline.assets.reporting.evaluation import BASE, eval_assets
 from dsel_assets.pipeline.assets.reporting.report_html import (
     plot_budget_curves,
     plot_task_deltas,
@@ -22,23 +21,24 @@ from dsel_assets.pipeline.assets.reporting.report_html import (
     verdict_markdown,
     write_html_report,
 )
-from dsel_assets.pipeline.assets.representations.embeddings import SENTENCE_EMBEDDINGS, sentence_embeddings
-from dsel_assets.pipeline.assets.selection.selections import (
-    key_method,
-    load_vectors,
-    randomness_by_key,
-    selection_assets,
-)
-from dsel_assets.pipeline.assets.training.finetune import FULL_POOL
+from dsel_assets.pipeline.catalog import evaluated_keys, key_method, randomness_by_key, selection_keys
 from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.names import (
+    BASE,
+    FULL_POOL,
+    REPORTS,
+    SELECTION_REPORT,
+    SENTENCE_EMBEDDINGS,
+    eval_asset_name,
+    selection_asset_name,
+)
+from dsel_assets.pipeline.stored import load_vectors
 from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
-
-REPORTS = "reports"
 
 
 def _noise_label(meta: str | None) -> str | None:
@@ -93,7 +93,7 @@ def selection_report_frame(conn, lance: LanceStore) -> pl.DataFrame:
 
 
 @dg.asset(
-    deps=[*selection_assets, sentence_embeddings],  # query similarity reads the embeddings
+    deps=[*map(selection_asset_name, selection_keys()), SENTENCE_EMBEDDINGS],  # query similarity reads the embeddings
     group_name=REPORTS,
     code_version="selection_report-1",
     kinds={"duckdb"},
@@ -111,7 +111,7 @@ def selection_report(
         tables.ensure_schema(conn)
         report = selection_report_frame(conn, lance)
         version, _ = tables.pool_version(conn)
-        tables.replace_table(conn, "selection_report", report)
+        tables.replace_table(conn, SELECTION_REPORT, report)
     markdown = markdown_table(report.columns, report.rows(), limit=500)
     reports = home.paths.artifacts.uri("reports")
     with artifacts.writing(reports) as out:
@@ -190,9 +190,9 @@ def targeted_keys(keys) -> list[str]:
 
 
 def _task_mix(conn) -> pl.DataFrame | None:
-    if not schema.table_exists(conn, "selection_report"):
+    if not schema.table_exists(conn, SELECTION_REPORT):
         return None
-    return queries.report(conn, "selection_report").select("method", "budget", "task_counts")
+    return queries.report(conn, SELECTION_REPORT).select("method", "budget", "task_counts")
 
 
 def _embedded(path: Path) -> str:
@@ -201,7 +201,7 @@ def _embedded(path: Path) -> str:
 
 
 @dg.asset(
-    deps=[*[a.key for a in eval_assets], selection_report],
+    deps=[*map(eval_asset_name, evaluated_keys()), selection_report],
     group_name=REPORTS,
     code_version="comparison_report-3",
     kinds={"duckdb"},

@@ -2,68 +2,26 @@
 
 import dagster as dg
 import numpy as np
-import pyarrow as pa
 
 from dsel_assets.core.data.schema import example_text
 from dsel_assets.pipeline.assets._factory import model_asset
-from dsel_assets.pipeline.assets.ingest.pool import pool_batch, pool_batches
+from dsel_assets.pipeline.names import MODEL_EMBEDDINGS, POOL_BATCH, REPRESENTATIONS, SENTENCE_EMBEDDINGS, pool_batches
 from dsel_assets.pipeline.progress import Meter
+from dsel_assets.pipeline.stored import vector_table
 from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
-REPRESENTATIONS = "representations"
-SENTENCE_EMBEDDINGS = "sentence_embeddings"
-MODEL_EMBEDDINGS = "model_embeddings"
 EMBEDDING_CHUNK = 64  # examples per Lance commit: an interrupted batch loses at most one chunk
 EMBED_CHUNK = 2048  # sentence embeddings per progress update
-
-
-def vector_table(pool_ids: list[str], batch: str, vectors, model: str) -> pa.Table:
-    """Lance rows: ``pool_id``, ``batch``, a fixed-size float16 ``vector``, the ``model``."""
-    dim = vectors.shape[1]
-    flat = pa.array(vectors.astype("float16").reshape(-1), type=pa.float16())
-    return pa.table(
-        {
-            "pool_id": pa.array(pool_ids, pa.string()),
-            "batch": pa.array([batch] * len(pool_ids), pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
-            "model": pa.array([model] * len(pool_ids), pa.string()),
-        }
-    )
-
-
-def vector_matrix(column) -> np.ndarray:
-    """A fixed-size-list column (Lance / Arrow, any chunking) as a [rows, dim] numpy matrix."""
-    flat = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    return flat.flatten().to_numpy(zero_copy_only=False).reshape(len(flat), flat.type.list_size)
-
-
-def fill_rows(column, out: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """Write a fixed-size-list column into ``out`` chunk by chunk, row i of the column into
-    ``out[rows[i]]`` (``out[i]`` without ``rows``; rows[i] < 0 = skipped), converting to
-    ``out``'s dtype on the way: no whole-column copy beside ``out`` (a 100k x 8192 float16
-    column would otherwise be combined, then cast to float32 and aligned: 9.8 GB instead of 4.9)."""
-    chunks = column.chunks if hasattr(column, "chunks") else [column]
-    start = 0
-    for chunk in chunks:
-        values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), chunk.type.list_size)
-        if rows is None:
-            out[start : start + len(chunk)] = values
-        else:
-            target = rows[start : start + len(chunk)]
-            keep = target >= 0
-            out[target[keep]] = values[keep]
-        start += len(chunk)
-    return out
 
 
 @model_asset(
     name=SENTENCE_EMBEDDINGS,
     partitions_def=pool_batches,
-    deps=[pool_batch],
+    deps=[POOL_BATCH],
     group_name=REPRESENTATIONS,
     code_version="sentence_embeddings-1",
     kinds={"lance"},
@@ -117,7 +75,7 @@ def sentence_embeddings(
 @model_asset(
     name=MODEL_EMBEDDINGS,
     partitions_def=pool_batches,
-    deps=[pool_batch],
+    deps=[POOL_BATCH],
     group_name=REPRESENTATIONS,
     code_version="model_embeddings-1",
     kinds={"lance"},

@@ -20,12 +20,21 @@ from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.models.warmup import WarmupConfig, load_checkpoint, read_manifest, train_warmup, warmup_sample
 from dsel_assets.pipeline.assets._factory import model_asset
-from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch, pool_batches
-from dsel_assets.pipeline.assets.representations.embeddings import REPRESENTATIONS, vector_matrix, vector_table
-from dsel_assets.pipeline.assets.representations.similarity import matrix_table
 from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.names import (
+    INFLUENCE,
+    MODELS,
+    POOL,
+    POOL_BATCH,
+    REPRESENTATIONS,
+    columns_table,
+    grad_features_dataset,
+    influence_dataset,
+    pool_batches,
+)
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
+from dsel_assets.pipeline.stored import latest_warmup_manifest, matrix_table, vector_matrix, vector_table
 from dsel_assets.store import artifacts, queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
@@ -33,9 +42,6 @@ from resources.lance_store import LanceStore
 from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
-
-MODELS = "models"
-INFLUENCE = "influence"
 
 
 class WarmupRunConfig(dg.Config):
@@ -62,18 +68,8 @@ class GradFeaturesConfig(dg.Config):
     checkpoints: list[int] = Field(default=[], description="Warmup epochs to use; empty = all")
 
 
-def latest_warmup_manifest(conn) -> tuple[str, str, dict]:
-    """(key, URI, manifest) of the most recent warmup; the manifest's checkpoint paths are local
-    (a remote warmup is read through the artifact cache)."""
-    tables.ensure_schema(conn)
-    row = queries.latest_warmup(conn)
-    if row is None:
-        raise RuntimeError("warmup: none yet; materialize warmup_checkpoint first")
-    return row[0], row[1], read_manifest(artifacts.local_copy(row[1]))
-
-
 @model_asset(
-    deps=[pool],
+    deps=[POOL],
     group_name=MODELS,
     code_version="warmup_checkpoint-1",
     description="LESS warmup: LoRA on a seeded random fraction of the pool; per epoch the adapter, "
@@ -276,7 +272,7 @@ def _checkpoints(manifest: dict, wanted: list[int]) -> list[tuple[int, Path]]:
 
 @model_asset(
     partitions_def=pool_batches,
-    deps=[pool_batch, warmup_checkpoint],
+    deps=[POOL_BATCH, warmup_checkpoint],
     group_name=REPRESENTATIONS,
     code_version="pool_grad_features-1",
     kinds={"lance"},
@@ -293,7 +289,7 @@ def pool_grad_features(
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
     batch = context.partition_key
-    dataset = f"pool_grad_features_{grad_settings.suffix()}"
+    dataset = grad_features_dataset("pool", grad_settings.suffix())
     with store.get_connection() as conn:
         manifest = tables.get_batch(conn, batch)
     if manifest.split != "pool":
@@ -370,7 +366,7 @@ def pool_grad_features(
 
 
 @model_asset(
-    deps=[pool, warmup_checkpoint],
+    deps=[POOL, warmup_checkpoint],
     group_name=REPRESENTATIONS,
     code_version="query_grad_features-1",
     kinds={"lance"},
@@ -386,7 +382,7 @@ def query_grad_features(
     grad_settings: GradientSettings,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
-    dataset = f"query_grad_features_{grad_settings.suffix()}"
+    dataset = grad_features_dataset("query", grad_settings.suffix())
     with store.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup_manifest(conn)
         keep = queries.sibling_warmups(conn, warmup)
@@ -456,8 +452,8 @@ def influence(
     grad_settings: GradientSettings,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
-    pool_dataset = f"pool_grad_features_{grad_settings.suffix()}"
-    query_dataset = f"query_grad_features_{grad_settings.suffix()}"
+    pool_dataset = grad_features_dataset("pool", grad_settings.suffix())
+    query_dataset = grad_features_dataset("query", grad_settings.suffix())
     with store.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup_manifest(conn)
         version, _ = tables.pool_version(conn)
@@ -506,9 +502,9 @@ def influence(
     column_table = columns.with_row_index("col").with_columns(
         pl.col("pool_id").map_elements(lambda q: subtask_of.get(q) or "", return_dtype=pl.String).alias("subtask")
     )
-    lance_version = lance.overwrite(f"{INFLUENCE}_{grad_settings.suffix()}", matrix_table(ids, scores))
+    lance_version = lance.overwrite(influence_dataset(grad_settings.suffix()), matrix_table(ids, scores))
     with store.get_connection() as conn, tables.transaction(conn):
-        tables.replace_table(conn, "influence_columns", column_table)
+        tables.replace_table(conn, columns_table(INFLUENCE), column_table)
         tables.replace_table(conn, "less_scores", less)
     inputs = [
         DatasetRef(pool_dataset, lance.uri(pool_dataset), str(lance.version(pool_dataset))),

@@ -8,12 +8,9 @@ import polars as pl
 from pydantic import Field
 
 from dsel_assets.core.labels import cluster_labels, provided_labels
-from dsel_assets.pipeline.assets.representations.embeddings import (
-    REPRESENTATIONS,
-    SENTENCE_EMBEDDINGS,
-    sentence_embeddings,
-)
 from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.names import POOL, REPRESENTATIONS, SENTENCE_EMBEDDINGS
+from dsel_assets.pipeline.stored import load_vectors
 from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import SentenceEmbedder
@@ -27,7 +24,7 @@ class LabelConfig(dg.Config):
 
 
 @dg.asset(
-    deps=["pool", sentence_embeddings],
+    deps=[POOL, SENTENCE_EMBEDDINGS],
     group_name=REPRESENTATIONS,
     code_version="labels-1",
     kinds={"duckdb"},
@@ -41,7 +38,6 @@ def labels(
     embedder: SentenceEmbedder,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
-    from dsel_assets.pipeline.assets.representations.similarity import load_vectors
 
     with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool", ("pool_id",))

@@ -18,27 +18,24 @@ from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.pre_experience import pre_experience_sample
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.pipeline.assets._factory import model_asset
-from dsel_assets.pipeline.assets.representations.embeddings import REPRESENTATIONS, model_embeddings
-from dsel_assets.pipeline.assets.representations.gradients import MODELS
-from dsel_assets.pipeline.assets.representations.registry import load_scalars
-from dsel_assets.pipeline.assets.representations.scores import (
-    SCORE_BATCH,
-    loss_scores,
-    score_frame,
-    score_resumably,
-    template_hash,
+from dsel_assets.pipeline.names import (
+    LOSS_SCORES,
+    MODEL_EMBEDDINGS,
+    MODELS,
+    POOL,
+    PRE_EXPERIENCED_MODEL,
+    PRE_EXPERIENCED_SCORES,
+    REPRESENTATIONS,
 )
-from dsel_assets.pipeline.assets.representations.similarity import load_vectors
+from dsel_assets.pipeline.scoring import SCORE_BATCH, score_frame, score_resumably, template_hash
 from dsel_assets.pipeline.settings_versions import row_code_version
+from dsel_assets.pipeline.stored import load_scalars, load_vectors
 from dsel_assets.store import artifacts, queries, schema, tables
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
-
-PRE_EXPERIENCED_MODEL = "cherry_pre_experienced_model"
-PRE_EXPERIENCED_SCORES = "cherry_pre_experienced_scores"
 
 
 class PreExperienceConfig(dg.Config):
@@ -64,7 +61,7 @@ class PreExperienceConfig(dg.Config):
 
 @model_asset(
     name=PRE_EXPERIENCED_MODEL,
-    deps=["pool", model_embeddings, loss_scores],
+    deps=[POOL, MODEL_EMBEDDINGS, LOSS_SCORES],
     group_name=MODELS,
     code_version="cherry_pre_experienced_model-1",
     kinds={"duckdb"},
@@ -93,7 +90,7 @@ def cherry_pre_experienced_model(
         raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
     embeddings_name = model_embedding_settings.dataset(identity["model_hash"])
     vectors, embeddings_version = load_vectors(lance, embeddings_name, ids)
-    perplexity = load_scalars(store, "loss_scores", ["ppl_conditioned"], ids, defined_only=True)["ppl_conditioned"]
+    perplexity = load_scalars(store, LOSS_SCORES, ["ppl_conditioned"], ids, defined_only=True)["ppl_conditioned"]
     sample, cluster = pre_experience_sample(vectors, perplexity, config.n_clusters, config.per_cluster, config.seed)
     if len(sample) == 0:
         raise RuntimeError("loss_scores: no pool example has a defined perplexity; nothing to pre-experience on")

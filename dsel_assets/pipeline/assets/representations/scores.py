@@ -13,140 +13,43 @@ one; every proxy score row carries the proxy's name and weights hash."""
 import hashlib
 import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
 import polars as pl
 from pydantic import Field
 
-from dsel_assets.core.models.batching import Batching
 from dsel_assets.core.models.learning_percentage import compute_learning_percentages
 from dsel_assets.core.models.lora import LoraSettings
-from dsel_assets.core.models.scoring import TEMPLATES, ExampleScores, check_options, score_examples
-from dsel_assets.core.models.templates import ALPACA_PROMPT
+from dsel_assets.core.models.scoring import check_options
 from dsel_assets.core.models.warmup import WarmupConfig
 from dsel_assets.core.quality import quality_values
 from dsel_assets.pipeline.assets._factory import model_asset
-from dsel_assets.pipeline.assets.ingest.pool import pool_batch, pool_batches
-from dsel_assets.pipeline.assets.representations.embeddings import REPRESENTATIONS
 from dsel_assets.pipeline.metadata import markdown_table
-from dsel_assets.pipeline.progress import Meter
+from dsel_assets.pipeline.names import (
+    LOSS_SCORES,
+    POOL,
+    POOL_BATCH,
+    REPRESENTATIONS,
+    SENTENCE_EMBEDDINGS,
+    pool_batches,
+    score_table,
+)
+from dsel_assets.pipeline.scoring import (
+    GREEDY_MAX_NEW_TOKENS,
+    SCORE_BATCH,
+    score_code_version,
+    score_frame,
+    score_resumably,
+    template_hash,
+)
 from dsel_assets.pipeline.settings_versions import row_code_version
+from dsel_assets.pipeline.stored import load_vectors
 from dsel_assets.store import queries, schema, tables
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
-
-SCORE_COLUMNS = list(ExampleScores.__dataclass_fields__)
-CHUNK = 128
-SCORE_BATCH = 8  # examples per forward (fewer after an out-of-memory error; tokens capped by the model resource)
-SCORING_VERSION = "1"  # of score_examples: rows of the same version, model and template are interchangeable
-GREEDY_MAX_NEW_TOKENS = 128  # length cap of the greedy generations that greedy_scores is scored on
-
-
-def template_hash(tokenizer, template: str = "chat") -> str:
-    """Short hash of the prompt format: the tokenizer's chat template, or the Alpaca prompt."""
-    text = ALPACA_PROMPT if template == "alpaca" else getattr(tokenizer, "chat_template", None) or "role: content"
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def score_table(name: str, template: str) -> str:
-    """The table of an asset's scores under ``template``: its own name for ``chat``, else suffixed,
-    so rows of two templates never share a table (nor a reader that expects the other one)."""
-    return name if template == "chat" else f"{name}_{template}"
-
-
-def score_tables(name: str) -> list[str]:
-    """The tables of an asset's scores, one per scoring template."""
-    return [score_table(name, template) for template in TEMPLATES]
-
-
-def score_frame(
-    model,
-    tokenizer,
-    chunk: list[tuple[str, list[dict]]],
-    fixed: dict,
-    response: str = "reference",
-    template: str = "chat",
-    batching: Batching | int = 8,
-):
-    """The scores of ``chunk`` ((pool id, messages) pairs) as table rows, each with the
-    ``fixed`` lineage columns (batch, model identity, template, code version, ...) and the
-    scoring template; ``batching`` as :func:`score_examples` takes it."""
-    scored = [
-        {"pool_id": i, **fixed, "prompt_template": template, **{c: getattr(s, c) for c in SCORE_COLUMNS}}
-        for i, s in score_examples(
-            model,
-            tokenizer,
-            chunk,
-            batch_size=batching,
-            response=response,
-            max_new_tokens=GREEDY_MAX_NEW_TOKENS,
-            template=template,
-        )
-    ]
-    return pl.DataFrame(scored).with_columns(
-        [pl.col(c).cast(pl.Float64) for c in SCORE_COLUMNS if c not in ("response_tokens", "reason")]
-    )
-
-
-@dataclass(frozen=True)
-class ScoreRun:
-    """What a resumable score asset did: rows scored now, rows kept from an earlier run, and the
-    table's summary once stale rows are gone."""
-
-    computed: int
-    reused: int
-    stats: queries.ScoreSummary
-
-    def metadata(self) -> dict:
-        return {
-            "rows": self.stats.rows,
-            "computed": self.computed,
-            "reused_after_resume": self.reused,
-            "undefined": self.stats.undefined,
-            "undefined_reasons": dg.MetadataValue.md(markdown_table(["reason", "rows"], self.stats.reasons)),
-        }
-
-
-def score_resumably(
-    context: dg.AssetExecutionContext,
-    store: StateStore,
-    table: str,
-    items: list[tuple[str, list[dict]]],
-    keep: dict[str, object],
-    scorer: Callable[[], Callable[[list[tuple[str, list[dict]]]], pl.DataFrame]],
-    value_column: str,
-    batch: str | None = None,
-) -> ScoreRun:
-    """The skeleton every per-example score asset shares. Ids of ``items`` already stored under
-    the ``keep`` identity (model hash, code version, ...) are reused; the rest are scored
-    ``CHUNK`` at a time by the function ``scorer()`` returns (called only when something is
-    left, so a finished rerun loads no model), each chunk upserted in one transaction (a crash
-    loses at most one chunk) and logged with its rate and ETA. Then rows of another identity or
-    of ids that left the pool (of ``batch``, for a per-batch asset) are deleted."""
-    scope = {} if batch is None else {"batch": batch}
-    with store.get_connection() as conn:
-        done = set(queries.rows_matching(conn, table, ["pool_id"], {**scope, **keep})["pool_id"])
-    todo = [item for item in items if item[0] not in done]
-    written = 0
-    if todo:
-        score_chunk = scorer()  # loads the model: not part of the rate
-        meter = Meter(f"{table}[{batch}]" if batch else table, len(todo), log=context.log.info)
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
-            frame = score_chunk(chunk)
-            with store.get_connection() as conn:
-                tables.upsert_by_id(conn, table, frame, scope)
-            written += len(chunk)
-            meter.update(written)
-    with store.get_connection() as conn:
-        queries.delete_stale(conn, table, keep, batch=batch)
-        stats = queries.score_summary(conn, table, value_column, batch=batch)
-    return ScoreRun(written, len(items) - len(todo), stats)
 
 
 class ScoreConfig(dg.Config):
@@ -155,12 +58,6 @@ class ScoreConfig(dg.Config):
         description="chat (the model's chat template, L(A) after a BOS) | alpaca (Cherry_LLM's reference "
         "scoring: Alpaca prompt, L(A) after '### Response:', its truncation); alpaca rows go to <asset>_alpaca",
     )
-
-
-def score_code_version(name: str) -> str:
-    """The code version of score asset ``name``: rows of one version, model and template are
-    the same numbers whichever asset computed them."""
-    return f"{name}-{SCORING_VERSION}"
 
 
 def copy_sibling_rows(conn, sibling: str, table: str, batch: str, keep: dict[str, object], template: str) -> int:
@@ -197,7 +94,7 @@ def build_score_asset(
     @model_asset(
         name=name,
         partitions_def=pool_batches,
-        deps=[pool_batch],
+        deps=[POOL_BATCH],
         group_name=REPRESENTATIONS,
         code_version=score_code_version(name),
         kinds={"duckdb"},
@@ -263,7 +160,7 @@ def build_score_asset(
 
 
 loss_scores = build_score_asset(
-    "loss_scores",
+    LOSS_SCORES,
     "selection_model",
     "Per example with the selection model: L(A|Q), L(A) over the same response tokens, perplexity, IFD as "
     "loss ratio (Cherry), IFD as perplexity ratio, and uncertainty (entropy, least confidence, margins).",
@@ -274,7 +171,7 @@ proxy_loss_scores = build_score_asset(
     "proxy_model",
     "The same scores from the proxy model (DSEL_PROXY_MODEL / --proxy-model; default the selection model) for "
     "Superfiltering's IFD = ppl(A|Q) / ppl(A); each row names the proxy and its weights hash.",
-    sibling="loss_scores",
+    sibling=LOSS_SCORES,
 )
 greedy_scores = build_score_asset(
     "greedy_scores",
@@ -287,7 +184,7 @@ greedy_scores = build_score_asset(
 
 
 @dg.asset(
-    deps=["pool", loss_scores],
+    deps=[POOL, LOSS_SCORES],
     group_name=REPRESENTATIONS,
     code_version="quality-1",
     kinds={"duckdb"},
@@ -297,10 +194,10 @@ greedy_scores = build_score_asset(
 def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: MlflowTracker) -> dg.MaterializeResult:
     """Which source each value came from is stored beside it (``how``)."""
     with store.get_connection() as conn:
-        schema.ensure_score_table(conn, "loss_scores")
+        schema.ensure_score_table(conn, LOSS_SCORES)
         pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
         score_of = queries.meta_field(conn, "pool", "score")
-        scored = queries.rows_matching(conn, "loss_scores", ["pool_id", "loss_conditioned"], {})
+        scored = queries.rows_matching(conn, LOSS_SCORES, ["pool_id", "loss_conditioned"], {})
         loss_of = dict(zip(scored["pool_id"].to_list(), scored["loss_conditioned"].to_list(), strict=True))
         values, how = quality_values([score_of[p] for p in pool_ids], [loss_of.get(p) for p in pool_ids])
         table = pl.DataFrame(
@@ -339,7 +236,7 @@ class LearningPercentageConfig(dg.Config):
 
 
 @model_asset(
-    deps=["pool"],
+    deps=[POOL],
     group_name=REPRESENTATIONS,
     code_version="learning_percentage-1",
     kinds={"duckdb"},
@@ -448,7 +345,7 @@ class GoldenScoreConfig(dg.Config):
 
 
 @model_asset(
-    deps=["pool", "sentence_embeddings"],
+    deps=[POOL, SENTENCE_EMBEDDINGS],
     group_name=REPRESENTATIONS,
     code_version="golden_score-2",
     kinds={"duckdb"},
@@ -466,7 +363,6 @@ def golden_score(
 ) -> dg.MaterializeResult:
     from dsel_assets.core.models.nuggets import golden_scores, one_shot_cached, prepare_anchors, zero_shot
     from dsel_assets.core.select import build_config, get
-    from dsel_assets.pipeline.assets.representations.similarity import load_vectors
 
     with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
@@ -478,7 +374,7 @@ def golden_score(
             anchor_messages = anchor_rows["messages"].to_list()
     if config.anchors == "kmeans":
         ids = rows["pool_id"].to_list()
-        vectors, _ = load_vectors(lance, "sentence_embeddings", ids)
+        vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, ids)
         n = max(1, min(config.n_anchors, len(ids) // 5))
         chosen = (
             get("kmeans_centroids")
@@ -561,7 +457,7 @@ class WhispererConfig(dg.Config):
 
 
 @model_asset(
-    deps=["pool"],
+    deps=[POOL],
     group_name=REPRESENTATIONS,
     code_version="whisperer_score-2",
     kinds={"duckdb"},

@@ -13,24 +13,25 @@ from pydantic import Field
 
 from dsel_assets.core.select.targeted import cosine_scores
 from dsel_assets.pipeline.assets._factory import model_asset
-from dsel_assets.pipeline.assets.ingest.pool import pool
-from dsel_assets.pipeline.assets.representations.embeddings import (
+from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.names import (
+    EMBED_SIMILARITY,
+    MODEL_EMBEDDINGS,
+    POOL,
+    RDS_SIMILARITY,
     REPRESENTATIONS,
     SENTENCE_EMBEDDINGS,
-    model_embeddings,
-    sentence_embeddings,
-    vector_matrix,
-    vector_table,
+    columns_table,
+    rds_dataset,
+    rds_queries_dataset,
 )
-from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.stored import load_vectors, matrix_table, query_rows, vector_matrix, vector_table
 from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
-RDS_SIMILARITY = "rds_similarity"
-EMBED_SIMILARITY = "embed_similarity"
 RDS_POOLING = "position_weighted"
 #: The study's representations are asked for (``dsel select --param representation=...``, the UI,
 #: ``curation_job``): out of the default run and its re-curation, like the other expensive ones.
@@ -48,57 +49,6 @@ def check_rds_pooling(settings: ModelEmbeddingSettings) -> None:
             f"pooling: RDS+ needs {RDS_POOLING} model embeddings; this home pins {settings.pooling!r} "
             f"(switch it: dsel score model_embeddings --pooling {RDS_POOLING} --change-settings)"
         )
-
-
-def rds_dataset(model_hash: str) -> str:
-    """Lance dataset of the RDS+ matrix: the selection model's weights are its identity."""
-    return f"{RDS_SIMILARITY}_{model_hash}"
-
-
-def rds_queries_dataset(model_hash: str) -> str:
-    """Lance dataset of the query rows' RDS+ embeddings (the model_embeddings asset embeds pool rows only)."""
-    return f"rds_queries_{model_hash}"
-
-
-def columns_table(asset: str) -> str:
-    """DuckDB table with the ``col, pool_id, task, subtask`` of each query column of ``asset``."""
-    return f"{asset}_columns"
-
-
-def matrix_table(ids: list[str], scores: np.ndarray) -> pa.Table:
-    """Lance rows of a pool x query matrix: ``pool_id`` and a fixed-size float32 ``scores`` row."""
-    flat = pa.array(np.asarray(scores, dtype=np.float32).reshape(-1), pa.float32())
-    return pa.table(
-        {"pool_id": pa.array(ids, pa.string()), "scores": pa.FixedSizeListArray.from_arrays(flat, scores.shape[1])}
-    )
-
-
-def load_vectors(lance: LanceStore, name: str, pool_ids: list[str]) -> tuple[np.ndarray, int]:
-    """Rows of Lance dataset ``name`` aligned to ``pool_ids`` (float32), and its version."""
-    version = lance.version(name)
-    if version is None:
-        raise RuntimeError(f"{name}: no Lance dataset yet; materialize {name} first")
-    table = lance.read(name, ["pool_id", "vector"], version=version)
-    matrix = vector_matrix(table.column("vector"))
-    row_of = {pid: i for i, pid in enumerate(table.column("pool_id").to_pylist())}
-    missing = [pid for pid in pool_ids if pid not in row_of]
-    if missing:
-        raise RuntimeError(
-            f"{name}: {len(missing)} pool ids have no row (e.g. {missing[0]}); materialize {name} for every pool batch"
-        )
-    return matrix[[row_of[pid] for pid in pool_ids]].astype(np.float32), version
-
-
-def query_rows(conn) -> pl.DataFrame:
-    """The query examples in column order (task, then id), with subtask ('' = none) and messages."""
-    rows = queries.split_rows(conn, "query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
-    subtasks = queries.query_subtasks(conn)
-    rows = rows.with_columns(
-        pl.Series("subtask", [subtasks.get(q) or "" for q in rows["pool_id"]], dtype=pl.String)
-    ).select("pool_id", "task", "subtask", "messages")
-    if rows.height == 0:
-        raise RuntimeError("queries: no query examples; ingest a query set (dsel ingest FILE --split query)")
-    return rows
 
 
 def store_similarity(
@@ -153,7 +103,7 @@ def store_similarity(
 
 @model_asset(
     name=RDS_SIMILARITY,
-    deps=[model_embeddings, pool],
+    deps=[MODEL_EMBEDDINGS, POOL],
     group_name=REPRESENTATIONS,
     code_version="rds_similarity-1",
     kinds={"lance", "duckdb"},
@@ -203,7 +153,7 @@ def rds_similarity(
 
 @dg.asset(
     name=EMBED_SIMILARITY,
-    deps=[sentence_embeddings, pool],
+    deps=[SENTENCE_EMBEDDINGS, POOL],
     group_name=REPRESENTATIONS,
     code_version="embed_similarity-1",
     kinds={"lance", "duckdb"},

@@ -23,10 +23,17 @@ from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.select.base import Budget
 from dsel_assets.pipeline.assets._factory import model_asset
-from dsel_assets.pipeline.assets.ingest.pool import pool
-from dsel_assets.pipeline.assets.representations.gradients import MODELS
-from dsel_assets.pipeline.assets.selection.selections import selection_asset_name, selection_keys
+from dsel_assets.pipeline.catalog import selection_keys
 from dsel_assets.pipeline.metadata import markdown_table
+from dsel_assets.pipeline.names import (
+    FULL_BUDGET,
+    FULL_POOL,
+    MODELS,
+    POOL,
+    finetuned_asset_name,
+    model_label,
+    selection_asset_name,
+)
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.store import artifacts, queries, tables
@@ -35,8 +42,6 @@ from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
-FULL_POOL = "full_pool"
-FULL_BUDGET = "100pct"
 #: Methods whose models the default job trains (the rest: curation_job, the UI, ``dsel finetune``).
 DEFAULT_FINETUNED = ("random", "less")
 
@@ -67,15 +72,6 @@ class FinetuneRunConfig(dg.Config):
             seed=seed,
             lora=lora,
         )
-
-
-def model_label(method: str, budget: str, selection_seed: int, seed: int) -> str:
-    """How logs and MLflow runs name one model: method@budget[#sel<selection seed>]/seed<training seed>."""
-    return f"{method}@{budget}" + (f"#sel{selection_seed}" if selection_seed else "") + f"/seed{seed}"
-
-
-def finetuned_asset_name(method: str) -> str:
-    return f"finetuned_{method}"
 
 
 def _budget_label(budget: str) -> str:
@@ -236,7 +232,7 @@ def train_models(
 
 
 def build_finetuned_asset(method: str, deps: list, tags: dict[str, str] | None) -> dg.AssetsDefinition:
-    source = "the whole pool (baseline)" if method == FULL_POOL else f"each budget of selection_{method}"
+    source = "the whole pool (baseline)" if method == FULL_POOL else f"each budget of {selection_asset_name(method)}"
 
     @model_asset(
         name=finetuned_asset_name(method),
@@ -268,4 +264,4 @@ def _tags(method: str) -> dict[str, str] | None:
 #: (``finetuned_round_robin_rds`` trains on ``selection_round_robin_rds``), and the full pool.
 finetuned_assets = [
     build_finetuned_asset(key, [dg.AssetKey(selection_asset_name(key))], _tags(key)) for key in selection_keys()
-] + [build_finetuned_asset(FULL_POOL, [pool], {"dsel/cost": "high"})]
+] + [build_finetuned_asset(FULL_POOL, [POOL], {"dsel/cost": "high"})]

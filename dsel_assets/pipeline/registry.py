@@ -11,29 +11,37 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from dsel_assets.core.memory import require_memory
 from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.targeted import Influence
-from dsel_assets.pipeline.assets.representations.embeddings import (
-    MODEL_EMBEDDINGS,
-    SENTENCE_EMBEDDINGS,
-    fill_rows,
-    vector_matrix,
-)
-from dsel_assets.pipeline.assets.representations.gradient_scorer import load_less_scorer
-from dsel_assets.pipeline.assets.representations.gradients import INFLUENCE, latest_warmup_manifest
-from dsel_assets.pipeline.assets.representations.round_trainer import LoraRoundTrainer
-from dsel_assets.pipeline.assets.representations.scores import score_table
-from dsel_assets.pipeline.assets.representations.similarity import (
+from dsel_assets.pipeline.gradient_scorer import load_less_scorer
+from dsel_assets.pipeline.names import (
     EMBED_SIMILARITY,
+    INFLUENCE,
+    LOSS_SCORES,
+    MODEL_EMBEDDINGS,
+    POOL,
+    POOL_GRAD_FEATURES,
+    QUERY_GRAD_FEATURES,
     RDS_SIMILARITY,
+    SENTENCE_EMBEDDINGS,
+    WARMUP,
     columns_table,
-    load_vectors,
-    query_rows,
+    grad_features_dataset,
+    influence_dataset,
     rds_dataset,
     rds_queries_dataset,
+    score_table,
+)
+from dsel_assets.pipeline.round_trainer import LoraRoundTrainer
+from dsel_assets.pipeline.stored import (
+    fill_rows,
+    latest_warmup_manifest,
+    load_scalars,
+    load_vectors,
+    query_rows,
+    vector_matrix,
 )
 from dsel_assets.store import queries, schema, tables
 from resources.gradient_settings import GradientSettings
@@ -182,7 +190,7 @@ def less_scores_by_task(ctx: LoadContext) -> tuple[dict[str, np.ndarray], Datase
 def similarity_dataset(asset: str, ctx: LoadContext) -> str:
     """The Lance dataset that pool x query matrix asset ``asset`` writes for these settings."""
     if asset == INFLUENCE:
-        return f"{INFLUENCE}_{ctx.grad_settings.suffix()}"
+        return influence_dataset(ctx.grad_settings.suffix())
     if asset == RDS_SIMILARITY:
         return rds_dataset(ctx.selection_model.identity()["model_hash"])
     return EMBED_SIMILARITY
@@ -211,23 +219,6 @@ def similarity_matrix(asset: str, *, task_scores: bool = False) -> Loader:
         return (influence.task_scores() if task_scores else influence), ref
 
     return read
-
-
-def _aligned(rows: pl.DataFrame, pool_ids: list[str], column: str) -> np.ndarray:
-    values = dict(zip(rows["pool_id"].to_list(), rows[column].to_list(), strict=True))
-    return np.array([np.nan if values.get(p) is None else values[p] for p in pool_ids], dtype=np.float64)
-
-
-def load_scalars(
-    store: StateStore, table: str, columns: list[str], pool_ids: list[str], defined_only: bool = False
-) -> dict[str, np.ndarray]:
-    """Columns of a score table aligned to ``pool_ids`` (NaN where missing, or - with
-    ``defined_only`` - where the row records why the score is undefined)."""
-    with store.get_connection() as conn:
-        if not schema.table_exists(conn, table):
-            raise RuntimeError(f"{table}: not materialized yet")
-        rows = queries.score_columns(conn, table, columns, defined_only)
-    return {column: _aligned(rows, pool_ids, column) for column in columns}
 
 
 def scalar(name: str, table: str, column: str, defined_only: bool) -> Loader:
@@ -277,7 +268,7 @@ def gradient_features(kind: str) -> Loader:
         with ctx.store.get_connection() as conn:
             warmup, _, manifest = latest_warmup_manifest(conn)
         last = max(c["epoch"] for c in manifest["checkpoints"])
-        name = f"{kind}_grad_features_{ctx.grad_settings.suffix()}"
+        name = grad_features_dataset(kind, ctx.grad_settings.suffix())
         columns = ["pool_id", "vector"] + (["task"] if kind == "query" else [])
         table = ctx.lance.read(name, columns, equal={"warmup": warmup, "checkpoint": last})
         ref = DatasetRef(name, ctx.lance.uri(name), str(ctx.lance.version(name)))
@@ -366,8 +357,6 @@ def declare_scalar(
 
 
 IFD = "ifd_loss_ratio"  # declared with defined_only: NaN where a reason is recorded
-#: The asset whose seed fixes the LESS gradient features and everything computed from them.
-WARMUP = "warmup_checkpoint"
 
 declare(
     SENTENCE_EMBEDDINGS,
@@ -388,7 +377,7 @@ declare(
 )
 declare(
     "pool_gradients",
-    "pool_grad_features",
+    POOL_GRAD_FEATURES,
     gradient_features("pool"),
     "LoRA gradient features of the pool (latest warmup, last checkpoint)",
     per_batch=True,
@@ -397,14 +386,14 @@ declare(
 )
 declare(
     "query_gradients",
-    "query_grad_features",
+    QUERY_GRAD_FEATURES,
     gradient_features("query"),
     "LoRA gradient features of the queries, with the task of each",
     seeded_by=WARMUP,
 )
 declare(
     "less_scorer",
-    "query_grad_features",
+    QUERY_GRAD_FEATURES,
     on_demand_less_scorer,
     "LESS scores computed on demand for the examples a method draws (gradient_scorer)",
     seeded_by=WARMUP,
@@ -467,7 +456,7 @@ declare(
 )
 declare_scalar(
     "ifd",
-    "loss_scores",
+    LOSS_SCORES,
     IFD,
     "Cherry's IFD, L(A|Q) / L(A), with the selection model",
     defined_only=True,
@@ -477,8 +466,8 @@ declare_scalar(
 )
 declare(
     "uncertainty",
-    "loss_scores",
-    uncertainty_scores("uncertainty", "loss_scores"),
+    LOSS_SCORES,
+    uncertainty_scores("uncertainty", LOSS_SCORES),
     "entropy, least confidence and margins, teacher-forced on the reference responses",
     per_batch=True,
     cli_kind="uncertainty",
@@ -554,13 +543,13 @@ declare_scalar(
 )
 declare(
     "pool_tasks",
-    "pool",
+    POOL,
     pool_task_labels,
     "task label of each pool example, as ingested (task-matched baselines)",
 )
 declare(
     "trainer",
-    "pool",
+    POOL,
     round_trainer,
     "a LoRA trainer on the selection model, trained between rounds (iterative methods)",
 )

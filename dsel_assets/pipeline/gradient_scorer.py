@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 from dsel_assets.core.influence import aggregate_less_scores, checkpoint_weights
 from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.warmup import ADAPTER_DIR, OPTIMIZER_FILE, load_checkpoint
-from dsel_assets.pipeline.assets.representations.embeddings import vector_matrix
+from dsel_assets.pipeline.names import grad_features_dataset
+from dsel_assets.pipeline.stored import latest_warmup_manifest, vector_matrix
 from dsel_assets.store import queries
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
@@ -165,7 +166,6 @@ def load_less_scorer(
 ) -> tuple[OnDemandLessScorer, DatasetRef]:
     """The scorer for the latest warmup and its stored query features (the inputs of the
     influence asset, less the pool features), and its DatasetRef for lineage."""
-    from dsel_assets.pipeline.assets.representations.gradients import latest_warmup_manifest
 
     with store.get_connection() as conn:
         warmup, _, manifest = latest_warmup_manifest(conn)
@@ -177,7 +177,7 @@ def load_less_scorer(
     }
     weights = checkpoint_weights({c["epoch"]: c["lr_mean"] for c in manifest["checkpoints"]})
     checkpoints = sorted((c["epoch"], Path(c["path"])) for c in manifest["checkpoints"])
-    name = f"query_grad_features_{grad_settings.suffix()}"
+    name = grad_features_dataset("query", grad_settings.suffix())
     version = lance.version(name)
     if version is None:
         raise RuntimeError(f"{name}: no query features yet; materialize query_grad_features first")
@@ -197,7 +197,7 @@ def load_less_scorer(
         features[epoch] = vector_matrix(part.column("vector"))[order]
     tasks = columns["task"].to_list()
     subtasks = [subtask_of.get(q) for q in columns["pool_id"]]
-    pool_name = f"pool_grad_features_{grad_settings.suffix()}"
+    pool_name = grad_features_dataset("pool", grad_settings.suffix())
     pool_version = lance.version(pool_name)
     stored = None if pool_version is None else StoredFeatures(lance, pool_name, pool_version, warmup)
     model, tokenizer = selection_model.load()
