@@ -21,21 +21,21 @@ import numpy as np
 import polars as pl
 
 from dsel_assets.core.data.schema import content_hashes
-from dsel_assets.pipeline.assets.reporting.evaluation import eval_assets
-from dsel_assets.pipeline.assets.representations.embeddings import model_embeddings, sentence_embeddings
-from dsel_assets.pipeline.assets.representations.gradients import pool_grad_features
-from dsel_assets.pipeline.assets.representations.scores import greedy_scores, loss_scores, proxy_loss_scores
-from dsel_assets.pipeline.assets.selection.selections import selection_assets
+from dsel_assets.pipeline.catalog import evaluated_keys, selection_keys
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import (
     BASE,
     FULL_POOL,
     MODEL_EMBEDDINGS,
+    POOL_GRAD_FEATURES,
     SENTENCE_EMBEDDINGS,
+    eval_asset_name,
+    grad_features_dataset,
     pool_batches,
     score_tables,
+    selection_asset_name,
 )
-from dsel_assets.pipeline.registry import UNCERTAINTY_COLUMNS, per_batch_assets
+from dsel_assets.pipeline.registry import checked_score_columns, per_batch_assets
 from dsel_assets.pipeline.stored import latest_warmup_manifest, vector_matrix
 from dsel_assets.store import queries, schema, tables
 from resources.gradient_settings import GradientSettings
@@ -176,12 +176,11 @@ def pool_ids_by_version(conn, versions: list[str]) -> dict[str, set[str]]:
     return found
 
 
-def build_selection_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
-    """The blocking check of one selection asset (its method is the asset's ``method`` metadata)."""
-    method = asset.metadata_by_key[asset.key]["method"]
+def build_selection_check(method: str) -> dg.AssetChecksDefinition:
+    """The blocking check of the selection asset of selection key ``method``."""
 
     @dg.asset_check(
-        asset=asset,
+        asset=selection_asset_name(method),
         name="selection_is_valid",
         blocking=True,
         description="Exactly min(k, eligible) ids (less a reported under-fill), unique, ranked 0..n-1, "
@@ -220,7 +219,7 @@ def _partitioned_check(**kwargs) -> Callable[[Callable], dg.AssetChecksDefinitio
 
 
 @_partitioned_check(
-    asset=sentence_embeddings,
+    asset=SENTENCE_EMBEDDINGS,
     name="one_unit_vector_per_example",
     description="One finite, unit-norm embedding per example of the batch, none for other ids.",
 )
@@ -237,7 +236,7 @@ def sentence_embeddings_check(
 
 
 @_partitioned_check(
-    asset=model_embeddings,
+    asset=MODEL_EMBEDDINGS,
     name="one_vector_per_example",
     description="One finite embedding per pool example of the batch in the dataset of the current model "
     "and pooling, none for other ids.",
@@ -260,7 +259,7 @@ def model_embeddings_check(
 
 
 @_partitioned_check(
-    asset=pool_grad_features,
+    asset=POOL_GRAD_FEATURES,
     name="one_unit_feature_per_example",
     description="Per checkpoint of the latest warmup: one finite, unit-norm gradient feature per pool "
     "example of the batch, except those the asset reported excluded.",
@@ -276,10 +275,10 @@ def pool_grad_features_check(
         expected = _batch_ids(conn, batch, pool_only=True)
         warmup, _, warmup_manifest = latest_warmup_manifest(conn)
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=pool_grad_features.key, asset_partitions=[batch]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(POOL_GRAD_FEATURES), asset_partitions=[batch]), limit=1
     ).records
     excluded = int(records[0].asset_materialization.metadata["excluded"].value) if records else 0
-    dataset = f"pool_grad_features_{grad_settings.suffix()}"
+    dataset = grad_features_dataset("pool", grad_settings.suffix())
     problems, rows = [], []
     for point in warmup_manifest["checkpoints"]:
         where = {"batch": batch, "warmup": warmup, "checkpoint": point["epoch"]}
@@ -289,13 +288,12 @@ def pool_grad_features_check(
     return _result(problems, warmup=warmup, rows=dg.MetadataValue.md(markdown_table(["checkpoint", "rows"], rows)))
 
 
-def build_score_check(asset: dg.AssetsDefinition, columns: list[str]) -> dg.AssetChecksDefinition:
-    """One row per pool example of the batch in the score table named like the asset, and in its
-    other scoring template's table (``scores.score_tables``) where that one holds the batch."""
-    table = asset.key.to_python_identifier()
+def build_score_check(table: str, columns: list[str]) -> dg.AssetChecksDefinition:
+    """One row per pool example of the batch in the score table of asset ``table``, and in its
+    other scoring template's table (``names.score_tables``) where that one holds the batch."""
 
     @_partitioned_check(
-        asset=asset,
+        asset=table,
         name="one_score_row_per_example",
         description=f"One row per pool example of the batch; {', '.join(columns)} finite unless a reason is given.",
     )
@@ -351,13 +349,13 @@ def disjointness_result(conn, eval_ids: list[str], others: Mapping[str, list[str
     )
 
 
-def build_eval_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
-    """The eval set shares no conversation or prompt with the query sets or with what the
-    evaluated models were trained on (the method's selections at every budget, or the pool)."""
-    method = asset.metadata_by_key[asset.key]["method"]
+def build_eval_check(method: str) -> dg.AssetChecksDefinition:
+    """The eval set of ``eval_<method>`` shares no conversation or prompt with the query sets or
+    with what the evaluated models were trained on (the method's selections at every budget, or
+    the pool)."""
 
     @dg.asset_check(
-        asset=asset,
+        asset=eval_asset_name(method),
         name="eval_set_is_disjoint",
         blocking=True,
         description="Eval examples share no content hash (conversation or prompt) with the query sets or the "
@@ -381,30 +379,34 @@ def build_eval_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     return _check
 
 
-#: What a score row must hold (finite unless its reason says why not).
-SCORE_COLUMNS = ["loss_conditioned", "loss_unconditioned", "ifd_loss_ratio"]
-
-
-#: The check of each per-batch representation asset, by asset name: every asset the registry
-#: declares per batch needs one here (the code location refuses to build without it).
-BATCH_CHECKS: dict[str, Callable[[], dg.AssetChecksDefinition]] = {
-    SENTENCE_EMBEDDINGS: lambda: sentence_embeddings_check,
-    MODEL_EMBEDDINGS: lambda: model_embeddings_check,
-    "pool_grad_features": lambda: pool_grad_features_check,
-    "loss_scores": lambda: build_score_check(loss_scores, SCORE_COLUMNS),
-    "proxy_loss_scores": lambda: build_score_check(proxy_loss_scores, SCORE_COLUMNS),
-    "greedy_scores": lambda: build_score_check(greedy_scores, list(UNCERTAINTY_COLUMNS)),
+#: The check of each per-batch vector asset, by asset name. A per-batch score asset gets its
+#: check from the registry (``checked_columns``); every other per-batch asset needs one here
+#: (the code location refuses to build without it).
+VECTOR_CHECKS: dict[str, dg.AssetChecksDefinition] = {
+    SENTENCE_EMBEDDINGS: sentence_embeddings_check,
+    MODEL_EMBEDDINGS: model_embeddings_check,
+    POOL_GRAD_FEATURES: pool_grad_features_check,
 }
+
+
+def batch_check(asset: str) -> dg.AssetChecksDefinition:
+    """The check of per-batch representation asset ``asset``."""
+    scored = checked_score_columns()
+    if asset in scored:
+        return build_score_check(asset, scored[asset])
+    if asset in VECTOR_CHECKS:
+        return VECTOR_CHECKS[asset]
+    raise RuntimeError(
+        f"checks: per-batch representation asset {asset} has no check: declare its checked_columns in the "
+        "registry, or add its check to checks.VECTOR_CHECKS"
+    )
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:
     """Every asset check of the code location: one per selection and eval asset, and one per
     representation asset the registry declares per batch."""
-    unchecked = sorted(set(per_batch_assets()) - set(BATCH_CHECKS))
-    if unchecked:
-        raise RuntimeError(f"checks: per-batch representation assets without a check: {unchecked} (see BATCH_CHECKS)")
     return [
-        *(build_selection_check(asset) for asset in selection_assets),
-        *(BATCH_CHECKS[asset]() for asset in per_batch_assets()),
-        *(build_eval_check(asset) for asset in eval_assets),
+        *map(build_selection_check, selection_keys()),
+        *map(batch_check, per_batch_assets()),
+        *map(build_eval_check, evaluated_keys()),
     ]

@@ -82,8 +82,9 @@ class RepresentationSpec:
     of the method's scoring ``template`` parameter; ``seeded_by``: the asset whose ``seed`` config
     fixes what this representation holds (``warmup_checkpoint`` for the LESS gradients and what is
     built on them), when one does: a selection on it varies with that seed, which the selection's
-    own ``seed`` does not reach (``selections.selection_randomness``; a test checks it against the
-    asset graph)."""
+    own ``seed`` does not reach (``catalog.selection_randomness``; a test checks it against the
+    asset graph); ``checked_columns``: score columns of a per-batch score table that its
+    asset's check requires finite unless the row gives a reason (the check is generated)."""
 
     name: str
     asset: str
@@ -96,6 +97,7 @@ class RepresentationSpec:
     coverage_checked: bool = False
     templated: bool = False
     seeded_by: str | None = None
+    checked_columns: tuple[str, ...] = ()
 
 
 #: Every declared representation, by name (the vocabulary of the method registry's ``needs``).
@@ -115,6 +117,8 @@ def declare(name: str, asset: str, load: Loader, description: str, **flags: Any)
             raise ValueError(f"{name}: cli_kind {spec.cli_kind!r} is already {other.name}'s")
         if other.asset == asset and other.per_batch != spec.per_batch:
             raise ValueError(f"{name}: asset {asset} is per_batch={other.per_batch} for {other.name}")
+    if spec.checked_columns and not spec.per_batch:
+        raise ValueError(f"{name}: checked_columns only apply to a per_batch representation")
     REPRESENTATION_SPECS[name] = spec
     return spec
 
@@ -148,6 +152,17 @@ def served_by(asset: str) -> list[str]:
 def per_batch_assets() -> tuple[str, ...]:
     """The representation assets computed per pool batch, each once."""
     return tuple(dict.fromkeys(spec.asset for spec in REPRESENTATION_SPECS.values() if spec.per_batch))
+
+
+def checked_score_columns() -> dict[str, list[str]]:
+    """Per-batch score asset -> the columns its generated check holds finite (those of every
+    representation it serves, in declaration order)."""
+    found: dict[str, list[str]] = {}
+    for spec in REPRESENTATION_SPECS.values():
+        if spec.checked_columns:
+            columns = found.setdefault(spec.asset, [])
+            columns += [c for c in spec.checked_columns if c not in columns]
+    return found
 
 
 # --- loaders: each aligns rows to ``ctx.pool_ids`` (NaN where a pool id has none, unless noted) ---
@@ -234,6 +249,8 @@ def scalar(name: str, table: str, column: str, defined_only: bool) -> Loader:
 
 
 UNCERTAINTY_COLUMNS = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
+#: The losses of a loss-score row and their ratio (both IFDs are read from such a table).
+LOSS_COLUMNS = ("loss_conditioned", "loss_unconditioned", "ifd_loss_ratio")
 
 
 def uncertainty_scores(name: str, table: str) -> Loader:
@@ -463,6 +480,7 @@ declare_scalar(
     per_batch=True,
     cli_kind="loss",
     templated=True,
+    checked_columns=LOSS_COLUMNS,
 )
 declare(
     "uncertainty",
@@ -479,6 +497,7 @@ declare(
     "the same uncertainty scores on the selection model's own greedy generations",
     per_batch=True,
     cli_kind="uncertainty_greedy",
+    checked_columns=UNCERTAINTY_COLUMNS,
 )
 declare_scalar(
     "superfiltering_ifd",
@@ -489,6 +508,7 @@ declare_scalar(
     cli_kind="proxy_loss",
     pinned=("proxy_model",),
     templated=True,
+    checked_columns=LOSS_COLUMNS,
 )
 declare_scalar(
     "pre_experienced_ifd",

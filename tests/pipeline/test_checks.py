@@ -1,16 +1,19 @@
 """Asset checks: each passes on good data and fails on deliberately corrupted data; a failing
 blocking check stops the run before downstream assets read the bad result."""
 
+import dataclasses
 import json
 
 import dagster as dg
 import duckdb
 import numpy as np
 import polars as pl
+import pytest
 
 from dsel_assets.core.data.validate import validate_file
 from dsel_assets.pipeline.assets.selection.selections import coverage
 from dsel_assets.pipeline.checks import (
+    batch_check,
     build_checks,
     content_overlap,
     disjointness_result,
@@ -185,6 +188,31 @@ def test_checks_run_with_the_assets_and_a_failing_one_blocks_downstream(home, tm
     assert not bad.success
     materialized = [e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()]
     assert materialized == ["selection_random"]  # the report never read the bad selection
+
+
+def test_a_per_batch_score_check_is_generated_from_the_registry_declarations():
+    """A per-batch score asset's check holds finite the columns its representations declare
+    (``checked_columns``: loss_scores serves IFD and uncertainty, only IFD's losses are
+    required); a per-batch asset with neither declared columns nor a vector check is refused,
+    naming both ways to give it one; pool-wide representations declare no checked columns."""
+    from dsel_assets.pipeline import registry
+
+    def required(asset: str) -> str:
+        return next(iter(batch_check(asset).check_specs)).description
+
+    assert required("loss_scores").startswith("One row per pool example of the batch; loss_conditioned, ")
+    assert "ifd_loss_ratio" in required("proxy_loss_scores") and "min_margin" not in required("loss_scores")
+    assert "min_margin, mean_margin, mean_entropy, least_confidence" in required("greedy_scores")
+    probe = registry.declare("probe", "probe_scores", registry.lance_vectors(lambda ctx: "x"), "probe", per_batch=True)
+    try:
+        with pytest.raises(RuntimeError, match="checked_columns.*VECTOR_CHECKS"):
+            batch_check("probe_scores")
+        registry.REPRESENTATION_SPECS["probe"] = dataclasses.replace(probe, checked_columns=("length",))
+        assert "length finite" in required("probe_scores")
+        with pytest.raises(ValueError, match="per_batch"):
+            registry.declare("pool_probe", "pool_probe", probe.load, "probe", checked_columns=("x",))
+    finally:
+        registry.REPRESENTATION_SPECS.pop("probe")
 
 
 def test_every_per_batch_representation_has_a_check_and_model_embeddings_and_greedy_scores_are_checked(home, tmp_path):

@@ -230,7 +230,7 @@ def test_proxy_scores_come_from_the_proxy_and_alpaca_scores_keep_to_their_own_ta
     land in their own table, each row saying so, and the selections read that table only when asked."""
     from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
     from dsel_assets.pipeline.assets.representations.scores import loss_scores, proxy_loss_scores
-    from dsel_assets.pipeline.checks import SCORE_COLUMNS, build_score_check
+    from dsel_assets.pipeline.checks import batch_check
     from dsel_assets.pipeline.names import score_table
     from resources.models import SelectionModel
 
@@ -241,7 +241,7 @@ def test_proxy_scores_come_from_the_proxy_and_alpaca_scores_keep_to_their_own_ta
     proxy = SelectionModel(model=str(proxy_dir), device="cpu")
     resources = {**local_resources, "proxy_model": proxy}
     batch, instance = ingest(home, tmp_path, resources, n=5)
-    assets = [loss_scores, proxy_loss_scores, build_score_check(loss_scores, SCORE_COLUMNS)]
+    assets = [loss_scores, proxy_loss_scores, batch_check("loss_scores")]
     assert dg.materialize(assets, partition_key=batch, resources=resources, instance=instance).success
     compare = """SELECT p.model, p.model_hash, l.model_hash, max(abs(p.loss_conditioned - l.loss_conditioned)),
                         count(*), any_value(p.prompt_template)

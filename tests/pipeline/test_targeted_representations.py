@@ -182,10 +182,10 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
         # round-robin over the representation takes the copies first, one per query row
         selection = build_selection_asset(get("round_robin"), name.split("_")[0])
         run_config = {"ops": {selection.key.to_user_string(): {"config": {"budgets": [str(len(QUERIES))]}}}}
-        check = build_selection_check(selection)  # the blocking check finds the rows by the stored method key
+        method = selection.metadata_by_key[selection.key]["method"]
+        check = build_selection_check(method)  # the blocking check finds the rows by the stored method key
         result = dg.materialize([selection, check], resources=resources, instance=instance, run_config=run_config)
         assert all(e.passed for e in result.get_asset_check_evaluations())
-        method = selection.metadata_by_key[selection.key]["method"]
         with duckdb.connect(str(home.duckdb), read_only=True) as conn:
             rows = queries.frame(conn, "SELECT pool_id, diagnostics, config FROM selections WHERE method = ?", [method])
         assert set(rows["pool_id"]) == set(copy_ids), method
