@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dsel_assets.pipeline.assets.ingest.pool import pool_batch
-from dsel_assets.pipeline.names import EVALUATION, MODELS, POOL, REPORTS, REPRESENTATIONS, SELECTIONS, pool_batches
+from dsel_assets.pipeline.names import (
+    EVALUATION,
+    MODELS,
+    POOL,
+    POOL_BATCH,
+    REPORTS,
+    REPRESENTATIONS,
+    SELECTIONS,
+    pool_batches,
+)
 from dsel_assets.pipeline.registry import per_batch_assets
 
 #: Everything for one batch and the curation over the grown pool: ingestion -> warmup ->
@@ -24,7 +32,7 @@ default_job = dg.define_asset_job(
 
 #: What is computed per pool batch: the batch itself and the representations declared per batch
 #: (dsel_assets.pipeline.registry).
-PER_BATCH = dg.AssetSelection.assets(pool_batch, *per_batch_assets())
+PER_BATCH = dg.AssetSelection.assets(POOL_BATCH, *per_batch_assets())
 
 #: One batch without re-curation: validate it, compute its per-example representations,
 #: update the pool version (new arrivals, query and eval sets).
