@@ -561,6 +561,15 @@ declare_scalar(
     cli_kind="whisperer",
     seeded_by="whisperer_score",
 )
+declare_scalar(
+    "response_length",
+    "response_lengths",
+    "response_tokens",
+    "tokens of the example's assistant turns under the selection model's tokenizer",
+    per_batch=True,
+    cli_kind="length",
+    checked_columns=("response_tokens",),
+)
 declare(
     "pool_tasks",
     POOL,

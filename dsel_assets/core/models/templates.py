@@ -45,3 +45,12 @@ def token_counter(tokenizer: PreTrainedTokenizerBase):
         return [len(ids) for ids in encoded]
 
     return count
+
+
+def response_token_counts(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]]) -> list[int]:
+    """Tokens in the assistant turns of each conversation: their contents tokenized without a
+    template or special tokens, summed over the turns (Long Is More ranks by this length)."""
+    turns = [[m["content"] for m in messages if m["role"] == "assistant"] for messages in conversations]
+    flat = [text for texts in turns for text in texts]
+    lengths = iter(len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"]) if flat else iter(())
+    return [sum(next(lengths) for _ in texts) for texts in turns]
