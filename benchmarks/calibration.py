@@ -45,6 +45,7 @@ from dsel_assets.core.stats import (  # noqa: E402
     row_weights,
     unit_weights,
 )
+from resources import store as state_db
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,8 @@ def real_check(home: Path, splits: int, seed: int, method_size: int = 3, baselin
     """Random against random on a real comparison's stored eval losses (see the module docstring)."""
     from dsel_assets.core.stats import comparison_table
     from dsel_assets.pipeline.assets.reporting.reports import comparison_rows
-    from dsel_assets.store import tables
 
-    with tables.open_state(home / "dsel.duckdb", read_only=True) as conn:
+    with state_db.open_state(home / "dsel.duckdb", read_only=True) as conn:
         rows = comparison_rows(conn, [], ["random"], None).filter(pl.col("method") == "random")
     selection_seeds = sorted(set(rows["selection_seed"].to_list()))
     if len(selection_seeds) < method_size + baseline_size:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from resources import store as state_db
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -50,11 +52,11 @@ def main() -> None:
     from dsel_assets.core.models.features import FeatureConfig, gradient_features
     from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, resolve
     from dsel_assets.core.models.warmup import load_checkpoint, read_manifest
-    from dsel_assets.store import artifacts, queries, tables
+    from dsel_assets.store import artifacts, queries
     from resources.home import DselHome
 
     home = DselHome(Path(args.home))
-    with tables.open_state(home.duckdb, read_only=True) as conn:
+    with state_db.open_state(home.duckdb, read_only=True) as conn:
         pool = queries.split_rows(conn, "pool")
         query = queries.split_rows(conn, "query", ("pool_id", "messages", "task"))
         subtasks = queries.query_subtasks(conn)

@@ -12,7 +12,7 @@ from .inbox import InboxSettings
 from .ingest import IngestLimits
 from .lance_store import LanceStore
 from .models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
-from .store import StateStore
+from .store import state_store
 from .tracking import DatasetRef, MlflowTracker
 
 __all__ = [
@@ -55,7 +55,7 @@ def build_resources(
     options = model_options or {}
     return {
         "home": StateHome(root=str(home.root)),
-        "store": StateStore(database=str(home.duckdb)),
+        "store": state_store(home.duckdb),
         "lance": LanceStore(root=os.environ.get("DSEL_LANCE_URI") or str(home.lance)),
         "tracker": MlflowTracker(
             tracking_uri=server or home.mlflow_uri,

@@ -10,7 +10,7 @@ import dagster as dg
 from filelock import FileLock
 from pydantic import Field
 
-from dsel_assets.store.artifacts import ArtifactStore
+from dsel_assets.store.artifacts import ARTIFACTS_URI, ArtifactStore
 
 #: a deployment's Dagster instance folder (its dagster.yaml), used instead of the home's own
 DAGSTER_INSTANCE = "DSEL_DAGSTER_HOME"
@@ -50,7 +50,7 @@ class DselHome:
     def artifacts(self) -> ArtifactStore:
         """Adapters, checkpoints, reports and raw-file copies: under this home (``models/``,
         ``reports/``, ``raw/``), or under ``DSEL_ARTIFACTS_URI`` (an object store) when set."""
-        return ArtifactStore.for_home(self.root)
+        return ArtifactStore(os.environ.get(ARTIFACTS_URI) or str(self.root))
 
     @property
     def dagster(self) -> Path:

@@ -12,7 +12,9 @@ import pyarrow as pa
 from pydantic import Field
 
 from dsel_assets.store.artifacts import storage_options
-from dsel_assets.store.tables import exclusive
+from dsel_assets.store.locks import exclusive
+
+from .store import database_url
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -75,7 +77,7 @@ class LanceStore(dg.ConfigurableResource):
             lock_dir = (
                 Path(self.root) / ".locks" if "://" not in self.root else Path(tempfile.gettempdir()) / "dsel-locks"
             )
-            with exclusive(f"lance-create {self.uri(name)}", lock_dir):
+            with exclusive(f"lance-create {self.uri(name)}", lock_dir, database_url()):
                 ds = self._open(name)
                 if ds is None:
                     lance.write_dataset(

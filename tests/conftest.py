@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 from dsel_assets.store import schema
+from dsel_assets.store.sql import run as sql_run
 from tests import postgres, s3
 
 # No test may reach a model hub: everything loads from installed packages.
@@ -98,7 +99,7 @@ class Backend:
         return psycopg.connect(self.target, autocommit=True)
 
     def rows(self, conn, sql: str, params=()):
-        return schema._Sql(conn, self.dialect).run(sql, params)
+        return sql_run(conn, sql, params)
 
 
 @pytest.fixture(params=schema.DIALECTS)

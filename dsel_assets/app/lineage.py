@@ -19,7 +19,8 @@ from typing import Any
 
 import dagster as dg
 
-from dsel_assets.store import queries, schema, tables
+from dsel_assets.store import queries, schema
+from resources import store as state_db
 from resources.tracking import restore_credentials
 
 #: Materialization metadata worth showing in a lineage line, in this order.
@@ -179,7 +180,7 @@ def mlflow_runs(nodes: list[Node]) -> dict[str, dict]:
 
 def data_origin(database: str, batches: list[str]) -> dict:
     """Raw files (path, sha256, split) of ``batches`` and their accepted / quarantined counts."""
-    with tables.open_state(database, read_only=True) as conn:
+    with state_db.open_state(database, read_only=True) as conn:
         files = []
         for batch in batches:
             file = queries.rows_matching(
@@ -272,7 +273,7 @@ def why(database: str, pool_id: str, selection: str) -> dict:
     """An example's raw record, its row in every state table keyed by ``pool_id`` (scores,
     labels), and its rank in each budget of selection ``selection`` (method or asset name)."""
     method = selection.removeprefix("selection_")
-    with tables.open_state(database, read_only=True) as conn:
+    with state_db.open_state(database, read_only=True) as conn:
         example = queries.example_origin(conn, pool_id)
         if example is None:
             raise KeyError(f"pool_id: {pool_id} is not in the pool (see the quarantine with dsel status)")

@@ -269,7 +269,7 @@ def pool_grad_features_check(
 ) -> dg.AssetCheckResult:
     batch = context.partition_key
     with store.get_connection() as conn:
-        manifest = tables.get_batch(conn, batch)
+        manifest = queries.get_batch(conn, batch)
         if manifest.split != "pool":
             return _result([], skipped=f"{manifest.split} batch: no pool features")
         expected = _batch_ids(conn, batch, pool_only=True)

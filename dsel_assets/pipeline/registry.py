@@ -43,7 +43,7 @@ from dsel_assets.pipeline.stored import (
     query_rows,
     vector_matrix,
 )
-from dsel_assets.store import queries, schema, tables
+from dsel_assets.store import queries, schema
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -316,7 +316,7 @@ def pool_task_labels(ctx: LoadContext) -> tuple[np.ndarray, DatasetRef]:
     pool id the pool no longer holds is an error (the pool changed while the selection ran)."""
     with ctx.store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool", ("pool_id", "task"))
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
     task_of = dict(zip(rows["pool_id"].to_list(), rows["task"].to_list(), strict=True))
     missing = [p for p in ctx.pool_ids if p not in task_of]
     if missing:

@@ -118,7 +118,7 @@ def score_resumably(
             written += len(chunk)
             meter.update(written)
     with store.get_connection() as conn:
-        queries.delete_stale(conn, table, keep, batch=batch)
+        tables.delete_stale(conn, table, keep, batch=batch)
         stats = queries.score_summary(conn, table, value_column, batch=batch)
     return ScoreRun(written, len(items) - len(todo), stats)
 

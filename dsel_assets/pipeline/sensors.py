@@ -28,6 +28,7 @@ from dsel_assets.pipeline.liveness import reap_dead_runs
 from dsel_assets.pipeline.names import MODELS, POOL, REPORTS, REPRESENTATIONS, SELECTIONS, pool_batches
 from dsel_assets.pipeline.staleness import is_missing, is_stale, stale_resolver
 from dsel_assets.store import tables
+from dsel_assets.store.errors import StateDatabaseError
 from jobs import EXPENSIVE, batch_job, curation_job
 from resources.home import StateHome
 from resources.inbox import InboxSettings
@@ -161,7 +162,7 @@ def _inbox_tick(
                         tags={"dsel/trigger": "inbox", "dsel/file": item.name, "dsel/sha256": manifest.sha256},
                     )
                 )
-    except (OSError, duckdb_lib.Error, tables.StateDatabaseError) as exc:  # locked by a run: not the files' fault
+    except (OSError, duckdb_lib.Error, StateDatabaseError) as exc:  # locked by a run: not the files' fault
         context.log.warning(f"database not available ({exc}); {len(waiting)} ready file(s) wait for the next tick")
         state.update({name: list(item.entry) for name, item in waiting.items()})
     return dg.SensorResult(

@@ -206,11 +206,6 @@ class ArtifactStore:
 
     root: str
 
-    @classmethod
-    def for_home(cls, home: Path, environ: Mapping[str, str] | None = None) -> ArtifactStore:
-        environ = os.environ if environ is None else environ
-        return cls(environ.get(ARTIFACTS_URI) or str(home))
-
     @property
     def remote(self) -> bool:
         return is_remote(self.root)

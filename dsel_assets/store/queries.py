@@ -1,44 +1,23 @@
 """The questions the pipeline asks the state database, one function each, answered alike on a
-DuckDB connection and on a PostgreSQL (psycopg, autocommit) one. Values are always bound; a
-table or column name a caller passes is checked to be a plain identifier (or one of the
-declared columns) before it reaches the SQL text.
-
-Writes that still use DuckDB-only features (ingestion's ``INSERT ... BY NAME`` from Arrow, whole
-tables replaced from a frame, chunk upserts) live beside this in ``tables`` and are the next
-to get PostgreSQL versions (issue 15)."""
+DuckDB connection and on a PostgreSQL (psycopg, autocommit) one; every write is in ``tables``.
+Values are always bound; a table or column name a caller passes is checked to be a plain
+identifier (or one of the declared columns) before it reaches the SQL text."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import polars as pl
 
-from .schema import _IDENTIFIER, TABLES, _Sql, dialect_of
+from .schema import TABLES, migrate
+from .sql import check_identifiers, frame, in_list, one, run
 
 _EXAMPLE_COLUMNS = {c.name for c in next(t for t in TABLES if t.name == "examples").columns}
-
-
-def _run(conn, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-    """All rows of one statement on either backend (``?`` placeholders)."""
-    return _Sql(conn, dialect_of(conn)).run(sql, list(params))
-
-
-def frame(conn, sql: str, params: Sequence[object] = ()) -> pl.DataFrame:
-    """A query result as polars: through Arrow on DuckDB, from the rows on PostgreSQL."""
-    if dialect_of(conn) == "duckdb":
-        return pl.from_arrow(conn.sql(sql, params=list(params) or None).to_arrow_table())
-    cursor = conn.execute(sql.replace("?", "%s"), list(params))
-    names = [d.name for d in cursor.description]
-    rows = cursor.fetchall()
-    return (
-        pl.DataFrame([dict(zip(names, row, strict=True)) for row in rows])
-        if rows
-        else pl.DataFrame(schema={n: pl.Null for n in names})
-    )
 
 
 def _columns(columns: Sequence[str]) -> str:
@@ -46,11 +25,6 @@ def _columns(columns: Sequence[str]) -> str:
     if unknown or not columns:
         raise ValueError(f"columns: {unknown or 'none'} not in examples ({sorted(_EXAMPLE_COLUMNS)})")
     return ", ".join(columns)
-
-
-def _in_list(conn) -> str:
-    """SQL for "value is in the bound list" in the connection's dialect (``{}`` = the value)."""
-    return "{} IN (SELECT unnest(?))" if dialect_of(conn) == "duckdb" else "{} = ANY(?)"
 
 
 def split_rows(
@@ -63,7 +37,7 @@ def split_rows(
     """The examples of ``split`` (one name, or several) - of one ``batch`` when given -:
     ``columns``, ordered by ``order``."""
     splits = [split] if isinstance(split, str) else list(split)
-    sql = f"SELECT {_columns(columns)} FROM examples WHERE {_in_list(conn).format('split')}"
+    sql = f"SELECT {_columns(columns)} FROM examples WHERE {in_list(conn).format('split')}"
     params: list[object] = [splits]
     if batch is not None:
         sql += " AND batch = ?"
@@ -90,30 +64,21 @@ def quarantine_reasons(conn) -> pl.DataFrame:
     return frame(conn, "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC, reason")
 
 
-def record_pool_version(conn, version: str, batches: Sequence[str], n_examples: int) -> None:
-    """Append a pool version (its batches and size) to the history."""
-    _run(
-        conn,
-        "INSERT INTO pool_versions (pool_version, batches, n_examples, created_at) VALUES (?, ?, ?, ?)",
-        [version, list(batches), n_examples, _now()],
-    )
-
-
 def batch_counts(conn, batch: str) -> tuple[int, list[tuple[str, int]], str | None]:
     """(accepted rows, quarantined rows per reason - most frequent first -, failure) of a batch."""
-    accepted = int(_run(conn, "SELECT count(*) FROM examples WHERE batch = ?", [batch])[0][0])
-    reasons = _run(
+    accepted = int(run(conn, "SELECT count(*) FROM examples WHERE batch = ?", [batch])[0][0])
+    reasons = run(
         conn,
         "SELECT reason, count(*) AS n FROM quarantine WHERE batch = ? GROUP BY reason ORDER BY n DESC, reason",
         [batch],
     )
-    error = _run(conn, "SELECT error FROM batches WHERE batch = ?", [batch])
+    error = run(conn, "SELECT error FROM batches WHERE batch = ?", [batch])
     return accepted, [(r, int(n)) for r, n in reasons], error[0][0] if error else None
 
 
 def batch_names(conn, split: str) -> list[str]:
     """The registered batches of ``split``, by name."""
-    rows = _run(conn, "SELECT batch FROM batches WHERE split = ? ORDER BY batch", [split])
+    rows = run(conn, "SELECT batch FROM batches WHERE split = ? ORDER BY batch", [split])
     return [r[0] for r in rows]
 
 
@@ -122,7 +87,7 @@ def batches_without_rows(conn) -> list[tuple[str, str, int, str]]:
     its failure, 'not validated yet', or 'every record quarantined'."""
     return [
         (batch, split, int(n), why)
-        for batch, split, n, why in _run(
+        for batch, split, n, why in run(
             conn,
             """SELECT b.batch, b.split, (SELECT count(*) FROM quarantine q WHERE q.batch = b.batch),
                       coalesce(b.error, CASE WHEN b.validated_at IS NULL THEN 'not validated yet'
@@ -146,8 +111,7 @@ def example_origin(conn, pool_id: str) -> dict | None:
 
 def rows_of_id(conn, table: str, pool_id: str) -> list[dict]:
     """The rows of ``table`` (a name from the catalog, checked) that belong to ``pool_id``."""
-    if not _IDENTIFIER.match(table):
-        raise ValueError(f"table: {table!r} is not a plain identifier")
+    check_identifiers(table)
     return frame(conn, f"SELECT * FROM {table} WHERE pool_id = ?", [pool_id]).to_dicts()
 
 
@@ -158,7 +122,7 @@ def source_rows(conn, source: str, columns: Sequence[str] = ("pool_id", "message
 
 def meta_field(conn, split: str, field: str) -> dict[str, object]:
     """pool id -> the decoded value of ``field`` in each example's ``meta`` JSON (None when absent)."""
-    rows = _run(conn, "SELECT pool_id, meta FROM examples WHERE split = ?", [split])
+    rows = run(conn, "SELECT pool_id, meta FROM examples WHERE split = ?", [split])
     return {pool_id: (json.loads(meta) if meta else {}).get(field) for pool_id, meta in rows}
 
 
@@ -169,20 +133,20 @@ def query_subtasks(conn) -> dict[str, str | None]:
 
 def messages_of(conn, ids: Sequence[str]) -> dict[str, list[dict]]:
     """pool id -> messages, for the given ids (those that exist), in id order."""
-    sql = f"SELECT pool_id, messages FROM examples WHERE {_in_list(conn).format('pool_id')} ORDER BY pool_id"
-    return dict(_run(conn, sql, [list(ids)]))
+    sql = f"SELECT pool_id, messages FROM examples WHERE {in_list(conn).format('pool_id')} ORDER BY pool_id"
+    return dict(run(conn, sql, [list(ids)]))
 
 
 def split_task_counts(conn) -> dict[tuple[str, str], int]:
     """(split, task) -> number of examples."""
-    rows = _run(conn, "SELECT split, task, count(*) FROM examples GROUP BY split, task")
+    rows = run(conn, "SELECT split, task, count(*) FROM examples GROUP BY split, task")
     return {(split, task): n for split, task, n in rows}
 
 
 def count_outside_split(conn, ids: Sequence[str], split: str) -> int:
     """How many of ``ids`` are stored in a split other than ``split`` (a leak check)."""
-    sql = f"SELECT count(*) FROM examples WHERE split <> ? AND {_in_list(conn).format('pool_id')}"
-    return int(_run(conn, sql, [split, list(ids)])[0][0])
+    sql = f"SELECT count(*) FROM examples WHERE split <> ? AND {in_list(conn).format('pool_id')}"
+    return int(run(conn, sql, [split, list(ids)])[0][0])
 
 
 def finetuned_models_of(conn, method: str, base_model_hash: str) -> pl.DataFrame:
@@ -199,7 +163,7 @@ def finetuned_models_of(conn, method: str, base_model_hash: str) -> pl.DataFrame
 
 def eval_keys(conn) -> set[str]:
     """The evaluations already stored (model x eval set x settings keys)."""
-    return {r[0] for r in _run(conn, "SELECT DISTINCT eval_key FROM eval_scores")}
+    return {r[0] for r in run(conn, "SELECT DISTINCT eval_key FROM eval_scores")}
 
 
 def eval_task_scores(conn, eval_key: str) -> list[dict]:
@@ -209,31 +173,14 @@ def eval_task_scores(conn, eval_key: str) -> list[dict]:
 
 def latest_warmup(conn) -> tuple[str, str] | None:
     """(key, path) of the most recently recorded warmup, or None."""
-    rows = _run(conn, "SELECT warmup, path FROM warmups ORDER BY created_at DESC LIMIT 1")
+    rows = run(conn, "SELECT warmup, path FROM warmups ORDER BY created_at DESC LIMIT 1")
     return rows[0] if rows else None
-
-
-def record_warmup(conn, key: str, path: str, pool_version: str, model: str, model_hash: str, config: dict) -> None:
-    """Record (or re-record, as the latest) the warmup ``key``, in one transaction."""
-    _run(conn, "BEGIN")
-    try:
-        _run(conn, "DELETE FROM warmups WHERE warmup = ?", [key])
-        _run(
-            conn,
-            "INSERT INTO warmups (warmup, path, pool_version, model, model_hash, config, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [key, path, pool_version, model, model_hash, json.dumps(config, sort_keys=True), _now()],
-        )
-        _run(conn, "COMMIT")
-    except BaseException:
-        _run(conn, "ROLLBACK")
-        raise
 
 
 def sibling_warmups(conn, key: str) -> list[str]:
     """The warmups recorded for the same pool version and base model as warmup ``key`` (itself
     included; other seeds or settings): the warmups whose gradient features stay valid beside it."""
-    rows = _run(
+    rows = run(
         conn,
         "SELECT w.warmup FROM warmups w JOIN warmups k ON k.warmup = ? "
         "WHERE w.pool_version = k.pool_version AND w.model_hash = k.model_hash ORDER BY w.warmup",
@@ -250,8 +197,7 @@ def less_scores(conn) -> pl.DataFrame:
 def similarity_columns(conn, table: str) -> pl.DataFrame:
     """The query columns (col, task, subtask) of a pool x query similarity, from its columns table
     (a plain identifier from the representation registry)."""
-    if not _IDENTIFIER.match(table):
-        raise ValueError(f"table: {table!r} is not a plain identifier")
+    check_identifiers(table)
     return frame(conn, f"SELECT col, task, subtask FROM {table} ORDER BY col")
 
 
@@ -285,7 +231,7 @@ def selection_replicates(conn, methods: Sequence[str]) -> pl.DataFrame:
     if not methods:
         names = ("method", "budget", "selection_seed", "diagnostics")
         return pl.DataFrame(schema=dict(zip(names, (pl.Utf8, pl.Utf8, pl.Int32, pl.Utf8), strict=True)))
-    member = _in_list(conn).format("method")
+    member = in_list(conn).format("method")
     return frame(
         conn,
         f"""SELECT method, budget, selection_seed, max(diagnostics) AS diagnostics FROM selections WHERE {member}
@@ -299,7 +245,7 @@ def selection_configs(conn, methods: Sequence[str]) -> dict[str, dict]:
     ``config``; replicates differ in their seed only); a method with no stored selection is absent."""
     if not methods:
         return {}
-    member = _in_list(conn).format("method")
+    member = in_list(conn).format("method")
     sql = f"SELECT method, config FROM selections WHERE {member} ORDER BY created_at DESC"
     rows = frame(conn, sql, [list(methods)])
     out: dict[str, dict] = {}
@@ -342,22 +288,22 @@ def warmup_identity(conn, key: str | None = None, before: datetime | None = None
     """The warmup ``key`` (model, model hash), else the latest one recorded at or before ``before``
     (any time when None); None when there is none."""
     if key is not None:
-        rows = _run(conn, "SELECT warmup, model, model_hash FROM warmups WHERE warmup = ?", [key])
+        rows = run(conn, "SELECT warmup, model, model_hash FROM warmups WHERE warmup = ?", [key])
     elif before is not None:
-        rows = _run(
+        rows = run(
             conn,
             "SELECT warmup, model, model_hash FROM warmups WHERE created_at <= ? ORDER BY created_at DESC LIMIT 1",
             [before],
         )
     else:
-        rows = _run(conn, "SELECT warmup, model, model_hash FROM warmups ORDER BY created_at DESC LIMIT 1")
+        rows = run(conn, "SELECT warmup, model, model_hash FROM warmups ORDER BY created_at DESC LIMIT 1")
     return dict(zip(("warmup", "model", "model_hash"), rows[0], strict=True)) if rows else None
 
 
 def score_models(conn, table: str) -> list[tuple[str, str]]:
     """The distinct (model, model hash) pairs of score table ``table`` (a plain identifier)."""
-    _identifiers(table)
-    rows = _run(conn, f"SELECT DISTINCT model, model_hash FROM {table} ORDER BY model, model_hash")
+    check_identifiers(table)
+    rows = run(conn, f"SELECT DISTINCT model, model_hash FROM {table} ORDER BY model, model_hash")
     return [(m, h) for m, h in rows]
 
 
@@ -400,57 +346,31 @@ def report(conn, name: str) -> pl.DataFrame:
 
 def selected_ids(conn, method: str) -> list[str]:
     """Every pool id any stored selection of ``method`` holds (any budget or seed), sorted."""
-    rows = _run(conn, "SELECT DISTINCT pool_id FROM selections WHERE method = ? ORDER BY pool_id", [method])
+    rows = run(conn, "SELECT DISTINCT pool_id FROM selections WHERE method = ? ORDER BY pool_id", [method])
     return [r[0] for r in rows]
 
 
 def evaluated_ids(conn, method: str) -> list[str]:
     """The eval examples the models of ``method`` were scored on, sorted."""
-    rows = _run(conn, "SELECT DISTINCT pool_id FROM eval_examples WHERE method = ? ORDER BY pool_id", [method])
+    rows = run(conn, "SELECT DISTINCT pool_id FROM eval_examples WHERE method = ? ORDER BY pool_id", [method])
     return [r[0] for r in rows]
 
 
 def pool_ids_of_version(conn, version: str) -> set[str] | None:
     """The pool ids of a recorded pool version (its batches' pool rows); None when not recorded."""
-    found = _run(conn, "SELECT batches FROM pool_versions WHERE pool_version = ? LIMIT 1", [version])
+    found = run(conn, "SELECT batches FROM pool_versions WHERE pool_version = ? LIMIT 1", [version])
     if not found:
         return None
-    member = _in_list(conn).format("batch")
-    return {r[0] for r in _run(conn, f"SELECT pool_id FROM examples WHERE split = 'pool' AND {member}", [found[0][0]])}
-
-
-def _now() -> datetime:
-    """UTC now, naive (the TIMESTAMP columns hold UTC)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _identifiers(*names: str) -> None:
-    for name in names:
-        if not _IDENTIFIER.match(name):
-            raise ValueError(f"{name!r} is not a plain identifier")
+    member = in_list(conn).format("batch")
+    return {r[0] for r in run(conn, f"SELECT pool_id FROM examples WHERE split = 'pool' AND {member}", [found[0][0]])}
 
 
 def rows_matching(conn, table: str, columns: Sequence[str], match: dict[str, object]) -> pl.DataFrame:
     """``columns`` of the rows of ``table`` whose ``match`` columns equal the given values (names
     are the caller's own declared identifiers, checked; values bound)."""
-    _identifiers(table, *columns, *match)
+    check_identifiers(table, *columns, *match)
     where = " AND ".join(f"{c} = ?" for c in match) or "TRUE"
     return frame(conn, f"SELECT {', '.join(columns)} FROM {table} WHERE {where}", list(match.values()))
-
-
-def delete_stale(conn, table: str, keep: dict[str, object], batch: str | None = None) -> None:
-    """Delete the rows of a per-example table that another model / code version / setting made
-    (any ``keep`` column differs) or whose example left the pool - within one ``batch`` when
-    given (a per-batch asset), else across the table (a pool-wide one)."""
-    _identifiers(table, *keep)
-    differs = [f"{c} <> ?" for c in keep]
-    if batch is None:
-        stale = " OR ".join([*differs, "pool_id NOT IN (SELECT pool_id FROM examples WHERE split = 'pool')"])
-        sql, params = f"DELETE FROM {table} WHERE {stale}", list(keep.values())
-    else:
-        stale = " OR ".join([*differs, "pool_id NOT IN (SELECT pool_id FROM examples WHERE batch = ?)"])
-        sql, params = f"DELETE FROM {table} WHERE batch = ? AND ({stale})", [batch, *keep.values(), batch]
-    _run(conn, sql, params)
 
 
 @dataclass(frozen=True)
@@ -464,16 +384,16 @@ class ScoreSummary:
 def score_summary(conn, table: str, value_column: str, batch: str | None = None) -> ScoreSummary:
     """Rows, undefined rows and their reasons, and the mean value of a score table (or of one
     batch of it)."""
-    _identifiers(table, value_column)
+    check_identifiers(table, value_column)
     where, params = ("WHERE batch = ?", [batch]) if batch is not None else ("", [])
-    n, undefined, mean = _run(
+    n, undefined, mean = run(
         conn,
         f"SELECT count(*), count(*) FILTER (WHERE reason <> ''), avg({value_column}) FILTER (WHERE reason = '') "
         f"FROM {table} {where}",
         params,
     )[0]
     reason_filter = f"{where} AND" if where else "WHERE"
-    reasons = _run(
+    reasons = run(
         conn,
         f"SELECT reason, count(*) AS n FROM {table} {reason_filter} reason <> '' "
         "GROUP BY reason ORDER BY n DESC, reason",
@@ -487,7 +407,7 @@ def score_summary(conn, table: str, value_column: str, batch: str | None = None)
 def score_columns(conn, table: str, columns: Sequence[str], defined_only: bool = False) -> pl.DataFrame:
     """``pool_id`` and ``columns`` of every row of score table ``table``; with ``defined_only``
     a value is null where its row records a reason (the score is undefined there)."""
-    _identifiers(table, *columns)
+    check_identifiers(table, *columns)
     select = [f"CASE WHEN reason = '' THEN {c} END AS {c}" if defined_only else c for c in columns]
     return frame(conn, f"SELECT pool_id, {', '.join(select)} FROM {table}")
 
@@ -523,3 +443,65 @@ def eval_rows_with_models(conn, base: str, model_hash: str | None, eval_version:
                   OR e.eval_key IN (SELECT eval_key FROM eval_scores WHERE eval_version = ?))""",
         [model_hash, model_hash, base, model_hash, f"{base}-{model_hash}", eval_version, eval_version],
     )
+
+
+@dataclass(frozen=True)
+class BatchManifest:
+    """What a pool batch is: one ingested file and how to read it."""
+
+    batch: str
+    source: str
+    task: str
+    split: str
+    fmt: str | None
+    layout: str | None
+    mapping: str | None
+    original_path: str
+    stored_path: str
+    sha256: str
+    size_bytes: int
+
+
+def find_batch_by_sha(conn, sha256: str, split: str) -> str | None:
+    migrate(conn)
+    row = one(conn, "SELECT batch FROM batches WHERE sha256 = ? AND split = ?", [sha256, split])
+    return row[0] if row else None
+
+
+def get_batch(conn, batch: str) -> BatchManifest:
+    migrate(conn)
+    names = list(BatchManifest.__dataclass_fields__)
+    row = one(conn, f"SELECT {', '.join(names)} FROM batches WHERE batch = ?", [batch])
+    if row is None:
+        raise KeyError(f"batch: {batch!r} is not registered; run `dsel ingest PATH` first")
+    return BatchManifest(**dict(zip(names, row, strict=True)))
+
+
+def ids_before(conn, batch: str) -> dict[str, str]:
+    """Ids stored by batches registered before ``batch`` -> "batch (split)": the rows a new
+    batch must not repeat. Ids stay unique across the whole store, whatever the split."""
+    rows = run(
+        conn,
+        """SELECT e.pool_id, b.batch, b.split FROM examples e JOIN batches b ON b.batch = e.batch
+           WHERE b.registered_at < (SELECT registered_at FROM batches WHERE batch = ?)""",
+        [batch],
+    )
+    return {pool_id: f"batch {name} ({split})" for pool_id, name, split in rows}
+
+
+def is_validated(conn, batch: str) -> bool:
+    """Whether the batch's validation finished (its rows are in ``examples`` / ``quarantine``)."""
+    row = one(conn, "SELECT validated_at IS NOT NULL FROM batches WHERE batch = ?", [batch])
+    return bool(row and row[0])
+
+
+def pool_version(conn) -> tuple[str, list[str]]:
+    """Hash of the manifests of every materialized pool batch, and those batch keys."""
+    rows = run(
+        conn,
+        """SELECT b.batch, b.sha256, b.source, b.task, b.layout, b.mapping FROM batches b
+           WHERE b.split = 'pool' AND EXISTS (SELECT 1 FROM examples e WHERE e.batch = b.batch)
+           ORDER BY b.batch""",
+    )
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    return digest, [r[0] for r in rows]

@@ -16,12 +16,13 @@ that takes an existing database there; never edit a migration that has shipped.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+from .sql import IDENTIFIER, dialect, run
 
 DIALECTS = ("duckdb", "postgres")
 #: logical type -> (DuckDB, PostgreSQL)
@@ -35,7 +36,6 @@ TYPES = {
     # a conversation: DuckDB keeps the typed list; PostgreSQL a JSON array of {role, content}
     "messages": ("STRUCT(role VARCHAR, content VARCHAR)[]", "JSONB"),
 }
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 VERSION_TABLE = "dsel_schema"
 _ADVISORY_LOCK = 0x64_73_65_6C  # "dsel": one migrator at a time per PostgreSQL database
 
@@ -157,27 +157,14 @@ SCORE_COLUMNS = _columns(
 )
 
 
-def dialect_of(conn) -> str:
-    """``postgres`` for a psycopg connection, else ``duckdb``."""
-    return "postgres" if type(conn).__module__.startswith("psycopg") else "duckdb"
-
-
 class _Sql:
-    """The few calls migrations need, over a DuckDB or a psycopg connection (``?`` placeholders)."""
+    """The few calls migrations need, on the connection's backend (``?`` placeholders)."""
 
-    def __init__(self, conn, dialect: str | None = None):
-        dialect = dialect or dialect_of(conn)
-        if dialect not in DIALECTS:
-            raise ValueError(f"dialect: {dialect!r} is not one of {DIALECTS}")
-        if dialect == "postgres" and not conn.autocommit:
-            raise ValueError("postgres connection: open it with autocommit=True (the store runs its own transactions)")
-        self.conn, self.dialect = conn, dialect
+    def __init__(self, conn):
+        self.conn, self.dialect = conn, dialect(conn)
 
-    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        if self.dialect == "postgres":
-            sql = sql.replace("?", "%s")
-        cursor = self.conn.execute(sql, list(params))
-        return cursor.fetchall() if cursor.description else []
+    def run(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return run(self.conn, statement, params)
 
     def columns(self, table: str) -> list[str]:
         rows = self.run(
@@ -199,18 +186,18 @@ class _Sql:
         return [c.name for c in missing]
 
 
-def columns(conn, table: str, dialect: str | None = None) -> list[str]:
+def columns(conn, table: str) -> list[str]:
     """The columns of ``table`` in order; empty when there is no such table."""
-    return _Sql(conn, dialect).columns(table)
+    return _Sql(conn).columns(table)
 
 
-def table_exists(conn, table: str, dialect: str | None = None) -> bool:
-    return bool(columns(conn, table, dialect))
+def table_exists(conn, table: str) -> bool:
+    return bool(columns(conn, table))
 
 
-def tables_with_column(conn, column: str, dialect: str | None = None) -> list[str]:
+def tables_with_column(conn, column: str) -> list[str]:
     """The tables (of the current schema) that have ``column``, by name."""
-    rows = _Sql(conn, dialect).run(
+    rows = _Sql(conn).run(
         """SELECT DISTINCT table_name FROM information_schema.columns
            WHERE table_schema = current_schema() AND column_name = ? ORDER BY table_name""",
         [column],
@@ -241,22 +228,22 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[_Sql], None]], ...] = (
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def current_version(conn, dialect: str | None = None) -> int:
+def current_version(conn) -> int:
     """The recorded schema version; 0 for a database that has none yet (fresh, or older than
     schema versions)."""
-    sql = _Sql(conn, dialect)
+    sql = _Sql(conn)
     if not sql.columns(VERSION_TABLE):
         return 0
     return int(sql.run(f"SELECT coalesce(max(version), 0) FROM {VERSION_TABLE}")[0][0])
 
 
-def migrate(conn, dialect: str | None = None, attempts: int = 5) -> int:
+def migrate(conn, attempts: int = 5) -> int:
     """Bring the database to :data:`SCHEMA_VERSION` (a no-op when it is there); returns the
     version. Each attempt is one transaction, so a failed migration leaves the database as it
     was; a conflict with a concurrent migrator is retried, and ends well once the other one
     has committed."""
     for attempt in range(attempts):
-        version = current_version(conn, dialect)
+        version = current_version(conn)
         if version == SCHEMA_VERSION:
             return version
         if version > SCHEMA_VERSION:
@@ -265,7 +252,7 @@ def migrate(conn, dialect: str | None = None, attempts: int = 5) -> int:
                 "upgrade dsel (or point it at another state home)"
             )
         try:
-            _apply(_Sql(conn, dialect))
+            _apply(_Sql(conn))
             return SCHEMA_VERSION
         except Exception:
             if attempt == attempts - 1:
@@ -299,9 +286,9 @@ def _apply(sql: _Sql) -> None:
         raise
 
 
-def ensure_score_table(conn, name: str, extra: Sequence[Column] = (), dialect: str | None = None) -> None:
+def ensure_score_table(conn, name: str, extra: Sequence[Column] = ()) -> None:
     """Create score table ``name`` (a plain identifier from the representation registry) with
     :data:`SCORE_COLUMNS` plus ``extra``, or add the columns an older one lacks."""
-    if not _IDENTIFIER.match(name):
+    if not IDENTIFIER.match(name):
         raise ValueError(f"table: {name!r} is not a plain identifier")
-    _Sql(conn, dialect).complete(Table(name, (*SCORE_COLUMNS, *extra)))
+    _Sql(conn).complete(Table(name, (*SCORE_COLUMNS, *extra)))

@@ -17,6 +17,7 @@ import pytest
 
 from dsel_assets.app.cli import main
 from dsel_assets.pipeline.code_location import build_definitions
+from dsel_assets.store import tables
 from resources.home import DselHome
 
 from ..helpers import write_jsonl
@@ -553,12 +554,12 @@ def test_the_asset_writes_to_s3(state, s3_environ, monkeypatch, tmp_path):
 
 def test_the_model_hash_comes_from_what_the_selection_recorded(tmp_path):
     from dsel_assets.pipeline.assets.reporting.export import model_identity
-    from dsel_assets.store import queries, schema
+    from dsel_assets.store import schema
 
     with duckdb.connect(str(tmp_path / "state.duckdb")) as conn:
         schema.migrate(conn, "duckdb")
-        queries.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "abcd", {})
-        schema.ensure_score_table(conn, "loss_scores", dialect="duckdb")
+        tables.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "abcd", {})
+        schema.ensure_score_table(conn, "loss_scores")
         conn.execute("INSERT INTO loss_scores (pool_id, model, model_hash) VALUES ('p1', 'tiny', 'ef01')")
         nothing = {"model": None, "model_hash": None, "from": None}
         assert model_identity(conn, [{"name": "pool", "digest": "v1"}]) == nothing  # random: no model

@@ -19,7 +19,8 @@ from dsel_assets.app.cli import main
 from dsel_assets.app.runs import run_batches
 from dsel_assets.core.models.loading import resolve
 from dsel_assets.pipeline.code_location import build_definitions
-from dsel_assets.store import tables
+from dsel_assets.store import duckdb_backend, raw_files, tables
+from dsel_assets.store.errors import StateDatabaseError
 from resources.tracking import MlflowTracker, TrackedRun, redact_uri, restore_credentials
 
 from ..helpers import small_tmpfs, write_jsonl
@@ -47,7 +48,7 @@ def test_partial_raw_copy_is_replaced_and_the_stored_hash_is_of_the_stored_bytes
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     orphan = raw / f".incoming-{dead.stdout.strip()}-abc"  # a temporary of a process that died
     orphan.write_bytes(b"partial")
-    stored, stored_sha, size = tables.store_raw_file(src, raw)
+    stored, stored_sha, size = raw_files.store_raw_file(src, raw)
     stored = Path(stored)
     assert stored == raw / sha / "data.jsonl" and stored_sha == sha and size == src.stat().st_size
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == sha
@@ -55,7 +56,7 @@ def test_partial_raw_copy_is_replaced_and_the_stored_hash_is_of_the_stored_bytes
     # an intact stored copy is kept (not rewritten)
     before = stored.stat().st_mtime_ns
     time.sleep(0.01)
-    assert tables.store_raw_file(src, raw)[0] == str(stored) and stored.stat().st_mtime_ns == before
+    assert raw_files.store_raw_file(src, raw)[0] == str(stored) and stored.stat().st_mtime_ns == before
 
 
 def test_batch_keys_hold_the_split_and_are_valid_names(tmp_path):
@@ -179,11 +180,11 @@ def test_a_second_writer_waits_then_gives_a_clear_error(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         messages: list[str] = []
-        with pytest.raises(tables.StateDatabaseError, match="still in use by another process"):
-            tables.connect(database, wait_s=0.5, log=messages.append)
+        with pytest.raises(StateDatabaseError, match="still in use by another process"):
+            duckdb_backend.connect(database, wait_s=0.5, log=messages.append)
         assert len(messages) == 1 and "waiting up to" in messages[0]
         started = time.monotonic()
-        with tables.connect(database, wait_s=30) as conn:  # waits for the holder, then works
+        with duckdb_backend.connect(database, wait_s=30) as conn:  # waits for the holder, then works
             assert conn.execute("SELECT 42").fetchone() == (42,)
         assert time.monotonic() - started < 30
     finally:

@@ -7,7 +7,7 @@ import duckdb
 from mlflow.tracking import MlflowClient
 
 from dsel_assets.app.cli import main
-from dsel_assets.store import tables
+from dsel_assets.store import raw_files
 
 from ..helpers import write_jsonl
 
@@ -36,7 +36,7 @@ def test_lineage_and_why(home, tmp_path, capsys, monkeypatch):
     assert inputs["pool"] == selection["metadata"]["pool_version"] == report["pool_versions"][0]
     assert MlflowClient(f"sqlite:///{home.mlflow_db}").get_run(selection["mlflow_run_id"]).info.status == "FINISHED"
     (raw,) = report["files"]
-    assert raw["sha256"] == tables.file_sha256(path) and raw["path"] == str(path.resolve())
+    assert raw["sha256"] == raw_files.file_sha256(path) and raw["path"] == str(path.resolve())
     assert (raw["accepted"], raw["quarantined"], raw["quarantine_reasons"]) == (10, 1, {"malformed_json": 1})
 
     # the text form, and the same chain from the run id

@@ -39,7 +39,7 @@ from dsel_assets.pipeline.assets.reporting.reports import comparison_report, sel
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.assets.training.finetune import finetuned_assets
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import queries, tables
+from dsel_assets.store import sql, tables
 
 from ..pipeline.test_assets import register
 
@@ -207,7 +207,7 @@ def test_selection_to_report_through_dagster(home, local_resources, synthetic_ho
     first = dg.materialize(chain, resources=local_resources, instance=instance, run_config=run_config)
     assert first.success
     with duckdb.connect(str(home.duckdb)) as conn:
-        models = queries.frame(conn, "SELECT * FROM finetuned_models ORDER BY examples")
+        models = sql.frame(conn, "SELECT * FROM finetuned_models ORDER BY examples")
         assert models["budget"].to_list() == ["10", "20"] and models["examples"].to_list() == [10, 20]
         for row in models.iter_rows(named=True):
             manifest = read_finetuned((home.root / "models") / "finetuned" / row["model_key"])
@@ -222,7 +222,7 @@ def test_selection_to_report_through_dagster(home, local_resources, synthetic_ho
 
             assert manifest["selection_version"] == row["selection_version"]
             assert manifest["selection_version"] == selection_version("random", row["budget"], ids, row["pool_version"])
-        scores = queries.frame(conn, "SELECT method, budget, task, n FROM eval_scores")
+        scores = sql.frame(conn, "SELECT method, budget, task, n FROM eval_scores")
         assert scores.height == 3 * 6 and set(scores["n"].to_list()) == {2}
         # eval examples are disjoint from the training selections
         overlap = conn.execute("SELECT count(*) FROM eval_examples e JOIN selections s USING (pool_id)").fetchone()[0]
@@ -278,7 +278,7 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
     assert result.success
     meta = result.asset_materializations_for_node("comparison_report")[0].metadata
     with duckdb.connect(str(home.duckdb)) as conn:
-        table = queries.frame(conn, "SELECT * FROM comparison_report WHERE method = 'less' AND measure = 'loss'")
+        table = sql.frame(conn, "SELECT * FROM comparison_report WHERE method = 'less' AND measure = 'loss'")
     by_task = {r["task"]: r for r in table.iter_rows(named=True)}
     arithmetic = by_task["arithmetic"]
     half = scipy_stats.t.ppf(0.975, 2) * math.sqrt(0.0004 * (1 + 1 / 3))

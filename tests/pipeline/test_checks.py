@@ -24,7 +24,7 @@ from dsel_assets.pipeline.checks import (
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.names import pool_batches
 from dsel_assets.store import tables
-from resources.store import StateStore
+from resources.store import DuckDBStateStore
 
 from ..helpers import write_jsonl
 
@@ -146,7 +146,7 @@ def test_eval_disjointness_by_content(home, tmp_path):
                 conn.execute("INSERT INTO eval_examples (method, pool_id) VALUES (?, ?)", [method, pid])
     # the blocking check of the evaluation assets, on the same store
     checks = {c.node_def.name: c for c in build_checks() if "eval_set_is_disjoint" in c.node_def.name}
-    resources = {"store": StateStore(database=str(home.duckdb))}
+    resources = {"store": DuckDBStateStore(database=str(home.duckdb))}
     assert checks["eval_base_eval_set_is_disjoint"](**resources).passed
     leaked = checks["eval_random_eval_set_is_disjoint"](**resources)
     assert not leaked.passed and "training selection" in leaked.description

@@ -9,7 +9,7 @@ import pytest
 
 from dsel_assets.pipeline.scoring import CHUNK, score_resumably
 from dsel_assets.store import queries, schema
-from resources.store import StateStore
+from resources.store import DuckDBStateStore, PostgresStateStore
 
 BATCH = "b1"
 N = 2 * CHUNK + 5  # three chunks
@@ -38,13 +38,13 @@ def store(backend, monkeypatch, tmp_path):
     """The StateStore the assets get, on the backend under test, with ``N`` pool examples."""
     if backend.dialect == "postgres":
         monkeypatch.setenv("DSEL_DATABASE_URL", backend.target)
-        store = StateStore(database=str(tmp_path / "unused.duckdb"))
+        store = PostgresStateStore()
     else:
         monkeypatch.delenv("DSEL_DATABASE_URL", raising=False)
-        store = StateStore(database=backend.target)
+        store = DuckDBStateStore(database=backend.target)
     with store.get_connection() as conn:
-        schema.migrate(conn, backend.dialect)
-        schema.ensure_score_table(conn, "loss_scores", dialect=backend.dialect)
+        schema.migrate(conn)
+        schema.ensure_score_table(conn, "loss_scores")
         for i in range(N):
             messages = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
             if backend.dialect == "postgres":

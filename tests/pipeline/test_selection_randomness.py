@@ -25,6 +25,7 @@ from dsel_assets.pipeline.catalog import (
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.registry import REPRESENTATION_SPECS, WARMUP
 from dsel_assets.store import tables
+from resources import store as state_db
 
 #: Read in each method's module: a ``seed`` field it draws on, inputs from the warmup checkpoint
 #: (LESS gradients / influence / LESS scores / the on-demand LESS scorer) or another seeded asset.
@@ -128,7 +129,7 @@ def test_randomness_by_key_reads_keys_and_stored_parameters(home):
         "created_at": datetime.now(timezone.utc),
         "selection_seed": 0,
     }
-    with tables.open_state(home.duckdb) as conn:
+    with state_db.open_state(home.duckdb) as conn:
         tables.ensure_schema(conn)
         ints = {"k": pl.Int32, "eligible": pl.Int32, "rank": pl.Int32, "selection_seed": pl.Int32}
         tables.write_selection(
@@ -150,11 +151,11 @@ def test_randomness_by_key_reads_keys_and_stored_parameters(home):
             )
             for s, w in enumerate(warmups)
         ]
-        with tables.open_state(home.duckdb) as conn:
+        with state_db.open_state(home.duckdb) as conn:
             tables.write_selection(conn, method, budget, pl.concat(frames))
 
     def kinds():
-        with tables.open_state(home.duckdb) as conn:
+        with state_db.open_state(home.duckdb) as conn:
             return randomness_by_key(["less", "cluster_ucb", "round_robin"], conn)
 
     replicates("less", ["w0", "w1"])

@@ -26,7 +26,7 @@ from dsel_assets.pipeline.assets.selection.selections import (
 )
 from dsel_assets.pipeline.checks import build_selection_check
 from dsel_assets.pipeline.names import EMBED_SIMILARITY, RDS_SIMILARITY, pool_batches, selection_asset_name
-from dsel_assets.store import queries, tables
+from dsel_assets.store import sql, tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
 
@@ -156,7 +156,7 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
         per_batch = [pool_batch, pool, sentence_embeddings, model_embeddings]
         assert dg.materialize(per_batch, partition_key=batch, resources=resources, instance=instance).success
     with duckdb.connect(str(home.duckdb)) as conn:
-        pool_ids = queries.frame(conn, "SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY 1")["pool_id"]
+        pool_ids = sql.frame(conn, "SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY 1")["pool_id"]
     pool_ids = pool_ids.to_list()
     assert set(copy_ids) < set(pool_ids) and len(pool_ids) == len(QUERIES) + len(UNRELATED)
 
@@ -187,7 +187,7 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
         result = dg.materialize([selection, check], resources=resources, instance=instance, run_config=run_config)
         assert all(e.passed for e in result.get_asset_check_evaluations())
         with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-            rows = queries.frame(conn, "SELECT pool_id, diagnostics, config FROM selections WHERE method = ?", [method])
+            rows = sql.frame(conn, "SELECT pool_id, diagnostics, config FROM selections WHERE method = ?", [method])
         assert set(rows["pool_id"]) == set(copy_ids), method
         coverage = json.loads(rows["diagnostics"][0])["coverage"]  # checked like influence
         assert coverage == {name: {"rows": len(pool_ids), "batches_without_rows": []}}

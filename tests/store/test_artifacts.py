@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from dsel_assets.store import artifacts, tables
+from dsel_assets.store import artifacts, raw_files
 from dsel_assets.store.artifacts import ArtifactStore
 from tests.s3 import s3_client
 
@@ -39,9 +39,14 @@ def test_names_that_would_leave_the_root_are_refused(tmp_path):
     assert ArtifactStore("s3://b/p/").uri("models/x") == "s3://b/p/models/x"
 
 
-def test_the_root_comes_from_the_environment(tmp_path):
-    assert ArtifactStore.for_home(tmp_path, {}).root == str(tmp_path)
-    remote = ArtifactStore.for_home(tmp_path, {artifacts.ARTIFACTS_URI: "s3://bucket/team"})
+def test_the_root_comes_from_the_environment(tmp_path, monkeypatch):
+    from resources.home import DselHome
+
+    home = DselHome(tmp_path)
+    monkeypatch.delenv(artifacts.ARTIFACTS_URI, raising=False)
+    assert home.artifacts.root == str(tmp_path)
+    monkeypatch.setenv(artifacts.ARTIFACTS_URI, "s3://bucket/team")
+    remote = home.artifacts
     assert remote.remote and remote.uri("raw") == "s3://bucket/team/raw"
 
 
@@ -125,10 +130,10 @@ def test_raw_copies_are_content_addressed_in_the_object_store(s3, tmp_path):
     source.write_bytes(b'{"instruction": "a", "output": "b"}\n')
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
     raw = f"s3://dsel-test/{prefix}/raw"
-    stored, stored_sha, size = tables.store_raw_file(source, raw)
+    stored, stored_sha, size = raw_files.store_raw_file(source, raw)
     assert stored == f"{raw}/{sha}/pool part.jsonl" and stored_sha == sha and size == source.stat().st_size
     first = client.head_object(Bucket="dsel-test", Key=f"{prefix}/raw/{sha}/pool part.jsonl")["ETag"]
-    assert tables.store_raw_file(source, raw)[0] == stored  # stored once
+    assert raw_files.store_raw_file(source, raw)[0] == stored  # stored once
     assert client.head_object(Bucket="dsel-test", Key=f"{prefix}/raw/{sha}/pool part.jsonl")["ETag"] == first
     assert artifacts.local_copy(stored).read_bytes() == source.read_bytes()
     assert not list(tmp_path.glob("dsel-raw-*"))

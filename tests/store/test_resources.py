@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dsel_assets.store import tables
+from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -107,7 +107,7 @@ def test_batch_registration_is_content_addressed(tmp_path):
         with pytest.raises(ValueError, match="split"):
             tables.register_batch(conn, src, tmp_path / "raw", source="s", task="t", split="train")
         with pytest.raises(KeyError, match="dsel ingest"):
-            tables.get_batch(conn, "unknown-batch")
+            queries.get_batch(conn, "unknown-batch")
 
 
 def test_a_deployed_dagster_instance_is_used_instead_of_the_homes_own(tmp_path, monkeypatch):

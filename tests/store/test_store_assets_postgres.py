@@ -13,7 +13,8 @@ import pytest
 from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import queries, tables
+from dsel_assets.store import queries, sql, tables
+from dsel_assets.store.errors import StateDatabaseError
 from resources import build_resources
 from resources.home import DselHome
 
@@ -36,8 +37,8 @@ def run_chain(home: DselHome, data) -> dict:
     assert dg.materialize([RANDOM], resources=resources, instance=instance, run_config=config).success
     with resources["store"].get_connection() as conn:
         return {
-            "dialect": queries.dialect_of(conn),
-            "pool_version": tables.pool_version(conn)[0],
+            "dialect": sql.dialect(conn),
+            "pool_version": queries.pool_version(conn)[0],
             "counts": queries.batch_counts(conn, manifest.batch),
             "selected": queries.method_selections(conn, "random", ("selection_seed", "rank", "pool_id")).rows(),
             "location": resources["store"].location,
@@ -66,5 +67,5 @@ def test_postgres_store_gives_what_duckdb_gives(tmp_path, pg_server, monkeypatch
 def test_unreachable_postgres_is_a_named_error(monkeypatch, tmp_path):
     monkeypatch.setenv("DSEL_DATABASE_URL", f"host={tmp_path} dbname=nothing user=nobody")
     store = build_resources(DselHome(tmp_path / "h").ensure(), model="tiny", device="cpu")["store"]
-    with pytest.raises(tables.StateDatabaseError, match="cannot be reached"), store.get_connection():
+    with pytest.raises(StateDatabaseError, match="cannot be reached"), store.get_connection():
         pass

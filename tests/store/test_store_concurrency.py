@@ -9,16 +9,16 @@ import multiprocessing
 import polars as pl
 import pytest
 
-from dsel_assets.store import queries, schema, tables
+from dsel_assets.store import queries, schema, sql, tables
 
 ROWS, CHUNK = 60, 6
 
 
 def _connect(dialect: str, target: str):
     if dialect == "duckdb":
-        from resources.store import StateStore
+        from resources.store import DuckDBStateStore
 
-        return StateStore(database=target).get_connection()
+        return DuckDBStateStore(database=target).get_connection()
     import psycopg
 
     return psycopg.connect(target, autocommit=True)
@@ -36,8 +36,8 @@ def _write(dialect: str, target: str, batch: str, value: float, passes: int) -> 
 
 def _run_writers(backend, jobs: list[tuple[str, float]], passes: int = 1) -> list[tuple]:
     with backend.connect() as conn:
-        schema.migrate(conn, backend.dialect)
-        schema.ensure_score_table(conn, "loss_scores", dialect=backend.dialect)
+        schema.migrate(conn)
+        schema.ensure_score_table(conn, "loss_scores")
     spawn = multiprocessing.get_context("spawn")
     workers = [spawn.Process(target=_write, args=(backend.dialect, backend.target, b, v, passes)) for b, v in jobs]
     for worker in workers:
@@ -68,8 +68,8 @@ def test_a_second_writer_of_the_same_rows_waits_for_the_first(backend):
     if backend.dialect != "postgres":
         pytest.skip("DuckDB admits one writing process per file; conflicting transactions fail, never duplicate")
     with backend.connect() as conn:
-        schema.migrate(conn, backend.dialect)
-        schema.ensure_score_table(conn, "loss_scores", dialect=backend.dialect)
+        schema.migrate(conn)
+        schema.ensure_score_table(conn, "loss_scores")
     chunk = pl.DataFrame({"pool_id": ["a", "b"], "batch": "b1", "ifd_loss_ratio": 1.0, "reason": ""})
     with backend.connect() as first, backend.connect() as second:
         second_done = threading.Event()
@@ -78,7 +78,7 @@ def test_a_second_writer_of_the_same_rows_waits_for_the_first(backend):
             tables.upsert_by_id(second, "loss_scores", chunk.with_columns(pl.lit(2.0).alias("ifd_loss_ratio")))
             second_done.set()
 
-        with tables.transaction(first):
+        with sql.transaction(first):
             tables.upsert_by_id(first, "loss_scores", chunk)  # joins the open transaction: not committed
             thread = threading.Thread(target=write_second)
             thread.start()

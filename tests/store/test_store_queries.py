@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from dsel_assets.store import queries, schema
+from dsel_assets.store import queries, schema, tables
 
 MESSAGES = {
     "p1": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
@@ -29,7 +29,7 @@ ROWS = [  # pool_id, batch, split, task, meta (inserted out of order on purpose)
 @pytest.fixture
 def conn(backend):
     with backend.connect() as conn:
-        schema.migrate(conn, backend.dialect)
+        schema.migrate(conn)
         for pool_id, batch, split, task, meta in ROWS:
             messages = MESSAGES[pool_id]
             if backend.dialect == "postgres":
@@ -68,23 +68,22 @@ def test_messages_of_the_ids_that_exist(conn):
 
 def test_the_latest_warmup_is_the_last_recorded(conn):
     assert queries.latest_warmup(conn) is None
-    queries.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "h", {"epochs": 1})
-    queries.record_warmup(conn, "w2", "models/warmup/w2", "v1", "smollm2", "h", {"epochs": 2})
+    tables.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "h", {"epochs": 1})
+    tables.record_warmup(conn, "w2", "models/warmup/w2", "v1", "smollm2", "h", {"epochs": 2})
     assert queries.latest_warmup(conn) == ("w2", "models/warmup/w2")
-    queries.record_warmup(conn, "w1", "models/warmup/w1", "v2", "smollm2", "h", {"epochs": 1})
+    tables.record_warmup(conn, "w1", "models/warmup/w1", "v2", "smollm2", "h", {"epochs": 1})
     assert queries.latest_warmup(conn) == ("w1", "models/warmup/w1")
-    dialect = queries.dialect_of(conn)
-    rows = schema._Sql(conn, dialect).run("SELECT warmup, pool_version FROM warmups ORDER BY warmup")
+    rows = schema._Sql(conn).run("SELECT warmup, pool_version FROM warmups ORDER BY warmup")
     assert rows == [("w1", "v2"), ("w2", "v1")]  # re-recording replaces, never duplicates
     # the warmups whose features stay beside a warmup's: the same pool version and model
-    queries.record_warmup(conn, "w3", "models/warmup/w3", "v2", "smollm2", "h", {"seed": 1})
-    queries.record_warmup(conn, "w4", "models/warmup/w4", "v2", "other", "h2", {"seed": 1})
+    tables.record_warmup(conn, "w3", "models/warmup/w3", "v2", "smollm2", "h", {"seed": 1})
+    tables.record_warmup(conn, "w4", "models/warmup/w4", "v2", "other", "h2", {"seed": 1})
     assert queries.sibling_warmups(conn, "w3") == ["w1", "w3"]
     assert queries.sibling_warmups(conn, "w4") == ["w4"] and queries.sibling_warmups(conn, "none") == []
 
 
 def test_method_selections_in_rank_order(conn):
-    sql = schema._Sql(conn, queries.dialect_of(conn))
+    sql = schema._Sql(conn)
     for budget, seed, rank, pool_id in [("10pct", 1, 0, "p2"), ("10pct", 0, 1, "p2"), ("10pct", 0, 0, "p1")]:
         sql.run(
             "INSERT INTO selections (method, budget, selection_seed, rank, pool_id, pool_version) "
@@ -110,7 +109,7 @@ def test_counts_and_leak_checks(conn):
 
 
 def test_models_and_their_evaluations(conn):
-    sql = schema._Sql(conn, queries.dialect_of(conn))
+    sql = schema._Sql(conn)
     for key, budget, examples, selection_seed, seed in [
         ("m3", "10pct", 20, 1, 0),
         ("m2", "5pct", 10, 0, 1),
@@ -174,11 +173,11 @@ def test_batches_composition_and_pool_versions(conn):
         ("query", None, "code", 1),
         ("query", None, "math", 2),
     ]
-    sql = schema._Sql(conn, queries.dialect_of(conn))
+    sql = schema._Sql(conn)
     for reason in ("bad_json", "empty", "bad_json"):
         sql.run("INSERT INTO quarantine (batch, reason) VALUES ('b1', ?)", [reason])
     assert queries.quarantine_reasons(conn).rows() == [("bad_json", 2), ("empty", 1)]
-    queries.record_pool_version(conn, "v1", ["b1", "b2"], 2)
+    tables.record_pool_version(conn, "v1", ["b1", "b2"], 2)
     assert sql.run("SELECT pool_version, batches, n_examples FROM pool_versions") == [("v1", ["b1", "b2"], 2)]
 
 
@@ -188,7 +187,7 @@ def test_similarity_columns_take_only_plain_table_names(conn):
 
 
 def test_selection_ids_versions_and_score_rows(conn):
-    sql = schema._Sql(conn, queries.dialect_of(conn))
+    sql = schema._Sql(conn)
     for budget, rank, pool_id in [("5pct", 0, "p2"), ("10pct", 0, "p2"), ("10pct", 1, "p1")]:
         sql.run(
             "INSERT INTO selections (method, budget, rank, pool_id, k) VALUES ('less', ?, ?, ?, 2)",
@@ -205,11 +204,11 @@ def test_selection_ids_versions_and_score_rows(conn):
     sql.run("INSERT INTO eval_examples (method, pool_id) VALUES ('less', 'e2'), ('less', 'e1'), ('less', 'e1')")
     assert queries.evaluated_ids(conn, "less") == ["e1", "e2"]
 
-    queries.record_pool_version(conn, "v1", ["b1"], 1)
+    tables.record_pool_version(conn, "v1", ["b1"], 1)
     assert queries.pool_ids_of_version(conn, "v1") == {"p1"}
     assert queries.pool_ids_of_version(conn, "unknown") is None
 
-    schema.ensure_score_table(conn, "loss_scores", dialect=queries.dialect_of(conn))
+    schema.ensure_score_table(conn, "loss_scores")
     sql.run("INSERT INTO loss_scores (pool_id, batch, reason, ifd_loss_ratio) VALUES ('p1', 'b1', '', 0.5)")
     rows = queries.rows_matching(conn, "loss_scores", ["pool_id", "reason", "ifd_loss_ratio"], {"batch": "b1"})
     assert rows.rows() == [("p1", "", 0.5)]
@@ -219,7 +218,7 @@ def test_selection_ids_versions_and_score_rows(conn):
 
 
 def test_batch_states_origins_and_ranks(conn):
-    sql = schema._Sql(conn, queries.dialect_of(conn))
+    sql = schema._Sql(conn)
     for batch, split, when, validated, error in [
         ("b1", "pool", "2026-01-01 00:00:01", "2026-01-01 00:00:02", None),
         ("b2", "pool", "2026-01-01 00:00:03", "2026-01-01 00:00:04", None),
@@ -291,9 +290,8 @@ def test_batch_states_origins_and_ranks(conn):
 
 
 def test_score_rows_reuse_cleanup_and_summary(conn):
-    dialect = queries.dialect_of(conn)
-    schema.ensure_score_table(conn, "loss_scores", dialect=dialect)
-    sql = schema._Sql(conn, dialect)
+    schema.ensure_score_table(conn, "loss_scores")
+    sql = schema._Sql(conn)
     for pool_id, batch, model_hash, reason, ifd in [
         ("p1", "b1", "new", "", 0.4),
         ("p1", "b1", "old", "", 0.9),  # another model: stale
@@ -309,7 +307,7 @@ def test_score_rows_reuse_cleanup_and_summary(conn):
     keep = {"model_hash": "new", "code_version": "v1", "prompt_template": "chat"}
     reused = queries.rows_matching(conn, "loss_scores", ["pool_id"], {"batch": "b1", **keep})
     assert sorted(reused["pool_id"]) == ["gone", "p1"]
-    queries.delete_stale(conn, "loss_scores", keep, batch="b1")
+    tables.delete_stale(conn, "loss_scores", keep, batch="b1")
     remaining = sql.run("SELECT pool_id, batch, model_hash FROM loss_scores ORDER BY batch, pool_id")
     assert remaining == [("p1", "b1", "new"), ("p2", "b2", "old"), ("q1", "bq", "new")]
 
@@ -319,20 +317,20 @@ def test_score_rows_reuse_cleanup_and_summary(conn):
     one = queries.score_summary(conn, "loss_scores", "ifd_loss_ratio", batch="bq")
     assert (one.rows, one.undefined) == (1, 1) and math.isnan(one.mean)
 
-    queries.delete_stale(conn, "loss_scores", {"model_hash": "new"})  # pool-wide: q1 is not a pool row
+    tables.delete_stale(conn, "loss_scores", {"model_hash": "new"})  # pool-wide: q1 is not a pool row
     assert sql.run("SELECT pool_id FROM loss_scores") == [("p1",)]
     with pytest.raises(ValueError, match="plain identifier"):
         queries.rows_matching(conn, "loss_scores", ["pool_id"], {"batch = batch OR 1": 1})
 
 
 def test_source_rows(conn):
-    sql = schema._Sql(conn, queries.dialect_of(conn))
+    sql = schema._Sql(conn)
     sql.run("UPDATE examples SET source = 'anchors' WHERE pool_id IN ('q2', 'p2')")
     assert queries.source_rows(conn, "anchors", ("pool_id",))["pool_id"].to_list() == ["p2", "q2"]
 
 
 def test_stored_selections_and_their_export_rows(conn):
-    sql = schema._Sql(conn, queries.dialect_of(conn))
+    sql = schema._Sql(conn)
     sql.run(
         "INSERT INTO batches (batch, split, original_path, sha256, fmt, layout) "
         "VALUES ('b1', 'pool', '/data/b1.jsonl', 'sha-b1', 'jsonl', 'qa')"
@@ -372,16 +370,15 @@ def test_stored_selections_and_their_export_rows(conn):
 
 def test_warmup_identity_and_score_models(conn):
     assert queries.warmup_identity(conn) is None
-    queries.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "h1", {})
-    queries.record_warmup(conn, "w2", "models/warmup/w2", "v1", "tiny", "h2", {})
+    tables.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "h1", {})
+    tables.record_warmup(conn, "w2", "models/warmup/w2", "v1", "tiny", "h2", {})
     assert queries.warmup_identity(conn, key="w1") == {"warmup": "w1", "model": "smollm2", "model_hash": "h1"}
     assert queries.warmup_identity(conn)["warmup"] == "w2"
     assert queries.warmup_identity(conn, key="nope") is None
     assert queries.warmup_identity(conn, before=datetime(2000, 1, 1)) is None
     assert queries.warmup_identity(conn, before=datetime(2999, 1, 1))["warmup"] == "w2"
-    dialect = queries.dialect_of(conn)
-    schema.ensure_score_table(conn, "loss_scores", dialect=dialect)
-    sql = schema._Sql(conn, dialect)
+    schema.ensure_score_table(conn, "loss_scores")
+    sql = schema._Sql(conn)
     for pool_id, model_hash in (("p1", "h1"), ("p2", "h1")):
         sql.run("INSERT INTO loss_scores (pool_id, model, model_hash) VALUES (?, 'smollm2', ?)", [pool_id, model_hash])
     assert queries.score_models(conn, "loss_scores") == [("smollm2", "h1")]

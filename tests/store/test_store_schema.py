@@ -11,14 +11,14 @@ from datetime import datetime
 
 import pytest
 
-from dsel_assets.store import schema
+from dsel_assets.store import schema, sql
 
 
 def test_fresh_database_gets_every_declared_table_and_the_version(backend):
     with backend.connect() as conn:
-        assert schema.current_version(conn, backend.dialect) == 0
-        assert schema.migrate(conn, backend.dialect) == schema.SCHEMA_VERSION == len(schema.MIGRATIONS)
-        sql = schema._Sql(conn, backend.dialect)
+        assert schema.current_version(conn) == 0
+        assert schema.migrate(conn) == schema.SCHEMA_VERSION == len(schema.MIGRATIONS)
+        sql = schema._Sql(conn)
         for table in schema.TABLES:
             assert sql.columns(table.name) == [c.name for c in table.columns], table.name
         recorded = backend.rows(conn, "SELECT version FROM dsel_schema ORDER BY version")
@@ -27,10 +27,10 @@ def test_fresh_database_gets_every_declared_table_and_the_version(backend):
 
 def test_migrating_again_is_a_no_op_and_keeps_rows(backend):
     with backend.connect() as conn:
-        schema.migrate(conn, backend.dialect)
+        schema.migrate(conn)
         backend.rows(conn, "INSERT INTO warmups (warmup, path) VALUES (?, ?)", ["w1", "models/warmup/w1"])
         for _ in range(3):
-            assert schema.migrate(conn, backend.dialect) == schema.SCHEMA_VERSION
+            assert schema.migrate(conn) == schema.SCHEMA_VERSION
         assert backend.rows(conn, "SELECT count(*) FROM dsel_schema")[0][0] == len(schema.MIGRATIONS)
         assert backend.rows(conn, "SELECT warmup, path FROM warmups") == [("w1", "models/warmup/w1")]
 
@@ -73,7 +73,7 @@ def test_a_store_from_before_versions_is_completed_without_losing_a_row(backend)
         backend.rows(conn, "INSERT INTO selections (method, pool_id, rank) VALUES ('random', 'p1', 0)")
         backend.rows(conn, "INSERT INTO golden_score VALUES ('p1', 0.5, 'm')")
 
-        assert schema.migrate(conn, backend.dialect) == schema.SCHEMA_VERSION
+        assert schema.migrate(conn) == schema.SCHEMA_VERSION
         states = backend.rows(conn, "SELECT batch, validated_at, error FROM batches ORDER BY batch")
         # a batch that had rows was validated when registered; one without rows is still to validate
         assert states == [("empty", None, None), ("with_rows", registered, None)]
@@ -81,18 +81,18 @@ def test_a_store_from_before_versions_is_completed_without_losing_a_row(backend)
         assert backend.rows(conn, "SELECT method, pool_id, selection_seed FROM selections") == [("random", "p1", 0)]
         # golden scores without their anchor set cannot be told apart from new ones: recomputed
         assert backend.rows(conn, "SELECT count(*) FROM golden_score") == [(0,)]
-        sql = schema._Sql(conn, backend.dialect)
+        sql = schema._Sql(conn)
         for table in schema.TABLES:  # missing tables created, old ones completed to the declaration
             assert set(sql.columns(table.name)) == {c.name for c in table.columns}, table.name
 
 
 def test_a_newer_database_is_refused(backend):
     with backend.connect() as conn:
-        schema.migrate(conn, backend.dialect)
+        schema.migrate(conn)
         newer = schema.SCHEMA_VERSION + 1
         backend.rows(conn, "INSERT INTO dsel_schema VALUES (?, 'from the future', NULL)", [newer])
         with pytest.raises(schema.SchemaError, match=f"version {newer}, newer than this dsel"):
-            schema.migrate(conn, backend.dialect)
+            schema.migrate(conn)
 
 
 def test_a_failing_migration_leaves_the_database_as_it_was(backend, monkeypatch):
@@ -104,10 +104,10 @@ def test_a_failing_migration_leaves_the_database_as_it_was(backend, monkeypatch)
     monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)
     with backend.connect() as conn:
         with pytest.raises(RuntimeError, match="disk full"):
-            schema.migrate(conn, backend.dialect, attempts=2)
-        assert schema.current_version(conn, backend.dialect) == 0
-        assert schema._Sql(conn, backend.dialect).columns("half_done") == []
-        assert schema._Sql(conn, backend.dialect).columns("batches") == []
+            schema.migrate(conn, attempts=2)
+        assert schema.current_version(conn) == 0
+        assert schema._Sql(conn).columns("half_done") == []
+        assert schema._Sql(conn).columns("batches") == []
 
 
 def test_concurrent_migrators_end_with_one_record_per_version(backend):
@@ -119,7 +119,7 @@ def test_concurrent_migrators_end_with_one_record_per_version(backend):
         try:
             with backend.connect() as conn:
                 start.wait()
-                versions.append(schema.migrate(conn, backend.dialect, attempts=20))
+                versions.append(schema.migrate(conn, attempts=20))
         except Exception as exc:  # collected: a thread's exception would not fail the test
             errors.append(exc)
 
@@ -140,43 +140,51 @@ def test_concurrent_migrators_end_with_one_record_per_version(backend):
 
 def test_score_tables_are_created_and_an_old_one_gets_its_template_column(backend):
     with backend.connect() as conn:
-        schema.ensure_score_table(conn, "loss_scores", dialect=backend.dialect)
-        sql = schema._Sql(conn, backend.dialect)
+        schema.ensure_score_table(conn, "loss_scores")
+        sql = schema._Sql(conn)
         assert sql.columns("loss_scores") == [c.name for c in schema.SCORE_COLUMNS]
         # a table from before the scoring template was stored: its rows were all chat
         backend.rows(conn, "CREATE TABLE greedy_scores (pool_id TEXT, batch TEXT)")
         backend.rows(conn, "INSERT INTO greedy_scores VALUES ('p1', 'b1')")
         extra = (schema.Column("adapter", "text"),)
-        schema.ensure_score_table(conn, "greedy_scores", extra=extra, dialect=backend.dialect)
+        schema.ensure_score_table(conn, "greedy_scores", extra=extra)
         assert set(sql.columns("greedy_scores")) == {c.name for c in (*schema.SCORE_COLUMNS, *extra)}
         assert backend.rows(conn, "SELECT pool_id, prompt_template, adapter FROM greedy_scores") == [
             ("p1", "chat", None)
         ]
         with pytest.raises(ValueError, match="not a plain identifier"):
-            schema.ensure_score_table(conn, "x; DROP TABLE batches", dialect=backend.dialect)
+            schema.ensure_score_table(conn, "x; DROP TABLE batches")
 
 
 def test_catalog_questions_answer_the_same_on_both_backends(backend):
     with backend.connect() as conn:
-        assert not schema.table_exists(conn, "warmups", backend.dialect)
-        assert schema.columns(conn, "warmups", backend.dialect) == []
-        schema.migrate(conn, backend.dialect)
-        schema.ensure_score_table(conn, "loss_scores", dialect=backend.dialect)
-        assert schema.table_exists(conn, "warmups", backend.dialect)
-        assert schema.columns(conn, "warmups", backend.dialect)[:2] == ["warmup", "path"]
+        assert not schema.table_exists(conn, "warmups")
+        assert schema.columns(conn, "warmups") == []
+        schema.migrate(conn)
+        schema.ensure_score_table(conn, "loss_scores")
+        assert schema.table_exists(conn, "warmups")
+        assert schema.columns(conn, "warmups")[:2] == ["warmup", "path"]
         # by hand from the declarations: every declared table with a pool_id column, and the score table
         expected = sorted(
             {t.name for t in schema.TABLES if any(c.name == "pool_id" for c in t.columns)} | {"loss_scores"}
         )
-        assert schema.tables_with_column(conn, "pool_id", backend.dialect) == expected
+        assert schema.tables_with_column(conn, "pool_id") == expected
 
 
-def test_the_dialect_is_read_from_the_connection_when_not_given(backend):
-    """Assets call the schema helpers with their connection only (a PostgreSQL one in cluster mode)."""
+def test_the_backend_is_read_from_the_connection(backend):
+    """Assets call the schema helpers with their connection only (a PostgreSQL one in cluster
+    mode): its class picks the backend, and anything else is refused by name."""
     with backend.connect() as conn:
-        assert schema.dialect_of(conn) == backend.dialect
+        assert sql.dialect(conn) == backend.dialect
         schema.migrate(conn)
         schema.ensure_score_table(conn, "loss_scores")
         assert "prompt_template" in schema.columns(conn, "loss_scores")
         assert schema.table_exists(conn, "loss_scores") and "loss_scores" in schema.tables_with_column(conn, "pool_id")
         assert schema.current_version(conn) == schema.SCHEMA_VERSION
+
+
+def test_a_connection_of_no_known_backend_is_refused(tmp_path):
+    import sqlite3
+
+    with pytest.raises(TypeError, match="Connection is neither a DuckDB nor a psycopg connection"):
+        sql.run(sqlite3.connect(tmp_path / "x.db"), "SELECT 1")

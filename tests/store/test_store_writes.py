@@ -12,12 +12,12 @@ import json
 import polars as pl
 import pytest
 
-from dsel_assets.store import queries, schema, tables
+from dsel_assets.store import queries, schema, sql, tables
 
 CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
 
-def accepted(manifest: tables.BatchManifest, ids: list[str]) -> pl.DataFrame:
+def accepted(manifest: queries.BatchManifest, ids: list[str]) -> pl.DataFrame:
     rows = [
         {"pool_id": i, "messages": CHAT, "n_turns": 2, "n_tokens": 5, "position": n, "raw": "{}", "meta": None}
         for n, i in enumerate(ids)
@@ -25,7 +25,7 @@ def accepted(manifest: tables.BatchManifest, ids: list[str]) -> pl.DataFrame:
     return tables.accepted_frame(manifest, rows)
 
 
-def quarantined(manifest: tables.BatchManifest, reasons: list[str]) -> pl.DataFrame:
+def quarantined(manifest: queries.BatchManifest, reasons: list[str]) -> pl.DataFrame:
     rows = [{"position": n, "reason": r, "detail": "", "raw": "x"} for n, r in enumerate(reasons)]
     return tables.quarantine_frame(manifest, rows)
 
@@ -51,13 +51,13 @@ def test_a_file_is_registered_once_per_split(conn, manifest, tmp_path):
         conn, tmp_path / "pool.jsonl", tmp_path / "raw", source="alpaca", task="general"
     )
     assert not created and again == manifest
-    assert tables.find_batch_by_sha(conn, manifest.sha256, "pool") == manifest.batch
-    assert tables.get_batch(conn, manifest.batch) == manifest
+    assert queries.find_batch_by_sha(conn, manifest.sha256, "pool") == manifest.batch
+    assert queries.get_batch(conn, manifest.batch) == manifest
     # re-ingest with --force after fixing the task: the batch takes it
     fixed, _ = tables.register_batch(
         conn, tmp_path / "pool.jsonl", tmp_path / "raw", source="alpaca", task="math", update=True
     )
-    assert fixed.task == "math" and tables.get_batch(conn, manifest.batch).task == "math"
+    assert fixed.task == "math" and queries.get_batch(conn, manifest.batch).task == "math"
     query, created = tables.register_batch(
         conn, tmp_path / "pool.jsonl", tmp_path / "raw", source="alpaca", task="math", split="query"
     )
@@ -65,9 +65,9 @@ def test_a_file_is_registered_once_per_split(conn, manifest, tmp_path):
 
 
 def test_batch_rows_are_replaced_atomically(conn, manifest):
-    assert not tables.is_validated(conn, manifest.batch)
+    assert not queries.is_validated(conn, manifest.batch)
     tables.replace_batch(conn, manifest, accepted(manifest, ["a", "b", "c"]), quarantined(manifest, ["bad_json"]))
-    assert tables.is_validated(conn, manifest.batch)
+    assert queries.is_validated(conn, manifest.batch)
     rows = queries.split_rows(conn, "pool", ("pool_id", "messages", "source", "file_sha256"))
     assert rows["pool_id"].to_list() == ["a", "b", "c"]
     assert [list(map(dict, m)) for m in rows["messages"].to_list()] == [CHAT] * 3
@@ -89,16 +89,15 @@ def test_batch_rows_are_replaced_atomically(conn, manifest):
 
 
 def test_pool_version_hashes_the_manifests_of_batches_with_rows(conn, manifest):
-    assert tables.pool_version(conn) == (hashlib.sha256(b"[]").hexdigest()[:16], [])
+    assert queries.pool_version(conn) == (hashlib.sha256(b"[]").hexdigest()[:16], [])
     tables.replace_batch(conn, manifest, accepted(manifest, ["a"]), quarantined(manifest, []))
     expected_rows = [[manifest.batch, manifest.sha256, "alpaca", "general", None, None]]
     digest = hashlib.sha256(json.dumps(expected_rows).encode()).hexdigest()[:16]
-    assert tables.pool_version(conn) == (digest, [manifest.batch])
+    assert queries.pool_version(conn) == (digest, [manifest.batch])
 
 
 def test_score_chunks_are_upserted_idempotently(conn):
-    dialect = queries.dialect_of(conn)
-    schema.ensure_score_table(conn, "loss_scores", dialect=dialect)
+    schema.ensure_score_table(conn, "loss_scores")
 
     def chunk(ids, value, batch="b1"):
         return pl.DataFrame(
@@ -186,7 +185,7 @@ def test_tables_replaced_whole_keep_the_frames_columns(conn):
     )
     tables.replace_table(conn, "label_vocab", first)
     tables.replace_table(conn, "label_vocab", first.head(1).with_columns(pl.lit("tags").alias("how")))
-    vocab = queries.frame(conn, "SELECT label, name, embedding, how FROM label_vocab")
+    vocab = sql.frame(conn, "SELECT label, name, embedding, how FROM label_vocab")
     assert vocab.rows() == [(0, "cluster-0", [0.5, 1.5], "tags")]
     with pytest.raises(ValueError, match="plain identifier"):
         tables.replace_table(conn, "label_vocab; DROP TABLE examples", first)
@@ -196,13 +195,13 @@ def test_nested_transactions_join_the_outer_one(conn):
     def selection(ids):
         return pl.DataFrame({"method": "less", "budget": "5pct", "rank": list(range(len(ids))), "pool_id": ids})
 
-    with pytest.raises(RuntimeError, match="after the inner write"), tables.transaction(conn):
+    with pytest.raises(RuntimeError, match="after the inner write"), sql.transaction(conn):
         tables.write_selection(conn, "less", "5pct", selection(["a"]))  # its own transaction, nested
         raise RuntimeError("after the inner write")
     assert queries.method_selections(conn, "less").height == 0  # the inner write went with the outer
 
-    with tables.transaction(conn):
+    with sql.transaction(conn):
         tables.write_selection(conn, "less", "5pct", selection(["a"]))
         tables.write_selection(conn, "less", "10pct", selection(["b"]))
     assert queries.selected_ids(conn, "less") == ["a", "b"]
-    assert tables._open_transactions == {}
+    assert sql._open_transactions == {}

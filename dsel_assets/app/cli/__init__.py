@@ -127,7 +127,7 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"{exc.filename or 'file system'}: {exc.strerror or exc}; check the path, permissions and free space"
     from dsel_assets.app.runs import RunFailed
-    from dsel_assets.store.tables import StateDatabaseError
+    from dsel_assets.store.errors import StateDatabaseError
 
     first_line = (str(exc).strip().splitlines() or [""])[0]
     return first_line if isinstance(exc, (RunFailed, StateDatabaseError)) else f"{type(exc).__name__}: {first_line}"

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from resources import store as state_db
 from resources.home import DselHome
 from resources.settings import RUNTIME_ENVIRONMENT
 
@@ -113,11 +114,11 @@ def announce_changed_settings(home: DselHome, args: argparse.Namespace) -> None:
 
 
 def register_file(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
-    from dsel_assets.store import tables
+    from dsel_assets.store import queries, tables
 
-    with tables.open_state(home.duckdb, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, log=to_stderr) as conn:
         manifest, created = tables.register_batch(conn, path, home.raw, **labels)
-        validated = tables.is_validated(conn, manifest.batch)
+        validated = queries.is_validated(conn, manifest.batch)
     return manifest.batch, created or not validated
 
 
@@ -128,9 +129,9 @@ def to_stderr(message: str) -> None:
 
 
 def print_ingest_summary(home: DselHome, batches: list[str]) -> None:
-    from dsel_assets.store import queries, tables
+    from dsel_assets.store import queries
 
-    with tables.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
         rows = []
         for batch in batches:
             accepted, reasons, error = queries.batch_counts(conn, batch)

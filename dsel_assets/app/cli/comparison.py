@@ -22,6 +22,7 @@ from dsel_assets.app.cli.common import (
     to_stderr,
 )
 from dsel_assets.core.models.projection import PROJECTIONS
+from resources import store as state_db
 from resources.home import DselHome
 
 
@@ -56,9 +57,9 @@ def print_comparison(home: DselHome, full: bool = True) -> int:
     verdict."""
     from dsel_assets.core.stats import format_verdict_cell
     from dsel_assets.pipeline.assets.reporting.report_html import summary_lines
-    from dsel_assets.store import queries, schema, tables
+    from dsel_assets.store import queries, schema
 
-    with tables.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
         columns = schema.columns(conn, "comparison_report")
         if "verdict" not in columns:
             print("[dsel] no comparison report yet: run `dsel compare` or `dsel run`", file=sys.stderr)
@@ -125,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dsel_assets.app.runs import run_batches
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.pipeline.progress import stage_of
-    from dsel_assets.store import queries, tables
+    from dsel_assets.store import queries
 
     started = time.perf_counter()
     home = open_home(args)
@@ -152,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     selections = sorted(keys - loop, key=dg.AssetKey.to_user_string)
     if run_batches(defs, [batches["pool"]], "default_job", run_config, selections, steps):
         return 1
-    with tables.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
         report = queries.report(conn, "selection_report")
     full = output.verbosity() >= output.VERBOSE  # a newcomer's run fits a screen; -v prints every table
     if full:
@@ -207,7 +208,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         confirmed=args.yes,
     )
     home = open_home(args)
-    with tables.open_state(home.duckdb, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, log=to_stderr) as conn:
         tables.ensure_schema(conn)
         problems, plan = check_plan(plan, conn, warn=to_stderr, harness_folder=home.lm_eval_tasks)
     if problems:

@@ -25,6 +25,7 @@ from dsel_assets.app.cli.common import (
     settled,
     to_stderr,
 )
+from resources import store as state_db
 from resources.settings import MODEL_SETTINGS
 
 
@@ -97,11 +98,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from dsel_assets.store import queries, tables
 
     home = open_home(args)
-    with tables.open_state(home.duckdb, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, log=to_stderr) as conn:
         tables.ensure_schema(conn)
         comp = queries.composition(conn).rows()
         reasons = queries.quarantine_reasons(conn).rows()
-        version, batches = tables.pool_version(conn)
+        version, batches = queries.pool_version(conn)
         failed = queries.batches_without_rows(conn)
     print(f"state home: {home.root}\npool version: {version} ({len(batches)} pool batches)\n")
     print(format_table(["split", "source", "task", "examples"], comp) if comp else "no examples yet")

@@ -23,6 +23,7 @@ from dsel_assets.app.cli.common import (
     to_stderr,
 )
 from dsel_assets.core.models.projection import PROJECTIONS
+from resources import store as state_db
 from resources.settings import MODEL_SETTINGS
 
 
@@ -31,10 +32,10 @@ def cmd_grads(args: argparse.Namespace) -> int:
     from dagster import AssetKey
 
     from dsel_assets.app.runs import run_batches
-    from dsel_assets.store import queries, tables
+    from dsel_assets.store import queries
 
     home = open_home(args)
-    with tables.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
         pool_batches = queries.batch_names(conn, "pool")
     batches = args.batch or pool_batches
     unknown = sorted(set(batches) - set(pool_batches))
@@ -45,7 +46,7 @@ def cmd_grads(args: argparse.Namespace) -> int:
     defs = make()
     if run_batches(defs, batches, "batch_job", config, [AssetKey("pool_grad_features")], build=settled(make)):
         return 1
-    with tables.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
         latest = queries.latest_warmup(conn)
     print(f"[dsel] done; features from warmup {latest[0] if latest else '-'}")
     return 0
@@ -63,7 +64,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from dsel_assets.pipeline.assets.selection.selections import typed_params
     from dsel_assets.pipeline.catalog import available
     from dsel_assets.pipeline.names import selection_asset_name, selection_key
-    from dsel_assets.store import queries, tables
+    from dsel_assets.store import queries
 
     spec = get(args.method)
     # KEY=VALUE, or METHOD.KEY=VALUE as dsel compare spells it
@@ -86,7 +87,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     config = {"budgets": args.budget, "params": typed_params(args.method, params)}
     run_config = {"ops": {target.to_user_string(): {"config": config}}}
     materialize_closure(defs, DagsterInstance.get(), [target], run_config, build=settled(make))
-    with tables.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
         summary = queries.selection_summary(conn, key)
     print(format_table(summary.columns, summary.rows()))
     return 0

@@ -33,8 +33,8 @@ def pool_batch(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     with store.get_connection() as conn:
-        manifest = tables.get_batch(conn, batch)
-        known = tables.ids_before(conn, batch)
+        manifest = queries.get_batch(conn, batch)
+        known = queries.ids_before(conn, batch)
     context.log.info(f"validating {manifest.stored_path} ({manifest.size_bytes} bytes) as batch {batch}")
     try:
         result = validate_file(
@@ -99,14 +99,14 @@ def pool_batch(
 def pool(context: dg.AssetExecutionContext, store: StateStore, tracker: MlflowTracker) -> dg.MaterializeResult:
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
-        version, batches = tables.pool_version(conn)
+        version, batches = queries.pool_version(conn)
         by_task = queries.composition(conn)
         reasons = queries.quarantine_reasons(conn)
         n_pool = int(by_task.filter(pl.col("split") == "pool")["n"].sum())
-        queries.record_pool_version(conn, version, batches, n_pool)
+        tables.record_pool_version(conn, version, batches, n_pool)
     with store.get_connection() as conn:
         inputs = [
-            DatasetRef(f"pool_batch/{b}", tables.get_batch(conn, b).stored_path, tables.get_batch(conn, b).sha256)
+            DatasetRef(f"pool_batch/{b}", queries.get_batch(conn, b).stored_path, queries.get_batch(conn, b).sha256)
             for b in batches
         ]
     with tracker.run(context, params={"pool_version": version, "batches": ",".join(batches)}, inputs=inputs) as run:

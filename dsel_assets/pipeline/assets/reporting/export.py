@@ -34,7 +34,8 @@ import polars as pl
 from dsel_assets.core.data import writers
 from dsel_assets.core.data.writers import ExportRow
 from dsel_assets.pipeline.catalog import entry_key, key_method
-from dsel_assets.store import queries, schema, tables
+from dsel_assets.store import queries, schema
+from resources import store as state_db
 
 MANIFEST_VERSION = 1
 #: file name suffix of each format's data (``hf`` is a folder)
@@ -319,7 +320,7 @@ def describe(
     identity = model_identity(conn, inputs, row.get("created_at"), warmup_key)
     if identity["model"] is None and identity["model_hash"] is not None and settings:
         identity["model"] = settings.get("model")
-    current, _ = tables.pool_version(conn)
+    current, _ = queries.pool_version(conn)
     config = replicate.config
     return {
         "method": replicate.key,
@@ -481,11 +482,11 @@ def export_selection(
 
     writers.check_format(fmt)
     out = Path(out).expanduser().absolute()
-    if tables.database_url() is None and not Path(home.duckdb).is_file():
+    if state_db.database_url() is None and not Path(home.duckdb).is_file():
         raise ValueError(
             f"method: no stored selections yet in {home.root}; make one first: dsel select --method M --budget B"
         )
-    with tables.open_state(home.duckdb, read_only=True) as conn:
+    with state_db.open_state(home.duckdb, read_only=True) as conn:
         if not schema.table_exists(conn, "selections"):
             raise ValueError("method: no stored selections yet; make one first: dsel select --method M --budget B")
         replicate, warnings = resolve(queries.stored_selections(conn), method, budget, seed, target)

@@ -56,7 +56,7 @@ def selection_export(
     check_format(fmt)
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
         chosen = export.choose(queries.stored_selections(conn), config.methods, config.budgets)
     if not chosen:
         raise RuntimeError("selection_export: no stored selections yet; materialize a selection_<method> asset first")

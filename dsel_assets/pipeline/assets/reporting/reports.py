@@ -110,7 +110,7 @@ def selection_report(
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
         report = selection_report_frame(conn, lance)
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
         tables.replace_table(conn, SELECTION_REPORT, report)
     markdown = markdown_table(report.columns, report.rows(), limit=500)
     reports = home.paths.artifacts.uri("reports")

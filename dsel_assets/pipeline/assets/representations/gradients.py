@@ -35,7 +35,7 @@ from dsel_assets.pipeline.names import (
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.pipeline.stored import latest_warmup_manifest, matrix_table, vector_matrix, vector_table
-from dsel_assets.store import artifacts, queries, tables
+from dsel_assets.store import artifacts, queries, sql, tables
 from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
 from resources.lance_store import LanceStore
@@ -86,7 +86,7 @@ def warmup_checkpoint(
     core = config.to_core()
     identity = selection_model.identity()
     with store.get_connection() as conn:
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
         pool_rows = queries.split_rows(conn, "pool")
     if pool_rows.height == 0:
         raise RuntimeError("pool: no examples; ingest data first")
@@ -166,7 +166,7 @@ def _record_warmup(
     """Record warmup ``key`` (trained, or ``reused``) as the latest, and its materialization."""
     with store.get_connection() as conn:
         tables.ensure_schema(conn)
-        queries.record_warmup(conn, key, out_uri, version, identity["model"], identity["model_hash"], core.to_dict())
+        tables.record_warmup(conn, key, out_uri, version, identity["model"], identity["model_hash"], core.to_dict())
     rows = [
         (c["epoch"], f"{c['lr_mean']:.3g}", artifacts.join(out_uri, Path(c["path"]).name))
         for c in manifest["checkpoints"]
@@ -291,7 +291,7 @@ def pool_grad_features(
     batch = context.partition_key
     dataset = grad_features_dataset("pool", grad_settings.suffix())
     with store.get_connection() as conn:
-        manifest = tables.get_batch(conn, batch)
+        manifest = queries.get_batch(conn, batch)
     if manifest.split != "pool":
         skipped = "query/eval batches get no Adam pool features"
         with tracker.run(context, params={"batch": batch, "split": manifest.split, "skipped": skipped}) as run:
@@ -456,7 +456,7 @@ def influence(
     query_dataset = grad_features_dataset("query", grad_settings.suffix())
     with store.get_connection() as conn:
         warmup, _, warmup_manifest = latest_warmup_manifest(conn)
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
         pool_ids = queries.split_rows(conn, "pool", ("pool_id",))
         subtask_of = queries.query_subtasks(conn)
     weights = checkpoint_weights({c["epoch"]: c["lr_mean"] for c in warmup_manifest["checkpoints"]})
@@ -503,7 +503,7 @@ def influence(
         pl.col("pool_id").map_elements(lambda q: subtask_of.get(q) or "", return_dtype=pl.String).alias("subtask")
     )
     lance_version = lance.overwrite(influence_dataset(grad_settings.suffix()), matrix_table(ids, scores))
-    with store.get_connection() as conn, tables.transaction(conn):
+    with store.get_connection() as conn, sql.transaction(conn):
         tables.replace_table(conn, columns_table(INFLUENCE), column_table)
         tables.replace_table(conn, "less_scores", less)
     inputs = [

@@ -11,7 +11,7 @@ from dsel_assets.core.labels import cluster_labels, provided_labels
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import POOL, REPRESENTATIONS, SENTENCE_EMBEDDINGS
 from dsel_assets.pipeline.stored import load_vectors
-from dsel_assets.store import queries, tables
+from dsel_assets.store import queries, sql, tables
 from resources.lance_store import LanceStore
 from resources.models import SentenceEmbedder
 from resources.store import StateStore
@@ -42,7 +42,7 @@ def labels(
     with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool", ("pool_id",))
         tags = queries.meta_field(conn, "pool", "tags")
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
     labelled = provided_labels([tags[p] for p in rows["pool_id"]])
     if labelled is not None:
         label_vectors = embedder.encode(labelled.names)
@@ -65,7 +65,7 @@ def labels(
             "how": [how] * len(names),
         }
     )
-    with store.get_connection() as conn, tables.transaction(conn):
+    with store.get_connection() as conn, sql.transaction(conn):
         tables.replace_table(conn, "labels", pairs)
         tables.replace_table(conn, "label_vocab", vocab)
     with tracker.run(context, params={"how": how, "pool_version": version}) as run:

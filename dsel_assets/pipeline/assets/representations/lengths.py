@@ -28,7 +28,7 @@ def response_lengths(
 ) -> dg.MaterializeResult:
     batch, identity = context.partition_key, selection_model.identity()
     with store.get_connection() as conn:
-        manifest = tables.get_batch(conn, batch)
+        manifest = queries.get_batch(conn, batch)
         rows = queries.split_rows(conn, "pool", batch=batch)
     counts = response_token_counts(selection_model.tokenizer(), rows["messages"].to_list())
     frame = pl.DataFrame(

@@ -84,7 +84,7 @@ def cherry_pre_experienced_model(
     identity = selection_model.identity()
     with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
     ids = rows["pool_id"].to_list()
     if not ids:
         raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")

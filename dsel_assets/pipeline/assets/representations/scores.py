@@ -115,7 +115,7 @@ def build_score_asset(
         keep = {"model_hash": identity["model_hash"], "code_version": code_version, "prompt_template": config.template}
         with store.get_connection() as conn:
             schema.ensure_score_table(conn, table)
-            manifest = tables.get_batch(conn, batch)
+            manifest = queries.get_batch(conn, batch)
             rows = queries.split_rows(conn, "pool", batch=batch)
             copied = 0 if sibling is None else copy_sibling_rows(conn, sibling, table, batch, keep, config.template)
         if copied:
@@ -214,7 +214,7 @@ def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: Mlflo
             )
             .rows()
         )
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
     with tracker.run(context, params={"pool_version": version}) as run:
         run.log_metrics({f"rows.{how}": n for how, n, _, _ in summary})
     return dg.MaterializeResult(
@@ -264,7 +264,7 @@ def learning_percentage(
     )
     with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
     identity = proxy_model.identity()
     code_version = row_code_version(context)
     fingerprint = hashlib.sha256(
@@ -366,7 +366,7 @@ def golden_score(
 
     with store.get_connection() as conn:
         rows = queries.split_rows(conn, "pool")
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
         if config.anchors.startswith("source:"):
             anchor_rows = queries.source_rows(conn, config.anchors.split(":", 1)[1], ("messages",))
             if anchor_rows.height == 0:
@@ -481,7 +481,7 @@ def whisperer_score(
         query_rows = queries.split_rows(conn, "query", ("task", "messages"))
         if config.task:
             query_rows = query_rows.filter(pl.col("task") == config.task)
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
     model, tokenizer = selection_model.load()
     model.set_attn_implementation("eager")  # attention weights are read
     layer = None if config.layer < 0 else config.layer

@@ -67,7 +67,7 @@ def store_similarity(
     query vectors; the matrix to Lance ``dataset``, its columns to DuckDB, one MLflow run."""
     asset = context.asset_key.path[-1]
     with store.get_connection() as conn:
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
         pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
     chunks = (
         (b.column("pool_id").to_pylist(), vector_matrix(b.column("vector")))

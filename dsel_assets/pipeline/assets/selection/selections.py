@@ -165,7 +165,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
             replicates = warmup_replicate(key, reads_warmup, replicates, config)
         with store.get_connection() as conn:
             tables.ensure_schema(conn)
-            version, _ = tables.pool_version(conn)
+            version, _ = queries.pool_version(conn)
             frame = queries.split_rows(conn, "pool", ("pool_id", "task", "batch"))
             # the warmup its gradient inputs come from (the latest), for lineage and the warmup seed check
             warmup = current_warmup(conn) if reads_warmup else None

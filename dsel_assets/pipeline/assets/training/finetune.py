@@ -85,7 +85,7 @@ def _budget_label(budget: str) -> str:
 def _training_sets(conn, method: str, budgets: list[str]) -> dict[tuple[str, int], tuple[list[str], str]]:
     """(budget, selection seed) -> (selected pool ids in rank order, pool version) for one method."""
     if method == FULL_POOL:
-        version, _ = tables.pool_version(conn)
+        version, _ = queries.pool_version(conn)
         ids = queries.split_rows(conn, "pool", ("pool_id",))
         return {(FULL_BUDGET, 0): (ids["pool_id"].to_list(), version)}
     rows = queries.method_selections(conn, method)
