@@ -84,7 +84,8 @@ class RepresentationSpec:
     built on them), when one does: a selection on it varies with that seed, which the selection's
     own ``seed`` does not reach (``catalog.selection_randomness``; a test checks it against the
     asset graph); ``checked_columns``: score columns of a per-batch score table that its
-    asset's check requires finite unless the row gives a reason (the check is generated)."""
+    asset's check requires finite unless the row gives a reason (the check is generated);
+    ``scalar``: one number per example (NaN where undefined), so tests can synthesize it."""
 
     name: str
     asset: str
@@ -98,6 +99,7 @@ class RepresentationSpec:
     templated: bool = False
     seeded_by: str | None = None
     checked_columns: tuple[str, ...] = ()
+    scalar: bool = False
 
 
 #: Every declared representation, by name (the vocabulary of the method registry's ``needs``).
@@ -370,7 +372,7 @@ def declare_scalar(
 ) -> RepresentationSpec:
     """A representation of one value per example: ``column`` of the score table that asset
     ``table`` writes (NaN where its row records a reason, with ``defined_only``)."""
-    return declare(name, table, scalar(name, table, column, defined_only), description, **flags)
+    return declare(name, table, scalar(name, table, column, defined_only), description, scalar=True, **flags)
 
 
 IFD = "ifd_loss_ratio"  # declared with defined_only: NaN where a reason is recorded

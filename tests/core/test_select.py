@@ -10,6 +10,7 @@ from dsel_assets.core.select.diagnostics import normalised_entropy, summarize
 from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.score_rankers import UNCERTAINTY
 from dsel_assets.core.select.targeted import Influence
+from dsel_assets.pipeline.registry import representation
 
 METHODS = sorted(methods())
 
@@ -81,6 +82,9 @@ def inputs(spec, n=240, d=8, seed=0):
         "trainer": SyntheticTrainer(x),
         "pool_tasks": np.array([f"t{i % 3}" for i in range(n)], dtype=object),  # REQUIRED's t0 in every pool
     }
+    for need in set(spec.needs) - set(reps):  # any other number per example, as the registry declares it
+        assert representation(need).scalar, f"{need}: add a synthetic value of it here"
+        reps[need] = with_gaps(rng.uniform(0, 1000, n))
     return [f"id{i:04d}" for i in range(n)], {need: reps[need] for need in spec.needs}
 
 
