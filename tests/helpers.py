@@ -45,15 +45,15 @@ def synthetic_pool_instance(home, resources, seed: int = 3, per_capability: int 
     """A Dagster instance whose pool is the synthetic generator's pool split (task labels from
     its records), validated and materialized: what selection-asset tests start from."""
     import dagster as dg
-    import duckdb
 
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
     from dsel_assets.pipeline.names import pool_batches
     from dsel_assets.store import tables
+    from resources.store import open_state
 
     paths = generate(seed=seed, per_capability=per_capability).write(home.root / "syn")
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with open_state(home.duckdb) as conn:
         manifest, _ = tables.register_batch(conn, paths["pool"], home.raw, source="syn", task="auto", split="pool")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])

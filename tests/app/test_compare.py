@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import lance
+import polars as pl
 import pytest
 from polars import from_arrow as frame_of
 
@@ -23,7 +23,8 @@ from dsel_assets.pipeline.assets.reporting.evaluation import EvalRunConfig, load
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.catalog import entry_key, parse_entry
 from dsel_assets.pipeline.checks import pool_ids_by_version, selection_problems
-from dsel_assets.store.queries import frame
+from dsel_assets.store import queries, schema
+from resources.store import open_state
 
 from ..helpers import synthetic_pool_instance
 
@@ -86,7 +87,7 @@ def test_task_matched_random_needs_pool_rows_of_the_target_not_query_rows(home, 
 
     def problems(target):
         plan = ComparePlan(methods=["random", "random_in_task"], budgets=["10%"], targets=[target])
-        with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+        with open_state(home.duckdb, read_only=True) as conn:
             return check_plan(plan, conn)[0]
 
     assert problems("arithmetic") == []
@@ -140,7 +141,7 @@ def test_warns_when_a_target_has_fewer_eval_groups_than_a_verdict_needs(home, tm
     _ingest(tmp_path)
     warnings: list[str] = []
     plan = ComparePlan(methods=["random"], budgets=["10%"], targets=["arithmetic"], eval_per_task=4)
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
+    with open_state(home.duckdb, read_only=True) as conn:
         problems, plan = check_plan(plan, conn, warn=warnings.append)
         assert problems == []
         sample, version, _ = load_eval_set(
@@ -337,9 +338,10 @@ def test_selection_seeds_store_checked_replicates(home, local_resources):
     random = next(a for a in selection_assets if a.key.path[-1] == "selection_random")
     config = {"ops": {"selection_random": {"config": {"budgets": ["5"], "seeds": [0, 1, 2]}}}}
     assert dg.materialize([random], resources=local_resources, instance=instance, run_config=config).success
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        rows = frame(conn, "SELECT * FROM selections WHERE method = 'random'")
-        known = {v: set(frame(conn, "SELECT pool_id FROM examples")["pool_id"]) for v in rows["pool_version"].unique()}
+    with open_state(home.duckdb, read_only=True) as conn:
+        rows = queries.rows_matching(conn, "selections", schema.columns(conn, "selections"), {"method": "random"})
+        ids = set(queries.rows_matching(conn, "examples", ["pool_id"], {})["pool_id"])
+        known = {v: ids for v in rows["pool_version"].unique()}
     replicates = {s: set(g["pool_id"]) for (s,), g in rows.group_by(["selection_seed"])}
     assert sorted(replicates) == [0, 1, 2] and all(len(ids) == 5 for ids in replicates.values())
     assert len({frozenset(ids) for ids in replicates.values()}) == 3  # different draws
@@ -380,8 +382,8 @@ END_TO_END = [
 
 def _warmups(home) -> dict[int, dict]:
     """Warmup seed -> {key, sample, mtime} of every recorded warmup (its manifest)."""
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        rows = frame(conn, "SELECT warmup, path, config FROM warmups").rows()
+    with open_state(home.duckdb, read_only=True) as conn:
+        rows = queries.rows_matching(conn, "warmups", ["warmup", "path", "config"], {}).rows()
     out = {}
     for key, path, config in rows:
         manifest = Path(path) / "manifest.json"
@@ -405,8 +407,8 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     # stage 1 is done: a warmup per warmup seed, each with its own sample (and LoRA init)
     warmups = _warmups(home)
     assert sorted(warmups) == [0, 1] and warmups[0]["sample"] != warmups[1]["sample"]
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        n_pool = frame(conn, "SELECT count(*) AS n FROM examples WHERE split = 'pool'")["n"][0]
+    with open_state(home.duckdb, read_only=True) as conn:
+        n_pool = queries.split_rows(conn, "pool", ["pool_id"]).height
     features = lance.dataset(str(home.lance / "pool_grad_features_d128_rademacher0.lance"))
     per_warmup = frame_of(features.to_table(columns=["warmup", "pool_id"])).group_by("warmup").len()
     assert dict(per_warmup.rows()) == {w["key"]: n_pool for w in warmups.values()}  # both kept, 1 checkpoint
@@ -431,14 +433,17 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     # random, kmeans_random, less: 2 selection replicates x 2 training seeds; round_robin@embed: 1 x 2
     assert len(after) == 14
     assert all(after[key] == mtime for key, mtime in before.items())  # stored models reused, not retrained
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        models = frame(conn, "SELECT method, selection_seed, seed FROM finetuned_models ORDER BY ALL")
+    with open_state(home.duckdb, read_only=True) as conn:
+        columns = ["method", "selection_seed", "seed"]
+        models = queries.rows_matching(conn, "finetuned_models", columns, {}).sort(columns, nulls_last=True)
         replicated = [(m, s, t) for m in ("kmeans_random", "less", "random") for s in (0, 1) for t in (0, 1)]
         assert models.rows() == [*replicated, ("round_robin_embed", 0, 0), ("round_robin_embed", 0, 1)]
-        per_model = frame(conn, "SELECT model_key, count(*) AS n FROM eval_examples GROUP BY ALL")
+        per_model = queries.rows_matching(conn, "eval_examples", ["model_key"], {}).group_by("model_key").len("n")
         assert per_model.height == 15 and set(per_model["n"]) == {4}  # 14 models + base, 4 arithmetic rows
-        table = frame(conn, "SELECT * FROM comparison_report WHERE task = 'arithmetic' AND measure = 'loss'")
-        less = frame(conn, "SELECT * FROM selections WHERE method = 'less' ORDER BY selection_seed, rank")
+        report = queries.report(conn, "comparison_report")
+        table = report.filter((pl.col("task") == "arithmetic") & (pl.col("measure") == "loss"))
+        less = queries.rows_matching(conn, "selections", schema.columns(conn, "selections"), {"method": "less"})
+        less = less.sort(["selection_seed", "rank"], nulls_last=True)
         assert selection_problems(less, pool_ids_by_version(conn, less["pool_version"].unique().to_list())) == []
     # less: one replicate per warmup seed, each read from its warmup, not the same draw
     by_seed = {s: g for (s,), g in less.group_by(["selection_seed"])}
@@ -469,14 +474,11 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     assert "(selection variance: sampled): arithmetic " in summary
     assert summary.endswith("too few eval groups for a verdict")
     # afterwards the configured warmup (seed 0) is the current one again: a plain selection reads it
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        assert (
-            frame(conn, "SELECT warmup FROM warmups ORDER BY created_at DESC LIMIT 1")["warmup"][0]
-            == (warmups[0]["key"])
-        )
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:  # --metric both: graded generations too
-        graded = frame(conn, "SELECT max(score) AS best FROM eval_examples WHERE metric = 'exact_match'")["best"][0]
-        measures = set(frame(conn, "SELECT DISTINCT measure FROM comparison_report")["measure"])
+    with open_state(home.duckdb, read_only=True) as conn:
+        assert queries.latest_warmup(conn)[0] == warmups[0]["key"]
+    with open_state(home.duckdb, read_only=True) as conn:  # --metric both: graded generations too
+        graded = queries.rows_matching(conn, "eval_examples", ["score"], {"metric": "exact_match"})["score"].max()
+        measures = set(queries.report(conn, "comparison_report")["measure"])
     # one target: no balance rows; exact match only where some model scored above 0
     assert measures == ({"loss", "score:exact_match"} if graded > 0 else {"loss"})
     html = (home.root / "reports") / "comparison_report.html"

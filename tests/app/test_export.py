@@ -12,13 +12,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
-import duckdb
+import polars as pl
 import pytest
 
 from dsel_assets.app.cli import main
 from dsel_assets.pipeline.code_location import build_definitions
-from dsel_assets.store import tables
+from dsel_assets.store import queries, tables
 from resources.home import DselHome
+from resources.store import open_state
 
 from ..helpers import write_jsonl
 from ..s3 import s3_client
@@ -121,9 +122,9 @@ def state(tmp_path_factory):
         (data / "code.json").write_text(json.dumps(CODE_ELEMENTS, indent=2, ensure_ascii=False), encoding="utf-8")
         write_jsonl(data / "chat.jsonl", [json.dumps(r, ensure_ascii=False) for r in CHAT_RECORDS])
         assert main(["ingest", str(data), "--task", "auto"]) == 0
-        with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-            assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
-            assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 8 + 3 + 3
+        with open_state(home.duckdb, read_only=True) as conn:
+            assert queries.rows_matching(conn, "quarantine", ["batch"], {}).height == 0
+            assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 8 + 3 + 3
         assert main(["select", "--method", "random", "--budget", "5", "--param", "seed=3"]) == 0
         assert main(["select", "--method", "random_in_task", "--target", "chat", "--budget", "100%"]) == 0
         assert main(["select", "--method", "random_in_task", "--target", "code", "--budget", "50"]) == 0
@@ -138,20 +139,19 @@ def state(tmp_path_factory):
 
 
 def stored(home: DselHome, method: str, budget: str, seed: int | None = None) -> list[dict]:
-    """The stored selection rows in rank order with their examples, read directly."""
-    sql = (
-        "SELECT s.rank, s.pool_id, s.score, s.pool_version, s.mlflow_run_id, s.selection_seed, s.k, s.config, "
-        "e.messages, e.position, e.task, b.original_path FROM selections s JOIN examples e USING (pool_id) "
-        "JOIN batches b ON b.batch = e.batch WHERE s.method = ? AND s.budget = ?"
-    )
-    params = [method, budget]
+    """The stored selection rows in rank order with their examples, read from the tables themselves
+    (selections joined with examples and their batches here, not by the export's own query)."""
+    match: dict[str, object] = {"method": method, "budget": budget}
     if seed is not None:
-        sql += " AND s.selection_seed = ?"
-        params.append(seed)
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        cursor = conn.execute(sql + " ORDER BY s.rank", params)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        match["selection_seed"] = seed
+    selection = ["rank", "pool_id", "score", "pool_version", "mlflow_run_id", "selection_seed", "k", "config"]
+    with open_state(home.duckdb, read_only=True) as conn:
+        selected = queries.rows_matching(conn, "selections", selection, match)
+        examples = queries.rows_matching(conn, "examples", ["pool_id", "messages", "position", "task", "batch"], {})
+        batches = queries.rows_matching(conn, "batches", ["batch", "original_path"], {})
+    rows = selected.join(examples, on="pool_id", how="inner").join(batches, on="batch", how="inner")
+    rows = rows.sort("rank", maintain_order=True)
+    return rows.select(*selection, "messages", "position", "task", "original_path").to_dicts()
 
 
 def export(*argv: str) -> int:
@@ -337,8 +337,8 @@ def test_manifest_records_the_lineage(state, tmp_path, capsys):
     assert manifest["selection_run"]["status"] == "FINISHED"
     assert {i["name"] for i in manifest["selection_run"]["inputs"]} == {"pool"}
     assert sum(s["rows"] for s in manifest["sources"]) == 5
-    with duckdb.connect(str(state.home.duckdb), read_only=True) as conn:
-        sha = dict(conn.execute("SELECT original_path, sha256 FROM batches").fetchall())
+    with open_state(state.home.duckdb, read_only=True) as conn:
+        sha = dict(queries.rows_matching(conn, "batches", ["original_path", "sha256"], {}).iter_rows())
     assert all(s["file_sha256"] == sha[s["source_file"]] for s in manifest["sources"])
 
 
@@ -556,11 +556,12 @@ def test_the_model_hash_comes_from_what_the_selection_recorded(tmp_path):
     from dsel_assets.pipeline.assets.reporting.export import model_identity
     from dsel_assets.store import schema
 
-    with duckdb.connect(str(tmp_path / "state.duckdb")) as conn:
-        schema.migrate(conn, "duckdb")
+    with open_state(tmp_path / "state.duckdb") as conn:
+        schema.migrate(conn)
         tables.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "abcd", {})
         schema.ensure_score_table(conn, "loss_scores")
-        conn.execute("INSERT INTO loss_scores (pool_id, model, model_hash) VALUES ('p1', 'tiny', 'ef01')")
+        score = pl.DataFrame({"pool_id": ["p1"], "model": ["tiny"], "model_hash": ["ef01"]})
+        tables.upsert_by_id(conn, "loss_scores", score)
         nothing = {"model": None, "model_hash": None, "from": None}
         assert model_identity(conn, [{"name": "pool", "digest": "v1"}]) == nothing  # random: no model
         rds = [{"name": "rds_similarity_0123456789abcdef", "digest": "3"}]

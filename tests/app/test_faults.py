@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import lance
+import polars as pl
 import pytest
+
+from dsel_assets.store import queries
+from resources.store import open_state
 
 from ..helpers import write_jsonl
 
@@ -84,9 +87,21 @@ def run_dsel(args: list[str], home: Path, timeout: float = RUN_TIMEOUT_S) -> str
     return done.stdout + done.stderr
 
 
-def query(home: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(home / "dsel.duckdb"), read_only=True) as conn:
-        return conn.execute(sql).fetchall()
+def stored(home: Path, table: str, columns: list[str], match: dict | None = None) -> pl.DataFrame:
+    """``columns`` of the rows of ``table`` whose ``match`` columns equal the values (all rows by default)."""
+    with open_state(home / "dsel.duckdb", read_only=True) as conn:
+        return queries.rows_matching(conn, table, columns, match or {})
+
+
+def id_counts(home: Path, table: str) -> tuple[int, int]:
+    """(rows, distinct pool ids) of ``table``."""
+    ids = stored(home, table, ["pool_id"])["pool_id"]
+    return ids.len(), ids.drop_nulls().n_unique()
+
+
+def quarantine_reasons(home: Path) -> list[tuple[str, int]]:
+    with open_state(home / "dsel.duckdb", read_only=True) as conn:
+        return queries.quarantine_reasons(conn).rows()
 
 
 def no_slot_held(home: Path) -> None:
@@ -126,8 +141,8 @@ def test_kill_during_the_raw_copy(tmp_path):
     stored = home / "raw" / sha / "big.jsonl"
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == sha
     assert not list((home / "raw").glob(".incoming-*"))
-    assert query(home, "SELECT count(*), count(DISTINCT pool_id) FROM examples") == [(6, 6)]
-    assert query(home, "SELECT reason, count(*) FROM quarantine GROUP BY ALL") == [("record_too_large", 1)]
+    assert id_counts(home, "examples") == (6, 6)
+    assert quarantine_reasons(home) == [("record_too_large", 1)]
 
 
 def test_kill_during_validation(tmp_path):
@@ -135,8 +150,8 @@ def test_kill_during_validation(tmp_path):
     pool = write_jsonl(tmp_path / "pool.jsonl", qa_lines(20000))
     kill_when(["ingest", str(pool)], home, lambda out: "batch_job for batch" in out, delay_s=1.0)
     run_dsel(["ingest", str(pool)], home)
-    assert query(home, "SELECT count(*), count(DISTINCT pool_id) FROM examples") == [(20000, 20000)]
-    assert query(home, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert id_counts(home, "examples") == (20000, 20000)
+    assert stored(home, "quarantine", ["batch"]).height == 0
     no_slot_held(home)
 
 
@@ -149,7 +164,7 @@ def test_kill_during_a_score_chunk_then_rerun_gets_the_slot(tmp_path):
     out = run_dsel(["score", "loss"], home, timeout=240)  # was: waited forever on the dead run's "gpu" slot
     assert time.monotonic() - started < 240
     assert "marked failed" in out or "reaped" in out or "is gone" in out, out[-2000:]
-    assert query(home, "SELECT count(*), count(DISTINCT pool_id) FROM loss_scores") == [(400, 400)]
+    assert id_counts(home, "loss_scores") == (400, 400)
     no_slot_held(home)
 
 
@@ -169,7 +184,7 @@ def test_kill_during_a_gradient_chunk(tmp_path):
     ):
         rows.setdefault((warmup, checkpoint), []).append(pool_id)
     assert rows and all(len(ids) == len(set(ids)) == 200 for ids in rows.values()), {k: len(v) for k, v in rows.items()}
-    assert query(home, "SELECT count(*) FROM selections WHERE method = 'less'") == [(10,)]
+    assert stored(home, "selections", ["pool_id"], {"method": "less"}).height == 10
     no_slot_held(home)
 
 
@@ -178,5 +193,6 @@ def test_kill_during_a_fine_tune(tmp_path):
     run = ["run", "--per-capability", "5", "--finetune-epochs", "2", "--eval-per-task", "1"]
     kill_when(run, home, lambda out: "fine-tuning on" in out)
     run_dsel(run, home)
-    assert query(home, "SELECT count(*) = count(DISTINCT pool_id) FROM examples") == [(True,)]
+    rows, distinct = id_counts(home, "examples")
+    assert rows == distinct
     no_slot_held(home)

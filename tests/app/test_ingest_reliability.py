@@ -12,15 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from dsel_assets.app.cli import main
 from dsel_assets.app.runs import run_batches
 from dsel_assets.core.models.loading import resolve
 from dsel_assets.pipeline.code_location import build_definitions
-from dsel_assets.store import duckdb_backend, raw_files, tables
+from dsel_assets.store import duckdb_backend, queries, raw_files, schema, tables
 from dsel_assets.store.errors import StateDatabaseError
+from resources.store import open_state
 from resources.tracking import MlflowTracker, TrackedRun, redact_uri, restore_credentials
 
 from ..helpers import small_tmpfs, write_jsonl
@@ -61,7 +61,7 @@ def test_partial_raw_copy_is_replaced_and_the_stored_hash_is_of_the_stored_bytes
 
 def test_batch_keys_hold_the_split_and_are_valid_names(tmp_path):
     src = write_jsonl(tmp_path / "x.jsonl", qa(2))
-    with duckdb.connect(str(tmp_path / "db.duckdb")) as conn:
+    with open_state(tmp_path / "db.duckdb") as conn:
         pool, _ = tables.register_batch(conn, src, tmp_path / "raw", source="-evil name", task="t")
         query, created = tables.register_batch(
             conn, src, tmp_path / "raw", source="-evil name", task="t", split="query"
@@ -76,14 +76,12 @@ def test_same_file_as_pool_then_query_is_two_batches(home, tiny, tmp_path, capsy
     src = write_jsonl(tmp_path / "q.jsonl", qa(3))
     assert main(["ingest", str(src)]) == 0
     assert main(["ingest", str(src), "--split", "query"]) == 0  # was a primary-key traceback
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        assert conn.execute("SELECT split, count(*) FROM batches GROUP BY ALL ORDER BY 1").fetchall() == [
-            ("pool", 1),
-            ("query", 1),
-        ]
+    with open_state(home.duckdb, read_only=True) as conn:
+        splits = queries.rows_matching(conn, "batches", ["split"], {}).group_by("split").len().sort("split")
+        assert splits.rows() == [("pool", 1), ("query", 1)]
         # the second copy of each record is a duplicate: nothing counted twice, nothing lost
-        assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 3
-        assert conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY ALL").fetchall() == [("duplicate", 3)]
+        assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 3
+        assert queries.quarantine_reasons(conn).rows() == [("duplicate", 3)]
 
 
 def test_options_are_checked_before_anything_is_stored(home, tiny, tmp_path, capsys):
@@ -95,9 +93,9 @@ def test_options_are_checked_before_anything_is_stored(home, tiny, tmp_path, cap
     assert err.count("dsel: error:") == 3 and "layout" in err and "mapping" in err and "Traceback" not in err
     assert not list(Path(home.raw).rglob("*"))
     if home.duckdb.exists():
-        with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-            tables_present = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name='batches'").fetchone()
-            assert not tables_present[0] or not conn.execute("SELECT count(*) FROM batches").fetchone()[0]
+        with open_state(home.duckdb, read_only=True) as conn:
+            tables_present = schema.table_exists(conn, "batches")
+            assert not tables_present or queries.rows_matching(conn, "batches", ["batch"], {}).height == 0
 
 
 def test_force_takes_the_new_options(home, tiny, tmp_path, capsys):
@@ -105,15 +103,16 @@ def test_force_takes_the_new_options(home, tiny, tmp_path, capsys):
     assert main(["ingest", str(src)]) == 0
     assert "unknown_layout=3" in capsys.readouterr().out
     assert main(["ingest", str(src), "--force", "--mapping", "prompt=q,response=a"]) == 0
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 3
-        assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
-        assert conn.execute("SELECT layout, mapping FROM batches").fetchall() == [(None, "prompt=q,response=a")]
+    with open_state(home.duckdb, read_only=True) as conn:
+        assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 3
+        assert queries.rows_matching(conn, "quarantine", ["batch"], {}).height == 0
+        layouts = queries.rows_matching(conn, "batches", ["layout", "mapping"], {}).rows()
+        assert layouts == [(None, "prompt=q,response=a")]
 
 
 def test_a_failed_validation_is_listed_and_retried(home, tiny, tmp_path, capsys):
     src = write_jsonl(tmp_path / "lost.jsonl", qa(4))
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with open_state(home.duckdb) as conn:
         manifest, _ = tables.register_batch(conn, src, home.raw, source="lost", task="math")
     Path(manifest.stored_path).unlink()  # the raw copy vanished before validation
     defs = build_definitions(home, model="tiny")
@@ -127,8 +126,9 @@ def test_a_failed_validation_is_listed_and_retried(home, tiny, tmp_path, capsys)
     assert main(["ingest", str(src), "--source", "lost", "--task", "math"]) == 0
     out = capsys.readouterr().out
     assert "already batch" not in out and re.search(rf"{manifest.batch}\s+4\s+4\s+0", out)
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        assert conn.execute("SELECT error, validated_at IS NOT NULL FROM batches").fetchall() == [(None, True)]
+    with open_state(home.duckdb, read_only=True) as conn:
+        states = queries.rows_matching(conn, "batches", ["error", "validated_at"], {}).rows()
+        assert [(error, validated_at is not None) for error, validated_at in states] == [(None, True)]
     assert main(["ingest", str(src)]) == 0
     assert "already batch" in capsys.readouterr().out
 
@@ -148,12 +148,10 @@ def test_a_full_disk_names_the_file_and_a_rerun_resumes(home, tiny, tmp_path, ca
         resize(4096)
         assert main(["ingest", str(folder)]) == 0
         assert "already batch" not in capsys.readouterr().out
-        with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-            assert conn.execute("SELECT count(*), bool_and(validated_at IS NOT NULL) FROM batches").fetchone() == (
-                3,
-                True,
-            )
-            assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 3 + 4000 + 2
+        with open_state(home.duckdb, read_only=True) as conn:
+            validated = queries.rows_matching(conn, "batches", ["validated_at"], {})["validated_at"]
+            assert (validated.len(), validated.is_not_null().all()) == (3, True)
+            assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 3 + 4000 + 2
 
 
 def test_a_full_state_home_says_so(home, tiny, tmp_path, capsys):
@@ -170,7 +168,7 @@ def test_a_full_state_home_says_so(home, tiny, tmp_path, capsys):
 
 def test_a_second_writer_waits_then_gives_a_clear_error(tmp_path):
     database = tmp_path / "db.duckdb"
-    duckdb.connect(str(database)).close()
+    duckdb_backend.connect(database).close()
     hold = f"import duckdb, time; c = duckdb.connect({str(database)!r}); print('held', flush=True); time.sleep(3)"
     holder = subprocess.Popen(
         [sys.executable, "-c", hold],
@@ -185,7 +183,7 @@ def test_a_second_writer_waits_then_gives_a_clear_error(tmp_path):
         assert len(messages) == 1 and "waiting up to" in messages[0]
         started = time.monotonic()
         with duckdb_backend.connect(database, wait_s=30) as conn:  # waits for the holder, then works
-            assert conn.execute("SELECT 42").fetchone() == (42,)
+            assert schema.migrate(conn) == schema.SCHEMA_VERSION and schema.table_exists(conn, "batches")
         assert time.monotonic() - started < 30
     finally:
         holder.kill()
@@ -220,8 +218,9 @@ def test_two_concurrent_ingests_on_a_fresh_home_both_land(tmp_path):
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-2000:]
         assert "Traceback" not in err and "duplicate column name" not in err
-    with duckdb.connect(str(home / "dsel.duckdb"), read_only=True) as conn:
-        assert conn.execute("SELECT count(*), count(DISTINCT batch) FROM examples").fetchone() == (10, 2)
+    with open_state(home / "dsel.duckdb", read_only=True) as conn:
+        batches = queries.rows_matching(conn, "examples", ["batch"], {})["batch"]
+    assert (batches.len(), batches.drop_nulls().n_unique()) == (10, 2)
 
 
 def test_credentials_never_reach_metadata(tmp_path):

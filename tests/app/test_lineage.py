@@ -3,11 +3,11 @@ Dagster's event log and MLflow and ends at the raw files with their sha256 and q
 
 import json
 
-import duckdb
 from mlflow.tracking import MlflowClient
 
 from dsel_assets.app.cli import main
-from dsel_assets.store import raw_files
+from dsel_assets.store import queries, raw_files
+from resources.store import open_state
 
 from ..helpers import write_jsonl
 
@@ -47,8 +47,9 @@ def test_lineage_and_why(home, tmp_path, capsys, monkeypatch):
     by_run = json.loads(capsys.readouterr().out)
     assert {n["asset"] for n in by_run["chain"]} >= set(chain)
 
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        chosen = conn.execute("SELECT pool_id FROM selections WHERE method = 'cherry_ifd' AND rank = 0").fetchone()[0]
+    with open_state(home.duckdb, read_only=True) as conn:
+        first = queries.rows_matching(conn, "selections", ["pool_id"], {"method": "cherry_ifd", "rank": 0})
+    chosen = first["pool_id"][0]
     assert main(["why", chosen, "--selection", "selection_cherry_ifd", "--json"]) == 0
     why = json.loads(capsys.readouterr().out)
     assert why["example"]["raw"].startswith('{"question"') and why["example"]["sha256"] == raw["sha256"]

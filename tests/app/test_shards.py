@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-import duckdb
 import lance
 import numpy as np
 import pytest
 
 from dsel_assets.app.cli import main
 from dsel_assets.core.data.shards import split_lines
+from dsel_assets.store import queries
 from resources.home import DselHome
+from resources.store import open_state
 from tests.helpers import write_jsonl
 
 
@@ -57,8 +58,8 @@ def ingest(root, source, monkeypatch, *flags) -> DselHome:
 
 
 def losses_by_id(home: DselHome) -> dict[str, float]:
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        return dict(conn.execute("SELECT pool_id, loss_conditioned FROM loss_scores").fetchall())
+    with open_state(home.duckdb, read_only=True) as conn:
+        return dict(queries.score_columns(conn, "loss_scores", ["loss_conditioned"]).iter_rows())
 
 
 def test_three_shards_on_two_devices_run_two_at_a_time_and_match_one_batch(tmp_path, monkeypatch, capsys):
@@ -84,11 +85,10 @@ def test_three_shards_on_two_devices_run_two_at_a_time_and_match_one_batch(tmp_p
                 slots.add(event.user_message.split(" (")[0])
     assert slots == {"device: slot 1 of 2", "device: slot 2 of 2"}
     for home in (whole, sharded):
-        with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-            assert conn.execute("SELECT raw FROM quarantine").fetchall() == [("{not json",)]
-            assert conn.execute("SELECT count(DISTINCT batch) FROM examples").fetchone()[0] == (
-                3 if home == sharded else 1
-            )
+        with open_state(home.duckdb, read_only=True) as conn:
+            assert queries.rows_matching(conn, "quarantine", ["raw"], {})["raw"].to_list() == ["{not json"]
+            batches = queries.rows_matching(conn, "examples", ["batch"], {})["batch"]
+            assert batches.n_unique() == (3 if home == sharded else 1)
     expected, found = embeddings_by_id(whole), embeddings_by_id(sharded)
     assert len(expected) == 29 and sorted(found) == sorted(expected)
     for pool_id, vector in expected.items():

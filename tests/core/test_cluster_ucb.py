@@ -4,13 +4,14 @@ on-demand LESS scorer on the tiny model against the full-pool LESS scores."""
 
 import json
 
-import duckdb
 import numpy as np
 import pytest
 
 from dsel_assets.core.clustering import spherical_kmeans
 from dsel_assets.core.select import build_config, get
 from dsel_assets.core.select.cluster_ucb import ClusterUcbConfig, cluster_ucb_draws
+from dsel_assets.store import queries
+from resources.store import open_state
 
 from ..helpers import pool_ids
 
@@ -149,13 +150,11 @@ def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, t
     assert main(["select", "--method", "less", *tiny]) == 0  # the full-pool LESS scores (influence)
     params = ["--param", "n_clusters=3", "--param", "budget_frac=0.5"]
     assert main(["select", "--method", "cluster_ucb", *tiny, *params]) == 0
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        pool_ids = [
-            r[0] for r in conn.execute("SELECT pool_id FROM examples WHERE split = 'pool' ORDER BY 1").fetchall()
-        ]
-        less = {(p, t): s for p, t, s in conn.execute("SELECT pool_id, task, score FROM less_scores").fetchall()}
-        picked = conn.execute("SELECT pool_id, score, diagnostics FROM selections WHERE method = 'cluster_ucb'")
-        picked = picked.fetchall()
+    with open_state(home.duckdb, read_only=True) as conn:
+        pool_ids = queries.split_rows(conn, "pool", ["pool_id"], order=["pool_id"])["pool_id"].to_list()
+        less = {(p, t): s for p, t, s in queries.less_scores(conn).iter_rows()}
+        columns = ["pool_id", "score", "diagnostics"]
+        picked = queries.rows_matching(conn, "selections", columns, {"method": "cluster_ucb"}).rows()
     n = len(pool_ids)
     diagnostics = json.loads(picked[0][2])
     drawn = diagnostics["cold_start_draws"] + int(n * (0.5 - 0.05))

@@ -4,7 +4,6 @@ report, on the tiny model."""
 import math
 
 import dagster as dg
-import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -39,7 +38,8 @@ from dsel_assets.pipeline.assets.reporting.reports import comparison_report, sel
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.assets.training.finetune import finetuned_assets
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import sql, tables
+from dsel_assets.store import queries, tables
+from resources.store import open_state
 
 from ..pipeline.test_assets import register
 
@@ -206,27 +206,26 @@ def test_selection_to_report_through_dagster(home, local_resources, synthetic_ho
     }
     first = dg.materialize(chain, resources=local_resources, instance=instance, run_config=run_config)
     assert first.success
-    with duckdb.connect(str(home.duckdb)) as conn:
-        models = sql.frame(conn, "SELECT * FROM finetuned_models ORDER BY examples")
+    with open_state(home.duckdb) as conn:
+        columns = ["model_key", "budget", "examples", "selection_version", "pool_version"]
+        models = queries.rows_matching(conn, "finetuned_models", columns, {}).sort("examples")
         assert models["budget"].to_list() == ["10", "20"] and models["examples"].to_list() == [10, 20]
         for row in models.iter_rows(named=True):
             manifest = read_finetuned((home.root / "models") / "finetuned" / row["model_key"])
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT pool_id FROM selections WHERE method = 'random' AND budget = ? ORDER BY rank",
-                    [row["budget"]],
-                ).fetchall()
-            ]
+            selected = queries.rows_matching(
+                conn, "selections", ["pool_id", "rank"], {"method": "random", "budget": row["budget"]}
+            )
+            ids = selected.sort("rank")["pool_id"].to_list()
             from dsel_assets.core.models.finetune import selection_version
 
             assert manifest["selection_version"] == row["selection_version"]
             assert manifest["selection_version"] == selection_version("random", row["budget"], ids, row["pool_version"])
-        scores = sql.frame(conn, "SELECT method, budget, task, n FROM eval_scores")
+        scores = queries.rows_matching(conn, "eval_scores", ["method", "budget", "task", "n"], {})
         assert scores.height == 3 * 6 and set(scores["n"].to_list()) == {2}
         # eval examples are disjoint from the training selections
-        overlap = conn.execute("SELECT count(*) FROM eval_examples e JOIN selections s USING (pool_id)").fetchone()[0]
-        assert overlap == 0
+        evaluated = queries.rows_matching(conn, "eval_examples", ["pool_id"], {})
+        selected = queries.rows_matching(conn, "selections", ["pool_id"], {})
+        assert evaluated.join(selected, on="pool_id", how="inner").height == 0
     meta = first.asset_materializations_for_node("finetuned_random")[0].metadata
     assert "| no |" in meta["models"].value
 
@@ -268,17 +267,18 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
                             {"model_key": key, "method": method, "budget": "5pct", "pool_id": f"{task}{i}"}
                             | {"task": task, "metric": None, "score": None, "loss": loss}
                         )
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with open_state(home.duckdb) as conn:
         tables.ensure_schema(conn)
-        conn.register("models", pl.DataFrame(models, schema_overrides={"selection_seed": pl.Int32, "seed": pl.Int32}))
-        conn.execute("INSERT INTO finetuned_models BY NAME SELECT * FROM models")
-        conn.register("rows", pl.DataFrame(examples, schema_overrides={"metric": pl.String, "score": pl.Float64}))
-        conn.execute("INSERT INTO eval_examples BY NAME SELECT * FROM rows")
+        models = pl.DataFrame(models, schema_overrides={"selection_seed": pl.Int32, "seed": pl.Int32})
+        tables.replace_rows(conn, "finetuned_models", {"base_model_hash": base}, models)
+        rows = pl.DataFrame(examples, schema_overrides={"metric": pl.String, "score": pl.Float64})
+        tables.replace_rows(conn, "eval_examples", {"budget": "5pct"}, rows)
     result = dg.materialize([comparison_report], resources=local_resources)
     assert result.success
     meta = result.asset_materializations_for_node("comparison_report")[0].metadata
-    with duckdb.connect(str(home.duckdb)) as conn:
-        table = sql.frame(conn, "SELECT * FROM comparison_report WHERE method = 'less' AND measure = 'loss'")
+    with open_state(home.duckdb, read_only=True) as conn:
+        table = queries.report(conn, "comparison_report")
+    table = table.filter((pl.col("method") == "less") & (pl.col("measure") == "loss"))
     by_task = {r["task"]: r for r in table.iter_rows(named=True)}
     arithmetic = by_task["arithmetic"]
     half = scipy_stats.t.ppf(0.975, 2) * math.sqrt(0.0004 * (1 + 1 / 3))
@@ -299,7 +299,7 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
     assert selection_report.key in comparison_report.dependency_keys
 
 
-def test_eval_rows_sharing_a_prompt_with_pool_or_query_are_left_out():
+def test_eval_rows_sharing_a_prompt_with_pool_or_query_are_left_out(tmp_path):
     from dsel_assets.pipeline.assets.reporting.evaluation import load_eval_set
 
     def chat(prompt, answer):
@@ -315,10 +315,9 @@ def test_eval_rows_sharing_a_prompt_with_pool_or_query_are_left_out():
     frame = pl.DataFrame(
         [{"pool_id": i, "split": s, "task": "summarization", "messages": m, "meta": "{}"} for i, s, m in rows]
     )
-    with duckdb.connect() as conn:
+    with open_state(tmp_path / "state.duckdb") as conn:
         tables.ensure_schema(conn)
-        conn.register("new_rows", frame.to_arrow())
-        conn.execute("INSERT INTO examples BY NAME SELECT * FROM new_rows")
+        tables.upsert_by_id(conn, "examples", frame)
         sample, version, left_out = load_eval_set(conn, [], EvalConfig())
     assert [e.pool_id for e in sample] == ["e3"] and left_out == 2 and version
 

@@ -15,14 +15,16 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 
 from dsel_assets.core.data.synthetic import generate
 from dsel_assets.store import queries
+from resources.store import DATABASE_URL, DuckDBStateStore, PostgresStateStore
 from tests import postgres, s3, servers
 
 pytestmark = pytest.mark.cluster
@@ -166,11 +168,32 @@ def selected(conn) -> pl.DataFrame:
     return queries.rows_matching(conn, "selections", columns, {}).sort(columns)
 
 
+#: the tables whose rows are counted, each with a column to read
+COUNTED = {
+    "examples": "pool_id",
+    "quarantine": "batch",
+    "loss_scores": "pool_id",
+    "finetuned_models": "model_key",
+    "eval_examples": "pool_id",
+}
+
+
 def counts(conn) -> dict[str, int]:
-    found = {}
-    for table in ("examples", "quarantine", "loss_scores", "finetuned_models", "eval_examples"):
-        found[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    return found
+    return {table: queries.rows_matching(conn, table, [column], {}).height for table, column in COUNTED.items()}
+
+
+def embedded_state(embedded: Deployment):
+    """The embedded deployment's state database (its home's DuckDB file), read only."""
+    return DuckDBStateStore(database=str(embedded.root / "shared" / "home" / "dsel.duckdb")).open(read_only=True)
+
+
+@contextmanager
+def cluster_state(dsn: str) -> Iterator:
+    """The cluster's state database as its steps open it (``DSEL_DATABASE_URL``: PostgreSQL)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(DATABASE_URL, dsn)
+        with PostgresStateStore().get_connection() as conn:
+            yield conn
 
 
 def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tmp_path):
@@ -188,12 +211,11 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
     # the embedded deployment: one home, DuckDB, local folders
     embedded = Deployment(tmp_path / "embedded", base_env, fresh_per_step=False)
     embedded.ingest(paths)
-    with duckdb.connect(str(embedded.root / "shared" / "home" / "dsel.duckdb"), read_only=True) as conn:
-        pool_batches = [
-            b for (b,) in conn.execute("SELECT batch FROM batches WHERE split = 'pool' ORDER BY batch").fetchall()
-        ]
+    with embedded_state(embedded) as conn:
+        pool_batches = queries.rows_matching(conn, "batches", ["batch"], {"split": "pool"}).sort("batch")
+        pool_batches = pool_batches["batch"].to_list()
     embedded.run_plan(plan(pool_batches))
-    with duckdb.connect(str(embedded.root / "shared" / "home" / "dsel.duckdb"), read_only=True) as conn:
+    with embedded_state(embedded) as conn:
         embedded_selected, embedded_counts = selected(conn), counts(conn)
 
     with postgres.server("dsel") as dsn, s3.server(BUCKET) as s3_env:
@@ -234,16 +256,16 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
             set_limit = "import os, dagster as dg; dg.DagsterInstance.from_config(os.environ['DSEL_DAGSTER_HOME'])"
             cluster.run(["-c", f"{set_limit}.event_log_storage.set_concurrency_slots('gpu', 2)"], "gpu-pool")
             cluster.ingest(paths)
-            with psycopg.connect(dsn) as conn:
+            with cluster_state(dsn) as conn:
                 cluster_batches = sorted(queries.rows_matching(conn, "batches", ["batch"], {"split": "pool"})["batch"])
             assert cluster_batches == pool_batches  # content-addressed keys: the same batches
             cluster.run_plan(plan(pool_batches))
 
-            with psycopg.connect(dsn) as conn:
+            with cluster_state(dsn) as conn:
                 cluster_selected, cluster_counts = selected(conn), counts(conn)
-                stored = dict(conn.execute("SELECT original_path, stored_path FROM batches").fetchall())
-                warmup_path = conn.execute("SELECT path FROM warmups").fetchone()[0]
-                model_path = conn.execute("SELECT path FROM finetuned_models").fetchone()[0]
+                stored = dict(queries.rows_matching(conn, "batches", ["original_path", "stored_path"], {}).iter_rows())
+                warmup_path = queries.rows_matching(conn, "warmups", ["path"], {})["path"][0]
+                model_path = queries.rows_matching(conn, "finetuned_models", ["path"], {})["path"][0]
             # lineage from the eval score back to the raw file, in yet another empty folder
             lineage = cluster.folder("lineage")
             out = subprocess.run(

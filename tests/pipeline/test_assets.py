@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-import duckdb
+import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -17,7 +17,8 @@ from dsel_assets.pipeline.assets.training.finetune import DEFAULT_FINETUNED
 from dsel_assets.pipeline.catalog import available
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import tables
+from dsel_assets.store import queries, tables
+from resources.store import open_state
 
 from ..helpers import write_jsonl
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def register(home, path, **labels):
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with open_state(home.duckdb) as conn:
         manifest, _ = tables.register_batch(conn, path, home.raw, **labels)
     return manifest
 
@@ -45,11 +46,12 @@ def test_pool_assets_materialize_with_quarantine(home, local_resources, tmp_path
     meta = result.asset_materializations_for_node("pool_batch")[0].metadata
     assert (meta["read"].value, meta["accepted"].value, meta["quarantined"].value) == (9, 6, 3)
     assert "malformed_json" in meta["quarantine_reasons"].value
-    with duckdb.connect(str(home.duckdb)) as conn:
-        assert conn.execute("SELECT count(*), min(task), min(split) FROM examples").fetchone() == (6, "math", "pool")
-        reasons = dict(conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason").fetchall())
+    with open_state(home.duckdb, read_only=True) as conn:
+        examples = queries.rows_matching(conn, "examples", ["task", "split"], {})
+        assert (examples.height, examples["task"].min(), examples["split"].min()) == (6, "math", "pool")
+        reasons = dict(queries.quarantine_reasons(conn).rows())
         assert reasons == {"malformed_json": 1, "missing_field": 1, "duplicate": 1}
-        assert conn.execute("SELECT count(*) FROM pool_versions").fetchone()[0] == 1
+        assert queries.rows_matching(conn, "pool_versions", ["pool_version"], {}).height == 1
     # data version = file hash + validation config; MLflow run recorded with tags
     event = instance.get_latest_materialization_event(dg.AssetKey("pool_batch"))
     assert event.asset_materialization.tags["dagster/data_version"].startswith(manifest.sha256[:16])
@@ -59,9 +61,9 @@ def test_pool_assets_materialize_with_quarantine(home, local_resources, tmp_path
 
     # re-materializing the same batch replaces its rows, never duplicates them
     dg.materialize([pool_batch], partition_key=manifest.batch, resources=local_resources, instance=instance)
-    with duckdb.connect(str(home.duckdb)) as conn:
-        assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 6
-        assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 3
+    with open_state(home.duckdb, read_only=True) as conn:
+        assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 6
+        assert queries.rows_matching(conn, "quarantine", ["batch"], {}).height == 3
 
 
 def test_pool_rows_repeating_an_earlier_eval_batch_are_quarantined(home, local_resources, tmp_path):
@@ -72,15 +74,13 @@ def test_pool_rows_repeating_an_earlier_eval_batch_are_quarantined(home, local_r
     instance.add_dynamic_partitions(pool_batches.name, [first.batch, second.batch])
     for batch in (first.batch, second.batch):
         dg.materialize([pool_batch], partition_key=batch, resources=local_resources, instance=instance)
-    with duckdb.connect(str(home.duckdb)) as conn:
-        assert conn.execute("SELECT count(*) FROM examples").fetchone()[0] == 4
-        quarantined = conn.execute("SELECT batch, reason, detail FROM quarantine").fetchall()
+    with open_state(home.duckdb, read_only=True) as conn:
+        examples = queries.rows_matching(conn, "examples", ["pool_id", "split"], {})
+        assert examples.height == 4
+        quarantined = queries.rows_matching(conn, "quarantine", ["batch", "reason", "detail"], {}).rows()
         assert [(b, r) for b, r, _ in quarantined] == [(second.batch, "duplicate")] * 2
         assert all(f"batch {first.batch} (eval)" in detail for _, _, detail in quarantined)
-        assert conn.execute("SELECT split, count(*) FROM examples GROUP BY split ORDER BY split").fetchall() == [
-            ("eval", 3),
-            ("pool", 1),
-        ]
+        assert examples.group_by("split").len().sort("split").rows() == [("eval", 3), ("pool", 1)]
 
 
 def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
@@ -94,37 +94,46 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
     assert {"random", "kmeans_centroids", "kmeans_random", "less", "bids", "facility_location"} <= set(with_assets)
     for method in with_assets:
         assert method in out
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
+    with open_state(home.duckdb, read_only=True) as conn:
+        examples = queries.rows_matching(conn, "examples", ["pool_id", "split", "task"], {})
+        n_pool = examples.filter(pl.col("split") == "pool").height
         assert 140 <= n_pool <= 150  # 6 capabilities x 25, minus exact-duplicate noise
-        assert dict(conn.execute("SELECT split, count(*) FROM examples GROUP BY split").fetchall())["query"] == 48
-        sizes = {
-            key: (n, k, eligible, diag)
-            for key, n, k, eligible, diag in conn.execute(
-                "SELECT method || '@' || budget, count(DISTINCT pool_id), any_value(k), any_value(eligible), "
-                "any_value(diagnostics) FROM selections GROUP BY ALL"
-            ).fetchall()
-        }
+        assert dict(examples.group_by("split").len().rows())["query"] == 48
+        columns = ["method", "budget", "pool_id", "k", "eligible", "diagnostics"]
+        per_key = (
+            queries.rows_matching(conn, "selections", columns, {})
+            .group_by(pl.concat_str("method", pl.lit("@"), "budget").alias("key"))
+            .agg(
+                pl.col("pool_id").drop_nulls().n_unique(),
+                *(pl.col(c).drop_nulls().first() for c in ("k", "eligible", "diagnostics")),
+            )
+        )
+        sizes = {key: (n, k, eligible, diag) for key, n, k, eligible, diag in per_key.rows()}
         assert set(sizes) == {f"{m}@{b}" for m in with_assets for b in ("10pct", "20")}
         for key, (n, k, eligible, diag) in sizes.items():
             assert k == (n_pool // 10 if key.endswith("10pct") else 20)
             # exactly min(k, eligible), less a reported under-fill (G2IS, DEITA)
             assert n == min(k, eligible) - json.loads(diag).get("under_fill", 0), key
-        report = conn.execute("SELECT method, budget, size, noise_fraction FROM selection_report").fetchall()
+        report = queries.report(conn, "selection_report").select("method", "budget", "size", "noise_fraction").rows()
         assert len(report) == 2 * len(with_assets) and all(0 <= r[3] <= 1 for r in report)
         # the proxy defaults to the selection model: its rows are the loss rows, copied under its code version
-        same = conn.execute(
-            "SELECT count(*) FROM loss_scores l JOIN proxy_loss_scores p USING (pool_id) "
-            "WHERE l.ifd_ppl_ratio IS NOT DISTINCT FROM p.ifd_ppl_ratio AND p.code_version = 'proxy_loss_scores-1' "
-            "AND p.model = 'tiny' AND p.model_hash = l.model_hash"
-        ).fetchone()[0]
+        loss = queries.rows_matching(conn, "loss_scores", ["pool_id", "ifd_ppl_ratio", "model_hash"], {})
+        proxy = queries.rows_matching(
+            conn, "proxy_loss_scores", ["pool_id", "ifd_ppl_ratio", "code_version", "model", "model_hash"], {}
+        ).rename({"ifd_ppl_ratio": "proxy_ifd_ppl_ratio", "model_hash": "proxy_model_hash"})
+        same = (
+            loss.join(proxy, on="pool_id")
+            .filter(
+                pl.col("ifd_ppl_ratio").eq_missing(pl.col("proxy_ifd_ppl_ratio")),
+                pl.col("code_version") == "proxy_loss_scores-1",
+                pl.col("model") == "tiny",
+                pl.col("proxy_model_hash") == pl.col("model_hash"),
+            )
+            .height
+        )
         assert same == n_pool
-        less_tasks = {
-            t
-            for (t,) in conn.execute(
-                "SELECT task FROM examples WHERE pool_id IN (SELECT pool_id FROM selections WHERE method = 'less')"
-            ).fetchall()
-        }
+        less_ids = queries.selected_ids(conn, "less")
+        less_tasks = set(examples.filter(pl.col("pool_id").is_in(less_ids))["task"])
         assert less_tasks  # targeted at arithmetic by default; the tiny model decides what it finds
     assert ((home.root / "reports") / "selection_report.md").exists()
     # the loop is closed: base model and the default methods' models evaluated, report printed
@@ -135,13 +144,13 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
     stage_table = out[out.index("\nstage ") :]
     for stage in ("representations", "selections", "fine-tuning", "evaluation", "reports"):
         assert f"\n{stage} " in stage_table
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        evaluated = conn.execute("SELECT DISTINCT method || '@' || budget FROM eval_scores").fetchall()
-        assert {e for (e,) in evaluated} == {"base@0"} | {
+    with open_state(home.duckdb, read_only=True) as conn:
+        evaluated = queries.rows_matching(conn, "eval_scores", ["method", "budget"], {})
+        assert set(evaluated.select(pl.concat_str("method", pl.lit("@"), "budget"))[:, 0]) == {"base@0"} | {
             f"{m}@{b}" for m in DEFAULT_FINETUNED for b in ("10pct", "20")
         }
-        tasks = "SELECT count(DISTINCT task) FROM comparison_report WHERE task != '(all tasks)'"
-        assert conn.execute(tasks).fetchone()[0] == 6
+        comparison = queries.report(conn, "comparison_report")
+        assert comparison.filter(pl.col("task") != "(all tasks)")["task"].n_unique() == 6
     assert ((home.root / "reports") / "comparison_budget_curves.png").exists()
     # every asset materialization has its own MLflow run, and state persists in the home
     instance = dg.DagsterInstance.from_config(str(home.dagster))

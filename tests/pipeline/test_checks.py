@@ -5,7 +5,6 @@ import dataclasses
 import json
 
 import dagster as dg
-import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -23,8 +22,8 @@ from dsel_assets.pipeline.checks import (
 )
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import tables
-from resources.store import DuckDBStateStore
+from dsel_assets.store import queries, tables
+from resources.store import DuckDBStateStore, open_state
 
 from ..helpers import write_jsonl
 
@@ -117,7 +116,7 @@ def test_eval_disjointness_by_content(home, tmp_path):
         "query": [chat("Name a colour.", "Red")],
         "pool": [chat("What is 2+2?  ", "Four."), chat("Name a fruit.", "Apple")],  # same prompt, other answer
     }
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with open_state(home.duckdb) as conn:
         for split, lines in files.items():
             path = write_jsonl(tmp_path / f"{split}.jsonl", lines)
             manifest, _ = tables.register_batch(conn, path, home.raw, source=split, task="t", split=split)
@@ -129,21 +128,21 @@ def test_eval_disjointness_by_content(home, tmp_path):
                 tables.quarantine_frame(manifest, result.quarantined),
             )
         ids = {
-            split: [r[0] for r in conn.execute("SELECT pool_id FROM examples WHERE split = ?", [split]).fetchall()]
+            split: queries.split_rows(conn, split, ["pool_id"], order=("position",))["pool_id"].to_list()
             for split in files
         }
         assert content_overlap(conn, ids["eval"], ids["query"]) == []
         assert disjointness_result(conn, ids["eval"], {"query set": ids["query"]}).passed
         result = disjointness_result(conn, ids["eval"], {"query set": ids["query"], "training selection": ids["pool"]})
         assert not result.passed and "prompt" in result.description
-        conn.execute(
-            "INSERT INTO selections (method, budget, rank, pool_id) VALUES ('random', '1', 0, ?)", [ids["pool"][0]]
-        )
+        # the first pool row (same prompt as an eval row) selected
+        selected = {"method": ["random"], "budget": ["1"], "rank": [0], "pool_id": [ids["pool"][0]]}
+        tables.write_selection(conn, "random", "1", pl.DataFrame(selected, schema_overrides={"rank": pl.Int32}))
         # what the eval assets scored: every eval row, as if none had been left out before scoring
         tables.ensure_schema(conn)  # the eval tables
         for method in ("base", "random"):
-            for pid in ids["eval"]:
-                conn.execute("INSERT INTO eval_examples (method, pool_id) VALUES (?, ?)", [method, pid])
+            scored = pl.DataFrame({"method": method, "pool_id": ids["eval"]})
+            tables.replace_rows(conn, "eval_examples", {"method": method}, scored)
     # the blocking check of the evaluation assets, on the same store
     checks = {c.node_def.name: c for c in build_checks() if "eval_set_is_disjoint" in c.node_def.name}
     resources = {"store": DuckDBStateStore(database=str(home.duckdb))}
@@ -160,7 +159,7 @@ def test_checks_run_with_the_assets_and_a_failing_one_blocks_downstream(home, tm
     instance = dg.DagsterInstance.ephemeral()
     rows = [json.dumps({"question": f"What is {i} times 3?", "answer": f"{3 * i}"}) for i in range(8)]
     batches = []
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with open_state(home.duckdb) as conn:
         for name, part in (("one", rows[:5]), ("two", rows[5:])):
             manifest, _ = tables.register_batch(
                 conn, write_jsonl(tmp_path / f"{name}.jsonl", part), home.raw, source=name, task="math"
@@ -229,7 +228,7 @@ def test_every_per_batch_representation_has_a_check_and_model_embeddings_and_gre
 
     instance = dg.DagsterInstance.ephemeral()
     rows = [json.dumps({"question": f"What is {i} times 3?", "answer": f"{3 * i}"}) for i in range(4)]
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with open_state(home.duckdb) as conn:
         manifest, _ = tables.register_batch(
             conn, write_jsonl(tmp_path / "p.jsonl", rows), home.raw, source="p", task="math"
         )

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-import duckdb
 import lance
 import pytest
 
 from dsel_assets.app.cli import main
 from dsel_assets.app.runs import materialize_closure
 from dsel_assets.pipeline.code_location import build_definitions
+from dsel_assets.store import queries
+from resources.store import open_state
 
 from ..helpers import write_jsonl
 
@@ -51,9 +52,10 @@ def test_a_new_batch_after_less_recomputes_influence_not_the_warmup(cli_home, tm
     assert "influence" in status and "pool_grad_features missing in 1 of 3 batches" in status
     assert "kept (pool has a new data version" in status  # the warmup is not retrained for a grown pool
     assert main(select) == 0
-    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
-        selected = conn.execute("SELECT count(*), any_value(k) FROM selections WHERE method = 'less'").fetchone()
-        covered = conn.execute("SELECT diagnostics FROM selections WHERE method = 'less' LIMIT 1").fetchone()[0]
+    with open_state(cli_home.duckdb, read_only=True) as conn:
+        less = queries.method_selections(conn, "less", ["k", "diagnostics"])
+    selected = (less.height, less["k"].drop_nulls().first())
+    covered = less["diagnostics"][0]
     assert selected == (36, 36)  # 20% of 180, not of the first 150
     assert all(c["rows"] == 180 for c in json.loads(covered)["coverage"].values())
     assert materializations("warmup_checkpoint") == 1 and materializations("influence") == 2
@@ -84,10 +86,10 @@ def test_ingest_change_settings_recomputes_scores_with_the_new_model_for_the_who
     assert main(["ingest", b, "--task", "general", "--change-settings", "--model", str(other)]) == 0
     assert main(["select", "--method", "uncertainty", "--budget", "10"]) == 0
     new = model_hash(resolve(str(other)))
-    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
-        pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
-        scored = conn.execute("SELECT count(DISTINCT pool_id) FROM loss_scores WHERE model_hash = ?", [new]).fetchone()
-    assert pool == 50 and scored[0] == 50  # every batch rescored with the new model, not only the new one
+    with open_state(cli_home.duckdb, read_only=True) as conn:
+        pool = queries.split_rows(conn, "pool", ["pool_id"]).height
+        scored = queries.rows_matching(conn, "loss_scores", ["pool_id"], {"model_hash": new})["pool_id"]
+    assert pool == 50 and scored.drop_nulls().n_unique() == 50  # every batch rescored with the new model
 
 
 def test_compare_change_settings_builds_the_new_features_and_hostile_labels_pass(cli_home, tmp_path, capsys):
@@ -114,12 +116,9 @@ def test_compare_change_settings_builds_the_new_features_and_hostile_labels_pass
     out = capsys.readouterr().out
     assert "changing grad_dim" in out and code in out
     assert "model: tiny (weights " in out  # the report says what its numbers are of
-    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
-        less = [
-            json.loads(r[0])
-            for r in conn.execute("SELECT DISTINCT settings FROM selections WHERE method = 'less'").fetchall()
-        ]
-        report = conn.execute("SELECT DISTINCT task FROM comparison_report").fetchall()
+    with open_state(cli_home.duckdb, read_only=True) as conn:
+        less = [json.loads(r) for r in queries.method_selections(conn, "less", ["settings"])["settings"].unique()]
+        report = queries.report(conn, "comparison_report")["task"].unique().to_list()
     # the selection read the new d=64 features, and they cover the whole pool (60 rows)
     (settings,) = less
     assert settings["grad_dim"] == 64 and settings["model"] == "tiny"
@@ -127,7 +126,7 @@ def test_compare_change_settings_builds_the_new_features_and_hostile_labels_pass
     pool_features = [p for p in cli_home.lance.iterdir() if p.name.startswith("pool_grad") and "d64_" in p.name]
     (pool_features,) = pool_features
     assert len(set(lance.dataset(str(pool_features)).to_table(columns=["pool_id"])["pool_id"].to_pylist())) == 60
-    assert code in {r[0] for r in report}
+    assert code in set(report)
 
 
 def test_compare_embeds_a_batch_ingested_without_embed_before_the_fine_tunes(cli_home, tmp_path, capsys):
@@ -175,8 +174,8 @@ def test_a_filter_that_leaves_no_row_fails_the_selection_and_stores_nothing(cli_
     assert main(["select", "--method", "cherry_ifd", "--budget", "5", "--param", "max_ifd=0"]) == 1
     err = capsys.readouterr().err
     assert "cherry_ifd @ 5: selected 0 of 12 pool rows: none is eligible under {'max_ifd': 0.0" in err
-    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
-        assert conn.execute("SELECT count(*) FROM selections WHERE method = 'cherry_ifd'").fetchone() == (0,)
+    with open_state(cli_home.duckdb, read_only=True) as conn:
+        assert queries.method_selections(conn, "cherry_ifd", ["pool_id"]).height == 0
 
 
 HOSTILE_LABELS = ["c++", "$\\foo$", "a/b", "_x", "résumé 数学", "t" * 200]
@@ -198,9 +197,9 @@ def test_hostile_task_labels_pass_a_whole_comparison_and_a_model_switch(cli_home
     capsys.readouterr()
     assert main([*compare, *(arg for label in HOSTILE_LABELS for arg in ("--target", label))]) == 0
     out = capsys.readouterr().out
-    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
-        reported = {r[0] for r in conn.execute("SELECT DISTINCT task FROM comparison_report").fetchall()}
-        evaluated = {r[0] for r in conn.execute("SELECT DISTINCT task FROM eval_scores").fetchall()}
+    with open_state(cli_home.duckdb, read_only=True) as conn:
+        reported = set(queries.report(conn, "comparison_report")["task"])
+        evaluated = set(queries.rows_matching(conn, "eval_scores", ["task"], {})["task"])
     assert set(HOSTILE_LABELS) <= reported and set(HOSTILE_LABELS) <= evaluated
     assert all(label in out for label in HOSTILE_LABELS)
 
@@ -208,8 +207,8 @@ def test_hostile_task_labels_pass_a_whole_comparison_and_a_model_switch(cli_home
     targets = [arg for label in HOSTILE_LABELS[:2] for arg in ("--target", label)]
     assert main([*compare, *targets, "--change-settings", "--model", other]) == 0
     assert f"model: {other} (weights " in capsys.readouterr().out  # the report names the new model
-    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
-        models = conn.execute("SELECT DISTINCT base_model FROM finetuned_models").fetchall()
+    with open_state(cli_home.duckdb, read_only=True) as conn:
+        models = queries.rows_matching(conn, "finetuned_models", ["base_model"], {})["base_model"].unique()
     assert len(models) == 2  # the old model's results stay queryable beside the new ones
 
 
@@ -221,7 +220,7 @@ def test_an_eval_set_that_changes_during_a_comparison_is_refused_not_intersected
     assert main(["ingest", qa(tmp_path / "a.jsonl", range(20)), "--task", "math", "--model", "tiny"]) == 0
     assert main(["ingest", qa(tmp_path / "e.jsonl", range(4), "Add {i}"), "--split", "eval", "--task", "math"]) == 0
     plan = ComparePlan(methods=["random"], budgets=["5"], targets=["math"], eval_max_length=64, metric="loss")
-    with duckdb.connect(str(cli_home.duckdb), read_only=True) as conn:
+    with open_state(cli_home.duckdb, read_only=True) as conn:
         problems, plan = check_plan(plan, conn)
     assert problems == [] and plan.eval_version
     grown = qa(tmp_path / "e2.jsonl", range(4, 8), "Add {i}")  # more eval rows arrive mid-comparison

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 
-import duckdb
 import numpy as np
 import pytest
 
 from dsel_assets.app.cli import main
+from dsel_assets.store import queries
 from resources.home import DselHome
+from resources.store import open_state
 
 from ..helpers import write_jsonl
 from .test_freshness import save_other_tiny_model
@@ -73,13 +74,11 @@ class User:
         """The selection just made read the current identity and the whole current pool."""
         pinned = json.loads((self.root / "settings.json").read_text())
         assert (pinned["model"], pinned["grad_dim"]) == (self.model, self.grad_dim), self.ran
-        with duckdb.connect(str(self.home.duckdb), read_only=True) as conn:
-            pool = {r[0] for r in conn.execute("SELECT pool_id FROM examples WHERE split = 'pool'").fetchall()}
-            rows = conn.execute(
-                "SELECT pool_id, k, settings, diagnostics FROM selections WHERE method = ?", [method]
-            ).fetchall()
+        with open_state(self.home.duckdb, read_only=True) as conn:
+            pool = set(queries.split_rows(conn, "pool", ["pool_id"])["pool_id"])
+            rows = queries.method_selections(conn, method, ["pool_id", "k", "settings", "diagnostics"]).rows()
             hashes = {
-                table: {r[0] for r in conn.execute(f"SELECT DISTINCT model_hash FROM {table}").fetchall()}
+                table: set(queries.rows_matching(conn, table, ["model_hash"], {})["model_hash"])
                 for table in ("loss_scores",)
                 if method == "uncertainty"
             }
@@ -95,10 +94,9 @@ class User:
             assert all(c["rows"] == self.pool for c in coverage.values()), (coverage, self.ran)
         if method == "uncertainty":  # scores of the selection's model exist for every pool row
             assert model_hash in hashes["loss_scores"], self.ran
-            with duckdb.connect(str(self.home.duckdb), read_only=True) as conn:
-                scored = conn.execute(
-                    "SELECT count(DISTINCT pool_id) FROM loss_scores WHERE model_hash = ?", [model_hash]
-                ).fetchone()[0]
+            with open_state(self.home.duckdb, read_only=True) as conn:
+                scored = queries.rows_matching(conn, "loss_scores", ["pool_id"], {"model_hash": model_hash})
+            scored = scored["pool_id"].drop_nulls().n_unique()
             assert scored == self.pool, self.ran
 
 

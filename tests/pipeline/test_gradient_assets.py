@@ -1,8 +1,8 @@
 """Gradient assets on the tiny model: warmup -> pool and query features -> influence, and
 resume after an interruption."""
 
-import duckdb
 import numpy as np
+import polars as pl
 import pytest
 
 from dsel_assets.core.models.features import FeatureConfig
@@ -10,7 +10,9 @@ from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.models.warmup import WarmupConfig, train_warmup
 from dsel_assets.pipeline.assets.representations.gradients import write_pool_features
+from dsel_assets.store import queries
 from resources.lance_store import LanceStore
+from resources.store import open_state
 
 
 class Interrupted(RuntimeError):
@@ -129,12 +131,13 @@ def test_gradient_chain_in_the_default_job(home, capsys):
         )
         == 0
     )
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        n_pool = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
-        n_query = conn.execute("SELECT count(*) FROM examples WHERE split = 'query'").fetchone()[0]
-        columns = conn.execute("SELECT task, count(*) FROM influence_columns GROUP BY task").fetchall()
-        less = conn.execute("SELECT task, count(*), min(score), max(score) FROM less_scores GROUP BY task").fetchall()
-        warmup = conn.execute("SELECT warmup, path FROM warmups").fetchall()
+    with open_state(home.duckdb, read_only=True) as conn:
+        n_pool = queries.split_rows(conn, "pool", ["pool_id"]).height
+        n_query = queries.split_rows(conn, "query", ["pool_id"]).height
+        columns = queries.rows_matching(conn, "influence_columns", ["task"], {}).group_by("task").len().rows()
+        less_scores = queries.less_scores(conn).group_by("task")
+        less = less_scores.agg(pl.len(), pl.col("score").min().alias("lo"), pl.col("score").max().alias("hi")).rows()
+        warmup = queries.rows_matching(conn, "warmups", ["warmup", "path"], {}).rows()
     assert len(warmup) == 1 and sum(n for _, n in columns) == n_query
     assert len(less) == 6 and all(n == n_pool and -1 <= lo <= hi <= 1 for _, n, lo, hi in less)
     store = LanceStore(root=str(home.lance))
@@ -200,18 +203,19 @@ def test_dsel_select_materializes_only_what_is_missing(home, capsys):
         )
         == 0
     )
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        sizes = dict(conn.execute("SELECT method || '@' || budget, count(*) FROM selections GROUP BY ALL").fetchall())
+    with open_state(home.duckdb, read_only=True) as conn:
+        selections = queries.rows_matching(conn, "selections", ["method", "budget"], {})
+    sizes = dict(selections.group_by(pl.concat_str("method", pl.lit("@"), "budget")).len().rows())
     assert sizes["bids@8"] == 8 and sizes["bids@4"] == 4 and sizes["round_robin@6"] == 6
     assert main(["select", "--method", "mig", "--budget", "5", "--model", "tiny", "--grad-dim", "64"]) == 0
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        assert conn.execute("SELECT count(*) FROM selections WHERE method = 'mig'").fetchone()[0] == 5
-        assert conn.execute("SELECT count(DISTINCT how) FROM label_vocab").fetchone()[0] == 1
+    with open_state(home.duckdb, read_only=True) as conn:
+        assert queries.rows_matching(conn, "selections", ["pool_id"], {"method": "mig"}).height == 5
+        assert queries.rows_matching(conn, "label_vocab", ["how"], {})["how"].drop_nulls().n_unique() == 1
     capsys.readouterr()
     assert main(["select", "--method", "nuggets", "--budget", "5", "--model", "tiny", "--grad-dim", "64"]) == 0
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        gs = [g for (g,) in conn.execute("SELECT golden_score FROM golden_score").fetchall()]
-        anchors = conn.execute("SELECT any_value(anchors) FROM golden_score").fetchone()[0]
+    with open_state(home.duckdb, read_only=True) as conn:
+        golden = queries.rows_matching(conn, "golden_score", ["golden_score", "anchors"], {})
+    gs, anchors = golden["golden_score"].to_list(), golden["anchors"].drop_nulls().first()
     assert all(abs(g * anchors - round(g * anchors)) < 1e-9 for g in gs)  # GS is a multiple of 1/|A|
     capsys.readouterr()
     # an iterative method: LoRA training between rounds, each round a nested MLflow run

@@ -3,8 +3,8 @@
 import json
 
 import dagster as dg
-import duckdb
 import numpy as np
+import polars as pl
 
 from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
 from dsel_assets.pipeline.assets.representations.embeddings import model_embeddings
@@ -18,16 +18,29 @@ from dsel_assets.pipeline.assets.selection.selections import load_representation
 from dsel_assets.pipeline.names import pool_batches
 from dsel_assets.pipeline.registry import UNCERTAINTY_COLUMNS
 from dsel_assets.pipeline.scoring import GREEDY_MAX_NEW_TOKENS
-from dsel_assets.store import tables
+from dsel_assets.store import queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
+from resources.store import open_state
 
 from ..helpers import write_jsonl
 
 
+def stored(home, table: str, columns: list[str], order: tuple[str, ...] = ("pool_id",)) -> pl.DataFrame:
+    """``columns`` of every row of ``table`` in the state database, sorted by ``order``."""
+    with open_state(home.duckdb, read_only=True) as conn:
+        rows = queries.rows_matching(conn, table, columns, {})
+    return rows.sort(list(order)) if order else rows
+
+
+def pool_ids_of(home) -> list[str]:
+    """Every stored example's id, sorted."""
+    return stored(home, "examples", ["pool_id"])["pool_id"].to_list()
+
+
 def ingest(home, tmp_path, resources, n: int = 9) -> tuple[str, dg.DagsterInstance]:
     rows = [json.dumps({"question": f"What is {i} times {i + 1}?", "answer": f"{i * (i + 1)}"}) for i in range(n)]
-    with duckdb.connect(str(home.duckdb)) as conn:
+    with open_state(home.duckdb) as conn:
         manifest, _ = tables.register_batch(
             conn, write_jsonl(tmp_path / "qa.jsonl", rows), home.raw, source="qa", task="math"
         )
@@ -57,8 +70,7 @@ def test_model_embeddings_asset_names_its_pooling_and_model_and_resumes(home, lo
     again = dg.materialize([model_embeddings], partition_key=batch, resources=resources, instance=instance)
     meta = again.asset_materializations_for_node("model_embeddings")[0].metadata
     assert (meta["computed"].value, meta["reused_after_resume"].value) == (4, 5)
-    with duckdb.connect(str(home.duckdb)) as conn:
-        pool_ids = [r[0] for r in conn.execute("SELECT pool_id FROM examples ORDER BY pool_id").fetchall()]
+    pool_ids = pool_ids_of(home)
     loaded, ref = load_representation(
         "model_embeddings",
         lance,
@@ -78,11 +90,10 @@ def test_greedy_uncertainty_asset_scores_the_models_own_answers(home, local_reso
     batch, instance = ingest(home, tmp_path, local_resources, n=5)
     result = dg.materialize([greedy_scores], partition_key=batch, resources=local_resources, instance=instance)
     assert result.asset_materializations_for_node("greedy_scores")[0].metadata["rows"].value == 5
-    with duckdb.connect(str(home.duckdb)) as conn:
-        rows = conn.execute(
-            "SELECT model, template, code_version, response_tokens, least_confidence, "
-            "loss_conditioned * response_tokens, reason, pool_id FROM greedy_scores ORDER BY pool_id"
-        ).fetchall()
+    columns = ["model", "template", "code_version", "response_tokens", "least_confidence", "loss_conditioned"]
+    scores = stored(home, "greedy_scores", [*columns, "reason", "pool_id"])
+    loss_sum = (pl.col("loss_conditioned") * pl.col("response_tokens")).alias("loss_sum")
+    rows = scores.select(*columns[:5], loss_sum, "reason", "pool_id").rows()
     assert {r[:3] for r in rows} == {("tiny", rows[0][1], "greedy_scores-1")}
     for *_, tokens, least_confidence, loss_sum, reason, _ in rows:  # greedy tokens are each the top-1 choice
         assert (reason == "" and 0 < tokens <= GREEDY_MAX_NEW_TOKENS) or (tokens == 0 and "greedy" in reason)
@@ -107,23 +118,24 @@ def test_golden_score_resumes_and_keeps_its_anchor_set(home, local_resources, tm
 
     first = run()
     assert (first["rows"].value, first["computed"].value, first["anchors"].value) == (6, 6, 6)
-    query = "SELECT pool_id, golden_score, reason, model, template, code_version FROM golden_score ORDER BY pool_id"
-    with duckdb.connect(str(home.duckdb)) as conn:
-        before = conn.execute(query).fetchall()
-        conn.execute("DELETE FROM golden_score WHERE pool_id IN (SELECT pool_id FROM golden_score LIMIT 2)")
+    columns = ["pool_id", "golden_score", "reason", "model", "template", "code_version"]
+    stored_before = stored(home, "golden_score", columns)
+    before = stored_before.rows()
+    with open_state(home.duckdb) as conn:  # two rows lost
+        for pool_id in stored_before["pool_id"].head(2):
+            tables.replace_rows(conn, "golden_score", {"pool_id": pool_id}, stored_before.clear())
     assert all(abs(g * 6 - round(g * 6)) < 1e-9 and r == "" and m == "tiny" and t for _, g, r, m, t, _ in before)
     again = run()  # an interrupted run: only the missing candidates are scored again
     assert (again["computed"].value, again["reused_after_resume"].value) == (2, 4)
-    with duckdb.connect(str(home.duckdb)) as conn:
-        assert conn.execute(query).fetchall() == before
+    assert stored(home, "golden_score", columns).rows() == before
 
 
 def test_learning_percentage_is_reused_and_whisperer_rows_carry_their_provenance(home, local_resources, tmp_path):
     batch, instance = ingest(home, tmp_path, local_resources, n=6)
-    queries = [json.dumps({"question": f"What is {i} plus 1?", "answer": f"{i + 1}"}) for i in range(3)]
-    with duckdb.connect(str(home.duckdb)) as conn:
+    query_lines = [json.dumps({"question": f"What is {i} plus 1?", "answer": f"{i + 1}"}) for i in range(3)]
+    with open_state(home.duckdb) as conn:
         manifest, _ = tables.register_batch(
-            conn, write_jsonl(tmp_path / "q.jsonl", queries), home.raw, source="q", task="math", split="query"
+            conn, write_jsonl(tmp_path / "q.jsonl", query_lines), home.raw, source="q", task="math", split="query"
         )
     instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
     dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=local_resources, instance=instance)
@@ -141,13 +153,13 @@ def test_learning_percentage_is_reused_and_whisperer_rows_carry_their_provenance
     first = run([learning_percentage, whisperer_score]).asset_materializations_for_node("learning_percentage")
     again = run([learning_percentage]).asset_materializations_for_node("learning_percentage")
     assert first[0].metadata["reused"].value is False and again[0].metadata["reused"].value is True
-    with duckdb.connect(str(home.duckdb)) as conn:
-        lp = conn.execute("SELECT count(*), count(DISTINCT template), any_value(code_version) FROM learning_percentage")
-        assert lp.fetchone() == (6, 1, "learning_percentage-1")
-        whisperer = conn.execute(
-            "SELECT count(*), count(*) FILTER (reason = ''), any_value(model), any_value(template) FROM whisperer_score"
-        ).fetchone()
-    assert whisperer[:3] == (6, 6, "tiny") and whisperer[3]
+    lp = stored(home, "learning_percentage", ["pool_id", "template", "code_version"])
+    code_version = lp["code_version"].drop_nulls().first()
+    assert (lp.height, lp["template"].drop_nulls().n_unique(), code_version) == (6, 1, "learning_percentage-1")
+    whisperer = stored(home, "whisperer_score", ["pool_id", "reason", "model", "template"])
+    defined = whisperer.filter(pl.col("reason") == "").height
+    assert (whisperer.height, defined, whisperer["model"].drop_nulls().first()) == (6, 6, "tiny")
+    assert whisperer["template"].drop_nulls().first()
 
 
 def test_cherry_pre_experience_trains_on_the_sample_and_scores_the_pool_with_it(home, local_resources, tmp_path):
@@ -178,20 +190,18 @@ def test_cherry_pre_experience_trains_on_the_sample_and_scores_the_pool_with_it(
     assert model["reused"].value is False and 2 <= model["sample"].value <= 6 and model["clusters"].value == 2
     assert (home.root / "models" / "pre_experience" / model["adapter"].value / "adapter").is_dir()
     assert (scores["rows"].value, scores["computed"].value) == (12, 12)
-    with duckdb.connect(str(home.duckdb)) as conn:
-        sample = conn.execute("SELECT count(*), count(DISTINCT cluster) FROM pre_experience_sample").fetchone()
-        # the adapter moved the scores: IFD under the pre-experienced model differs from the base model's
-        moved = conn.execute(
-            """SELECT max(abs(p.loss_conditioned - s.loss_conditioned)), count(*), any_value(p.adapter)
-               FROM cherry_pre_experienced_scores p JOIN loss_scores s USING (pool_id)"""
-        ).fetchone()
-    assert sample == (model["sample"].value, 2)
-    assert moved[0] > 1e-4 and moved[1] == 12 and moved[2] == model["adapter"].value
+    sample = stored(home, "pre_experience_sample", ["cluster"], order=())
+    assert (sample.height, sample["cluster"].drop_nulls().n_unique()) == (model["sample"].value, 2)
+    # the adapter moved the scores: IFD under the pre-experienced model differs from the base model's
+    pre = stored(home, "cherry_pre_experienced_scores", ["pool_id", "loss_conditioned", "adapter"])
+    base = stored(home, "loss_scores", ["pool_id", "loss_conditioned"])
+    moved = pre.join(base, on="pool_id", suffix="_base")
+    largest = (moved["loss_conditioned"] - moved["loss_conditioned_base"]).abs().max()
+    assert largest > 1e-4 and moved.height == 12 and moved["adapter"].drop_nulls().first() == model["adapter"].value
     again = run()  # nothing changed: the adapter and every score are reused
     assert again["cherry_pre_experienced_model"]["reused"].value is True
     assert again["cherry_pre_experienced_scores"]["computed"].value == 0
-    with duckdb.connect(str(home.duckdb)) as conn:
-        pool_ids = [r[0] for r in conn.execute("SELECT pool_id FROM examples ORDER BY pool_id").fetchall()]
+    pool_ids = pool_ids_of(home)
     ifd, _ = load_representation(
         "pre_experienced_ifd", local_resources["lance"], local_resources["store"], pool_ids, GradientSettings()
     )
@@ -213,12 +223,12 @@ def test_a_proxy_that_is_the_selection_model_copies_the_loss_rows_instead_of_sco
     second = dg.materialize([proxy_loss_scores], partition_key=batch, resources=resources, instance=instance)
     meta = second.asset_materializations_for_node("proxy_loss_scores")[0].metadata
     assert (meta["computed"].value, meta["copied_from_sibling"].value, meta["rows"].value) == (0, 5, 5)
-    columns = "pool_id, model_hash, loss_conditioned, loss_unconditioned, ifd_ppl_ratio, mean_entropy, reason"
-    with duckdb.connect(str(home.duckdb)) as conn:
-        selection = conn.execute(f"SELECT {columns} FROM loss_scores ORDER BY pool_id").fetchall()
-        proxy = conn.execute(f"SELECT {columns} FROM proxy_loss_scores ORDER BY pool_id").fetchall()
-        versions = conn.execute("SELECT DISTINCT code_version FROM proxy_loss_scores").fetchall()
-    assert proxy == selection and versions == [(score_code_version("proxy_loss_scores"),)]
+    columns = ["pool_id", "model_hash", "loss_conditioned", "loss_unconditioned", "ifd_ppl_ratio", "mean_entropy"]
+    selection = stored(home, "loss_scores", [*columns, "reason"]).rows()
+    proxy_rows = stored(home, "proxy_loss_scores", [*columns, "reason", "code_version"])
+    versions = proxy_rows["code_version"].unique().to_list()
+    assert proxy_rows.drop("code_version").rows() == selection
+    assert versions == [score_code_version("proxy_loss_scores")]
     again = dg.materialize([loss_scores], partition_key=batch, resources=resources, instance=instance)
     meta = again.asset_materializations_for_node("loss_scores")[0].metadata
     assert (meta["computed"].value, meta["copied_from_sibling"].value) == (0, 0)  # its own rows are kept
@@ -243,12 +253,25 @@ def test_proxy_scores_come_from_the_proxy_and_alpaca_scores_keep_to_their_own_ta
     batch, instance = ingest(home, tmp_path, resources, n=5)
     assets = [loss_scores, proxy_loss_scores, batch_check("loss_scores")]
     assert dg.materialize(assets, partition_key=batch, resources=resources, instance=instance).success
-    compare = """SELECT p.model, p.model_hash, l.model_hash, max(abs(p.loss_conditioned - l.loss_conditioned)),
-                        count(*), any_value(p.prompt_template)
-                 FROM {proxy} p JOIN {selection} l USING (pool_id) GROUP BY ALL"""
-    with duckdb.connect(str(home.duckdb)) as conn:
-        chat = conn.execute("SELECT pool_id, ifd_loss_ratio FROM loss_scores ORDER BY pool_id").fetchall()
-        row = conn.execute(compare.format(proxy="proxy_loss_scores", selection="loss_scores")).fetchone()
+
+    def compare(proxy_table: str, selection_table: str) -> tuple:
+        """The proxy's model, its hash, the selection model's hash, the largest difference of their
+        conditioned losses, the rows they share, and the proxy's prompt template."""
+        p = stored(home, proxy_table, ["pool_id", "model", "model_hash", "loss_conditioned", "prompt_template"])
+        selected = stored(home, selection_table, ["pool_id", "model_hash", "loss_conditioned"])
+        joined = p.join(selected, on="pool_id", suffix="_l")
+        return (
+            joined.group_by("model", "model_hash", "model_hash_l", maintain_order=True)
+            .agg(
+                (pl.col("loss_conditioned") - pl.col("loss_conditioned_l")).abs().max(),
+                pl.len(),
+                pl.col("prompt_template").drop_nulls().first(),
+            )
+            .row(0)
+        )
+
+    chat = stored(home, "loss_scores", ["pool_id", "ifd_loss_ratio"]).rows()
+    row = compare("proxy_loss_scores", "loss_scores")
     assert row[:2] == (str(proxy_dir), proxy.identity()["model_hash"]) and row[1] != row[2]
     assert row[3] > 1e-3 and row[4:] == (5, "chat")
 
@@ -257,14 +280,11 @@ def test_proxy_scores_come_from_the_proxy_and_alpaca_scores_keep_to_their_own_ta
     assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     meta = result.asset_materializations_for_node("loss_scores")[0].metadata
     assert (meta["template"].value, meta["table"].value, meta["computed"].value) == ("alpaca", "loss_scores_alpaca", 5)
-    with duckdb.connect(str(home.duckdb)) as conn:
-        assert conn.execute("SELECT pool_id, ifd_loss_ratio FROM loss_scores ORDER BY pool_id").fetchall() == chat
-        alpaca = conn.execute(
-            "SELECT pool_id, ifd_loss_ratio, prompt_template, template FROM loss_scores_alpaca ORDER BY pool_id"
-        ).fetchall()
-        templates = conn.execute("SELECT DISTINCT template FROM loss_scores").fetchall()
-        row = conn.execute(compare.format(proxy="proxy_loss_scores_alpaca", selection="loss_scores_alpaca")).fetchone()
-    assert {r[2] for r in alpaca} == {"alpaca"} and {(r[3],) for r in alpaca}.isdisjoint(templates)
+    assert stored(home, "loss_scores", ["pool_id", "ifd_loss_ratio"]).rows() == chat
+    alpaca = stored(home, "loss_scores_alpaca", ["pool_id", "ifd_loss_ratio", "prompt_template", "template"]).rows()
+    templates = set(stored(home, "loss_scores", ["template"], order=())["template"])
+    row = compare("proxy_loss_scores_alpaca", "loss_scores_alpaca")
+    assert {r[2] for r in alpaca} == {"alpaca"} and {r[3] for r in alpaca}.isdisjoint(templates)
     assert all(abs(a[1] - c[1]) > 1e-6 for a, c in zip(alpaca, chat, strict=True))
     assert row[:2] == (str(proxy_dir), proxy.identity()["model_hash"]) and row[4:] == (5, "alpaca")
     pool_ids = [r[0] for r in chat]

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from dsel_assets.pipeline.scoring import CHUNK, score_resumably
-from dsel_assets.store import queries, schema
+from dsel_assets.store import queries, schema, tables
 from resources.store import DuckDBStateStore, PostgresStateStore
 
 BATCH = "b1"
@@ -45,17 +45,18 @@ def store(backend, monkeypatch, tmp_path):
     with store.get_connection() as conn:
         schema.migrate(conn)
         schema.ensure_score_table(conn, "loss_scores")
-        for i in range(N):
-            messages = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
-            if backend.dialect == "postgres":
-                from psycopg.types.json import Jsonb
-
-                messages = Jsonb(messages)
-            backend.rows(
-                conn,
-                "INSERT INTO examples (pool_id, batch, split, task, messages) VALUES (?, ?, 'pool', 't', ?)",
-                [f"p{i:03d}", BATCH, messages],
-            )
+        examples = pl.DataFrame(
+            {
+                "pool_id": [f"p{i:03d}" for i in range(N)],
+                "batch": BATCH,
+                "split": "pool",
+                "task": "t",
+                "messages": [
+                    [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(N)
+                ],
+            }
+        )
+        tables.replace_rows(conn, "examples", {"batch": BATCH}, examples)
     return store
 
 
@@ -122,7 +123,7 @@ def test_a_killed_scoring_step_resumes_where_it_stopped(store):
     )
 
 
-def test_rows_of_another_model_or_of_ids_that_left_are_removed(store, backend):
+def test_rows_of_another_model_or_of_ids_that_left_are_removed(store):
     first: list[str] = []
     score_resumably(
         Context(),
@@ -135,7 +136,8 @@ def test_rows_of_another_model_or_of_ids_that_left_are_removed(store, backend):
         BATCH,
     )
     with store.get_connection() as conn:
-        backend.rows(conn, "DELETE FROM examples WHERE pool_id = 'p000'")  # left the batch
+        left = pl.DataFrame(schema={"pool_id": pl.String})  # no row: p000 left the batch
+        tables.replace_rows(conn, "examples", {"pool_id": "p000"}, left)
     second: list[str] = []
     run = score_resumably(
         Context(),

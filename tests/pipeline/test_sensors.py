@@ -8,13 +8,14 @@ import os
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from dsel_assets.pipeline.assets.ingest import inbox
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.names import pool_batches
+from dsel_assets.store import queries
 from resources import InboxSettings, SentenceEmbedder, build_resources
+from resources.store import open_state
 
 from ..helpers import qa_lines, write_jsonl
 
@@ -133,12 +134,13 @@ def test_inbox_new_batch_only_then_recuration(home, setup):
     assert curation.execute_in_process(
         instance=instance, asset_selection=request.asset_selection, run_config=request.run_config
     ).success
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        n_pool, selected, version = conn.execute(
-            "SELECT (SELECT count(*) FROM examples), count(*), any_value(pool_version) FROM selections"
-        ).fetchone()
-        current = conn.execute("SELECT pool_version FROM pool_versions ORDER BY created_at DESC LIMIT 1").fetchone()
-    assert (n_pool, selected, version) == (12, 3, current[0])
+    with open_state(home.duckdb, read_only=True) as conn:
+        n_pool = queries.rows_matching(conn, "examples", ["pool_id"], {}).height
+        selections = queries.rows_matching(conn, "selections", ["pool_version"], {})
+        versions = queries.rows_matching(conn, "pool_versions", ["pool_version", "created_at"], {})
+    selected, version = selections.height, selections["pool_version"].drop_nulls().first()
+    current = versions.sort("created_at", descending=True, nulls_last=True)["pool_version"][0]  # the latest
+    assert (n_pool, selected, version) == (12, 3, current)
     # nothing stale any more: the schedule skips
     schedule = defs.resolve_schedule_def("recuration_schedule")
     with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as context:
@@ -172,8 +174,8 @@ def test_half_written_files_wait_and_corrupt_ones_are_quarantined_not_lost(home,
     assert len(taken.run_requests) == 1
     assert all(r.success for r in run_requests(defs, resources, instance, taken))
     assert list((home.inbox / "quarantined").glob("*-broken.json"))
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        assert conn.execute("SELECT reason, raw FROM quarantine").fetchall() == [
+    with open_state(home.duckdb, read_only=True) as conn:
+        assert queries.rows_matching(conn, "quarantine", ["reason", "raw"], {}).rows() == [
             ("unreadable_file", '{"this is": not json')
         ]
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-import duckdb
+import polars as pl
 import pytest
 
 from dsel_assets.app.cli import main
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.sensors import recuration_request
+from dsel_assets.store import queries
 from resources import build_resources
 from resources.settings import SettingsConflict, resolve_settings, stored_settings
+from resources.store import open_state
 
 from ..helpers import qa_lines, write_jsonl
 
@@ -118,13 +120,17 @@ def test_inbox_batch_after_dsel_run_keeps_targeted_selections_whole(home, monkey
     )
     assert outcome.success
     assert all(c.passed for c in outcome.get_asset_check_evaluations())
-    with duckdb.connect(str(home.duckdb), read_only=True) as conn:
-        pool_size = conn.execute("SELECT count(*) FROM examples WHERE split = 'pool'").fetchone()[0]
-        rows = conn.execute(
-            """SELECT method, budget, k, eligible, count(*), any_value(diagnostics) FROM selections
-               WHERE method IN ('less', 'bids', 'round_robin') GROUP BY ALL"""
-        ).fetchall()
-        new_rows = conn.execute("SELECT count(*) FROM examples WHERE source = 'new'").fetchone()[0]
+    with open_state(home.duckdb, read_only=True) as conn:
+        pool_size = queries.split_rows(conn, "pool", ["pool_id"]).height
+        columns = ["method", "budget", "k", "eligible", "diagnostics"]
+        selections = queries.rows_matching(conn, "selections", columns, {})
+        new_rows = queries.source_rows(conn, "new", ["pool_id"]).height
+    rows = (
+        selections.filter(pl.col("method").is_in(["less", "bids", "round_robin"]))
+        .group_by("method", "budget", "k", "eligible")
+        .agg(pl.len(), pl.col("diagnostics").drop_nulls().first())
+        .rows()
+    )
     assert new_rows == 20
     assert {r[0] for r in rows} == {"less", "bids", "round_robin"}
     for method, budget, k, eligible, selected, diagnostics in rows:
