@@ -33,7 +33,15 @@ from dsel_assets.pipeline.catalog import (
     selection_randomness,
     warmup_sampled,
 )
-from dsel_assets.pipeline.names import BASE, SELECTIONS, eval_asset_name, finetuned_asset_name, selection_asset_name
+from dsel_assets.pipeline.names import (
+    BASE,
+    COMPARISON_REPORT,
+    SELECTION_REPORT,
+    SELECTIONS,
+    eval_asset_name,
+    finetuned_asset_name,
+    selection_asset_name,
+)
 from dsel_assets.pipeline.registry import WARMUP
 from dsel_assets.store import queries
 
@@ -509,7 +517,7 @@ def run_comparison(
     # without --embed), so stage 4 cannot fail after every fine-tune
     graph = defs.resolve_asset_graph()
     report_inputs = {
-        key for key in graph.get(dg.AssetKey("selection_report")).parent_keys if graph.get(key).group_name != SELECTIONS
+        key for key in graph.get(dg.AssetKey(SELECTION_REPORT)).parent_keys if graph.get(key).group_name != SELECTIONS
     }
     materialize_closure(defs, instance, rest, config, log=log, needs=report_inputs)
     stages = [("fine-tunes", finetuned_asset_name), ("evals", eval_asset_name)]
@@ -523,5 +531,5 @@ def run_comparison(
             units = 1 if entry == BASE else plan.models_per_method(entry)
             progress.advance(stage, units, time.perf_counter() - started)
     log("[compare] stage 4/4: comparison report")
-    reports = [dg.AssetKey("selection_report"), dg.AssetKey("comparison_report")]
+    reports = [dg.AssetKey(SELECTION_REPORT), dg.AssetKey(COMPARISON_REPORT)]
     materialize_only(defs, instance, reports, config, log=log)

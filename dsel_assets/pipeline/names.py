@@ -36,6 +36,7 @@ LOSS_SCORES = "loss_scores"
 PRE_EXPERIENCED_MODEL = "cherry_pre_experienced_model"
 PRE_EXPERIENCED_SCORES = "cherry_pre_experienced_scores"
 SELECTION_REPORT = "selection_report"
+COMPARISON_REPORT = "comparison_report"
 
 # --- comparison rows that are no selection ---
 #: The fine-tune on the whole pool, and its budget label.

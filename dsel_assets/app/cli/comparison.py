@@ -32,13 +32,14 @@ def selection_run_config(budgets: list[str], target: str, in_job: set[str]) -> d
 
     from dsel_assets.core.select import methods
     from dsel_assets.pipeline.catalog import available
+    from dsel_assets.pipeline.names import selection_asset_name
 
     config = {}
     for name, spec in methods().items():
-        if available(spec) and f"selection_{name}" in in_job:
+        if available(spec) and selection_asset_name(name) in in_job:
             fields = {f.name for f in dataclasses.fields(spec.config_cls)}
             params = {"task": target} if "task" in fields else {}
-            config[f"selection_{name}"] = {"config": {"budgets": budgets, "params": params}}
+            config[selection_asset_name(name)] = {"config": {"budgets": budgets, "params": params}}
     return config
 
 
@@ -57,10 +58,11 @@ def print_comparison(home: DselHome, full: bool = True) -> int:
     verdict."""
     from dsel_assets.core.stats import format_verdict_cell
     from dsel_assets.pipeline.assets.reporting.report_html import summary_lines
+    from dsel_assets.pipeline.names import COMPARISON_REPORT
     from dsel_assets.store import queries, schema
 
     with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
-        columns = schema.columns(conn, "comparison_report")
+        columns = schema.columns(conn, COMPARISON_REPORT)
         if "verdict" not in columns:
             print("[dsel] no comparison report yet: run `dsel compare` or `dsel run`", file=sys.stderr)
             return 1
@@ -71,7 +73,7 @@ def print_comparison(home: DselHome, full: bool = True) -> int:
                 file=sys.stderr,
             )
             return 1
-        table = queries.report(conn, "comparison_report")
+        table = queries.report(conn, COMPARISON_REPORT)
     rows = [
         (
             r["method"],
@@ -125,6 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dsel_assets.app import output
     from dsel_assets.app.runs import run_batches
     from dsel_assets.core.data.synthetic import generate
+    from dsel_assets.pipeline.names import COMPARISON_REPORT, SELECTION_REPORT, WARMUP
     from dsel_assets.pipeline.progress import stage_of
     from dsel_assets.store import queries
 
@@ -144,17 +147,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = defs.resolve_job_def("default_job")
     job_nodes = {node.name for node in job.graph.nodes}
     run_config = {"ops": selection_run_config(args.budgets or DEFAULT_RUN_BUDGETS, args.target, job_nodes)}
-    run_config["ops"]["warmup_checkpoint"] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
+    run_config["ops"][WARMUP] = {"config": {"epochs": args.warmup_epochs, "max_length": 256}}
     run_config["ops"] |= comparison_run_config(job_nodes, args.finetune_epochs, args.eval_per_task)
     # the selections first (their table is printed as soon as they exist), then the closed loop
     keys = set(job.asset_layer.executable_asset_keys)
     loop = {k for k in keys if stage_of(k.to_user_string()) in ("fine-tuning", "evaluation")}
-    loop |= {dg.AssetKey("comparison_report")} & keys
+    loop |= {dg.AssetKey(COMPARISON_REPORT)} & keys
     selections = sorted(keys - loop, key=dg.AssetKey.to_user_string)
     if run_batches(defs, [batches["pool"]], "default_job", run_config, selections, steps):
         return 1
     with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
-        report = queries.report(conn, "selection_report")
+        report = queries.report(conn, SELECTION_REPORT)
     full = output.verbosity() >= output.VERBOSE  # a newcomer's run fits a screen; -v prints every table
     if full:
         print("\n" + format_table(report.columns, report.rows()), flush=True)

@@ -81,10 +81,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         from dagster import AssetKey
 
         from dsel_assets.app.runs import run_batches
+        from dsel_assets.pipeline.names import POOL, POOL_BATCH, SENTENCE_EMBEDDINGS
 
-        keys = [AssetKey("pool_batch"), AssetKey("pool")]
+        keys = [AssetKey(POOL_BATCH), AssetKey(POOL)]
         if args.embed:
-            keys.append(AssetKey("sentence_embeddings"))
+            keys.append(AssetKey(SENTENCE_EMBEDDINGS))
         failed = len(run_batches(defs, batches, "batch_job", asset_selection=keys, build=settled(make)))
         print_ingest_summary(home, batches)
     return 1 if failed else 0

@@ -32,6 +32,7 @@ def cmd_grads(args: argparse.Namespace) -> int:
     from dagster import AssetKey
 
     from dsel_assets.app.runs import run_batches
+    from dsel_assets.pipeline.names import POOL_GRAD_FEATURES
     from dsel_assets.store import queries
 
     home = open_home(args)
@@ -41,10 +42,10 @@ def cmd_grads(args: argparse.Namespace) -> int:
     unknown = sorted(set(batches) - set(pool_batches))
     if unknown:
         raise ValueError(f"batch: {unknown} are not pool batches; known: {pool_batches}")
-    config = {"ops": {"pool_grad_features": {"config": {"checkpoints": args.checkpoint or []}}}}
+    config = {"ops": {POOL_GRAD_FEATURES: {"config": {"checkpoints": args.checkpoint or []}}}}
     make = definitions_maker(home, args, pin={*MODEL_SETTINGS, "grad_dim"})
     defs = make()
-    if run_batches(defs, batches, "batch_job", config, [AssetKey("pool_grad_features")], build=settled(make)):
+    if run_batches(defs, batches, "batch_job", config, [AssetKey(POOL_GRAD_FEATURES)], build=settled(make)):
         return 1
     with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
         latest = queries.latest_warmup(conn)

@@ -122,7 +122,9 @@ def evaluate_models(
         else:
             found = queries.finetuned_models_of(conn, method, identity["model_hash"])
             if found.height == 0:
-                raise RuntimeError(f"finetuned_{method}: no models of {identity['model']} yet; materialize it first")
+                raise RuntimeError(
+                    f"{finetuned_asset_name(method)}: no models of {identity['model']} yet; materialize it first"
+                )
             models = list(found.iter_rows())
         done = queries.eval_keys(conn)
     base, tokenizer = None, None

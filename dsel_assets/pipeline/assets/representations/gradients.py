@@ -27,6 +27,7 @@ from dsel_assets.pipeline.names import (
     POOL,
     POOL_BATCH,
     REPRESENTATIONS,
+    WARMUP,
     columns_table,
     grad_features_dataset,
     influence_dataset,
@@ -120,7 +121,7 @@ def warmup_checkpoint(
         tracker.run(context, params=params, inputs=[DatasetRef("pool", store.location, version)]) as run,
         artifacts.writing(out_uri) as out_dir,
     ):
-        meter = Meter("warmup_checkpoint", 0, "training steps")  # logged by the trainer's epoch lines
+        meter = Meter(WARMUP, 0, "training steps")  # logged by the trainer's epoch lines
         train_warmup(
             model,
             encoded,
@@ -314,7 +315,7 @@ def pool_grad_features(
     }
     inputs = [
         DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256),
-        DatasetRef("warmup_checkpoint", warmup_uri, warmup),
+        DatasetRef(WARMUP, warmup_uri, warmup),
     ]
     with tracker.run(context, params=params, inputs=inputs) as run:
         started = time.perf_counter()

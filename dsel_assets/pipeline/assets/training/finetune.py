@@ -23,7 +23,7 @@ from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.select.base import Budget
 from dsel_assets.pipeline.assets._factory import model_asset
-from dsel_assets.pipeline.catalog import selection_keys
+from dsel_assets.pipeline.catalog import trained_keys
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import (
     FULL_BUDGET,
@@ -130,7 +130,7 @@ def train_models(
     params = {"method": method, **shared, "seed": ",".join(map(str, seeds)), **identity}
     inputs = [DatasetRef(f"selection/{method}@{b}#{s}", store.location, pv) for (b, s), (_, pv) in sets.items()]
     plan = [(budget, selection_seed, seed) for budget, selection_seed in sets for seed in seeds]
-    meter, trained = Meter(f"finetuned_{method}", len(plan), "models"), 0
+    meter, trained = Meter(finetuned_asset_name(method), len(plan), "models"), 0
     with tracker.run(context, params=params, inputs=inputs) as run:
         for done, (budget, selection_seed, seed) in enumerate(plan):
             core = config.to_core(seed)
@@ -263,5 +263,6 @@ def _tags(method: str) -> dict[str, str] | None:
 #: One per selection asset: every method on every representation it has a selection for
 #: (``finetuned_round_robin_rds`` trains on ``selection_round_robin_rds``), and the full pool.
 finetuned_assets = [
-    build_finetuned_asset(key, [dg.AssetKey(selection_asset_name(key))], _tags(key)) for key in selection_keys()
-] + [build_finetuned_asset(FULL_POOL, [POOL], {"dsel/cost": "high"})]
+    build_finetuned_asset(key, [POOL if key == FULL_POOL else selection_asset_name(key)], _tags(key))
+    for key in trained_keys()
+]
