@@ -189,8 +189,8 @@ def real_check(home: Path, splits: int, seed: int, method_size: int = 3, baselin
     from dsel_assets.core.stats import comparison_table
     from dsel_assets.pipeline.assets.reporting.reports import comparison_rows
 
-    with state_db.open_state(home / "dsel.duckdb", read_only=True) as conn:
-        rows = comparison_rows(conn, [], ["random"], None).filter(pl.col("method") == "random")
+    with state_db.open_state(home / "dsel.duckdb", read_only=True) as db:
+        rows = comparison_rows(db, [], ["random"], None).filter(pl.col("method") == "random")
     selection_seeds = sorted(set(rows["selection_seed"].to_list()))
     if len(selection_seeds) < method_size + baseline_size:
         raise SystemExit(f"--real: need {method_size + baseline_size} random selections, found {len(selection_seeds)}")

@@ -52,15 +52,15 @@ def main() -> None:
     from dsel_assets.core.models.features import FeatureConfig, gradient_features
     from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, resolve
     from dsel_assets.core.models.warmup import load_checkpoint, read_manifest
-    from dsel_assets.store import artifacts, queries
+    from dsel_assets.store import artifacts
     from resources.home import DselHome
 
     home = DselHome(Path(args.home))
-    with state_db.open_state(home.duckdb, read_only=True) as conn:
-        pool = queries.split_rows(conn, "pool")
-        query = queries.split_rows(conn, "query", ("pool_id", "messages", "task"))
-        subtasks = queries.query_subtasks(conn)
-        _, warmup = queries.latest_warmup(conn)
+    with state_db.open_state(home.duckdb, read_only=True) as db:
+        pool = db.split_rows("pool")
+        query = db.split_rows("query", ("pool_id", "messages", "task"))
+        subtasks = db.query_subtasks()
+        _, warmup = db.latest_warmup()
     order = np.random.default_rng(0).permutation(pool.height)[: args.pool]
     pool_items = [(pool["pool_id"][int(i)], pool["messages"][int(i)]) for i in sorted(order)]
     query_items = list(zip(query["pool_id"].to_list(), query["messages"].to_list(), strict=True))

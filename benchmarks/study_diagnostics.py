@@ -27,7 +27,7 @@ def main() -> int:
     import polars as pl
 
     from dsel_assets.app.cli.common import format_table
-    from dsel_assets.store.queries import frame
+    from dsel_assets.store.sql import frame
 
     with duckdb.connect(str(Path(args.home) / "dsel.duckdb"), read_only=True) as conn:
         report = frame(

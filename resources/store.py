@@ -1,8 +1,8 @@
 """The state database as a resource, one class per backend: the state home's DuckDB file
 (embedded, the default) or a PostgreSQL database (a cluster, when ``DSEL_DATABASE_URL`` is set).
-Assets, checks and sensors get their connection here and ask it through ``dsel_assets.store``;
-the CLI and lineage open the same database through :func:`open_state`. This module, not the
-store, reads the environment."""
+Assets, checks and sensors open a :class:`~dsel_assets.store.state.State` here (``session``)
+and ask it their questions, one method each; the CLI and lineage open the same database through
+:func:`open_state`. This module, not the store, reads the environment."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from dsel_assets.store import duckdb_backend, postgres_backend
+from dsel_assets.store.state import State
 
 DATABASE_URL = "DSEL_DATABASE_URL"
 DB_WAIT = "DSEL_DB_WAIT_S"
@@ -36,13 +37,19 @@ class StateStore(dg.ConfigurableResource):
         raise NotImplementedError
 
     def get_connection(self) -> AbstractContextManager:
-        """A connection for one unit of work of a run."""
+        """A raw connection for one unit of work of a run (the store's own layer uses it)."""
         raise NotImplementedError
 
-    def open(self, read_only: bool = False, log=None) -> AbstractContextManager:
-        """A connection for the CLI and lineage (``read_only`` where the backend has it; ``log``
-        hears about a wait)."""
-        return self.get_connection()
+    @contextmanager
+    def session(self) -> Iterator[State]:
+        """The state database for one unit of work of a run, closed when the block ends."""
+        with self.get_connection() as conn:
+            yield State(conn)
+
+    def open(self, read_only: bool = False, log=None) -> AbstractContextManager[State]:
+        """The state database for the CLI and lineage (``read_only`` where the backend has it;
+        ``log`` hears about a wait)."""
+        return self.session()
 
 
 class DuckDBStateStore(StateStore):
@@ -62,9 +69,9 @@ class DuckDBStateStore(StateStore):
             yield conn
 
     @contextmanager
-    def open(self, read_only: bool = False, log=None) -> Iterator:
+    def open(self, read_only: bool = False, log=None) -> Iterator[State]:
         with duckdb_backend.connect(self.database, read_only=read_only, wait_s=self.wait_s, log=log) as conn:
-            yield conn
+            yield State(conn)
 
 
 class PostgresStateStore(StateStore):
@@ -97,7 +104,7 @@ def state_store(database: str | Path) -> StateStore:
 
 
 @contextmanager
-def open_state(database: str | Path, read_only: bool = False, log=None) -> Iterator:
+def open_state(database: str | Path, read_only: bool = False, log=None) -> Iterator[State]:
     """The state database for the CLI and lineage, closed when the block ends."""
-    with state_store(database).open(read_only=read_only, log=log) as conn:
-        yield conn
+    with state_store(database).open(read_only=read_only, log=log) as db:
+        yield db

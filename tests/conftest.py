@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -12,6 +14,7 @@ import pytest
 
 from dsel_assets.store import schema
 from dsel_assets.store.sql import run as sql_run
+from dsel_assets.store.state import State
 from tests import postgres, s3
 
 # No test may reach a model hub: everything loads from installed packages.
@@ -97,6 +100,12 @@ class Backend:
         import psycopg
 
         return psycopg.connect(self.target, autocommit=True)
+
+    @contextmanager
+    def state(self) -> Iterator[State]:
+        """The store's view of a connection to the current database."""
+        with self.connect() as conn:
+            yield State(conn)
 
     def rows(self, conn, sql: str, params=()):
         return sql_run(conn, sql, params)

@@ -49,12 +49,11 @@ def synthetic_pool_instance(home, resources, seed: int = 3, per_capability: int 
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
     from dsel_assets.pipeline.names import pool_batches
-    from dsel_assets.store import tables
     from resources.store import open_state
 
     paths = generate(seed=seed, per_capability=per_capability).write(home.root / "syn")
-    with open_state(home.duckdb) as conn:
-        manifest, _ = tables.register_batch(conn, paths["pool"], home.raw, source="syn", task="auto", split="pool")
+    with open_state(home.duckdb) as db:
+        manifest, _ = db.register_batch(paths["pool"], home.raw, source="syn", task="auto", split="pool")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
     dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=resources, instance=instance)

@@ -43,7 +43,6 @@ from dsel_assets.pipeline.names import (
     selection_asset_name,
 )
 from dsel_assets.pipeline.registry import WARMUP
-from dsel_assets.store import queries
 
 METRICS = ("loss", "generation", "both")
 #: the representation of pool rows' task labels: a method that needs only it reads no query rows
@@ -337,7 +336,7 @@ class ComparePlan:
 
 
 def check_plan(
-    plan: ComparePlan, conn, warn: Callable[[str], None] | None = None, harness_folder: Path | None = None
+    plan: ComparePlan, db, warn: Callable[[str], None] | None = None, harness_folder: Path | None = None
 ) -> tuple[list[str], ComparePlan]:
     """Problems that stop a comparison before any work, each with what to do, and the plan with
     its eval set frozen (its sample's version: every eval and the report use that sample, and an
@@ -369,7 +368,7 @@ def check_plan(
             seed_replicates(config, plan.method_seeds(method))
     if BASELINE not in plan.selection_keys():
         problems.append(f"methods: add {BASELINE}: every method is compared with it")
-    counts = {f"{split}/{task}": n for (split, task), n in queries.split_task_counts(conn).items()}
+    counts = {f"{split}/{task}": n for (split, task), n in db.split_task_counts().items()}
     aimed = [m for m in plan.methods if "task" in plan.method_params(m)]
     by_label = [m for m in aimed if set(get(parse_entry(m)[0]).needs) <= {TASK_LABELS}]  # no query rows read
     targeted = [m for m in aimed if m not in by_label]
@@ -401,16 +400,16 @@ def check_plan(
         if task and task not in tasks:
             problems.append(f"param: {method}.task={task!r} is not a task of the pool or query rows: {sorted(tasks)}")
     if all(counts.get(f"eval/{target}") for target in plan.targets):
-        sample = _eval_sample(plan, conn)  # read once: it hashes every pool prompt (decontamination)
+        sample = _eval_sample(plan, db)  # read once: it hashes every pool prompt (decontamination)
         problems += _eval_rows_problems(plan, sample, warn)
         plan = dataclasses.replace(plan, eval_version=sample[1])
     return problems, plan
 
 
-def _eval_sample(plan: ComparePlan, conn):
+def _eval_sample(plan: ComparePlan, db):
     """The eval sample every eval asset of the plan computes: (examples, version, left out)."""
     settings = {k: v for k, v in plan.eval_settings().items() if k != "tasks"}
-    return load_eval_set(conn, plan.targets, EvalRunConfig(**settings).to_core())
+    return load_eval_set(db, plan.targets, EvalRunConfig(**settings).to_core())
 
 
 def _eval_rows_problems(plan: ComparePlan, eval_set: tuple, warn: Callable[[str], None] | None) -> list[str]:

@@ -19,7 +19,6 @@ from typing import Any
 
 import dagster as dg
 
-from dsel_assets.store import queries, schema
 from resources import store as state_db
 from resources.tracking import restore_credentials
 
@@ -180,14 +179,12 @@ def mlflow_runs(nodes: list[Node]) -> dict[str, dict]:
 
 def data_origin(database: str, batches: list[str]) -> dict:
     """Raw files (path, sha256, split) of ``batches`` and their accepted / quarantined counts."""
-    with state_db.open_state(database, read_only=True) as conn:
+    with state_db.open_state(database, read_only=True) as db:
         files = []
         for batch in batches:
-            file = queries.rows_matching(
-                conn, "batches", ["split", "original_path", "stored_path", "sha256"], {"batch": batch}
-            )
+            file = db.rows_matching("batches", ["split", "original_path", "stored_path", "sha256"], {"batch": batch})
             split, original, stored, sha256 = file.row(0)
-            accepted, reason_counts, _ = queries.batch_counts(conn, batch)
+            accepted, reason_counts, _ = db.batch_counts(batch)
             reasons = dict(reason_counts)
             files.append(
                 {
@@ -273,20 +270,20 @@ def why(database: str, pool_id: str, selection: str) -> dict:
     """An example's raw record, its row in every state table keyed by ``pool_id`` (scores,
     labels), and its rank in each budget of selection ``selection`` (method or asset name)."""
     method = selection.removeprefix("selection_")
-    with state_db.open_state(database, read_only=True) as conn:
-        example = queries.example_origin(conn, pool_id)
+    with state_db.open_state(database, read_only=True) as db:
+        example = db.example_origin(pool_id)
         if example is None:
             raise KeyError(f"pool_id: {pool_id} is not in the pool (see the quarantine with dsel status)")
-        holders = [t for t in schema.tables_with_column(conn, "pool_id") if t not in ("examples", "selections")]
+        holders = [t for t in db.tables_with_column("pool_id") if t not in ("examples", "selections")]
         scores = {}
         for table in holders:  # names from the database's own catalog
-            rows = queries.rows_of_id(conn, table, pool_id)
+            rows = db.rows_of_id(table, pool_id)
             if rows:
                 scores[table] = [
                     {k: v for k, v in row.items() if k != "pool_id" and not isinstance(v, (list, bytes))}
                     for row in rows
                 ]
-        ranks = queries.selection_ranks(conn, method, pool_id)
+        ranks = db.selection_ranks(method, pool_id)
     if ranks.height == 0:
         raise KeyError(f"selection: no stored selection for method {method!r}")
     return {"example": example, "scores": scores, "selection": method, "ranks": ranks.to_dicts()}

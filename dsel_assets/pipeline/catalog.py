@@ -13,7 +13,6 @@ from dsel_assets.core.select.targeted import LESS, representation_needs
 from dsel_assets.core.select.targeted import representations as method_representations
 from dsel_assets.pipeline import registry
 from dsel_assets.pipeline.names import BASE, FULL_POOL, WARMUP, selection_key
-from dsel_assets.store import queries, schema
 
 
 def parse_entry(entry: str) -> tuple[str, str | None]:
@@ -179,18 +178,18 @@ def samples_warmup(replicates: pl.DataFrame) -> bool:
     return replicated
 
 
-def randomness_by_key(keys: Iterable[str], conn=None) -> dict[str, str]:
+def randomness_by_key(keys: Iterable[str], db=None) -> dict[str, str]:
     """Selection key (the ``method`` column of the selections, finetuned_models and eval tables) ->
-    ``selection_randomness`` of that method on that representation. With ``conn`` (the state
+    ``selection_randomness`` of that method on that representation. With ``db`` (the state
     store), under the parameters its latest stored selection ran with, and with the warmup counted
     as sampled (``warmup_sampled``: ``less`` -> ``seed``) where the stored replicates each read
     another warmup (``samples_warmup``; dsel compare's warmup seeds); without, under the method's
     defaults. ``base`` and ``full_pool`` (no selection) are ``none``; an unknown key is a KeyError."""
     keys = list(dict.fromkeys(keys))
     stored, replicates = {}, None
-    if conn is not None and schema.table_exists(conn, "selections"):
-        stored = queries.selection_configs(conn, [k for k in keys if k not in _NO_SELECTION])
-        replicates = queries.selection_replicates(conn, [k for k in keys if k not in _NO_SELECTION])
+    if db is not None and db.table_exists("selections"):
+        stored = db.selection_configs([k for k in keys if k not in _NO_SELECTION])
+        replicates = db.selection_replicates([k for k in keys if k not in _NO_SELECTION])
     out = {}
     for key in keys:
         if key in _NO_SELECTION:

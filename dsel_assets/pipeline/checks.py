@@ -37,7 +37,6 @@ from dsel_assets.pipeline.names import (
 )
 from dsel_assets.pipeline.registry import checked_score_columns, per_batch_assets
 from dsel_assets.pipeline.stored import latest_warmup_manifest, vector_matrix
-from dsel_assets.store import queries, schema, tables
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -157,20 +156,16 @@ def score_problems(expected_ids: Iterable[str], rows: pl.DataFrame, columns: lis
     return problems
 
 
-def _batch_ids(conn, batch: str, pool_only: bool) -> list[str]:
-    rows = (
-        queries.split_rows(conn, "pool", ("pool_id",), batch=batch)
-        if pool_only
-        else queries.batch_rows(conn, batch, ("pool_id",))
-    )
+def _batch_ids(db, batch: str, pool_only: bool) -> list[str]:
+    rows = db.split_rows("pool", ("pool_id",), batch=batch) if pool_only else db.batch_rows(batch, ("pool_id",))
     return rows["pool_id"].to_list()
 
 
-def pool_ids_by_version(conn, versions: list[str]) -> dict[str, set[str]]:
+def pool_ids_by_version(db, versions: list[str]) -> dict[str, set[str]]:
     """Pool ids of each recorded pool version (its batches' pool rows)."""
     found = {}
     for version in versions:
-        ids = queries.pool_ids_of_version(conn, version)
+        ids = db.pool_ids_of_version(version)
         if ids is not None:
             found[version] = ids
     return found
@@ -187,14 +182,13 @@ def build_selection_check(method: str) -> dg.AssetChecksDefinition:
         "every id in the pool version the selection claims, per-batch representations covering that whole pool.",
     )
     def _check(store: StateStore) -> dg.AssetCheckResult:
-        with store.get_connection() as conn:
-            tables.ensure_schema(conn)
-            rows = queries.method_selections(
-                conn,
+        with store.session() as db:
+            db.ensure_schema()
+            rows = db.method_selections(
                 method,
                 ("budget", "selection_seed", "k", "eligible", "rank", "pool_id", "pool_version", "diagnostics"),
             )
-            known = pool_ids_by_version(conn, rows["pool_version"].unique().to_list())
+            known = pool_ids_by_version(db, rows["pool_version"].unique().to_list())
         sizes = (
             rows.group_by("budget", "selection_seed")
             .agg(pl.len().alias("rows"), pl.first("k"), pl.first("eligible"))
@@ -227,8 +221,8 @@ def sentence_embeddings_check(
     context: dg.AssetCheckExecutionContext, store: StateStore, lance: LanceStore
 ) -> dg.AssetCheckResult:
     batch = context.partition_key
-    with store.get_connection() as conn:
-        expected = _batch_ids(conn, batch, pool_only=False)
+    with store.session() as db:
+        expected = _batch_ids(db, batch, pool_only=False)
     if not lance.exists(SENTENCE_EMBEDDINGS):
         return _result([] if not expected else ["no Lance dataset"], rows=0)
     problems, rows = stored_vector_problems(lance, SENTENCE_EMBEDDINGS, {"batch": batch}, expected, unit_norm=True)
@@ -249,8 +243,8 @@ def model_embeddings_check(
     model_embedding_settings: ModelEmbeddingSettings,
 ) -> dg.AssetCheckResult:
     batch = context.partition_key
-    with store.get_connection() as conn:
-        expected = _batch_ids(conn, batch, pool_only=True)
+    with store.session() as db:
+        expected = _batch_ids(db, batch, pool_only=True)
     dataset = model_embedding_settings.dataset(selection_model.identity()["model_hash"])
     if not lance.exists(dataset):
         return _result([] if not expected else [f"no Lance dataset {dataset}"], rows=0)
@@ -268,12 +262,12 @@ def pool_grad_features_check(
     context: dg.AssetCheckExecutionContext, store: StateStore, lance: LanceStore, grad_settings: GradientSettings
 ) -> dg.AssetCheckResult:
     batch = context.partition_key
-    with store.get_connection() as conn:
-        manifest = queries.get_batch(conn, batch)
+    with store.session() as db:
+        manifest = db.get_batch(batch)
         if manifest.split != "pool":
             return _result([], skipped=f"{manifest.split} batch: no pool features")
-        expected = _batch_ids(conn, batch, pool_only=True)
-        warmup, _, warmup_manifest = latest_warmup_manifest(conn)
+        expected = _batch_ids(db, batch, pool_only=True)
+        warmup, _, warmup_manifest = latest_warmup_manifest(db)
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(POOL_GRAD_FEATURES), asset_partitions=[batch]), limit=1
     ).records
@@ -299,12 +293,12 @@ def build_score_check(table: str, columns: list[str]) -> dg.AssetChecksDefinitio
     )
     def _check(context: dg.AssetCheckExecutionContext, store: StateStore) -> dg.AssetCheckResult:
         batch = context.partition_key
-        with store.get_connection() as conn:
-            expected = _batch_ids(conn, batch, pool_only=True)
+        with store.session() as db:
+            expected = _batch_ids(db, batch, pool_only=True)
             found = {
-                name: queries.rows_matching(conn, name, ["pool_id", "reason", *columns], {"batch": batch})
+                name: db.rows_matching(name, ["pool_id", "reason", *columns], {"batch": batch})
                 for name in score_tables(table)
-                if schema.table_exists(conn, name)
+                if db.table_exists(name)
             }
         checked = {name: rows for name, rows in found.items() if rows.height} or found
         if not checked:
@@ -315,11 +309,11 @@ def build_score_check(table: str, columns: list[str]) -> dg.AssetChecksDefinitio
     return _check
 
 
-def content_overlap(conn, left_ids: list[str], right_ids: list[str]) -> list[tuple[str, str, str]]:
+def content_overlap(db, left_ids: list[str], right_ids: list[str]) -> list[tuple[str, str, str]]:
     """(left id, right id, "conversation" | "prompt") for every pair sharing content."""
 
     def hashed(ids: list[str]) -> dict[str, tuple[str, str]]:
-        return {p: content_hashes(m) for p, m in queries.messages_of(conn, ids).items()}
+        return {p: content_hashes(m) for p, m in db.messages_of(ids).items()}
 
     left, right = hashed(left_ids), hashed(right_ids)
     by_full = {h[0]: p for p, h in right.items()}
@@ -333,13 +327,13 @@ def content_overlap(conn, left_ids: list[str], right_ids: list[str]) -> list[tup
     return found
 
 
-def disjointness_result(conn, eval_ids: list[str], others: Mapping[str, list[str]]) -> dg.AssetCheckResult:
+def disjointness_result(db, eval_ids: list[str], others: Mapping[str, list[str]]) -> dg.AssetCheckResult:
     """Check result for an evaluation: ``eval_ids`` share no conversation and no prompt with any
     of ``others`` (e.g. {"query set": ids, "training selection": ids}). For the fine-tune and
     evaluation assets' blocking checks."""
     problems, counts = [], []
     for name, ids in others.items():
-        overlap = content_overlap(conn, eval_ids, ids)
+        overlap = content_overlap(db, eval_ids, ids)
         counts.append((name, len(ids), len(overlap)))
         problems += [f"eval {e} shares its {kind} with {name} example {o}" for e, o, kind in overlap]
     return _result(
@@ -362,19 +356,19 @@ def build_eval_check(method: str) -> dg.AssetChecksDefinition:
         "training data of the evaluated models.",
     )
     def _check(store: StateStore) -> dg.AssetCheckResult:
-        with store.get_connection() as conn:
+        with store.session() as db:
 
             def split_ids(split: str) -> list[str]:
-                return queries.split_rows(conn, split, ("pool_id",))["pool_id"].to_list()
+                return db.split_rows(split, ("pool_id",))["pool_id"].to_list()
 
             others = {"query sets": split_ids("query")}
             if method == FULL_POOL:
                 others["training pool"] = split_ids("pool")
             elif method != BASE:
-                others["training selection"] = queries.selected_ids(conn, method)
+                others["training selection"] = db.selected_ids(method)
             # the examples the models were scored on (eval_<method> drops overlapping ones before scoring)
-            scored = queries.evaluated_ids(conn, method)
-            return disjointness_result(conn, scored, others)
+            scored = db.evaluated_ids(method)
+            return disjointness_result(db, scored, others)
 
     return _check
 

@@ -17,7 +17,6 @@ from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.warmup import ADAPTER_DIR, OPTIMIZER_FILE, load_checkpoint
 from dsel_assets.pipeline.names import grad_features_dataset
 from dsel_assets.pipeline.stored import latest_warmup_manifest, vector_matrix
-from dsel_assets.store import queries
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
@@ -167,10 +166,10 @@ def load_less_scorer(
     """The scorer for the latest warmup and its stored query features (the inputs of the
     influence asset, less the pool features), and its DatasetRef for lineage."""
 
-    with store.get_connection() as conn:
-        warmup, _, manifest = latest_warmup_manifest(conn)
-        pool_rows = queries.split_rows(conn, "pool")
-        subtask_of = queries.query_subtasks(conn)
+    with store.session() as db:
+        warmup, _, manifest = latest_warmup_manifest(db)
+        pool_rows = db.split_rows("pool")
+        subtask_of = db.query_subtasks()
     wanted = set(pool_ids)
     messages = {
         pid: m for pid, m in zip(pool_rows["pool_id"], pool_rows["messages"].to_list(), strict=True) if pid in wanted

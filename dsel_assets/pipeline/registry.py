@@ -43,7 +43,6 @@ from dsel_assets.pipeline.stored import (
     query_rows,
     vector_matrix,
 )
-from dsel_assets.store import queries, schema
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -188,11 +187,11 @@ def model_embeddings_dataset(ctx: LoadContext) -> str:
 
 def less_scores_by_task(ctx: LoadContext) -> tuple[dict[str, np.ndarray], DatasetRef]:
     """task -> LESS score per pool id (NaN where the example has no gradient feature)."""
-    with ctx.store.get_connection() as conn:
-        if not schema.table_exists(conn, "less_scores"):
+    with ctx.store.session() as db:
+        if not db.table_exists("less_scores"):
             raise RuntimeError("less_scores: none yet; materialize influence first")
-        rows = queries.less_scores(conn)
-        warmup = queries.latest_warmup(conn)
+        rows = db.less_scores()
+        warmup = db.latest_warmup()
     row_of = {pid: i for i, pid in enumerate(ctx.pool_ids)}
     scores: dict[str, np.ndarray] = {}
     for (task,), group in rows.group_by(["task"], maintain_order=True):
@@ -223,8 +222,8 @@ def similarity_matrix(asset: str, *, task_scores: bool = False) -> Loader:
         if version is None:
             raise RuntimeError(f"{name}: no similarity matrix yet; materialize {asset} first")
         table = ctx.lance.read(name, ["pool_id", "scores"], version=version)
-        with ctx.store.get_connection() as conn:
-            columns = queries.similarity_columns(conn, columns_table(asset))
+        with ctx.store.session() as db:
+            columns = db.similarity_columns(columns_table(asset))
         matrix = vector_matrix(table.column("scores"))
         scores = np.full((len(ctx.pool_ids), matrix.shape[1]), np.nan, dtype=np.float32)
         row_of = {pid: i for i, pid in enumerate(ctx.pool_ids)}
@@ -284,8 +283,8 @@ def gradient_features(kind: str) -> Loader:
     def read(ctx: LoadContext) -> tuple[Any, DatasetRef]:
         if kind == "pool":
             fits_in_memory(len(ctx.pool_ids), ctx.grad_settings.dim)
-        with ctx.store.get_connection() as conn:
-            warmup, _, manifest = latest_warmup_manifest(conn)
+        with ctx.store.session() as db:
+            warmup, _, manifest = latest_warmup_manifest(db)
         last = max(c["epoch"] for c in manifest["checkpoints"])
         name = grad_features_dataset(kind, ctx.grad_settings.suffix())
         columns = ["pool_id", "vector"] + (["task"] if kind == "query" else [])
@@ -303,8 +302,8 @@ def gradient_features(kind: str) -> Loader:
 
 def label_sets(ctx: LoadContext) -> tuple[Labels, DatasetRef]:
     """Each example's label ids and the embedding of every label (MIG)."""
-    with ctx.store.get_connection() as conn:
-        pairs, vocab = queries.label_sets(conn)
+    with ctx.store.session() as db:
+        pairs, vocab = db.label_sets()
     members: dict[str, list[int]] = {}
     for pid, label in zip(pairs["pool_id"], pairs["label"], strict=True):
         members.setdefault(pid, []).append(int(label))
@@ -316,9 +315,9 @@ def label_sets(ctx: LoadContext) -> tuple[Labels, DatasetRef]:
 def pool_task_labels(ctx: LoadContext) -> tuple[np.ndarray, DatasetRef]:
     """The task label of each pool id (the pool's ``task`` column, as ingested), as strings; a
     pool id the pool no longer holds is an error (the pool changed while the selection ran)."""
-    with ctx.store.get_connection() as conn:
-        rows = queries.split_rows(conn, "pool", ("pool_id", "task"))
-        version, _ = queries.pool_version(conn)
+    with ctx.store.session() as db:
+        rows = db.split_rows("pool", ("pool_id", "task"))
+        version, _ = db.pool_version()
     task_of = dict(zip(rows["pool_id"].to_list(), rows["task"].to_list(), strict=True))
     missing = [p for p in ctx.pool_ids if p not in task_of]
     if missing:
@@ -329,8 +328,8 @@ def pool_task_labels(ctx: LoadContext) -> tuple[np.ndarray, DatasetRef]:
 
 def round_trainer(ctx: LoadContext) -> tuple[LoraRoundTrainer, DatasetRef]:
     """A LoRA trainer on the selection model over the pool's conversations (iterative methods)."""
-    with ctx.store.get_connection() as conn:
-        rows = queries.split_rows(conn, "pool")
+    with ctx.store.session() as db:
+        rows = db.split_rows("pool")
     by_id = dict(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     selection_model = ctx.selection_model
     model, tokenizer = selection_model.load()
@@ -351,8 +350,8 @@ def query_vectors(dataset: Callable[[LoadContext], str]) -> Loader:
 
     def read(ctx: LoadContext) -> tuple[tuple[np.ndarray, list], DatasetRef]:
         name = dataset(ctx)
-        with ctx.store.get_connection() as conn:
-            rows = query_rows(conn)
+        with ctx.store.session() as db:
+            rows = query_rows(db)
         vectors, version = load_vectors(ctx.lance, name, rows["pool_id"].to_list())
         return (vectors, rows["task"].to_list()), DatasetRef(name, ctx.lance.uri(name), str(version))
 

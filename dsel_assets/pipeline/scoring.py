@@ -14,7 +14,7 @@ from dsel_assets.core.models.scoring import ExampleScores, score_examples
 from dsel_assets.core.models.templates import ALPACA_PROMPT
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.progress import Meter
-from dsel_assets.store import queries, tables
+from dsel_assets.store import queries
 from resources.store import StateStore
 
 SCORE_COLUMNS = list(ExampleScores.__dataclass_fields__)
@@ -103,8 +103,8 @@ def score_resumably(
     loses at most one chunk) and logged with its rate and ETA. Then rows of another identity or
     of ids that left the pool (of ``batch``, for a per-batch asset) are deleted."""
     scope = {} if batch is None else {"batch": batch}
-    with store.get_connection() as conn:
-        done = set(queries.rows_matching(conn, table, ["pool_id"], {**scope, **keep})["pool_id"])
+    with store.session() as db:
+        done = set(db.rows_matching(table, ["pool_id"], {**scope, **keep})["pool_id"])
     todo = [item for item in items if item[0] not in done]
     written = 0
     if todo:
@@ -113,13 +113,13 @@ def score_resumably(
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
             frame = score_chunk(chunk)
-            with store.get_connection() as conn:
-                tables.upsert_by_id(conn, table, frame, scope)
+            with store.session() as db:
+                db.upsert_by_id(table, frame, scope)
             written += len(chunk)
             meter.update(written)
-    with store.get_connection() as conn:
-        tables.delete_stale(conn, table, keep, batch=batch)
-        stats = queries.score_summary(conn, table, value_column, batch=batch)
+    with store.session() as db:
+        db.delete_stale(table, keep, batch=batch)
+        stats = db.score_summary(table, value_column, batch=batch)
     return ScoreRun(written, len(items) - len(todo), stats)
 
 

@@ -27,7 +27,6 @@ from dsel_assets.pipeline.assets.ingest import inbox
 from dsel_assets.pipeline.liveness import reap_dead_runs
 from dsel_assets.pipeline.names import MODELS, POOL, REPORTS, REPRESENTATIONS, SELECTIONS, pool_batches
 from dsel_assets.pipeline.staleness import is_missing, is_stale, stale_resolver
-from dsel_assets.store import tables
 from dsel_assets.store.errors import StateDatabaseError
 from jobs import EXPENSIVE, batch_job, curation_job
 from resources.home import StateHome
@@ -126,7 +125,7 @@ def _inbox_tick(
         context.log.warning(inbox.failed(root, item.name, item.path, item.entry, exc, state, settings.max_attempts))
 
     try:
-        with store.get_connection() if ready else contextlib.nullcontext() as conn:
+        with store.session() if ready else contextlib.nullcontext() as db:
             for item in ready:
                 del waiting[item.name]
                 try:
@@ -134,8 +133,8 @@ def _inbox_tick(
                         context.log.warning(f"{item.name}: changed since it was scanned; looking again next tick")
                         continue
                     labels = labels_for(item.path, None, None, None if item.split == "pool" else item.split)
-                    manifest, created = tables.register_batch(
-                        conn, item.path, home.paths.raw, source=labels.source, task=labels.task, split=labels.split
+                    manifest, created = db.register_batch(
+                        item.path, home.paths.raw, source=labels.source, task=labels.task, split=labels.split
                     )
                 except Exception as exc:  # this file's fault only: counted, the others go on
                     fail(item, exc)

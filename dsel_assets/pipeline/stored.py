@@ -7,7 +7,7 @@ import polars as pl
 import pyarrow as pa
 
 from dsel_assets.core.models.warmup import read_manifest
-from dsel_assets.store import artifacts, queries, schema, tables
+from dsel_assets.store import artifacts
 from resources.lance_store import LanceStore
 from resources.store import StateStore
 
@@ -75,10 +75,10 @@ def load_vectors(lance: LanceStore, name: str, pool_ids: list[str]) -> tuple[np.
     return matrix[[row_of[pid] for pid in pool_ids]].astype(np.float32), version
 
 
-def query_rows(conn) -> pl.DataFrame:
+def query_rows(db) -> pl.DataFrame:
     """The query examples in column order (task, then id), with subtask ('' = none) and messages."""
-    rows = queries.split_rows(conn, "query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
-    subtasks = queries.query_subtasks(conn)
+    rows = db.split_rows("query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
+    subtasks = db.query_subtasks()
     rows = rows.with_columns(
         pl.Series("subtask", [subtasks.get(q) or "" for q in rows["pool_id"]], dtype=pl.String)
     ).select("pool_id", "task", "subtask", "messages")
@@ -87,11 +87,11 @@ def query_rows(conn) -> pl.DataFrame:
     return rows
 
 
-def latest_warmup_manifest(conn) -> tuple[str, str, dict]:
+def latest_warmup_manifest(db) -> tuple[str, str, dict]:
     """(key, URI, manifest) of the most recent warmup; the manifest's checkpoint paths are local
     (a remote warmup is read through the artifact cache)."""
-    tables.ensure_schema(conn)
-    row = queries.latest_warmup(conn)
+    db.ensure_schema()
+    row = db.latest_warmup()
     if row is None:
         raise RuntimeError("warmup: none yet; materialize warmup_checkpoint first")
     return row[0], row[1], read_manifest(artifacts.local_copy(row[1]))
@@ -107,8 +107,8 @@ def load_scalars(
 ) -> dict[str, np.ndarray]:
     """Columns of a score table aligned to ``pool_ids`` (NaN where missing, or - with
     ``defined_only`` - where the row records why the score is undefined)."""
-    with store.get_connection() as conn:
-        if not schema.table_exists(conn, table):
+    with store.session() as db:
+        if not db.table_exists(table):
             raise RuntimeError(f"{table}: not materialized yet")
-        rows = queries.score_columns(conn, table, columns, defined_only)
+        rows = db.score_columns(table, columns, defined_only)
     return {column: _aligned(rows, pool_ids, column) for column in columns}

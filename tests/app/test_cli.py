@@ -5,7 +5,6 @@ import json
 import pytest
 
 from dsel_assets.app.cli import main
-from dsel_assets.store import queries
 from resources.store import open_state
 
 from ..helpers import write_jsonl
@@ -33,10 +32,10 @@ def test_ingest_status_and_idempotence(home, tmp_path, capsys, monkeypatch):
     assert main(["ingest", str(folder), "--task", "general", "--source", "mine"]) == 0
     out = capsys.readouterr().out
     assert "not_ending_on_assistant=1" in out and "duplicate=1" in out
-    with open_state(home.duckdb, read_only=True) as conn:
-        examples = queries.rows_matching(conn, "examples", ["source"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        examples = db.rows_matching("examples", ["source"], {})
         assert examples.height == 2
-        assert queries.rows_matching(conn, "quarantine", ["batch"], {}).height == 2
+        assert db.rows_matching("quarantine", ["batch"], {}).height == 2
         assert examples["source"].unique().to_list() == ["mine"]
 
     assert main(["ingest", str(folder / "chat.jsonl")]) == 0
@@ -85,8 +84,8 @@ def test_score_computes_one_representation_for_the_pool(home, tmp_path, capsys, 
     out = capsys.readouterr().out
     assert "model_embeddings_position_weighted_" in out and "materializing model_embeddings" in out
     assert main(["score", "loss", "--model", "tiny"]) == 0
-    with open_state(home.duckdb, read_only=True) as conn:
-        models = queries.score_columns(conn, "loss_scores", ["model"])["model"]
+    with open_state(home.duckdb, read_only=True) as db:
+        models = db.score_columns("loss_scores", ["model"])["model"]
     assert (models.len(), models.drop_nulls().n_unique()) == (6, 1)
     with pytest.raises(SystemExit):
         main(["score", "no_such_kind"])

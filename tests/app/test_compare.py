@@ -23,7 +23,6 @@ from dsel_assets.pipeline.assets.reporting.evaluation import EvalRunConfig, load
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.catalog import entry_key, parse_entry
 from dsel_assets.pipeline.checks import pool_ids_by_version, selection_problems
-from dsel_assets.store import queries, schema
 from resources.store import open_state
 
 from ..helpers import synthetic_pool_instance
@@ -87,8 +86,8 @@ def test_task_matched_random_needs_pool_rows_of_the_target_not_query_rows(home, 
 
     def problems(target):
         plan = ComparePlan(methods=["random", "random_in_task"], budgets=["10%"], targets=[target])
-        with open_state(home.duckdb, read_only=True) as conn:
-            return check_plan(plan, conn)[0]
+        with open_state(home.duckdb, read_only=True) as db:
+            return check_plan(plan, db)[0]
 
     assert problems("arithmetic") == []
     (missing_eval, no_pool_rows) = problems("nosuchtask")
@@ -141,12 +140,10 @@ def test_warns_when_a_target_has_fewer_eval_groups_than_a_verdict_needs(home, tm
     _ingest(tmp_path)
     warnings: list[str] = []
     plan = ComparePlan(methods=["random"], budgets=["10%"], targets=["arithmetic"], eval_per_task=4)
-    with open_state(home.duckdb, read_only=True) as conn:
-        problems, plan = check_plan(plan, conn, warn=warnings.append)
+    with open_state(home.duckdb, read_only=True) as db:
+        problems, plan = check_plan(plan, db, warn=warnings.append)
         assert problems == []
-        sample, version, _ = load_eval_set(
-            conn, ["arithmetic"], EvalRunConfig(max_per_task=4, generate=False).to_core()
-        )
+        sample, version, _ = load_eval_set(db, ["arithmetic"], EvalRunConfig(max_per_task=4, generate=False).to_core())
     assert warnings == ["[compare] target 'arithmetic': 4 eval groups, fewer than the 20 a verdict needs"]
     # the plan froze the sample every eval asset will compute from the same config
     assert len(sample) == 4 and plan.eval_version == version
@@ -338,9 +335,9 @@ def test_selection_seeds_store_checked_replicates(home, local_resources):
     random = next(a for a in selection_assets if a.key.path[-1] == "selection_random")
     config = {"ops": {"selection_random": {"config": {"budgets": ["5"], "seeds": [0, 1, 2]}}}}
     assert dg.materialize([random], resources=local_resources, instance=instance, run_config=config).success
-    with open_state(home.duckdb, read_only=True) as conn:
-        rows = queries.rows_matching(conn, "selections", schema.columns(conn, "selections"), {"method": "random"})
-        ids = set(queries.rows_matching(conn, "examples", ["pool_id"], {})["pool_id"])
+    with open_state(home.duckdb, read_only=True) as db:
+        rows = db.rows_matching("selections", db.columns("selections"), {"method": "random"})
+        ids = set(db.rows_matching("examples", ["pool_id"], {})["pool_id"])
         known = {v: ids for v in rows["pool_version"].unique()}
     replicates = {s: set(g["pool_id"]) for (s,), g in rows.group_by(["selection_seed"])}
     assert sorted(replicates) == [0, 1, 2] and all(len(ids) == 5 for ids in replicates.values())
@@ -382,8 +379,8 @@ END_TO_END = [
 
 def _warmups(home) -> dict[int, dict]:
     """Warmup seed -> {key, sample, mtime} of every recorded warmup (its manifest)."""
-    with open_state(home.duckdb, read_only=True) as conn:
-        rows = queries.rows_matching(conn, "warmups", ["warmup", "path", "config"], {}).rows()
+    with open_state(home.duckdb, read_only=True) as db:
+        rows = db.rows_matching("warmups", ["warmup", "path", "config"], {}).rows()
     out = {}
     for key, path, config in rows:
         manifest = Path(path) / "manifest.json"
@@ -407,8 +404,8 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     # stage 1 is done: a warmup per warmup seed, each with its own sample (and LoRA init)
     warmups = _warmups(home)
     assert sorted(warmups) == [0, 1] and warmups[0]["sample"] != warmups[1]["sample"]
-    with open_state(home.duckdb, read_only=True) as conn:
-        n_pool = queries.split_rows(conn, "pool", ["pool_id"]).height
+    with open_state(home.duckdb, read_only=True) as db:
+        n_pool = db.split_rows("pool", ["pool_id"]).height
     features = lance.dataset(str(home.lance / "pool_grad_features_d128_rademacher0.lance"))
     per_warmup = frame_of(features.to_table(columns=["warmup", "pool_id"])).group_by("warmup").len()
     assert dict(per_warmup.rows()) == {w["key"]: n_pool for w in warmups.values()}  # both kept, 1 checkpoint
@@ -433,18 +430,18 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     # random, kmeans_random, less: 2 selection replicates x 2 training seeds; round_robin@embed: 1 x 2
     assert len(after) == 14
     assert all(after[key] == mtime for key, mtime in before.items())  # stored models reused, not retrained
-    with open_state(home.duckdb, read_only=True) as conn:
+    with open_state(home.duckdb, read_only=True) as db:
         columns = ["method", "selection_seed", "seed"]
-        models = queries.rows_matching(conn, "finetuned_models", columns, {}).sort(columns, nulls_last=True)
+        models = db.rows_matching("finetuned_models", columns, {}).sort(columns, nulls_last=True)
         replicated = [(m, s, t) for m in ("kmeans_random", "less", "random") for s in (0, 1) for t in (0, 1)]
         assert models.rows() == [*replicated, ("round_robin_embed", 0, 0), ("round_robin_embed", 0, 1)]
-        per_model = queries.rows_matching(conn, "eval_examples", ["model_key"], {}).group_by("model_key").len("n")
+        per_model = db.rows_matching("eval_examples", ["model_key"], {}).group_by("model_key").len("n")
         assert per_model.height == 15 and set(per_model["n"]) == {4}  # 14 models + base, 4 arithmetic rows
-        report = queries.report(conn, "comparison_report")
+        report = db.report("comparison_report")
         table = report.filter((pl.col("task") == "arithmetic") & (pl.col("measure") == "loss"))
-        less = queries.rows_matching(conn, "selections", schema.columns(conn, "selections"), {"method": "less"})
+        less = db.rows_matching("selections", db.columns("selections"), {"method": "less"})
         less = less.sort(["selection_seed", "rank"], nulls_last=True)
-        assert selection_problems(less, pool_ids_by_version(conn, less["pool_version"].unique().to_list())) == []
+        assert selection_problems(less, pool_ids_by_version(db, less["pool_version"].unique().to_list())) == []
     # less: one replicate per warmup seed, each read from its warmup, not the same draw
     by_seed = {s: g for (s,), g in less.group_by(["selection_seed"])}
     assert sorted(by_seed) == [0, 1] and all(g.height == g["k"][0] for g in by_seed.values())
@@ -474,11 +471,11 @@ def test_compare_end_to_end_resumes_after_a_kill(home, tmp_path):
     assert "(selection variance: sampled): arithmetic " in summary
     assert summary.endswith("too few eval groups for a verdict")
     # afterwards the configured warmup (seed 0) is the current one again: a plain selection reads it
-    with open_state(home.duckdb, read_only=True) as conn:
-        assert queries.latest_warmup(conn)[0] == warmups[0]["key"]
-    with open_state(home.duckdb, read_only=True) as conn:  # --metric both: graded generations too
-        graded = queries.rows_matching(conn, "eval_examples", ["score"], {"metric": "exact_match"})["score"].max()
-        measures = set(queries.report(conn, "comparison_report")["measure"])
+    with open_state(home.duckdb, read_only=True) as db:
+        assert db.latest_warmup()[0] == warmups[0]["key"]
+    with open_state(home.duckdb, read_only=True) as db:  # --metric both: graded generations too
+        graded = db.rows_matching("eval_examples", ["score"], {"metric": "exact_match"})["score"].max()
+        measures = set(db.report("comparison_report")["measure"])
     # one target: no balance rows; exact match only where some model scored above 0
     assert measures == ({"loss", "score:exact_match"} if graded > 0 else {"loss"})
     html = (home.root / "reports") / "comparison_report.html"

@@ -17,7 +17,6 @@ import pytest
 
 from dsel_assets.app.cli import main
 from dsel_assets.pipeline.code_location import build_definitions
-from dsel_assets.store import queries, tables
 from resources.home import DselHome
 from resources.store import open_state
 
@@ -122,9 +121,9 @@ def state(tmp_path_factory):
         (data / "code.json").write_text(json.dumps(CODE_ELEMENTS, indent=2, ensure_ascii=False), encoding="utf-8")
         write_jsonl(data / "chat.jsonl", [json.dumps(r, ensure_ascii=False) for r in CHAT_RECORDS])
         assert main(["ingest", str(data), "--task", "auto"]) == 0
-        with open_state(home.duckdb, read_only=True) as conn:
-            assert queries.rows_matching(conn, "quarantine", ["batch"], {}).height == 0
-            assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 8 + 3 + 3
+        with open_state(home.duckdb, read_only=True) as db:
+            assert db.rows_matching("quarantine", ["batch"], {}).height == 0
+            assert db.rows_matching("examples", ["pool_id"], {}).height == 8 + 3 + 3
         assert main(["select", "--method", "random", "--budget", "5", "--param", "seed=3"]) == 0
         assert main(["select", "--method", "random_in_task", "--target", "chat", "--budget", "100%"]) == 0
         assert main(["select", "--method", "random_in_task", "--target", "code", "--budget", "50"]) == 0
@@ -145,10 +144,10 @@ def stored(home: DselHome, method: str, budget: str, seed: int | None = None) ->
     if seed is not None:
         match["selection_seed"] = seed
     selection = ["rank", "pool_id", "score", "pool_version", "mlflow_run_id", "selection_seed", "k", "config"]
-    with open_state(home.duckdb, read_only=True) as conn:
-        selected = queries.rows_matching(conn, "selections", selection, match)
-        examples = queries.rows_matching(conn, "examples", ["pool_id", "messages", "position", "task", "batch"], {})
-        batches = queries.rows_matching(conn, "batches", ["batch", "original_path"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        selected = db.rows_matching("selections", selection, match)
+        examples = db.rows_matching("examples", ["pool_id", "messages", "position", "task", "batch"], {})
+        batches = db.rows_matching("batches", ["batch", "original_path"], {})
     rows = selected.join(examples, on="pool_id", how="inner").join(batches, on="batch", how="inner")
     rows = rows.sort("rank", maintain_order=True)
     return rows.select(*selection, "messages", "position", "task", "original_path").to_dicts()
@@ -337,8 +336,8 @@ def test_manifest_records_the_lineage(state, tmp_path, capsys):
     assert manifest["selection_run"]["status"] == "FINISHED"
     assert {i["name"] for i in manifest["selection_run"]["inputs"]} == {"pool"}
     assert sum(s["rows"] for s in manifest["sources"]) == 5
-    with open_state(state.home.duckdb, read_only=True) as conn:
-        sha = dict(queries.rows_matching(conn, "batches", ["original_path", "sha256"], {}).iter_rows())
+    with open_state(state.home.duckdb, read_only=True) as db:
+        sha = dict(db.rows_matching("batches", ["original_path", "sha256"], {}).iter_rows())
     assert all(s["file_sha256"] == sha[s["source_file"]] for s in manifest["sources"])
 
 
@@ -554,22 +553,21 @@ def test_the_asset_writes_to_s3(state, s3_environ, monkeypatch, tmp_path):
 
 def test_the_model_hash_comes_from_what_the_selection_recorded(tmp_path):
     from dsel_assets.pipeline.assets.reporting.export import model_identity
-    from dsel_assets.store import schema
 
-    with open_state(tmp_path / "state.duckdb") as conn:
-        schema.migrate(conn)
-        tables.record_warmup(conn, "w1", "models/warmup/w1", "v1", "smollm2", "abcd", {})
-        schema.ensure_score_table(conn, "loss_scores")
+    with open_state(tmp_path / "state.duckdb") as db:
+        db.migrate()
+        db.record_warmup("w1", "models/warmup/w1", "v1", "smollm2", "abcd", {})
+        db.ensure_score_table("loss_scores")
         score = pl.DataFrame({"pool_id": ["p1"], "model": ["tiny"], "model_hash": ["ef01"]})
-        tables.upsert_by_id(conn, "loss_scores", score)
+        db.upsert_by_id("loss_scores", score)
         nothing = {"model": None, "model_hash": None, "from": None}
-        assert model_identity(conn, [{"name": "pool", "digest": "v1"}]) == nothing  # random: no model
+        assert model_identity(db, [{"name": "pool", "digest": "v1"}]) == nothing  # random: no model
         rds = [{"name": "rds_similarity_0123456789abcdef", "digest": "3"}]
-        assert model_identity(conn, rds)["model_hash"] == "0123456789abcdef"
-        assert model_identity(conn, [{"name": "selection_model", "digest": "9876"}])["model_hash"] == "9876"
+        assert model_identity(db, rds)["model_hash"] == "0123456789abcdef"
+        assert model_identity(db, [{"name": "selection_model", "digest": "9876"}])["model_hash"] == "9876"
         less = [{"name": "less_scores", "digest": "w1"}]
-        assert model_identity(conn, less) == {"model": "smollm2", "model_hash": "abcd", "from": "warmup w1"}
+        assert model_identity(db, less) == {"model": "smollm2", "model_hash": "abcd", "from": "warmup w1"}
         influence = [{"name": "influence_d1024", "digest": "5"}]
-        assert model_identity(conn, influence, warmup="w1")["model_hash"] == "abcd"
+        assert model_identity(db, influence, warmup="w1")["model_hash"] == "abcd"
         ifd = [{"name": "ifd", "digest": "loss_scores"}]
-        assert model_identity(conn, ifd) == {"model": "tiny", "model_hash": "ef01", "from": "table loss_scores"}
+        assert model_identity(db, ifd) == {"model": "tiny", "model_hash": "ef01", "from": "table loss_scores"}

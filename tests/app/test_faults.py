@@ -20,7 +20,6 @@ import lance
 import polars as pl
 import pytest
 
-from dsel_assets.store import queries
 from resources.store import open_state
 
 from ..helpers import write_jsonl
@@ -89,8 +88,8 @@ def run_dsel(args: list[str], home: Path, timeout: float = RUN_TIMEOUT_S) -> str
 
 def stored(home: Path, table: str, columns: list[str], match: dict | None = None) -> pl.DataFrame:
     """``columns`` of the rows of ``table`` whose ``match`` columns equal the values (all rows by default)."""
-    with open_state(home / "dsel.duckdb", read_only=True) as conn:
-        return queries.rows_matching(conn, table, columns, match or {})
+    with open_state(home / "dsel.duckdb", read_only=True) as db:
+        return db.rows_matching(table, columns, match or {})
 
 
 def id_counts(home: Path, table: str) -> tuple[int, int]:
@@ -100,8 +99,8 @@ def id_counts(home: Path, table: str) -> tuple[int, int]:
 
 
 def quarantine_reasons(home: Path) -> list[tuple[str, int]]:
-    with open_state(home / "dsel.duckdb", read_only=True) as conn:
-        return queries.quarantine_reasons(conn).rows()
+    with open_state(home / "dsel.duckdb", read_only=True) as db:
+        return db.quarantine_reasons().rows()
 
 
 def no_slot_held(home: Path) -> None:

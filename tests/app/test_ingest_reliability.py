@@ -18,8 +18,9 @@ from dsel_assets.app.cli import main
 from dsel_assets.app.runs import run_batches
 from dsel_assets.core.models.loading import resolve
 from dsel_assets.pipeline.code_location import build_definitions
-from dsel_assets.store import duckdb_backend, queries, raw_files, schema, tables
+from dsel_assets.store import duckdb_backend, raw_files, schema, tables
 from dsel_assets.store.errors import StateDatabaseError
+from dsel_assets.store.state import State
 from resources.store import open_state
 from resources.tracking import MlflowTracker, TrackedRun, redact_uri, restore_credentials
 
@@ -61,11 +62,9 @@ def test_partial_raw_copy_is_replaced_and_the_stored_hash_is_of_the_stored_bytes
 
 def test_batch_keys_hold_the_split_and_are_valid_names(tmp_path):
     src = write_jsonl(tmp_path / "x.jsonl", qa(2))
-    with open_state(tmp_path / "db.duckdb") as conn:
-        pool, _ = tables.register_batch(conn, src, tmp_path / "raw", source="-evil name", task="t")
-        query, created = tables.register_batch(
-            conn, src, tmp_path / "raw", source="-evil name", task="t", split="query"
-        )
+    with open_state(tmp_path / "db.duckdb") as db:
+        pool, _ = db.register_batch(src, tmp_path / "raw", source="-evil name", task="t")
+        query, created = db.register_batch(src, tmp_path / "raw", source="-evil name", task="t", split="query")
     assert created and pool.batch != query.batch
     for key in (pool.batch, query.batch, tables.batch_key("---", "ab" * 32), tables.batch_key("", "cd" * 32)):
         assert LANCE_NAME.match(key) and key[0].isalnum(), key
@@ -76,12 +75,12 @@ def test_same_file_as_pool_then_query_is_two_batches(home, tiny, tmp_path, capsy
     src = write_jsonl(tmp_path / "q.jsonl", qa(3))
     assert main(["ingest", str(src)]) == 0
     assert main(["ingest", str(src), "--split", "query"]) == 0  # was a primary-key traceback
-    with open_state(home.duckdb, read_only=True) as conn:
-        splits = queries.rows_matching(conn, "batches", ["split"], {}).group_by("split").len().sort("split")
+    with open_state(home.duckdb, read_only=True) as db:
+        splits = db.rows_matching("batches", ["split"], {}).group_by("split").len().sort("split")
         assert splits.rows() == [("pool", 1), ("query", 1)]
         # the second copy of each record is a duplicate: nothing counted twice, nothing lost
-        assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 3
-        assert queries.quarantine_reasons(conn).rows() == [("duplicate", 3)]
+        assert db.rows_matching("examples", ["pool_id"], {}).height == 3
+        assert db.quarantine_reasons().rows() == [("duplicate", 3)]
 
 
 def test_options_are_checked_before_anything_is_stored(home, tiny, tmp_path, capsys):
@@ -93,9 +92,9 @@ def test_options_are_checked_before_anything_is_stored(home, tiny, tmp_path, cap
     assert err.count("dsel: error:") == 3 and "layout" in err and "mapping" in err and "Traceback" not in err
     assert not list(Path(home.raw).rglob("*"))
     if home.duckdb.exists():
-        with open_state(home.duckdb, read_only=True) as conn:
-            tables_present = schema.table_exists(conn, "batches")
-            assert not tables_present or queries.rows_matching(conn, "batches", ["batch"], {}).height == 0
+        with open_state(home.duckdb, read_only=True) as db:
+            tables_present = db.table_exists("batches")
+            assert not tables_present or db.rows_matching("batches", ["batch"], {}).height == 0
 
 
 def test_force_takes_the_new_options(home, tiny, tmp_path, capsys):
@@ -103,17 +102,17 @@ def test_force_takes_the_new_options(home, tiny, tmp_path, capsys):
     assert main(["ingest", str(src)]) == 0
     assert "unknown_layout=3" in capsys.readouterr().out
     assert main(["ingest", str(src), "--force", "--mapping", "prompt=q,response=a"]) == 0
-    with open_state(home.duckdb, read_only=True) as conn:
-        assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 3
-        assert queries.rows_matching(conn, "quarantine", ["batch"], {}).height == 0
-        layouts = queries.rows_matching(conn, "batches", ["layout", "mapping"], {}).rows()
+    with open_state(home.duckdb, read_only=True) as db:
+        assert db.rows_matching("examples", ["pool_id"], {}).height == 3
+        assert db.rows_matching("quarantine", ["batch"], {}).height == 0
+        layouts = db.rows_matching("batches", ["layout", "mapping"], {}).rows()
         assert layouts == [(None, "prompt=q,response=a")]
 
 
 def test_a_failed_validation_is_listed_and_retried(home, tiny, tmp_path, capsys):
     src = write_jsonl(tmp_path / "lost.jsonl", qa(4))
-    with open_state(home.duckdb) as conn:
-        manifest, _ = tables.register_batch(conn, src, home.raw, source="lost", task="math")
+    with open_state(home.duckdb) as db:
+        manifest, _ = db.register_batch(src, home.raw, source="lost", task="math")
     Path(manifest.stored_path).unlink()  # the raw copy vanished before validation
     defs = build_definitions(home, model="tiny")
     assert run_batches(defs, [manifest.batch], "batch_job") == [manifest.batch]
@@ -126,8 +125,8 @@ def test_a_failed_validation_is_listed_and_retried(home, tiny, tmp_path, capsys)
     assert main(["ingest", str(src), "--source", "lost", "--task", "math"]) == 0
     out = capsys.readouterr().out
     assert "already batch" not in out and re.search(rf"{manifest.batch}\s+4\s+4\s+0", out)
-    with open_state(home.duckdb, read_only=True) as conn:
-        states = queries.rows_matching(conn, "batches", ["error", "validated_at"], {}).rows()
+    with open_state(home.duckdb, read_only=True) as db:
+        states = db.rows_matching("batches", ["error", "validated_at"], {}).rows()
         assert [(error, validated_at is not None) for error, validated_at in states] == [(None, True)]
     assert main(["ingest", str(src)]) == 0
     assert "already batch" in capsys.readouterr().out
@@ -148,10 +147,10 @@ def test_a_full_disk_names_the_file_and_a_rerun_resumes(home, tiny, tmp_path, ca
         resize(4096)
         assert main(["ingest", str(folder)]) == 0
         assert "already batch" not in capsys.readouterr().out
-        with open_state(home.duckdb, read_only=True) as conn:
-            validated = queries.rows_matching(conn, "batches", ["validated_at"], {})["validated_at"]
+        with open_state(home.duckdb, read_only=True) as db:
+            validated = db.rows_matching("batches", ["validated_at"], {})["validated_at"]
             assert (validated.len(), validated.is_not_null().all()) == (3, True)
-            assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 3 + 4000 + 2
+            assert db.rows_matching("examples", ["pool_id"], {}).height == 3 + 4000 + 2
 
 
 def test_a_full_state_home_says_so(home, tiny, tmp_path, capsys):
@@ -183,7 +182,8 @@ def test_a_second_writer_waits_then_gives_a_clear_error(tmp_path):
         assert len(messages) == 1 and "waiting up to" in messages[0]
         started = time.monotonic()
         with duckdb_backend.connect(database, wait_s=30) as conn:  # waits for the holder, then works
-            assert schema.migrate(conn) == schema.SCHEMA_VERSION and schema.table_exists(conn, "batches")
+            db = State(conn)
+            assert db.migrate() == schema.SCHEMA_VERSION and db.table_exists("batches")
         assert time.monotonic() - started < 30
     finally:
         holder.kill()
@@ -218,8 +218,8 @@ def test_two_concurrent_ingests_on_a_fresh_home_both_land(tmp_path):
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-2000:]
         assert "Traceback" not in err and "duplicate column name" not in err
-    with open_state(home / "dsel.duckdb", read_only=True) as conn:
-        batches = queries.rows_matching(conn, "examples", ["batch"], {})["batch"]
+    with open_state(home / "dsel.duckdb", read_only=True) as db:
+        batches = db.rows_matching("examples", ["batch"], {})["batch"]
     assert (batches.len(), batches.drop_nulls().n_unique()) == (10, 2)
 
 

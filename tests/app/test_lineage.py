@@ -6,7 +6,7 @@ import json
 from mlflow.tracking import MlflowClient
 
 from dsel_assets.app.cli import main
-from dsel_assets.store import queries, raw_files
+from dsel_assets.store import raw_files
 from resources.store import open_state
 
 from ..helpers import write_jsonl
@@ -47,8 +47,8 @@ def test_lineage_and_why(home, tmp_path, capsys, monkeypatch):
     by_run = json.loads(capsys.readouterr().out)
     assert {n["asset"] for n in by_run["chain"]} >= set(chain)
 
-    with open_state(home.duckdb, read_only=True) as conn:
-        first = queries.rows_matching(conn, "selections", ["pool_id"], {"method": "cherry_ifd", "rank": 0})
+    with open_state(home.duckdb, read_only=True) as db:
+        first = db.rows_matching("selections", ["pool_id"], {"method": "cherry_ifd", "rank": 0})
     chosen = first["pool_id"][0]
     assert main(["why", chosen, "--selection", "selection_cherry_ifd", "--json"]) == 0
     why = json.loads(capsys.readouterr().out)

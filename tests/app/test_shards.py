@@ -14,7 +14,6 @@ import pytest
 
 from dsel_assets.app.cli import main
 from dsel_assets.core.data.shards import split_lines
-from dsel_assets.store import queries
 from resources.home import DselHome
 from resources.store import open_state
 from tests.helpers import write_jsonl
@@ -58,8 +57,8 @@ def ingest(root, source, monkeypatch, *flags) -> DselHome:
 
 
 def losses_by_id(home: DselHome) -> dict[str, float]:
-    with open_state(home.duckdb, read_only=True) as conn:
-        return dict(queries.score_columns(conn, "loss_scores", ["loss_conditioned"]).iter_rows())
+    with open_state(home.duckdb, read_only=True) as db:
+        return dict(db.score_columns("loss_scores", ["loss_conditioned"]).iter_rows())
 
 
 def test_three_shards_on_two_devices_run_two_at_a_time_and_match_one_batch(tmp_path, monkeypatch, capsys):
@@ -85,9 +84,9 @@ def test_three_shards_on_two_devices_run_two_at_a_time_and_match_one_batch(tmp_p
                 slots.add(event.user_message.split(" (")[0])
     assert slots == {"device: slot 1 of 2", "device: slot 2 of 2"}
     for home in (whole, sharded):
-        with open_state(home.duckdb, read_only=True) as conn:
-            assert queries.rows_matching(conn, "quarantine", ["raw"], {})["raw"].to_list() == ["{not json"]
-            batches = queries.rows_matching(conn, "examples", ["batch"], {})["batch"]
+        with open_state(home.duckdb, read_only=True) as db:
+            assert db.rows_matching("quarantine", ["raw"], {})["raw"].to_list() == ["{not json"]
+            batches = db.rows_matching("examples", ["batch"], {})["batch"]
             assert batches.n_unique() == (3 if home == sharded else 1)
     expected, found = embeddings_by_id(whole), embeddings_by_id(sharded)
     assert len(expected) == 29 and sorted(found) == sorted(expected)

@@ -10,7 +10,6 @@ import pytest
 from dsel_assets.core.clustering import spherical_kmeans
 from dsel_assets.core.select import build_config, get
 from dsel_assets.core.select.cluster_ucb import ClusterUcbConfig, cluster_ucb_draws
-from dsel_assets.store import queries
 from resources.store import open_state
 
 from ..helpers import pool_ids
@@ -150,11 +149,11 @@ def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, t
     assert main(["select", "--method", "less", *tiny]) == 0  # the full-pool LESS scores (influence)
     params = ["--param", "n_clusters=3", "--param", "budget_frac=0.5"]
     assert main(["select", "--method", "cluster_ucb", *tiny, *params]) == 0
-    with open_state(home.duckdb, read_only=True) as conn:
-        pool_ids = queries.split_rows(conn, "pool", ["pool_id"], order=["pool_id"])["pool_id"].to_list()
-        less = {(p, t): s for p, t, s in queries.less_scores(conn).iter_rows()}
+    with open_state(home.duckdb, read_only=True) as db:
+        pool_ids = db.split_rows("pool", ["pool_id"], order=["pool_id"])["pool_id"].to_list()
+        less = {(p, t): s for p, t, s in db.less_scores().iter_rows()}
         columns = ["pool_id", "score", "diagnostics"]
-        picked = queries.rows_matching(conn, "selections", columns, {"method": "cluster_ucb"}).rows()
+        picked = db.rows_matching("selections", columns, {"method": "cluster_ucb"}).rows()
     n = len(pool_ids)
     diagnostics = json.loads(picked[0][2])
     drawn = diagnostics["cold_start_draws"] + int(n * (0.5 - 0.05))

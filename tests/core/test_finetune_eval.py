@@ -38,7 +38,6 @@ from dsel_assets.pipeline.assets.reporting.reports import comparison_report, sel
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.assets.training.finetune import finetuned_assets
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import queries, tables
 from resources.store import open_state
 
 from ..pipeline.test_assets import register
@@ -206,25 +205,25 @@ def test_selection_to_report_through_dagster(home, local_resources, synthetic_ho
     }
     first = dg.materialize(chain, resources=local_resources, instance=instance, run_config=run_config)
     assert first.success
-    with open_state(home.duckdb) as conn:
+    with open_state(home.duckdb) as db:
         columns = ["model_key", "budget", "examples", "selection_version", "pool_version"]
-        models = queries.rows_matching(conn, "finetuned_models", columns, {}).sort("examples")
+        models = db.rows_matching("finetuned_models", columns, {}).sort("examples")
         assert models["budget"].to_list() == ["10", "20"] and models["examples"].to_list() == [10, 20]
         for row in models.iter_rows(named=True):
             manifest = read_finetuned((home.root / "models") / "finetuned" / row["model_key"])
-            selected = queries.rows_matching(
-                conn, "selections", ["pool_id", "rank"], {"method": "random", "budget": row["budget"]}
+            selected = db.rows_matching(
+                "selections", ["pool_id", "rank"], {"method": "random", "budget": row["budget"]}
             )
             ids = selected.sort("rank")["pool_id"].to_list()
             from dsel_assets.core.models.finetune import selection_version
 
             assert manifest["selection_version"] == row["selection_version"]
             assert manifest["selection_version"] == selection_version("random", row["budget"], ids, row["pool_version"])
-        scores = queries.rows_matching(conn, "eval_scores", ["method", "budget", "task", "n"], {})
+        scores = db.rows_matching("eval_scores", ["method", "budget", "task", "n"], {})
         assert scores.height == 3 * 6 and set(scores["n"].to_list()) == {2}
         # eval examples are disjoint from the training selections
-        evaluated = queries.rows_matching(conn, "eval_examples", ["pool_id"], {})
-        selected = queries.rows_matching(conn, "selections", ["pool_id"], {})
+        evaluated = db.rows_matching("eval_examples", ["pool_id"], {})
+        selected = db.rows_matching("selections", ["pool_id"], {})
         assert evaluated.join(selected, on="pool_id", how="inner").height == 0
     meta = first.asset_materializations_for_node("finetuned_random")[0].metadata
     assert "| no |" in meta["models"].value
@@ -267,17 +266,17 @@ def test_comparison_report_states_a_known_difference_with_its_ci(home, local_res
                             {"model_key": key, "method": method, "budget": "5pct", "pool_id": f"{task}{i}"}
                             | {"task": task, "metric": None, "score": None, "loss": loss}
                         )
-    with open_state(home.duckdb) as conn:
-        tables.ensure_schema(conn)
+    with open_state(home.duckdb) as db:
+        db.ensure_schema()
         models = pl.DataFrame(models, schema_overrides={"selection_seed": pl.Int32, "seed": pl.Int32})
-        tables.replace_rows(conn, "finetuned_models", {"base_model_hash": base}, models)
+        db.replace_rows("finetuned_models", {"base_model_hash": base}, models)
         rows = pl.DataFrame(examples, schema_overrides={"metric": pl.String, "score": pl.Float64})
-        tables.replace_rows(conn, "eval_examples", {"budget": "5pct"}, rows)
+        db.replace_rows("eval_examples", {"budget": "5pct"}, rows)
     result = dg.materialize([comparison_report], resources=local_resources)
     assert result.success
     meta = result.asset_materializations_for_node("comparison_report")[0].metadata
-    with open_state(home.duckdb, read_only=True) as conn:
-        table = queries.report(conn, "comparison_report")
+    with open_state(home.duckdb, read_only=True) as db:
+        table = db.report("comparison_report")
     table = table.filter((pl.col("method") == "less") & (pl.col("measure") == "loss"))
     by_task = {r["task"]: r for r in table.iter_rows(named=True)}
     arithmetic = by_task["arithmetic"]
@@ -315,10 +314,10 @@ def test_eval_rows_sharing_a_prompt_with_pool_or_query_are_left_out(tmp_path):
     frame = pl.DataFrame(
         [{"pool_id": i, "split": s, "task": "summarization", "messages": m, "meta": "{}"} for i, s, m in rows]
     )
-    with open_state(tmp_path / "state.duckdb") as conn:
-        tables.ensure_schema(conn)
-        tables.upsert_by_id(conn, "examples", frame)
-        sample, version, left_out = load_eval_set(conn, [], EvalConfig())
+    with open_state(tmp_path / "state.duckdb") as db:
+        db.ensure_schema()
+        db.upsert_by_id("examples", frame)
+        sample, version, left_out = load_eval_set(db, [], EvalConfig())
     assert [e.pool_id for e in sample] == ["e3"] and left_out == 2 and version
 
 

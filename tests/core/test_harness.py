@@ -20,7 +20,6 @@ from dsel_assets.core.stats import comparison_table  # noqa: E402
 from dsel_assets.pipeline.assets.reporting.evaluation import eval_assets  # noqa: E402
 from dsel_assets.pipeline.assets.selection.selections import selection_assets  # noqa: E402
 from dsel_assets.pipeline.assets.training.finetune import finetuned_assets  # noqa: E402
-from dsel_assets.store import queries  # noqa: E402
 from resources.store import open_state  # noqa: E402
 from tests.core.test_finetune_eval import synthetic_home  # noqa: E402,F401
 
@@ -105,8 +104,8 @@ def test_harness_rows_feed_the_comparison(home, local_resources, synthetic_home,
     ]
     result = dg.materialize(chain, resources=local_resources, instance=synthetic_home, run_config=run_config)
     assert result.success
-    with open_state(home.duckdb, read_only=True) as conn:
-        rows = queries.eval_rows_with_models(conn, "base", None)
+    with open_state(home.duckdb, read_only=True) as db:
+        rows = db.eval_rows_with_models("base", None)
     harness = rows.filter(rows["task"] == TASK)
     # every model (the base and one per selection seed) scored every document
     assert harness.group_by("method", "selection_seed").len()["len"].to_list() == [len(DOCS)] * 3

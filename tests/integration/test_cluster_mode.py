@@ -23,7 +23,6 @@ import polars as pl
 import pytest
 
 from dsel_assets.core.data.synthetic import generate
-from dsel_assets.store import queries
 from resources.store import DATABASE_URL, DuckDBStateStore, PostgresStateStore
 from tests import postgres, s3, servers
 
@@ -163,9 +162,9 @@ class Deployment:
             self.wait(started)
 
 
-def selected(conn) -> pl.DataFrame:
+def selected(db) -> pl.DataFrame:
     columns = ["method", "budget", "selection_seed", "pool_id"]
-    return queries.rows_matching(conn, "selections", columns, {}).sort(columns)
+    return db.rows_matching("selections", columns, {}).sort(columns)
 
 
 #: the tables whose rows are counted, each with a column to read
@@ -178,8 +177,8 @@ COUNTED = {
 }
 
 
-def counts(conn) -> dict[str, int]:
-    return {table: queries.rows_matching(conn, table, [column], {}).height for table, column in COUNTED.items()}
+def counts(db) -> dict[str, int]:
+    return {table: db.rows_matching(table, [column], {}).height for table, column in COUNTED.items()}
 
 
 def embedded_state(embedded: Deployment):
@@ -192,8 +191,8 @@ def cluster_state(dsn: str) -> Iterator:
     """The cluster's state database as its steps open it (``DSEL_DATABASE_URL``: PostgreSQL)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(DATABASE_URL, dsn)
-        with PostgresStateStore().get_connection() as conn:
-            yield conn
+        with PostgresStateStore().session() as db:
+            yield db
 
 
 def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tmp_path):
@@ -211,12 +210,12 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
     # the embedded deployment: one home, DuckDB, local folders
     embedded = Deployment(tmp_path / "embedded", base_env, fresh_per_step=False)
     embedded.ingest(paths)
-    with embedded_state(embedded) as conn:
-        pool_batches = queries.rows_matching(conn, "batches", ["batch"], {"split": "pool"}).sort("batch")
+    with embedded_state(embedded) as db:
+        pool_batches = db.rows_matching("batches", ["batch"], {"split": "pool"}).sort("batch")
         pool_batches = pool_batches["batch"].to_list()
     embedded.run_plan(plan(pool_batches))
-    with embedded_state(embedded) as conn:
-        embedded_selected, embedded_counts = selected(conn), counts(conn)
+    with embedded_state(embedded) as db:
+        embedded_selected, embedded_counts = selected(db), counts(db)
 
     with postgres.server("dsel") as dsn, s3.server(BUCKET) as s3_env:
         import psycopg
@@ -256,16 +255,16 @@ def test_cluster_mode_matches_embedded_shares_nothing_local_and_keeps_lineage(tm
             set_limit = "import os, dagster as dg; dg.DagsterInstance.from_config(os.environ['DSEL_DAGSTER_HOME'])"
             cluster.run(["-c", f"{set_limit}.event_log_storage.set_concurrency_slots('gpu', 2)"], "gpu-pool")
             cluster.ingest(paths)
-            with cluster_state(dsn) as conn:
-                cluster_batches = sorted(queries.rows_matching(conn, "batches", ["batch"], {"split": "pool"})["batch"])
+            with cluster_state(dsn) as db:
+                cluster_batches = sorted(db.rows_matching("batches", ["batch"], {"split": "pool"})["batch"])
             assert cluster_batches == pool_batches  # content-addressed keys: the same batches
             cluster.run_plan(plan(pool_batches))
 
-            with cluster_state(dsn) as conn:
-                cluster_selected, cluster_counts = selected(conn), counts(conn)
-                stored = dict(queries.rows_matching(conn, "batches", ["original_path", "stored_path"], {}).iter_rows())
-                warmup_path = queries.rows_matching(conn, "warmups", ["path"], {})["path"][0]
-                model_path = queries.rows_matching(conn, "finetuned_models", ["path"], {})["path"][0]
+            with cluster_state(dsn) as db:
+                cluster_selected, cluster_counts = selected(db), counts(db)
+                stored = dict(db.rows_matching("batches", ["original_path", "stored_path"], {}).iter_rows())
+                warmup_path = db.rows_matching("warmups", ["path"], {})["path"][0]
+                model_path = db.rows_matching("finetuned_models", ["path"], {})["path"][0]
             # lineage from the eval score back to the raw file, in yet another empty folder
             lineage = cluster.folder("lineage")
             out = subprocess.run(

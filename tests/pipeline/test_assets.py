@@ -17,7 +17,6 @@ from dsel_assets.pipeline.assets.training.finetune import DEFAULT_FINETUNED
 from dsel_assets.pipeline.catalog import available
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import queries, tables
 from resources.store import open_state
 
 from ..helpers import write_jsonl
@@ -26,8 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def register(home, path, **labels):
-    with open_state(home.duckdb) as conn:
-        manifest, _ = tables.register_batch(conn, path, home.raw, **labels)
+    with open_state(home.duckdb) as db:
+        manifest, _ = db.register_batch(path, home.raw, **labels)
     return manifest
 
 
@@ -46,12 +45,12 @@ def test_pool_assets_materialize_with_quarantine(home, local_resources, tmp_path
     meta = result.asset_materializations_for_node("pool_batch")[0].metadata
     assert (meta["read"].value, meta["accepted"].value, meta["quarantined"].value) == (9, 6, 3)
     assert "malformed_json" in meta["quarantine_reasons"].value
-    with open_state(home.duckdb, read_only=True) as conn:
-        examples = queries.rows_matching(conn, "examples", ["task", "split"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        examples = db.rows_matching("examples", ["task", "split"], {})
         assert (examples.height, examples["task"].min(), examples["split"].min()) == (6, "math", "pool")
-        reasons = dict(queries.quarantine_reasons(conn).rows())
+        reasons = dict(db.quarantine_reasons().rows())
         assert reasons == {"malformed_json": 1, "missing_field": 1, "duplicate": 1}
-        assert queries.rows_matching(conn, "pool_versions", ["pool_version"], {}).height == 1
+        assert db.rows_matching("pool_versions", ["pool_version"], {}).height == 1
     # data version = file hash + validation config; MLflow run recorded with tags
     event = instance.get_latest_materialization_event(dg.AssetKey("pool_batch"))
     assert event.asset_materialization.tags["dagster/data_version"].startswith(manifest.sha256[:16])
@@ -61,9 +60,9 @@ def test_pool_assets_materialize_with_quarantine(home, local_resources, tmp_path
 
     # re-materializing the same batch replaces its rows, never duplicates them
     dg.materialize([pool_batch], partition_key=manifest.batch, resources=local_resources, instance=instance)
-    with open_state(home.duckdb, read_only=True) as conn:
-        assert queries.rows_matching(conn, "examples", ["pool_id"], {}).height == 6
-        assert queries.rows_matching(conn, "quarantine", ["batch"], {}).height == 3
+    with open_state(home.duckdb, read_only=True) as db:
+        assert db.rows_matching("examples", ["pool_id"], {}).height == 6
+        assert db.rows_matching("quarantine", ["batch"], {}).height == 3
 
 
 def test_pool_rows_repeating_an_earlier_eval_batch_are_quarantined(home, local_resources, tmp_path):
@@ -74,10 +73,10 @@ def test_pool_rows_repeating_an_earlier_eval_batch_are_quarantined(home, local_r
     instance.add_dynamic_partitions(pool_batches.name, [first.batch, second.batch])
     for batch in (first.batch, second.batch):
         dg.materialize([pool_batch], partition_key=batch, resources=local_resources, instance=instance)
-    with open_state(home.duckdb, read_only=True) as conn:
-        examples = queries.rows_matching(conn, "examples", ["pool_id", "split"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        examples = db.rows_matching("examples", ["pool_id", "split"], {})
         assert examples.height == 4
-        quarantined = queries.rows_matching(conn, "quarantine", ["batch", "reason", "detail"], {}).rows()
+        quarantined = db.rows_matching("quarantine", ["batch", "reason", "detail"], {}).rows()
         assert [(b, r) for b, r, _ in quarantined] == [(second.batch, "duplicate")] * 2
         assert all(f"batch {first.batch} (eval)" in detail for _, _, detail in quarantined)
         assert examples.group_by("split").len().sort("split").rows() == [("eval", 3), ("pool", 1)]
@@ -94,14 +93,14 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
     assert {"random", "kmeans_centroids", "kmeans_random", "less", "bids", "facility_location"} <= set(with_assets)
     for method in with_assets:
         assert method in out
-    with open_state(home.duckdb, read_only=True) as conn:
-        examples = queries.rows_matching(conn, "examples", ["pool_id", "split", "task"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        examples = db.rows_matching("examples", ["pool_id", "split", "task"], {})
         n_pool = examples.filter(pl.col("split") == "pool").height
         assert 140 <= n_pool <= 150  # 6 capabilities x 25, minus exact-duplicate noise
         assert dict(examples.group_by("split").len().rows())["query"] == 48
         columns = ["method", "budget", "pool_id", "k", "eligible", "diagnostics"]
         per_key = (
-            queries.rows_matching(conn, "selections", columns, {})
+            db.rows_matching("selections", columns, {})
             .group_by(pl.concat_str("method", pl.lit("@"), "budget").alias("key"))
             .agg(
                 pl.col("pool_id").drop_nulls().n_unique(),
@@ -114,12 +113,12 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
             assert k == (n_pool // 10 if key.endswith("10pct") else 20)
             # exactly min(k, eligible), less a reported under-fill (G2IS, DEITA)
             assert n == min(k, eligible) - json.loads(diag).get("under_fill", 0), key
-        report = queries.report(conn, "selection_report").select("method", "budget", "size", "noise_fraction").rows()
+        report = db.report("selection_report").select("method", "budget", "size", "noise_fraction").rows()
         assert len(report) == 2 * len(with_assets) and all(0 <= r[3] <= 1 for r in report)
         # the proxy defaults to the selection model: its rows are the loss rows, copied under its code version
-        loss = queries.rows_matching(conn, "loss_scores", ["pool_id", "ifd_ppl_ratio", "model_hash"], {})
-        proxy = queries.rows_matching(
-            conn, "proxy_loss_scores", ["pool_id", "ifd_ppl_ratio", "code_version", "model", "model_hash"], {}
+        loss = db.rows_matching("loss_scores", ["pool_id", "ifd_ppl_ratio", "model_hash"], {})
+        proxy = db.rows_matching(
+            "proxy_loss_scores", ["pool_id", "ifd_ppl_ratio", "code_version", "model", "model_hash"], {}
         ).rename({"ifd_ppl_ratio": "proxy_ifd_ppl_ratio", "model_hash": "proxy_model_hash"})
         same = (
             loss.join(proxy, on="pool_id")
@@ -132,7 +131,7 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
             .height
         )
         assert same == n_pool
-        less_ids = queries.selected_ids(conn, "less")
+        less_ids = db.selected_ids("less")
         less_tasks = set(examples.filter(pl.col("pool_id").is_in(less_ids))["task"])
         assert less_tasks  # targeted at arithmetic by default; the tiny model decides what it finds
     assert ((home.root / "reports") / "selection_report.md").exists()
@@ -144,12 +143,12 @@ def test_default_job_end_to_end_on_the_tiny_model(home, capsys):
     stage_table = out[out.index("\nstage ") :]
     for stage in ("representations", "selections", "fine-tuning", "evaluation", "reports"):
         assert f"\n{stage} " in stage_table
-    with open_state(home.duckdb, read_only=True) as conn:
-        evaluated = queries.rows_matching(conn, "eval_scores", ["method", "budget"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        evaluated = db.rows_matching("eval_scores", ["method", "budget"], {})
         assert set(evaluated.select(pl.concat_str("method", pl.lit("@"), "budget"))[:, 0]) == {"base@0"} | {
             f"{m}@{b}" for m in DEFAULT_FINETUNED for b in ("10pct", "20")
         }
-        comparison = queries.report(conn, "comparison_report")
+        comparison = db.report("comparison_report")
         assert comparison.filter(pl.col("task") != "(all tasks)")["task"].n_unique() == 6
     assert ((home.root / "reports") / "comparison_budget_curves.png").exists()
     # every asset materialization has its own MLflow run, and state persists in the home

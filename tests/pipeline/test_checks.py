@@ -22,7 +22,7 @@ from dsel_assets.pipeline.checks import (
 )
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import queries, tables
+from dsel_assets.store import tables
 from resources.store import DuckDBStateStore, open_state
 
 from ..helpers import write_jsonl
@@ -116,33 +116,29 @@ def test_eval_disjointness_by_content(home, tmp_path):
         "query": [chat("Name a colour.", "Red")],
         "pool": [chat("What is 2+2?  ", "Four."), chat("Name a fruit.", "Apple")],  # same prompt, other answer
     }
-    with open_state(home.duckdb) as conn:
+    with open_state(home.duckdb) as db:
         for split, lines in files.items():
             path = write_jsonl(tmp_path / f"{split}.jsonl", lines)
-            manifest, _ = tables.register_batch(conn, path, home.raw, source=split, task="t", split=split)
+            manifest, _ = db.register_batch(path, home.raw, source=split, task="t", split=split)
             result = validate_file(path)
-            tables.replace_batch(
-                conn,
+            db.replace_batch(
                 manifest,
                 tables.accepted_frame(manifest, result.accepted),
                 tables.quarantine_frame(manifest, result.quarantined),
             )
-        ids = {
-            split: queries.split_rows(conn, split, ["pool_id"], order=("position",))["pool_id"].to_list()
-            for split in files
-        }
-        assert content_overlap(conn, ids["eval"], ids["query"]) == []
-        assert disjointness_result(conn, ids["eval"], {"query set": ids["query"]}).passed
-        result = disjointness_result(conn, ids["eval"], {"query set": ids["query"], "training selection": ids["pool"]})
+        ids = {split: db.split_rows(split, ["pool_id"], order=("position",))["pool_id"].to_list() for split in files}
+        assert content_overlap(db, ids["eval"], ids["query"]) == []
+        assert disjointness_result(db, ids["eval"], {"query set": ids["query"]}).passed
+        result = disjointness_result(db, ids["eval"], {"query set": ids["query"], "training selection": ids["pool"]})
         assert not result.passed and "prompt" in result.description
         # the first pool row (same prompt as an eval row) selected
         selected = {"method": ["random"], "budget": ["1"], "rank": [0], "pool_id": [ids["pool"][0]]}
-        tables.write_selection(conn, "random", "1", pl.DataFrame(selected, schema_overrides={"rank": pl.Int32}))
+        db.write_selection("random", "1", pl.DataFrame(selected, schema_overrides={"rank": pl.Int32}))
         # what the eval assets scored: every eval row, as if none had been left out before scoring
-        tables.ensure_schema(conn)  # the eval tables
+        db.ensure_schema()  # the eval tables
         for method in ("base", "random"):
             scored = pl.DataFrame({"method": method, "pool_id": ids["eval"]})
-            tables.replace_rows(conn, "eval_examples", {"method": method}, scored)
+            db.replace_rows("eval_examples", {"method": method}, scored)
     # the blocking check of the evaluation assets, on the same store
     checks = {c.node_def.name: c for c in build_checks() if "eval_set_is_disjoint" in c.node_def.name}
     resources = {"store": DuckDBStateStore(database=str(home.duckdb))}
@@ -159,10 +155,10 @@ def test_checks_run_with_the_assets_and_a_failing_one_blocks_downstream(home, tm
     instance = dg.DagsterInstance.ephemeral()
     rows = [json.dumps({"question": f"What is {i} times 3?", "answer": f"{3 * i}"}) for i in range(8)]
     batches = []
-    with open_state(home.duckdb) as conn:
+    with open_state(home.duckdb) as db:
         for name, part in (("one", rows[:5]), ("two", rows[5:])):
-            manifest, _ = tables.register_batch(
-                conn, write_jsonl(tmp_path / f"{name}.jsonl", part), home.raw, source=name, task="math"
+            manifest, _ = db.register_batch(
+                write_jsonl(tmp_path / f"{name}.jsonl", part), home.raw, source=name, task="math"
             )
             batches.append(manifest.batch)
     instance.add_dynamic_partitions(pool_batches.name, batches)
@@ -228,10 +224,8 @@ def test_every_per_batch_representation_has_a_check_and_model_embeddings_and_gre
 
     instance = dg.DagsterInstance.ephemeral()
     rows = [json.dumps({"question": f"What is {i} times 3?", "answer": f"{3 * i}"}) for i in range(4)]
-    with open_state(home.duckdb) as conn:
-        manifest, _ = tables.register_batch(
-            conn, write_jsonl(tmp_path / "p.jsonl", rows), home.raw, source="p", task="math"
-        )
+    with open_state(home.duckdb) as db:
+        manifest, _ = db.register_batch(write_jsonl(tmp_path / "p.jsonl", rows), home.raw, source="p", task="math")
     instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
     batch_job = defs.resolve_job_def("batch_job")
     keys = [dg.AssetKey(k) for k in ("pool_batch", "pool", "model_embeddings", "greedy_scores")]

@@ -13,7 +13,6 @@ import pytest
 from dsel_assets.app.cli import main
 from dsel_assets.app.runs import materialize_closure
 from dsel_assets.pipeline.code_location import build_definitions
-from dsel_assets.store import queries
 from resources.store import open_state
 
 from ..helpers import write_jsonl
@@ -52,8 +51,8 @@ def test_a_new_batch_after_less_recomputes_influence_not_the_warmup(cli_home, tm
     assert "influence" in status and "pool_grad_features missing in 1 of 3 batches" in status
     assert "kept (pool has a new data version" in status  # the warmup is not retrained for a grown pool
     assert main(select) == 0
-    with open_state(cli_home.duckdb, read_only=True) as conn:
-        less = queries.method_selections(conn, "less", ["k", "diagnostics"])
+    with open_state(cli_home.duckdb, read_only=True) as db:
+        less = db.method_selections("less", ["k", "diagnostics"])
     selected = (less.height, less["k"].drop_nulls().first())
     covered = less["diagnostics"][0]
     assert selected == (36, 36)  # 20% of 180, not of the first 150
@@ -86,9 +85,9 @@ def test_ingest_change_settings_recomputes_scores_with_the_new_model_for_the_who
     assert main(["ingest", b, "--task", "general", "--change-settings", "--model", str(other)]) == 0
     assert main(["select", "--method", "uncertainty", "--budget", "10"]) == 0
     new = model_hash(resolve(str(other)))
-    with open_state(cli_home.duckdb, read_only=True) as conn:
-        pool = queries.split_rows(conn, "pool", ["pool_id"]).height
-        scored = queries.rows_matching(conn, "loss_scores", ["pool_id"], {"model_hash": new})["pool_id"]
+    with open_state(cli_home.duckdb, read_only=True) as db:
+        pool = db.split_rows("pool", ["pool_id"]).height
+        scored = db.rows_matching("loss_scores", ["pool_id"], {"model_hash": new})["pool_id"]
     assert pool == 50 and scored.drop_nulls().n_unique() == 50  # every batch rescored with the new model
 
 
@@ -116,9 +115,9 @@ def test_compare_change_settings_builds_the_new_features_and_hostile_labels_pass
     out = capsys.readouterr().out
     assert "changing grad_dim" in out and code in out
     assert "model: tiny (weights " in out  # the report says what its numbers are of
-    with open_state(cli_home.duckdb, read_only=True) as conn:
-        less = [json.loads(r) for r in queries.method_selections(conn, "less", ["settings"])["settings"].unique()]
-        report = queries.report(conn, "comparison_report")["task"].unique().to_list()
+    with open_state(cli_home.duckdb, read_only=True) as db:
+        less = [json.loads(r) for r in db.method_selections("less", ["settings"])["settings"].unique()]
+        report = db.report("comparison_report")["task"].unique().to_list()
     # the selection read the new d=64 features, and they cover the whole pool (60 rows)
     (settings,) = less
     assert settings["grad_dim"] == 64 and settings["model"] == "tiny"
@@ -174,8 +173,8 @@ def test_a_filter_that_leaves_no_row_fails_the_selection_and_stores_nothing(cli_
     assert main(["select", "--method", "cherry_ifd", "--budget", "5", "--param", "max_ifd=0"]) == 1
     err = capsys.readouterr().err
     assert "cherry_ifd @ 5: selected 0 of 12 pool rows: none is eligible under {'max_ifd': 0.0" in err
-    with open_state(cli_home.duckdb, read_only=True) as conn:
-        assert queries.method_selections(conn, "cherry_ifd", ["pool_id"]).height == 0
+    with open_state(cli_home.duckdb, read_only=True) as db:
+        assert db.method_selections("cherry_ifd", ["pool_id"]).height == 0
 
 
 HOSTILE_LABELS = ["c++", "$\\foo$", "a/b", "_x", "résumé 数学", "t" * 200]
@@ -197,9 +196,9 @@ def test_hostile_task_labels_pass_a_whole_comparison_and_a_model_switch(cli_home
     capsys.readouterr()
     assert main([*compare, *(arg for label in HOSTILE_LABELS for arg in ("--target", label))]) == 0
     out = capsys.readouterr().out
-    with open_state(cli_home.duckdb, read_only=True) as conn:
-        reported = set(queries.report(conn, "comparison_report")["task"])
-        evaluated = set(queries.rows_matching(conn, "eval_scores", ["task"], {})["task"])
+    with open_state(cli_home.duckdb, read_only=True) as db:
+        reported = set(db.report("comparison_report")["task"])
+        evaluated = set(db.rows_matching("eval_scores", ["task"], {})["task"])
     assert set(HOSTILE_LABELS) <= reported and set(HOSTILE_LABELS) <= evaluated
     assert all(label in out for label in HOSTILE_LABELS)
 
@@ -207,8 +206,8 @@ def test_hostile_task_labels_pass_a_whole_comparison_and_a_model_switch(cli_home
     targets = [arg for label in HOSTILE_LABELS[:2] for arg in ("--target", label)]
     assert main([*compare, *targets, "--change-settings", "--model", other]) == 0
     assert f"model: {other} (weights " in capsys.readouterr().out  # the report names the new model
-    with open_state(cli_home.duckdb, read_only=True) as conn:
-        models = queries.rows_matching(conn, "finetuned_models", ["base_model"], {})["base_model"].unique()
+    with open_state(cli_home.duckdb, read_only=True) as db:
+        models = db.rows_matching("finetuned_models", ["base_model"], {})["base_model"].unique()
     assert len(models) == 2  # the old model's results stay queryable beside the new ones
 
 
@@ -220,8 +219,8 @@ def test_an_eval_set_that_changes_during_a_comparison_is_refused_not_intersected
     assert main(["ingest", qa(tmp_path / "a.jsonl", range(20)), "--task", "math", "--model", "tiny"]) == 0
     assert main(["ingest", qa(tmp_path / "e.jsonl", range(4), "Add {i}"), "--split", "eval", "--task", "math"]) == 0
     plan = ComparePlan(methods=["random"], budgets=["5"], targets=["math"], eval_max_length=64, metric="loss")
-    with open_state(cli_home.duckdb, read_only=True) as conn:
-        problems, plan = check_plan(plan, conn)
+    with open_state(cli_home.duckdb, read_only=True) as db:
+        problems, plan = check_plan(plan, db)
     assert problems == [] and plan.eval_version
     grown = qa(tmp_path / "e2.jsonl", range(4, 8), "Add {i}")  # more eval rows arrive mid-comparison
     assert main(["ingest", grown, "--split", "eval", "--task", "math"]) == 0

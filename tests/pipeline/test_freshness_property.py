@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from dsel_assets.app.cli import main
-from dsel_assets.store import queries
 from resources.home import DselHome
 from resources.store import open_state
 
@@ -74,11 +73,11 @@ class User:
         """The selection just made read the current identity and the whole current pool."""
         pinned = json.loads((self.root / "settings.json").read_text())
         assert (pinned["model"], pinned["grad_dim"]) == (self.model, self.grad_dim), self.ran
-        with open_state(self.home.duckdb, read_only=True) as conn:
-            pool = set(queries.split_rows(conn, "pool", ["pool_id"])["pool_id"])
-            rows = queries.method_selections(conn, method, ["pool_id", "k", "settings", "diagnostics"]).rows()
+        with open_state(self.home.duckdb, read_only=True) as db:
+            pool = set(db.split_rows("pool", ["pool_id"])["pool_id"])
+            rows = db.method_selections(method, ["pool_id", "k", "settings", "diagnostics"]).rows()
             hashes = {
-                table: set(queries.rows_matching(conn, table, ["model_hash"], {})["model_hash"])
+                table: set(db.rows_matching(table, ["model_hash"], {})["model_hash"])
                 for table in ("loss_scores",)
                 if method == "uncertainty"
             }
@@ -94,8 +93,8 @@ class User:
             assert all(c["rows"] == self.pool for c in coverage.values()), (coverage, self.ran)
         if method == "uncertainty":  # scores of the selection's model exist for every pool row
             assert model_hash in hashes["loss_scores"], self.ran
-            with open_state(self.home.duckdb, read_only=True) as conn:
-                scored = queries.rows_matching(conn, "loss_scores", ["pool_id"], {"model_hash": model_hash})
+            with open_state(self.home.duckdb, read_only=True) as db:
+                scored = db.rows_matching("loss_scores", ["pool_id"], {"model_hash": model_hash})
             scored = scored["pool_id"].drop_nulls().n_unique()
             assert scored == self.pool, self.ran
 

@@ -10,7 +10,6 @@ from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
 from dsel_assets.core.models.sft import encode_conversation
 from dsel_assets.core.models.warmup import WarmupConfig, train_warmup
 from dsel_assets.pipeline.assets.representations.gradients import write_pool_features
-from dsel_assets.store import queries
 from resources.lance_store import LanceStore
 from resources.store import open_state
 
@@ -131,13 +130,13 @@ def test_gradient_chain_in_the_default_job(home, capsys):
         )
         == 0
     )
-    with open_state(home.duckdb, read_only=True) as conn:
-        n_pool = queries.split_rows(conn, "pool", ["pool_id"]).height
-        n_query = queries.split_rows(conn, "query", ["pool_id"]).height
-        columns = queries.rows_matching(conn, "influence_columns", ["task"], {}).group_by("task").len().rows()
-        less_scores = queries.less_scores(conn).group_by("task")
+    with open_state(home.duckdb, read_only=True) as db:
+        n_pool = db.split_rows("pool", ["pool_id"]).height
+        n_query = db.split_rows("query", ["pool_id"]).height
+        columns = db.rows_matching("influence_columns", ["task"], {}).group_by("task").len().rows()
+        less_scores = db.less_scores().group_by("task")
         less = less_scores.agg(pl.len(), pl.col("score").min().alias("lo"), pl.col("score").max().alias("hi")).rows()
-        warmup = queries.rows_matching(conn, "warmups", ["warmup", "path"], {}).rows()
+        warmup = db.rows_matching("warmups", ["warmup", "path"], {}).rows()
     assert len(warmup) == 1 and sum(n for _, n in columns) == n_query
     assert len(less) == 6 and all(n == n_pool and -1 <= lo <= hi <= 1 for _, n, lo, hi in less)
     store = LanceStore(root=str(home.lance))
@@ -203,18 +202,18 @@ def test_dsel_select_materializes_only_what_is_missing(home, capsys):
         )
         == 0
     )
-    with open_state(home.duckdb, read_only=True) as conn:
-        selections = queries.rows_matching(conn, "selections", ["method", "budget"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        selections = db.rows_matching("selections", ["method", "budget"], {})
     sizes = dict(selections.group_by(pl.concat_str("method", pl.lit("@"), "budget")).len().rows())
     assert sizes["bids@8"] == 8 and sizes["bids@4"] == 4 and sizes["round_robin@6"] == 6
     assert main(["select", "--method", "mig", "--budget", "5", "--model", "tiny", "--grad-dim", "64"]) == 0
-    with open_state(home.duckdb, read_only=True) as conn:
-        assert queries.rows_matching(conn, "selections", ["pool_id"], {"method": "mig"}).height == 5
-        assert queries.rows_matching(conn, "label_vocab", ["how"], {})["how"].drop_nulls().n_unique() == 1
+    with open_state(home.duckdb, read_only=True) as db:
+        assert db.rows_matching("selections", ["pool_id"], {"method": "mig"}).height == 5
+        assert db.rows_matching("label_vocab", ["how"], {})["how"].drop_nulls().n_unique() == 1
     capsys.readouterr()
     assert main(["select", "--method", "nuggets", "--budget", "5", "--model", "tiny", "--grad-dim", "64"]) == 0
-    with open_state(home.duckdb, read_only=True) as conn:
-        golden = queries.rows_matching(conn, "golden_score", ["golden_score", "anchors"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        golden = db.rows_matching("golden_score", ["golden_score", "anchors"], {})
     gs, anchors = golden["golden_score"].to_list(), golden["anchors"].drop_nulls().first()
     assert all(abs(g * anchors - round(g * anchors)) < 1e-9 for g in gs)  # GS is a multiple of 1/|A|
     capsys.readouterr()

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from dsel_assets.app.cli import main
-from dsel_assets.store import queries
 from resources.store import open_state
 
 from ..helpers import write_jsonl
@@ -24,9 +23,9 @@ ROWS += [{"question": "Say nothing", "answer": ""}, dict(ROWS[0]), {"question": 
 
 
 def counts(home: Path) -> tuple[int, list[tuple[str, int]]]:
-    with open_state(home / "dsel.duckdb", read_only=True) as conn:
-        accepted = queries.rows_matching(conn, "examples", ["pool_id"], {}).height
-        reasons = sorted(queries.quarantine_reasons(conn).rows())  # by reason
+    with open_state(home / "dsel.duckdb", read_only=True) as db:
+        accepted = db.rows_matching("examples", ["pool_id"], {}).height
+        reasons = sorted(db.quarantine_reasons().rows())  # by reason
     return accepted, reasons
 
 
@@ -64,8 +63,8 @@ def test_save_to_disk_arrow_and_hub_cache_ingest_like_jsonl(home, tmp_path, hub_
     saved = tmp_path / "toy-saved"
     datasets.Dataset.from_list(ROWS).save_to_disk(str(saved))
     assert ingest(tmp_path, "from-folder", str(saved)) == expected
-    with open_state(tmp_path / "from-folder" / "dsel.duckdb", read_only=True) as conn:
-        assert queries.rows_matching(conn, "examples", ["source"], {})["source"].unique().to_list() == ["toy-saved"]
+    with open_state(tmp_path / "from-folder" / "dsel.duckdb", read_only=True) as db:
+        assert db.rows_matching("examples", ["source"], {})["source"].unique().to_list() == ["toy-saved"]
 
     (arrow,) = saved.glob("*.arrow")  # a bare Arrow file (the stream format datasets writes)
     assert ingest(tmp_path, "from-arrow", str(arrow)) == expected
@@ -75,8 +74,8 @@ def test_save_to_disk_arrow_and_hub_cache_ingest_like_jsonl(home, tmp_path, hub_
     )
     split.save_to_disk(str(tmp_path / "toy-dict"))
     assert ingest(tmp_path, "from-dict", str(tmp_path / "toy-dict")) == expected
-    with open_state(tmp_path / "from-dict" / "dsel.duckdb", read_only=True) as conn:
-        sources = queries.rows_matching(conn, "examples", ["source"], {})["source"].unique().sort().to_list()
+    with open_state(tmp_path / "from-dict" / "dsel.duckdb", read_only=True) as db:
+        sources = db.rows_matching("examples", ["source"], {})["source"].unique().sort().to_list()
     assert sources == ["toy-dict_test", "toy-dict_train"]
 
     assert ingest(tmp_path, "from-hub", "hf://owner/toy:train") == expected

@@ -168,10 +168,10 @@ def test_poisoned_file_neither_raises_nor_blocks_the_others(sensor, monkeypatch)
     tick, home = sensor
     real = tables.register_batch
 
-    def register_batch(conn, path: Path, *args, **kwargs):
+    def register_batch(db, path: Path, *args, **kwargs):
         if path.name == "bad.jsonl":  # an I/O fault on this one file only
             raise RuntimeError("simulated read fault")
-        return real(conn, path, *args, **kwargs)
+        return real(db, path, *args, **kwargs)
 
     monkeypatch.setattr(tables, "register_batch", register_batch)
     write_jsonl(home.inbox / "bad.jsonl", qa_lines(0, 2))

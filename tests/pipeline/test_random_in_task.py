@@ -14,7 +14,6 @@ from dsel_assets.core.select import build_config, get
 from dsel_assets.pipeline.assets.selection.selections import seed_replicates, selection_assets
 from dsel_assets.pipeline.checks import selection_problems
 from dsel_assets.pipeline.registry import representation
-from dsel_assets.store import queries, schema
 from resources.store import open_state
 
 from ..helpers import synthetic_pool_instance
@@ -137,10 +136,10 @@ def test_the_asset_selects_the_target_tasks_pool_rows_with_checked_replicates(ho
         "ops": {"selection_random_in_task": {"config": {"budgets": ["2", "500"], "seeds": [0, 1], "params": params}}}
     }
     assert dg.materialize([asset], resources=local_resources, instance=instance, run_config=config).success
-    with open_state(home.duckdb, read_only=True) as conn:
-        every_column = schema.columns(conn, "selections")
-        rows = queries.rows_matching(conn, "selections", every_column, {"method": "random_in_task"})
-        examples = queries.split_rows(conn, "pool", ["pool_id", "task"])
+    with open_state(home.duckdb, read_only=True) as db:
+        every_column = db.columns("selections")
+        rows = db.rows_matching("selections", every_column, {"method": "random_in_task"})
+        examples = db.split_rows("pool", ["pool_id", "task"])
     arithmetic = set(examples.filter(examples["task"] == "arithmetic")["pool_id"])
     assert 0 < len(arithmetic) < examples.height
     assert set(rows["pool_id"]) <= arithmetic

@@ -18,7 +18,6 @@ from dsel_assets.pipeline.assets.selection.selections import load_representation
 from dsel_assets.pipeline.names import pool_batches
 from dsel_assets.pipeline.registry import UNCERTAINTY_COLUMNS
 from dsel_assets.pipeline.scoring import GREEDY_MAX_NEW_TOKENS
-from dsel_assets.store import queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
 from resources.store import open_state
@@ -28,8 +27,8 @@ from ..helpers import write_jsonl
 
 def stored(home, table: str, columns: list[str], order: tuple[str, ...] = ("pool_id",)) -> pl.DataFrame:
     """``columns`` of every row of ``table`` in the state database, sorted by ``order``."""
-    with open_state(home.duckdb, read_only=True) as conn:
-        rows = queries.rows_matching(conn, table, columns, {})
+    with open_state(home.duckdb, read_only=True) as db:
+        rows = db.rows_matching(table, columns, {})
     return rows.sort(list(order)) if order else rows
 
 
@@ -40,10 +39,8 @@ def pool_ids_of(home) -> list[str]:
 
 def ingest(home, tmp_path, resources, n: int = 9) -> tuple[str, dg.DagsterInstance]:
     rows = [json.dumps({"question": f"What is {i} times {i + 1}?", "answer": f"{i * (i + 1)}"}) for i in range(n)]
-    with open_state(home.duckdb) as conn:
-        manifest, _ = tables.register_batch(
-            conn, write_jsonl(tmp_path / "qa.jsonl", rows), home.raw, source="qa", task="math"
-        )
+    with open_state(home.duckdb) as db:
+        manifest, _ = db.register_batch(write_jsonl(tmp_path / "qa.jsonl", rows), home.raw, source="qa", task="math")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
     assert dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=resources, instance=instance)
@@ -121,9 +118,9 @@ def test_golden_score_resumes_and_keeps_its_anchor_set(home, local_resources, tm
     columns = ["pool_id", "golden_score", "reason", "model", "template", "code_version"]
     stored_before = stored(home, "golden_score", columns)
     before = stored_before.rows()
-    with open_state(home.duckdb) as conn:  # two rows lost
+    with open_state(home.duckdb) as db:  # two rows lost
         for pool_id in stored_before["pool_id"].head(2):
-            tables.replace_rows(conn, "golden_score", {"pool_id": pool_id}, stored_before.clear())
+            db.replace_rows("golden_score", {"pool_id": pool_id}, stored_before.clear())
     assert all(abs(g * 6 - round(g * 6)) < 1e-9 and r == "" and m == "tiny" and t for _, g, r, m, t, _ in before)
     again = run()  # an interrupted run: only the missing candidates are scored again
     assert (again["computed"].value, again["reused_after_resume"].value) == (2, 4)
@@ -133,9 +130,9 @@ def test_golden_score_resumes_and_keeps_its_anchor_set(home, local_resources, tm
 def test_learning_percentage_is_reused_and_whisperer_rows_carry_their_provenance(home, local_resources, tmp_path):
     batch, instance = ingest(home, tmp_path, local_resources, n=6)
     query_lines = [json.dumps({"question": f"What is {i} plus 1?", "answer": f"{i + 1}"}) for i in range(3)]
-    with open_state(home.duckdb) as conn:
-        manifest, _ = tables.register_batch(
-            conn, write_jsonl(tmp_path / "q.jsonl", query_lines), home.raw, source="q", task="math", split="query"
+    with open_state(home.duckdb) as db:
+        manifest, _ = db.register_batch(
+            write_jsonl(tmp_path / "q.jsonl", query_lines), home.raw, source="q", task="math", split="query"
         )
     instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
     dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=local_resources, instance=instance)

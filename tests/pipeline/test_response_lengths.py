@@ -14,7 +14,6 @@ from dsel_assets.pipeline.assets.representations.lengths import response_lengths
 from dsel_assets.pipeline.checks import batch_check
 from dsel_assets.pipeline.names import pool_batches
 from dsel_assets.pipeline.registry import LoadContext, load, score_kinds
-from dsel_assets.store import queries, tables
 
 from ..helpers import write_jsonl
 
@@ -50,8 +49,8 @@ def test_response_lengths_asset_stores_checks_and_loads_them(home, local_resourc
         local_resources["store"],
         write_jsonl(tmp_path / "c.jsonl", [json.dumps({"messages": c}) for c in CONVERSATIONS]),
     )
-    with store.get_connection() as conn:
-        manifest, _ = tables.register_batch(conn, path, home.raw, source="c", task="chat")
+    with store.session() as db:
+        manifest, _ = db.register_batch(path, home.raw, source="c", task="chat")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
     assets = [pool_batch, pool, response_lengths, batch_check("response_lengths")]
@@ -59,8 +58,8 @@ def test_response_lengths_asset_stores_checks_and_loads_them(home, local_resourc
     assert result.success and [e.passed for e in result.get_asset_check_evaluations()] == [True]
     assert score_kinds()["length"].asset == "response_lengths"
 
-    with store.get_connection() as conn:
-        pool_ids = queries.split_rows(conn, "pool", ("pool_id",), order=("position",))["pool_id"].to_list()
+    with store.session() as db:
+        pool_ids = db.split_rows("pool", ("pool_id",), order=("position",))["pool_id"].to_list()
     lengths, ref = load(
         "response_length", LoadContext(local_resources["lance"], store, pool_ids, local_resources["grad_settings"])
     )

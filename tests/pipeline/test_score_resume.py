@@ -8,7 +8,6 @@ import polars as pl
 import pytest
 
 from dsel_assets.pipeline.scoring import CHUNK, score_resumably
-from dsel_assets.store import queries, schema, tables
 from resources.store import DuckDBStateStore, PostgresStateStore
 
 BATCH = "b1"
@@ -42,9 +41,9 @@ def store(backend, monkeypatch, tmp_path):
     else:
         monkeypatch.delenv("DSEL_DATABASE_URL", raising=False)
         store = DuckDBStateStore(database=backend.target)
-    with store.get_connection() as conn:
-        schema.migrate(conn)
-        schema.ensure_score_table(conn, "loss_scores")
+    with store.session() as db:
+        db.migrate()
+        db.ensure_score_table("loss_scores")
         examples = pl.DataFrame(
             {
                 "pool_id": [f"p{i:03d}" for i in range(N)],
@@ -56,7 +55,7 @@ def store(backend, monkeypatch, tmp_path):
                 ],
             }
         )
-        tables.replace_rows(conn, "examples", {"batch": BATCH}, examples)
+        db.replace_rows("examples", {"batch": BATCH}, examples)
     return store
 
 
@@ -93,10 +92,8 @@ def scorer_of(model_hash: str, scored: list[str], kill_after: int | None = None)
 
 
 def stored(store) -> pl.DataFrame:
-    with store.get_connection() as conn:
-        return queries.rows_matching(conn, "loss_scores", ["pool_id", "ifd_loss_ratio", "model_hash"], {}).sort(
-            "pool_id"
-        )
+    with store.session() as db:
+        return db.rows_matching("loss_scores", ["pool_id", "ifd_loss_ratio", "model_hash"], {}).sort("pool_id")
 
 
 def test_a_killed_scoring_step_resumes_where_it_stopped(store):
@@ -135,9 +132,9 @@ def test_rows_of_another_model_or_of_ids_that_left_are_removed(store):
         "ifd_loss_ratio",
         BATCH,
     )
-    with store.get_connection() as conn:
+    with store.session() as db:
         left = pl.DataFrame(schema={"pool_id": pl.String})  # no row: p000 left the batch
-        tables.replace_rows(conn, "examples", {"pool_id": "p000"}, left)
+        db.replace_rows("examples", {"pool_id": "p000"}, left)
     second: list[str] = []
     run = score_resumably(
         Context(),

@@ -24,7 +24,6 @@ from dsel_assets.pipeline.catalog import (
 )
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.registry import REPRESENTATION_SPECS, WARMUP
-from dsel_assets.store import tables
 from resources import store as state_db
 
 #: Read in each method's module: a ``seed`` field it draws on, inputs from the warmup checkpoint
@@ -129,13 +128,11 @@ def test_randomness_by_key_reads_keys_and_stored_parameters(home):
         "created_at": datetime.now(timezone.utc),
         "selection_seed": 0,
     }
-    with state_db.open_state(home.duckdb) as conn:
-        tables.ensure_schema(conn)
+    with state_db.open_state(home.duckdb) as db:
+        db.ensure_schema()
         ints = {"k": pl.Int32, "eligible": pl.Int32, "rank": pl.Int32, "selection_seed": pl.Int32}
-        tables.write_selection(
-            conn, "facility_location", "5", pl.DataFrame([row], schema_overrides=ints | {"score": pl.Float64})
-        )
-        stored = randomness_by_key(["facility_location", "random"], conn)
+        db.write_selection("facility_location", "5", pl.DataFrame([row], schema_overrides=ints | {"score": pl.Float64}))
+        stored = randomness_by_key(["facility_location", "random"], db)
     assert stored == {"facility_location": "seed", "random": "seed"}  # it ran with the stochastic greedy
 
     # dsel compare's warmup seeds: each replicate of a budget read another warmup -> its warmup is sampled
@@ -151,12 +148,12 @@ def test_randomness_by_key_reads_keys_and_stored_parameters(home):
             )
             for s, w in enumerate(warmups)
         ]
-        with state_db.open_state(home.duckdb) as conn:
-            tables.write_selection(conn, method, budget, pl.concat(frames))
+        with state_db.open_state(home.duckdb) as db:
+            db.write_selection(method, budget, pl.concat(frames))
 
     def kinds():
-        with state_db.open_state(home.duckdb) as conn:
-            return randomness_by_key(["less", "cluster_ucb", "round_robin"], conn)
+        with state_db.open_state(home.duckdb) as db:
+            return randomness_by_key(["less", "cluster_ucb", "round_robin"], db)
 
     replicates("less", ["w0", "w1"])
     replicates("cluster_ucb", ["w0", "w1"])

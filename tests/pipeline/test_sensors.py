@@ -13,7 +13,6 @@ import pytest
 from dsel_assets.pipeline.assets.ingest import inbox
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import queries
 from resources import InboxSettings, SentenceEmbedder, build_resources
 from resources.store import open_state
 
@@ -134,10 +133,10 @@ def test_inbox_new_batch_only_then_recuration(home, setup):
     assert curation.execute_in_process(
         instance=instance, asset_selection=request.asset_selection, run_config=request.run_config
     ).success
-    with open_state(home.duckdb, read_only=True) as conn:
-        n_pool = queries.rows_matching(conn, "examples", ["pool_id"], {}).height
-        selections = queries.rows_matching(conn, "selections", ["pool_version"], {})
-        versions = queries.rows_matching(conn, "pool_versions", ["pool_version", "created_at"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        n_pool = db.rows_matching("examples", ["pool_id"], {}).height
+        selections = db.rows_matching("selections", ["pool_version"], {})
+        versions = db.rows_matching("pool_versions", ["pool_version", "created_at"], {})
     selected, version = selections.height, selections["pool_version"].drop_nulls().first()
     current = versions.sort("created_at", descending=True, nulls_last=True)["pool_version"][0]  # the latest
     assert (n_pool, selected, version) == (12, 3, current)
@@ -174,8 +173,8 @@ def test_half_written_files_wait_and_corrupt_ones_are_quarantined_not_lost(home,
     assert len(taken.run_requests) == 1
     assert all(r.success for r in run_requests(defs, resources, instance, taken))
     assert list((home.inbox / "quarantined").glob("*-broken.json"))
-    with open_state(home.duckdb, read_only=True) as conn:
-        assert queries.rows_matching(conn, "quarantine", ["reason", "raw"], {}).rows() == [
+    with open_state(home.duckdb, read_only=True) as db:
+        assert db.rows_matching("quarantine", ["reason", "raw"], {}).rows() == [
             ("unreadable_file", '{"this is": not json')
         ]
 

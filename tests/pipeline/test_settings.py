@@ -12,7 +12,6 @@ import pytest
 from dsel_assets.app.cli import main
 from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.sensors import recuration_request
-from dsel_assets.store import queries
 from resources import build_resources
 from resources.settings import SettingsConflict, resolve_settings, stored_settings
 from resources.store import open_state
@@ -120,11 +119,11 @@ def test_inbox_batch_after_dsel_run_keeps_targeted_selections_whole(home, monkey
     )
     assert outcome.success
     assert all(c.passed for c in outcome.get_asset_check_evaluations())
-    with open_state(home.duckdb, read_only=True) as conn:
-        pool_size = queries.split_rows(conn, "pool", ["pool_id"]).height
+    with open_state(home.duckdb, read_only=True) as db:
+        pool_size = db.split_rows("pool", ["pool_id"]).height
         columns = ["method", "budget", "k", "eligible", "diagnostics"]
-        selections = queries.rows_matching(conn, "selections", columns, {})
-        new_rows = queries.source_rows(conn, "new", ["pool_id"]).height
+        selections = db.rows_matching("selections", columns, {})
+        new_rows = db.source_rows("new", ["pool_id"]).height
     rows = (
         selections.filter(pl.col("method").is_in(["less", "bids", "round_robin"]))
         .group_by("method", "budget", "k", "eligible")

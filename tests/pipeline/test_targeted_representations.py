@@ -26,8 +26,6 @@ from dsel_assets.pipeline.assets.selection.selections import (
 )
 from dsel_assets.pipeline.checks import build_selection_check
 from dsel_assets.pipeline.names import EMBED_SIMILARITY, RDS_SIMILARITY, pool_batches, selection_asset_name
-from dsel_assets.store import queries as store_queries
-from dsel_assets.store import tables
 from resources.gradient_settings import GradientSettings
 from resources.models import ModelEmbeddingSettings
 from resources.store import open_state
@@ -148,17 +146,17 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
     resources = {**local_resources, "model_embedding_settings": ModelEmbeddingSettings(pooling="position_weighted")}
     query_file, pool_file, copy_ids = write_sets(tmp_path)
     instance = dg.DagsterInstance.ephemeral()
-    with open_state(home.duckdb) as conn:
+    with open_state(home.duckdb) as db:
         batches = [
-            tables.register_batch(conn, path, home.raw, source=path.stem, task="auto", split=split)[0].batch
+            db.register_batch(path, home.raw, source=path.stem, task="auto", split=split)[0].batch
             for path, split in ((query_file, "query"), (pool_file, "pool"))
         ]
     instance.add_dynamic_partitions(pool_batches.name, batches)
     for batch in batches:
         per_batch = [pool_batch, pool, sentence_embeddings, model_embeddings]
         assert dg.materialize(per_batch, partition_key=batch, resources=resources, instance=instance).success
-    with open_state(home.duckdb, read_only=True) as conn:
-        pool_ids = store_queries.split_rows(conn, "pool", ["pool_id"])["pool_id"]
+    with open_state(home.duckdb, read_only=True) as db:
+        pool_ids = db.split_rows("pool", ["pool_id"])["pool_id"]
     pool_ids = pool_ids.to_list()
     assert set(copy_ids) < set(pool_ids) and len(pool_ids) == len(QUERIES) + len(UNRELATED)
 
@@ -188,14 +186,14 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
         check = build_selection_check(method)  # the blocking check finds the rows by the stored method key
         result = dg.materialize([selection, check], resources=resources, instance=instance, run_config=run_config)
         assert all(e.passed for e in result.get_asset_check_evaluations())
-        with open_state(home.duckdb, read_only=True) as conn:
-            rows = store_queries.method_selections(conn, method, ["pool_id", "diagnostics", "config"])
+        with open_state(home.duckdb, read_only=True) as db:
+            rows = db.method_selections(method, ["pool_id", "diagnostics", "config"])
         assert set(rows["pool_id"]) == set(copy_ids), method
         coverage = json.loads(rows["diagnostics"][0])["coverage"]  # checked like influence
         assert coverage == {name: {"rows": len(pool_ids), "batches_without_rows": []}}
         assert json.loads(rows["config"][0])["representation"] == name.split("_")[0]
-    with open_state(home.duckdb) as conn:  # the report shows each (method, representation) apart
-        report = selection_report_frame(conn, resources["lance"])
+    with open_state(home.duckdb) as db:  # the report shows each (method, representation) apart
+        report = selection_report_frame(db, resources["lance"])
     assert report["method"].to_list() == ["round_robin_embed", "round_robin_rds"]
     assert report["query_similarity"].is_not_null().all()
 
@@ -216,8 +214,8 @@ def test_dsel_select_routes_each_representation_to_its_own_selection(home, tmp_p
     assert "position_weighted" in captured.err and "materializing" not in captured.out
     assert main(["score", "model_embeddings", "--pooling", "position_weighted", "--change-settings"]) == 0
     assert main(["select", "--method", "round_robin", "--param", "representation=rds", *budget]) == 0
-    with open_state(home.duckdb, read_only=True) as conn:
-        selections = store_queries.rows_matching(conn, "selections", ["method", "pool_id"], {})
+    with open_state(home.duckdb, read_only=True) as db:
+        selections = db.rows_matching("selections", ["method", "pool_id"], {})
     stored = selections.group_by("method").agg(pl.col("pool_id")).rows()
     assert {method: set(ids) for method, ids in stored} == {
         "round_robin_embed": set(copy_ids),

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dsel_assets.store import queries, tables
+from dsel_assets.store.state import State
 from resources.lance_store import LanceStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -99,15 +99,16 @@ def test_batch_registration_is_content_addressed(tmp_path):
     src = tmp_path / "data.jsonl"
     src.write_text('{"question": "1+1?", "answer": "2"}\n')
     with duckdb.connect(str(tmp_path / "db.duckdb")) as conn:
-        first, created = tables.register_batch(conn, src, tmp_path / "raw", source="My Source!", task="math")
-        again, created_again = tables.register_batch(conn, src, tmp_path / "raw", source="other", task="math")
+        db = State(conn)
+        first, created = db.register_batch(src, tmp_path / "raw", source="My Source!", task="math")
+        again, created_again = db.register_batch(src, tmp_path / "raw", source="other", task="math")
         assert created and not created_again and again == first
         assert first.batch == f"my_source-pool-{first.sha256[:12]}"
         assert first.stored_path.startswith(str(tmp_path / "raw" / first.sha256))
         with pytest.raises(ValueError, match="split"):
-            tables.register_batch(conn, src, tmp_path / "raw", source="s", task="t", split="train")
+            db.register_batch(src, tmp_path / "raw", source="s", task="t", split="train")
         with pytest.raises(KeyError, match="dsel ingest"):
-            queries.get_batch(conn, "unknown-batch")
+            db.get_batch("unknown-batch")
 
 
 def test_a_deployed_dagster_instance_is_used_instead_of_the_homes_own(tmp_path, monkeypatch):

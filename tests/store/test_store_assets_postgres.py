@@ -13,7 +13,6 @@ import pytest
 from dsel_assets.pipeline.assets.ingest.pool import pool, pool_batch
 from dsel_assets.pipeline.assets.selection.selections import selection_assets
 from dsel_assets.pipeline.names import pool_batches
-from dsel_assets.store import queries, sql, tables
 from dsel_assets.store.errors import StateDatabaseError
 from resources import build_resources
 from resources.home import DselHome
@@ -26,8 +25,8 @@ RANDOM = next(a for a in selection_assets if a.key.path[-1] == "selection_random
 def run_chain(home: DselHome, data) -> dict:
     """Ingest ``data``, validate it, version the pool and select 3 of it with two seeds."""
     resources = build_resources(home, model="tiny", device="cpu")
-    with resources["store"].get_connection() as conn:
-        manifest, _ = tables.register_batch(conn, data, home.raw, source="toy", task="math")
+    with resources["store"].session() as db:
+        manifest, _ = db.register_batch(data, home.raw, source="toy", task="math")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
     assert dg.materialize(
@@ -35,12 +34,12 @@ def run_chain(home: DselHome, data) -> dict:
     ).success
     config = {"ops": {"selection_random": {"config": {"budgets": ["3"], "seeds": [0, 1]}}}}
     assert dg.materialize([RANDOM], resources=resources, instance=instance, run_config=config).success
-    with resources["store"].get_connection() as conn:
+    with resources["store"].session() as db:
         return {
-            "dialect": sql.dialect(conn),
-            "pool_version": queries.pool_version(conn)[0],
-            "counts": queries.batch_counts(conn, manifest.batch),
-            "selected": queries.method_selections(conn, "random", ("selection_seed", "rank", "pool_id")).rows(),
+            "dialect": db.dialect,
+            "pool_version": db.pool_version()[0],
+            "counts": db.batch_counts(manifest.batch),
+            "selected": db.method_selections("random", ("selection_seed", "rank", "pool_id")).rows(),
             "location": resources["store"].location,
         }
 
@@ -67,5 +66,5 @@ def test_postgres_store_gives_what_duckdb_gives(tmp_path, pg_server, monkeypatch
 def test_unreachable_postgres_is_a_named_error(monkeypatch, tmp_path):
     monkeypatch.setenv("DSEL_DATABASE_URL", f"host={tmp_path} dbname=nothing user=nobody")
     store = build_resources(DselHome(tmp_path / "h").ensure(), model="tiny", device="cpu")["store"]
-    with pytest.raises(StateDatabaseError, match="cannot be reached"), store.get_connection():
+    with pytest.raises(StateDatabaseError, match="cannot be reached"), store.session():
         pass

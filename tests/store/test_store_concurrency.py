@@ -5,23 +5,29 @@ writing process at a time: the other waits for the file) and on a real PostgreSQ
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import polars as pl
 import pytest
 
-from dsel_assets.store import queries, schema, sql, tables
+from dsel_assets.store.state import State
 
 ROWS, CHUNK = 60, 6
 
 
-def _connect(dialect: str, target: str):
+@contextmanager
+def _connect(dialect: str, target: str) -> Iterator[State]:
     if dialect == "duckdb":
         from resources.store import DuckDBStateStore
 
-        return DuckDBStateStore(database=target).get_connection()
+        with DuckDBStateStore(database=target).session() as db:
+            yield db
+        return
     import psycopg
 
-    return psycopg.connect(target, autocommit=True)
+    with psycopg.connect(target, autocommit=True) as conn:
+        yield State(conn)
 
 
 def _write(dialect: str, target: str, batch: str, value: float, passes: int) -> None:
@@ -30,14 +36,14 @@ def _write(dialect: str, target: str, batch: str, value: float, passes: int) -> 
     for start in [s for _ in range(passes) for s in range(0, ROWS, CHUNK)]:
         ids = [f"{batch}-{i}" for i in range(start, start + CHUNK)]
         chunk = pl.DataFrame({"pool_id": ids, "batch": batch, "ifd_loss_ratio": value, "reason": ""})
-        with _connect(dialect, target) as conn:
-            tables.upsert_by_id(conn, "loss_scores", chunk, {"batch": batch})
+        with _connect(dialect, target) as db:
+            db.upsert_by_id("loss_scores", chunk, {"batch": batch})
 
 
 def _run_writers(backend, jobs: list[tuple[str, float]], passes: int = 1) -> list[tuple]:
-    with backend.connect() as conn:
-        schema.migrate(conn)
-        schema.ensure_score_table(conn, "loss_scores")
+    with backend.state() as db:
+        db.migrate()
+        db.ensure_score_table("loss_scores")
     spawn = multiprocessing.get_context("spawn")
     workers = [spawn.Process(target=_write, args=(backend.dialect, backend.target, b, v, passes)) for b, v in jobs]
     for worker in workers:
@@ -45,8 +51,8 @@ def _run_writers(backend, jobs: list[tuple[str, float]], passes: int = 1) -> lis
     for worker in workers:
         worker.join(timeout=300)
     assert [w.exitcode for w in workers] == [0] * len(workers)
-    with backend.connect() as conn:
-        return queries.score_columns(conn, "loss_scores", ["batch"]).rows()
+    with backend.state() as db:
+        return db.score_columns("loss_scores", ["batch"]).rows()
 
 
 def test_two_writers_of_different_batches_lose_nothing(backend):
@@ -67,23 +73,23 @@ def test_a_second_writer_of_the_same_rows_waits_for_the_first(backend):
 
     if backend.dialect != "postgres":
         pytest.skip("DuckDB admits one writing process per file; conflicting transactions fail, never duplicate")
-    with backend.connect() as conn:
-        schema.migrate(conn)
-        schema.ensure_score_table(conn, "loss_scores")
+    with backend.state() as db:
+        db.migrate()
+        db.ensure_score_table("loss_scores")
     chunk = pl.DataFrame({"pool_id": ["a", "b"], "batch": "b1", "ifd_loss_ratio": 1.0, "reason": ""})
-    with backend.connect() as first, backend.connect() as second:
+    with backend.state() as first, backend.state() as second:
         second_done = threading.Event()
 
         def write_second():
-            tables.upsert_by_id(second, "loss_scores", chunk.with_columns(pl.lit(2.0).alias("ifd_loss_ratio")))
+            second.upsert_by_id("loss_scores", chunk.with_columns(pl.lit(2.0).alias("ifd_loss_ratio")))
             second_done.set()
 
-        with sql.transaction(first):
-            tables.upsert_by_id(first, "loss_scores", chunk)  # joins the open transaction: not committed
+        with first.transaction():
+            first.upsert_by_id("loss_scores", chunk)  # joins the open transaction: not committed
             thread = threading.Thread(target=write_second)
             thread.start()
             assert not second_done.wait(timeout=2)  # the second writer waits for the first
         thread.join(timeout=30)
         assert second_done.is_set()
-        rows = queries.score_columns(first, "loss_scores", ["ifd_loss_ratio"]).sort("pool_id").rows()
+        rows = first.score_columns("loss_scores", ["ifd_loss_ratio"]).sort("pool_id").rows()
     assert rows == [("a", 2.0), ("b", 2.0)]  # one row per example, the later write's values

@@ -114,11 +114,10 @@ def announce_changed_settings(home: DselHome, args: argparse.Namespace) -> None:
 
 
 def register_file(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
-    from dsel_assets.store import queries, tables
 
-    with state_db.open_state(home.duckdb, log=to_stderr) as conn:
-        manifest, created = tables.register_batch(conn, path, home.raw, **labels)
-        validated = queries.is_validated(conn, manifest.batch)
+    with state_db.open_state(home.duckdb, log=to_stderr) as db:
+        manifest, created = db.register_batch(path, home.raw, **labels)
+        validated = db.is_validated(manifest.batch)
     return manifest.batch, created or not validated
 
 
@@ -129,12 +128,11 @@ def to_stderr(message: str) -> None:
 
 
 def print_ingest_summary(home: DselHome, batches: list[str]) -> None:
-    from dsel_assets.store import queries
 
-    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as db:
         rows = []
         for batch in batches:
-            accepted, reasons, error = queries.batch_counts(conn, batch)
+            accepted, reasons, error = db.batch_counts(batch)
             quarantined = sum(n for _, n in reasons)
             detail = ", ".join(f"{r}={n}" for r, n in reasons) or "-"
             rows.append((batch, accepted + quarantined, accepted, quarantined, f"FAILED: {error}" if error else detail))

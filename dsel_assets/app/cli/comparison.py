@@ -59,10 +59,9 @@ def print_comparison(home: DselHome, full: bool = True) -> int:
     from dsel_assets.core.stats import format_verdict_cell
     from dsel_assets.pipeline.assets.reporting.report_html import summary_lines
     from dsel_assets.pipeline.names import COMPARISON_REPORT
-    from dsel_assets.store import queries, schema
 
-    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
-        columns = schema.columns(conn, COMPARISON_REPORT)
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as db:
+        columns = db.columns(COMPARISON_REPORT)
         if "verdict" not in columns:
             print("[dsel] no comparison report yet: run `dsel compare` or `dsel run`", file=sys.stderr)
             return 1
@@ -73,7 +72,7 @@ def print_comparison(home: DselHome, full: bool = True) -> int:
                 file=sys.stderr,
             )
             return 1
-        table = queries.report(conn, COMPARISON_REPORT)
+        table = db.report(COMPARISON_REPORT)
     rows = [
         (
             r["method"],
@@ -129,7 +128,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.pipeline.names import COMPARISON_REPORT, SELECTION_REPORT, WARMUP
     from dsel_assets.pipeline.progress import stage_of
-    from dsel_assets.store import queries
 
     started = time.perf_counter()
     home = open_home(args)
@@ -156,8 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     selections = sorted(keys - loop, key=dg.AssetKey.to_user_string)
     if run_batches(defs, [batches["pool"]], "default_job", run_config, selections, steps):
         return 1
-    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
-        report = queries.report(conn, SELECTION_REPORT)
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as db:
+        report = db.report(SELECTION_REPORT)
     full = output.verbosity() >= output.VERBOSE  # a newcomer's run fits a screen; -v prints every table
     if full:
         print("\n" + format_table(report.columns, report.rows()), flush=True)
@@ -187,7 +185,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from dsel_assets.app.compare import ComparePlan, check_plan, parse_entry, run_comparison
     from dsel_assets.pipeline.assets.representations.similarity import check_rds_pooling
-    from dsel_assets.store import tables
 
     plan = ComparePlan(
         methods=list(dict.fromkeys(args.methods)),
@@ -211,9 +208,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         confirmed=args.yes,
     )
     home = open_home(args)
-    with state_db.open_state(home.duckdb, log=to_stderr) as conn:
-        tables.ensure_schema(conn)
-        problems, plan = check_plan(plan, conn, warn=to_stderr, harness_folder=home.lm_eval_tasks)
+    with state_db.open_state(home.duckdb, log=to_stderr) as db:
+        db.ensure_schema()
+        problems, plan = check_plan(plan, db, warn=to_stderr, harness_folder=home.lm_eval_tasks)
     if problems:
         for problem in problems:
             print(f"dsel: error: {problem}", file=sys.stderr)

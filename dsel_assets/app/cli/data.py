@@ -96,15 +96,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from dsel_assets.pipeline.names import pool_batches
     from dsel_assets.pipeline.staleness import describe, stale_resolver
-    from dsel_assets.store import queries, tables
 
     home = open_home(args)
-    with state_db.open_state(home.duckdb, log=to_stderr) as conn:
-        tables.ensure_schema(conn)
-        comp = queries.composition(conn).rows()
-        reasons = queries.quarantine_reasons(conn).rows()
-        version, batches = queries.pool_version(conn)
-        failed = queries.batches_without_rows(conn)
+    with state_db.open_state(home.duckdb, log=to_stderr) as db:
+        db.ensure_schema()
+        comp = db.composition().rows()
+        reasons = db.quarantine_reasons().rows()
+        version, batches = db.pool_version()
+        failed = db.batches_without_rows()
     print(f"state home: {home.root}\npool version: {version} ({len(batches)} pool batches)\n")
     print(format_table(["split", "source", "task", "examples"], comp) if comp else "no examples yet")
     print()

@@ -33,11 +33,10 @@ def cmd_grads(args: argparse.Namespace) -> int:
 
     from dsel_assets.app.runs import run_batches
     from dsel_assets.pipeline.names import POOL_GRAD_FEATURES
-    from dsel_assets.store import queries
 
     home = open_home(args)
-    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
-        pool_batches = queries.batch_names(conn, "pool")
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as db:
+        pool_batches = db.batch_names("pool")
     batches = args.batch or pool_batches
     unknown = sorted(set(batches) - set(pool_batches))
     if unknown:
@@ -47,8 +46,8 @@ def cmd_grads(args: argparse.Namespace) -> int:
     defs = make()
     if run_batches(defs, batches, "batch_job", config, [AssetKey(POOL_GRAD_FEATURES)], build=settled(make)):
         return 1
-    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
-        latest = queries.latest_warmup(conn)
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as db:
+        latest = db.latest_warmup()
     print(f"[dsel] done; features from warmup {latest[0] if latest else '-'}")
     return 0
 
@@ -65,7 +64,6 @@ def cmd_select(args: argparse.Namespace) -> int:
     from dsel_assets.pipeline.assets.selection.selections import typed_params
     from dsel_assets.pipeline.catalog import available
     from dsel_assets.pipeline.names import selection_asset_name, selection_key
-    from dsel_assets.store import queries
 
     spec = get(args.method)
     # KEY=VALUE, or METHOD.KEY=VALUE as dsel compare spells it
@@ -88,8 +86,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     config = {"budgets": args.budget, "params": typed_params(args.method, params)}
     run_config = {"ops": {target.to_user_string(): {"config": config}}}
     materialize_closure(defs, DagsterInstance.get(), [target], run_config, build=settled(make))
-    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as conn:
-        summary = queries.selection_summary(conn, key)
+    with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as db:
+        summary = db.selection_summary(key)
     print(format_table(summary.columns, summary.rows()))
     return 0
 

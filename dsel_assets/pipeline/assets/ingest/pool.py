@@ -9,7 +9,7 @@ from dsel_assets.core.models.templates import token_counter
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import POOL, pool_batches
 from dsel_assets.pipeline.progress import Meter
-from dsel_assets.store import artifacts, queries, tables
+from dsel_assets.store import artifacts, tables
 from resources.ingest import IngestLimits
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -32,9 +32,9 @@ def pool_batch(
     ingest_limits: IngestLimits,
 ) -> dg.MaterializeResult:
     batch = context.partition_key
-    with store.get_connection() as conn:
-        manifest = queries.get_batch(conn, batch)
-        known = queries.ids_before(conn, batch)
+    with store.session() as db:
+        manifest = db.get_batch(batch)
+        known = db.ids_before(batch)
     context.log.info(f"validating {manifest.stored_path} ({manifest.size_bytes} bytes) as batch {batch}")
     try:
         result = validate_file(
@@ -50,11 +50,11 @@ def pool_batch(
         )
         accepted = tables.accepted_frame(manifest, result.accepted)
         quarantined = tables.quarantine_frame(manifest, result.quarantined)
-        with store.get_connection() as conn:
-            tables.replace_batch(conn, manifest, accepted, quarantined)
+        with store.session() as db:
+            db.replace_batch(manifest, accepted, quarantined)
     except Exception as exc:  # recorded for `dsel status`; the batch stays unvalidated, so a rerun retries it
-        with store.get_connection() as conn:
-            tables.mark_batch_failed(conn, batch, f"{type(exc).__name__}: {exc}")
+        with store.session() as db:
+            db.mark_batch_failed(batch, f"{type(exc).__name__}: {exc}")
         raise
     Meter(f"pool_batch[{batch}]", result.read, "records").update(result.read)
     reasons = result.reasons()
@@ -97,18 +97,15 @@ def pool_batch(
     description="The validated pool over every materialized batch, with its version (hash of the batches' manifests).",
 )
 def pool(context: dg.AssetExecutionContext, store: StateStore, tracker: MlflowTracker) -> dg.MaterializeResult:
-    with store.get_connection() as conn:
-        tables.ensure_schema(conn)
-        version, batches = queries.pool_version(conn)
-        by_task = queries.composition(conn)
-        reasons = queries.quarantine_reasons(conn)
+    with store.session() as db:
+        db.ensure_schema()
+        version, batches = db.pool_version()
+        by_task = db.composition()
+        reasons = db.quarantine_reasons()
         n_pool = int(by_task.filter(pl.col("split") == "pool")["n"].sum())
-        tables.record_pool_version(conn, version, batches, n_pool)
-    with store.get_connection() as conn:
-        inputs = [
-            DatasetRef(f"pool_batch/{b}", queries.get_batch(conn, b).stored_path, queries.get_batch(conn, b).sha256)
-            for b in batches
-        ]
+        db.record_pool_version(version, batches, n_pool)
+    with store.session() as db:
+        inputs = [DatasetRef(f"pool_batch/{b}", db.get_batch(b).stored_path, db.get_batch(b).sha256) for b in batches]
     with tracker.run(context, params={"pool_version": version, "batches": ",".join(batches)}, inputs=inputs) as run:
         run.log_metrics({"pool_examples": n_pool, "quarantined": int(reasons["n"].sum()) if reasons.height else 0})
     return dg.MaterializeResult(

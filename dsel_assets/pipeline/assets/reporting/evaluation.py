@@ -24,7 +24,7 @@ from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import BASE, EVALUATION, POOL, eval_asset_name, finetuned_asset_name, model_label
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
-from dsel_assets.store import artifacts, queries, tables
+from dsel_assets.store import artifacts
 from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -65,12 +65,12 @@ class EvalRunConfig(dg.Config):
         )
 
 
-def load_eval_set(conn, tasks: list[str], config: EvalConfig) -> tuple[list[EvalExample], str, int]:
+def load_eval_set(db, tasks: list[str], config: EvalConfig) -> tuple[list[EvalExample], str, int]:
     """The eval sample (same for every model), its version, and how many eval rows were left
     out because their prompt also appears in the pool or a query set (same question, another
     answer: e.g. a dialogue summarised twice). Whole conversations cannot repeat across
     splits (ids are content hashes, unique in the store); this is re-checked."""
-    rows = queries.split_rows(conn, "eval", ("pool_id", "task", "messages", "meta"))
+    rows = db.split_rows("eval", ("pool_id", "task", "messages", "meta"))
     if tasks:
         unknown = sorted(set(tasks) - set(rows["task"].to_list()))
         if unknown:
@@ -78,10 +78,10 @@ def load_eval_set(conn, tasks: list[str], config: EvalConfig) -> tuple[list[Eval
         rows = rows.filter(pl.col("task").is_in(tasks))
     if rows.height == 0:
         raise RuntimeError("eval: no eval examples; ingest an eval set (dsel ingest FILE --split eval)")
-    leaked = queries.count_outside_split(conn, rows["pool_id"].to_list(), "eval")
+    leaked = db.count_outside_split(rows["pool_id"].to_list(), "eval")
     if leaked:
         raise RuntimeError(f"eval: {leaked} eval examples also appear in the pool or query sets")
-    seen = queries.split_rows(conn, ("pool", "query"), ("messages",))["messages"].to_list()
+    seen = db.split_rows(("pool", "query"), ("messages",))["messages"].to_list()
     seen_prompts = {content_hashes(m)[1] for m in seen}
     examples = [
         EvalExample(pid, task, messages, json.loads(meta) if meta else {})
@@ -109,9 +109,9 @@ def evaluate_models(
         check_tasks(core.lm_eval_tasks, harness_folder)
     identity = target_model.identity()
     code_version = row_code_version(context)
-    with store.get_connection() as conn:
-        tables.ensure_schema(conn)
-        sample, eval_version, contaminated = load_eval_set(conn, list(config.tasks), core)
+    with store.session() as db:
+        db.ensure_schema()
+        sample, eval_version, contaminated = load_eval_set(db, list(config.tasks), core)
         if config.eval_version and eval_version != config.eval_version:
             raise RuntimeError(
                 f"eval: the eval set changed during the comparison (version {config.eval_version} -> {eval_version}: "
@@ -120,13 +120,13 @@ def evaluate_models(
         if method == BASE:
             models = [(f"base-{identity['model_hash']}", "0", None, 0, 0, 0)]
         else:
-            found = queries.finetuned_models_of(conn, method, identity["model_hash"])
+            found = db.finetuned_models_of(method, identity["model_hash"])
             if found.height == 0:
                 raise RuntimeError(
                     f"{finetuned_asset_name(method)}: no models of {identity['model']} yet; materialize it first"
                 )
             models = list(found.iter_rows())
-        done = queries.eval_keys(conn)
+        done = db.eval_keys()
     base, tokenizer = None, None
     summary = []
     params = {"method": method, **core.to_dict(), **identity, "eval_version": eval_version, "eval_n": len(sample)}
@@ -138,8 +138,8 @@ def evaluate_models(
             eval_key = hashlib.sha256(f"{model_key}/{eval_version}/{code_version}".encode()).hexdigest()[:16]
             if eval_key in done:
                 context.log.info(f"{label}: eval {eval_key} already stored; reused")
-                with store.get_connection() as conn:
-                    per_task = queries.eval_task_scores(conn, eval_key)
+                with store.session() as db:
+                    per_task = db.eval_task_scores(eval_key)
             else:
                 if base is None:
                     base, tokenizer = target_model.load()
@@ -220,9 +220,9 @@ def _write_eval(store, method, budget, model_key, eval_key, eval_version, train_
         [{"eval_key": eval_key, "model_key": model_key, "method": method, "budget": budget, **asdict(r)} for r in rows],
         schema_overrides={"score": pl.Float64, "loss": pl.Float64, "prediction": pl.String, "metric": pl.String},
     )
-    with store.get_connection() as conn:
-        tables.replace_rows(conn, "eval_scores", {"model_key": model_key}, scores)
-        tables.replace_rows(conn, "eval_examples", {"model_key": model_key}, examples)
+    with store.session() as db:
+        db.replace_rows("eval_scores", {"model_key": model_key}, scores)
+        db.replace_rows("eval_examples", {"model_key": model_key}, examples)
 
 
 def build_eval_asset(method: str) -> dg.AssetsDefinition:

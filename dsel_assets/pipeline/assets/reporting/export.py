@@ -34,7 +34,6 @@ import polars as pl
 from dsel_assets.core.data import writers
 from dsel_assets.core.data.writers import ExportRow
 from dsel_assets.pipeline.catalog import entry_key, key_method
-from dsel_assets.store import queries, schema
 from resources import store as state_db
 
 MANIFEST_VERSION = 1
@@ -164,10 +163,10 @@ def _score(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def gather(conn, replicate: Replicate) -> list[ExportRow]:
+def gather(db, replicate: Replicate) -> list[ExportRow]:
     """The replicate's rows in rank order with their examples; an id the pool no longer holds
     is an error (re-run the selection)."""
-    found = queries.selection_export_rows(conn, replicate.key, replicate.budget, replicate.seed)
+    found = db.selection_export_rows(replicate.key, replicate.budget, replicate.seed)
     missing = found.filter(pl.col("raw").is_null())["pool_id"].to_list()
     if missing:
         raise RuntimeError(
@@ -228,7 +227,7 @@ def _source_uri(source: str | None) -> str | None:
 
 
 def model_identity(
-    conn, inputs: Sequence[dict[str, Any]], created_at: Any = None, warmup: str | None = None
+    db, inputs: Sequence[dict[str, Any]], created_at: Any = None, warmup: str | None = None
 ) -> dict[str, Any]:
     """The model (and hash) the selection's representation was computed with, from its recorded
     inputs: the selection model itself, a Lance dataset named after the model hash, the LESS
@@ -241,22 +240,22 @@ def model_identity(
         found = _HASHED_DATASET.match(ref["name"])
         if found:
             return {"model": None, "model_hash": found[1], "from": f"input {ref['name']}"}
-    recorded = queries.warmup_identity(conn, key=warmup) if warmup else None
+    recorded = db.warmup_identity(key=warmup) if warmup else None
     if recorded:
         return {**{k: recorded[k] for k in ("model", "model_hash")}, "from": f"warmup {recorded['warmup']}"}
     for ref in inputs:
         if ref["name"] == "less_scores" and ref.get("digest"):
-            warmup = queries.warmup_identity(conn, key=ref["digest"])
+            warmup = db.warmup_identity(key=ref["digest"])
         elif ref["name"].startswith(_WARMUP_INPUTS):
-            warmup = queries.warmup_identity(conn, before=created_at)
+            warmup = db.warmup_identity(before=created_at)
         else:
             continue
         if warmup:
             return {**{k: warmup[k] for k in ("model", "model_hash")}, "from": f"warmup {warmup['warmup']}"}
     for ref in inputs:
         table = ref.get("digest") or ""
-        if _TABLE_NAME.match(table) and "model_hash" in schema.columns(conn, table):
-            pairs = queries.score_models(conn, table)
+        if _TABLE_NAME.match(table) and "model_hash" in db.columns(table):
+            pairs = db.score_models(table)
             if len(pairs) == 1:
                 return {"model": pairs[0][0], "model_hash": pairs[0][1], "from": f"table {table}"}
     return {"model": None, "model_hash": None, "from": None}
@@ -294,7 +293,7 @@ def _plain(value: Any) -> Any:
 
 
 def describe(
-    conn,
+    db,
     replicate: Replicate,
     rows: Sequence[ExportRow],
     settings: dict[str, Any] | None,
@@ -317,10 +316,10 @@ def describe(
     diagnostics = json.loads(row["diagnostics"]) if row.get("diagnostics") else None
     warmup = (diagnostics or {}).get("warmup")
     warmup_key = warmup.get("key") if isinstance(warmup, dict) else None
-    identity = model_identity(conn, inputs, row.get("created_at"), warmup_key)
+    identity = model_identity(db, inputs, row.get("created_at"), warmup_key)
     if identity["model"] is None and identity["model_hash"] is not None and settings:
         identity["model"] = settings.get("model")
-    current, _ = queries.pool_version(conn)
+    current, _ = db.pool_version()
     config = replicate.config
     return {
         "method": replicate.key,
@@ -486,13 +485,13 @@ def export_selection(
         raise ValueError(
             f"method: no stored selections yet in {home.root}; make one first: dsel select --method M --budget B"
         )
-    with state_db.open_state(home.duckdb, read_only=True) as conn:
-        if not schema.table_exists(conn, "selections"):
+    with state_db.open_state(home.duckdb, read_only=True) as db:
+        if not db.table_exists("selections"):
             raise ValueError("method: no stored selections yet; make one first: dsel select --method M --budget B")
-        replicate, warnings = resolve(queries.stored_selections(conn), method, budget, seed, target)
+        replicate, warnings = resolve(db.stored_selections(), method, budget, seed, target)
         check_target(fmt, out, force)
-        rows = gather(conn, replicate)
-        lineage = describe(conn, replicate, rows, stored_settings(home), tracking_uri)
+        rows = gather(db, replicate)
+        lineage = describe(db, replicate, rows, stored_settings(home), tracking_uri)
     for warning in warnings:
         log(f"[dsel] warning: {warning}")
     manifest = write_export(fmt, rows, lineage, out, command)

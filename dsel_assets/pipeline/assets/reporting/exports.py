@@ -12,7 +12,7 @@ from dsel_assets.pipeline.assets.reporting import export
 from dsel_assets.pipeline.catalog import selection_keys
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import EXPORTS, selection_asset_name
-from dsel_assets.store import artifacts, queries, tables
+from dsel_assets.store import artifacts
 from resources.home import StateHome
 from resources.settings import stored_settings
 from resources.store import StateStore
@@ -54,10 +54,10 @@ def selection_export(
 ) -> dg.MaterializeResult:
     fmt = config.format
     check_format(fmt)
-    with store.get_connection() as conn:
-        tables.ensure_schema(conn)
-        version, _ = queries.pool_version(conn)
-        chosen = export.choose(queries.stored_selections(conn), config.methods, config.budgets)
+    with store.session() as db:
+        db.ensure_schema()
+        version, _ = db.pool_version()
+        chosen = export.choose(db.stored_selections(), config.methods, config.budgets)
     if not chosen:
         raise RuntimeError("selection_export: no stored selections yet; materialize a selection_<method> asset first")
     settings = stored_settings(home.paths)
@@ -69,9 +69,9 @@ def selection_export(
         artifacts.writing(root) as out,
     ):
         for replicate in chosen:
-            with store.get_connection() as conn:
-                rows = export.gather(conn, replicate)
-                lineage = export.describe(conn, replicate, rows, settings, tracker.tracking_uri)
+            with store.session() as db:
+                rows = export.gather(db, replicate)
+                lineage = export.describe(db, replicate, rows, settings, tracker.tracking_uri)
             folder, name = export_key(replicate, fmt)
             target = out.joinpath(*folder.split("/"))
             target.mkdir(parents=True, exist_ok=True)

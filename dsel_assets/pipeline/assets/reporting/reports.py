@@ -33,7 +33,7 @@ from dsel_assets.pipeline.names import (
     selection_asset_name,
 )
 from dsel_assets.pipeline.stored import load_vectors
-from dsel_assets.store import artifacts, queries, schema, tables
+from dsel_assets.store import artifacts
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
@@ -49,17 +49,17 @@ def _noise_label(meta: str | None) -> str | None:
     return json.dumps(value)
 
 
-def selection_report_frame(conn, lance: LanceStore) -> pl.DataFrame:
+def selection_report_frame(db, lance: LanceStore) -> pl.DataFrame:
     """One row per stored (method, budget): size, task mix, known-noise rate, query similarity."""
-    selected = queries.selected_examples(conn)
+    selected = db.selected_examples()
     noise = [_noise_label(meta) for meta in selected["meta"].to_list()]
     selected = selected.drop("meta").with_columns(pl.Series("noise", noise, dtype=pl.String))
-    query_ids = queries.split_rows(conn, "query", ("pool_id",))["pool_id"].to_list()
+    query_ids = db.split_rows("query", ("pool_id",))["pool_id"].to_list()
     has_vectors = lance.version(SENTENCE_EMBEDDINGS) is not None
     query_vectors = None
     if has_vectors and query_ids:
         query_vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, query_ids)
-    has_noise_labels = any(v is not None for v in queries.meta_field(conn, "pool", "noise").values())
+    has_noise_labels = any(v is not None for v in db.meta_field("pool", "noise").values())
     rows = []
     for (method, budget), group in selected.group_by(["method", "budget"], maintain_order=True):
         vectors = load_vectors(lance, SENTENCE_EMBEDDINGS, group["pool_id"].to_list())[0] if has_vectors else None
@@ -107,11 +107,11 @@ def selection_report(
     tracker: MlflowTracker,
     home: StateHome,
 ) -> dg.MaterializeResult:
-    with store.get_connection() as conn:
-        tables.ensure_schema(conn)
-        report = selection_report_frame(conn, lance)
-        version, _ = queries.pool_version(conn)
-        tables.replace_table(conn, SELECTION_REPORT, report)
+    with store.session() as db:
+        db.ensure_schema()
+        report = selection_report_frame(db, lance)
+        version, _ = db.pool_version()
+        db.replace_table(SELECTION_REPORT, report)
     markdown = markdown_table(report.columns, report.rows(), limit=500)
     reports = home.paths.artifacts.uri("reports")
     with artifacts.writing(reports) as out:
@@ -155,15 +155,15 @@ class ComparisonConfig(dg.Config):
 
 
 def comparison_rows(
-    conn, tasks: list[str], methods: list[str], model_hash: str | None, eval_version: str | None = None
+    db, tasks: list[str], methods: list[str], model_hash: str | None, eval_version: str | None = None
 ) -> pl.DataFrame:
     """One row per (current model, eval example): the models of ``finetuned_models`` fine-tuned
     from base model ``model_hash`` (None: from any, for a home that only ever had one) and that
     untouched base model, with their selection and training seeds, selection size, and the eval
     example's group: the hash of its prompt, so the reference answers of one source item (the three
     summaries of one DialogSum dialogue) resample together."""
-    tables.ensure_schema(conn)
-    rows = queries.eval_rows_with_models(conn, BASE, model_hash, eval_version)
+    db.ensure_schema()
+    rows = db.eval_rows_with_models(BASE, model_hash, eval_version)
     if tasks:
         rows = rows.filter(pl.col("task").is_in(tasks))
     if methods:
@@ -171,7 +171,7 @@ def comparison_rows(
     evaluated = set(rows["pool_id"].to_list())
     prompts = {
         pool_id: content_hashes(messages)[1]
-        for pool_id, messages in queries.split_rows(conn, "eval", ("pool_id", "messages")).iter_rows()
+        for pool_id, messages in db.split_rows("eval", ("pool_id", "messages")).iter_rows()
         if pool_id in evaluated
     }
     groups = pl.DataFrame(
@@ -189,10 +189,10 @@ def targeted_keys(keys) -> list[str]:
     return [key for key in keys if key not in (BASE, FULL_POOL) and key_method(key)[0].family == "targeted"]
 
 
-def _task_mix(conn) -> pl.DataFrame | None:
-    if not schema.table_exists(conn, SELECTION_REPORT):
+def _task_mix(db) -> pl.DataFrame | None:
+    if not db.table_exists(SELECTION_REPORT):
         return None
-    return queries.report(conn, SELECTION_REPORT).select("method", "budget", "task_counts")
+    return db.report(SELECTION_REPORT).select("method", "budget", "task_counts")
 
 
 def _embedded(path: Path) -> str:
@@ -219,13 +219,13 @@ def comparison_report(
     target_model: SelectionModel,
 ) -> dg.MaterializeResult:
     identity = target_model.identity()
-    with store.get_connection() as conn:
-        tables.ensure_schema(conn)
+    with store.session() as db:
+        db.ensure_schema()
         rows = comparison_rows(
-            conn, list(config.tasks), list(config.methods), identity["model_hash"], config.eval_version or None
+            db, list(config.tasks), list(config.methods), identity["model_hash"], config.eval_version or None
         )
-        mix = _task_mix(conn)
-        randomness = randomness_by_key(rows["method"].unique().to_list(), conn)
+        mix = _task_mix(db)
+        randomness = randomness_by_key(rows["method"].unique().to_list(), db)
     if rows.height == 0:
         raise RuntimeError(
             f"comparison_report: no eval rows of {identity['model']} yet; materialize eval_base / eval_<method> first"
@@ -242,8 +242,8 @@ def comparison_report(
         pl.lit(f"{identity['model']} (weights {identity['model_hash']})").alias("model"),
         pl.lit(config.eval_version or "any").alias("eval_version"),
     )
-    with store.get_connection() as conn:
-        tables.replace_table(conn, "comparison_report", table)
+    with store.session() as db:
+        db.replace_table("comparison_report", table)
     reports = home.paths.artifacts.uri("reports")
     with artifacts.writing(reports) as out:
         images = {

@@ -8,7 +8,6 @@ from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.names import MODEL_EMBEDDINGS, POOL_BATCH, REPRESENTATIONS, SENTENCE_EMBEDDINGS, pool_batches
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.stored import vector_table
-from dsel_assets.store import queries
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
 from resources.store import StateStore
@@ -36,9 +35,9 @@ def sentence_embeddings(
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
     batch = context.partition_key
-    with store.get_connection() as conn:
-        manifest = queries.get_batch(conn, batch)
-        rows = queries.batch_rows(conn, batch)
+    with store.session() as db:
+        manifest = db.get_batch(batch)
+        rows = db.batch_rows(batch)
     texts = [example_text(m) for m in rows["messages"].to_list()]
     meter = Meter(f"sentence_embeddings[{batch}]", len(texts), log=context.log.info)
     parts, rate = [], 0.0
@@ -99,9 +98,9 @@ def model_embeddings(
     batch, settings = context.partition_key, model_embedding_settings
     identity = selection_model.identity()
     name = settings.dataset(identity["model_hash"])
-    with store.get_connection() as conn:
-        manifest = queries.get_batch(conn, batch)
-        rows = queries.split_rows(conn, "pool", batch=batch)
+    with store.session() as db:
+        manifest = db.get_batch(batch)
+        rows = db.split_rows("pool", batch=batch)
     ids = rows["pool_id"].to_list()
     stored = set()
     if lance.exists(name):

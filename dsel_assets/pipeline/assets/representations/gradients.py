@@ -36,7 +36,7 @@ from dsel_assets.pipeline.names import (
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.pipeline.stored import latest_warmup_manifest, matrix_table, vector_matrix, vector_table
-from dsel_assets.store import artifacts, queries, sql, tables
+from dsel_assets.store import artifacts
 from resources.gradient_settings import GradientSettings
 from resources.home import StateHome
 from resources.lance_store import LanceStore
@@ -86,9 +86,9 @@ def warmup_checkpoint(
 ) -> dg.MaterializeResult:
     core = config.to_core()
     identity = selection_model.identity()
-    with store.get_connection() as conn:
-        version, _ = queries.pool_version(conn)
-        pool_rows = queries.split_rows(conn, "pool")
+    with store.session() as db:
+        version, _ = db.pool_version()
+        pool_rows = db.split_rows("pool")
     if pool_rows.height == 0:
         raise RuntimeError("pool: no examples; ingest data first")
     code_version = row_code_version(context)
@@ -165,9 +165,9 @@ def _record_warmup(
     reused: bool = False,
 ) -> dg.MaterializeResult:
     """Record warmup ``key`` (trained, or ``reused``) as the latest, and its materialization."""
-    with store.get_connection() as conn:
-        tables.ensure_schema(conn)
-        tables.record_warmup(conn, key, out_uri, version, identity["model"], identity["model_hash"], core.to_dict())
+    with store.session() as db:
+        db.ensure_schema()
+        db.record_warmup(key, out_uri, version, identity["model"], identity["model_hash"], core.to_dict())
     rows = [
         (c["epoch"], f"{c['lr_mean']:.3g}", artifacts.join(out_uri, Path(c["path"]).name))
         for c in manifest["checkpoints"]
@@ -291,8 +291,8 @@ def pool_grad_features(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     dataset = grad_features_dataset("pool", grad_settings.suffix())
-    with store.get_connection() as conn:
-        manifest = queries.get_batch(conn, batch)
+    with store.session() as db:
+        manifest = db.get_batch(batch)
     if manifest.split != "pool":
         skipped = "query/eval batches get no Adam pool features"
         with tracker.run(context, params={"batch": batch, "split": manifest.split, "skipped": skipped}) as run:
@@ -300,10 +300,10 @@ def pool_grad_features(
         return dg.MaterializeResult(
             metadata={"split": manifest.split, "rows_per_checkpoint": 0, "skipped": skipped, **run.metadata()}
         )
-    with store.get_connection() as conn:
-        warmup, warmup_uri, warmup_manifest = latest_warmup_manifest(conn)
-        keep = queries.sibling_warmups(conn, warmup)  # other seeds of this pool and model: kept beside it
-        rows = queries.split_rows(conn, "pool", batch=batch)
+    with store.session() as db:
+        warmup, warmup_uri, warmup_manifest = latest_warmup_manifest(db)
+        keep = db.sibling_warmups(warmup)  # other seeds of this pool and model: kept beside it
+        rows = db.split_rows("pool", batch=batch)
         items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     checkpoints = _checkpoints(warmup_manifest, config.checkpoints)
     params = {
@@ -384,10 +384,10 @@ def query_grad_features(
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
     dataset = grad_features_dataset("query", grad_settings.suffix())
-    with store.get_connection() as conn:
-        warmup, _, warmup_manifest = latest_warmup_manifest(conn)
-        keep = queries.sibling_warmups(conn, warmup)
-        rows = queries.split_rows(conn, "query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
+    with store.session() as db:
+        warmup, _, warmup_manifest = latest_warmup_manifest(db)
+        keep = db.sibling_warmups(warmup)
+        rows = db.split_rows("query", ("pool_id", "task", "messages"), order=("task", "pool_id"))
     if rows.height == 0:
         raise RuntimeError("queries: no query examples; ingest a query set (dsel ingest FILE --split query)")
     task_of = dict(zip(rows["pool_id"], rows["task"], strict=True))
@@ -455,11 +455,11 @@ def influence(
 ) -> dg.MaterializeResult:
     pool_dataset = grad_features_dataset("pool", grad_settings.suffix())
     query_dataset = grad_features_dataset("query", grad_settings.suffix())
-    with store.get_connection() as conn:
-        warmup, _, warmup_manifest = latest_warmup_manifest(conn)
-        version, _ = queries.pool_version(conn)
-        pool_ids = queries.split_rows(conn, "pool", ("pool_id",))
-        subtask_of = queries.query_subtasks(conn)
+    with store.session() as db:
+        warmup, _, warmup_manifest = latest_warmup_manifest(db)
+        version, _ = db.pool_version()
+        pool_ids = db.split_rows("pool", ("pool_id",))
+        subtask_of = db.query_subtasks()
     weights = checkpoint_weights({c["epoch"]: c["lr_mean"] for c in warmup_manifest["checkpoints"]})
     query_features_table = lance.read(
         query_dataset, ["pool_id", "task", "checkpoint", "vector"], equal={"warmup": warmup}
@@ -504,9 +504,9 @@ def influence(
         pl.col("pool_id").map_elements(lambda q: subtask_of.get(q) or "", return_dtype=pl.String).alias("subtask")
     )
     lance_version = lance.overwrite(influence_dataset(grad_settings.suffix()), matrix_table(ids, scores))
-    with store.get_connection() as conn, sql.transaction(conn):
-        tables.replace_table(conn, columns_table(INFLUENCE), column_table)
-        tables.replace_table(conn, "less_scores", less)
+    with store.session() as db, db.transaction():
+        db.replace_table(columns_table(INFLUENCE), column_table)
+        db.replace_table("less_scores", less)
     inputs = [
         DatasetRef(pool_dataset, lance.uri(pool_dataset), str(lance.version(pool_dataset))),
         DatasetRef(query_dataset, lance.uri(query_dataset), str(lance.version(query_dataset))),

@@ -11,7 +11,6 @@ from dsel_assets.core.labels import cluster_labels, provided_labels
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import POOL, REPRESENTATIONS, SENTENCE_EMBEDDINGS
 from dsel_assets.pipeline.stored import load_vectors
-from dsel_assets.store import queries, sql, tables
 from resources.lance_store import LanceStore
 from resources.models import SentenceEmbedder
 from resources.store import StateStore
@@ -39,10 +38,10 @@ def labels(
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
 
-    with store.get_connection() as conn:
-        rows = queries.split_rows(conn, "pool", ("pool_id",))
-        tags = queries.meta_field(conn, "pool", "tags")
-        version, _ = queries.pool_version(conn)
+    with store.session() as db:
+        rows = db.split_rows("pool", ("pool_id",))
+        tags = db.meta_field("pool", "tags")
+        version, _ = db.pool_version()
     labelled = provided_labels([tags[p] for p in rows["pool_id"]])
     if labelled is not None:
         label_vectors = embedder.encode(labelled.names)
@@ -65,9 +64,9 @@ def labels(
             "how": [how] * len(names),
         }
     )
-    with store.get_connection() as conn, sql.transaction(conn):
-        tables.replace_table(conn, "labels", pairs)
-        tables.replace_table(conn, "label_vocab", vocab)
+    with store.session() as db, db.transaction():
+        db.replace_table("labels", pairs)
+        db.replace_table("label_vocab", vocab)
     with tracker.run(context, params={"how": how, "pool_version": version}) as run:
         run.log_metrics({"labels": len(names), "pairs": pairs.height})
     sizes = pairs.group_by("label").len().sort("len", descending=True).head(10).rows()

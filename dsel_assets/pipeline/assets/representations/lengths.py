@@ -6,7 +6,6 @@ import polars as pl
 
 from dsel_assets.core.models.templates import response_token_counts
 from dsel_assets.pipeline.names import POOL_BATCH, REPRESENTATIONS, pool_batches
-from dsel_assets.store import queries, schema, tables
 from resources.models import SelectionModel
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
@@ -27,9 +26,9 @@ def response_lengths(
     context: dg.AssetExecutionContext, store: StateStore, selection_model: SelectionModel, tracker: MlflowTracker
 ) -> dg.MaterializeResult:
     batch, identity = context.partition_key, selection_model.identity()
-    with store.get_connection() as conn:
-        manifest = queries.get_batch(conn, batch)
-        rows = queries.split_rows(conn, "pool", batch=batch)
+    with store.session() as db:
+        manifest = db.get_batch(batch)
+        rows = db.split_rows("pool", batch=batch)
     counts = response_token_counts(selection_model.tokenizer(), rows["messages"].to_list())
     frame = pl.DataFrame(
         {"pool_id": rows["pool_id"], "response_tokens": pl.Series(counts, dtype=pl.Int32)}
@@ -42,9 +41,9 @@ def response_lengths(
     )
     inputs = [DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
     with tracker.run(context, params={"batch": batch, **identity}, inputs=inputs) as run:
-        with store.get_connection() as conn:
-            schema.ensure_score_table(conn, "response_lengths")
-            tables.replace_rows(conn, "response_lengths", {"batch": batch}, frame)
+        with store.session() as db:
+            db.ensure_score_table("response_lengths")
+            db.replace_rows("response_lengths", {"batch": batch}, frame)
         mean = float(frame["response_tokens"].mean() or 0.0)
         run.log_metrics({"rows": frame.height, "mean_response_tokens": mean})
     return dg.MaterializeResult(

@@ -30,7 +30,7 @@ from dsel_assets.pipeline.names import (
 from dsel_assets.pipeline.scoring import SCORE_BATCH, score_frame, score_resumably, template_hash
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.pipeline.stored import load_scalars, load_vectors
-from dsel_assets.store import artifacts, queries, schema, tables
+from dsel_assets.store import artifacts, schema
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -82,9 +82,9 @@ def cherry_pre_experienced_model(
     """Perplexity is ``ppl_conditioned`` of ``loss_scores`` (the same model, before training);
     examples without one (a recorded reason) are left out of the sample."""
     identity = selection_model.identity()
-    with store.get_connection() as conn:
-        rows = queries.split_rows(conn, "pool")
-        version, _ = queries.pool_version(conn)
+    with store.session() as db:
+        rows = db.split_rows("pool")
+        version, _ = db.pool_version()
     ids = rows["pool_id"].to_list()
     if not ids:
         raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
@@ -131,8 +131,8 @@ def cherry_pre_experienced_model(
             "pool_version": version,
         }
     )
-    with store.get_connection() as conn:
-        tables.replace_table(conn, "pre_experience_sample", table)
+    with store.session() as db:
+        db.replace_table("pre_experience_sample", table)
     return dg.MaterializeResult(
         metadata={
             "adapter": key,
@@ -168,13 +168,13 @@ def cherry_pre_experienced_scores(
     pool, are deleted."""
     identity = selection_model.identity()
     code_version = row_code_version(context)
-    with store.get_connection() as conn:
-        found = queries.rows_matching(conn, "pre_experience_sample", ["adapter", "path"], {}).head(1)
+    with store.session() as db:
+        found = db.rows_matching("pre_experience_sample", ["adapter", "path"], {}).head(1)
         if found.height == 0:
             raise RuntimeError(f"{PRE_EXPERIENCED_MODEL}: no adapter yet; materialize it first")
         adapter, path = found.row(0)
-        schema.ensure_score_table(conn, PRE_EXPERIENCED_SCORES, extra=(schema.Column("adapter", "text"),))
-        rows = queries.split_rows(conn, "pool", ("pool_id", "batch", "messages"))
+        db.ensure_score_table(PRE_EXPERIENCED_SCORES, extra=(schema.Column("adapter", "text"),))
+        rows = db.split_rows("pool", ("pool_id", "batch", "messages"))
         keep = {"adapter": adapter, "code_version": code_version}
     batch_of = dict(zip(rows["pool_id"].to_list(), rows["batch"].to_list(), strict=True))
     items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))

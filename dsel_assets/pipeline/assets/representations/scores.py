@@ -45,7 +45,7 @@ from dsel_assets.pipeline.scoring import (
 )
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.pipeline.stored import load_vectors
-from dsel_assets.store import queries, schema, tables
+from dsel_assets.store import schema
 from resources.lance_store import LanceStore
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -60,21 +60,21 @@ class ScoreConfig(dg.Config):
     )
 
 
-def copy_sibling_rows(conn, sibling: str, table: str, batch: str, keep: dict[str, object], template: str) -> int:
+def copy_sibling_rows(db, sibling: str, table: str, batch: str, keep: dict[str, object], template: str) -> int:
     """Copy into ``table`` the rows of ``batch`` that the sibling score asset ``sibling`` already
     computed with the same model weights, template and scoring code (the proxy model is the
     selection model by default: scoring the pool twice would double the cost for the same
     numbers); returns how many. Ids ``table`` already holds are left alone."""
     donor = score_table(sibling, template)
-    if not schema.table_exists(conn, donor):
+    if not db.table_exists(donor):
         return 0
-    have = set(queries.rows_matching(conn, table, ["pool_id"], {"batch": batch, **keep})["pool_id"])
+    have = set(db.rows_matching(table, ["pool_id"], {"batch": batch, **keep})["pool_id"])
     columns = [c.name for c in schema.SCORE_COLUMNS]
-    rows = queries.rows_matching(
-        conn, donor, columns, {"batch": batch, **keep, "code_version": score_code_version(sibling)}
+    rows = db.rows_matching(
+        donor, columns, {"batch": batch, **keep, "code_version": score_code_version(sibling)}
     ).filter(~pl.col("pool_id").is_in(list(have)))
     if rows.height:
-        tables.upsert_by_id(conn, table, rows.with_columns(code_version=pl.lit(keep["code_version"])), {"batch": batch})
+        db.upsert_by_id(table, rows.with_columns(code_version=pl.lit(keep["code_version"])), {"batch": batch})
     return rows.height
 
 
@@ -113,11 +113,11 @@ def build_score_asset(
         code_version = row_code_version(context)
         # the identity of a score row: rows of the same one are reused, rows of another are stale
         keep = {"model_hash": identity["model_hash"], "code_version": code_version, "prompt_template": config.template}
-        with store.get_connection() as conn:
-            schema.ensure_score_table(conn, table)
-            manifest = queries.get_batch(conn, batch)
-            rows = queries.split_rows(conn, "pool", batch=batch)
-            copied = 0 if sibling is None else copy_sibling_rows(conn, sibling, table, batch, keep, config.template)
+        with store.session() as db:
+            db.ensure_score_table(table)
+            manifest = db.get_batch(batch)
+            rows = db.split_rows("pool", batch=batch)
+            copied = 0 if sibling is None else copy_sibling_rows(db, sibling, table, batch, keep, config.template)
         if copied:
             context.log.info(f"{table}: {copied} rows copied from {sibling} (same model weights, template and code)")
         items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
@@ -193,18 +193,18 @@ greedy_scores = build_score_asset(
 )
 def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: MlflowTracker) -> dg.MaterializeResult:
     """Which source each value came from is stored beside it (``how``)."""
-    with store.get_connection() as conn:
-        schema.ensure_score_table(conn, LOSS_SCORES)
-        pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
-        score_of = queries.meta_field(conn, "pool", "score")
-        scored = queries.rows_matching(conn, LOSS_SCORES, ["pool_id", "loss_conditioned"], {})
+    with store.session() as db:
+        db.ensure_score_table(LOSS_SCORES)
+        pool_ids = db.split_rows("pool", ("pool_id",))["pool_id"].to_list()
+        score_of = db.meta_field("pool", "score")
+        scored = db.rows_matching(LOSS_SCORES, ["pool_id", "loss_conditioned"], {})
         loss_of = dict(zip(scored["pool_id"].to_list(), scored["loss_conditioned"].to_list(), strict=True))
         values, how = quality_values([score_of[p] for p in pool_ids], [loss_of.get(p) for p in pool_ids])
         table = pl.DataFrame(
             {"pool_id": pool_ids, "quality": values, "how": how},
             schema={"pool_id": pl.String, "quality": pl.Float64, "how": pl.String},
         )
-        tables.replace_table(conn, "quality", table)
+        db.replace_table("quality", table)
         summary = (
             table.group_by("how", maintain_order=True)
             .agg(
@@ -214,7 +214,7 @@ def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: Mlflo
             )
             .rows()
         )
-        version, _ = queries.pool_version(conn)
+        version, _ = db.pool_version()
     with tracker.run(context, params={"pool_version": version}) as run:
         run.log_metrics({f"rows.{how}": n for how, n, _, _ in summary})
     return dg.MaterializeResult(
@@ -262,19 +262,19 @@ def learning_percentage(
         seed=config.seed,
         lora=LoraSettings(r=config.lora_r, alpha=4 * config.lora_r, dropout=0.0),
     )
-    with store.get_connection() as conn:
-        rows = queries.split_rows(conn, "pool")
-        version, _ = queries.pool_version(conn)
+    with store.session() as db:
+        rows = db.split_rows("pool")
+        version, _ = db.pool_version()
     identity = proxy_model.identity()
     code_version = row_code_version(context)
     fingerprint = hashlib.sha256(
         json.dumps([version, identity, config.model_dump(), code_version], sort_keys=True).encode()
     ).hexdigest()[:16]
-    with store.get_connection() as conn:
-        exists = "fingerprint" in schema.columns(conn, "learning_percentage")
+    with store.session() as db:
+        exists = "fingerprint" in db.columns("learning_percentage")
         stored = None
         if exists:
-            stored = queries.rows_matching(conn, "learning_percentage", ["reason"], {"fingerprint": fingerprint})
+            stored = db.rows_matching("learning_percentage", ["reason"], {"fingerprint": fingerprint})
     if stored is not None and stored.height == rows.height:
         context.log.info(f"learning percentage: reusing the rows of fingerprint {fingerprint}")
         undefined = int((stored["reason"] != "").sum())
@@ -311,8 +311,8 @@ def learning_percentage(
             "fingerprint": fingerprint,
         }
     )
-    with store.get_connection() as conn:
-        tables.replace_table(conn, "learning_percentage", table)
+    with store.session() as db:
+        db.replace_table("learning_percentage", table)
     undefined = sum(bool(r) for r in reasons)
     return dg.MaterializeResult(
         metadata={
@@ -364,11 +364,11 @@ def golden_score(
     from dsel_assets.core.models.nuggets import golden_scores, one_shot_cached, prepare_anchors, zero_shot
     from dsel_assets.core.select import build_config, get
 
-    with store.get_connection() as conn:
-        rows = queries.split_rows(conn, "pool")
-        version, _ = queries.pool_version(conn)
+    with store.session() as db:
+        rows = db.split_rows("pool")
+        version, _ = db.pool_version()
         if config.anchors.startswith("source:"):
-            anchor_rows = queries.source_rows(conn, config.anchors.split(":", 1)[1], ("messages",))
+            anchor_rows = db.source_rows(config.anchors.split(":", 1)[1], ("messages",))
             if anchor_rows.height == 0:
                 raise ValueError(f"anchors: no examples from {config.anchors!r}; ingest that source first")
             anchor_messages = anchor_rows["messages"].to_list()
@@ -392,8 +392,8 @@ def golden_score(
     # the anchor set (and model, code) is the identity of a score: rows of the same one are reused
     anchor_set = hashlib.sha256(json.dumps([a.zero_shot_ids for a in anchors]).encode()).hexdigest()[:16]
     keep = {"anchor_set": anchor_set, "model_hash": identity["model_hash"], "code_version": code_version}
-    with store.get_connection() as conn:
-        tables.ensure_schema(conn)
+    with store.session() as db:
+        db.ensure_schema()
     items = list(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
     template = template_hash(tokenizer)
 
@@ -476,12 +476,12 @@ def whisperer_score(
     example's score is a mean over the rounds it served in."""
     from dsel_assets.core.models.data_whisperer import whisperer_scores
 
-    with store.get_connection() as conn:
-        rows = queries.split_rows(conn, "pool")
-        query_rows = queries.split_rows(conn, "query", ("task", "messages"))
+    with store.session() as db:
+        rows = db.split_rows("pool")
+        query_rows = db.split_rows("query", ("task", "messages"))
         if config.task:
             query_rows = query_rows.filter(pl.col("task") == config.task)
-        version, _ = queries.pool_version(conn)
+        version, _ = db.pool_version()
     model, tokenizer = selection_model.load()
     model.set_attn_implementation("eager")  # attention weights are read
     layer = None if config.layer < 0 else config.layer
@@ -511,8 +511,8 @@ def whisperer_score(
             "code_version": row_code_version(context),
         }
     )
-    with store.get_connection() as conn:
-        tables.replace_table(conn, "whisperer_score", table)
+    with store.session() as db:
+        db.replace_table("whisperer_score", table)
     return dg.MaterializeResult(
         metadata={
             "rows": len(scores),

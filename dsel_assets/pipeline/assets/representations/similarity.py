@@ -26,7 +26,6 @@ from dsel_assets.pipeline.names import (
     rds_queries_dataset,
 )
 from dsel_assets.pipeline.stored import load_vectors, matrix_table, query_rows, vector_matrix, vector_table
-from dsel_assets.store import queries, tables
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
 from resources.store import StateStore
@@ -66,9 +65,9 @@ def store_similarity(
     """Cosine of every pool vector of ``source`` (streamed ``chunk`` rows at a time) with the
     query vectors; the matrix to Lance ``dataset``, its columns to DuckDB, one MLflow run."""
     asset = context.asset_key.path[-1]
-    with store.get_connection() as conn:
-        version, _ = queries.pool_version(conn)
-        pool_ids = queries.split_rows(conn, "pool", ("pool_id",))["pool_id"].to_list()
+    with store.session() as db:
+        version, _ = db.pool_version()
+        pool_ids = db.split_rows("pool", ("pool_id",))["pool_id"].to_list()
     chunks = (
         (b.column("pool_id").to_pylist(), vector_matrix(b.column("vector")))
         for b in lance.iter_batches(source.name, ["pool_id", "vector"], batch_size=chunk)
@@ -80,8 +79,8 @@ def store_similarity(
         context.log.warning(f"{asset}: {source.name} covers {len(ids)} of {len(pool_ids)} pool rows")
     lance_version = lance.overwrite(dataset, matrix_table(ids, scores))
     columns = query_frame.select("pool_id", "task", "subtask").with_row_index("col")
-    with store.get_connection() as conn:
-        tables.replace_table(conn, columns_table(asset), columns)
+    with store.session() as db:
+        db.replace_table(columns_table(asset), columns)
     low, high = float(scores.min()), float(scores.max())
     with tracker.run(context, params={**params, "pool_version": version, "chunk": chunk}, inputs=[source]) as run:
         run.log_metrics({"pool_rows": len(ids), "query_columns": scores.shape[1], "min": low, "max": high})
@@ -126,8 +125,8 @@ def rds_similarity(
     settings = model_embedding_settings
     check_rds_pooling(settings)
     identity = selection_model.identity()
-    with store.get_connection() as conn:
-        query_set = query_rows(conn)
+    with store.session() as db:
+        query_set = query_rows(db)
     model, tokenizer = selection_model.load()
     vectors = embed(
         model, tokenizer, query_set["messages"].to_list(), settings.pooling, settings.max_length, settings.batch_size
@@ -169,8 +168,8 @@ def embed_similarity(
     lance: LanceStore,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
-    with store.get_connection() as conn:
-        query_set = query_rows(conn)
+    with store.session() as db:
+        query_set = query_rows(db)
     query_vectors, version = load_vectors(lance, SENTENCE_EMBEDDINGS, query_set["pool_id"].to_list())
     source = DatasetRef(SENTENCE_EMBEDDINGS, lance.uri(SENTENCE_EMBEDDINGS), str(version))
     return store_similarity(

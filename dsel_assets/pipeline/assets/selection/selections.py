@@ -27,7 +27,6 @@ from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import POOL, SELECTIONS, SENTENCE_EMBEDDINGS, selection_asset_name, selection_key
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.stored import latest_warmup_manifest, load_vectors
-from dsel_assets.store import queries, tables
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
@@ -163,12 +162,12 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
         reads_warmup = "warmup" in randomness_sources(spec, representation, method_config)
         if config.warmup_seed is not None:
             replicates = warmup_replicate(key, reads_warmup, replicates, config)
-        with store.get_connection() as conn:
-            tables.ensure_schema(conn)
-            version, _ = queries.pool_version(conn)
-            frame = queries.split_rows(conn, "pool", ("pool_id", "task", "batch"))
+        with store.session() as db:
+            db.ensure_schema()
+            version, _ = db.pool_version()
+            frame = db.split_rows("pool", ("pool_id", "task", "batch"))
             # the warmup its gradient inputs come from (the latest), for lineage and the warmup seed check
-            warmup = current_warmup(conn) if reads_warmup else None
+            warmup = current_warmup(db) if reads_warmup else None
         pool_ids = frame["pool_id"].to_list()
         if not pool_ids:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
@@ -278,14 +277,14 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                     },
                 )
                 if config.warmup_seed is not None:  # one warmup seed's replicate: the others' rows stay
-                    with store.get_connection() as conn:
+                    with store.session() as db:
                         family = list(config.warmup_replicates) or None
-                        tables.write_selection_replicate(conn, key, budget.label, selection_seed, rows, family)
+                        db.write_selection_replicate(key, budget.label, selection_seed, rows, family)
                 else:
                     pending.setdefault(budget.label, []).append(rows)
                 if len(pending.get(budget.label, ())) == len(replicates):  # every seed of this budget: at once
-                    with store.get_connection() as conn:
-                        tables.write_selection(conn, key, budget.label, pl.concat(pending.pop(budget.label)))
+                    with store.session() as db:
+                        db.write_selection(key, budget.label, pl.concat(pending.pop(budget.label)))
                 label = budget.label if len(replicates) == 1 else f"{budget.label}.seed{selection_seed}"
                 run.log_metrics({f"{label}.k": k, f"{label}.selected": len(selection.ids), f"{label}.seconds": seconds})
                 context.log.info(f"{key} @ {label}: {len(selection.ids)} of {len(pool_ids)} in {seconds:.2f}s")
@@ -345,10 +344,10 @@ def warmup_replicate(key: str, reads_warmup: bool, replicates: list[tuple[int, o
     return [(config.warmup_seed, replicates[0][1])]
 
 
-def current_warmup(conn) -> dict:
+def current_warmup(db) -> dict:
     """{"key", "seed"} of the latest warmup (what gradient features, influence and LESS scores are
     read from)."""
-    key, _, manifest = latest_warmup_manifest(conn)
+    key, _, manifest = latest_warmup_manifest(db)
     return {"key": key, "seed": int(manifest["config"]["seed"])}
 
 

@@ -36,7 +36,7 @@ from dsel_assets.pipeline.names import (
 )
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
-from dsel_assets.store import artifacts, queries, tables
+from dsel_assets.store import artifacts
 from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -82,13 +82,13 @@ def _budget_label(budget: str) -> str:
         return budget
 
 
-def _training_sets(conn, method: str, budgets: list[str]) -> dict[tuple[str, int], tuple[list[str], str]]:
+def _training_sets(db, method: str, budgets: list[str]) -> dict[tuple[str, int], tuple[list[str], str]]:
     """(budget, selection seed) -> (selected pool ids in rank order, pool version) for one method."""
     if method == FULL_POOL:
-        version, _ = queries.pool_version(conn)
-        ids = queries.split_rows(conn, "pool", ("pool_id",))
+        version, _ = db.pool_version()
+        ids = db.split_rows("pool", ("pool_id",))
         return {(FULL_BUDGET, 0): (ids["pool_id"].to_list(), version)}
-    rows = queries.method_selections(conn, method)
+    rows = db.method_selections(method)
     if rows.height == 0:
         raise RuntimeError(f"{selection_asset_name(method)}: no stored selection; materialize it first")
     stored = rows["budget"].unique(maintain_order=True).to_list()
@@ -120,11 +120,11 @@ def train_models(
     shared = config.to_core(seeds[0]).to_dict()
     identity = target_model.identity()
     code_version = row_code_version(context)
-    with store.get_connection() as conn:
-        tables.ensure_schema(conn)
-        sets = _training_sets(conn, method, list(config.budgets))
+    with store.session() as db:
+        db.ensure_schema()
+        sets = _training_sets(db, method, list(config.budgets))
         wanted = sorted({pid for ids, _ in sets.values() for pid in ids})
-        by_id = queries.messages_of(conn, wanted)
+        by_id = db.messages_of(wanted)
     base, tokenizer = None, None
     summary, records = [], []
     params = {"method": method, **shared, "seed": ",".join(map(str, seeds)), **identity}
@@ -209,14 +209,12 @@ def train_models(
             )
             reuse = "yes" if reused else "no"
             summary.append((budget, selection_seed, seed, key, manifest["examples"], f"{final_loss:.4f}", reuse))
-    with store.get_connection() as conn:
+    with store.session() as db:
         frame = pl.DataFrame(
             records, schema_overrides={"examples": pl.Int32, "selection_seed": pl.Int32, "seed": pl.Int32}
         )
         # this base model's models of the method; another model's stay queryable by its hash
-        tables.replace_rows(
-            conn, "finetuned_models", {"method": method, "base_model_hash": identity["model_hash"]}, frame
-        )
+        db.replace_rows("finetuned_models", {"method": method, "base_model_hash": identity["model_hash"]}, frame)
     header = ["budget", "selection seed", "seed", "model_key", "examples", "final loss", "reused"]
     return dg.MaterializeResult(
         metadata={
