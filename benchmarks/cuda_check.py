@@ -93,10 +93,9 @@ def records() -> list[tuple[str, list[dict]]]:
 
 
 def prepare(folder: Path) -> None:
-    import os
+    from dsel_assets.core.models.loading import allow_cpu_bf16, load_tokenizer, resolve
 
-    os.environ["DSEL_CPU_BF16"] = "0"  # strict fp32 references
-    from dsel_assets.core.models.loading import load_tokenizer, resolve
+    allow_cpu_bf16(False)  # strict fp32 references
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(resolve("smollm2"))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from resources import store as state_db
+from resources.object_store import object_store
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,7 +53,6 @@ def main() -> None:
     from dsel_assets.core.models.features import FeatureConfig, gradient_features
     from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, resolve
     from dsel_assets.core.models.warmup import load_checkpoint, read_manifest
-    from dsel_assets.store import artifacts
     from resources.home import DselHome
 
     home = DselHome(Path(args.home))
@@ -64,7 +64,7 @@ def main() -> None:
     order = np.random.default_rng(0).permutation(pool.height)[: args.pool]
     pool_items = [(pool["pool_id"][int(i)], pool["messages"][int(i)]) for i in sorted(order)]
     query_items = list(zip(query["pool_id"].to_list(), query["messages"].to_list(), strict=True))
-    manifest = read_manifest(artifacts.local_copy(warmup))
+    manifest = read_manifest(object_store().local_copy(warmup))
     checkpoint = Path(manifest["checkpoints"][-1]["path"])
     spec = resolve("smollm2")
     tokenizer = load_tokenizer(spec)

@@ -10,7 +10,8 @@ import dagster as dg
 from filelock import FileLock
 from pydantic import Field
 
-from dsel_assets.store.artifacts import ARTIFACTS_URI, ArtifactStore
+from dsel_assets.store.artifacts import ArtifactStore
+from resources.object_store import artifacts_root, object_store
 
 #: a deployment's Dagster instance folder (its dagster.yaml), used instead of the home's own
 DAGSTER_INSTANCE = "DSEL_DAGSTER_HOME"
@@ -50,7 +51,7 @@ class DselHome:
     def artifacts(self) -> ArtifactStore:
         """Adapters, checkpoints, reports and raw-file copies: under this home (``models/``,
         ``reports/``, ``raw/``), or under ``DSEL_ARTIFACTS_URI`` (an object store) when set."""
-        return ArtifactStore(os.environ.get(ARTIFACTS_URI) or str(self.root))
+        return ArtifactStore(artifacts_root(self.root), object_store())
 
     @property
     def dagster(self) -> Path:

@@ -11,8 +11,8 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from dsel_assets.store.artifacts import storage_options
 from dsel_assets.store.locks import exclusive
+from resources.object_store import storage_options
 
 from .store import database_url
 

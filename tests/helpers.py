@@ -58,3 +58,11 @@ def synthetic_pool_instance(home, resources, seed: int = 3, per_capability: int 
     instance.add_dynamic_partitions(pool_batches.name, [manifest.batch])
     dg.materialize([pool_batch, pool], partition_key=manifest.batch, resources=resources, instance=instance)
     return instance
+
+
+def strict_cpu_fp32(monkeypatch) -> None:
+    """Keep this test's CPU work in strict fp32 (hand computations and references), even on a
+    CPU that multiplies bf16 fast."""
+    from dsel_assets.core.models import loading
+
+    monkeypatch.setitem(loading._cpu_bf16, "allowed", False)

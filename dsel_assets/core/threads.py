@@ -44,13 +44,11 @@ def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return cores
 
 
-def thread_share(concurrent_steps: int = 1) -> tuple[int, str]:
-    """(threads, why): ``DSEL_THREADS`` when set, else this step's share of the usable cores."""
-    value = os.environ.get("DSEL_THREADS", "").strip()
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"DSEL_THREADS: must be a positive integer, got {value!r}")
-        return int(value), "DSEL_THREADS"
+def thread_share(concurrent_steps: int = 1, configured: int | None = None) -> tuple[int, str]:
+    """(threads, why): the ``configured`` count when given, else this step's share of the
+    usable cores."""
+    if configured is not None:
+        return configured, "configured"
     cores, steps = usable_cores(), max(1, concurrent_steps)
     return max(1, cores // steps), f"{cores} usable cores / {steps} concurrent model step{'s' * (steps > 1)}"
 
@@ -76,8 +74,8 @@ def limit_threads(threads: int) -> None:
     threadpool_limits(threads)
 
 
-def size_threads(concurrent_steps: int = 1) -> str:
-    """Apply this step's share; returns the line a step logs about it."""
-    threads, why = thread_share(concurrent_steps)
+def size_threads(concurrent_steps: int = 1, configured: int | None = None) -> str:
+    """Apply this step's share (or the ``configured`` count); returns the line a step logs about it."""
+    threads, why = thread_share(concurrent_steps, configured)
     limit_threads(threads)
     return f"using {threads} thread{'s' * (threads > 1)} ({why})"

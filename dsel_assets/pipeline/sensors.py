@@ -134,7 +134,12 @@ def _inbox_tick(
                         continue
                     labels = labels_for(item.path, None, None, None if item.split == "pool" else item.split)
                     manifest, created = db.register_batch(
-                        item.path, home.paths.raw, source=labels.source, task=labels.task, split=labels.split
+                        item.path,
+                        home.paths.raw,
+                        source=labels.source,
+                        task=labels.task,
+                        split=labels.split,
+                        objects=home.paths.artifacts.objects,
                     )
                 except Exception as exc:  # this file's fault only: counted, the others go on
                     fail(item, exc)

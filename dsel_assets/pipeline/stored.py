@@ -7,8 +7,8 @@ import polars as pl
 import pyarrow as pa
 
 from dsel_assets.core.models.warmup import read_manifest
-from dsel_assets.store import artifacts
 from resources.lance_store import LanceStore
+from resources.object_store import object_store
 from resources.store import StateStore
 
 
@@ -94,7 +94,7 @@ def latest_warmup_manifest(db) -> tuple[str, str, dict]:
     row = db.latest_warmup()
     if row is None:
         raise RuntimeError("warmup: none yet; materialize warmup_checkpoint first")
-    return row[0], row[1], read_manifest(artifacts.local_copy(row[1]))
+    return row[0], row[1], read_manifest(object_store().local_copy(row[1]))
 
 
 def _aligned(rows: pl.DataFrame, pool_ids: list[str], column: str) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Artifacts addressed by URI: adapters, warmup checkpoints (with their Adam states), reports
 and raw-file copies.
 
-They live under the state home by default; with ``DSEL_ARTIFACTS_URI=s3://bucket/prefix`` they
-live in an object store (endpoint, region and credentials from the environment, as for Lance).
+They live under the state home by default, or in an object store (``s3://bucket/prefix``)
+reached with the options the resources read from the environment (as for Lance); this module
+reads no environment.
 Tables record the URI. A step writes an artifact into a local staging folder that is uploaded
 whole, with a completion marker written last, and reads a remote one through a local cache
 keyed by its URI (artifact keys are content hashes, so a cached copy never goes stale). Nothing
@@ -19,41 +20,18 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-ARTIFACTS_URI = "DSEL_ARTIFACTS_URI"
-ARTIFACT_CACHE = "DSEL_ARTIFACT_CACHE"
 #: written last into an uploaded folder: a reader trusts a remote folder only when it is there
 COMPLETE = ".dsel-complete"
 
-#: object-store setting -> environment variables read for it (first set wins); read at each
-#: call, never stored in configuration, so credentials stay out of the Dagster UI and the tables
-S3_ENVIRONMENT = {
-    "aws_endpoint": ("DSEL_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-    "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
-    "aws_access_key_id": ("AWS_ACCESS_KEY_ID",),
-    "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
-    "aws_session_token": ("AWS_SESSION_TOKEN",),
-}
 
-
-def storage_options(uri: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Object-store options for ``uri`` from the environment (Lance's option names): endpoint,
-    region and credentials for ``s3://``, plain-HTTP endpoints allowed (a local S3-compatible
-    server); nothing for local paths."""
-    if not uri.startswith("s3://"):
-        return {}
-    environ = os.environ if environ is None else environ
-    options = {}
-    for option, variables in S3_ENVIRONMENT.items():
-        value = next((environ[v] for v in variables if environ.get(v)), None)
-        if value:
-            options[option] = value
-    if options.get("aws_endpoint", "").startswith("http://"):
-        options["allow_http"] = "true"
-    return options
+def default_cache() -> Path:
+    """A per-user folder under the system's temporary directory, where remote artifacts are
+    read from when no cache folder is configured."""
+    return Path(tempfile.gettempdir()) / f"dsel-artifacts-{os.getuid()}"
 
 
 def is_remote(uri: str) -> bool:
@@ -64,13 +42,12 @@ def _local_path(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
 
 
-def _filesystem(uri: str):
+def _filesystem(uri: str, options: Mapping[str, str]):
     """(pyarrow filesystem, path inside it) for a remote ``uri``."""
     import pyarrow.fs as pafs
 
     if not uri.startswith("s3://"):
         return pafs.FileSystem.from_uri(uri)
-    options = storage_options(uri)
     endpoint = options.get("aws_endpoint")
     scheme = "https"
     if endpoint and "://" in endpoint:
@@ -94,43 +71,35 @@ def check_part(part: str) -> str:
     return part
 
 
-def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where remote artifacts are read from: ``DSEL_ARTIFACT_CACHE``, else a per-user folder
-    under the system's temporary directory."""
-    environ = os.environ if environ is None else environ
-    configured = environ.get(ARTIFACT_CACHE)
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / f"dsel-artifacts-{os.getuid()}"
-
-
-def exists(uri: str) -> bool:
+def exists(uri: str, options: Mapping[str, str]) -> bool:
     """Whether a complete artifact (file, or folder with its marker) is stored at ``uri``."""
     if not is_remote(uri):
         return _local_path(uri).exists()
     import pyarrow.fs as pafs
 
-    fs, path = _filesystem(uri)
+    fs, path = _filesystem(uri, options)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         return True
     return fs.get_file_info(f"{path}/{COMPLETE}").type == pafs.FileType.File
 
 
-def local_copy(uri: str, cache: Path | None = None) -> Path:
+def local_copy(uri: str, options: Mapping[str, str], cache: Path | None = None) -> Path:
     """A local path holding the artifact at ``uri``: the path itself for a local artifact, else
     a copy downloaded once into the cache (atomically: a concurrent reader sees all or none)."""
     if not is_remote(uri):
         return _local_path(uri)
     import pyarrow.fs as pafs
 
-    if not exists(uri):
+    if not exists(uri, options):
         raise FileNotFoundError(f"artifact: nothing complete stored at {uri}")
     name = uri.rstrip("/").rsplit("/", 1)[-1]
-    where = f"{storage_options(uri).get('aws_endpoint', '')}|{uri}"  # the same URI on another server differs
-    target = (cache or cache_dir()) / hashlib.sha256(where.encode()).hexdigest()[:24]
+    where = f"{options.get('aws_endpoint', '')}|{uri}"  # the same URI on another server differs
+    target = (cache or default_cache()) / hashlib.sha256(where.encode()).hexdigest()[:24]
     if (target / name).exists():
         return target / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    fs, path = _filesystem(uri)
+    fs, path = _filesystem(uri, options)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
     try:
         if fs.get_file_info(path).type != pafs.FileType.File:
@@ -150,7 +119,7 @@ def _local_fs():
 
 
 @contextmanager
-def writing(uri: str) -> Iterator[Path]:
+def writing(uri: str, options: Mapping[str, str]) -> Iterator[Path]:
     """A local folder to write the artifact at ``uri`` into. Locally that is its final place;
     for an object store a staging folder, uploaded whole when the block ends without an error,
     its completion marker last."""
@@ -164,7 +133,7 @@ def writing(uri: str) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix="dsel-artifact-"))
     try:
         yield staging
-        fs, path = _filesystem(uri)
+        fs, path = _filesystem(uri, options)
         pafs.copy_files(str(staging), path, source_filesystem=_local_fs(), destination_filesystem=fs)
         with fs.open_output_stream(f"{path}/{COMPLETE}") as marker:
             marker.write(b"")
@@ -172,7 +141,7 @@ def writing(uri: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def put_file(local: Path, uri: str) -> str:
+def put_file(local: Path, uri: str, options: Mapping[str, str]) -> str:
     """Store the file ``local`` at ``uri`` whole (a local rename, or one object): a reader sees
     all of it or nothing. Returns ``uri``."""
     if not is_remote(uri):
@@ -187,7 +156,7 @@ def put_file(local: Path, uri: str) -> str:
         return uri
     import pyarrow.fs as pafs
 
-    fs, path = _filesystem(uri)
+    fs, path = _filesystem(uri, options)
     pafs.copy_files(str(local), path, source_filesystem=_local_fs(), destination_filesystem=fs)
     return uri
 
@@ -201,10 +170,33 @@ def join(root: str | Path, *parts: str) -> str:
 
 
 @dataclass(frozen=True)
+class ObjectStore:
+    """Reading and writing artifacts by URI: ``options`` reach an object store (Lance's option
+    names: endpoint, region, credentials; never printed), ``cache`` holds local copies of remote
+    artifacts (default: :func:`default_cache`). Built by the resources from the environment."""
+
+    options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    cache: Path | None = None
+
+    def exists(self, uri: str) -> bool:
+        return exists(uri, self.options)
+
+    def local_copy(self, uri: str) -> Path:
+        return local_copy(uri, self.options, self.cache)
+
+    def writing(self, uri: str) -> AbstractContextManager[Path]:
+        return writing(uri, self.options)
+
+    def put_file(self, local: Path, uri: str) -> str:
+        return put_file(local, uri, self.options)
+
+
+@dataclass(frozen=True)
 class ArtifactStore:
-    """Artifacts under ``root``: the state home, or ``DSEL_ARTIFACTS_URI`` (an object store)."""
+    """Artifacts under ``root`` (the state home, or an object-store URI), reached through ``objects``."""
 
     root: str
+    objects: ObjectStore = field(default_factory=ObjectStore)
 
     @property
     def remote(self) -> bool:
@@ -217,4 +209,4 @@ class ArtifactStore:
     def find(self, key: str) -> Path | None:
         """A local path holding the complete artifact ``key``, or None when none is stored."""
         uri = self.uri(key)
-        return local_copy(uri) if exists(uri) else None
+        return self.objects.local_copy(uri) if self.objects.exists(uri) else None

@@ -21,19 +21,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def store_raw_file(path: Path, raw: str | Path) -> tuple[str, str, int]:
+def store_raw_file(path: Path, raw: str | Path, objects: artifacts.ObjectStore | None = None) -> tuple[str, str, int]:
     """Copy ``path`` into the content-addressed raw store ``raw`` (a local folder, or an
-    object-store URI on a cluster) as ``<raw>/<sha256>/<name>``. Returns where it is stored,
-    the sha256 of the bytes actually stored and their size. The bytes are hashed while they are
-    copied, so the hash is that of the stored copy even if the source changes meanwhile."""
+    object-store URI on a cluster, reached through ``objects``) as ``<raw>/<sha256>/<name>``.
+    Returns where it is stored, the sha256 of the bytes actually stored and their size. The
+    bytes are hashed while they are copied, so the hash is that of the stored copy even if the
+    source changes meanwhile."""
     if not artifacts.is_remote(str(raw)):
         stored, sha, size = _store_local_copy(path, Path(str(raw).removeprefix("file://")))
         return str(stored), sha, size
+    if objects is None:
+        raise ValueError(f"raw: {raw} is an object-store URI; the object store that reaches it is missing")
     with tempfile.TemporaryDirectory(prefix="dsel-raw-") as staging:
         local, sha, size = _store_local_copy(path, Path(staging))
         uri = artifacts.join(raw, sha, path.name)
-        if not artifacts.exists(uri):  # one object per put: an existing one is whole
-            artifacts.put_file(local, uri)
+        if not objects.exists(uri):  # one object per put: an existing one is whole
+            objects.put_file(local, uri)
     return uri, sha, size
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from dsel_assets.store import schema
+from dsel_assets.store.artifacts import ObjectStore
 from dsel_assets.store.queries import BatchManifest
 from dsel_assets.store.raw_files import store_raw_file
 from dsel_assets.store.sql import backend, check_identifiers, in_list, insert, now, run, serialize, transaction
@@ -102,16 +103,17 @@ class Writes:
         layout: str | None = None,
         mapping: str | None = None,
         update: bool = False,
+        objects: ObjectStore | None = None,
     ) -> tuple[BatchManifest, bool]:
-        """Store ``path`` in the content-addressed raw store ``raw`` (a folder or an object-store
-        URI) and record its manifest.
+        """Store ``path`` in the content-addressed raw store ``raw`` (a folder, or an object-store
+        URI reached through ``objects``) and record its manifest.
         Returns (manifest, created); the same file (same sha256, same split) is registered once.
         With ``update`` an existing batch takes the given source, task and reading options (a
         re-ingest with ``--force`` after fixing ``--layout`` or ``--mapping``)."""
         if split not in SPLITS:
             raise ValueError(f"split: {split!r} is not one of {SPLITS}")
         self.ensure_schema()
-        stored, sha, size = store_raw_file(path, raw)
+        stored, sha, size = store_raw_file(path, raw, objects)
         options = {"source": source, "task": task, "fmt": fmt, "layout": layout, "mapping": mapping}
         existing = self.find_batch_by_sha(sha, split)
         if existing is not None:

@@ -18,6 +18,7 @@ from dsel_assets.core.models.loading import check_model_options, load_causal_lm,
 from dsel_assets.core.models.lora import LoraSettings, add_lora
 from dsel_assets.core.models.model_embeddings import model_embeddings
 from dsel_assets.core.models.scoring import score_examples
+from tests.helpers import strict_cpu_fp32
 
 
 @pytest.fixture()
@@ -117,7 +118,7 @@ def test_training_splits_a_batch_that_runs_out_of_memory_into_micro_batches(toke
     conversations = [r["messages"] for r in generate(seed=4, per_capability=2).pool]
     encoded = [e for e in (encode_conversation(tokenizer, m, 96) for m in conversations) if e is not None]
     config = WarmupConfig(epochs=1, batch_size=8, lr=1e-3, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
-    monkeypatch.setenv("DSEL_CPU_BF16", "0")  # strict fp32: bf16 rounding differs between batch shapes
+    strict_cpu_fp32(monkeypatch)  # strict fp32: bf16 rounding differs between batch shapes
     reference, reference_curve = train_lora(tiny_llama(tokenizer), encoded, config, tokenizer.pad_token_id, print)
     model, told = tiny_llama(tokenizer), []
     memory = DeviceMemory(model, tokens=2 * 96)
@@ -139,7 +140,7 @@ def test_fine_tuning_and_warmup_keep_each_forward_within_the_token_budget(tokeni
     conversations = [r["messages"] for r in generate(seed=6, per_capability=2).pool]
     encoded = [e for e in (encode_conversation(tokenizer, m, 64) for m in conversations) if e is not None]
     lora = LoraSettings(r=4, alpha=8, dropout=0.0)
-    monkeypatch.setenv("DSEL_CPU_BF16", "0")
+    strict_cpu_fp32(monkeypatch)
     budget = 2 * 64
     for train, config in (
         (finetune, FinetuneConfig(epochs=1, batch_size=8, lr=1e-3, lora=lora)),
@@ -270,7 +271,7 @@ def test_the_vocabulary_projection_in_chunks_gives_the_same_losses_and_gradients
     from dsel_assets.core.models.lora import lora_parameters
     from dsel_assets.core.models.sft import collate, encode_conversation, per_example_loss
 
-    monkeypatch.setenv("DSEL_CPU_BF16", "0")
+    strict_cpu_fp32(monkeypatch)
     conversations = [r["messages"] for r in generate(seed=6, per_capability=1).pool]
     batch = collate([encode_conversation(tokenizer, m, 128) for m in conversations], tokenizer.pad_token_id)
     model = add_lora(tiny_llama(tokenizer), LoraSettings(r=4, alpha=8, dropout=0.0), seed=2)

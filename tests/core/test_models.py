@@ -1,12 +1,15 @@
 """Model loading: the real SmolLM2-135M from its GGUF, the tiny test Llama, MiniLM."""
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from dsel_assets.core.models import loading
 from dsel_assets.core.models.embeddings import encode, load_encoder
 from dsel_assets.core.models.loading import (
-    MODEL_CACHE_ENV,
     _dequantized,
     gguf_cache,
     load_causal_lm,
@@ -15,7 +18,7 @@ from dsel_assets.core.models.loading import (
     pick_device,
     resolve,
 )
-from resources.models import SelectionModel
+from resources.models import MODEL_CACHE_ENV, SelectionModel, apply_cpu_precision, resolve_model
 
 
 def response_loss(model, tokenizer, question, answer):
@@ -49,9 +52,8 @@ def forget_loaded_models():
 
 @pytest.mark.usefixtures("forget_loaded_models")
 def test_each_load_is_an_independent_copy_and_none_is_kept_in_memory(monkeypatch):
-    monkeypatch.delenv(MODEL_CACHE_ENV, raising=False)  # the default cache folder, written by the first load
     _dequantized.cache_clear()
-    spec = resolve("smollm2")
+    spec = resolve("smollm2")  # the default cache folder, written by the first load
     first = load_causal_lm(spec, device="cpu")
     with torch.no_grad():
         first.model.embed_tokens.weight.zero_()  # what training a loaded copy could do
@@ -70,13 +72,15 @@ def _fresh_process_load(spec):
 
 @pytest.mark.usefixtures("forget_loaded_models")
 def test_dequantized_gguf_is_cached_on_disk_and_reloads_identically(tmp_path, monkeypatch):
-    spec = resolve("smollm2")
     monkeypatch.setenv(MODEL_CACHE_ENV, "off")
-    reference, reference_tokenizer = _fresh_process_load(spec)  # straight from the GGUF
-    assert gguf_cache(spec) is None
+    uncached = resolve_model("smollm2")
+    reference, reference_tokenizer = _fresh_process_load(uncached)  # straight from the GGUF
+    assert gguf_cache(uncached) is None
     assert _dequantized.cache_info().currsize == 1  # without a disk cache the dequantized model is kept
 
     monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path / "cache"))
+    spec = resolve_model("smollm2")
+    assert spec.cache == tmp_path / "cache"
     _fresh_process_load(spec)  # dequantizes and writes the cache
     folder = gguf_cache(spec)
     assert (folder / "model.safetensors").is_file() and [p.name for p in folder.parent.iterdir()] == [folder.name]
@@ -94,8 +98,7 @@ def test_dequantized_gguf_is_cached_on_disk_and_reloads_identically(tmp_path, mo
 def test_an_unwritable_model_cache_only_costs_speed(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv(MODEL_CACHE_ENV, str(blocker / "cache"))
-    model, tokenizer = _fresh_process_load(resolve("smollm2"))
+    model, tokenizer = _fresh_process_load(resolve("smollm2", cache=blocker / "cache"))
     assert model.config.vocab_size == len(tokenizer) and list(tmp_path.iterdir()) == [blocker]
 
 
@@ -116,11 +119,14 @@ def test_model_resource_identity_and_device():
 
 def test_unknown_model_path_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("DSEL_ALLOW_HUB", raising=False)
-    with pytest.raises(ValueError, match="neither an alias .* nor a local model folder"):
-        resolve("/no/such/model/dir")
+    for resolver in (resolve, resolve_model):
+        with pytest.raises(ValueError, match="neither an alias .* nor a local model folder"):
+            resolver("/no/such/model/dir")
     monkeypatch.setenv("DSEL_ALLOW_HUB", "1")  # then it is a hub id, which offline loading refuses
     with pytest.raises(OSError):
-        load_tokenizer(resolve("/no/such/model/dir"))
+        load_tokenizer(resolve_model("/no/such/model/dir"))
+    with pytest.raises(OSError):
+        load_tokenizer(resolve("/no/such/model/dir", allow_hub=True))
 
 
 def test_minilm_embeddings_are_unit_norm_and_semantic():
@@ -129,3 +135,31 @@ def test_minilm_embeddings_are_unit_norm_and_semantic():
     assert v.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_dsel_cpu_bf16_zero_keeps_cpu_work_in_strict_fp32(monkeypatch):
+    monkeypatch.setitem(loading._cpu_bf16, "allowed", True)  # restored after the test
+    monkeypatch.setenv("DSEL_CPU_BF16", "0")
+    apply_cpu_precision()
+    assert not loading.fast_bf16("cpu") and loading.fast_bf16("cuda")
+    monkeypatch.setenv("DSEL_CPU_BF16", "1")
+    apply_cpu_precision()
+    assert loading.fast_bf16("cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_the_core_reads_no_environment():
+    """Settings reach the core as arguments; the resources and the CLI read the environment.
+    (Setting a library's default, such as ``HF_DATASETS_OFFLINE``, is not reading.)"""
+    core = Path(loading.__file__).parents[1]
+    readers = []
+    for module in sorted(core.rglob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            getter = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            if getter and node.func.attr == "getenv":
+                readers.append(f"{module.relative_to(core)}:{node.lineno}")
+            if getter and node.func.attr == "get" and ast.unparse(node.func.value).endswith("environ"):
+                readers.append(f"{module.relative_to(core)}:{node.lineno}")
+            loaded = isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+            if loaded and ast.unparse(node.value).endswith("environ"):
+                readers.append(f"{module.relative_to(core)}:{node.lineno}")
+    assert readers == []

@@ -10,6 +10,7 @@ import torch
 
 from dsel_assets.core.models.loading import load_tokenizer, resolve, tiny_llama
 from dsel_assets.core.models.scoring import greedy_answers, ifd_scores, score_examples
+from tests.helpers import strict_cpu_fp32
 
 
 def test_ifd_numbers():
@@ -57,7 +58,7 @@ def hand_turn(model, tokenizer, messages: list[dict], turn: int) -> dict[str, np
 
 
 def test_losses_and_uncertainty_match_a_hand_computation(tiny, monkeypatch):
-    monkeypatch.setenv("DSEL_CPU_BF16", "0")  # the hand computation is strict fp32
+    strict_cpu_fp32(monkeypatch)  # the hand computation is strict fp32
     model, tokenizer = tiny
     messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue is a colour."}]
     hand = hand_turn(model, tokenizer, messages, 1)
@@ -75,7 +76,7 @@ def test_losses_and_uncertainty_match_a_hand_computation(tiny, monkeypatch):
 
 
 def test_multi_turn_is_token_weighted_and_truncation_is_excluded_with_reason(tiny, monkeypatch):
-    monkeypatch.setenv("DSEL_CPU_BF16", "0")  # the hand computation is strict fp32
+    strict_cpu_fp32(monkeypatch)  # the hand computation is strict fp32
     model, tokenizer = tiny
     two = [
         {"role": "user", "content": "Hi"},
@@ -120,7 +121,7 @@ def cherry_reference(model, tokenizer, instruction: str, output: str, max_length
 
 
 def test_alpaca_template_reproduces_the_cherry_reference_scoring(tiny, monkeypatch):
-    monkeypatch.setenv("DSEL_CPU_BF16", "0")  # the reference scores in strict fp32; so must we, to match it to 1e-5
+    strict_cpu_fp32(monkeypatch)  # the reference scores in strict fp32; so must we, to match it to 1e-5
     model, tokenizer = tiny
     records = [
         ("Name a colour.", "Blue is a colour.", 512),
@@ -392,7 +393,7 @@ def test_bf16_scoring_stays_close_to_strict_fp32(tiny, monkeypatch):
         for i, (q, a) in enumerate([("Name a colour.", "Blue is a colour."), ("Count to three.", "One, two, three.")])
     ]
     fast = dict(score_examples(model, tokenizer, items))
-    monkeypatch.setenv("DSEL_CPU_BF16", "0")
+    strict_cpu_fp32(monkeypatch)
     strict = dict(score_examples(model, tokenizer, items))
     for key in strict:
         for field in ("loss_conditioned", "loss_unconditioned", "ifd_loss_ratio"):

@@ -9,18 +9,21 @@ import pytest
 from dsel_assets.core import threads
 
 
-def test_dsel_threads_overrides_and_a_bad_value_names_the_variable(monkeypatch):
+def test_a_configured_count_overrides_the_share_and_a_bad_value_names_the_variable(monkeypatch):
+    from resources.models import configured_threads
+
     monkeypatch.setenv("DSEL_THREADS", "3")
-    assert threads.thread_share(concurrent_steps=4) == (3, "DSEL_THREADS")
+    assert threads.thread_share(4, configured_threads()) == (3, "configured")
     for bad in ("0", "-1", "two", "1.5"):
         monkeypatch.setenv("DSEL_THREADS", bad)
         with pytest.raises(ValueError, match="DSEL_THREADS: must be a positive integer"):
-            threads.thread_share()
+            configured_threads()
+    monkeypatch.delenv("DSEL_THREADS")
+    assert configured_threads() is None
 
 
 @pytest.mark.parametrize(("cores", "steps", "expected"), [(2, 1, 2), (2, 2, 1), (2, 3, 1), (16, 3, 5), (1, 1, 1)])
 def test_the_share_is_the_usable_cores_over_the_concurrent_model_steps(monkeypatch, cores, steps, expected):
-    monkeypatch.delenv("DSEL_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: cores)
     assert threads.thread_share(steps)[0] == expected
 

@@ -19,7 +19,7 @@ import pytest
 
 from dsel_assets.pipeline.assets.ingest import inbox
 from dsel_assets.pipeline.code_location import build_definitions
-from dsel_assets.store import tables
+from dsel_assets.store.tables import Writes
 from resources import InboxSettings, build_resources
 from resources.store import StateStore
 
@@ -166,14 +166,14 @@ def test_file_over_the_size_cap_is_set_aside_not_copied(sensor):
 
 def test_poisoned_file_neither_raises_nor_blocks_the_others(sensor, monkeypatch):
     tick, home = sensor
-    real = tables.register_batch
+    real = Writes.register_batch
 
     def register_batch(db, path: Path, *args, **kwargs):
         if path.name == "bad.jsonl":  # an I/O fault on this one file only
             raise RuntimeError("simulated read fault")
         return real(db, path, *args, **kwargs)
 
-    monkeypatch.setattr(tables, "register_batch", register_batch)
+    monkeypatch.setattr(Writes, "register_batch", register_batch)
     write_jsonl(home.inbox / "bad.jsonl", qa_lines(0, 2))
     write_jsonl(home.inbox / "good.jsonl", qa_lines(10, 12))
     second = tick(tick(None, max_attempts=3).cursor, max_attempts=3)

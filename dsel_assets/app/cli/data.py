@@ -25,6 +25,7 @@ from dsel_assets.app.cli.common import (
     settled,
     to_stderr,
 )
+from dsel_assets.core.models.loading import ALLOW_HUB_ENV
 from resources import store as state_db
 from resources.settings import MODEL_SETTINGS
 
@@ -33,7 +34,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from dsel_assets.core.data.catalog import expand_paths, labels_for
 
     check_reading_options(args)
-    files = expand_paths(args.paths)
+    files = expand_paths(args.paths, allow_hub=os.environ.get(ALLOW_HUB_ENV) == "1")
     if not files:
         print("[dsel] no data files found", file=sys.stderr)
         return 2

@@ -68,13 +68,13 @@ def _hf_folder_name(path: Path) -> str | None:
 HUB_PREFIX = "hf://"
 
 
-def hub_dataset_files(spec: str) -> list[Path]:
+def hub_dataset_files(spec: str, allow_hub: bool = False) -> list[Path]:
     """The cached Arrow files of ``hf://NAME[:SPLIT]`` (every split when none is named), from
-    the local cache only (offline) unless ``DSEL_ALLOW_HUB=1``."""
+    the local cache only (offline) unless ``allow_hub``."""
     name, _, split = spec.removeprefix(HUB_PREFIX).partition(":")
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         raise ValueError(f"path: {spec!r} is not hf://NAME[:SPLIT] with a dataset name like owner/name")
-    offline = os.environ.get("DSEL_ALLOW_HUB") != "1"  # as for models: no download unless allowed
+    offline = not allow_hub  # as for models: no download unless allowed
     if offline:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
@@ -95,14 +95,15 @@ def hub_dataset_files(spec: str) -> list[Path]:
     return [Path(f["filename"]) for part in parts for f in part.cache_files]
 
 
-def expand_paths(paths: list[str | Path]) -> list[Path]:
+def expand_paths(paths: list[str | Path], allow_hub: bool = False) -> list[Path]:
     """Files as given, directories expanded (recursively, sorted) to their data files; a Hugging
     Face ``save_to_disk`` folder to its Arrow files only (its JSON files describe the data);
-    ``hf://NAME[:SPLIT]`` to the cached Arrow files of that dataset."""
+    ``hf://NAME[:SPLIT]`` to the cached Arrow files of that dataset (downloaded first only with
+    ``allow_hub``)."""
     files: list[Path] = []
     for given in paths:
         if str(given).startswith(HUB_PREFIX):
-            files.extend(hub_dataset_files(str(given)))
+            files.extend(hub_dataset_files(str(given), allow_hub))
             continue
         path = Path(given)
         if path.is_dir() and any((path / marker).is_file() for marker in HF_FOLDER_MARKERS):

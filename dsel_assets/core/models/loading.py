@@ -7,7 +7,6 @@ import copy
 import functools
 import hashlib
 import importlib.util
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ class ModelSpec:
     path: str  # directory or hub id handed to from_pretrained
     gguf_file: str | None = None
     tiny: bool = False
+    cache: Path | None = None  # folder of dequantized GGUF copies; None keeps none on disk
 
     @property
     def tokenizer_kwargs(self) -> dict:
@@ -45,22 +45,28 @@ def smollm2_dir() -> Path:
     return Path(spec.origin).parent
 
 
-#: Set to 1 to let a model name that is neither an alias nor a local path reach the hub.
+#: The setting (an environment variable, read by the resources) that lets a model name that
+#: is neither an alias nor a local path reach the hub.
 ALLOW_HUB_ENV = "DSEL_ALLOW_HUB"
 
+#: Where dequantized GGUF models are kept when the caller names no other folder.
+DEFAULT_MODEL_CACHE = Path("~/.cache/dsel/models")
 
-def resolve(name: str) -> ModelSpec:
+
+def resolve(name: str, *, allow_hub: bool = False, cache: Path | None = DEFAULT_MODEL_CACHE) -> ModelSpec:
     """``smollm2`` (default), ``tiny`` (random Llama with the SmolLM2 tokenizer), a local
-    directory or ``.gguf`` file, or - only with ``DSEL_ALLOW_HUB=1`` - a hub id: a mistyped
-    alias or path must not turn silently into a download attempt."""
+    directory or ``.gguf`` file, or - only with ``allow_hub`` - a hub id: a mistyped alias or
+    path must not turn silently into a download attempt. ``cache``: where a GGUF model's
+    dequantized copy is kept (None: nowhere)."""
+    cache = cache.expanduser() if cache is not None else None
     if name in (SMOLLM2, TINY):
-        return ModelSpec(name, str(smollm2_dir()), SMOLLM2_GGUF, tiny=name == TINY)
+        return ModelSpec(name, str(smollm2_dir()), SMOLLM2_GGUF, tiny=name == TINY, cache=cache)
     path = Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
-        return ModelSpec(name, str(path.parent), path.name)
+        return ModelSpec(name, str(path.parent), path.name, cache=cache)
     if path.is_dir():
         return ModelSpec(name, str(path))
-    if os.environ.get(ALLOW_HUB_ENV) != "1":
+    if not allow_hub:
         raise ValueError(
             f"model: {name!r} is neither an alias ({SMOLLM2}, {TINY}) nor a local model folder or .gguf file; "
             f"set {ALLOW_HUB_ENV}=1 to load it as a Hugging Face hub id"
@@ -71,14 +77,29 @@ def resolve(name: str) -> ModelSpec:
 COMPUTE_DTYPES = ("auto", "model", "bf16_matmul", "bfloat16")
 
 
-def fast_bf16(device) -> bool:
-    """Whether ``device`` multiplies bf16 fast: CUDA, or a CPU with AVX512-BF16 / AMX through
-    oneDNN unless ``DSEL_CPU_BF16=0`` (strict fp32 on CPU)."""
+#: Whether this process may use bf16 on a CPU that multiplies it fast (see :func:`allow_cpu_bf16`).
+_cpu_bf16 = {"allowed": True}
+
+
+def allow_cpu_bf16(allowed: bool) -> None:
+    """Let CPU runs use bf16 where the CPU has it (the default), or keep them in strict fp32
+    (references, hand computations). A process setting, as torch's matmul precision is: the
+    resources set it from ``DSEL_CPU_BF16`` when a step starts."""
+    _cpu_bf16["allowed"] = allowed
+
+
+def _cpu_has_fast_bf16() -> bool:
     import torch
 
+    return _cpu_bf16["allowed"] and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def fast_bf16(device) -> bool:
+    """Whether ``device`` multiplies bf16 fast: CUDA, or a CPU with AVX512-BF16 / AMX through
+    oneDNN unless :func:`allow_cpu_bf16` turned that off (strict fp32 on CPU)."""
     if getattr(device, "type", str(device)).startswith("cuda"):
         return True
-    return os.environ.get("DSEL_CPU_BF16", "1") != "0" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return _cpu_has_fast_bf16()
 
 
 @contextmanager
@@ -191,34 +212,25 @@ def _quantisation(load_in: str, dtype):
 def bf16_autocast(device):
     """bf16 autocast (fp32 weights and accumulation) where the hardware multiplies bf16 fast:
     CUDA, and CPUs with AVX512-BF16 / AMX through oneDNN (1.7x forward, 1.9x LoRA training
-    step on a 2-core Zen 4, per-example losses within 1% of fp32); ``DSEL_CPU_BF16=0`` keeps
-    CPU runs in strict fp32."""
+    step on a 2-core Zen 4, per-example losses within 1% of fp32); :func:`allow_cpu_bf16`
+    keeps CPU runs in strict fp32."""
     import torch
 
     kind = getattr(device, "type", str(device)).split(":")[0]
-    if kind == "cuda":
-        enabled = torch.cuda.is_bf16_supported()
-    else:
-        enabled = os.environ.get("DSEL_CPU_BF16", "1") != "0" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    enabled = torch.cuda.is_bf16_supported() if kind == "cuda" else _cpu_has_fast_bf16()
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=enabled)
 
 
-#: Folder of GGUF models dequantized to safetensors (one folder per weights file and
-#: transformers version); ``off`` disables it. Default: ``$XDG_CACHE_HOME/dsel/models``.
-MODEL_CACHE_ENV = "DSEL_MODEL_CACHE"
-
-
 def gguf_cache(spec: ModelSpec) -> Path | None:
-    """Where ``spec``'s dequantized weights and tokenizer are kept, or None (not a GGUF, or
-    caching is off). Every step runs in its own process, and building the model and tokenizer
-    from the GGUF costs ~20 s there against ~0.5 s from safetensors."""
+    """Where ``spec``'s dequantized weights and tokenizer are kept (one folder per weights file
+    and transformers version under ``spec.cache``), or None (not a GGUF, or no cache). Every
+    step runs in its own process, and building the model and tokenizer from the GGUF costs ~20 s
+    there against ~0.5 s from safetensors."""
     import transformers
 
-    setting = os.environ.get(MODEL_CACHE_ENV, "")
-    if not spec.gguf_file or spec.tiny or setting == "off":
+    if not spec.gguf_file or spec.tiny or spec.cache is None:
         return None
-    root = Path(setting or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "dsel" / "models").expanduser()
-    return root / f"{model_hash(spec)}-transformers-{transformers.__version__}"
+    return spec.cache / f"{model_hash(spec)}-transformers-{transformers.__version__}"
 
 
 def _write_gguf_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
@@ -362,7 +374,7 @@ def load_causal_lm(
             if _cached(spec) is None:
                 _gguf_model(spec)  # writes the safetensors cache bitsandbytes loads from
             if _cached(spec) is None:
-                raise ValueError(f"load_in: {load_in!r} on a GGUF model needs its cache ({MODEL_CACHE_ENV} is off)")
+                raise ValueError(f"load_in: {load_in!r} on a GGUF model needs its dequantized cache, which is off")
         model = AutoModelForCausalLM.from_pretrained(
             str(_cached(spec) or spec.path),
             dtype=torch_dtype,

@@ -9,9 +9,10 @@ from dsel_assets.core.models.templates import token_counter
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import POOL, pool_batches
 from dsel_assets.pipeline.progress import Meter
-from dsel_assets.store import artifacts, tables
+from dsel_assets.store import tables
 from resources.ingest import IngestLimits
 from resources.models import SelectionModel
+from resources.object_store import object_store
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -38,7 +39,7 @@ def pool_batch(
     context.log.info(f"validating {manifest.stored_path} ({manifest.size_bytes} bytes) as batch {batch}")
     try:
         result = validate_file(
-            artifacts.local_copy(manifest.stored_path),
+            object_store().local_copy(manifest.stored_path),
             fmt=manifest.fmt,
             layout=manifest.layout,
             mapping=manifest.mapping,

@@ -24,9 +24,9 @@ from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import BASE, EVALUATION, POOL, eval_asset_name, finetuned_asset_name, model_label
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
-from dsel_assets.store import artifacts
 from resources.home import StateHome
 from resources.models import SelectionModel
+from resources.object_store import object_store
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -144,7 +144,7 @@ def evaluate_models(
                 if base is None:
                     base, tokenizer = target_model.load()
                 started = time.perf_counter()
-                model = base if path is None else load_finetuned(base, artifacts.local_copy(path))
+                model = base if path is None else load_finetuned(base, object_store().local_copy(path))
                 rows = evaluate(model, tokenizer, sample, core, context.log.info)
                 if core.lm_eval_tasks:
                     context.log.info(f"{label}: lm-eval {', '.join(core.lm_eval_tasks)}")

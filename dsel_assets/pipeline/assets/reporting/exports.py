@@ -66,7 +66,7 @@ def selection_export(
     params = {"format": fmt, "pool_version": version, "selections": len(chosen)}
     with (
         tracker.run(context, params=params, inputs=[DatasetRef("selections", store.location, version)]) as run,
-        artifacts.writing(root) as out,
+        home.paths.artifacts.objects.writing(root) as out,
     ):
         for replicate in chosen:
             with store.session() as db:

@@ -114,7 +114,7 @@ def selection_report(
         db.replace_table(SELECTION_REPORT, report)
     markdown = markdown_table(report.columns, report.rows(), limit=500)
     reports = home.paths.artifacts.uri("reports")
-    with artifacts.writing(reports) as out:
+    with home.paths.artifacts.objects.writing(reports) as out:
         path = out / "selection_report.md"
         path.write_text(markdown + "\n", encoding="utf-8")
         task_mix = plot_task_mix(report.select("method", "budget", "task_counts"), out / "selection_task_mix.png")
@@ -245,7 +245,7 @@ def comparison_report(
     with store.session() as db:
         db.replace_table("comparison_report", table)
     reports = home.paths.artifacts.uri("reports")
-    with artifacts.writing(reports) as out:
+    with home.paths.artifacts.objects.writing(reports) as out:
         images = {
             "Mean eval loss over tasks vs selection size (95% CI)": plot_budget_curves(
                 table, out / "comparison_budget_curves.png"

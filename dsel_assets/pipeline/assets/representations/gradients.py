@@ -119,7 +119,7 @@ def warmup_checkpoint(
     }
     with (
         tracker.run(context, params=params, inputs=[DatasetRef("pool", store.location, version)]) as run,
-        artifacts.writing(out_uri) as out_dir,
+        home.paths.artifacts.objects.writing(out_uri) as out_dir,
     ):
         meter = Meter(WARMUP, 0, "training steps")  # logged by the trainer's epoch lines
         train_warmup(

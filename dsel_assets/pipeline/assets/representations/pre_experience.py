@@ -30,10 +30,11 @@ from dsel_assets.pipeline.names import (
 from dsel_assets.pipeline.scoring import SCORE_BATCH, score_frame, score_resumably, template_hash
 from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.pipeline.stored import load_scalars, load_vectors
-from dsel_assets.store import artifacts, schema
+from dsel_assets.store import schema
 from resources.home import StateHome
 from resources.lance_store import LanceStore
 from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.object_store import object_store
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -116,7 +117,7 @@ def cherry_pre_experienced_model(
             encoded = [e for p in sample_ids if (e := encode_conversation(tokenizer, by_id[p], core.max_length))]
             context.log.info(f"pre-experience: fine-tuning on {len(encoded)} examples from {clusters} clusters")
             extra = {"sample": sample_ids, "pool_version": version, "base_model": identity, "adapter": key}
-            with artifacts.writing(out_uri) as out_dir:
+            with home.paths.artifacts.objects.writing(out_uri) as out_dir:
                 manifest = finetune(base, encoded, core, out_dir, tokenizer.pad_token_id, extra, context.log.info)
                 run.log_artifact(str(out_dir / MANIFEST))
         final_loss = manifest["curve"][-1]["loss"]
@@ -181,7 +182,7 @@ def cherry_pre_experienced_scores(
 
     def scorer():
         base, tokenizer = selection_model.load()
-        model = load_finetuned(base, artifacts.local_copy(path))
+        model = load_finetuned(base, object_store().local_copy(path))
         fixed = {**identity, "template": template_hash(tokenizer), "code_version": code_version, "adapter": adapter}
         batching = selection_model.batching(SCORE_BATCH, context.log.warning)
         return lambda chunk: score_frame(model, tokenizer, chunk, fixed, batching=batching).with_columns(

@@ -36,7 +36,6 @@ from dsel_assets.pipeline.names import (
 )
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.settings_versions import row_code_version
-from dsel_assets.store import artifacts
 from resources.home import StateHome
 from resources.models import SelectionModel
 from resources.store import StateStore
@@ -160,7 +159,7 @@ def train_models(
                     "model_key": key,
                     "dagster_run_id": context.run_id,
                 }
-                with artifacts.writing(out_uri) as out_dir:
+                with home.paths.artifacts.objects.writing(out_uri) as out_dir:
                     manifest = finetune(
                         base,
                         encoded,
