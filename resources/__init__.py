@@ -40,6 +40,8 @@ def build_resources(
     proxy_model: str | None = None,
     target_model: str | None = None,
     model_options: dict | None = None,
+    embed_max_length: int = 2048,
+    embed_bos: bool = True,
 ) -> dict:
     """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite,
     artifacts). On a cluster ``DSEL_DATABASE_URL`` (PostgreSQL), ``DSEL_LANCE_URI`` and
@@ -69,7 +71,9 @@ def build_resources(
         # the model fine-tuned on each selection and evaluated (the selection model unless set)
         "target_model": SelectionModel(model=target_model or model, device=device, **options),
         "embedder": SentenceEmbedder(device=device),
-        "model_embedding_settings": ModelEmbeddingSettings(pooling=pooling or os.environ.get("DSEL_POOLING", "mean")),
+        "model_embedding_settings": ModelEmbeddingSettings(
+            pooling=pooling or os.environ.get("DSEL_POOLING", "mean"), max_length=embed_max_length, bos=embed_bos
+        ),
         "grad_settings": GradientSettings(
             dim=grad_dim,
             projection=projection,

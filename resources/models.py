@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import dagster as dg
@@ -15,12 +17,50 @@ from dsel_assets.core.threads import size_threads
 from .devices import claim_device, concurrent_model_steps
 from .home import DselHome
 
+#: Threads per model step (default: the step's share of the usable cores).
+THREADS_ENV = "DSEL_THREADS"
+#: ``0`` keeps CPU runs in strict fp32 even where the CPU multiplies bf16 fast.
+CPU_BF16_ENV = "DSEL_CPU_BF16"
+#: Folder of GGUF models dequantized to safetensors; ``off`` keeps none on disk.
+#: Default: ``$XDG_CACHE_HOME/dsel/models`` (``~/.cache/dsel/models``).
+MODEL_CACHE_ENV = "DSEL_MODEL_CACHE"
+
+
+def configured_threads() -> int | None:
+    """``DSEL_THREADS`` as a count, or None when unset."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_ENV}: must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def model_cache() -> Path | None:
+    """Where dequantized GGUF models are kept (``DSEL_MODEL_CACHE``), None when it is ``off``."""
+    setting = os.environ.get(MODEL_CACHE_ENV, "")
+    if setting == "off":
+        return None
+    return Path(setting or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "dsel" / "models").expanduser()
+
+
+def resolve_model(name: str) -> loading.ModelSpec:
+    """``name`` as this process may load it: hub ids only with ``DSEL_ALLOW_HUB=1``, GGUF models
+    through the ``DSEL_MODEL_CACHE`` folder."""
+    return loading.resolve(name, allow_hub=os.environ.get(loading.ALLOW_HUB_ENV) == "1", cache=model_cache())
+
+
+def apply_cpu_precision() -> None:
+    """Let this process's CPU work use bf16 unless ``DSEL_CPU_BF16=0``."""
+    loading.allow_cpu_bf16(os.environ.get(CPU_BF16_ENV, "1") != "0")
+
 
 def prepare_step(context: dg.InitResourceContext, device: str) -> str | None:
-    """Size this step's torch / BLAS / OpenMP threads to its share of the cores (logged), and on
-    ``device="auto"`` claim a free device slot when the machine has several; the claimed device
-    or None."""
-    context.log.info(size_threads(concurrent_model_steps(context.instance)))
+    """Size this step's torch / BLAS / OpenMP threads to its share of the cores (logged), set
+    its CPU precision (``DSEL_CPU_BF16``), and on ``device="auto"`` claim a free device slot
+    when the machine has several; the claimed device or None."""
+    apply_cpu_precision()
+    context.log.info(size_threads(concurrent_model_steps(context.instance), configured_threads()))
     if device != "auto":
         return None
     return claim_device(DselHome.from_env().root / "devices", context.log.info)
@@ -57,7 +97,7 @@ class SelectionModel(dg.ConfigurableResource):
 
     @property
     def spec(self) -> loading.ModelSpec:
-        return loading.resolve(self.model)
+        return resolve_model(self.model)
 
     def tokenizer(self):
         return loading.load_tokenizer(self.spec)
@@ -85,17 +125,21 @@ class ModelEmbeddingSettings(dg.ConfigurableResource):
     resource for the asset that writes them and the selections that read them, so both name the
     same Lance dataset."""
 
-    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("pooling", "max_length")
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("pooling", "max_length", "bos")
 
     pooling: str = Field(default="mean", description="mean | position_weighted (RDS+) | last_token")
-    max_length: int = Field(default=512, description="Tokens per example (right-truncated)")
+    max_length: int = Field(
+        default=2048, description="Tokens per example (right-truncated; capped at the model's context)"
+    )
+    bos: bool = Field(default=True, description="Start each example with the tokenizer's BOS token (RDS+)")
     batch_size: int = Field(default=8, description="Examples per forward pass")
 
     def dataset(self, model_hash: str) -> str:
-        """Lance dataset name: pooling and model weights are its identity, so they never mix."""
+        """Lance dataset name: pooling, length, BOS and model weights are its identity, so
+        embeddings computed under other settings never mix."""
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling: {self.pooling!r} is not one of {list(POOLINGS)}")
-        return f"model_embeddings_{self.pooling}_{model_hash}"
+        return f"model_embeddings_{self.pooling}_{self.max_length}{'_bos' * self.bos}_{model_hash}"
 
 
 class SentenceEmbedder(dg.ConfigurableResource):

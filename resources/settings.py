@@ -33,6 +33,8 @@ ENVIRONMENT = {
     "proxy_model": "DSEL_PROXY_MODEL",
     "dtype": "DSEL_DTYPE",
     "load_in": "DSEL_LOAD_IN",
+    "embed_max_length": "DSEL_EMBED_MAX_LENGTH",
+    "embed_bos": "DSEL_EMBED_BOS",
 }
 #: Command-line flag that requests each setting.
 FLAGS = {
@@ -43,6 +45,8 @@ FLAGS = {
     "proxy_model": "--proxy-model",
     "dtype": "--dtype",
     "load_in": "--load-in",
+    "embed_max_length": "--embed-max-length",
+    "embed_bos": "--embed-bos",
 }
 #: How models run without changing what they compute: per command (a flag), else the environment.
 RUNTIME_ENVIRONMENT = {
@@ -82,8 +86,9 @@ MODEL_SETTINGS = ("model", "dtype", "load_in")
 class IdentitySettings:
     """The selection model, the gradient feature dimension and projection, the model-embedding
     pooling, the proxy model of Superfiltering / Small2Large ("" = the selection model; see
-    dsel_assets.pipeline.assets.representations.scores), and the weights' dtype and quantisation
-    (a bf16 or 4-bit model scores, embeds and differentiates differently)."""
+    dsel_assets.pipeline.assets.representations.scores), the weights' dtype and quantisation
+    (a bf16 or 4-bit model scores, embeds and differentiates differently), and the model
+    embeddings' length and BOS (RDS+'s reference: 2,048 tokens starting with BOS)."""
 
     model: str = "smollm2"
     grad_dim: int = 8192
@@ -92,6 +97,8 @@ class IdentitySettings:
     proxy_model: str = ""
     dtype: str = "auto"
     load_in: str = "none"
+    embed_max_length: int = 2048
+    embed_bos: bool = True
 
 
 class SettingsConflict(ValueError):
@@ -119,8 +126,22 @@ def _requested(explicit: dict[str, Any], environ: dict[str, str]) -> dict[str, A
     wanted = {k: v for k, v in explicit.items() if v is not None}
     for name, variable in ENVIRONMENT.items():
         if name not in wanted and environ.get(variable):
-            wanted[name] = int(environ[variable]) if name == "grad_dim" else environ[variable]
+            wanted[name] = _parsed(name, variable, environ[variable])
     return wanted
+
+
+def _parsed(name: str, variable: str, value: str) -> Any:
+    """An environment value as its setting's type: a positive integer, ``0`` / ``1``, or text."""
+    kind = type(getattr(IdentitySettings(), name))
+    if kind is bool:
+        if value not in ("0", "1"):
+            raise ValueError(f"{variable}: {value!r} is not one of ['0', '1']")
+        return value == "1"
+    if kind is int:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{variable}: {value!r} is not a positive integer")
+        return int(value)
+    return value
 
 
 def resolve_settings(

@@ -31,6 +31,8 @@ def build_definitions(
     pooling: str | None = None,
     proxy_model: str | None = None,
     projection: str | None = None,
+    embed_max_length: int | None = None,
+    embed_bos: bool | None = None,
     first_use: dict | None = None,
     change_settings: bool = False,
     strict: bool = False,
@@ -44,9 +46,10 @@ def build_definitions(
     (``strict``: a conflicting request raises instead of being ignored with a warning). The
     device defaults to ``DSEL_DEVICE`` (auto), the fine-tuned and evaluated model to
     ``DSEL_TARGET_MODEL`` (default: the selection model); ``resources`` replaces resources by
-    key (another deployment, an instrumented embedder in a test). ``dtype`` / ``load_in`` are
-    pinned like the model; ``runtime`` holds the options that change no result (attention,
-    max_batch_tokens, gradient_checkpointing: see :func:`resources.settings.runtime_options`)."""
+    key (another deployment, an instrumented embedder in a test). ``dtype`` / ``load_in`` and
+    the model embeddings' ``embed_max_length`` / ``embed_bos`` are pinned like the model;
+    ``runtime`` holds the options that change no result (attention, max_batch_tokens,
+    gradient_checkpointing: see :func:`resources.settings.runtime_options`)."""
     home = home or DselHome.from_env()
     settings, _ = resolve_settings(
         home,
@@ -58,6 +61,8 @@ def build_definitions(
             "proxy_model": proxy_model,
             "dtype": dtype,
             "load_in": load_in,
+            "embed_max_length": embed_max_length,
+            "embed_bos": embed_bos,
         },
         first_use=first_use,
         change=change_settings,
@@ -75,6 +80,8 @@ def build_definitions(
         proxy_model=settings.proxy_model or None,
         target_model=os.environ.get("DSEL_TARGET_MODEL"),
         model_options={"dtype": settings.dtype, "load_in": settings.load_in, **runtime_options(runtime)},
+        embed_max_length=settings.embed_max_length,
+        embed_bos=settings.embed_bos,
     ) | (resources or {})
     assets = dg.load_assets_from_package_module(asset_package)  # every asset module of every domain
     return dg.Definitions(

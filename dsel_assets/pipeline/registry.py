@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from dsel_assets.core.influence import checkpoint_weights
 from dsel_assets.core.memory import require_memory
+from dsel_assets.core.select.knn_tsds import CheckpointFeatures
 from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.targeted import Influence
 from dsel_assets.pipeline.gradient_scorer import load_less_scorer
@@ -300,6 +302,26 @@ def gradient_features(kind: str) -> Loader:
     return read
 
 
+def checkpoint_gradient_features(ctx: LoadContext) -> tuple[CheckpointFeatures, DatasetRef]:
+    """The pool's gradient features at every checkpoint of the latest warmup, rows aligned to
+    the pool ids (NaN where an example has none), each checkpoint weighted by its mean learning
+    rate (KNN-KDE's density, as TSDS measures it)."""
+    with ctx.store.session() as db:
+        warmup, _, manifest = latest_warmup_manifest(db)
+    weights = checkpoint_weights({c["epoch"]: c["lr_mean"] for c in manifest["checkpoints"]})
+    fits_in_memory(len(ctx.pool_ids), ctx.grad_settings.dim * len(weights))
+    name = grad_features_dataset("pool", ctx.grad_settings.suffix())
+    position = {p: i for i, p in enumerate(ctx.pool_ids)}
+    features = []
+    for checkpoint in sorted(weights):
+        table = ctx.lance.read(name, ["pool_id", "vector"], equal={"warmup": warmup, "checkpoint": checkpoint})
+        rows = np.array([position.get(p, -1) for p in table.column("pool_id").to_pylist()], dtype=np.int64)
+        aligned = np.full((len(ctx.pool_ids), table.schema.field("vector").type.list_size), np.nan, dtype=np.float32)
+        features.append(fill_rows(table.column("vector"), aligned, rows))
+    ref = DatasetRef(name, ctx.lance.uri(name), str(ctx.lance.version(name)))
+    return CheckpointFeatures(tuple(features), tuple(weights[c] for c in sorted(weights))), ref
+
+
 def label_sets(ctx: LoadContext) -> tuple[Labels, DatasetRef]:
     """Each example's label ids and the embedding of every label (MIG)."""
     with ctx.store.session() as db:
@@ -391,13 +413,22 @@ declare(
     "the selection model's hidden states per example, pooled as configured",
     per_batch=True,
     cli_kind="model_embeddings",
-    pinned=("pooling",),
+    pinned=("pooling", "embed_max_length", "embed_bos"),
 )
 declare(
     "pool_gradients",
     POOL_GRAD_FEATURES,
     gradient_features("pool"),
     "LoRA gradient features of the pool (latest warmup, last checkpoint)",
+    per_batch=True,
+    coverage_checked=True,
+    seeded_by=WARMUP,
+)
+declare(
+    "pool_checkpoint_gradients",
+    POOL_GRAD_FEATURES,
+    checkpoint_gradient_features,
+    "LoRA gradient features of the pool at every checkpoint of the latest warmup, learning-rate weighted",
     per_batch=True,
     coverage_checked=True,
     seeded_by=WARMUP,

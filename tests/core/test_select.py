@@ -7,6 +7,7 @@ import pytest
 
 from dsel_assets.core.select import Budget, Selection, build_config, get, methods
 from dsel_assets.core.select.diagnostics import normalised_entropy, summarize
+from dsel_assets.core.select.knn_tsds import CheckpointFeatures
 from dsel_assets.core.select.mig import Labels
 from dsel_assets.core.select.score_rankers import UNCERTAINTY
 from dsel_assets.core.select.targeted import Influence
@@ -77,6 +78,9 @@ def inputs(spec, n=240, d=8, seed=0):
         "uncertainty": {name: with_gaps(rng.uniform(0, 1, n)) for name in UNCERTAINTY},
         "learning_percentage": with_gaps(rng.uniform(0, 1, n)),
         "pool_gradients": rng.normal(size=(n, 12)).astype(np.float32),
+        "pool_checkpoint_gradients": CheckpointFeatures(
+            tuple(rng.normal(size=(n, 12)).astype(np.float32) for _ in range(2)), (0.4, 0.6)
+        ),
         "less_scorer": lambda chosen, task: less[task][[int(i[2:]) for i in chosen]],  # on demand (ClusterUCB)
         "query_gradients": (rng.normal(size=(9, 12)).astype(np.float32), [f"t{j // 3}" for j in range(9)]),
         "trainer": SyntheticTrainer(x),

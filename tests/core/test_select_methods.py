@@ -146,8 +146,7 @@ def nearest_of(cos):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_cosine_neighbours_and_kde_density_match_brute_force(seed):
-    from dsel_assets.core.select.knn_tsds import kde_density
+def test_cosine_neighbours_match_brute_force(seed):
     from dsel_assets.core.select.targeted import cosine_neighbours
 
     x = np.random.default_rng(seed).normal(size=(300, 24)).astype(np.float16)  # as read from Lance
@@ -159,8 +158,6 @@ def test_cosine_neighbours_and_kde_density_match_brute_force(seed):
     assert (neighbours[:, 0] == np.arange(300)).all()  # itself first
     assert [set(r) for r in neighbours.tolist()] == [set(r) for r in nearest.tolist()]
     np.testing.assert_allclose(sims, np.take_along_axis(cos, nearest, axis=1), atol=1e-5)
-    expected = np.exp(-(1.0 - np.take_along_axis(cos, nearest, axis=1)) / 0.1).sum(axis=1)
-    np.testing.assert_allclose(kde_density(x, 5, 0.1), expected, rtol=1e-4)
     _, sims, neighbours = cosine_neighbours(x, 6, exact_rows=1)  # IVF: what it finds, it measures exactly
     np.testing.assert_allclose(sims, np.take_along_axis(cos, neighbours, axis=1), atol=1e-5)
     assert (np.diff(sims, axis=1) <= 1e-6).all() and (neighbours[:, 0] == np.arange(300)).all()

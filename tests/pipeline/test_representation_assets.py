@@ -53,7 +53,8 @@ def test_model_embeddings_asset_names_its_pooling_and_model_and_resumes(home, lo
     result = dg.materialize([model_embeddings], partition_key=batch, resources=resources, instance=instance)
     meta = result.asset_materializations_for_node("model_embeddings")[0].metadata
     name = meta["lance_dataset"].value
-    assert name == f"model_embeddings_last_token_{meta['model_hash'].value}" and meta["pooling"].value == "last_token"
+    assert name == f"model_embeddings_last_token_2048_bos_{meta['model_hash'].value}"
+    assert meta["pooling"].value == "last_token"
     assert (meta["rows"].value, meta["computed"].value) == (9, 9)
     lance = resources["lance"]
     table = lance.read(name)

@@ -26,7 +26,7 @@ def test_first_use_pins_and_later_requests_must_agree(home):
     assert (settings.grad_dim, settings.model, settings.pooling, changed) == (1024, "tiny", "mean", [])
     # the proxy model pins as "" (the selection model) unless one is named
     pinned = {"grad_dim": 1024, "model": "tiny", "pooling": "mean", "proxy_model": "", "projection": "rademacher"}
-    pinned |= {"dtype": "auto", "load_in": "none"}
+    pinned |= {"dtype": "auto", "load_in": "none", "embed_max_length": 2048, "embed_bos": True}
     assert stored_settings(home) == pinned
     # nothing requested (the UI, the daemon): the stored values, not the defaults
     assert resolve_settings(home, {}, environ=NO_ENV)[0].grad_dim == 1024
@@ -49,6 +49,28 @@ def test_first_use_pins_and_later_requests_must_agree(home):
         changed == ["projection"]
         and build_resources(home, projection=settings.projection)["grad_settings"].suffix() == "d8192_factorised0_k16"
     )
+
+
+def test_model_embedding_length_and_bos_are_pinned_and_their_variables_are_checked(home):
+    settings, _ = resolve_settings(home, {}, environ={"DSEL_EMBED_MAX_LENGTH": "512", "DSEL_EMBED_BOS": "0"})
+    assert (settings.embed_max_length, settings.embed_bos) == (512, False)
+    assert {k: stored_settings(home)[k] for k in ("embed_max_length", "embed_bos")} == {
+        "embed_max_length": 512,
+        "embed_bos": False,
+    }
+    with pytest.raises(SettingsConflict, match="embed_max_length.*512.*2048.*--embed-max-length"):
+        resolve_settings(home, {"embed_max_length": 2048}, environ=NO_ENV)
+    for variable, bad, why in (
+        ("DSEL_EMBED_MAX_LENGTH", "0", "not a positive integer"),
+        ("DSEL_EMBED_MAX_LENGTH", "long", "not a positive integer"),
+        ("DSEL_EMBED_BOS", "yes", r"not one of \['0', '1'\]"),
+    ):
+        with pytest.raises(ValueError, match=f"{variable}: '{bad}' is {why}"):
+            resolve_settings(home, {}, environ={variable: bad})
+    resources = build_resources(home, embed_max_length=settings.embed_max_length, embed_bos=settings.embed_bos)
+    embedding = resources["model_embedding_settings"]
+    assert embedding.dataset("abc") == "model_embeddings_mean_512_abc"
+    assert embedding.model_copy(update={"bos": True}).dataset("abc") == "model_embeddings_mean_512_bos_abc"
 
 
 def test_only_named_settings_are_pinned(home):

@@ -55,8 +55,9 @@ def definitions_maker(
     """What :func:`definitions_for` builds, as a picklable maker (worker processes build their own)."""
     import functools
 
-    from dsel_assets.core.models.loading import check_model_options, pick_device, resolve
+    from dsel_assets.core.models.loading import check_model_options, pick_device
     from dsel_assets.pipeline.code_location import build_definitions
+    from resources.models import resolve_model
     from resources.settings import runtime_options
 
     for requested in (
@@ -64,7 +65,7 @@ def definitions_maker(
         getattr(args, "proxy_model", None) or os.environ.get("DSEL_PROXY_MODEL"),
     ):
         if requested:
-            resolve(requested)  # a mistyped name fails here, before anything is stored or pinned
+            resolve_model(requested)  # a mistyped name fails here, before anything is stored or pinned
     runtime = runtime_options({name: getattr(args, name, None) for name in RUNTIME_ENVIRONMENT})
     check_model_options(  # what this machine cannot run fails before anything is pinned
         pick_device(getattr(args, "device", None) or os.environ.get("DSEL_DEVICE", "auto")),
@@ -85,6 +86,8 @@ def definitions_maker(
         projection=getattr(args, "projection", None),
         pooling=getattr(args, "pooling", None),
         proxy_model=getattr(args, "proxy_model", None),
+        embed_max_length=getattr(args, "embed_max_length", None),
+        embed_bos=None if getattr(args, "embed_bos", None) is None else bool(args.embed_bos),
         first_use=first_use,
         change_settings=getattr(args, "change_settings", False),
         strict=True,
@@ -116,7 +119,7 @@ def announce_changed_settings(home: DselHome, args: argparse.Namespace) -> None:
 def register_file(home: DselHome, path: Path, **labels) -> tuple[str, bool]:
 
     with state_db.open_state(home.duckdb, log=to_stderr) as db:
-        manifest, created = db.register_batch(path, home.raw, **labels)
+        manifest, created = db.register_batch(path, home.raw, objects=home.artifacts.objects, **labels)
         validated = db.is_validated(manifest.batch)
     return manifest.batch, created or not validated
 

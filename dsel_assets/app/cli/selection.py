@@ -193,6 +193,12 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     score.add_argument("kind", choices=sorted(score_kinds()), metavar="KIND", help=score_kinds_help())
     score.add_argument("--param", action="append", help="asset config key=value, e.g. epochs=1 (repeatable)")
     score.add_argument("--pooling", choices=["mean", "position_weighted", "last_token"], help="model embeddings")
+    score.add_argument(
+        "--embed-max-length", type=positive_int, help="model embeddings: tokens per example (default 2048)"
+    )
+    score.add_argument(
+        "--embed-bos", type=int, choices=[0, 1], help="model embeddings: start each example with BOS (default 1)"
+    )
     score.add_argument("--model", default=None, help=MODEL_HELP)
     score.add_argument("--proxy-model", default=None, help=PROXY_HELP)
     model_options(score)

@@ -33,6 +33,15 @@ def pool_hidden(hidden, mask, pooling: Pooling):
     return torch.einsum("bt,bth->bh", weights, hidden)
 
 
+def embedding_ids(tokenizer, messages: list[dict], max_length: int, bos: bool) -> list[int]:
+    """The chat-rendered tokens of one conversation, starting with the BOS token once when
+    ``bos`` (not added where the template already begins with it, nor by a tokenizer that has
+    none), cut to the first ``max_length``."""
+    ids = tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    first = [tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []
+    return (ids if ids[: len(first)] == first else first + ids)[:max_length]
+
+
 def model_embeddings(
     model,
     tokenizer,
@@ -40,18 +49,22 @@ def model_embeddings(
     pooling: Pooling = "mean",
     max_length: int = 512,
     batch_size: int | Batching = 8,
+    bos: bool = False,
 ) -> np.ndarray:
-    """L2-normalised float32 embeddings, one row per conversation (in input order);
-    ``batch_size``: conversations per forward, or a :class:`~.batching.Batching`."""
+    """L2-normalised float32 embeddings, one row per conversation (in input order), of its
+    first ``max_length`` tokens (at most the model's context); ``bos``: see :func:`embedding_ids`
+    (RDS+'s reference tokenizes with BOS); ``batch_size``: conversations per forward, or a
+    :class:`~.batching.Batching`."""
     import torch
 
     from .sft import _backbone_and_head
 
     body, head = _backbone_and_head(model)
     device = head.weight.device
+    max_length = min(max_length, getattr(body.config, "max_position_embeddings", None) or max_length)
     encoded = []
     for messages in conversations:
-        ids = tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"][:max_length]
+        ids = embedding_ids(tokenizer, messages, max_length, bos)
         encoded.append(Encoded(ids, [IGNORE] * len(ids)))  # embeddings need no labels
     out = np.zeros((len(encoded), body.config.hidden_size), dtype=np.float32)
 

@@ -24,12 +24,14 @@ _STAND_INS = {
         "influence": "rds_similarity",
         "less_scores": "rds_task_scores",
         "pool_gradients": "model_embeddings",
+        "pool_checkpoint_gradients": "model_embeddings",
         "query_gradients": "rds_queries",
     },
     "embed": {
         "influence": "embed_similarity",
         "less_scores": "embed_task_scores",
         "pool_gradients": "sentence_embeddings",
+        "pool_checkpoint_gradients": "sentence_embeddings",
         "query_gradients": "embed_queries",
     },
 }

@@ -106,7 +106,13 @@ def model_embeddings(
     if lance.exists(name):
         stored = set(lance.read(name, ["pool_id"], equal={"batch": batch}).column("pool_id").to_pylist())
     todo = [(i, m) for i, m in zip(ids, rows["messages"].to_list(), strict=True) if i not in stored]
-    params = {"batch": batch, **identity, "pooling": settings.pooling, "max_length": settings.max_length}
+    params = {
+        "batch": batch,
+        **identity,
+        "pooling": settings.pooling,
+        "max_length": settings.max_length,
+        "bos": settings.bos,
+    }
     inputs = [DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
     meter = Meter(f"{MODEL_EMBEDDINGS}[{batch}]", len(todo), log=context.log.info)
     with tracker.run(context, params=params, inputs=inputs) as run:
@@ -116,7 +122,9 @@ def model_embeddings(
             for start in range(0, len(todo), EMBEDDING_CHUNK):
                 chunk = todo[start : start + EMBEDDING_CHUNK]
                 conversations = [m for _, m in chunk]
-                vectors = embed(model, tokenizer, conversations, settings.pooling, settings.max_length, batching)
+                vectors = embed(
+                    model, tokenizer, conversations, settings.pooling, settings.max_length, batching, settings.bos
+                )
                 lance.upsert(name, vector_table([i for i, _ in chunk], batch, vectors, identity["model"]), ["pool_id"])
                 tick = meter.update(start + len(chunk))
         version = lance.delete(name, {"batch": batch}, not_in=("pool_id", ids)) if lance.exists(name) else 0

@@ -129,7 +129,13 @@ def rds_similarity(
         query_set = query_rows(db)
     model, tokenizer = selection_model.load()
     vectors = embed(
-        model, tokenizer, query_set["messages"].to_list(), settings.pooling, settings.max_length, settings.batch_size
+        model,
+        tokenizer,
+        query_set["messages"].to_list(),
+        settings.pooling,
+        settings.max_length,
+        settings.batch_size,
+        settings.bos,
     )
     stored = vector_table(query_set["pool_id"].to_list(), "queries", vectors, identity["model"])
     stored = stored.append_column("task", pa.array(query_set["task"].to_list(), pa.string()))
@@ -146,7 +152,7 @@ def rds_similarity(
         vector_matrix(stored.column("vector")),  # as stored (float16), like the pool side
         config.chunk,
         rds_dataset(identity["model_hash"]),
-        {**identity, "pooling": settings.pooling, "max_length": settings.max_length},
+        {**identity, "pooling": settings.pooling, "max_length": settings.max_length, "bos": settings.bos},
     )
 
 
