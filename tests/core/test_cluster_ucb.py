@@ -115,6 +115,17 @@ def test_an_exhausted_arm_is_never_drawn_again():
     assert draws.cold_start == 2 and draws.pulls == [0] + [1] * 36 and len(draws.rewards) == 39
 
 
+def test_no_cold_start_draws_nothing_beyond_the_bandit_budget():
+    # three arms of 10; budget_frac 0.5 at cold_start 0: int(30 * 0.5) = 15 draws, all the bandit's.
+    # The arms without a reward go first (lowest arm on ties), then the best mean (equal rewards
+    # within an arm: no spread, so the UCB is the mean).
+    assignment = np.repeat([0, 1, 2], 10)
+    rewards = np.repeat([0.1, 0.9, 0.5], 10)
+    draws = cluster_ucb_draws(assignment, lambda rows: rewards[rows], ClusterUcbConfig(budget_frac=0.5, cold_start=0))
+    assert draws.cold_start == 0 and len(draws.rewards) == 15
+    assert draws.pulls == [0, 1, 2] + [1] * 9 + [2] * 3  # arm 1 until exhausted, then arm 2
+
+
 def test_spherical_kmeans_assigns_by_cosine_like_brute_force():
     x, direction = directions(n_dirs=4, per=25, seed=4)
     centroids, assignment = spherical_kmeans(x, 4, seed=0)

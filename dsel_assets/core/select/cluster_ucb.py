@@ -57,8 +57,8 @@ class Draws:
 def cluster_ucb_draws(
     assignment: np.ndarray, reward: Callable[[np.ndarray], np.ndarray], config: ClusterUcbConfig
 ) -> Draws:
-    """Cold start: each cluster draws ``max(int(|c| * cold_start), 1)`` members (one reward
-    call for all of them). Then ``int(N * (budget_frac - cold_start))`` more draws, each from
+    """Cold start (only when ``cold_start`` > 0): each cluster draws ``max(int(|c| *
+    cold_start), 1)`` members (one reward call for all of them). Then ``int(N * (budget_frac - cold_start))`` more draws, each from
     the arm with the highest ``mean + beta * std`` of its rewards; an arm with no finite reward
     yet goes first, an exhausted arm gets -inf (the reference gave it 0, which could outrank
     arms whose UCB is negative). Draws stop early only when every arm is exhausted. The
@@ -83,7 +83,8 @@ def cluster_ucb_draws(
             if np.isfinite(value):
                 per_arm[arm].append(float(value))
 
-    draw([(a, min(max(int(len(members) * config.cold_start), 1), len(members))) for a, members in enumerate(arms)])
+    if config.cold_start > 0:  # as the reference: no cold start at 0, the bandit draws every first member
+        draw([(a, min(max(int(len(members) * config.cold_start), 1), len(members))) for a, members in enumerate(arms)])
     cold = len(rewards)
     target = int(len(assignment) * (config.budget_frac - config.cold_start) + 1e-9)  # 100 * (0.03 - 0.01) = 1.999..
     pulls: list[int] = []
