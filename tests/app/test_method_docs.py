@@ -4,7 +4,18 @@ page without a method, generated parts current, hand-written parts present and k
 import pytest
 
 from dsel_assets.app import method_docs
-from dsel_assets.app.method_docs import BEGIN, DOCS, END, README, ROOT, SECTIONS, expected, stale
+from dsel_assets.app.method_docs import (
+    BEGIN,
+    DOCS,
+    END,
+    NOT_YET_CHECKED,
+    README,
+    ROOT,
+    deviation_problems,
+    expected,
+    required_sections,
+    stale,
+)
 from dsel_assets.core.select import get, methods
 
 NAMES = sorted(methods())
@@ -18,7 +29,8 @@ def test_every_registered_method_has_a_current_page(name):
     text = page.read_text(encoding="utf-8")
     assert text == expected()[DOCS / f"{name}.md"], f"{page.relative_to(ROOT)}: generated part stale; {FIX}"
     written = text.partition(END)[2]
-    assert all(section in written for section in SECTIONS), f"{page.relative_to(ROOT)}: hand-written part missing"
+    assert all(s in written for s in required_sections(name)), f"{page.relative_to(ROOT)}: hand-written part missing"
+    assert deviation_problems(name, written) == []
 
 
 def test_no_page_names_a_method_that_does_not_exist():
@@ -69,7 +81,28 @@ def test_missing_orphan_and_unwritten_pages_are_reported(tree):
     assert f"{DOCS / 'retired_method.md'}: no registered method 'retired_method'" in problems
     assert f"{DOCS / 'retired_method.md'}: links to gone.md, which is no registered method" in problems
     (root / DOCS / "kmq.md").write_text(expected(root, specs)[DOCS / "kmq.md"])  # the placeholder page
-    assert f"{DOCS / 'kmq.md'}: the hand-written part lacks {list(SECTIONS)}" in stale(root, specs)
+    assert f"{DOCS / 'kmq.md'}: the hand-written part lacks {list(required_sections('kmq'))}" in stale(root, specs)
+
+
+def test_a_checked_page_must_end_with_its_deviation_table_and_the_unchecked_list_only_shrinks(tree):
+    root, specs, _ = tree
+    specs = {**specs, "round_robin": get("round_robin")}
+    assert "round_robin" not in NOT_YET_CHECKED and "random" in NOT_YET_CHECKED
+    prose = "\n\n## What it optimises\n\nTurns.\n\n## Cost\n\nO(N).\n\n## Deviations from the reference\n\nNone.\n"
+    (root / DOCS / "round_robin.md").write_text(f"{BEGIN}\n{END}{prose}")
+    for path, text in expected(root, specs).items():
+        (root / path).write_text(text)
+    assert f"{DOCS / 'round_robin.md'}: round_robin: '## Deviations from the reference' has no table" in " ".join(
+        stale(root, specs)
+    )
+    table = "| step | reference (file:line) | dsel | effect |\n|---|---|---|---|\n| turns | x.py:1 | same | none |\n"
+    (root / DOCS / "round_robin.md").write_text(expected(root, specs)[DOCS / "round_robin.md"] + table)
+    assert stale(root, specs) == []
+    # an unchecked page that gained its table must leave the list
+    (root / DOCS / "random.md").write_text((root / DOCS / "random.md").read_text() + table)
+    assert f"{DOCS / 'random.md'}: random: its page has a deviation table; take it off NOT_YET_CHECKED" in stale(
+        root, specs
+    )
 
 
 def test_a_page_without_markers_is_refused(tree):

@@ -58,12 +58,13 @@ def cluster_ucb_draws(
     assignment: np.ndarray, reward: Callable[[np.ndarray], np.ndarray], config: ClusterUcbConfig
 ) -> Draws:
     """Cold start (only when ``cold_start`` > 0): each cluster draws ``max(int(|c| *
-    cold_start), 1)`` members (one reward call for all of them). Then ``int(N * (budget_frac - cold_start))`` more draws, each from
-    the arm with the highest ``mean + beta * std`` of its rewards; an arm with no finite reward
-    yet goes first, an exhausted arm gets -inf (the reference gave it 0, which could outrank
-    arms whose UCB is negative). Draws stop early only when every arm is exhausted. The
-    count follows the reference, so budget_frac = 1 draws the whole pool (= LESS top-k) when
-    cold_start = 0; with a cold start, rounding down per cluster can leave a few undrawn."""
+    cold_start), 1)`` members (one reward call for all of them). Then ``int(N * (budget_frac -
+    cold_start))`` more draws, each from the arm with the highest ``mean + beta * std`` of its
+    rewards; an arm with no finite reward yet goes first, an exhausted arm gets -inf (the
+    reference gave it 0, which could outrank arms whose UCB is negative). Draws stop early only
+    when every arm is exhausted. The count follows the reference, so budget_frac = 1 draws the
+    whole pool (= LESS top-k) when cold_start = 0; with a cold start, rounding down per cluster
+    can leave a few undrawn."""
     rng = np.random.default_rng(config.seed)
     arms = [rng.permutation(np.flatnonzero(assignment == c)) for c in range(int(assignment.max()) + 1)]
     arms = [a for a in arms if len(a)]
