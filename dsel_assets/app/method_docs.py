@@ -41,7 +41,6 @@ NOT_YET_CHECKED = frozenset(
         "data_whisperer",
         "deita_filter",
         "diverse_evol",
-        "diversify_conquer",
         "doubly_greedy",
         "expdesign_hybrid",
         "facility_location",

@@ -20,17 +20,20 @@ FIT_ROWS_PER_CLUSTER = 256  # k-means centroids are fitted on at most this many 
 ASSIGN_ROWS = 65_536  # rows assigned to their nearest centroid at a time
 
 
-def kmeans(vectors: np.ndarray, n_clusters: int, seed: int, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids [C, d], assignment [N]) of float32 k-means with ``n_clusters`` <= N, fitted
-    on every row up to ``FIT_ROWS_PER_CLUSTER`` per cluster, on a seeded sample of that size
-    beyond (every row is still assigned to its nearest centroid)."""
+def kmeans(
+    vectors: np.ndarray, n_clusters: int, seed: int, iterations: int = 20, restarts: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids [C, d], assignment [N]) of float32 k-means with ``n_clusters`` <= N (the best
+    of ``restarts`` k-means++ fits), fitted on every row up to ``FIT_ROWS_PER_CLUSTER`` per
+    cluster, on a seeded sample of that size beyond (every row is still assigned to its nearest
+    centroid)."""
     import faiss
     from sklearn.cluster import KMeans
 
     vectors = np.asarray(vectors)
     n = len(vectors)
     n_clusters = max(1, min(n_clusters, n))
-    fit = KMeans(n_clusters, init="k-means++", n_init=1, max_iter=iterations, random_state=seed)
+    fit = KMeans(n_clusters, init="k-means++", n_init=restarts, max_iter=iterations, random_state=seed)
     if n <= FIT_ROWS_PER_CLUSTER * n_clusters:
         fit.fit(np.ascontiguousarray(vectors, dtype=np.float32))
         return fit.cluster_centers_.astype(np.float32), fit.labels_.astype(np.int64)

@@ -502,6 +502,40 @@ def test_diversify_conquer_round_zero_takes_equal_quotas_for_every_seed():
         assert counts[:4].tolist() == [3, 5, 8, 12] and sorted(counts[4:].tolist()) == [12, 12, 12, 13, 13, 13]
 
 
+def test_diversify_conquer_floor_round_zero_is_the_reference_quota_and_later_rounds_make_up_the_rest():
+    """The same blobs (308 examples); k = 300 in 3 rounds, K = 10: the reference takes
+    int(300 / 3 / 10) = 10 from every blob (all 3, 5 and 8 of the small ones), 7 x 10 + 3 + 5 + 8
+    = 86 in round 0; the 14 it leaves of its 100 go to round 1, which takes 114, and round 2
+    takes 100: 300 in all."""
+    from .test_select import SyntheticTrainer
+
+    sizes = [3, 5, 8, 12, 20, 30, 40, 50, 60, 80]
+    rng = np.random.default_rng(16)
+    centers = rng.normal(size=(10, 8)) * 100
+    x = np.concatenate([rng.normal(c, 0.1, size=(n, 8)) for c, n in zip(centers, sizes, strict=True)])
+    blob = np.repeat(np.arange(10), sizes)
+    for seed in range(10):
+        params = {"n_clusters": "10", "seed": str(seed), "round0": "floor", "kmeans_restarts": "2"}
+        sel = get("diversify_conquer").select(
+            pool_ids(len(x)),
+            300,
+            build_config("diversify_conquer", params),
+            sentence_embeddings=x.astype(np.float32),
+            trainer=SyntheticTrainer(x),
+        )
+        counts = np.bincount(blob[[int(i[1:]) for i in sel.ids[:86]]], minlength=10)
+        assert counts.tolist() == [3, 5, 8, 10, 10, 10, 10, 10, 10, 10]
+        assert [sum(r) for r in sel.diagnostics["per_round_cluster_counts"]] == [86, 114, 100]
+        assert len(set(sel.ids)) == 300
+    one_round = build_config("diversify_conquer", {"n_clusters": "10", "rounds": "1", "round0": "floor"})
+    sel = get("diversify_conquer").select(
+        pool_ids(len(x)), 150, one_round, sentence_embeddings=x.astype(np.float32), trainer=SyntheticTrainer(x)
+    )
+    assert len(set(sel.ids)) == 150  # the shortfall of the only round filled by equal quotas
+    with pytest.raises(ValueError, match="diversify_conquer.kmeans_restarts: must be >= 1"):
+        build_config("diversify_conquer", {"kmeans_restarts": "0"})
+
+
 def test_diversify_conquer_weights_by_hand():
     from dsel_assets.core.select.diversify_conquer import round_weights
 

@@ -5,6 +5,7 @@ on the selection, clusters whose examples are still hard get more of the next ro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -17,15 +18,25 @@ from .registry import register
 @dataclass(frozen=True)
 class DiversifyConquerConfig:
     rounds: int = field(default=3, metadata={"help": "training rounds; each adds k / rounds examples"})
-    n_clusters: int = field(default=100, metadata={"help": "k-means clusters (capped at the pool size)"})
+    n_clusters: int = field(default=100, metadata={"help": "k-means clusters (capped at the pool size); reference 512"})
     multiply_previous: bool = field(default=True, metadata={"help": "w_t = softmax(scores) * w_(t-1) (paper form)"})
+    round0: Literal["equal", "floor"] = field(
+        default="equal",
+        metadata={
+            "help": "equal: k / rounds split evenly, a small cluster's share to the others | floor: "
+            "int(k / rounds / K) per cluster and no more (the reference), the shortfall to later rounds"
+        },
+    )
+    kmeans_iterations: int = field(default=20, metadata={"help": "k-means iterations; reference 300"})
+    kmeans_restarts: int = field(default=1, metadata={"help": "k-means fits, the best kept; reference 5"})
     seed: int = field(default=0, metadata={"help": "k-means and sampling seed"})
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.n_clusters < 1:
-            raise ValueError(
-                f"diversify_conquer: rounds and n_clusters must be >= 1, got {self.rounds}, {self.n_clusters}"
-            )
+        for name in ("rounds", "n_clusters", "kmeans_iterations", "kmeans_restarts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"diversify_conquer.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.round0 not in ("equal", "floor"):
+            raise ValueError(f"diversify_conquer.round0: {self.round0!r} is not one of ['equal', 'floor']")
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -65,6 +76,12 @@ def equal_quotas(capacity: np.ndarray, n: int, rng: np.random.Generator) -> np.n
     return counts
 
 
+def floor_quotas(capacity: np.ndarray, n: int) -> np.ndarray:
+    """Round 0 as the reference takes it: ``int(n / K)`` from every one of the K clusters, fewer
+    only from a cluster that has fewer, nothing redistributed."""
+    return np.minimum(n // len(capacity), capacity)
+
+
 def round_weights(
     scores: np.ndarray, cluster_of: np.ndarray, previous: np.ndarray, multiply_previous: bool
 ) -> np.ndarray:
@@ -92,19 +109,31 @@ def select(
     ids, k: int, config: DiversifyConquerConfig, *, sentence_embeddings: np.ndarray, trainer: RoundTrainer
 ) -> Selection:
     """Each round adds k / rounds examples (the reference used its per-cluster count, its
-    issue #8). Round scores: the trainer's distance to the reference for each selected example."""
+    issue #8), and what an earlier round left (``round0="floor"``). Round scores: the trainer's
+    distance to the reference for each selected example."""
     ids = check_inputs(ids, sentence_embeddings=sentence_embeddings)
     k = min(k, len(ids))
-    _, assignment = kmeans(sentence_embeddings, config.n_clusters, config.seed, 20)
+    _, assignment = kmeans(
+        sentence_embeddings, config.n_clusters, config.seed, config.kmeans_iterations, config.kmeans_restarts
+    )
     n_clusters = int(assignment.max()) + 1
     rng = np.random.default_rng(config.seed)
     remaining = [list(rng.permutation(np.flatnonzero(assignment == c))) for c in range(n_clusters)]
     weights = np.full(n_clusters, 1.0 / n_clusters)
     order: list[int] = []
     history = []
-    for round_index, size in enumerate(round_sizes(k, config.rounds)):
+    planned = round_sizes(k, config.rounds)
+    for round_index in range(config.rounds):
         capacity = np.array([len(r) for r in remaining])
-        counts = equal_quotas(capacity, size, rng) if round_index == 0 else allocate(weights, capacity, size, rng)
+        size = sum(planned[: round_index + 1]) - len(order)  # its share and what earlier rounds left
+        if round_index > 0:
+            counts = allocate(weights, capacity, size, rng)
+        elif config.round0 == "floor":
+            counts = floor_quotas(capacity, size)
+            if config.rounds == 1:  # no later round to take the shortfall: the rest by equal quotas
+                counts += equal_quotas(capacity - counts, size - int(counts.sum()), rng)
+        else:
+            counts = equal_quotas(capacity, size, rng)
         for c, count in enumerate(counts):
             order += [int(i) for i in remaining[c][:count]]
             remaining[c] = remaining[c][count:]
