@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from dsel_assets.core.data.validate import validate_file
+from dsel_assets.core.select.knn_tsds import CheckpointFeatures
 from dsel_assets.pipeline.assets.selection.selections import coverage
 from dsel_assets.pipeline.checks import (
     batch_check,
@@ -62,6 +63,9 @@ def test_coverage_names_the_batches_without_rows():
     scores = np.array([[0.1, np.nan], [np.nan, np.nan], [np.nan, np.nan], [0.3, 0.2]])
     assert coverage(scores, ["a", "a", "b", "c"]) == {"rows": 2, "batches_without_rows": ["b"]}
     assert coverage({"math": np.full(2, np.nan)}, ["a", "b"]) == {"rows": 0, "batches_without_rows": ["a", "b"]}
+    # every checkpoint must have the row: checkpoint 2 lacks row 3, so batch c has none
+    checkpoints = CheckpointFeatures((scores, scores * np.array([[1.0], [1.0], [1.0], [np.nan]])), (0.5, 0.5))
+    assert coverage(checkpoints, ["a", "a", "b", "c"]) == {"rows": 1, "batches_without_rows": ["b", "c"]}
 
 
 def test_selection_problems():

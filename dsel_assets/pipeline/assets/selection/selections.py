@@ -17,6 +17,7 @@ from pydantic import Field
 
 from dsel_assets.core.select import Budget, build_config
 from dsel_assets.core.select.diagnostics import set_measures
+from dsel_assets.core.select.knn_tsds import CheckpointFeatures
 from dsel_assets.core.select.registry import MethodSpec
 from dsel_assets.core.select.targeted import LESS, Influence, representation_needs
 from dsel_assets.core.select.targeted import representations as method_representations
@@ -45,7 +46,10 @@ def coverage(value, batches: list[str]) -> dict:
         value = value.scores
     if isinstance(value, dict):
         value = np.column_stack(list(value.values())) if value else np.empty((len(batches), 0))
-    mask = np.isfinite(value).any(axis=1) if value.size else np.zeros(len(batches), dtype=bool)
+    if isinstance(value, CheckpointFeatures):  # a row counts when every checkpoint has it
+        mask = np.logical_and.reduce([np.isfinite(f).any(axis=1) for f in value.features])
+    else:
+        mask = np.isfinite(value).any(axis=1) if value.size else np.zeros(len(batches), dtype=bool)
     covered = {batch for batch, has in zip(batches, mask.tolist(), strict=True) if has}
     return {"rows": int(mask.sum()), "batches_without_rows": sorted(set(batches) - covered)}
 
