@@ -38,7 +38,6 @@ NOT_YET_CHECKED = frozenset(
         "bids",
         "cherry_ifd",
         "cherry_ifd_pre_experienced",
-        "data_whisperer",
         "deita_filter",
         "diverse_evol",
         "doubly_greedy",
