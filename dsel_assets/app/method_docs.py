@@ -40,7 +40,6 @@ NOT_YET_CHECKED = frozenset(
         "cherry_ifd_pre_experienced",
         "deita_filter",
         "diverse_evol",
-        "doubly_greedy",
         "expdesign_hybrid",
         "facility_location",
         "g2is",
@@ -60,7 +59,6 @@ NOT_YET_CHECKED = frozenset(
         "superfiltering",
         "superfiltering_d",
         "uncertainty",
-        "uot",
     }
 )
 PAPER_DEVIATIONS = "## Deviations from the paper"
