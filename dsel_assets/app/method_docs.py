@@ -45,7 +45,6 @@ NOT_YET_CHECKED = frozenset(
         "g2is",
         "kcenter_greedy",
         "kmeans_centroids",
-        "kmeans_random",
         "kmq",
         "longest",
         "mig",
