@@ -44,7 +44,6 @@ NOT_YET_CHECKED = frozenset(
         "facility_location",
         "g2is",
         "kcenter_greedy",
-        "kmeans_centroids",
         "kmq",
         "longest",
         "mig",
