@@ -13,7 +13,7 @@ from .ingest import IngestLimits
 from .lance_store import LanceStore
 from .models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
 from .store import state_store
-from .tracking import DatasetRef, MlflowTracker
+from .tracking import MLFLOW_URI, DatasetRef, MlflowTracker
 
 __all__ = [
     "DatasetRef",
@@ -53,7 +53,7 @@ def build_resources(
     compute_dtype = os.environ.get("DSEL_GRAD_COMPUTE_DTYPE", "auto")
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"DSEL_GRAD_COMPUTE_DTYPE: {compute_dtype!r} is not one of {list(COMPUTE_DTYPES)}")
-    server = os.environ.get("DSEL_MLFLOW_URI")
+    server = os.environ.get(MLFLOW_URI)
     options = model_options or {}
     return {
         "home": StateHome(root=str(home.root)),

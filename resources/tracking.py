@@ -8,6 +8,7 @@ one MLflow run (we measured it).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 import time
@@ -23,9 +24,20 @@ import dagster as dg
 from filelock import FileLock
 from pydantic import Field
 
+from .home import DselHome
+
 #: Query parameters whose values are secrets (tokens, keys, passwords) in a tracking URI.
 #: What MLflow accepts in a metric key; anything else (a task label such as ``c++``) is replaced.
 _METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+#: an MLflow tracking server (a cluster); unset: the state home's SQLite file
+MLFLOW_URI = "DSEL_MLFLOW_URI"
+
+
+def tracking_uri(home: DselHome) -> str:
+    """Where runs are tracked: ``DSEL_MLFLOW_URI`` when set, else the home's SQLite file."""
+    return os.environ.get(MLFLOW_URI) or home.mlflow_uri
 
 
 def metric_key(name: str) -> str:

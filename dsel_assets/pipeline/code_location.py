@@ -69,7 +69,9 @@ def build_definitions(
         strict=strict,
         pin=pin,
     )
-    sensors, schedules = build_automation()
+    sensors, schedules = build_automation(
+        int(os.environ.get("DSEL_INBOX_INTERVAL_S", "30")), os.environ.get("DSEL_RECURATE_CRON")
+    )
     resources = build_resources(
         home,
         model=settings.model,

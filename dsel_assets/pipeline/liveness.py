@@ -177,8 +177,8 @@ def reap_for_cli(home: str | None) -> None:
     """At the start of a ``dsel`` command: reap the dead runs of the state home (``--home``, else
     ``DSEL_HOME``), one stderr line each; nothing when the home has no Dagster instance yet. A
     storage error (a locked database) is reported, not fatal: the command may not need Dagster."""
-    from resources.home import DselHome  # not at import time: ``resources`` imports much of dsel_assets
-    from resources.tracking import MlflowTracker
+    from resources.home import DselHome
+    from resources.tracking import MlflowTracker, tracking_uri
 
     paths = DselHome(Path(home).expanduser().resolve()) if home else DselHome.from_env()
     if not paths.dagster_ready.exists():  # no instance yet, or another command is creating it
@@ -186,7 +186,7 @@ def reap_for_cli(home: str | None) -> None:
     # not ``with``: entering an instance sets Dagster's process-wide definitions-state storage,
     # which must never outlive this short-lived instance
     instance = dg.DagsterInstance.from_config(str(paths.dagster))
-    tracker = MlflowTracker(tracking_uri=os.environ.get("DSEL_MLFLOW_URI") or paths.mlflow_uri)
+    tracker = MlflowTracker(tracking_uri=tracking_uri(paths))
     try:
         reap_dead_runs(instance, end_tracked=tracker.fail_runs_of)
     except SQLAlchemyError as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -177,12 +176,10 @@ def _inbox_tick(
 
 
 def build_automation(
-    inbox_interval_s: int | None = None, recurate_cron: str | None = None
+    interval: int = 30, cron: str | None = None
 ) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
-    """The sensors and the schedule; the interval and cron default to ``DSEL_INBOX_INTERVAL_S``
-    (30) and ``DSEL_RECURATE_CRON`` (the schedule starts stopped unless that is set)."""
-    interval = inbox_interval_s or int(os.environ.get("DSEL_INBOX_INTERVAL_S", "30"))
-    cron = recurate_cron or os.environ.get("DSEL_RECURATE_CRON")
+    """The sensors and the schedule: the inbox is scanned every ``interval`` seconds; the
+    re-curation schedule runs on ``cron`` (it starts stopped when there is none)."""
 
     @dg.sensor(
         name="inbox_sensor",

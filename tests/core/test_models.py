@@ -1,8 +1,5 @@
 """Model loading: the real SmolLM2-135M from its GGUF, the tiny test Llama, MiniLM."""
 
-import ast
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -145,21 +142,3 @@ def test_dsel_cpu_bf16_zero_keeps_cpu_work_in_strict_fp32(monkeypatch):
     monkeypatch.setenv("DSEL_CPU_BF16", "1")
     apply_cpu_precision()
     assert loading.fast_bf16("cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def test_the_core_reads_no_environment():
-    """Settings reach the core as arguments; the resources and the CLI read the environment.
-    (Setting a library's default, such as ``HF_DATASETS_OFFLINE``, is not reading.)"""
-    core = Path(loading.__file__).parents[1]
-    readers = []
-    for module in sorted(core.rglob("*.py")):
-        for node in ast.walk(ast.parse(module.read_text())):
-            getter = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            if getter and node.func.attr == "getenv":
-                readers.append(f"{module.relative_to(core)}:{node.lineno}")
-            if getter and node.func.attr == "get" and ast.unparse(node.func.value).endswith("environ"):
-                readers.append(f"{module.relative_to(core)}:{node.lineno}")
-            loaded = isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
-            if loaded and ast.unparse(node.value).endswith("environ"):
-                readers.append(f"{module.relative_to(core)}:{node.lineno}")
-    assert readers == []

@@ -4,10 +4,8 @@ not at all, remote artifacts are read through a local cache, raw copies are cont
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -149,15 +147,3 @@ def test_credentials_never_print_and_a_remote_raw_store_needs_its_object_store(t
     source.write_text("{}\n")
     with pytest.raises(ValueError, match="object store that reaches it is missing"):
         raw_files.store_raw_file(source, "s3://b/p/raw")
-
-
-def test_the_store_reads_no_environment():
-    """Settings reach the store as arguments (the resources read the environment)."""
-    store = Path(artifacts.__file__).parent
-    readers = [
-        f"{module.name}:{node.lineno}"
-        for module in sorted(store.glob("*.py"))
-        for node in ast.walk(ast.parse(module.read_text()))
-        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb")
-    ]
-    assert readers == []

@@ -28,6 +28,7 @@ from dsel_assets.app.cli.common import (
 from dsel_assets.core.models.loading import ALLOW_HUB_ENV
 from resources import store as state_db
 from resources.settings import MODEL_SETTINGS
+from resources.tracking import tracking_uri
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -172,7 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         target=args.target,
         force=args.force,
         command=command,
-        tracking_uri=os.environ.get("DSEL_MLFLOW_URI") or home.mlflow_uri,
+        tracking_uri=tracking_uri(home),
         log=to_stderr,
     )
     out = Path(manifest["path"])
