@@ -174,11 +174,11 @@ def representations(cache: Path, n: int, needs: tuple[str, ...], cap_bytes: int)
                 if need == "influence"
                 else aggregate_less_scores(influence.scores, query_tasks(), query_tasks())
             )
-        elif need == "pool_gradients":
+        elif need in ("pool_gradients", "pool_checkpoint_gradients"):  # one checkpoint stands in for all
             size = n * GRAD_DIM * 4
             if size > cap_bytes:
                 raise MemoryError(
-                    f"pool_gradients: {n} x {GRAD_DIM} float32 needs {size / 2**30:.1f} GiB in memory "
+                    f"{need}: {n} x {GRAD_DIM} float32 needs {size / 2**30:.1f} GiB in memory "
                     f"(cap {cap_bytes / 2**30:.0f} GiB)"
                 )
             out[need] = read_matrix(dataset(cache, f"grad_{n}"))
