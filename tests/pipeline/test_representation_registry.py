@@ -99,7 +99,7 @@ def test_declared_assets_exist_and_are_partitioned_as_declared(asset_graph):
 #: ``dsel score`` as it was written by hand: kind -> (asset, settings it pins, asset --param configures).
 SCORE_KINDS_BEFORE = {
     "sentence_embeddings": ("sentence_embeddings", (), "sentence_embeddings"),
-    "model_embeddings": ("model_embeddings", ("pooling",), "model_embeddings"),
+    "model_embeddings": ("model_embeddings", ("pooling", "embed_max_length", "embed_bos"), "model_embeddings"),
     "loss": ("loss_scores", (), "loss_scores"),
     "uncertainty": ("loss_scores", (), "loss_scores"),
     "uncertainty_greedy": ("greedy_scores", (), "greedy_scores"),
