@@ -121,7 +121,7 @@ def main() -> int:
     print("| pair | overlap |\n|---|---|")
     print(f"| query-row turns vs task turns (2,048 tokens) | {overlap(by_query, by_task):.3f} |")
     print(f"| 512 vs 2,048 tokens (task turns) | {overlap(short_by_task, by_task):.3f} |")
-    print("| with vs without BOS (SmolLM2) | 1.000 (identical token ids) |" if same_ids == len(sample) else "")
+    print(f"| with vs without BOS (SmolLM2) | token ids identical for {same_ids} of {len(sample)} examples |")
     print("\nshare of the selection nearest each task's queries (4 / 8 / 24 query rows):")
     for name, shares in nearest.items():
         print(f"  {name}: " + ", ".join(f"{t} {s:.2f}" for t, s in shares.items()))

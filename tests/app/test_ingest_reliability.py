@@ -21,6 +21,7 @@ from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.store import duckdb_backend, raw_files, schema, tables
 from dsel_assets.store.errors import StateDatabaseError
 from dsel_assets.store.state import State
+from resources.models import resolve_model
 from resources.store import open_state
 from resources.tracking import MlflowTracker, TrackedRun, redact_uri, restore_credentials
 
@@ -260,5 +261,6 @@ def test_unknown_model_names_are_refused_unless_the_hub_is_allowed(home, tmp_pat
     assert main(["ingest", str(src), "--model", "./no/such/model"]) == 2
     assert "DSEL_ALLOW_HUB=1" in capsys.readouterr().err
     assert not list(Path(home.raw).rglob("*"))
-    monkeypatch.setenv("DSEL_ALLOW_HUB", "1")
-    assert resolve("org/some-model").path == "org/some-model"
+    monkeypatch.setenv("DSEL_ALLOW_HUB", "1")  # read by the resources, which hand it to the core
+    assert resolve_model("org/some-model").path == "org/some-model"
+    assert resolve("org/some-model", allow_hub=True).path == "org/some-model"
