@@ -294,12 +294,17 @@ def gradient_features(kind: str) -> Loader:
         ref = DatasetRef(name, ctx.lance.uri(name), str(ctx.lance.version(name)))
         if kind == "query":
             return (vector_matrix(table.column("vector")).astype(np.float32), table.column("task").to_pylist()), ref
-        position = {p: i for i, p in enumerate(ctx.pool_ids)}
-        rows = np.array([position.get(p, -1) for p in table.column("pool_id").to_pylist()], dtype=np.int64)
-        aligned = np.full((len(ctx.pool_ids), table.schema.field("vector").type.list_size), np.nan, dtype=np.float32)
-        return fill_rows(table.column("vector"), aligned, rows), ref
+        return aligned_to_pool(table, {p: i for i, p in enumerate(ctx.pool_ids)}), ref
 
     return read
+
+
+def aligned_to_pool(table, position: dict[str, int]) -> np.ndarray:
+    """The ``vector`` column of ``table`` as float32 rows in pool order (``position``: pool id ->
+    row); NaN rows for pool ids the table lacks, table rows of other ids dropped."""
+    rows = np.array([position.get(p, -1) for p in table.column("pool_id").to_pylist()], dtype=np.int64)
+    aligned = np.full((len(position), table.schema.field("vector").type.list_size), np.nan, dtype=np.float32)
+    return fill_rows(table.column("vector"), aligned, rows)
 
 
 def checkpoint_gradient_features(ctx: LoadContext) -> tuple[CheckpointFeatures, DatasetRef]:
@@ -312,12 +317,12 @@ def checkpoint_gradient_features(ctx: LoadContext) -> tuple[CheckpointFeatures, 
     fits_in_memory(len(ctx.pool_ids), ctx.grad_settings.dim * len(weights))
     name = grad_features_dataset("pool", ctx.grad_settings.suffix())
     position = {p: i for i, p in enumerate(ctx.pool_ids)}
-    features = []
-    for checkpoint in sorted(weights):
-        table = ctx.lance.read(name, ["pool_id", "vector"], equal={"warmup": warmup, "checkpoint": checkpoint})
-        rows = np.array([position.get(p, -1) for p in table.column("pool_id").to_pylist()], dtype=np.int64)
-        aligned = np.full((len(ctx.pool_ids), table.schema.field("vector").type.list_size), np.nan, dtype=np.float32)
-        features.append(fill_rows(table.column("vector"), aligned, rows))
+    features = [
+        aligned_to_pool(
+            ctx.lance.read(name, ["pool_id", "vector"], equal={"warmup": warmup, "checkpoint": c}), position
+        )
+        for c in sorted(weights)
+    ]
     ref = DatasetRef(name, ctx.lance.uri(name), str(ctx.lance.version(name)))
     return CheckpointFeatures(tuple(features), tuple(weights[c] for c in sorted(weights))), ref
 

@@ -481,6 +481,16 @@ def test_diversify_conquer_softmax_rounds_and_budget():
     assert sum(int(i[1:]) // 60 == hard for i in sel.ids) > 10  # the hard cluster got more than its third
 
 
+def separated_blobs() -> tuple[np.ndarray, np.ndarray]:
+    """Ten well-separated blobs of 3, 5, 8, 12, 20, 30, 40, 50, 60 and 80 points in 8-d (k-means
+    with K = 10 finds exactly them), and the blob of each point."""
+    sizes = [3, 5, 8, 12, 20, 30, 40, 50, 60, 80]
+    rng = np.random.default_rng(16)
+    centers = rng.normal(size=(10, 8)) * 100
+    x = np.concatenate([rng.normal(c, 0.1, size=(n, 8)) for c, n in zip(centers, sizes, strict=True)])
+    return x, np.repeat(np.arange(10), sizes)
+
+
 def test_diversify_conquer_round_zero_takes_equal_quotas_for_every_seed():
     """Ten well-separated blobs of sizes 3..80 (so k-means finds exactly the blobs); round 0 of
     k = 309 in 3 rounds is 103 picks. By hand: a share of 10.3 exhausts the blobs of 3, 5 and
@@ -488,11 +498,7 @@ def test_diversify_conquer_round_zero_takes_equal_quotas_for_every_seed():
     over six blobs is 12.5: three get 12, three get 13. Counted from the selected ids."""
     from .test_select import SyntheticTrainer
 
-    sizes = [3, 5, 8, 12, 20, 30, 40, 50, 60, 80]
-    rng = np.random.default_rng(16)
-    centers = rng.normal(size=(10, 8)) * 100
-    x = np.concatenate([rng.normal(c, 0.1, size=(n, 8)) for c, n in zip(centers, sizes, strict=True)])
-    blob = np.repeat(np.arange(10), sizes)
+    x, blob = separated_blobs()
     for seed in range(30):
         config = build_config("diversify_conquer", {"n_clusters": "10", "seed": str(seed)})
         sel = get("diversify_conquer").select(
@@ -509,11 +515,7 @@ def test_diversify_conquer_floor_round_zero_is_the_reference_quota_and_later_rou
     takes 100: 300 in all."""
     from .test_select import SyntheticTrainer
 
-    sizes = [3, 5, 8, 12, 20, 30, 40, 50, 60, 80]
-    rng = np.random.default_rng(16)
-    centers = rng.normal(size=(10, 8)) * 100
-    x = np.concatenate([rng.normal(c, 0.1, size=(n, 8)) for c, n in zip(centers, sizes, strict=True)])
-    blob = np.repeat(np.arange(10), sizes)
+    x, blob = separated_blobs()
     for seed in range(10):
         params = {"n_clusters": "10", "seed": str(seed), "round0": "floor", "kmeans_restarts": "2"}
         sel = get("diversify_conquer").select(

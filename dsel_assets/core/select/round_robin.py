@@ -88,8 +88,9 @@ def select(ids, k: int, config: RoundRobinConfig, *, influence: Influence) -> Se
     elif aggregate == "tasks":
         column_tasks = np.asarray(influence.tasks if not config.task else [config.task] * scores.shape[1])
         tasks = list(dict.fromkeys(column_tasks.tolist()))
+        eligible = scores[rows]
         per_task = np.full((len(scores), len(tasks)), np.nan, dtype=np.float32)
-        per_task[rows] = np.stack([scores[rows][:, column_tasks == t].max(axis=1) for t in tasks], axis=1)
+        per_task[rows] = np.stack([eligible[:, column_tasks == t].max(axis=1) for t in tasks], axis=1)
         order, gains = _take_turns(_rankings(per_task, rows), per_task, len(ids), k, spend_taken=True)
         turns = len(tasks)
     else:
