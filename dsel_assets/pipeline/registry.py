@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from dsel_assets.core.influence import checkpoint_weights
 from dsel_assets.core.memory import require_memory
 from dsel_assets.core.select.knn_tsds import CheckpointFeatures
 from dsel_assets.core.select.mig import Labels
+from dsel_assets.core.select.score_rankers import UNCERTAINTY
 from dsel_assets.core.select.targeted import Influence
 from dsel_assets.pipeline.gradient_scorer import load_less_scorer
 from dsel_assets.pipeline.names import (
@@ -71,6 +73,52 @@ class LoadContext:
 Loader = Callable[[LoadContext], tuple[Any, DatasetRef]]
 
 
+class Value(Enum):
+    """What a representation's loader returns, its rows aligned to the pool. Declared with each
+    representation, checked on every load, and the key by which the tests synthesize one."""
+
+    SCALAR = "one float per example, NaN where undefined"
+    VECTORS = "float32 [examples, dim], NaN rows for examples without one"
+    CHECKPOINT_VECTORS = "CheckpointFeatures: VECTORS at every checkpoint, with its weight"
+    SIMILARITY = "Influence: float32 [examples, queries], the task of each query column"
+    TASK_SCORES = "task -> SCALAR"
+    NAMED_SCORES = "score name -> SCALAR"
+    QUERY_VECTORS = "(float32 [queries, dim], the task of each query)"
+    LABELS = "Labels: label ids per example, an embedding per label"
+    TASK_OF_EXAMPLE = "the task name of each example"
+    SCORER = "(drawn ids, task) -> their scores, computed on demand"
+    TRAINER = "a RoundTrainer, trained between rounds"
+
+    def problem(self, loaded: Any, rows: int) -> str | None:
+        """Why ``loaded`` is not a value of this kind for a pool of ``rows`` examples, or None."""
+        if self is Value.QUERY_VECTORS:
+            ok = isinstance(loaded, tuple) and len(loaded) == 2 and len(loaded[0]) == len(loaded[1])
+            return None if ok else f"not (query vectors, task per query): {type(loaded).__name__}"
+        if self is Value.SCORER:
+            return None if callable(loaded) else f"not callable: {type(loaded).__name__}"
+        if self is Value.TRAINER:
+            missing = [m for m in ("train_and_score", "train_and_embed") if not hasattr(loaded, m)]
+            return f"a trainer without {missing}" if missing else None
+        expected = {
+            Value.SCALAR: np.ndarray,
+            Value.VECTORS: np.ndarray,
+            Value.CHECKPOINT_VECTORS: CheckpointFeatures,
+            Value.SIMILARITY: Influence,
+            Value.TASK_SCORES: dict,
+            Value.NAMED_SCORES: dict,
+            Value.LABELS: Labels,
+            Value.TASK_OF_EXAMPLE: np.ndarray,
+        }[self]
+        if not isinstance(loaded, expected):
+            return f"a {type(loaded).__name__}, not a {expected.__name__}"
+        dims = {Value.SCALAR: 1, Value.VECTORS: 2, Value.TASK_OF_EXAMPLE: 1}.get(self)
+        if dims is not None and loaded.ndim != dims:
+            return f"{loaded.ndim} dimensions, not {dims}"
+        columns = list(loaded.values()) if isinstance(loaded, dict) else [loaded]
+        found = {len(column) for column in columns}
+        return None if found <= {rows} else f"{sorted(found)} rows for a pool of {rows}"
+
+
 @dataclass(frozen=True)
 class RepresentationSpec:
     """A declared representation.
@@ -86,12 +134,13 @@ class RepresentationSpec:
     own ``seed`` does not reach (``catalog.selection_randomness``; a test checks it against the
     asset graph); ``checked_columns``: score columns of a per-batch score table that its
     asset's check requires finite unless the row gives a reason (the check is generated);
-    ``scalar``: one number per example (NaN where undefined), so tests can synthesize it."""
+    ``value``: what its loader returns (checked on load; tests synthesize it from this)."""
 
     name: str
     asset: str
     load: Loader
     description: str
+    value: Value
     per_batch: bool = False
     cli_kind: str | None = None
     pinned: tuple[str, ...] = ()
@@ -100,17 +149,16 @@ class RepresentationSpec:
     templated: bool = False
     seeded_by: str | None = None
     checked_columns: tuple[str, ...] = ()
-    scalar: bool = False
 
 
 #: Every declared representation, by name (the vocabulary of the method registry's ``needs``).
 REPRESENTATION_SPECS: dict[str, RepresentationSpec] = {}
 
 
-def declare(name: str, asset: str, load: Loader, description: str, **flags: Any) -> RepresentationSpec:
+def declare(name: str, asset: str, load: Loader, description: str, value: Value, **flags: Any) -> RepresentationSpec:
     """Declare a representation; a repeated name or CLI kind, CLI settings without a CLI kind, or
     an asset declared both per batch and pool-wide is refused."""
-    spec = RepresentationSpec(name, asset, load, description, **flags)
+    spec = RepresentationSpec(name, asset, load, description, value, **flags)
     if name in REPRESENTATION_SPECS:
         raise ValueError(f"representation: {name!r} is already declared")
     if (spec.pinned or spec.configured_by) and not spec.cli_kind:
@@ -144,7 +192,11 @@ def load(name: str, ctx: LoadContext) -> tuple[Any, DatasetRef]:
     """Representation ``name`` aligned to ``ctx.pool_ids``, and its DatasetRef; only a templated
     one is read under ``ctx.template``, every other under ``chat``."""
     spec = representation(name)
-    return spec.load(ctx if spec.templated else replace(ctx, template="chat"))
+    loaded, ref = spec.load(ctx if spec.templated else replace(ctx, template="chat"))
+    problem = spec.value.problem(loaded, len(ctx.pool_ids))
+    if problem:
+        raise RuntimeError(f"internal error: representation {name} loaded {problem} ({spec.value.value} declared)")
+    return loaded, ref
 
 
 def served_by(asset: str) -> list[str]:
@@ -251,7 +303,7 @@ def scalar(name: str, table: str, column: str, defined_only: bool) -> Loader:
     return read
 
 
-UNCERTAINTY_COLUMNS = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
+UNCERTAINTY_COLUMNS = UNCERTAINTY  # what the uncertainty ranker reads
 #: The losses of a loss-score row and their ratio (both IFDs are read from such a table).
 LOSS_COLUMNS = ("loss_conditioned", "loss_unconditioned", "ifd_loss_ratio")
 
@@ -398,7 +450,7 @@ def declare_scalar(
 ) -> RepresentationSpec:
     """A representation of one value per example: ``column`` of the score table that asset
     ``table`` writes (NaN where its row records a reason, with ``defined_only``)."""
-    return declare(name, table, scalar(name, table, column, defined_only), description, scalar=True, **flags)
+    return declare(name, table, scalar(name, table, column, defined_only), description, Value.SCALAR, **flags)
 
 
 IFD = "ifd_loss_ratio"  # declared with defined_only: NaN where a reason is recorded
@@ -408,6 +460,7 @@ declare(
     SENTENCE_EMBEDDINGS,
     lance_vectors(lambda ctx: SENTENCE_EMBEDDINGS),
     "all-MiniLM-L6-v2 sentence embedding per example",
+    Value.VECTORS,
     per_batch=True,
     cli_kind="sentence_embeddings",
 )
@@ -416,6 +469,7 @@ declare(
     MODEL_EMBEDDINGS,
     lance_vectors(model_embeddings_dataset),
     "the selection model's hidden states per example, pooled as configured",
+    Value.VECTORS,
     per_batch=True,
     cli_kind="model_embeddings",
     pinned=("pooling", "embed_max_length", "embed_bos"),
@@ -425,6 +479,7 @@ declare(
     POOL_GRAD_FEATURES,
     gradient_features("pool"),
     "LoRA gradient features of the pool (latest warmup, last checkpoint)",
+    Value.VECTORS,
     per_batch=True,
     coverage_checked=True,
     seeded_by=WARMUP,
@@ -434,6 +489,7 @@ declare(
     POOL_GRAD_FEATURES,
     checkpoint_gradient_features,
     "LoRA gradient features of the pool at every checkpoint of the latest warmup, learning-rate weighted",
+    Value.CHECKPOINT_VECTORS,
     per_batch=True,
     coverage_checked=True,
     seeded_by=WARMUP,
@@ -443,6 +499,7 @@ declare(
     QUERY_GRAD_FEATURES,
     gradient_features("query"),
     "LoRA gradient features of the queries, with the task of each",
+    Value.QUERY_VECTORS,
     seeded_by=WARMUP,
 )
 declare(
@@ -450,6 +507,7 @@ declare(
     QUERY_GRAD_FEATURES,
     on_demand_less_scorer,
     "LESS scores computed on demand for the examples a method draws (gradient_scorer)",
+    Value.SCORER,
     seeded_by=WARMUP,
 )
 declare(
@@ -457,6 +515,7 @@ declare(
     INFLUENCE,
     similarity_matrix(INFLUENCE),
     "pool x query LESS influence matrix",
+    Value.SIMILARITY,
     coverage_checked=True,
     seeded_by=WARMUP,
 )
@@ -465,6 +524,7 @@ declare(
     INFLUENCE,
     less_scores_by_task,
     "LESS score per example and task (the influence matrix aggregated per task)",
+    Value.TASK_SCORES,
     coverage_checked=True,
     seeded_by=WARMUP,
 )
@@ -473,6 +533,7 @@ declare(
     RDS_SIMILARITY,
     similarity_matrix(RDS_SIMILARITY),
     "pool x query cosine of RDS+ (position-weighted) model embeddings",
+    Value.SIMILARITY,
     coverage_checked=True,
 )
 declare(
@@ -480,6 +541,7 @@ declare(
     RDS_SIMILARITY,
     similarity_matrix(RDS_SIMILARITY, task_scores=True),
     "LESS-style task scores of the RDS+ similarity",
+    Value.TASK_SCORES,
     coverage_checked=True,
 )
 declare(
@@ -487,12 +549,14 @@ declare(
     RDS_SIMILARITY,
     query_vectors(rds_queries_name),
     "RDS+ model embeddings of the queries that rds_similarity compared",
+    Value.QUERY_VECTORS,
 )
 declare(
     EMBED_SIMILARITY,
     EMBED_SIMILARITY,
     similarity_matrix(EMBED_SIMILARITY),
     "pool x query cosine of sentence embeddings",
+    Value.SIMILARITY,
     coverage_checked=True,
 )
 declare(
@@ -500,6 +564,7 @@ declare(
     EMBED_SIMILARITY,
     similarity_matrix(EMBED_SIMILARITY, task_scores=True),
     "LESS-style task scores of the sentence-embedding similarity",
+    Value.TASK_SCORES,
     coverage_checked=True,
 )
 declare(
@@ -507,6 +572,7 @@ declare(
     EMBED_SIMILARITY,
     query_vectors(lambda ctx: SENTENCE_EMBEDDINGS),
     "rows of sentence_embeddings for the queries that embed_similarity compared",
+    Value.QUERY_VECTORS,
 )
 declare_scalar(
     "ifd",
@@ -524,6 +590,7 @@ declare(
     LOSS_SCORES,
     uncertainty_scores("uncertainty", LOSS_SCORES),
     "entropy, least confidence and margins, teacher-forced on the reference responses",
+    Value.NAMED_SCORES,
     per_batch=True,
     cli_kind="uncertainty",
 )
@@ -532,6 +599,7 @@ declare(
     "greedy_scores",
     uncertainty_scores("uncertainty_greedy", "greedy_scores"),
     "the same uncertainty scores on the selection model's own greedy generations",
+    Value.NAMED_SCORES,
     per_batch=True,
     cli_kind="uncertainty_greedy",
     checked_columns=UNCERTAINTY_COLUMNS,
@@ -569,6 +637,7 @@ declare(
     "labels",
     label_sets,
     "label sets per example and an embedding per label (MIG): provided tags, else clusters",
+    Value.LABELS,
     cli_kind="labels",
     seeded_by="labels",  # k-means, when the data has no tags
 )
@@ -612,10 +681,12 @@ declare(
     POOL,
     pool_task_labels,
     "task label of each pool example, as ingested (task-matched baselines)",
+    Value.TASK_OF_EXAMPLE,
 )
 declare(
     "trainer",
     POOL,
     round_trainer,
     "a LoRA trainer on the selection model, trained between rounds (iterative methods)",
+    Value.TRAINER,
 )

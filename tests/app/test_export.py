@@ -552,7 +552,7 @@ def test_the_asset_writes_to_s3(state, s3_environ, monkeypatch, tmp_path):
 
 
 def test_the_model_hash_comes_from_what_the_selection_recorded(tmp_path):
-    from dsel_assets.pipeline.assets.reporting.export import model_identity
+    from dsel_assets.pipeline.export import model_identity
 
     with open_state(tmp_path / "state.duckdb") as db:
         db.migrate()

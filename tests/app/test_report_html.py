@@ -12,7 +12,7 @@ import pytest
 
 from dsel_assets.app.webserver import BROWSERS, find_browser, screenshot
 from dsel_assets.core.stats import TABLE_SCHEMA
-from dsel_assets.pipeline.assets.reporting.report_html import (
+from dsel_assets.pipeline.report_html import (
     _curve_series,
     html_report,
     plot_budget_curves,

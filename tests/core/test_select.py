@@ -7,11 +7,8 @@ import pytest
 
 from dsel_assets.core.select import Budget, Selection, build_config, get, methods
 from dsel_assets.core.select.diagnostics import normalised_entropy, summarize
-from dsel_assets.core.select.knn_tsds import CheckpointFeatures
-from dsel_assets.core.select.mig import Labels
-from dsel_assets.core.select.score_rankers import UNCERTAINTY
-from dsel_assets.core.select.targeted import Influence
-from dsel_assets.pipeline.registry import representation
+
+from ..representation_fixtures import synthetic_inputs
 
 METHODS = sorted(methods())
 
@@ -31,65 +28,8 @@ def params_for(name, seed=0, **params):
     return {**base, **params}
 
 
-class SyntheticTrainer:
-    """A deterministic stand-in for LoRA training between rounds (what iterative selectors
-    call): difficulty = distance from a fixed direction; re-embedding = a fixed rotation."""
-
-    def __init__(self, x):
-        self.x = x
-        self.calls = []
-
-    def train_and_score(self, selected, round_index):
-        self.calls.append(("score", round_index, len(selected)))
-        return 1.0 - self.x[selected] @ np.eye(self.x.shape[1])[0]
-
-    def train_and_embed(self, selected, round_index):
-        self.calls.append(("embed", round_index, len(selected)))
-        return self.x[:, ::-1] * (1 + round_index)
-
-
-def inputs(spec, n=240, d=8, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(6, d)) * 4
-    x = (centers[rng.integers(0, 6, n)] + rng.normal(size=(n, d))).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    less = {f"t{t}": np.where(rng.random(n) < 0.05, np.nan, rng.uniform(-1, 1, n)) for t in range(3)}
-    scores = rng.uniform(-1, 1, (n, 9)).astype(np.float32)
-    scores[rng.random(n) < 0.05] = np.nan  # examples without a gradient feature
-    influence = Influence(scores, tuple(f"t{j // 3}" for j in range(9)))
-    labels = Labels(
-        [sorted(set(rng.integers(0, 12, rng.integers(1, 4)).tolist())) for _ in range(n)], rng.normal(size=(12, 16))
-    )
-
-    def with_gaps(values):  # about 5% undefined scores (NaN), as the representation assets produce
-        return np.where(rng.random(n) < 0.05, np.nan, values)
-
-    reps = {
-        "sentence_embeddings": x,
-        "less_scores": less,
-        "influence": influence,
-        "quality": rng.uniform(0, 5, n),
-        "labels": labels,
-        "ifd": with_gaps(rng.uniform(0.3, 1.3, n)),
-        "superfiltering_ifd": with_gaps(rng.uniform(0.3, 1.3, n)),
-        "pre_experienced_ifd": with_gaps(rng.uniform(0.3, 1.3, n)),
-        "golden_score": with_gaps(rng.integers(0, 101, n) / 100),
-        "whisperer_score": with_gaps(rng.uniform(0, 1, n)),
-        "uncertainty": {name: with_gaps(rng.uniform(0, 1, n)) for name in UNCERTAINTY},
-        "learning_percentage": with_gaps(rng.uniform(0, 1, n)),
-        "pool_gradients": rng.normal(size=(n, 12)).astype(np.float32),
-        "pool_checkpoint_gradients": CheckpointFeatures(
-            tuple(rng.normal(size=(n, 12)).astype(np.float32) for _ in range(2)), (0.4, 0.6)
-        ),
-        "less_scorer": lambda chosen, task: less[task][[int(i[2:]) for i in chosen]],  # on demand (ClusterUCB)
-        "query_gradients": (rng.normal(size=(9, 12)).astype(np.float32), [f"t{j // 3}" for j in range(9)]),
-        "trainer": SyntheticTrainer(x),
-        "pool_tasks": np.array([f"t{i % 3}" for i in range(n)], dtype=object),  # REQUIRED's t0 in every pool
-    }
-    for need in set(spec.needs) - set(reps):  # any other number per example, as the registry declares it
-        assert representation(need).scalar, f"{need}: add a synthetic value of it here"
-        reps[need] = with_gaps(rng.uniform(0, 1000, n))
-    return [f"id{i:04d}" for i in range(n)], {need: reps[need] for need in spec.needs}
+def inputs(spec, n=240):
+    return synthetic_inputs(spec.needs, n=n)
 
 
 def run(name, k, seed=0, n=240, **params):

@@ -12,6 +12,7 @@ from dsel_assets.core.select.novelselect import NovelSelectConfig, novelsum
 from dsel_assets.core.select.targeted import Influence, eligible_rows
 
 from ..helpers import pool_ids
+from ..representation_fixtures import SyntheticTrainer
 
 
 def test_kcenter_greedy_order_from_index_zero():
@@ -461,7 +462,6 @@ def test_diversify_conquer_softmax_rounds_and_budget():
     from dsel_assets.core.select.diversify_conquer import softmax
 
     np.testing.assert_allclose(softmax(np.array([0.0, np.log(3)])), [0.25, 0.75])
-    from .test_select import SyntheticTrainer
 
     rng = np.random.default_rng(14)
     x = np.concatenate([rng.normal(c, 0.1, size=(60, 2)) for c in ([1, 0], [-1, 0], [0, 1])]).astype(np.float32)
@@ -496,7 +496,6 @@ def test_diversify_conquer_round_zero_takes_equal_quotas_for_every_seed():
     k = 309 in 3 rounds is 103 picks. By hand: a share of 10.3 exhausts the blobs of 3, 5 and
     8 (16 picks); 87 over the other seven is 12.4, which exhausts the blob of 12; the last 75
     over six blobs is 12.5: three get 12, three get 13. Counted from the selected ids."""
-    from .test_select import SyntheticTrainer
 
     x, blob = separated_blobs()
     for seed in range(30):
@@ -513,7 +512,6 @@ def test_diversify_conquer_floor_round_zero_is_the_reference_quota_and_later_rou
     int(300 / 3 / 10) = 10 from every blob (all 3, 5 and 8 of the small ones), 7 x 10 + 3 + 5 + 8
     = 86 in round 0; the 14 it leaves of its 100 go to round 1, which takes 114, and round 2
     takes 100: 300 in all."""
-    from .test_select import SyntheticTrainer
 
     x, blob = separated_blobs()
     for seed in range(10):

@@ -202,14 +202,15 @@ def test_a_per_batch_score_check_is_generated_from_the_registry_declarations():
     assert required("loss_scores").startswith("One row per pool example of the batch; loss_conditioned, ")
     assert "ifd_loss_ratio" in required("proxy_loss_scores") and "min_margin" not in required("loss_scores")
     assert "min_margin, mean_margin, mean_entropy, least_confidence" in required("greedy_scores")
-    probe = registry.declare("probe", "probe_scores", registry.lance_vectors(lambda ctx: "x"), "probe", per_batch=True)
+    vectors = registry.lance_vectors(lambda ctx: "x")
+    probe = registry.declare("probe", "probe_scores", vectors, "probe", registry.Value.VECTORS, per_batch=True)
     try:
         with pytest.raises(RuntimeError, match="checked_columns.*VECTOR_CHECKS"):
             batch_check("probe_scores")
         registry.REPRESENTATION_SPECS["probe"] = dataclasses.replace(probe, checked_columns=("length",))
         assert "length finite" in required("probe_scores")
         with pytest.raises(ValueError, match="per_batch"):
-            registry.declare("pool_probe", "pool_probe", probe.load, "probe", checked_columns=("x",))
+            registry.declare("pool_probe", "pool_probe", probe.load, "probe", probe.value, checked_columns=("x",))
     finally:
         registry.REPRESENTATION_SPECS.pop("probe")
 

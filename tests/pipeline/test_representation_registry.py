@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -22,12 +23,15 @@ from dsel_assets.pipeline.code_location import build_definitions
 from dsel_assets.pipeline.registry import (
     REPRESENTATION_SPECS,
     LoadContext,
+    Value,
     declare,
     per_batch_assets,
     representation,
     score_kinds,
 )
 from resources.gradient_settings import GradientSettings
+
+from ..representation_fixtures import MAKERS, synthetic_inputs
 
 SELECT_PACKAGE = Path(method_registry.__file__).parent
 
@@ -163,20 +167,24 @@ def test_declare_refuses_conflicting_declarations(monkeypatch):
     monkeypatch.setattr(registry, "REPRESENTATION_SPECS", dict(REPRESENTATION_SPECS))
     quality = representation("quality")
     with pytest.raises(ValueError, match="already declared"):
-        declare("quality", "quality", quality.load, "again")
+        declare("quality", "quality", quality.load, "again", quality.value)
     with pytest.raises(ValueError, match="cli_kind 'quality' is already quality's"):
-        declare("quality_again", "quality", quality.load, "again", cli_kind="quality")
+        declare("quality_again", "quality", quality.load, "again", quality.value, cli_kind="quality")
     with pytest.raises(ValueError, match="only apply to a cli_kind"):
-        declare("pinned_alone", "quality", quality.load, "pins", pinned=("pooling",))
+        declare("pinned_alone", "quality", quality.load, "pins", quality.value, pinned=("pooling",))
     with pytest.raises(ValueError, match="per_batch=True"):
-        declare("pool_wide_loss", "loss_scores", quality.load, "loss scores pool-wide")
+        declare("pool_wide_loss", "loss_scores", quality.load, "loss scores pool-wide", quality.value)
 
 
 def test_only_templated_representations_load_under_the_methods_template(monkeypatch):
     seen = {}
 
     def recording(name):
-        return lambda ctx: (seen.setdefault(name, ctx.template), None)
+        def load(ctx):
+            seen[name] = ctx.template
+            return np.zeros(0), None
+
+        return load
 
     for name in ("ifd", "quality"):
         monkeypatch.setitem(REPRESENTATION_SPECS, name, dataclasses.replace(representation(name), load=recording(name)))
@@ -185,6 +193,32 @@ def test_only_templated_representations_load_under_the_methods_template(monkeypa
         registry.load(name, context)
     assert seen == {"ifd": "alpaca", "quality": "chat"}
     assert {s.name for s in REPRESENTATION_SPECS.values() if s.templated} == {"ifd", "superfiltering_ifd"}
+
+
+def test_every_value_kind_has_a_maker_and_every_synthetic_value_conforms():
+    assert set(MAKERS) == set(Value)
+    ids, values = synthetic_inputs(REPRESENTATION_SPECS, n=30)
+    for name, value in values.items():
+        assert representation(name).value.problem(value, len(ids)) is None, name
+
+
+@pytest.mark.parametrize(
+    ("kind", "wrong"),
+    [
+        (Value.SCALAR, np.zeros((3, 2))),
+        (Value.SCALAR, np.zeros(4)),
+        (Value.VECTORS, {"t0": np.zeros(3)}),
+        (Value.TASK_SCORES, {"t0": np.zeros(3), "t1": np.zeros(2)}),
+        (Value.QUERY_VECTORS, (np.zeros((2, 4)), ["t0"])),
+        (Value.SCORER, np.zeros(3)),
+        (Value.TRAINER, object()),
+    ],
+)
+def test_a_loader_that_returns_another_kind_is_an_internal_error(monkeypatch, kind, wrong):
+    spec = dataclasses.replace(representation("quality"), value=kind, load=lambda ctx: (wrong, None))
+    monkeypatch.setitem(REPRESENTATION_SPECS, "quality", spec)
+    with pytest.raises(RuntimeError, match="internal error: representation quality loaded .*" + re.escape(kind.value)):
+        registry.load("quality", LoadContext(None, None, ["a", "b", "c"], GradientSettings()))
 
 
 def test_a_pool_gradient_matrix_that_memory_cannot_hold_is_refused_with_what_it_needs(monkeypatch):

@@ -57,8 +57,8 @@ def print_comparison(home: DselHome, full: bool = True) -> int:
     the mean with its 95% CI, the difference to random with its CI, raw and Holm p-values, and the
     verdict."""
     from dsel_assets.core.stats import format_verdict_cell
-    from dsel_assets.pipeline.assets.reporting.report_html import summary_lines
     from dsel_assets.pipeline.names import COMPARISON_REPORT
+    from dsel_assets.pipeline.report_html import summary_lines
 
     with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as db:
         columns = db.columns(COMPARISON_REPORT)

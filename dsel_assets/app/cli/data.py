@@ -157,7 +157,7 @@ def cmd_why(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """One stored selection as a training file in rank order, with its lineage manifest beside
     it (and, for sharegpt / alpaca, its LLaMA-Factory dataset_info.json entry)."""
-    from dsel_assets.pipeline.assets.reporting.export import command_line, export_selection, manifest_path
+    from dsel_assets.pipeline.export import command_line, export_selection, manifest_path
 
     home = open_home(args)
     command = command_line(

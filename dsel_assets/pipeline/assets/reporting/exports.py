@@ -1,6 +1,6 @@
 """Exports: every stored selection (or those the config names) written in a training layout
 through the artifact store (the state home, or ``DSEL_ARTIFACTS_URI`` on S3), each with its
-manifest; the logic is :mod:`dsel_assets.pipeline.assets.reporting.export`."""
+manifest; the logic is :mod:`dsel_assets.pipeline.export`."""
 
 import json
 
@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from dsel_assets.core.data.writers import FORMATS, check_format
-from dsel_assets.pipeline.assets.reporting import export
+from dsel_assets.pipeline import export
 from dsel_assets.pipeline.catalog import selection_keys
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import EXPORTS, selection_asset_name

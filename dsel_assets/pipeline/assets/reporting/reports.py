@@ -14,13 +14,6 @@ from pydantic import Field
 from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.select.diagnostics import summarize
 from dsel_assets.core.stats import comparison_table
-from dsel_assets.pipeline.assets.reporting.report_html import (
-    plot_budget_curves,
-    plot_task_deltas,
-    plot_task_mix,
-    verdict_markdown,
-    write_html_report,
-)
 from dsel_assets.pipeline.catalog import evaluated_keys, key_method, randomness_by_key, selection_keys
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import (
@@ -31,6 +24,13 @@ from dsel_assets.pipeline.names import (
     SENTENCE_EMBEDDINGS,
     eval_asset_name,
     selection_asset_name,
+)
+from dsel_assets.pipeline.report_html import (
+    plot_budget_curves,
+    plot_task_deltas,
+    plot_task_mix,
+    verdict_markdown,
+    write_html_report,
 )
 from dsel_assets.pipeline.stored import load_vectors
 from dsel_assets.store import artifacts
