@@ -31,49 +31,11 @@ SECTIONS = ("## What it optimises", "## Cost", "## Deviations from the reference
 UNWRITTEN = "_Not written yet: " + ", ".join(h.removeprefix("## ") for h in SECTIONS) + "._"
 #: the header every page's last section opens its table with: step, reference file:line, dsel, effect
 DEVIATION_TABLE = "| step | reference"
-#: pages not yet checked line by line against the authors' code: their last section is still
-#: "## Deviations from the paper" in prose. Shrinks as pages are checked; never grows.
-NOT_YET_CHECKED = frozenset(
-    {
-        "bids",
-        "cherry_ifd",
-        "cherry_ifd_pre_experienced",
-        "deita_filter",
-        "diverse_evol",
-        "expdesign_hybrid",
-        "facility_location",
-        "g2is",
-        "kcenter_greedy",
-        "kmq",
-        "longest",
-        "mig",
-        "novelselect",
-        "nuggets",
-        "qdit",
-        "random",
-        "random_in_task",
-        "small2large",
-        "small2large_random",
-        "superfiltering",
-        "superfiltering_d",
-        "uncertainty",
-    }
-)
-PAPER_DEVIATIONS = "## Deviations from the paper"
-
-
-def required_sections(name: str) -> tuple[str, ...]:
-    """The hand-written sections a method's page must have (the last one: its deviations)."""
-    return (*SECTIONS[:-1], PAPER_DEVIATIONS) if name in NOT_YET_CHECKED else SECTIONS
 
 
 def deviation_problems(name: str, written: str) -> list[str]:
     """What is wrong with the deviations section of a method page's hand-written part."""
     last = written.rpartition("\n## ")[2]
-    if name in NOT_YET_CHECKED:
-        if DEVIATION_TABLE in last:
-            return [f"{name}: its page has a deviation table; take it off NOT_YET_CHECKED"]
-        return []
     if not last.startswith(SECTIONS[-1].removeprefix("## ")):
         return [f"{name}: its page does not end with '{SECTIONS[-1]}'"]
     if not any(line.startswith(DEVIATION_TABLE) for line in last.splitlines()):
@@ -208,7 +170,7 @@ def stale(root: Path = ROOT, specs: dict[str, MethodSpec] | None = None) -> list
         if page.stem not in specs:
             problems.append(f"{DOCS / page.name}: no registered method {page.stem!r}")
         written = text.partition(END)[2]
-        missing = [h for h in required_sections(page.stem) if h not in written]
+        missing = [h for h in SECTIONS if h not in written]
         if missing:
             problems.append(f"{DOCS / page.name}: the hand-written part lacks {missing}")
         elif page.stem in specs:
