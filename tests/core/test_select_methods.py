@@ -392,6 +392,25 @@ def test_g2is_budgets_sum_exactly_and_sets_satisfy_both_constraints():
     assert checked >= 10  # the constraints were exercised, not vacuous
 
 
+@pytest.mark.parametrize("exact_search_rows", [0, 100])  # 100: the clustered (faiss) neighbour search
+def test_g2is_leaves_out_rows_without_a_feature_as_if_they_were_not_in_the_pool(exact_search_rows):
+    rng = np.random.default_rng(5)
+    pool = rng.normal(size=(3000, 16)).astype(np.float32)
+    gaps = rng.choice(3000, 60, replace=False)
+    pool[gaps] = np.nan
+    queries = (rng.normal(size=16) + 0.1 * rng.normal(size=(12, 16))).astype(np.float32)
+    ids = np.array(pool_ids(3000))
+    config = build_config("g2is", {"exact_search_rows": exact_search_rows})
+    kept = np.setdiff1d(np.arange(3000), gaps)
+    with_gaps = get("g2is").select(ids, 50, config, pool_gradients=pool, query_gradients=(queries, ["t"] * 12))
+    without = get("g2is").select(
+        ids[kept], 50, config, pool_gradients=pool[kept], query_gradients=(queries, ["t"] * 12)
+    )
+    assert not set(with_gaps.ids) & set(ids[gaps])
+    assert with_gaps.ids == without.ids and len(with_gaps.ids) == 50
+    assert with_gaps.diagnostics["eligible"] == 2940
+
+
 def test_small2large_quotas_and_lowest_learning_percentage_first():
     from dsel_assets.core.select.small2large import cluster_quotas
 

@@ -11,7 +11,7 @@ import numpy as np
 from ._neighbours import check_exact_search_rows, exact_search_field
 from .base import Selection, check_inputs
 from .registry import register
-from .targeted import TargetedConfig, cosine_neighbours
+from .targeted import TargetedConfig, cosine_neighbours, eligible_rows
 
 
 @dataclass(frozen=True)
@@ -91,16 +91,19 @@ def g2is_order(pool: np.ndarray, queries: np.ndarray, k: int, config: G2isConfig
     reference="G2IS, Zhao et al. 2025 (zy125413/G2IS), arXiv 2502.11062",
 )
 def select(ids, k: int, config: G2isConfig, *, pool_gradients: np.ndarray, query_gradients) -> Selection:
-    """``query_gradients`` = (matrix [M, d], task per row). May under-fill: reported."""
+    """``query_gradients`` = (matrix [M, d], task per row). Rows without a gradient feature
+    (NaN) are not eligible and never enter the neighbour graph. May under-fill: reported."""
     ids = check_inputs(ids, pool_gradients=pool_gradients)
+    eligible = eligible_rows(pool_gradients)
     matrix, tasks = query_gradients
     rows = np.asarray(tasks) == config.task if config.task else np.ones(len(tasks), dtype=bool)
     if not rows.any():
         raise ValueError(f"g2is.task: {config.task!r} is not one of {sorted(set(tasks))}")
-    k = min(k, len(ids))
-    order, diagnostics = g2is_order(np.asarray(pool_gradients), np.asarray(matrix)[rows], k, config)
+    k = min(k, len(eligible))
+    pool = pool_gradients if len(eligible) == len(ids) else pool_gradients[eligible]  # copy only with gaps
+    order, diagnostics = g2is_order(np.asarray(pool), np.asarray(matrix)[rows], k, config)
     return Selection(
         "g2is",
-        [str(i) for i in ids[order]],
-        diagnostics={"eligible": len(ids), "under_fill": k - len(order), **diagnostics},
+        [str(i) for i in ids[eligible[order]]],
+        diagnostics={"eligible": len(eligible), "under_fill": k - len(order), **diagnostics},
     )
