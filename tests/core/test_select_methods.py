@@ -37,23 +37,74 @@ def test_mig_phi_prime_and_toy_graph():
     assert sel.scores[2] == pytest.approx(2.786, abs=0.002)
 
 
-def test_bids_normalisation_top_k_and_affine_invariance():
+TASK_RULE = build_config("bids", {"rule": "tasks"})
+
+
+def test_bids_task_rule_normalisation_top_k_and_affine_invariance():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(200, 6))
     z = normalise_columns(a)
     np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-12)
     np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-12)
     one_task = Influence(a.astype(np.float32), ("t",) * 6)
-    sel = get("bids").select(pool_ids(200), 20, build_config("bids"), influence=one_task)
+    sel = get("bids").select(pool_ids(200), 20, TASK_RULE, influence=one_task)
     top = np.argsort(-normalise_columns(a.astype(np.float32).astype(np.float64)).max(axis=1), kind="stable")[:20]
     assert sel.ids == [f"p{i:03d}" for i in top]  # T = 1: top-k
     tasks = ("a", "a", "b", "b", "c", "c")
-    base = get("bids").select(pool_ids(200), 30, build_config("bids"), influence=Influence(a, tasks))
+    base = get("bids").select(pool_ids(200), 30, TASK_RULE, influence=Influence(a, tasks))
     shifted = a * np.array([3.0, 0.5, 1, 10, 2, 1]) + np.array([5.0, -2, 0, 1, 7, -3])
-    assert (
-        get("bids").select(pool_ids(200), 30, build_config("bids"), influence=Influence(shifted, tasks)).ids == base.ids
-    )
+    assert get("bids").select(pool_ids(200), 30, TASK_RULE, influence=Influence(shifted, tasks)).ids == base.ids
     assert base.ids == [f"p{i:03d}" for i in naive_bids(a, tasks, 30)]
+
+
+def algorithm_1(a, k):
+    """The paper's Algorithm 1, transcribed, O(k N M): z-score each column (population std, a
+    constant column -> 0), then repeatedly add the untaken row maximising max_j (z_ij - the mean
+    of column j over the rows taken so far; 0 before the first), ties to the lower row."""
+    std = a.std(axis=0)
+    z = np.where(std > 0, (a - a.mean(axis=0)) / np.where(std > 0, std, 1), 0.0)
+    taken: list[int] = []
+    while len(taken) < min(k, len(a)):
+        mean = z[taken].mean(axis=0) if taken else np.zeros(a.shape[1])
+        lead = (z - mean).max(axis=1)
+        lead[taken] = -np.inf
+        taken.append(int(np.argmax(lead)))
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_bids_follows_algorithm_1_of_the_paper(seed):
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(5, 160)), int(rng.integers(1, 9))
+    a = rng.normal(size=(n, m)) * rng.uniform(0.1, 10, m) + rng.normal(size=m)
+    if m > 2:
+        a[:, 1] = 0.5  # a constant column
+    gaps = rng.random(n) < 0.1
+    a[gaps, 0] = np.nan  # rows without features are not eligible
+    tasks = tuple(f"t{j % 3}" for j in range(m))
+    for k in (1, 7, n // 2, n):
+        sel = get("bids").select(pool_ids(n), k, build_config("bids"), influence=Influence(a, tasks))
+        kept = np.flatnonzero(~gaps)
+        assert sel.ids == [f"p{kept[i]:03d}" for i in algorithm_1(a[kept], k)]
+        assert sum(sel.diagnostics["picks_by_task"].values()) == len(sel.ids)
+
+
+def test_bids_algorithm_1_by_hand():
+    # both columns hold {3, 2, 1, 0, -1, -5} (mean 0, std sqrt(40/6)), so the leads can be worked
+    # on the raw values and divided by the std. Means start at (0, 0): rows 0 and 5 lead by 3,
+    # the lower row wins; means (3, -5): row 5 leads by 3 + 5 = 8; means (2, -1): row 4 by 2 + 1 = 3;
+    # means (4/3, 0): row 2 by 1 - 0 = 1 (row 1 only by 2 - 4/3); means (-1/4, 1/4): row 1 by 9/4.
+    a = np.array([[3, -5], [2, -1], [-5, 1], [-1, 0], [0, 2], [1, 3]], dtype=np.float64)
+    sel = get("bids").select(pool_ids(6), 5, build_config("bids"), influence=Influence(a, ("a", "b")))
+    assert sel.ids == ["p000", "p005", "p004", "p002", "p001"]
+    np.testing.assert_allclose(sel.scores, np.array([3, 8, 3, 1, 9 / 4]) / np.sqrt(40 / 6), rtol=1e-12)
+    assert sel.diagnostics["picks_by_task"] == {"a": 2, "b": 3}
+    # one column: each step takes the best untaken row (top-k), and any positive affine change of a
+    # column leaves the picks alone
+    one = get("bids").select(pool_ids(6), 4, build_config("bids"), influence=Influence(a[:, :1], ("a",)))
+    assert one.ids == ["p000", "p001", "p005", "p004"]
+    scaled = Influence(a * np.array([4.0, 0.5]) + np.array([-3.0, 9]), ("a", "b"))
+    assert get("bids").select(pool_ids(6), 5, build_config("bids"), influence=scaled).ids == sel.ids
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -87,14 +138,14 @@ def naive_bids(a, tasks, k):
     return order
 
 
-def test_bids_serves_the_worst_off_task_by_hand():
+def test_bids_task_rule_serves_the_worst_off_task_by_hand():
     # both columns hold the same values {3, 2, 1, 0, -1, -5} (mean 0), so z-scoring scales them
     # alike and the walk can be done on the raw values. Task a = column 0, task b = column 1.
     a = np.array([[3, -5], [2, -1], [-5, 1], [-1, 0], [0, 2], [1, 3]], dtype=np.float64)
     # u = (0, 0) tie -> a takes row 0 (3); u = (3, -5) -> b takes row 5 (3); u = (2, -1) -> b
     # takes row 4 (2); u = (4/3, 0) -> b takes row 2 (1); u = (-1/4, 1/4) -> a takes row 1 (2).
     # Top-k by the best task score would take row 1 third: [0, 5, 1, 4, 2].
-    sel = get("bids").select(pool_ids(6), 5, build_config("bids"), influence=Influence(a, ("a", "b")))
+    sel = get("bids").select(pool_ids(6), 5, TASK_RULE, influence=Influence(a, ("a", "b")))
     assert sel.ids == ["p000", "p005", "p004", "p002", "p001"]
     assert naive_bids(a, ("a", "b"), 5) == [0, 5, 4, 2, 1]
 
