@@ -11,7 +11,7 @@ from .home import DselHome, StateHome
 from .inbox import InboxSettings
 from .ingest import IngestLimits
 from .lance_store import LanceStore
-from .models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
+from .models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder, SentenceEmbeddingSettings
 from .store import state_store
 from .tracking import MLFLOW_URI, DatasetRef, MlflowTracker
 
@@ -25,6 +25,7 @@ __all__ = [
     "ModelEmbeddingSettings",
     "SelectionModel",
     "SentenceEmbedder",
+    "SentenceEmbeddingSettings",
     "StateHome",
     "build_resources",
 ]
@@ -42,6 +43,7 @@ def build_resources(
     model_options: dict | None = None,
     embed_max_length: int = 2048,
     embed_bos: bool = True,
+    sentence_text: str = "conversation",
 ) -> dict:
     """The local deployment: everything under ``home`` (DuckDB file, Lance, MLflow on SQLite,
     artifacts). On a cluster ``DSEL_DATABASE_URL`` (PostgreSQL), ``DSEL_LANCE_URI`` and
@@ -71,6 +73,7 @@ def build_resources(
         # the model fine-tuned on each selection and evaluated (the selection model unless set)
         "target_model": SelectionModel(model=target_model or model, device=device, **options),
         "embedder": SentenceEmbedder(device=device),
+        "sentence_embedding_settings": SentenceEmbeddingSettings(text=sentence_text),
         "model_embedding_settings": ModelEmbeddingSettings(
             pooling=pooling or os.environ.get("DSEL_POOLING", "mean"), max_length=embed_max_length, bos=embed_bos
         ),

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from dsel_assets.core.data.schema import SENTENCE_TEXTS
 from dsel_assets.core.models import embeddings, loading
 from dsel_assets.core.models.batching import Batching
 from dsel_assets.core.models.model_embeddings import POOLINGS
@@ -140,6 +141,34 @@ class ModelEmbeddingSettings(dg.ConfigurableResource):
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling: {self.pooling!r} is not one of {list(POOLINGS)}")
         return f"model_embeddings_{self.pooling}_{self.max_length}{'_bos' * self.bos}_{model_hash}"
+
+
+class SentenceEmbeddingSettings(dg.ConfigurableResource):
+    """Which text of an example the sentence embeddings read; one resource for the asset that
+    writes them and every reader, so all name the same Lance dataset."""
+
+    VERSION_FIELDS: ClassVar[tuple[str, ...]] = ("text",)
+
+    text: str = Field(
+        default="conversation",
+        description="conversation (every turn but the system prompt) | instruction (system and user turns only)",
+    )
+
+    def _named(self, base: str) -> str:
+        if self.text not in SENTENCE_TEXTS:
+            raise ValueError(f"sentence_text: {self.text!r} is not one of {list(SENTENCE_TEXTS)}")
+        return base if self.text == SENTENCE_TEXTS[0] else f"{base}_{self.text}"
+
+    @property
+    def dataset(self) -> str:
+        """The embeddings' Lance dataset: ``sentence_embeddings`` for whole conversations (as
+        before the choice existed), ``sentence_embeddings_<text>`` otherwise, so the two never mix."""
+        return self._named("sentence_embeddings")
+
+    @property
+    def similarity_dataset(self) -> str:
+        """The Lance dataset of EMBED's pool x query cosine on these embeddings."""
+        return self._named("embed_similarity")
 
 
 class SentenceEmbedder(dg.ConfigurableResource):

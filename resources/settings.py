@@ -22,6 +22,9 @@ from typing import Any
 
 from filelock import FileLock
 
+from dsel_assets.core.data.schema import SENTENCE_TEXTS
+from dsel_assets.core.models.model_embeddings import POOLINGS
+
 from .home import DselHome
 
 #: Setting -> environment variable that may request it (first use, or with --change-settings).
@@ -35,6 +38,7 @@ ENVIRONMENT = {
     "load_in": "DSEL_LOAD_IN",
     "embed_max_length": "DSEL_EMBED_MAX_LENGTH",
     "embed_bos": "DSEL_EMBED_BOS",
+    "sentence_text": "DSEL_SENTENCE_TEXT",
 }
 #: Command-line flag that requests each setting.
 FLAGS = {
@@ -47,6 +51,7 @@ FLAGS = {
     "load_in": "--load-in",
     "embed_max_length": "--embed-max-length",
     "embed_bos": "--embed-bos",
+    "sentence_text": "--sentence-text",
 }
 #: How models run without changing what they compute: per command (a flag), else the environment.
 RUNTIME_ENVIRONMENT = {
@@ -88,7 +93,8 @@ class IdentitySettings:
     pooling, the proxy model of Superfiltering / Small2Large ("" = the selection model; see
     dsel_assets.pipeline.assets.representations.scores), the weights' dtype and quantisation
     (a bf16 or 4-bit model scores, embeds and differentiates differently), and the model
-    embeddings' length and BOS (RDS+'s reference: 2,048 tokens starting with BOS)."""
+    embeddings' length and BOS (RDS+'s reference: 2,048 tokens starting with BOS), and the text
+    the sentence embeddings read (whole conversations, or the instructions only)."""
 
     model: str = "smollm2"
     grad_dim: int = 8192
@@ -99,6 +105,7 @@ class IdentitySettings:
     load_in: str = "none"
     embed_max_length: int = 2048
     embed_bos: bool = True
+    sentence_text: str = "conversation"
 
 
 class SettingsConflict(ValueError):
@@ -121,12 +128,20 @@ def stored_settings(home: DselHome) -> dict[str, Any]:
     return {f.name: stored[f.name] for f in fields(IdentitySettings) if f.name in stored}
 
 
+#: The settings that take one of a few values: a request for another is refused before it is pinned.
+CHOICES = {"pooling": tuple(POOLINGS), "sentence_text": SENTENCE_TEXTS}
+
+
 def _requested(explicit: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     """What this process asks for: explicit values first, then the environment."""
     wanted = {k: v for k, v in explicit.items() if v is not None}
     for name, variable in ENVIRONMENT.items():
         if name not in wanted and environ.get(variable):
             wanted[name] = _parsed(name, variable, environ[variable])
+    for name, choices in CHOICES.items():
+        if name in wanted and wanted[name] not in choices:
+            where = f"{FLAGS[name]} / {ENVIRONMENT[name]}"
+            raise ValueError(f"{name}: {wanted[name]!r} is not one of {list(choices)} ({where})")
     return wanted
 
 

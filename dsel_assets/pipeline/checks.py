@@ -39,7 +39,7 @@ from dsel_assets.pipeline.registry import checked_score_columns, per_batch_asset
 from dsel_assets.pipeline.stored import latest_warmup_manifest, vector_matrix
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
-from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbeddingSettings
 from resources.store import StateStore
 
 #: float16 storage keeps a unit vector's norm within about 1e-3; 1e-2 leaves room for rounding.
@@ -218,14 +218,17 @@ def _partitioned_check(**kwargs) -> Callable[[Callable], dg.AssetChecksDefinitio
     description="One finite, unit-norm embedding per example of the batch, none for other ids.",
 )
 def sentence_embeddings_check(
-    context: dg.AssetCheckExecutionContext, store: StateStore, lance: LanceStore
+    context: dg.AssetCheckExecutionContext,
+    store: StateStore,
+    lance: LanceStore,
+    sentence_embedding_settings: SentenceEmbeddingSettings,
 ) -> dg.AssetCheckResult:
-    batch = context.partition_key
+    batch, dataset = context.partition_key, sentence_embedding_settings.dataset
     with store.session() as db:
         expected = _batch_ids(db, batch, pool_only=False)
-    if not lance.exists(SENTENCE_EMBEDDINGS):
+    if not lance.exists(dataset):
         return _result([] if not expected else ["no Lance dataset"], rows=0)
-    problems, rows = stored_vector_problems(lance, SENTENCE_EMBEDDINGS, {"batch": batch}, expected, unit_norm=True)
+    problems, rows = stored_vector_problems(lance, dataset, {"batch": batch}, expected, unit_norm=True)
     return _result(problems, rows=rows)
 
 

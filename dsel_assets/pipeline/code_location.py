@@ -33,6 +33,7 @@ def build_definitions(
     projection: str | None = None,
     embed_max_length: int | None = None,
     embed_bos: bool | None = None,
+    sentence_text: str | None = None,
     first_use: dict | None = None,
     change_settings: bool = False,
     strict: bool = False,
@@ -47,7 +48,8 @@ def build_definitions(
     device defaults to ``DSEL_DEVICE`` (auto), the fine-tuned and evaluated model to
     ``DSEL_TARGET_MODEL`` (default: the selection model); ``resources`` replaces resources by
     key (another deployment, an instrumented embedder in a test). ``dtype`` / ``load_in`` and
-    the model embeddings' ``embed_max_length`` / ``embed_bos`` are pinned like the model;
+    the model embeddings' ``embed_max_length`` / ``embed_bos`` and the sentence embeddings'
+    ``sentence_text`` are pinned like the model;
     ``runtime`` holds the options that change no result (attention, max_batch_tokens,
     gradient_checkpointing: see :func:`resources.settings.runtime_options`)."""
     home = home or DselHome.from_env()
@@ -63,6 +65,7 @@ def build_definitions(
             "load_in": load_in,
             "embed_max_length": embed_max_length,
             "embed_bos": embed_bos,
+            "sentence_text": sentence_text,
         },
         first_use=first_use,
         change=change_settings,
@@ -84,6 +87,7 @@ def build_definitions(
         model_options={"dtype": settings.dtype, "load_in": settings.load_in, **runtime_options(runtime)},
         embed_max_length=settings.embed_max_length,
         embed_bos=settings.embed_bos,
+        sentence_text=settings.sentence_text,
     ) | (resources or {})
     assets = dg.load_assets_from_package_module(asset_package)  # every asset module of every domain
     return dg.Definitions(

@@ -7,7 +7,7 @@ name is spelt in one place and a misspelt need fails a test instead of dropping 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -49,7 +49,7 @@ from dsel_assets.pipeline.stored import (
 )
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
-from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbeddingSettings
 from resources.store import StateStore
 from resources.tracking import DatasetRef
 
@@ -57,7 +57,8 @@ from resources.tracking import DatasetRef
 @dataclass(frozen=True)
 class LoadContext:
     """What a loader reads from: the stores, the pool ids to align rows to, and the settings
-    that pick a dataset (gradient dimension, selection model, pooling, scoring template)."""
+    that pick a dataset (gradient dimension, selection model, pooling, scoring template, the
+    sentence embeddings' text)."""
 
     lance: LanceStore
     store: StateStore
@@ -67,6 +68,7 @@ class LoadContext:
     log: Callable[[str], None] = print
     embedding_settings: ModelEmbeddingSettings | None = None
     template: str = "chat"
+    sentence_settings: SentenceEmbeddingSettings = field(default_factory=SentenceEmbeddingSettings)
 
 
 #: (representation aligned to the pool ids, its DatasetRef for lineage)
@@ -263,7 +265,7 @@ def similarity_dataset(asset: str, ctx: LoadContext) -> str:
         return influence_dataset(ctx.grad_settings.suffix())
     if asset == RDS_SIMILARITY:
         return rds_dataset(ctx.selection_model.identity()["model_hash"])
-    return EMBED_SIMILARITY
+    return ctx.sentence_settings.similarity_dataset
 
 
 def similarity_matrix(asset: str, *, task_scores: bool = False) -> Loader:
@@ -458,11 +460,12 @@ IFD = "ifd_loss_ratio"  # declared with defined_only: NaN where a reason is reco
 declare(
     SENTENCE_EMBEDDINGS,
     SENTENCE_EMBEDDINGS,
-    lance_vectors(lambda ctx: SENTENCE_EMBEDDINGS),
-    "all-MiniLM-L6-v2 sentence embedding per example",
+    lance_vectors(lambda ctx: ctx.sentence_settings.dataset),
+    "all-MiniLM-L6-v2 sentence embedding per example (of its conversation, or its instruction only)",
     Value.VECTORS,
     per_batch=True,
     cli_kind="sentence_embeddings",
+    pinned=("sentence_text",),
 )
 declare(
     MODEL_EMBEDDINGS,
@@ -570,7 +573,7 @@ declare(
 declare(
     "embed_queries",
     EMBED_SIMILARITY,
-    query_vectors(lambda ctx: SENTENCE_EMBEDDINGS),
+    query_vectors(lambda ctx: ctx.sentence_settings.dataset),
     "rows of sentence_embeddings for the queries that embed_similarity compared",
     Value.QUERY_VECTORS,
 )

@@ -13,7 +13,7 @@ from dsel_assets.core.data.readers import (
     read_items,
     to_messages,
 )
-from dsel_assets.core.data.schema import example_id
+from dsel_assets.core.data.schema import example_id, example_text
 from dsel_assets.core.data.validate import validate_file
 
 from ..helpers import write_jsonl
@@ -87,6 +87,20 @@ def test_id_is_stable_under_whitespace_and_unicode_normalisation():
     assert example_id(a) == example_id(b)
     c = [{"role": "user", "content": "Cafe"}, {"role": "assistant", "content": "ok"}]
     assert example_id(a) != example_id(c)
+
+
+def test_sentence_text_is_the_conversation_or_the_prompt_side_only():
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Add 2 and 2."},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "Times 3?"},
+        {"role": "assistant", "content": "12"},
+    ]
+    assert example_text(chat) == "Add 2 and 2.\n4\nTimes 3?\n12"
+    assert example_text(chat, "instruction") == "Be brief.\nAdd 2 and 2.\nTimes 3?"
+    with pytest.raises(ValueError, match=r"sentence_text: 'answer' is not one of \['conversation', 'instruction'\]"):
+        example_text(chat, "answer")
 
 
 def test_json_array_jsonl_and_parquet_give_the_same_rows(tmp_path):

@@ -100,9 +100,10 @@ def test_declared_assets_exist_and_are_partitioned_as_declared(asset_graph):
         assert partitioned == spec.per_batch, f"{spec.name}: per_batch={spec.per_batch}, asset {spec.asset}"
 
 
-#: ``dsel score`` as it was written by hand: kind -> (asset, settings it pins, asset --param configures).
+#: ``dsel score`` as it was written by hand (with the settings pinned since): kind -> (asset,
+#: settings it pins, asset --param configures).
 SCORE_KINDS_BEFORE = {
-    "sentence_embeddings": ("sentence_embeddings", (), "sentence_embeddings"),
+    "sentence_embeddings": ("sentence_embeddings", ("sentence_text",), "sentence_embeddings"),
     "model_embeddings": ("model_embeddings", ("pooling", "embed_max_length", "embed_bos"), "model_embeddings"),
     "loss": ("loss_scores", (), "loss_scores"),
     "uncertainty": ("loss_scores", (), "loss_scores"),

@@ -27,6 +27,7 @@ def test_first_use_pins_and_later_requests_must_agree(home):
     # the proxy model pins as "" (the selection model) unless one is named
     pinned = {"grad_dim": 1024, "model": "tiny", "pooling": "mean", "proxy_model": "", "projection": "rademacher"}
     pinned |= {"dtype": "auto", "load_in": "none", "embed_max_length": 2048, "embed_bos": True}
+    pinned |= {"sentence_text": "conversation"}
     assert stored_settings(home) == pinned
     # nothing requested (the UI, the daemon): the stored values, not the defaults
     assert resolve_settings(home, {}, environ=NO_ENV)[0].grad_dim == 1024
@@ -71,6 +72,25 @@ def test_model_embedding_length_and_bos_are_pinned_and_their_variables_are_check
     embedding = resources["model_embedding_settings"]
     assert embedding.dataset("abc") == "model_embeddings_mean_512_abc"
     assert embedding.model_copy(update={"bos": True}).dataset("abc") == "model_embeddings_mean_512_bos_abc"
+
+
+def test_sentence_text_is_pinned_refused_unless_known_and_names_its_datasets(home):
+    with pytest.raises(ValueError, match=r"sentence_text: 'prompt' is not one of \['conversation', 'instruction'\]"):
+        resolve_settings(home, {}, environ={"DSEL_SENTENCE_TEXT": "prompt"})
+    with pytest.raises(ValueError, match=r"pooling: 'max' is not one of .*--pooling / DSEL_POOLING"):
+        resolve_settings(home, {"pooling": "max"}, environ=NO_ENV)
+    assert stored_settings(home) == {}  # nothing pinned by a refused request
+    settings, _ = resolve_settings(home, {}, environ={"DSEL_SENTENCE_TEXT": "instruction"})
+    assert settings.sentence_text == stored_settings(home)["sentence_text"] == "instruction"
+    with pytest.raises(SettingsConflict, match="sentence_text.*'instruction'.*'conversation'.*--sentence-text"):
+        resolve_settings(home, {"sentence_text": "conversation"}, environ=NO_ENV)
+    sentences = build_resources(home, sentence_text=settings.sentence_text)["sentence_embedding_settings"]
+    assert (sentences.dataset, sentences.similarity_dataset) == (
+        "sentence_embeddings_instruction",
+        "embed_similarity_instruction",
+    )
+    default = build_resources(home)["sentence_embedding_settings"]  # the names homes had before the choice
+    assert (default.dataset, default.similarity_dataset) == ("sentence_embeddings", "embed_similarity")
 
 
 def test_only_named_settings_are_pinned(home):

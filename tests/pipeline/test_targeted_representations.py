@@ -136,6 +136,7 @@ def load(name, resources, pool_ids):
         GradientSettings(),
         resources["selection_model"],
         embedding_settings=resources["model_embedding_settings"],
+        sentence_settings=resources["sentence_embedding_settings"],
     )[0]
 
 
@@ -196,6 +197,46 @@ def test_each_representation_ranks_identical_copies_of_the_queries_first(home, l
         report = selection_report_frame(db, resources["lance"])
     assert report["method"].to_list() == ["round_robin_embed", "round_robin_rds"]
     assert report["query_similarity"].is_not_null().all()
+
+
+def test_instruction_sentence_text_finds_a_query_asked_again_whatever_the_answer(home, tmp_path):
+    from resources import build_resources
+
+    resources = build_resources(home, model="tiny", device="cpu", sentence_text="instruction")
+    queries = [json.dumps({"messages": chat(q, a), "task": task}) for task, q, a in QUERIES]
+    asked_again = [chat(q, "I would rather talk about something else today.") for _, q, _ in QUERIES]
+    pool_rows = [json.dumps({"messages": m, "task": "copy"}) for m in asked_again]
+    pool_rows += [json.dumps({"messages": chat(q, a), "task": "other"}) for q, a in UNRELATED]
+    instance = dg.DagsterInstance.ephemeral()
+    with open_state(home.duckdb) as db:
+        batches = [
+            db.register_batch(path, home.raw, source=path.stem, task="auto", split=split)[0].batch
+            for path, split in (
+                (write_jsonl(tmp_path / "queries.jsonl", queries), "query"),
+                (write_jsonl(tmp_path / "pool.jsonl", pool_rows), "pool"),
+            )
+        ]
+    instance.add_dynamic_partitions(pool_batches.name, batches)
+    for batch in batches:
+        per_batch = [pool_batch, pool, sentence_embeddings]
+        assert dg.materialize(per_batch, partition_key=batch, resources=resources, instance=instance).success
+    assert dg.materialize([embed_similarity], resources=resources, instance=instance).success
+    lance = resources["lance"]
+    assert lance.exists("sentence_embeddings_instruction") and lance.exists("embed_similarity_instruction")
+    assert not lance.exists("sentence_embeddings") and not lance.exists("embed_similarity")
+    with open_state(home.duckdb, read_only=True) as db:
+        pool_ids = db.split_rows("pool", ["pool_id"])["pool_id"].to_list()
+    similarity = load(EMBED_SIMILARITY, resources, pool_ids)
+    again = {example_id(m) for m in asked_again}
+    for column in range(len(QUERIES)):  # the question asked again is each query row's nearest, at cosine 1
+        ranked = np.argsort(-similarity.scores[:, column], kind="stable")
+        assert pool_ids[ranked[0]] in again
+        assert similarity.scores[ranked[0], column] == pytest.approx(1.0, abs=1e-3)
+    # what the whole conversations would have given: the other answer moves the copy away
+    embedder = resources["embedder"]
+    conversation = embedder.encode([example_text(chat(q, a)) for _, q, a in QUERIES])
+    other = embedder.encode([example_text(m) for m in asked_again])
+    assert (np.sum(conversation * other, axis=1) < 0.95).all()
 
 
 def test_dsel_select_routes_each_representation_to_its_own_selection(home, tmp_path, capsys, monkeypatch):

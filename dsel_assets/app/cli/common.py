@@ -88,6 +88,7 @@ def definitions_maker(
         proxy_model=getattr(args, "proxy_model", None),
         embed_max_length=getattr(args, "embed_max_length", None),
         embed_bos=None if getattr(args, "embed_bos", None) is None else bool(args.embed_bos),
+        sentence_text=getattr(args, "sentence_text", None),
         first_use=first_use,
         change_settings=getattr(args, "change_settings", False),
         strict=True,

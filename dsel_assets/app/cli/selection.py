@@ -22,6 +22,7 @@ from dsel_assets.app.cli.common import (
     settled,
     to_stderr,
 )
+from dsel_assets.core.data.schema import SENTENCE_TEXTS
 from dsel_assets.core.models.projection import PROJECTIONS
 from resources import store as state_db
 from resources.settings import MODEL_SETTINGS
@@ -198,6 +199,12 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     score.add_argument(
         "--embed-bos", type=int, choices=[0, 1], help="model embeddings: start each example with BOS (default 1)"
+    )
+    score.add_argument(
+        "--sentence-text",
+        choices=SENTENCE_TEXTS,
+        help="sentence embeddings: conversation (every turn but the system prompt; default) | instruction "
+        "(system and user turns only, as Diversify-and-Conquer's reference embeds)",
     )
     score.add_argument("--model", default=None, help=MODEL_HELP)
     score.add_argument("--proxy-model", default=None, help=PROXY_HELP)

@@ -60,9 +60,18 @@ def example_id(messages: Iterable[dict]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
 
 
-def example_text(messages: Iterable[dict]) -> str:
-    """Plain text of a conversation (instruction, input and response), for sentence encoders."""
-    return "\n".join(m["content"] for m in messages if m["role"] != "system")
+#: What a sentence encoder reads of an example: ``conversation``, every turn but the system
+#: prompt (instruction, input and response); ``instruction``, the prompt side only (system and
+#: user turns), as Diversify-and-Conquer's reference and several others embed an example.
+SENTENCE_TEXTS = ("conversation", "instruction")
+
+
+def example_text(messages: Iterable[dict], text: str = "conversation") -> str:
+    """Plain text of a conversation for sentence encoders: the turns ``text`` names, one per line."""
+    if text not in SENTENCE_TEXTS:
+        raise ValueError(f"sentence_text: {text!r} is not one of {list(SENTENCE_TEXTS)}")
+    roles = ("user", "assistant") if text == "conversation" else ("system", "user")
+    return "\n".join(m["content"] for m in messages if m["role"] in roles)
 
 
 def content_hashes(messages: list[dict]) -> tuple[str, str]:

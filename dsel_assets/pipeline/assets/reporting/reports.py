@@ -36,7 +36,7 @@ from dsel_assets.pipeline.stored import load_vectors
 from dsel_assets.store import artifacts
 from resources.home import StateHome
 from resources.lance_store import LanceStore
-from resources.models import SelectionModel
+from resources.models import SelectionModel, SentenceEmbeddingSettings
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -49,20 +49,21 @@ def _noise_label(meta: str | None) -> str | None:
     return json.dumps(value)
 
 
-def selection_report_frame(db, lance: LanceStore) -> pl.DataFrame:
-    """One row per stored (method, budget): size, task mix, known-noise rate, query similarity."""
+def selection_report_frame(db, lance: LanceStore, sentences: str = SENTENCE_EMBEDDINGS) -> pl.DataFrame:
+    """One row per stored (method, budget): size, task mix, known-noise rate, query similarity
+    (on the sentence embeddings of Lance dataset ``sentences``)."""
     selected = db.selected_examples()
     noise = [_noise_label(meta) for meta in selected["meta"].to_list()]
     selected = selected.drop("meta").with_columns(pl.Series("noise", noise, dtype=pl.String))
     query_ids = db.split_rows("query", ("pool_id",))["pool_id"].to_list()
-    has_vectors = lance.version(SENTENCE_EMBEDDINGS) is not None
+    has_vectors = lance.version(sentences) is not None
     query_vectors = None
     if has_vectors and query_ids:
-        query_vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, query_ids)
+        query_vectors, _ = load_vectors(lance, sentences, query_ids)
     has_noise_labels = any(v is not None for v in db.meta_field("pool", "noise").values())
     rows = []
     for (method, budget), group in selected.group_by(["method", "budget"], maintain_order=True):
-        vectors = load_vectors(lance, SENTENCE_EMBEDDINGS, group["pool_id"].to_list())[0] if has_vectors else None
+        vectors = load_vectors(lance, sentences, group["pool_id"].to_list())[0] if has_vectors else None
         stats = summarize(
             group["task"].to_list(),
             noise=group["noise"].to_list() if has_noise_labels else None,
@@ -104,12 +105,13 @@ def selection_report(
     context: dg.AssetExecutionContext,
     store: StateStore,
     lance: LanceStore,
+    sentence_embedding_settings: SentenceEmbeddingSettings,
     tracker: MlflowTracker,
     home: StateHome,
 ) -> dg.MaterializeResult:
     with store.session() as db:
         db.ensure_schema()
-        report = selection_report_frame(db, lance)
+        report = selection_report_frame(db, lance, sentence_embedding_settings.dataset)
         version, _ = db.pool_version()
         db.replace_table(SELECTION_REPORT, report)
     markdown = markdown_table(report.columns, report.rows(), limit=500)

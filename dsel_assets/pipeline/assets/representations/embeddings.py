@@ -9,7 +9,7 @@ from dsel_assets.pipeline.names import MODEL_EMBEDDINGS, POOL_BATCH, REPRESENTAT
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.stored import vector_table
 from resources.lance_store import LanceStore
-from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder
+from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbedder, SentenceEmbeddingSettings
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -25,20 +25,22 @@ EMBED_CHUNK = 2048  # sentence embeddings per progress update
     code_version="sentence_embeddings-1",
     kinds={"lance"},
     description="all-MiniLM-L6-v2 embedding (masked mean, L2-normalised) of each example's "
-    "instruction + input + response, float16 in Lance.",
+    "instruction + input + response (or, with the pinned sentence_text 'instruction', of its system and "
+    "user turns only), float16 in Lance.",
 )
 def sentence_embeddings(
     context: dg.AssetExecutionContext,
     store: StateStore,
     lance: LanceStore,
     embedder: SentenceEmbedder,
+    sentence_embedding_settings: SentenceEmbeddingSettings,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
-    batch = context.partition_key
+    batch, dataset = context.partition_key, sentence_embedding_settings.dataset
     with store.session() as db:
         manifest = db.get_batch(batch)
         rows = db.batch_rows(batch)
-    texts = [example_text(m) for m in rows["messages"].to_list()]
+    texts = [example_text(m, sentence_embedding_settings.text) for m in rows["messages"].to_list()]
     meter = Meter(f"sentence_embeddings[{batch}]", len(texts), log=context.log.info)
     parts, rate = [], 0.0
     for start in range(0, len(texts), EMBED_CHUNK):
@@ -47,23 +49,29 @@ def sentence_embeddings(
     vectors = np.concatenate(parts) if parts else embedder.encode(texts)
     if texts:
         version = lance.replace_partition(
-            SENTENCE_EMBEDDINGS,
+            dataset,
             vector_table(rows["pool_id"].to_list(), batch, vectors, embedder.model_id),
             partition=batch,
         )
     else:  # every row quarantined: nothing to embed, and no rows of an earlier validation may remain
-        version = lance.delete(SENTENCE_EMBEDDINGS, {"batch": batch}) or 0
-    params = {"batch": batch, "model": embedder.model_id, "dim": vectors.shape[1] if len(texts) else 0}
+        version = lance.delete(dataset, {"batch": batch}) or 0
+    params = {
+        "batch": batch,
+        "model": embedder.model_id,
+        "text": sentence_embedding_settings.text,
+        "dim": vectors.shape[1] if len(texts) else 0,
+    }
     inputs = [DatasetRef(f"pool_batch/{batch}", manifest.stored_path, manifest.sha256)]
     with tracker.run(context, params=params, inputs=inputs) as run:
-        run.log_datasets([DatasetRef(SENTENCE_EMBEDDINGS, lance.uri(SENTENCE_EMBEDDINGS), str(version), "output")])
+        run.log_datasets([DatasetRef(dataset, lance.uri(dataset), str(version), "output")])
         run.log_metrics({"rows": len(texts), "examples_per_s": rate, "lance_version": version})
     return dg.MaterializeResult(
         metadata={
             "rows": len(texts),
-            "lance_uri": lance.uri(SENTENCE_EMBEDDINGS),
+            "lance_uri": lance.uri(dataset),
             "lance_version": version,
             "model": embedder.model_id,
+            "text": sentence_embedding_settings.text,
             "examples_per_s": round(rate, 1),
             **run.metadata(),
         },

@@ -12,7 +12,7 @@ from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import POOL, REPRESENTATIONS, SENTENCE_EMBEDDINGS
 from dsel_assets.pipeline.stored import load_vectors
 from resources.lance_store import LanceStore
-from resources.models import SentenceEmbedder
+from resources.models import SentenceEmbedder, SentenceEmbeddingSettings
 from resources.store import StateStore
 from resources.tracking import MlflowTracker
 
@@ -35,6 +35,7 @@ def labels(
     store: StateStore,
     lance: LanceStore,
     embedder: SentenceEmbedder,
+    sentence_embedding_settings: SentenceEmbeddingSettings,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
 
@@ -46,7 +47,7 @@ def labels(
     if labelled is not None:
         label_vectors = embedder.encode(labelled.names)
     else:
-        vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, rows["pool_id"].to_list())
+        vectors, _ = load_vectors(lance, sentence_embedding_settings.dataset, rows["pool_id"].to_list())
         labelled, label_vectors = cluster_labels(vectors, config.n_clusters, config.seed)
     names, members, how = labelled.names, labelled.members, labelled.how
     pairs = pl.DataFrame(

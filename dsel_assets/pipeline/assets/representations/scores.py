@@ -47,7 +47,7 @@ from dsel_assets.pipeline.settings_versions import row_code_version
 from dsel_assets.pipeline.stored import load_vectors
 from dsel_assets.store import schema
 from resources.lance_store import LanceStore
-from resources.models import SelectionModel
+from resources.models import SelectionModel, SentenceEmbeddingSettings
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -359,6 +359,7 @@ def golden_score(
     store: StateStore,
     lance: LanceStore,
     selection_model: SelectionModel,
+    sentence_embedding_settings: SentenceEmbeddingSettings,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
     from dsel_assets.core.models.nuggets import golden_scores, one_shot_cached, prepare_anchors, zero_shot
@@ -374,7 +375,7 @@ def golden_score(
             anchor_messages = anchor_rows["messages"].to_list()
     if config.anchors == "kmeans":
         ids = rows["pool_id"].to_list()
-        vectors, _ = load_vectors(lance, SENTENCE_EMBEDDINGS, ids)
+        vectors, _ = load_vectors(lance, sentence_embedding_settings.dataset, ids)
         n = max(1, min(config.n_anchors, len(ids) // 5))
         chosen = (
             get("kmeans_centroids")

@@ -27,7 +27,7 @@ from dsel_assets.pipeline.names import (
 )
 from dsel_assets.pipeline.stored import load_vectors, matrix_table, query_rows, vector_matrix, vector_table
 from resources.lance_store import LanceStore
-from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbeddingSettings
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -172,12 +172,23 @@ def embed_similarity(
     config: SimilarityConfig,
     store: StateStore,
     lance: LanceStore,
+    sentence_embedding_settings: SentenceEmbeddingSettings,
     tracker: MlflowTracker,
 ) -> dg.MaterializeResult:
+    settings = sentence_embedding_settings
     with store.session() as db:
         query_set = query_rows(db)
-    query_vectors, version = load_vectors(lance, SENTENCE_EMBEDDINGS, query_set["pool_id"].to_list())
-    source = DatasetRef(SENTENCE_EMBEDDINGS, lance.uri(SENTENCE_EMBEDDINGS), str(version))
+    query_vectors, version = load_vectors(lance, settings.dataset, query_set["pool_id"].to_list())
+    source = DatasetRef(settings.dataset, lance.uri(settings.dataset), str(version))
     return store_similarity(
-        context, store, lance, tracker, source, query_set, query_vectors, config.chunk, EMBED_SIMILARITY, {}
+        context,
+        store,
+        lance,
+        tracker,
+        source,
+        query_set,
+        query_vectors,
+        config.chunk,
+        settings.similarity_dataset,
+        {"sentence_text": settings.text},
     )

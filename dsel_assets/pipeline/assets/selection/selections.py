@@ -25,12 +25,12 @@ from dsel_assets.pipeline import registry
 from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.catalog import randomness_sources, selection_pairs
 from dsel_assets.pipeline.metadata import markdown_table
-from dsel_assets.pipeline.names import POOL, SELECTIONS, SENTENCE_EMBEDDINGS, selection_asset_name, selection_key
+from dsel_assets.pipeline.names import POOL, SELECTIONS, selection_asset_name, selection_key
 from dsel_assets.pipeline.progress import Meter
 from dsel_assets.pipeline.stored import latest_warmup_manifest, load_vectors
 from resources.gradient_settings import GradientSettings
 from resources.lance_store import LanceStore
-from resources.models import ModelEmbeddingSettings, SelectionModel
+from resources.models import ModelEmbeddingSettings, SelectionModel, SentenceEmbeddingSettings
 from resources.store import StateStore
 from resources.tracking import DatasetRef, MlflowTracker
 
@@ -88,11 +88,20 @@ def load_representation(
     log=print,
     embedding_settings: ModelEmbeddingSettings | None = None,
     template: str = "chat",
+    sentence_settings: SentenceEmbeddingSettings | None = None,
 ):
     """(representation aligned to ``pool_ids``, its DatasetRef for lineage), by its declared loader;
     IFDs under ``template``."""
     context = registry.LoadContext(
-        lance, store, pool_ids, grad_settings, selection_model, log, embedding_settings, template
+        lance,
+        store,
+        pool_ids,
+        grad_settings,
+        selection_model,
+        log,
+        embedding_settings,
+        template,
+        sentence_settings or SentenceEmbeddingSettings(),
     )
     return registry.load(need, context)
 
@@ -153,6 +162,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
         grad_settings: GradientSettings,
         selection_model: SelectionModel,
         model_embedding_settings: ModelEmbeddingSettings,
+        sentence_embedding_settings: SentenceEmbeddingSettings,
     ) -> dg.MaterializeResult:
         method_config = build_config(spec.name, config.params.model_dump())
         asked = vars(method_config).get("representation", representation)
@@ -193,6 +203,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 context.log.info,
                 model_embedding_settings,
                 template=getattr(method_config, "template", "chat"),
+                sentence_settings=sentence_embedding_settings,
             )
             inputs.append(ref)
         # what defines this selection's inputs: the model, the feature settings and each input's version
@@ -202,11 +213,13 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                 "grad_dim": grad_settings.dim,
                 "projection": grad_settings.suffix(),
                 "pooling": model_embedding_settings.pooling,
+                "sentence_text": sentence_embedding_settings.text,
                 "inputs": {ref.name: f"{ref.uri.rstrip('/').rsplit('/', 1)[-1]}@{ref.digest}" for ref in inputs},
             },
             sort_keys=True,
         )
         checked = {a: n for a, n in needs.items() if registry.representation(n).coverage_checked}
+        sentences = sentence_embedding_settings.dataset  # the set measures' embeddings
         covered = {n: coverage(representations[a], frame["batch"].to_list()) for a, n in checked.items()}
         for need, found in covered.items():
             if found["rows"] < len(pool_ids):
@@ -238,7 +251,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
                         + f" ({spec.description}); nothing stored, try other parameters or another model"
                     )
                 selection.diagnostics.update(  # FL coverage and NovelSum on sentence embeddings, or why not
-                    set_measures(pool_ids, selection.ids, lambda: load_vectors(lance, SENTENCE_EMBEDDINGS, pool_ids)[0])
+                    set_measures(pool_ids, selection.ids, lambda: load_vectors(lance, sentences, pool_ids)[0])
                 )
                 if covered:
                     selection.diagnostics["coverage"] = covered

@@ -1,0 +1,123 @@
+"""Diversify-and-Conquer's first round on the real pool: what the reference's settings change.
+
+The whole shared pool (../shared/data/pool) is embedded twice with all-MiniLM-L6-v2, as the
+``sentence_embeddings`` asset does: whole conversations (``sentence_text=conversation``, dsel's
+default) and system + user turns only (``instruction``, what the reference embeds). The first
+round of a three-round run at the budget (5% by default) is then taken under four settings:
+
+- dsel: conversation text, K = 100 clusters, 20 k-means iterations, 1 fit, ``round0=equal``;
+- instruction text, the rest as dsel;
+- the reference's clustering (K = 512, 300 iterations, 5 fits, ``round0=floor``) on conversations;
+- the reference: instruction text and its clustering.
+
+The first round is what the first training round sees: the selector runs with a trainer that
+records the rows it is asked to train on and stops the run. Printed: the machine's load, the
+time spent embedding, each setting's first-round size, and the overlap |A & B| / |A| of each
+setting's rows with dsel's (A = dsel's); a second seed of dsel's setting gives the overlap two
+draws of the same setting reach, the floor the others are read against.
+
+Usage: python benchmarks/sentence_text.py [--budget 0.05] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "data"
+REFERENCE = {"n_clusters": 512, "kmeans_iterations": 300, "kmeans_restarts": 5, "round0": "floor"}
+
+
+class FirstRound(Exception):
+    """Raised by the recording trainer: the first round's rows, the selector stopped there."""
+
+    def __init__(self, rows: list[int]):
+        super().__init__(len(rows))
+        self.rows = rows
+
+
+class RecordingTrainer:
+    def train_and_score(self, selected: list[int], round_index: int):
+        raise FirstRound(list(selected))
+
+    train_and_embed = train_and_score
+
+
+def first_round(x: np.ndarray, k: int, params: dict) -> list[int]:
+    from dsel_assets.core.select import build_config, get
+
+    ids = np.array([f"p{i:05d}" for i in range(len(x))])
+    config = build_config("diversify_conquer", {"rounds": 3, **params})
+    try:
+        get("diversify_conquer").select(ids, k, config, sentence_embeddings=x, trainer=RecordingTrainer())
+    except FirstRound as stop:
+        return stop.rows
+    raise RuntimeError("the selector finished without training a round")
+
+
+def embeddings(texts: list[str], cache: Path | None, name: str) -> tuple[np.ndarray, float]:
+    """MiniLM vectors of ``texts`` (read from ``cache/name.npy`` when there), and seconds spent."""
+    from dsel_assets.core.models.embeddings import encode, load_encoder
+
+    path = cache / f"{name}.npy" if cache else None
+    if path and path.exists():
+        return np.load(path), 0.0
+    started = time.perf_counter()
+    x = encode(load_encoder(), texts, 128)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, x)
+    return x, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=0.05)
+    parser.add_argument("--cache", type=Path, default=None, help="folder to keep the embeddings in between runs")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        print(f"skipped: {SHARED} is absent")
+        return 0
+    from dsel_assets.core.data.catalog import expand_paths
+    from dsel_assets.core.data.schema import example_text
+    from dsel_assets.core.data.validate import validate_file
+
+    print(f"load average at start: {os.getloadavg()}, cores: {os.cpu_count()}")
+    pool = [r["messages"] for p in expand_paths([SHARED / "pool"]) for r in validate_file(p).accepted]
+    k = round(args.budget * len(pool))
+    vectors = {}
+    for text in ("conversation", "instruction"):
+        vectors[text], seconds = embeddings([example_text(m, text) for m in pool], args.cache, text)
+        print(f"{text}: {len(pool):,} examples embedded in {seconds:.0f} s")
+    settings = {
+        "dsel (conversation, K=100)": ("conversation", {}),
+        "dsel, seed 1": ("conversation", {"seed": 1}),
+        "instruction text, K=100": ("instruction", {}),
+        "reference clustering, conversation": ("conversation", REFERENCE),
+        "reference (instruction, K=512, floor)": ("instruction", REFERENCE),
+    }
+    rounds = {}
+    for label, (text, params) in settings.items():
+        started = time.perf_counter()
+        rounds[label] = first_round(vectors[text], k, params)
+        print(f"{label}: first round {len(rounds[label])} rows ({time.perf_counter() - started:.0f} s)")
+    base = set(rounds["dsel (conversation, K=100)"])
+    print(f"\nbudget {args.budget:.0%} = {k:,} of {len(pool):,}; first-round overlap with dsel's rows (|A & B| / |A|):")
+    for label, rows in rounds.items():
+        print(f"  {label:40s} {len(base & set(rows)) / max(len(base), 1):.3f}  ({len(rows)} rows)")
+    reference = set(rounds["reference (instruction, K=512, floor)"])
+    instruction = set(rounds["instruction text, K=100"])
+    print(f"  instruction K=100 vs reference: {len(instruction & reference) / max(len(instruction), 1):.3f}")
+    print(f"load average at end: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
