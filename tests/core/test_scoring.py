@@ -356,6 +356,33 @@ def test_data_whisperer_scores_on_a_model_whose_attention_and_answers_are_known(
         np.testing.assert_allclose(scores, [1 / 3] * 3)
 
 
+def test_data_whisperer_uncapped_answers_are_graded_whole_and_the_reference_layer_table(tiny):
+    """The stub answers one query with its reference, 48 words: capped at 32 new tokens the
+    answer is graded on its start (ROUGE-L below 1), uncapped (0, the reference's rule) it is
+    exact, and the zebra demonstration, which draws all the attention, gets the whole metric."""
+    from dsel_assets.core.models.data_whisperer import reference_layer, whisperer_scores
+
+    _, tokenizer = tiny
+    zebra = set(tokenizer("zebra", add_special_tokens=False)["input_ids"])
+    pool = [qa("What is 1 plus 1?", "It is 2."), qa("Name it.", "zebra")]
+    reference = " ".join(f"word{i}" for i in range(48))
+    answer = tokenizer(reference, add_special_tokens=False)["input_ids"]
+    assert len(answer) > 32
+    queries = [qa("Say the words.", reference)]
+    scores = {}
+    for cap in (32, 0):
+        stub = AttentionStub(len(tokenizer), answer, tokenizer.eos_token_id, zebra)
+        scores[cap] = whisperer_scores(stub, tokenizer, pool, queries, n_demos=2, n_queries=1, max_new_tokens=cap)
+    np.testing.assert_allclose(scores[0], [0.0, 1.0])
+    assert scores[32][0] == 0.0 and 0.0 < scores[32][1] < 1.0
+    # the reference's table, matched on the last part of a hub id or folder; 11 for any other model
+    assert reference_layer("meta-llama/Meta-Llama-3-8B-Instruct", 32) == 13
+    assert reference_layer("/models/Qwen2.5-7B-Instruct/", 28) == 16
+    assert reference_layer("mistralai/Mistral-7B-Instruct-v0.2", 32) == 10
+    assert reference_layer("smollm2", 30) == 11
+    assert reference_layer("tiny", 2) == 1  # never past the model's last layer
+
+
 def test_pre_experience_sample_takes_the_middle_perplexity_band_of_each_cluster():
     from dsel_assets.core.models.pre_experience import pre_experience_sample
 

@@ -90,6 +90,26 @@ def attention_mass(attention: np.ndarray, spans: list[list[tuple[int, int]]]) ->
     return np.array([sum(float(attention[:, s:e].sum()) for s, e in ranges) for ranges in spans])
 
 
+#: The reference pruner's attention layer by model name; any other model gets REFERENCE_OTHER_LAYER.
+REFERENCE_LAYERS = {
+    "Meta-Llama-3-8B-Instruct": 13,
+    "Mistral-Nemo-Instruct-2407": 13,
+    "Qwen2.5-3B-Instruct": 16,
+    "Qwen2.5-7B-Instruct": 16,
+    "Mistral-7B-Instruct-v0.2": 10,
+}
+REFERENCE_OTHER_LAYER = 11
+#: The reference's ``--max_token``: prompt and answer together; an uncapped answer stops there.
+REFERENCE_MAX_TOKENS = 8192
+
+
+def reference_layer(model_name: str, n_layers: int) -> int:
+    """The layer the reference reads for ``model_name`` (a hub id or a folder: its last part is
+    matched), never past the model's last layer."""
+    name = model_name.rstrip("/").rsplit("/", 1)[-1]
+    return min(REFERENCE_LAYERS.get(name, REFERENCE_OTHER_LAYER), n_layers - 1)
+
+
 def whisperer_scores(
     model,
     tokenizer,
@@ -105,7 +125,8 @@ def whisperer_scores(
     """Score per pool example (NaN only if it never served, which cannot happen here).
 
     ``model`` must run eager attention (attention weights are read at ``layer``, default the
-    middle one)."""
+    middle one). ``max_new_tokens`` caps each greedy answer; 0 lets it run to the end of turn or
+    until prompt and answer reach :data:`REFERENCE_MAX_TOKENS`, as the reference generates."""
     import torch
 
     if not queries:
@@ -141,7 +162,8 @@ def whisperer_scores(
                 attn = out.attentions[layer][0].float().sum(0)  # heads summed: [suffix, prefix + suffix]
                 mass += attention_mass(attn.cpu().numpy(), spans)
                 generated, past, token = [], out.past_key_values, out.logits[0, -1].argmax()
-                for _ in range(max_new_tokens):
+                room = REFERENCE_MAX_TOKENS - len(prefix) - len(suffix)
+                for _ in range(max_new_tokens if max_new_tokens > 0 else max(room, 0)):
                     if int(token) in (tokenizer.eos_token_id, tokenizer.pad_token_id):
                         break
                     generated.append(int(token))

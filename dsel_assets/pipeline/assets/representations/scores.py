@@ -452,8 +452,17 @@ class WhispererConfig(dg.Config):
     task: str = Field(default="", description="Target task of the queries ('' = every query)")
     n_demos: int = Field(default=5, description="Pool demonstrations per prompt")
     n_queries: int = Field(default=3, description="Target queries per prompt")
-    layer: int = Field(default=-1, description="Attention layer (-1 = the middle one)")
-    max_new_tokens: int = Field(default=32, description="Greedy answer length cap")
+    layer: int = Field(default=-1, description="Attention layer (-1 = the middle one, or see reference_layer)")
+    reference_layer: bool = Field(
+        default=False,
+        description="With layer -1: the reference's per-model layer (13 Llama-3-8B and Mistral-Nemo, 16 "
+        "Qwen2.5-3B/7B, 10 Mistral-7B, 11 any other model) instead of the middle one",
+    )
+    max_new_tokens: int = Field(
+        default=32,
+        description="Greedy answer length cap (0 = none: to the end of turn or 8,192 tokens of prompt and answer, "
+        "as the reference)",
+    )
     seed: int = Field(default=0, description="Demonstration partition and query sampling seed")
 
 
@@ -475,8 +484,12 @@ def whisperer_score(
 ) -> dg.MaterializeResult:
     """Pool-level, not per batch: prompts mix demonstrations drawn from the whole pool, and each
     example's score is a mean over the rounds it served in."""
-    from dsel_assets.core.models.data_whisperer import whisperer_scores
+    from dsel_assets.core.models.data_whisperer import reference_layer, whisperer_scores
 
+    if config.reference_layer and config.layer >= 0:
+        raise ValueError(f"layer: {config.layer} and reference_layer: true both pick the layer; set one")
+    if config.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: {config.max_new_tokens} is negative; a cap >= 1, or 0 for none")
     with store.session() as db:
         rows = db.split_rows("pool")
         query_rows = db.split_rows("query", ("task", "messages"))
@@ -485,7 +498,16 @@ def whisperer_score(
         version, _ = db.pool_version()
     model, tokenizer = selection_model.load()
     model.set_attn_implementation("eager")  # attention weights are read
-    layer = None if config.layer < 0 else config.layer
+    n_layers = model.config.num_hidden_layers
+    if config.layer >= n_layers:
+        raise ValueError(f"layer: {config.layer} is past the model's last layer ({n_layers - 1})")
+    layer = (
+        config.layer
+        if config.layer >= 0
+        else reference_layer(selection_model.model, n_layers)
+        if config.reference_layer
+        else None
+    )
     with tracker.run(
         context, params={**config.model_dump(), **selection_model.identity(), "pool_version": version}
     ) as run:

@@ -1,0 +1,100 @@
+"""Data Whisperer on the real pool: what the reference's settings change in the selected set.
+
+A seeded sample of the shared pool (../shared/data/pool) is scored with SmolLM2-135M (eager
+attention, CPU) against GSM8K query rows (../shared/data/eval/gsm8k_test.jsonl, the target
+task), 5 demonstrations and 3 queries per prompt, under:
+
+- dsel: the middle layer (15 of 30), answers capped at 32 new tokens;
+- dsel with another seed (another demonstration partition and other query draws): how far two
+  draws of the same setting already disagree, the floor the others are read against;
+- the reference's layer (its per-model table gives 11 to any model outside it), 32 tokens;
+- with ``--uncapped``, the reference: its layer and uncapped answers (to the end of turn, or
+  8,192 tokens of prompt and answer). Slow on a CPU: SmolLM2's greedy answers often do not end,
+  and 4 prompts took over 7 minutes on 2 cores.
+
+Printed: the machine's load, the seconds each setting took, the overlap |A & B| / k of each
+setting's top-k (the ``data_whisperer`` selection at the budget) with dsel's, and the Spearman
+correlation of the scores.
+
+Usage: python benchmarks/whisperer_settings.py [--sample 200] [--queries 20] [--budget 0.05] [--uncapped]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def records(path: Path) -> list[list[dict]]:
+    from dsel_assets.core.data.validate import validate_file
+
+    return [r["messages"] for r in validate_file(path).accepted]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable") for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sample", type=int, default=200, help="pool examples scored (seeded sample)")
+    parser.add_argument("--queries", type=int, default=20, help="GSM8K query rows")
+    parser.add_argument("--budget", type=float, default=0.05)
+    parser.add_argument("--uncapped", action="store_true", help="also the reference's uncapped answers (slow)")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        print(f"skipped: {SHARED} is absent")
+        return 0
+    from dsel_assets.core.data.catalog import expand_paths
+    from dsel_assets.core.models.data_whisperer import reference_layer, whisperer_scores
+    from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, resolve
+    from dsel_assets.core.select import build_config, get
+
+    print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
+    pool = [m for p in expand_paths([SHARED / "pool"]) for m in records(p)]
+    sample = [pool[i] for i in np.sort(np.random.default_rng(0).permutation(len(pool))[: args.sample])]
+    rows = records(SHARED / "eval" / "gsm8k_test.jsonl")
+    queries = [rows[i] for i in np.random.default_rng(1).permutation(len(rows))[: args.queries]]
+    spec = resolve("smollm2")
+    tokenizer = load_tokenizer(spec)
+    model = load_causal_lm(spec, device="cpu")
+    model.set_attn_implementation("eager")
+    n_layers = model.config.num_hidden_layers
+    layers = {"middle": n_layers // 2, "reference": reference_layer("smollm2", n_layers)}
+    settings = {
+        f"dsel (layer {layers['middle']}, 32 tokens)": (layers["middle"], 32, 0),
+        "dsel, seed 1": (layers["middle"], 32, 1),
+        f"reference layer {layers['reference']}, 32 tokens": (layers["reference"], 32, 0),
+    }
+    if args.uncapped:
+        settings[f"reference (layer {layers['reference']}, uncapped)"] = (layers["reference"], 0, 0)
+    ids = np.array([f"s{i:05d}" for i in range(len(sample))])
+    k = round(args.budget * len(sample))
+    scores, picks = {}, {}
+    for label, (layer, cap, seed) in settings.items():
+        started = time.perf_counter()
+        scores[label] = whisperer_scores(model, tokenizer, sample, queries, 5, 3, layer, cap, seed)
+        config = build_config("data_whisperer", {})
+        picks[label] = get("data_whisperer").select(ids, k, config, whisperer_score=scores[label]).ids
+        print(f"{label}: scored in {time.perf_counter() - started:.0f} s")
+    base = next(iter(settings))
+    print(f"\nbudget {args.budget:.0%} = {k} of {len(sample)}; against {base}:")
+    for label in settings:
+        common = len(set(picks[base]) & set(picks[label])) / max(k, 1)
+        print(f"  {label:40s} overlap {common:.3f}  Spearman {spearman(scores[base], scores[label]):.3f}")
+    print(f"load average at end: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
