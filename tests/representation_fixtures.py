@@ -38,6 +38,27 @@ class SyntheticTrainer:
         return self.x[:, ::-1] * (1 + round_index)
 
 
+class SyntheticEpochTrainer:
+    """A stand-in for one training run whose data changes between epochs: after epoch e the
+    LESS score of a row for a task is its base score plus e times a fixed per-row drift, so each
+    reselection sees other rewards; ``epochs_data`` records the rows every epoch trained on."""
+
+    def __init__(self, task_scores: dict[str, np.ndarray], seed: int = 0):
+        self.task_scores = task_scores
+        self.drift = np.random.default_rng(seed).normal(size=len(next(iter(task_scores.values()))))
+        self.epochs_data: list[list[int]] = []
+
+    def scores(self, epoch: int, rows, task: str) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        return self.task_scores[task][rows] + epoch * self.drift[rows]
+
+    def train_epochs(self, first, epochs, reselect):
+        self.epochs_data = [list(first)]
+        for epoch in range(1, epochs):
+            self.epochs_data.append(list(reselect(epoch, lambda rows, task, e=epoch: self.scores(e, rows, task))))
+        return self.epochs_data[-1]
+
+
 @dataclass
 class SyntheticPool:
     """What the makers share: ``n`` examples in six clusters of unit vectors in ``d`` dimensions,
@@ -99,6 +120,7 @@ MAKERS: dict[Value, Callable[[SyntheticPool, np.random.Generator], Any]] = {
     Value.TASK_OF_EXAMPLE: lambda pool, rng: np.array([TASKS[i % len(TASKS)] for i in range(pool.n)], dtype=object),
     Value.SCORER: lambda pool, rng: lambda chosen, task: pool.task_scores[task][[int(i[2:]) for i in chosen]],
     Value.TRAINER: lambda pool, rng: SyntheticTrainer(pool.x),
+    Value.EPOCH_TRAINER: lambda pool, rng: SyntheticEpochTrainer(pool.task_scores),
 }
 
 

@@ -76,7 +76,7 @@ def two_level_kmeans(
 
 
 def spherical_kmeans(
-    vectors: np.ndarray, n_clusters: int, seed: int, iterations: int = 20
+    vectors: np.ndarray, n_clusters: int, seed: int, iterations: int = 20, init: str = "kmeans++"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(unit centroids [C, d], assignment [N]) of k-means under cosine similarity.
 
@@ -84,15 +84,21 @@ def spherical_kmeans(
     index) and a centroid is the normalised sum of its members, so only directions matter.
     Euclidean k-means on unit rows is not the same: its centroids are shorter than 1 by
     different amounts, which shifts the boundaries. Seeding is k-means++ on the unit rows
-    (squared Euclidean distance there is 2 - 2 cos); a cluster left empty keeps its centroid.
-    The returned assignment is always the argmax against the returned centroids."""
+    (squared Euclidean distance there is 2 - 2 cos), or with ``init="random"`` C distinct rows
+    drawn uniformly (ClusterUCB's reference); a cluster left empty keeps its centroid. The
+    returned assignment is always the argmax against the returned centroids."""
     from scipy.sparse import csr_matrix
     from sklearn.cluster import kmeans_plusplus
 
     x = np.asarray(vectors, dtype=np.float32)
     x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
     n_clusters = max(1, min(n_clusters, len(x)))
-    centroids, _ = kmeans_plusplus(x, n_clusters, random_state=seed)
+    if init not in ("kmeans++", "random"):
+        raise ValueError(f"init: {init!r} is not one of ['kmeans++', 'random']")
+    if init == "random":
+        centroids = x[np.random.default_rng(seed).choice(len(x), n_clusters, replace=False)]
+    else:
+        centroids, _ = kmeans_plusplus(x, n_clusters, random_state=seed)
     assignment = np.argmax(x @ centroids.T, axis=1)
     rows = np.arange(len(x))
     for _ in range(iterations):

@@ -38,7 +38,7 @@ from dsel_assets.pipeline.names import (
     rds_queries_dataset,
     score_table,
 )
-from dsel_assets.pipeline.round_trainer import LoraRoundTrainer
+from dsel_assets.pipeline.round_trainer import LoraEpochTrainer, LoraRoundTrainer
 from dsel_assets.pipeline.stored import (
     fill_rows,
     latest_warmup_manifest,
@@ -90,6 +90,7 @@ class Value(Enum):
     TASK_OF_EXAMPLE = "the task name of each example"
     SCORER = "(drawn ids, task) -> their scores, computed on demand"
     TRAINER = "a RoundTrainer, trained between rounds"
+    EPOCH_TRAINER = "an EpochTrainer: one training run whose data the selector picks between epochs"
 
     def problem(self, loaded: Any, rows: int) -> str | None:
         """Why ``loaded`` is not a value of this kind for a pool of ``rows`` examples, or None."""
@@ -98,8 +99,9 @@ class Value(Enum):
             return None if ok else f"not (query vectors, task per query): {type(loaded).__name__}"
         if self is Value.SCORER:
             return None if callable(loaded) else f"not callable: {type(loaded).__name__}"
-        if self is Value.TRAINER:
-            missing = [m for m in ("train_and_score", "train_and_embed") if not hasattr(loaded, m)]
+        if self is Value.TRAINER or self is Value.EPOCH_TRAINER:
+            needed = ("train_epochs",) if self is Value.EPOCH_TRAINER else ("train_and_score", "train_and_embed")
+            missing = [m for m in needed if not hasattr(loaded, m)]
             return f"a trainer without {missing}" if missing else None
         expected = {
             Value.SCALAR: np.ndarray,
@@ -421,6 +423,29 @@ def round_trainer(ctx: LoadContext) -> tuple[LoraRoundTrainer, DatasetRef]:
     return trainer, DatasetRef("selection_model", selection_model.model, selection_model.identity()["model_hash"])
 
 
+def epoch_trainer(ctx: LoadContext) -> tuple[LoraEpochTrainer, DatasetRef]:
+    """A LoRA run on the selection model over the pool's conversations whose data changes between
+    epochs, scoring with the query rows' gradients under the model as trained (ClusterUCB)."""
+    with ctx.store.session() as db:
+        rows = db.split_rows("pool")
+        queries = query_rows(db)
+    by_id = dict(zip(rows["pool_id"].to_list(), rows["messages"].to_list(), strict=True))
+    selection_model = ctx.selection_model
+    model, tokenizer = selection_model.load()
+    trainer = LoraEpochTrainer(
+        model,
+        tokenizer,
+        [by_id[p] for p in ctx.pool_ids],
+        queries["messages"].to_list(),
+        queries["task"].to_list(),
+        [s or None for s in queries["subtask"].to_list()],
+        ctx.grad_settings.feature_config(),
+        log=ctx.log,
+        max_tokens=selection_model.max_batch_tokens,
+    )
+    return trainer, DatasetRef("selection_model", selection_model.model, selection_model.identity()["model_hash"])
+
+
 def on_demand_less_scorer(ctx: LoadContext) -> tuple[Any, DatasetRef]:
     """A scorer that computes the LESS scores of the examples a method draws (cluster_ucb)."""
     return load_less_scorer(ctx.lance, ctx.store, ctx.pool_ids, ctx.grad_settings, ctx.selection_model)
@@ -692,4 +717,12 @@ declare(
     round_trainer,
     "a LoRA trainer on the selection model, trained between rounds (iterative methods)",
     Value.TRAINER,
+)
+declare(
+    "epoch_trainer",
+    POOL,
+    epoch_trainer,
+    "one LoRA run on the selection model whose data the selector picks between epochs, with LESS scores of the "
+    "model as trained (ClusterUCB's reference loop)",
+    Value.EPOCH_TRAINER,
 )

@@ -1,18 +1,28 @@
-"""The trainer iterative selectors call between rounds (Diversify & Conquer, DiverseEvol):
-LoRA SFT of the selection model on the current selection with the fine-tuning settings and
-trainer every selection's model uses, then the trained model's loss on each selected example,
-or its embedding of the whole pool."""
+"""The trainers iterative selectors call between rounds: LoRA SFT of the selection model on the
+current selection with the fine-tuning settings and trainer every selection's model uses, then
+the trained model's loss on each selected example or its embedding of the whole pool (Diversify
+& Conquer, DiverseEvol), or, epoch by epoch in one run, its LESS scores (ClusterUCB)."""
 
 import copy
 import time
+from dataclasses import replace
 
 import numpy as np
 
+from dsel_assets.core.influence import aggregate_less_scores
+from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.finetune import FinetuneConfig
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.model_embeddings import model_embeddings
 from dsel_assets.core.models.sft import collate, encode_conversation, per_example_loss
-from dsel_assets.core.models.warmup import train_lora
+from dsel_assets.core.models.warmup import adam_moments, train_lora
+
+
+def round_config() -> FinetuneConfig:
+    """One short epoch per round, no dropout, so a round's result depends only on its data."""
+    return FinetuneConfig(
+        epochs=1, lr=2e-4, batch_size=8, max_length=256, lora=LoraSettings(r=8, alpha=32, dropout=0.0)
+    )
 
 
 class LoraRoundTrainer:
@@ -29,10 +39,7 @@ class LoraRoundTrainer:
     ):
         self.base, self.tokenizer, self.conversations = base_model, tokenizer, conversations
         self.max_tokens = max_tokens  # padded tokens per training micro-batch
-        # one short epoch per round; no dropout, so a round's scores depend only on its data
-        self.config = config or FinetuneConfig(
-            epochs=1, lr=2e-4, batch_size=8, max_length=256, lora=LoraSettings(r=8, alpha=32, dropout=0.0)
-        )
+        self.config = config or round_config()
         self.log = log
         self.history: list[dict] = []
 
@@ -82,3 +89,85 @@ class LoraRoundTrainer:
         """Mean-pooled last-layer embeddings of the whole pool by the trained model."""
         model = self._train(selected, round_index)
         return model_embeddings(model, self.tokenizer, self.conversations, "mean", self.config.max_length)
+
+
+class LoraEpochTrainer:
+    """Implements ``core.select.iterative.EpochTrainer``: one LoRA run on the selection model
+    whose data changes between epochs (ClusterUCB's reference trains each epoch on the previous
+    reselection). After each epoch but the last the scorer gives LESS scores under the model as
+    trained: the queries' plain gradients and the pool rows' gradients preconditioned by the
+    run's own Adam moments, cosine, aggregated per task as the influence asset does."""
+
+    def __init__(
+        self,
+        base_model,
+        tokenizer,
+        conversations: list[list[dict]],
+        queries: list[list[dict]],
+        query_tasks: list[str],
+        query_subtasks: list[str | None],
+        features: FeatureConfig,
+        config: FinetuneConfig | None = None,
+        log=print,
+        max_tokens: int | None = None,
+    ):
+        self.base, self.tokenizer, self.conversations = base_model, tokenizer, conversations
+        self.queries, self.query_tasks, self.query_subtasks = queries, query_tasks, query_subtasks
+        self.tasks = list(dict.fromkeys(query_tasks))
+        self.features, self.config = features, config or round_config()
+        self.log, self.max_tokens = log, max_tokens
+        self.history: list[dict] = []
+
+    def _encoded(self, rows: list[int]) -> list:
+        return [
+            e for i in rows if (e := encode_conversation(self.tokenizer, self.conversations[i], self.config.max_length))
+        ]
+
+    def scorer(self, model, moments: dict[str, dict]):
+        """``(rows, task) -> LESS scores`` of pool rows under ``model`` and its Adam ``moments``
+        (each row computed once; NaN where truncation leaves it no response token)."""
+        query_items = [(str(i), m) for i, m in enumerate(self.queries)]
+        chunks = list(gradient_features(model, self.tokenizer, query_items, self.features))
+        found = [int(q) for chunk in chunks for q in chunk.ids]  # longest first: back to query order
+        if len(found) < len(query_items):
+            raise RuntimeError(f"less: {len(query_items) - len(found)} query rows keep no response token")
+        query = np.empty((len(found), chunks[0].features.shape[1]), dtype=np.float32)
+        query[found] = np.concatenate([c.features for c in chunks])
+        cache: dict[int, np.ndarray] = {}
+
+        def score(rows: np.ndarray, task: str) -> np.ndarray:
+            todo = [int(r) for r in dict.fromkeys(np.asarray(rows).tolist()) if int(r) not in cache]
+            items = [(str(r), self.conversations[r]) for r in todo]
+            for chunk in gradient_features(model, self.tokenizer, items, self.features, moments):
+                similarity = chunk.features.astype(np.float32) @ query.T
+                by_task = aggregate_less_scores(similarity, self.query_tasks, self.query_subtasks)
+                table = np.stack([np.asarray(by_task[t], dtype=np.float64) for t in self.tasks], axis=1)
+                cache.update(zip((int(i) for i in chunk.ids), table, strict=True))
+            cache.update((r, np.full(len(self.tasks), np.nan)) for r in todo if r not in cache)
+            column = self.tasks.index(task)
+            return np.array([cache[int(r)][column] for r in rows], dtype=np.float64)
+
+        return score
+
+    def train_epochs(self, first: list[int], epochs: int, reselect) -> list[int]:
+        current = list(first)
+
+        def next_epoch(epoch: int, model, optimizer) -> list:
+            nonlocal current
+            started = time.perf_counter()
+            current = list(reselect(epoch, self.scorer(model, adam_moments(model, optimizer))))
+            optimizer.zero_grad(set_to_none=True)  # the features' backward passes leave nothing behind
+            self.history.append({"round": epoch, "examples": len(current), "seconds": time.perf_counter() - started})
+            return self._encoded(current)
+
+        train_lora(
+            copy.deepcopy(self.base),
+            self._encoded(current),
+            replace(self.config, epochs=epochs),
+            self.tokenizer.pad_token_id,
+            self.log,
+            label="cluster_ucb",
+            max_tokens=self.max_tokens,
+            next_epoch=next_epoch,
+        )
+        return current

@@ -10,9 +10,11 @@ import pytest
 from dsel_assets.core.clustering import spherical_kmeans
 from dsel_assets.core.select import build_config, get
 from dsel_assets.core.select.cluster_ucb import ClusterUcbConfig, cluster_ucb_draws
+from dsel_assets.core.select.knn_tsds import CheckpointFeatures
 from resources.store import open_state
 
 from ..helpers import pool_ids
+from ..representation_fixtures import SyntheticEpochTrainer
 
 
 def directions(n_dirs=10, per=30, seed=0):
@@ -144,6 +146,17 @@ def test_spherical_kmeans_assigns_by_cosine_like_brute_force():
     assert any(len(set(direction[euclidean == c])) > 1 for c in range(4))
 
 
+def test_spherical_kmeans_random_seeding_starts_from_drawn_rows():
+    x, _ = directions(n_dirs=4, per=25, seed=4)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    start = unit[np.random.default_rng(3).choice(len(x), 4, replace=False)]
+    centroids, assignment = spherical_kmeans(x, 4, seed=3, iterations=0, init="random")
+    np.testing.assert_allclose(centroids, start, atol=1e-6)  # no iteration: the drawn rows themselves
+    assert assignment.tolist() == np.argmax(unit @ start.T, axis=1).tolist()
+    with pytest.raises(ValueError, match=r"init: 'forgy' is not one of \['kmeans\+\+', 'random'\]"):
+        spherical_kmeans(x, 4, seed=3, init="forgy")
+
+
 def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, tmp_path):
     """Asset level: warmup, pool and query gradient features and the influence asset on the
     tiny model give the full-pool LESS scores; the scorer the cluster_ucb asset loads must
@@ -204,3 +217,74 @@ def test_on_demand_scorer_equals_full_pool_less_scores_on_the_tiny_model(home, t
     assert ref.name == "less_scorer"
     with pytest.raises(ValueError, match="task: 'nope' is not one of"):
         scorer(asked, "nope")
+
+    # the epoch trainer's scorer, given a warmup checkpoint's model and Adam moments, gives the
+    # LESS scores the on-demand scorer gives for that checkpoint alone (its query features computed
+    # from the model, the on-demand scorer's read from the stored ones)
+    epoch = scorer.checkpoints[0][0]
+    scorer.checkpoints, scorer.weights, scorer.cache = scorer.checkpoints[:1], {epoch: 1.0}, {}
+    trainer, _ = load_representation(
+        "epoch_trainer",
+        resources["lance"],
+        resources["store"],
+        pool_ids,
+        resources["grad_settings"],
+        resources["selection_model"],
+    )
+    for task in sorted({t for _, t in less}):
+        expected = scorer(asked, task)  # loads the checkpoint's adapter into scorer.model
+        rows = np.array([pool_ids.index(p) for p in asked])
+        got = trainer.scorer(scorer.model, scorer.states[epoch])(rows, task)
+        np.testing.assert_allclose(got, expected, atol=2e-3)
+
+    # the reference's loop end to end: LESS top-k for epoch 1, one reselection after it
+    params = ["--param", "n_clusters=3", "--param", "budget_frac=0.5", "--param", "epochs=2"]
+    assert main(["select", "--method", "cluster_ucb_epochs", *tiny, *params]) == 0
+    with open_state(home.duckdb, read_only=True) as db:
+        picked = db.rows_matching("selections", ["pool_id", "diagnostics"], {"method": "cluster_ucb_epochs"}).rows()
+    diagnostics = json.loads(picked[0][1])
+    assert len(picked) == 5 and diagnostics["epochs"] == 2
+    assert len(diagnostics["rewards_computed"]) == 1 and 5 <= diagnostics["rewards_computed"][0] < n
+
+
+def test_cluster_ucb_epochs_trains_on_less_top_k_then_reselects_on_each_epochs_rewards():
+    x, _ = directions()
+    n = len(x)
+    rng = np.random.default_rng(4)
+    less = {"t": rng.uniform(-1, 1, n), "u": rng.uniform(-1, 1, n)}
+    less["t"][:5] = np.nan  # no warmup LESS score: never selected
+    late = np.full_like(x, np.nan)  # only the earliest checkpoint is clustered: a NaN later one changes nothing
+    features = CheckpointFeatures((x, late), (0.5, 0.5))
+    config = build_config("cluster_ucb_epochs", {"task": "t", "n_clusters": 10, "epochs": 3, "budget_frac": 0.3})
+    trainer = SyntheticEpochTrainer(less)
+    sel = get("cluster_ucb_epochs").select(
+        pool_ids(n), 12, config, pool_checkpoint_gradients=features, less_scores=less, epoch_trainer=trainer
+    )
+    # the loop, transcribed: epoch 1 trains on the top 12 by the warmup's score, then after
+    # epochs 1 and 2 the bandit (clusters of checkpoint 0, random seeding) draws with that epoch's
+    # rewards, and its top 12 by reward are the next epoch's data
+    valid = np.arange(5, n)
+    assert trainer.epochs_data[0] == valid[np.argsort(-less["t"][valid], kind="stable")[:12]].tolist()
+    _, assignment = spherical_kmeans(x[valid], 10, 0, 20, "random")
+    computed = []
+    for epoch in (1, 2):
+        draws = cluster_ucb_draws(assignment, lambda rows, e=epoch: trainer.scores(e, valid[rows], "t"), config)
+        drawn = np.array(sorted(draws.rewards))
+        rewards = np.array([draws.rewards[int(i)] for i in drawn])
+        top = valid[drawn[np.lexsort((valid[drawn], -rewards))[:12]]]
+        assert trainer.epochs_data[epoch] == top.tolist()
+        computed.append(len(draws.rewards))
+    assert sel.ids == [f"p{i:03d}" for i in trainer.epochs_data[2]]
+    assert len(trainer.epochs_data) == 3 and trainer.epochs_data[1] != trainer.epochs_data[2]
+    assert sel.diagnostics["rewards_computed"] == computed and computed[0] < n * 0.3
+    with pytest.raises(ValueError, match="epochs: 1; at least 2"):
+        build_config("cluster_ucb_epochs", {"task": "t", "epochs": 1})
+    with pytest.raises(ValueError, match="task: 'v' is not one of"):
+        get("cluster_ucb_epochs").select(
+            pool_ids(n),
+            12,
+            build_config("cluster_ucb_epochs", {"task": "v"}),
+            pool_checkpoint_gradients=features,
+            less_scores=less,
+            epoch_trainer=trainer,
+        )

@@ -73,16 +73,24 @@ class Checkpoint:
     lr_mean: float
 
 
+def adam_moments(model, optimizer) -> dict[str, dict]:
+    """The optimizer's Adam moments of every LoRA weight, ``{"exp_avg": {name: tensor},
+    "exp_avg_sq": {...}}`` (float32, CPU): what LESS's pool features are preconditioned with."""
+    state: dict[str, dict] = {"exp_avg": {}, "exp_avg_sq": {}}
+    for name, param in lora_parameters(model):
+        entry = optimizer.state.get(param, {})
+        for key in state:
+            state[key][name] = entry[key].detach().float().cpu().contiguous()
+    return state
+
+
 def _save_checkpoint(model, optimizer, path: Path, lr_mean: float, epoch: int) -> Checkpoint:
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path / ADAPTER_DIR)
-    state = {}
-    for name, param in lora_parameters(model):
-        entry = optimizer.state.get(param, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            state[f"{key}/{name}"] = entry[key].detach().float().cpu().contiguous()
+    moments = adam_moments(model, optimizer)
+    state = {f"{key}/{name}": tensor for key, by_name in moments.items() for name, tensor in by_name.items()}
     save_file(state, str(path / OPTIMIZER_FILE), metadata={"lr_mean": repr(lr_mean), "epoch": str(epoch)})
     return Checkpoint(epoch, path, lr_mean)
 
@@ -143,11 +151,14 @@ def train_lora(
     label: str = "train",
     on_step: Callable[[int, int], None] | None = None,
     max_tokens: int | None = None,
+    next_epoch: Callable[[int, object, object], list[Encoded]] | None = None,
 ):
     """LoRA SFT on ``encoded``: AdamW, linear schedule with warm-up, length-bucketed batches in
     seeded random order, loss on response tokens. ``on_epoch(epoch, model, optimizer,
     mean_lr)`` runs after each epoch, ``on_step(steps done, steps in all)`` after each
-    optimizer step. A batch's gradient is formed in micro-batches of at most ``max_tokens``
+    optimizer step; ``next_epoch(epoch, model, optimizer)``, after each epoch but the last,
+    gives the data of the next (ClusterUCB's reselection; the schedule is planned from the
+    first epoch's size). A batch's gradient is formed in micro-batches of at most ``max_tokens``
     padded tokens (default ``MICRO_BATCH_TOKENS``): the same update with a bounded memory.
     Returns (peft model, loss curve)."""
     import torch
@@ -194,6 +205,11 @@ def train_lora(
         )
         if on_epoch is not None:
             on_epoch(epoch, model, optimizer, float(np.mean(lrs)))
+        if next_epoch is not None and epoch < config.epochs:
+            encoded = next_epoch(epoch, model, optimizer)
+            if not encoded:
+                raise ValueError(f"{label}: no trainable examples for epoch {epoch + 1}")
+            model.train()
     model.eval()
     return model, curve
 

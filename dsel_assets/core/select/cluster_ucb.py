@@ -2,7 +2,12 @@
 computes the expensive reward (an example's LESS score) for only a fraction of the pool.
 Pool gradient features are clustered by cosine; each cluster is a bandit arm, and draws go
 to the arm whose rewards so far have the highest mean + beta * std. The selection is the
-top k by reward among the drawn examples."""
+top k by reward among the drawn examples.
+
+``cluster_ucb`` selects once, before any fine-tune, on the warmup's rewards (cheap). The
+reference reselects while it trains: ``cluster_ucb_epochs`` trains epoch by epoch and reruns
+the bandit after each epoch but the last on the current model's rewards, with clusters of the
+earliest warmup checkpoint's features; its selection is the last epoch's data."""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import numpy as np
 
 from ..clustering import spherical_kmeans
 from .base import Selection, check_inputs
+from .iterative import EpochTrainer, RowScorer
+from .knn_tsds import CheckpointFeatures
 from .registry import register
 
 #: ``(pool ids, task) -> LESS score of each id for that task`` (NaN: the example has no
@@ -153,6 +160,92 @@ def select(ids, k: int, config: ClusterUcbConfig, *, pool_gradients: np.ndarray,
             "bandit_draws": len(draws.pulls),
             "clusters": len(np.unique(assignment)),
             "no_feature": len(ids) - len(valid) + int((~finite).sum()),
+            "task": config.task,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class ClusterUcbEpochsConfig(ClusterUcbConfig):
+    epochs: int = field(
+        default=4, metadata={"help": "training epochs; the bandit reselects after each but the last (reference 4)"}
+    )
+    init: str = field(
+        default="random", metadata={"help": "k-means seeding: random (rows drawn uniformly, the reference) | kmeans++"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epochs < 2:
+            raise ValueError(f"cluster_ucb_epochs.epochs: {self.epochs}; at least 2 (one reselection)")
+        if self.init not in ("random", "kmeans++"):
+            raise ValueError(f"cluster_ucb_epochs.init: {self.init!r} is not one of ['random', 'kmeans++']")
+
+
+@register(
+    "cluster_ucb_epochs",
+    family="iterative",
+    config=ClusterUcbEpochsConfig,
+    needs=("pool_checkpoint_gradients", "less_scores", "epoch_trainer"),
+    description="ClusterUCB as its reference runs it: epoch 0 on LESS top-k, then after each training epoch the "
+    "bandit reselects on the current model's LESS rewards; the last epoch's data.",
+    reference="ClusterUCB, Wang et al. 2025 (ZigeW/ClusterUCB), arXiv 2506.10288",
+)
+def select_epochs(
+    ids,
+    k: int,
+    config: ClusterUcbEpochsConfig,
+    *,
+    pool_checkpoint_gradients: CheckpointFeatures,
+    less_scores: dict[str, np.ndarray],
+    epoch_trainer: EpochTrainer,
+) -> Selection:
+    """Epoch 1 trains on the top k by the warmup's LESS score for ``task``; after each epoch
+    but the last, the bandit (clusters of the earliest checkpoint's features, ``init``
+    seeding) draws with the scorer of the model trained so far, and its top k by reward are the
+    next epoch's data. Rows without a feature or a LESS score are never selected."""
+    if not config.task:
+        raise ValueError("cluster_ucb_epochs.task: required (a task of the query set)")
+    if config.task not in less_scores:
+        raise ValueError(f"cluster_ucb_epochs.task: {config.task!r} is not one of {sorted(less_scores)}")
+    ids = check_inputs(ids, pool_checkpoint_gradients=pool_checkpoint_gradients, less_scores=less_scores[config.task])
+    early = np.asarray(pool_checkpoint_gradients.features[0], dtype=np.float32)
+    first_scores = np.asarray(less_scores[config.task], dtype=np.float64)
+    valid = np.flatnonzero(np.isfinite(early).all(axis=1) & (np.abs(early).sum(axis=1) > 0) & np.isfinite(first_scores))
+    empty = {"eligible": 0, "epochs": config.epochs, "rewards_computed": [], "task": config.task}
+    if len(valid) == 0 or k == 0:
+        return Selection("cluster_ucb_epochs", [], [], diagnostics=empty)
+    k = min(k, len(valid))
+    _, assignment = spherical_kmeans(early[valid], config.n_clusters, config.seed, 20, config.init)
+    first = valid[np.lexsort((valid, -first_scores[valid]))[:k]]
+    computed: list[int] = []
+    last: dict[str, np.ndarray] = {}
+
+    def reselect(epoch: int, scorer: RowScorer) -> list[int]:
+        draws = cluster_ucb_draws(assignment, lambda rows: scorer(valid[rows], config.task), config)
+        scored = np.array(sorted(draws.rewards), dtype=np.int64)
+        values = np.array([draws.rewards[int(i)] for i in scored], dtype=np.float64)
+        scored, values = scored[np.isfinite(values)], values[np.isfinite(values)]
+        top = np.lexsort((valid[scored], -values))[:k]
+        computed.append(len(draws.rewards))
+        last.update(rows=valid[scored[top]], values=values[top], eligible=len(scored))
+        return [int(r) for r in last["rows"]]
+
+    rows = epoch_trainer.train_epochs([int(r) for r in first], config.epochs, reselect)
+    if [int(r) for r in last["rows"]] != list(rows):
+        raise RuntimeError("cluster_ucb_epochs: the trainer's last epoch is not the bandit's last selection")
+    return Selection(
+        "cluster_ucb_epochs",
+        [str(i) for i in ids[last["rows"]]],
+        last["values"].tolist(),
+        diagnostics={
+            "eligible": last["eligible"],  # the last draw's rows with a reward: all a selection can hold
+            "with_feature": len(valid),
+            "epochs": config.epochs,
+            "rewards_computed": computed,
+            "scored_fraction": [c / len(ids) for c in computed],
+            "clusters": len(np.unique(assignment)),
+            "epoch_1_overlap": len(set(first.tolist()) & set(last["rows"].tolist())) / k,
             "task": config.task,
         },
     )
