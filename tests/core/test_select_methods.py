@@ -405,6 +405,23 @@ def test_novelselect_and_novelsum_by_hand():
     assert novelsum(x[:4], NovelSelectConfig(neighbors=1)) == pytest.approx(1.02138, abs=1e-4)
 
 
+def test_novelselect_density_ignores_exact_copies_as_the_reference_index_does():
+    from dsel_assets.core.select.novelselect import density
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(200, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.concatenate([x, np.repeat(x[:1], 11, axis=0)])  # 11 copies of row 0
+    # brute force over the distinct vectors: mean squared distance to the 10 nearest others
+    distinct = np.unique(x, axis=0)
+    squared = ((distinct[:, None, :] - distinct[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(squared, np.inf)
+    by_vector = {v.tobytes(): 1 / np.sort(d)[:10].mean() for v, d in zip(distinct, squared, strict=True)}
+    expected = np.array([by_vector[v.tobytes()] for v in x])
+    np.testing.assert_allclose(density(x, 10, 1.0), expected, rtol=1e-4)
+    assert density(x, 10, 1.0)[200:].max() < 2 * np.median(expected)  # the copies are not the densest
+
+
 def test_g2is_budgets_sum_exactly_and_sets_satisfy_both_constraints():
     from dsel_assets.core.select.g2is import G2isConfig, component_budgets, g2is_order
 

@@ -34,24 +34,26 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
 
-def density(x: np.ndarray, neighbors: int, beta: float, block: int = 2048) -> np.ndarray:
-    """sigma per point; the point itself is excluded explicitly (its own column masked), not
-    by dropping the first hit (duplicates would make that drop a different point)."""
+def density(x: np.ndarray, neighbors: int, beta: float) -> np.ndarray:
+    """sigma per point: 1 / (mean squared L2 distance to its ``neighbors`` nearest distinct
+    vectors) ** beta. As the reference, the index holds each distinct vector once and a point's
+    own vector is left out, so exact copies are never each other's neighbours (counted, K copies
+    would put a point at distance 0 and give it the largest density of the pool by far)."""
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n = len(x)
-    k = min(neighbors, n - 1)
+    distinct, which = np.unique(x, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    k = min(neighbors, len(distinct) - 1)
     if k < 1:
-        return np.ones(n)
+        return np.ones(len(x))
     index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    dist, nbrs = index.search(x, k + 1)
-    out = np.empty(n)
-    for i in range(n):
-        keep = nbrs[i] != i
-        out[i] = np.maximum(dist[i][keep][:k], 0).mean()
-    return 1.0 / np.power(np.maximum(out, 1e-12), beta)
+    index.add(distinct)
+    dist, nbrs = index.search(distinct, k + 1)
+    mean = np.empty(len(distinct))
+    for i in range(len(distinct)):
+        mean[i] = np.maximum(dist[i][nbrs[i] != i][:k], 0).mean()
+    return (1.0 / np.power(np.maximum(mean, 1e-12), beta))[which]
 
 
 def rank_weights(m: int, alpha: float) -> np.ndarray:
