@@ -245,6 +245,24 @@ def test_nuggets_cached_batched_equals_the_naive_loop(tiny):
     assert np.isnan(too_long).all() and "max_length=20" in why[0]
 
 
+def test_nuggets_anchors_score_their_last_answer_and_leave_out_those_too_long_to_pair(tiny):
+    from dsel_assets.core.models.nuggets import prepare_anchors
+
+    _, tokenizer = tiny
+    two_turns = qa("Go north.", "Done.") + qa("And back?", "Back home now, after a long walk.")
+    last_turn = qa("And back?", "Back home now, after a long walk.")
+    multi, single = prepare_anchors(tokenizer, [two_turns, last_turn], 512)
+    # the scored tokens are the last assistant turn's, the same number in both renderings (the
+    # second user turn and the headers before the answer are not scored)
+    assert multi.n_answer == single.n_answer
+    assert multi.zero_shot_ids[-multi.n_answer :] == single.zero_shot_ids[-single.n_answer :]
+    long = qa("Tell me everything. " * 40, "Fine.")
+    kept = prepare_anchors(tokenizer, [long, last_turn], 128)
+    assert [a.messages for a in kept] == [last_turn]  # the long one would leave no room for a demonstration
+    with pytest.raises(ValueError, match="none of 1 fits in half of max_length=128"):
+        prepare_anchors(tokenizer, [long], 128)
+
+
 def test_data_whisperer_weights_metric_and_determinism(tiny):
     from dsel_assets.core.data.synthetic import generate
     from dsel_assets.core.models.data_whisperer import answer_metric, demo_weights, whisperer_scores

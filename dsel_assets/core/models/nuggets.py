@@ -27,13 +27,19 @@ class Anchor:
 
 
 def prepare_anchors(tokenizer, anchors: list[list[dict]], max_length: int) -> list[Anchor]:
+    """The anchors that leave a demonstration room: an anchor whose rendering takes more than
+    half of ``max_length`` tokens is left out (kept, every demonstration would fail the length
+    check and every score would be undefined); none left is an error. An anchor is scored on its
+    final answer, the tokens of its last assistant turn, as the reference scores its response."""
     prepared = []
     for messages in anchors:
         enc = encode_conversation(tokenizer, messages, max_length)
-        if enc is None or enc.labels[-1] == -100:
-            raise ValueError("anchors: every anchor needs an answer that fits max_length")
-        n_answer = len(enc.labels) - next(i for i, x in enumerate(enc.labels) if x != -100)
+        if enc is None or enc.labels[-1] == -100 or len(enc.input_ids) > max_length // 2:
+            continue  # truncated inside (or before) its answer, or too long to pair with a demonstration
+        n_answer = next(i for i, x in enumerate(reversed(enc.labels)) if x == -100)  # the trailing answer
         prepared.append(Anchor(messages, enc.input_ids, n_answer))
+    if not prepared:
+        raise ValueError(f"anchors: none of {len(anchors)} fits in half of max_length={max_length} tokens")
     return prepared
 
 

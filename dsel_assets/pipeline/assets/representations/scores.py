@@ -429,7 +429,13 @@ def golden_score(
 
     with tracker.run(
         context,
-        params={"anchors": config.anchors, "n_anchors": len(anchors), "anchor_set": anchor_set, **identity},
+        params={
+            "anchors": config.anchors,
+            "n_anchors": len(anchors),
+            "anchors_left_out": len(anchor_messages) - len(anchors),
+            "anchor_set": anchor_set,
+            **identity,
+        },
     ) as run:
         done = score_resumably(context, store, "golden_score", items, keep, scorer, "golden_score")
         mean = done.stats.mean  # NaN: no defined score at all
@@ -439,6 +445,7 @@ def golden_score(
         metadata={
             **done.metadata(),
             "anchors": len(anchors),
+            "anchors_left_out": len(anchor_messages) - len(anchors),  # longer than half of max_length
             "anchor_set": anchor_set,
             "mean_golden_score": mean,
             **identity,
