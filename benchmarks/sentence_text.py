@@ -10,6 +10,9 @@ round of a three-round run at the budget (5% by default) is then taken under fou
 - the reference's clustering (K = 512, 300 iterations, 5 fits, ``round0=floor``) on conversations;
 - the reference: instruction text and its clustering.
 
+Texts are cut at 2,000 characters before tokenizing: MiniLM reads at most 256 word pieces
+(about 1,000-1,300 characters of English prose), so the cut changes a vector only where 256
+pieces span more than 2,000 characters, and spares tokenizing the longest conversations whole.
 The first round is what the first training round sees: the selector runs with a trainer that
 records the rows it is asked to train on and stops the run. Printed: the machine's load, the
 time spent embedding, each setting's first-round size, and the overlap |A & B| / |A| of each
@@ -94,7 +97,7 @@ def main() -> int:
     k = round(args.budget * len(pool))
     vectors = {}
     for text in ("conversation", "instruction"):
-        vectors[text], seconds = embeddings([example_text(m, text) for m in pool], args.cache, text)
+        vectors[text], seconds = embeddings([example_text(m, text)[:2000] for m in pool], args.cache, text)
         print(f"{text}: {len(pool):,} examples embedded in {seconds:.0f} s")
     settings = {
         "dsel (conversation, K=100)": ("conversation", {}),

@@ -347,7 +347,7 @@ class GoldenScoreConfig(dg.Config):
 @model_asset(
     deps=[POOL, SENTENCE_EMBEDDINGS],
     group_name=REPRESENTATIONS,
-    code_version="golden_score-2",
+    code_version="golden_score-3",
     kinds={"duckdb"},
     tags={"dsel/cost": "high"},
     description="Nuggets golden score: share of anchor tasks whose answer log-prob rises with the example as a "
