@@ -417,10 +417,16 @@ def test_pre_experience_sample_takes_the_middle_perplexity_band_of_each_cluster(
     assert sorted(perplexity[rows[rows >= 20]].tolist()) == [6.0, 9.0, 12.0, 15.0]
     everything, _ = pre_experience_sample(embeddings, perplexity, n_clusters=2, per_cluster=10)
     assert len(everything) == 19  # a band smaller than per_cluster is taken whole
-    # a two-member cluster has no member inside its interpolated band: it gives one anyway
+    # clusters of fewer than per_cluster members are taken whole (the reference's rule) ...
     pair = np.array([[0.0, 0.0], [0.0, 0.01], [9.0, 9.0], [9.0, 9.01], [9.0, 9.02]], dtype=np.float32)
-    rows, cluster = pre_experience_sample(pair, np.array([3.0, 5.0, 1.0, 2.0, 3.0]), n_clusters=2, per_cluster=10)
-    assert len(set(cluster[rows].tolist())) == 2 and len(rows) == 2
+    values = np.array([3.0, 5.0, 1.0, 2.0, 3.0])
+    rows, cluster = pre_experience_sample(pair, values, n_clusters=2, per_cluster=10)
+    assert rows.tolist() == [0, 1, 2, 3, 4]
+    # ... and a two-member cluster, none of it inside its interpolated band, still gives one
+    rows, cluster = pre_experience_sample(pair, values, n_clusters=2, per_cluster=2)
+    # the pair (3, 5): band [3.5, 4.5] is empty, the member nearest the median 4 is the first, row 0;
+    # the triple (1, 2, 3): band [1.5, 2.5] holds row 3 alone
+    assert rows.tolist() == [0, 3] and len(set(cluster[rows].tolist())) == 2
     with pytest.raises(ValueError, match="per_cluster"):
         pre_experience_sample(embeddings, perplexity, per_cluster=0)
 

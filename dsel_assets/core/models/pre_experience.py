@@ -23,8 +23,9 @@ def pre_experience_sample(
     cluster's 25th and 75th percentiles (inclusive) are kept, ordered by perplexity, and up to
     ``per_cluster`` of them are taken evenly spaced over that order, so the sample spans the
     middle band rather than one point of it. (The paper says "evenly"; ordering by perplexity
-    is our reading, stated here because the order decides which rows are taken.) A cluster
-    too small to have a member inside its band (two members) gives its member nearest the
+    is our reading, stated here because the order decides which rows are taken.) A cluster of
+    fewer than ``per_cluster`` members is taken whole, as the reference does; one whose band
+    holds no member (two members, with ``per_cluster`` <= 2) gives its member nearest the
     median, so every cluster is represented. Rows with an undefined perplexity (NaN) take no
     part and get cluster -1.
     """
@@ -42,6 +43,9 @@ def pre_experience_sample(
     chosen: list[int] = []
     for c in np.unique(assignment):
         members = defined[assignment == c]
+        if len(members) < per_cluster:
+            chosen += members.tolist()
+            continue
         values = perplexity[members]
         low, high = np.percentile(values, [25, 75])
         band = members[(values >= low) & (values <= high)]

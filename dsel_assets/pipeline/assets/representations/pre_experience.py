@@ -64,7 +64,7 @@ class PreExperienceConfig(dg.Config):
     name=PRE_EXPERIENCED_MODEL,
     deps=[POOL, MODEL_EMBEDDINGS, LOSS_SCORES],
     group_name=MODELS,
-    code_version="cherry_pre_experienced_model-1",
+    code_version="cherry_pre_experienced_model-2",
     kinds={"duckdb"},
     tags={"dsel/cost": "high"},
     description="Cherry pre-experience: k-means on model embeddings, per cluster up to 10 examples evenly spaced "
