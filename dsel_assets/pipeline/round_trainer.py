@@ -86,9 +86,12 @@ class LoraRoundTrainer:
         return np.where(np.isfinite(scores), scores, finite.mean() if len(finite) else 0.0)
 
     def train_and_embed(self, selected: list[int], round_index: int) -> np.ndarray:
-        """Mean-pooled last-layer embeddings of the whole pool by the trained model."""
+        """Mean-pooled last-layer embeddings of the whole pool by the trained model, not
+        normalised: DiverseEvol's reference runs k-center on the raw vectors."""
         model = self._train(selected, round_index)
-        return model_embeddings(model, self.tokenizer, self.conversations, "mean", self.config.max_length)
+        return model_embeddings(
+            model, self.tokenizer, self.conversations, "mean", self.config.max_length, normalise=False
+        )
 
 
 class LoraEpochTrainer:

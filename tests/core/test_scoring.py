@@ -197,6 +197,11 @@ def test_model_embedding_poolings(tiny):
     b = model_embeddings(model, tokenizer, convs, "mean", batch_size=5)
     np.testing.assert_allclose(a, b, atol=1e-5)  # batching and padding do not change an embedding
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    # as pooled (DiverseEvol's k-center space): the same directions, the hidden states' own lengths
+    raw = model_embeddings(model, tokenizer, convs, "mean", batch_size=2, normalise=False)
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    np.testing.assert_allclose(raw / norms, a, atol=1e-5)
+    assert np.abs(norms - 1).max() > 0.1
     with pytest.raises(ValueError, match="pooling"):
         pool_hidden(hidden, mask, "max")
 

@@ -50,11 +50,12 @@ def model_embeddings(
     max_length: int = 512,
     batch_size: int | Batching = 8,
     bos: bool = False,
+    normalise: bool = True,
 ) -> np.ndarray:
-    """L2-normalised float32 embeddings, one row per conversation (in input order), of its
-    first ``max_length`` tokens (at most the model's context); ``bos``: see :func:`embedding_ids`
-    (RDS+'s reference tokenizes with BOS); ``batch_size``: conversations per forward, or a
-    :class:`~.batching.Batching`."""
+    """L2-normalised float32 embeddings (as pooled, with ``normalise=False``), one row per
+    conversation (in input order), of its first ``max_length`` tokens (at most the model's
+    context); ``bos``: see :func:`embedding_ids` (RDS+'s reference tokenizes with BOS);
+    ``batch_size``: conversations per forward, or a :class:`~.batching.Batching`."""
     import torch
 
     from .sft import _backbone_and_head
@@ -75,7 +76,7 @@ def model_embeddings(
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
             ).last_hidden_state
             pooled = pool_hidden(hidden.float(), batch["attention_mask"].to(device), pooling)
-            return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
+            return (torch.nn.functional.normalize(pooled, dim=1) if normalise else pooled).cpu().numpy()
 
     for group, rows in Batching.of(batch_size).run([len(e.input_ids) for e in encoded], embed):
         out[group] = rows
