@@ -127,7 +127,7 @@ UNCERTAINTY = ("min_margin", "mean_margin", "mean_entropy", "least_confidence")
 @dataclass(frozen=True)
 class UncertaintyConfig:
     score: Literal["min_margin", "mean_margin", "mean_entropy", "least_confidence"] = field(
-        default="min_margin", metadata={"help": "which uncertainty (min margin: the paper's best)"}
+        default="min_margin", metadata={"help": "which uncertainty score ranks the pool"}
     )
 
 
@@ -141,7 +141,7 @@ class UncertaintyConfig:
 )
 def uncertainty(ids, k: int, config: UncertaintyConfig, *, uncertainty: dict[str, np.ndarray]) -> Selection:
     """Margins: smaller = more uncertain (ascending); entropy and least confidence
-    (``-prod p``, so higher = less confident): larger = more uncertain (descending)."""
+    (``-sum log p(top1)``, monotone in ``-prod p(top1)``): larger = more uncertain (descending)."""
     if config.score not in uncertainty:
         raise ValueError(f"uncertainty.score: {config.score!r} is not one of {sorted(uncertainty)}")
     values = np.asarray(uncertainty[config.score], dtype=np.float64)
