@@ -1,6 +1,7 @@
-"""kMQ (for-ai/iterative-data-selection): k-means clusters, an equal quota per cluster
-(unused quota redistributed), members drawn without replacement with probability
-proportional to exp(quality)."""
+"""kMQ (for-ai/iterative-data-selection): k-means clusters, an equal quota per cluster,
+members drawn without replacement with probability proportional to exp(quality). Unlike the
+reference, which takes int(budget / K) per cluster and leaves the rest, the quota a small
+cluster cannot fill goes to the others, so the budget is met."""
 
 from __future__ import annotations
 
