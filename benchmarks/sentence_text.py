@@ -17,7 +17,10 @@ The first round is what the first training round sees: the selector runs with a 
 records the rows it is asked to train on and stops the run. Printed: the machine's load, the
 time spent embedding, each setting's first-round size, and the overlap |A & B| / |A| of each
 setting's rows with dsel's (A = dsel's); a second seed of dsel's setting gives the overlap two
-draws of the same setting reach, the floor the others are read against.
+draws of the same setting reach. The first round draws at random within clusters, so overlap
+sits near chance (|B| / N) for any two settings; what a setting changes shows instead in the
+partition (adjusted mutual information of the k-means clusterings, 1 = the same partition)
+and in the mix of source files the first round takes, printed beside the pool's.
 
 Usage: python benchmarks/sentence_text.py [--budget 0.05] [--cache DIR]
 """
@@ -93,7 +96,9 @@ def main() -> int:
     from dsel_assets.core.data.validate import validate_file
 
     print(f"load average at start: {os.getloadavg()}, cores: {os.cpu_count()}")
-    pool = [r["messages"] for p in expand_paths([SHARED / "pool"]) for r in validate_file(p).accepted]
+    files = [(p.stem, r["messages"]) for p in expand_paths([SHARED / "pool"]) for r in validate_file(p).accepted]
+    pool = [m for _, m in files]
+    source = np.array([name for name, _ in files])
     k = round(args.budget * len(pool))
     vectors = {}
     for text in ("conversation", "instruction"):
@@ -118,6 +123,31 @@ def main() -> int:
     reference = set(rounds["reference (instruction, K=512, floor)"])
     instruction = set(rounds["instruction text, K=100"])
     print(f"  instruction K=100 vs reference: {len(instruction & reference) / max(len(instruction), 1):.3f}")
+    print(
+        f"  chance: {len(base) / len(pool):.3f} for {len(base)} rows, {2 * len(base) / len(pool):.3f} for twice as many"
+    )
+
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from dsel_assets.core.clustering import kmeans
+
+    partitions = {
+        "conversation, K=100": kmeans(vectors["conversation"], 100, 0)[1],
+        "instruction, K=100": kmeans(vectors["instruction"], 100, 0)[1],
+        "instruction, K=512, 300 it, 5 fits": kmeans(vectors["instruction"], 512, 0, 300, 5)[1],
+    }
+    names = list(partitions)
+    print("\nadjusted mutual information between the clusterings:")
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            print(f"  {a} vs {b}: {adjusted_mutual_info_score(partitions[a], partitions[b]):.3f}")
+    print("\nsource mix (share of rows per source file):")
+    files_order = sorted(set(source.tolist()))
+    print(f"  {'setting':40s} " + " ".join(f"{f[:14]:>14s}" for f in files_order))
+    mixes = {"pool": np.arange(len(pool)), **{label: np.array(rows) for label, rows in rounds.items()}}
+    for label, rows in mixes.items():
+        shares = [np.mean(source[rows] == f) for f in files_order]
+        print(f"  {label[:40]:40s} " + " ".join(f"{share:14.3f}" for share in shares))
     print(f"load average at end: {os.getloadavg()}")
     return 0
 
