@@ -279,6 +279,8 @@ def test_cluster_ucb_epochs_trains_on_less_top_k_then_reselects_on_each_epochs_r
     assert sel.diagnostics["rewards_computed"] == computed and computed[0] < n * 0.3
     with pytest.raises(ValueError, match="epochs: 1; at least 2"):
         build_config("cluster_ucb_epochs", {"task": "t", "epochs": 1})
+    with pytest.raises(ValueError, match="init"):
+        build_config("cluster_ucb_epochs", {"task": "t", "init": "forgy"})
     with pytest.raises(ValueError, match="task: 'v' is not one of"):
         get("cluster_ucb_epochs").select(
             pool_ids(n),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -170,7 +171,7 @@ class ClusterUcbEpochsConfig(ClusterUcbConfig):
     epochs: int = field(
         default=4, metadata={"help": "training epochs; the bandit reselects after each but the last (reference 4)"}
     )
-    init: str = field(
+    init: Literal["random", "kmeans++"] = field(
         default="random", metadata={"help": "k-means seeding: random (rows drawn uniformly, the reference) | kmeans++"}
     )
 
@@ -178,8 +179,6 @@ class ClusterUcbEpochsConfig(ClusterUcbConfig):
         super().__post_init__()
         if self.epochs < 2:
             raise ValueError(f"cluster_ucb_epochs.epochs: {self.epochs}; at least 2 (one reselection)")
-        if self.init not in ("random", "kmeans++"):
-            raise ValueError(f"cluster_ucb_epochs.init: {self.init!r} is not one of ['random', 'kmeans++']")
 
 
 @register(
@@ -187,8 +186,8 @@ class ClusterUcbEpochsConfig(ClusterUcbConfig):
     family="iterative",
     config=ClusterUcbEpochsConfig,
     needs=("pool_checkpoint_gradients", "less_scores", "epoch_trainer"),
-    description="ClusterUCB as its reference runs it: epoch 0 on LESS top-k, then after each training epoch the "
-    "bandit reselects on the current model's LESS rewards; the last epoch's data.",
+    description="ClusterUCB as its reference runs it: epoch 1 trains on the LESS top k, then after each epoch but "
+    "the last the bandit reselects on the current model's LESS rewards; the last epoch's data.",
     reference="ClusterUCB, Wang et al. 2025 (ZigeW/ClusterUCB), arXiv 2506.10288",
 )
 def select_epochs(
