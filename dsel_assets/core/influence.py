@@ -68,3 +68,11 @@ def aggregate_less_scores(
         columns = np.flatnonzero(tasks == task)
         by_task[task] = less_task_scores(scores[:, columns], [labels[c] for c in columns])
     return by_task
+
+
+def less_score_table(
+    scores: np.ndarray, query_tasks: Sequence[str], query_subtasks: Sequence[str | None], tasks: Sequence[str]
+) -> np.ndarray:
+    """[n, len(tasks)] float64: :func:`aggregate_less_scores` as one column per task, in ``tasks`` order."""
+    by_task = aggregate_less_scores(scores, query_tasks, query_subtasks)
+    return np.stack([np.asarray(by_task[task], dtype=np.float64) for task in tasks], axis=1)

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pyarrow.compute as pc
 
-from dsel_assets.core.influence import aggregate_less_scores, checkpoint_weights
+from dsel_assets.core.influence import checkpoint_weights, less_score_table
 from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.warmup import ADAPTER_DIR, OPTIMIZER_FILE, load_checkpoint
 from dsel_assets.pipeline.names import grad_features_dataset
@@ -152,8 +152,7 @@ class OnDemandLessScorer:
 
     def _by_task(self, similarity: np.ndarray) -> np.ndarray:
         """[rows, tasks] LESS scores from checkpoint-weighted query similarities."""
-        by_task = aggregate_less_scores(similarity, self.query_tasks, self.query_subtasks)
-        return np.stack([np.asarray(by_task[task], dtype=np.float64) for task in self.tasks], axis=1)
+        return less_score_table(similarity, self.query_tasks, self.query_subtasks, self.tasks)
 
 
 def load_less_scorer(

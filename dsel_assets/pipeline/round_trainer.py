@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from dsel_assets.core.influence import aggregate_less_scores
+from dsel_assets.core.influence import less_score_table
 from dsel_assets.core.models.features import FeatureConfig, gradient_features
 from dsel_assets.core.models.finetune import FinetuneConfig
 from dsel_assets.core.models.lora import LoraSettings
@@ -23,6 +23,11 @@ def round_config() -> FinetuneConfig:
     return FinetuneConfig(
         epochs=1, lr=2e-4, batch_size=8, max_length=256, lora=LoraSettings(r=8, alpha=32, dropout=0.0)
     )
+
+
+def encoded_rows(tokenizer, conversations: list[list[dict]], rows: list[int], max_length: int) -> list:
+    """The training encodings of pool ``rows``, less those truncation leaves no response token."""
+    return [e for i in rows if (e := encode_conversation(tokenizer, conversations[i], max_length))]
 
 
 class LoraRoundTrainer:
@@ -45,11 +50,7 @@ class LoraRoundTrainer:
 
     def _train(self, selected: list[int], round_index: int):
         started = time.perf_counter()
-        encoded = [
-            e
-            for i in selected
-            if (e := encode_conversation(self.tokenizer, self.conversations[i], self.config.max_length))
-        ]
+        encoded = encoded_rows(self.tokenizer, self.conversations, selected, self.config.max_length)
         model, curve = train_lora(
             copy.deepcopy(self.base),
             encoded,
@@ -121,11 +122,6 @@ class LoraEpochTrainer:
         self.log, self.max_tokens = log, max_tokens
         self.history: list[dict] = []
 
-    def _encoded(self, rows: list[int]) -> list:
-        return [
-            e for i in rows if (e := encode_conversation(self.tokenizer, self.conversations[i], self.config.max_length))
-        ]
-
     def scorer(self, model, moments: dict[str, dict]):
         """``(rows, task) -> LESS scores`` of pool rows under ``model`` and its Adam ``moments``
         (each row computed once; NaN where truncation leaves it no response token)."""
@@ -143,8 +139,7 @@ class LoraEpochTrainer:
             items = [(str(r), self.conversations[r]) for r in todo]
             for chunk in gradient_features(model, self.tokenizer, items, self.features, moments):
                 similarity = chunk.features.astype(np.float32) @ query.T
-                by_task = aggregate_less_scores(similarity, self.query_tasks, self.query_subtasks)
-                table = np.stack([np.asarray(by_task[t], dtype=np.float64) for t in self.tasks], axis=1)
+                table = less_score_table(similarity, self.query_tasks, self.query_subtasks, self.tasks)
                 cache.update(zip((int(i) for i in chunk.ids), table, strict=True))
             cache.update((r, np.full(len(self.tasks), np.nan)) for r in todo if r not in cache)
             column = self.tasks.index(task)
@@ -161,11 +156,11 @@ class LoraEpochTrainer:
             current = list(reselect(epoch, self.scorer(model, adam_moments(model, optimizer))))
             optimizer.zero_grad(set_to_none=True)  # the features' backward passes leave nothing behind
             self.history.append({"round": epoch, "examples": len(current), "seconds": time.perf_counter() - started})
-            return self._encoded(current)
+            return encoded_rows(self.tokenizer, self.conversations, current, self.config.max_length)
 
         train_lora(
             copy.deepcopy(self.base),
-            self._encoded(current),
+            encoded_rows(self.tokenizer, self.conversations, current, self.config.max_length),
             replace(self.config, epochs=epochs),
             self.tokenizer.pad_token_id,
             self.log,

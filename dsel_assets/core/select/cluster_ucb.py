@@ -117,6 +117,22 @@ def cluster_ucb_draws(
     return Draws(rewards, cold, pulls)
 
 
+def featured_rows(x: np.ndarray) -> np.ndarray:
+    """Rows with a usable gradient feature (finite, not all zero): only those can be clustered."""
+    return np.flatnonzero(np.isfinite(x).all(axis=1) & (np.abs(x).sum(axis=1) > 0))
+
+
+def best_drawn(draws: Draws, k: int, tie_key: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rows, rewards) of the k drawn rows with the highest reward, ties by ``tie_key`` of the
+    row, and how many drawn rows have a finite reward (only those are eligible)."""
+    scored = np.array(sorted(draws.rewards), dtype=np.int64)
+    values = np.array([draws.rewards[int(i)] for i in scored], dtype=np.float64)
+    finite = np.isfinite(values)
+    scored, values = scored[finite], values[finite]
+    order = np.lexsort((tie_key[scored], -values))[:k]
+    return scored[order], values[order], len(scored)
+
+
 @register(
     "cluster_ucb",
     family="targeted",
@@ -133,7 +149,7 @@ def select(ids, k: int, config: ClusterUcbConfig, *, pool_gradients: np.ndarray,
         raise ValueError("cluster_ucb.task: required (a task of the query set)")
     ids = check_inputs(ids, pool_gradients=pool_gradients)
     x = np.asarray(pool_gradients, dtype=np.float32)
-    valid = np.flatnonzero(np.isfinite(x).all(axis=1) & (np.abs(x).sum(axis=1) > 0))
+    valid = featured_rows(x)
     if len(valid) == 0 or k == 0:
         return Selection(
             "cluster_ucb", [], [], diagnostics={"eligible": 0, "rewards_computed": 0, "scored_fraction": 0.0}
@@ -144,23 +160,19 @@ def select(ids, k: int, config: ClusterUcbConfig, *, pool_gradients: np.ndarray,
         return less_scorer([str(i) for i in ids[valid[rows]]], config.task)
 
     draws = cluster_ucb_draws(assignment, reward, config)
-    scored = np.array(sorted(draws.rewards), dtype=np.int64)
-    values = np.array([draws.rewards[int(i)] for i in scored], dtype=np.float64)
-    finite = np.isfinite(values)
-    scored, values = scored[finite], values[finite]
-    order = np.lexsort((ids[valid[scored]].astype(str), -values))[:k]
+    top, values, eligible = best_drawn(draws, k, ids[valid].astype(str))
     return Selection(
         "cluster_ucb",
-        [str(i) for i in ids[valid[scored[order]]]],
-        values[order].tolist(),
+        [str(i) for i in ids[valid[top]]],
+        values.tolist(),
         diagnostics={
-            "eligible": len(scored),
+            "eligible": eligible,
             "rewards_computed": len(draws.rewards),
             "scored_fraction": len(draws.rewards) / len(ids),
             "cold_start_draws": draws.cold_start,
             "bandit_draws": len(draws.pulls),
             "clusters": len(np.unique(assignment)),
-            "no_feature": len(ids) - len(valid) + int((~finite).sum()),
+            "no_feature": len(ids) - len(valid) + len(draws.rewards) - eligible,
             "task": config.task,
         },
     )
@@ -210,7 +222,7 @@ def select_epochs(
     ids = check_inputs(ids, pool_checkpoint_gradients=pool_checkpoint_gradients, less_scores=less_scores[config.task])
     early = np.asarray(pool_checkpoint_gradients.features[0], dtype=np.float32)
     first_scores = np.asarray(less_scores[config.task], dtype=np.float64)
-    valid = np.flatnonzero(np.isfinite(early).all(axis=1) & (np.abs(early).sum(axis=1) > 0) & np.isfinite(first_scores))
+    valid = np.intersect1d(featured_rows(early), np.flatnonzero(np.isfinite(first_scores)))
     empty = {"eligible": 0, "epochs": config.epochs, "rewards_computed": [], "task": config.task}
     if len(valid) == 0 or k == 0:
         return Selection("cluster_ucb_epochs", [], [], diagnostics=empty)
@@ -222,12 +234,9 @@ def select_epochs(
 
     def reselect(epoch: int, scorer: RowScorer) -> list[int]:
         draws = cluster_ucb_draws(assignment, lambda rows: scorer(valid[rows], config.task), config)
-        scored = np.array(sorted(draws.rewards), dtype=np.int64)
-        values = np.array([draws.rewards[int(i)] for i in scored], dtype=np.float64)
-        scored, values = scored[np.isfinite(values)], values[np.isfinite(values)]
-        top = np.lexsort((valid[scored], -values))[:k]
+        top, values, eligible = best_drawn(draws, k, valid)
         computed.append(len(draws.rewards))
-        last.update(rows=valid[scored[top]], values=values[top], eligible=len(scored))
+        last.update(rows=valid[top], values=values, eligible=eligible)
         return [int(r) for r in last["rows"]]
 
     rows = epoch_trainer.train_epochs([int(r) for r in first], config.epochs, reselect)
