@@ -21,18 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_pool import SHARED, minilm, pool_files, query_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
-QUERY_SETS = (("gsm8k", "eval/gsm8k_test.jsonl", 4), ("dialogsum", "eval/dialogsum_test.json", 8))
-QUERY_SETS += (("general", "eval/alpaca_gpt4_kmeans_100.json", 24),)
-
-
-def records(path: Path) -> list[list[dict]]:
-    from dsel_assets.core.data.validate import validate_file
-
-    return [r["messages"] for r in validate_file(path).accepted]
 
 
 def main() -> int:
@@ -43,30 +35,15 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent")
         return 0
-    from dsel_assets.core.data.catalog import expand_paths
     from dsel_assets.core.data.schema import example_text
-    from dsel_assets.core.models.embeddings import encode, load_encoder
     from dsel_assets.core.select import build_config, get
     from dsel_assets.core.select.targeted import Influence
 
     print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
-    pool = [m for p in expand_paths([SHARED / "pool"]) for m in records(p)]
-    queries, tasks = [], []
-    for task, path, count in QUERY_SETS:
-        rows = records(SHARED / path)
-        chosen = np.random.default_rng(1).permutation(len(rows))[:count]
-        queries += [rows[i] for i in chosen]
-        tasks += [task] * count
-    encoder = load_encoder()
-    cached = args.cache / "conversation.npy" if args.cache else None
-    if cached and cached.exists():
-        x = np.load(cached)
-    else:
-        x = encode(encoder, [example_text(m)[:2000] for m in pool], 128)
-        if cached:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cached, x)
-    q = encode(encoder, [example_text(m)[:2000] for m in queries], 128)
+    pool = [m for _, m in pool_files()]
+    queries, tasks = query_sets(1)
+    x, _ = minilm([example_text(m)[:2000] for m in pool], args.cache / "conversation.npy" if args.cache else None)
+    q, _ = minilm([example_text(m)[:2000] for m in queries])
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     influence = Influence((x @ q.T).astype(np.float32), tuple(tasks))

@@ -27,18 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_pool import QUERY_SETS, SHARED, pool_files, query_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
-QUERY_SETS = (("gsm8k", "eval/gsm8k_test.jsonl", 4), ("dialogsum", "eval/dialogsum_test.json", 8))
-QUERY_SETS += (("general", "eval/alpaca_gpt4_kmeans_100.json", 24),)
-
-
-def records(path: Path) -> list[list[dict]]:
-    from dsel_assets.core.data.validate import validate_file
-
-    return [r["messages"] for r in validate_file(path).accepted]
 
 
 def overlap(a: list[str], b: list[str]) -> float:
@@ -54,7 +46,6 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent")
         return 0
-    from dsel_assets.core.data.catalog import expand_paths
     from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, resolve
     from dsel_assets.core.models.model_embeddings import embedding_ids, model_embeddings
     from dsel_assets.core.select import build_config, get
@@ -63,7 +54,7 @@ def main() -> int:
     print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
     spec = resolve("smollm2")
     tokenizer = load_tokenizer(spec)
-    pool = [m for p in expand_paths([SHARED / "pool"]) for m in records(p)]
+    pool = [m for _, m in pool_files()]
     lengths = np.array([len(embedding_ids(tokenizer, m, 10**9, bos=False)) for m in pool])
     print(
         f"whole pool: {len(pool)} examples; longer than 512 tokens: {np.mean(lengths > 512):.1%}, "
@@ -75,12 +66,7 @@ def main() -> int:
     same_ids = sum(embedding_ids(tokenizer, m, 2048, True) == embedding_ids(tokenizer, m, 2048, False) for m in sample)
     print(f"BOS: token ids identical with and without it for {same_ids} of {len(sample)} sampled examples")
 
-    queries, tasks = [], []
-    for task, path, count in QUERY_SETS:
-        rows = records(SHARED / path)
-        chosen = np.random.default_rng(args.seed + 1).permutation(len(rows))[:count]
-        queries += [rows[i] for i in chosen]
-        tasks += [task] * count
+    queries, tasks = query_sets(args.seed + 1)
     model = load_causal_lm(spec, device="cpu")
     started = time.perf_counter()
     full = model_embeddings(model, tokenizer, sample, "position_weighted", 2048, batch_size=8, bos=True)

@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_pool import SHARED, minilm, pool_files
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
 REFERENCE = {"n_clusters": 512, "kmeans_iterations": 300, "kmeans_restarts": 5, "round0": "floor"}
 
 
@@ -68,21 +68,6 @@ def first_round(x: np.ndarray, k: int, params: dict) -> list[int]:
     raise RuntimeError("the selector finished without training a round")
 
 
-def embeddings(texts: list[str], cache: Path | None, name: str) -> tuple[np.ndarray, float]:
-    """MiniLM vectors of ``texts`` (read from ``cache/name.npy`` when there), and seconds spent."""
-    from dsel_assets.core.models.embeddings import encode, load_encoder
-
-    path = cache / f"{name}.npy" if cache else None
-    if path and path.exists():
-        return np.load(path), 0.0
-    started = time.perf_counter()
-    x = encode(load_encoder(), texts, 128)
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, x)
-    return x, time.perf_counter() - started
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=0.05)
@@ -91,18 +76,17 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent")
         return 0
-    from dsel_assets.core.data.catalog import expand_paths
     from dsel_assets.core.data.schema import example_text
-    from dsel_assets.core.data.validate import validate_file
 
     print(f"load average at start: {os.getloadavg()}, cores: {os.cpu_count()}")
-    files = [(p.stem, r["messages"]) for p in expand_paths([SHARED / "pool"]) for r in validate_file(p).accepted]
+    files = pool_files()
     pool = [m for _, m in files]
     source = np.array([name for name, _ in files])
     k = round(args.budget * len(pool))
     vectors = {}
     for text in ("conversation", "instruction"):
-        vectors[text], seconds = embeddings([example_text(m, text)[:2000] for m in pool], args.cache, text)
+        cached = args.cache / f"{text}.npy" if args.cache else None
+        vectors[text], seconds = minilm([example_text(m, text)[:2000] for m in pool], cached)
         print(f"{text}: {len(pool):,} examples embedded in {seconds:.0f} s")
     settings = {
         "dsel (conversation, K=100)": ("conversation", {}),

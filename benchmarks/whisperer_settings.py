@@ -28,16 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_pool import SHARED, pool_files, records
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
-
-
-def records(path: Path) -> list[list[dict]]:
-    from dsel_assets.core.data.validate import validate_file
-
-    return [r["messages"] for r in validate_file(path).accepted]
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,13 +49,12 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent")
         return 0
-    from dsel_assets.core.data.catalog import expand_paths
     from dsel_assets.core.models.data_whisperer import reference_layer, whisperer_scores
     from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, resolve
     from dsel_assets.core.select import build_config, get
 
     print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
-    pool = [m for p in expand_paths([SHARED / "pool"]) for m in records(p)]
+    pool = [m for _, m in pool_files()]
     sample = [pool[i] for i in np.sort(np.random.default_rng(0).permutation(len(pool))[: args.sample])]
     rows = records(SHARED / "eval" / "gsm8k_test.jsonl")
     queries = [rows[i] for i in np.random.default_rng(1).permutation(len(rows))[: args.queries]]
