@@ -19,6 +19,7 @@ from dsel_assets.app.runs import materialize_closure, materialize_only
 from dsel_assets.core.data.schema import content_hashes
 from dsel_assets.core.harness import check_tasks
 from dsel_assets.core.select import Budget, build_config, get
+from dsel_assets.core.select.base import method_target
 from dsel_assets.core.select.registry import has_seed
 from dsel_assets.core.select.targeted import LESS
 from dsel_assets.core.stats import MIN_GROUPS
@@ -145,7 +146,7 @@ class ComparePlan:
         fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
         params: dict[str, str] = {}
         if "task" in fields:
-            serves_all = "''" in fields["task"].metadata.get("help", "")
+            serves_all = not method_target(spec.config_cls).required
             params["task"] = self.targets[0] if len(self.targets) == 1 or not serves_all else ""
         params |= self.params.get(name, {})
         if method != name:

@@ -165,8 +165,9 @@ def verbosity() -> int:
 
 
 def console_log_level() -> str:
-    """Dagster's console logger level for runs: INFO with ``-v``, else warnings and errors only."""
-    return {QUIET: "ERROR", NORMAL: "WARNING"}.get(_state["verbosity"], "INFO")
+    """Dagster's console logger level for runs: INFO with ``-v``, else nothing (a failed step is
+    dsel's one error line; Dagster's own lines, with the stack trace, go to the log file)."""
+    return "INFO" if _state["verbosity"] >= VERBOSE else "CRITICAL"
 
 
 def progress(line: str, stream=None) -> None:
@@ -183,8 +184,9 @@ def progress(line: str, stream=None) -> None:
 
 
 def record_run(instance: dg.DagsterInstance, run_id: str) -> None:
-    """Append a finished run's INFO-and-above event log lines to the log file (below VERBOSE,
-    where they were not shown live), saying once per command where they are."""
+    """Append a finished run's INFO-and-above event log lines, and the stack trace of a failed
+    step, to the log file (below VERBOSE, where they were not shown live), saying once per command
+    where they are."""
     if _state["verbosity"] >= VERBOSE or _state["log_file"] is None:
         return
     lines = []
@@ -194,6 +196,9 @@ def record_run(instance: dg.DagsterInstance, run_id: str) -> None:
             lines.append(
                 f"{when} {logging.getLevelName(entry.level)} {run_id[:8]} {entry.step_key or '-'}: {entry.user_message}"
             )
+            event = entry.dagster_event
+            if event is not None and event.is_step_failure and event.step_failure_data.error is not None:
+                lines.append(event.step_failure_data.error.to_string().rstrip())
     _append(lines)
     if not _state["announced"] and _state["verbosity"] > QUIET:
         _state["announced"] = True

@@ -621,6 +621,7 @@ declare(
     Value.NAMED_SCORES,
     per_batch=True,
     cli_kind="uncertainty",
+    checked_columns=UNCERTAINTY_COLUMNS,
 )
 declare(
     "uncertainty_greedy",

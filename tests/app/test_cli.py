@@ -160,3 +160,45 @@ def test_method_parameters_are_checked_in_either_spelling(home, capsys):
     err = capsys.readouterr().err
     assert "unknown parameter(s) n_cluster='4'; valid: " in err and "n_clusters (int, default " in err
     assert not home.duckdb.exists()  # refused before anything was stored
+
+
+def test_a_target_task_is_checked_before_any_work(home, tmp_path, capsys, monkeypatch):
+    """A method that needs a target task refuses to start without one, and any targeted method
+    refuses a label its split does not hold, naming the stored labels (cluster_ucb failed inside
+    its run after the pool was materialized)."""
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    budget = ["--budget", "5%", "--model", "tiny"]
+    assert main(["select", "--method", "less", *budget]) == 2
+    assert "target: less needs a target task (--target TASK); the query set holds no examples yet" in (
+        capsys.readouterr().err
+    )
+    rows = [json.dumps({"question": f"What is {i} plus 1?", "answer": f"{i + 1}"}) for i in range(4)]
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows)
+    query = write_jsonl(tmp_path / "query.jsonl", rows[:2])
+    assert main(["ingest", str(query), "--split", "query", "--task", "gsm8k", "--model", "tiny"]) == 0
+    assert main(["ingest", str(pool), "--task", "math", "--model", "tiny", "--force"]) == 0
+    capsys.readouterr()
+    runs_before = len(list(home.dagster.rglob("*"))) if home.dagster.exists() else 0
+    assert main(["select", "--method", "cluster_ucb", *budget]) == 2
+    assert "cluster_ucb needs a target task (--target TASK); tasks of the query set: gsm8k" in capsys.readouterr().err
+    assert main(["select", "--method", "round_robin", "--target", "math", *budget]) == 2
+    assert "target: 'math' is not a task of the query set; tasks of the query set: gsm8k" in capsys.readouterr().err
+    assert main(["select", "--method", "random_in_task", "--param", "task=gsm8k", *budget]) == 2
+    assert "target: 'gsm8k' is not a task of the pool; tasks of the pool: math" in capsys.readouterr().err
+    assert (len(list(home.dagster.rglob("*"))) if home.dagster.exists() else 0) == runs_before  # no run started
+
+
+def test_a_step_that_fails_is_one_error_line_and_its_trace_is_in_the_log(home, tmp_path, capsys, monkeypatch):
+    """A user error raised inside a run's step reaches the console as dsel's one error line:
+    Dagster's failure lines and their stack trace go to the log file, not the terminal."""
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    rows = [json.dumps({"question": f"What is {i} plus 1?", "answer": f"{i + 1}"}) for i in range(5)]
+    assert main(["ingest", str(write_jsonl(tmp_path / "pool.jsonl", rows)), "--model", "tiny"]) == 0
+    capsys.readouterr()
+    code = main(["score", "golden", "--param", "anchors=source:nosuch", "--model", "tiny"])
+    err = capsys.readouterr().err
+    assert code != 0 and "dsel: error: " in err and "no examples from 'source:nosuch'" in err
+    assert "Stack Trace" not in err and "dagster - ERROR" not in err and "Traceback" not in err
+    log = (home.root / "logs" / "dsel.log").read_text()
+    assert 'Execution of step "golden_score" failed' in log and "no examples from 'source:nosuch'" in log
+    assert "File " in log.split('Execution of step "golden_score" failed', 1)[1]  # the stack trace

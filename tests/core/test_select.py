@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dsel_assets.core.select import Budget, Selection, build_config, get, methods
+from dsel_assets.core.select.base import method_target
 from dsel_assets.core.select.diagnostics import normalised_entropy, summarize
 
 from ..representation_fixtures import synthetic_inputs
@@ -90,6 +91,20 @@ def test_config_validation_names_the_field(name):
     config = build_config(name, params_for(name, seed=7))
     assert getattr(config, "seed", 7) == 7
     assert build_config(name, dataclasses.asdict(config)) == config  # round trip
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if "task" in fields(m)])
+def test_a_declared_target_is_what_the_selector_accepts(name):
+    """The target a ``task`` parameter declares (the CLI checks it before any work) is what the
+    selector does: a required one refuses '' (every task), an optional one selects with it; the
+    pool's task labels are named by the method that reads them."""
+    target = method_target(get(name).config_cls)
+    assert (target.split == "pool") == ("pool_tasks" in get(name).needs)
+    if target.required:
+        with pytest.raises(ValueError, match=rf"{name}\.task: .*required"):
+            run(name, 10, task="")
+    else:
+        assert len(run(name, 10, task="").ids) == 10
 
 
 def test_unknown_method_lists_the_available_ones():

@@ -191,16 +191,17 @@ def test_checks_run_with_the_assets_and_a_failing_one_blocks_downstream(home, tm
 
 def test_a_per_batch_score_check_is_generated_from_the_registry_declarations():
     """A per-batch score asset's check holds finite the columns its representations declare
-    (``checked_columns``: loss_scores serves IFD and uncertainty, only IFD's losses are
-    required); a per-batch asset with neither declared columns nor a vector check is refused,
-    naming both ways to give it one; pool-wide representations declare no checked columns."""
+    (``checked_columns``: loss_scores serves IFD and uncertainty, and holds both finite); a
+    per-batch asset with neither declared columns nor a vector check is refused, naming both ways
+    to give it one; pool-wide representations declare no checked columns."""
     from dsel_assets.pipeline import registry
 
     def required(asset: str) -> str:
         return next(iter(batch_check(asset).check_specs)).description
 
     assert required("loss_scores").startswith("One row per pool example of the batch; loss_conditioned, ")
-    assert "ifd_loss_ratio" in required("proxy_loss_scores") and "min_margin" not in required("loss_scores")
+    assert "ifd_loss_ratio, min_margin, mean_margin, mean_entropy, least_confidence" in required("loss_scores")
+    assert "ifd_loss_ratio" in required("proxy_loss_scores") and "min_margin" not in required("proxy_loss_scores")
     assert "min_margin, mean_margin, mean_entropy, least_confidence" in required("greedy_scores")
     vectors = registry.lance_vectors(lambda ctx: "x")
     probe = registry.declare("probe", "probe_scores", vectors, "probe", registry.Value.VECTORS, per_batch=True)

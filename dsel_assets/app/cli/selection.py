@@ -79,6 +79,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise ValueError(f"method: {args.method} needs {list(spec.needs)}; not all of them have an asset yet")
     key = selection_key(args.method, representation)  # e.g. round_robin_rds: its own asset and stored rows
     home = open_home(args)
+    check_target(home, args.method, params.get("task", ""))
     make = definitions_maker(home, args)
     defs = make()
     if representation == "rds":  # before the pool is embedded with another pooling
@@ -91,6 +92,28 @@ def cmd_select(args: argparse.Namespace) -> int:
         summary = db.selection_summary(key)
     print(format_table(summary.columns, summary.rows()))
     return 0
+
+
+def check_target(home, method: str, task: str) -> None:
+    """Refuse, before any work, a target task the method cannot use: none where it needs one, or
+    a label its split (query set or pool) does not hold; the error names the stored labels."""
+    from dsel_assets.core.select import get
+    from dsel_assets.core.select.base import method_target
+
+    target = method_target(get(method).config_cls)
+    if target is None or not (task or target.required):
+        return
+    tasks = []
+    if home.duckdb.exists():
+        with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as db:
+            tasks = sorted({t for (split, t) in db.split_task_counts() if split == target.split})
+    where = "the query set" if target.split == "query" else "the pool"
+    hint = " (dsel ingest FILE --split query --task TASK)" if target.split == "query" else ""
+    stored = f"tasks of {where}: {', '.join(tasks)}" if tasks else f"{where} holds no examples yet{hint}"
+    if not task:
+        raise ValueError(f"target: {method} needs a target task (--target TASK); {stored}")
+    if task not in tasks:
+        raise ValueError(f"target: {task!r} is not a task of {where}; {stored}")
 
 
 def cmd_score(args: argparse.Namespace) -> int:

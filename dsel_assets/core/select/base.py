@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -52,6 +52,26 @@ class Budget:
         if self.is_fraction:
             return f"{self.value * 100:g}pct"
         return str(int(self.value))
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a method's ``task`` parameter names: a task label of the ``split`` ("query": the
+    query set's, "pool": the pool's); ``required``: '' (every task) is refused."""
+
+    split: Literal["query", "pool"]
+    required: bool
+
+
+def target_field(split: Literal["query", "pool"], required: bool, help: str) -> Any:
+    """A method's ``task`` parameter, declaring what it names so callers check it before any work."""
+    return field(default="", metadata={"help": help, "target": Target(split, required)})
+
+
+def method_target(config_cls: type) -> Target | None:
+    """The declared target of a method's config class; None when it has no ``task`` parameter."""
+    found = next((f for f in dataclasses.fields(config_cls) if f.name == "task"), None)
+    return None if found is None else found.metadata["target"]
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from ..clustering import spherical_kmeans
-from .base import Selection, check_inputs
+from .base import Selection, check_inputs, target_field
 from .iterative import EpochTrainer, RowScorer
 from .knn_tsds import CheckpointFeatures
 from .registry import register
@@ -30,7 +30,7 @@ Scorer = Callable[[Sequence[str], str], np.ndarray]
 
 @dataclass(frozen=True)
 class ClusterUcbConfig:
-    task: str = field(default="", metadata={"help": "target task of the LESS reward"})
+    task: str = target_field("query", True, "target task of the LESS reward (a task of the query set; required)")
     budget_frac: float = field(
         default=0.2, metadata={"help": "draws after the cold start: int(N * (this - cold_start))"}
     )

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Selection, check_inputs
+from .base import Selection, check_inputs, target_field
 from .registry import register
 from .targeted import Influence, TargetedConfig, eligible_rows
 
 
 @dataclass(frozen=True)
 class DoublyGreedyConfig(TargetedConfig):
-    task: str = field(default="", metadata={"help": "target task ('' = every query column)"})
+    task: str = target_field("query", False, "target task ('' = every query column)")
 
 
 @register(

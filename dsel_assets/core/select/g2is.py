@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._neighbours import check_exact_search_rows, exact_search_field
-from .base import Selection, check_inputs
+from .base import Selection, check_inputs, target_field
 from .registry import register
 from .targeted import TargetedConfig, cosine_neighbours, eligible_rows
 
 
 @dataclass(frozen=True)
 class G2isConfig(TargetedConfig):
-    task: str = field(default="", metadata={"help": "target task ('' = every query)"})
+    task: str = target_field("query", False, "target task ('' = every query)")
     val_k: float = field(default=0.5, metadata={"help": "share of query-gradient variance the components cover"})
     delta: float = field(default=0.8, metadata={"help": "alignment may drop to delta x its current value"})
     n_neighbors: int = field(default=10, metadata={"help": "kNN graph degree"})

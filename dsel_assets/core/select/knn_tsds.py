@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from ._neighbours import check_exact_search_rows, exact_search_field
-from .base import Selection, check_inputs
+from .base import Selection, check_inputs, target_field
 from .registry import register
 from .targeted import Influence, TargetedConfig, cosine_neighbours, eligible_rows
 
@@ -58,7 +58,7 @@ class CheckpointFeatures:
 class KnnConfig(TargetedConfig):
     METHOD: ClassVar[str] = "knn_uniform"
 
-    task: str = field(default="", metadata={"help": "target task ('' = every query column)"})
+    task: str = target_field("query", False, "target task ('' = every query column)")
     alpha: float = field(default=0.01, metadata={"help": "TSDS alpha: weight of the diversity term"})
     c: float = field(default=5.0, metadata={"help": "TSDS C: the cost scale alpha is taken against"})
     max_neighbors: int = field(default=5000, metadata={"help": "nearest pool examples fetched per query"})

@@ -3,18 +3,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Selection, check_inputs, rank_by_score
+from .base import Selection, check_inputs, rank_by_score, target_field
 from .registry import register
 from .targeted import TargetedConfig
 
 
 @dataclass(frozen=True)
 class LessConfig(TargetedConfig):
-    task: str = field(default="", metadata={"help": "target task (a task label of the query set)"})
+    task: str = target_field("query", True, "target task (a task label of the query set; required)")
 
 
 @register(

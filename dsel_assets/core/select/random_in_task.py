@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import Selection, check_inputs
+from .base import Selection, check_inputs, target_field
 from .registry import register
 
 
 @dataclass(frozen=True)
 class RandomInTaskConfig:
-    task: str = field(default="", metadata={"help": "target task: a task label of the pool (required)"})
+    task: str = target_field("pool", True, "target task: a task label of the pool (required)")
     seed: int = field(default=0, metadata={"help": "shuffle seed"})
 
 

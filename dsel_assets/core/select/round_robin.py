@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from .base import Selection, check_inputs
+from .base import Selection, check_inputs, target_field
 from .registry import register
 from .targeted import Influence, TargetedConfig, eligible_rows
 
@@ -21,7 +21,7 @@ Aggregate = Literal["auto", "queries", "tasks"]
 
 @dataclass(frozen=True)
 class RoundRobinConfig(TargetedConfig):
-    task: str = field(default="", metadata={"help": "target task ('' = every query column)"})
+    task: str = target_field("query", False, "target task ('' = every query column)")
     aggregate: Aggregate = field(
         default="auto",
         metadata={

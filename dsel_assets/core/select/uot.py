@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..memory import require_memory
-from .base import Selection, check_inputs
+from .base import Selection, check_inputs, target_field
 from .registry import register
 from .targeted import Influence, TargetedConfig, eligible_rows
 
@@ -26,7 +26,7 @@ STOP = 1e-6  # POT's default stopping threshold on the relative change of the sc
 
 @dataclass(frozen=True)
 class UotConfig(TargetedConfig):
-    task: str = field(default="", metadata={"help": "target task ('' = every query column)"})
+    task: str = target_field("query", False, "target task ('' = every query column)")
     reg: float = field(default=0.01, metadata={"help": "entropic regularisation"})
     reg_source: float = field(default=float("inf"), metadata={"help": "KL penalty on the query marginal (inf = hard)"})
     reg_target: float = field(default=1e-4, metadata={"help": "KL penalty on the pool marginal (small = free)"})
