@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from shared_pool import SHARED, minilm, pool_files, query_sets
+from shared_pool import minilm, pool_or_skip, query_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,15 +32,13 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=0.05)
     parser.add_argument("--cache", type=Path, default=None, help="folder with the pool's vectors (conversation.npy)")
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"skipped: {SHARED} is absent")
+    pool = pool_or_skip()
+    if pool is None:
         return 0
     from dsel_assets.core.data.schema import example_text
     from dsel_assets.core.select import build_config, get
     from dsel_assets.core.select.targeted import Influence
 
-    print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
-    pool = [m for _, m in pool_files()]
     queries, tasks = query_sets(1)
     x, _ = minilm([example_text(m)[:2000] for m in pool], args.cache / "conversation.npy" if args.cache else None)
     q, _ = minilm([example_text(m)[:2000] for m in queries])

@@ -21,13 +21,12 @@ Usage: python benchmarks/rds_settings.py [--sample 6000] [--budget 0.05] [--seed
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from shared_pool import QUERY_SETS, SHARED, pool_files, query_sets
+from shared_pool import QUERY_SETS, pool_or_skip, query_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,18 +42,16 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"skipped: {SHARED} is absent")
+    pool = pool_or_skip()
+    if pool is None:
         return 0
     from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, resolve
     from dsel_assets.core.models.model_embeddings import embedding_ids, model_embeddings
     from dsel_assets.core.select import build_config, get
     from dsel_assets.core.select.targeted import Influence
 
-    print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
     spec = resolve("smollm2")
     tokenizer = load_tokenizer(spec)
-    pool = [m for _, m in pool_files()]
     lengths = np.array([len(embedding_ids(tokenizer, m, 10**9, bos=False)) for m in pool])
     print(
         f"whole pool: {len(pool)} examples; longer than 512 tokens: {np.mean(lengths > 512):.1%}, "

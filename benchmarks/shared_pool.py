@@ -5,6 +5,7 @@ Imported by the scripts beside it (a script's own folder is first on Python's pa
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -32,6 +33,21 @@ def pool_files() -> list[tuple[str, list[dict]]]:
     from dsel_assets.core.data.catalog import expand_paths
 
     return [(path.stem, m) for path in expand_paths([SHARED / "pool"]) for m in records(path)]
+
+
+def pool_or_skip() -> list[list[dict]] | None:
+    """Every accepted conversation of the shared pool, after printing the machine's load; None,
+    said, when ../shared/data is absent (a benchmark then exits 0)."""
+    if not SHARED.is_dir():
+        print(f"skipped: {SHARED} is absent")
+        return None
+    print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
+    return [m for _, m in pool_files()]
+
+
+def seeded_sample(pool: list, size: int, seed: int) -> list:
+    """``size`` items of ``pool`` drawn by a permutation seeded with ``seed``, in pool order."""
+    return [pool[i] for i in sorted(np.random.default_rng(seed).permutation(len(pool))[:size])]
 
 
 def query_sets(seed: int) -> tuple[list[list[dict]], list[str]]:

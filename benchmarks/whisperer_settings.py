@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from shared_pool import SHARED, pool_files, records
+from shared_pool import SHARED, pool_or_skip, records, seeded_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,16 +46,14 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=0.05)
     parser.add_argument("--uncapped", action="store_true", help="also the reference's uncapped answers (slow)")
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"skipped: {SHARED} is absent")
+    pool = pool_or_skip()
+    if pool is None:
         return 0
     from dsel_assets.core.models.data_whisperer import reference_layer, whisperer_scores
     from dsel_assets.core.models.loading import load_causal_lm, load_tokenizer, resolve
     from dsel_assets.core.select import build_config, get
 
-    print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
-    pool = [m for _, m in pool_files()]
-    sample = [pool[i] for i in np.sort(np.random.default_rng(0).permutation(len(pool))[: args.sample])]
+    sample = seeded_sample(pool, args.sample, 0)
     rows = records(SHARED / "eval" / "gsm8k_test.jsonl")
     queries = [rows[i] for i in np.random.default_rng(1).permutation(len(rows))[: args.queries]]
     spec = resolve("smollm2")

@@ -164,10 +164,26 @@ def verbosity() -> int:
     return _state["verbosity"]
 
 
-def console_log_level() -> str:
-    """Dagster's console logger level for runs: INFO with ``-v``, else nothing (a failed step is
-    dsel's one error line; Dagster's own lines, with the stack trace, go to the log file)."""
-    return "INFO" if _state["verbosity"] >= VERBOSE else "CRITICAL"
+class _RunWarnings(logging.Handler):
+    """A run's Dagster warnings as one dsel line each on stderr (above the stage bars); its errors
+    are left to dsel's own error line, their details to the log file (:func:`record_run`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno != logging.WARNING:
+            return
+        meta = getattr(record, "dagster_meta", None) or {}
+        step = meta.get("step_key")
+        progress(
+            f"[dsel] warning: {f'{step}: ' if step else ''}{meta.get('orig_message') or record.getMessage()}",
+            sys.stderr,
+        )
+
+
+@dg.logger(description="dsel's console below -v: a run's warnings, one line each; a failed step is dsel's error line")
+def run_warnings(_init_context) -> logging.Logger:
+    logger = logging.Logger("dsel.run", level=logging.WARNING)
+    logger.addHandler(_RunWarnings())
+    return logger
 
 
 def progress(line: str, stream=None) -> None:

@@ -187,7 +187,7 @@ def materialize_only(
 
 def _execute(defs, instance, job_name: str, keys: list[dg.AssetKey], ops: dict, log, batch: str | None = None) -> None:
     names = {k.to_user_string() for k in keys}
-    config = {**_console(), "ops": _ops_of(keys, ops)}
+    config = {"ops": _ops_of(keys, ops)}
     where = f" for batch {batch}" if batch else ""
     log(f"[dsel] materializing {', '.join(sorted(names))}{where} ...")
     result = execute(
@@ -275,7 +275,7 @@ def _run_batch_with(
         instance,
         _stdout,
         partition_key=batch,
-        run_config={**_console(), **(run_config or {})},
+        run_config=run_config,
         asset_selection=asset_selection,
     )
     seconds = step_durations(instance, result.run_id) if timed else {}
@@ -313,6 +313,7 @@ def execute(
         pools = {pool for key in asset_selection for pool in graph.get(key).pools or ()}
     wait_for_slots(instance, pools, log)
     run_id = str(uuid.uuid4())
+    job, run_config = _with_console(job, run_config)
     with watch_slots(instance, run_id, pools, log):
         result = job.execute_in_process(
             instance=instance,
@@ -330,10 +331,13 @@ def execute(
     return result
 
 
-def _console() -> dict:
-    """Dagster's console logger for CLI runs at the command's verbosity (its DEBUG event stream
-    stays in the event log; the INFO lines not shown go to the log file, see dsel_assets.app.output)."""
-    return {"loggers": {"console": {"config": {"log_level": output.console_log_level()}}}}
+def _with_console(job: dg.JobDefinition, run_config: dict | None) -> tuple[dg.JobDefinition, dict]:
+    """The job and run config with the command's console: with ``-v`` Dagster's own console logger
+    at INFO (its DEBUG event stream stays in the event log), else dsel's (``output.run_warnings``);
+    the INFO lines not shown go to the log file (``output.record_run``)."""
+    if output.verbosity() >= output.VERBOSE:
+        return job, {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
+    return job.with_logger_defs({"console": output.run_warnings}), {"loggers": {"console": {}}, **(run_config or {})}
 
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:

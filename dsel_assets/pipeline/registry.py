@@ -658,7 +658,7 @@ declare_scalar(
     "quality",
     "quality",
     "quality",
-    "quality in [0, 1]: the data's own score, else exp(-L(A|Q))",
+    "quality: the data's own score on its scale, else exp(-L(A|Q)) in (0, 1]",
     cli_kind="quality",
 )
 declare(

@@ -202,3 +202,22 @@ def test_a_step_that_fails_is_one_error_line_and_its_trace_is_in_the_log(home, t
     log = (home.root / "logs" / "dsel.log").read_text()
     assert 'Execution of step "golden_score" failed' in log and "no examples from 'source:nosuch'" in log
     assert "File " in log.split('Execution of step "golden_score" failed', 1)[1]  # the stack trace
+
+
+def test_a_run_warning_is_one_dsel_line_and_provided_scores_keep_their_scale(home, tmp_path, capsys, monkeypatch):
+    """Scores on DEITA's 1-6 scale are the quality as given (not clamped to 1); beside rows that
+    fall back to the model likelihood, the run warns once on the terminal, as a dsel line."""
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    scored = [{"instruction": f"Add {i} and 1.", "output": f"{i + 1}", "score": s} for i, s in enumerate((2.5, 5.5, 4))]
+    plain = [{"question": "What is 2 times 3?", "answer": "6"}]
+    for name, rows in (("deita", scored), ("plain", plain)):
+        path = write_jsonl(tmp_path / f"{name}.jsonl", [json.dumps(r) for r in rows])
+        assert main(["ingest", str(path), "--source", name, "--model", "tiny"]) == 0
+    capsys.readouterr()
+    assert main(["score", "quality", "--model", "tiny"]) == 0
+    err = capsys.readouterr().err
+    assert "[dsel] warning: quality: 3 provided scores span [2.5, 5.5] while 1 rows without one" in err
+    assert "dagster - WARNING" not in err
+    with open_state(home.duckdb, read_only=True) as db:
+        stored = db.rows_matching("quality", ["quality", "how"], {})
+    assert sorted(stored.filter(stored["how"] == "column_score")["quality"].to_list()) == [2.5, 4.0, 5.5]

@@ -23,7 +23,7 @@ from dsel_assets.core.models.learning_percentage import compute_learning_percent
 from dsel_assets.core.models.lora import LoraSettings
 from dsel_assets.core.models.scoring import check_options
 from dsel_assets.core.models.warmup import WarmupConfig
-from dsel_assets.core.quality import quality_values
+from dsel_assets.core.quality import mixed_scales, quality_values
 from dsel_assets.pipeline.assets._factory import model_asset
 from dsel_assets.pipeline.metadata import markdown_table
 from dsel_assets.pipeline.names import (
@@ -186,13 +186,14 @@ greedy_scores = build_score_asset(
 @dg.asset(
     deps=[POOL, LOSS_SCORES],
     group_name=REPRESENTATIONS,
-    code_version="quality-1",
+    code_version="quality-2",
     kinds={"duckdb"},
-    description="Per-example quality in [0, 1]: the data's own `score` column where a "
-    "source has one, else the selection model's per-token likelihood of the reference, exp(-L(A|Q)).",
+    description="Per-example quality: the data's own `score` column where a source has one (on its own scale), "
+    "else the selection model's per-token likelihood of the reference, exp(-L(A|Q)).",
 )
 def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: MlflowTracker) -> dg.MaterializeResult:
-    """Which source each value came from is stored beside it (``how``)."""
+    """Which source each value came from is stored beside it (``how``); provided scores off the
+    likelihood's (0, 1] beside likelihood rows are a warning (``mixed_scales``)."""
     with store.session() as db:
         db.ensure_score_table(LOSS_SCORES)
         pool_ids = db.split_rows("pool", ("pool_id",))["pool_id"].to_list()
@@ -215,11 +216,15 @@ def quality(context: dg.AssetExecutionContext, store: StateStore, tracker: Mlflo
             .rows()
         )
         version, _ = db.pool_version()
+    mixed = mixed_scales(values, how)
+    if mixed:
+        context.log.warning(mixed)
     with tracker.run(context, params={"pool_version": version}) as run:
         run.log_metrics({f"rows.{how}": n for how, n, _, _ in summary})
     return dg.MaterializeResult(
         metadata={
             "sources": dg.MetadataValue.md(markdown_table(["how", "rows", "defined", "mean"], summary)),
+            "mixed_scales": mixed or "no",
             **run.metadata(),
         },
         data_version=dg.DataVersion(version),
