@@ -57,6 +57,12 @@ def test_methods_lists_the_registry(capsys):
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert {"random", "kmeans_centroids", "kmeans_random"} <= set(listed)
     assert listed["kmeans_random"]["needs"] == "sentence_embeddings"
+    # a required target is shown as such; an optional one keeps its default '' (every task)
+    assert (
+        "task=<query-task>" in listed["cluster_ucb"]["params"]
+        and "task=<pool-task>" in listed["random_in_task"]["params"]
+    )
+    assert "task= " in listed["round_robin"]["params"] + " "
     assert main(["methods"]) == 0
     assert "diversity" in capsys.readouterr().out
 

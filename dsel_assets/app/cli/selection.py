@@ -151,16 +151,23 @@ def cmd_methods(args: argparse.Namespace) -> int:
     """The registry; ``randomness``: where each selection's randomness comes from (seed, warmup,
     upstream, none: ``selections.selection_randomness``)."""
     from dsel_assets.core.select import methods
+    from dsel_assets.core.select.base import method_target
     from dsel_assets.pipeline.catalog import randomness_by_representation, randomness_summary
 
     specs = methods().values()
+
+    def parameters(spec) -> str:  # a required target shows as task=<query-task> or task=<pool-task>
+        target = method_target(spec.config_cls)
+        shown = {"task": f"<{target.split}-task>"} if target and target.required else {}
+        return " ".join(f"{n}={shown.get(n, d)}" for n, _, d, _ in spec.parameters())
+
     if args.json:
         rows = [
             {
                 "name": spec.name,
                 "family": spec.family,
                 "needs": ", ".join(spec.needs) or "-",
-                "params": " ".join(f"{n}={d}" for n, _, d, _ in spec.parameters()),
+                "params": parameters(spec),
                 "description": spec.description,
                 "randomness": randomness_by_representation(spec),  # selection key -> kind
                 "randomness_at_defaults": randomness_by_representation(spec, defaults=True),
@@ -175,7 +182,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
             spec.family,
             ", ".join(spec.needs) or "-",
             randomness_summary(spec),
-            " ".join(f"{n}={d}" for n, _, d, _ in spec.parameters()),
+            parameters(spec),
             spec.description,
         )
         for spec in specs
