@@ -143,11 +143,10 @@ class ComparePlan:
         METHOD@REPRESENTATION.KEY=VALUE`` (that entry), and the entry's representation."""
         name, representation = parse_entry(method)
         spec = get(name)
-        fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
+        target = method_target(spec.config_cls)
         params: dict[str, str] = {}
-        if "task" in fields:
-            serves_all = not method_target(spec.config_cls).required
-            params["task"] = self.targets[0] if len(self.targets) == 1 or not serves_all else ""
+        if target is not None:
+            params["task"] = self.targets[0] if len(self.targets) == 1 or target.required else ""
         params |= self.params.get(name, {})
         if method != name:
             params |= self.params.get(method, {})

@@ -175,7 +175,7 @@ def test_a_target_task_is_checked_before_any_work(home, tmp_path, capsys, monkey
     monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
     budget = ["--budget", "5%", "--model", "tiny"]
     assert main(["select", "--method", "less", *budget]) == 2
-    assert "target: less needs a target task (--target TASK); the query set holds no examples yet" in (
+    assert "target: less.task: a target task is required; the query set holds no examples yet (dsel ingest" in (
         capsys.readouterr().err
     )
     rows = [json.dumps({"question": f"What is {i} plus 1?", "answer": f"{i + 1}"}) for i in range(4)]
@@ -186,11 +186,14 @@ def test_a_target_task_is_checked_before_any_work(home, tmp_path, capsys, monkey
     capsys.readouterr()
     runs_before = len(list(home.dagster.rglob("*"))) if home.dagster.exists() else 0
     assert main(["select", "--method", "cluster_ucb", *budget]) == 2
-    assert "cluster_ucb needs a target task (--target TASK); tasks of the query set: gsm8k" in capsys.readouterr().err
+    needs = "cluster_ucb.task: a target task is required; tasks of the query set: gsm8k; name it with --target"
+    assert needs in capsys.readouterr().err
     assert main(["select", "--method", "round_robin", "--target", "math", *budget]) == 2
-    assert "target: 'math' is not a task of the query set; tasks of the query set: gsm8k" in capsys.readouterr().err
+    unknown = "target: round_robin.task: 'math' is not a task of the query set; tasks of the query set: gsm8k"
+    assert unknown in capsys.readouterr().err
     assert main(["select", "--method", "random_in_task", "--param", "task=gsm8k", *budget]) == 2
-    assert "target: 'gsm8k' is not a task of the pool; tasks of the pool: math" in capsys.readouterr().err
+    unknown = "target: random_in_task.task: 'gsm8k' is not a task of the pool; tasks of the pool: math"
+    assert unknown in capsys.readouterr().err
     assert (len(list(home.dagster.rglob("*"))) if home.dagster.exists() else 0) == runs_before  # no run started
 
 

@@ -99,21 +99,19 @@ def check_target(home, method: str, task: str) -> None:
     a label its split (query set or pool) does not hold; the error names the stored labels."""
     from dsel_assets.core.select import get
     from dsel_assets.core.select.base import method_target
+    from dsel_assets.core.select.registry import target_problem
 
     target = method_target(get(method).config_cls)
-    if target is None or not (task or target.required):
+    if target is None:
         return
-    tasks = []
+    labels = set()
     if home.duckdb.exists():
         with state_db.open_state(home.duckdb, read_only=True, log=to_stderr) as db:
-            tasks = sorted({t for (split, t) in db.split_task_counts() if split == target.split})
-    where = "the query set" if target.split == "query" else "the pool"
-    hint = " (dsel ingest FILE --split query --task TASK)" if target.split == "query" else ""
-    stored = f"tasks of {where}: {', '.join(tasks)}" if tasks else f"{where} holds no examples yet{hint}"
-    if not task:
-        raise ValueError(f"target: {method} needs a target task (--target TASK); {stored}")
-    if task not in tasks:
-        raise ValueError(f"target: {task!r} is not a task of {where}; {stored}")
+            labels = {t for (split, t) in db.split_task_counts() if split == target.split}
+    problem = target_problem(method, task, labels)
+    if problem:
+        ingest = " (dsel ingest FILE --split query --task TASK)" if target.split == "query" and not labels else ""
+        raise ValueError(f"target: {method}.task: {problem}{ingest}; name it with --target TASK")
 
 
 def cmd_score(args: argparse.Namespace) -> int:

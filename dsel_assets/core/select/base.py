@@ -62,6 +62,11 @@ class Target:
     split: Literal["query", "pool"]
     required: bool
 
+    @property
+    def where(self) -> str:
+        """The split in words, for messages."""
+        return "the query set" if self.split == "query" else "the pool"
+
 
 def target_field(split: Literal["query", "pool"], required: bool, help: str) -> Any:
     """A method's ``task`` parameter, declaring what it names so callers check it before any work."""

@@ -145,8 +145,6 @@ def select(ids, k: int, config: ClusterUcbConfig, *, pool_gradients: np.ndarray,
     """``less_scorer`` computes LESS scores on demand, for the drawn ids only. Rows without a
     gradient feature cannot be clustered and are never drawn; drawn examples whose score is
     undefined (NaN) are not eligible. Diagnostics report how much of the pool was scored."""
-    if not config.task:
-        raise ValueError("cluster_ucb.task: required (a task of the query set)")
     ids = check_inputs(ids, pool_gradients=pool_gradients)
     x = np.asarray(pool_gradients, dtype=np.float32)
     valid = featured_rows(x)
@@ -215,8 +213,6 @@ def select_epochs(
     but the last, the bandit (clusters of the earliest checkpoint's features, ``init``
     seeding) draws with the scorer of the model trained so far, and its top k by reward are the
     next epoch's data. Rows without a feature or a LESS score are never selected."""
-    if not config.task:
-        raise ValueError("cluster_ucb_epochs.task: required (a task of the query set)")
     if config.task not in less_scores:
         raise ValueError(f"cluster_ucb_epochs.task: {config.task!r} is not one of {sorted(less_scores)}")
     ids = check_inputs(ids, pool_checkpoint_gradients=pool_checkpoint_gradients, less_scores=less_scores[config.task])

@@ -28,8 +28,6 @@ class LessConfig(TargetedConfig):
 def select(ids, k: int, config: LessConfig, *, less_scores: dict[str, np.ndarray]) -> Selection:
     """``less_scores`` maps task -> score per id (NaN where an example has no feature, e.g.
     truncated away: not eligible). Ties break by lower id, so the ordering is total."""
-    if not config.task:
-        raise ValueError(f"less.task: required; one of {sorted(less_scores)}")
     if config.task not in less_scores:
         raise ValueError(f"less.task: {config.task!r} is not one of {sorted(less_scores)}")
     scores = np.asarray(less_scores[config.task], dtype=np.float64)

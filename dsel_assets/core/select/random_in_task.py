@@ -32,10 +32,8 @@ def select(ids, k: int, config: RandomInTaskConfig, *, pool_tasks: np.ndarray) -
     ids = check_inputs(ids, pool_tasks=pool_tasks)
     tasks = np.asarray([str(t) for t in pool_tasks], dtype=object)
     if config.task not in set(tasks.tolist()):
-        required = " (required: the target task)" if not config.task else ""
         raise ValueError(
-            f"random_in_task.task: {config.task!r}{required} is not a task of the pool; "
-            f"one of {sorted(set(tasks.tolist()))}"
+            f"random_in_task.task: {config.task!r} is not a task of the pool; one of {sorted(set(tasks.tolist()))}"
         )
     rows = np.flatnonzero(tasks == config.task)
     order = rows[np.random.default_rng(config.seed).permutation(len(rows))[:k]]

@@ -4,11 +4,14 @@ assets, the docs table and the tests alike (tests are parameterised from it)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
+
+from dsel_assets.core.select.base import method_target
 
 FAMILIES = ("targeted", "diversity", "quality", "hybrid", "iterative")
 
@@ -46,16 +49,28 @@ def register(
     description: str,
     reference: str,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering ``select(ids, k, config, **representations) -> Selection``."""
+    """Decorator registering ``select(ids, k, config, **representations) -> Selection``; a
+    required target (a ``task`` declared by ``target_field``) is refused when empty, here, for
+    every such method."""
     if family not in FAMILIES:
         raise ValueError(f"family: {family!r} is not one of {FAMILIES}")
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config: {config!r} must be a dataclass")
+    target = method_target(config)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"method: {name!r} is already registered")
-        _REGISTRY[name] = MethodSpec(name, family, needs, config, fn, description, reference)
+        select = fn
+        if target is not None and target.required:
+
+            @functools.wraps(fn)
+            def select(ids, k, method_config, **representations):
+                if not method_config.task:
+                    raise ValueError(f"{name}.task: required (a task label of {target.where})")
+                return fn(ids, k, method_config, **representations)
+
+        _REGISTRY[name] = MethodSpec(name, family, needs, config, select, description, reference)
         return fn
 
     return decorate
@@ -71,6 +86,19 @@ def get(name: str) -> MethodSpec:
     if name not in available:
         raise KeyError(f"method: {name!r} is not one of {sorted(available)}")
     return available[name]
+
+
+def target_problem(name: str, task: str, labels: Collection[str]) -> str | None:
+    """Why ``task`` cannot be method ``name``'s target, given the task labels its declared split
+    holds, or None when it can: '' where a target is required, or a label the split lacks."""
+    target = method_target(get(name).config_cls)
+    if target is None or not (task or target.required):
+        return None
+    where = target.where
+    stored = f"tasks of {where}: {', '.join(sorted(labels))}" if labels else f"{where} holds no examples yet"
+    if not task:
+        return f"a target task is required; {stored}"
+    return None if task in labels else f"{task!r} is not a task of {where}; {stored}"
 
 
 def has_seed(spec: MethodSpec) -> bool:

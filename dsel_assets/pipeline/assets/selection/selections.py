@@ -16,9 +16,10 @@ import pydantic
 from pydantic import Field
 
 from dsel_assets.core.select import Budget, build_config
+from dsel_assets.core.select.base import method_target
 from dsel_assets.core.select.diagnostics import set_measures
 from dsel_assets.core.select.knn_tsds import CheckpointFeatures
-from dsel_assets.core.select.registry import MethodSpec
+from dsel_assets.core.select.registry import MethodSpec, target_problem
 from dsel_assets.core.select.targeted import LESS, Influence, representation_needs
 from dsel_assets.core.select.targeted import representations as method_representations
 from dsel_assets.pipeline import registry
@@ -152,6 +153,7 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
     runs_model = bool({"trainer", "less_scorer"} & set(spec.needs))
 
     config_class = selection_config_class(spec, key, pinned)
+    target = method_target(spec.config_cls)
 
     def _selection(
         context: dg.AssetExecutionContext,
@@ -180,11 +182,17 @@ def build_selection_asset(spec: MethodSpec, representation: str = LESS) -> dg.As
             db.ensure_schema()
             version, _ = db.pool_version()
             frame = db.split_rows("pool", ("pool_id", "task", "batch"))
+            stored_tasks = db.split_task_counts()
             # the warmup its gradient inputs come from (the latest), for lineage and the warmup seed check
             warmup = current_warmup(db) if reads_warmup else None
         pool_ids = frame["pool_id"].to_list()
         if not pool_ids:
             raise RuntimeError("pool: no examples yet; ingest data first (dsel ingest PATH)")
+        if target is not None:  # a missing or unknown target task: before any representation is read
+            labels = {task for (split, task) in stored_tasks if split == target.split}
+            problem = target_problem(spec.name, method_config.task, labels)
+            if problem:
+                raise ValueError(f"{key}.task: {problem}")
         if config.warmup_seed is not None and warmup["seed"] != config.warmup_seed:
             raise RuntimeError(
                 f"warmup_seed: the latest warmup ({warmup['key']}) has seed {warmup['seed']}, "
