@@ -8,6 +8,8 @@ task), 5 demonstrations and 3 queries per prompt, under:
 - dsel with another seed (another demonstration partition and other query draws): how far two
   draws of the same setting already disagree, the floor the others are read against;
 - the reference's layer (its per-model table gives 11 to any model outside it), 32 tokens;
+- with ``--caps 128,512``, the reference's layer with answers capped there instead: how far the
+  cap alone moves the selection as it grows towards the reference's uncapped answers;
 - with ``--uncapped``, the reference: its layer and uncapped answers (to the end of turn, or
   8,192 tokens of prompt and answer). Slow on a CPU: SmolLM2's greedy answers often do not end,
   and 4 prompts took over 7 minutes on 2 cores.
@@ -16,7 +18,8 @@ Printed: the machine's load, the seconds each setting took, the overlap |A & B| 
 setting's top-k (the ``data_whisperer`` selection at the budget) with dsel's, and the Spearman
 correlation of the scores.
 
-Usage: python benchmarks/whisperer_settings.py [--sample 200] [--queries 20] [--budget 0.05] [--uncapped]
+Usage: python benchmarks/whisperer_settings.py [--sample 200] [--queries 20] [--budget 0.05]
+       [--caps 128,512] [--uncapped]
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=200, help="pool examples scored (seeded sample)")
     parser.add_argument("--queries", type=int, default=20, help="GSM8K query rows")
     parser.add_argument("--budget", type=float, default=0.05)
+    parser.add_argument("--caps", default="", help="more answer caps at the reference's layer, e.g. 128,512")
     parser.add_argument("--uncapped", action="store_true", help="also the reference's uncapped answers (slow)")
     args = parser.parse_args()
     pool = pool_or_skip()
@@ -67,6 +71,8 @@ def main() -> int:
         "dsel, seed 1": (layers["middle"], 32, 1),
         f"reference layer {layers['reference']}, 32 tokens": (layers["reference"], 32, 0),
     }
+    for cap in (int(c) for c in args.caps.split(",") if c.strip()):
+        settings[f"reference layer {layers['reference']}, {cap} tokens"] = (layers["reference"], cap, 0)
     if args.uncapped:
         settings[f"reference (layer {layers['reference']}, uncapped)"] = (layers["reference"], 0, 0)
     ids = np.array([f"s{i:05d}" for i in range(len(sample))])
@@ -77,12 +83,14 @@ def main() -> int:
         scores[label] = whisperer_scores(model, tokenizer, sample, queries, 5, 3, layer, cap, seed)
         config = build_config("data_whisperer", {})
         picks[label] = get("data_whisperer").select(ids, k, config, whisperer_score=scores[label]).ids
-        print(f"{label}: scored in {time.perf_counter() - started:.0f} s")
-    base = next(iter(settings))
-    print(f"\nbudget {args.budget:.0%} = {k} of {len(sample)}; against {base}:")
-    for label in settings:
+        base = next(iter(settings))  # each setting against dsel's as soon as it is scored
         common = len(set(picks[base]) & set(picks[label])) / max(k, 1)
-        print(f"  {label:40s} overlap {common:.3f}  Spearman {spearman(scores[base], scores[label]):.3f}")
+        print(
+            f"{label:40s} scored in {time.perf_counter() - started:5.0f} s; against {base} at "
+            f"{args.budget:.0%} = {k} of {len(sample)}: overlap {common:.3f}, "
+            f"Spearman {spearman(scores[base], scores[label]):.3f}",
+            flush=True,
+        )
     print(f"load average at end: {os.getloadavg()}")
     return 0
 

@@ -63,7 +63,7 @@ def _needs(spec: MethodSpec) -> str:
 
 def source_path(spec: MethodSpec) -> str:
     """The module that registers ``spec``, relative to the repository root."""
-    return Path(inspect.getfile(spec.select)).resolve().relative_to(ROOT).as_posix()
+    return Path(inspect.getfile(inspect.unwrap(spec.select))).resolve().relative_to(ROOT).as_posix()
 
 
 def _type(spec: MethodSpec, name: str, type_name: str) -> str:

@@ -47,8 +47,10 @@ def test_draws_are_the_cold_start_plus_int_n_times_budget_minus_cold_start():
     x, direction = directions()
     rewards = np.random.default_rng(1).uniform(-1, 1, 300)
     scorer = CountingScorer(rewards)
-    config = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "budget_frac": "0.2", "cold_start": "0.05"})
-    sel = get("cluster_ucb").select(pool_ids(300), 15, config, pool_gradients=x, less_scorer=scorer)
+    params = {"task": "t", "n_clusters": "10", "budget_frac": "0.2", "cold_start": "0.05", "score_ahead": "false"}
+    sel = get("cluster_ucb").select(
+        pool_ids(300), 15, build_config("cluster_ucb", params), pool_gradients=x, less_scorer=scorer
+    )
     # by hand: 10 clusters of 30, cold start max(int(30 * 0.05), 1) = 1 each -> 10 draws, in one
     # call, one per direction; then int(300 * (0.2 - 0.05)) = 45 bandit draws: 55 (not 60)
     assert len(scorer.calls[0]) == 10
@@ -61,7 +63,7 @@ def test_draws_are_the_cold_start_plus_int_n_times_budget_minus_cold_start():
     top = drawn[np.argsort(-rewards[drawn], kind="stable")[:15]]
     assert sel.ids == [f"p{i:03d}" for i in top]
     np.testing.assert_allclose(sel.scores, rewards[top])
-    batched = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "draw_batch": "4"})
+    batched = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "draw_batch": "4", "score_ahead": "false"})
     scorer = CountingScorer(rewards)
     get("cluster_ucb").select(pool_ids(300), 15, batched, pool_gradients=x, less_scorer=scorer)
     sizes = [len(c) for c in scorer.calls[1:]]  # 45 draws in batches of at most 4 (less when an arm runs out)
@@ -75,8 +77,10 @@ def test_every_bandit_draw_goes_to_the_arm_the_ucb_rule_names():
     rng = np.random.default_rng(2)
     rewards = rng.normal(0, 0.3, 300) + rng.uniform(-0.5, 0.5, 10)[direction]  # arms differ in mean
     scorer = CountingScorer(rewards)
-    config = build_config("cluster_ucb", {"task": "t", "n_clusters": "10", "budget_frac": "0.5", "beta": "1"})
-    get("cluster_ucb").select(pool_ids(300), 15, config, pool_gradients=x, less_scorer=scorer)
+    params = {"task": "t", "n_clusters": "10", "budget_frac": "0.5", "beta": "1", "score_ahead": "false"}
+    get("cluster_ucb").select(
+        pool_ids(300), 15, build_config("cluster_ucb", params), pool_gradients=x, less_scorer=scorer
+    )
     seen = {arm: [] for arm in range(10)}
     for i in scorer.calls[0]:
         seen[direction[int(i[1:])]].append(rewards[int(i[1:])])
@@ -126,6 +130,49 @@ def test_no_cold_start_draws_nothing_beyond_the_bandit_budget():
     draws = cluster_ucb_draws(assignment, lambda rows: rewards[rows], ClusterUcbConfig(budget_frac=0.5, cold_start=0))
     assert draws.cold_start == 0 and len(draws.rewards) == 15
     assert draws.pulls == [0, 1, 2] + [1] * 9 + [2] * 3  # arm 1 until exhausted, then arm 2
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_scoring_ahead_draws_the_same_in_fewer_calls(seed):
+    """Scoring an arm's next members ahead changes the reward calls only: the draws (rewards,
+    cold start, pulls) equal those of one call per draw, no example is scored twice, and the
+    unused rewards are at most as many as the drawn ones."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 400))
+    assignment = rng.integers(0, int(rng.integers(1, 12)), n)
+    rewards = rng.normal(0, 0.3, n) + rng.uniform(-0.5, 0.5, assignment.max() + 1)[assignment]
+    rewards[rng.random(n) < 0.05] = np.nan  # no feature: drawn, never a UCB reward
+    cold_start = float(rng.choice([0, 0.01, 0.05]))
+    params = dict(budget_frac=float(rng.uniform(max(cold_start, 0.05), 1)), cold_start=cold_start)
+    params |= dict(beta=float(rng.uniform(0, 2)), draw_batch=int(rng.choice([1, 1, 3])), seed=seed)
+    runs = {}
+    for ahead in (False, True):
+        calls = []
+
+        def reward(rows, calls=calls):
+            calls.append(rows.tolist())
+            return rewards[rows]
+
+        runs[ahead] = cluster_ucb_draws(assignment, reward, ClusterUcbConfig(**params, score_ahead=ahead)), calls
+    (plain, plain_calls), (ahead, ahead_calls) = runs[False], runs[True]
+    assert ahead.pulls == plain.pulls and ahead.cold_start == plain.cold_start
+    assert ahead.rewards.keys() == plain.rewards.keys()
+    np.testing.assert_array_equal(list(ahead.rewards.values()), [plain.rewards[r] for r in ahead.rewards])
+    scored = [row for call in ahead_calls for row in call]
+    assert len(scored) == len(set(scored)) == len(ahead.rewards) + ahead.unused
+    assert plain.unused == 0 and ahead.unused <= len(ahead.rewards)
+    assert len(ahead_calls) <= len(plain_calls)
+
+
+def test_scoring_ahead_doubles_an_arms_refill():
+    # one arm of 40, no cold start, 15 draws: calls of 1, 2, 4, 8 rows (the last one 8 of which
+    # 15 - 7 = 8 are drawn), where one call per draw makes 15
+    calls = []
+    config = ClusterUcbConfig(budget_frac=15 / 40, cold_start=0)
+    draws = cluster_ucb_draws(
+        np.zeros(40, dtype=int), lambda rows: calls.append(len(rows)) or np.ones(len(rows)), config
+    )
+    assert calls == [1, 2, 4, 8] and len(draws.rewards) == 15 and draws.unused == 0
 
 
 def test_spherical_kmeans_assigns_by_cosine_like_brute_force():

@@ -40,6 +40,13 @@ class ClusterUcbConfig:
     draw_batch: int = field(
         default=1, metadata={"help": "examples per bandit draw (> 1 lets the scorer batch its gradients)"}
     )
+    score_ahead: bool = field(
+        default=True,
+        metadata={
+            "help": "score an arm's next members ahead, doubling per refill (1, 2, 4, ...): the same draws "
+            "in fewer, larger scorer calls, for at most as many unused rewards as drawn ones"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "k-means and draw seed"})
 
     def __post_init__(self) -> None:
@@ -60,6 +67,7 @@ class Draws:
     rewards: dict[int, float]
     cold_start: int
     pulls: list[int]
+    unused: int = 0  # rewards scored ahead but never drawn (the cost of ``score_ahead``)
 
 
 def cluster_ucb_draws(
@@ -72,28 +80,47 @@ def cluster_ucb_draws(
     reference gave it 0, which could outrank arms whose UCB is negative). Draws stop early only
     when every arm is exhausted. The count follows the reference, so budget_frac = 1 draws the
     whole pool (= LESS top-k) when cold_start = 0; with a cold start, rounding down per cluster
-    can leave a few undrawn."""
+    can leave a few undrawn. ``score_ahead`` changes the reward calls only: each arm's members
+    are drawn in one seeded order, so the next ones are known before the bandit asks for them."""
     rng = np.random.default_rng(config.seed)
     arms = [rng.permutation(np.flatnonzero(assignment == c)) for c in range(int(assignment.max()) + 1)]
     arms = [a for a in arms if len(a)]
     drawn = [0] * len(arms)
     per_arm: list[list[float]] = [[] for _ in arms]
     rewards: dict[int, float] = {}
+    ahead: dict[int, float] = {}  # rewards scored ahead (score_ahead), not drawn: the bandit never sees them
+    refill = [1] * len(arms)
 
-    def draw(takes: list[tuple[int, int]]) -> None:
-        """Score the next ``n`` members of each ``(arm, n)`` in one reward call."""
-        pairs = [(a, int(arms[a][drawn[a] + j])) for a, n in takes for j in range(n)]
-        values = np.asarray(reward(np.array([row for _, row in pairs], dtype=np.int64)), dtype=np.float64)
-        if values.shape != (len(pairs),):
-            raise ValueError(f"cluster_ucb: the scorer returned {values.shape} rewards for {len(pairs)} examples")
-        for (arm, row), value in zip(pairs, values, strict=True):
-            rewards[row] = float(value)
-            drawn[arm] += 1
-            if np.isfinite(value):
-                per_arm[arm].append(float(value))
+    def draw(takes: list[tuple[int, int]], remaining: int) -> None:
+        """Draw the next ``n`` members of each ``(arm, n)``; those not scored ahead are scored in
+        one reward call, with ``score_ahead`` up to ``refill[arm]`` (doubled on each use, never
+        past ``remaining`` draws) of the arm's next members."""
+        batch = []
+        for arm, n in takes:
+            start = drawn[arm] + sum(1 for row in arms[arm][drawn[arm] : drawn[arm] + n] if int(row) in ahead)
+            if start < drawn[arm] + n:
+                size = n
+                if config.score_ahead:
+                    size, refill[arm] = max(n, min(refill[arm], remaining)), refill[arm] * 2
+                batch += [int(row) for row in arms[arm][start : drawn[arm] + size]]
+        if batch:
+            values = np.asarray(reward(np.array(batch, dtype=np.int64)), dtype=np.float64)
+            if values.shape != (len(batch),):
+                raise ValueError(f"cluster_ucb: the scorer returned {values.shape} rewards for {len(batch)} examples")
+            ahead.update(zip(batch, values.tolist(), strict=True))
+        for arm, n in takes:
+            for row in arms[arm][drawn[arm] : drawn[arm] + n]:
+                value = ahead.pop(int(row))
+                rewards[int(row)] = value
+                drawn[arm] += 1
+                if np.isfinite(value):
+                    per_arm[arm].append(value)
 
     if config.cold_start > 0:  # as the reference: no cold start at 0, the bandit draws every first member
-        draw([(a, min(max(int(len(members) * config.cold_start), 1), len(members))) for a, members in enumerate(arms)])
+        cold_takes = [
+            (a, min(max(int(len(members) * config.cold_start), 1), len(members))) for a, members in enumerate(arms)
+        ]
+        draw(cold_takes, 0)
     cold = len(rewards)
     target = int(len(assignment) * (config.budget_frac - config.cold_start) + 1e-9)  # 100 * (0.03 - 0.01) = 1.999..
     pulls: list[int] = []
@@ -112,8 +139,9 @@ def cluster_ucb_draws(
             break
         arm = int(np.argmax(ucb))  # ties: lowest arm
         take = min(config.draw_batch, target - len(pulls), len(arms[arm]) - drawn[arm])
-        draw([(arm, take)])
+        draw([(arm, take)], target - len(pulls))
         pulls += [arm] * take
+    return Draws(rewards, cold, pulls, unused=len(ahead))
     return Draws(rewards, cold, pulls)
 
 
@@ -169,6 +197,7 @@ def select(ids, k: int, config: ClusterUcbConfig, *, pool_gradients: np.ndarray,
             "scored_fraction": len(draws.rewards) / len(ids),
             "cold_start_draws": draws.cold_start,
             "bandit_draws": len(draws.pulls),
+            "scored_ahead_unused": draws.unused,
             "clusters": len(np.unique(assignment)),
             "no_feature": len(ids) - len(valid) + len(draws.rewards) - eligible,
             "task": config.task,
@@ -226,12 +255,14 @@ def select_epochs(
     _, assignment = spherical_kmeans(early[valid], config.n_clusters, config.seed, 20, config.init)
     first = valid[np.lexsort((valid, -first_scores[valid]))[:k]]
     computed: list[int] = []
+    unused: list[int] = []
     last: dict[str, np.ndarray] = {}
 
     def reselect(epoch: int, scorer: RowScorer) -> list[int]:
         draws = cluster_ucb_draws(assignment, lambda rows: scorer(valid[rows], config.task), config)
         top, values, eligible = best_drawn(draws, k, valid)
         computed.append(len(draws.rewards))
+        unused.append(draws.unused)
         last.update(rows=valid[top], values=values, eligible=eligible)
         return [int(r) for r in last["rows"]]
 
@@ -248,6 +279,7 @@ def select_epochs(
             "epochs": config.epochs,
             "rewards_computed": computed,
             "scored_fraction": [c / len(ids) for c in computed],
+            "scored_ahead_unused": unused,
             "clusters": len(np.unique(assignment)),
             "epoch_1_overlap": len(set(first.tolist()) & set(last["rows"].tolist())) / k,
             "task": config.task,
