@@ -1,5 +1,7 @@
 """Model loading: the real SmolLM2-135M from its GGUF, the tiny test Llama, MiniLM."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,8 @@ from dsel_assets.core.models.loading import (
     model_hash,
     pick_device,
     resolve,
+    returned_cache,
+    with_cache,
 )
 from resources.models import MODEL_CACHE_ENV, SelectionModel, apply_cpu_precision, resolve_model
 
@@ -104,6 +108,21 @@ def test_tiny_model_shares_the_tokenizer_and_is_seeded():
     a, b = load_causal_lm(spec, device="cpu"), load_causal_lm(spec, device="cpu")
     assert a.config.vocab_size == len(load_tokenizer(spec)) and a.config.num_hidden_layers == 2
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_a_kv_cache_passed_on_continues_the_sequence_without_a_deprecation():
+    """A prefix's returned cache, passed back by the installed transformers' own keyword, gives
+    the suffix the logits of one forward over the whole sequence (and no FutureWarning: the old
+    keyword is deprecated in transformers 5)."""
+    spec = resolve("tiny")
+    model = load_causal_lm(spec, device="cpu").eval()
+    ids = torch.tensor([load_tokenizer(spec)("a cache carries the prefix over")["input_ids"]])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        whole = model(ids).logits
+        cache = returned_cache(model(ids[:, :4], use_cache=True))
+        rest = model(ids[:, 4:], **with_cache(model, cache), use_cache=True).logits
+    torch.testing.assert_close(rest, whole[:, 4:], rtol=1e-4, atol=1e-5)
 
 
 def test_model_resource_identity_and_device():

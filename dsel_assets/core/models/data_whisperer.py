@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .loading import returned_cache, with_cache
 from .templates import render_chat
 
 
@@ -145,7 +146,7 @@ def whisperer_scores(
         for r, members in enumerate(rounds):
             demos = [pool[i] for i in members]
             prefix, spans = demo_spans(tokenizer, demos)
-            cache = model(torch.tensor([prefix], device=device), use_cache=True).past_key_values
+            cache = returned_cache(model(torch.tensor([prefix], device=device), use_cache=True))
             mass = np.zeros(len(members))
             metrics = []
             for qi in rng.choice(len(queries), min(n_queries, len(queries)), replace=False):
@@ -155,20 +156,20 @@ def whisperer_scores(
                 suffix = tokenizer(text, add_special_tokens=False)["input_ids"][len(prefix) :]
                 out = model(
                     torch.tensor([suffix], device=device),
-                    past_key_values=copy.deepcopy(cache),
+                    **with_cache(model, copy.deepcopy(cache)),
                     use_cache=True,
                     output_attentions=True,
                 )
                 attn = out.attentions[layer][0].float().sum(0)  # heads summed: [suffix, prefix + suffix]
                 mass += attention_mass(attn.cpu().numpy(), spans)
-                generated, past, token = [], out.past_key_values, out.logits[0, -1].argmax()
+                generated, past, token = [], returned_cache(out), out.logits[0, -1].argmax()
                 room = REFERENCE_MAX_TOKENS - len(prefix) - len(suffix)
                 for _ in range(max_new_tokens if max_new_tokens > 0 else max(room, 0)):
                     if int(token) in (tokenizer.eos_token_id, tokenizer.pad_token_id):
                         break
                     generated.append(int(token))
-                    step = model(token.view(1, 1), past_key_values=past, use_cache=True)
-                    past, token = step.past_key_values, step.logits[0, -1].argmax()
+                    step = model(token.view(1, 1), **with_cache(model, past), use_cache=True)
+                    past, token = returned_cache(step), step.logits[0, -1].argmax()
                 prediction = tokenizer.decode(generated, skip_special_tokens=True)
                 metrics.append(answer_metric(prediction, query[-1]["content"]))
             lengths = np.array([max(sum(e - s for s, e in ranges), 1) for ranges in spans])  # empty: mass 0

@@ -7,6 +7,7 @@ import copy
 import functools
 import hashlib
 import importlib.util
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,6 +342,20 @@ def _gguf_model(spec: ModelSpec) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32, gguf_file=spec.gguf_file).eval()
     _write_gguf_cache(model, load_tokenizer(spec), target)  # unwritable: the next load dequantizes again
     return model
+
+
+def with_cache(module, cache) -> dict:
+    """The keyword argument passing a KV cache to ``module``'s forward: ``cache`` where the
+    installed transformers names it so (``past_key_values`` is deprecated there), else
+    ``past_key_values``."""
+    name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def returned_cache(output):
+    """The KV cache a forward returned (``cache`` or, in older transformers, ``past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    return output.past_key_values if cache is None else cache
 
 
 def checkpoint_activations(model) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .loading import returned_cache, with_cache
 from .sft import encode_conversation
 from .templates import render_chat
 
@@ -92,7 +93,7 @@ def _batched_answer_logprobs(
             )
         rows_t = torch.tensor(rows, device=device)
         with torch.no_grad():
-            hidden = body(input_ids=ids.to(device), past_key_values=cache, use_cache=cache is not None)
+            hidden = body(input_ids=ids.to(device), **with_cache(body, cache), use_cache=cache is not None)
             logits = head(hidden.last_hidden_state[rows_t, torch.tensor(cols, device=device)])
         logp = torch.log_softmax(logits.float(), dim=-1)
         token = logp.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0].double()
@@ -146,7 +147,7 @@ def one_shot_cached(
             if len(prefix) + max(len(s) for _, s in pairs) > max_length:
                 reasons[ci] = f"demonstration + anchor exceed max_length={max_length}"
             else:
-                cache = body(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+                cache = returned_cache(body(input_ids=torch.tensor([prefix], device=device), use_cache=True))
                 lp1[ci] = _batched_answer_logprobs(
                     model,
                     [s for _, s in pairs],
