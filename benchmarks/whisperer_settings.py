@@ -9,7 +9,9 @@ task), 5 demonstrations and 3 queries per prompt, under:
   draws of the same setting already disagree, the floor the others are read against;
 - the reference's layer (its per-model table gives 11 to any model outside it), 32 tokens;
 - with ``--caps 128,512``, the reference's layer with answers capped there instead: how far the
-  cap alone moves the selection as it grows towards the reference's uncapped answers;
+  cap alone moves the selection as it grows towards the reference's uncapped answers, and how
+  many answers each cap cuts (an answer that ends within the cap is what uncapped generation
+  gives); ``--caps-only`` runs these against the reference's layer at 32 tokens, nothing else;
 - with ``--uncapped``, the reference: its layer and uncapped answers (to the end of turn, or
   8,192 tokens of prompt and answer). Slow on a CPU: SmolLM2's greedy answers often do not end,
   and 4 prompts took over 7 minutes on 2 cores.
@@ -19,7 +21,7 @@ setting's top-k (the ``data_whisperer`` selection at the budget) with dsel's, an
 correlation of the scores.
 
 Usage: python benchmarks/whisperer_settings.py [--sample 200] [--queries 20] [--budget 0.05]
-       [--caps 128,512] [--uncapped]
+       [--caps 128,512] [--caps-only] [--uncapped]
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=20, help="GSM8K query rows")
     parser.add_argument("--budget", type=float, default=0.05)
     parser.add_argument("--caps", default="", help="more answer caps at the reference's layer, e.g. 128,512")
+    parser.add_argument("--caps-only", action="store_true", help="only the caps, against the reference layer at 32")
     parser.add_argument("--uncapped", action="store_true", help="also the reference's uncapped answers (slow)")
     args = parser.parse_args()
     pool = pool_or_skip()
@@ -71,6 +74,8 @@ def main() -> int:
         "dsel, seed 1": (layers["middle"], 32, 1),
         f"reference layer {layers['reference']}, 32 tokens": (layers["reference"], 32, 0),
     }
+    if args.caps_only:
+        settings = {label: setting for label, setting in settings.items() if label.startswith("reference layer")}
     for cap in (int(c) for c in args.caps.split(",") if c.strip()):
         settings[f"reference layer {layers['reference']}, {cap} tokens"] = (layers["reference"], cap, 0)
     if args.uncapped:
@@ -80,7 +85,19 @@ def main() -> int:
     scores, picks = {}, {}
     for label, (layer, cap, seed) in settings.items():
         started = time.perf_counter()
-        scores[label] = whisperer_scores(model, tokenizer, sample, queries, 5, 3, layer, cap, seed)
+        answers: list[tuple[int, bool]] = []
+        scores[label] = whisperer_scores(
+            model,
+            tokenizer,
+            sample,
+            queries,
+            5,
+            3,
+            layer,
+            cap,
+            seed,
+            on_answer=lambda n, end, told=answers: told.append((n, end)),
+        )
         config = build_config("data_whisperer", {})
         picks[label] = get("data_whisperer").select(ids, k, config, whisperer_score=scores[label]).ids
         base = next(iter(settings))  # each setting against dsel's as soon as it is scored
@@ -88,7 +105,8 @@ def main() -> int:
         print(
             f"{label:40s} scored in {time.perf_counter() - started:5.0f} s; against {base} at "
             f"{args.budget:.0%} = {k} of {len(sample)}: overlap {common:.3f}, "
-            f"Spearman {spearman(scores[base], scores[label]):.3f}",
+            f"Spearman {spearman(scores[base], scores[label]):.3f}; {sum(not end for _, end in answers)} of "
+            f"{len(answers)} answers cut, mean {np.mean([n for n, _ in answers]):.0f} tokens",
             flush=True,
         )
     print(f"load average at end: {os.getloadavg()}")

@@ -392,12 +392,27 @@ def test_data_whisperer_uncapped_answers_are_graded_whole_and_the_reference_laye
     answer = tokenizer(reference, add_special_tokens=False)["input_ids"]
     assert len(answer) > 32
     queries = [qa("Say the words.", reference)]
-    scores = {}
-    for cap in (32, 0):
+    scores, answers = {}, {}
+    for cap in (32, 0, len(answer)):
         stub = AttentionStub(len(tokenizer), answer, tokenizer.eos_token_id, zebra)
-        scores[cap] = whisperer_scores(stub, tokenizer, pool, queries, n_demos=2, n_queries=1, max_new_tokens=cap)
+        answers[cap] = []
+        told = answers[cap]
+        scores[cap] = whisperer_scores(
+            stub,
+            tokenizer,
+            pool,
+            queries,
+            2,
+            1,
+            max_new_tokens=cap,
+            on_answer=lambda n, end, t=told: t.append((n, end)),
+        )
     np.testing.assert_allclose(scores[0], [0.0, 1.0])
     assert scores[32][0] == 0.0 and 0.0 < scores[32][1] < 1.0
+    # each answer's length and whether it ended: cut at 32; whole and ended uncapped, and at a
+    # cap of exactly its length (the end of turn comes next)
+    whole = [(len(answer), True)]
+    assert answers == {32: [(32, False)], 0: whole, len(answer): whole}
     # the reference's table, matched on the last part of a hub id or folder; 11 for any other model
     assert reference_layer("meta-llama/Meta-Llama-3-8B-Instruct", 32) == 13
     assert reference_layer("/models/Qwen2.5-7B-Instruct/", 28) == 16

@@ -148,7 +148,16 @@ def test_learning_percentage_is_reused_and_whisperer_rows_carry_their_provenance
         ops = {a.key.to_user_string(): config["ops"][a.key.to_user_string()] for a in assets}
         return dg.materialize(assets, resources=local_resources, instance=instance, run_config={"ops": ops})
 
-    first = run([learning_percentage, whisperer_score]).asset_materializations_for_node("learning_percentage")
+    result = run([learning_percentage, whisperer_score])
+    first = result.asset_materializations_for_node("learning_percentage")
+    # 6 examples in rounds of 2 demonstrations, 1 query each: 3 answers, of at most 2 tokens; a
+    # cut one (no end of turn within 2) is said in the run's log
+    told = result.asset_materializations_for_node("whisperer_score")[0].metadata
+    answers, cut = told["answers"].value, told["answers_cut"].value
+    assert answers == 3 and 0 <= cut <= 3 and told["mean_answer_tokens"].value <= 2
+    warned = [e.user_message for e in instance.all_logs(result.run_id) if "answers reached" in e.user_message]
+    assert len(warned) == bool(cut)
+    assert all(f"{cut} of 3 answers reached max_new_tokens=2 before their end" in w for w in warned)
     again = run([learning_percentage]).asset_materializations_for_node("learning_percentage")
     assert first[0].metadata["reused"].value is False and again[0].metadata["reused"].value is True
     lp = stored(home, "learning_percentage", ["pool_id", "template", "code_version"])

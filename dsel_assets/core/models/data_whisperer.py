@@ -122,12 +122,15 @@ def whisperer_scores(
     max_new_tokens: int = 32,
     seed: int = 0,
     on_round: Callable[[int, int], None] | None = None,
+    on_answer: Callable[[int, bool], None] | None = None,
 ) -> np.ndarray:
     """Score per pool example (NaN only if it never served, which cannot happen here).
 
     ``model`` must run eager attention (attention weights are read at ``layer``, default the
     middle one). ``max_new_tokens`` caps each greedy answer; 0 lets it run to the end of turn or
-    until prompt and answer reach :data:`REFERENCE_MAX_TOKENS`, as the reference generates."""
+    until prompt and answer reach :data:`REFERENCE_MAX_TOKENS`, as the reference generates.
+    ``on_answer(tokens, ended)`` is told each answer's length and whether it ended (end of turn)
+    rather than being cut at the limit."""
     import torch
 
     if not queries:
@@ -140,6 +143,7 @@ def whisperer_scores(
     if len(rounds[-1]) < n_demos and len(pool) >= n_demos:  # fill the last prompt; all still served once
         extra = rng.choice(np.setdiff1d(order, rounds[-1]), n_demos - len(rounds[-1]), replace=False)
         rounds[-1] = np.concatenate([rounds[-1], extra])
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     totals = np.zeros(len(pool), dtype=np.float64)
     counts = np.zeros(len(pool), dtype=np.float64)
     with torch.no_grad():
@@ -163,13 +167,13 @@ def whisperer_scores(
                 attn = out.attentions[layer][0].float().sum(0)  # heads summed: [suffix, prefix + suffix]
                 mass += attention_mass(attn.cpu().numpy(), spans)
                 generated, past, token = [], returned_cache(out), out.logits[0, -1].argmax()
-                room = REFERENCE_MAX_TOKENS - len(prefix) - len(suffix)
-                for _ in range(max_new_tokens if max_new_tokens > 0 else max(room, 0)):
-                    if int(token) in (tokenizer.eos_token_id, tokenizer.pad_token_id):
-                        break
+                limit = max_new_tokens if max_new_tokens > 0 else REFERENCE_MAX_TOKENS - len(prefix) - len(suffix)
+                while int(token) not in stop and len(generated) < limit:
                     generated.append(int(token))
                     step = model(token.view(1, 1), **with_cache(model, past), use_cache=True)
                     past, token = returned_cache(step), step.logits[0, -1].argmax()
+                if on_answer is not None:
+                    on_answer(len(generated), int(token) in stop)
                 prediction = tokenizer.decode(generated, skip_special_tokens=True)
                 metrics.append(answer_metric(prediction, query[-1]["content"]))
             lengths = np.array([max(sum(e - s for s, e in ranges), 1) for ranges in spans])  # empty: mass 0

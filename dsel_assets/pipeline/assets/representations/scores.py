@@ -520,6 +520,7 @@ def whisperer_score(
         if config.reference_layer
         else None
     )
+    answers: list[tuple[int, bool]] = []  # (tokens, ended) of each generated answer
     with tracker.run(
         context, params={**config.model_dump(), **selection_model.identity(), "pool_version": version}
     ) as run:
@@ -534,8 +535,16 @@ def whisperer_score(
             config.max_new_tokens,
             config.seed,
             on_round=lambda d, t: d % 20 == 0 and context.log.info(f"whisperer: round {d}/{t}"),
+            on_answer=lambda tokens, ended: answers.append((tokens, ended)),
         )
-        run.log_metrics({"mean_score": float(np.nanmean(scores)), "queries": query_rows.height})
+        cut = sum(not ended for _, ended in answers)
+        run.log_metrics({"mean_score": float(np.nanmean(scores)), "queries": query_rows.height, "answers_cut": cut})
+    if cut:
+        limit = f"max_new_tokens={config.max_new_tokens}" if config.max_new_tokens else "the 8,192-token limit"
+        context.log.warning(
+            f"{cut} of {len(answers)} answers reached {limit} before their end and are graded (ROUGE-L) "
+            "on what was generated" + ("; max_new_tokens: 0 lets them end (slower)" if config.max_new_tokens else "")
+        )
     table = pl.DataFrame(
         {
             "pool_id": rows["pool_id"],
@@ -553,6 +562,9 @@ def whisperer_score(
             "rows": len(scores),
             "queries": query_rows.height,
             "mean_score": float(np.nanmean(scores)),
+            "answers": len(answers),
+            "answers_cut": cut,
+            "mean_answer_tokens": float(np.mean([tokens for tokens, _ in answers])) if answers else 0.0,
             **run.metadata(),
         },
         data_version=dg.DataVersion(f"{version}-{config.task}-{config.seed}"),
