@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from dsel_assets.core.select.base import method_target
+from .base import method_target
 
 FAMILIES = ("targeted", "diversity", "quality", "hybrid", "iterative")
 
