@@ -10,6 +10,7 @@ from dsel_assets.core.models import loading
 from dsel_assets.core.models.embeddings import encode, load_encoder
 from dsel_assets.core.models.loading import (
     _dequantized,
+    cache_keyword,
     gguf_cache,
     load_causal_lm,
     load_tokenizer,
@@ -17,7 +18,6 @@ from dsel_assets.core.models.loading import (
     pick_device,
     resolve,
     returned_cache,
-    with_cache,
 )
 from resources.models import MODEL_CACHE_ENV, SelectionModel, apply_cpu_precision, resolve_model
 
@@ -121,7 +121,7 @@ def test_a_kv_cache_passed_on_continues_the_sequence_without_a_deprecation():
         warnings.simplefilter("error", FutureWarning)
         whole = model(ids).logits
         cache = returned_cache(model(ids[:, :4], use_cache=True))
-        rest = model(ids[:, 4:], **with_cache(model, cache), use_cache=True).logits
+        rest = model(ids[:, 4:], **{cache_keyword(model): cache}, use_cache=True).logits
     torch.testing.assert_close(rest, whole[:, 4:], rtol=1e-4, atol=1e-5)
 
 

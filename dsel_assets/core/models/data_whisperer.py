@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .loading import returned_cache, with_cache
+from .loading import cache_keyword, returned_cache
 from .templates import render_chat
 
 
@@ -144,6 +144,7 @@ def whisperer_scores(
         extra = rng.choice(np.setdiff1d(order, rounds[-1]), n_demos - len(rounds[-1]), replace=False)
         rounds[-1] = np.concatenate([rounds[-1], extra])
     stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    cache_key = cache_keyword(model)  # once: read on every generated token
     totals = np.zeros(len(pool), dtype=np.float64)
     counts = np.zeros(len(pool), dtype=np.float64)
     with torch.no_grad():
@@ -160,7 +161,7 @@ def whisperer_scores(
                 suffix = tokenizer(text, add_special_tokens=False)["input_ids"][len(prefix) :]
                 out = model(
                     torch.tensor([suffix], device=device),
-                    **with_cache(model, copy.deepcopy(cache)),
+                    **{cache_key: copy.deepcopy(cache)},
                     use_cache=True,
                     output_attentions=True,
                 )
@@ -170,7 +171,7 @@ def whisperer_scores(
                 limit = max_new_tokens if max_new_tokens > 0 else REFERENCE_MAX_TOKENS - len(prefix) - len(suffix)
                 while int(token) not in stop and len(generated) < limit:
                     generated.append(int(token))
-                    step = model(token.view(1, 1), **with_cache(model, past), use_cache=True)
+                    step = model(token.view(1, 1), **{cache_key: past}, use_cache=True)
                     past, token = returned_cache(step), step.logits[0, -1].argmax()
                 if on_answer is not None:
                     on_answer(len(generated), int(token) in stop)

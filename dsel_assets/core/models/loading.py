@@ -344,12 +344,10 @@ def _gguf_model(spec: ModelSpec) -> PreTrainedModel:
     return model
 
 
-def with_cache(module, cache) -> dict:
-    """The keyword argument passing a KV cache to ``module``'s forward: ``cache`` where the
-    installed transformers names it so (``past_key_values`` is deprecated there), else
-    ``past_key_values``."""
-    name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-    return {name: cache}
+def cache_keyword(module) -> str:
+    """The keyword ``module``'s forward takes a KV cache by: ``cache`` where the installed
+    transformers names it so (``past_key_values`` is deprecated there), else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def returned_cache(output):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .loading import returned_cache, with_cache
+from .loading import cache_keyword, returned_cache
 from .sft import encode_conversation
 from .templates import render_chat
 
@@ -93,7 +93,7 @@ def _batched_answer_logprobs(
             )
         rows_t = torch.tensor(rows, device=device)
         with torch.no_grad():
-            hidden = body(input_ids=ids.to(device), **with_cache(body, cache), use_cache=cache is not None)
+            hidden = body(input_ids=ids.to(device), **{cache_keyword(body): cache}, use_cache=cache is not None)
             logits = head(hidden.last_hidden_state[rows_t, torch.tensor(cols, device=device)])
         logp = torch.log_softmax(logits.float(), dim=-1)
         token = logp.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0].double()

@@ -89,6 +89,7 @@ def cluster_ucb_draws(
     per_arm: list[list[float]] = [[] for _ in arms]
     rewards: dict[int, float] = {}
     ahead: dict[int, float] = {}  # rewards scored ahead (score_ahead), not drawn: the bandit never sees them
+    scored = [0] * len(arms)  # each arm's members [0, scored) have a reward: drawn ones, then those ahead
     refill = [1] * len(arms)
 
     def draw(takes: list[tuple[int, int]], remaining: int) -> None:
@@ -97,12 +98,13 @@ def cluster_ucb_draws(
         past ``remaining`` draws) of the arm's next members."""
         batch = []
         for arm, n in takes:
-            start = drawn[arm] + sum(1 for row in arms[arm][drawn[arm] : drawn[arm] + n] if int(row) in ahead)
-            if start < drawn[arm] + n:
+            if scored[arm] < drawn[arm] + n:
                 size = n
                 if config.score_ahead:
                     size, refill[arm] = max(n, min(refill[arm], remaining)), refill[arm] * 2
-                batch += [int(row) for row in arms[arm][start : drawn[arm] + size]]
+                end = min(drawn[arm] + size, len(arms[arm]))
+                batch += [int(row) for row in arms[arm][scored[arm] : end]]
+                scored[arm] = end
         if batch:
             values = np.asarray(reward(np.array(batch, dtype=np.int64)), dtype=np.float64)
             if values.shape != (len(batch),):
@@ -142,7 +144,6 @@ def cluster_ucb_draws(
         draw([(arm, take)], target - len(pulls))
         pulls += [arm] * take
     return Draws(rewards, cold, pulls, unused=len(ahead))
-    return Draws(rewards, cold, pulls)
 
 
 def featured_rows(x: np.ndarray) -> np.ndarray:
